@@ -1,0 +1,1 @@
+"""Herd topologies (TOML) and their loader/validator."""

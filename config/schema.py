@@ -1,0 +1,80 @@
+"""Typed, validated view of a herd TOML file.
+
+Values here are already checked by :mod:`config.loader`; code that receives a
+``HerdConfig`` never re-validates it.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+
+
+class ConfigError(Exception):
+    """A configuration problem, stated in one line that names file, node and key."""
+
+
+@dataclass(frozen=True)
+class RedisAddress:
+    """Where a node's Redis lives, parsed from ``redis://[:password@]host:port/db``."""
+
+    url: str
+    host: str
+    port: int
+    db: int = 0
+    password: str | None = None
+
+
+@dataclass(frozen=True)
+class NodeConfig:
+    name: str
+    host: str
+    port: int
+    redis: RedisAddress
+    peers: tuple[str, ...] = ()
+    prefix: str = "herd:"
+
+
+@dataclass(frozen=True)
+class PlacesConfig:
+    provider: str = "offline"  # "offline" | "google" | "google-new"
+    url: str | None = None  # None: the provider's public default
+    key_env: str = "GOOGLE_PLACES_KEY"
+    timeout: float = 5.0  # seconds per API call
+    cache_ttl: int = 300  # seconds; 0 disables the answer cache
+
+
+@dataclass(frozen=True)
+class HerdConfig:
+    path: str
+    nodes: dict[str, NodeConfig]
+    places: PlacesConfig = field(default_factory=PlacesConfig)
+    secret_env: str = "HERD_SECRET"
+    max_line_bytes: int = 4096
+    max_future_seconds: int = 3600  # client-time further ahead than this is invalid
+    redis_timeout: float = 3.0  # seconds before a Redis call counts as failed
+
+    def neighbours(self, name: str) -> tuple[str, ...]:
+        """Nodes linked to ``name``: links are undirected, so a node is linked to
+        every node it lists and every node that lists it. Sorted by name."""
+        linked = set(self.nodes[name].peers)
+        linked.update(n for n, node in self.nodes.items() if name in node.peers)
+        linked.discard(name)
+        return tuple(sorted(linked))
+
+    def links(self) -> list[tuple[str, str]]:
+        """Every undirected link once, as sorted name pairs, sorted."""
+        return sorted({tuple(sorted((a, b))) for a in self.nodes for b in self.neighbours(a)})  # type: ignore[misc]
+
+    def secret(self) -> bytes:
+        """The shared peer secret from the environment variable ``secret_env``.
+
+        Raises ConfigError when it is unset or empty. The value is never logged.
+        """
+        value = os.environ.get(self.secret_env, "")
+        if not value:
+            raise ConfigError(
+                f"{self.path}: herd.secret_env: environment variable {self.secret_env} "
+                "is not set or empty (it must hold the herd's shared secret)"
+            )
+        return value.encode()

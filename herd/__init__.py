@@ -1,0 +1,1 @@
+"""herd: an application server herd on Twisted and Redis."""

@@ -1,0 +1,1 @@
+"""Redis storage for herd: key schema, Lua scripts and the store."""
