@@ -1,0 +1,294 @@
+"""Load a herd TOML file into :class:`config.schema.HerdConfig`, validating everything.
+
+Every problem raises :class:`ConfigError` with one line naming the file, the
+table (node) and the key, for example::
+
+    config/x.toml: nodes.Bailey.peers: unknown peer 'Foo'
+"""
+
+from __future__ import annotations
+
+import difflib
+import json
+import math
+import os
+import re
+import tomllib
+from collections.abc import Iterable
+from urllib.parse import unquote, urlsplit
+
+from config.schema import ConfigError, HerdConfig, NodeConfig, PlacesConfig, RedisAddress
+
+SECTIONS = ("herd", "places", "nodes")
+HERD_KEYS = ("secret_env", "max_line_bytes", "max_future_seconds", "redis_timeout")
+PLACES_KEYS = ("provider", "url", "key_env", "timeout", "cache_ttl")
+NODE_KEYS = ("host", "port", "redis", "peers", "prefix")
+PROVIDERS = ("offline", "google", "google-new")
+REDIS_URL_FORM = "redis://[:password@]host:port[/db]"
+
+_BARE_KEY = re.compile(r"[A-Za-z0-9_-]+\Z")
+_ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*\Z")
+_REDIS_URL = re.compile(
+    r"redis://(?::(?P<password>[^@\s]+)@)?"
+    r"(?P<host>\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9._-]+):(?P<port>[0-9]+)"
+    r"(?:/(?P<db>[0-9]*))?\Z"
+)
+
+
+def load_config(path: str | os.PathLike[str], need_secret: bool = False) -> HerdConfig:
+    """Read, parse and validate the herd file at ``path``.
+
+    With ``need_secret`` the shared secret must be present in the environment too
+    (commands that run nodes need it; the others do not).
+    """
+    source = os.fspath(path)
+    root = _Table(source, "", _read_toml(source))
+    root.check_keys(SECTIONS, what="section")
+    herd = root.table("herd")
+    herd.check_keys(HERD_KEYS)
+    cfg = HerdConfig(
+        path=source,
+        nodes=_nodes(root),
+        places=_places(root.table("places")),
+        secret_env=herd.env_name("secret_env", "HERD_SECRET"),
+        max_line_bytes=herd.integer("max_line_bytes", 4096, low=64),
+        max_future_seconds=herd.integer("max_future_seconds", 3600, low=0),
+        redis_timeout=herd.positive("redis_timeout", 3.0),
+    )
+    if need_secret:
+        cfg.secret()
+    return cfg
+
+
+def _read_toml(source: str) -> dict[str, object]:
+    try:
+        with open(source, "rb") as handle:
+            return tomllib.load(handle)
+    except OSError as err:
+        raise _error(source, "", f"cannot read file: {err.strerror or err}") from None
+    except tomllib.TOMLDecodeError as err:
+        raise _error(source, "", f"TOML syntax error: {err}") from None
+    except UnicodeDecodeError as err:
+        reason = f"not valid UTF-8 text ({err.reason} at byte {err.start})"
+        raise _error(source, "", reason) from None
+
+
+def _error(source: str, where: str, message: str) -> ConfigError:
+    """A ConfigError of exactly one line: ``<file>: <where>: <message>``."""
+    text = f"{source}: {where}: {message}" if where else f"{source}: {message}"
+    return ConfigError(" ".join(text.splitlines()))
+
+
+def _key(name: str) -> str:
+    """A TOML key as it would be written in a dotted path (quoted unless bare)."""
+    return name if _BARE_KEY.match(name) else json.dumps(name, ensure_ascii=False)
+
+
+def _show(value: object) -> str:
+    """Describe a TOML value for an error message: its type, and the value if scalar."""
+    if isinstance(value, bool):
+        return f"boolean {str(value).lower()}"
+    if isinstance(value, int):
+        return f"integer {value}"
+    if isinstance(value, float):
+        return f"float {value}"
+    if isinstance(value, str):
+        return f"string {value!r}"
+    if isinstance(value, list):
+        return "an array"
+    if isinstance(value, dict):
+        return "a table"
+    return f"date/time {value}"
+
+
+class _Table:
+    """One TOML table plus where it sits (``nodes.Bailey``), for typed, checked reads."""
+
+    def __init__(self, source: str, where: str, data: object) -> None:
+        self.source = source
+        self.where = where
+        self.data: dict[str, object] = data if isinstance(data, dict) else {}
+
+    def path(self, key: str) -> str:
+        return f"{self.where}.{_key(key)}" if self.where else _key(key)
+
+    def error(self, key: str | None, message: str) -> ConfigError:
+        return _error(self.source, self.path(key) if key is not None else self.where, message)
+
+    def check_keys(self, allowed: Iterable[str], what: str = "key") -> None:
+        known = tuple(allowed)
+        for key in self.data:
+            if key not in known:
+                close = difflib.get_close_matches(key, known, n=1)
+                hint = f"; did you mean {close[0]!r}?" if close else ""
+                raise self.error(key, f"unknown {what}{hint} (known: {', '.join(known)})")
+
+    def table(self, key: str) -> _Table:
+        """A sub-table; absent means empty."""
+        value = self.data.get(key, {})
+        if not isinstance(value, dict):
+            raise self.error(key, f"expected a table ([{self.path(key)}]), got {_show(value)}")
+        return _Table(self.source, self.path(key), value)
+
+    def get(self, key: str, default: object) -> object:
+        """The raw value, or ``default``; ``None`` as default means the key is required."""
+        if key in self.data:
+            return self.data[key]
+        if default is None:
+            raise self.error(key, "missing (this key is required)")
+        return default
+
+    def string(self, key: str, default: str | None = None) -> str:
+        value = self.get(key, default)
+        if not isinstance(value, str) or not value:
+            raise self.error(key, f"expected a non-empty string, got {_show(value)}")
+        return value
+
+    def env_name(self, key: str, default: str) -> str:
+        value = self.string(key, default)
+        if not _ENV_NAME.match(value):
+            raise self.error(key, f"expected an environment variable name "
+                                  f"(letters, digits, _; not starting with a digit), got {value!r}")
+        return value
+
+    def integer(self, key: str, default: int | None, low: int, high: int | None = None) -> int:
+        value = self.get(key, default)
+        if isinstance(value, int) and not isinstance(value, bool):
+            if value >= low and (high is None or value <= high):
+                return value
+        bounds = f"in {low}..{high}" if high is not None else f">= {low}"
+        raise self.error(key, f"expected an integer {bounds}, got {_show(value)}")
+
+    def positive(self, key: str, default: float) -> float:
+        value = self.get(key, default)
+        if isinstance(value, int | float) and not isinstance(value, bool):
+            if math.isfinite(value) and value > 0:
+                return float(value)
+        raise self.error(key, f"expected a number greater than 0, got {_show(value)}")
+
+
+def _places(table: _Table) -> PlacesConfig:
+    table.check_keys(PLACES_KEYS)
+    provider = table.string("provider", "offline")
+    if provider not in PROVIDERS:
+        raise table.error("provider", f"unknown provider {provider!r} "
+                                      f"(expected one of: {', '.join(PROVIDERS)})")
+    return PlacesConfig(
+        provider=provider,
+        url=_http_url(table, "url") if "url" in table.data else None,
+        key_env=table.env_name("key_env", "GOOGLE_PLACES_KEY"),
+        timeout=table.positive("timeout", 5.0),
+        cache_ttl=table.integer("cache_ttl", 300, low=0),
+    )
+
+
+def _http_url(table: _Table, key: str) -> str:
+    value = table.string(key)
+    try:
+        parts = urlsplit(value)
+        ok = parts.scheme in ("http", "https") and bool(parts.hostname)
+        ok = ok and (parts.port is None or parts.port > 0)  # .port raises ValueError if bad
+    except ValueError:
+        ok = False
+    if not ok or any(c.isspace() for c in value):
+        raise table.error(key, f"expected an http:// or https:// URL, got {value!r}")
+    return value
+
+
+def _nodes(root: _Table) -> dict[str, NodeConfig]:
+    if "nodes" not in root.data:
+        raise _error(root.source, "nodes", "missing: a herd needs at least one [nodes.NAME] table")
+    nodes = root.table("nodes")
+    if not nodes.data:
+        raise nodes.error(None, "empty: a herd needs at least one [nodes.NAME] table")
+    for name in nodes.data:
+        if not name or not name.isprintable() or any(c.isspace() for c in name):
+            raise nodes.error(name, "bad node name (it must be non-empty, printable, "
+                                    "with no white space)")
+    built: dict[str, NodeConfig] = {}
+    for name in nodes.data:
+        built[name] = _node(nodes.table(name), name, tuple(nodes.data))
+        _check_unique(nodes, built[name], built)
+    return built
+
+
+def _node(table: _Table, name: str, all_names: tuple[str, ...]) -> NodeConfig:
+    table.check_keys(NODE_KEYS)
+    host = table.string("host")
+    if any(c.isspace() for c in host):
+        raise table.error("host", f"expected a host name or address, got {host!r}")
+    return NodeConfig(
+        name=name,
+        host=host,
+        port=table.integer("port", None, low=1, high=65535),
+        redis=_redis(table, "redis"),
+        peers=_peers(table, "peers", name, all_names),
+        prefix=table.string("prefix", "herd:"),
+    )
+
+
+def _redis(table: _Table, key: str) -> RedisAddress:
+    value = table.get(key, None)
+    if not isinstance(value, str):
+        raise table.error(key, f"expected a Redis URL string ({REDIS_URL_FORM}), "
+                               f"got {_show(value)}")
+    match = _REDIS_URL.match(value)
+    port = int(match["port"]) if match else 0
+    if match is None or not 1 <= port <= 65535:
+        raise table.error(key, f"bad Redis URL {_redact(value)!r} (expected {REDIS_URL_FORM}, "
+                               "port 1..65535, db a non-negative integer)")
+    password = match["password"]
+    return RedisAddress(
+        url=value,
+        host=match["host"].strip("[]"),
+        port=port,
+        db=int(match["db"] or 0),
+        password=unquote(password) if password is not None else None,
+    )
+
+
+def _redact(url: str) -> str:
+    """``url`` with any password hidden, so error messages never show it."""
+    head, at, tail = url.rpartition("@")
+    if not at:
+        return url
+    scheme = head.split("://", 1)[0] + "://" if "://" in head else ""
+    return f"{scheme}***@{tail}"
+
+
+def _peers(table: _Table, key: str, name: str, all_names: tuple[str, ...]) -> tuple[str, ...]:
+    value = table.get(key, [])
+    if not isinstance(value, list):
+        raise table.error(key, f"expected an array of node names, got {_show(value)}")
+    seen: list[str] = []
+    for peer in value:
+        if not isinstance(peer, str):
+            raise table.error(key, f"expected an array of node names, got {_show(peer)} in it")
+        if peer not in all_names:
+            raise table.error(key, f"unknown peer {peer!r} (nodes: {', '.join(all_names)})")
+        if peer == name:
+            raise table.error(key, f"node {name!r} lists itself as a peer")
+        if peer in seen:
+            raise table.error(key, f"peer {peer!r} is listed more than once")
+        seen.append(peer)
+    return tuple(seen)
+
+
+def _check_unique(nodes: _Table, node: NodeConfig, built: dict[str, NodeConfig]) -> None:
+    """``node`` must not share its listening address, or its Redis db and prefix,
+    with a node defined before it."""
+    table = nodes.table(node.name)
+    for other in built.values():
+        if other is node:
+            continue
+        if (other.host.lower(), other.port) == (node.host.lower(), node.port):
+            raise table.error("port", f"{node.port} is already used by node {other.name} "
+                                      f"(both on host {node.host})")
+        if _redis_identity(other) == _redis_identity(node):
+            raise table.error("redis", f"{_redact(node.redis.url)} with prefix {node.prefix!r} "
+                                       f"is already used by node {other.name} (nodes sharing "
+                                       "a Redis database need different prefixes)")
+
+
+def _redis_identity(node: NodeConfig) -> tuple[str, int, int, str]:
+    return node.redis.host.lower(), node.redis.port, node.redis.db, node.prefix

@@ -1,0 +1,286 @@
+"""Connections to a node: accepted ones (clients, or peers once they have
+authenticated) and the ones a node dials to its peers.
+
+Client contract: requests on one connection are answered in order, each
+reply in one write; a WHATSAT starts only after every earlier request on the
+connection has been answered, so it sees their updates. A client that
+half-closes still gets every reply, and the connection closes once they are
+written.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+
+from twisted.internet.defer import Deferred, gatherResults, succeed
+from twisted.internet.interfaces import IHalfCloseableProtocol
+from twisted.internet.protocol import Factory
+from twisted.logger import Logger
+from zope.interface import implementer
+
+from herd import auth
+from herd.lines import LineProtocol
+from herd.protocol import Invalid, Whatsat, parse_request
+
+if TYPE_CHECKING:
+    from herd.node import Node
+
+PEER_MAX_LINE = 1 << 20  # authenticated peers may send long control lines
+log = Logger(namespace="herd")
+
+
+def printable(data: bytes) -> str:
+    """Bytes for a log line: UTF-8 where possible, escapes elsewhere."""
+    return data.decode("utf-8", "backslashreplace")
+
+
+class _Reply:
+    """One request's place in the ordered reply queue."""
+
+    __slots__ = ("data", "done")
+
+    def __init__(self) -> None:
+        self.data: bytes | None = None
+        self.done: Deferred[None] = Deferred()
+
+
+class PeerEndpointMixin:
+    """What both ends of an authenticated peer connection do."""
+
+    node: Node
+    peer_name: bytes | None
+    transport: Any
+    who: str
+
+    def send_line(self, line: bytes) -> None:
+        log.info("{who} send {line}", who=self.who, line=printable(line))
+        self.transport.write(line + b"\n")
+
+    def peer_line(self, line: bytes) -> None:
+        assert self.peer_name is not None
+        self.node.peer_line(line, self.peer_name, self)
+
+
+@implementer(IHalfCloseableProtocol)
+class NodeConnection(PeerEndpointMixin, LineProtocol):
+    """A connection accepted by the node: a client until it authenticates."""
+
+    factory: NodeConnectionFactory
+
+    def __init__(self) -> None:
+        self.peer_name = None
+        self._replies: deque[_Reply] = deque()
+        self._handshake: tuple[bytes, bytes, bytes] | None = None
+        self._eof = False
+        self._closing = False
+        self.closed: Deferred[None] = Deferred()
+
+    # -- connection lifecycle -------------------------------------------
+
+    def connectionMade(self) -> None:
+        self.node = self.factory.node
+        self.max_line = self.factory.max_line
+        peer = self.transport.getPeer()
+        self.who = f"{getattr(peer, 'host', '?')}:{getattr(peer, 'port', '?')}"
+        self.factory.connections.add(self)
+        log.info("{who} connection opened", who=self.who)
+
+    def connectionLost(self, reason: Any = None) -> None:
+        self.factory.connections.discard(self)
+        if self.peer_name is not None:
+            self.node.links.remove(self.peer_name, self)
+        log.info("{who} connection closed ({why})", who=self.who,
+                 why=reason.getErrorMessage() if reason else "")
+        self.closed.callback(None)
+
+    def readConnectionLost(self) -> None:
+        log.info("{who} half-closed by client", who=self.who)
+        self.flush_partial_line()
+        self._eof = True
+        self._close_if_idle()
+
+    def writeConnectionLost(self) -> None:
+        self.transport.loseConnection()
+
+    def close_when_idle(self) -> None:
+        """Stop reading; close once every pending reply is written."""
+        self.stop_reading()
+        self._eof = True
+        self._close_if_idle()
+
+    # -- lines ----------------------------------------------------------
+
+    def line_received(self, line: bytes) -> None:
+        log.info("{who} recv {line}", who=self.who, line=printable(line))
+        if self.peer_name is not None:
+            self.peer_line(line)
+            return
+        words = line.split(None, 1)
+        if words and words[0] in auth.PEER_WORDS:
+            self._answer(succeed(self._handshake_step(line)), line)
+            return
+        request = parse_request(line, self.factory.clock_ns(), self.factory.max_future_ns)
+        if request is None:
+            return
+        if isinstance(request, Invalid):
+            self._answer(succeed(request.reply), line)
+        elif isinstance(request, Whatsat) and self._replies:
+            earlier = gatherResults([r.done for r in self._replies])
+            self._answer(earlier.addCallback(lambda _: self.node.handle(request, 0)), line)
+        else:
+            self._answer(self.node.handle(request, self.factory.clock_ns()), line)
+
+    def line_too_long(self) -> None:
+        reply = b"? line too long (limit %d bytes)\n" % self.max_line
+        log.warn("{who} line over {limit} bytes; closing", who=self.who, limit=self.max_line)
+        self._answer(succeed(reply), b"")
+        self._eof = True
+        self._close_if_idle()
+
+    # -- ordered replies ------------------------------------------------
+
+    def _answer(self, result: Deferred[bytes], line: bytes) -> None:
+        slot = _Reply()
+        self._replies.append(slot)
+        result.addErrback(self._internal_error, line)
+        result.addCallback(self._fill, slot)
+
+    def _internal_error(self, failure: Any, line: bytes) -> bytes:
+        log.failure("{who} internal error on {line}", failure, who=self.who, line=printable(line))
+        return b"? " + line + b"\n"
+
+    def _fill(self, data: bytes, slot: _Reply) -> None:
+        slot.data = data
+        self._flush()
+        slot.done.callback(None)
+
+    def _flush(self) -> None:
+        ready = []
+        while self._replies and self._replies[0].data is not None:
+            ready.append(self._replies.popleft().data)
+        if ready and not self._closing:
+            out = b"".join(ready)  # type: ignore[arg-type]
+            for reply in ready:
+                log.info("{who} sent {reply}", who=self.who, reply=printable(reply).rstrip("\n"))
+            self.transport.write(out)
+        self._close_if_idle()
+
+    def _close_if_idle(self) -> None:
+        if self._eof and not self._replies and not self._closing:
+            self._closing = True
+            self.transport.loseConnection()
+
+    # -- peer handshake (listening side) ----------------------------------
+
+    def _handshake_step(self, line: bytes) -> bytes:
+        """Advance the peer handshake; returns the line to send back."""
+        words = line.split()
+        own = self.factory.own_name
+        if words[0] == auth.HELLO and len(words) == 4:
+            _, dialler, listener, nonce_d = words
+            if listener == own and self.node.links.is_neighbour(dialler) and auth.is_nonce(nonce_d):
+                nonce_l = auth.new_nonce()
+                self._handshake = (dialler, nonce_d, nonce_l)
+                mac_l = auth.mac(self.factory.secret, b"listener", dialler, own, nonce_d, nonce_l)
+                return b"%s %s %s\n" % (auth.CHALLENGE, nonce_l, mac_l)
+        elif words[0] == auth.AUTH and len(words) == 2 and self._handshake is not None:
+            dialler, nonce_d, nonce_l = self._handshake
+            self._handshake = None
+            expected = auth.mac(self.factory.secret, b"dialler", dialler, own, nonce_d, nonce_l)
+            if auth.verify(expected, words[1]):
+                self._become_peer(dialler)
+                return auth.OK + b"\n"
+        log.warn("{who} peer handshake refused: {line}", who=self.who, line=printable(words[0]))
+        return b"? " + line + b"\n"
+
+    def _become_peer(self, name: bytes) -> None:
+        self.peer_name = name
+        self.max_line = PEER_MAX_LINE
+        self.who = f"{self.who} ({name.decode()})"
+        self.node.links.add(name, self, "accepted")
+
+
+class NodeConnectionFactory(Factory):
+    """Builds :class:`NodeConnection` and keeps what they share."""
+
+    protocol = NodeConnection
+    noisy = False
+
+    def __init__(self, node: Node, own_name: bytes, secret: bytes, max_line: int,
+                 max_future_ns: int, clock_ns: Callable[[], int]):
+        self.node = node
+        self.own_name = own_name
+        self.secret = secret
+        self.max_line = max_line
+        self.max_future_ns = max_future_ns
+        self.clock_ns = clock_ns
+        self.connections: set[NodeConnection] = set()
+
+
+class PeerDialer(PeerEndpointMixin, LineProtocol):
+    """The connection a node dials to one of its peers.
+
+    ``authenticated`` fires once the listener accepted us (``HERD-OK``) and
+    fails if the handshake does not complete, so ClientService backs off.
+    """
+
+    max_line = PEER_MAX_LINE
+
+    def __init__(self, node: Node, own: bytes, peer: bytes, secret: bytes):
+        self.node = node
+        self._own = own
+        self._peer = peer
+        self._secret = secret
+        self._nonce = auth.new_nonce()
+        self.peer_name = None
+        self.who = f"peer {peer.decode()} (dialled)"
+        self.authenticated: Deferred[PeerDialer] = Deferred()
+
+    def connectionMade(self) -> None:
+        log.info("{who} connection opened", who=self.who)
+        self.transport.write(b"%s %s %s %s\n" % (auth.HELLO, self._own, self._peer, self._nonce))
+
+    def connectionLost(self, reason: Any = None) -> None:
+        if self.peer_name is not None:
+            self.node.links.remove(self.peer_name, self)
+        elif not self.authenticated.called:
+            self.authenticated.errback(ConnectionError("closed during handshake"))
+        log.info("{who} connection closed", who=self.who)
+
+    def line_received(self, line: bytes) -> None:
+        if self.peer_name is not None:
+            log.info("{who} recv {line}", who=self.who, line=printable(line))
+            self.peer_line(line)
+            return
+        words = line.split()
+        if words[:1] == [auth.CHALLENGE] and len(words) == 3 and self._answer_challenge(*words[1:]):
+            return
+        if words == [auth.OK] and self._sent_auth:
+            self.peer_name = self._peer
+            self.node.links.add(self._peer, self, "dialled")
+            self.authenticated.callback(self)
+            return
+        self._refuse(line)
+
+    _sent_auth = False
+
+    def _answer_challenge(self, nonce_l: bytes, mac_l: bytes) -> bool:
+        expected = auth.mac(self._secret, b"listener", self._own, self._peer, self._nonce, nonce_l)
+        if not auth.verify(expected, mac_l):
+            return False
+        mac_d = auth.mac(self._secret, b"dialler", self._own, self._peer, self._nonce, nonce_l)
+        self.transport.write(b"%s %s\n" % (auth.AUTH, mac_d))
+        self._sent_auth = True
+        return True
+
+    def _refuse(self, line: bytes) -> None:
+        log.warn("{who} handshake failed at {line!r}; wrong secret or not a herd peer",
+                 who=self.who, line=printable(line[:80]))
+        self.stop_reading()
+        self.transport.loseConnection()
+
+    def line_too_long(self) -> None:
+        log.warn("{who} sent an over-long line; closing", who=self.who)
+        self.transport.loseConnection()

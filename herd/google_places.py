@@ -1,0 +1,427 @@
+"""Google Places providers over treq: legacy Nearby Search and Places API (New).
+
+Both providers answer :meth:`nearby` with a :data:`herd.places.PlacesAnswer` in
+the legacy Nearby Search shape, or fail with :class:`herd.places.PlacesError`.
+Every call is bounded three ways:
+
+- in time: the whole call (waiting for a concurrency slot, connecting, headers
+  and body) is cancelled after ``timeout`` seconds;
+- in size: the body is read incrementally and the connection is dropped as soon
+  as it exceeds ``max_body_bytes``;
+- in concurrency: at most ``max_concurrent`` calls are outstanding at once;
+  further calls wait for a slot (the wait counts against their timeout).
+
+Failure messages state the cause for the log and never contain the API key.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Callable, Coroutine
+from decimal import Decimal
+from typing import Any, ClassVar, cast
+from urllib.parse import quote, urlencode, urlsplit
+
+import treq
+from treq.client import HTTPClient
+from twisted.internet.defer import CancelledError, Deferred, DeferredSemaphore
+from twisted.internet.error import ConnectError, ConnectionRefusedError, DNSLookupError
+from twisted.internet.interfaces import IReactorTime
+from twisted.internet.protocol import Protocol
+from twisted.python.failure import Failure
+from twisted.web.client import (
+    Agent,
+    HTTPConnectionPool,
+    ResponseFailed,
+    ResponseNeverReceived,
+)
+from twisted.web.iweb import IResponse
+
+from config.schema import ConfigError, PlacesConfig
+from herd.places import PlacesAnswer, PlacesError, PlacesProvider
+
+LEGACY_URL = "https://maps.googleapis.com/maps/api/place/nearbysearch/json"
+NEW_URL = "https://places.googleapis.com/v1/places:searchNearby"
+NEW_FIELD_MASK = (
+    "places.id,places.displayName,places.formattedAddress,places.shortFormattedAddress,"
+    "places.location,places.types,places.rating,places.userRatingCount"
+)
+NEW_MAX_RESULTS = 20  # the Places API (New) caps maxResultCount at 20
+NEW_MAX_RADIUS_M = 50000.0  # ... and the circle radius at 50 km
+_DETAIL_CHARS = 300  # longest server-supplied detail quoted in an error message
+
+
+def default_http_client(reactor: Any) -> HTTPClient:
+    """A treq client over a persistent connection pool on ``reactor``."""
+    agent: Any = Agent(reactor, pool=HTTPConnectionPool(reactor))
+    return HTTPClient(agent)
+
+
+def plain_coordinate(value: str) -> str:
+    """``"+34.068930"`` -> ``"34.068930"``; a ``-`` sign is kept; digits unchanged."""
+    return value[1:] if value.startswith("+") else value
+
+
+def radius_text(radius_m: Decimal) -> str:
+    """Metres as the API wants them: ``"10000"`` when integral, else plain decimal
+    (``"1500.5"``), never with an exponent."""
+    if radius_m == radius_m.to_integral_value():
+        return str(int(radius_m))
+    return format(radius_m.normalize(), "f")
+
+
+def safe_url(url: str) -> str:
+    """``url`` without user info, query or fragment: fit to quote in a log line."""
+    parts = urlsplit(url)
+    host = parts.hostname or ""
+    port = f":{parts.port}" if parts.port is not None else ""
+    return f"{parts.scheme}://{host}{port}{parts.path}"
+
+
+class _BodyProbe:
+    """Stands in for a response in :func:`treq.collect` so that the body protocol
+    (and through it the connection) can be reached to abort a stalled read."""
+
+    def __init__(self, response: IResponse) -> None:
+        self._response: Any = response
+        self.length = response.length
+        self._protocol: Protocol | None = None
+
+    def deliverBody(self, protocol: Protocol) -> None:  # noqa: N802 (IResponse name)
+        """Forward to the real response, remembering the protocol."""
+        self._protocol = protocol
+        self._response.deliverBody(protocol)
+
+    def abort(self) -> None:
+        """Drop the connection that is delivering the body, if any."""
+        transport: Any = self._protocol.transport if self._protocol is not None else None
+        if transport is not None:
+            transport.loseConnection()
+
+
+def read_capped(response: IResponse, max_bytes: int) -> Deferred[bytes]:
+    """The whole body of ``response``, read with :func:`treq.collect`.
+
+    Fails with PlacesError (and drops the connection) once more than
+    ``max_bytes`` arrive. Cancelling the result drops the connection too.
+    """
+    chunks: list[bytes] = []
+    size = 0
+
+    def collector(data: bytes) -> None:
+        nonlocal size
+        size += len(data)
+        if size > max_bytes:
+            raise PlacesError(f"response over {max_bytes} bytes")
+        chunks.append(data)
+
+    probe = _BodyProbe(response)
+    result: Deferred[bytes] = Deferred(lambda _: probe.abort())
+    collected = treq.collect(cast(IResponse, probe), collector)
+
+    def done(_: None) -> None:
+        if not result.called:
+            result.callback(b"".join(chunks))
+
+    def failed(failure: Failure) -> None:
+        if not result.called:
+            result.errback(failure)
+
+    collected.addCallbacks(done, failed)
+    return result
+
+
+def decode_json(body: bytes) -> Any:
+    """Parse ``body`` as JSON; PlacesError("invalid JSON") when it is not."""
+    try:
+        return json.loads(body)
+    except (ValueError, RecursionError) as exc:
+        raise PlacesError("invalid JSON") from exc
+
+
+def _clip(text: str) -> str:
+    """Server-supplied text shortened for a log line."""
+    text = " ".join(text.split())
+    return text if len(text) <= _DETAIL_CHARS else text[:_DETAIL_CHARS] + "..."
+
+
+def http_error(code: int, body: bytes) -> PlacesError:
+    """PlacesError for a non-200 answer: ``HTTP 403`` plus the API's own error
+    status and message when the body carries a Google JSON error."""
+    detail = ""
+    try:
+        error = json.loads(body).get("error")
+        if isinstance(error, dict):
+            status, message = error.get("status"), error.get("message")
+            detail = " ".join(str(x) for x in (status, message) if isinstance(x, str) and x)
+    except (ValueError, RecursionError, AttributeError):
+        pass
+    return PlacesError(f"HTTP {code}" + (f": {_clip(detail)}" if detail else ""))
+
+
+def _shape(what: str) -> PlacesError:
+    return PlacesError(f"unexpected response shape: {what}")
+
+
+def legacy_answer(doc: Any) -> PlacesAnswer:
+    """Validate a legacy Nearby Search document. OK/ZERO_RESULTS give the answer
+    (``html_attributions``, ``results``, ``status``, ``next_page_token`` if any);
+    any other status or shape raises PlacesError."""
+    if not isinstance(doc, dict) or not isinstance(doc.get("status"), str):
+        raise _shape("no status")
+    status = doc["status"]
+    if status not in ("OK", "ZERO_RESULTS"):
+        message = doc.get("error_message")
+        detail = f": {_clip(message)}" if isinstance(message, str) and message else ""
+        raise PlacesError(f"status {_clip(status)}{detail}")
+    results = doc.get("results", [])
+    if not isinstance(results, list) or not all(isinstance(r, dict) for r in results):
+        raise _shape("results is not a list of objects")
+    attributions = doc.get("html_attributions", [])
+    if not isinstance(attributions, list):
+        raise _shape("html_attributions is not a list")
+    answer: PlacesAnswer = {"html_attributions": attributions, "results": results, "status": status}
+    if isinstance(doc.get("next_page_token"), str):
+        answer["next_page_token"] = doc["next_page_token"]
+    return answer
+
+
+def _number(value: Any) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool)
+
+
+def legacy_place(place: Any) -> dict[str, Any]:
+    """One Places API (New) place in the legacy result shape. ``id`` and
+    ``location`` are required; other fields default to empty."""
+    if not isinstance(place, dict):
+        raise _shape("place is not an object")
+    location, place_id = place.get("location"), place.get("id")
+    if not isinstance(place_id, str) or not isinstance(location, dict):
+        raise _shape("place without id or location")
+    lat, lng = location.get("latitude"), location.get("longitude")
+    if not (_number(lat) and _number(lng)):
+        raise _shape("place location is not numeric")
+    display = place.get("displayName")
+    name = display.get("text") if isinstance(display, dict) else None
+    vicinity = place.get("shortFormattedAddress") or place.get("formattedAddress") or ""
+    types = place.get("types", [])
+    if not isinstance(types, list):
+        raise _shape("place types is not a list")
+    result: dict[str, Any] = {
+        "name": name if isinstance(name, str) else "",
+        "place_id": place_id,
+        "vicinity": vicinity if isinstance(vicinity, str) else "",
+        "geometry": {"location": {"lat": lat, "lng": lng}},
+        "types": [t for t in types if isinstance(t, str)],
+    }
+    if _number(place.get("rating")):
+        result["rating"] = place["rating"]
+    if _number(place.get("userRatingCount")):
+        result["user_ratings_total"] = place["userRatingCount"]
+    return result
+
+
+def new_answer(doc: Any) -> PlacesAnswer:
+    """A Places API (New) ``{"places": [...]}`` document (``{}`` when nothing is
+    near) mapped to the legacy answer shape."""
+    if not isinstance(doc, dict):
+        raise _shape("not an object")
+    places = doc.get("places", [])
+    if not isinstance(places, list):
+        raise _shape("places is not a list")
+    results = [legacy_place(p) for p in places]
+    return {
+        "html_attributions": [],
+        "results": results,
+        "status": "OK" if results else "ZERO_RESULTS",
+    }
+
+
+class _GoogleProvider:
+    """Common machinery: concurrency slot, timeout, body cap, error translation.
+
+    Subclasses implement :meth:`_call` (one HTTP exchange, returning the answer
+    or raising PlacesError) and set ``provider`` and ``default_url``.
+    """
+
+    provider: ClassVar[str]
+    default_url: ClassVar[str]
+
+    def __init__(
+        self,
+        reactor: IReactorTime,
+        http_client: HTTPClient,
+        key: str,
+        url: str | None,
+        timeout: float,
+        max_body_bytes: int = 1_048_576,
+        max_concurrent: int = 8,
+    ) -> None:
+        self._reactor = reactor
+        self._http = http_client
+        self._key = key
+        self.url = url or self.default_url
+        self.timeout = timeout
+        self.max_body_bytes = max_body_bytes
+        self._slots = DeferredSemaphore(max_concurrent)
+
+    def nearby(self, lat: str, lon: str, radius_m: Decimal, limit: int) -> Deferred[PlacesAnswer]:
+        """See :meth:`herd.places.PlacesProvider.nearby`. Fails with PlacesError
+        within ``timeout`` seconds; a caller's own ``cancel()`` gives CancelledError."""
+        d = Deferred.fromCoroutine(self._in_slot(lambda: self._call(lat, lon, radius_m, limit)))
+        d.addTimeout(self.timeout, self._reactor, self._timed_out)
+        return d.addErrback(self._explain)
+
+    def _timed_out(self, result: object, timeout: float) -> Failure:
+        """addTimeout's translation: whatever the cancelled call ended with
+        (CancelledError, ResponseNeverReceived, ...) becomes the timeout."""
+        return Failure(PlacesError(f"timed out after {timeout}s"))
+
+    async def _in_slot(self, call: Callable[[], Coroutine[Deferred[Any], Any, PlacesAnswer]]) -> PlacesAnswer:
+        """Run ``call`` once a concurrency slot is free, releasing it after."""
+        await self._slots.acquire()
+        try:
+            return await call()
+        finally:
+            self._slots.release()
+
+    async def _call(self, lat: str, lon: str, radius_m: Decimal, limit: int) -> PlacesAnswer:
+        raise NotImplementedError
+
+    async def _read(self, response: Any) -> tuple[int, bytes]:
+        """Status code and (capped) body of a treq response."""
+        body = await read_capped(cast(IResponse, response), self.max_body_bytes)
+        return int(response.code), body
+
+    def _explain(self, failure: Failure) -> Failure:
+        """Any failure -> PlacesError naming the cause and the URL (no query, no
+        key). A caller's cancellation passes through unchanged."""
+        exc = failure.value
+        if exc is None or isinstance(exc, CancelledError):
+            return failure
+        if isinstance(exc, ResponseNeverReceived | ResponseFailed) and all(
+            r.check(CancelledError) for r in exc.reasons
+        ):
+            return Failure(CancelledError())  # the HTTP layer wraps the caller's cancel
+        return Failure(
+            PlacesError(self._redact(f"{self.provider}: {self._cause(exc)} ({safe_url(self.url)})"))
+        )
+
+    def _cause(self, exc: BaseException) -> str:
+        """A short description of why a call failed."""
+        if isinstance(exc, PlacesError):
+            return str(exc)
+        if isinstance(exc, ConnectionRefusedError):
+            return "connection refused"
+        if isinstance(exc, DNSLookupError):
+            return "DNS lookup failed"
+        if isinstance(exc, ConnectError):
+            return f"connection failed: {type(exc).__name__}"
+        if isinstance(exc, ResponseNeverReceived | ResponseFailed):
+            kinds = ", ".join(type(r.value).__name__ for r in exc.reasons)
+            return f"connection lost ({kinds})"
+        return f"{type(exc).__name__}: {_clip(str(exc))}"
+
+    def _redact(self, text: str) -> str:
+        """``text`` with every form of the key replaced."""
+        for form in {self._key, quote(self._key, safe="")}:
+            if form:
+                text = text.replace(form, "<key>")
+        return text
+
+
+class GoogleNearby(_GoogleProvider):
+    """Legacy Nearby Search: ``GET <url>?location=<lat>,<lon>&radius=<m>&key=<key>``."""
+
+    provider = "google"
+    default_url = LEGACY_URL
+
+    def request_url(self, lat: str, lon: str, radius_m: Decimal) -> str:
+        """The full request URL (it contains the key: never log it)."""
+        query = urlencode(
+            [
+                ("location", f"{plain_coordinate(lat)},{plain_coordinate(lon)}"),
+                ("radius", radius_text(radius_m)),
+                ("key", self._key),
+            ],
+            safe=",",
+            quote_via=quote,
+        )
+        return f"{self.url}{'&' if '?' in self.url else '?'}{query}"
+
+    async def _call(self, lat: str, lon: str, radius_m: Decimal, limit: int) -> PlacesAnswer:
+        """One GET; non-200, non-JSON, bad shape or a failing status raise."""
+        response = await self._http.get(
+            self.request_url(lat, lon, radius_m), allow_redirects=False, unbuffered=True
+        )
+        code, body = await self._read(response)
+        if code != 200:
+            raise http_error(code, body)
+        return legacy_answer(decode_json(body))
+
+
+class GoogleNearbyNew(_GoogleProvider):
+    """Places API (New) ``places:searchNearby`` (POST), answers mapped to the
+    legacy shape."""
+
+    provider = "google-new"
+    default_url = NEW_URL
+
+    def request_body(self, lat: str, lon: str, radius_m: Decimal, limit: int) -> dict[str, Any]:
+        """The JSON request body; ``limit`` and radius clamped to the API's caps."""
+        return {
+            "maxResultCount": max(1, min(limit, NEW_MAX_RESULTS)),
+            "locationRestriction": {
+                "circle": {
+                    "center": {"latitude": float(lat), "longitude": float(lon)},
+                    "radius": min(float(radius_m), NEW_MAX_RADIUS_M),
+                }
+            },
+        }
+
+    def _headers(self) -> dict[bytes | str, bytes | str]:
+        """Request headers: the key and the response field mask."""
+        return {"X-Goog-Api-Key": self._key, "X-Goog-FieldMask": NEW_FIELD_MASK}
+
+    async def _call(self, lat: str, lon: str, radius_m: Decimal, limit: int) -> PlacesAnswer:
+        """One POST; non-200, non-JSON or bad shape raise."""
+        response = await self._http.post(
+            self.url,
+            json=self.request_body(lat, lon, radius_m, limit),
+            headers=self._headers(),
+            allow_redirects=False,
+            unbuffered=True,
+        )
+        code, body = await self._read(response)
+        if code != 200:
+            raise http_error(code, body)
+        return new_answer(decode_json(body))
+
+
+_PROVIDERS: dict[str, type[_GoogleProvider]] = {
+    "google": GoogleNearby,
+    "google-new": GoogleNearbyNew,
+}
+
+
+def make_provider(
+    config: PlacesConfig, reactor: Any, http_client: HTTPClient | None = None
+) -> PlacesProvider:
+    """The Google provider ``config.provider`` names, keyed from the environment
+    variable ``config.key_env``.
+
+    Raises ConfigError (one line) when the variable is unset or empty or the
+    provider is unknown, NotImplementedError for ``offline`` (see
+    herd/offline_places.py). ``http_client`` defaults to :func:`default_http_client`.
+    """
+    if config.provider == "offline":
+        raise NotImplementedError("offline provider lives in herd/offline_places.py")
+    cls = _PROVIDERS.get(config.provider)
+    if cls is None:
+        raise ConfigError(f"places.provider: unknown provider {config.provider!r}")
+    key = os.environ.get(config.key_env, "")
+    if not key:
+        raise ConfigError(f"places.key_env: environment variable {config.key_env} is not set")
+    client = http_client if http_client is not None else default_http_client(reactor)
+    return cls(reactor, client, key, config.url, config.timeout)

@@ -1,0 +1,97 @@
+"""What a node does with requests and peer updates, with no knowledge of
+sockets: the domain logic between connections, storage and places.
+
+Contracts:
+- ``handle`` always fires with reply bytes (never fails): an AT line once the
+  update is in Redis, a WHATSAT body, or ``? <line>`` when it cannot serve.
+- An update that is strictly newer than the held record is flooded to every
+  linked peer except the one it came from; anything else goes nowhere.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from twisted.internet.defer import Deferred, succeed
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+
+from herd.peers import PeerConnection, PeerLinks
+from herd.places import PlacesProvider
+from herd.protocol import (
+    AtRecord,
+    Iamat,
+    Request,
+    Whatsat,
+    format_whatsat_reply,
+    make_record,
+    parse_at_line,
+)
+from storage.store import RedisStore
+
+log = Logger(namespace="herd")
+
+
+def refusal(line: bytes) -> bytes:
+    return b"? " + line + b"\n"
+
+
+class Node:
+    def __init__(self, name: bytes, store: RedisStore, places: PlacesProvider, links: PeerLinks):
+        self.name = name
+        self.store = store
+        self.places = places
+        self.links = links
+
+    # -- client requests ------------------------------------------------
+
+    def handle(self, request: Request, received_ns: int) -> Deferred[bytes]:
+        """Answer one valid client request (see module contract)."""
+        if isinstance(request, Iamat):
+            return self.iamat(request, received_ns)
+        return self.whatsat(request)
+
+    def iamat(self, request: Iamat, received_ns: int) -> Deferred[bytes]:
+        record = make_record(self.name, received_ns, request)
+        d = self.store.store_if_newer(record)
+        d.addCallback(self._stored, record, None)
+        d.addCallback(lambda _: record.line + b"\n")
+        return d.addErrback(self._cannot_serve, request.line)
+
+    def whatsat(self, request: Whatsat) -> Deferred[bytes]:
+        d = self.store.get(request.client_id)
+        d.addCallback(self._places_for, request)
+        return d.addErrback(self._cannot_serve, request.line)
+
+    def _places_for(self, record: AtRecord | None, request: Whatsat) -> Deferred[bytes]:
+        if record is None:
+            return succeed(refusal(request.line))
+        loc = record.location
+        d = self.places.nearby(loc.lat.decode(), loc.lon.decode(), request.radius_m, request.limit)
+        return d.addCallback(lambda answer: format_whatsat_reply(record.line, answer, request.limit))
+
+    def _cannot_serve(self, failure: Failure, line: bytes) -> bytes:
+        log.error("cannot serve {line}: {why}", line=line.decode("utf-8", "backslashreplace"),
+                  why=failure.getErrorMessage() or failure.type.__name__)
+        return refusal(line)
+
+    # -- peer updates ---------------------------------------------------
+
+    def peer_line(self, line: bytes, peer: bytes, conn: PeerConnection) -> None:
+        """A line from an authenticated peer."""
+        record = parse_at_line(line)
+        if record is None:
+            log.warn("peer {peer} sent an unexpected line: {line}", peer=peer.decode(),
+                     line=line[:200].decode("utf-8", "backslashreplace"))
+            return
+        d = self.store.store_if_newer(record, tie_break=True)
+        d.addCallback(self._stored, record, peer)
+        d.addErrback(self._update_lost, record, peer)
+
+    def _stored(self, newer: bool, record: AtRecord, source: bytes | None) -> None:
+        if newer:
+            self.links.flood(record.line, exclude=source)
+
+    def _update_lost(self, failure: Failure, record: AtRecord, peer: bytes) -> Any:
+        log.error("update from {peer} not stored ({why}): {line}", peer=peer.decode(),
+                  why=failure.getErrorMessage(), line=record.line.decode("utf-8", "replace"))

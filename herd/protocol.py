@@ -1,0 +1,230 @@
+"""The client and peer line protocol as pure functions: bytes in, values out.
+
+Nothing here does I/O or reads a clock: the caller passes the receive time.
+Every function accepts arbitrary bytes and never raises on them; anything
+that is not a valid request comes back as :class:`Invalid`, whose reply is
+``? `` followed by the line exactly as received.
+
+Times are POSIX seconds kept verbatim as sent and compared as integer
+nanoseconds, never as floats. Numeric ranges are checked on exact decimals.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import dataclass
+from decimal import Decimal
+from typing import Any
+
+NS_PER_S = 1_000_000_000
+MAX_CLIENT_ID_BYTES = 256
+# Redis GEO indexes latitudes only within this band (EPSG:3857 limits).
+GEO_LAT_LIMIT = Decimal("85.05112878")
+
+_COORD = rb"[+-][0-9]+(?:\.[0-9]+)?"
+_LOCATION_RE = re.compile(rb"(" + _COORD + rb")(" + _COORD + rb")")
+_TIME_RE = re.compile(rb"([0-9]+)(?:\.([0-9]{1,9}))?")
+_RADIUS_RE = re.compile(rb"[0-9]+(?:\.[0-9]+)?")
+_COUNT_RE = re.compile(rb"[0-9]+")
+_SKEW_RE = re.compile(rb"[+-][0-9]+\.[0-9]{9}")
+# Seconds with more digits than this are centuries past any sane clock bound.
+_MAX_SECONDS_DIGITS = 15
+
+
+@dataclass(frozen=True, slots=True)
+class Invalid:
+    """A line that is not a valid request; the reply is ``? <line>``."""
+
+    line: bytes
+
+    @property
+    def reply(self) -> bytes:
+        return b"? " + self.line + b"\n"
+
+
+@dataclass(frozen=True, slots=True)
+class Location:
+    text: bytes  # as sent, e.g. b"+34.068930-118.445127"
+    lat: bytes  # b"+34.068930"
+    lon: bytes  # b"-118.445127"
+
+    @property
+    def in_geo_range(self) -> bool:
+        """True when Redis GEO can index this latitude."""
+        return abs(Decimal(self.lat.decode())) <= GEO_LAT_LIMIT
+
+
+@dataclass(frozen=True, slots=True)
+class ClientTime:
+    text: bytes  # as sent, e.g. b"1621464827.959498503"
+    ns: int  # the same instant in integer nanoseconds
+
+
+@dataclass(frozen=True, slots=True)
+class Iamat:
+    line: bytes
+    client_id: bytes
+    location: Location
+    time: ClientTime
+
+
+@dataclass(frozen=True, slots=True)
+class Whatsat:
+    line: bytes
+    client_id: bytes
+    radius_km: Decimal
+    limit: int
+
+    @property
+    def radius_m(self) -> Decimal:
+        return self.radius_km * 1000
+
+
+@dataclass(frozen=True, slots=True)
+class AtRecord:
+    """A client's stored position: the AT line as first made, and its parts."""
+
+    server: bytes
+    skew: bytes
+    client_id: bytes
+    location: Location
+    time: ClientTime
+
+    @property
+    def line(self) -> bytes:
+        """``AT <server> <skew> <client-id> <location> <client-time>``, no newline."""
+        return b" ".join(
+            (b"AT", self.server, self.skew, self.client_id, self.location.text, self.time.text)
+        )
+
+
+Request = Iamat | Whatsat
+
+
+def parse_location(field: bytes) -> Location | None:
+    """``[+-]lat[+-]lon`` with explicit signs, |lat| <= 90, |lon| <= 180."""
+    m = _LOCATION_RE.fullmatch(field)
+    if m is None:
+        return None
+    lat, lon = m.group(1), m.group(2)
+    if abs(Decimal(lat.decode())) > 90 or abs(Decimal(lon.decode())) > 180:
+        return None
+    return Location(field, lat, lon)
+
+
+def parse_client_time(field: bytes) -> ClientTime | None:
+    """POSIX seconds ``[0-9]+(\\.[0-9]{1,9})?``, kept verbatim, valued in ns."""
+    m = _TIME_RE.fullmatch(field)
+    if m is None:
+        return None
+    seconds = m.group(1).lstrip(b"0") or b"0"
+    if len(seconds) > _MAX_SECONDS_DIGITS:
+        return None
+    fraction = (m.group(2) or b"").ljust(9, b"0")
+    return ClientTime(field, int(seconds) * NS_PER_S + int(fraction or b"0"))
+
+
+def parse_radius(field: bytes) -> Decimal | None:
+    """Kilometres, ``[0-9]+(\\.[0-9]+)?`` with 0 < r <= 50."""
+    if len(field) > 64 or _RADIUS_RE.fullmatch(field) is None:
+        return None
+    radius = Decimal(field.decode())
+    return radius if 0 < radius <= 50 else None
+
+
+def parse_count(field: bytes) -> int | None:
+    """Result bound, ``[0-9]+`` with 1 <= n <= 20."""
+    if _COUNT_RE.fullmatch(field) is None:
+        return None
+    digits = field.lstrip(b"0")
+    if len(digits) > 2:
+        return None
+    count = int(digits or b"0")
+    return count if 1 <= count <= 20 else None
+
+
+def parse_request(line: bytes, now_ns: int, max_future_ns: int) -> Request | Invalid | None:
+    """Parse one client line (terminator already removed).
+
+    Returns None for an empty or all-white-space line (ignored), a request, or
+    Invalid. An IAMAT whose client-time is more than ``max_future_ns`` ahead
+    of ``now_ns`` is Invalid.
+    """
+    fields = line.split()
+    if not fields:
+        return None
+    command = fields[0]
+    if command == b"IAMAT" and len(fields) == 4:
+        return _parse_iamat(line, fields, now_ns, max_future_ns)
+    if command == b"WHATSAT" and len(fields) == 4:
+        return _parse_whatsat(line, fields)
+    return Invalid(line)
+
+
+def _parse_iamat(line: bytes, fields: list[bytes], now_ns: int, max_future_ns: int) -> Iamat | Invalid:
+    _, client_id, location_field, time_field = fields
+    location = parse_location(location_field)
+    client_time = parse_client_time(time_field)
+    if (
+        len(client_id) > MAX_CLIENT_ID_BYTES
+        or location is None
+        or client_time is None
+        or client_time.ns - now_ns > max_future_ns
+    ):
+        return Invalid(line)
+    return Iamat(line, client_id, location, client_time)
+
+
+def _parse_whatsat(line: bytes, fields: list[bytes]) -> Whatsat | Invalid:
+    _, client_id, radius_field, count_field = fields
+    radius = parse_radius(radius_field)
+    count = parse_count(count_field)
+    if len(client_id) > MAX_CLIENT_ID_BYTES or radius is None or count is None:
+        return Invalid(line)
+    return Whatsat(line, client_id, radius, count)
+
+
+def format_skew(delta_ns: int) -> bytes:
+    """Signed seconds with exactly 9 fractional digits: ``+0.263873386``."""
+    sign = b"-" if delta_ns < 0 else b"+"
+    seconds, fraction = divmod(abs(delta_ns), NS_PER_S)
+    return b"%s%d.%09d" % (sign, seconds, fraction)
+
+
+def make_record(server: bytes, received_ns: int, request: Iamat) -> AtRecord:
+    """The AT record a node makes for an IAMAT it received at ``received_ns``."""
+    skew = format_skew(received_ns - request.time.ns)
+    return AtRecord(server, skew, request.client_id, request.location, request.time)
+
+
+def parse_at_line(line: bytes) -> AtRecord | None:
+    """Parse an AT line as stored or flooded between peers; None if malformed."""
+    fields = line.split()
+    if len(fields) != 6 or fields[0] != b"AT":
+        return None
+    _, server, skew, client_id, location_field, time_field = fields
+    location = parse_location(location_field)
+    client_time = parse_client_time(time_field)
+    if (
+        location is None
+        or client_time is None
+        or _SKEW_RE.fullmatch(skew) is None
+        or len(client_id) > MAX_CLIENT_ID_BYTES
+    ):
+        return None
+    return AtRecord(server, skew, client_id, location, client_time)
+
+
+def squeeze_newlines(text: str) -> str:
+    """Every run of two or more newlines becomes one; trailing newlines go."""
+    return re.sub(r"\n{2,}", "\n", text).rstrip("\n")
+
+
+def format_whatsat_reply(at_line: bytes, answer: dict[str, Any], limit: int) -> bytes:
+    """The WHATSAT reply: stored AT line, newline, places JSON cut to ``limit``
+    results, then an empty line (the reply ends with ``\\n\\n``)."""
+    body = dict(answer)
+    body["results"] = list(answer.get("results", []))[:limit]
+    text = squeeze_newlines(json.dumps(body, indent=3, ensure_ascii=False))
+    return at_line + b"\n" + text.encode() + b"\n\n"

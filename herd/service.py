@@ -1,0 +1,129 @@
+"""Wiring of one node, and nothing else: storage, places, peers, listening
+endpoint and dialers composed into one Twisted service, plus ``herd serve``.
+
+Start-up order serves the "answer within 0.5 s" target: the node listens
+first, and Redis and peers connect in the background (requests that arrive
+before Redis is reached wait for it, up to the Redis timeout).
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import os
+import sys
+import time
+from typing import Any
+
+from twisted.application.internet import StreamServerEndpointService
+from twisted.application.service import MultiService
+from twisted.internet import defer
+from twisted.internet.endpoints import serverFromString
+from twisted.internet.error import CannotListenError
+from twisted.logger import Logger
+
+from config.schema import ConfigError, HerdConfig, PlacesConfig
+from herd.connection import NodeConnectionFactory
+from herd.node import Node
+from herd.peers import PeerLinks, dial_service
+from herd.places import PlacesProvider
+from storage.store import RedisStore
+
+log = Logger(namespace="herd")
+SHUTDOWN_GRACE = 5.0  # seconds in-flight replies get to finish on SIGTERM
+
+
+def listen_description(host: str, port: int) -> str:
+    """Endpoint string for a node's listening socket: the configured address
+    when it is an IP literal, every interface when it is a host name."""
+    try:
+        ip = ipaddress.ip_address(host)
+    except ValueError:
+        return f"tcp:{port}"
+    if ip.version == 6:
+        return f"tcp6:{port}:interface={host.replace(':', chr(92) + ':')}"
+    return f"tcp:{port}:interface={host}"
+
+
+def build_places(config: PlacesConfig, reactor: Any, store: RedisStore) -> PlacesProvider:
+    if config.provider == "offline":
+        from herd.offline_places import OfflinePlaces
+
+        return OfflinePlaces(store)
+    from herd.google_places import make_provider
+
+    return make_provider(config, reactor)
+
+
+class NodeService(MultiService):
+    """One herd node as a service: start it to serve, stop it to shut down cleanly."""
+
+    def __init__(self, config: HerdConfig, name: str, reactor: Any, secret: bytes):
+        super().__init__()
+        self._reactor = reactor
+        me = config.nodes[name]
+        self.address = (me.host, me.port)
+        self.store = RedisStore(reactor, me.redis, me.prefix.encode(), config.redis_timeout)
+        self.links = PeerLinks(n.encode() for n in config.neighbours(name))
+        places = build_places(config.places, reactor, self.store)
+        self.node = Node(name.encode(), self.store, places, self.links)
+        self.factory = NodeConnectionFactory(
+            self.node, name.encode(), secret, config.max_line_bytes,
+            config.max_future_seconds * 1_000_000_000, time.time_ns)
+        endpoint = serverFromString(reactor, listen_description(me.host, me.port))
+        self.listener = StreamServerEndpointService(endpoint, self.factory)
+        self.listener._raiseSynchronously = True
+        self.listener.setServiceParent(self)
+        for peer in config.neighbours(name):
+            there = config.nodes[peer]
+            dial_service(reactor, self.node, name.encode(), peer.encode(), there.host, there.port,
+                         secret).setServiceParent(self)
+
+    def startService(self) -> None:
+        super().startService()  # listens at once; raises CannotListenError
+        self.store.start()
+        preload = getattr(self.node.places, "ensure_loaded", None)
+        if preload is not None:
+            preload().addErrback(lambda _: None)  # logged by the provider; retried on use
+        log.info("node {name} listening on {host}:{port}", name=self.node.name.decode(),
+                 host=self.address[0], port=self.address[1])
+
+    @defer.inlineCallbacks
+    def stopService(self) -> Any:
+        """Stop listening and dialling, let in-flight replies finish (bounded),
+        then close peer links and Redis."""
+        log.info("stopping: no new connections; finishing in-flight replies")
+        yield super().stopService()
+        clients = [c for c in self.factory.connections if c.peer_name is None]
+        for conn in clients:
+            conn.close_when_idle()
+        closed = defer.gatherResults([c.closed for c in clients])
+        yield closed.addTimeout(SHUTDOWN_GRACE, self._reactor).addErrback(lambda _: None)
+        self.links.close_all()
+        yield self.store.stop()
+        log.info("stopped")
+
+
+def serve(name: str, config_path: str, log_format: str | None) -> int:
+    """``herd serve NAME --config FILE``: run one node until SIGTERM/SIGINT."""
+    from config.loader import load_config
+
+    config = load_config(config_path, need_secret=True)
+    if name not in config.nodes:
+        raise ConfigError(f"{config_path}: nodes.{name}: no such node "
+                          f"(known: {', '.join(sorted(config.nodes))})")
+    from twisted.internet import reactor
+
+    from herd.logs import start_logging
+
+    under_systemd = "INVOCATION_ID" in os.environ or "JOURNAL_STREAM" in os.environ
+    start_logging(name, log_format or ("json" if under_systemd else "text"), reactor)
+    service = NodeService(config, name, reactor, config.secret())
+    try:
+        service.startService()
+    except CannotListenError as err:
+        print(f"herd: {name}: cannot listen on {service.address[0]}:{service.address[1]}: "
+              f"{err.socketError}", file=sys.stderr)
+        return 1
+    reactor.addSystemEventTrigger("before", "shutdown", service.stopService)
+    reactor.run()  # type: ignore[attr-defined]
+    return 0

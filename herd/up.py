@@ -1,0 +1,345 @@
+"""``herd up``: run a whole herd on this machine until Ctrl-C or SIGTERM.
+
+One persistent redis-server per distinct local Redis port (data under
+``<state>/<Node>/redis``, ``Node`` being the first node by name that uses it),
+then every node as ``python -m herd serve``; node output is relayed to our
+stdout, each line prefixed with the node's name, and appended to
+``<state>/<Node>/herd.log``. A process that dies is restarted a second later.
+
+This is a development supervisor, not the serving path: plain subprocesses and
+threads, no reactor.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import IO
+
+from config.loader import load_config
+from config.schema import HerdConfig
+
+REDIS_CONF = Path(__file__).resolve().parent.parent / "ops" / "redis" / "redis.conf"
+REDIS_START_TIMEOUT = 10.0  # seconds for a new redis-server to answer PING
+NODE_STOP_TIMEOUT = 5.0  # seconds between SIGTERM and SIGKILL for a node
+# Redis writes a final snapshot on SIGTERM; SIGKILL after this long loses
+# nothing acknowledged anyway (the AOF is fsynced before every reply).
+REDIS_STOP_TIMEOUT = 30.0
+RESTART_DELAY = 1.0  # seconds between an unexpected exit and the restart
+PING = b"*1\r\n$4\r\nPING\r\n"
+
+
+@dataclass(frozen=True)
+class LocalRedis:
+    """A redis-server that ``herd up`` runs: one per distinct local Redis port."""
+
+    port: int
+    hosts: tuple[str, ...]  # addresses to bind: every local host naming this port
+    owner: str  # first node by name using it; its data live in <state>/<owner>/redis
+    password: str | None = None
+
+
+def plan_redis_servers(config: HerdConfig) -> list[LocalRedis]:
+    """The Redis servers to start for ``config``, in the order of their owners'
+    names: one per distinct port among the nodes whose Redis host is local
+    (loopback or ``localhost``). Nodes with a remote Redis get none."""
+    users: dict[int, list[str]] = {}
+    for name in sorted(config.nodes):
+        address = config.nodes[name].redis
+        if is_local(address.host):
+            users.setdefault(address.port, []).append(name)
+    plans = []
+    for port, names in users.items():
+        first = config.nodes[names[0]].redis
+        hosts = sorted({bind_address(config.nodes[n].redis.host) for n in names})
+        plans.append(LocalRedis(port, tuple(hosts), names[0], first.password))
+    return plans
+
+
+def is_local(host: str) -> bool:
+    """True for ``localhost`` and loopback addresses (127.0.0.0/8, ::1)."""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def bind_address(host: str) -> str:
+    # Twisted resolves "localhost" to IPv4, so that is where the node will dial.
+    return "127.0.0.1" if host == "localhost" else host
+
+
+class Output:
+    """Our stdout, shared by the relay threads: whole lines, one writer at a time."""
+
+    def __init__(self, width: int) -> None:
+        self.width = width  # of the name column
+        self._lock = threading.Lock()
+
+    def say(self, text: str) -> None:
+        self._write(f"herd up: {text}\n")
+
+    def relay(self, label: str, stream: IO[bytes], log_path: Path) -> None:
+        """Copy ``stream`` line by line to ``log_path`` and, prefixed with ``label``,
+        to stdout, until end of file."""
+        with stream, open(log_path, "ab") as log:
+            for raw in stream:
+                log.write(raw)
+                log.flush()
+                text = raw.decode(errors="replace").rstrip("\r\n")
+                self._write(f"{label:<{self.width}} | {text}\n")
+
+    def _write(self, text: str) -> None:
+        with self._lock:
+            try:
+                sys.stdout.write(text)
+                sys.stdout.flush()
+            except OSError:
+                pass  # stdout gone (closed pipe): keep draining children regardless
+
+
+@dataclass
+class Child:
+    """A supervised process: how to start it and where its output goes.
+
+    ``relay`` children (nodes) have their output relayed by ``Output``; the
+    others (Redis) write straight to ``log_path``."""
+
+    label: str
+    argv: list[str]
+    log_path: Path
+    relay: bool
+    proc: subprocess.Popen[bytes] | None = None
+    relayer: threading.Thread | None = None
+    restarts: int = 0
+    restart_at: float | None = None
+
+    def start(self, out: Output) -> None:
+        # A new session: a terminal's Ctrl-C reaches only us, and we stop the
+        # children in order (nodes before the Redis they still need).
+        with open(self.log_path, "ab") as log:
+            self.proc = subprocess.Popen(self.argv, stdin=subprocess.DEVNULL,
+                                         stdout=subprocess.PIPE if self.relay else log,
+                                         stderr=subprocess.STDOUT, env=child_env(),
+                                         start_new_session=True)
+        if self.relay:
+            assert self.proc.stdout is not None
+            self.relayer = threading.Thread(target=out.relay, daemon=True,
+                                            args=(self.label, self.proc.stdout, self.log_path))
+            self.relayer.start()
+
+    def tend(self, now: float, out: Output) -> None:
+        """Notice an unexpected exit; restart ``RESTART_DELAY`` seconds after it."""
+        if self.proc is None:
+            return
+        if self.restart_at is None:
+            code = self.proc.poll()
+            if code is not None:
+                self.restart_at = now + RESTART_DELAY
+                out.say(f"{self.label} {describe_exit(code)}; "
+                        f"restarting in {RESTART_DELAY:g} s")
+        elif now >= self.restart_at:
+            self.restart_at = None
+            self.restarts += 1
+            self.start(out)
+            out.say(f"{self.label} restarted (restart {self.restarts})")
+
+    def alive(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
+
+
+def child_env() -> dict[str, str]:
+    env = dict(os.environ)
+    # Under systemd, readiness is ours to report, not a child's.
+    env.pop("NOTIFY_SOCKET", None)
+    # Node log lines reach us (and herd.log) as they are written, not per 8 KB.
+    env["PYTHONUNBUFFERED"] = "1"
+    return env
+
+
+def describe_exit(code: int) -> str:
+    if code < 0:
+        try:
+            return f"was killed by {signal.Signals(-code).name}"
+        except ValueError:
+            return f"was killed by signal {-code}"
+    return f"exited with code {code}"
+
+
+def run_up(config_path: str, state_dir: str, log_format: str) -> int:
+    """Run the herd in ``config_path`` until SIGINT/SIGTERM; return the exit status:
+    0 after a requested stop, 1 when the herd could not start. ConfigError
+    propagates (the CLI reports it)."""
+    config = load_config(config_path, need_secret=True)
+    config.secret()  # fail before starting anything, whatever the loader checked
+    redises = plan_redis_servers(config)
+    exe = shutil.which("redis-server") if redises else ""
+    if exe is None:
+        return fail("redis-server not found; run ops/setup.sh")
+    if redises and not REDIS_CONF.is_file():
+        return fail(f"{REDIS_CONF} not found (herd up runs from a source checkout)")
+    problem = port_conflict(config, redises)
+    if problem:
+        return fail(problem)
+    state = Path(state_dir)
+    out = Output(width=max(len(name) for name in config.nodes))
+    redis_children = [redis_child(r, exe, state) for r in redises]
+    nodes = [node_child(name, config_path, log_format, state) for name in sorted(config.nodes)]
+    stop = stop_on_signals()
+    try:
+        return start_and_supervise(config, redises, redis_children, nodes, state, stop, out)
+    finally:
+        stop_all(nodes, NODE_STOP_TIMEOUT, out)
+        stop_all(redis_children, REDIS_STOP_TIMEOUT, out)
+
+
+def fail(message: str) -> int:
+    print(f"herd up: {message}", file=sys.stderr)
+    return 1
+
+
+def port_conflict(config: HerdConfig, redises: Sequence[LocalRedis]) -> str | None:
+    """Why the herd cannot start here (a Redis or node port already taken), or None."""
+    for r in redises:
+        reply = ping(r.hosts[0], r.port)
+        if reply is not None:
+            what = "a Redis answering PING" if reply.startswith((b"+", b"-")) else "something"
+            return (f"port {r.port} (Redis for {r.owner}) is already in use by {what}; "
+                    "not touching it (another herd up or redis-server running?)")
+    for name in sorted(config.nodes):
+        node = config.nodes[name]
+        if ping(node.host, node.port) is not None:
+            return f"port {node.port} (node {name}) is already in use (another herd up running?)"
+    return None
+
+
+def ping(host: str, port: int, timeout: float = 0.5) -> bytes | None:
+    """The first bytes answered to a RESP PING at host:port; b"" when something
+    accepts connections there but does not answer; None when nothing does."""
+    try:
+        sock = socket.create_connection((host, port), timeout=timeout)
+    except OSError:
+        return None
+    with sock:
+        try:
+            sock.sendall(PING)
+            return sock.recv(64)
+        except OSError:
+            return b""
+
+
+def redis_child(redis: LocalRedis, exe: str, state: Path) -> Child:
+    data = (state / redis.owner / "redis").resolve()
+    data.mkdir(parents=True, exist_ok=True)
+    log = data / "redis.log"
+    argv = [exe, str(REDIS_CONF), "--port", str(redis.port), "--bind", *redis.hosts,
+            "--dir", str(data), "--daemonize", "no", "--logfile", str(log)]
+    if redis.password:
+        argv += ["--requirepass", redis.password]
+    return Child(f"{redis.owner} redis", argv, log, relay=False)
+
+
+def node_child(name: str, config_path: str, log_format: str, state: Path) -> Child:
+    (state / name).mkdir(parents=True, exist_ok=True)
+    argv = [sys.executable, "-m", "herd", "serve", name, "--config", config_path,
+            "--log-format", log_format]
+    return Child(name, argv, state / name / "herd.log", relay=True)
+
+
+def stop_on_signals() -> threading.Event:
+    """An event set by SIGINT or SIGTERM (instead of KeyboardInterrupt)."""
+    stop = threading.Event()
+
+    def request_stop(signum: int, frame: object) -> None:
+        stop.set()
+
+    signal.signal(signal.SIGINT, request_stop)
+    signal.signal(signal.SIGTERM, request_stop)
+    return stop
+
+
+def start_and_supervise(config: HerdConfig, redises: Sequence[LocalRedis],
+                        redis_children: Sequence[Child], nodes: Sequence[Child],
+                        state: Path, stop: threading.Event, out: Output) -> int:
+    for child in redis_children:
+        child.start(out)
+    for redis, child in zip(redises, redis_children, strict=True):
+        problem = wait_for_redis(redis, child, stop)
+        if problem:
+            return fail(problem)
+    if stop.is_set():
+        return 0
+    for node in nodes:
+        node.start(out)
+    print_banner(config, state, out)
+    children = [*redis_children, *nodes]
+    while not stop.wait(0.2):
+        now = time.monotonic()
+        for child in children:
+            child.tend(now, out)
+    return 0
+
+
+def wait_for_redis(redis: LocalRedis, child: Child, stop: threading.Event) -> str | None:
+    """None once the Redis answers PING (or a stop was requested), else why not."""
+    deadline = time.monotonic() + REDIS_START_TIMEOUT
+    while not stop.is_set():
+        assert child.proc is not None
+        code = child.proc.poll()
+        if code is not None:
+            return f"{child.label} {describe_exit(code)} at start-up; see {child.log_path}"
+        reply = ping(redis.hosts[0], redis.port)
+        # NOAUTH: it answers, it just wants the password the nodes will send.
+        if reply and reply.startswith((b"+PONG", b"-NOAUTH")):
+            return None
+        if time.monotonic() > deadline:
+            return (f"{child.label} did not answer PING on port {redis.port} within "
+                    f"{REDIS_START_TIMEOUT:g} s; see {child.log_path}")
+        stop.wait(0.05)
+    return None
+
+
+def print_banner(config: HerdConfig, state: Path, out: Output) -> None:
+    for name in sorted(config.nodes):
+        node = config.nodes[name]
+        redis = node.redis
+        where = "" if is_local(redis.host) else " (remote, not started)"
+        out.say(f"{name:<{out.width}}  {hostport(node.host, node.port)}  "
+                f"redis {hostport(redis.host, redis.port)}{where}  log {state / name / 'herd.log'}")
+    out.say(f"{len(config.nodes)} nodes running; Ctrl-C stops the herd")
+
+
+def hostport(host: str, port: int) -> str:
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+def stop_all(children: Sequence[Child], timeout: float, out: Output) -> None:
+    """SIGTERM every live child, wait up to ``timeout`` s in all, SIGKILL the rest."""
+    for child in children:
+        if child.alive():
+            assert child.proc is not None
+            child.proc.terminate()
+    deadline = time.monotonic() + timeout
+    for child in children:
+        if child.proc is None:
+            continue
+        try:
+            child.proc.wait(max(0.0, deadline - time.monotonic()))
+        except subprocess.TimeoutExpired:
+            out.say(f"{child.label} did not stop within {timeout:g} s; killing it")
+            child.proc.kill()
+            child.proc.wait()
+        if child.relayer is not None:
+            child.relayer.join(timeout=2.0)  # let its last lines (shutdown logs) through

@@ -1,0 +1,441 @@
+"""config.loader: the shipped herd loads; every kind of mistake fails with one line
+naming the file, the node (table) and the key."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from config.loader import load_config
+from config.schema import ConfigError, HerdConfig
+
+REPO = Path(__file__).resolve().parent.parent
+
+SHIPPED = REPO / "config" / "herd.toml"
+
+BASE = """\
+[herd]
+secret_env = "HERD_TEST_SECRET"
+
+[places]
+provider = "offline"
+
+[nodes.Bailey]
+host = "127.0.0.1"
+port = 10000
+redis = "redis://127.0.0.1:6400/0"
+peers = ["Bona"]
+
+[nodes.Bona]
+host = "127.0.0.1"
+port = 10001
+redis = "redis://127.0.0.1:6401/0"
+peers = ["Bailey"]
+"""
+
+
+def write(tmp_path: Path, text: str, name: str = "herd.toml") -> str:
+    path = tmp_path / name
+    path.write_text(text, encoding="utf-8")
+    return str(path)
+
+
+def variant(old: str, new: str) -> str:
+    """BASE with its first ``old`` replaced by ``new``."""
+    assert old in BASE, old
+    return BASE.replace(old, new, 1)
+
+
+def failure(path: str, where: str | None = None, **kwargs: bool) -> str:
+    """Load ``path``, expecting a ConfigError; check it is one line naming the file
+    and ``where`` (table.key); return the message."""
+    with pytest.raises(ConfigError) as info:
+        load_config(path, **kwargs)
+    message = str(info.value)
+    assert "\n" not in message and "\r" not in message, message
+    assert message.startswith(f"{path}: "), message
+    if where is not None:
+        assert message.startswith(f"{path}: {where}: "), message
+    return message
+
+
+# --- the shipped herd ---------------------------------------------------------------
+
+
+def test_shipped_herd_loads() -> None:
+    cfg = load_config(str(SHIPPED))
+    assert isinstance(cfg, HerdConfig)
+    assert sorted(cfg.nodes) == ["Bailey", "Bona", "Campbell", "Clark", "Jaquez"]
+    expected = {
+        ("Clark", "Jaquez"),
+        ("Clark", "Bona"),
+        ("Campbell", "Bailey"),
+        ("Campbell", "Bona"),
+        ("Campbell", "Jaquez"),
+        ("Bona", "Bailey"),
+    }
+    assert cfg.links() == sorted(tuple(sorted(link)) for link in expected)
+    assert cfg.places.provider == "offline"
+    assert cfg.secret_env == "HERD_SECRET"
+    assert len({(n.host, n.port) for n in cfg.nodes.values()}) == 5
+
+
+def test_shipped_neighbours_are_undirected() -> None:
+    cfg = load_config(str(SHIPPED))
+    for a, b in cfg.links():
+        assert b in cfg.neighbours(a) and a in cfg.neighbours(b)
+    assert cfg.neighbours("Clark") == ("Bona", "Jaquez")
+    assert cfg.neighbours("Bailey") == ("Bona", "Campbell")
+    assert cfg.neighbours("Jaquez") == ("Campbell", "Clark")
+
+
+def test_one_sided_peer_listing_is_a_link(tmp_path: Path) -> None:
+    cfg = load_config(write(tmp_path, variant('peers = ["Bailey"]', "peers = []")))
+    assert cfg.nodes["Bona"].peers == ()
+    assert cfg.neighbours("Bona") == ("Bailey",)
+    assert cfg.links() == [("Bailey", "Bona")]
+
+
+def test_defaults_and_parsed_values(tmp_path: Path) -> None:
+    cfg = load_config(write(tmp_path, BASE))
+    bailey = cfg.nodes["Bailey"]
+    assert (bailey.host, bailey.port, bailey.prefix, bailey.peers) == ("127.0.0.1", 10000, "herd:", ("Bona",))
+    assert (bailey.redis.host, bailey.redis.port, bailey.redis.db) == ("127.0.0.1", 6400, 0)
+    assert bailey.redis.password is None
+    assert cfg.places.url is None and cfg.places.timeout == 5.0 and cfg.places.cache_ttl == 300
+    assert (cfg.max_line_bytes, cfg.max_future_seconds, cfg.redis_timeout) == (4096, 3600, 3.0)
+
+
+def test_every_option_set(tmp_path: Path) -> None:
+    text = (
+        BASE.replace(
+            'secret_env = "HERD_TEST_SECRET"',
+            """secret_env = "MY_SECRET"
+max_line_bytes = 64
+max_future_seconds = 0
+redis_timeout = 1""",
+        )
+        .replace(
+            'provider = "offline"',
+            """provider = "google-new"
+url = "http://127.0.0.1:8080/places"
+key_env = "PLACES_KEY"
+timeout = 2.5
+cache_ttl = 0""",
+        )
+        .replace(
+            'redis = "redis://127.0.0.1:6401/0"',
+            """redis = "redis://:p%40ss@[::1]:6400/3"
+prefix = "bona:\"""",
+        )
+    )
+    cfg = load_config(write(tmp_path, text))
+    assert (cfg.secret_env, cfg.max_line_bytes, cfg.max_future_seconds) == ("MY_SECRET", 64, 0)
+    assert cfg.redis_timeout == 1.0 and isinstance(cfg.redis_timeout, float)
+    assert cfg.places.provider == "google-new"
+    assert cfg.places.url == "http://127.0.0.1:8080/places"
+    assert (cfg.places.key_env, cfg.places.timeout, cfg.places.cache_ttl) == ("PLACES_KEY", 2.5, 0)
+    bona = cfg.nodes["Bona"]
+    assert bona.prefix == "bona:"
+    assert (bona.redis.host, bona.redis.port, bona.redis.db) == ("::1", 6400, 3)
+    assert bona.redis.password == "p@ss"
+
+
+@pytest.mark.parametrize(
+    "url, db", [("redis://h:1", 0), ("redis://h:1/", 0), ("redis://h.example.org:65535/15", 15)]
+)
+def test_good_redis_urls(tmp_path: Path, url: str, db: int) -> None:
+    cfg = load_config(write(tmp_path, variant("redis://127.0.0.1:6400/0", url)))
+    assert cfg.nodes["Bailey"].redis.db == db
+    assert cfg.nodes["Bailey"].redis.url == url
+
+
+# --- the file itself ----------------------------------------------------------------
+
+
+def test_missing_file(tmp_path: Path) -> None:
+    path = str(tmp_path / "nope.toml")
+    assert "cannot read file" in failure(path)
+
+
+def test_unreadable_file(tmp_path: Path) -> None:
+    assert "cannot read file" in failure(str(tmp_path))  # a directory cannot be read
+
+
+def test_toml_syntax_error_has_line_and_column(tmp_path: Path) -> None:
+    path = write(tmp_path, variant("port = 10001", "port = = 10001"))
+    message = failure(path)
+    assert "TOML syntax error" in message
+    assert "line 15" in message and "column" in message
+
+
+def test_not_utf8(tmp_path: Path) -> None:
+    path = tmp_path / "herd.toml"
+    path.write_bytes(BASE.replace("Bailey", "B\xe4iley").encode("latin-1"))
+    assert "UTF-8" in failure(str(path))
+
+
+# --- sections and keys ------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "old, new, where, fragment",
+    [
+        ("[places]", "[placez]", "placez", "unknown section; did you mean 'places'?"),
+        ("[herd]", 'colour = "blue"\n[herd]', "colour", "unknown section"),
+        ("secret_env =", "secret_envv =", "herd.secret_envv", "did you mean 'secret_env'?"),
+        ('provider = "offline"', 'providr = "offline"', "places.providr", "did you mean 'provider'?"),
+        ('peers = ["Bona"]', 'peer = ["Bona"]', "nodes.Bailey.peer", "did you mean 'peers'?"),
+        ("port = 10001", "port = 10001\nprot = 1", "nodes.Bona.prot", "unknown key"),
+    ],
+)
+def test_unknown_sections_and_keys(tmp_path: Path, old: str, new: str, where: str, fragment: str) -> None:
+    assert fragment in failure(write(tmp_path, variant(old, new)), where)
+
+
+@pytest.mark.parametrize(
+    "text, where",
+    [
+        ("herd = 1\n" + BASE.replace('[herd]\nsecret_env = "HERD_TEST_SECRET"\n', ""), "herd"),
+        ("places = []\n" + BASE.replace('[places]\nprovider = "offline"\n', ""), "places"),
+    ],
+)
+def test_section_must_be_a_table(tmp_path: Path, text: str, where: str) -> None:
+    assert "expected a table" in failure(write(tmp_path, text), where)
+
+
+def test_nodes_missing(tmp_path: Path) -> None:
+    path = write(tmp_path, BASE.split("[nodes.Bailey]")[0])
+    assert "at least one" in failure(path, "nodes")
+
+
+def test_nodes_empty(tmp_path: Path) -> None:
+    path = write(tmp_path, BASE.split("[nodes.Bailey]")[0] + "[nodes]\n")
+    assert "empty" in failure(path, "nodes")
+
+
+def test_nodes_not_a_table(tmp_path: Path) -> None:
+    path = write(tmp_path, "nodes = 5\n")
+    assert "expected a table" in failure(path, "nodes")
+
+
+def test_node_not_a_table(tmp_path: Path) -> None:
+    path = write(tmp_path, variant("[nodes.Bailey]", "[nodes]\nBailey = 5\n[nodes.Bailee]"))
+    assert "expected a table" in failure(path, "nodes.Bailey")
+
+
+# --- node names, host, port ----------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "name, shown", [('"Bad Name"', '"Bad Name"'), ('""', '""'), ('"tab\\there"', '"tab\\there"')]
+)
+def test_bad_node_name(tmp_path: Path, name: str, shown: str) -> None:
+    path = write(tmp_path, variant("[nodes.Bona]", f"[nodes.{name}]").replace('"Bona"', name))
+    assert "bad node name" in failure(path, f"nodes.{shown}")
+
+
+@pytest.mark.parametrize(
+    "old, new, where, fragment",
+    [
+        ('host = "127.0.0.1"\nport = 10001', "port = 10001", "nodes.Bona.host", "missing"),
+        ('host = "127.0.0.1"', 'host = ""', "nodes.Bailey.host", "expected a non-empty string"),
+        ('host = "127.0.0.1"', "host = 127", "nodes.Bailey.host", "got integer 127"),
+        ('host = "127.0.0.1"', 'host = "a b"', "nodes.Bailey.host", "host name or address"),
+        ("port = 10001\n", "", "nodes.Bona.port", "missing"),
+        ("port = 10001", "port = 0", "nodes.Bona.port", "expected an integer in 1..65535"),
+        ("port = 10001", "port = 65536", "nodes.Bona.port", "got integer 65536"),
+        ("port = 10001", 'port = "10001"', "nodes.Bona.port", "got string '10001'"),
+        ("port = 10001", "port = true", "nodes.Bona.port", "got boolean true"),
+        ("port = 10001", "port = 10001.0", "nodes.Bona.port", "got float 10001.0"),
+    ],
+)
+def test_bad_host_and_port(tmp_path: Path, old: str, new: str, where: str, fragment: str) -> None:
+    assert fragment in failure(write(tmp_path, variant(old, new)), where)
+
+
+def test_duplicate_host_port(tmp_path: Path) -> None:
+    path = write(tmp_path, variant("port = 10001", "port = 10000"))
+    assert "10000 is already used by node Bailey" in failure(path, "nodes.Bona.port")
+
+
+def test_same_port_on_other_hosts_is_fine(tmp_path: Path) -> None:
+    text = variant("port = 10001", "port = 10000").replace(
+        'host = "127.0.0.1"\nport = 10000\nredis = "redis://127.0.0.1:6401',
+        'host = "127.0.0.2"\nport = 10000\nredis = "redis://127.0.0.1:6401',
+    )
+    assert load_config(write(tmp_path, text)).nodes["Bona"].host == "127.0.0.2"
+
+
+# --- Redis ----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "http://127.0.0.1:6400/0",
+        "redis://127.0.0.1",
+        "redis://127.0.0.1:abc",
+        "redis://127.0.0.1:0",
+        "redis://127.0.0.1:65536",
+        "redis://127.0.0.1:6400/x",
+        "redis://127.0.0.1:6400/-1",
+        "redis://:6400",
+        "redis://user:pw@h:6400",
+        "",
+        " redis://127.0.0.1:6400",
+        "redis://h:6400/0/1",
+        "redis://::1:6400",
+    ],
+)
+def test_bad_redis_url(tmp_path: Path, url: str) -> None:
+    path = write(tmp_path, variant('"redis://127.0.0.1:6401/0"', f'"{url}"'))
+    assert "bad Redis URL" in failure(path, "nodes.Bona.redis")
+
+
+def test_redis_missing_or_not_a_string(tmp_path: Path) -> None:
+    path = write(tmp_path, variant('redis = "redis://127.0.0.1:6401/0"', "redis = 6401"))
+    assert "expected a Redis URL string" in failure(path, "nodes.Bona.redis")
+    path = write(tmp_path, variant('redis = "redis://127.0.0.1:6401/0"\n', ""))
+    assert "missing" in failure(path, "nodes.Bona.redis")
+
+
+def test_bad_redis_url_hides_password(tmp_path: Path) -> None:
+    path = write(tmp_path, variant('"redis://127.0.0.1:6401/0"', '"redis://:hunter2@h:99999"'))
+    message = failure(path, "nodes.Bona.redis")
+    assert "hunter2" not in message and "***@h:99999" in message
+
+
+def test_duplicate_redis_and_prefix(tmp_path: Path) -> None:
+    path = write(tmp_path, variant("redis://127.0.0.1:6401/0", "redis://127.0.0.1:6400"))
+    message = failure(path, "nodes.Bona.redis")
+    assert "already used by node Bailey" in message and "prefix" in message
+
+
+def test_shared_redis_with_distinct_prefixes_or_dbs_is_fine(tmp_path: Path) -> None:
+    text = variant(
+        'redis = "redis://127.0.0.1:6401/0"', 'redis = "redis://127.0.0.1:6400/0"\nprefix = "bona:"'
+    )
+    assert load_config(write(tmp_path, text)).nodes["Bona"].prefix == "bona:"
+    text = variant("redis://127.0.0.1:6401/0", "redis://127.0.0.1:6400/1")
+    assert load_config(write(tmp_path, text)).nodes["Bona"].redis.db == 1
+
+
+@pytest.mark.parametrize(
+    "new, fragment", [('prefix = ""', "expected a non-empty string"), ("prefix = 1", "got integer 1")]
+)
+def test_bad_prefix(tmp_path: Path, new: str, fragment: str) -> None:
+    path = write(tmp_path, variant('peers = ["Bailey"]', f'peers = ["Bailey"]\n{new}'))
+    assert fragment in failure(path, "nodes.Bona.prefix")
+
+
+# --- peers ------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "peers, fragment",
+    [
+        ('["Foo"]', "unknown peer 'Foo'"),
+        ('["Bona", "Bailey"]', "lists itself"),
+        ('["Bona", "Bona"]', "more than once"),
+        ('"Bona"', "expected an array of node names, got string 'Bona'"),
+        ('["Bona", 3]', "got integer 3 in it"),
+    ],
+)
+def test_bad_peers(tmp_path: Path, peers: str, fragment: str) -> None:
+    path = write(tmp_path, variant('peers = ["Bona"]', f"peers = {peers}"))
+    assert fragment in failure(path, "nodes.Bailey.peers")
+
+
+# --- [herd] and [places] ---------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "line, where, fragment",
+    [
+        ('secret_env = ""', "herd.secret_env", "non-empty string"),
+        ('secret_env = "1BAD"', "herd.secret_env", "environment variable name"),
+        ('secret_env = "A-B"', "herd.secret_env", "environment variable name"),
+        ("secret_env = 5", "herd.secret_env", "got integer 5"),
+        ("max_line_bytes = 63", "herd.max_line_bytes", "expected an integer >= 64"),
+        ('max_line_bytes = "4096"', "herd.max_line_bytes", "got string"),
+        ("max_line_bytes = true", "herd.max_line_bytes", "got boolean"),
+        ("max_future_seconds = -1", "herd.max_future_seconds", "expected an integer >= 0"),
+        ("max_future_seconds = 1.5", "herd.max_future_seconds", "got float"),
+        ("redis_timeout = 0", "herd.redis_timeout", "expected a number greater than 0"),
+        ("redis_timeout = -1.5", "herd.redis_timeout", "greater than 0"),
+        ('redis_timeout = "3"', "herd.redis_timeout", "got string"),
+        ("redis_timeout = true", "herd.redis_timeout", "got boolean"),
+        ("redis_timeout = inf", "herd.redis_timeout", "greater than 0"),
+        ("redis_timeout = nan", "herd.redis_timeout", "greater than 0"),
+    ],
+)
+def test_bad_herd_section(tmp_path: Path, line: str, where: str, fragment: str) -> None:
+    path = write(tmp_path, variant('secret_env = "HERD_TEST_SECRET"', line))
+    assert fragment in failure(path, where)
+
+
+@pytest.mark.parametrize(
+    "line, where, fragment",
+    [
+        ('provider = "bing"', "places.provider", "unknown provider 'bing'"),
+        ("provider = 1", "places.provider", "got integer"),
+        ('url = "ftp://example.org/x"', "places.url", "http:// or https:// URL"),
+        ('url = "not a url"', "places.url", "http:// or https:// URL"),
+        ('url = "http://"', "places.url", "http:// or https:// URL"),
+        ('url = "http://h:99999/"', "places.url", "http:// or https:// URL"),
+        ("url = 5", "places.url", "got integer"),
+        ('key_env = "1X"', "places.key_env", "environment variable name"),
+        ("timeout = 0", "places.timeout", "greater than 0"),
+        ('timeout = "5"', "places.timeout", "got string"),
+        ("cache_ttl = -1", "places.cache_ttl", "expected an integer >= 0"),
+        ("cache_ttl = 1.5", "places.cache_ttl", "got float"),
+    ],
+)
+def test_bad_places_section(tmp_path: Path, line: str, where: str, fragment: str) -> None:
+    path = write(tmp_path, variant('provider = "offline"', line))
+    assert fragment in failure(path, where)
+
+
+# --- the secret -------------------------------------------------------------------------
+
+
+def test_missing_secret_fails_only_when_needed(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("HERD_TEST_SECRET", raising=False)
+    path = write(tmp_path, BASE)
+    load_config(path)
+    message = failure(path, "herd.secret_env", need_secret=True)
+    assert "HERD_TEST_SECRET" in message
+    monkeypatch.setenv("HERD_TEST_SECRET", "")
+    failure(path, "herd.secret_env", need_secret=True)
+    monkeypatch.setenv("HERD_TEST_SECRET", "s3cret")
+    cfg = load_config(path, need_secret=True)
+    assert cfg.secret() == b"s3cret"
+
+
+# --- command line -----------------------------------------------------------------------
+
+
+_SERVE_XFAIL = pytest.mark.xfail(strict=False, reason="serve wiring lands separately")
+
+
+def test_serve_with_bad_config_prints_one_line(tmp_path: Path) -> None:
+    path = write(tmp_path, variant('peers = ["Bona"]', 'peers = ["Foo"]'))
+    env = dict(os.environ, HERD_TEST_SECRET="x")
+    proc = subprocess.run(
+        [sys.executable, "-m", "herd", "serve", "Bailey", "--config", path],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    lines = proc.stderr.splitlines()
+    assert "Traceback" not in proc.stderr, proc.stderr
+    assert proc.returncode == 2, proc.stderr
+    assert len(lines) == 1, proc.stderr
+    assert lines[0].startswith(f"herd: {path}: nodes.Bailey.peers: unknown peer 'Foo'")
