@@ -66,7 +66,9 @@ class PlacesIndex:
             yield self._store.call("execute_command", "UNLINK", self.geo_key(old), self.info_key(old))
         return True
 
-    def nearby(self, version: bytes, lon: bytes, lat: bytes, radius_m: bytes, count: int) -> Deferred[list[bytes]]:
+    def nearby(
+        self, version: bytes, lon: bytes, lat: bytes, radius_m: bytes, count: int
+    ) -> Deferred[list[bytes]]:
         """Result JSON of up to ``count`` places within ``radius_m`` metres, nearest first."""
         keys = [self.geo_key(version), self.info_key(version)]
         return self._store.call("eval", PLACES_NEARBY, keys, [lon, lat, radius_m, str(count)])

@@ -11,7 +11,6 @@ from __future__ import annotations
 import json
 import os
 from decimal import Decimal
-from pathlib import Path
 from typing import Any
 
 from treq.client import HTTPClient
@@ -32,8 +31,6 @@ from herd.google_places import (
     radius_text,
 )
 from herd.places import PlacesAnswer, PlacesError
-
-REPO = Path(__file__).resolve().parent.parent
 
 reactor: Any = global_reactor
 KEY = "AIzaTEST-secret_key.42"
