@@ -1,0 +1,185 @@
+"""A herd of real processes for integration tests: one redis-server and one
+``python -m herd serve`` per node, on free loopback ports, plus a real HTTP
+server on loopback standing in for the Google Places API.
+
+Readiness is waited for on signals (ports accepting, log lines saying a
+link is up), never on fixed sleeps.
+"""
+
+from __future__ import annotations
+
+import json
+import signal
+import socket
+import subprocess
+import sys
+import threading
+from collections.abc import Iterable
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any
+from urllib.parse import parse_qs, urlsplit
+
+from harness import REPO, RedisServer, env_with, free_port, port_open, wait_until
+
+SECRET = "integration-test-secret"
+PLACES_KEY = "test-places-key"
+
+# SPEC section 5: the shipped five-node topology.
+FIVE = {
+    "Bailey": ["Bona", "Campbell"],
+    "Bona": ["Bailey", "Campbell", "Clark"],
+    "Campbell": ["Bailey", "Bona", "Jaquez"],
+    "Clark": ["Bona", "Jaquez"],
+    "Jaquez": ["Campbell", "Clark"],
+}
+
+
+class FakePlaces:
+    """A real HTTP server on loopback answering like Google's Nearby Search:
+    25 results for any well-formed request, recording every request."""
+
+    def __init__(self) -> None:
+        self.requests: list[dict[str, list[str]]] = []
+        owner = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_GET(self) -> None:  # noqa: N802
+                query = parse_qs(urlsplit(self.path).query)
+                owner.requests.append(query)
+                lat, lng = (float(x) for x in query["location"][0].split(","))
+                results = [{"name": f"Place {i}", "place_id": f"p{i}",
+                            "geometry": {"location": {"lat": lat, "lng": lng}},
+                            "vicinity": "Nowhere\n\n\nStreet"} for i in range(25)]
+                body = json.dumps({"html_attributions": [], "results": results,
+                                   "status": "OK"}, indent=3).encode() + b"\n\n"
+                self.send_response(200)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            def log_message(self, *args: Any) -> None:
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/nearbysearch/json"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+class NodeProcess:
+    def __init__(self, herd: Herd, name: str):
+        self.herd = herd
+        self.name = name
+        self.port = free_port()
+        self.redis = RedisServer(herd.root / name / "redis")
+        self.log_path = herd.root / name / "herd.log"
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def start(self, wait: bool = True) -> NodeProcess:
+        log = open(self.log_path, "ab")
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "herd", "serve", self.name, "--config", str(self.herd.config)],
+            cwd=REPO, stdout=log, stderr=subprocess.STDOUT,
+            env=env_with(HERD_SECRET=self.herd.secret, GOOGLE_PLACES_KEY=PLACES_KEY),
+        )
+        log.close()
+        if wait:
+            wait_until(lambda: port_open(self.port), what=f"node {self.name} listening")
+        return self
+
+    def kill(self, sig: int = signal.SIGKILL) -> int | None:
+        if self.proc is None:
+            return None
+        if self.proc.poll() is None:
+            self.proc.send_signal(sig)
+        code = self.proc.wait(timeout=15)
+        self.proc = None
+        return code
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+    def record(self, client_id: str) -> dict[bytes, bytes]:
+        return self.redis.hgetall(f"herd:client:{client_id}")
+
+
+class Herd:
+    """Nodes with the given links (name -> peers listed in its config)."""
+
+    def __init__(self, root: Path, topology: dict[str, list[str]], provider: str = "google",
+                 secret: str = SECRET, extra_herd: str = ""):
+        self.root = root
+        self.secret = secret
+        self.places = FakePlaces()
+        self.nodes = {name: NodeProcess(self, name) for name in topology}
+        self.config = root / "herd.toml"
+        self.config.write_text(self._toml(topology, provider, extra_herd))
+
+    def _toml(self, topology: dict[str, list[str]], provider: str, extra_herd: str) -> str:
+        out = [f'[herd]\nsecret_env = "HERD_SECRET"\n{extra_herd}\n',
+               f'[places]\nprovider = "{provider}"\nurl = "{self.places.url}"\n'
+               'key_env = "GOOGLE_PLACES_KEY"\ntimeout = 2.0\n']
+        for name, peers in topology.items():
+            node = self.nodes[name]
+            out.append(f'[nodes.{name}]\nhost = "127.0.0.1"\nport = {node.port}\n'
+                       f'redis = "{node.redis.url}"\npeers = {json.dumps(peers)}\n')
+        return "\n".join(out)
+
+    def start(self, names: Iterable[str] | None = None) -> Herd:
+        names = list(names or self.nodes)
+        for name in names:
+            self.nodes[name].redis.start()
+        for name in names:
+            self.nodes[name].start(wait=False)
+        for name in names:
+            node = self.nodes[name]
+            wait_until(lambda n=node: port_open(n.port), what=f"node {node.name} listening")
+        return self
+
+    def wait_links(self, timeout: float = 15.0) -> None:
+        """Wait until every running node logged a link up to each running neighbour."""
+        running = [n for n in self.nodes.values() if n.proc is not None]
+        for node in running:
+            for peer in self.neighbours(node.name):
+                if self.nodes[peer].proc is not None:
+                    wait_until(lambda n=node, p=peer: f"peer {p} link up" in n.log(),
+                               timeout, what=f"link {node.name}-{peer}")
+
+    def neighbours(self, name: str) -> set[str]:
+        topo = {n: set(p) for n, p in self._topology().items()}
+        return topo[name] | {n for n, peers in topo.items() if name in peers}
+
+    def _topology(self) -> dict[str, list[str]]:
+        import tomllib
+
+        data = tomllib.loads(self.config.read_text())
+        return {name: node.get("peers", []) for name, node in data["nodes"].items()}
+
+    def stop(self) -> None:
+        for node in self.nodes.values():
+            node.kill(signal.SIGKILL)
+            node.redis.kill()
+        self.places.close()
+
+    def __getitem__(self, name: str) -> NodeProcess:
+        return self.nodes[name]
+
+
+def talk(port: int, *lines: bytes | str, timeout: float = 10.0, terminate: bool = True) -> bytes:
+    """Send lines to a node, half-close, and return everything it sends back
+    until it closes the connection."""
+    data = b"".join((x.encode() if isinstance(x, str) else x) + b"\n" for x in lines)
+    if not terminate:
+        data = data[:-1]
+    with socket.create_connection(("127.0.0.1", port), timeout=timeout) as sock:
+        sock.sendall(data)
+        sock.shutdown(socket.SHUT_WR)
+        chunks = []
+        while chunk := sock.recv(65536):
+            chunks.append(chunk)
+    return b"".join(chunks)

@@ -1,0 +1,144 @@
+"""The five-node herd as real processes: flooding, exact ordering of updates,
+forged updates, half-closing clients, over-long lines, WHATSAT through a
+real HTTP server standing in for Google.
+
+One herd serves the whole module; each test uses its own client ids.
+"""
+
+from __future__ import annotations
+
+import json
+import socket
+import time
+from collections.abc import Iterator
+
+import pytest
+from cluster import FIVE, Herd, talk
+from harness import wait_until
+
+
+@pytest.fixture(scope="module")
+def herd(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Herd]:
+    h = Herd(tmp_path_factory.mktemp("five"), FIVE).start()
+    try:
+        h.wait_links()
+        yield h
+    finally:
+        h.stop()
+
+
+def at_everywhere(herd: Herd, client: str, at_line: bytes, timeout: float = 5.0) -> None:
+    for node in herd.nodes.values():
+        wait_until(lambda n=node: n.record(client).get(b"at") == at_line, timeout,
+                   what=f"{client} at {node.name}")
+
+
+def test_iamat_floods_three_hops_with_original_at_line(herd: Herd) -> None:
+    reply = talk(herd["Bailey"].port, "IAMAT kiwi.cs.ucla.edu +34.068930-118.445127 1621464827.959498503")
+    assert reply.startswith(b"AT Bailey +") and reply.endswith(
+        b" kiwi.cs.ucla.edu +34.068930-118.445127 1621464827.959498503\n")
+    at_line = reply.rstrip(b"\n")
+    at_everywhere(herd, "kiwi.cs.ucla.edu", at_line)  # Jaquez is three hops from Bailey
+    record = herd["Jaquez"].record("kiwi.cs.ucla.edu")
+    assert record[b"server"] == b"Bailey"
+    assert record[b"location"] == b"+34.068930-118.445127"
+    assert (record[b"lat"], record[b"lon"]) == (b"+34.068930", b"-118.445127")
+    assert record[b"time"] == b"1621464827.959498503"
+    assert record[b"skew"] == at_line.split()[2]
+    members = herd["Jaquez"].redis.command("GEOSEARCH", "herd:geo", "FROMLONLAT", "-118.445127",
+                                          "34.068930", "BYRADIUS", "1", "km", "ASC")
+    assert members == [b"kiwi.cs.ucla.edu"]
+
+
+def test_whatsat_at_a_far_node_answers_the_original_line(herd: Herd) -> None:
+    at_line = talk(herd["Clark"].port, "IAMAT far.client -33.8688+151.2093 1700000000.5").rstrip(b"\n")
+    at_everywhere(herd, "far.client", at_line)
+    reply = talk(herd["Bailey"].port, "WHATSAT far.client 10 3")
+    assert reply.startswith(at_line + b"\n{")
+    assert reply.endswith(b"}\n\n") and not reply.endswith(b"\n\n\n")
+    body = json.loads(reply[len(at_line) + 1:])
+    assert len(body["results"]) == 3 and body["status"] == "OK"
+    assert b"\n\n" not in reply[:-2]
+    request = herd.places.requests[-1]
+    assert request["location"] == ["-33.8688,151.2093"] and request["radius"] == ["10000"]
+
+
+def test_older_update_never_overwrites_newer_one_ns_apart(herd: Herd) -> None:
+    newer, older = "1700000000.000000002", "1700000000.000000001"
+    new_line = talk(herd["Bailey"].port, f"IAMAT ns.client +10.0-020.0 {newer}").rstrip(b"\n")
+    at_everywhere(herd, "ns.client", new_line)
+    # The older update reaches a node that already holds the newer one: it is
+    # acknowledged with its own AT line but changes nothing and is not flooded.
+    old_reply = talk(herd["Jaquez"].port, f"IAMAT ns.client +11.0-021.0 {older}")
+    assert old_reply.startswith(b"AT Jaquez ") and old_reply.endswith(f" {older}\n".encode())
+    equal_reply = talk(herd["Clark"].port, f"IAMAT ns.client +12.0-022.0 {newer}")
+    assert equal_reply.startswith(b"AT Clark ")
+    time.sleep(0.3)  # give a (wrong) flood time to show up; nothing to wait for
+    for node in herd.nodes.values():
+        assert node.record("ns.client")[b"at"] == new_line
+
+
+def test_concurrent_updates_converge_on_the_newest(herd: Herd) -> None:
+    lines = {name: f"IAMAT race +1.0+1.0 1700000001.00000000{i}" for i, name in enumerate(herd.nodes)}
+    for name, line in lines.items():
+        talk(herd[name].port, line)
+    winner = herd["Jaquez"].record("race")  # Jaquez sent the newest time
+    assert winner[b"time"] == b"1700000001.000000004"
+    at_everywhere(herd, "race", winner[b"at"])
+
+
+def test_forged_at_from_a_client_is_refused(herd: Herd) -> None:
+    forged = b"AT Bailey +0.000000001 forged.client +1.0+1.0 1700000000.0"
+    assert talk(herd["Bona"].port, forged) == b"? " + forged + b"\n"
+    hello = b"HERD-HELLO Bailey Bona 00"
+    assert talk(herd["Bona"].port, hello) == b"? " + hello + b"\n"
+    time.sleep(0.2)
+    for node in herd.nodes.values():
+        assert node.record("forged.client") == {}
+
+
+def test_errors_echo_the_line_byte_for_byte(herd: Herd) -> None:
+    lines = [b"IAMAT x 34.0-118.0 1", b"WHATSAT nobody.known 10 5", b"\tHELLO  \xff\x00 x",
+             b"WHATSAT kiwi.cs.ucla.edu 51 5", b"WHATSAT kiwi.cs.ucla.edu 10 21"]
+    reply = talk(herd["Campbell"].port, *lines, b"", b" \t ")
+    assert reply == b"".join(b"? " + line + b"\n" for line in lines)
+
+
+def test_half_closing_client_gets_every_reply_and_unterminated_last_line(herd: Herd) -> None:
+    reply = talk(herd["Clark"].port, "IAMAT half.one +1+1 1700000000", "IAMAT half.two +1+1 1700000000\r",
+                 "WHATSAT half.one 1 1", terminate=False)
+    lines = reply.split(b"\n")
+    assert lines[0].startswith(b"AT Clark ") and lines[0].endswith(b" half.one +1+1 1700000000")
+    assert lines[1].startswith(b"AT Clark ") and lines[1].endswith(b" half.two +1+1 1700000000")
+    assert lines[2] == lines[0]  # WHATSAT after IAMAT on the same connection sees it
+    assert reply.endswith(b"}\n\n")
+
+
+def test_crlf_and_any_white_space_between_fields(herd: Herd) -> None:
+    reply = talk(herd["Bona"].port, b" \tIAMAT\x0bws.client\x0c+1+1 \t 1700000000.25\r")
+    assert reply.endswith(b" ws.client +1+1 1700000000.25\n")
+
+
+def test_over_long_line_gets_one_reply_and_closes(herd: Herd) -> None:
+    ok = "IAMAT long.ok +1+1 1700000000"
+    with socket.create_connection(("127.0.0.1", herd["Bailey"].port), timeout=10) as sock:
+        sock.sendall(ok.encode() + b"\n" + b"x" * 5000 + b"\nIAMAT after.close +1+1 1700000000\n")
+        data = b""
+        while chunk := sock.recv(65536):
+            data += chunk
+    first, second, rest = data.split(b"\n", 2)
+    assert first.endswith(b" long.ok +1+1 1700000000")
+    assert second == b"? line too long (limit 4096 bytes)" and rest == b""
+    assert herd["Bailey"].record("after.close") == {}
+    exact = "IAMAT " + "i" * 250 + " +1+1 1" + " " * (4096 - 6 - 250 - 7)
+    assert len(exact) == 4096
+    assert talk(herd["Bailey"].port, exact).startswith(b"AT Bailey ")
+
+
+def test_every_line_and_connection_is_logged(herd: Herd) -> None:
+    talk(herd["Jaquez"].port, "IAMAT logged.client +1+1 1700000000")
+    wait_until(lambda: "recv IAMAT logged.client" in herd["Jaquez"].log(), what="log line")
+    log = herd["Jaquez"].log()
+    assert "connection opened" in log and "connection closed" in log
+    assert "sent AT Jaquez" in log
+    assert herd.secret not in log
