@@ -91,6 +91,9 @@ class NodeConnection(PeerEndpointMixin, LineProtocol):
         self.factory.connections.discard(self)
         if self.peer_name is not None:
             self.node.links.remove(self.peer_name, self)
+        elif self._handshake is not None:
+            log.warn("{who} peer handshake abandoned (claimed to be {name})", who=self.who,
+                     name=printable(self._handshake[0]))
         log.info("{who} connection closed ({why})", who=self.who,
                  why=reason.getErrorMessage() if reason else "")
         self.closed.callback(None)
