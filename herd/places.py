@@ -17,6 +17,14 @@ from twisted.internet.defer import Deferred
 PlacesAnswer = dict[str, Any]
 
 
+def radius_text(radius_m: Decimal) -> str:
+    """Metres as APIs and GEOSEARCH want them: ``"10000"`` when integral, else a
+    plain decimal (``"1500.5"``), never with an exponent."""
+    if radius_m == radius_m.to_integral_value():
+        return str(int(radius_m))
+    return format(radius_m.normalize(), "f")
+
+
 class PlacesError(Exception):
     """The provider could not answer. ``str()`` states the cause for the log
     (HTTP code, API status, timeout), never the API key."""

@@ -48,10 +48,18 @@ def build_places(config: PlacesConfig, reactor: Any, store: RedisStore) -> Place
     if config.provider == "offline":
         from herd.offline_places import OfflinePlaces
 
-        return OfflinePlaces(store)
+        return OfflinePlaces(store, config.min_population)
     from herd.google_places import make_provider
 
-    return make_provider(config, reactor)
+    provider = make_provider(config, reactor)
+    if config.cache_ttl <= 0:
+        return provider
+    from herd.places_cache import CachedPlaces
+
+    # Places API (New) is asked for exactly `limit` results, so the bound is
+    # part of its question; the legacy API answers the same for any bound.
+    return CachedPlaces(provider, store, config.cache_ttl, config.provider,
+                        limit_in_key=config.provider == "google-new")
 
 
 class NodeService(MultiService):

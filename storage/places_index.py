@@ -54,7 +54,7 @@ class PlacesIndex:
         if old == version:
             return False
         geo, info = self.geo_key(version), self.info_key(version)
-        yield self._store.call("delete", geo, info)  # leftovers of an interrupted load
+        yield self._store.call("execute_command", "DEL", geo, info)  # leftovers of an interrupted load
         for start in range(0, len(rows), CHUNK):
             chunk = rows[start:start + CHUNK]
             geo_args = [x for (pid, lon, lat, _) in chunk for x in (lon, lat, pid)]

@@ -142,3 +142,13 @@ def test_every_line_and_connection_is_logged(herd: Herd) -> None:
     assert "connection opened" in log and "connection closed" in log
     assert "sent AT Jaquez" in log
     assert herd.secret not in log
+
+
+def test_repeated_whatsat_is_answered_from_the_cache(herd: Herd) -> None:
+    talk(herd["Campbell"].port, "IAMAT cached.client +45.0+007.0 1700000000")
+    before = len(herd.places.requests)
+    first = talk(herd["Campbell"].port, "WHATSAT cached.client 5 2")
+    second = talk(herd["Campbell"].port, "WHATSAT cached.client 5 20")
+    assert len(herd.places.requests) == before + 1
+    assert len(json.loads(first.split(b"\n", 1)[1])["results"]) == 2
+    assert len(json.loads(second.split(b"\n", 1)[1])["results"]) == 20

@@ -1,0 +1,61 @@
+"""An answer cache in front of a paying places provider.
+
+Answers are kept in the node's Redis under
+``<prefix>places:cache:<provider>:<lat>,<lon>:<radius-m>[:<limit>]`` for
+``ttl`` seconds, so the same question (client position, radius and, for
+providers whose answer depends on it, the bound) costs one API call per TTL.
+Callers still cut the cached results to the bound they asked. Failures are
+never cached, and a cache Redis cannot serve is skipped, not fatal.
+"""
+
+from __future__ import annotations
+
+import json
+from decimal import Decimal
+from typing import Any
+
+from twisted.internet.defer import Deferred, inlineCallbacks
+from twisted.logger import Logger
+
+from herd.places import PlacesProvider, radius_text
+from storage.store import RedisStore, StoreUnavailable
+
+log = Logger(namespace="herd")
+
+
+class CachedPlaces:
+    def __init__(self, inner: PlacesProvider, store: RedisStore, ttl: int, name: str,
+                 limit_in_key: bool):
+        self._inner = inner
+        self._store = store
+        self._ttl = ttl
+        self._name = name
+        self._limit_in_key = limit_in_key
+        self.hits = 0
+        self.misses = 0
+
+    def cache_key(self, lat: str, lon: str, radius_m: Decimal, limit: int) -> bytes:
+        key = f"{self._name}:{lat},{lon}:{radius_text(radius_m)}"
+        if self._limit_in_key:
+            key += f":{limit}"
+        return self._store.keys.prefix + b"places:cache:" + key.encode()
+
+    @inlineCallbacks
+    def nearby(self, lat: str, lon: str, radius_m: Decimal, limit: int) -> Any:
+        key = self.cache_key(lat, lon, radius_m, limit)
+        try:
+            cached = yield self._store.call("get", key)
+        except StoreUnavailable:
+            cached = None
+        if cached:
+            self.hits += 1
+            return json.loads(cached)
+        self.misses += 1
+        answer = yield self._inner.nearby(lat, lon, radius_m, limit)
+        self._remember(key, answer)
+        return answer
+
+    def _remember(self, key: bytes, answer: dict[str, Any]) -> Deferred[Any]:
+        d = self._store.call("execute_command", "SET", key, json.dumps(answer).encode(), "EX", self._ttl)
+        return d.addErrback(lambda f: log.warn("places cache not written: {why}",
+                                               why=f.getErrorMessage()))

@@ -1,0 +1,134 @@
+"""The offline provider with the real GeoNames data set in a real Redis, the
+versioned index, and the answer cache in front of a real HTTP server."""
+
+from __future__ import annotations
+
+import json
+import math
+import tempfile
+from decimal import Decimal
+from pathlib import Path
+from typing import Any
+
+from cluster import FakePlaces
+from harness import RedisServer
+from twisted.internet import reactor
+from twisted.internet.defer import inlineCallbacks
+from twisted.trial import unittest
+
+from config.schema import RedisAddress
+from herd.google_places import GoogleNearby, default_http_client
+from herd.offline_places import OfflinePlaces, dataset_version
+from herd.places_cache import CachedPlaces
+from storage.places_index import PlacesIndex
+from storage.store import RedisStore
+
+
+class RedisCase(unittest.TestCase):
+    redis: RedisServer
+
+    @classmethod
+    def setUpClass(cls) -> None:
+        cls.redis = RedisServer(Path(tempfile.mkdtemp(prefix="herd-places-"))).start()
+
+    @classmethod
+    def tearDownClass(cls) -> None:
+        cls.redis.kill()
+
+    def setUp(self) -> None:
+        self.redis.command("FLUSHALL")
+        address = RedisAddress(self.redis.url, "127.0.0.1", self.redis.port)
+        self.store = RedisStore(reactor, address, b"herd:", timeout=5.0)
+        self.store.start()
+        self.addCleanup(self.store.stop)
+
+
+def distance_km(lat: float, lng: float, there: dict[str, float]) -> float:
+    """Haversine distance, close enough to Redis GEO's to check ordering."""
+    p1, p2 = math.radians(lat), math.radians(there["lat"])
+    dp, dl = p2 - p1, math.radians(there["lng"] - lng)
+    a = math.sin(dp / 2) ** 2 + math.cos(p1) * math.cos(p2) * math.sin(dl / 2) ** 2
+    return 6372.797560856 * 2 * math.asin(math.sqrt(a))
+
+
+class OfflinePlacesTest(RedisCase):
+    @inlineCallbacks
+    def test_ucla_within_20_km_has_beverly_hills_santa_monica_culver_city(self) -> Any:
+        places = OfflinePlaces(self.store, min_population=5000)
+        answer = yield places.nearby("+34.068930", "-118.445127", Decimal(20000), 20)
+        names = [r["name"] for r in answer["results"]]
+        self.assertEqual(answer["status"], "OK")
+        self.assertEqual(len(names), 20)
+        for city in ("Beverly Hills", "Santa Monica", "Culver City"):
+            self.assertIn(city, names)
+        first = answer["results"][0]
+        self.assertEqual(set(first), {"geometry", "name", "place_id", "types", "vicinity"})
+        self.assertEqual(first["vicinity"], "California, United States")
+        self.assertTrue(first["place_id"].startswith("geonames:"))
+        self.assertTrue(answer["html_attributions"][0].find("GeoNames") >= 0)
+
+    @inlineCallbacks
+    def test_results_are_nearest_first_and_bounded(self) -> Any:
+        places = OfflinePlaces(self.store, min_population=15000)
+        answer = yield places.nearby("+48.8566", "+2.3522", Decimal(50000), 5)
+        self.assertEqual(len(answer["results"]), 5)
+        self.assertTrue(answer["results"][0]["name"].startswith("Paris"))
+        distances = [distance_km(48.8566, 2.3522, r["geometry"]["location"]) for r in answer["results"]]
+        self.assertEqual(distances, sorted(distances))
+
+    @inlineCallbacks
+    def test_empty_ocean_and_polar_clients_get_zero_results(self) -> Any:
+        places = OfflinePlaces(self.store, min_population=15000)
+        ocean = yield places.nearby("+0.0", "-140.0", Decimal(1000), 5)
+        polar = yield places.nearby("+89.9", "+0.0", Decimal(50000), 5)
+        self.assertEqual((ocean["status"], ocean["results"]), ("ZERO_RESULTS", []))
+        self.assertEqual((polar["status"], polar["results"]), ("ZERO_RESULTS", []))
+
+    @inlineCallbacks
+    def test_load_is_idempotent_and_versioned(self) -> Any:
+        places = OfflinePlaces(self.store, min_population=15000)
+        yield places.ensure_loaded()
+        version = dataset_version(15000)
+        self.assertEqual(self.redis.command("GET", "herd:places:version"), version)
+        count = self.redis.command("ZCARD", b"herd:places:" + version + b":geo")
+        self.assertGreater(count, 20000)
+        again = yield PlacesIndex(self.store).load(version, [])
+        self.assertFalse(again)
+        self.assertEqual(self.redis.command("ZCARD", b"herd:places:" + version + b":geo"), count)
+
+
+class PlacesIndexTest(RedisCase):
+    @inlineCallbacks
+    def test_new_version_replaces_old_atomically(self) -> Any:
+        index = PlacesIndex(self.store)
+        row = (b"1", b"2.35", b"48.85", json.dumps({"name": "Old"}).encode())
+        yield index.load(b"v1", [row])
+        loaded = yield index.load(b"v2", [(b"2", b"2.35", b"48.85", json.dumps({"name": "New"}).encode())])
+        self.assertTrue(loaded)
+        self.assertEqual(self.redis.command("GET", "herd:places:version"), b"v2")
+        self.assertEqual(self.redis.command("EXISTS", "herd:places:v1:geo", "herd:places:v1:info"), 0)
+        docs = yield index.nearby(b"v2", b"2.35", b"48.85", b"1000", 5)
+        self.assertEqual([json.loads(d)["name"] for d in docs], ["New"])
+
+
+class CacheTest(RedisCase):
+    def setUp(self) -> None:
+        super().setUp()
+        self.server = FakePlaces()
+        self.addCleanup(self.server.close)
+        self.http = default_http_client(reactor)
+        self.addCleanup(self.http._agent._pool.closeCachedConnections)  # type: ignore[attr-defined]
+        google = GoogleNearby(reactor, self.http, "k", self.server.url, 5.0)
+        self.places = CachedPlaces(google, self.store, 60, "google", limit_in_key=False)
+
+    @inlineCallbacks
+    def test_second_question_is_answered_from_redis(self) -> Any:
+        first = yield self.places.nearby("+34.0", "-118.0", Decimal(10000), 3)
+        second = yield self.places.nearby("+34.0", "-118.0", Decimal(10000), 7)
+        self.assertEqual(len(self.server.requests), 1)
+        self.assertEqual(first, second)
+        self.assertEqual(len(second["results"]), 25)  # the caller cuts to its bound
+        ttl = self.redis.command("TTL", "herd:places:cache:google:+34.0,-118.0:10000")
+        self.assertTrue(0 < ttl <= 60)
+        yield self.places.nearby("+34.0", "-118.0", Decimal(20000), 3)
+        self.assertEqual(len(self.server.requests), 2)  # another radius is another question
