@@ -40,7 +40,8 @@ def is_nonce(value: bytes) -> bool:
 
 def mac(secret: bytes, role: bytes, dialler: bytes, listener: bytes, nonce_d: bytes, nonce_l: bytes) -> bytes:
     """HMAC-SHA256, hex encoded, binding the role and both node names and nonces."""
-    message = b"herd-peer-v1|" + b"|".join((role, dialler, listener, nonce_d, nonce_l))
+    parts = (b"herd-peer-v1", role, dialler, listener, nonce_d, nonce_l)
+    message = b"".join(b"%d:%s" % (len(part), part) for part in parts)  # unambiguous framing
     return hmac.new(secret, message, hashlib.sha256).hexdigest().encode()
 
 

@@ -110,7 +110,7 @@ class OfflinePlaces:
 
     @inlineCallbacks
     def nearby(self, lat: str, lon: str, radius_m: Decimal, limit: int) -> Any:
-        if abs(Decimal(lat)) > GEO_LAT_LIMIT:
+        if not -GEO_LAT_LIMIT <= Decimal(lat) <= GEO_LAT_LIMIT:
             return answer([])
         yield self.ensure_loaded()
         docs = yield self._index.nearby(self._version, lon.lstrip("+").encode(),

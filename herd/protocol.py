@@ -52,7 +52,7 @@ class Location:
     @property
     def in_geo_range(self) -> bool:
         """True when Redis GEO can index this latitude."""
-        return abs(Decimal(self.lat.decode())) <= GEO_LAT_LIMIT
+        return -GEO_LAT_LIMIT <= Decimal(self.lat.decode()) <= GEO_LAT_LIMIT
 
 
 @dataclass(frozen=True, slots=True)
@@ -108,7 +108,8 @@ def parse_location(field: bytes) -> Location | None:
     if m is None:
         return None
     lat, lon = m.group(1), m.group(2)
-    if abs(Decimal(lat.decode())) > 90 or abs(Decimal(lon.decode())) > 180:
+    # Compare exact decimals; abs() would round to the context's 28 digits.
+    if not (-90 <= Decimal(lat.decode()) <= 90 and -180 <= Decimal(lon.decode()) <= 180):
         return None
     return Location(field, lat, lon)
 
@@ -127,7 +128,7 @@ def parse_client_time(field: bytes) -> ClientTime | None:
 
 def parse_radius(field: bytes) -> Decimal | None:
     """Kilometres, ``[0-9]+(\\.[0-9]+)?`` with 0 < r <= 50."""
-    if len(field) > 64 or _RADIUS_RE.fullmatch(field) is None:
+    if _RADIUS_RE.fullmatch(field) is None:
         return None
     radius = Decimal(field.decode())
     return radius if 0 < radius <= 50 else None
@@ -227,4 +228,4 @@ def format_whatsat_reply(at_line: bytes, answer: dict[str, Any], limit: int) -> 
     body = dict(answer)
     body["results"] = list(answer.get("results", []))[:limit]
     text = squeeze_newlines(json.dumps(body, indent=3, ensure_ascii=False))
-    return at_line + b"\n" + text.encode() + b"\n\n"
+    return at_line + b"\n" + text.encode("utf-8", "replace") + b"\n\n"
