@@ -29,8 +29,12 @@ def test_mac_is_hmac_sha256_in_lowercase_hex() -> None:
 
 
 def test_mac_framing_is_unambiguous() -> None:
-    assert auth.mac(SECRET, b"listener", b"a|b", b"c", ND, NL) != auth.mac(SECRET, b"listener", b"a", b"b|c", ND, NL)
-    assert auth.mac(SECRET, b"listener", b"ab", b"c", ND, NL) != auth.mac(SECRET, b"listener", b"a", b"bc", ND, NL)
+    assert auth.mac(SECRET, b"listener", b"a|b", b"c", ND, NL) != auth.mac(
+        SECRET, b"listener", b"a", b"b|c", ND, NL
+    )
+    assert auth.mac(SECRET, b"listener", b"ab", b"c", ND, NL) != auth.mac(
+        SECRET, b"listener", b"a", b"bc", ND, NL
+    )
 
 
 def test_mac_is_deterministic() -> None:

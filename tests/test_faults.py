@@ -120,14 +120,18 @@ def test_peer_with_the_wrong_secret_never_gets_in(tmp_path: Path) -> None:
         # Each side dials the other and finds the other's proof wrong.
         wait_until(lambda: "handshake failed" in herd["Bad"].log(), what="Bad refused Good")
         wait_until(lambda: "handshake failed" in herd["Good"].log(), what="Good refused Bad")
-        wait_until(lambda: "peer handshake abandoned (claimed to be Bad)" in herd["Good"].log(),
-                   what="Good logged Bad's abandoned handshake")
+        wait_until(
+            lambda: "peer handshake abandoned (claimed to be Bad)" in herd["Good"].log(),
+            what="Good logged Bad's abandoned handshake",
+        )
         talk(herd["Bad"].port, "IAMAT from.bad +1+1 1700000000")
         talk(herd["Good"].port, "IAMAT from.good +1+1 1700000000")
         time.sleep(0.3)
         assert herd["Good"].record("from.bad") == {}
         assert herd["Bad"].record("from.good") == {}
         assert "link up" not in herd["Good"].log() + herd["Bad"].log()
-        assert "not-the-secret" not in herd["Bad"].log() and "integration-test-secret" not in herd["Good"].log()
+        assert (
+            "not-the-secret" not in herd["Bad"].log() and "integration-test-secret" not in herd["Good"].log()
+        )
     finally:
         herd.stop()
