@@ -160,11 +160,11 @@ class NodeConnection(PeerEndpointMixin, LineProtocol):
         slot.done.callback(None)
 
     def _flush(self) -> None:
-        ready = []
+        ready: list[bytes] = []
         while self._replies and self._replies[0].data is not None:
-            ready.append(self._replies.popleft().data)
+            ready.append(self._replies.popleft().data)  # type: ignore[arg-type]
         if ready and not self._closing:
-            out = b"".join(ready)  # type: ignore[arg-type]
+            out = b"".join(ready)
             for reply in ready:
                 log.info("{who} sent {reply}", who=self.who, reply=printable(reply).rstrip("\n"))
             self.transport.write(out)
@@ -208,7 +208,7 @@ class NodeConnection(PeerEndpointMixin, LineProtocol):
 class NodeConnectionFactory(Factory):
     """Builds :class:`NodeConnection` and keeps what they share."""
 
-    protocol = NodeConnection
+    protocol = NodeConnection  # type: ignore[assignment]
     noisy = False
 
     def __init__(self, node: Node, own_name: bytes, secret: bytes, max_line: int,

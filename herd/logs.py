@@ -14,15 +14,18 @@ from typing import IO, Any
 
 from twisted.logger import (
     FilteringLogObserver,
+    ILogObserver,
     LogLevel,
     LogLevelFilterPredicate,
     formatEvent,
     globalLogBeginner,
 )
+from zope.interface import implementer
 
 _FLUSH_BYTES = 1 << 16
 
 
+@implementer(ILogObserver)
 class BufferedLineObserver:
     """Formats events into lines and writes them in batches."""
 

@@ -53,13 +53,13 @@ class Node:
 
     def iamat(self, request: Iamat, received_ns: int) -> Deferred[bytes]:
         record = make_record(self.name, received_ns, request)
-        d = self.store.store_if_newer(record)
+        d: Deferred[Any] = self.store.store_if_newer(record)
         d.addCallback(self._stored, record, None)
         d.addCallback(lambda _: record.line + b"\n")
         return d.addErrback(self._cannot_serve, request.line)
 
     def whatsat(self, request: Whatsat) -> Deferred[bytes]:
-        d = self.store.get(request.client_id)
+        d: Deferred[Any] = self.store.get(request.client_id)
         d.addCallback(self._places_for, request)
         return d.addErrback(self._cannot_serve, request.line)
 
@@ -72,7 +72,7 @@ class Node:
 
     def _cannot_serve(self, failure: Failure, line: bytes) -> bytes:
         log.error("cannot serve {line}: {why}", line=line.decode("utf-8", "backslashreplace"),
-                  why=failure.getErrorMessage() or failure.type.__name__)
+                  why=failure.getErrorMessage() or repr(failure.value))
         return refusal(line)
 
     # -- peer updates ---------------------------------------------------

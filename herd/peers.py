@@ -101,7 +101,7 @@ def dial_service(reactor: Any, node: Node, own: bytes, peer: bytes, host: str, p
     endpoint = HostnameEndpoint(reactor, host, port, timeout=HANDSHAKE_TIMEOUT)
     factory = _DialerFactory(lambda: PeerDialer(node, own, peer, secret))
 
-    def authenticated(protocol: PeerDialer) -> Any:
+    def authenticated(protocol: Any) -> Any:
         return protocol.authenticated.addTimeout(HANDSHAKE_TIMEOUT, reactor)
 
     return ClientService(endpoint, factory, retryPolicy=PEER_RETRY,
