@@ -1,0 +1,76 @@
+#!/usr/bin/env bash
+# Set this machine up to run and test herd: redis-server, Python >= 3.11 with
+# venv, and .venv in the repository root with the requirements and herd itself.
+# Idempotent; quiet on success except one final line. Works from any directory.
+#
+# Debian's own redis-server service (port 6379) is left alone: herd starts its
+# own redis-server processes on the ports named in its config.
+set -euo pipefail
+cd "$(dirname "${BASH_SOURCE[0]}")/.."
+
+say() { echo "ops/setup.sh: $*" >&2; }
+
+# Run a command as root: directly, or through sudo when we are not root.
+as_root() {
+  if [ "$(id -u)" -eq 0 ]; then
+    "$@"
+  elif command -v sudo >/dev/null 2>&1; then
+    sudo "$@"
+  else
+    say "need root (or sudo) to run: $*"
+    return 1
+  fi
+}
+
+# Run a command with its output held back; show the output only if it fails.
+quietly() {
+  local log status=0
+  log=$(mktemp)
+  "$@" >"$log" 2>&1 || status=$?
+  if [ "$status" -ne 0 ]; then
+    cat "$log" >&2
+    say "failed ($status): $*"
+  fi
+  rm -f "$log"
+  return "$status"
+}
+
+apt_install() {
+  quietly as_root apt-get update
+  quietly as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y "$@"
+}
+
+if ! command -v redis-server >/dev/null 2>&1; then
+  apt_install redis-server
+fi
+
+if ! command -v python3 >/dev/null 2>&1; then
+  apt_install python3 python3-venv
+fi
+if ! python3 -c 'import sys; sys.exit(sys.version_info < (3, 11))'; then
+  say "herd needs Python >= 3.11; python3 is $(python3 -V 2>&1)"
+  exit 1
+fi
+
+# A .venv that no longer runs (python3 upgraded or removed) is made again.
+if [ -e .venv ] && ! .venv/bin/python -c '' >/dev/null 2>&1; then
+  rm -rf .venv
+fi
+if [ ! -e .venv ]; then
+  # Debian ships venv's pip bootstrap separately, in python3-venv.
+  if ! python3 -m venv .venv >/dev/null 2>&1; then
+    rm -rf .venv
+    apt_install python3-venv
+    quietly python3 -m venv .venv
+  fi
+fi
+
+# Install only when the requirements or the package metadata changed since the
+# last successful install (the stamp file), so repeated runs cost nothing.
+stamp=.venv/.herd-installed
+if [ ! -f "$stamp" ] || [ requirements.txt -nt "$stamp" ] || [ pyproject.toml -nt "$stamp" ]; then
+  quietly .venv/bin/pip install -q --disable-pip-version-check -r requirements.txt -e .
+  touch "$stamp"
+fi
+
+echo "ops/setup.sh: ready: $(redis-server --version | cut -d' ' -f1-3), $(.venv/bin/python -V) in .venv"

@@ -1,0 +1,151 @@
+"""``herd up`` and the ops scripts: a real two-node herd with real redis-servers."""
+
+from __future__ import annotations
+
+import signal
+import socket
+import subprocess
+import sys
+from functools import partial
+from pathlib import Path
+
+import pytest
+
+from tests.harness import (
+    REPO,
+    RedisServer,
+    encode_command,
+    env_with,
+    free_port,
+    port_open,
+    read_reply,
+    wait_until,
+)
+
+HAVE_LOADER = (REPO / "config" / "loader.py").exists()
+HAVE_SERVICE = (REPO / "herd" / "service.py").exists()
+needs_loader = pytest.mark.skipif(not HAVE_LOADER, reason="config/loader.py has not landed yet")
+
+
+def write_config(tmp_path: Path, ports: dict[str, tuple[int, int]],
+                 secret_env: str = "HERD_SECRET") -> Path:
+    """A herd TOML with one node per entry of ``ports`` (name: (node port, Redis
+    port)), every node linked to every other."""
+    text = [f'[herd]\nsecret_env = "{secret_env}"\n\n[places]\nprovider = "offline"\n']
+    for name, (port, redis_port) in ports.items():
+        peers = ", ".join(f'"{p}"' for p in ports if p != name)
+        text.append(f'[nodes.{name}]\nhost = "127.0.0.1"\nport = {port}\n'
+                    f'redis = "redis://127.0.0.1:{redis_port}/0"\npeers = [{peers}]\n')
+    path = tmp_path / "herd.toml"
+    path.write_text("\n".join(text))
+    return path
+
+
+def herd_up(config: Path, state: Path) -> list[str]:
+    return [sys.executable, "-m", "herd", "up", "--config", str(config), "--state-dir", str(state)]
+
+
+def redis_answers(port: int) -> bool:
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=1) as sock:
+            sock.sendall(encode_command("PING"))
+            return read_reply(sock.makefile("rb")) == b"PONG"
+    except (OSError, RuntimeError):  # RuntimeError: an error reply such as LOADING
+        return False
+
+
+def processes_mentioning(*needles: str) -> list[str]:
+    """Command lines of live processes that contain any of ``needles`` (Linux)."""
+    found = []
+    for cmdline in Path("/proc").glob("[0-9]*/cmdline"):
+        try:
+            text = cmdline.read_bytes().replace(b"\0", b" ").decode(errors="replace")
+        except OSError:
+            continue  # gone meanwhile
+        if any(n in text for n in needles):
+            found.append(text)
+    return found
+
+
+@pytest.mark.skipif(not HAVE_SERVICE, reason="herd serve (herd/service.py) has not landed yet")
+def test_up_runs_a_two_node_herd_and_stops_it_on_sigint(tmp_path: Path) -> None:
+    ports = {"Bailey": (free_port(), free_port()), "Bona": (free_port(), free_port())}
+    config = write_config(tmp_path, ports)
+    state = tmp_path / "state"
+    with open(tmp_path / "up.out", "wb") as out:
+        proc = subprocess.Popen(herd_up(config, state), cwd=REPO, stdout=out,
+                                stderr=subprocess.STDOUT, env=env_with(HERD_SECRET="test-secret"))
+    try:
+        for name, (port, redis_port) in ports.items():
+            wait_until(partial(redis_answers, redis_port), timeout=20, what=f"{name}'s Redis")
+            wait_until(partial(port_open, port), timeout=20, what=f"node {name}")
+        proc.send_signal(signal.SIGINT)
+        status = proc.wait(timeout=60)
+    finally:
+        if proc.poll() is None:  # stop it the way that also stops its children
+            proc.terminate()
+            proc.wait(timeout=60)
+    output = (tmp_path / "up.out").read_text(errors="replace")
+    assert status == 0, output
+    for name, (port, redis_port) in ports.items():
+        assert not port_open(port) and not port_open(redis_port), output
+        assert f"127.0.0.1:{port}" in output  # the banner names every node's address
+        assert (state / name / "herd.log").is_file()
+        assert list((state / name / "redis").glob("appendonlydir/appendonly.aof*")), name
+    leftovers = processes_mentioning(str(config),
+                                     *(f"127.0.0.1:{r}" for _, r in ports.values()))
+    assert leftovers == []
+
+
+@needs_loader
+def test_up_without_the_secret_exits_2_with_one_line_naming_the_variable(
+        tmp_path: Path) -> None:
+    variable = "HERD_TEST_SECRET_THAT_IS_NEVER_SET"
+    config = write_config(tmp_path, {"Bailey": (free_port(), free_port())}, variable)
+    env = env_with()
+    env.pop(variable, None)
+    result = subprocess.run(herd_up(config, tmp_path / "state"), cwd=REPO, env=env,
+                            capture_output=True, timeout=60)
+    lines = result.stderr.decode().strip().splitlines()
+    assert result.returncode == 2, result.stderr
+    assert len(lines) == 1 and variable in lines[0], lines
+    assert not (tmp_path / "state").exists()  # nothing was started
+
+
+@needs_loader
+def test_up_refuses_a_redis_port_that_a_running_redis_holds(tmp_path: Path) -> None:
+    redis = RedisServer(tmp_path / "theirs").start()
+    try:
+        redis.command("SET", "theirs", "kept")
+        config = write_config(tmp_path, {"Bailey": (free_port(), redis.port)})
+        result = subprocess.run(herd_up(config, tmp_path / "state"), cwd=REPO,
+                                env=env_with(HERD_SECRET="test-secret"),
+                                capture_output=True, timeout=60)
+        assert result.returncode == 1, result.stderr
+        assert f"port {redis.port}" in result.stderr.decode()
+        assert redis.command("GET", "theirs") == b"kept"
+    finally:
+        redis.stop()
+
+
+@needs_loader
+def test_one_redis_per_distinct_local_port_and_none_for_a_remote_one() -> None:
+    from config.schema import HerdConfig, NodeConfig, RedisAddress
+    from herd.up import LocalRedis, plan_redis_servers
+
+    def node(name: str, port: int, host: str, redis_port: int) -> NodeConfig:
+        url = f"redis://{host}:{redis_port}/0"
+        return NodeConfig(name, "127.0.0.1", port, RedisAddress(url, host, redis_port))
+
+    nodes = [node("Bona", 1, "127.0.0.1", 6400), node("Bailey", 2, "127.0.0.1", 6400),
+             node("Clark", 3, "localhost", 6401), node("Jaquez", 4, "10.1.2.3", 6402)]
+    config = HerdConfig("herd.toml", {n.name: n for n in nodes})
+    assert plan_redis_servers(config) == [LocalRedis(6400, ("127.0.0.1",), "Bailey"),
+                                          LocalRedis(6401, ("127.0.0.1",), "Clark")]
+
+
+@pytest.mark.parametrize("script", sorted(p.name for p in (REPO / "ops").glob("*.sh")))
+def test_ops_script_parses(script: str) -> None:
+    result = subprocess.run(["bash", "-n", str(REPO / "ops" / script)],
+                            capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
