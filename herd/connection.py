@@ -52,6 +52,7 @@ class PeerEndpointMixin:
     node: Node
     peer_name: bytes | None
     transport: Any
+    connected: int
     who: str
 
     def send_line(self, line: bytes) -> None:

@@ -27,7 +27,8 @@ from herd.protocol import (
     make_record,
     parse_at_line,
 )
-from storage.store import RedisStore
+from herd.reconcile import RECORD, SYNC, SYNC_END, UPDATE, Reconciler
+from storage.store import Chain, Position, RedisStore, StoreResult
 
 log = Logger(namespace="herd")
 
@@ -42,6 +43,7 @@ class Node:
         self.store = store
         self.places = places
         self.links = links
+        self.reconciler = Reconciler(store, links)
 
     # -- client requests ------------------------------------------------
 
@@ -75,23 +77,56 @@ class Node:
                   why=failure.getErrorMessage() or repr(failure.value))
         return refusal(line)
 
-    # -- peer updates ---------------------------------------------------
+    # -- peer messages ----------------------------------------------------
 
     def peer_line(self, line: bytes, peer: bytes, conn: PeerConnection) -> None:
-        """A line from an authenticated peer."""
-        record = parse_at_line(line)
-        if record is None:
+        """A line from an authenticated peer (message kinds: herd.reconcile)."""
+        kind, _, rest = line.partition(b" ")
+        if kind == UPDATE:
+            self._peer_update(rest, peer, conn)
+        elif kind == RECORD:
+            self._apply(rest, peer, None)
+        elif kind == SYNC:
+            self.reconciler.serve(peer, conn, rest.strip())
+        elif kind == SYNC_END:
+            self.reconciler.sync_end(peer, rest.strip())
+        else:
             log.warn("peer {peer} sent an unexpected line: {line}", peer=peer.decode(),
                      line=line[:200].decode("utf-8", "backslashreplace"))
+
+    def _peer_update(self, rest: bytes, peer: bytes, conn: PeerConnection) -> None:
+        prev_token, _, rest = rest.partition(b" ")
+        pos_token, _, at_line = rest.partition(b" ")
+        prev, pos = Position.parse(prev_token), Position.parse(pos_token)
+        if prev is None or pos is None or prev.epoch != pos.epoch:
+            # Unchained: sent during a SYNC answer (which covers it) or on a link
+            # with no chain yet; only in the latter case is a pull needed.
+            if not self.reconciler.is_pulling(peer):
+                self.reconciler.gap(peer, conn)
+            self._apply(at_line, peer, None)
             return
-        d = self.store.store_if_newer(record, tie_break=True)
+        d = self._apply(at_line, peer, Chain(peer, prev, pos))
+        if d is not None:
+            d.addCallback(lambda result: None if result.advanced else self.reconciler.gap(peer, conn))
+
+    def _apply(self, at_line: bytes, peer: bytes, chain: Chain | None) -> Deferred[StoreResult] | None:
+        record = parse_at_line(at_line)
+        if record is None:
+            log.warn("peer {peer} sent a malformed record: {line}", peer=peer.decode(),
+                     line=at_line[:200].decode("utf-8", "backslashreplace"))
+            return None
+        d = self.store.store_if_newer(record, tie_break=True, chain=chain)
         d.addCallback(self._stored, record, peer)
         d.addErrback(self._update_lost, record, peer)
+        return d
 
-    def _stored(self, newer: bool, record: AtRecord, source: bytes | None) -> None:
-        if newer:
-            self.links.flood(record.line, exclude=source)
+    def _stored(self, result: StoreResult, record: AtRecord, source: bytes | None) -> StoreResult:
+        if result.stored and result.position is not None:
+            self.links.flood(record.line, result.position, exclude=source)
+        return result
 
-    def _update_lost(self, failure: Failure, record: AtRecord, peer: bytes) -> Any:
+    def _update_lost(self, failure: Failure, record: AtRecord, peer: bytes) -> StoreResult:
         log.error("update from {peer} not stored ({why}): {line}", peer=peer.decode(),
                   why=failure.getErrorMessage(), line=record.line.decode("utf-8", "replace"))
+        self.reconciler.record_lost(peer)
+        return StoreResult(False, None, True)  # no gap to chase: the offset stays behind

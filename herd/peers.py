@@ -16,6 +16,8 @@ from twisted.internet.endpoints import HostnameEndpoint
 from twisted.internet.protocol import Factory
 from twisted.logger import Logger
 
+from storage.store import Position
+
 if TYPE_CHECKING:
     from herd.connection import PeerDialer
     from herd.node import Node
@@ -32,16 +34,28 @@ HANDSHAKE_TIMEOUT = 5.0
 class PeerConnection(Protocol):
     peer_name: bytes | None
 
+    connected: int  # Twisted's Protocol.connected: 1 while the connection is open
+
     def send_line(self, line: bytes) -> None: ...
 
 
+LinkCallback = Callable[[bytes, PeerConnection], None]
+LossCallback = Callable[[bytes, PeerConnection, PeerConnection | None], None]
+
+
 class PeerLinks:
-    """Registry of open authenticated peer connections, by peer name."""
+    """Registry of open authenticated peer connections, by peer name, and the
+    chain of log positions flooded to each peer (see herd.reconcile)."""
 
     def __init__(self, neighbours: Iterable[bytes]):
         self.neighbours = frozenset(neighbours)
         self._open: dict[bytes, list[PeerConnection]] = {name: [] for name in self.neighbours}
-        self.on_link_up: list[Callable[[bytes, PeerConnection], None]] = []
+        # peer -> (connection the chain runs on, last position sent on it, or
+        # None while a SYNC answer is being sent on it)
+        self._chain: dict[bytes, tuple[PeerConnection, Position | None]] = {}
+        self.on_link_up: list[LinkCallback] = []  # (peer, connection) when a link comes up
+        self.on_connection_lost: list[LossCallback] = []  # (peer, lost, another open one)
+        self.flooded = 0
 
     def is_neighbour(self, name: bytes) -> bool:
         return name in self.neighbours
@@ -51,28 +65,58 @@ class PeerLinks:
         conns.append(conn)
         log.info("peer {peer} link up ({how}; {n} open connection(s))",
                  peer=name.decode(), how=how, n=len(conns))
-        for callback in self.on_link_up:
-            callback(name, conn)
+        if len(conns) == 1:
+            for callback in self.on_link_up:
+                callback(name, conn)
 
     def remove(self, name: bytes, conn: PeerConnection) -> None:
         conns = self._open[name]
-        if conn in conns:
-            conns.remove(conn)
-            state = "still up" if conns else "down"
-            log.info("peer {peer} connection dropped; link {state}", peer=name.decode(), state=state)
+        if conn not in conns:
+            return
+        conns.remove(conn)
+        state = "still up" if conns else "down"
+        log.info("peer {peer} connection dropped; link {state}", peer=name.decode(), state=state)
+        if name in self._chain and self._chain[name][0] is conn:
+            del self._chain[name]
+        for callback in self.on_connection_lost:
+            callback(name, conn, conns[0] if conns else None)
 
     def up(self) -> list[bytes]:
         """Names of peers with at least one open authenticated connection."""
         return sorted(name for name, conns in self._open.items() if conns)
 
-    def flood(self, line: bytes, exclude: bytes | None = None) -> int:
-        """Send ``line`` to every linked peer except ``exclude``; returns how many."""
+    def first_connections(self) -> list[tuple[bytes, PeerConnection]]:
+        """(peer, its oldest open connection) for every linked peer."""
+        return [(name, conns[0]) for name, conns in sorted(self._open.items()) if conns]
+
+    def flood(self, at_line: bytes, position: Position, exclude: bytes | None = None) -> int:
+        """Send an update stored at ``position`` in our log to every linked peer
+        except ``exclude``. Where a chain runs (see herd.reconcile) the update
+        goes on the chain's connection, after the previous position sent there;
+        elsewhere on the oldest connection, starting no chain."""
         sent = 0
         for name, conns in self._open.items():
-            if conns and name != exclude:
-                conns[0].send_line(line)
-                sent += 1
+            if not conns or name == exclude:
+                continue
+            conn, prev = self._chain.get(name) or (conns[0], None)
+            conn.send_line(b"U %s %s %s" % (prev.token if prev else b"-", position.token, at_line))
+            if name in self._chain and prev is not None:
+                self._chain[name] = (conn, position)
+            sent += 1
+        self.flooded += sent
         return sent
+
+    def restart_chain(self, name: bytes, conn: PeerConnection) -> None:
+        """A SYNC answer to ``name`` starts on ``conn``: updates flooded meanwhile go
+        on the same connection, unchained, so they arrive before its SYNC-END."""
+        if conn in self._open.get(name, ()):
+            self._chain[name] = (conn, None)
+
+    def continue_chain(self, name: bytes, conn: PeerConnection, position: Position) -> None:
+        """From now on flood to ``name`` over ``conn``, chained on from ``position``
+        (the SYNC-END just sent on ``conn``)."""
+        if conn in self._open.get(name, ()):
+            self._chain[name] = (conn, position)
 
     def close_all(self) -> None:
         for conns in self._open.values():

@@ -18,3 +18,21 @@ class Keys:
     def geo(self) -> bytes:
         """GEO set of client positions; member = client id."""
         return self.prefix + b"geo"
+
+    @property
+    def log(self) -> bytes:
+        """Stream of stored updates (field ``c`` = client id), for reconciliation."""
+        return self.prefix + b"log"
+
+    @property
+    def log_epoch(self) -> bytes:
+        """Names this Redis's log; positions from another epoch are not comparable."""
+        return self.prefix + b"log:epoch"
+
+    def peer(self, name: bytes) -> bytes:
+        """Hash ``epoch``, ``pos``: how far this node has applied peer ``name``'s log."""
+        return self.prefix + b"peer:" + name
+
+    @property
+    def client_pattern(self) -> bytes:
+        return self.prefix + b"client:*"

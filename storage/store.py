@@ -9,6 +9,8 @@ within a couple of seconds of Redis returning.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from dataclasses import dataclass
 from importlib import resources
 from typing import Any
 
@@ -22,7 +24,56 @@ from config.schema import RedisAddress
 from herd.protocol import AtRecord, parse_at_line
 from storage.keys import Keys
 
-STORE_IF_NEWER = resources.files("storage").joinpath("store_if_newer.lua").read_bytes()
+
+def _lua(name: str) -> bytes:
+    return resources.files("storage").joinpath(name).read_bytes()
+
+
+STORE_IF_NEWER = _lua("store_if_newer.lua")
+LOG_SINCE = _lua("log_since.lua")
+LOG_HEAD = _lua("log_head.lua")
+SCAN_RECORDS = _lua("scan_records.lua")
+LOG_MAX_ENTRIES = 1_000_000  # approximate bound of the update log (a few tens of MB)
+
+
+@dataclass(frozen=True, slots=True)
+class Position:
+    """A place in one node's update log: ``<epoch>/<stream id>`` on the wire."""
+
+    epoch: bytes
+    entry: bytes
+
+    @property
+    def token(self) -> bytes:
+        return self.epoch + b"/" + self.entry
+
+    @classmethod
+    def parse(cls, token: bytes) -> Position | None:
+        epoch, slash, entry = token.partition(b"/")
+        return cls(epoch, entry) if slash and epoch and entry else None
+
+
+@dataclass(frozen=True, slots=True)
+class Chain:
+    """A peer's update at ``pos`` that followed ``prev`` in that peer's log."""
+
+    peer: bytes
+    prev: Position
+    pos: Position
+
+
+@dataclass(frozen=True, slots=True)
+class LogChunk:
+    end: Position  # the position after this chunk
+    entries: int  # log entries read (fewer than asked: the log is exhausted)
+    lines: list[bytes]  # current AT lines of the clients those entries name
+
+
+@dataclass(frozen=True, slots=True)
+class StoreResult:
+    stored: bool  # the record was newer and is now held
+    position: Position | None  # where it went in this node's log, when stored
+    advanced: bool  # the chain's peer offset moved to chain.pos
 
 
 class StoreUnavailable(Exception):
@@ -58,8 +109,9 @@ class RedisStore:
         self._timeout = timeout
         self.keys = Keys(prefix)
         self._waiters: list[Deferred[None]] = []
+        self.on_connected: list[Callable[[], None]] = []  # called on every (re)connection
         self._factory = _ReconnectingFactory(
-            self._wake_waiters,
+            self._connection_ready,
             uuid=f"{address.host}:{address.port}", dbid=address.db, poolsize=1, isLazy=True,
             handler=txredisapi.ConnectionHandler, charset=None, password=address.password,
             replyTimeout=timeout, convertNumbers=False,
@@ -84,25 +136,58 @@ class RedisStore:
 
     # -- verbs -----------------------------------------------------------
 
-    def store_if_newer(self, record: AtRecord, tie_break: bool = False) -> Deferred[bool]:
+    def store_if_newer(self, record: AtRecord, tie_break: bool = False,
+                       chain: Chain | None = None) -> Deferred[StoreResult]:
         """Atomically store ``record`` if its client-time is strictly newer than the
         held one (with ``tie_break``, an equal time with a bytewise larger AT line
-        also wins). Fires True if stored, False if the held record stands."""
+        also wins), logging it in the update log. With a ``chain``, the peer's
+        offset advances to ``chain.pos`` if it stood at ``chain.prev``."""
         loc = record.location
         geo = (loc.lon.lstrip(b"+"), loc.lat.lstrip(b"+")) if loc.in_geo_range else (b"", b"")
+        link = (chain.prev.epoch, chain.prev.entry, chain.pos.entry) if chain else (b"", b"", b"")
         args = [
             str(record.time.ns).encode(), record.line, record.server, record.skew, loc.text,
             loc.lat, loc.lon, record.time.text, record.client_id, *geo,
-            b"1" if tie_break else b"0",
+            b"1" if tie_break else b"0", str(LOG_MAX_ENTRIES).encode(), *link,
         ]
-        keys = [self.keys.client(record.client_id), self.keys.geo]
+        peer_key = self.keys.peer(chain.peer if chain else b"")
+        keys = [self.keys.client(record.client_id), self.keys.geo, self.keys.log,
+                self.keys.log_epoch, peer_key]
         d = self._call("eval", STORE_IF_NEWER, keys, args)
-        return d.addCallback(lambda stored: stored == 1)
+        return d.addCallback(_store_result)
 
     def get(self, client_id: bytes) -> Deferred[AtRecord | None]:
         """The record held for ``client_id``, or None."""
         d = self._call("hget", self.keys.client(client_id), b"at")
         return d.addCallback(lambda at: parse_at_line(at) if at else None)
+
+    def log_head(self) -> Deferred[Position]:
+        """Where this node's update log stands now."""
+        d = self._call("eval", LOG_HEAD, [self.keys.log, self.keys.log_epoch], [])
+        return d.addCallback(lambda r: Position(r[0], r[1]))
+
+    def log_since(self, since: Position | None, count: int) -> Deferred[LogChunk | None]:
+        """The AT lines of clients updated after ``since`` in this node's log (one
+        chunk of at most ``count`` log entries); None when ``since`` cannot be
+        served incrementally (unknown, another epoch, trimmed away)."""
+        epoch, entry = (since.epoch, since.entry) if since else (b"", b"-")
+        args = [epoch, entry, str(count).encode(), self.keys.prefix + b"client:"]
+        d = self._call("eval", LOG_SINCE, [self.keys.log, self.keys.log_epoch], args)
+        return d.addCallback(_log_chunk, epoch)
+
+    def scan_records(self, cursor: bytes, count: int) -> Deferred[tuple[bytes, list[bytes]]]:
+        """One SCAN step over all clients: (next cursor, AT lines); done at cursor b"0"."""
+        d = self._call("eval", SCAN_RECORDS, [], [cursor, self.keys.client_pattern, str(count).encode()])
+        return d.addCallback(lambda r: (r[0], r[1:]))
+
+    def peer_offset(self, peer: bytes) -> Deferred[Position | None]:
+        """How far this node has applied ``peer``'s log, if known."""
+        d = self._call("hmget", self.keys.peer(peer), [b"epoch", b"pos"])
+        return d.addCallback(lambda r: Position(r[0], r[1]) if r[0] and r[1] else None)
+
+    def set_peer_offset(self, peer: bytes, pos: Position) -> Deferred[Any]:
+        return self._call("execute_command", "HSET", self.keys.peer(peer), b"epoch", pos.epoch,
+                          b"pos", pos.entry)
 
     def call(self, command: str, *args: Any) -> Deferred[Any]:
         """Any txredisapi command, with this store's timeout and error contract."""
@@ -146,7 +231,20 @@ class RedisStore:
             timer.cancel()
         return result
 
-    def _wake_waiters(self) -> None:
+    def _connection_ready(self) -> None:
         waiters, self._waiters = self._waiters, []
         for waiter in waiters:
             waiter.callback(None)
+        for callback in self.on_connected:
+            callback()
+
+
+def _store_result(reply: list[Any]) -> StoreResult:
+    stored, token, advanced = reply
+    return StoreResult(stored == 1, Position.parse(token) if token else None, advanced == 1)
+
+
+def _log_chunk(reply: list[Any], epoch: bytes) -> LogChunk | None:
+    if reply[0] == b"reset":
+        return None
+    return LogChunk(Position(epoch, reply[1]), int(reply[2]), reply[3:])

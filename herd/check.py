@@ -1,0 +1,107 @@
+"""``herd check --config FILE``: do all nodes hold the same state?
+
+Reads every node's Redis directly (the nodes need not be running), compares
+each client's stored AT line across nodes, prints one line per node with its
+client count, then the clients that differ (at most 20), and exits 0 only
+when every node holds exactly the same records. Exit 1 when they differ or a
+Redis cannot be read.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from twisted.internet.defer import inlineCallbacks
+
+from config.schema import HerdConfig, NodeConfig
+from storage.store import RedisStore
+
+SHOW_AT_MOST = 20
+
+
+@inlineCallbacks
+def read_node(reactor: Any, node: NodeConfig, timeout: float) -> Any:
+    """Every client's AT line in ``node``'s Redis: {client id: AT line}."""
+    store = RedisStore(reactor, node.redis, node.prefix.encode(), timeout)
+    store.start()
+    records: dict[bytes, bytes] = {}
+    try:
+        cursor = b"0"
+        while True:
+            cursor, lines = yield store.scan_records(cursor, 2000)
+            for line in lines:
+                records[line.split()[3]] = line
+            if cursor == b"0":
+                return records
+    finally:
+        yield store.stop()
+
+
+def differences(states: dict[str, dict[bytes, bytes]]) -> list[bytes]:
+    """Client ids whose record is not identical on every node, sorted."""
+    clients = set().union(*states.values())
+    return sorted(c for c in clients if len({s.get(c) for s in states.values()}) > 1)
+
+
+def report(states: dict[str, dict[bytes, bytes]], unreadable: dict[str, str]) -> tuple[str, bool]:
+    """The text ``herd check`` prints, and whether the herd agrees."""
+    out = []
+    for name in sorted(states) + sorted(unreadable):
+        if name in unreadable:
+            out.append(f"{name}: unreadable ({unreadable[name]})")
+        else:
+            out.append(f"{name}: {len(states[name])} clients")
+    differing = differences(states) if states else []
+    for client in differing[:SHOW_AT_MOST]:
+        out.append(f"differs: {client.decode('utf-8', 'backslashreplace')}")
+        for name in sorted(states):
+            at = states[name].get(client)
+            out.append(f"  {name}: {at.decode('utf-8', 'backslashreplace') if at else '(missing)'}")
+    if len(differing) > SHOW_AT_MOST:
+        out.append(f"... and {len(differing) - SHOW_AT_MOST} more differing clients")
+    agree = not differing and not unreadable
+    out.append("agree: all nodes hold the same state" if agree
+               else f"DISAGREE: {len(differing)} differing clients, {len(unreadable)} unreadable nodes")
+    return "\n".join(out), agree
+
+
+def gather(reactor: Any, config: HerdConfig) -> Any:
+    """Deferred firing with (states, unreadable) for every node of ``config``."""
+    from twisted.internet.defer import DeferredList
+
+    names = sorted(config.nodes)
+    reads = [read_node(reactor, config.nodes[n], config.redis_timeout) for n in names]
+
+    def split(results: list[tuple[bool, Any]]) -> tuple[dict[str, Any], dict[str, str]]:
+        states, unreadable = {}, {}
+        for name, (ok, value) in zip(names, results, strict=True):
+            if ok:
+                states[name] = value
+            else:
+                unreadable[name] = value.getErrorMessage()
+        return states, unreadable
+
+    return DeferredList(reads, consumeErrors=True).addCallback(split)
+
+
+def run_check(config_path: str) -> int:
+    from twisted.internet.task import react
+
+    from config.loader import load_config
+
+    config = load_config(config_path)
+    outcome = [1]
+
+    def main(reactor: Any) -> Any:
+        def show(result: tuple[dict[str, Any], dict[str, str]]) -> None:
+            text, agree = report(*result)
+            print(text)
+            outcome[0] = 0 if agree else 1
+
+        return gather(reactor, config).addCallback(show)
+
+    try:
+        react(main)
+    except SystemExit:  # react() always exits; our verdict is in outcome
+        pass
+    return outcome[0]

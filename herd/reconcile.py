@@ -1,0 +1,161 @@
+"""Anti-entropy between linked peers, at a cost proportional to the difference.
+
+Every stored update goes into the node's update log (a Redis stream, see
+``storage/store_if_newer.lua``). Each node remembers, per peer, how far it
+has applied that peer's log (``<prefix>peer:<name>``). Peer messages:
+
+    SYNC <epoch>/<id> | SYNC -    "send me what your log holds after this"
+    R <AT line>                   a record in answer to SYNC
+    SYNC-END <epoch>/<id>         the answer is complete up to this position
+    U <prev> <pos> <AT line>      a live update at <pos>, sent after <prev>
+
+Whenever a link comes up, each side asks the other for its log after the
+remembered position: only clients updated since then travel. A position that
+cannot be served (first contact, the peer's Redis was replaced, the log was
+trimmed) gets a full transfer once, after which the offset is known again.
+
+Live updates carry their log position and the previous one sent on this
+link; the receiver advances its offset only along an unbroken chain (inside
+the same Lua call that stores the record), so a message lost with a dropped
+connection shows up as a gap, and a gap triggers a new SYNC.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import TYPE_CHECKING, Any
+
+from twisted.internet.defer import Deferred, inlineCallbacks
+from twisted.logger import Logger
+
+from storage.store import LogChunk, Position, RedisStore
+
+if TYPE_CHECKING:
+    from herd.peers import PeerConnection, PeerLinks
+
+log = Logger(namespace="herd")
+
+SYNC = b"SYNC"
+SYNC_END = b"SYNC-END"
+RECORD = b"R"
+UPDATE = b"U"
+NO_POSITION = b"-"
+CHUNK = 1000  # log entries (or SCAN count) per Redis call while answering a SYNC
+
+
+class Reconciler:
+    def __init__(self, store: RedisStore, links: PeerLinks):
+        self._store = store
+        self._links = links
+        self._pulling: dict[bytes, PeerConnection] = {}  # peer -> connection our SYNC went on
+        self._failed: set[bytes] = set()  # peers whose current pull lost a record
+        self.runs = 0
+        self.bytes_sent = 0
+        links.on_link_up.append(self.pull)
+        links.on_connection_lost.append(self._connection_lost)
+        store.on_connected.append(self.pull_all)
+
+    # -- pulling: asking a peer for what we miss ------------------------
+
+    def pull(self, peer: bytes, conn: PeerConnection) -> None:
+        """Ask ``peer`` for its log after our offset, unless a pull is under way."""
+        if peer in self._pulling:
+            return
+        self._pulling[peer] = conn
+        self._failed.discard(peer)
+        d = self._store.peer_offset(peer)
+        d.addCallback(lambda since: conn.send_line(SYNC + b" " + (since.token if since else NO_POSITION)))
+        d.addErrback(self._pull_failed, peer)
+
+    def pull_all(self) -> None:
+        """Pull from every linked peer: after Redis comes back, updates flooded
+        while it was away are missing here."""
+        for peer, conn in self._links.first_connections():
+            self.pull(peer, conn)
+
+    def is_pulling(self, peer: bytes) -> bool:
+        return peer in self._pulling
+
+    def gap(self, peer: bytes, conn: PeerConnection) -> None:
+        """A live update did not follow on from our offset: pull again."""
+        self.pull(peer, conn)
+
+    def record_lost(self, peer: bytes) -> None:
+        """A record from ``peer`` could not be stored: do not advance the offset."""
+        self._failed.add(peer)
+
+    def sync_end(self, peer: bytes, token: bytes) -> None:
+        position = Position.parse(token)
+        self._pulling.pop(peer, None)
+        if position is None or peer in self._failed:
+            log.warn("pull from {peer} incomplete; offset kept", peer=peer.decode())
+            return
+        d = self._store.set_peer_offset(peer, position)
+        d.addErrback(self._pull_failed, peer)
+
+    def _pull_failed(self, failure: Any, peer: bytes) -> None:
+        self._pulling.pop(peer, None)
+        log.error("pull from {peer} failed: {why}", peer=peer.decode(), why=failure.getErrorMessage())
+
+    def _connection_lost(self, peer: bytes, conn: PeerConnection, other: PeerConnection | None) -> None:
+        if self._pulling.get(peer) is conn:
+            del self._pulling[peer]
+            if other is not None:
+                self.pull(peer, other)
+
+    # -- serving: answering a peer's SYNC -------------------------------
+
+    def serve(self, peer: bytes, conn: PeerConnection, token: bytes) -> Deferred[Any]:
+        """Answer SYNC: records after the peer's position, then SYNC-END."""
+        return self._serve(peer, conn, Position.parse(token))
+
+    @inlineCallbacks
+    def _serve(self, peer: bytes, conn: PeerConnection, since: Position | None) -> Any:
+        started, sent = time.monotonic(), [0, 0]  # records, bytes
+        self._links.restart_chain(peer, conn)
+        mode = "incremental"
+        try:
+            chunk = yield self._store.log_since(since, CHUNK)
+            if chunk is None:
+                mode = "full"
+                head = yield self._store.log_head()
+                yield self._send_everything(conn, sent)
+                chunk = yield self._store.log_since(head, CHUNK)
+            while True:
+                self._send_records(conn, chunk.lines, sent)
+                if chunk.entries < CHUNK or not conn.connected:
+                    break
+                chunk = yield self._store.log_since(chunk.end, CHUNK)
+        except Exception as err:  # Redis failed: the peer's offset stays, it will ask again
+            log.error("sync to {peer} failed: {why}", peer=peer.decode(), why=str(err))
+            return
+        self._finish(peer, conn, chunk, sent)
+        self.runs += 1
+        self.bytes_sent += sent[1]
+        log.info("sync to {peer}: {mode}, {records} records, {bytes} bytes in {ms:.1f} ms",
+                 peer=peer.decode(), mode=mode, records=sent[0], bytes=sent[1],
+                 ms=(time.monotonic() - started) * 1000)
+
+    def _finish(self, peer: bytes, conn: PeerConnection, chunk: LogChunk, sent: list[int]) -> None:
+        # Runs in the callback of the last log read: updates stored after it
+        # are flooded after this, chained on from chunk.end.
+        line = SYNC_END + b" " + chunk.end.token
+        conn.send_line(line)
+        sent[1] += len(line) + 1
+        self._links.continue_chain(peer, conn, chunk.end)
+
+    @inlineCallbacks
+    def _send_everything(self, conn: PeerConnection, sent: list[int]) -> Any:
+        cursor = b"0"
+        while True:
+            cursor, lines = yield self._store.scan_records(cursor, CHUNK)
+            self._send_records(conn, lines, sent)
+            if cursor == b"0" or not conn.connected:
+                return
+
+    @staticmethod
+    def _send_records(conn: PeerConnection, lines: list[bytes], sent: list[int]) -> None:
+        for at_line in lines:
+            conn.send_line(RECORD + b" " + at_line)
+            sent[0] += 1
+            sent[1] += len(at_line) + 3
