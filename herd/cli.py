@@ -51,9 +51,13 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def _dispatch(args: argparse.Namespace) -> int:
     if args.command == "serve":
+        from herd import systemd
+
+        # Before Twisted is imported: importing its endpoints consumes $LISTEN_FDS.
+        activation = systemd.activation_endpoint()
         from herd.service import serve
 
-        return serve(args.name, args.config, args.log_format)
+        return serve(args.name, args.config, args.log_format, activation)
     if args.command == "up":
         from herd.up import run_up
 

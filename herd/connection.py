@@ -129,6 +129,7 @@ class NodeConnection(PeerEndpointMixin, LineProtocol):
         if request is None:
             return
         if isinstance(request, Invalid):
+            self.node.stats.request("invalid", "refused")
             self._answer(succeed(request.reply), line)
         elif isinstance(request, Whatsat) and self._replies:
             earlier = gatherResults([r.done for r in self._replies])

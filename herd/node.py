@@ -17,7 +17,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from herd.peers import PeerConnection, PeerLinks
-from herd.places import PlacesProvider
+from herd.places import PlacesError, PlacesProvider
 from herd.protocol import (
     AtRecord,
     Iamat,
@@ -28,6 +28,7 @@ from herd.protocol import (
     parse_at_line,
 )
 from herd.reconcile import RECORD, SYNC, SYNC_END, UPDATE, Reconciler
+from herd.stats import Stats
 from storage.store import Chain, Position, RedisStore, StoreResult
 
 log = Logger(namespace="herd")
@@ -38,8 +39,10 @@ def refusal(line: bytes) -> bytes:
 
 
 class Node:
-    def __init__(self, name: bytes, store: RedisStore, places: PlacesProvider, links: PeerLinks):
+    def __init__(self, name: bytes, store: RedisStore, places: PlacesProvider, links: PeerLinks,
+                 stats: Stats | None = None):
         self.name = name
+        self.stats = stats or Stats()
         self.store = store
         self.places = places
         self.links = links
@@ -49,9 +52,13 @@ class Node:
 
     def handle(self, request: Request, received_ns: int) -> Deferred[bytes]:
         """Answer one valid client request (see module contract)."""
-        if isinstance(request, Iamat):
-            return self.iamat(request, received_ns)
-        return self.whatsat(request)
+        command = "IAMAT" if isinstance(request, Iamat) else "WHATSAT"
+        d = self.iamat(request, received_ns) if isinstance(request, Iamat) else self.whatsat(request)
+        return d.addCallback(self._count, command)
+
+    def _count(self, reply: bytes, command: str) -> bytes:
+        self.stats.request(command, "refused" if reply.startswith(b"? ") else "ok")
+        return reply
 
     def iamat(self, request: Iamat, received_ns: int) -> Deferred[bytes]:
         record = make_record(self.name, received_ns, request)
@@ -69,10 +76,13 @@ class Node:
         if record is None:
             return succeed(refusal(request.line))
         loc = record.location
+        self.stats.places_calls += 1
         d = self.places.nearby(loc.lat.decode(), loc.lon.decode(), request.radius_m, request.limit)
         return d.addCallback(lambda answer: format_whatsat_reply(record.line, answer, request.limit))
 
     def _cannot_serve(self, failure: Failure, line: bytes) -> bytes:
+        if failure.check(PlacesError):
+            self.stats.places_failures += 1
         log.error("cannot serve {line}: {why}", line=line.decode("utf-8", "backslashreplace"),
                   why=failure.getErrorMessage() or repr(failure.value))
         return refusal(line)
@@ -115,6 +125,7 @@ class Node:
             log.warn("peer {peer} sent a malformed record: {line}", peer=peer.decode(),
                      line=at_line[:200].decode("utf-8", "backslashreplace"))
             return None
+        self.stats.flood_in += 1
         d = self.store.store_if_newer(record, tie_break=True, chain=chain)
         d.addCallback(self._stored, record, peer)
         d.addErrback(self._update_lost, record, peer)
@@ -122,7 +133,10 @@ class Node:
 
     def _stored(self, result: StoreResult, record: AtRecord, source: bytes | None) -> StoreResult:
         if result.stored and result.position is not None:
+            self.stats.stored()
             self.links.flood(record.line, result.position, exclude=source)
+        elif source is not None:
+            self.stats.flood_duplicate += 1
         return result
 
     def _update_lost(self, failure: Failure, record: AtRecord, peer: bytes) -> StoreResult:

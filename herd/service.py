@@ -19,17 +19,21 @@ from twisted.application.service import MultiService
 from twisted.internet import defer
 from twisted.internet.endpoints import serverFromString
 from twisted.internet.error import CannotListenError
+from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 
 from config.schema import ConfigError, HerdConfig, PlacesConfig
+from herd import systemd
 from herd.connection import NodeConnectionFactory
 from herd.node import Node
 from herd.peers import PeerLinks, dial_service
 from herd.places import PlacesProvider
+from herd.stats import Stats
 from storage.store import RedisStore
 
 log = Logger(namespace="herd")
 SHUTDOWN_GRACE = 5.0  # seconds in-flight replies get to finish on SIGTERM
+STATUS_INTERVAL = 1.0  # seconds between writes of <prefix>status
 
 
 def listen_description(host: str, port: int) -> str:
@@ -65,41 +69,82 @@ def build_places(config: PlacesConfig, reactor: Any, store: RedisStore) -> Place
 class NodeService(MultiService):
     """One herd node as a service: start it to serve, stop it to shut down cleanly."""
 
-    def __init__(self, config: HerdConfig, name: str, reactor: Any, secret: bytes):
+    def __init__(self, config: HerdConfig, name: str, reactor: Any, secret: bytes,
+                 activation: str | None = None):
         super().__init__()
         self._reactor = reactor
         me = config.nodes[name]
         self.address = (me.host, me.port)
         self.store = RedisStore(reactor, me.redis, me.prefix.encode(), config.redis_timeout)
         self.links = PeerLinks(n.encode() for n in config.neighbours(name))
-        places = build_places(config.places, reactor, self.store)
-        self.node = Node(name.encode(), self.store, places, self.links)
+        try:
+            places = build_places(config.places, reactor, self.store)
+        except ConfigError as err:  # the provider names the key; say which file
+            raise ConfigError(f"{config.path}: {err}") from None
+        self.node = Node(name.encode(), self.store, places, self.links, Stats())
+        self.store.observe = self.node.stats.observe_redis
         self.factory = NodeConnectionFactory(
             self.node, name.encode(), secret, config.max_line_bytes,
             config.max_future_seconds * 1_000_000_000, time.time_ns)
-        endpoint = serverFromString(reactor, listen_description(me.host, me.port))
-        self.listener = StreamServerEndpointService(endpoint, self.factory)
+        # A socket passed by systemd (socket activation) replaces host:port.
+        description = activation or listen_description(me.host, me.port)
+        self.listener = StreamServerEndpointService(serverFromString(reactor, description), self.factory)
         self.listener._raiseSynchronously = True
         self.listener.setServiceParent(self)
         for peer in config.neighbours(name):
             there = config.nodes[peer]
             dial_service(reactor, self.node, name.encode(), peer.encode(), there.host, there.port,
                          secret).setServiceParent(self)
+        if me.admin is not None:
+            from herd.admin import admin_site
+
+            admin = serverFromString(reactor, listen_description(*me.admin))
+            StreamServerEndpointService(admin, admin_site(self)).setServiceParent(self)
+        self._status = LoopingCall(self._publish_status)
+        self._watchdog = LoopingCall(systemd.notify, "WATCHDOG=1")
 
     def startService(self) -> None:
         super().startService()  # listens at once; raises CannotListenError
+        self.store.on_connected.append(self._redis_reached)
         self.store.start()
         preload = getattr(self.node.places, "ensure_loaded", None)
         if preload is not None:
             preload().addErrback(lambda _: None)  # logged by the provider; retried on use
+        self._status.start(STATUS_INTERVAL, now=False)
+        interval = systemd.watchdog_interval()
+        if interval:
+            self._watchdog.start(interval)
         log.info("node {name} listening on {host}:{port}", name=self.node.name.decode(),
                  host=self.address[0], port=self.address[1])
+
+    def _redis_reached(self) -> None:
+        """Ready once listening and Redis answered (systemd Type=notify)."""
+        if systemd.notify(f"READY=1\nSTATUS=serving on {self.address[0]}:{self.address[1]}"):
+            log.info("told systemd READY=1")
+        self.store.on_connected.remove(self._redis_reached)
+
+    def _publish_status(self) -> None:
+        """Write this node's live figures to ``<prefix>status`` for ``herd status``."""
+        stats = self.node.stats
+        fields = {
+            b"node": self.node.name, b"pid": os.getpid(), b"started": f"{stats.started:.3f}",
+            b"updated": f"{time.time():.3f}", b"requests": stats.total_requests,
+            b"links_up": b",".join(self.links.up()), b"neighbours": b",".join(sorted(self.links.neighbours)),
+            b"last_update": f"{stats.last_update:.3f}", b"flood_in": stats.flood_in,
+            b"flood_out": self.links.flooded, b"syncs": self.node.reconciler.runs,
+        }
+        args = [x for pair in fields.items() for x in pair]
+        self.store.call("execute_command", "HSET", self.store.keys.status, *args).addErrback(lambda _: None)
 
     @defer.inlineCallbacks
     def stopService(self) -> Any:
         """Stop listening and dialling, let in-flight replies finish (bounded),
         then close peer links and Redis."""
         log.info("stopping: no new connections; finishing in-flight replies")
+        systemd.notify("STOPPING=1")
+        for loop in (self._status, self._watchdog):
+            if loop.running:
+                loop.stop()
         yield super().stopService()
         clients = [c for c in self.factory.connections if c.peer_name is None]
         for conn in clients:
@@ -111,7 +156,7 @@ class NodeService(MultiService):
         log.info("stopped")
 
 
-def serve(name: str, config_path: str, log_format: str | None) -> int:
+def serve(name: str, config_path: str, log_format: str | None, activation: str | None = None) -> int:
     """``herd serve NAME --config FILE``: run one node until SIGTERM/SIGINT."""
     from config.loader import load_config
 
@@ -125,7 +170,7 @@ def serve(name: str, config_path: str, log_format: str | None) -> int:
 
     under_systemd = "INVOCATION_ID" in os.environ or "JOURNAL_STREAM" in os.environ
     start_logging(name, log_format or ("json" if under_systemd else "text"), reactor)
-    service = NodeService(config, name, reactor, config.secret())
+    service = NodeService(config, name, reactor, config.secret(), activation)
     try:
         service.startService()
     except CannotListenError as err:

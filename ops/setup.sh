@@ -44,6 +44,13 @@ if ! command -v redis-server >/dev/null 2>&1; then
   apt_install redis-server
 fi
 
+# systemd's tools (systemd-analyze verify, systemd-socket-activate) check the
+# shipped units and socket activation in the tests; installing the package
+# does not start anything in a container.
+if ! command -v systemd-socket-activate >/dev/null 2>&1 || ! command -v systemd-analyze >/dev/null 2>&1; then
+  apt_install systemd
+fi
+
 if ! command -v python3 >/dev/null 2>&1; then
   apt_install python3 python3-venv
 fi

@@ -34,5 +34,15 @@ class Keys:
         return self.prefix + b"peer:" + name
 
     @property
+    def summary(self) -> bytes:
+        """Hash ``clients`` (count) and ``digest`` (XOR of SHA-1 prefixes of all AT lines)."""
+        return self.prefix + b"summary"
+
+    @property
+    def status(self) -> bytes:
+        """Hash the node publishes every second for ``herd status``."""
+        return self.prefix + b"status"
+
+    @property
     def client_pattern(self) -> bytes:
         return self.prefix + b"client:*"

@@ -110,6 +110,7 @@ class RedisStore:
         self.keys = Keys(prefix)
         self._waiters: list[Deferred[None]] = []
         self.on_connected: list[Callable[[], None]] = []  # called on every (re)connection
+        self.observe: Callable[[float], None] | None = None  # gets each call's latency (s)
         self._factory = _ReconnectingFactory(
             self._connection_ready,
             uuid=f"{address.host}:{address.port}", dbid=address.db, poolsize=1, isLazy=True,
@@ -152,7 +153,7 @@ class RedisStore:
         ]
         peer_key = self.keys.peer(chain.peer if chain else b"")
         keys = [self.keys.client(record.client_id), self.keys.geo, self.keys.log,
-                self.keys.log_epoch, peer_key]
+                self.keys.log_epoch, peer_key, self.keys.summary]
         d = self._call("eval", STORE_IF_NEWER, keys, args)
         return d.addCallback(_store_result)
 
@@ -205,7 +206,13 @@ class RedisStore:
             d: Deferred[Any] = getattr(self._redis, command)(*args)
         except Exception as err:  # txredisapi raises synchronously when not connected
             return fail(StoreUnavailable(f"Redis {command}: {err}"))
+        if self.observe is not None:
+            d.addBoth(self._timed, self._reactor.seconds())
         return d.addErrback(self._unavailable, command)
+
+    def _timed(self, result: Any, started: float) -> Any:
+        self.observe(self._reactor.seconds() - started)  # type: ignore[misc]
+        return result
 
     def _unavailable(self, failure: Any, command: str) -> None:
         if failure.check(txredisapi.ResponseError):

@@ -11,6 +11,10 @@
 -- KEYS[3] update log (stream)    <prefix>log
 -- KEYS[4] log epoch              <prefix>log:epoch (made here on first use)
 -- KEYS[5] peer offset hash       <prefix>peer:<name>   (used only with a chain)
+-- KEYS[6] summary hash           <prefix>summary: clients (count), digest (XOR
+--         over clients of the first 64 bits of SHA-1(AT line)): two nodes
+--         hold the same records exactly when their summaries are equal (up to
+--         hash collisions), so `herd status` compares nodes in O(1)
 -- ARGV[1..9]  ns, at, server, skew, location, lat, lon, time, client_id
 -- ARGV[10,11] geo_lon, geo_lat ("" when the latitude is outside Redis GEO's band)
 -- ARGV[12]    tie_break: "1": on equal times the bytewise larger AT line wins,
@@ -37,12 +41,28 @@ local function compare_ns(a, b)
   return compare_bytes(a, b)
 end
 
-local function is_newer(ns, at)
-  local held = redis.call('HMGET', KEYS[1], 'ns', 'at')
+local function is_newer(ns, at, held)
   if not held[1] then return true end
   local order = compare_ns(ns, held[1])
   if order ~= 0 then return order > 0 end
   return ARGV[12] == '1' and compare_bytes(at, held[2]) > 0
+end
+
+local function xor64(a, b)  -- two 16-hex-digit strings
+  local hi = bit.bxor(tonumber(string.sub(a, 1, 8), 16), tonumber(string.sub(b, 1, 8), 16))
+  local lo = bit.bxor(tonumber(string.sub(a, 9, 16), 16), tonumber(string.sub(b, 9, 16), 16))
+  return bit.tohex(hi, 8) .. bit.tohex(lo, 8)
+end
+
+local function update_summary(old_at, new_at)
+  local digest = redis.call('HGET', KEYS[6], 'digest') or '0000000000000000'
+  digest = xor64(digest, string.sub(redis.sha1hex(new_at), 1, 16))
+  if old_at then
+    digest = xor64(digest, string.sub(redis.sha1hex(old_at), 1, 16))
+  else
+    redis.call('HINCRBY', KEYS[6], 'clients', 1)
+  end
+  redis.call('HSET', KEYS[6], 'digest', digest)
 end
 
 local function advance_offset()
@@ -55,9 +75,11 @@ end
 
 local ns, at, id = ARGV[1], ARGV[2], ARGV[9]
 local advanced = advance_offset()
-if not is_newer(ns, at) then
+local held = redis.call('HMGET', KEYS[1], 'ns', 'at')
+if not is_newer(ns, at, held) then
   return {0, '', advanced}
 end
+update_summary(held[2], at)
 
 redis.call('HSET', KEYS[1], 'at', at, 'server', ARGV[3], 'skew', ARGV[4],
            'location', ARGV[5], 'lat', ARGV[6], 'lon', ARGV[7], 'time', ARGV[8],

@@ -80,12 +80,14 @@ class NodeProcess:
         self.log_path = herd.root / name / "herd.log"
         self.proc: subprocess.Popen[bytes] | None = None
 
-    def start(self, wait: bool = True) -> NodeProcess:
+    def command(self) -> list[str]:
+        return [sys.executable, "-m", "herd", "serve", self.name, "--config", str(self.herd.config)]
+
+    def start(self, wait: bool = True, **env: str) -> NodeProcess:
         log = open(self.log_path, "ab")
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "herd", "serve", self.name, "--config", str(self.herd.config)],
-            cwd=REPO, stdout=log, stderr=subprocess.STDOUT,
-            env=env_with(HERD_SECRET=self.herd.secret, GOOGLE_PLACES_KEY=PLACES_KEY),
+            self.command(), cwd=REPO, stdout=log, stderr=subprocess.STDOUT,
+            env=env_with(HERD_SECRET=self.herd.secret, GOOGLE_PLACES_KEY=PLACES_KEY, **env),
         )
         log.close()
         if wait:
@@ -112,22 +114,24 @@ class Herd:
     """Nodes with the given links (name -> peers listed in its config)."""
 
     def __init__(self, root: Path, topology: dict[str, list[str]], provider: str = "google",
-                 secret: str = SECRET, extra_herd: str = ""):
+                 secret: str = SECRET, extra_herd: str = "", extra_node: str = ""):
         self.root = root
         self.secret = secret
         self.places = FakePlaces()
         self.nodes = {name: NodeProcess(self, name) for name in topology}
         self.config = root / "herd.toml"
-        self.config.write_text(self._toml(topology, provider, extra_herd))
+        self.config.write_text(self._toml(topology, provider, extra_herd, extra_node))
 
-    def _toml(self, topology: dict[str, list[str]], provider: str, extra_herd: str) -> str:
+    def _toml(self, topology: dict[str, list[str]], provider: str, extra_herd: str,
+              extra_node: str) -> str:
         out = [f'[herd]\nsecret_env = "HERD_SECRET"\n{extra_herd}\n',
                f'[places]\nprovider = "{provider}"\nurl = "{self.places.url}"\n'
                'key_env = "GOOGLE_PLACES_KEY"\ntimeout = 2.0\n']
         for name, peers in topology.items():
             node = self.nodes[name]
             out.append(f'[nodes.{name}]\nhost = "127.0.0.1"\nport = {node.port}\n'
-                       f'redis = "{node.redis.url}"\npeers = {json.dumps(peers)}\n')
+                       f'redis = "{node.redis.url}"\npeers = {json.dumps(peers)}\n'
+                       + extra_node.format(name=name))
         return "\n".join(out)
 
     def start(self, names: Iterable[str] | None = None) -> Herd:

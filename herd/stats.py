@@ -1,0 +1,39 @@
+"""What a node counts about itself. Plain integers on the hot path; exported
+at scrape time (herd/admin.py) and published to Redis for ``herd status``."""
+
+from __future__ import annotations
+
+import bisect
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+
+# Upper bounds (seconds) of the Redis call latency histogram buckets.
+REDIS_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0, 2.5, 5.0)
+
+
+@dataclass
+class Stats:
+    started: float = field(default_factory=time.time)
+    requests: Counter[tuple[str, str]] = field(default_factory=Counter)  # (command, outcome)
+    flood_in: int = 0  # updates received from peers
+    flood_duplicate: int = 0  # ... of which not newer than what was held
+    places_calls: int = 0
+    places_failures: int = 0
+    last_update: float = 0.0  # wall time of the last update stored
+    redis_buckets: list[int] = field(default_factory=lambda: [0] * (len(REDIS_BUCKETS) + 1))
+    redis_sum: float = 0.0
+
+    def request(self, command: str, outcome: str) -> None:
+        self.requests[(command, outcome)] += 1
+
+    def observe_redis(self, seconds: float) -> None:
+        self.redis_buckets[bisect.bisect_left(REDIS_BUCKETS, seconds)] += 1
+        self.redis_sum += seconds
+
+    def stored(self) -> None:
+        self.last_update = time.time()
+
+    @property
+    def total_requests(self) -> int:
+        return sum(self.requests.values())
