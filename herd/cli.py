@@ -35,6 +35,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     check = sub.add_parser("check", help="do all nodes hold the same state? (exit 0 if so)")
     check.add_argument("--config", required=True, metavar="FILE")
+
+    status = sub.add_parser("status", help="live view of nodes, links, counts and agreement")
+    status.add_argument("--config", required=True, metavar="FILE")
+    status.add_argument("--once", action="store_true", help="print one frame and exit 0")
     return parser
 
 
@@ -70,4 +74,8 @@ def _dispatch(args: argparse.Namespace) -> int:
         from herd.check import run_check
 
         return run_check(args.config)
+    if args.command == "status":
+        from herd.status import run_status
+
+        return run_status(args.config, args.once)
     raise AssertionError(args.command)

@@ -101,6 +101,7 @@ class NodeService(MultiService):
             admin = serverFromString(reactor, listen_description(*me.admin))
             StreamServerEndpointService(admin, admin_site(self)).setServiceParent(self)
         self._status = LoopingCall(self._publish_status)
+        self._last_total = 0
         self._watchdog = LoopingCall(systemd.notify, "WATCHDOG=1")
 
     def startService(self) -> None:
@@ -126,7 +127,10 @@ class NodeService(MultiService):
     def _publish_status(self) -> None:
         """Write this node's live figures to ``<prefix>status`` for ``herd status``."""
         stats = self.node.stats
+        total = stats.total_requests
+        rate, self._last_total = (total - self._last_total) / STATUS_INTERVAL, total
         fields = {
+            b"rate": f"{rate:.1f}",
             b"node": self.node.name, b"pid": os.getpid(), b"started": f"{stats.started:.3f}",
             b"updated": f"{time.time():.3f}", b"requests": stats.total_requests,
             b"links_up": b",".join(self.links.up()), b"neighbours": b",".join(sorted(self.links.neighbours)),

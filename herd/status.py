@@ -1,0 +1,148 @@
+"""``herd status --config FILE [--once]``: a live view of the whole herd.
+
+Reads what each node publishes in its own Redis every second
+(``<prefix>status``) and the client summary its compare-and-set keeps
+(``<prefix>summary``: count and digest), so a frame costs two Redis reads per
+node however many clients there are. Nodes agree when their summaries are
+equal; ``herd check`` compares record by record.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from typing import Any
+
+from twisted.internet.defer import DeferredList, inlineCallbacks
+
+from config.schema import HerdConfig
+from storage.store import RedisStore
+
+STALE_AFTER = 3.0  # seconds without a status write before a node counts as down
+REFRESH = 1.0
+
+
+@dataclass(frozen=True)
+class NodeView:
+    name: str
+    address: str
+    status: dict[bytes, bytes]
+    summary: dict[bytes, bytes]
+    error: str | None = None
+
+    def up(self, now: float) -> bool:
+        updated = float(self.status.get(b"updated", b"0"))
+        return self.error is None and now - updated < STALE_AFTER
+
+    def field(self, key: bytes, default: str = "-") -> str:
+        value = self.status.get(key)
+        return value.decode() if value else default
+
+    @property
+    def links_up(self) -> set[str]:
+        raw = self.status.get(b"links_up", b"")
+        return {p for p in raw.decode().split(",") if p}
+
+
+def _age(stamp: str, now: float) -> str:
+    try:
+        value = float(stamp)
+    except ValueError:
+        return "-"
+    return "never" if value == 0 else f"{now - value:.1f}s ago"
+
+
+def render(config: HerdConfig, views: list[NodeView], now: float) -> str:
+    """One frame of the view (pure: no I/O)."""
+    lines = [f"herd status  {config.path}  {time.strftime('%Y-%m-%d %H:%M:%S', time.gmtime(now))} UTC", ""]
+    lines.append(f"{'NODE':<10} {'ADDRESS':<22} {'STATE':<6} {'CLIENTS':>8} {'REQ/S':>8} "
+                 f"{'LAST UPDATE':>12}  PEERS")
+    by_name = {v.name: v for v in views}
+    for v in views:
+        state = "up" if v.up(now) else "DOWN"
+        clients = v.summary.get(b"clients", b"0").decode() if v.error is None else "?"
+        peers = " ".join(f"{p}{'+' if p in v.links_up else '-'}" for p in config.neighbours(v.name))
+        lines.append(f"{v.name:<10} {v.address:<22} {state:<6} {clients:>8} {v.field(b'rate', '0'):>8} "
+                     f"{_age(v.field(b'last_update', '0'), now):>12}  {peers}")
+        if v.error:
+            lines.append(f"{'':<10} redis: {v.error}")
+    lines.append("")
+    lines.append("links: " + ", ".join(
+        f"{a}-{b} {'up' if _link_up(by_name, a, b, now) else 'DOWN'}" for a, b in config.links()))
+    lines.append(agreement(views))
+    return "\n".join(lines)
+
+
+def _link_up(views: dict[str, NodeView], a: str, b: str, now: float) -> bool:
+    return any(views[x].up(now) and y in views[x].links_up for x, y in ((a, b), (b, a)))
+
+
+def agreement(views: list[NodeView]) -> str:
+    readable = [v for v in views if v.error is None]
+    summaries = {(v.summary.get(b"clients", b"0"), v.summary.get(b"digest", b"")) for v in readable}
+    if len(readable) < len(views):
+        return f"agreement: unknown ({len(views) - len(readable)} node(s) unreadable)"
+    if len(summaries) == 1:
+        clients, digest = summaries.pop()
+        return f"agreement: all {len(views)} nodes hold the same {clients.decode()} clients " \
+               f"(digest {digest.decode() or '-'})"
+    return "agreement: NODES DIFFER (herd check --config FILE lists the clients)"
+
+
+class HerdReader:
+    """Keeps one Redis connection per node between frames."""
+
+    def __init__(self, reactor: Any, config: HerdConfig):
+        self._config = config
+        self._stores = {
+            name: RedisStore(reactor, node.redis, node.prefix.encode(), min(config.redis_timeout, 2.0))
+            for name, node in sorted(config.nodes.items())
+        }
+        for store in self._stores.values():
+            store.start()
+
+    def read(self) -> Any:
+        """Deferred list of NodeView, one per node, in name order."""
+        return DeferredList([self._read(name, store) for name, store in self._stores.items()]).addCallback(
+            lambda results: [view for _, view in results])
+
+    @inlineCallbacks
+    def _read(self, name: str, store: RedisStore) -> Any:
+        node = self._config.nodes[name]
+        address = f"{node.host}:{node.port}"
+        try:
+            status = yield store.call("hgetall", store.keys.status)
+            summary = yield store.call("hgetall", store.keys.summary)
+        except Exception as err:
+            return NodeView(name, address, {}, {}, str(err))
+        return NodeView(name, address, status or {}, summary or {})
+
+    def stop(self) -> Any:
+        return DeferredList([s.stop() for s in self._stores.values()])
+
+
+def run_status(config_path: str, once: bool) -> int:
+    from twisted.internet.task import LoopingCall, react
+
+    from config.loader import load_config
+
+    config = load_config(config_path)
+
+    def frame(reader: HerdReader, clear: bool) -> Any:
+        def show(views: list[NodeView]) -> None:
+            print(("\x1b[H\x1b[2J" if clear else "") + render(config, views, time.time()), flush=True)
+        return reader.read().addCallback(show)
+
+    def main(reactor: Any) -> Any:
+        reader = HerdReader(reactor, config)
+        if once:
+            return frame(reader, clear=False).addBoth(lambda r: (reader.stop(), r)[1])
+        return LoopingCall(frame, reader, True).start(REFRESH)
+
+    try:
+        react(main)
+    except SystemExit as done:
+        return 0 if done.code in (0, None) else 1
+    except KeyboardInterrupt:
+        return 0
+    return 0

@@ -1,0 +1,64 @@
+"""herd status: one frame over a real herd, and the pure renderer."""
+
+from __future__ import annotations
+
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from cluster import Herd, talk
+from harness import REPO, wait_until
+
+from config.loader import load_config
+from herd.status import NodeView, agreement, render
+
+
+def status_once(herd: Herd) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "herd", "status", "--config", str(herd.config), "--once"],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+
+
+def test_status_once_shows_nodes_links_and_agreement(tmp_path: Path) -> None:
+    herd = Herd(tmp_path, {"A": ["B"], "B": ["C"], "C": []}).start()
+    try:
+        herd.wait_links()
+        talk(herd["A"].port, "IAMAT s1 +1+1 1700000000", "IAMAT s2 +1+1 1700000000")
+        wait_until(lambda: herd["C"].record("s2") != {}, what="flood")
+        wait_until(lambda: "A-B up, B-C up" in status_once(herd).stdout, what="links up in status")
+        result = status_once(herd)
+        assert result.returncode == 0
+        assert "agreement: all 3 nodes hold the same 2 clients" in result.stdout
+        assert "A+ C+" in result.stdout  # B's peers, both linked
+        herd["C"].kill(signal.SIGKILL)
+        wait_until(lambda: "B-C DOWN" in status_once(herd).stdout, timeout=15, what="link down")
+        wait_until(
+            lambda: any(
+                row.startswith("C ") and " DOWN " in row for row in status_once(herd).stdout.splitlines()
+            ),
+            timeout=15,
+            what="C shown down once its status goes stale",
+        )
+    finally:
+        herd.stop()
+
+
+def test_render_flags_disagreement_and_unreadable_nodes() -> None:
+    config = load_config(REPO / "config" / "herd.toml")
+    now = time.time()
+    fresh = {b"updated": str(now).encode(), b"links_up": b"Bona", b"rate": b"5.0", b"last_update": b"0"}
+    views = [
+        NodeView(name, "x:1", fresh, {b"clients": b"1", b"digest": b"ab"}) for name in sorted(config.nodes)
+    ]
+    views[1] = NodeView(views[1].name, "x:1", fresh, {b"clients": b"2", b"digest": b"cd"})
+    assert "NODES DIFFER" in agreement(views)
+    views[2] = NodeView(views[2].name, "x:1", {}, {}, "unreachable")
+    frame = render(config, views, now)
+    assert "unknown (1 node(s) unreadable)" in frame and "redis: unreachable" in frame
+    assert "Bailey-Bona up" in frame
