@@ -36,6 +36,13 @@ def build_parser() -> argparse.ArgumentParser:
     check = sub.add_parser("check", help="do all nodes hold the same state? (exit 0 if so)")
     check.add_argument("--config", required=True, metavar="FILE")
 
+    places = sub.add_parser("places", help="manage the offline places data set")
+    places_sub = places.add_subparsers(dest="places_command", required=True, metavar="ACTION")
+    load = places_sub.add_parser("load", help="load the offline data set into nodes' Redis "
+                                              "(a no-op where the same version is loaded)")
+    load.add_argument("--config", required=True, metavar="FILE")
+    load.add_argument("nodes", nargs="*", metavar="NODE", help="nodes to load (default: all)")
+
     status = sub.add_parser("status", help="live view of nodes, links, counts and agreement")
     status.add_argument("--config", required=True, metavar="FILE")
     status.add_argument("--once", action="store_true", help="print one frame and exit 0")
@@ -74,6 +81,10 @@ def _dispatch(args: argparse.Namespace) -> int:
         from herd.check import run_check
 
         return run_check(args.config)
+    if args.command == "places":
+        from herd.offline_places import run_places_load
+
+        return run_places_load(args.config, args.nodes)
     if args.command == "status":
         from herd.status import run_status
 

@@ -70,7 +70,7 @@ class OfflinePlaces:
 
     def __init__(self, store: RedisStore, min_population: int = DEFAULT_MIN_POPULATION):
         self._index = PlacesIndex(store)
-        self._version = dataset_version(min_population)
+        self.version = dataset_version(min_population)
         self._min_population = min_population
         self._loaded = False
         self._waiters: list[Deferred[bool]] = []
@@ -88,11 +88,11 @@ class OfflinePlaces:
 
     @inlineCallbacks
     def _load(self) -> Any:
-        if (yield self._index.current_version()) == self._version:
+        if (yield self._index.current_version()) == self.version:
             return True
-        log.info("loading offline places {version} into Redis", version=self._version.decode())
+        log.info("loading offline places {version} into Redis", version=self.version.decode())
         rows = yield deferToThread(read_dataset, self._min_population)
-        if (yield self._index.load(self._version, rows)):
+        if (yield self._index.load(self.version, rows)):
             log.info("offline places loaded: {n} places", n=len(rows))
         return True
 
@@ -113,7 +113,7 @@ class OfflinePlaces:
         if not -GEO_LAT_LIMIT <= Decimal(lat) <= GEO_LAT_LIMIT:
             return answer([])
         yield self.ensure_loaded()
-        docs = yield self._index.nearby(self._version, lon.lstrip("+").encode(),
+        docs = yield self._index.nearby(self.version, lon.lstrip("+").encode(),
                                         lat.lstrip("+").encode(), radius_text(radius_m).encode(), limit)
         return answer([json.loads(doc) for doc in docs if doc])
 
@@ -121,3 +121,47 @@ class OfflinePlaces:
 def answer(results: list[dict[str, Any]]) -> PlacesAnswer:
     return {"html_attributions": [ATTRIBUTION], "results": results,
             "status": "OK" if results else "ZERO_RESULTS"}
+
+
+def run_places_load(config_path: str, names: list[str]) -> int:
+    """``herd places load --config FILE [NODE...]``: load the configured data set
+    into each node's Redis; print one line per node; exit 1 if any failed."""
+    from twisted.internet.defer import DeferredList
+    from twisted.internet.task import react
+
+    from config.loader import load_config
+    from config.schema import ConfigError
+
+    config = load_config(config_path)
+    unknown = [n for n in names if n not in config.nodes]
+    if unknown:
+        raise ConfigError(f"{config_path}: nodes.{unknown[0]}: no such node "
+                          f"(known: {', '.join(sorted(config.nodes))})")
+    chosen = names or sorted(config.nodes)
+    failures: list[str] = []
+
+    @inlineCallbacks
+    def load_one(reactor: Any, name: str) -> Any:
+        node = config.nodes[name]
+        store = RedisStore(reactor, node.redis, node.prefix.encode(), max(config.redis_timeout, 10.0))
+        store.start()
+        try:
+            places = OfflinePlaces(store, config.places.min_population)
+            before = yield PlacesIndex(store).current_version()
+            yield places.ensure_loaded()
+            state = "already loaded" if before == places.version else "loaded"
+            print(f"{name}: {state} {places.version.decode()}", flush=True)
+        except Exception as err:
+            failures.append(name)
+            print(f"{name}: FAILED: {err}", flush=True)
+        finally:
+            yield store.stop()
+
+    def main(reactor: Any) -> Any:
+        return DeferredList([load_one(reactor, n) for n in chosen])
+
+    try:
+        react(main)
+    except SystemExit:
+        pass
+    return 1 if failures else 0
