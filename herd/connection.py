@@ -12,12 +12,14 @@ from __future__ import annotations
 
 from collections import deque
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from twisted.internet.defer import Deferred, gatherResults, succeed
 from twisted.internet.interfaces import IHalfCloseableProtocol
 from twisted.internet.protocol import Factory
 from twisted.logger import Logger
+from twisted.protocols.policies import TimeoutMixin
 from zope.interface import implementer
 
 from herd import auth
@@ -65,8 +67,13 @@ class PeerEndpointMixin:
 
 
 @implementer(IHalfCloseableProtocol)
-class NodeConnection(PeerEndpointMixin, LineProtocol):
-    """A connection accepted by the node: a client until it authenticates."""
+class NodeConnection(PeerEndpointMixin, LineProtocol, TimeoutMixin):
+    """A connection accepted by the node: a client until it authenticates.
+
+    Limits (config ``[herd]``): a client silent for ``idle_timeout`` seconds is
+    disconnected; with ``max_outstanding`` requests unanswered, reading pauses
+    until half of them are answered (back-pressure, nothing is refused).
+    """
 
     factory: NodeConnectionFactory
 
@@ -76,6 +83,7 @@ class NodeConnection(PeerEndpointMixin, LineProtocol):
         self._handshake: tuple[bytes, bytes, bytes] | None = None
         self._eof = False
         self._closing = False
+        self._paused = False
         self.closed: Deferred[None] = Deferred()
 
     # -- connection lifecycle -------------------------------------------
@@ -87,8 +95,18 @@ class NodeConnection(PeerEndpointMixin, LineProtocol):
         self.who = f"{getattr(peer, 'host', '?')}:{getattr(peer, 'port', '?')}"
         self.factory.connections.add(self)
         log.info("{who} connection opened", who=self.who)
+        self.setTimeout(self.factory.limits.idle_timeout or None)
+
+    def dataReceived(self, data: bytes) -> None:
+        self.resetTimeout()
+        super().dataReceived(data)
+
+    def timeoutConnection(self) -> None:
+        log.info("{who} idle for {s:g}s; closing", who=self.who, s=self.factory.limits.idle_timeout)
+        self.close_when_idle()
 
     def connectionLost(self, reason: Any = None) -> None:
+        self.setTimeout(None)
         self.factory.connections.discard(self)
         if self.peer_name is not None:
             self.node.links.remove(self.peer_name, self)
@@ -149,6 +167,9 @@ class NodeConnection(PeerEndpointMixin, LineProtocol):
     def _answer(self, result: Deferred[bytes], line: bytes) -> None:
         slot = _Reply()
         self._replies.append(slot)
+        if len(self._replies) >= self.factory.limits.max_outstanding and not self._paused:
+            self._paused = True
+            self.transport.pauseProducing()
         result.addErrback(self._internal_error, line)
         result.addCallback(self._fill, slot)
 
@@ -170,6 +191,9 @@ class NodeConnection(PeerEndpointMixin, LineProtocol):
             for reply in ready:
                 log.info("{who} sent {reply}", who=self.who, reply=printable(reply).rstrip("\n"))
             self.transport.write(out)
+        if self._paused and len(self._replies) <= self.factory.limits.max_outstanding // 2:
+            self._paused = False
+            self.transport.resumeProducing()
         self._close_if_idle()
 
     def _close_if_idle(self) -> None:
@@ -201,6 +225,7 @@ class NodeConnection(PeerEndpointMixin, LineProtocol):
         return b"? " + line + b"\n"
 
     def _become_peer(self, name: bytes) -> None:
+        self.setTimeout(None)  # peer links may be quiet for long
         self.peer_name = name
         self.max_line = PEER_MAX_LINE
         self.who = f"{self.who} ({name.decode()})"
@@ -214,14 +239,30 @@ class NodeConnectionFactory(Factory):
     noisy = False
 
     def __init__(self, node: Node, own_name: bytes, secret: bytes, max_line: int,
-                 max_future_ns: int, clock_ns: Callable[[], int]):
+                 max_future_ns: int, clock_ns: Callable[[], int], limits: Limits | None = None):
         self.node = node
+        self.limits = limits or Limits()
         self.own_name = own_name
         self.secret = secret
         self.max_line = max_line
         self.max_future_ns = max_future_ns
         self.clock_ns = clock_ns
         self.connections: set[NodeConnection] = set()
+
+    def buildProtocol(self, addr: Any) -> NodeConnection | None:  # type: ignore[override]
+        if len(self.connections) >= self.limits.max_connections:
+            log.warn("{host}:{port} refused: {n} connections open (max_connections)",
+                     host=getattr(addr, "host", "?"), port=getattr(addr, "port", "?"),
+                     n=len(self.connections))
+            return None
+        return super().buildProtocol(addr)  # type: ignore[return-value]
+
+
+@dataclass(frozen=True)
+class Limits:
+    max_connections: int = 10000
+    idle_timeout: float = 300.0  # 0: none
+    max_outstanding: int = 1000
 
 
 class PeerDialer(PeerEndpointMixin, LineProtocol):

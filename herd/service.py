@@ -24,7 +24,7 @@ from twisted.logger import Logger
 
 from config.schema import ConfigError, HerdConfig, PlacesConfig
 from herd import systemd
-from herd.connection import NodeConnectionFactory
+from herd.connection import Limits, NodeConnectionFactory
 from herd.node import Node
 from herd.peers import PeerLinks, dial_service
 from herd.places import PlacesProvider
@@ -36,16 +36,19 @@ SHUTDOWN_GRACE = 5.0  # seconds in-flight replies get to finish on SIGTERM
 STATUS_INTERVAL = 1.0  # seconds between writes of <prefix>status
 
 
+LISTEN_BACKLOG = 1024  # bursts of connects queue in the kernel instead of timing out
+
+
 def listen_description(host: str, port: int) -> str:
     """Endpoint string for a node's listening socket: the configured address
     when it is an IP literal, every interface when it is a host name."""
     try:
         ip = ipaddress.ip_address(host)
     except ValueError:
-        return f"tcp:{port}"
+        return f"tcp:{port}:backlog={LISTEN_BACKLOG}"
     if ip.version == 6:
-        return f"tcp6:{port}:interface={host.replace(':', chr(92) + ':')}"
-    return f"tcp:{port}:interface={host}"
+        return f"tcp6:{port}:interface={host.replace(':', chr(92) + ':')}:backlog={LISTEN_BACKLOG}"
+    return f"tcp:{port}:interface={host}:backlog={LISTEN_BACKLOG}"
 
 
 def build_places(config: PlacesConfig, reactor: Any, store: RedisStore) -> PlacesProvider:
@@ -85,7 +88,8 @@ class NodeService(MultiService):
         self.store.observe = self.node.stats.observe_redis
         self.factory = NodeConnectionFactory(
             self.node, name.encode(), secret, config.max_line_bytes,
-            config.max_future_seconds * 1_000_000_000, time.time_ns)
+            config.max_future_seconds * 1_000_000_000, time.time_ns,
+            Limits(config.max_connections, config.idle_timeout, config.max_outstanding))
         # A socket passed by systemd (socket activation) replaces host:port.
         description = activation or listen_description(me.host, me.port)
         self.listener = StreamServerEndpointService(serverFromString(reactor, description), self.factory)
@@ -160,6 +164,17 @@ class NodeService(MultiService):
         log.info("stopped")
 
 
+def raise_file_limit(wanted: int) -> None:
+    """Lift the soft open-files limit towards ``wanted`` (within the hard limit),
+    so max_connections is reachable without operator tuning."""
+    import resource
+
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    target = wanted if hard == resource.RLIM_INFINITY else min(wanted, hard)
+    if soft != resource.RLIM_INFINITY and soft < target:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+
+
 def serve(name: str, config_path: str, log_format: str | None, activation: str | None = None) -> int:
     """``herd serve NAME --config FILE``: run one node until SIGTERM/SIGINT."""
     from config.loader import load_config
@@ -174,6 +189,7 @@ def serve(name: str, config_path: str, log_format: str | None, activation: str |
 
     under_systemd = "INVOCATION_ID" in os.environ or "JOURNAL_STREAM" in os.environ
     start_logging(name, log_format or ("json" if under_systemd else "text"), reactor)
+    raise_file_limit(config.max_connections + 256)
     service = NodeService(config, name, reactor, config.secret(), activation)
     try:
         service.startService()
