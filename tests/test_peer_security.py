@@ -1,0 +1,105 @@
+"""Peer authentication against a real node: a correct handshake is accepted,
+a replayed one is refused, a peer that stops mid-handshake or uses the wrong
+secret is refused and logged, and nothing unauthenticated changes state."""
+
+from __future__ import annotations
+
+import socket
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from cluster import SECRET, Herd
+from harness import wait_until
+
+from herd import auth
+
+
+@pytest.fixture
+def node_a(tmp_path: Path) -> Iterator[Herd]:
+    herd = Herd(tmp_path, {"A": ["B"], "B": []})
+    herd["A"].redis.start()
+    herd["A"].start()  # B never runs: the test plays B
+    try:
+        yield herd
+    finally:
+        herd.stop()
+
+
+class Wire:
+    def __init__(self, port: int):
+        self.sock = socket.create_connection(("127.0.0.1", port), timeout=5)
+        self.buf = b""
+
+    def send(self, line: bytes) -> None:
+        self.sock.sendall(line + b"\n")
+
+    def recv_line(self) -> bytes:
+        while b"\n" not in self.buf:
+            chunk = self.sock.recv(4096)
+            if not chunk:
+                raise ConnectionError("closed")
+            self.buf += chunk
+        line, self.buf = self.buf.split(b"\n", 1)
+        return line
+
+    def close(self) -> None:
+        self.sock.close()
+
+
+def hello(wire: Wire, nonce: bytes) -> bytes:
+    wire.send(b"HERD-HELLO B A " + nonce)
+    words = wire.recv_line().split()
+    assert words[0] == b"HERD-CHALLENGE"
+    nonce_l, mac_l = words[1], words[2]
+    assert mac_l == auth.mac(SECRET.encode(), b"listener", b"B", b"A", nonce, nonce_l)
+    return nonce_l
+
+
+def test_handshake_then_replay_is_refused(node_a: Herd) -> None:
+    port = node_a["A"].port
+    nonce = auth.new_nonce()
+    first = Wire(port)
+    nonce_l = hello(first, nonce)
+    answer = b"HERD-AUTH " + auth.mac(SECRET.encode(), b"dialler", b"B", b"A", nonce, nonce_l)
+    first.send(answer)
+    assert first.recv_line() == b"HERD-OK"
+    wait_until(lambda: "peer B link up" in node_a["A"].log(), what="link up")
+    first.close()
+
+    replay = Wire(port)
+    hello(replay, nonce)  # same nonce, but A picks a fresh one of its own
+    replay.send(answer)  # the recorded answer no longer fits
+    assert replay.recv_line() == b"? " + answer
+    forged = b"AT B +0.000000001 replayed +1+1 1700000000"
+    replay.send(forged)
+    assert replay.recv_line() == b"? " + forged
+    replay.close()
+    wait_until(lambda: "peer handshake refused" in node_a["A"].log(), what="refusal logged")
+    assert node_a["A"].record("replayed") == {}
+
+
+def test_peer_that_stops_mid_handshake_is_logged(node_a: Herd) -> None:
+    wire = Wire(node_a["A"].port)
+    hello(wire, auth.new_nonce())
+    wire.close()
+    wait_until(
+        lambda: "peer handshake abandoned (claimed to be B)" in node_a["A"].log(), what="abandon logged"
+    )
+
+
+def test_hello_from_unknown_or_unlinked_node_is_refused(node_a: Herd) -> None:
+    wire = Wire(node_a["A"].port)
+    for line in (
+        b"HERD-HELLO Mallory A " + auth.new_nonce(),
+        b"HERD-HELLO B Z " + auth.new_nonce(),
+        b"HERD-HELLO B A short",
+        b"HERD-AUTH " + b"0" * 64,
+        b"HERD-OK",
+    ):
+        wire.send(line)
+        assert wire.recv_line() == b"? " + line
+    wire.close()
+    time.sleep(0.2)
+    assert "link up" not in node_a["A"].log()
