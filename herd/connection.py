@@ -22,7 +22,7 @@ from twisted.logger import Logger
 from twisted.protocols.policies import TimeoutMixin
 from zope.interface import implementer
 
-from herd import auth
+from herd import auth, tls
 from herd.lines import LineProtocol
 from herd.protocol import Invalid, Whatsat, parse_request
 
@@ -84,6 +84,7 @@ class NodeConnection(PeerEndpointMixin, LineProtocol, TimeoutMixin):
         self._eof = False
         self._closing = False
         self._paused = False
+        self._tls = False
         self.closed: Deferred[None] = Deferred()
 
     # -- connection lifecycle -------------------------------------------
@@ -140,6 +141,9 @@ class NodeConnection(PeerEndpointMixin, LineProtocol, TimeoutMixin):
             self.peer_line(line)
             return
         words = line.split(None, 1)
+        if words and words[0] == tls.STARTTLS and self.factory.tls is not None and not self._tls:
+            self._start_tls()
+            return
         if words and words[0] in auth.PEER_WORDS:
             self._answer(succeed(self._handshake_step(line)), line)
             return
@@ -203,10 +207,21 @@ class NodeConnection(PeerEndpointMixin, LineProtocol, TimeoutMixin):
 
     # -- peer handshake (listening side) ----------------------------------
 
+    def _start_tls(self) -> None:
+        """Answer HERD-STARTTLS: everything after HERD-TLS-OK is TLS."""
+        assert self.factory.tls is not None
+        self._tls = True
+        self.transport.write(tls.TLS_OK + b"\n")
+        self.transport.startTLS(self.factory.tls.server)
+        log.info("{who} peer link upgraded to TLS", who=self.who)
+
     def _handshake_step(self, line: bytes) -> bytes:
         """Advance the peer handshake; returns the line to send back."""
         words = line.split()
         own = self.factory.own_name
+        if self.factory.tls is not None and not self._tls:
+            log.warn("{who} peer handshake refused: TLS is required first", who=self.who)
+            return b"? " + line + b"\n"
         if words[0] == auth.HELLO and len(words) == 4:
             _, dialler, listener, nonce_d = words
             if listener == own and self.node.links.is_neighbour(dialler) and auth.is_nonce(nonce_d):
@@ -239,9 +254,11 @@ class NodeConnectionFactory(Factory):
     noisy = False
 
     def __init__(self, node: Node, own_name: bytes, secret: bytes, max_line: int,
-                 max_future_ns: int, clock_ns: Callable[[], int], limits: Limits | None = None):
+                 max_future_ns: int, clock_ns: Callable[[], int], limits: Limits | None = None,
+                 peer_tls: tls.PeerTls | None = None):
         self.node = node
         self.limits = limits or Limits()
+        self.tls = peer_tls
         self.own_name = own_name
         self.secret = secret
         self.max_line = max_line
@@ -274,8 +291,10 @@ class PeerDialer(PeerEndpointMixin, LineProtocol):
 
     max_line = PEER_MAX_LINE
 
-    def __init__(self, node: Node, own: bytes, peer: bytes, secret: bytes):
+    def __init__(self, node: Node, own: bytes, peer: bytes, secret: bytes,
+                 tls_options: Any = None):
         self.node = node
+        self._tls_options = tls_options
         self._own = own
         self._peer = peer
         self._secret = secret
@@ -286,14 +305,21 @@ class PeerDialer(PeerEndpointMixin, LineProtocol):
 
     def connectionMade(self) -> None:
         log.info("{who} connection opened", who=self.who)
+        if self._tls_options is not None:
+            self.transport.write(tls.STARTTLS + b"\n")
+        else:
+            self._hello()
+
+    def _hello(self) -> None:
         self.transport.write(b"%s %s %s %s\n" % (auth.HELLO, self._own, self._peer, self._nonce))
 
     def connectionLost(self, reason: Any = None) -> None:
+        why = reason.getErrorMessage() if reason else ""
         if self.peer_name is not None:
             self.node.links.remove(self.peer_name, self)
         elif not self.authenticated.called:
-            self.authenticated.errback(ConnectionError("closed during handshake"))
-        log.info("{who} connection closed", who=self.who)
+            self.authenticated.errback(ConnectionError(f"closed during handshake: {why}"))
+        log.info("{who} connection closed ({why})", who=self.who, why=why)
 
     def line_received(self, line: bytes) -> None:
         if self.peer_name is not None:
@@ -301,6 +327,12 @@ class PeerDialer(PeerEndpointMixin, LineProtocol):
             self.peer_line(line)
             return
         words = line.split()
+        if words == [tls.TLS_OK] and self._tls_options is not None and not self._in_tls:
+            self._in_tls = True
+            self.transport.startTLS(self._tls_options)
+            log.info("{who} peer link upgraded to TLS", who=self.who)
+            self._hello()
+            return
         if words[:1] == [auth.CHALLENGE] and len(words) == 3 and self._answer_challenge(*words[1:]):
             return
         if words == [auth.OK] and self._sent_auth:
@@ -311,6 +343,7 @@ class PeerDialer(PeerEndpointMixin, LineProtocol):
         self._refuse(line)
 
     _sent_auth = False
+    _in_tls = False
 
     def _answer_challenge(self, nonce_l: bytes, mac_l: bytes) -> bool:
         expected = auth.mac(self._secret, b"listener", self._own, self._peer, self._nonce, nonce_l)

@@ -135,7 +135,7 @@ class _DialerFactory(Factory):
 
 
 def dial_service(reactor: Any, node: Node, own: bytes, peer: bytes, host: str, port: int,
-                 secret: bytes) -> ClientService:
+                 secret: bytes, tls_options: Any = None) -> ClientService:
     """A ClientService that keeps an authenticated connection to ``peer`` up,
     redialling with jittered exponential backoff forever. A connection counts
     as made only once the handshake succeeded, so a peer that refuses us (wrong
@@ -143,7 +143,7 @@ def dial_service(reactor: Any, node: Node, own: bytes, peer: bytes, host: str, p
     from herd.connection import PeerDialer
 
     endpoint = HostnameEndpoint(reactor, host, port, timeout=HANDSHAKE_TIMEOUT)
-    factory = _DialerFactory(lambda: PeerDialer(node, own, peer, secret))
+    factory = _DialerFactory(lambda: PeerDialer(node, own, peer, secret, tls_options))
 
     def authenticated(protocol: Any) -> Any:
         return protocol.authenticated.addTimeout(HANDSHAKE_TIMEOUT, reactor)

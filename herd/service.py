@@ -29,6 +29,7 @@ from herd.node import Node
 from herd.peers import PeerLinks, dial_service
 from herd.places import PlacesProvider
 from herd.stats import Stats
+from herd.tls import load as load_tls
 from storage.store import RedisStore
 
 log = Logger(namespace="herd")
@@ -86,10 +87,11 @@ class NodeService(MultiService):
             raise ConfigError(f"{config.path}: {err}") from None
         self.node = Node(name.encode(), self.store, places, self.links, Stats())
         self.store.observe = self.node.stats.observe_redis
+        peer_tls = load_tls(config.tls.for_node(name)) if config.tls else None
         self.factory = NodeConnectionFactory(
             self.node, name.encode(), secret, config.max_line_bytes,
             config.max_future_seconds * 1_000_000_000, time.time_ns,
-            Limits(config.max_connections, config.idle_timeout, config.max_outstanding))
+            Limits(config.max_connections, config.idle_timeout, config.max_outstanding), peer_tls)
         # A socket passed by systemd (socket activation) replaces host:port.
         description = activation or listen_description(me.host, me.port)
         self.listener = StreamServerEndpointService(serverFromString(reactor, description), self.factory)
@@ -98,7 +100,7 @@ class NodeService(MultiService):
         for peer in config.neighbours(name):
             there = config.nodes[peer]
             dial_service(reactor, self.node, name.encode(), peer.encode(), there.host, there.port,
-                         secret).setServiceParent(self)
+                         secret, peer_tls.client(there.host) if peer_tls else None).setServiceParent(self)
         if me.admin is not None:
             from herd.admin import admin_site
 

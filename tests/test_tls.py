@@ -1,0 +1,125 @@
+"""TLS on peer links with a CA made at test time: TLS nodes link and flood,
+a node with a certificate from another CA is refused, and a plain-text
+handshake to a TLS node is refused."""
+
+from __future__ import annotations
+
+import datetime
+import ipaddress
+import socket
+from pathlib import Path
+
+from cluster import Herd, talk
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import NameOID
+from harness import wait_until
+
+from herd import auth
+
+TLS = 'tls_cert = "tls/{node}.crt"\ntls_key = "tls/{node}.key"\ntls_ca = "tls/ca.crt"\n'
+
+
+def _name(cn: str) -> x509.Name:
+    return x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, cn)])
+
+
+def _write(path: Path, cert: x509.Certificate, key: ec.EllipticCurvePrivateKey) -> None:
+    path.with_suffix(".crt").write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    path.with_suffix(".key").write_bytes(
+        key.private_bytes(
+            serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+        )
+    )
+
+
+def make_ca(directory: Path, cn: str = "herd test CA") -> tuple[x509.Certificate, ec.EllipticCurvePrivateKey]:
+    key = ec.generate_private_key(ec.SECP256R1())
+    now = datetime.datetime.now(datetime.UTC)
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(_name(cn))
+        .issuer_name(_name(cn))
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(days=1))
+        .not_valid_after(now + datetime.timedelta(days=1))
+        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+        .sign(key, hashes.SHA256())
+    )
+    directory.mkdir(parents=True, exist_ok=True)
+    _write(directory / "ca", cert, key)
+    return cert, key
+
+
+def make_node_cert(
+    directory: Path, node: str, ca: tuple[x509.Certificate, ec.EllipticCurvePrivateKey]
+) -> None:
+    key = ec.generate_private_key(ec.SECP256R1())
+    now = datetime.datetime.now(datetime.UTC)
+    san = x509.SubjectAlternativeName(
+        [x509.DNSName("localhost"), x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]
+    )
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(_name(node))
+        .issuer_name(ca[0].subject)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(days=1))
+        .not_valid_after(now + datetime.timedelta(days=1))
+        .add_extension(san, critical=False)
+        .sign(ca[1], hashes.SHA256())
+    )
+    _write(directory / node, cert, key)
+
+
+def test_tls_nodes_link_and_flood(tmp_path: Path) -> None:
+    ca = make_ca(tmp_path / "tls")
+    for node in ("A", "B", "C"):
+        make_node_cert(tmp_path / "tls", node, ca)
+    herd = Herd(tmp_path, {"A": ["B"], "B": ["C"], "C": []}, extra_herd=TLS).start()
+    try:
+        herd.wait_links()
+        assert all("peer link upgraded to TLS" in herd[n].log() for n in "ABC")
+        at_line = talk(herd["A"].port, "IAMAT tls.client +1+1 1700000000").rstrip(b"\n")
+        wait_until(lambda: herd["C"].record("tls.client").get(b"at") == at_line, what="flood over TLS")
+    finally:
+        herd.stop()
+
+
+def test_certificate_from_another_ca_is_refused(tmp_path: Path) -> None:
+    ca = make_ca(tmp_path / "tls")
+    make_node_cert(tmp_path / "tls", "A", ca)
+    make_node_cert(tmp_path / "tls", "B", make_ca(tmp_path / "rogue", "rogue CA"))
+    herd = Herd(tmp_path, {"A": ["B"], "B": []}, extra_herd=TLS).start()
+    try:
+        wait_until(
+            lambda: "certificate verify failed" in herd["A"].log() + herd["B"].log(),
+            what="TLS verification failure logged",
+        )
+        talk(herd["A"].port, "IAMAT from.a +1+1 1700000000")
+        logs = herd["A"].log() + herd["B"].log()
+        assert "peer A link up" not in logs and "peer B link up" not in logs
+        assert herd["B"].record("from.a") == {}
+    finally:
+        herd.stop()
+
+
+def test_plain_text_handshake_to_a_tls_node_is_refused(tmp_path: Path) -> None:
+    ca = make_ca(tmp_path / "tls")
+    for node in ("A", "B"):
+        make_node_cert(tmp_path / "tls", node, ca)
+    herd = Herd(tmp_path, {"A": ["B"], "B": []}, extra_herd=TLS)
+    herd["A"].redis.start()
+    herd["A"].start()
+    try:
+        hello = b"HERD-HELLO B A " + auth.new_nonce()
+        with socket.create_connection(("127.0.0.1", herd["A"].port), timeout=5) as sock:
+            sock.sendall(hello + b"\n")
+            assert sock.recv(4096) == b"? " + hello + b"\n"
+        wait_until(lambda: "TLS is required first" in herd["A"].log(), what="refusal logged")
+        assert talk(herd["A"].port, "IAMAT plain.client +1+1 1700000000").startswith(b"AT A ")
+    finally:
+        herd.stop()
