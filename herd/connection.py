@@ -22,9 +22,10 @@ from twisted.logger import Logger
 from twisted.protocols.policies import TimeoutMixin
 from zope.interface import implementer
 
-from herd import auth, tls
+from herd import auth, logs, tls
 from herd.lines import LineProtocol
 from herd.protocol import Invalid, Whatsat, parse_request
+from storage.store import set_no_delay
 
 if TYPE_CHECKING:
     from herd.node import Node
@@ -58,7 +59,7 @@ class PeerEndpointMixin:
     who: str
 
     def send_line(self, line: bytes) -> None:
-        log.info("{who} send {line}", who=self.who, line=printable(line))
+        logs.wire(self.who, "send", line)
         self.transport.write(line + b"\n")
 
     def peer_line(self, line: bytes) -> None:
@@ -95,6 +96,7 @@ class NodeConnection(PeerEndpointMixin, LineProtocol, TimeoutMixin):
         peer = self.transport.getPeer()
         self.who = f"{getattr(peer, 'host', '?')}:{getattr(peer, 'port', '?')}"
         self.factory.connections.add(self)
+        set_no_delay(self.transport)  # replies leave at once, not after the client's ACK
         log.info("{who} connection opened", who=self.who)
         self.setTimeout(self.factory.limits.idle_timeout or None)
 
@@ -136,7 +138,7 @@ class NodeConnection(PeerEndpointMixin, LineProtocol, TimeoutMixin):
     # -- lines ----------------------------------------------------------
 
     def line_received(self, line: bytes) -> None:
-        log.info("{who} recv {line}", who=self.who, line=printable(line))
+        logs.wire(self.who, "recv", line)
         if self.peer_name is not None:
             self.peer_line(line)
             return
@@ -193,7 +195,7 @@ class NodeConnection(PeerEndpointMixin, LineProtocol, TimeoutMixin):
         if ready and not self._closing:
             out = b"".join(ready)
             for reply in ready:
-                log.info("{who} sent {reply}", who=self.who, reply=printable(reply).rstrip("\n"))
+                logs.wire(self.who, "sent", reply.rstrip(b"\n"))
             self.transport.write(out)
         if self._paused and len(self._replies) <= self.factory.limits.max_outstanding // 2:
             self._paused = False
@@ -305,6 +307,7 @@ class PeerDialer(PeerEndpointMixin, LineProtocol):
 
     def connectionMade(self) -> None:
         log.info("{who} connection opened", who=self.who)
+        set_no_delay(self.transport)  # flooded updates leave at once
         if self._tls_options is not None:
             self.transport.write(tls.STARTTLS + b"\n")
         else:
@@ -323,7 +326,7 @@ class PeerDialer(PeerEndpointMixin, LineProtocol):
 
     def line_received(self, line: bytes) -> None:
         if self.peer_name is not None:
-            log.info("{who} recv {line}", who=self.who, line=printable(line))
+            logs.wire(self.who, "recv", line)
             self.peer_line(line)
             return
         words = line.split()

@@ -9,12 +9,14 @@ from __future__ import annotations
 
 import json
 import sys
+import time
 from datetime import UTC, datetime
 from typing import IO, Any
 
 from twisted.logger import (
     FilteringLogObserver,
     ILogObserver,
+    Logger,
     LogLevel,
     LogLevelFilterPredicate,
     formatEvent,
@@ -23,6 +25,7 @@ from twisted.logger import (
 from zope.interface import implementer
 
 _FLUSH_BYTES = 1 << 16
+_fallback = Logger(namespace="herd")
 
 
 @implementer(ILogObserver)
@@ -37,25 +40,27 @@ class BufferedLineObserver:
         self._size = 0
 
     def __call__(self, event: dict[str, Any]) -> None:
-        line = self._format(event)
-        self._parts.append(line)
-        self._size += len(line)
-        if self._size >= _FLUSH_BYTES:
-            self.flush()
-
-    def _format(self, event: dict[str, Any]) -> str:
-        when = datetime.fromtimestamp(event.get("log_time", 0), UTC)
         text = formatEvent(event)
         failure = event.get("log_failure")
         if failure is not None:
             text = f"{text}\n{failure.getTraceback()}"
         level = event.get("log_level", LogLevel.info).name
+        self.write(event.get("log_time", 0), level, text, event.get("log_namespace", ""))
+
+    def write(self, when: float, level: str, text: str, namespace: str = "herd") -> None:
+        """Append one formatted line (the fast path for wire lines skips
+        twisted.logger's event machinery)."""
+        stamp = _timestamp(when)
         if self._json:
-            record = {"time": when.isoformat(timespec="microseconds"), "node": self._node,
-                      "level": level, "message": text,
-                      "namespace": event.get("log_namespace", "")}
-            return json.dumps(record, ensure_ascii=False) + "\n"
-        return f"{when.isoformat(timespec='microseconds')} [{self._node}] {level}: {text}\n"
+            record = {"time": stamp, "node": self._node, "level": level, "message": text,
+                      "namespace": namespace}
+            line = json.dumps(record, ensure_ascii=False) + "\n"
+        else:
+            line = f"{stamp} [{self._node}] {level}: {text}\n"
+        self._parts.append(line)
+        self._size += len(line)
+        if self._size >= _FLUSH_BYTES:
+            self.flush()
 
     def flush(self) -> None:
         if self._parts:
@@ -65,12 +70,39 @@ class BufferedLineObserver:
         self._out.flush()
 
 
+_second_cache: tuple[int, str] = (-1, "")
+
+
+def _timestamp(when: float) -> str:
+    """ISO 8601 UTC with microseconds; the date part is formatted once a second."""
+    global _second_cache
+    second = int(when)
+    if second != _second_cache[0]:
+        _second_cache = (second, datetime.fromtimestamp(second, UTC).strftime("%Y-%m-%dT%H:%M:%S"))
+    return f"{_second_cache[1]}.{int((when - second) * 1_000_000):06d}+00:00"
+
+
+_active: BufferedLineObserver | None = None
+
+
+def wire(who: str, verb: str, data: bytes) -> None:
+    """Log one line received or sent (``verb``: recv, sent, send) cheaply: straight
+    into the node's buffered log when it runs, else through twisted.logger."""
+    text = data.decode("utf-8", "backslashreplace")
+    if _active is not None:
+        _active.write(time.time(), "info", f"{who} {verb} {text}")
+    else:
+        _fallback.info("{who} {verb} {text}", who=who, verb=verb, text=text)
+
+
 def start_logging(node: str, fmt: str, reactor: Any, out: IO[str] | None = None) -> BufferedLineObserver:
     """Route twisted.logger to ``out`` (stdout) for this node; flush every 100 ms
     and at shutdown."""
     from twisted.internet.task import LoopingCall
 
+    global _active
     observer = BufferedLineObserver(out or sys.stdout, node, fmt)
+    _active = observer
     predicate = LogLevelFilterPredicate(defaultLogLevel=LogLevel.info)
     predicate.setLogLevelForNamespace("txredisapi", LogLevel.warn)
     globalLogBeginner.beginLoggingTo([FilteringLogObserver(observer, [predicate])],

@@ -13,6 +13,7 @@ from __future__ import annotations
 from typing import Any
 
 from twisted.internet.defer import Deferred, succeed
+from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
@@ -40,13 +41,13 @@ def refusal(line: bytes) -> bytes:
 
 class Node:
     def __init__(self, name: bytes, store: RedisStore, places: PlacesProvider, links: PeerLinks,
-                 stats: Stats | None = None):
+                 stats: Stats | None = None, clock: IReactorTime | None = None):
         self.name = name
         self.stats = stats or Stats()
         self.store = store
         self.places = places
         self.links = links
-        self.reconciler = Reconciler(store, links)
+        self.reconciler = Reconciler(store, links, clock)
 
     # -- client requests ------------------------------------------------
 
@@ -126,7 +127,7 @@ class Node:
                      line=at_line[:200].decode("utf-8", "backslashreplace"))
             return None
         self.stats.flood_in += 1
-        d = self.store.store_if_newer(record, tie_break=True, chain=chain)
+        d = self.store.store_if_newer(record, tie_break=True, chain=chain, source=peer)
         d.addCallback(self._stored, record, peer)
         d.addErrback(self._update_lost, record, peer)
         return d

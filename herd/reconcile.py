@@ -1,7 +1,7 @@
 """Anti-entropy between linked peers, at a cost proportional to the difference.
 
 Every stored update goes into the node's update log (a Redis stream, see
-``storage/store_if_newer.lua``). Each node remembers, per peer, how far it
+``storage/store_batch.lua``). Each node remembers, per peer, how far it
 has applied that peer's log (``<prefix>peer:<name>``). Peer messages:
 
     SYNC <epoch>/<id> | SYNC -    "send me what your log holds after this"
@@ -26,6 +26,7 @@ import time
 from typing import TYPE_CHECKING, Any
 
 from twisted.internet.defer import Deferred, inlineCallbacks
+from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 
 from storage.store import LogChunk, Position, RedisStore
@@ -43,10 +44,20 @@ NO_POSITION = b"-"
 CHUNK = 1000  # log entries (or SCAN count) per Redis call while answering a SYNC
 
 
+GAP_PULL_INTERVAL = 1.0  # seconds: at most one gap-triggered pull per peer this often
+
+
 class Reconciler:
-    def __init__(self, store: RedisStore, links: PeerLinks):
+    def __init__(self, store: RedisStore, links: PeerLinks, clock: IReactorTime | None = None):
+        if clock is None:
+            from twisted.internet import reactor as default_clock
+
+            clock = default_clock  # type: ignore[assignment]
+        self._clock: IReactorTime = clock  # type: ignore[assignment]
         self._store = store
         self._links = links
+        self._last_gap_pull: dict[bytes, float] = {}
+        self._gap_timers: dict[bytes, Any] = {}
         self._pulling: dict[bytes, PeerConnection] = {}  # peer -> connection our SYNC went on
         self._failed: set[bytes] = set()  # peers whose current pull lost a record
         self.runs = 0
@@ -77,8 +88,19 @@ class Reconciler:
         return peer in self._pulling
 
     def gap(self, peer: bytes, conn: PeerConnection) -> None:
-        """A live update did not follow on from our offset: pull again."""
-        self.pull(peer, conn)
+        """A live update did not follow on from our offset: pull again, but at
+        most once per GAP_PULL_INTERVAL per peer (a burst of gaps is one pull),
+        so a struggling Redis is not flooded with SYNC answers."""
+        if peer in self._gap_timers:
+            return
+        wait = self._last_gap_pull.get(peer, -GAP_PULL_INTERVAL) + GAP_PULL_INTERVAL - self._clock.seconds()
+        self._gap_timers[peer] = self._clock.callLater(max(wait, 0), self._gap_pull, peer, conn)
+
+    def _gap_pull(self, peer: bytes, conn: PeerConnection) -> None:
+        del self._gap_timers[peer]
+        self._last_gap_pull[peer] = self._clock.seconds()
+        if conn.connected:
+            self.pull(peer, conn)
 
     def record_lost(self, peer: bytes) -> None:
         """A record from ``peer`` could not be stored: do not advance the offset."""
@@ -115,17 +137,17 @@ class Reconciler:
         self._links.restart_chain(peer, conn)
         mode = "incremental"
         try:
-            chunk = yield self._store.log_since(since, CHUNK)
+            chunk = yield self._store.log_since(since, CHUNK, peer)
             if chunk is None:
                 mode = "full"
                 head = yield self._store.log_head()
                 yield self._send_everything(conn, sent)
-                chunk = yield self._store.log_since(head, CHUNK)
+                chunk = yield self._store.log_since(head, CHUNK, peer)
             while True:
                 self._send_records(conn, chunk.lines, sent)
                 if chunk.entries < CHUNK or not conn.connected:
                     break
-                chunk = yield self._store.log_since(chunk.end, CHUNK)
+                chunk = yield self._store.log_since(chunk.end, CHUNK, peer)
         except Exception as err:  # Redis failed: the peer's offset stays, it will ask again
             log.error("sync to {peer} failed: {why}", peer=peer.decode(), why=str(err))
             return

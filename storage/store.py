@@ -29,11 +29,12 @@ def _lua(name: str) -> bytes:
     return resources.files("storage").joinpath(name).read_bytes()
 
 
-STORE_IF_NEWER = _lua("store_if_newer.lua")
+STORE_BATCH = _lua("store_batch.lua")
 LOG_SINCE = _lua("log_since.lua")
 LOG_HEAD = _lua("log_head.lua")
 SCAN_RECORDS = _lua("scan_records.lua")
 LOG_MAX_ENTRIES = 1_000_000  # approximate bound of the update log (a few tens of MB)
+MAX_BATCH = 512  # records per store_batch.lua call
 
 
 @dataclass(frozen=True, slots=True)
@@ -76,6 +77,12 @@ class StoreResult:
     advanced: bool  # the chain's peer offset moved to chain.pos
 
 
+def set_no_delay(transport: Any) -> None:
+    """Disable Nagle's algorithm on a TCP transport (others are left alone)."""
+    if hasattr(transport, "setTcpNoDelay"):
+        transport.setTcpNoDelay(True)
+
+
 class StoreUnavailable(Exception):
     """Redis could not be reached, or did not answer in time."""
 
@@ -93,6 +100,8 @@ class _ReconnectingFactory(txredisapi.RedisFactory):
         self._on_connected = on_connected
 
     def addConnection(self, conn: Any) -> None:
+        # Pipelined commands must not wait for Nagle's algorithm (40 ms stalls).
+        set_no_delay(conn.transport)
         super().addConnection(conn)
         if self.size:
             self._on_connected()
@@ -110,6 +119,8 @@ class RedisStore:
         self.keys = Keys(prefix)
         self._waiters: list[Deferred[None]] = []
         self.on_connected: list[Callable[[], None]] = []  # called on every (re)connection
+        self._batch: list[tuple[list[bytes], Deferred[StoreResult]]] = []
+        self._batch_call: Any = None
         self.observe: Callable[[float], None] | None = None  # gets each call's latency (s)
         self._factory = _ReconnectingFactory(
             self._connection_ready,
@@ -138,24 +149,33 @@ class RedisStore:
     # -- verbs -----------------------------------------------------------
 
     def store_if_newer(self, record: AtRecord, tie_break: bool = False,
-                       chain: Chain | None = None) -> Deferred[StoreResult]:
+                       chain: Chain | None = None, source: bytes = b"") -> Deferred[StoreResult]:
         """Atomically store ``record`` if its client-time is strictly newer than the
         held one (with ``tie_break``, an equal time with a bytewise larger AT line
         also wins), logging it in the update log. With a ``chain``, the peer's
-        offset advances to ``chain.pos`` if it stood at ``chain.prev``."""
-        loc = record.location
-        geo = (loc.lon.lstrip(b"+"), loc.lat.lstrip(b"+")) if loc.in_geo_range else (b"", b"")
-        link = (chain.prev.epoch, chain.prev.entry, chain.pos.entry) if chain else (b"", b"", b"")
-        args = [
-            str(record.time.ns).encode(), record.line, record.server, record.skew, loc.text,
-            loc.lat, loc.lon, record.time.text, record.client_id, *geo,
-            b"1" if tie_break else b"0", str(LOG_MAX_ENTRIES).encode(), *link,
-        ]
-        peer_key = self.keys.peer(chain.peer if chain else b"")
-        keys = [self.keys.client(record.client_id), self.keys.geo, self.keys.log,
-                self.keys.log_epoch, peer_key, self.keys.summary]
-        d = self._call("eval", STORE_IF_NEWER, keys, args)
-        return d.addCallback(_store_result)
+        offset advances to ``chain.pos`` if it stood at ``chain.prev``. ``source``
+        names the peer the record came from (b"" for a client).
+
+        Calls made in one reactor turn go to Redis as one batch (one Lua call),
+        applied in call order; each Deferred fires with its own StoreResult once
+        Redis has acknowledged the batch."""
+        done: Deferred[StoreResult] = Deferred()
+        self._batch.append((_record_args(record, tie_break, chain, source), done))
+        if self._batch_call is None:
+            self._batch_call = self._reactor.callLater(0, self._flush_batch)
+        return done
+
+    def _flush_batch(self) -> None:
+        self._batch_call = None
+        batch, self._batch = self._batch, []
+        keys = [self.keys.geo, self.keys.log, self.keys.log_epoch, self.keys.summary]
+        for start in range(0, len(batch), MAX_BATCH):
+            part = batch[start:start + MAX_BATCH]
+            args = [self.keys.prefix, str(LOG_MAX_ENTRIES).encode()]
+            for record_args, _ in part:
+                args.extend(record_args)
+            d = self._call("eval", STORE_BATCH, keys, args)
+            d.addCallbacks(_batch_stored, _batch_failed, callbackArgs=(part,), errbackArgs=(part,))
 
     def get(self, client_id: bytes) -> Deferred[AtRecord | None]:
         """The record held for ``client_id``, or None."""
@@ -167,12 +187,13 @@ class RedisStore:
         d = self._call("eval", LOG_HEAD, [self.keys.log, self.keys.log_epoch], [])
         return d.addCallback(lambda r: Position(r[0], r[1]))
 
-    def log_since(self, since: Position | None, count: int) -> Deferred[LogChunk | None]:
-        """The AT lines of clients updated after ``since`` in this node's log (one
-        chunk of at most ``count`` log entries); None when ``since`` cannot be
-        served incrementally (unknown, another epoch, trimmed away)."""
+    def log_since(self, since: Position | None, count: int, peer: bytes) -> Deferred[LogChunk | None]:
+        """For ``peer``: the AT lines of clients updated after ``since`` in this
+        node's log by updates that did not come from ``peer`` (one chunk of at
+        most ``count`` log entries); None when ``since`` cannot be served
+        incrementally (unknown, another epoch, trimmed away)."""
         epoch, entry = (since.epoch, since.entry) if since else (b"", b"-")
-        args = [epoch, entry, str(count).encode(), self.keys.prefix + b"client:"]
+        args = [epoch, entry, str(count).encode(), self.keys.prefix + b"client:", peer]
         d = self._call("eval", LOG_SINCE, [self.keys.log, self.keys.log_epoch], args)
         return d.addCallback(_log_chunk, epoch)
 
@@ -246,9 +267,25 @@ class RedisStore:
             callback()
 
 
-def _store_result(reply: list[Any]) -> StoreResult:
-    stored, token, advanced = reply
-    return StoreResult(stored == 1, Position.parse(token) if token else None, advanced == 1)
+def _record_args(record: AtRecord, tie_break: bool, chain: Chain | None, source: bytes) -> list[bytes]:
+    """The 17 fields store_batch.lua takes per record."""
+    loc = record.location
+    geo = (loc.lon.lstrip(b"+"), loc.lat.lstrip(b"+")) if loc.in_geo_range else (b"", b"")
+    link = (chain.peer, chain.prev.epoch, chain.prev.entry, chain.pos.entry) if chain else (b"",) * 4
+    return [str(record.time.ns).encode(), record.line, record.server, record.skew, loc.text,
+            loc.lat, loc.lon, record.time.text, record.client_id, *geo,
+            b"1" if tie_break else b"0", *link, source]
+
+
+def _batch_stored(reply: list[Any], part: list[tuple[list[bytes], Deferred[StoreResult]]]) -> None:
+    for i, (_, done) in enumerate(part):
+        stored, token, advanced = reply[3 * i:3 * i + 3]
+        done.callback(StoreResult(stored == 1, Position.parse(token) if token else None, advanced == 1))
+
+
+def _batch_failed(failure: Any, part: list[tuple[list[bytes], Deferred[StoreResult]]]) -> None:
+    for _, done in part:
+        done.errback(failure)
 
 
 def _log_chunk(reply: list[Any], epoch: bytes) -> LogChunk | None:

@@ -1,0 +1,130 @@
+-- Atomic compare-and-set of a batch of client records, in order: each record
+-- is stored only when it is newer than what is held, and logged for
+-- reconciliation. One call per batch keeps Redis round trips (and, with
+-- appendfsync always, fsyncs) per batch, not per update.
+--
+-- Client times are compared exactly as integer nanoseconds written in
+-- canonical decimal (no leading zeros): longer is larger, equal lengths
+-- compare bytewise. Lua numbers are doubles and would lose nanoseconds, so
+-- they are never used for times.
+--
+-- KEYS[1] GEO set                <prefix>geo
+-- KEYS[2] update log (stream)    <prefix>log
+-- KEYS[3] log epoch              <prefix>log:epoch (made here on first use)
+-- KEYS[4] summary hash           <prefix>summary: clients (count), digest (XOR
+--         over clients of the first 64 bits of SHA-1(AT line)): two nodes
+--         hold the same records exactly when their summaries are equal (up to
+--         hash collisions), so `herd status` compares nodes in O(1)
+-- Per-client and per-peer keys are derived from the prefix (standalone Redis):
+--         <prefix>client:<id> (hash), <prefix>peer:<name> (offset hash)
+-- ARGV[1] key prefix; ARGV[2] log length bound (approximate MAXLEN); then 17
+-- fields per record:
+--   ns, at, server, skew, location, lat, lon, time, client id,
+--   geo_lon, geo_lat   ("" when the latitude is outside Redis GEO's band),
+--   tie_break          "1": on equal times the bytewise larger AT line wins, so
+--                      every node settles on the same record; "0": equal is not newer,
+--   chain peer, chain epoch, chain prev, chain pos   ("" when none): the peer's
+--                      offset advances to pos only when it stands at prev in the
+--                      same epoch; it then says "every update of that peer's log
+--                      up to pos is applied here",
+--   source             the peer the record came from ("" from a client), logged
+--                      so that a SYNC answer to that peer can leave it out.
+-- Returns 3 values per record: stored (1/0), "<epoch>/<log id>" or "",
+-- offset advanced (1/0).
+
+local FIELDS = 17
+local prefix = ARGV[1]
+
+local function compare_bytes(a, b)
+  if a == b then return 0 end
+  local n = math.min(#a, #b)
+  for i = 1, n do
+    local x, y = string.byte(a, i), string.byte(b, i)
+    if x ~= y then return (x > y) and 1 or -1 end
+  end
+  return (#a > #b) and 1 or -1
+end
+
+local function compare_ns(a, b)
+  if #a ~= #b then return (#a > #b) and 1 or -1 end
+  return compare_bytes(a, b)
+end
+
+local function is_newer(ns, at, tie_break, held)
+  if not held[1] then return true end
+  local order = compare_ns(ns, held[1])
+  if order ~= 0 then return order > 0 end
+  return tie_break == '1' and compare_bytes(at, held[2]) > 0
+end
+
+local function xor64(a, b)  -- two 16-hex-digit strings
+  local hi = bit.bxor(tonumber(string.sub(a, 1, 8), 16), tonumber(string.sub(b, 1, 8), 16))
+  local lo = bit.bxor(tonumber(string.sub(a, 9, 16), 16), tonumber(string.sub(b, 9, 16), 16))
+  return bit.tohex(hi, 8) .. bit.tohex(lo, 8)
+end
+
+local digest, added = nil, 0
+local function update_summary(old_at, new_at)
+  digest = digest or redis.call('HGET', KEYS[4], 'digest') or '0000000000000000'
+  digest = xor64(digest, string.sub(redis.sha1hex(new_at), 1, 16))
+  if old_at then
+    digest = xor64(digest, string.sub(redis.sha1hex(old_at), 1, 16))
+  else
+    added = added + 1
+  end
+end
+
+local epoch = nil
+local function log_epoch()
+  if epoch then return epoch end
+  epoch = redis.call('GET', KEYS[3])
+  if not epoch then
+    -- A new log: name it by the time it began, so positions in a log that was
+    -- lost with its Redis are never mistaken for positions in this one.
+    local now = redis.call('TIME')
+    epoch = now[1] .. '.' .. now[2]
+    redis.call('SET', KEYS[3], epoch)
+  end
+  return epoch
+end
+
+local function advance_offset(peer, chain_epoch, prev, pos)
+  if peer == '' then return 0 end
+  local key = prefix .. 'peer:' .. peer
+  local cur = redis.call('HMGET', key, 'epoch', 'pos')
+  if cur[1] ~= chain_epoch or cur[2] ~= prev then return 0 end
+  redis.call('HSET', key, 'pos', pos)
+  return 1
+end
+
+local out = {}
+for base = 3, #ARGV, FIELDS do
+  local ns, at, id = ARGV[base], ARGV[base + 1], ARGV[base + 8]
+  local advanced = advance_offset(ARGV[base + 12], ARGV[base + 13], ARGV[base + 14], ARGV[base + 15])
+  local key = prefix .. 'client:' .. id
+  local held = redis.call('HMGET', key, 'ns', 'at')
+  if is_newer(ns, at, ARGV[base + 11], held) then
+    update_summary(held[2], at)
+    redis.call('HSET', key, 'at', at, 'server', ARGV[base + 2], 'skew', ARGV[base + 3],
+               'location', ARGV[base + 4], 'lat', ARGV[base + 5], 'lon', ARGV[base + 6],
+               'time', ARGV[base + 7], 'ns', ns)
+    if ARGV[base + 9] ~= '' then
+      redis.call('GEOADD', KEYS[1], ARGV[base + 9], ARGV[base + 10], id)
+    else
+      redis.call('ZREM', KEYS[1], id)
+    end
+    local log_id = redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[2], '*',
+                              'c', id, 's', ARGV[base + 16])
+    out[#out + 1] = 1
+    out[#out + 1] = log_epoch() .. '/' .. log_id
+  else
+    out[#out + 1] = 0
+    out[#out + 1] = ''
+  end
+  out[#out + 1] = advanced
+end
+if digest then
+  redis.call('HSET', KEYS[4], 'digest', digest)
+  if added > 0 then redis.call('HINCRBY', KEYS[4], 'clients', added) end
+end
+return out
