@@ -28,7 +28,7 @@ from herd.protocol import (
     make_record,
     parse_at_line,
 )
-from herd.reconcile import RECORD, SYNC, SYNC_END, UPDATE, Reconciler
+from herd.reconcile import RECORD, SKIP, SYNC, SYNC_END, UPDATE, Reconciler
 from herd.stats import Stats
 from storage.store import Chain, Position, RedisStore, StoreResult
 
@@ -95,6 +95,8 @@ class Node:
         kind, _, rest = line.partition(b" ")
         if kind == UPDATE:
             self._peer_update(rest, peer, conn)
+        elif kind == SKIP:
+            self._peer_skip(rest, peer, conn)
         elif kind == RECORD:
             self._apply(rest, peer, None)
         elif kind == SYNC:
@@ -119,6 +121,16 @@ class Node:
         d = self._apply(at_line, peer, Chain(peer, prev, pos))
         if d is not None:
             d.addCallback(lambda result: None if result.advanced else self.reconciler.gap(peer, conn))
+
+    def _peer_skip(self, rest: bytes, peer: bytes, conn: PeerConnection) -> None:
+        prev_token, _, pos_token = rest.partition(b" ")
+        prev, pos = Position.parse(prev_token), Position.parse(pos_token.strip())
+        if prev is None or pos is None or prev.epoch != pos.epoch:
+            log.warn("peer {peer} sent a malformed skip", peer=peer.decode())
+            return
+        d = self.store.advance_offset(Chain(peer, prev, pos))
+        d.addCallback(lambda result: None if result.advanced else self.reconciler.gap(peer, conn))
+        d.addErrback(lambda f: self.reconciler.record_lost(peer))
 
     def _apply(self, at_line: bytes, peer: bytes, chain: Chain | None) -> Deferred[StoreResult] | None:
         record = parse_at_line(at_line)

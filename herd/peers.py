@@ -56,6 +56,8 @@ class PeerLinks:
         self.on_link_up: list[LinkCallback] = []  # (peer, connection) when a link comes up
         self.on_connection_lost: list[LossCallback] = []  # (peer, lost, another open one)
         self.flooded = 0
+        # peer -> newest log position not sent to it because it came from it
+        self._skipped: dict[bytes, Position] = {}
 
     def is_neighbour(self, name: bytes) -> bool:
         return name in self.neighbours
@@ -95,6 +97,8 @@ class PeerLinks:
         goes on the chain's connection, after the previous position sent there;
         elsewhere on the oldest connection, starting no chain."""
         sent = 0
+        if exclude is not None and exclude in self._chain:
+            self._skipped[exclude] = position
         for name, conns in self._open.items():
             if not conns or name == exclude:
                 continue
@@ -106,9 +110,25 @@ class PeerLinks:
         self.flooded += sent
         return sent
 
+    def send_skips(self) -> int:
+        """Tell each chained peer how far our log moved with updates that came
+        from it (``K <prev> <pos>``), so its offset keeps up and a later SYNC
+        does not walk over them. Called about once a second."""
+        sent = 0
+        for name, position in list(self._skipped.items()):
+            conn, prev = self._chain.get(name) or (None, None)
+            del self._skipped[name]
+            if conn is None or prev is None:
+                continue
+            conn.send_line(b"K %s %s" % (prev.token, position.token))
+            self._chain[name] = (conn, position)
+            sent += 1
+        return sent
+
     def restart_chain(self, name: bytes, conn: PeerConnection) -> None:
         """A SYNC answer to ``name`` starts on ``conn``: updates flooded meanwhile go
         on the same connection, unchained, so they arrive before its SYNC-END."""
+        self._skipped.pop(name, None)
         if conn in self._open.get(name, ()):
             self._chain[name] = (conn, None)
 

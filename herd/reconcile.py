@@ -8,6 +8,8 @@ has applied that peer's log (``<prefix>peer:<name>``). Peer messages:
     R <AT line>                   a record in answer to SYNC
     SYNC-END <epoch>/<id>         the answer is complete up to this position
     U <prev> <pos> <AT line>      a live update at <pos>, sent after <prev>
+    K <prev> <pos>                our log moved from <prev> to <pos> with updates
+                                  that came from you (sent about once a second)
 
 Whenever a link comes up, each side asks the other for its log after the
 remembered position: only clients updated since then travel. A position that
@@ -40,6 +42,7 @@ SYNC = b"SYNC"
 SYNC_END = b"SYNC-END"
 RECORD = b"R"
 UPDATE = b"U"
+SKIP = b"K"
 NO_POSITION = b"-"
 CHUNK = 1000  # log entries (or SCAN count) per Redis call while answering a SYNC
 

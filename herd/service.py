@@ -35,6 +35,7 @@ from storage.store import RedisStore
 log = Logger(namespace="herd")
 SHUTDOWN_GRACE = 5.0  # seconds in-flight replies get to finish on SIGTERM
 STATUS_INTERVAL = 1.0  # seconds between writes of <prefix>status
+SKIP_INTERVAL = 1.0  # seconds between K messages telling peers our log moved on
 
 
 LISTEN_BACKLOG = 1024  # bursts of connects queue in the kernel instead of timing out
@@ -109,6 +110,7 @@ class NodeService(MultiService):
         self._status = LoopingCall(self._publish_status)
         self._last_total = 0
         self._watchdog = LoopingCall(systemd.notify, "WATCHDOG=1")
+        self._skips = LoopingCall(self.links.send_skips)
 
     def startService(self) -> None:
         super().startService()  # listens at once; raises CannotListenError
@@ -118,6 +120,7 @@ class NodeService(MultiService):
         if preload is not None:
             preload().addErrback(lambda _: None)  # logged by the provider; retried on use
         self._status.start(STATUS_INTERVAL, now=False)
+        self._skips.start(SKIP_INTERVAL, now=False)
         interval = systemd.watchdog_interval()
         if interval:
             self._watchdog.start(interval)
@@ -152,7 +155,7 @@ class NodeService(MultiService):
         then close peer links and Redis."""
         log.info("stopping: no new connections; finishing in-flight replies")
         systemd.notify("STOPPING=1")
-        for loop in (self._status, self._watchdog):
+        for loop in (self._status, self._watchdog, self._skips):
             if loop.running:
                 loop.stop()
         yield super().stopService()

@@ -165,6 +165,16 @@ class RedisStore:
             self._batch_call = self._reactor.callLater(0, self._flush_batch)
         return done
 
+    def advance_offset(self, chain: Chain) -> Deferred[StoreResult]:
+        """Advance ``chain.peer``'s offset from ``chain.prev`` to ``chain.pos`` with
+        no record, in order with the records stored before it."""
+        done: Deferred[StoreResult] = Deferred()
+        self._batch.append(([b""] * 12 + [chain.peer, chain.prev.epoch, chain.prev.entry,
+                                          chain.pos.entry, b""], done))
+        if self._batch_call is None:
+            self._batch_call = self._reactor.callLater(0, self._flush_batch)
+        return done
+
     def _flush_batch(self) -> None:
         self._batch_call = None
         batch, self._batch = self._batch, []

@@ -29,6 +29,8 @@
 --                      up to pos is applied here",
 --   source             the peer the record came from ("" from a client), logged
 --                      so that a SYNC answer to that peer can leave it out.
+-- A record with an empty AT line only advances the chain (a peer saying "my
+-- log moved on to pos with updates that came from you").
 -- Returns 3 values per record: stored (1/0), "<epoch>/<log id>" or "",
 -- offset advanced (1/0).
 
@@ -102,8 +104,8 @@ for base = 3, #ARGV, FIELDS do
   local ns, at, id = ARGV[base], ARGV[base + 1], ARGV[base + 8]
   local advanced = advance_offset(ARGV[base + 12], ARGV[base + 13], ARGV[base + 14], ARGV[base + 15])
   local key = prefix .. 'client:' .. id
-  local held = redis.call('HMGET', key, 'ns', 'at')
-  if is_newer(ns, at, ARGV[base + 11], held) then
+  local held = at ~= '' and redis.call('HMGET', key, 'ns', 'at') or nil
+  if held and is_newer(ns, at, ARGV[base + 11], held) then
     update_summary(held[2], at)
     redis.call('HSET', key, 'at', at, 'server', ARGV[base + 2], 'skew', ARGV[base + 3],
                'location', ARGV[base + 4], 'lat', ARGV[base + 5], 'lon', ARGV[base + 6],

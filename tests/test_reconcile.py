@@ -58,6 +58,7 @@ def test_restarted_node_gets_what_it_missed_and_only_that(herd: Herd) -> None:
     assert "Jaquez: 350 clients" in out
     # Jaquez's peers answered its SYNC incrementally: the 150 it missed, not all 350.
     for peer in ("Campbell", "Clark"):
+        wait_until(lambda p=peer: len(synced_records(herd[p].log(), "Jaquez")) >= 2, what=f"{peer} synced")
         mode, records = synced_records(herd[peer].log(), "Jaquez")[-1]
         assert (mode, records) == ("incremental", 150), peer
 
@@ -108,3 +109,25 @@ def test_check_reports_differences_and_exits_1(herd: Herd) -> None:
     assert result.returncode == 1
     assert "Clark: 0 clients" in result.stdout and "differs: diff0" in result.stdout
     assert "DISAGREE" in result.stdout
+
+
+def test_offsets_keep_up_with_updates_a_peer_originated(tmp_path: Path) -> None:
+    herd = Herd(tmp_path, {"A": ["B"], "B": []}).start()
+    try:
+        herd.wait_links()
+        send_many(herd, "A", "own", 300)
+        wait_until(lambda: herd["B"].redis.hgetall("herd:summary").get(b"clients") == b"300", what="flood")
+        # B stored A's 300 updates in its log; A never gets them back as U
+        # lines, but K lines move A's offset for B's log to B's log head.
+        head = herd["B"].redis.command("XREVRANGE", "herd:log", "+", "-", "COUNT", "1")
+        wait_until(lambda: herd["A"].redis.hgetall("herd:peer:B").get(b"pos") == head[0][0],  # type: ignore[index]
+                   what="A's offset for B at B's log head")
+        herd["A"].kill(signal.SIGKILL)
+        herd["A"].start()
+        converged(herd)
+        # B's answer to A's SYNC walked no old entries and sent nothing.
+        wait_until(lambda: len(synced_records(herd["B"].log(), "A")) >= 2, what="B answered A's SYNC")
+        mode, records = synced_records(herd["B"].log(), "A")[-1]
+        assert (mode, records) == ("incremental", 0)
+    finally:
+        herd.stop()

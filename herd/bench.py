@@ -1,0 +1,979 @@
+"""``herd bench``: the benchmark harness (SPEC section 8, Targets).
+
+It runs its own herds on free loopback ports: one real ``redis-server`` per
+node with the shipped durability (``--appendonly yes --appendfsync always``)
+and every node as ``python -m herd serve NAME --config <generated toml>``,
+all under a temporary directory that is removed at the end (Ctrl-C included).
+Load comes from ``herd.bench_load`` in processes of its own. Scenarios:
+
+- throughput: pipelined IAMAT req/s on one node that floods to 2 peers
+- ceiling: the same load against a no-storage Twisted line server; ratio
+- propagation: IAMAT at a fixed rate, time until the farthest node stored it
+- whatsat: offline-provider WHATSAT latency at 1, 20 and 50 km
+- memory: Redis bytes per client
+- reconcile: a node restarted after missing 1% of the clients' updates
+
+Prints a table, or with ``--json`` one JSON object.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import re
+import secrets
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from collections import deque
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from functools import partial
+from pathlib import Path
+from typing import IO, Any
+
+REPO = Path(__file__).resolve().parent.parent
+SCENARIOS = ("throughput", "ceiling", "propagation", "whatsat", "memory", "reconcile")
+# SPEC section 5: the shipped five-node topology (links are undirected).
+FIVE = {"Bailey": ["Bona", "Campbell"], "Bona": ["Campbell", "Clark"], "Campbell": ["Jaquez"],
+        "Clark": ["Jaquez"], "Jaquez": []}
+LINE = {"A": ["B"], "B": ["C"], "C": ["D"], "D": []}
+DENSE_CLIENT = "+34.0522-118.2437"  # Los Angeles
+WHATSAT_RADII = ("1", "20", "50")
+LIGHT_RATE = 100.0  # updates/s of the unloaded propagation run
+START_TIMEOUT = 20.0  # seconds for a Redis or a node to come up
+PLACES_KEY_ENV = "HERD_BENCH_PLACES_KEY"
+
+
+def add_bench_arguments(parser: argparse.ArgumentParser) -> None:
+    """The ``herd bench`` flags, on ``parser`` (the ``bench`` subparser)."""
+    add = parser.add_argument
+    positive, count = at_least(float, 0.001), at_least(int, 1)
+    add("--only", default=",".join(SCENARIOS), metavar="A,B,...",
+        help=f"scenarios to run, comma separated (default: all of {', '.join(SCENARIOS)})")
+    add("--seconds", type=positive, default=5.0, help="throughput and ceiling: measured seconds (default 5)")
+    add("--connections", type=count, default=8, help="load connections (default 8)")
+    add("--in-flight", type=count, default=16, help="requests outstanding per connection (default 16)")
+    add("--rate", type=positive, default=1000.0, help="propagation: IAMATs per second (default 1000)")
+    add("--propagation-seconds", type=positive, default=3.0,
+        help="propagation: seconds of sending per topology (default 3)")
+    add("--whatsat-seconds", type=positive, default=2.0,
+        help="whatsat: seconds of sequential requests per radius (default 2)")
+    add("--clients", type=at_least(int, 100), default=100_000,
+        help="memory and reconcile: clients stored (default 100000; at least 100)")
+    add("--json", action="store_true", help="print one JSON object instead of a table")
+    add("--keep", action="store_true", help="keep the temporary directory (Redis data, node logs)")
+
+
+def at_least(kind: Callable[[str], float], low: float) -> Callable[[str], Any]:
+    """An argparse type: ``kind(text)``, refused below ``low``."""
+    def convert(text: str) -> Any:
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+        if value < low:
+            raise argparse.ArgumentTypeError(f"must be at least {low:g}, got {text}")
+        return value
+
+    return convert
+
+
+# -- machine ------------------------------------------------------------------
+
+
+def machine_info() -> dict[str, Any]:
+    return {"nproc": len(os.sched_getaffinity(0)), "cpu": cpu_model(), "loadavg_1m": os.getloadavg()[0],
+            "python": platform.python_version(), "redis": redis_version(),
+            "twisted": package_version("twisted"), "kernel": platform.release()}
+
+
+def cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown"
+
+
+def redis_version() -> str:
+    exe = shutil.which("redis-server")
+    if exe is None:
+        return "not installed"
+    out = subprocess.run([exe, "--version"], capture_output=True, text=True, timeout=10).stdout
+    match = re.search(r"v=(\S+)", out)
+    return match.group(1) if match else out.strip()
+
+
+def package_version(name: str) -> str:
+    from importlib import metadata
+
+    try:
+        return metadata.version(name)
+    except metadata.PackageNotFoundError:
+        return "unknown"
+
+
+def git_commit() -> str:
+    try:
+        out = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO, capture_output=True,
+                             text=True, timeout=10)
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=REPO,
+                               capture_output=True, text=True, timeout=10).stdout.strip()
+    except OSError:
+        return "unknown"
+    commit = out.stdout.strip() or "unknown"
+    return f"{commit}+dirty" if dirty else commit
+
+
+# -- a minimal blocking Redis client ------------------------------------------
+
+
+class Resp:
+    """One blocking RESP connection to a Redis on loopback."""
+
+    def __init__(self, port: int, timeout: float = 30.0):
+        self._sock = socket.create_connection(("127.0.0.1", port), timeout=timeout)
+        self._file = self._sock.makefile("rb")
+
+    def __enter__(self) -> Resp:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._file.close()
+        self._sock.close()
+
+    def call(self, *args: str | bytes | int) -> Any:
+        return self.pipeline([args])[0]
+
+    def pipeline(self, commands: Sequence[Sequence[str | bytes | int]]) -> list[Any]:
+        self._sock.sendall(b"".join(encode_command(*c) for c in commands))
+        return [read_reply(self._file) for _ in commands]
+
+
+def encode_command(*args: str | bytes | int) -> bytes:
+    parts = [a if isinstance(a, bytes) else str(a).encode() for a in args]
+    return b"*%d\r\n" % len(parts) + b"".join(b"$%d\r\n%s\r\n" % (len(p), p) for p in parts)
+
+
+def read_reply(f: IO[bytes]) -> Any:
+    line = f.readline()
+    if not line:
+        raise OSError("Redis closed the connection")
+    kind, rest = line[:1], line[1:-2]
+    if kind == b"+":
+        return rest
+    if kind == b"-":
+        raise RuntimeError(rest.decode(errors="replace"))
+    if kind == b":":
+        return int(rest)
+    if kind == b"$":
+        n = int(rest)
+        return None if n < 0 else f.read(n + 2)[:-2]
+    if kind == b"*":
+        n = int(rest)
+        return None if n < 0 else [read_reply(f) for _ in range(n)]
+    raise OSError(f"bad RESP reply {line!r}")
+
+
+def redis_info(port: int, section: str) -> dict[str, str]:
+    with Resp(port) as r:
+        text = r.call("INFO", section).decode()
+    return dict(line.split(":", 1) for line in text.splitlines() if ":" in line)
+
+
+# -- processes ------------------------------------------------------------------
+
+
+def wait_until(predicate: Callable[[], bool], timeout: float, what: str, every: float = 0.01) -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise BenchError(f"timed out after {timeout:g} s waiting for {what}")
+        time.sleep(every)
+
+
+class BenchError(Exception):
+    """A scenario could not run (a process did not start, a wait timed out)."""
+
+
+def free_ports(n: int) -> list[int]:
+    """``n`` distinct TCP ports on 127.0.0.1 that were free a moment ago."""
+    socks = []
+    try:
+        for _ in range(n):
+            s = socket.socket()
+            s.bind(("127.0.0.1", 0))
+            socks.append(s)
+        return [int(s.getsockname()[1]) for s in socks]
+    finally:
+        for s in socks:
+            s.close()
+
+
+def port_open(port: int) -> bool:
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=0.2):
+            return True
+    except OSError:
+        return False
+
+
+def child_env() -> dict[str, str]:
+    env = dict(os.environ)
+    env.pop("NOTIFY_SOCKET", None)
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO), env.get("PYTHONPATH")]))
+    env[PLACES_KEY_ENV] = "unused"
+    return env
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU seconds a process has used so far (0.0 once it is gone)."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+class ProcessGroup:
+    """Processes started for one scenario, under ``root``; all stopped on exit
+    (in reverse order of start: nodes before the Redis they use)."""
+
+    def __init__(self, root: Path):
+        self.root = root
+        root.mkdir(parents=True, exist_ok=True)
+        self._procs: list[subprocess.Popen[bytes]] = []
+
+    def __enter__(self) -> ProcessGroup:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def spawn(self, argv: list[str], log: Path | None,
+              env: dict[str, str] | None = None) -> subprocess.Popen[bytes]:
+        """Start ``argv`` in a session of its own (a terminal's Ctrl-C reaches only
+        the bench, which stops everything in order); output to ``log`` or a pipe."""
+        out = open(log, "ab") if log is not None else None
+        try:
+            proc = subprocess.Popen(argv, cwd=REPO, env=env or child_env(), stdin=subprocess.DEVNULL,
+                                    stdout=out or subprocess.PIPE,
+                                    stderr=subprocess.STDOUT if out else subprocess.DEVNULL,
+                                    start_new_session=True)
+        finally:
+            if out is not None:
+                out.close()
+        self._procs.append(proc)
+        return proc
+
+    @staticmethod
+    def stop(proc: subprocess.Popen[bytes], sig: int = signal.SIGTERM, timeout: float = 3.0) -> None:
+        if proc.poll() is None:
+            proc.send_signal(sig)
+            try:
+                proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+        if proc.stdout is not None:
+            proc.stdout.close()
+
+    def close(self) -> None:
+        while self._procs:
+            self.stop(self._procs.pop())
+
+
+class RedisServer:
+    """A real redis-server with the shipped durability, data under ``data``."""
+
+    def __init__(self, group: ProcessGroup, data: Path, port: int):
+        self.group, self.data, self.port = group, data, port
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> None:
+        exe = shutil.which("redis-server")
+        if exe is None:
+            raise BenchError("redis-server not found; run ops/setup.sh")
+        self.data.mkdir(parents=True, exist_ok=True)
+        self.proc = self.group.spawn(
+            [exe, "--port", str(self.port), "--bind", "127.0.0.1", "--dir", str(self.data),
+             "--appendonly", "yes", "--appendfsync", "always", "--save", "",
+             "--daemonize", "no", "--logfile", str(self.data / "redis.log")], None)
+
+    def wait_ready(self) -> None:
+        wait_until(self.ready, START_TIMEOUT, f"redis-server on port {self.port}")
+
+    def ready(self) -> bool:
+        try:
+            with Resp(self.port, timeout=1.0) as r:
+                return isinstance(r.call("DBSIZE"), int)
+        except (OSError, RuntimeError):
+            return False
+
+    @property
+    def pid(self) -> int:
+        assert self.proc is not None
+        return self.proc.pid
+
+    def call(self, *args: str | bytes | int) -> Any:
+        with Resp(self.port) as r:
+            return r.call(*args)
+
+
+class NodeProcess:
+    """``python -m herd serve NAME`` with its log in the group's directory."""
+
+    def __init__(self, group: ProcessGroup, name: str, port: int, redis: RedisServer, config: Path):
+        self.group, self.name, self.port, self.redis, self.config = group, name, port, redis, config
+        self.log_path = group.root / name / "herd.log"
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> None:
+        self.log_path.parent.mkdir(parents=True, exist_ok=True)
+        self.proc = self.group.spawn(
+            [sys.executable, "-m", "herd", "serve", self.name, "--config", str(self.config)], self.log_path)
+
+    def wait_listening(self) -> None:
+        def up() -> bool:
+            if self.proc is not None and self.proc.poll() is not None:
+                raise BenchError(f"node {self.name} exited with {self.proc.returncode}; see {self.log_path}")
+            return port_open(self.port)
+
+        wait_until(up, START_TIMEOUT, f"node {self.name} listening")
+
+    def kill(self) -> None:
+        if self.proc is not None:
+            ProcessGroup.stop(self.proc, signal.SIGKILL)
+            self.proc = None
+
+    @property
+    def pid(self) -> int:
+        assert self.proc is not None
+        return self.proc.pid
+
+    def log(self, start: int = 0) -> str:
+        with open(self.log_path, "rb") as f:
+            f.seek(start)
+            return f.read().decode(errors="replace")
+
+    def logged(self, text: str) -> bool:
+        return text in self.log()
+
+    def log_size(self) -> int:
+        return self.log_path.stat().st_size if self.log_path.exists() else 0
+
+
+class Herd:
+    """Nodes linked as ``topology`` says (name -> peers it lists), each with its Redis."""
+
+    def __init__(self, group: ProcessGroup, topology: dict[str, list[str]], offline_places: bool = False):
+        self.topology = topology
+        self.group = group
+        ports = free_ports(2 * len(topology))
+        self.config = group.root / "herd.toml"
+        self.nodes: dict[str, NodeProcess] = {}
+        for i, name in enumerate(topology):
+            redis = RedisServer(group, group.root / name / "redis", ports[2 * i + 1])
+            self.nodes[name] = NodeProcess(group, name, ports[2 * i], redis, self.config)
+        self.config.write_text(self.toml(offline_places))
+
+    def toml(self, offline_places: bool) -> str:
+        # Scenarios that send no WHATSAT use a Google provider that is never
+        # called, so no node spends the first seconds loading the offline data set.
+        places = ('provider = "offline"' if offline_places else
+                  f'provider = "google"\nurl = "http://127.0.0.1:9/unused"\nkey_env = "{PLACES_KEY_ENV}"')
+        out = ['[herd]\nsecret_env = "HERD_SECRET"\n', f"[places]\n{places}\n"]
+        for name, node in self.nodes.items():
+            out.append(f'[nodes.{name}]\nhost = "127.0.0.1"\nport = {node.port}\n'
+                       f'redis = "redis://127.0.0.1:{node.redis.port}/0"\n'
+                       f"peers = {json.dumps(self.topology[name])}\n")
+        return "\n".join(out)
+
+    def start(self) -> Herd:
+        for node in self.nodes.values():
+            node.redis.start()
+        for node in self.nodes.values():
+            node.redis.wait_ready()
+        for node in self.nodes.values():
+            node.start()
+        for node in self.nodes.values():
+            node.wait_listening()
+        return self
+
+    def neighbours(self, name: str) -> set[str]:
+        return set(self.topology[name]) | {n for n, peers in self.topology.items() if name in peers}
+
+    def wait_links(self) -> None:
+        for name, node in self.nodes.items():
+            for peer in self.neighbours(name):
+                wait_until(partial(node.logged, f"peer {peer} link up"), START_TIMEOUT,
+                           f"link {name}-{peer}", every=0.05)
+
+    def hops_from(self, source: str) -> dict[str, int]:
+        hops, queue = {source: 0}, deque([source])
+        while queue:
+            here = queue.popleft()
+            for peer in sorted(self.neighbours(here)):
+                if peer not in hops:
+                    hops[peer] = hops[here] + 1
+                    queue.append(peer)
+        return hops
+
+
+@contextmanager
+def herd_running(root: Path, topology: dict[str, list[str]], offline_places: bool = False) -> Iterator[Herd]:
+    """A started herd with every link up; everything stopped on exit."""
+    with ProcessGroup(root) as group:
+        herd = Herd(group, topology, offline_places).start()
+        herd.wait_links()
+        yield herd
+
+
+def run_tool(group: ProcessGroup, command: str, args: Sequence[str], timeout: float) -> dict[str, Any]:
+    """Run ``python -m herd.bench_load COMMAND ARGS`` and return the JSON it prints."""
+    proc = group.spawn([sys.executable, "-m", "herd.bench_load", command, *args], None)
+    try:
+        out, _ = proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        raise BenchError(f"bench_load {command} did not finish within {timeout:g} s") from None
+    finally:
+        ProcessGroup.stop(proc)
+    if proc.returncode != 0 or not out.strip():
+        raise BenchError(f"bench_load {command} failed (exit {proc.returncode})")
+    result: dict[str, Any] = json.loads(out.decode().strip().splitlines()[-1])
+    return result
+
+
+# -- the scenarios ----------------------------------------------------------------
+
+
+@dataclass
+class Bench:
+    args: argparse.Namespace
+    root: Path
+    memory: dict[str, Any] | None = None  # measured by the reconcile scenario when both run
+
+    def load_args(self, port: int) -> list[str]:
+        return [str(port), "--connections", str(self.args.connections),
+                "--in-flight", str(self.args.in_flight)]
+
+    def timed_load(self, group: ProcessGroup, port: int, watched: dict[str, list[int]]) -> dict[str, Any]:
+        """Run the duration load against ``port``; add the CPU share (cores) of
+        each group of ``watched`` processes over the run."""
+        before = {k: sum(cpu_seconds(p) for p in pids) for k, pids in watched.items()}
+        started = time.monotonic()
+        result = run_tool(group, "load", [*self.load_args(port), "--seconds", str(self.args.seconds)],
+                          self.args.seconds + 60)
+        wall = time.monotonic() - started
+        result["cpu_cores"] = {k: round((sum(cpu_seconds(p) for p in pids) - before[k]) / wall, 2)
+                               for k, pids in watched.items()}
+        result["cpu_cores"]["loadgen"] = result.pop("loadgen_cpu")
+        return result
+
+    def store_clients(self, group: ProcessGroup, port: int, count: int, prefix: str,
+                      step: int = 1) -> dict[str, Any]:
+        """IAMAT clients ``<prefix>0``, ``<prefix><step>``, ... (count of them) through
+        the node at ``port``, pipelined; the load tool's result."""
+        result = run_tool(group, "load", [*self.load_args(port), "--count", str(count), "--prefix", prefix,
+                                  "--step", str(step)], 600)
+        if result["errors"] or result["requests"] != count:
+            raise BenchError(f"storing {count} clients: {result['errors']} answered '? <line>' "
+                             f"(see the node's log), {result['requests']} answered in all")
+        return result
+
+
+def scenario_throughput(bench: Bench) -> dict[str, Any]:
+    """IAMAT/s on Bailey, which floods every update to its 2 linked peers."""
+    topology = {"Bailey": ["Bona", "Campbell"], "Bona": [], "Campbell": []}
+    with herd_running(bench.root / "throughput", topology) as herd:
+        node = herd.nodes["Bailey"]
+        peers = [herd.nodes["Bona"], herd.nodes["Campbell"]]
+        watched = {"node": [node.pid], "redis": [node.redis.pid],
+                   "peers+redis": [p.pid for p in peers] + [p.redis.pid for p in peers]}
+        result = bench.timed_load(herd.group, node.port, watched)
+        result["peers"] = 2
+        return result
+
+
+def scenario_ceiling(bench: Bench) -> dict[str, Any]:
+    """The same load against a no-storage Twisted line server (herd.protocol only)."""
+    with ProcessGroup(bench.root / "ceiling") as group:
+        port = free_ports(1)[0]
+        server = group.spawn([sys.executable, "-m", "herd.bench_load", "ceiling-server", str(port)],
+                             group.root / "ceiling.log")
+        wait_until(lambda: port_open(port), START_TIMEOUT, "ceiling server listening")
+        return bench.timed_load(group, port, {"server": [server.pid]})
+
+
+def scenario_propagation(bench: Bench) -> dict[str, Any]:
+    """Send-to-stored latency at the farthest node: the five-node herd (its
+    farthest node is 2 hops from Bailey) and a line A-B-C-D (3 hops), at
+    ``--rate``; and the line once more at a light 100/s, for the unloaded floor."""
+    out = {}
+    seconds = bench.args.propagation_seconds
+    for label, topology, source in (("five", FIVE, "Bailey"), ("line", LINE, "A")):
+        with herd_running(bench.root / f"propagation-{label}", topology) as herd:
+            out[label] = propagate(herd, source, bench.args.rate, seconds, "prop")
+            if label == "line":
+                out["line_light"] = propagate(herd, source, LIGHT_RATE, max(1.0, seconds / 3), "light")
+    return out
+
+
+def propagate(herd: Herd, source: str, rate: float, seconds: float, prefix: str) -> dict[str, Any]:
+    hops = herd.hops_from(source)
+    far = max(sorted(hops, reverse=True), key=lambda n: hops[n])  # five: Jaquez (Clark is 2 hops too)
+    args = [str(herd.nodes[source].port), str(herd.nodes[far].redis.port), "--rate", str(rate),
+            "--seconds", str(seconds), "--prefix", prefix]
+    return {"from": source, "to": far, "hops": hops[far],
+            **run_tool(herd.group, "propagate", args, seconds + 60)}
+
+
+def scenario_whatsat(bench: Bench) -> dict[str, Any]:
+    """Sequential WHATSAT latency, offline provider, a client in Los Angeles."""
+    with herd_running(bench.root / "whatsat", {"Bailey": []}, offline_places=True) as herd:
+        node = herd.nodes["Bailey"]
+        started = time.monotonic()
+        wait_until(lambda: node.redis.call("EXISTS", "herd:places:version") == 1, 120,
+                   "the offline places data set to load", every=0.05)
+        out: dict[str, Any] = {"places_loaded_s": round(time.monotonic() - started, 2)}
+        with socket.create_connection(("127.0.0.1", node.port), timeout=10) as sock:
+            when = f"{time.time():.9f}"
+            sock.sendall(f"IAMAT bench-la {DENSE_CLIENT} {when}\n".encode())
+            if not read_reply_line(sock).startswith(b"AT "):
+                raise BenchError("the WHATSAT client's IAMAT was refused")
+            for radius in WHATSAT_RADII:
+                out[f"{radius}km"] = time_whatsat(sock, radius, bench.args.whatsat_seconds)
+        return out
+
+
+def read_reply_line(sock: socket.socket) -> bytes:
+    data = b""
+    while not data.endswith(b"\n"):
+        chunk = sock.recv(65536)
+        if not chunk:
+            raise BenchError("the node closed the connection")
+        data += chunk
+    return data
+
+
+def time_whatsat(sock: socket.socket, radius: str, seconds: float) -> dict[str, Any]:
+    """Sequential ``WHATSAT bench-la <radius> 20`` for ``seconds`` (after 10 unmeasured)."""
+    from herd.bench_load import latency_summary
+
+    request = f"WHATSAT bench-la {radius} 20\n".encode()
+    latencies: list[int] = []
+    results = 0
+    deadline = time.monotonic() + seconds
+    for i in range(1 << 62):
+        start = time.perf_counter_ns()
+        sock.sendall(request)
+        reply = read_whatsat(sock)
+        if i >= 10:
+            latencies.append(time.perf_counter_ns() - start)
+        if time.monotonic() > deadline and i >= 20:
+            results = reply.count(b'"place_id"')
+            break
+    return {"requests": len(latencies), "results": results, **latency_summary(latencies)}
+
+
+def read_whatsat(sock: socket.socket) -> bytes:
+    data = b""
+    while not data.endswith(b"\n\n"):
+        chunk = sock.recv(1 << 16)
+        if not chunk:
+            raise BenchError("the node closed the connection")
+        data += chunk
+        if data.startswith(b"?") and data.endswith(b"\n"):
+            raise BenchError(f"WHATSAT refused: {data[:200]!r}")
+    return data
+
+
+def scenario_memory(bench: Bench) -> dict[str, Any]:
+    """Redis used_memory per client after storing N clients through one node
+    (measured on node A of the reconcile scenario instead when that runs too)."""
+    if bench.memory is not None:
+        return bench.memory
+    with herd_running(bench.root / "memory", {"Bailey": []}) as herd:
+        node = herd.nodes["Bailey"]
+        before = used_memory(node.redis.port)
+        stored = bench.store_clients(herd.group, node.port, bench.args.clients, "mem")
+        return memory_result(node, before, bench.args.clients, "mem", stored["rate"])
+
+
+def used_memory(port: int) -> int:
+    return int(redis_info(port, "memory")["used_memory"])
+
+
+def memory_result(node: NodeProcess, before: int, n: int, prefix: str, rate: float) -> dict[str, Any]:
+    """Bytes per client in ``node``'s Redis since ``before`` (used_memory), after
+    storing clients ``<prefix>0`` .. ``<prefix><n-1>``, with the update log, the
+    GEO set and the client hashes (sampled) apart."""
+    total = used_memory(node.redis.port) - before
+    with Resp(node.redis.port) as r:
+        log, geo = r.pipeline([("MEMORY", "USAGE", "herd:log"), ("MEMORY", "USAGE", "herd:geo")])
+        sample = range(0, n, max(1, n // 100))
+        hashes = r.pipeline([("MEMORY", "USAGE", f"herd:client:{prefix}{i}") for i in sample])
+    return {"clients": n, "node": node.name, "store_rate": rate, "used_memory_delta": total,
+            "bytes_per_client": round(total / n, 1),
+            "log_bytes_per_client": round((log or 0) / n, 1), "geo_bytes_per_client": round(geo / n, 1),
+            "hash_bytes_per_client": round(sum(h or 0 for h in hashes) / len(hashes), 1),
+            "bytes_per_client_without_log": round((total - (log or 0)) / n, 1)}
+
+
+# -- reconcile ---------------------------------------------------------------------
+
+SYNC_LINE = re.compile(r"^(\S+) \[\S+\] \w+: sync to (\S+): (\w+), (\d+) records, (\d+) bytes in ([\d.]+) ms",
+                       re.MULTILINE)
+
+
+@dataclass(frozen=True)
+class SyncLine:
+    """One ``sync to <peer>`` line a node logged: a SYNC it answered."""
+
+    direction: str  # "A->B": A sent to B
+    at: float  # POSIX time the answer was complete
+    mode: str
+    records: int
+    bytes: int
+    ms: float
+
+    def as_json(self, since: float) -> dict[str, Any]:
+        return {"direction": self.direction, "mode": self.mode, "records": self.records,
+                "bytes": self.bytes, "ms": self.ms, "done_after_restart_s": round(self.at - since, 3)}
+
+
+def sync_lines(node: NodeProcess, since: int, to: str) -> list[SyncLine]:
+    return [SyncLine(f"{node.name}->{m[1]}", datetime.fromisoformat(m[0]).timestamp(), m[2], int(m[3]),
+                     int(m[4]), float(m[5]))
+            for m in SYNC_LINE.findall(node.log(since)) if m[1] == to]
+
+
+def scenario_reconcile(bench: Bench) -> dict[str, Any]:
+    """A-B hold N clients; B is killed, 1% of the clients are updated through A,
+    B restarts: seconds until both agree, and the bytes reconciliation sent."""
+    n = bench.args.clients
+    with herd_running(bench.root / "reconcile", {"A": ["B"], "B": []}) as herd:
+        a, b = herd.nodes["A"], herd.nodes["B"]
+        before = used_memory(a.redis.port)
+        load = bench.store_clients(herd.group, a.port, n, "rc")
+        bench.memory = memory_result(a, before, n, "rc", load["rate"])
+        missing = wait_settled(b, n)
+        b.kill()
+        step = 100
+        changed = [f"herd:client:rc{i}" for i in range(0, n, step)]
+        bench.store_clients(herd.group, a.port, len(changed), "rc", step=step)
+        expected = hget_at(a.redis.port, changed)
+        marks = (a.log_size(), b.log_size())
+        restarted, restarted_wall = time.monotonic(), time.time()
+        b.start()
+        wait_until(lambda: hget_at(b.redis.port, changed) == expected, 120, "B to get the updates", 0.005)
+        converged = time.monotonic() - restarted
+        records = wait_identical(a.redis.port, b.redis.port)
+        syncs = wait_syncs(lambda: sync_lines(a, marks[0], "B") + sync_lines(b, marks[1], "A"))
+        return {"clients": n, "changed": len(changed), "store_rate": load["rate"],
+                "missing_on_B_before_kill": missing,
+                "converge_s": round(converged, 3),
+                "confirmed_identical_s": round(time.monotonic() - restarted, 3),
+                "syncs_done_s": round(max((s.at for s in syncs), default=restarted_wall) - restarted_wall, 3),
+                **byte_figures(records, syncs),
+                "syncs": [s.as_json(restarted_wall) for s in syncs]}
+
+
+def wait_settled(node: NodeProcess, n: int, quiet: float = 5.0) -> int:
+    """Wait until ``node`` holds ``n`` clients, or its count has not moved for
+    ``quiet`` seconds (flooded updates it failed to store); how many it misses."""
+    last, since = -1, time.monotonic()
+    while True:
+        count = int(node.redis.call("ZCARD", "herd:geo"))
+        if count >= n or time.monotonic() - since > quiet:
+            return n - count
+        if count != last:
+            last, since = count, time.monotonic()
+        time.sleep(0.05)
+
+
+def hget_at(port: int, keys: Sequence[str]) -> list[Any]:
+    with Resp(port) as r:
+        return r.pipeline([("HGET", k, "at") for k in keys])
+
+
+def all_records(port: int) -> dict[bytes, bytes]:
+    """Every client's AT line in a node's Redis, by client id."""
+    records: dict[bytes, bytes] = {}
+    cursor: bytes = b"0"
+    with Resp(port) as r:
+        while True:
+            reply = r.call("EVAL", SCAN_RECORDS, 0, cursor, "herd:client:*", 5000)
+            cursor = reply[0]
+            for at in reply[1:]:
+                records[at.split()[3]] = at
+            if cursor == b"0":
+                return records
+
+
+SCAN_RECORDS = b"""
+local step = redis.call('SCAN', ARGV[1], 'MATCH', ARGV[2], 'COUNT', ARGV[3], 'TYPE', 'hash')
+local out = {step[1]}
+for _, key in ipairs(step[2]) do
+  local at = redis.call('HGET', key, 'at')
+  if at then out[#out + 1] = at end
+end
+return out
+"""
+
+
+def wait_identical(port_a: int, port_b: int, timeout: float = 60.0) -> dict[bytes, bytes]:
+    """Wait until both Redis hold exactly the same records; those records."""
+    deadline = time.monotonic() + timeout
+    while True:
+        mine, theirs = all_records(port_a), all_records(port_b)
+        if mine == theirs:
+            return mine
+        if time.monotonic() > deadline:
+            differ = len(set(mine.items()) ^ set(theirs.items()))
+            raise BenchError(f"reconcile: nodes still differ after {timeout:g} s ({differ} records)")
+        time.sleep(0.1)
+
+
+def wait_syncs(found: Callable[[], list[SyncLine]], timeout: float = 30.0) -> list[SyncLine]:
+    """The SYNC answers logged after the restart, once there is one each way
+    (or after ``timeout``: then whatever was logged)."""
+    try:
+        wait_until(lambda: len({s.direction for s in found()}) == 2, timeout, "sync log lines", 0.1)
+    except BenchError:
+        pass
+    return found()
+
+
+def byte_figures(records: dict[bytes, bytes], syncs: Sequence[SyncLine]) -> dict[str, Any]:
+    """Reconciliation bytes against a full dump (every record as ``R <AT line>\\n``)."""
+    full_dump = sum(len(at) + 3 for at in records.values())
+    sent = sum(s.bytes for s in syncs)
+    return {"sync_bytes": sent, "full_dump_bytes": full_dump,
+            "bytes_ratio": round(sent / full_dump, 4) if full_dump else 0.0}
+
+
+RUNNERS: dict[str, Callable[[Bench], dict[str, Any]]] = {
+    "throughput": scenario_throughput, "ceiling": scenario_ceiling,
+    "propagation": scenario_propagation, "whatsat": scenario_whatsat,
+    "memory": scenario_memory, "reconcile": scenario_reconcile,
+}
+
+
+# -- the report --------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Figure:
+    scenario: str
+    name: str
+    value: str
+    target: str = ""
+    met: bool | None = None
+
+    def as_json(self) -> dict[str, Any]:
+        return {"scenario": self.scenario, "figure": self.name, "value": self.value,
+                "target": self.target or None, "met": self.met}
+
+
+def figures(results: dict[str, Any]) -> list[Figure]:
+    out: list[Figure] = []
+    for name in SCENARIOS:
+        if name in results:
+            out += FIGURES[name](results[name], results)
+    return out
+
+
+def load_figures(scenario: str, r: dict[str, Any]) -> list[Figure]:
+    if "error" in r:
+        return [Figure(scenario, "error", r["error"])]
+    cpu = ", ".join(f"{k} {v}" for k, v in r["cpu_cores"].items())
+    return [Figure(scenario, "IAMAT req/s", f"{r['rate']:,.0f}"),
+            Figure(scenario, "latency p50 / p99", f"{r['p50_ms']:.2f} / {r['p99_ms']:.2f} ms"),
+            Figure(scenario, "CPU (cores)", cpu)]
+
+
+def throughput_figures(r: dict[str, Any], results: dict[str, Any]) -> list[Figure]:
+    return load_figures("throughput", r)
+
+
+def ceiling_figures(r: dict[str, Any], results: dict[str, Any]) -> list[Figure]:
+    out = load_figures("ceiling", r)
+    ratio = throughput_ratio(results)
+    if ratio is not None:
+        out.append(Figure("ceiling", "herd / ceiling", f"{ratio:.3f}", ">= 0.5", ratio >= 0.5))
+    return out
+
+
+def throughput_ratio(results: dict[str, Any]) -> float | None:
+    herd, ceiling = results.get("throughput", {}), results.get("ceiling", {})
+    if not herd.get("rate") or not ceiling.get("rate"):
+        return None
+    return float(herd["rate"]) / float(ceiling["rate"])
+
+
+def propagation_figures(r: dict[str, Any], results: dict[str, Any]) -> list[Figure]:
+    if "error" in r:
+        return [Figure("propagation", "error", r["error"])]
+    out = []
+    for run in r.values():
+        name = f"{run['from']}->{run['to']} ({run['hops']} hops) at {run['rate']:g}/s p50 / p99"
+        value = f"{run['p50_ms']:.2f} / {run['p99_ms']:.2f} ms ({run['arrived']}/{run['sent']})"
+        if run["hops"] >= 3 and run["rate"] >= 1000:
+            ok = run["p99_ms"] <= 5 and run["arrived"] == run["sent"]
+            out.append(Figure("propagation", name, value, "p99 <= 5 ms at 1000/s", ok))
+        else:
+            out.append(Figure("propagation", name, value))
+    return out
+
+
+def whatsat_figures(r: dict[str, Any], results: dict[str, Any]) -> list[Figure]:
+    if "error" in r:
+        return [Figure("whatsat", "error", r["error"])]
+    out = [Figure("whatsat", "offline places loaded in", f"{r['places_loaded_s']} s")]
+    for radius in WHATSAT_RADII:
+        run = r[f"{radius}km"]
+        value = f"{run['p50_ms']:.2f} / {run['p99_ms']:.2f} ms ({run['results']} results)"
+        target, ok = ("p99 <= 20 ms", run["p99_ms"] <= 20) if radius == "50" else ("", None)
+        out.append(Figure("whatsat", f"{radius} km p50 / p99", value, target, ok))
+    return out
+
+
+def memory_figures(r: dict[str, Any], results: dict[str, Any]) -> list[Figure]:
+    if "error" in r:
+        return [Figure("memory", "error", r["error"])]
+    per = r["bytes_per_client"]
+    name = f"bytes per client ({r['clients']:,} clients, node {r['node']})"
+    return [Figure("memory", name, f"{per:.0f}", "<= 300", per <= 300),
+            Figure("memory", "of which update log / GEO / hash", f"{r['log_bytes_per_client']:.0f} / "
+                   f"{r['geo_bytes_per_client']:.0f} / {r['hash_bytes_per_client']:.0f}")]
+
+
+def reconcile_figures(r: dict[str, Any], results: dict[str, Any]) -> list[Figure]:
+    if "error" in r:
+        return [Figure("reconcile", "error", r["error"])]
+    ratio = r["bytes_ratio"]
+    detail = "; ".join(f"{s['direction']} {s['mode']} {s['records']:,} records" for s in r["syncs"])
+    if r["missing_on_B_before_kill"]:
+        detail += f"; B missed {r['missing_on_B_before_kill']:,} flooded clients before the kill"
+    return [Figure("reconcile", f"restart to agreement ({r['changed']:,} of {r['clients']:,} differ)",
+                   f"{r['converge_s']:.2f} s (last sync done {r['syncs_done_s']:.2f} s)", "<= 2 s",
+                   r["converge_s"] <= 2),
+            Figure("reconcile", "sync bytes / full dump", f"{r['sync_bytes']:,} / {r['full_dump_bytes']:,} = "
+                   f"{100 * ratio:.2f}%", "<= 5%", ratio <= 0.05),
+            Figure("reconcile", "syncs", detail or "none logged")]
+
+
+FIGURES: dict[str, Callable[[dict[str, Any], dict[str, Any]], list[Figure]]] = {
+    "throughput": throughput_figures, "ceiling": ceiling_figures, "propagation": propagation_figures,
+    "whatsat": whatsat_figures, "memory": memory_figures, "reconcile": reconcile_figures,
+}
+
+
+def render_table(report: dict[str, Any], rows: list[Figure]) -> str:
+    m = report["machine"]
+    head = [f"herd bench, {report['date']}, commit {report['commit']}",
+            f"machine: {m['nproc']} cores, {m['cpu']}; Python {m['python']}; Redis {m['redis']}; "
+            f"Twisted {m['twisted']}; load average at start {m.get('loadavg_1m', 0):.2f}", ""]
+    cells = [("scenario", "figure", "value", "target", "")]
+    cells += [(f.scenario, f.name, f.value, f.target, "" if f.met is None else ("ok" if f.met else "MISSED"))
+              for f in rows]
+    widths = [max(len(c[i]) for c in cells) for i in range(5)]
+    lines = ["  ".join(c[i].ljust(widths[i]) for i in range(5)).rstrip() for c in cells]
+    lines.insert(1, "  ".join("-" * w for w in widths))
+    return "\n".join(head + lines)
+
+
+# -- entry points -------------------------------------------------------------------
+
+
+def selected(only: str) -> list[str]:
+    names = [n.strip() for n in only.split(",") if n.strip()]
+    unknown = [n for n in names if n not in SCENARIOS]
+    if unknown:
+        raise BenchError(f"unknown scenario(s) {', '.join(unknown)} (known: {', '.join(SCENARIOS)})")
+    return [n for n in SCENARIOS if n in names]
+
+
+def run_scenarios(bench: Bench, names: Sequence[str]) -> dict[str, Any]:
+    """Run ``names`` in order; but reconcile before memory, which then takes its
+    figures from the reconcile herd instead of storing N clients once more."""
+    results: dict[str, Any] = {}
+    if "memory" in names and "reconcile" in names:
+        names = [n for n in names if n != "reconcile"]
+        names.insert(names.index("memory"), "reconcile")
+    for name in names:
+        if not bench.args.json:
+            print(f"herd bench: running {name} ...", file=sys.stderr, flush=True)
+        try:
+            results[name] = RUNNERS[name](bench)
+        except BenchError as err:
+            results[name] = {"error": str(err)}
+    return results
+
+
+def run_bench(args: argparse.Namespace) -> int:
+    """``herd bench``: run the selected scenarios; 0 when every one ran (targets
+    missed or not), 1 when a scenario failed, 2 on bad arguments."""
+    try:
+        names = selected(args.only)
+    except BenchError as err:
+        print(f"herd bench: {err}", file=sys.stderr)
+        return 2
+    os.environ.setdefault("HERD_SECRET", secrets.token_hex(16))
+    root = Path(tempfile.mkdtemp(prefix="herd-bench-"))
+    previous = signal.signal(signal.SIGTERM, _interrupt)
+    try:
+        machine = machine_info()  # before the run: its load average says how quiet the machine was
+        report = make_report(args, machine, run_scenarios(Bench(args, root), names))
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+        if args.keep:
+            print(f"herd bench: kept {root}", file=sys.stderr)
+        else:
+            shutil.rmtree(root, ignore_errors=True)
+    rows = figures(report["results"])
+    report["figures"] = [f.as_json() for f in rows]
+    print(json.dumps(report, indent=2) if args.json else render_table(report, rows))
+    return 1 if any("error" in r for r in report["results"].values() if isinstance(r, dict)) else 0
+
+
+def _interrupt(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt
+
+
+def make_report(args: argparse.Namespace, machine: dict[str, Any], results: dict[str, Any]) -> dict[str, Any]:
+    settings = {k: getattr(args, k) for k in ("seconds", "connections", "in_flight", "rate",
+                                                "propagation_seconds", "whatsat_seconds", "clients")}
+    report: dict[str, Any] = {"date": datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC"),
+                              "commit": git_commit(), "machine": machine,
+                              "settings": settings, "results": results}
+    ratio = throughput_ratio(results)
+    if ratio is not None:
+        report["throughput_ratio"] = round(ratio, 3)
+    return report
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m herd.bench", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_bench_arguments(parser)
+    try:
+        return run_bench(parser.parse_args(argv))
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
