@@ -334,8 +334,9 @@ def _non_negative(table: _Table, key: str, default: float) -> float:
 
 
 def _tls(table: _Table, source: str, nodes: dict[str, NodeConfig]) -> TlsConfig | None:
-    """All of tls_cert, tls_key, tls_ca, or none; every node's files must exist
-    (paths are relative to the config file; ``{node}`` is the node's name)."""
+    """All of tls_cert, tls_key, tls_ca, or none (paths are relative to the
+    config file; ``{node}`` is the node's name). Files are checked by
+    :func:`check_tls_files` for the node being run: a host holds only its own key."""
     given = [k for k in TLS_KEYS if k in table.data]
     if not given:
         return None
@@ -344,10 +345,14 @@ def _tls(table: _Table, source: str, nodes: dict[str, NodeConfig]) -> TlsConfig 
         raise table.error(missing[0], "missing: TLS needs tls_cert, tls_key and tls_ca together")
     base = os.path.dirname(os.path.abspath(source))
     paths = [os.path.join(base, table.string(k)) for k in TLS_KEYS]
-    tls = TlsConfig(*paths)
-    for name in nodes:
-        for key, path in zip(TLS_KEYS, (tls.for_node(name).cert, tls.for_node(name).key,
-                                        tls.for_node(name).ca), strict=True):
-            if not os.path.isfile(path):
-                raise table.error(key, f"no such file {path!r} (for node {name})")
-    return tls
+    return TlsConfig(*paths)
+
+
+def check_tls_files(config: HerdConfig, node: str) -> None:
+    """Raise ConfigError unless ``node``'s TLS files exist (no-op without TLS)."""
+    if config.tls is None:
+        return
+    mine = config.tls.for_node(node)
+    for key, path in zip(TLS_KEYS, (mine.cert, mine.key, mine.ca), strict=True):
+        if not os.path.isfile(path):
+            raise ConfigError(f"{config.path}: herd.{key}: no such file {path!r} (for node {node})")

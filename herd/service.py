@@ -182,12 +182,13 @@ def raise_file_limit(wanted: int) -> None:
 
 def serve(name: str, config_path: str, log_format: str | None, activation: str | None = None) -> int:
     """``herd serve NAME --config FILE``: run one node until SIGTERM/SIGINT."""
-    from config.loader import load_config
+    from config.loader import check_tls_files, load_config
 
     config = load_config(config_path, need_secret=True)
     if name not in config.nodes:
         raise ConfigError(f"{config_path}: nodes.{name}: no such node "
                           f"(known: {', '.join(sorted(config.nodes))})")
+    check_tls_files(config, name)
     from twisted.internet import reactor
 
     from herd.logs import start_logging

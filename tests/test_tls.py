@@ -123,3 +123,20 @@ def test_plain_text_handshake_to_a_tls_node_is_refused(tmp_path: Path) -> None:
         assert talk(herd["A"].port, "IAMAT plain.client +1+1 1700000000").startswith(b"AT A ")
     finally:
         herd.stop()
+
+
+def test_missing_tls_file_is_one_line_naming_file_and_key(tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    from harness import REPO, env_with
+
+    ca = make_ca(tmp_path / "tls")
+    make_node_cert(tmp_path / "tls", "A", ca)  # B's files are missing: only A may run here
+    herd = Herd(tmp_path, {"A": ["B"], "B": []}, extra_herd=TLS)
+    result = subprocess.run(herd["B"].command(), cwd=REPO, capture_output=True, text=True, timeout=30,
+                            env=env_with(HERD_SECRET="s", GOOGLE_PLACES_KEY="k"))
+    assert result.returncode == 2
+    assert result.stderr.count("\n") == 1 and "herd.tls_cert: no such file" in result.stderr
+    assert "(for node B)" in result.stderr and "Traceback" not in result.stderr
+    herd.stop()

@@ -1,0 +1,390 @@
+"""ops/ for running one node per host under systemd: the units pass
+``systemd-analyze verify``, ``ops/install.sh`` installs into a fake root
+(``--prefix``) and does so idempotently, and the Redis config it generates
+starts a real redis-server."""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import socket
+import stat
+import subprocess
+from pathlib import Path
+
+import pytest
+from harness import REPO, encode_command, free_port, read_reply, wait_until
+
+UNITS = REPO / "ops" / "systemd"
+UNIT_FILES = ("herd@.service", "herd-redis@.service", "herd@.socket", "herd.target")
+INSTALL = REPO / "ops" / "install.sh"
+SYSTEM_UNITS = next((p for p in (Path("/usr/lib/systemd/system"), Path("/lib/systemd/system"))
+                     if p.is_dir()), None)
+
+needs_verify = pytest.mark.skipif(
+    shutil.which("systemd-analyze") is None or SYSTEM_UNITS is None,
+    reason="systemd-analyze is not installed (Debian package `systemd`; ops/setup.sh should install it)",
+)
+
+
+# ---------------------------------------------------------------- unit files --
+
+def unit_settings(text: str) -> dict[str, list[str]]:
+    """``Section.Key`` -> values, in order, of a unit file (comments dropped)."""
+    settings: dict[str, list[str]] = {}
+    section = ""
+    for raw in text.splitlines():
+        line = raw.strip()
+        if not line or line.startswith(("#", ";")):
+            continue
+        if line.startswith("["):
+            section = line.strip("[]")
+            continue
+        key, _, value = line.partition("=")
+        settings.setdefault(f"{section}.{key.strip()}", []).append(value.strip())
+    return settings
+
+
+def exec_paths(text: str) -> set[str]:
+    """The absolute programs of every Exec*= line (without the -@:+! prefixes)."""
+    paths = set()
+    for key, values in unit_settings(text).items():
+        if key.split(".", 1)[1].startswith("Exec"):
+            for value in values:
+                program = value.lstrip("-@:+!").split()[0] if value else ""
+                if program.startswith("/"):
+                    paths.add(program)
+    return paths
+
+
+def fake_root(root: Path, units: dict[str, str]) -> Path:
+    """A file-system root for ``systemd-analyze verify --root``: the system's
+    own units (network-online.target, sysinit.target, ...), ``units`` (name ->
+    text) in /etc/systemd/system, and an executable stub for every program
+    they run, since verify insists that ExecStart= binaries exist."""
+    assert SYSTEM_UNITS is not None
+    shutil.copytree(SYSTEM_UNITS, root / "usr/lib/systemd/system", symlinks=True)
+    etc = root / "etc/systemd/system"
+    etc.mkdir(parents=True, exist_ok=True)
+    for name, text in units.items():
+        target = etc / name
+        target.parent.mkdir(parents=True, exist_ok=True)
+        target.write_text(text)
+        for program in exec_paths(text):
+            stub = root / program.lstrip("/")
+            stub.parent.mkdir(parents=True, exist_ok=True)
+            stub.write_text("#!/bin/sh\nexit 0\n")
+            stub.chmod(0o755)
+    return root
+
+
+def verify(root: Path, *names: str) -> str:
+    """Run ``systemd-analyze verify`` on unit ``names`` inside ``root``; return
+    its problems ("" if none). It exits 0 on unknown keys and unparsable
+    values (it only warns), so any output about a herd unit counts too."""
+    result = subprocess.run(
+        ["systemd-analyze", "verify", "--man=no", "--generators=no", f"--root={root}", *names],
+        capture_output=True, text=True, timeout=60)
+    problems = [line for line in (result.stdout + result.stderr).splitlines() if "herd" in line]
+    if result.returncode != 0:
+        problems.insert(0, f"systemd-analyze verify exited {result.returncode}: "
+                           f"{result.stderr.strip()}")
+    return "\n".join(problems)
+
+
+def shipped_units() -> dict[str, str]:
+    return {name: (UNITS / name).read_text() for name in UNIT_FILES}
+
+
+INSTANCES = ("herd@Bailey.service", "herd-redis@Bailey.service", "herd@Bailey.socket", "herd.target")
+
+
+@needs_verify
+def test_units_pass_systemd_analyze_verify(tmp_path: Path) -> None:
+    root = fake_root(tmp_path, shipped_units())
+    assert verify(root, *INSTANCES) == ""
+    assert verify(root, *UNIT_FILES) == ""  # templates, as verify instantiates them
+
+
+@needs_verify
+@pytest.mark.parametrize("unit, old, new", [
+    ("herd@.service", "Type=notify", "Type=notfy"),                       # bad value: a warning
+    ("herd@.service", "WatchdogSec=30s", "WatchdogSec=30s\nWachdogSec=30s"),  # unknown key: a warning
+    ("herd@.service", "Wants=herd-redis@%i.service", "Requires=herd-reddis@%i.service"),
+    ("herd-redis@.service", "LimitNOFILE=65536", "LimitNOFILE=lots"),
+    ("herd@.socket", "ListenStream=192.0.2.1:10000", "ListenStream=%i"),
+])
+def test_verify_catches_a_broken_unit(tmp_path: Path, unit: str, old: str, new: str) -> None:
+    units = shipped_units()
+    assert old in units[unit]
+    units[unit] = units[unit].replace(old, new)
+    root = fake_root(tmp_path, units)
+    assert verify(root, *INSTANCES) != ""
+
+
+@needs_verify
+def test_verify_catches_a_missing_program(tmp_path: Path) -> None:
+    root = fake_root(tmp_path, shipped_units())
+    (root / "opt/herd/.venv/bin/herd").unlink()
+    assert "/opt/herd/.venv/bin/herd" in verify(root, "herd@Bailey.service")
+
+
+def test_node_unit_settings() -> None:
+    unit = unit_settings((UNITS / "herd@.service").read_text())
+    expected = {
+        "Service.Type": ["notify"],
+        "Service.NotifyAccess": ["main"],
+        "Service.WatchdogSec": ["30s"],
+        "Service.ExecStart": ["/opt/herd/.venv/bin/herd serve %i --config /etc/herd/herd.toml"],
+        "Service.EnvironmentFile": ["/etc/herd/herd.env"],
+        "Service.Restart": ["on-failure"],
+        "Service.User": ["herd"],
+        "Service.Group": ["herd"],
+        "Service.StateDirectory": ["herd/%i"],
+        "Service.LogsDirectory": ["herd"],
+        "Service.KillSignal": ["SIGTERM"],
+        "Service.TimeoutStopSec": ["15"],
+        "Service.CapabilityBoundingSet": [""],
+        "Service.ProtectSystem": ["strict"],
+        "Service.RestrictAddressFamilies": ["AF_INET AF_INET6 AF_UNIX"],
+        "Unit.Wants": ["herd-redis@%i.service", "network-online.target"],
+        "Unit.After": ["network-online.target herd-redis@%i.service"],
+        "Install.WantedBy": ["herd.target multi-user.target"],
+    }
+    assert {key: unit.get(key) for key in expected} == expected
+    assert "PYTHONUNBUFFERED=1" in unit["Service.Environment"]
+    for key in ("NoNewPrivileges", "ProtectHome", "PrivateTmp", "PrivateDevices", "ProtectKernelTunables",
+                "ProtectKernelModules", "ProtectControlGroups", "RestrictNamespaces", "LockPersonality"):
+        assert unit[f"Service.{key}"] == ["yes"], key
+
+
+def test_redis_unit_settings() -> None:
+    unit = unit_settings((UNITS / "herd-redis@.service").read_text())
+    assert unit["Service.ExecStart"] == [
+        "/usr/bin/redis-server /etc/herd/redis/%i.conf --supervised systemd --daemonize no"]
+    assert unit["Service.Type"] == ["notify"]
+    assert unit["Service.StateDirectory"] == ["herd-redis/%i"]
+    assert unit["Service.LimitNOFILE"] == ["65536"]
+    assert unit["Service.User"] == ["redis"]
+
+
+# ---------------------------------------------------------------- install.sh --
+
+def install(*args: str | Path) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(["bash", str(INSTALL), *map(str, args)], capture_output=True, text=True,
+                          timeout=120, cwd=REPO)
+
+
+def installed(prefix: Path, *args: str | Path) -> subprocess.CompletedProcess[str]:
+    result = install("--prefix", prefix, "--no-venv", *args)
+    assert result.returncode == 0, result.stdout + result.stderr
+    return result
+
+
+def mode(path: Path) -> int:
+    return stat.S_IMODE(path.stat().st_mode)
+
+
+def secret_of(prefix: Path) -> str:
+    match = re.search(r"^HERD_SECRET=([0-9a-f]{64})$", (prefix / "etc/herd/herd.env").read_text(), re.M)
+    assert match, "herd.env has no HERD_SECRET of 64 hex digits"
+    return match[1]
+
+
+def test_install_script_parses() -> None:
+    result = subprocess.run(["bash", "-n", str(INSTALL)], capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+
+
+@pytest.mark.parametrize("args, message", [
+    ((), "no NODE given"),
+    (("--frobnicate", "Bailey"), "unknown option: --frobnicate"),
+    (("--durability", "sometimes", "Bailey"), "--durability must be strict or everysec"),
+    (("--config",), "--config needs a FILE"),
+    (("Bad/Name",), "cannot be a systemd instance name"),
+])
+def test_install_usage_errors_exit_2(args: tuple[str, ...], message: str) -> None:
+    result = install(*args)
+    assert result.returncode == 2
+    first = result.stderr.splitlines()[0]
+    assert first.startswith("install: ") and message in first, result.stderr
+    assert "usage: ops/install.sh" in result.stderr
+
+
+def test_dry_run_prints_every_step_and_changes_nothing(tmp_path: Path) -> None:
+    prefix = tmp_path / "root"
+    prefix.mkdir()
+    result = install("--dry-run", "--prefix", prefix, "--socket", "Bailey")
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert list(prefix.iterdir()) == []
+    out = result.stdout
+    for step in ("packages", "nodes Bailey", "code:", "virtualenv:", "config:", "shared secret:",
+                 "redis for Bailey", "socket for Bailey", "units:", "systemd:"):
+        assert f"\ninstall: {step}" in out, step
+    for command in (f"-m venv {prefix}/opt/herd/.venv",
+                    f"write {prefix}/etc/herd/herd.toml (mode 0640)",
+                    f"write {prefix}/etc/herd/herd.env (mode 0640)",
+                    f"write {prefix}/etc/herd/redis/Bailey.conf (mode 0644)",
+                    f"write {prefix}/etc/systemd/system/herd@.service (mode 0644)",
+                    f"write {prefix}/etc/systemd/system/herd@Bailey.socket.d/listen.conf (mode 0644)"):
+        assert re.search(rf"^  \+ (\S+ )?{re.escape(command)}$", out, re.M), command
+    assert "port 6400" in out  # the generated Redis config is shown
+    assert "HERD_SECRET=" not in out  # the secret never is
+
+
+def test_install_into_a_prefix(tmp_path: Path) -> None:
+    prefix = tmp_path / "root"
+    installed(prefix, "--socket", "Bailey")
+    etc = prefix / "etc/herd"
+    assert (etc / "herd.toml").read_bytes() == (REPO / "config/herd.toml").read_bytes()
+    assert mode(etc / "herd.toml") == 0o640
+    assert mode(etc / "herd.env") == 0o640
+    secret_of(prefix)
+
+    conf = (etc / "redis/Bailey.conf").read_text().splitlines()
+    assert f'include "{prefix}/opt/herd/ops/redis/redis.conf"' in conf
+    assert "port 6400" in conf
+    assert "bind 127.0.0.1 -::1" in conf
+    assert f'dir "{prefix}/var/lib/herd-redis/Bailey"' in conf
+    assert (prefix / "var/lib/herd-redis/Bailey").is_dir()
+
+    systemd = prefix / "etc/systemd/system"
+    for name in UNIT_FILES:
+        assert (systemd / name).read_bytes() == (UNITS / name).read_bytes(), name
+    dropin = (systemd / "herd@Bailey.socket.d/listen.conf").read_text()
+    assert "[Socket]\nListenStream=\nListenStream=127.0.0.1:10000\n" in dropin
+
+    opt = prefix / "opt/herd"
+    for name in ("herd/service.py", "storage", "config/loader.py", "pyproject.toml", "requirements.txt",
+                 "ops/redis/redis.conf", "ops/systemd/herd@.service"):
+        assert (opt / name).exists(), name
+    for name in (".git", ".venv", "state", "herd/__pycache__"):
+        assert not (opt / name).exists(), name
+
+
+@needs_verify
+def test_installed_units_and_socket_dropin_verify(tmp_path: Path) -> None:
+    prefix = tmp_path / "root"
+    installed(prefix, "--socket", "Bailey")
+    systemd = prefix / "etc/systemd/system"
+    units = {str(p.relative_to(systemd)): p.read_text() for p in systemd.rglob("*") if p.is_file()}
+    assert "herd@Bailey.socket.d/listen.conf" in units
+    root = fake_root(tmp_path / "verify", units)
+    assert verify(root, *INSTANCES) == ""
+
+
+def test_install_twice_keeps_the_secret_and_the_operators_config(tmp_path: Path) -> None:
+    prefix = tmp_path / "root"
+    installed(prefix, "Bailey")
+    secret = secret_of(prefix)
+    config = prefix / "etc/herd/herd.toml"
+    edited = config.read_text() + "# the operator's edit\n"
+    config.write_text(edited)
+
+    again = installed(prefix, "Bailey")
+    assert secret_of(prefix) == secret
+    assert config.read_text() == edited
+    assert "differs from" in again.stdout and "kept" in again.stdout
+    assert "  + write" not in again.stdout, again.stdout  # nothing to do the second time
+    assert "is up to date" in again.stdout
+
+    # --config FILE does not replace it either, unless forced.
+    other = tmp_path / "other.toml"
+    other.write_text((REPO / "config/herd.toml").read_text().replace("127.0.0.1:6400/0", "127.0.0.1:6410/0"))
+    installed(prefix, "--config", other, "Bailey")
+    assert config.read_text() == edited
+    installed(prefix, "--config", other, "--force", "Bailey")
+    assert config.read_text() == other.read_text()
+    assert "port 6410" in (prefix / "etc/herd/redis/Bailey.conf").read_text().splitlines()
+    assert secret_of(prefix) == secret
+
+
+def test_unknown_node_fails_with_one_line_naming_it(tmp_path: Path) -> None:
+    prefix = tmp_path / "root"
+    result = install("--prefix", prefix, "--no-venv", "Bailey", "Baily")
+    assert result.returncode != 0
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1, result.stderr
+    assert "'Baily'" in lines[0] and "config/herd.toml" in lines[0]
+    assert not (prefix / "opt").exists()  # checked before anything is changed
+
+
+def test_a_broken_config_fails_with_the_loaders_one_line(tmp_path: Path) -> None:
+    bad = tmp_path / "bad.toml"
+    bad.write_text((REPO / "config/herd.toml").read_text().replace('peers = ["Bona", "Campbell"]',
+                                                                   'peers = ["Bona", "Campbel"]'))
+    result = install("--prefix", tmp_path / "root", "--no-venv", "--config", bad, "Bailey")
+    assert result.returncode != 0
+    assert result.stderr.strip().splitlines() == [
+        f"install: {bad}: nodes.Bailey.peers: unknown peer 'Campbel' "
+        "(nodes: Bailey, Bona, Campbell, Clark, Jaquez)"]
+
+
+# ------------------------------------------------- the generated Redis config --
+
+def redis_command(port: int, *args: str) -> object:
+    with socket.create_connection(("127.0.0.1", port), timeout=5) as sock:
+        sock.sendall(encode_command(*args))
+        return read_reply(sock.makefile("rb"))
+
+
+# A password with characters that redis.conf must quote (a URL password holds
+# anything but '@' and white space).
+PASSWORD = 's3cr"t\\pa$s'
+
+
+@pytest.mark.parametrize("durability, password", [("strict", None), ("everysec", None),
+                                                  ("strict", PASSWORD)])
+def test_generated_redis_config_runs_redis(tmp_path: Path, durability: str, password: str | None) -> None:
+    prefix = tmp_path / "root"
+    config = tmp_path / "herd.toml"
+    text = (REPO / "config/herd.toml").read_text()
+    if password is not None:
+        text = text.replace('redis = "redis://127.0.0.1:6400/0"',
+                            f"redis = 'redis://:{password}@127.0.0.1:6400/0'")  # TOML literal string
+    config.write_text(text)
+    installed(prefix, "--config", config, "--durability", durability, "Bailey")
+    conf = prefix / "etc/herd/redis/Bailey.conf"
+    assert mode(conf) == (0o640 if password else 0o644)
+
+    port = free_port()
+    data = tmp_path / "data"
+    data.mkdir()
+    exe = shutil.which("redis-server")
+    assert exe, "redis-server is not installed (run ops/setup.sh)"
+    proc = subprocess.Popen([exe, str(conf), "--port", str(port), "--dir", str(data), "--supervised", "no"],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    auth = ("AUTH", password) if password else None
+    try:
+        def up() -> bool:
+            assert proc.poll() is None, f"redis-server exited {proc.returncode} with {conf}"
+            try:
+                redis_command(port, "PING")
+            except OSError:
+                return False
+            except RuntimeError:
+                pass  # NOAUTH: it runs, and wants the password
+            return True
+
+        wait_until(up, timeout=10, what="redis-server with the generated config")
+        if auth:
+            with pytest.raises(RuntimeError, match="NOAUTH"):
+                redis_command(port, "PING")
+            with socket.create_connection(("127.0.0.1", port), timeout=5) as sock:
+                sock.sendall(encode_command(*auth) + encode_command("CONFIG", "GET", "appendfsync"))
+                replies = sock.makefile("rb")
+                assert read_reply(replies) == b"OK"
+                assert read_reply(replies) == [b"appendfsync", b"always"]
+        else:
+            assert redis_command(port, "PING") == b"PONG"
+            # Settings that come from the included /opt/herd/ops/redis/redis.conf:
+            fsync = b"always" if durability == "strict" else b"everysec"
+            assert redis_command(port, "CONFIG", "GET", "appendfsync") == [b"appendfsync", fsync]
+            assert redis_command(port, "CONFIG", "GET", "appendonly") == [b"appendonly", b"yes"]
+            assert redis_command(port, "CONFIG", "GET", "maxmemory-policy") == [
+                b"maxmemory-policy", b"noeviction"]
+    finally:
+        proc.terminate()
+        proc.wait(timeout=10)
+    assert os.listdir(data)  # the AOF went to --dir
