@@ -22,8 +22,8 @@ one is still in place when the load stops, and the final heal (every process
 running, none stopped) undoes it. The run then waits for the nodes to agree
 and checks that for every client every node holds its newest acknowledged
 update or a newer one, that no node holds an update that was never sent, and
-that ``herd check`` agrees. Exit 0 only when nothing was
-lost and the herd converged within ``--converge-timeout`` seconds of the heal.
+that ``herd check`` agrees. Exit 0 only when nothing was lost and the herd
+converged within ``--converge-timeout`` seconds of the heal.
 
 This is a test tool, not the serving path: subprocesses, a thread running an
 asyncio load, and a raw-socket RESP reader. It imports nothing from the node.

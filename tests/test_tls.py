@@ -127,7 +127,6 @@ def test_plain_text_handshake_to_a_tls_node_is_refused(tmp_path: Path) -> None:
 
 def test_missing_tls_file_is_one_line_naming_file_and_key(tmp_path: Path) -> None:
     import subprocess
-    import sys
 
     from harness import REPO, env_with
 
