@@ -17,7 +17,7 @@ from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
-from herd.peers import PeerConnection, PeerLinks
+from herd.peers import PULL, PeerConnection, PeerLinks
 from herd.places import PlacesError, PlacesProvider
 from herd.protocol import (
     AtRecord,
@@ -103,6 +103,8 @@ class Node:
             self.reconciler.serve(peer, conn, rest.strip())
         elif kind == SYNC_END:
             self.reconciler.sync_end(peer, rest.strip())
+        elif kind == PULL:
+            self.reconciler.pull(peer, conn)
         else:
             log.warn("peer {peer} sent an unexpected line: {line}", peer=peer.decode(),
                      line=line[:200].decode("utf-8", "backslashreplace"))
@@ -147,7 +149,7 @@ class Node:
     def _stored(self, result: StoreResult, record: AtRecord, source: bytes | None) -> StoreResult:
         if result.stored and result.position is not None:
             self.stats.stored()
-            self.links.flood(record.line, result.position, exclude=source)
+            self.links.flood(record.line, result.position, result.previous, source)
         elif source is not None:
             self.stats.flood_duplicate += 1
         return result

@@ -39,6 +39,23 @@ class PeerConnection(Protocol):
     def send_line(self, line: bytes) -> None: ...
 
 
+PULL = b"PULL"  # "SYNC from me": my log has entries your offset may have skipped
+
+
+class _Chain:
+    """Flooding state towards one peer, on one connection. ``sent``: the last
+    log position sent to it (None while a SYNC answer is under way: updates
+    then go unchained). ``covered``: the last position such that every log
+    entry up to it was sent to the peer or came from it."""
+
+    __slots__ = ("conn", "sent", "covered")
+
+    def __init__(self, conn: PeerConnection, sent: Position | None, covered: Position | None):
+        self.conn = conn
+        self.sent = sent
+        self.covered = covered
+
+
 LinkCallback = Callable[[bytes, PeerConnection], None]
 LossCallback = Callable[[bytes, PeerConnection, PeerConnection | None], None]
 
@@ -50,14 +67,10 @@ class PeerLinks:
     def __init__(self, neighbours: Iterable[bytes]):
         self.neighbours = frozenset(neighbours)
         self._open: dict[bytes, list[PeerConnection]] = {name: [] for name in self.neighbours}
-        # peer -> (connection the chain runs on, last position sent on it, or
-        # None while a SYNC answer is being sent on it)
-        self._chain: dict[bytes, tuple[PeerConnection, Position | None]] = {}
+        self._chain: dict[bytes, _Chain] = {}
         self.on_link_up: list[LinkCallback] = []  # (peer, connection) when a link comes up
         self.on_connection_lost: list[LossCallback] = []  # (peer, lost, another open one)
         self.flooded = 0
-        # peer -> newest log position not sent to it because it came from it
-        self._skipped: dict[bytes, Position] = {}
 
     def is_neighbour(self, name: bytes) -> bool:
         return name in self.neighbours
@@ -78,7 +91,7 @@ class PeerLinks:
         conns.remove(conn)
         state = "still up" if conns else "down"
         log.info("peer {peer} connection dropped; link {state}", peer=name.decode(), state=state)
-        if name in self._chain and self._chain[name][0] is conn:
+        if name in self._chain and self._chain[name].conn is conn:
             del self._chain[name]
         for callback in self.on_connection_lost:
             callback(name, conn, conns[0] if conns else None)
@@ -91,21 +104,38 @@ class PeerLinks:
         """(peer, its oldest open connection) for every linked peer."""
         return [(name, conns[0]) for name, conns in sorted(self._open.items()) if conns]
 
-    def flood(self, at_line: bytes, position: Position, exclude: bytes | None = None) -> int:
-        """Send an update stored at ``position`` in our log to every linked peer
-        except ``exclude``. Where a chain runs (see herd.reconcile) the update
-        goes on the chain's connection, after the previous position sent there;
-        elsewhere on the oldest connection, starting no chain."""
+    def flood(self, at_line: bytes, position: Position, previous: Position | None,
+              source: bytes | None = None) -> int:
+        """Send an update stored at ``position`` in our log (right after
+        ``previous`` there) to every linked peer except ``source``.
+
+        Where a chain runs (see herd.reconcile) the update goes on the chain's
+        connection as ``U <last sent> <position>``, which lets the peer advance
+        its offset, but only if every log entry since the last one sent is
+        known to have reached it or to have come from it. If ``previous`` shows
+        an entry we never saw stored (its Redis reply was lost), the chain
+        breaks: the peer is sent ``PULL`` and fetches the gap with a SYNC.
+        Elsewhere the update goes unchained on the oldest connection."""
         sent = 0
-        if exclude is not None and exclude in self._chain:
-            self._skipped[exclude] = position
         for name, conns in self._open.items():
-            if not conns or name == exclude:
+            if not conns:
                 continue
-            conn, prev = self._chain.get(name) or (conns[0], None)
-            conn.send_line(b"U %s %s %s" % (prev.token if prev else b"-", position.token, at_line))
-            if name in self._chain and prev is not None:
-                self._chain[name] = (conn, position)
+            chain = self._chain.get(name)
+            if chain is not None and chain.sent is not None:
+                if chain.covered == previous:
+                    chain.covered = position
+                else:
+                    del self._chain[name]
+                    chain.conn.send_line(PULL)
+                    chain = None
+            if name == source:
+                continue
+            if chain is not None and chain.sent is not None:
+                chain.conn.send_line(b"U %s %s %s" % (chain.sent.token, position.token, at_line))
+                chain.sent = position
+            else:
+                conn = chain.conn if chain is not None else conns[0]
+                conn.send_line(b"U - %s %s" % (position.token, at_line))
             sent += 1
         self.flooded += sent
         return sent
@@ -115,28 +145,24 @@ class PeerLinks:
         from it (``K <prev> <pos>``), so its offset keeps up and a later SYNC
         does not walk over them. Called about once a second."""
         sent = 0
-        for name, position in list(self._skipped.items()):
-            conn, prev = self._chain.get(name) or (None, None)
-            del self._skipped[name]
-            if conn is None or prev is None:
-                continue
-            conn.send_line(b"K %s %s" % (prev.token, position.token))
-            self._chain[name] = (conn, position)
-            sent += 1
+        for chain in self._chain.values():
+            if chain.sent is not None and chain.covered != chain.sent:
+                chain.conn.send_line(b"K %s %s" % (chain.sent.token, chain.covered.token))  # type: ignore[union-attr]
+                chain.sent = chain.covered
+                sent += 1
         return sent
 
     def restart_chain(self, name: bytes, conn: PeerConnection) -> None:
         """A SYNC answer to ``name`` starts on ``conn``: updates flooded meanwhile go
         on the same connection, unchained, so they arrive before its SYNC-END."""
-        self._skipped.pop(name, None)
         if conn in self._open.get(name, ()):
-            self._chain[name] = (conn, None)
+            self._chain[name] = _Chain(conn, None, None)
 
     def continue_chain(self, name: bytes, conn: PeerConnection, position: Position) -> None:
         """From now on flood to ``name`` over ``conn``, chained on from ``position``
-        (the SYNC-END just sent on ``conn``)."""
+        (the SYNC-END just sent on ``conn``: the peer has our log up to it)."""
         if conn in self._open.get(name, ()):
-            self._chain[name] = (conn, position)
+            self._chain[name] = _Chain(conn, position, position)
 
     def close_all(self) -> None:
         for conns in self._open.values():

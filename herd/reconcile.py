@@ -10,6 +10,8 @@ has applied that peer's log (``<prefix>peer:<name>``). Peer messages:
     U <prev> <pos> <AT line>      a live update at <pos>, sent after <prev>
     K <prev> <pos>                our log moved from <prev> to <pos> with updates
                                   that came from you (sent about once a second)
+    PULL                          SYNC from me: my log may hold entries you have
+                                  not seen (a Redis reply was lost, Redis is back)
 
 Whenever a link comes up, each side asks the other for its log after the
 remembered position: only clients updated since then travel. A position that
@@ -31,6 +33,7 @@ from twisted.internet.defer import Deferred, inlineCallbacks
 from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 
+from herd.peers import PULL
 from storage.store import LogChunk, Position, RedisStore
 
 if TYPE_CHECKING:
@@ -82,10 +85,12 @@ class Reconciler:
         d.addErrback(self._pull_failed, peer)
 
     def pull_all(self) -> None:
-        """Pull from every linked peer: after Redis comes back, updates flooded
-        while it was away are missing here."""
+        """Redis is (back) up: pull from every linked peer (updates flooded while
+        it was away are missing here) and ask each to pull from us (updates our
+        Redis stored while their replies were lost never went out)."""
         for peer, conn in self._links.first_connections():
             self.pull(peer, conn)
+            conn.send_line(PULL)
 
     def is_pulling(self, peer: bytes) -> bool:
         return peer in self._pulling

@@ -75,6 +75,7 @@ class StoreResult:
     stored: bool  # the record was newer and is now held
     position: Position | None  # where it went in this node's log, when stored
     advanced: bool  # the chain's peer offset moved to chain.pos
+    previous: Position | None = None  # the log entry just before position
 
 
 def set_no_delay(transport: Any) -> None:
@@ -289,8 +290,10 @@ def _record_args(record: AtRecord, tie_break: bool, chain: Chain | None, source:
 
 def _batch_stored(reply: list[Any], part: list[tuple[list[bytes], Deferred[StoreResult]]]) -> None:
     for i, (_, done) in enumerate(part):
-        stored, token, advanced = reply[3 * i:3 * i + 3]
-        done.callback(StoreResult(stored == 1, Position.parse(token) if token else None, advanced == 1))
+        stored, token, advanced, previous = reply[4 * i:4 * i + 4]
+        position = Position.parse(token) if token else None
+        before = Position(position.epoch, previous) if position is not None else None
+        done.callback(StoreResult(stored == 1, position, advanced == 1, before))
 
 
 def _batch_failed(failure: Any, part: list[tuple[list[bytes], Deferred[StoreResult]]]) -> None:

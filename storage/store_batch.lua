@@ -31,8 +31,10 @@
 --                      so that a SYNC answer to that peer can leave it out.
 -- A record with an empty AT line only advances the chain (a peer saying "my
 -- log moved on to pos with updates that came from you").
--- Returns 3 values per record: stored (1/0), "<epoch>/<log id>" or "",
--- offset advanced (1/0).
+-- Returns 4 values per record: stored (1/0), "<epoch>/<log id>" or "",
+-- offset advanced (1/0), and the id of the log entry just before this one
+-- ("0-0" for the first; "" when not stored), which lets the node notice log
+-- entries it never heard about (a reply lost with its Redis connection).
 
 local FIELDS = 17
 local prefix = ARGV[1]
@@ -90,6 +92,19 @@ local function log_epoch()
   return epoch
 end
 
+local last_id = nil
+local function previous_id()
+  if last_id then return last_id end
+  last_id = '0-0'
+  if redis.call('EXISTS', KEYS[2]) == 1 then
+    local info = redis.call('XINFO', 'STREAM', KEYS[2])
+    for i = 1, #info, 2 do
+      if info[i] == 'last-generated-id' then last_id = info[i + 1] end
+    end
+  end
+  return last_id
+end
+
 local function advance_offset(peer, chain_epoch, prev, pos)
   if peer == '' then return 0 end
   local key = prefix .. 'peer:' .. peer
@@ -115,15 +130,20 @@ for base = 3, #ARGV, FIELDS do
     else
       redis.call('ZREM', KEYS[1], id)
     end
+    local previous = previous_id()
     local log_id = redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[2], '*',
                               'c', id, 's', ARGV[base + 16])
+    last_id = log_id
     out[#out + 1] = 1
     out[#out + 1] = log_epoch() .. '/' .. log_id
+    out[#out + 1] = advanced
+    out[#out + 1] = previous
   else
     out[#out + 1] = 0
     out[#out + 1] = ''
+    out[#out + 1] = advanced
+    out[#out + 1] = ''
   end
-  out[#out + 1] = advanced
 end
 if digest then
   redis.call('HSET', KEYS[4], 'digest', digest)
