@@ -10,7 +10,9 @@ from collections.abc import Sequence
 from config.schema import ConfigError
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(command: str | None = None) -> argparse.ArgumentParser:
+    """The argument parser. Tools with many options (bench, chaos) get theirs
+    only when ``command`` names them, so ``herd serve`` does not import them."""
     parser = argparse.ArgumentParser(prog="herd", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
@@ -43,6 +45,13 @@ def build_parser() -> argparse.ArgumentParser:
     load.add_argument("--config", required=True, metavar="FILE")
     load.add_argument("nodes", nargs="*", metavar="NODE", help="nodes to load (default: all)")
 
+    chaos = sub.add_parser("chaos", help="kill, pause and cut a local five-node herd under load; "
+                                         "check nothing acknowledged is lost")
+    if command == "chaos":
+        from herd.chaos import add_chaos_arguments
+
+        add_chaos_arguments(chaos)
+
     status = sub.add_parser("status", help="live view of nodes, links, counts and agreement")
     status.add_argument("--config", required=True, metavar="FILE")
     status.add_argument("--once", action="store_true", help="print one frame and exit 0")
@@ -50,7 +59,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    argv = list(sys.argv[1:] if argv is None else argv)
+    args = build_parser(next((a for a in argv if not a.startswith("-")), None)).parse_args(argv)
     try:
         return _dispatch(args)
     except ConfigError as err:
@@ -85,6 +95,10 @@ def _dispatch(args: argparse.Namespace) -> int:
         from herd.offline_places import run_places_load
 
         return run_places_load(args.config, args.nodes)
+    if args.command == "chaos":
+        from herd.chaos import run_chaos
+
+        return run_chaos(args)
     if args.command == "status":
         from herd.status import run_status
 
