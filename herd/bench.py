@@ -799,7 +799,8 @@ def load_figures(scenario: str, r: dict[str, Any]) -> list[Figure]:
     if "error" in r:
         return [Figure(scenario, "error", r["error"])]
     cpu = ", ".join(f"{k} {v}" for k, v in r["cpu_cores"].items())
-    return [Figure(scenario, "IAMAT req/s", f"{r['rate']:,.0f}"),
+    refused = f" ({r['errors']:,} answered '? <line>', not counted)" if r["errors"] else ""
+    return [Figure(scenario, "IAMAT req/s", f"{r['rate']:,.0f}{refused}"),
             Figure(scenario, "latency p50 / p99", f"{r['p50_ms']:.2f} / {r['p99_ms']:.2f} ms"),
             Figure(scenario, "CPU (cores)", cpu)]
 

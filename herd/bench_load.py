@@ -72,9 +72,12 @@ class Window:
     errors: int = 0
     latencies: list[int] = field(default_factory=list)
 
-    def record(self, now: int, sent_at: list[int]) -> None:
+    def record(self, now: int, sent_at: list[int], errors: int) -> None:
+        """Replies to the requests sent at ``sent_at`` arrived at ``now``; ``errors``
+        of them were ``? <line>``."""
         if self.start <= now < self.end:
             self.replies += len(sent_at)
+            self.errors += errors
             self.latencies.extend(now - t for t in sent_at if t >= self.start)
 
 
@@ -102,9 +105,9 @@ class LoadConnection(asyncio.Protocol):
     def data_received(self, data: bytes) -> None:
         now = time.perf_counter_ns()
         count = data.count(b"\n")
-        self._count_errors(data)
         sent = self._sent
-        self._window.record(now, [sent.popleft() for _ in range(min(count, len(sent)))])
+        self._window.record(now, [sent.popleft() for _ in range(min(count, len(sent)))],
+                            self._count_errors(data))
         if self._bounded or now < self._window.end:
             self._send(count)
         else:
@@ -112,13 +115,13 @@ class LoadConnection(asyncio.Protocol):
         if self._exhausted and not sent:
             self._finish()
 
-    def _count_errors(self, data: bytes) -> None:
-        """Count replies that are ``? <line>``: a ``?`` at the start of a line."""
+    def _count_errors(self, data: bytes) -> int:
+        """Replies in ``data`` that are ``? <line>``: a ``?`` at the start of a line."""
         errors = data.count(b"\n?")
         if self._line_start and data.startswith(b"?"):
             errors += 1
         self._line_start = data.endswith(b"\n")
-        self._window.errors += errors
+        return errors
 
     def _send(self, n: int) -> None:
         if self._exhausted or n <= 0:
@@ -192,8 +195,9 @@ async def run_load(plan: LoadPlan) -> dict[str, Any]:
 def load_result(plan: LoadPlan, window: Window, started: int, finished: int, cpu: float) -> dict[str, Any]:
     span = finished - started if plan.seconds is None else window.end - window.start
     elapsed = span / NS_PER_S
+    answered = window.replies - window.errors  # AT lines: "? <line>" replies do not count
     return {"requests": window.replies, "seconds": round(elapsed, 3),
-            "rate": round(window.replies / elapsed, 1) if elapsed else 0.0, "errors": window.errors,
+            "rate": round(answered / elapsed, 1) if elapsed else 0.0, "errors": window.errors,
             "loadgen_cpu": round(cpu / ((finished - started) / NS_PER_S), 3),
             **latency_summary(window.latencies)}
 

@@ -98,7 +98,7 @@ class Node:
         elif kind == SKIP:
             self._peer_skip(rest, peer, conn)
         elif kind == RECORD:
-            self._apply(rest, peer, None)
+            self._apply(rest, peer, None, conn)
         elif kind == SYNC:
             self.reconciler.serve(peer, conn, rest.strip())
         elif kind == SYNC_END:
@@ -118,11 +118,9 @@ class Node:
             # with no chain yet; only in the latter case is a pull needed.
             if not self.reconciler.is_pulling(peer):
                 self.reconciler.gap(peer, conn)
-            self._apply(at_line, peer, None)
-            return
-        d = self._apply(at_line, peer, Chain(peer, prev, pos))
-        if d is not None:
-            d.addCallback(lambda result: None if result.advanced else self.reconciler.gap(peer, conn))
+            self._apply(at_line, peer, None, conn)
+        else:
+            self._apply(at_line, peer, Chain(peer, prev, pos), conn)
 
     def _peer_skip(self, rest: bytes, peer: bytes, conn: PeerConnection) -> None:
         prev_token, _, pos_token = rest.partition(b" ")
@@ -134,17 +132,24 @@ class Node:
         d.addCallback(lambda result: None if result.advanced else self.reconciler.gap(peer, conn))
         d.addErrback(lambda f: self.reconciler.record_lost(peer))
 
-    def _apply(self, at_line: bytes, peer: bytes, chain: Chain | None) -> Deferred[StoreResult] | None:
+    def _apply(self, at_line: bytes, peer: bytes, chain: Chain | None, conn: PeerConnection) -> None:
+        """Store a record from ``peer``; flood it on if newer; with a chain whose
+        offset did not advance, pull the gap."""
         record = parse_at_line(at_line)
         if record is None:
             log.warn("peer {peer} sent a malformed record: {line}", peer=peer.decode(),
                      line=at_line[:200].decode("utf-8", "backslashreplace"))
-            return None
+            return
         self.stats.flood_in += 1
         d = self.store.store_if_newer(record, tie_break=True, chain=chain, source=peer)
-        d.addCallback(self._stored, record, peer)
-        d.addErrback(self._update_lost, record, peer)
-        return d
+        d.addCallbacks(self._peer_stored, self._update_lost,
+                       callbackArgs=(record, peer, conn, chain is not None), errbackArgs=(record, peer))
+
+    def _peer_stored(self, result: StoreResult, record: AtRecord, peer: bytes, conn: PeerConnection,
+                     chained: bool) -> None:
+        self._stored(result, record, peer)
+        if chained and not result.advanced:
+            self.reconciler.gap(peer, conn)
 
     def _stored(self, result: StoreResult, record: AtRecord, source: bytes | None) -> StoreResult:
         if result.stored and result.position is not None:
@@ -154,8 +159,7 @@ class Node:
             self.stats.flood_duplicate += 1
         return result
 
-    def _update_lost(self, failure: Failure, record: AtRecord, peer: bytes) -> StoreResult:
+    def _update_lost(self, failure: Failure, record: AtRecord, peer: bytes) -> None:
         log.error("update from {peer} not stored ({why}): {line}", peer=peer.decode(),
                   why=failure.getErrorMessage(), line=record.line.decode("utf-8", "replace"))
-        self.reconciler.record_lost(peer)
-        return StoreResult(False, None, True)  # no gap to chase: the offset stays behind
+        self.reconciler.record_lost(peer)  # the offset stays behind; a later SYNC repairs it

@@ -13,9 +13,8 @@ from __future__ import annotations
 
 import json
 import re
-from dataclasses import dataclass
 from decimal import Decimal
-from typing import Any
+from typing import Any, NamedTuple
 
 NS_PER_S = 1_000_000_000
 MAX_CLIENT_ID_BYTES = 256
@@ -32,8 +31,7 @@ _SKEW_RE = re.compile(rb"[+-][0-9]+\.[0-9]{9}")
 _MAX_SECONDS_DIGITS = 15
 
 
-@dataclass(frozen=True, slots=True)
-class Invalid:
+class Invalid(NamedTuple):
     """A line that is not a valid request; the reply is ``? <line>``."""
 
     line: bytes
@@ -43,8 +41,7 @@ class Invalid:
         return b"? " + self.line + b"\n"
 
 
-@dataclass(frozen=True, slots=True)
-class Location:
+class Location(NamedTuple):
     text: bytes  # as sent, e.g. b"+34.068930-118.445127"
     lat: bytes  # b"+34.068930"
     lon: bytes  # b"-118.445127"
@@ -55,22 +52,19 @@ class Location:
         return -GEO_LAT_LIMIT <= Decimal(self.lat.decode()) <= GEO_LAT_LIMIT
 
 
-@dataclass(frozen=True, slots=True)
-class ClientTime:
+class ClientTime(NamedTuple):
     text: bytes  # as sent, e.g. b"1621464827.959498503"
     ns: int  # the same instant in integer nanoseconds
 
 
-@dataclass(frozen=True, slots=True)
-class Iamat:
+class Iamat(NamedTuple):
     line: bytes
     client_id: bytes
     location: Location
     time: ClientTime
 
 
-@dataclass(frozen=True, slots=True)
-class Whatsat:
+class Whatsat(NamedTuple):
     line: bytes
     client_id: bytes
     radius_km: Decimal
@@ -81,8 +75,7 @@ class Whatsat:
         return self.radius_km * 1000
 
 
-@dataclass(frozen=True, slots=True)
-class AtRecord:
+class AtRecord(NamedTuple):
     """A client's stored position: the AT line as first made, and its parts."""
 
     server: bytes
@@ -108,10 +101,19 @@ def parse_location(field: bytes) -> Location | None:
     if m is None:
         return None
     lat, lon = m.group(1), m.group(2)
-    # Compare exact decimals; abs() would round to the context's 28 digits.
-    if not (-90 <= Decimal(lat.decode()) <= 90 and -180 <= Decimal(lon.decode()) <= 180):
+    if not (_within(lat, 90) and _within(lon, 180)):
         return None
     return Location(field, lat, lon)
+
+
+def _within(coordinate: bytes, limit: int) -> bool:
+    """|coordinate| <= limit, exactly, for a signed decimal the regex accepted."""
+    whole, _, fraction = coordinate[1:].partition(b".")
+    whole = whole.lstrip(b"0")
+    if len(whole) > 3:
+        return False
+    value = int(whole or b"0")
+    return value < limit or (value == limit and not fraction.strip(b"0"))
 
 
 def parse_client_time(field: bytes) -> ClientTime | None:

@@ -10,9 +10,8 @@ within a couple of seconds of Redis returning.
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
 from importlib import resources
-from typing import Any
+from typing import Any, NamedTuple
 
 import txredisapi
 from twisted.internet.defer import Deferred, fail
@@ -34,11 +33,10 @@ LOG_SINCE = _lua("log_since.lua")
 LOG_HEAD = _lua("log_head.lua")
 SCAN_RECORDS = _lua("scan_records.lua")
 LOG_MAX_ENTRIES = 1_000_000  # approximate bound of the update log (a few tens of MB)
-MAX_BATCH = 512  # records per store_batch.lua call
+MAX_BATCH = 1000  # records per store_batch.lua call
 
 
-@dataclass(frozen=True, slots=True)
-class Position:
+class Position(NamedTuple):
     """A place in one node's update log: ``<epoch>/<stream id>`` on the wire."""
 
     epoch: bytes
@@ -54,8 +52,7 @@ class Position:
         return cls(epoch, entry) if slash and epoch and entry else None
 
 
-@dataclass(frozen=True, slots=True)
-class Chain:
+class Chain(NamedTuple):
     """A peer's update at ``pos`` that followed ``prev`` in that peer's log."""
 
     peer: bytes
@@ -63,15 +60,13 @@ class Chain:
     pos: Position
 
 
-@dataclass(frozen=True, slots=True)
-class LogChunk:
+class LogChunk(NamedTuple):
     end: Position  # the position after this chunk
     entries: int  # log entries read (fewer than asked: the log is exhausted)
     lines: list[bytes]  # current AT lines of the clients those entries name
 
 
-@dataclass(frozen=True, slots=True)
-class StoreResult:
+class StoreResult(NamedTuple):
     stored: bool  # the record was newer and is now held
     position: Position | None  # where it went in this node's log, when stored
     advanced: bool  # the chain's peer offset moved to chain.pos
@@ -170,8 +165,8 @@ class RedisStore:
         """Advance ``chain.peer``'s offset from ``chain.prev`` to ``chain.pos`` with
         no record, in order with the records stored before it."""
         done: Deferred[StoreResult] = Deferred()
-        self._batch.append(([b""] * 12 + [chain.peer, chain.prev.epoch, chain.prev.entry,
-                                          chain.pos.entry, b""], done))
+        meta = b"\n".join((b"0", chain.peer, chain.prev.epoch, chain.prev.entry, chain.pos.entry, b""))
+        self._batch.append(([b"", meta], done))
         if self._batch_call is None:
             self._batch_call = self._reactor.callLater(0, self._flush_batch)
         return done
@@ -279,21 +274,17 @@ class RedisStore:
 
 
 def _record_args(record: AtRecord, tie_break: bool, chain: Chain | None, source: bytes) -> list[bytes]:
-    """The 17 fields store_batch.lua takes per record."""
-    loc = record.location
-    geo = (loc.lon.lstrip(b"+"), loc.lat.lstrip(b"+")) if loc.in_geo_range else (b"", b"")
+    """The two arguments store_batch.lua takes per record: AT line and meta."""
     link = (chain.peer, chain.prev.epoch, chain.prev.entry, chain.pos.entry) if chain else (b"",) * 4
-    return [str(record.time.ns).encode(), record.line, record.server, record.skew, loc.text,
-            loc.lat, loc.lon, record.time.text, record.client_id, *geo,
-            b"1" if tie_break else b"0", *link, source]
+    return [record.line, b"\n".join((b"1" if tie_break else b"0", *link, source))]
 
 
-def _batch_stored(reply: list[Any], part: list[tuple[list[bytes], Deferred[StoreResult]]]) -> None:
-    for i, (_, done) in enumerate(part):
-        stored, token, advanced, previous = reply[4 * i:4 * i + 4]
+def _batch_stored(reply: bytes, part: list[tuple[list[bytes], Deferred[StoreResult]]]) -> None:
+    for line, (_, done) in zip(reply.split(b"\n"), part, strict=True):
+        stored, token, advanced, previous = line.split(b"|")
         position = Position.parse(token) if token else None
         before = Position(position.epoch, previous) if position is not None else None
-        done.callback(StoreResult(stored == 1, position, advanced == 1, before))
+        done.callback(StoreResult(stored == b"1", position, advanced == b"1", before))
 
 
 def _batch_failed(failure: Any, part: list[tuple[list[bytes], Deferred[StoreResult]]]) -> None:

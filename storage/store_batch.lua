@@ -17,27 +17,51 @@
 --         hash collisions), so `herd status` compares nodes in O(1)
 -- Per-client and per-peer keys are derived from the prefix (standalone Redis):
 --         <prefix>client:<id> (hash), <prefix>peer:<name> (offset hash)
--- ARGV[1] key prefix; ARGV[2] log length bound (approximate MAXLEN); then 17
--- fields per record:
---   ns, at, server, skew, location, lat, lon, time, client id,
---   geo_lon, geo_lat   ("" when the latitude is outside Redis GEO's band),
---   tie_break          "1": on equal times the bytewise larger AT line wins, so
+-- ARGV[1] key prefix; ARGV[2] log length bound (approximate MAXLEN); then two
+-- arguments per record:
+--   the AT line ("AT <server> <skew> <client-id> <location> <client-time>",
+--   fields separated by single spaces, as the node made it); the client
+--   hash fields are derived from it here,
+--   meta: 6 fields separated by "\n" (names and positions hold no white space):
+--     tie_break        "1": on equal times the bytewise larger AT line wins, so
 --                      every node settles on the same record; "0": equal is not newer,
---   chain peer, chain epoch, chain prev, chain pos   ("" when none): the peer's
+--     chain peer, chain epoch, chain prev, chain pos   ("" when none): the peer's
 --                      offset advances to pos only when it stands at prev in the
 --                      same epoch; it then says "every update of that peer's log
 --                      up to pos is applied here",
---   source             the peer the record came from ("" from a client), logged
+--     source           the peer the record came from ("" from a client), logged
 --                      so that a SYNC answer to that peer can leave it out.
 -- A record with an empty AT line only advances the chain (a peer saying "my
 -- log moved on to pos with updates that came from you").
--- Returns 4 values per record: stored (1/0), "<epoch>/<log id>" or "",
--- offset advanced (1/0), and the id of the log entry just before this one
--- ("0-0" for the first; "" when not stored), which lets the node notice log
--- entries it never heard about (a reply lost with its Redis connection).
+-- Positions: Redis GEO itself decides which latitudes it can index; a client
+-- it refuses is kept out of the GEO set (its hash is complete).
+-- Returns one string: per record a line "stored|<epoch>/<log id>|advanced|previous"
+-- (stored and advanced 1/0; empty position fields when not stored), where
+-- previous is the id of the log entry just before this one ("0-0" for the
+-- first), which lets the node notice log entries it never heard about (a
+-- reply lost with its Redis connection).
 
-local FIELDS = 17
 local prefix = ARGV[1]
+
+local function split(text, sep)  -- every field, empty ones included
+  local out, start = {}, 1
+  while true do
+    local i = string.find(text, sep, start, true)
+    if not i then
+      out[#out + 1] = string.sub(text, start)
+      return out
+    end
+    out[#out + 1] = string.sub(text, start, i - 1)
+    start = i + 1
+  end
+end
+
+local function canonical_ns(time)  -- "12.5" -> "12500000000"; no leading zeros
+  local seconds, fraction = string.match(time, '^(%d+)%.?(%d*)$')
+  local ns = string.gsub(seconds .. fraction .. string.rep('0', 9 - #fraction), '^0+', '')
+  if ns == '' then return '0' end
+  return ns
+end
 
 local function compare_bytes(a, b)
   if a == b then return 0 end
@@ -115,38 +139,36 @@ local function advance_offset(peer, chain_epoch, prev, pos)
 end
 
 local out = {}
-for base = 3, #ARGV, FIELDS do
-  local ns, at, id = ARGV[base], ARGV[base + 1], ARGV[base + 8]
-  local advanced = advance_offset(ARGV[base + 12], ARGV[base + 13], ARGV[base + 14], ARGV[base + 15])
-  local key = prefix .. 'client:' .. id
-  local held = at ~= '' and redis.call('HMGET', key, 'ns', 'at') or nil
-  if held and is_newer(ns, at, ARGV[base + 11], held) then
-    update_summary(held[2], at)
-    redis.call('HSET', key, 'at', at, 'server', ARGV[base + 2], 'skew', ARGV[base + 3],
-               'location', ARGV[base + 4], 'lat', ARGV[base + 5], 'lon', ARGV[base + 6],
-               'time', ARGV[base + 7], 'ns', ns)
-    if ARGV[base + 9] ~= '' then
-      redis.call('GEOADD', KEYS[1], ARGV[base + 9], ARGV[base + 10], id)
-    else
-      redis.call('ZREM', KEYS[1], id)
+for base = 3, #ARGV, 2 do
+  local at = ARGV[base]
+  local meta = split(ARGV[base + 1], '\n')
+  local advanced = advance_offset(meta[2], meta[3], meta[4], meta[5])
+  local result = '0||' .. advanced .. '|'
+  if at ~= '' then
+    local f = split(at, ' ')  -- AT server skew id location time
+    local id, location, time = f[4], f[5], f[6]
+    local lat, lon = string.match(location, '^([+-][%d.]+)([+-][%d.]+)$')
+    local ns = canonical_ns(time)
+    local key = prefix .. 'client:' .. id
+    local held = redis.call('HMGET', key, 'ns', 'at')
+    if is_newer(ns, at, meta[1], held) then
+      update_summary(held[2], at)
+      redis.call('HSET', key, 'at', at, 'server', f[2], 'skew', f[3], 'location', location,
+                 'lat', lat, 'lon', lon, 'time', time, 'ns', ns)
+      local geo = redis.pcall('GEOADD', KEYS[1], lon, lat, id)
+      if type(geo) == 'table' and geo.err then  -- beyond Redis GEO's latitudes
+        redis.call('ZREM', KEYS[1], id)
+      end
+      local previous = previous_id()
+      local log_id = redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[2], '*', 'c', id, 's', meta[6])
+      last_id = log_id
+      result = '1|' .. log_epoch() .. '/' .. log_id .. '|' .. advanced .. '|' .. previous
     end
-    local previous = previous_id()
-    local log_id = redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[2], '*',
-                              'c', id, 's', ARGV[base + 16])
-    last_id = log_id
-    out[#out + 1] = 1
-    out[#out + 1] = log_epoch() .. '/' .. log_id
-    out[#out + 1] = advanced
-    out[#out + 1] = previous
-  else
-    out[#out + 1] = 0
-    out[#out + 1] = ''
-    out[#out + 1] = advanced
-    out[#out + 1] = ''
   end
+  out[#out + 1] = result
 end
 if digest then
   redis.call('HSET', KEYS[4], 'digest', digest)
   if added > 0 then redis.call('HINCRBY', KEYS[4], 'clients', added) end
 end
-return out
+return table.concat(out, '\n')
