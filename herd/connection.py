@@ -31,6 +31,8 @@ if TYPE_CHECKING:
     from herd.node import Node
 
 PEER_MAX_LINE = 1 << 20  # authenticated peers may send long control lines
+HANDSHAKE_TIMEOUT = 5.0  # seconds a dialled peer has to complete the handshake
+REFUSED_HOLD_MAX = 30.0  # longest back-off after failed handshakes
 log = Logger(namespace="herd")
 
 
@@ -287,27 +289,35 @@ class Limits:
 class PeerDialer(PeerEndpointMixin, LineProtocol):
     """The connection a node dials to one of its peers.
 
-    ``authenticated`` fires once the listener accepted us (``HERD-OK``) and
-    fails if the handshake does not complete, so ClientService backs off.
+    A handshake that fails (or gets no answer within HANDSHAKE_TIMEOUT) is
+    logged and the connection is held, silent, for a delay that doubles with
+    each consecutive failure (up to REFUSED_HOLD_MAX) before it closes: that
+    delay is the back-off, since ClientService counts any TCP connection as
+    a success. (Failing its prepareConnection instead trips a Twisted state
+    machine error when the connection then closes.)
     """
 
     max_line = PEER_MAX_LINE
 
     def __init__(self, node: Node, own: bytes, peer: bytes, secret: bytes,
-                 tls_options: Any = None):
+                 tls_options: Any = None, failures: list[int] | None = None, clock: Any = None):
         self.node = node
         self._tls_options = tls_options
         self._own = own
         self._peer = peer
         self._secret = secret
         self._nonce = auth.new_nonce()
+        self._failures = failures if failures is not None else [0]  # shared by one peer's dialler
+        self._clock = clock
+        self._timer: Any = None
         self.peer_name = None
         self.who = f"peer {peer.decode()} (dialled)"
-        self.authenticated: Deferred[PeerDialer] = Deferred()
 
     def connectionMade(self) -> None:
         log.info("{who} connection opened", who=self.who)
         set_no_delay(self.transport)  # flooded updates leave at once
+        if self._clock is not None:
+            self._timer = self._clock.callLater(HANDSHAKE_TIMEOUT, self._refuse, b"(no answer)")
         if self._tls_options is not None:
             self.transport.write(tls.STARTTLS + b"\n")
         else:
@@ -318,10 +328,10 @@ class PeerDialer(PeerEndpointMixin, LineProtocol):
 
     def connectionLost(self, reason: Any = None) -> None:
         why = reason.getErrorMessage() if reason else ""
+        if self._timer is not None and self._timer.active():
+            self._timer.cancel()
         if self.peer_name is not None:
             self.node.links.remove(self.peer_name, self)
-        elif not self.authenticated.called:
-            self.authenticated.errback(ConnectionError(f"closed during handshake: {why}"))
         log.info("{who} connection closed ({why})", who=self.who, why=why)
 
     def line_received(self, line: bytes) -> None:
@@ -339,9 +349,11 @@ class PeerDialer(PeerEndpointMixin, LineProtocol):
         if words[:1] == [auth.CHALLENGE] and len(words) == 3 and self._answer_challenge(*words[1:]):
             return
         if words == [auth.OK] and self._sent_auth:
+            if self._timer is not None and self._timer.active():
+                self._timer.cancel()
+            self._failures[0] = 0
             self.peer_name = self._peer
             self.node.links.add(self._peer, self, "dialled")
-            self.authenticated.callback(self)
             return
         self._refuse(line)
 
@@ -358,10 +370,17 @@ class PeerDialer(PeerEndpointMixin, LineProtocol):
         return True
 
     def _refuse(self, line: bytes) -> None:
-        log.warn("{who} handshake failed at {line!r}; wrong secret or not a herd peer",
-                 who=self.who, line=printable(line[:80]))
+        if self._timer is not None and self._timer.active():
+            self._timer.cancel()
+        self._failures[0] += 1
+        hold = min(REFUSED_HOLD_MAX, 0.25 * 2 ** self._failures[0])
+        log.warn("{who} handshake failed at {line!r}; wrong secret or not a herd peer; "
+                 "retrying in {hold:g}s", who=self.who, line=printable(line[:80]), hold=hold)
         self.stop_reading()
-        self.transport.loseConnection()
+        if self._clock is not None:
+            self._timer = self._clock.callLater(hold, self.transport.loseConnection)
+        else:
+            self.transport.loseConnection()
 
     def line_too_long(self) -> None:
         log.warn("{who} sent an over-long line; closing", who=self.who)

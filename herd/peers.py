@@ -28,7 +28,6 @@ log = Logger(namespace="herd")
 # doubling to 5 s, plus up to a quarter second of jitter, retried forever.
 PEER_RETRY = backoffPolicy(initialDelay=0.1, maxDelay=5.0, factor=2.0,
                            jitter=lambda: random.random() * 0.25)
-HANDSHAKE_TIMEOUT = 5.0
 
 
 class PeerConnection(Protocol):
@@ -182,17 +181,12 @@ class _DialerFactory(Factory):
 
 def dial_service(reactor: Any, node: Node, own: bytes, peer: bytes, host: str, port: int,
                  secret: bytes, tls_options: Any = None) -> ClientService:
-    """A ClientService that keeps an authenticated connection to ``peer`` up,
-    redialling with jittered exponential backoff forever. A connection counts
-    as made only once the handshake succeeded, so a peer that refuses us (wrong
-    secret) is retried with backoff, not in a tight loop."""
-    from herd.connection import PeerDialer
+    """A ClientService that keeps a connection to ``peer`` up, redialling with
+    jittered exponential backoff forever; a refused handshake backs off inside
+    PeerDialer (see there)."""
+    from herd.connection import HANDSHAKE_TIMEOUT, PeerDialer
 
     endpoint = HostnameEndpoint(reactor, host, port, timeout=HANDSHAKE_TIMEOUT)
-    factory = _DialerFactory(lambda: PeerDialer(node, own, peer, secret, tls_options))
-
-    def authenticated(protocol: Any) -> Any:
-        return protocol.authenticated.addTimeout(HANDSHAKE_TIMEOUT, reactor)
-
-    return ClientService(endpoint, factory, retryPolicy=PEER_RETRY,
-                         prepareConnection=authenticated)
+    failures = [0]
+    factory = _DialerFactory(lambda: PeerDialer(node, own, peer, secret, tls_options, failures, reactor))
+    return ClientService(endpoint, factory, retryPolicy=PEER_RETRY)

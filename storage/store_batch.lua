@@ -80,7 +80,7 @@ end
 
 local function is_newer(ns, at, tie_break, held)
   if not held[1] then return true end
-  local order = compare_ns(ns, held[1])
+  local order = compare_ns(ns, canonical_ns(held[1]))
   if order ~= 0 then return order > 0 end
   return tie_break == '1' and compare_bytes(at, held[2]) > 0
 end
@@ -150,11 +150,11 @@ for base = 3, #ARGV, 2 do
     local lat, lon = string.match(location, '^([+-][%d.]+)([+-][%d.]+)$')
     local ns = canonical_ns(time)
     local key = prefix .. 'client:' .. id
-    local held = redis.call('HMGET', key, 'ns', 'at')
+    local held = redis.call('HMGET', key, 'time', 'at')
     if is_newer(ns, at, meta[1], held) then
       update_summary(held[2], at)
       redis.call('HSET', key, 'at', at, 'server', f[2], 'skew', f[3], 'location', location,
-                 'lat', lat, 'lon', lon, 'time', time, 'ns', ns)
+                 'lat', lat, 'lon', lon, 'time', time)
       local geo = redis.pcall('GEOADD', KEYS[1], lon, lat, id)
       if type(geo) == 'table' and geo.err then  -- beyond Redis GEO's latitudes
         redis.call('ZREM', KEYS[1], id)

@@ -18,11 +18,19 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 
 
+_handed_out: set[int] = set()
+
+
 def free_port() -> int:
-    """A TCP port on 127.0.0.1 that was free a moment ago."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+    """A TCP port on 127.0.0.1 that was free a moment ago, never the same one
+    twice in this process (two servers of one test must not race for a port)."""
+    while True:
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            port = int(s.getsockname()[1])
+        if port not in _handed_out:
+            _handed_out.add(port)
+            return port
 
 
 def wait_until(predicate: Callable[[], bool], timeout: float = 10.0, what: str = "condition") -> None:
@@ -43,7 +51,8 @@ def port_open(port: int, host: str = "127.0.0.1") -> bool:
 
 
 class RedisServer:
-    """A real redis-server on a free loopback port, AOF on (appendfsync always).
+    """A real redis-server on a free loopback port with the shipped
+    ops/redis/redis.conf (AOF on, appendfsync always).
 
     ``start()`` returns once the server answers PING. The data directory
     survives ``kill()``/``start()`` so tests can check durability.
@@ -64,7 +73,8 @@ class RedisServer:
         exe = shutil.which("redis-server")
         assert exe, "redis-server is not installed (run ops/setup.sh)"
         self.proc = subprocess.Popen(
-            [exe, "--port", str(self.port), "--bind", "127.0.0.1", "--dir", str(self.data_dir),
+            [exe, str(REPO / "ops" / "redis" / "redis.conf"),  # the shipped config, then overrides
+             "--port", str(self.port), "--bind", "127.0.0.1", "--dir", str(self.data_dir),
              "--appendonly", "yes", "--appendfsync", self.appendfsync, "--save", "",
              "--daemonize", "no", "--logfile", str(self.data_dir / "redis.log")],
             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,

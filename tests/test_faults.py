@@ -130,6 +130,8 @@ def test_peer_with_the_wrong_secret_never_gets_in(tmp_path: Path) -> None:
         assert herd["Good"].record("from.bad") == {}
         assert herd["Bad"].record("from.good") == {}
         assert "link up" not in herd["Good"].log() + herd["Bad"].log()
+        assert "retrying in" in herd["Good"].log()  # back-off, not a tight loop
+        assert "Unhandled Error" not in herd["Good"].log() + herd["Bad"].log()
         assert (
             "not-the-secret" not in herd["Bad"].log() and "integration-test-secret" not in herd["Good"].log()
         )
