@@ -64,7 +64,7 @@ def test_redis_outage_is_answered_in_bounded_time_and_heals(line3: Herd) -> None
     wait_until(lambda: talk(node.port, line).startswith(b"AT C "), timeout=10, what="recovery")
     assert time.monotonic() - returned < 10
     assert node.record("outage")[b"time"] == b"1700000000"
-    assert "cannot serve IAMAT outage" in node.log()
+    wait_until(lambda: "cannot serve IAMAT outage" in node.log(), what="the refusal logged with its cause")
 
 
 def test_updates_flood_again_after_a_peer_restarts(line3: Herd) -> None:
