@@ -936,8 +936,10 @@ def run_bench(args: argparse.Namespace) -> int:
     root = Path(tempfile.mkdtemp(prefix="herd-bench-"))
     previous = signal.signal(signal.SIGTERM, _interrupt)
     try:
-        machine = machine_info()  # before the run: its load average says how quiet the machine was
-        report = make_report(args, machine, run_scenarios(Bench(args, root), names))
+        # Before the run: the load average says how quiet the machine was, and
+        # the commit is the code that ran (others may commit meanwhile).
+        machine, commit = machine_info(), git_commit()
+        report = make_report(args, machine, commit, run_scenarios(Bench(args, root), names))
     finally:
         signal.signal(signal.SIGTERM, previous)
         if args.keep:
@@ -954,11 +956,12 @@ def _interrupt(signum: int, frame: object) -> None:
     raise KeyboardInterrupt
 
 
-def make_report(args: argparse.Namespace, machine: dict[str, Any], results: dict[str, Any]) -> dict[str, Any]:
+def make_report(args: argparse.Namespace, machine: dict[str, Any], commit: str,
+                results: dict[str, Any]) -> dict[str, Any]:
     settings = {k: getattr(args, k) for k in ("seconds", "connections", "in_flight", "rate",
                                                 "propagation_seconds", "whatsat_seconds", "clients")}
     report: dict[str, Any] = {"date": datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC"),
-                              "commit": git_commit(), "machine": machine,
+                              "commit": commit, "machine": machine,
                               "settings": settings, "results": results}
     ratio = throughput_ratio(results)
     if ratio is not None:

@@ -152,3 +152,10 @@ def test_repeated_whatsat_is_answered_from_the_cache(herd: Herd) -> None:
     assert len(herd.places.requests) == before + 1
     assert len(json.loads(first.split(b"\n", 1)[1])["results"]) == 2
     assert len(json.loads(second.split(b"\n", 1)[1])["results"]) == 20
+
+
+def test_client_time_far_in_the_future_is_refused(herd: Herd) -> None:
+    ahead = f"IAMAT future.client +1+1 {int(time.time()) + 2 * 3600}.5"
+    assert talk(herd["Bona"].port, ahead) == f"? {ahead}\n".encode()
+    near = f"IAMAT future.client +1+1 {int(time.time()) + 60}.5"  # within the default hour
+    assert talk(herd["Bona"].port, near).startswith(b"AT Bona -")
