@@ -51,6 +51,9 @@ WHATSAT_RADII = ("1", "20", "50")
 LIGHT_RATE = 100.0  # updates/s of the unloaded propagation run
 START_TIMEOUT = 20.0  # seconds for a Redis or a node to come up
 PLACES_KEY_ENV = "HERD_BENCH_PLACES_KEY"
+SECRET = secrets.token_hex(16)  # the peer secret of every herd this run starts
+
+SHIPPED_REDIS_CONF = Path(__file__).resolve().parent.parent / "ops" / "redis" / "redis.conf"
 
 
 def add_bench_arguments(parser: argparse.ArgumentParser) -> None:
@@ -234,6 +237,7 @@ def child_env() -> dict[str, str]:
     env.pop("NOTIFY_SOCKET", None)
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO), env.get("PYTHONPATH")]))
     env[PLACES_KEY_ENV] = "unused"
+    env["HERD_SECRET"] = SECRET
     return env
 
 
@@ -295,7 +299,8 @@ class ProcessGroup:
 
 
 class RedisServer:
-    """A real redis-server with the shipped durability, data under ``data``."""
+    """A real redis-server with the shipped config (ops/redis/redis.conf: AOF,
+    appendfsync always, compact hashes), data under ``data``."""
 
     def __init__(self, group: ProcessGroup, data: Path, port: int):
         self.group, self.data, self.port = group, data, port
@@ -307,7 +312,8 @@ class RedisServer:
             raise BenchError("redis-server not found; run ops/setup.sh")
         self.data.mkdir(parents=True, exist_ok=True)
         self.proc = self.group.spawn(
-            [exe, "--port", str(self.port), "--bind", "127.0.0.1", "--dir", str(self.data),
+            [exe, str(SHIPPED_REDIS_CONF),
+             "--port", str(self.port), "--bind", "127.0.0.1", "--dir", str(self.data),
              "--appendonly", "yes", "--appendfsync", "always", "--save", "",
              "--daemonize", "no", "--logfile", str(self.data / "redis.log")], None)
 
@@ -932,7 +938,6 @@ def run_bench(args: argparse.Namespace) -> int:
     except BenchError as err:
         print(f"herd bench: {err}", file=sys.stderr)
         return 2
-    os.environ.setdefault("HERD_SECRET", secrets.token_hex(16))
     root = Path(tempfile.mkdtemp(prefix="herd-bench-"))
     previous = signal.signal(signal.SIGTERM, _interrupt)
     try:

@@ -45,6 +45,12 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
     load.add_argument("--config", required=True, metavar="FILE")
     load.add_argument("nodes", nargs="*", metavar="NODE", help="nodes to load (default: all)")
 
+    bench = sub.add_parser("bench", help="benchmark a local herd against the SPEC targets")
+    if command == "bench":
+        from herd.bench import add_bench_arguments
+
+        add_bench_arguments(bench)
+
     chaos = sub.add_parser("chaos", help="kill, pause and cut a local five-node herd under load; "
                                          "check nothing acknowledged is lost")
     if command == "chaos":
@@ -95,6 +101,10 @@ def _dispatch(args: argparse.Namespace) -> int:
         from herd.offline_places import run_places_load
 
         return run_places_load(args.config, args.nodes)
+    if args.command == "bench":
+        from herd.bench import run_bench
+
+        return run_bench(args)
     if args.command == "chaos":
         from herd.chaos import run_chaos
 
