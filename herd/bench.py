@@ -72,6 +72,8 @@ def add_bench_arguments(parser: argparse.ArgumentParser) -> None:
         help="whatsat: seconds of sequential requests per radius (default 2)")
     add("--clients", type=at_least(int, 100), default=100_000,
         help="memory and reconcile: clients stored (default 100000; at least 100)")
+    add("--appendfsync", choices=("always", "everysec"), default="always",
+        help="Redis fsync policy: always (strict, shipped) or everysec (ops/redis/redis-everysec.conf)")
     add("--json", action="store_true", help="print one JSON object instead of a table")
     add("--keep", action="store_true", help="keep the temporary directory (Redis data, node logs)")
 
@@ -300,7 +302,10 @@ class ProcessGroup:
 
 class RedisServer:
     """A real redis-server with the shipped config (ops/redis/redis.conf: AOF,
-    appendfsync always, compact hashes), data under ``data``."""
+    appendfsync always, compact hashes), data under ``data``. ``appendfsync``
+    is set for the whole run by ``--appendfsync``."""
+
+    appendfsync = "always"
 
     def __init__(self, group: ProcessGroup, data: Path, port: int):
         self.group, self.data, self.port = group, data, port
@@ -314,7 +319,7 @@ class RedisServer:
         self.proc = self.group.spawn(
             [exe, str(SHIPPED_REDIS_CONF),
              "--port", str(self.port), "--bind", "127.0.0.1", "--dir", str(self.data),
-             "--appendonly", "yes", "--appendfsync", "always", "--save", "",
+             "--appendonly", "yes", "--appendfsync", self.appendfsync, "--save", "",
              "--daemonize", "no", "--logfile", str(self.data / "redis.log")], None)
 
     def wait_ready(self) -> None:
@@ -892,7 +897,8 @@ def render_table(report: dict[str, Any], rows: list[Figure]) -> str:
     m = report["machine"]
     head = [f"herd bench, {report['date']}, commit {report['commit']}",
             f"machine: {m['nproc']} cores, {m['cpu']}; Python {m['python']}; Redis {m['redis']}; "
-            f"Twisted {m['twisted']}; load average at start {m.get('loadavg_1m', 0):.2f}", ""]
+            f"Twisted {m['twisted']}; load average at start {m.get('loadavg_1m', 0):.2f}; "
+            f"Redis appendfsync {report['settings'].get('appendfsync', 'always')}", ""]
     cells = [("scenario", "figure", "value", "target", "")]
     cells += [(f.scenario, f.name, f.value, f.target, "" if f.met is None else ("ok" if f.met else "MISSED"))
               for f in rows]
@@ -933,6 +939,7 @@ def run_scenarios(bench: Bench, names: Sequence[str]) -> dict[str, Any]:
 def run_bench(args: argparse.Namespace) -> int:
     """``herd bench``: run the selected scenarios; 0 when every one ran (targets
     missed or not), 1 when a scenario failed, 2 on bad arguments."""
+    RedisServer.appendfsync = args.appendfsync
     try:
         names = selected(args.only)
     except BenchError as err:
@@ -964,7 +971,8 @@ def _interrupt(signum: int, frame: object) -> None:
 def make_report(args: argparse.Namespace, machine: dict[str, Any], commit: str,
                 results: dict[str, Any]) -> dict[str, Any]:
     settings = {k: getattr(args, k) for k in ("seconds", "connections", "in_flight", "rate",
-                                                "propagation_seconds", "whatsat_seconds", "clients")}
+                                                "propagation_seconds", "whatsat_seconds", "clients",
+                                                "appendfsync")}
     report: dict[str, Any] = {"date": datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC"),
                               "commit": commit, "machine": machine,
                               "settings": settings, "results": results}
