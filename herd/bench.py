@@ -37,8 +37,11 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from functools import partial
+from importlib import resources
 from pathlib import Path
-from typing import IO, Any
+from typing import Any
+
+from herd.resp import Resp
 
 REPO = Path(__file__).resolve().parent.parent
 SCENARIOS = ("throughput", "ceiling", "propagation", "whatsat", "memory", "reconcile")
@@ -142,53 +145,6 @@ def git_commit() -> str:
 
 
 # -- a minimal blocking Redis client ------------------------------------------
-
-
-class Resp:
-    """One blocking RESP connection to a Redis on loopback."""
-
-    def __init__(self, port: int, timeout: float = 30.0):
-        self._sock = socket.create_connection(("127.0.0.1", port), timeout=timeout)
-        self._file = self._sock.makefile("rb")
-
-    def __enter__(self) -> Resp:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._file.close()
-        self._sock.close()
-
-    def call(self, *args: str | bytes | int) -> Any:
-        return self.pipeline([args])[0]
-
-    def pipeline(self, commands: Sequence[Sequence[str | bytes | int]]) -> list[Any]:
-        self._sock.sendall(b"".join(encode_command(*c) for c in commands))
-        return [read_reply(self._file) for _ in commands]
-
-
-def encode_command(*args: str | bytes | int) -> bytes:
-    parts = [a if isinstance(a, bytes) else str(a).encode() for a in args]
-    return b"*%d\r\n" % len(parts) + b"".join(b"$%d\r\n%s\r\n" % (len(p), p) for p in parts)
-
-
-def read_reply(f: IO[bytes]) -> Any:
-    line = f.readline()
-    if not line:
-        raise OSError("Redis closed the connection")
-    kind, rest = line[:1], line[1:-2]
-    if kind == b"+":
-        return rest
-    if kind == b"-":
-        raise RuntimeError(rest.decode(errors="replace"))
-    if kind == b":":
-        return int(rest)
-    if kind == b"$":
-        n = int(rest)
-        return None if n < 0 else f.read(n + 2)[:-2]
-    if kind == b"*":
-        n = int(rest)
-        return None if n < 0 else [read_reply(f) for _ in range(n)]
-    raise OSError(f"bad RESP reply {line!r}")
 
 
 def redis_info(port: int, section: str) -> dict[str, str]:
@@ -733,15 +689,7 @@ def all_records(port: int) -> dict[bytes, bytes]:
                 return records
 
 
-SCAN_RECORDS = b"""
-local step = redis.call('SCAN', ARGV[1], 'MATCH', ARGV[2], 'COUNT', ARGV[3], 'TYPE', 'hash')
-local out = {step[1]}
-for _, key in ipairs(step[2]) do
-  local at = redis.call('HGET', key, 'at')
-  if at then out[#out + 1] = at end
-end
-return out
-"""
+SCAN_RECORDS = resources.files("storage").joinpath("scan_records.lua").read_bytes()
 
 
 def wait_identical(port_a: int, port_b: int, timeout: float = 60.0) -> dict[bytes, bytes]:
@@ -898,7 +846,7 @@ def render_table(report: dict[str, Any], rows: list[Figure]) -> str:
     head = [f"herd bench, {report['date']}, commit {report['commit']}",
             f"machine: {m['nproc']} cores, {m['cpu']}; Python {m['python']}; Redis {m['redis']}; "
             f"Twisted {m['twisted']}; load average at start {m.get('loadavg_1m', 0):.2f}; "
-            f"Redis appendfsync {report['settings'].get('appendfsync', 'always')}", ""]
+            f"Redis appendfsync {report.get('settings', {}).get('appendfsync', 'always')}", ""]
     cells = [("scenario", "figure", "value", "target", "")]
     cells += [(f.scenario, f.name, f.value, f.target, "" if f.met is None else ("ok" if f.met else "MISSED"))
               for f in rows]

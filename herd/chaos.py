@@ -50,7 +50,9 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from types import FrameType
-from typing import Any, BinaryIO
+from typing import Any
+
+from herd.resp import Resp
 
 PACKAGE_ROOT = Path(__file__).resolve().parent.parent  # where `python -m herd` is found
 
@@ -146,66 +148,6 @@ def utc_stamp() -> str:
 
 
 # -- a raw-socket RESP client (as in tests/harness.py) -----------------------
-
-
-def encode_command(*args: str | bytes) -> bytes:
-    out = [b"*%d\r\n" % len(args)]
-    for a in args:
-        b = a.encode() if isinstance(a, str) else a
-        out.append(b"$%d\r\n%s\r\n" % (len(b), b))
-    return b"".join(out)
-
-
-def read_reply(f: BinaryIO) -> Any:
-    line = f.readline()
-    if not line:
-        raise OSError("connection closed")
-    kind, rest = line[:1], line[1:-2]
-    if kind == b"+":
-        return rest
-    if kind == b"-":
-        raise RuntimeError(rest.decode(errors="replace"))
-    if kind == b":":
-        return int(rest)
-    if kind == b"$":
-        n = int(rest)
-        return None if n < 0 else f.read(n + 2)[:-2]
-    if kind == b"*":
-        n = int(rest)
-        return None if n < 0 else [read_reply(f) for _ in range(n)]
-    raise OSError(f"bad RESP reply {line!r}")
-
-
-class Resp:
-    """One connection to a Redis on loopback; commands may be pipelined.
-    Raises OSError when Redis is unreachable, RuntimeError on an error reply."""
-
-    def __init__(self, port: int, timeout: float = 5.0):
-        self.sock = socket.create_connection(("127.0.0.1", port), timeout=timeout)
-        self.file = self.sock.makefile("rb")
-
-    def __enter__(self) -> Resp:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.file.close()
-        self.sock.close()
-
-    def command(self, *args: str | bytes) -> Any:
-        return self.pipeline([args])[0]
-
-    def pipeline(self, commands: Sequence[Sequence[str | bytes]]) -> list[Any]:
-        self.sock.sendall(b"".join(encode_command(*c) for c in commands))
-        return [read_reply(self.file) for _ in commands]
-
-    def scan(self, pattern: bytes) -> list[bytes]:
-        keys: list[bytes] = []
-        cursor = b"0"
-        while True:
-            cursor, batch = self.command("SCAN", cursor, "MATCH", pattern, "COUNT", "1000")
-            keys.extend(batch)
-            if cursor == b"0":
-                return keys
 
 
 # -- processes ----------------------------------------------------------------

@@ -15,6 +15,8 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+from herd.resp import Resp
+
 REPO = Path(__file__).resolve().parent.parent
 
 
@@ -93,9 +95,8 @@ class RedisServer:
         """Run one command over a fresh connection; return the decoded RESP reply
         (bytes, int, None or list). Raises OSError when Redis is unreachable and
         RuntimeError on a Redis error reply."""
-        with socket.create_connection(("127.0.0.1", self.port), timeout=5) as sock:
-            sock.sendall(encode_command(*args))
-            return read_reply(sock.makefile("rb"))
+        with Resp(self.port) as redis:
+            return redis.command(*args)
 
     def hgetall(self, key: str | bytes) -> dict[bytes, bytes]:
         items = self.command("HGETALL", key)
@@ -117,30 +118,3 @@ def env_with(**extra: str) -> dict[str, str]:
     env.update(extra)
     return env
 
-
-def encode_command(*args: str | bytes) -> bytes:
-    out = [b"*%d\r\n" % len(args)]
-    for a in args:
-        b = a.encode() if isinstance(a, str) else a
-        out.append(b"$%d\r\n%s\r\n" % (len(b), b))
-    return b"".join(out)
-
-
-def read_reply(f) -> object:  # type: ignore[no-untyped-def]
-    line = f.readline()
-    if not line:
-        raise OSError("connection closed")
-    kind, rest = line[:1], line[1:-2]
-    if kind == b"+":
-        return rest
-    if kind == b"-":
-        raise RuntimeError(rest.decode(errors="replace"))
-    if kind == b":":
-        return int(rest)
-    if kind == b"$":
-        n = int(rest)
-        return None if n < 0 else f.read(n + 2)[:-2]
-    if kind == b"*":
-        n = int(rest)
-        return None if n < 0 else [read_reply(f) for _ in range(n)]
-    raise OSError(f"bad RESP reply {line!r}")
