@@ -15,7 +15,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from herd.resp import Resp
+from herd.resp import Resp, encode_command, read_reply  # noqa: F401 (re-exported for tests)
 
 REPO = Path(__file__).resolve().parent.parent
 
