@@ -33,6 +33,11 @@ if TYPE_CHECKING:
 PEER_MAX_LINE = 1 << 20  # authenticated peers may send long control lines
 HANDSHAKE_TIMEOUT = 5.0  # seconds a dialled peer has to complete the handshake
 REFUSED_HOLD_MAX = 30.0  # longest back-off after failed handshakes
+
+
+def handshake_backoff(failures: int) -> float:
+    """Seconds to wait before a handshake after ``failures`` consecutive ones failed."""
+    return 0.0 if failures == 0 else min(REFUSED_HOLD_MAX, 0.25 * 2 ** min(failures, 16))
 log = Logger(namespace="herd")
 
 
@@ -289,12 +294,13 @@ class Limits:
 class PeerDialer(PeerEndpointMixin, LineProtocol):
     """The connection a node dials to one of its peers.
 
-    A handshake that fails (or gets no answer within HANDSHAKE_TIMEOUT) is
-    logged and the connection is held, silent, for a delay that doubles with
-    each consecutive failure (up to REFUSED_HOLD_MAX) before it closes: that
-    delay is the back-off, since ClientService counts any TCP connection as
-    a success. (Failing its prepareConnection instead trips a Twisted state
-    machine error when the connection then closes.)
+    Back-off for handshakes: a connection that closes before the peer
+    accepted us (wrong secret, TLS refused, no answer within
+    HANDSHAKE_TIMEOUT) counts as a failure, and the next connection waits
+    0.25 s x 2^failures (at most REFUSED_HOLD_MAX) before it starts the
+    handshake. ClientService's own back-off cannot do this: it counts any TCP
+    connection as a success (and failing its prepareConnection instead trips
+    a Twisted state-machine error when the connection then closes).
     """
 
     max_line = PEER_MAX_LINE
@@ -316,6 +322,13 @@ class PeerDialer(PeerEndpointMixin, LineProtocol):
     def connectionMade(self) -> None:
         log.info("{who} connection opened", who=self.who)
         set_no_delay(self.transport)  # flooded updates leave at once
+        wait = handshake_backoff(self._failures[0])
+        if wait and self._clock is not None:
+            self._timer = self._clock.callLater(wait, self._start_handshake)
+        else:
+            self._start_handshake()
+
+    def _start_handshake(self) -> None:
         if self._clock is not None:
             self._timer = self._clock.callLater(HANDSHAKE_TIMEOUT, self._refuse, b"(no answer)")
         if self._tls_options is not None:
@@ -332,6 +345,10 @@ class PeerDialer(PeerEndpointMixin, LineProtocol):
             self._timer.cancel()
         if self.peer_name is not None:
             self.node.links.remove(self.peer_name, self)
+        else:
+            self._failures[0] += 1
+            log.warn("{who} handshake did not complete ({why}); retrying in {wait:g}s", who=self.who,
+                     why=why, wait=handshake_backoff(self._failures[0]))
         log.info("{who} connection closed ({why})", who=self.who, why=why)
 
     def line_received(self, line: bytes) -> None:
@@ -370,17 +387,10 @@ class PeerDialer(PeerEndpointMixin, LineProtocol):
         return True
 
     def _refuse(self, line: bytes) -> None:
-        if self._timer is not None and self._timer.active():
-            self._timer.cancel()
-        self._failures[0] += 1
-        hold = min(REFUSED_HOLD_MAX, 0.25 * 2 ** self._failures[0])
-        log.warn("{who} handshake failed at {line!r}; wrong secret or not a herd peer; "
-                 "retrying in {hold:g}s", who=self.who, line=printable(line[:80]), hold=hold)
+        log.warn("{who} handshake failed at {line!r}; wrong secret or not a herd peer",
+                 who=self.who, line=printable(line[:80]))
         self.stop_reading()
-        if self._clock is not None:
-            self._timer = self._clock.callLater(hold, self.transport.loseConnection)
-        else:
-            self.transport.loseConnection()
+        self.transport.loseConnection()  # connectionLost counts the failure
 
     def line_too_long(self) -> None:
         log.warn("{who} sent an over-long line; closing", who=self.who)

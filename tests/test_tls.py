@@ -100,8 +100,11 @@ def test_certificate_from_another_ca_is_refused(tmp_path: Path) -> None:
             what="TLS verification failure logged",
         )
         talk(herd["A"].port, "IAMAT from.a +1+1 1700000000")
+        wait_until(lambda: "handshake did not complete" in herd["A"].log() + herd["B"].log(),
+                   what="the failed handshake counted for back-off")
         logs = herd["A"].log() + herd["B"].log()
         assert "peer A link up" not in logs and "peer B link up" not in logs
+        assert "retrying in 0.5s" in logs
         assert herd["B"].record("from.a") == {}
     finally:
         herd.stop()
