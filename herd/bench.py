@@ -44,7 +44,8 @@ from typing import Any
 from herd.resp import Resp
 
 REPO = Path(__file__).resolve().parent.parent
-SCENARIOS = ("throughput", "ceiling", "propagation", "whatsat", "memory", "reconcile")
+SCENARIOS = ("throughput", "ceiling", "propagation", "whatsat", "memory", "reconcile", "startup")
+STARTS = 5  # startup: node restarts measured
 # SPEC section 5: the shipped five-node topology (links are undirected).
 FIVE = {"Bailey": ["Bona", "Campbell"], "Bona": ["Campbell", "Clark"], "Campbell": ["Jaquez"],
         "Clark": ["Jaquez"], "Jaquez": []}
@@ -723,10 +724,37 @@ def byte_figures(records: dict[bytes, bytes], syncs: Sequence[SyncLine]) -> dict
             "bytes_ratio": round(sent / full_dump, 4) if full_dump else 0.0}
 
 
+def scenario_startup(bench: Bench) -> dict[str, Any]:
+    """Seconds from spawning ``herd serve`` until it answers an IAMAT with an AT
+    line (its Redis already running), over STARTS restarts."""
+    with herd_running(bench.root / "startup", {"Bailey": []}) as herd:
+        node = herd.nodes["Bailey"]
+        times = []
+        for _ in range(STARTS):
+            node.kill()
+            started = time.monotonic()
+            node.start()
+            while not answers_iamat(node.port, f"IAMAT startup +1+1 {time.time():.9f}"):
+                if time.monotonic() - started > START_TIMEOUT:
+                    raise BenchError("the node did not answer within the start timeout")
+                time.sleep(0.002)
+            times.append(time.monotonic() - started)
+        return {"seconds": [round(t, 3) for t in times]}
+
+
+def answers_iamat(port: int, line: str) -> bool:
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=5) as sock:
+            sock.sendall(line.encode() + b"\n")
+            return read_reply_line(sock).startswith(b"AT ")
+    except OSError:
+        return False
+
+
 RUNNERS: dict[str, Callable[[Bench], dict[str, Any]]] = {
     "throughput": scenario_throughput, "ceiling": scenario_ceiling,
     "propagation": scenario_propagation, "whatsat": scenario_whatsat,
-    "memory": scenario_memory, "reconcile": scenario_reconcile,
+    "memory": scenario_memory, "reconcile": scenario_reconcile, "startup": scenario_startup,
 }
 
 
@@ -835,9 +863,19 @@ def reconcile_figures(r: dict[str, Any], results: dict[str, Any]) -> list[Figure
             Figure("reconcile", "syncs", detail or "none logged")]
 
 
+def startup_figures(r: dict[str, Any], _: dict[str, Any]) -> list[Figure]:
+    if "error" in r:
+        return [Figure("startup", "error", r["error"])]
+    worst = max(r["seconds"])
+    value = f"median {sorted(r['seconds'])[len(r['seconds']) // 2]:.3f} s, worst {worst:.3f} s"
+    return [Figure("startup", f"process start to first AT reply ({len(r['seconds'])} starts)", value,
+                   "<= 0.5 s", worst <= 0.5)]
+
+
 FIGURES: dict[str, Callable[[dict[str, Any], dict[str, Any]], list[Figure]]] = {
     "throughput": throughput_figures, "ceiling": ceiling_figures, "propagation": propagation_figures,
     "whatsat": whatsat_figures, "memory": memory_figures, "reconcile": reconcile_figures,
+    "startup": startup_figures,
 }
 
 

@@ -53,7 +53,7 @@ def test_short_run_of_load_whatsat_and_memory() -> None:
 
 
 def test_short_run_of_propagation_and_reconcile() -> None:
-    report, elapsed = run_bench("--only", "propagation,memory,reconcile", "--clients", "2000",
+    report, elapsed = run_bench("--only", "propagation,memory,reconcile,startup", "--clients", "2000",
                                 "--propagation-seconds", "0.5", "--rate", "200")
     assert elapsed < 90
     prop = report["results"]["propagation"]
@@ -68,6 +68,8 @@ def test_short_run_of_propagation_and_reconcile() -> None:
     assert 0 < report["results"]["memory"]["bytes_per_client"] < 10_000  # measured on A
     assert rec["full_dump_bytes"] > 2000 * 40 and rec["sync_bytes"] > 0
     assert any(s["direction"] == "A->B" and s["records"] >= 20 for s in rec["syncs"])
+    starts = report["results"]["startup"]["seconds"]
+    assert len(starts) == 5 and all(0 < t < 10 for t in starts)  # sane, not a timed target
 
 
 def test_unknown_scenario_is_refused() -> None:
