@@ -137,3 +137,56 @@ def test_peer_with_the_wrong_secret_never_gets_in(tmp_path: Path) -> None:
         )
     finally:
         herd.stop()
+
+
+def test_sigterm_lets_in_flight_replies_finish(tmp_path: Path) -> None:
+    herd = Herd(tmp_path, {"Solo": []}).start()
+    try:
+        node = herd["Solo"]
+        talk(node.port, "IAMAT warm +1+1 1700000000")  # Redis connected, scripts loaded
+        node.redis.proc.send_signal(signal.SIGSTOP)  # type: ignore[union-attr]
+        with socket.create_connection(("127.0.0.1", node.port), timeout=10) as client:
+            client.sendall(b"IAMAT inflight +1+1 1700000001\n")
+            wait_until(lambda: "recv IAMAT inflight" in node.log(), what="request received")
+            node.proc.send_signal(signal.SIGTERM)  # type: ignore[union-attr]
+            wait_until(lambda: "finishing in-flight replies" in node.log(), what="shutdown began")
+            node.redis.proc.send_signal(signal.SIGCONT)  # type: ignore[union-attr]
+            reply = client.recv(4096)
+            assert reply.startswith(b"AT Solo ") and reply.endswith(b" inflight +1+1 1700000001\n")
+            assert client.recv(10) == b""  # then the node closed the connection
+        assert node.kill(signal.SIGTERM) == 0
+    finally:
+        herd.stop()
+
+
+def test_json_logs_are_one_object_per_line(tmp_path: Path) -> None:
+    import json
+    import subprocess
+
+    from harness import REPO, env_with
+
+    herd = Herd(tmp_path, {"Solo": []})
+    herd["Solo"].redis.start()
+    log_path = tmp_path / "json.log"
+    with open(log_path, "wb") as out:
+        proc = subprocess.Popen(
+            [*herd["Solo"].command(), "--log-format", "json"],
+            cwd=REPO,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            env=env_with(HERD_SECRET=herd.secret, GOOGLE_PLACES_KEY="k"),
+        )
+    try:
+        wait_until(lambda: port_open(herd["Solo"].port), what="listening")
+        talk(herd["Solo"].port, "IAMAT json.client +1+1 1700000000")
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=15) == 0
+        records = [json.loads(line) for line in log_path.read_text().splitlines()]
+        assert all({"time", "node", "level", "message", "namespace"} <= set(r) for r in records)
+        messages = [r["message"] for r in records]
+        assert any("recv IAMAT json.client" in m for m in messages)
+        assert any(m.startswith("127.0.0.1:") and "sent AT Solo" in m for m in messages)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        herd.stop()
