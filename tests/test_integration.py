@@ -29,14 +29,16 @@ def herd(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Herd]:
 
 def at_everywhere(herd: Herd, client: str, at_line: bytes, timeout: float = 5.0) -> None:
     for node in herd.nodes.values():
-        wait_until(lambda n=node: n.record(client).get(b"at") == at_line, timeout,
-                   what=f"{client} at {node.name}")
+        wait_until(
+            lambda n=node: n.record(client).get(b"at") == at_line, timeout, what=f"{client} at {node.name}"
+        )
 
 
 def test_iamat_floods_three_hops_with_original_at_line(herd: Herd) -> None:
     reply = talk(herd["Bailey"].port, "IAMAT kiwi.cs.ucla.edu +34.068930-118.445127 1621464827.959498503")
     assert reply.startswith(b"AT Bailey +") and reply.endswith(
-        b" kiwi.cs.ucla.edu +34.068930-118.445127 1621464827.959498503\n")
+        b" kiwi.cs.ucla.edu +34.068930-118.445127 1621464827.959498503\n"
+    )
     at_line = reply.rstrip(b"\n")
     at_everywhere(herd, "kiwi.cs.ucla.edu", at_line)  # Jaquez is three hops from Bailey
     record = herd["Jaquez"].record("kiwi.cs.ucla.edu")
@@ -45,8 +47,9 @@ def test_iamat_floods_three_hops_with_original_at_line(herd: Herd) -> None:
     assert (record[b"lat"], record[b"lon"]) == (b"+34.068930", b"-118.445127")
     assert record[b"time"] == b"1621464827.959498503"
     assert record[b"skew"] == at_line.split()[2]
-    members = herd["Jaquez"].redis.command("GEOSEARCH", "herd:geo", "FROMLONLAT", "-118.445127",
-                                          "34.068930", "BYRADIUS", "1", "km", "ASC")
+    members = herd["Jaquez"].redis.command(
+        "GEOSEARCH", "herd:geo", "FROMLONLAT", "-118.445127", "34.068930", "BYRADIUS", "1", "km", "ASC"
+    )
     assert members == [b"kiwi.cs.ucla.edu"]
 
 
@@ -56,7 +59,7 @@ def test_whatsat_at_a_far_node_answers_the_original_line(herd: Herd) -> None:
     reply = talk(herd["Bailey"].port, "WHATSAT far.client 10 3")
     assert reply.startswith(at_line + b"\n{")
     assert reply.endswith(b"}\n\n") and not reply.endswith(b"\n\n\n")
-    body = json.loads(reply[len(at_line) + 1:])
+    body = json.loads(reply[len(at_line) + 1 :])
     assert len(body["results"]) == 3 and body["status"] == "OK"
     assert b"\n\n" not in reply[:-2]
     request = herd.places.requests[-1]
@@ -98,15 +101,25 @@ def test_forged_at_from_a_client_is_refused(herd: Herd) -> None:
 
 
 def test_errors_echo_the_line_byte_for_byte(herd: Herd) -> None:
-    lines = [b"IAMAT x 34.0-118.0 1", b"WHATSAT nobody.known 10 5", b"\tHELLO  \xff\x00 x",
-             b"WHATSAT kiwi.cs.ucla.edu 51 5", b"WHATSAT kiwi.cs.ucla.edu 10 21"]
+    lines = [
+        b"IAMAT x 34.0-118.0 1",
+        b"WHATSAT nobody.known 10 5",
+        b"\tHELLO  \xff\x00 x",
+        b"WHATSAT kiwi.cs.ucla.edu 51 5",
+        b"WHATSAT kiwi.cs.ucla.edu 10 21",
+    ]
     reply = talk(herd["Campbell"].port, *lines, b"", b" \t ")
     assert reply == b"".join(b"? " + line + b"\n" for line in lines)
 
 
 def test_half_closing_client_gets_every_reply_and_unterminated_last_line(herd: Herd) -> None:
-    reply = talk(herd["Clark"].port, "IAMAT half.one +1+1 1700000000", "IAMAT half.two +1+1 1700000000\r",
-                 "WHATSAT half.one 1 1", terminate=False)
+    reply = talk(
+        herd["Clark"].port,
+        "IAMAT half.one +1+1 1700000000",
+        "IAMAT half.two +1+1 1700000000\r",
+        "WHATSAT half.one 1 1",
+        terminate=False,
+    )
     lines = reply.split(b"\n")
     assert lines[0].startswith(b"AT Clark ") and lines[0].endswith(b" half.one +1+1 1700000000")
     assert lines[1].startswith(b"AT Clark ") and lines[1].endswith(b" half.two +1+1 1700000000")
@@ -159,3 +172,27 @@ def test_client_time_far_in_the_future_is_refused(herd: Herd) -> None:
     assert talk(herd["Bona"].port, ahead) == f"? {ahead}\n".encode()
     near = f"IAMAT future.client +1+1 {int(time.time()) + 60}.5"  # within the default hour
     assert talk(herd["Bona"].port, near).startswith(b"AT Bona -")
+
+
+def test_two_nodes_share_one_redis_with_their_own_prefixes(tmp_path_factory: pytest.TempPathFactory) -> None:
+    root = tmp_path_factory.mktemp("shared")
+    shared = Herd(root, {"P": ["Q"], "Q": []})
+    url = shared["P"].redis.url
+    text = shared.config.read_text().replace(shared["Q"].redis.url, url)
+    text = text.replace("[nodes.P]\n", '[nodes.P]\nprefix = "p:"\n').replace(
+        "[nodes.Q]\n", '[nodes.Q]\nprefix = "q:"\n'
+    )
+    shared.config.write_text(text)
+    try:
+        shared["P"].redis.start()
+        shared["P"].start()
+        shared["Q"].start()
+        shared.wait_links()
+        at_line = talk(shared["P"].port, "IAMAT shared.redis +1+1 1700000000").rstrip(b"\n")
+        redis = shared["P"].redis
+        wait_until(lambda: redis.hgetall("q:client:shared.redis").get(b"at") == at_line, what="flood to Q")
+        assert redis.hgetall("p:client:shared.redis")[b"at"] == at_line
+        assert redis.command("EXISTS", "herd:client:shared.redis") == 0
+        assert redis.command("ZCARD", "p:geo") == 1 and redis.command("ZCARD", "q:geo") == 1
+    finally:
+        shared.stop()
