@@ -159,7 +159,9 @@ def test_sigterm_lets_in_flight_replies_finish(tmp_path: Path) -> None:
         herd.stop()
 
 
-def test_json_logs_are_one_object_per_line(tmp_path: Path) -> None:
+@pytest.mark.parametrize("how", ["flag", "systemd"])
+def test_json_logs_are_one_object_per_line(tmp_path: Path, how: str) -> None:
+    """JSON with --log-format json, and by default when systemd runs the node."""
     import json
     import subprocess
 
@@ -170,11 +172,12 @@ def test_json_logs_are_one_object_per_line(tmp_path: Path) -> None:
     log_path = tmp_path / "json.log"
     with open(log_path, "wb") as out:
         proc = subprocess.Popen(
-            [*herd["Solo"].command(), "--log-format", "json"],
+            [*herd["Solo"].command(), *(["--log-format", "json"] if how == "flag" else [])],
             cwd=REPO,
             stdout=out,
             stderr=subprocess.STDOUT,
-            env=env_with(HERD_SECRET=herd.secret, GOOGLE_PLACES_KEY="k"),
+            env=env_with(HERD_SECRET=herd.secret, GOOGLE_PLACES_KEY="k",
+                         **({"INVOCATION_ID": "0123456789abcdef"} if how == "systemd" else {})),
         )
     try:
         wait_until(lambda: port_open(herd["Solo"].port), what="listening")
