@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from twisted.internet.defer import Deferred, gatherResults, succeed
-from twisted.internet.interfaces import IHalfCloseableProtocol
+from twisted.internet.interfaces import IHalfCloseableProtocol, IReactorTime
 from twisted.internet.protocol import Factory
 from twisted.logger import Logger
 from twisted.protocols.policies import TimeoutMixin
@@ -305,15 +305,15 @@ class PeerDialer(PeerEndpointMixin, LineProtocol):
 
     max_line = PEER_MAX_LINE
 
-    def __init__(self, node: Node, own: bytes, peer: bytes, secret: bytes,
-                 tls_options: Any = None, failures: list[int] | None = None, clock: Any = None):
+    def __init__(self, node: Node, own: bytes, peer: bytes, secret: bytes, clock: IReactorTime,
+                 failures: list[int], tls_options: Any = None):
         self.node = node
         self._tls_options = tls_options
         self._own = own
         self._peer = peer
         self._secret = secret
         self._nonce = auth.new_nonce()
-        self._failures = failures if failures is not None else [0]  # shared by one peer's dialler
+        self._failures = failures  # consecutive failed handshakes, shared by one peer's dialler
         self._clock = clock
         self._timer: Any = None
         self.peer_name = None
@@ -323,14 +323,13 @@ class PeerDialer(PeerEndpointMixin, LineProtocol):
         log.info("{who} connection opened", who=self.who)
         set_no_delay(self.transport)  # flooded updates leave at once
         wait = handshake_backoff(self._failures[0])
-        if wait and self._clock is not None:
+        if wait:
             self._timer = self._clock.callLater(wait, self._start_handshake)
         else:
             self._start_handshake()
 
     def _start_handshake(self) -> None:
-        if self._clock is not None:
-            self._timer = self._clock.callLater(HANDSHAKE_TIMEOUT, self._refuse, b"(no answer)")
+        self._timer = self._clock.callLater(HANDSHAKE_TIMEOUT, self._refuse, b"(no answer)")
         if self._tls_options is not None:
             self.transport.write(tls.STARTTLS + b"\n")
         else:

@@ -41,7 +41,7 @@ def refusal(line: bytes) -> bytes:
 
 class Node:
     def __init__(self, name: bytes, store: RedisStore, places: PlacesProvider, links: PeerLinks,
-                 stats: Stats | None = None, clock: IReactorTime | None = None):
+                 clock: IReactorTime, stats: Stats | None = None):
         self.name = name
         self.stats = stats or Stats()
         self.store = store

@@ -1,8 +1,9 @@
 """The node's authenticated peer links, and the services that dial them.
 
 A link to a peer exists while at least one authenticated connection to it is
-open, whichever side dialled it. Flooding sends each update once per peer,
-over that peer's oldest open connection.
+open, whichever side dialled it. Flooding sends each update once per peer:
+on the connection its reconciliation chain runs on (see herd.reconcile), or
+else on its oldest open connection.
 """
 
 from __future__ import annotations
@@ -188,5 +189,5 @@ def dial_service(reactor: Any, node: Node, own: bytes, peer: bytes, host: str, p
 
     endpoint = HostnameEndpoint(reactor, host, port, timeout=HANDSHAKE_TIMEOUT)
     failures = [0]
-    factory = _DialerFactory(lambda: PeerDialer(node, own, peer, secret, tls_options, failures, reactor))
+    factory = _DialerFactory(lambda: PeerDialer(node, own, peer, secret, reactor, failures, tls_options))
     return ClientService(endpoint, factory, retryPolicy=PEER_RETRY)

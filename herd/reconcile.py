@@ -54,12 +54,8 @@ GAP_PULL_INTERVAL = 1.0  # seconds: at most one gap-triggered pull per peer this
 
 
 class Reconciler:
-    def __init__(self, store: RedisStore, links: PeerLinks, clock: IReactorTime | None = None):
-        if clock is None:
-            from twisted.internet import reactor as default_clock
-
-            clock = default_clock  # type: ignore[assignment]
-        self._clock: IReactorTime = clock  # type: ignore[assignment]
+    def __init__(self, store: RedisStore, links: PeerLinks, clock: IReactorTime):
+        self._clock = clock
         self._store = store
         self._links = links
         self._last_gap_pull: dict[bytes, float] = {}

@@ -86,7 +86,7 @@ class NodeService(MultiService):
             places = build_places(config.places, reactor, self.store)
         except ConfigError as err:  # the provider names the key; say which file
             raise ConfigError(f"{config.path}: {err}") from None
-        self.node = Node(name.encode(), self.store, places, self.links, Stats(), reactor)
+        self.node = Node(name.encode(), self.store, places, self.links, reactor, Stats())
         self.store.observe = self.node.stats.observe_redis
         peer_tls = load_tls(config.tls.for_node(name)) if config.tls else None
         self.factory = NodeConnectionFactory(
