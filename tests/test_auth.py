@@ -71,14 +71,18 @@ def test_listener_and_dialler_macs_differ_for_the_same_handshake() -> None:
 
 
 names = st.binary(min_size=1, max_size=12).filter(lambda b: b"|" not in b)
+# HMAC pads short keys with zero bytes, so b"k" and b"k\x00" are one key. A
+# secret comes from an environment variable, which cannot hold a NUL byte.
+secrets = st.binary(max_size=16).filter(lambda b: b"\x00" not in b)
 nonces = st.binary(min_size=16, max_size=16).map(lambda b: b.hex().encode())
 
 
 @PROPS
-@given(st.tuples(st.binary(max_size=16), names, names, names, nonces, nonces), st.data())
+@given(st.tuples(secrets, names, names, names, nonces, nonces), st.data())
 def test_changing_any_one_input_changes_the_mac(inputs: tuple[bytes, ...], data: st.DataObject) -> None:
     position = data.draw(st.integers(0, 5))
-    other = data.draw(st.binary(max_size=16).filter(lambda b: b != inputs[position] and b"|" not in b))
+    values = secrets if position == 0 else st.binary(max_size=16)
+    other = data.draw(values.filter(lambda b: b != inputs[position] and b"|" not in b))
     changed = list(inputs)
     changed[position] = other
     assert auth.mac(*changed) != auth.mac(*inputs)
