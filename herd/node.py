@@ -5,19 +5,24 @@ Contracts:
 - ``handle`` always fires with reply bytes (never fails): an AT line once the
   update is in Redis, a WHATSAT body, or ``? <line>`` when it cannot serve.
 - An update that is strictly newer than the held record is flooded to every
-  linked peer except the one it came from; anything else goes nowhere.
+  linked peer except the one it came from; anything else goes nowhere. When
+  that is known without Redis (herd.latest) it goes at once, in parallel with
+  storing it; a client's reply still waits for its own Redis.
 """
 
 from __future__ import annotations
 
+from collections import deque
 from typing import Any
 
-from twisted.internet.defer import Deferred, succeed
+from twisted.internet.defer import Deferred, inlineCallbacks, succeed
 from twisted.internet.interfaces import IReactorTime
+from twisted.internet.task import deferLater
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
-from herd.peers import PULL, PeerConnection, PeerLinks
+from herd.latest import LatestTimes
+from herd.peers import FORWARD, PULL, SKIP, PeerConnection, PeerLinks
 from herd.places import PlacesError, PlacesProvider
 from herd.protocol import (
     AtRecord,
@@ -27,12 +32,17 @@ from herd.protocol import (
     format_whatsat_reply,
     make_record,
     parse_at_line,
+    parse_client_time,
 )
-from herd.reconcile import RECORD, SKIP, SYNC, SYNC_END, UPDATE, Reconciler
+from herd.reconcile import RECORD, SYNC, SYNC_END, UPDATE, Reconciler
 from herd.stats import Stats
 from storage.store import Chain, Position, RedisStore, StoreResult
 
 log = Logger(namespace="herd")
+
+
+MAX_UNSTORED = 100_000  # forwarded updates kept for storing again when Redis is back
+SCAN_COUNT = 1000  # clients per Redis call while loading their times
 
 
 def refusal(line: bytes) -> bytes:
@@ -43,11 +53,39 @@ class Node:
     def __init__(self, name: bytes, store: RedisStore, places: PlacesProvider, links: PeerLinks,
                  clock: IReactorTime, stats: Stats | None = None):
         self.name = name
+        self._clock = clock
         self.stats = stats or Stats()
         self.store = store
         self.places = places
         self.links = links
+        self.latest = LatestTimes()
         self.reconciler = Reconciler(store, links, clock)
+        # Updates forwarded before storing whose store then failed: stored
+        # again once Redis is back (peers hold them; this node must too).
+        self._unstored: deque[tuple[AtRecord, bytes | None, frozenset[bytes]]] = deque(maxlen=MAX_UNSTORED)
+        store.on_connected.append(self._store_again)
+
+    @inlineCallbacks
+    def load_latest(self) -> Any:
+        """Read every client's time from Redis into ``self.latest`` (in the
+        background at start; until it is done, updates take the slow path).
+        Retries until it succeeds."""
+        cursor = b"0"
+        while True:
+            try:
+                cursor, held = yield self.store.scan_times(cursor, SCAN_COUNT)
+            except Exception as err:
+                log.warn("reading client times failed ({why}); retrying in 1 s", why=str(err))
+                yield deferLater(self._clock, 1.0, lambda: None)
+                continue
+            self.latest.merge((client_id, t.ns) for client_id, t in
+                              ((client_id, parse_client_time(text)) for client_id, text in held)
+                              if t is not None)
+            if cursor == b"0":
+                self.latest.loaded()
+                log.info("{n} client times loaded: newer updates are forwarded on arrival",
+                         n=len(self.latest))
+                return
 
     # -- client requests ------------------------------------------------
 
@@ -63,8 +101,7 @@ class Node:
 
     def iamat(self, request: Iamat, received_ns: int) -> Deferred[bytes]:
         record = make_record(self.name, received_ns, request)
-        d: Deferred[Any] = self.store.store_if_newer(record)
-        d.addCallback(self._stored, record, None)
+        d: Deferred[Any] = self._take(record, None)
         d.addCallback(lambda _: record.line + b"\n")
         return d.addErrback(self._cannot_serve, request.line)
 
@@ -88,12 +125,71 @@ class Node:
                   why=failure.getErrorMessage() or repr(failure.value))
         return refusal(line)
 
+    # -- storing and flooding -------------------------------------------
+
+    def _take(self, record: AtRecord, source: bytes | None,
+              chain: Chain | None = None) -> Deferred[StoreResult]:
+        """Store ``record`` (from a client, or from peer ``source``) and flood it
+        if newer. When herd.latest can tell it is newer, it is forwarded at once
+        (``F``) and only its log position follows the store (``M``); otherwise
+        it is flooded once Redis has said it was newer. Fires with the
+        StoreResult, or fails when Redis did not take it."""
+        if self.latest.claim(record.client_id, record.time.ns):
+            forwarded = self.links.forward(record.line, source)
+            d = self._store(record, source, chain)
+            d.addCallbacks(self._stored, self._forwarded_lost, callbackArgs=(record, source, forwarded),
+                           errbackArgs=(record, source, forwarded))
+            return d
+        d = self._store(record, source, chain)
+        d.addBoth(self._settled, record)
+        return d.addCallback(self._stored, record, source, None)
+
+    def _store(self, record: AtRecord, source: bytes | None, chain: Chain | None) -> Deferred[StoreResult]:
+        if source is None:
+            return self.store.store_if_newer(record)
+        return self.store.store_if_newer(record, tie_break=True, chain=chain, source=source)
+
+    def _settled(self, outcome: Any, record: AtRecord) -> Any:
+        may_hold = not isinstance(outcome, StoreResult) or outcome.stored
+        self.latest.settle(record.client_id, record.time.ns, may_hold)
+        return outcome
+
+    def _stored(self, result: StoreResult, record: AtRecord, source: bytes | None,
+                forwarded: frozenset[bytes] | None) -> StoreResult:
+        if result.stored and result.position is not None:
+            self.stats.stored()
+            self.links.flood(record, result.position, result.previous, source, forwarded or frozenset())
+        elif source is not None:
+            self.stats.flood_duplicate += 1
+        return result
+
+    def _forwarded_lost(self, failure: Failure, record: AtRecord, source: bytes | None,
+                        forwarded: frozenset[bytes]) -> Failure:
+        if len(self._unstored) == self._unstored.maxlen:
+            log.error("too many forwarded updates not stored; dropping {line}",
+                      line=self._unstored[0][0].line.decode("utf-8", "replace"))
+        self._unstored.append((record, source, forwarded))
+        return failure
+
+    def _store_again(self) -> None:
+        """Redis is back: store the updates that went to peers but not into it."""
+        pending, self._unstored = self._unstored, deque(maxlen=MAX_UNSTORED)
+        if pending:
+            log.info("storing {n} forwarded update(s) again", n=len(pending))
+        for record, source, forwarded in pending:
+            d = self._store(record, source, None)
+            d.addCallbacks(self._stored, self._forwarded_lost, callbackArgs=(record, source, forwarded),
+                           errbackArgs=(record, source, forwarded))
+            d.addErrback(lambda _: None)
+
     # -- peer messages ----------------------------------------------------
 
     def peer_line(self, line: bytes, peer: bytes, conn: PeerConnection) -> None:
         """A line from an authenticated peer (message kinds: herd.reconcile)."""
         kind, _, rest = line.partition(b" ")
-        if kind == UPDATE:
+        if kind == FORWARD:
+            self._apply(rest, peer, None, conn)
+        elif kind == UPDATE:
             self._peer_update(rest, peer, conn)
         elif kind == SKIP:
             self._peer_skip(rest, peer, conn)
@@ -106,29 +202,40 @@ class Node:
         elif kind == PULL:
             self.reconciler.pull(peer, conn)
         else:
-            log.warn("peer {peer} sent an unexpected line: {line}", peer=peer.decode(),
-                     line=line[:200].decode("utf-8", "backslashreplace"))
+            self._malformed(peer, "an unexpected line", line)
+
+    @staticmethod
+    def _malformed(peer: bytes, what: str, line: bytes) -> None:
+        log.warn("peer {peer} sent {what}: {line}", peer=peer.decode(), what=what,
+                 line=line[:200].decode("utf-8", "backslashreplace"))
+
+    def _chain(self, peer: bytes, conn: PeerConnection, prev_token: bytes, pos_token: bytes) -> Chain | None:
+        """The chain ``prev -> pos`` of ``peer``'s log, or None when unchained
+        (sent during a SYNC answer, which covers it, or on a link with no chain
+        yet, which needs a pull)."""
+        prev, pos = Position.parse(prev_token), Position.parse(pos_token)
+        if prev is None or pos is None or prev.epoch != pos.epoch:
+            if not self.reconciler.is_pulling(peer):
+                self.reconciler.gap(peer, conn)
+            return None
+        return Chain(peer, prev, pos)
 
     def _peer_update(self, rest: bytes, peer: bytes, conn: PeerConnection) -> None:
         prev_token, _, rest = rest.partition(b" ")
         pos_token, _, at_line = rest.partition(b" ")
-        prev, pos = Position.parse(prev_token), Position.parse(pos_token)
-        if prev is None or pos is None or prev.epoch != pos.epoch:
-            # Unchained: sent during a SYNC answer (which covers it) or on a link
-            # with no chain yet; only in the latter case is a pull needed.
-            if not self.reconciler.is_pulling(peer):
-                self.reconciler.gap(peer, conn)
-            self._apply(at_line, peer, None, conn)
-        else:
-            self._apply(at_line, peer, Chain(peer, prev, pos), conn)
+        self._apply(at_line, peer, self._chain(peer, conn, prev_token, pos_token), conn)
 
     def _peer_skip(self, rest: bytes, peer: bytes, conn: PeerConnection) -> None:
-        prev_token, _, pos_token = rest.partition(b" ")
-        prev, pos = Position.parse(prev_token), Position.parse(pos_token.strip())
-        if prev is None or pos is None or prev.epoch != pos.epoch:
-            log.warn("peer {peer} sent a malformed skip", peer=peer.decode())
+        fields = rest.split()
+        if len(fields) < 2:
+            self._malformed(peer, "a malformed skip", rest)
             return
-        d = self.store.advance_offset(Chain(peer, prev, pos))
+        prev, pos, holds = Position.parse(fields[0]), Position.parse(fields[1]), fields[2:]
+        times = [parse_client_time(t) for t in holds[1::2]]
+        if prev is None or pos is None or prev.epoch != pos.epoch or len(holds) % 2 or None in times:
+            self._malformed(peer, "a malformed skip", rest)
+            return
+        d = self.store.advance_offset(Chain(peer, prev, pos), holds)
         d.addCallback(lambda result: None if result.advanced else self.reconciler.gap(peer, conn))
         d.addErrback(lambda f: self.reconciler.record_lost(peer))
 
@@ -137,27 +244,16 @@ class Node:
         offset did not advance, pull the gap."""
         record = parse_at_line(at_line)
         if record is None:
-            log.warn("peer {peer} sent a malformed record: {line}", peer=peer.decode(),
-                     line=at_line[:200].decode("utf-8", "backslashreplace"))
+            self._malformed(peer, "a malformed record", at_line)
             return
         self.stats.flood_in += 1
-        d = self.store.store_if_newer(record, tie_break=True, chain=chain, source=peer)
+        d = self._take(record, peer, chain)
         d.addCallbacks(self._peer_stored, self._update_lost,
-                       callbackArgs=(record, peer, conn, chain is not None), errbackArgs=(record, peer))
+                       callbackArgs=(peer, conn, chain is not None), errbackArgs=(record, peer))
 
-    def _peer_stored(self, result: StoreResult, record: AtRecord, peer: bytes, conn: PeerConnection,
-                     chained: bool) -> None:
-        self._stored(result, record, peer)
+    def _peer_stored(self, result: StoreResult, peer: bytes, conn: PeerConnection, chained: bool) -> None:
         if chained and not result.advanced:
             self.reconciler.gap(peer, conn)
-
-    def _stored(self, result: StoreResult, record: AtRecord, source: bytes | None) -> StoreResult:
-        if result.stored and result.position is not None:
-            self.stats.stored()
-            self.links.flood(record.line, result.position, result.previous, source)
-        elif source is not None:
-            self.stats.flood_duplicate += 1
-        return result
 
     def _update_lost(self, failure: Failure, record: AtRecord, peer: bytes) -> None:
         log.error("update from {peer} not stored ({why}): {line}", peer=peer.decode(),

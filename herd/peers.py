@@ -17,6 +17,7 @@ from twisted.internet.endpoints import HostnameEndpoint
 from twisted.internet.protocol import Factory
 from twisted.logger import Logger
 
+from herd.protocol import AtRecord
 from storage.store import Position
 
 if TYPE_CHECKING:
@@ -40,20 +41,27 @@ class PeerConnection(Protocol):
 
 
 PULL = b"PULL"  # "SYNC from me": my log has entries your offset may have skipped
+FORWARD = b"F"  # an update forwarded before it was stored here (cut-through)
+SKIP = b"K"
+NO_POSITION = b"-"
+MAX_HOLDS = 64  # forwarded entries named in one K line
 
 
 class _Chain:
     """Flooding state towards one peer, on one connection. ``sent``: the last
     log position sent to it (None while a SYNC answer is under way: updates
     then go unchained). ``covered``: the last position such that every log
-    entry up to it was sent to the peer or came from it."""
+    entry up to it was sent to the peer, came from it, or was forwarded to it
+    (``F``) before being stored. ``holds``: client id and time of each entry
+    forwarded since ``sent``; the peer may move past them only if it holds them."""
 
-    __slots__ = ("conn", "sent", "covered")
+    __slots__ = ("conn", "sent", "covered", "holds")
 
     def __init__(self, conn: PeerConnection, sent: Position | None, covered: Position | None):
         self.conn = conn
         self.sent = sent
         self.covered = covered
+        self.holds: list[bytes] = []
 
 
 LinkCallback = Callable[[bytes, PeerConnection], None]
@@ -104,18 +112,33 @@ class PeerLinks:
         """(peer, its oldest open connection) for every linked peer."""
         return [(name, conns[0]) for name, conns in sorted(self._open.items()) if conns]
 
-    def flood(self, at_line: bytes, position: Position, previous: Position | None,
-              source: bytes | None = None) -> int:
+    def forward(self, at_line: bytes, source: bytes | None) -> frozenset[bytes]:
+        """Cut-through: send an update known to be newer than what we hold, before
+        it is stored here, as ``F <AT line>`` on the chain of every chained peer
+        except ``source``. Returns the names it went to, for :meth:`flood` once
+        the update is stored (unchained peers get it from there, as ``U``)."""
+        sent = []
+        for name, chain in self._chain.items():
+            if chain.sent is not None and name != source:
+                chain.conn.send_line(FORWARD + b" " + at_line)
+                sent.append(name)
+        self.flooded += len(sent)
+        return frozenset(sent)
+
+    def flood(self, record: AtRecord, position: Position, previous: Position | None,
+              source: bytes | None = None, forwarded: frozenset[bytes] = frozenset()) -> int:
         """Send an update stored at ``position`` in our log (right after
-        ``previous`` there) to every linked peer except ``source``.
+        ``previous`` there) to every linked peer except ``source`` and except
+        those it was forwarded to.
 
         Where a chain runs (see herd.reconcile) the update goes on the chain's
         connection as ``U <last sent> <position>``, which lets the peer advance
         its offset, but only if every log entry since the last one sent is
-        known to have reached it or to have come from it. If ``previous`` shows
-        an entry we never saw stored (its Redis reply was lost), the chain
-        breaks: the peer is sent ``PULL`` and fetches the gap with a SYNC.
-        Elsewhere the update goes unchained on the oldest connection."""
+        known to have reached it, to have come from it, or to be held there
+        (a ``K`` naming the forwarded entries goes first). If ``previous``
+        shows an entry we never saw stored (its Redis reply was lost), the
+        chain breaks: the peer is sent ``PULL`` and fetches the gap with a
+        SYNC. Elsewhere the update goes unchained on the oldest connection."""
         sent = 0
         for name, conns in self._open.items():
             if not conns:
@@ -131,26 +154,40 @@ class PeerLinks:
             if name == source:
                 continue
             if chain is not None and chain.sent is not None:
-                chain.conn.send_line(b"U %s %s %s" % (chain.sent.token, position.token, at_line))
+                if name in forwarded:
+                    chain.holds += (record.client_id, record.time.text)
+                    if len(chain.holds) >= 2 * MAX_HOLDS:
+                        self._send_skip(chain, position)
+                    continue
+                if chain.holds:
+                    self._send_skip(chain, previous)  # type: ignore[arg-type]
+                chain.conn.send_line(b"U %s %s %s" % (chain.sent.token, position.token, record.line))
                 chain.sent = position
             else:
                 conn = chain.conn if chain is not None else conns[0]
-                conn.send_line(b"U - %s %s" % (position.token, at_line))
+                conn.send_line(b"U - %s %s" % (position.token, record.line))
             sent += 1
         self.flooded += sent
         return sent
 
     def send_skips(self) -> int:
         """Tell each chained peer how far our log moved with updates that came
-        from it (``K <prev> <pos>``), so its offset keeps up and a later SYNC
-        does not walk over them. Called about once a second."""
+        from it or were forwarded to it (``K <prev> <pos> [<id> <time>]...``),
+        so its offset keeps up and a later SYNC does not walk over them.
+        Called several times a second."""
         sent = 0
         for chain in self._chain.values():
             if chain.sent is not None and chain.covered != chain.sent:
-                chain.conn.send_line(b"K %s %s" % (chain.sent.token, chain.covered.token))  # type: ignore[union-attr]
-                chain.sent = chain.covered
+                self._send_skip(chain, chain.covered)  # type: ignore[arg-type]
                 sent += 1
         return sent
+
+    @staticmethod
+    def _send_skip(chain: _Chain, to: Position) -> None:
+        line = b" ".join((SKIP, chain.sent.token, to.token, *chain.holds))  # type: ignore[union-attr]
+        chain.conn.send_line(line)
+        chain.sent = to
+        chain.holds = []
 
     def restart_chain(self, name: bytes, conn: PeerConnection) -> None:
         """A SYNC answer to ``name`` starts on ``conn``: updates flooded meanwhile go

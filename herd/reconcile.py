@@ -5,11 +5,20 @@ Every stored update goes into the node's update log (a Redis stream, see
 has applied that peer's log (``<prefix>peer:<name>``). Peer messages:
 
     SYNC <epoch>/<id> | SYNC -    "send me what your log holds after this"
+    SYNC <position> ALL           the same, including updates that came from me
+                                  (asked once after a node starts: it may have
+                                  forwarded updates it never stored)
     R <AT line>                   a record in answer to SYNC
     SYNC-END <epoch>/<id>         the answer is complete up to this position
+    F <AT line>                   a live update, forwarded before it is stored
+                                  (cut-through: the sender knew it was newer)
     U <prev> <pos> <AT line>      a live update at <pos>, sent after <prev>
-    K <prev> <pos>                our log moved from <prev> to <pos> with updates
-                                  that came from you (sent about once a second)
+    K <prev> <pos> [<id> <time>]...
+                                  our log moved from <prev> to <pos> with updates
+                                  that came from you, or that we forwarded to
+                                  you as F (the clients and times listed: advance
+                                  only if you hold each at least that new);
+                                  sent every 0.1 s or per 64 forwarded updates
     PULL                          SYNC from me: my log may hold entries you have
                                   not seen (a Redis reply was lost, Redis is back)
 
@@ -20,8 +29,12 @@ trimmed) gets a full transfer once, after which the offset is known again.
 
 Live updates carry their log position and the previous one sent on this
 link; the receiver advances its offset only along an unbroken chain (inside
-the same Lua call that stores the record), so a message lost with a dropped
-connection shows up as a gap, and a gap triggers a new SYNC.
+the same Lua call that stores the record, or, for ``K``, only when it holds
+the clients listed at least that new), so a message lost with a dropped
+connection shows up as a gap, and a gap triggers a new SYNC. ``U`` goes out
+once the sender has stored the update; ``F`` (position later, in a ``K``)
+when the sender could tell without Redis that it was newer (herd.latest),
+so the update travels on while each node's Redis stores it.
 """
 
 from __future__ import annotations
@@ -33,7 +46,7 @@ from twisted.internet.defer import Deferred, inlineCallbacks
 from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 
-from herd.peers import PULL
+from herd.peers import NO_POSITION, PULL
 from storage.store import LogChunk, Position, RedisStore
 
 if TYPE_CHECKING:
@@ -45,8 +58,7 @@ SYNC = b"SYNC"
 SYNC_END = b"SYNC-END"
 RECORD = b"R"
 UPDATE = b"U"
-SKIP = b"K"
-NO_POSITION = b"-"
+ALL = b"ALL"
 CHUNK = 1000  # log entries (or SCAN count) per Redis call while answering a SYNC
 
 
@@ -62,6 +74,9 @@ class Reconciler:
         self._gap_timers: dict[bytes, Any] = {}
         self._pulling: dict[bytes, PeerConnection] = {}  # peer -> connection our SYNC went on
         self._failed: set[bytes] = set()  # peers whose current pull lost a record
+        # Peers not yet pulled from since start, with ALL: updates this process's
+        # predecessor forwarded before storing them may be missing here.
+        self._include_own: set[bytes] = set(links.neighbours)
         self.runs = 0
         self.bytes_sent = 0
         links.on_link_up.append(self.pull)
@@ -77,7 +92,9 @@ class Reconciler:
         self._pulling[peer] = conn
         self._failed.discard(peer)
         d = self._store.peer_offset(peer)
-        d.addCallback(lambda since: conn.send_line(SYNC + b" " + (since.token if since else NO_POSITION)))
+        suffix = b" " + ALL if peer in self._include_own else b""
+        d.addCallback(lambda since: conn.send_line(SYNC + b" " + (since.token if since else NO_POSITION)
+                                                   + suffix))
         d.addErrback(self._pull_failed, peer)
 
     def pull_all(self) -> None:
@@ -117,7 +134,7 @@ class Reconciler:
             log.warn("pull from {peer} incomplete; offset kept", peer=peer.decode())
             return
         d = self._store.set_peer_offset(peer, position)
-        d.addErrback(self._pull_failed, peer)
+        d.addCallbacks(lambda _: self._include_own.discard(peer), self._pull_failed, errbackArgs=(peer,))
 
     def _pull_failed(self, failure: Any, peer: bytes) -> None:
         self._pulling.pop(peer, None)
@@ -131,27 +148,29 @@ class Reconciler:
 
     # -- serving: answering a peer's SYNC -------------------------------
 
-    def serve(self, peer: bytes, conn: PeerConnection, token: bytes) -> Deferred[Any]:
-        """Answer SYNC: records after the peer's position, then SYNC-END."""
-        return self._serve(peer, conn, Position.parse(token))
+    def serve(self, peer: bytes, conn: PeerConnection, rest: bytes) -> Deferred[Any]:
+        """Answer ``SYNC <position> [ALL]``: records after the peer's position
+        (leaving out updates that came from it, unless ALL), then SYNC-END."""
+        token, _, flag = rest.partition(b" ")
+        return self._serve(peer, conn, Position.parse(token), b"" if flag.strip() == ALL else peer)
 
     @inlineCallbacks
-    def _serve(self, peer: bytes, conn: PeerConnection, since: Position | None) -> Any:
+    def _serve(self, peer: bytes, conn: PeerConnection, since: Position | None, leave_out: bytes) -> Any:
         started, sent = time.monotonic(), [0, 0]  # records, bytes
         self._links.restart_chain(peer, conn)
         mode = "incremental"
         try:
-            chunk = yield self._store.log_since(since, CHUNK, peer)
+            chunk = yield self._store.log_since(since, CHUNK, leave_out)
             if chunk is None:
                 mode = "full"
                 head = yield self._store.log_head()
                 yield self._send_everything(conn, sent)
-                chunk = yield self._store.log_since(head, CHUNK, peer)
+                chunk = yield self._store.log_since(head, CHUNK, leave_out)
             while True:
                 self._send_records(conn, chunk.lines, sent)
                 if chunk.entries < CHUNK or not conn.connected:
                     break
-                chunk = yield self._store.log_since(chunk.end, CHUNK, peer)
+                chunk = yield self._store.log_since(chunk.end, CHUNK, leave_out)
         except Exception as err:  # Redis failed: the peer's offset stays, it will ask again
             log.error("sync to {peer} failed: {why}", peer=peer.decode(), why=str(err))
             return

@@ -35,7 +35,7 @@ from storage.store import RedisStore
 log = Logger(namespace="herd")
 SHUTDOWN_GRACE = 5.0  # seconds in-flight replies get to finish on SIGTERM
 STATUS_INTERVAL = 1.0  # seconds between writes of <prefix>status
-SKIP_INTERVAL = 1.0  # seconds between K messages telling peers our log moved on
+SKIP_INTERVAL = 0.1  # seconds between K messages telling peers our log moved on
 
 
 LISTEN_BACKLOG = 1024  # bursts of connects queue in the kernel instead of timing out
@@ -116,6 +116,7 @@ class NodeService(MultiService):
         super().startService()  # listens at once; raises CannotListenError
         self.store.on_connected.append(self._redis_reached)
         self.store.start()
+        self.node.load_latest()
         preload = getattr(self.node.places, "ensure_loaded", None)
         if preload is not None:
             preload().addErrback(lambda _: None)  # logged by the provider; retried on use

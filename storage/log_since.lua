@@ -4,7 +4,8 @@
 -- KEYS[1] update log (stream)  <prefix>log
 -- KEYS[2] log epoch            <prefix>log:epoch
 -- ARGV    peer's epoch, peer's position ("-": none), chunk size, client key
---         prefix, the peer's name (entries that came from it are left out)
+--         prefix, the peer's name (entries that came from it are left out;
+--         "": none left out)
 -- Returns {"ok", last id, entries read, at, at, ...} with the records of the
 -- next chunk of entries after the position (last id = the position itself
 -- when none; each client once per chunk), or
@@ -42,7 +43,7 @@ local seen = {}
 for _, entry in ipairs(entries) do
   out[2] = entry[1]
   local client, source = entry[2][2], entry[2][4]
-  if source ~= ARGV[5] and not seen[client] then
+  if (ARGV[5] == '' or source ~= ARGV[5]) and not seen[client] then
     seen[client] = true
     local at = redis.call('HGET', ARGV[4] .. client, 'at')
     if at then out[#out + 1] = at end

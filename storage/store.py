@@ -32,6 +32,7 @@ STORE_BATCH = _lua("store_batch.lua")
 LOG_SINCE = _lua("log_since.lua")
 LOG_HEAD = _lua("log_head.lua")
 SCAN_RECORDS = _lua("scan_records.lua")
+SCAN_TIMES = _lua("scan_times.lua")
 LOG_MAX_ENTRIES = 1_000_000  # approximate bound of the update log (a few tens of MB)
 MAX_BATCH = 1000  # records per store_batch.lua call
 
@@ -161,11 +162,14 @@ class RedisStore:
             self._batch_call = self._reactor.callLater(0, self._flush_batch)
         return done
 
-    def advance_offset(self, chain: Chain) -> Deferred[StoreResult]:
+    def advance_offset(self, chain: Chain, holds: list[bytes] = []) -> Deferred[StoreResult]:  # noqa: B006
         """Advance ``chain.peer``'s offset from ``chain.prev`` to ``chain.pos`` with
-        no record, in order with the records stored before it."""
+        no record, in order with the records stored before it; ``holds``
+        (client id, client-time, client id, ...): only if each of those clients
+        is held at least that new."""
         done: Deferred[StoreResult] = Deferred()
-        meta = b"\n".join((b"0", chain.peer, chain.prev.epoch, chain.prev.entry, chain.pos.entry, b""))
+        link = (chain.peer, chain.prev.epoch, chain.prev.entry, chain.pos.entry)
+        meta = b"\n".join((b"0", *link, b"", *holds))
         self._batch.append(([b"", meta], done))
         if self._batch_call is None:
             self._batch_call = self._reactor.callLater(0, self._flush_batch)
@@ -195,7 +199,8 @@ class RedisStore:
 
     def log_since(self, since: Position | None, count: int, peer: bytes) -> Deferred[LogChunk | None]:
         """For ``peer``: the AT lines of clients updated after ``since`` in this
-        node's log by updates that did not come from ``peer`` (one chunk of at
+        node's log by updates that did not come from ``peer`` (all of them when
+        ``peer`` is b""; one chunk of at
         most ``count`` log entries); None when ``since`` cannot be served
         incrementally (unknown, another epoch, trimmed away)."""
         epoch, entry = (since.epoch, since.entry) if since else (b"", b"-")
@@ -207,6 +212,14 @@ class RedisStore:
         """One SCAN step over all clients: (next cursor, AT lines); done at cursor b"0"."""
         d = self._call("eval", SCAN_RECORDS, [], [cursor, self.keys.client_pattern, str(count).encode()])
         return d.addCallback(lambda r: (r[0], r[1:]))
+
+    def scan_times(self, cursor: bytes, count: int) -> Deferred[tuple[bytes, list[tuple[bytes, bytes]]]]:
+        """One SCAN step over all clients: (next cursor, [(client id, client-time)]);
+        done at cursor b"0"."""
+        prefix_length = str(len(self.keys.client(b""))).encode()
+        args = [cursor, self.keys.client_pattern, str(count).encode(), prefix_length]
+        d = self._call("eval", SCAN_TIMES, [], args)
+        return d.addCallback(lambda r: (r[0], list(zip(r[1::2], r[2::2], strict=True))))
 
     def peer_offset(self, peer: bytes) -> Deferred[Position | None]:
         """How far this node has applied ``peer``'s log, if known."""

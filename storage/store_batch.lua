@@ -30,7 +30,12 @@
 --                      same epoch; it then says "every update of that peer's log
 --                      up to pos is applied here",
 --     source           the peer the record came from ("" from a client), logged
---                      so that a SYNC answer to that peer can leave it out.
+--                      so that a SYNC answer to that peer can leave it out,
+--     [hold id, hold time]...  optional, with an empty AT line only: the
+--                      chain advances only if each client <hold id> is held
+--                      with a client-time at least <hold time> (a peer saying
+--                      "the updates I forwarded you before storing them are
+--                      in my log up to pos").
 -- A record with an empty AT line only advances the chain (a peer saying "my
 -- log moved on to pos with updates that came from you").
 -- Positions: Redis GEO itself decides which latitudes it can index; a client
@@ -129,8 +134,18 @@ local function previous_id()
   return last_id
 end
 
-local function advance_offset(peer, chain_epoch, prev, pos)
-  if peer == '' then return 0 end
+local function holds_all(meta)  -- meta[7], meta[8]: id, time; meta[9], meta[10]...
+  for i = 7, #meta - 1, 2 do
+    local held = redis.call('HGET', prefix .. 'client:' .. meta[i], 'time')
+    if not held or compare_ns(canonical_ns(held), canonical_ns(meta[i + 1])) < 0 then
+      return false
+    end
+  end
+  return true
+end
+
+local function advance_offset(peer, chain_epoch, prev, pos, meta)
+  if peer == '' or not holds_all(meta) then return 0 end
   local key = prefix .. 'peer:' .. peer
   local cur = redis.call('HMGET', key, 'epoch', 'pos')
   if cur[1] ~= chain_epoch or cur[2] ~= prev then return 0 end
@@ -142,7 +157,7 @@ local out = {}
 for base = 3, #ARGV, 2 do
   local at = ARGV[base]
   local meta = split(ARGV[base + 1], '\n')
-  local advanced = advance_offset(meta[2], meta[3], meta[4], meta[5])
+  local advanced = advance_offset(meta[2], meta[3], meta[4], meta[5], meta)
   local result = '0||' .. advanced .. '|'
   if at ~= '' then
     local f = split(at, ' ')  -- AT server skew id location time

@@ -8,12 +8,14 @@ link is up), never on fixed sleeps.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import signal
 import socket
 import subprocess
 import sys
 import threading
+import time
 from collections.abc import Iterable
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -187,3 +189,63 @@ def talk(port: int, *lines: bytes | str, timeout: float = 10.0, terminate: bool 
         while chunk := sock.recv(65536):
             chunks.append(chunk)
     return b"".join(chunks)
+
+
+class RedisProxy:
+    """Loopback TCP proxy to a Redis. Once armed with a marker, the first chunk
+    from the node containing the marker is passed to Redis, Redis's answer is
+    swallowed, and both connections are closed; everything else passes.
+    Other modes: ``drop`` closes both without passing the chunk to Redis;
+    ``hold`` passes nothing more on that connection until the node closes it."""
+
+    def __init__(self, redis_port: int, mode: str = "eat_reply"):
+        self.redis_port = redis_port
+        self.mode = mode
+        self.listener = socket.create_server(("127.0.0.1", 0))
+        self.port = self.listener.getsockname()[1]
+        self.marker: bytes | None = None
+        self.fired = threading.Event()
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self) -> None:
+        while True:
+            try:
+                node, _ = self.listener.accept()
+            except OSError:
+                return
+            redis = socket.create_connection(("127.0.0.1", self.redis_port))
+            state = {"swallow": False}
+            threading.Thread(target=self._up, args=(node, redis, state), daemon=True).start()
+            threading.Thread(target=self._down, args=(redis, node, state), daemon=True).start()
+
+    def _up(self, node: socket.socket, redis: socket.socket, state: dict[str, bool]) -> None:
+        try:
+            while chunk := node.recv(65536):
+                if self.marker is not None and self.marker in chunk and not self.fired.is_set():
+                    state["swallow"] = True
+                    if self.mode == "eat_reply":
+                        redis.sendall(chunk)
+                        time.sleep(0.3)  # Redis runs it (and fsyncs); its reply is eaten
+                    self.fired.set()
+                    while self.mode == "hold" and node.recv(65536):
+                        pass
+                    break
+                redis.sendall(chunk)
+        except OSError:
+            pass
+        for s in (node, redis):
+            with contextlib.suppress(OSError):
+                s.shutdown(socket.SHUT_RDWR)
+            s.close()
+
+    @staticmethod
+    def _down(redis: socket.socket, node: socket.socket, state: dict[str, bool]) -> None:
+        try:
+            while chunk := redis.recv(65536):
+                if not state["swallow"]:
+                    node.sendall(chunk)
+        except OSError:
+            pass
+
+    def close(self) -> None:
+        self.listener.close()

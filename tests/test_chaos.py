@@ -4,18 +4,14 @@ isolated; nothing acknowledged may be lost and the herd must converge."""
 
 from __future__ import annotations
 
-import contextlib
 import re
-import socket
 import subprocess
 import sys
-import threading
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from cluster import Herd, talk
+from cluster import Herd, RedisProxy, talk
 from harness import REPO, wait_until
 
 # Seed 2's six cycles use every fault kind: node_kill Bailey, node_stop
@@ -54,64 +50,10 @@ def test_short_chaos_run_loses_nothing_and_converges() -> None:
 # reply gets back.
 
 
-class ReplyEatingProxy:
-    """Loopback TCP proxy to a Redis. Once armed with a marker, the first chunk
-    from the node containing the marker is passed to Redis, Redis's answer is
-    swallowed, and both connections are closed; everything else passes."""
-
-    def __init__(self, redis_port: int):
-        self.redis_port = redis_port
-        self.listener = socket.create_server(("127.0.0.1", 0))
-        self.port = self.listener.getsockname()[1]
-        self.marker: bytes | None = None
-        self.fired = threading.Event()
-        threading.Thread(target=self._accept, daemon=True).start()
-
-    def _accept(self) -> None:
-        while True:
-            try:
-                node, _ = self.listener.accept()
-            except OSError:
-                return
-            redis = socket.create_connection(("127.0.0.1", self.redis_port))
-            state = {"swallow": False}
-            threading.Thread(target=self._up, args=(node, redis, state), daemon=True).start()
-            threading.Thread(target=self._down, args=(redis, node, state), daemon=True).start()
-
-    def _up(self, node: socket.socket, redis: socket.socket, state: dict[str, bool]) -> None:
-        try:
-            while chunk := node.recv(65536):
-                if self.marker is not None and self.marker in chunk and not self.fired.is_set():
-                    state["swallow"] = True
-                    redis.sendall(chunk)
-                    time.sleep(0.3)  # Redis runs it (and fsyncs); its reply is eaten
-                    self.fired.set()
-                    break
-                redis.sendall(chunk)
-        except OSError:
-            pass
-        for s in (node, redis):
-            with contextlib.suppress(OSError):
-                s.shutdown(socket.SHUT_RDWR)
-            s.close()
-
-    @staticmethod
-    def _down(redis: socket.socket, node: socket.socket, state: dict[str, bool]) -> None:
-        try:
-            while chunk := redis.recv(65536):
-                if not state["swallow"]:
-                    node.sendall(chunk)
-        except OSError:
-            pass
-
-    def close(self) -> None:
-        self.listener.close()
-
-
 @pytest.fixture
-def pair(tmp_path: Path) -> Iterator[tuple[Herd, ReplyEatingProxy]]:
+def pair(tmp_path: Path) -> Iterator[tuple[Herd, RedisProxy]]:
     herd = Herd(tmp_path, {"A": ["B"], "B": []})
-    proxy = ReplyEatingProxy(herd["A"].redis.port)
+    proxy = RedisProxy(herd["A"].redis.port)
     herd.config.write_text(herd.config.read_text().replace(
         herd["A"].redis.url, f"redis://127.0.0.1:{proxy.port}/0"))
     herd.start()
@@ -123,7 +65,7 @@ def pair(tmp_path: Path) -> Iterator[tuple[Herd, ReplyEatingProxy]]:
         proxy.close()
 
 
-def lose_reply(herd: Herd, proxy: ReplyEatingProxy, line: str) -> None:
+def lose_reply(herd: Herd, proxy: RedisProxy, line: str) -> None:
     """Send ``line`` to A; Redis stores it but A never hears back from Redis."""
     proxy.marker = line.split()[1].encode()
     assert talk(herd["A"].port, line, timeout=15) == f"? {line}\n".encode()
@@ -138,7 +80,7 @@ def agreed(herd: Herd, client: str, timeout: float = 10.0) -> None:
 
 
 @pytest.mark.timeout(60)
-def test_update_stored_but_not_acknowledged_still_reaches_peers(pair: tuple[Herd, ReplyEatingProxy]) -> None:
+def test_update_stored_but_not_acknowledged_still_reaches_peers(pair: tuple[Herd, RedisProxy]) -> None:
     herd, proxy = pair
     assert talk(herd["A"].port, "IAMAT warm +1+1 1700000000.5").startswith(b"AT A ")
     agreed(herd, "warm")
@@ -148,7 +90,7 @@ def test_update_stored_but_not_acknowledged_still_reaches_peers(pair: tuple[Herd
 
 
 @pytest.mark.timeout(60)
-def test_link_reconnect_carries_an_update_that_was_never_flooded(pair: tuple[Herd, ReplyEatingProxy]) -> None:
+def test_link_reconnect_carries_an_update_that_was_never_flooded(pair: tuple[Herd, RedisProxy]) -> None:
     herd, proxy = pair
     assert talk(herd["A"].port, "IAMAT warm +1+1 1700000000.5").startswith(b"AT A ")
     agreed(herd, "warm")

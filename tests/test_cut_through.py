@@ -1,0 +1,103 @@
+"""Cut-through flooding: a node forwards an update it knows to be newer before
+its own Redis has stored it, and the herd still ends up agreeing when that
+store is lost (Redis connection dropped, or the node killed before storing)."""
+
+from __future__ import annotations
+
+import socket
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from cluster import Herd, RedisProxy, talk
+from harness import wait_until
+
+
+def start_pair(tmp_path: Path, mode: str | None) -> tuple[Herd, RedisProxy | None]:
+    herd = Herd(tmp_path, {"A": ["B"], "B": []})
+    proxy = None
+    if mode is not None:
+        proxy = RedisProxy(herd["A"].redis.port, mode)
+        herd.config.write_text(herd.config.read_text().replace(
+            herd["A"].redis.url, f"redis://127.0.0.1:{proxy.port}/0"))
+    herd.start()
+    herd.wait_links()
+    # Both nodes have read their client times and run a chain: updates take the fast path.
+    assert talk(herd["A"].port, "IAMAT warm +1+1 1700000000.5").startswith(b"AT A ")
+    wait_until(lambda: herd["B"].record("warm") == herd["A"].record("warm"), what="warm-up flood")
+    return herd, proxy
+
+
+@pytest.fixture
+def direct(tmp_path: Path) -> Iterator[Herd]:
+    herd, _ = start_pair(tmp_path, None)
+    try:
+        yield herd
+    finally:
+        herd.stop()
+
+
+def agreed(herd: Herd, client: str, timeout: float = 15.0) -> None:
+    def same() -> bool:
+        held = herd["A"].record(client)
+        return held != {} and herd["B"].record(client) == held
+
+    wait_until(same, timeout, what=f"A and B to hold the same record of {client}")
+
+
+@pytest.mark.timeout(60)
+def test_a_peer_stores_an_update_before_the_receiving_node_has(direct: Herd) -> None:
+    herd = direct
+    # A's store waits 1.5 s (its Redis timeout is 3 s).
+    herd["A"].redis.command("CLIENT", "PAUSE", "1500", "WRITE")
+    replies: list[bytes] = []
+    sender = threading.Thread(target=lambda: replies.append(
+        talk(herd["A"].port, "IAMAT early +2+2 1700000001.5", timeout=15)))
+    sender.start()
+    wait_until(lambda: herd["B"].record("early") != {}, timeout=1.2, what="B to store the forwarded update")
+    assert sender.is_alive(), "A answered before its Redis could store the update"
+    assert herd["A"].record("early") == {}
+    sender.join(15)
+    assert replies and replies[0].startswith(b"AT A ")
+    agreed(herd, "early")
+    assert b"AT A " in herd["B"].record("early")[b"at"]
+
+
+@pytest.mark.timeout(60)
+def test_a_forwarded_update_whose_store_failed_is_stored_once_redis_is_back(tmp_path: Path) -> None:
+    herd, proxy = start_pair(tmp_path, "drop")
+    assert proxy is not None
+    try:
+        proxy.marker = b"ghost"
+        line = "IAMAT ghost +2+2 1700000001.5"
+        assert talk(herd["A"].port, line, timeout=15) == f"? {line}\n".encode()  # not acknowledged
+        assert proxy.fired.is_set()
+        # B got it forwarded; A stores it again once its Redis connection is back.
+        agreed(herd, "ghost")
+        wait_until(lambda: "storing 1 forwarded update(s) again" in herd["A"].log(), what="A's log")
+    finally:
+        herd.stop()
+        proxy.close()
+
+
+@pytest.mark.timeout(90)
+def test_a_node_killed_before_storing_what_it_forwarded_gets_it_back(tmp_path: Path) -> None:
+    herd, proxy = start_pair(tmp_path, "hold")
+    assert proxy is not None
+    try:
+        proxy.marker = b"ghost"
+        client = socket.create_connection(("127.0.0.1", herd["A"].port))
+        client.sendall(b"IAMAT ghost +2+2 1700000001.5\n")  # never answered
+        wait_until(proxy.fired.is_set, what="A's store to be held")
+        wait_until(lambda: herd["B"].record("ghost") != {}, what="B to store the forwarded update")
+        herd["A"].kill()
+        client.close()
+        assert herd["A"].record("ghost") == {}
+        # B logged ghost as coming from A; the restarted A asks with SYNC ... ALL.
+        herd["A"].start()
+        herd.wait_links()
+        agreed(herd, "ghost")
+    finally:
+        herd.stop()
+        proxy.close()

@@ -1,0 +1,89 @@
+"""herd.latest: when a node may forward an update before Redis has answered."""
+
+from __future__ import annotations
+
+from herd.latest import LatestTimes
+
+
+def loaded(*held: tuple[bytes, int], max_clients: int = 100) -> LatestTimes:
+    latest = LatestTimes(max_clients)
+    latest.merge(held)
+    latest.loaded()
+    return latest
+
+
+def test_nothing_is_known_to_be_newer_before_loading() -> None:
+    latest = LatestTimes()
+    assert not latest.claim(b"a", 5)
+    latest.settle(b"a", 5, may_hold=True)
+    assert not latest.claim(b"b", 5)  # b is unknown: Redis may hold it
+
+
+def test_a_missing_client_is_new_once_loaded() -> None:
+    latest = loaded((b"a", 10))
+    assert latest.claim(b"b", 1)
+    assert not latest.claim(b"b", 1)  # the same time again is not newer
+
+
+def test_only_strictly_newer_times_are_claimed() -> None:
+    latest = loaded((b"a", 10))
+    assert not latest.claim(b"a", 9)
+    latest.settle(b"a", 9, may_hold=False)
+    assert not latest.claim(b"a", 10)
+    latest.settle(b"a", 10, may_hold=False)
+    assert latest.claim(b"a", 11)
+    assert not latest.claim(b"a", 11)
+
+
+def test_a_client_with_a_slow_write_in_flight_takes_the_slow_path() -> None:
+    latest = LatestTimes()
+    assert not latest.claim(b"a", 5)  # slow: loading
+    latest.loaded()
+    # Until that write settles, a newer one must not overtake it: Redis may
+    # come to hold 5, or something newer that the table has not seen.
+    assert not latest.claim(b"a", 7)
+    latest.settle(b"a", 5, may_hold=True)
+    assert latest.claim(b"a", 6) is False  # still one in flight (the 7)
+    latest.settle(b"a", 7, may_hold=True)
+    latest.settle(b"a", 6, may_hold=True)
+    assert not latest.claim(b"a", 7)
+    latest.settle(b"a", 7, may_hold=False)
+    assert latest.claim(b"a", 8)
+
+
+def test_a_failed_write_still_counts_as_possibly_held() -> None:
+    latest = loaded((b"a", 10))
+    assert not latest.claim(b"a", 10)
+    latest.settle(b"a", 10, may_hold=True)
+    assert not latest.claim(b"a", 10)
+    latest.settle(b"a", 10, may_hold=False)
+    assert latest.claim(b"a", 11)
+
+
+def test_merging_keeps_the_larger_time() -> None:
+    latest = LatestTimes()
+    latest.merge([(b"a", 10), (b"a", 5)])
+    latest.loaded()
+    assert not latest.claim(b"a", 10)
+    latest.settle(b"a", 10, may_hold=False)
+    assert latest.claim(b"a", 11)
+
+
+def test_a_full_table_stops_vouching_for_missing_clients() -> None:
+    latest = loaded((b"a", 1), (b"b", 1), max_clients=2)
+    assert latest.complete
+    assert not latest.claim(b"c", 1)  # no room: the slow path, and c goes unrecorded
+    latest.settle(b"c", 1, may_hold=True)
+    assert not latest.complete
+    assert not latest.claim(b"d", 1)
+    latest.settle(b"d", 1, may_hold=True)
+    assert latest.claim(b"a", 2)  # clients it holds still take the fast path
+    assert len(latest) == 2
+
+
+def test_overflow_while_loading_leaves_it_incomplete() -> None:
+    latest = LatestTimes(max_clients=1)
+    latest.merge([(b"a", 1), (b"b", 1)])
+    latest.loaded()
+    assert not latest.complete
+    assert not latest.claim(b"z", 1)

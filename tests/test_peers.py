@@ -1,0 +1,109 @@
+"""herd.peers.PeerLinks: what goes to which peer, and when (no sockets)."""
+
+from __future__ import annotations
+
+from herd.peers import MAX_HOLDS, PeerLinks
+from herd.protocol import parse_at_line
+from storage.store import Position
+
+
+class Conn:
+    connected = 1
+    peer_name: bytes | None = None
+
+    def __init__(self) -> None:
+        self.lines: list[bytes] = []
+
+    def send_line(self, line: bytes) -> None:
+        self.lines.append(line)
+
+    def take(self) -> list[bytes]:
+        lines, self.lines = self.lines, []
+        return lines
+
+
+def pos(n: int) -> Position:
+    return Position(b"E", b"%d-0" % n)
+
+
+def record(client: str, t: int):  # type: ignore[no-untyped-def]
+    rec = parse_at_line(b"AT A +0.000000001 %s +1+1 %d.5" % (client.encode(), t))
+    assert rec is not None
+    return rec
+
+
+def chained(*names: bytes) -> tuple[PeerLinks, dict[bytes, Conn]]:
+    """Links to ``names``, each with a chain from position 0 (SYNC-END 0)."""
+    links = PeerLinks(names)
+    conns = {name: Conn() for name in names}
+    for name, conn in conns.items():
+        links.add(name, conn, "test")
+        links.continue_chain(name, conn, pos(0))
+    return links, conns
+
+
+def test_forward_goes_to_every_chained_peer_but_the_source() -> None:
+    links, conns = chained(b"B", b"C", b"D")
+    rec = record("x", 1)
+    assert links.forward(rec.line, b"C") == {b"B", b"D"}
+    assert conns[b"B"].take() == [b"F " + rec.line]
+    assert conns[b"C"].take() == []
+    assert conns[b"D"].take() == [b"F " + rec.line]
+
+
+def test_forward_skips_unchained_peers_which_get_the_update_once_stored() -> None:
+    links = PeerLinks([b"B"])
+    conn = Conn()
+    links.add(b"B", conn, "test")  # no chain yet (no SYNC answered)
+    rec = record("x", 1)
+    assert links.forward(rec.line, None) == frozenset()
+    links.flood(rec, pos(1), pos(0), None, frozenset())
+    assert conn.take() == [b"U - E/1-0 " + rec.line]
+
+
+def test_a_forwarded_update_sends_only_its_position_later_in_a_k_line() -> None:
+    links, conns = chained(b"B")
+    a, b = record("a", 1), record("b", 2)
+    for n, rec in enumerate((a, b), start=1):
+        sent_to = links.forward(rec.line, None)
+        links.flood(rec, pos(n), pos(n - 1), None, sent_to)
+    assert conns[b"B"].take() == [b"F " + a.line, b"F " + b.line]
+    assert links.send_skips() == 1
+    assert conns[b"B"].take() == [b"K E/0-0 E/2-0 a 1.5 b 2.5"]
+    assert links.send_skips() == 0
+
+
+def test_a_u_line_after_forwarded_ones_is_preceded_by_their_k_line() -> None:
+    links, conns = chained(b"B")
+    a, b = record("a", 1), record("b", 2)
+    links.flood(a, pos(1), pos(0), None, links.forward(a.line, None))
+    links.flood(b, pos(2), pos(1), None, frozenset())  # b took the slow path
+    assert conns[b"B"].take() == [b"F " + a.line, b"K E/0-0 E/1-0 a 1.5", b"U E/1-0 E/2-0 " + b.line]
+
+
+def test_many_forwarded_updates_are_named_in_bounded_k_lines() -> None:
+    links, conns = chained(b"B")
+    for n in range(1, MAX_HOLDS + 2):
+        rec = record(f"c{n}", n)
+        links.flood(rec, pos(n), pos(n - 1), None, links.forward(rec.line, None))
+    skips = [line for line in conns[b"B"].take() if line.startswith(b"K ")]
+    assert len(skips) == 1 and len(skips[0].split()) == 3 + 2 * MAX_HOLDS
+    links.send_skips()
+    assert conns[b"B"].take() == [b"K E/%d-0 E/%d-0 c%d %d.5" % (MAX_HOLDS, MAX_HOLDS + 1, MAX_HOLDS + 1,
+                                                                 MAX_HOLDS + 1)]
+
+
+def test_updates_from_a_peer_move_its_offset_with_a_bare_k_line() -> None:
+    links, conns = chained(b"B")
+    links.flood(record("a", 1), pos(1), pos(0), b"B", frozenset())
+    assert conns[b"B"].take() == []
+    links.send_skips()
+    assert conns[b"B"].take() == [b"K E/0-0 E/1-0"]
+
+
+def test_an_entry_never_seen_stored_breaks_the_chain_with_pull() -> None:
+    links, conns = chained(b"B")
+    rec = record("a", 1)
+    links.flood(rec, pos(3), pos(2), None, frozenset())  # entries 1 and 2 were never reported
+    assert conns[b"B"].take() == [b"PULL", b"U - E/3-0 " + rec.line]
+    assert links.forward(record("b", 2).line, None) == frozenset()  # unchained until a new SYNC
