@@ -42,6 +42,7 @@ log = Logger(namespace="herd")
 
 
 MAX_UNSTORED = 100_000  # forwarded updates kept for storing again when Redis is back
+STORE_AGAIN_AFTER = 1.0  # seconds after a failed store of a forwarded update before trying again
 SCAN_COUNT = 1000  # clients per Redis call while loading their times
 
 
@@ -63,6 +64,7 @@ class Node:
         # Updates forwarded before storing whose store then failed: stored
         # again once Redis is back (peers hold them; this node must too).
         self._unstored: deque[tuple[AtRecord, bytes | None, frozenset[bytes]]] = deque(maxlen=MAX_UNSTORED)
+        self._retry: Any = None
         store.on_connected.append(self._store_again)
 
     @inlineCallbacks
@@ -169,10 +171,15 @@ class Node:
             log.error("too many forwarded updates not stored; dropping {line}",
                       line=self._unstored[0][0].line.decode("utf-8", "replace"))
         self._unstored.append((record, source, forwarded))
+        if self._retry is None or not self._retry.active():
+            self._retry = self._clock.callLater(STORE_AGAIN_AFTER, self._store_again)
         return failure
 
     def _store_again(self) -> None:
-        """Redis is back: store the updates that went to peers but not into it."""
+        """Store the updates that went to peers but not into Redis (when Redis
+        is back, and a while after each failure)."""
+        if self._retry is not None and self._retry.active():
+            self._retry.cancel()
         pending, self._unstored = self._unstored, deque(maxlen=MAX_UNSTORED)
         if pending:
             log.info("storing {n} forwarded update(s) again", n=len(pending))

@@ -11,7 +11,7 @@ class Keys:
     prefix: bytes = b"herd:"
 
     def client(self, client_id: bytes) -> bytes:
-        """Hash of one client's record: at, server, skew, location, lat, lon, time, ns."""
+        """Hash of one client's record: at, server, skew, location, lat, lon, time."""
         return self.prefix + b"client:" + client_id
 
     @property

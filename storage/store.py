@@ -14,7 +14,7 @@ from importlib import resources
 from typing import Any, NamedTuple
 
 import txredisapi
-from twisted.internet.defer import Deferred, fail
+from twisted.internet.defer import Deferred, fail, succeed
 from twisted.internet.endpoints import HostnameEndpoint
 from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
@@ -22,6 +22,8 @@ from twisted.logger import Logger
 from config.schema import RedisAddress
 from herd.protocol import AtRecord, parse_at_line
 from storage.keys import Keys
+
+_log = Logger(namespace="herd")
 
 
 def _lua(name: str) -> bytes:
@@ -35,6 +37,7 @@ SCAN_RECORDS = _lua("scan_records.lua")
 SCAN_TIMES = _lua("scan_times.lua")
 LOG_MAX_ENTRIES = 1_000_000  # approximate bound of the update log (a few tens of MB)
 MAX_BATCH = 1000  # records per store_batch.lua call
+SERVING_POLL = 0.1  # seconds between checks whether a (re)started Redis still loads its data
 
 
 class Position(NamedTuple):
@@ -96,6 +99,13 @@ class _ReconnectingFactory(txredisapi.RedisFactory):
         super().__init__(**kwargs)
         self._on_connected = on_connected
 
+    def stopTrying(self) -> Any:
+        # txredisapi gives up for good when AUTH or SELECT fails on a new
+        # connection, which a Redis still loading its data set makes them do
+        # (LOADING). Keep reconnecting instead; shutting down uses disconnect().
+        _log.warn("Redis refused the connection set-up; reconnecting")
+        return succeed(None)
+
     def addConnection(self, conn: Any) -> None:
         # Pipelined commands must not wait for Nagle's algorithm (40 ms stalls).
         set_no_delay(conn.transport)
@@ -115,13 +125,16 @@ class RedisStore:
         self._timeout = timeout
         self.keys = Keys(prefix)
         self._waiters: list[Deferred[None]] = []
-        self.on_connected: list[Callable[[], None]] = []  # called on every (re)connection
+        self.on_connected: list[Callable[[], None]] = []  # on every (re)connection, once Redis serves
+        self._checking = False  # a check whether Redis serves is under way
+        self._said_not_serving = False  # that check was refused and logged
         self._batch: list[tuple[list[bytes], Deferred[StoreResult]]] = []
         self._batch_call: Any = None
         self.observe: Callable[[float], None] | None = None  # gets each call's latency (s)
         self._factory = _ReconnectingFactory(
             self._connection_ready,
-            uuid=f"{address.host}:{address.port}", dbid=address.db, poolsize=1, isLazy=True,
+            # No SELECT for database 0: a new connection is already there.
+            uuid=f"{address.host}:{address.port}", dbid=address.db or None, poolsize=1, isLazy=True,
             handler=txredisapi.ConnectionHandler, charset=None, password=address.password,
             replyTimeout=timeout, convertNumbers=False,
         )
@@ -157,9 +170,7 @@ class RedisStore:
         applied in call order; each Deferred fires with its own StoreResult once
         Redis has acknowledged the batch."""
         done: Deferred[StoreResult] = Deferred()
-        self._batch.append((_record_args(record, tie_break, chain, source), done))
-        if self._batch_call is None:
-            self._batch_call = self._reactor.callLater(0, self._flush_batch)
+        self._queue(_record_args(record, tie_break, chain, source), done)
         return done
 
     def advance_offset(self, chain: Chain, holds: list[bytes] = []) -> Deferred[StoreResult]:  # noqa: B006
@@ -170,10 +181,13 @@ class RedisStore:
         done: Deferred[StoreResult] = Deferred()
         link = (chain.peer, chain.prev.epoch, chain.prev.entry, chain.pos.entry)
         meta = b"\n".join((b"0", *link, b"", *holds))
-        self._batch.append(([b"", meta], done))
+        self._queue([b"", meta], done)
+        return done
+
+    def _queue(self, record_args: list[bytes], done: Deferred[StoreResult]) -> None:
+        self._batch.append((record_args, done))
         if self._batch_call is None:
             self._batch_call = self._reactor.callLater(0, self._flush_batch)
-        return done
 
     def _flush_batch(self) -> None:
         self._batch_call = None
@@ -279,11 +293,34 @@ class RedisStore:
         return result
 
     def _connection_ready(self) -> None:
+        """A connection is up: queued calls go now. Redis may still be loading
+        its data set (it answers LOADING to data commands until done), so
+        ``on_connected`` runs only once it serves a read."""
         waiters, self._waiters = self._waiters, []
         for waiter in waiters:
             waiter.callback(None)
+        if not self._checking:
+            self._checking = True
+            self._check_serving()
+
+    def _check_serving(self) -> None:
+        d = self._run_now("get", (self.keys.log_epoch,))
+        d.addCallbacks(self._serving, self._not_serving_yet)
+
+    def _serving(self, _: Any) -> None:
+        self._checking = self._said_not_serving = False
         for callback in self.on_connected:
             callback()
+
+    def _not_serving_yet(self, failure: Any) -> None:
+        if not self._said_not_serving:
+            self._said_not_serving = True
+            _log.warn("Redis does not serve yet ({why}); checking again every {s:g} s",
+                      why=failure.getErrorMessage(), s=SERVING_POLL)
+        if self.connected:
+            self._reactor.callLater(SERVING_POLL, self._check_serving)
+        else:  # the next connection checks again
+            self._checking = False
 
 
 def _record_args(record: AtRecord, tie_break: bool, chain: Chain | None, source: bytes) -> list[bytes]:

@@ -191,16 +191,24 @@ def talk(port: int, *lines: bytes | str, timeout: float = 10.0, terminate: bool 
     return b"".join(chunks)
 
 
+LOADING = b"-LOADING Redis is loading the dataset in memory\r\n"
+
+
 class RedisProxy:
     """Loopback TCP proxy to a Redis. Once armed with a marker, the first chunk
     from the node containing the marker is passed to Redis, Redis's answer is
     swallowed, and both connections are closed; everything else passes.
     Other modes: ``drop`` closes both without passing the chunk to Redis;
-    ``hold`` passes nothing more on that connection until the node closes it."""
+    ``hold`` passes nothing more on that connection until the node closes it.
+    With ``loading`` seconds, connections made after it fired are answered
+    ``-LOADING`` for that long, as a restarted Redis replaying its AOF does."""
 
-    def __init__(self, redis_port: int, mode: str = "eat_reply"):
+    def __init__(self, redis_port: int, mode: str = "eat_reply", loading: float = 0.0):
         self.redis_port = redis_port
         self.mode = mode
+        self.loading = loading
+        self.loading_until = 0.0
+        self.loading_replies = 0
         self.listener = socket.create_server(("127.0.0.1", 0))
         self.port = self.listener.getsockname()[1]
         self.marker: bytes | None = None
@@ -221,11 +229,16 @@ class RedisProxy:
     def _up(self, node: socket.socket, redis: socket.socket, state: dict[str, bool]) -> None:
         try:
             while chunk := node.recv(65536):
+                if time.monotonic() < self.loading_until:
+                    self.loading_replies += resp_commands(chunk)
+                    node.sendall(LOADING * resp_commands(chunk))
+                    continue
                 if self.marker is not None and self.marker in chunk and not self.fired.is_set():
                     state["swallow"] = True
                     if self.mode == "eat_reply":
                         redis.sendall(chunk)
                         time.sleep(0.3)  # Redis runs it (and fsyncs); its reply is eaten
+                    self.loading_until = time.monotonic() + self.loading
                     self.fired.set()
                     while self.mode == "hold" and node.recv(65536):
                         pass
@@ -249,3 +262,16 @@ class RedisProxy:
 
     def close(self) -> None:
         self.listener.close()
+
+
+def resp_commands(chunk: bytes) -> int:
+    """How many complete RESP commands (arrays of bulk strings) ``chunk`` holds."""
+    count, at = 0, 0
+    while chunk.startswith(b"*", at):
+        end = chunk.index(b"\r\n", at)
+        items, at = int(chunk[at + 1:end]), end + 2
+        for _ in range(items):
+            end = chunk.index(b"\r\n", at)
+            at = end + 2 + int(chunk[at + 1:end]) + 2
+        count += 1
+    return count

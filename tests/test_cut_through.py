@@ -11,14 +11,14 @@ from pathlib import Path
 
 import pytest
 from cluster import Herd, RedisProxy, talk
-from harness import wait_until
+from harness import Resp, wait_until
 
 
-def start_pair(tmp_path: Path, mode: str | None) -> tuple[Herd, RedisProxy | None]:
+def start_pair(tmp_path: Path, mode: str | None, loading: float = 0.0) -> tuple[Herd, RedisProxy | None]:
     herd = Herd(tmp_path, {"A": ["B"], "B": []})
     proxy = None
     if mode is not None:
-        proxy = RedisProxy(herd["A"].redis.port, mode)
+        proxy = RedisProxy(herd["A"].redis.port, mode, loading)
         herd.config.write_text(herd.config.read_text().replace(
             herd["A"].redis.url, f"redis://127.0.0.1:{proxy.port}/0"))
     herd.start()
@@ -81,6 +81,24 @@ def test_a_forwarded_update_whose_store_failed_is_stored_once_redis_is_back(tmp_
         proxy.close()
 
 
+@pytest.mark.timeout(60)
+def test_a_forwarded_update_is_stored_again_after_redis_has_loaded_its_data(tmp_path: Path) -> None:
+    # Found by `herd chaos --seed 11`: the reconnected Redis answered LOADING
+    # while replaying its AOF, and nothing tried again once it served.
+    herd, proxy = start_pair(tmp_path, "drop", loading=1.5)
+    assert proxy is not None
+    try:
+        proxy.marker = b"ghost"
+        line = "IAMAT ghost +2+2 1700000001.5"
+        assert talk(herd["A"].port, line, timeout=15) == f"? {line}\n".encode()
+        agreed(herd, "ghost")
+        assert proxy.loading_replies > 0
+        wait_until(lambda: "Redis does not serve yet (LOADING" in herd["A"].log(), what="A's log")
+    finally:
+        herd.stop()
+        proxy.close()
+
+
 @pytest.mark.timeout(90)
 def test_a_node_killed_before_storing_what_it_forwarded_gets_it_back(tmp_path: Path) -> None:
     herd, proxy = start_pair(tmp_path, "hold")
@@ -98,6 +116,31 @@ def test_a_node_killed_before_storing_what_it_forwarded_gets_it_back(tmp_path: P
         herd["A"].start()
         herd.wait_links()
         agreed(herd, "ghost")
+    finally:
+        herd.stop()
+        proxy.close()
+
+
+@pytest.mark.timeout(60)
+def test_a_node_on_database_1_reconnects_after_redis_has_loaded_its_data(tmp_path: Path) -> None:
+    # txredisapi stopped reconnecting for good when SELECT got LOADING.
+    herd = Herd(tmp_path, {"A": ["B"], "B": []})
+    proxy = RedisProxy(herd["A"].redis.port, "drop", loading=1.5)
+    herd.config.write_text(herd.config.read_text().replace(
+        herd["A"].redis.url, f"redis://127.0.0.1:{proxy.port}/1"))
+    herd.start()
+    try:
+        herd.wait_links()
+        assert talk(herd["A"].port, "IAMAT warm +1+1 1700000000.5").startswith(b"AT A ")
+        proxy.marker = b"ghost"
+        line = "IAMAT ghost +2+2 1700000001.5"
+        assert talk(herd["A"].port, line, timeout=15) == f"? {line}\n".encode()
+        wait_until(lambda: talk(herd["A"].port, "IAMAT after +3+3 1700000002.5").startswith(b"AT A "),
+                   timeout=15, what="A to serve again")
+        assert proxy.loading_replies > 0
+        with Resp(herd["A"].redis.port) as redis:
+            redis.command("SELECT", "1")
+            assert redis.command("HGET", "herd:client:after", "at") is not None
     finally:
         herd.stop()
         proxy.close()
