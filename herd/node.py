@@ -71,14 +71,19 @@ class Node:
     def load_latest(self) -> Any:
         """Read every client's time from Redis into ``self.latest`` (in the
         background at start; until it is done, updates take the slow path).
-        Retries until it succeeds."""
-        cursor = b"0"
+        Retries until it succeeds; a SCAN cursor is only good on the connection
+        (and Redis) that gave it, so any failure or reconnection starts over."""
+        cursor, connection = b"0", self.store.connections
         while True:
             try:
                 cursor, held = yield self.store.scan_times(cursor, SCAN_COUNT)
             except Exception as err:
                 log.warn("reading client times failed ({why}); retrying in 1 s", why=str(err))
                 yield deferLater(self._clock, 1.0, lambda: None)
+                cursor, connection = b"0", self.store.connections
+                continue
+            if connection != self.store.connections:
+                cursor, connection = b"0", self.store.connections
                 continue
             self.latest.merge((client_id, t.ns) for client_id, t in
                               ((client_id, parse_client_time(text)) for client_id, text in held)

@@ -127,6 +127,7 @@ class RedisStore:
         self._waiters: list[Deferred[None]] = []
         self.on_connected: list[Callable[[], None]] = []  # on every (re)connection, once Redis serves
         self._checking = False  # a check whether Redis serves is under way
+        self.connections = 0  # connections made so far (each may reach a restarted Redis)
         self._said_not_serving = False  # that check was refused and logged
         self._batch: list[tuple[list[bytes], Deferred[StoreResult]]] = []
         self._batch_call: Any = None
@@ -296,6 +297,7 @@ class RedisStore:
         """A connection is up: queued calls go now. Redis may still be loading
         its data set (it answers LOADING to data commands until done), so
         ``on_connected`` runs only once it serves a read."""
+        self.connections += 1
         waiters, self._waiters = self._waiters, []
         for waiter in waiters:
             waiter.callback(None)

@@ -2,7 +2,21 @@
 
 from __future__ import annotations
 
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from harness import RedisServer
+from twisted.internet import reactor
+from twisted.internet.defer import gatherResults, inlineCallbacks
+from twisted.trial import unittest
+
+from config.schema import RedisAddress
 from herd.latest import LatestTimes
+from herd.node import Node
+from herd.peers import PeerLinks
+from herd.protocol import parse_at_line
+from storage.store import RedisStore
 
 
 def loaded(*held: tuple[bytes, int], max_clients: int = 100) -> LatestTimes:
@@ -87,3 +101,30 @@ def test_overflow_while_loading_leaves_it_incomplete() -> None:
     latest.loaded()
     assert not latest.complete
     assert not latest.claim(b"z", 1)
+
+
+class LoadFromRedis(unittest.TestCase):
+    """Node.load_latest against a real Redis: every stored client is read, over
+    several SCAN steps, and the table then vouches for missing clients."""
+
+    def setUp(self) -> None:
+        self.redis = RedisServer(Path(tempfile.mkdtemp(prefix="herd-latest-"))).start()
+        self.addCleanup(self.redis.kill)
+        address = RedisAddress(self.redis.url, "127.0.0.1", self.redis.port)
+        self.store = RedisStore(reactor, address, b"herd:", timeout=5.0)
+        self.store.start()
+        self.addCleanup(self.store.stop)
+
+    @inlineCallbacks
+    def test_every_client_in_redis_is_read(self) -> Any:
+        records = [parse_at_line(b"AT A +0.100000000 c%d +1+1 %d.25" % (n, 1000 + n)) for n in range(2500)]
+        assert None not in records
+        results = yield gatherResults([self.store.store_if_newer(r) for r in records])  # type: ignore[arg-type]
+        assert len(results) == 2500 and all(r.stored for r in results)
+        node = Node(b"A", self.store, None, PeerLinks([]), reactor)  # type: ignore[arg-type]
+        yield node.load_latest()
+        assert node.latest.complete and len(node.latest) == 2500
+        assert not node.latest.claim(b"c7", 1_007_250_000_000)  # held: 1007.25
+        node.latest.settle(b"c7", 1_007_250_000_000, may_hold=False)
+        assert node.latest.claim(b"c7", 1_007_250_000_001)
+        assert node.latest.claim(b"new", 1)
