@@ -35,12 +35,12 @@ class LatestTimes:
     def __len__(self) -> int:
         return len(self._ns)
 
-    def claim(self, client_id: bytes, ns: int) -> bool:
+    def claim(self, client_id: bytes, ns: int, fast_ok: bool = True) -> bool:
         """True (fast path): an update at ``ns`` is certainly newer than what
         Redis holds for ``client_id``; it is recorded, and the caller stores it.
-        False (slow path): the caller stores it, lets Redis decide, and then
-        calls :meth:`settle` exactly once."""
-        if client_id not in self._pending:
+        False (slow path, always when not ``fast_ok``): the caller stores it,
+        lets Redis decide, and then calls :meth:`settle` exactly once."""
+        if fast_ok and client_id not in self._pending:
             held = self._ns.get(client_id)
             if held is None:
                 fast = self.complete and len(self._ns) < self._max

@@ -13,7 +13,7 @@ Contracts:
 from __future__ import annotations
 
 from collections import deque
-from typing import Any
+from typing import Any, NamedTuple
 
 from twisted.internet.defer import Deferred, inlineCallbacks, succeed
 from twisted.internet.interfaces import IReactorTime
@@ -46,6 +46,11 @@ STORE_AGAIN_AFTER = 1.0  # seconds after a failed store of a forwarded update be
 SCAN_COUNT = 1000  # clients per Redis call while loading their times
 
 
+class Origin(NamedTuple):
+    peer: bytes | None  # the peer an update came from; None: a client
+    unconfirmed: bool  # it came as F: that peer may not hold it yet
+
+
 def refusal(line: bytes) -> bytes:
     return b"? " + line + b"\n"
 
@@ -63,7 +68,7 @@ class Node:
         self.reconciler = Reconciler(store, links, clock)
         # Updates forwarded before storing whose store then failed: stored
         # again once Redis is back (peers hold them; this node must too).
-        self._unstored: deque[tuple[AtRecord, bytes | None, frozenset[bytes]]] = deque(maxlen=MAX_UNSTORED)
+        self._unstored: deque[tuple[AtRecord, Origin, frozenset[bytes]]] = deque(maxlen=MAX_UNSTORED)
         self._retry: Any = None
         store.on_connected.append(self._store_again)
 
@@ -134,64 +139,72 @@ class Node:
 
     # -- storing and flooding -------------------------------------------
 
-    def _take(self, record: AtRecord, source: bytes | None,
-              chain: Chain | None = None) -> Deferred[StoreResult]:
+    def _take(self, record: AtRecord, source: bytes | None, chain: Chain | None = None,
+              unconfirmed: bool = False) -> Deferred[StoreResult]:
         """Store ``record`` (from a client, or from peer ``source``) and flood it
-        if newer. When herd.latest can tell it is newer, it is forwarded at once
-        (``F``) and only its log position follows the store (``M``); otherwise
-        it is flooded once Redis has said it was newer. Fires with the
-        StoreResult, or fails when Redis did not take it."""
-        if self.latest.claim(record.client_id, record.time.ns):
+        if newer. While Redis serves and herd.latest can tell it is newer, it
+        is forwarded at once (``F``) and only its log position follows the
+        store (in ``K`` lines); otherwise it is flooded once Redis has said it
+        was newer. ``unconfirmed``: it came as ``F``, so ``source`` may not hold
+        it yet. Fires with the StoreResult, or fails when Redis did not take it."""
+        origin = Origin(source, unconfirmed)
+        if self.latest.claim(record.client_id, record.time.ns, fast_ok=self.store.serving):
             forwarded = self.links.forward(record.line, source)
-            d = self._store(record, source, chain)
-            d.addCallbacks(self._stored, self._forwarded_lost, callbackArgs=(record, source, forwarded),
-                           errbackArgs=(record, source, forwarded))
+            d = self._store(record, origin, chain)
+            d.addCallbacks(self._stored, self._forwarded_lost, callbackArgs=(record, origin, forwarded),
+                           errbackArgs=(record, origin, forwarded))
             return d
-        d = self._store(record, source, chain)
+        d = self._store(record, origin, chain)
         d.addBoth(self._settled, record)
-        return d.addCallback(self._stored, record, source, None)
+        return d.addCallback(self._stored, record, origin, None)
 
-    def _store(self, record: AtRecord, source: bytes | None, chain: Chain | None) -> Deferred[StoreResult]:
-        if source is None:
+    def _store(self, record: AtRecord, origin: Origin, chain: Chain | None,
+               tie_break: bool = False) -> Deferred[StoreResult]:
+        if origin.peer is None and not tie_break:
             return self.store.store_if_newer(record)
-        return self.store.store_if_newer(record, tie_break=True, chain=chain, source=source)
+        # The log names the peer an update came from, so that a SYNC answer to
+        # it leaves the update out; but not when it came as F (see herd.reconcile).
+        logged = (origin.peer or b"") + (b" F" if origin.unconfirmed else b"")
+        return self.store.store_if_newer(record, tie_break=True, chain=chain, source=logged)
 
     def _settled(self, outcome: Any, record: AtRecord) -> Any:
         may_hold = not isinstance(outcome, StoreResult) or outcome.stored
         self.latest.settle(record.client_id, record.time.ns, may_hold)
         return outcome
 
-    def _stored(self, result: StoreResult, record: AtRecord, source: bytes | None,
+    def _stored(self, result: StoreResult, record: AtRecord, origin: Origin,
                 forwarded: frozenset[bytes] | None) -> StoreResult:
         if result.stored and result.position is not None:
             self.stats.stored()
-            self.links.flood(record, result.position, result.previous, source, forwarded or frozenset())
-        elif source is not None:
+            self.links.flood(record, result.position, result.previous, origin.peer, forwarded or frozenset(),
+                             source_holds=not origin.unconfirmed)
+        elif origin.peer is not None:
             self.stats.flood_duplicate += 1
         return result
 
-    def _forwarded_lost(self, failure: Failure, record: AtRecord, source: bytes | None,
+    def _forwarded_lost(self, failure: Failure, record: AtRecord, origin: Origin,
                         forwarded: frozenset[bytes]) -> Failure:
         if len(self._unstored) == self._unstored.maxlen:
             log.error("too many forwarded updates not stored; dropping {line}",
                       line=self._unstored[0][0].line.decode("utf-8", "replace"))
-        self._unstored.append((record, source, forwarded))
+        self._unstored.append((record, origin, forwarded))
         if self._retry is None or not self._retry.active():
             self._retry = self._clock.callLater(STORE_AGAIN_AFTER, self._store_again)
         return failure
 
     def _store_again(self) -> None:
         """Store the updates that went to peers but not into Redis (when Redis
-        is back, and a while after each failure)."""
+        is back, and a while after each failure). They are peers' records by
+        now: equal client times are settled as between peers."""
         if self._retry is not None and self._retry.active():
             self._retry.cancel()
         pending, self._unstored = self._unstored, deque(maxlen=MAX_UNSTORED)
         if pending:
             log.info("storing {n} forwarded update(s) again", n=len(pending))
-        for record, source, forwarded in pending:
-            d = self._store(record, source, None)
-            d.addCallbacks(self._stored, self._forwarded_lost, callbackArgs=(record, source, forwarded),
-                           errbackArgs=(record, source, forwarded))
+        for record, origin, forwarded in pending:
+            d = self._store(record, origin, None, tie_break=True)
+            d.addCallbacks(self._stored, self._forwarded_lost, callbackArgs=(record, origin, forwarded),
+                           errbackArgs=(record, origin, forwarded))
             d.addErrback(lambda _: None)
 
     # -- peer messages ----------------------------------------------------
@@ -200,7 +213,7 @@ class Node:
         """A line from an authenticated peer (message kinds: herd.reconcile)."""
         kind, _, rest = line.partition(b" ")
         if kind == FORWARD:
-            self._apply(rest, peer, None, conn)
+            self._apply(rest, peer, None, conn, unconfirmed=True)
         elif kind == UPDATE:
             self._peer_update(rest, peer, conn)
         elif kind == SKIP:
@@ -243,15 +256,16 @@ class Node:
             self._malformed(peer, "a malformed skip", rest)
             return
         prev, pos, holds = Position.parse(fields[0]), Position.parse(fields[1]), fields[2:]
-        times = [parse_client_time(t) for t in holds[1::2]]
-        if prev is None or pos is None or prev.epoch != pos.epoch or len(holds) % 2 or None in times:
+        times = [parse_client_time(t) for t in holds[1::3]]
+        if prev is None or pos is None or prev.epoch != pos.epoch or len(holds) % 3 or None in times:
             self._malformed(peer, "a malformed skip", rest)
             return
         d = self.store.advance_offset(Chain(peer, prev, pos), holds)
         d.addCallback(lambda result: None if result.advanced else self.reconciler.gap(peer, conn))
         d.addErrback(lambda f: self.reconciler.record_lost(peer))
 
-    def _apply(self, at_line: bytes, peer: bytes, chain: Chain | None, conn: PeerConnection) -> None:
+    def _apply(self, at_line: bytes, peer: bytes, chain: Chain | None, conn: PeerConnection,
+               unconfirmed: bool = False) -> None:
         """Store a record from ``peer``; flood it on if newer; with a chain whose
         offset did not advance, pull the gap."""
         record = parse_at_line(at_line)
@@ -259,7 +273,7 @@ class Node:
             self._malformed(peer, "a malformed record", at_line)
             return
         self.stats.flood_in += 1
-        d = self._take(record, peer, chain)
+        d = self._take(record, peer, chain, unconfirmed)
         d.addCallbacks(self._peer_stored, self._update_lost,
                        callbackArgs=(peer, conn, chain is not None), errbackArgs=(record, peer))
 

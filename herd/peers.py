@@ -8,6 +8,7 @@ else on its oldest open connection.
 
 from __future__ import annotations
 
+import hashlib
 import random
 from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING, Any, Protocol
@@ -47,13 +48,20 @@ NO_POSITION = b"-"
 MAX_HOLDS = 64  # forwarded entries named in one K line
 
 
+def line_digest(at_line: bytes) -> bytes:
+    """First 8 hex digits of SHA-1 of an AT line: tells apart two records with
+    the same client and time in a K line (store_batch.lua checks it)."""
+    return hashlib.sha1(at_line).hexdigest()[:8].encode()
+
+
 class _Chain:
     """Flooding state towards one peer, on one connection. ``sent``: the last
     log position sent to it (None while a SYNC answer is under way: updates
     then go unchained). ``covered``: the last position such that every log
     entry up to it was sent to the peer, came from it, or was forwarded to it
-    (``F``) before being stored. ``holds``: client id and time of each entry
-    forwarded since ``sent``; the peer may move past them only if it holds them."""
+    (``F``) before being stored. ``holds``: client id, time and line digest of
+    each entry since ``sent`` that was forwarded to it, or came from it as
+    ``F``; the peer may move past them only if it holds them."""
 
     __slots__ = ("conn", "sent", "covered", "holds")
 
@@ -126,7 +134,8 @@ class PeerLinks:
         return frozenset(sent)
 
     def flood(self, record: AtRecord, position: Position, previous: Position | None,
-              source: bytes | None = None, forwarded: frozenset[bytes] = frozenset()) -> int:
+              source: bytes | None = None, forwarded: frozenset[bytes] = frozenset(),
+              source_holds: bool = True) -> int:
         """Send an update stored at ``position`` in our log (right after
         ``previous`` there) to every linked peer except ``source`` and except
         those it was forwarded to.
@@ -138,8 +147,11 @@ class PeerLinks:
         (a ``K`` naming the forwarded entries goes first). If ``previous``
         shows an entry we never saw stored (its Redis reply was lost), the
         chain breaks: the peer is sent ``PULL`` and fetches the gap with a
-        SYNC. Elsewhere the update goes unchained on the oldest connection."""
+        SYNC. Elsewhere the update goes unchained on the oldest connection.
+        Unless ``source_holds``, the update came from ``source`` as ``F``: the
+        ``K`` that moves its offset past it names it too."""
         sent = 0
+        hold: tuple[bytes, bytes, bytes] | None = None
         for name, conns in self._open.items():
             if not conns:
                 continue
@@ -151,14 +163,16 @@ class PeerLinks:
                     del self._chain[name]
                     chain.conn.send_line(PULL)
                     chain = None
+            if chain is not None and chain.sent is not None and (
+                    name in forwarded or (name == source and not source_holds)):
+                hold = hold or (record.client_id, record.time.text, line_digest(record.line))
+                chain.holds.extend(hold)
+                if len(chain.holds) >= 3 * MAX_HOLDS:
+                    self._send_skip(chain, position)
+                continue
             if name == source:
                 continue
             if chain is not None and chain.sent is not None:
-                if name in forwarded:
-                    chain.holds += (record.client_id, record.time.text)
-                    if len(chain.holds) >= 2 * MAX_HOLDS:
-                        self._send_skip(chain, position)
-                    continue
                 if chain.holds:
                     self._send_skip(chain, previous)  # type: ignore[arg-type]
                 chain.conn.send_line(b"U %s %s %s" % (chain.sent.token, position.token, record.line))
@@ -172,7 +186,7 @@ class PeerLinks:
 
     def send_skips(self) -> int:
         """Tell each chained peer how far our log moved with updates that came
-        from it or were forwarded to it (``K <prev> <pos> [<id> <time>]...``),
+        from it or were forwarded to it (``K <prev> <pos> [<id> <time> <digest>]...``),
         so its offset keeps up and a later SYNC does not walk over them.
         Called several times a second."""
         sent = 0

@@ -13,12 +13,14 @@ has applied that peer's log (``<prefix>peer:<name>``). Peer messages:
     F <AT line>                   a live update, forwarded before it is stored
                                   (cut-through: the sender knew it was newer)
     U <prev> <pos> <AT line>      a live update at <pos>, sent after <prev>
-    K <prev> <pos> [<id> <time>]...
+    K <prev> <pos> [<id> <time> <digest>]...
                                   our log moved from <prev> to <pos> with updates
-                                  that came from you, or that we forwarded to
-                                  you as F (the clients and times listed: advance
-                                  only if you hold each at least that new);
-                                  sent every 0.1 s or per 64 forwarded updates
+                                  that came from you, or were forwarded between
+                                  us as F (those are listed: advance only if you
+                                  hold each one, or something newer; <digest>:
+                                  8 hex digits of SHA-1 of the AT line, for
+                                  equal times); sent every 0.1 s or per 64
+                                  listed updates
     PULL                          SYNC from me: my log may hold entries you have
                                   not seen (a Redis reply was lost, Redis is back)
 
@@ -34,7 +36,11 @@ the clients listed at least that new), so a message lost with a dropped
 connection shows up as a gap, and a gap triggers a new SYNC. ``U`` goes out
 once the sender has stored the update; ``F`` (position later, in a ``K``)
 when the sender could tell without Redis that it was newer (herd.latest),
-so the update travels on while each node's Redis stores it.
+so the update travels on while each node's Redis stores it. A node
+forwards only while its Redis serves (herd.latest, RedisStore.serving). An
+update that came as F may not be held by its sender yet, so it is logged as
+``<peer> F``: SYNC answers to that peer do not leave it out, and the K that
+covers it lists it.
 """
 
 from __future__ import annotations

@@ -37,6 +37,7 @@ SCAN_RECORDS = _lua("scan_records.lua")
 SCAN_TIMES = _lua("scan_times.lua")
 LOG_MAX_ENTRIES = 1_000_000  # approximate bound of the update log (a few tens of MB)
 MAX_BATCH = 1000  # records per store_batch.lua call
+NOT_SERVING = ("LOADING", "BUSY", "MASTERDOWN")  # errors of a Redis that cannot serve now
 SERVING_POLL = 0.1  # seconds between checks whether a (re)started Redis still loads its data
 
 
@@ -128,6 +129,7 @@ class RedisStore:
         self.on_connected: list[Callable[[], None]] = []  # on every (re)connection, once Redis serves
         self._checking = False  # a check whether Redis serves is under way
         self.connections = 0  # connections made so far (each may reach a restarted Redis)
+        self._serving_now = False
         self._said_not_serving = False  # that check was refused and logged
         self._batch: list[tuple[list[bytes], Deferred[StoreResult]]] = []
         self._batch_call: Any = None
@@ -157,6 +159,11 @@ class RedisStore:
     def connected(self) -> bool:
         return bool(self._factory.size)
 
+    @property
+    def serving(self) -> bool:
+        """Connected, Redis served a read since, and no call failed since then."""
+        return self._serving_now and self.connected
+
     # -- verbs -----------------------------------------------------------
 
     def store_if_newer(self, record: AtRecord, tie_break: bool = False,
@@ -177,8 +184,9 @@ class RedisStore:
     def advance_offset(self, chain: Chain, holds: list[bytes] = []) -> Deferred[StoreResult]:  # noqa: B006
         """Advance ``chain.peer``'s offset from ``chain.prev`` to ``chain.pos`` with
         no record, in order with the records stored before it; ``holds``
-        (client id, client-time, client id, ...): only if each of those clients
-        is held at least that new."""
+        (client id, client-time, line digest, client id, ...): only if each
+        of those clients is held newer, or as new with that line (see
+        store_batch.lua)."""
         done: Deferred[StoreResult] = Deferred()
         link = (chain.peer, chain.prev.epoch, chain.prev.entry, chain.pos.entry)
         meta = b"\n".join((b"0", *link, b"", *holds))
@@ -270,7 +278,13 @@ class RedisStore:
         return result
 
     def _unavailable(self, failure: Any, command: str) -> None:
-        if failure.check(txredisapi.ResponseError):
+        refused = failure.check(txredisapi.ResponseError)
+        if not refused or failure.getErrorMessage().startswith(NOT_SERVING):
+            self._serving_now = False
+            if self.connected and not self._checking:  # timed out, or Redis restarted under us
+                self._checking = True
+                self._check_serving()
+        if refused:
             failure.raiseException()
         raise StoreUnavailable(f"Redis {command}: {failure.getErrorMessage()}")
 
@@ -296,8 +310,10 @@ class RedisStore:
     def _connection_ready(self) -> None:
         """A connection is up: queued calls go now. Redis may still be loading
         its data set (it answers LOADING to data commands until done), so
-        ``on_connected`` runs only once it serves a read."""
+        ``on_connected`` runs only once it serves a read (and again after a
+        call failed: a reply may have been lost)."""
         self.connections += 1
+        self._serving_now = False
         waiters, self._waiters = self._waiters, []
         for waiter in waiters:
             waiter.callback(None)
@@ -311,6 +327,7 @@ class RedisStore:
 
     def _serving(self, _: Any) -> None:
         self._checking = self._said_not_serving = False
+        self._serving_now = True
         for callback in self.on_connected:
             callback()
 

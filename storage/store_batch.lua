@@ -31,11 +31,13 @@
 --                      up to pos is applied here",
 --     source           the peer the record came from ("" from a client), logged
 --                      so that a SYNC answer to that peer can leave it out,
---     [hold id, hold time]...  optional, with an empty AT line only: the
---                      chain advances only if each client <hold id> is held
---                      with a client-time at least <hold time> (a peer saying
---                      "the updates I forwarded you before storing them are
---                      in my log up to pos").
+--     [hold id, hold time, hold digest]...  optional, with an empty AT line
+--                      only: the chain advances only if each client <hold id>
+--                      is held with a client-time above <hold time>, or equal
+--                      to it with an AT line whose SHA-1 starts with the 8 hex
+--                      digits <hold digest> (a peer saying "the updates
+--                      forwarded between us before being stored are in my
+--                      log up to pos").
 -- A record with an empty AT line only advances the chain (a peer saying "my
 -- log moved on to pos with updates that came from you").
 -- Positions: Redis GEO itself decides which latitudes it can index; a client
@@ -134,10 +136,15 @@ local function previous_id()
   return last_id
 end
 
-local function holds_all(meta)  -- meta[7], meta[8]: id, time; meta[9], meta[10]...
-  for i = 7, #meta - 1, 2 do
-    local held = redis.call('HGET', prefix .. 'client:' .. meta[i], 'time')
-    if not held or compare_ns(canonical_ns(held), canonical_ns(meta[i + 1])) < 0 then
+local function holds_all(meta)  -- from meta[7]: id, time, line digest; id, ...
+  for i = 7, #meta - 2, 3 do
+    local held = redis.call('HMGET', prefix .. 'client:' .. meta[i], 'time', 'at')
+    if not held[1] then return false end
+    local order = compare_ns(canonical_ns(held[1]), canonical_ns(meta[i + 1]))
+    if order < 0 then return false end
+    -- The same time: only the very same record will do (ties are settled by
+    -- the AT line, which the digest stands for; a SYNC settles the rest).
+    if order == 0 and string.sub(redis.sha1hex(held[2]), 1, 8) ~= meta[i + 2] then
       return false
     end
   end

@@ -65,6 +65,20 @@ def test_a_peer_stores_an_update_before_the_receiving_node_has(direct: Herd) -> 
 
 
 @pytest.mark.timeout(60)
+def test_nothing_is_forwarded_while_the_nodes_redis_is_down(direct: Herd) -> None:
+    herd = direct
+    herd["A"].redis.kill()
+    line = "IAMAT unserved +2+2 1700000001.5"
+    assert talk(herd["A"].port, line, timeout=15) == f"? {line}\n".encode()  # after A's 3 s Redis timeout
+    # A forwarded update would have reached B within those seconds.
+    assert herd["B"].record("unserved") == {}
+    herd["A"].redis.start()
+    assert talk(herd["A"].port, "IAMAT served +3+3 1700000002.5", timeout=15).startswith(b"AT A ")
+    agreed(herd, "served")
+    assert herd["B"].record("unserved") == {} and herd["A"].record("unserved") == {}
+
+
+@pytest.mark.timeout(60)
 def test_a_forwarded_update_whose_store_failed_is_stored_once_redis_is_back(tmp_path: Path) -> None:
     herd, proxy = start_pair(tmp_path, "drop")
     assert proxy is not None

@@ -1,0 +1,55 @@
+"""store_batch.lua's K check against a real Redis: a peer's offset moves past
+forwarded updates only when this Redis holds each of them, or something newer."""
+
+from __future__ import annotations
+
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from harness import RedisServer
+from twisted.internet import reactor
+from twisted.internet.defer import inlineCallbacks
+from twisted.trial import unittest
+
+from config.schema import RedisAddress
+from herd.peers import line_digest
+from herd.protocol import parse_at_line
+from storage.store import Chain, Position, RedisStore
+
+HELD = b"AT B +0.100000000 c +1+1 1000.5"
+SAME_TIME_OTHER_NODE = b"AT A +0.200000000 c +1+1 1000.5"
+
+
+class AdvanceOffsetHolds(unittest.TestCase):
+    def setUp(self) -> None:
+        self.redis = RedisServer(Path(tempfile.mkdtemp(prefix="herd-holds-"))).start()
+        self.addCleanup(self.redis.kill)
+        address = RedisAddress(self.redis.url, "127.0.0.1", self.redis.port)
+        self.store = RedisStore(reactor, address, b"herd:", timeout=5.0)
+        self.store.start()
+        self.addCleanup(self.store.stop)
+
+    @inlineCallbacks
+    def advance(self, *holds: bytes) -> Any:
+        """Try to move peer P's offset from E/1-0 to E/2-0 with ``holds``; True if it moved."""
+        yield self.store.set_peer_offset(b"P", Position(b"E", b"1-0"))
+        result = yield self.store.advance_offset(Chain(b"P", Position(b"E", b"1-0"), Position(b"E", b"2-0")),
+                                                 list(holds))
+        return result.advanced
+
+    @inlineCallbacks
+    def test_holds_decide_whether_the_offset_moves(self) -> Any:
+        record = parse_at_line(HELD)
+        assert record is not None
+        yield self.store.store_if_newer(record)
+        digest = line_digest(HELD)
+        assert (yield self.advance())
+        assert (yield self.advance(b"c", b"1000.5", digest))  # the very record
+        assert (yield self.advance(b"c", b"999", b"00000000"))  # something newer is held
+        assert not (yield self.advance(b"c", b"1000.500000001", digest))  # newer than held
+        assert not (yield self.advance(b"nobody", b"1", b"00000000"))  # not held at all
+        # The same time but another AT line (the same IAMAT sent to two nodes):
+        # the offset must not move; a SYNC settles which line wins.
+        assert not (yield self.advance(b"c", b"1000.5", line_digest(SAME_TIME_OTHER_NODE)))
+        assert not (yield self.advance(b"c", b"1000.5", digest, b"nobody", b"1", b"00000000"))
