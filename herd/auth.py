@@ -2,15 +2,18 @@
 
 The dialling node D opens a connection to the listening node L:
 
-    D -> L   HERD-HELLO <D> <L> <nonce_d>
+    D -> L   HERD-HELLO <D> <L> <nonce_d> <protocol>
     L -> D   HERD-CHALLENGE <nonce_l> <mac_l>     mac_l = HMAC(secret, "L|D|L|nonce_d|nonce_l")
     D -> L   HERD-AUTH <mac_d>                    mac_d = HMAC(secret, "D|D|L|nonce_d|nonce_l")
     L -> D   HERD-OK
 
 Each side proves knowledge of the secret over a nonce the other side chose
 fresh, so a recorded handshake cannot be replayed; the role label in the
-MAC input stops a reflected challenge from serving as an answer. Pure
-functions only: the connection code holds the state.
+MAC input stops a reflected challenge from serving as an answer. <protocol>
+is the version of the peer messages (herd.reconcile); a listener refuses
+(and logs) a dialler that speaks another one, since each side would drop or
+misread the other's messages. Pure functions only: the connection code
+holds the state.
 """
 
 from __future__ import annotations
@@ -24,6 +27,8 @@ CHALLENGE = b"HERD-CHALLENGE"
 AUTH = b"HERD-AUTH"
 OK = b"HERD-OK"
 PEER_WORDS = frozenset((HELLO, CHALLENGE, AUTH, OK))
+# 1: U/R/K/SYNC/PULL; 2: also F, K naming forwarded updates, SYNC ... ALL.
+PROTOCOL = b"2"
 
 _NONCE_BYTES = 16
 _NONCE_HEX = _NONCE_BYTES * 2
@@ -40,7 +45,7 @@ def is_nonce(value: bytes) -> bool:
 
 def mac(secret: bytes, role: bytes, dialler: bytes, listener: bytes, nonce_d: bytes, nonce_l: bytes) -> bytes:
     """HMAC-SHA256, hex encoded, binding the role and both node names and nonces."""
-    parts = (b"herd-peer-v1", role, dialler, listener, nonce_d, nonce_l)
+    parts = (b"herd-peer-v" + PROTOCOL, role, dialler, listener, nonce_d, nonce_l)
     message = b"".join(b"%d:%s" % (len(part), part) for part in parts)  # unambiguous framing
     return hmac.new(secret, message, hashlib.sha256).hexdigest().encode()
 

@@ -231,8 +231,14 @@ class NodeConnection(PeerEndpointMixin, LineProtocol, TimeoutMixin):
         if self.factory.tls is not None and not self._tls:
             log.warn("{who} peer handshake refused: TLS is required first", who=self.who)
             return b"? " + line + b"\n"
-        if words[0] == auth.HELLO and len(words) == 4:
-            _, dialler, listener, nonce_d = words
+        if words[0] == auth.HELLO and len(words) in (4, 5):
+            _, dialler, listener, nonce_d, *protocol = words
+            if protocol != [auth.PROTOCOL]:
+                log.warn("{who} peer handshake refused: {peer} speaks peer protocol {theirs}, this node "
+                         "{ours}; run the same herd version on every node", who=self.who,
+                         peer=printable(dialler), theirs=printable(protocol[0]) if protocol else "1",
+                         ours=auth.PROTOCOL.decode())
+                return b"? " + line + b"\n"
             if listener == own and self.node.links.is_neighbour(dialler) and auth.is_nonce(nonce_d):
                 nonce_l = auth.new_nonce()
                 self._handshake = (dialler, nonce_d, nonce_l)
@@ -336,7 +342,8 @@ class PeerDialer(PeerEndpointMixin, LineProtocol):
             self._hello()
 
     def _hello(self) -> None:
-        self.transport.write(b"%s %s %s %s\n" % (auth.HELLO, self._own, self._peer, self._nonce))
+        hello = (auth.HELLO, self._own, self._peer, self._nonce, auth.PROTOCOL)
+        self.transport.write(b" ".join(hello) + b"\n")
 
     def connectionLost(self, reason: Any = None) -> None:
         why = reason.getErrorMessage() if reason else ""

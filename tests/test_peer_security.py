@@ -49,7 +49,7 @@ class Wire:
 
 
 def hello(wire: Wire, nonce: bytes) -> bytes:
-    wire.send(b"HERD-HELLO B A " + nonce)
+    wire.send(b"HERD-HELLO B A " + nonce + b" " + auth.PROTOCOL)
     words = wire.recv_line().split()
     assert words[0] == b"HERD-CHALLENGE"
     nonce_l, mac_l = words[1], words[2]
@@ -89,12 +89,24 @@ def test_peer_that_stops_mid_handshake_is_logged(node_a: Herd) -> None:
     )
 
 
+def test_a_dialler_speaking_another_peer_protocol_is_refused_and_logged(node_a: Herd) -> None:
+    wire = Wire(node_a["A"].port)
+    for line in (b"HERD-HELLO B A " + auth.new_nonce(),  # protocol 1 sent no version
+                 b"HERD-HELLO B A " + auth.new_nonce() + b" 3"):
+        wire.send(line)
+        assert wire.recv_line() == b"? " + line
+    wire.close()
+    wait_until(lambda: "B speaks peer protocol 1, this node 2" in node_a["A"].log()
+               and "B speaks peer protocol 3, this node 2" in node_a["A"].log(), what="refusals logged")
+    assert "link up" not in node_a["A"].log()
+
+
 def test_hello_from_unknown_or_unlinked_node_is_refused(node_a: Herd) -> None:
     wire = Wire(node_a["A"].port)
     for line in (
-        b"HERD-HELLO Mallory A " + auth.new_nonce(),
-        b"HERD-HELLO B Z " + auth.new_nonce(),
-        b"HERD-HELLO B A short",
+        b"HERD-HELLO Mallory A " + auth.new_nonce() + b" " + auth.PROTOCOL,
+        b"HERD-HELLO B Z " + auth.new_nonce() + b" " + auth.PROTOCOL,
+        b"HERD-HELLO B A short " + auth.PROTOCOL,
         b"HERD-AUTH " + b"0" * 64,
         b"HERD-OK",
     ):

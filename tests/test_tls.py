@@ -118,7 +118,7 @@ def test_plain_text_handshake_to_a_tls_node_is_refused(tmp_path: Path) -> None:
     herd["A"].redis.start()
     herd["A"].start()
     try:
-        hello = b"HERD-HELLO B A " + auth.new_nonce()
+        hello = b"HERD-HELLO B A " + auth.new_nonce() + b" " + auth.PROTOCOL
         with socket.create_connection(("127.0.0.1", herd["A"].port), timeout=5) as sock:
             sock.sendall(hello + b"\n")
             assert sock.recv(4096) == b"? " + hello + b"\n"
