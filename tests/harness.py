@@ -11,9 +11,11 @@ import shutil
 import signal
 import socket
 import subprocess
+import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 from herd.resp import Resp, encode_command, read_reply  # noqa: F401 (re-exported for tests)
 
@@ -118,3 +120,18 @@ def env_with(**extra: str) -> dict[str, str]:
     env.update(extra)
     return env
 
+
+def redis_with_store(case: Any, prefix: str) -> tuple[RedisServer, Any]:
+    """A fresh redis-server and a started RedisStore on it for a trial test
+    case; both are stopped by the case's cleanups."""
+    from twisted.internet import reactor
+
+    from config.schema import RedisAddress
+    from storage.store import RedisStore
+
+    redis = RedisServer(Path(tempfile.mkdtemp(prefix=prefix))).start()
+    case.addCleanup(redis.kill)
+    store = RedisStore(reactor, RedisAddress(redis.url, "127.0.0.1", redis.port), b"herd:", timeout=5.0)
+    store.start()
+    case.addCleanup(store.stop)
+    return redis, store

@@ -2,21 +2,17 @@
 
 from __future__ import annotations
 
-import tempfile
-from pathlib import Path
 from typing import Any
 
-from harness import RedisServer
+from harness import redis_with_store
 from twisted.internet import reactor
 from twisted.internet.defer import gatherResults, inlineCallbacks
 from twisted.trial import unittest
 
-from config.schema import RedisAddress
 from herd.latest import LatestTimes
 from herd.node import Node
 from herd.peers import PeerLinks
 from herd.protocol import parse_at_line
-from storage.store import RedisStore
 
 
 def loaded(*held: tuple[bytes, int], max_clients: int = 100) -> LatestTimes:
@@ -108,12 +104,7 @@ class LoadFromRedis(unittest.TestCase):
     several SCAN steps, and the table then vouches for missing clients."""
 
     def setUp(self) -> None:
-        self.redis = RedisServer(Path(tempfile.mkdtemp(prefix="herd-latest-"))).start()
-        self.addCleanup(self.redis.kill)
-        address = RedisAddress(self.redis.url, "127.0.0.1", self.redis.port)
-        self.store = RedisStore(reactor, address, b"herd:", timeout=5.0)
-        self.store.start()
-        self.addCleanup(self.store.stop)
+        self.redis, self.store = redis_with_store(self, "herd-latest-")
 
     @inlineCallbacks
     def test_every_client_in_redis_is_read(self) -> Any:

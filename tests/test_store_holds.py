@@ -3,19 +3,15 @@ forwarded updates only when this Redis holds each of them, or something newer.""
 
 from __future__ import annotations
 
-import tempfile
-from pathlib import Path
 from typing import Any
 
-from harness import RedisServer
-from twisted.internet import reactor
+from harness import redis_with_store
 from twisted.internet.defer import inlineCallbacks
 from twisted.trial import unittest
 
-from config.schema import RedisAddress
 from herd.peers import line_digest
 from herd.protocol import parse_at_line
-from storage.store import Chain, Position, RedisStore
+from storage.store import Chain, Position
 
 HELD = b"AT B +0.100000000 c +1+1 1000.5"
 SAME_TIME_OTHER_NODE = b"AT A +0.200000000 c +1+1 1000.5"
@@ -23,12 +19,7 @@ SAME_TIME_OTHER_NODE = b"AT A +0.200000000 c +1+1 1000.5"
 
 class AdvanceOffsetHolds(unittest.TestCase):
     def setUp(self) -> None:
-        self.redis = RedisServer(Path(tempfile.mkdtemp(prefix="herd-holds-"))).start()
-        self.addCleanup(self.redis.kill)
-        address = RedisAddress(self.redis.url, "127.0.0.1", self.redis.port)
-        self.store = RedisStore(reactor, address, b"herd:", timeout=5.0)
-        self.store.start()
-        self.addCleanup(self.store.stop)
+        self.redis, self.store = redis_with_store(self, "herd-holds-")
 
     @inlineCallbacks
     def advance(self, *holds: bytes) -> Any:
