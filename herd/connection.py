@@ -393,7 +393,8 @@ class PeerDialer(PeerEndpointMixin, LineProtocol):
         return True
 
     def _refuse(self, line: bytes) -> None:
-        log.warn("{who} handshake failed at {line!r}; wrong secret or not a herd peer",
+        log.warn("{who} handshake failed at {line!r}; wrong secret, not a herd peer, or another "
+                 "peer protocol (the other node's log says which)",
                  who=self.who, line=printable(line[:80]))
         self.stop_reading()
         self.transport.loseConnection()  # connectionLost counts the failure

@@ -198,6 +198,8 @@ class Node:
         now: equal client times are settled as between peers."""
         if self._retry is not None and self._retry.active():
             self._retry.cancel()
+        if not self.store.serving:
+            return  # on_connected calls again once it serves
         pending, self._unstored = self._unstored, deque(maxlen=MAX_UNSTORED)
         if pending:
             log.info("storing {n} forwarded update(s) again", n=len(pending))

@@ -9,6 +9,7 @@ within a couple of seconds of Redis returning.
 
 from __future__ import annotations
 
+from collections import deque
 from collections.abc import Callable
 from importlib import resources
 from typing import Any, NamedTuple
@@ -37,8 +38,11 @@ SCAN_RECORDS = _lua("scan_records.lua")
 SCAN_TIMES = _lua("scan_times.lua")
 LOG_MAX_ENTRIES = 1_000_000  # approximate bound of the update log (a few tens of MB)
 MAX_BATCH = 1000  # records per store_batch.lua call
-NOT_SERVING = ("LOADING", "BUSY", "MASTERDOWN")  # errors of a Redis that cannot serve now
-SERVING_POLL = 0.1  # seconds between checks whether a (re)started Redis still loads its data
+# Errors of a Redis that cannot take writes now (loading its data, running a
+# long script, out of memory, failing to persist, a read-only replica).
+NOT_SERVING = ("LOADING", "BUSY", "MASTERDOWN", "OOM", "MISCONF", "READONLY", "NOREPLICAS")
+SERVING_POLL = 0.1  # seconds between checks whether Redis takes writes again
+STALLED = 0.25  # seconds a store batch may wait for Redis before the store counts as not serving
 
 
 class Position(NamedTuple):
@@ -133,6 +137,7 @@ class RedisStore:
         self._said_not_serving = False  # that check was refused and logged
         self._batch: list[tuple[list[bytes], Deferred[StoreResult]]] = []
         self._batch_call: Any = None
+        self._sent_at: deque[float] = deque()  # when each unanswered store batch was sent
         self.observe: Callable[[float], None] | None = None  # gets each call's latency (s)
         self._factory = _ReconnectingFactory(
             self._connection_ready,
@@ -161,8 +166,11 @@ class RedisStore:
 
     @property
     def serving(self) -> bool:
-        """Connected, Redis served a read since, and no call failed since then."""
-        return self._serving_now and self.connected
+        """Connected, Redis took a write since, no call failed since then, and
+        no store batch has waited for its answer longer than STALLED."""
+        if not (self._serving_now and self.connected):
+            return False
+        return not self._sent_at or self._reactor.seconds() - self._sent_at[0] < STALLED
 
     # -- verbs -----------------------------------------------------------
 
@@ -207,8 +215,14 @@ class RedisStore:
             args = [self.keys.prefix, str(LOG_MAX_ENTRIES).encode()]
             for record_args, _ in part:
                 args.extend(record_args)
+            self._sent_at.append(self._reactor.seconds())
             d = self._call("eval", STORE_BATCH, keys, args)
+            d.addBoth(self._answered)
             d.addCallbacks(_batch_stored, _batch_failed, callbackArgs=(part,), errbackArgs=(part,))
+
+    def _answered(self, result: Any) -> Any:
+        self._sent_at.popleft()  # one connection: batches are answered in the order sent
+        return result
 
     def get(self, client_id: bytes) -> Deferred[AtRecord | None]:
         """The record held for ``client_id``, or None."""
@@ -310,7 +324,7 @@ class RedisStore:
     def _connection_ready(self) -> None:
         """A connection is up: queued calls go now. Redis may still be loading
         its data set (it answers LOADING to data commands until done), so
-        ``on_connected`` runs only once it serves a read (and again after a
+        ``on_connected`` runs only once it takes a write (and again after a
         call failed: a reply may have been lost)."""
         self.connections += 1
         self._serving_now = False
@@ -322,7 +336,8 @@ class RedisStore:
             self._check_serving()
 
     def _check_serving(self) -> None:
-        d = self._run_now("get", (self.keys.log_epoch,))
+        # A write: a Redis can answer reads while refusing or stalling writes.
+        d = self._run_now("hset", (self.keys.status, b"checked", str(self._reactor.seconds()).encode()))
         d.addCallbacks(self._serving, self._not_serving_yet)
 
     def _serving(self, _: Any) -> None:

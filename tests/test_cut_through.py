@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import socket
 import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -62,6 +63,42 @@ def test_a_peer_stores_an_update_before_the_receiving_node_has(direct: Herd) -> 
     assert replies and replies[0].startswith(b"AT A ")
     agreed(herd, "early")
     assert b"AT A " in herd["B"].record("early")[b"at"]
+
+
+@pytest.mark.timeout(60)
+def test_while_a_write_waits_for_redis_later_updates_are_not_forwarded(direct: Herd) -> None:
+    herd = direct
+    herd["A"].redis.command("CLIENT", "PAUSE", "2000", "WRITE")
+    replies: list[bytes] = []
+    first = threading.Thread(target=lambda: replies.append(
+        talk(herd["A"].port, "IAMAT first +2+2 1700000001.5", timeout=15)))
+    first.start()
+    wait_until(lambda: herd["B"].record("first") != {}, timeout=1.0, what="the first update forwarded")
+    time.sleep(0.3)  # A's store of `first` has now waited longer than STALLED (0.25 s)
+    second = talk(herd["A"].port, "IAMAT second +3+3 1700000002.5", timeout=15)
+    assert second.startswith(b"AT A ")  # answered once the pause ended
+    first.join(15)
+    assert herd["A"].redis.command("CLIENT", "UNPAUSE") == b"OK"
+    # `second` went out only as U, after A stored it.
+    agreed(herd, "second")
+    forwarded = [line for line in herd["A"].log().splitlines() if " send F " in line]
+    assert any(" first " in line for line in forwarded)
+    assert not any(" second " in line for line in forwarded)
+
+
+@pytest.mark.timeout(60)
+def test_a_redis_that_refuses_writes_stops_forwarding_after_the_first_refusal(direct: Herd) -> None:
+    herd = direct
+    herd["A"].redis.command("CONFIG", "SET", "maxmemory", "1")  # every write now fails with OOM
+    for n in range(3):
+        line = f"IAMAT full{n} +2+2 170000000{n}.5"
+        assert talk(herd["A"].port, line, timeout=15) == f"? {line}\n".encode()
+    time.sleep(0.5)  # a forwarded update would have reached B by now
+    assert herd["B"].record("full1") == {} and herd["B"].record("full2") == {}
+    wait_until(lambda: "Redis does not serve yet (OOM" in herd["A"].log(), what="A's log")
+    herd["A"].redis.command("CONFIG", "SET", "maxmemory", "0")
+    # Only the first was forwarded (nothing had failed yet); A stores it again.
+    agreed(herd, "full0")
 
 
 @pytest.mark.timeout(60)
