@@ -258,8 +258,8 @@ class Node:
             self._malformed(peer, "a malformed skip", rest)
             return
         prev, pos, holds = Position.parse(fields[0]), Position.parse(fields[1]), fields[2:]
-        times = [parse_client_time(t) for t in holds[1::3]]
-        if prev is None or pos is None or prev.epoch != pos.epoch or len(holds) % 3 or None in times:
+        times = [parse_client_time(t) for t in holds[1::4]]
+        if prev is None or pos is None or prev.epoch != pos.epoch or len(holds) % 4 or None in times:
             self._malformed(peer, "a malformed skip", rest)
             return
         d = self.store.advance_offset(Chain(peer, prev, pos), holds)

@@ -8,7 +8,6 @@ else on its oldest open connection.
 
 from __future__ import annotations
 
-import hashlib
 import random
 from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING, Any, Protocol
@@ -48,10 +47,10 @@ NO_POSITION = b"-"
 MAX_HOLDS = 64  # forwarded entries named in one K line
 
 
-def line_digest(at_line: bytes) -> bytes:
-    """First 8 hex digits of SHA-1 of an AT line: tells apart two records with
-    the same client and time in a K line (store_batch.lua checks it)."""
-    return hashlib.sha1(at_line).hexdigest()[:8].encode()
+def hold_of(record: AtRecord) -> tuple[bytes, bytes, bytes, bytes]:
+    """How a K line names a record: client id, client-time, server, skew (two
+    records of one client with the same time differ in server or skew)."""
+    return record.client_id, record.time.text, record.server, record.skew
 
 
 class _Chain:
@@ -59,7 +58,7 @@ class _Chain:
     log position sent to it (None while a SYNC answer is under way: updates
     then go unchained). ``covered``: the last position such that every log
     entry up to it was sent to the peer, came from it, or was forwarded to it
-    (``F``) before being stored. ``holds``: client id, time and line digest of
+    (``F``) before being stored. ``holds``: client id, time, server and skew of
     each entry since ``sent`` that was forwarded to it, or came from it as
     ``F``; the peer may move past them only if it holds them."""
 
@@ -151,7 +150,7 @@ class PeerLinks:
         Unless ``source_holds``, the update came from ``source`` as ``F``: the
         ``K`` that moves its offset past it names it too."""
         sent = 0
-        hold: tuple[bytes, bytes, bytes] | None = None
+        hold: tuple[bytes, bytes, bytes, bytes] | None = None
         for name, conns in self._open.items():
             if not conns:
                 continue
@@ -165,9 +164,9 @@ class PeerLinks:
                     chain = None
             if chain is not None and chain.sent is not None and (
                     name in forwarded or (name == source and not source_holds)):
-                hold = hold or (record.client_id, record.time.text, line_digest(record.line))
+                hold = hold or hold_of(record)
                 chain.holds.extend(hold)
-                if len(chain.holds) >= 3 * MAX_HOLDS:
+                if len(chain.holds) >= 4 * MAX_HOLDS:
                     self._send_skip(chain, position)
                 continue
             if name == source:
@@ -186,7 +185,7 @@ class PeerLinks:
 
     def send_skips(self) -> int:
         """Tell each chained peer how far our log moved with updates that came
-        from it or were forwarded to it (``K <prev> <pos> [<id> <time> <digest>]...``),
+        from it or were forwarded to it (``K <prev> <pos> [<id> <time> <server> <skew>]...``),
         so its offset keeps up and a later SYNC does not walk over them.
         Called several times a second."""
         sent = 0

@@ -13,14 +13,13 @@ has applied that peer's log (``<prefix>peer:<name>``). Peer messages:
     F <AT line>                   a live update, forwarded before it is stored
                                   (cut-through: the sender knew it was newer)
     U <prev> <pos> <AT line>      a live update at <pos>, sent after <prev>
-    K <prev> <pos> [<id> <time> <digest>]...
+    K <prev> <pos> [<id> <time> <server> <skew>]...
                                   our log moved from <prev> to <pos> with updates
                                   that came from you, or were forwarded between
                                   us as F (those are listed: advance only if you
-                                  hold each one, or something newer; <digest>:
-                                  8 hex digits of SHA-1 of the AT line, for
-                                  equal times); sent every 0.1 s or per 64
-                                  listed updates
+                                  hold each one, or something newer; server and
+                                  skew tell apart records with equal times);
+                                  sent every 0.1 s or per 64 listed updates
     PULL                          SYNC from me: my log may hold entries you have
                                   not seen (a Redis reply was lost, Redis is back)
 

@@ -192,9 +192,9 @@ class RedisStore:
     def advance_offset(self, chain: Chain, holds: list[bytes] = []) -> Deferred[StoreResult]:  # noqa: B006
         """Advance ``chain.peer``'s offset from ``chain.prev`` to ``chain.pos`` with
         no record, in order with the records stored before it; ``holds``
-        (client id, client-time, line digest, client id, ...): only if each
-        of those clients is held newer, or as new with that line (see
-        store_batch.lua)."""
+        (client id, client-time, server, skew, client id, ...): only if each
+        of those clients is held newer, or as new with that server and skew
+        (see store_batch.lua)."""
         done: Deferred[StoreResult] = Deferred()
         link = (chain.peer, chain.prev.epoch, chain.prev.entry, chain.pos.entry)
         meta = b"\n".join((b"0", *link, b"", *holds))

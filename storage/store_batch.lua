@@ -31,13 +31,12 @@
 --                      up to pos is applied here",
 --     source           the peer the record came from ("" from a client), logged
 --                      so that a SYNC answer to that peer can leave it out,
---     [hold id, hold time, hold digest]...  optional, with an empty AT line
---                      only: the chain advances only if each client <hold id>
---                      is held with a client-time above <hold time>, or equal
---                      to it with an AT line whose SHA-1 starts with the 8 hex
---                      digits <hold digest> (a peer saying "the updates
---                      forwarded between us before being stored are in my
---                      log up to pos").
+--     [hold id, hold time, hold server, hold skew]...  optional, with an empty
+--                      AT line only: the chain advances only if each client
+--                      <hold id> is held with a client-time above <hold time>,
+--                      or with that very time, server and skew (a peer saying
+--                      "the updates forwarded between us before being stored
+--                      are in my log up to pos").
 -- A record with an empty AT line only advances the chain (a peer saying "my
 -- log moved on to pos with updates that came from you").
 -- Positions: Redis GEO itself decides which latitudes it can index; a client
@@ -136,16 +135,16 @@ local function previous_id()
   return last_id
 end
 
-local function holds_all(meta)  -- from meta[7]: id, time, line digest; id, ...
-  for i = 7, #meta - 2, 3 do
-    local held = redis.call('HMGET', prefix .. 'client:' .. meta[i], 'time', 'at')
+local function holds_all(meta)  -- from meta[7]: id, time, server, skew; id, ...
+  for i = 7, #meta - 3, 4 do
+    local held = redis.call('HMGET', prefix .. 'client:' .. meta[i], 'time', 'server', 'skew')
     if not held[1] then return false end
-    local order = compare_ns(canonical_ns(held[1]), canonical_ns(meta[i + 1]))
-    if order < 0 then return false end
-    -- The same time: only the very same record will do (ties are settled by
-    -- the AT line, which the digest stands for; a SYNC settles the rest).
-    if order == 0 and string.sub(redis.sha1hex(held[2]), 1, 8) ~= meta[i + 2] then
-      return false
+    if held[1] == meta[i + 1] then
+      -- The same time: only the very same record will do (ties are settled
+      -- by the AT line; a SYNC settles the rest).
+      if held[2] ~= meta[i + 2] or held[3] ~= meta[i + 3] then return false end
+    elseif compare_ns(canonical_ns(held[1]), canonical_ns(meta[i + 1])) <= 0 then
+      return false  -- older, or the same instant written differently (another record)
     end
   end
   return true

@@ -9,12 +9,10 @@ from harness import redis_with_store
 from twisted.internet.defer import inlineCallbacks
 from twisted.trial import unittest
 
-from herd.peers import line_digest
 from herd.protocol import parse_at_line
 from storage.store import Chain, Position
 
 HELD = b"AT B +0.100000000 c +1+1 1000.5"
-SAME_TIME_OTHER_NODE = b"AT A +0.200000000 c +1+1 1000.5"
 
 
 class AdvanceOffsetHolds(unittest.TestCase):
@@ -34,13 +32,15 @@ class AdvanceOffsetHolds(unittest.TestCase):
         record = parse_at_line(HELD)
         assert record is not None
         yield self.store.store_if_newer(record)
-        digest = line_digest(HELD)
+        held = (b"c", b"1000.5", b"B", b"+0.100000000")
         assert (yield self.advance())
-        assert (yield self.advance(b"c", b"1000.5", digest))  # the very record
-        assert (yield self.advance(b"c", b"999", b"00000000"))  # something newer is held
-        assert not (yield self.advance(b"c", b"1000.500000001", digest))  # newer than held
-        assert not (yield self.advance(b"nobody", b"1", b"00000000"))  # not held at all
+        assert (yield self.advance(*held))  # the very record
+        assert (yield self.advance(b"c", b"999", b"X", b"+0.000000000"))  # something newer is held
+        assert not (yield self.advance(b"c", b"1000.500000001", b"B", b"+0.100000000"))  # newer than held
+        assert not (yield self.advance(b"nobody", b"1", b"B", b"+0.100000000"))  # not held at all
         # The same time but another AT line (the same IAMAT sent to two nodes):
         # the offset must not move; a SYNC settles which line wins.
-        assert not (yield self.advance(b"c", b"1000.5", line_digest(SAME_TIME_OTHER_NODE)))
-        assert not (yield self.advance(b"c", b"1000.5", digest, b"nobody", b"1", b"00000000"))
+        assert not (yield self.advance(b"c", b"1000.5", b"A", b"+0.200000000"))
+        # The same instant written otherwise is another AT line too.
+        assert not (yield self.advance(b"c", b"1000.50", b"B", b"+0.100000000"))
+        assert not (yield self.advance(*held, b"nobody", b"1", b"B", b"+0.1"))
