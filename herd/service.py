@@ -206,10 +206,10 @@ def serve(name: str, config_path: str, log_format: str | None, activation: str |
               f"{err.socketError}", file=sys.stderr)
         return 1
     reactor.addSystemEventTrigger("before", "shutdown", service.stopService)
-    # Start-up leaves a few hundred thousand long-lived objects (modules,
-    # classes); move them out of the collector's sight, or its first full
-    # collections stall the node for about 0.1 s while updates wait.
-    gc.collect()
+    # Start-up leaves tens of thousands of long-lived objects (modules,
+    # classes); move them out of the collector's sight (at once, without a
+    # collection first), or its full collections stall the node for up to
+    # about 0.1 s while updates wait.
     gc.freeze()
     reactor.run()  # type: ignore[attr-defined]
     return 0
