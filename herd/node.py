@@ -262,6 +262,7 @@ class Node:
         if prev is None or pos is None or prev.epoch != pos.epoch or len(holds) % 4 or None in times:
             self._malformed(peer, "a malformed skip", rest)
             return
+        self.links.stored_there(peer, holds)
         d = self.store.advance_offset(Chain(peer, prev, pos), holds)
         d.addCallback(lambda result: None if result.advanced else self.reconciler.gap(peer, conn))
         d.addErrback(lambda f: self.reconciler.record_lost(peer))

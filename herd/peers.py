@@ -59,16 +59,19 @@ class _Chain:
     then go unchained). ``covered``: the last position such that every log
     entry up to it was sent to the peer, came from it, or was forwarded to it
     (``F``) before being stored. ``holds``: client id, time, server and skew of
-    each entry since ``sent`` that was forwarded to it, or came from it as
-    ``F``; the peer may move past them only if it holds them."""
+    each entry since ``sent`` that was forwarded to it; ``unconfirmed``: the
+    same of each entry since ``sent`` that came from it as ``F`` and that none
+    of its own K lines has named yet (naming an update there means it stored
+    it). The peer may move past them only if it holds them."""
 
-    __slots__ = ("conn", "sent", "covered", "holds")
+    __slots__ = ("conn", "sent", "covered", "holds", "unconfirmed")
 
     def __init__(self, conn: PeerConnection, sent: Position | None, covered: Position | None):
         self.conn = conn
         self.sent = sent
         self.covered = covered
         self.holds: list[bytes] = []
+        self.unconfirmed: dict[tuple[bytes, ...], None] = {}
 
 
 LinkCallback = Callable[[bytes, PeerConnection], None]
@@ -162,8 +165,10 @@ class PeerLinks:
                     del self._chain[name]
                     chain.conn.send_line(PULL)
                     chain = None
-            if chain is not None and chain.sent is not None and (
-                    name in forwarded or (name == source and not source_holds)):
+            if chain is not None and chain.sent is not None and name == source and not source_holds:
+                chain.unconfirmed[hold_of(record)] = None
+                continue
+            if chain is not None and chain.sent is not None and name in forwarded:
                 hold = hold or hold_of(record)
                 chain.holds.extend(hold)
                 if len(chain.holds) >= 4 * MAX_HOLDS:
@@ -172,7 +177,7 @@ class PeerLinks:
             if name == source:
                 continue
             if chain is not None and chain.sent is not None:
-                if chain.holds:
+                if chain.holds or chain.unconfirmed:
                     self._send_skip(chain, previous)  # type: ignore[arg-type]
                 chain.conn.send_line(b"U %s %s %s" % (chain.sent.token, position.token, record.line))
                 chain.sent = position
@@ -197,10 +202,20 @@ class PeerLinks:
 
     @staticmethod
     def _send_skip(chain: _Chain, to: Position) -> None:
-        line = b" ".join((SKIP, chain.sent.token, to.token, *chain.holds))  # type: ignore[union-attr]
+        unconfirmed = [field for hold in chain.unconfirmed for field in hold]
+        line = b" ".join((SKIP, chain.sent.token, to.token, *chain.holds, *unconfirmed))  # type: ignore[union-attr]
         chain.conn.send_line(line)
         chain.sent = to
         chain.holds = []
+        chain.unconfirmed = {}
+
+    def stored_there(self, name: bytes, holds: list[bytes]) -> None:
+        """``name``'s K line named these updates (client id, time, server, skew,
+        ...): it has stored them, so our K lines need not ask it about them."""
+        chain = self._chain.get(name)
+        if chain is not None and chain.unconfirmed:
+            for i in range(0, len(holds), 4):
+                chain.unconfirmed.pop(tuple(holds[i:i + 4]), None)
 
     def restart_chain(self, name: bytes, conn: PeerConnection) -> None:
         """A SYNC answer to ``name`` starts on ``conn``: updates flooded meanwhile go

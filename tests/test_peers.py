@@ -114,6 +114,16 @@ def test_an_update_that_came_as_f_is_named_in_the_k_line_back_to_its_sender() ->
     assert conns[b"C"].take() == [b"F " + rec.line, b"K E/0-0 E/1-0 a 1.5 A +0.000000001"]
 
 
+def test_an_update_its_sender_named_in_a_k_line_is_not_listed_back() -> None:
+    links, conns = chained(b"B")
+    confirmed, unconfirmed = record("a", 1), record("b", 2)
+    links.flood(confirmed, pos(1), pos(0), b"B", frozenset(), source_holds=False)
+    links.flood(unconfirmed, pos(2), pos(1), b"B", frozenset(), source_holds=False)
+    links.stored_there(b"B", [b"a", b"1.5", b"A", b"+0.000000001", b"x", b"9.5", b"A", b"+0.1"])
+    links.send_skips()
+    assert conns[b"B"].take() == [b"K E/0-0 E/2-0 b 2.5 A +0.000000001"]
+
+
 def test_an_entry_never_seen_stored_breaks_the_chain_with_pull() -> None:
     links, conns = chained(b"B")
     rec = record("a", 1)
