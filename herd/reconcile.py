@@ -39,7 +39,8 @@ so the update travels on while each node's Redis stores it. A node
 forwards only while its Redis serves (herd.latest, RedisStore.serving). An
 update that came as F may not be held by its sender yet, so it is logged as
 ``<peer> F``: SYNC answers to that peer do not leave it out, and the K that
-covers it lists it.
+covers it lists it (unless the sender's own K lines named it: they name
+only what it stored).
 """
 
 from __future__ import annotations
