@@ -22,7 +22,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from herd.latest import LatestTimes
-from herd.peers import FORWARD, PULL, SKIP, PeerConnection, PeerLinks
+from herd.peers import FORWARD, PULL, SKIP, PeerConnection, PeerLinks, hold_of
 from herd.places import PlacesError, PlacesProvider
 from herd.protocol import (
     AtRecord,
@@ -42,6 +42,7 @@ log = Logger(namespace="herd")
 
 
 MAX_UNSTORED = 100_000  # forwarded updates kept for storing again when Redis is back
+MAX_HELD = 10_000  # per peer: forwarded updates remembered as stored here (about a second)
 STORE_AGAIN_AFTER = 1.0  # seconds after a failed store of a forwarded update before trying again
 SCAN_COUNT = 1000  # clients per Redis call while loading their times
 
@@ -71,6 +72,10 @@ class Node:
         self._unstored: deque[tuple[AtRecord, Origin, frozenset[bytes]]] = deque(maxlen=MAX_UNSTORED)
         self._retry: Any = None
         store.on_connected.append(self._store_again)
+        # Per peer, updates it forwarded (F) that are stored here and that its
+        # K lines have not named yet (see _not_known_held).
+        self._held_from: dict[bytes, dict[tuple[bytes, ...], None]] = {}
+        store.on_connected.append(self._held_from.clear)
 
     @inlineCallbacks
     def load_latest(self) -> Any:
@@ -178,9 +183,35 @@ class Node:
             self.stats.stored()
             self.links.flood(record, result.position, result.previous, origin.peer, forwarded or frozenset(),
                              source_holds=not origin.unconfirmed)
+            if origin.unconfirmed and origin.peer is not None:
+                self._remember_held(origin.peer, hold_of(record))
         elif origin.peer is not None:
             self.stats.flood_duplicate += 1
         return result
+
+    def _remember_held(self, peer: bytes, hold: tuple[bytes, ...]) -> None:
+        """An update ``peer`` forwarded (F) is now stored here: when its K names
+        it, no Redis lookup is needed. Forgotten when Redis reconnects (it may
+        have restarted without it), and beyond MAX_HELD per peer."""
+        held = self._held_from.setdefault(peer, {})
+        held[hold] = None
+        if len(held) > MAX_HELD:
+            del held[next(iter(held))]
+
+    def _not_known_held(self, peer: bytes, holds: list[bytes]) -> list[bytes]:
+        """The updates of a K line from ``peer`` (4 fields each) not known to be
+        stored here; those are checked in Redis."""
+        known = self._held_from.get(peer)
+        if not known:
+            return holds
+        unknown: list[bytes] = []
+        for i in range(0, len(holds), 4):
+            hold = tuple(holds[i:i + 4])
+            if hold in known:
+                del known[hold]
+            else:
+                unknown.extend(hold)
+        return unknown
 
     def _forwarded_lost(self, failure: Failure, record: AtRecord, origin: Origin,
                         forwarded: frozenset[bytes]) -> Failure:
@@ -263,7 +294,7 @@ class Node:
             self._malformed(peer, "a malformed skip", rest)
             return
         self.links.stored_there(peer, holds)
-        d = self.store.advance_offset(Chain(peer, prev, pos), holds)
+        d = self.store.advance_offset(Chain(peer, prev, pos), self._not_known_held(peer, holds))
         d.addCallback(lambda result: None if result.advanced else self.reconciler.gap(peer, conn))
         d.addErrback(lambda f: self.reconciler.record_lost(peer))
 

@@ -6,9 +6,12 @@ from __future__ import annotations
 from typing import Any
 
 from harness import redis_with_store
+from twisted.internet import reactor
 from twisted.internet.defer import inlineCallbacks
 from twisted.trial import unittest
 
+from herd.node import Node
+from herd.peers import PeerLinks
 from herd.protocol import parse_at_line
 from storage.store import Chain, Position
 
@@ -44,3 +47,27 @@ class AdvanceOffsetHolds(unittest.TestCase):
         # The same instant written otherwise is another AT line too.
         assert not (yield self.advance(b"c", b"1000.50", b"B", b"+0.100000000"))
         assert not (yield self.advance(*held, b"nobody", b"1", b"B", b"+0.1"))
+
+
+class HeldInMemory(unittest.TestCase):
+    """Updates a peer forwarded that this node stored need no Redis lookup when
+    the peer's K names them; a Redis reconnection forgets them."""
+
+    def setUp(self) -> None:
+        self.redis, self.store = redis_with_store(self, "herd-held-")
+        self.node = Node(b"A", self.store, None, PeerLinks([b"P"]), reactor)  # type: ignore[arg-type]
+
+    def test_only_holds_not_seen_stored_go_to_redis(self) -> None:
+        seen = (b"c", b"1000.5", b"B", b"+0.100000000")
+        other = (b"d", b"7", b"B", b"+0.100000000")
+        self.node._remember_held(b"P", seen)
+        assert self.node._not_known_held(b"P", [*seen, *other]) == list(other)
+        assert self.node._not_known_held(b"P", list(seen)) == list(seen)  # named once: forgotten
+        assert self.node._not_known_held(b"Q", list(seen)) == list(seen)
+
+    def test_a_redis_reconnection_forgets_them(self) -> None:
+        seen = (b"c", b"1000.5", b"B", b"+0.100000000")
+        self.node._remember_held(b"P", seen)
+        assert self.node._held_from.clear in self.store.on_connected
+        self.node._held_from.clear()
+        assert self.node._not_known_held(b"P", list(seen)) == list(seen)
