@@ -151,7 +151,8 @@ class PeerLinks:
         chain breaks: the peer is sent ``PULL`` and fetches the gap with a
         SYNC. Elsewhere the update goes unchained on the oldest connection.
         Unless ``source_holds``, the update came from ``source`` as ``F``: the
-        ``K`` that moves its offset past it names it too."""
+        ``K`` that moves its offset past it names it too, unless ``source``
+        has named it in a K of its own first (see :meth:`stored_there`)."""
         sent = 0
         hold: tuple[bytes, bytes, bytes, bytes] | None = None
         for name, conns in self._open.items():
@@ -165,22 +166,24 @@ class PeerLinks:
                     del self._chain[name]
                     chain.conn.send_line(PULL)
                     chain = None
-            if chain is not None and chain.sent is not None and name == source and not source_holds:
-                chain.unconfirmed[hold_of(record)] = None
-                continue
-            if chain is not None and chain.sent is not None and name in forwarded:
+            live = chain if chain is not None and chain.sent is not None else None
+            if live is not None and name == source and not source_holds:
                 hold = hold or hold_of(record)
-                chain.holds.extend(hold)
-                if len(chain.holds) >= 4 * MAX_HOLDS:
-                    self._send_skip(chain, position)
+                live.unconfirmed[hold] = None
+                continue
+            if live is not None and name in forwarded:
+                hold = hold or hold_of(record)
+                live.holds.extend(hold)
+                if len(live.holds) >= 4 * MAX_HOLDS:
+                    self._send_skip(live, position)
                 continue
             if name == source:
                 continue
-            if chain is not None and chain.sent is not None:
-                if chain.holds or chain.unconfirmed:
-                    self._send_skip(chain, previous)  # type: ignore[arg-type]
-                chain.conn.send_line(b"U %s %s %s" % (chain.sent.token, position.token, record.line))
-                chain.sent = position
+            if live is not None:
+                if live.holds or live.unconfirmed:
+                    self._send_skip(live, previous)  # type: ignore[arg-type]
+                live.conn.send_line(b"U %s %s %s" % (live.sent.token, position.token, record.line))  # type: ignore[union-attr]
+                live.sent = position
             else:
                 conn = chain.conn if chain is not None else conns[0]
                 conn.send_line(b"U - %s %s" % (position.token, record.line))
