@@ -2,8 +2,9 @@
 authenticated) and the ones a node dials to its peers.
 
 Client contract: requests on one connection are answered in order, each
-reply in one write; a WHATSAT starts only after every earlier request on the
-connection has been answered, so it sees their updates. A client that
+reply in one write. A WHATSAT starts only after every earlier request on the
+connection has been answered, and later requests start only once it has been,
+so it sees the updates sent before it and none sent after it. A client that
 half-closes still gets every reply, and the connection closes once they are
 written.
 """
@@ -44,6 +45,19 @@ log = Logger(namespace="herd")
 def printable(data: bytes) -> str:
     """Bytes for a log line: UTF-8 where possible, escapes elsewhere."""
     return data.decode("utf-8", "backslashreplace")
+
+
+def _follow(done: Deferred[None]) -> Deferred[None]:
+    """A new Deferred that fires once ``done`` has; what is chained on it cannot
+    disturb ``done``'s own callback chain."""
+    follower: Deferred[None] = Deferred()
+
+    def fire(result: object) -> object:
+        follower.callback(None)
+        return result
+
+    done.addBoth(fire)
+    return follower
 
 
 class _Reply:
@@ -88,6 +102,9 @@ class NodeConnection(PeerEndpointMixin, LineProtocol, TimeoutMixin):
     def __init__(self) -> None:
         self.peer_name = None
         self._replies: deque[_Reply] = deque()
+        # The last WHATSAT's reply slot: requests after it start once it is
+        # answered, so it sees the state of the requests before it, no later one.
+        self._barrier: Deferred[None] | None = None
         self._handshake: tuple[bytes, bytes, bytes] | None = None
         self._eof = False
         self._closing = False
@@ -162,9 +179,14 @@ class NodeConnection(PeerEndpointMixin, LineProtocol, TimeoutMixin):
         if isinstance(request, Invalid):
             self.node.stats.request("invalid", "refused")
             self._answer(succeed(request.reply), line)
-        elif isinstance(request, Whatsat) and self._replies:
-            earlier = gatherResults([r.done for r in self._replies])
-            self._answer(earlier.addCallback(lambda _: self.node.handle(request, 0)), line)
+        elif isinstance(request, Whatsat):
+            earlier = gatherResults([r.done for r in self._replies]) if self._replies else succeed(None)
+            slot = self._answer(earlier.addCallback(lambda _: self.node.handle(request, 0)), line)
+            self._barrier = slot.done
+        elif self._barrier is not None and not self._barrier.called:
+            received = self.factory.clock_ns()
+            after = _follow(self._barrier)
+            self._answer(after.addCallback(lambda _: self.node.handle(request, received)), line)
         else:
             self._answer(self.node.handle(request, self.factory.clock_ns()), line)
 
@@ -177,7 +199,7 @@ class NodeConnection(PeerEndpointMixin, LineProtocol, TimeoutMixin):
 
     # -- ordered replies ------------------------------------------------
 
-    def _answer(self, result: Deferred[bytes], line: bytes) -> None:
+    def _answer(self, result: Deferred[bytes], line: bytes) -> _Reply:
         slot = _Reply()
         self._replies.append(slot)
         if len(self._replies) >= self.factory.limits.max_outstanding and not self._paused:
@@ -185,6 +207,7 @@ class NodeConnection(PeerEndpointMixin, LineProtocol, TimeoutMixin):
             self.transport.pauseProducing()
         result.addErrback(self._internal_error, line)
         result.addCallback(self._fill, slot)
+        return slot
 
     def _internal_error(self, failure: Any, line: bytes) -> bytes:
         log.failure("{who} internal error on {line}", failure, who=self.who, line=printable(line))

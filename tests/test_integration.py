@@ -127,6 +127,27 @@ def test_half_closing_client_gets_every_reply_and_unterminated_last_line(herd: H
     assert reply.endswith(b"}\n\n")
 
 
+def test_pipelined_whatsat_sees_earlier_updates_and_none_after_it(herd: Herd) -> None:
+    reply = talk(
+        herd["Campbell"].port,
+        "IAMAT order.one +34.068930-118.445127 1700000000",
+        "WHATSAT order.one 5 1",
+        "WHATSAT order.two 5 1",
+        "IAMAT order.one +40.7-074.0 1700000001",
+        "IAMAT order.two +40.7-074.0 1700000001",
+        "WHATSAT order.one 5 1",
+    )
+    first_whatsat, rest, end = reply.split(b"\n\n")  # each WHATSAT reply ends with an empty line
+    first_at, whatsat_at, _json = first_whatsat.split(b"\n", 2)
+    assert first_at.endswith(b" order.one +34.068930-118.445127 1700000000")
+    assert whatsat_at == first_at  # not the update that came after it
+    refused, second_at, third_at, last_whatsat_at, _json = rest.split(b"\n", 4)
+    assert refused == b"? WHATSAT order.two 5 1"  # unknown when it was asked
+    assert second_at.endswith(b" order.one +40.7-074.0 1700000001")
+    assert third_at.endswith(b" order.two +40.7-074.0 1700000001")
+    assert (last_whatsat_at, end) == (second_at, b"")
+
+
 def test_crlf_and_any_white_space_between_fields(herd: Herd) -> None:
     reply = talk(herd["Bona"].port, b" \tIAMAT\x0bws.client\x0c+1+1 \t 1700000000.25\r")
     assert reply.endswith(b" ws.client +1+1 1700000000.25\n")
