@@ -11,6 +11,7 @@ from __future__ import annotations
 import gc
 import ipaddress
 import os
+import signal
 import sys
 import time
 from typing import Any
@@ -211,5 +212,8 @@ def serve(name: str, config_path: str, log_format: str | None, activation: str |
     # collection first), or its full collections stall the node for up to
     # about 0.1 s while updates wait.
     gc.freeze()
+    # Twisted handles SIGINT only when Python's default handler is in place; a
+    # node started in the background by a shell inherits SIGINT ignored.
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     reactor.run()  # type: ignore[attr-defined]
     return 0

@@ -128,9 +128,11 @@ class Child:
 
     def start(self, out: Output) -> None:
         # A new session: a terminal's Ctrl-C reaches only us, and we stop the
-        # children in order (nodes before the Redis they still need).
+        # children in order (nodes before the Redis they still need). Should we
+        # be killed outright, the kernel sends each child SIGTERM (setpriv
+        # --pdeathsig, util-linux), so no herd is left running without us.
         with open(self.log_path, "ab") as log:
-            self.proc = subprocess.Popen(self.argv, stdin=subprocess.DEVNULL,
+            self.proc = subprocess.Popen([*DIE_WITH_US, *self.argv], stdin=subprocess.DEVNULL,
                                          stdout=subprocess.PIPE if self.relay else log,
                                          stderr=subprocess.STDOUT, env=child_env(),
                                          start_new_session=True)
@@ -158,6 +160,10 @@ class Child:
 
     def alive(self) -> bool:
         return self.proc is not None and self.proc.poll() is None
+
+
+_SETPRIV = shutil.which("setpriv")
+DIE_WITH_US = [_SETPRIV, "--pdeathsig", "TERM", "--"] if _SETPRIV else []
 
 
 def child_env() -> dict[str, str]:

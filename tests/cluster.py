@@ -85,11 +85,13 @@ class NodeProcess:
     def command(self) -> list[str]:
         return [sys.executable, "-m", "herd", "serve", self.name, "--config", str(self.herd.config)]
 
-    def start(self, wait: bool = True, **env: str) -> NodeProcess:
+    def start(self, wait: bool = True, ignore_sigint: bool = False, **env: str) -> NodeProcess:
+        """Start the node; ``ignore_sigint``: as a shell's background job would."""
         log = open(self.log_path, "ab")
         self.proc = subprocess.Popen(
             self.command(), cwd=REPO, stdout=log, stderr=subprocess.STDOUT,
             env=env_with(HERD_SECRET=self.herd.secret, GOOGLE_PLACES_KEY=PLACES_KEY, **env),
+            preexec_fn=(lambda: signal.signal(signal.SIGINT, signal.SIG_IGN)) if ignore_sigint else None,
         )
         log.close()
         if wait:

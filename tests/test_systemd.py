@@ -53,6 +53,17 @@ def test_ready_watchdog_and_stopping_are_sent(
         herd.stop()
 
 
+def test_sigint_stops_a_node_that_inherited_it_ignored(tmp_path: Path) -> None:
+    herd = Herd(tmp_path, {"Solo": []})
+    try:
+        herd["Solo"].redis.start()
+        herd["Solo"].start(ignore_sigint=True)
+        assert herd["Solo"].kill(signal.SIGINT) == 0
+        assert "stopped" in herd["Solo"].log()
+    finally:
+        herd.stop()
+
+
 def test_ready_waits_for_redis(tmp_path: Path, notify_socket: tuple[str, socket.socket]) -> None:
     path, sock = notify_socket
     herd = Herd(tmp_path, {"Solo": []})

@@ -97,6 +97,23 @@ def test_up_runs_a_two_node_herd_and_stops_it_on_sigint(tmp_path: Path) -> None:
     assert leftovers == []
 
 
+@pytest.mark.skipif(not HAVE_SERVICE, reason="herd serve (herd/service.py) has not landed yet")
+def test_children_stop_when_herd_up_is_killed(tmp_path: Path) -> None:
+    port, redis_port = free_port(), free_port()
+    config = write_config(tmp_path, {"Solo": (port, redis_port)})
+    proc = subprocess.Popen(herd_up(config, tmp_path / "state"), cwd=REPO, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.STDOUT, env=env_with(HERD_SECRET="test-secret"))
+    try:
+        wait_until(partial(redis_answers, redis_port), timeout=20, what="Solo's Redis")
+        wait_until(partial(port_open, port), timeout=20, what="node Solo")
+    finally:
+        proc.kill()
+        proc.wait(timeout=10)
+    wait_until(lambda: processes_mentioning(str(config), f"--port {redis_port}") == [], timeout=20,
+               what="the node and its Redis exiting")
+    assert not port_open(port) and not port_open(redis_port)
+
+
 @needs_loader
 def test_up_without_the_secret_exits_2_with_one_line_naming_the_variable(
         tmp_path: Path) -> None:
