@@ -185,6 +185,9 @@ def raise_file_limit(wanted: int) -> None:
 
 def serve(name: str, config_path: str, log_format: str | None, activation: str | None = None) -> int:
     """``herd serve NAME --config FILE``: run one node until SIGTERM/SIGINT."""
+    # Twisted handles SIGINT only when Python's default handler is in place; a
+    # node started in the background by a shell inherits SIGINT ignored.
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     from config.loader import check_tls_files, load_config
 
     config = load_config(config_path, need_secret=True)
@@ -212,8 +215,5 @@ def serve(name: str, config_path: str, log_format: str | None, activation: str |
     # collection first), or its full collections stall the node for up to
     # about 0.1 s while updates wait.
     gc.freeze()
-    # Twisted handles SIGINT only when Python's default handler is in place; a
-    # node started in the background by a shell inherits SIGINT ignored.
-    signal.signal(signal.SIGINT, signal.default_int_handler)
     reactor.run()  # type: ignore[attr-defined]
     return 0

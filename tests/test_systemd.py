@@ -58,6 +58,7 @@ def test_sigint_stops_a_node_that_inherited_it_ignored(tmp_path: Path) -> None:
     try:
         herd["Solo"].redis.start()
         herd["Solo"].start(ignore_sigint=True)
+        assert talk(herd["Solo"].port, "x") == b"? x\n"  # the reactor runs
         assert herd["Solo"].kill(signal.SIGINT) == 0
         assert "stopped" in herd["Solo"].log()
     finally:
