@@ -296,7 +296,7 @@ class Node:
         self.links.stored_there(peer, holds)
         d = self.store.advance_offset(Chain(peer, prev, pos), self._not_known_held(peer, holds))
         d.addCallback(lambda result: None if result.advanced else self.reconciler.gap(peer, conn))
-        d.addErrback(lambda f: self.reconciler.record_lost(peer))
+        d.addErrback(lambda f: self.reconciler.record_lost(peer, conn))
 
     def _apply(self, at_line: bytes, peer: bytes, chain: Chain | None, conn: PeerConnection,
                unconfirmed: bool = False) -> None:
@@ -309,13 +309,13 @@ class Node:
         self.stats.flood_in += 1
         d = self._take(record, peer, chain, unconfirmed)
         d.addCallbacks(self._peer_stored, self._update_lost,
-                       callbackArgs=(peer, conn, chain is not None), errbackArgs=(record, peer))
+                       callbackArgs=(peer, conn, chain is not None), errbackArgs=(record, peer, conn))
 
     def _peer_stored(self, result: StoreResult, peer: bytes, conn: PeerConnection, chained: bool) -> None:
         if chained and not result.advanced:
             self.reconciler.gap(peer, conn)
 
-    def _update_lost(self, failure: Failure, record: AtRecord, peer: bytes) -> None:
+    def _update_lost(self, failure: Failure, record: AtRecord, peer: bytes, conn: PeerConnection) -> None:
         log.error("update from {peer} not stored ({why}): {line}", peer=peer.decode(),
                   why=failure.getErrorMessage(), line=record.line.decode("utf-8", "replace"))
-        self.reconciler.record_lost(peer)  # the offset stays behind; a later SYNC repairs it
+        self.reconciler.record_lost(peer, conn)  # the offset stays behind; a pull repairs it

@@ -69,6 +69,7 @@ CHUNK = 1000  # log entries (or SCAN count) per Redis call while answering a SYN
 
 
 GAP_PULL_INTERVAL = 1.0  # seconds: at most one gap-triggered pull per peer this often
+MAX_RETRY_INTERVAL = 30.0  # seconds: the interval doubles after each incomplete pull, up to this
 
 
 class Reconciler:
@@ -80,6 +81,7 @@ class Reconciler:
         self._gap_timers: dict[bytes, Any] = {}
         self._pulling: dict[bytes, PeerConnection] = {}  # peer -> connection our SYNC went on
         self._failed: set[bytes] = set()  # peers whose current pull lost a record
+        self._interval: dict[bytes, float] = {}  # per peer, when longer than GAP_PULL_INTERVAL
         # Peers not yet pulled from since start, with ALL: updates this process's
         # predecessor forwarded before storing them may be missing here.
         self._include_own: set[bytes] = set(links.neighbours)
@@ -120,25 +122,36 @@ class Reconciler:
         so a struggling Redis is not flooded with SYNC answers."""
         if peer in self._gap_timers:
             return
-        wait = self._last_gap_pull.get(peer, -GAP_PULL_INTERVAL) + GAP_PULL_INTERVAL - self._clock.seconds()
+        interval = self._interval.get(peer, GAP_PULL_INTERVAL)
+        wait = self._last_gap_pull.get(peer, -interval) + interval - self._clock.seconds()
         self._gap_timers[peer] = self._clock.callLater(max(wait, 0), self._gap_pull, peer, conn)
 
     def _gap_pull(self, peer: bytes, conn: PeerConnection) -> None:
         del self._gap_timers[peer]
         self._last_gap_pull[peer] = self._clock.seconds()
-        if conn.connected:
+        if conn.connected and not self._store.failing:  # else pull_all runs once Redis is back
             self.pull(peer, conn)
 
-    def record_lost(self, peer: bytes) -> None:
-        """A record from ``peer`` could not be stored: do not advance the offset."""
+    def record_lost(self, peer: bytes, conn: PeerConnection) -> None:
+        """A record from ``peer`` could not be stored: the offset must not pass it.
+        A pull under way ends incomplete; otherwise pull again (the offset stays
+        behind, and with no more updates coming nothing else would move it)."""
         self._failed.add(peer)
+        if peer not in self._pulling:
+            self.gap(peer, conn)
 
     def sync_end(self, peer: bytes, token: bytes) -> None:
         position = Position.parse(token)
-        self._pulling.pop(peer, None)
+        conn = self._pulling.pop(peer, None)
         if position is None or peer in self._failed:
-            log.warn("pull from {peer} incomplete; offset kept", peer=peer.decode())
+            interval = min(MAX_RETRY_INTERVAL, 2 * self._interval.get(peer, GAP_PULL_INTERVAL))
+            self._interval[peer] = interval
+            log.warn("pull from {peer} incomplete; offset kept, pulling again in {s:g} s",
+                     peer=peer.decode(), s=interval)
+            if conn is not None and conn.connected:
+                self.gap(peer, conn)
             return
+        self._interval.pop(peer, None)
         d = self._store.set_peer_offset(peer, position)
         d.addCallbacks(lambda _: self._include_own.discard(peer), self._pull_failed, errbackArgs=(peer,))
 

@@ -3,8 +3,8 @@
 Contract of every call: its Deferred fires with the answer once Redis has
 acknowledged the command, or fails with :class:`StoreUnavailable` within
 about ``timeout`` seconds when Redis is unreachable or stuck. The store
-reconnects by itself (backoff capped at one second), so a node recovers
-within a couple of seconds of Redis returning.
+reconnects by itself (backoff capped at half a second), so a node recovers
+within a second or two of Redis returning.
 """
 
 from __future__ import annotations
@@ -38,11 +38,21 @@ SCAN_RECORDS = _lua("scan_records.lua")
 SCAN_TIMES = _lua("scan_times.lua")
 LOG_MAX_ENTRIES = 1_000_000  # approximate bound of the update log (a few tens of MB)
 MAX_BATCH = 1000  # records per store_batch.lua call
+# Store batches sent and not yet answered. More wait in the node and join the
+# next batch: a burst (a large SYNC answer) then costs a few large Lua calls
+# instead of a queue inside Redis deeper than the reply timeout, and a
+# client's update is never stuck behind it (client records go first).
+MAX_IN_FLIGHT = 2
 # Errors of a Redis that cannot take writes now (loading its data, running a
 # long script, out of memory, failing to persist, a read-only replica).
 NOT_SERVING = ("LOADING", "BUSY", "MASTERDOWN", "OOM", "MISCONF", "READONLY", "NOREPLICAS")
 SERVING_POLL = 0.1  # seconds between checks whether Redis takes writes again
 STALLED = 0.25  # seconds a store batch may wait for Redis before the store counts as not serving
+# Seconds a call waits for Redis to serve again once it has not answered for a
+# timeout: over twice the reconnect backoff's cap (a Redis that is back is
+# reconnected within it), short enough that a client pipelining requests on
+# one connection does not wait a whole timeout per request.
+RECOVERY_GRACE = 1.25
 
 
 class Position(NamedTuple):
@@ -88,6 +98,9 @@ def set_no_delay(transport: Any) -> None:
         transport.setTcpNoDelay(True)
 
 
+_Pending = tuple[list[bytes], Deferred["StoreResult"]]  # one record's Lua arguments, its Deferred
+
+
 class StoreUnavailable(Exception):
     """Redis could not be reached, or did not answer in time."""
 
@@ -97,7 +110,8 @@ class _ReconnectingFactory(txredisapi.RedisFactory):
     tells the store when a connection becomes usable."""
 
     initialDelay = 0.1
-    maxDelay = 1.0
+    maxDelay = 0.5
+    jitter = 0.1  # a normal spread: nearly always within 30% of the delay
     noisy = False
 
     def __init__(self, on_connected: Any, **kwargs: Any) -> None:
@@ -129,14 +143,19 @@ class RedisStore:
         self._address = address
         self._timeout = timeout
         self.keys = Keys(prefix)
-        self._waiters: list[Deferred[None]] = []
+        self._waiters: list[Deferred[None]] = []  # calls waiting for a connection
+        self._recovery_waiters: list[Deferred[None]] = []  # calls waiting for Redis to serve again
         self.on_connected: list[Callable[[], None]] = []  # on every (re)connection, once Redis serves
         self._checking = False  # a check whether Redis serves is under way
         self.connections = 0  # connections made so far (each may reach a restarted Redis)
         self._serving_now = False
         self._said_not_serving = False  # that check was refused and logged
-        self._batch: list[tuple[list[bytes], Deferred[StoreResult]]] = []
+        self._batch: deque[_Pending] = deque()  # from peers
+        self._urgent: deque[_Pending] = deque()  # from clients
         self._batch_call: Any = None
+        # When Redis was last sent a call it never answered, while no call has
+        # succeeded since: calls then fail at once instead of waiting a timeout each.
+        self._failing_since: float | None = None
         self._sent_at: deque[float] = deque()  # when each unanswered store batch was sent
         self.observe: Callable[[float], None] | None = None  # gets each call's latency (s)
         self._factory = _ReconnectingFactory(
@@ -165,6 +184,12 @@ class RedisStore:
         return bool(self._factory.size)
 
     @property
+    def failing(self) -> bool:
+        """A call went unanswered and none has succeeded since (``on_connected``
+        runs once Redis serves again)."""
+        return self._failing_since is not None
+
+    @property
     def serving(self) -> bool:
         """Connected, Redis took a write since, no call failed since then, and
         no store batch has waited for its answer longer than STALLED."""
@@ -186,7 +211,7 @@ class RedisStore:
         applied in call order; each Deferred fires with its own StoreResult once
         Redis has acknowledged the batch."""
         done: Deferred[StoreResult] = Deferred()
-        self._queue(_record_args(record, tie_break, chain, source), done)
+        self._queue(_record_args(record, tie_break, chain, source), done, urgent=not source and not chain)
         return done
 
     def advance_offset(self, chain: Chain, holds: list[bytes] = []) -> Deferred[StoreResult]:  # noqa: B006
@@ -201,17 +226,29 @@ class RedisStore:
         self._queue([b"", meta], done)
         return done
 
-    def _queue(self, record_args: list[bytes], done: Deferred[StoreResult]) -> None:
-        self._batch.append((record_args, done))
-        if self._batch_call is None:
+    @property
+    def backlog(self) -> int:
+        """Records waiting to be sent to Redis."""
+        return len(self._urgent) + len(self._batch)
+
+    def _queue(self, record_args: list[bytes], done: Deferred[StoreResult], urgent: bool = False) -> None:
+        (self._urgent if urgent else self._batch).append((record_args, done))
+        self._schedule_flush()
+
+    def _schedule_flush(self) -> None:
+        if self._batch_call is None and len(self._sent_at) < MAX_IN_FLIGHT:
             self._batch_call = self._reactor.callLater(0, self._flush_batch)
 
     def _flush_batch(self) -> None:
+        """Send what waits, in batches of at most MAX_BATCH records, while fewer
+        than MAX_IN_FLIGHT are unanswered: client records first, then peers'
+        in arrival order (each in a Lua call of its own, applied in order)."""
         self._batch_call = None
-        batch, self._batch = self._batch, []
         keys = [self.keys.geo, self.keys.log, self.keys.log_epoch, self.keys.summary]
-        for start in range(0, len(batch), MAX_BATCH):
-            part = batch[start:start + MAX_BATCH]
+        while (self._urgent or self._batch) and len(self._sent_at) < MAX_IN_FLIGHT:
+            part: list[_Pending] = []
+            while len(part) < MAX_BATCH and (self._urgent or self._batch):
+                part.append((self._urgent or self._batch).popleft())
             args = [self.keys.prefix, str(LOG_MAX_ENTRIES).encode()]
             for record_args, _ in part:
                 args.extend(record_args)
@@ -222,6 +259,8 @@ class RedisStore:
 
     def _answered(self, result: Any) -> Any:
         self._sent_at.popleft()  # one connection: batches are answered in the order sent
+        if self._urgent or self._batch:
+            self._schedule_flush()
         return result
 
     def get(self, client_id: bytes) -> Deferred[AtRecord | None]:
@@ -274,27 +313,37 @@ class RedisStore:
     # -- plumbing --------------------------------------------------------
 
     def _call(self, command: str, *args: Any) -> Deferred[Any]:
-        if self.connected:
+        now = self._reactor.seconds()
+        if self._failing_since is not None and now - self._failing_since >= self._timeout:
+            # Redis has not answered for a timeout already: wait only briefly
+            # for it to serve again (see RECOVERY_GRACE and _check_serving).
+            waiter = self._wait(self._recovery_waiters, RECOVERY_GRACE, now)
+        elif self.connected:
             return self._run_now(command, args)
-        return self._when_connected().addCallback(lambda _: self._run_now(command, args))
+        else:
+            waiter = self._wait(self._waiters, self._timeout, now)
+        return waiter.addCallback(lambda _: self._run_now(command, args))
 
     def _run_now(self, command: str, args: tuple[Any, ...]) -> Deferred[Any]:
+        started = self._reactor.seconds()
         try:
             d: Deferred[Any] = getattr(self._redis, command)(*args)
         except Exception as err:  # txredisapi raises synchronously when not connected
             return fail(StoreUnavailable(f"Redis {command}: {err}"))
         if self.observe is not None:
-            d.addBoth(self._timed, self._reactor.seconds())
-        return d.addErrback(self._unavailable, command)
+            d.addBoth(self._timed, started)
+        return d.addErrback(self._unavailable, command, started)
 
     def _timed(self, result: Any, started: float) -> Any:
         self.observe(self._reactor.seconds() - started)  # type: ignore[misc]
         return result
 
-    def _unavailable(self, failure: Any, command: str) -> None:
+    def _unavailable(self, failure: Any, command: str, started: float) -> None:
         refused = failure.check(txredisapi.ResponseError)
         if not refused or failure.getErrorMessage().startswith(NOT_SERVING):
             self._serving_now = False
+            if self._failing_since is None:
+                self._failing_since = started
             if self.connected and not self._checking:  # timed out, or Redis restarted under us
                 self._checking = True
                 self._check_serving()
@@ -302,18 +351,22 @@ class RedisStore:
             failure.raiseException()
         raise StoreUnavailable(f"Redis {command}: {failure.getErrorMessage()}")
 
-    def _when_connected(self) -> Deferred[None]:
+    def _wait(self, waiters: list[Deferred[None]], limit: float, since: float) -> Deferred[None]:
+        """A Deferred in ``waiters`` (fired when the store can go on), failing
+        after ``limit`` seconds."""
         waiter: Deferred[None] = Deferred()
-        self._waiters.append(waiter)
-        timer = self._reactor.callLater(self._timeout, self._give_up, waiter)
+        waiters.append(waiter)
+        timer = self._reactor.callLater(limit, self._give_up, waiters, waiter, since)
         return waiter.addBoth(self._cancel_timer, timer)
 
-    def _give_up(self, waiter: Deferred[None]) -> None:
-        if waiter in self._waiters:
-            self._waiters.remove(waiter)
+    def _give_up(self, waiters: list[Deferred[None]], waiter: Deferred[None], since: float) -> None:
+        if waiter in waiters:
+            waiters.remove(waiter)
+            if self._failing_since is None:
+                self._failing_since = since
             waiter.errback(StoreUnavailable(
-                f"Redis at {self._address.host}:{self._address.port} unreachable "
-                f"for {self._timeout:g}s"))
+                f"Redis at {self._address.host}:{self._address.port} has not answered "
+                f"for {self._reactor.seconds() - self._failing_since:.1f} s"))
 
     @staticmethod
     def _cancel_timer(result: Any, timer: Any) -> Any:
@@ -343,6 +396,10 @@ class RedisStore:
     def _serving(self, _: Any) -> None:
         self._checking = self._said_not_serving = False
         self._serving_now = True
+        self._failing_since = None
+        waiters, self._recovery_waiters = self._recovery_waiters, []
+        for waiter in waiters:
+            waiter.callback(None)
         for callback in self.on_connected:
             callback()
 
@@ -363,7 +420,7 @@ def _record_args(record: AtRecord, tie_break: bool, chain: Chain | None, source:
     return [record.line, b"\n".join((b"1" if tie_break else b"0", *link, source))]
 
 
-def _batch_stored(reply: bytes, part: list[tuple[list[bytes], Deferred[StoreResult]]]) -> None:
+def _batch_stored(reply: bytes, part: list[_Pending]) -> None:
     for line, (_, done) in zip(reply.split(b"\n"), part, strict=True):
         stored, token, advanced, previous = line.split(b"|")
         position = Position.parse(token) if token else None
@@ -371,7 +428,7 @@ def _batch_stored(reply: bytes, part: list[tuple[list[bytes], Deferred[StoreResu
         done.callback(StoreResult(stored == b"1", position, advanced == b"1", before))
 
 
-def _batch_failed(failure: Any, part: list[tuple[list[bytes], Deferred[StoreResult]]]) -> None:
+def _batch_failed(failure: Any, part: list[_Pending]) -> None:
     for _, done in part:
         done.errback(failure)
 

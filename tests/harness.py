@@ -121,7 +121,7 @@ def env_with(**extra: str) -> dict[str, str]:
     return env
 
 
-def redis_with_store(case: Any, prefix: str) -> tuple[RedisServer, Any]:
+def redis_with_store(case: Any, prefix: str, timeout: float = 5.0) -> tuple[RedisServer, Any]:
     """A fresh redis-server and a started RedisStore on it for a trial test
     case; both are stopped by the case's cleanups."""
     from twisted.internet import reactor
@@ -131,7 +131,7 @@ def redis_with_store(case: Any, prefix: str) -> tuple[RedisServer, Any]:
 
     redis = RedisServer(Path(tempfile.mkdtemp(prefix=prefix))).start()
     case.addCleanup(redis.kill)
-    store = RedisStore(reactor, RedisAddress(redis.url, "127.0.0.1", redis.port), b"herd:", timeout=5.0)
+    store = RedisStore(reactor, RedisAddress(redis.url, "127.0.0.1", redis.port), b"herd:", timeout=timeout)
     store.start()
     case.addCleanup(store.stop)
     return redis, store

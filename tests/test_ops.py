@@ -317,8 +317,7 @@ def test_a_broken_config_fails_with_the_loaders_one_line(tmp_path: Path) -> None
     result = install("--prefix", tmp_path / "root", "--no-venv", "--config", bad, "Bailey")
     assert result.returncode != 0
     assert result.stderr.strip().splitlines() == [
-        f"install: {bad}: nodes.Bailey.peers: unknown peer 'Campbel' "
-        "(nodes: Bailey, Bona, Campbell, Clark, Jaquez)"]
+        f"install: {bad}: nodes.Bailey.peers: unknown peer 'Campbel' (did you mean 'Campbell'?)"]
 
 
 # ------------------------------------------------- the generated Redis config --

@@ -109,8 +109,8 @@ def test_children_stop_when_herd_up_is_killed(tmp_path: Path) -> None:
     finally:
         proc.kill()
         proc.wait(timeout=10)
-    wait_until(lambda: processes_mentioning(str(config), f"--port {redis_port}") == [], timeout=20,
-               what="the node and its Redis exiting")
+    wait_until(lambda: processes_mentioning(str(config), f"127.0.0.1:{redis_port}") == [], timeout=20,
+               what="the node and its Redis exiting")  # redis-server shows its address as its title
     assert not port_open(port) and not port_open(redis_port)
 
 

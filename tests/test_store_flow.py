@@ -1,0 +1,83 @@
+"""RedisStore's flow control and failure handling against a real redis-server:
+a burst of records never queues inside Redis deeper than the reply timeout,
+client records go before a peer's backlog, and once Redis has not answered
+for a timeout, calls stop waiting a whole timeout each."""
+
+from __future__ import annotations
+
+import signal
+import time
+from typing import Any
+
+from harness import redis_with_store
+from twisted.internet import reactor
+from twisted.internet.defer import DeferredList, inlineCallbacks
+from twisted.internet.task import deferLater
+from twisted.trial import unittest
+
+from herd.protocol import parse_at_line
+from storage.store import MAX_BATCH, RECOVERY_GRACE, StoreUnavailable
+
+
+def record(client: int, server: bytes = b"B") -> Any:
+    parsed = parse_at_line(b"AT %s +0.100000000 c%d +1+1 1700000000.%d" % (server, client, client))
+    assert parsed is not None
+    return parsed
+
+
+class Burst(unittest.TestCase):
+    def setUp(self) -> None:
+        # A short reply timeout: 20 batches sent at once would queue inside
+        # Redis for longer than this, and the last ones would time out.
+        self.redis, self.store = redis_with_store(self, "herd-flow-", timeout=0.4)
+
+    @inlineCallbacks
+    def test_a_burst_is_stored_without_timeouts_and_clients_go_first(self) -> Any:
+        yield self.store.get(b"nobody")  # connected
+        fired: list[str] = []
+        peers = [self.store.store_if_newer(record(i), tie_break=True, source=b"P")
+                 for i in range(20 * MAX_BATCH)]
+        for d in peers:
+            d.addCallback(lambda result: fired.append("peer") or result)
+        client = self.store.store_if_newer(record(10**6, b"A"))
+        client.addCallback(lambda result: fired.append("client") or result)
+        results = yield DeferredList([*peers, client], consumeErrors=True)
+        failures = [r for ok, r in results if not ok]
+        assert failures == [], failures[0]
+        assert all(r.stored for _, r in results)
+        # At most the batches already sent were answered before the client's.
+        assert fired.index("client") <= 2 * MAX_BATCH
+        assert self.store.backlog == 0
+
+
+class Unanswered(unittest.TestCase):
+    def setUp(self) -> None:
+        self.redis, self.store = redis_with_store(self, "herd-stuck-", timeout=3.0)
+
+    def tearDown(self) -> None:
+        if self.redis.proc is not None and self.redis.proc.poll() is None:
+            self.redis.proc.send_signal(signal.SIGCONT)
+
+    @inlineCallbacks
+    def failure_after(self) -> Any:
+        started = time.monotonic()
+        try:
+            yield self.store.store_if_newer(record(1, b"A"))
+        except StoreUnavailable:
+            return time.monotonic() - started
+        raise AssertionError("stored while Redis was stopped")
+
+    @inlineCallbacks
+    def test_once_redis_has_not_answered_for_a_timeout_calls_wait_only_briefly(self) -> Any:
+        yield self.store.get(b"nobody")  # connected
+        assert self.redis.proc is not None
+        self.redis.proc.send_signal(signal.SIGSTOP)  # stuck: connections open, no answers
+        first = yield self.failure_after()
+        assert 2.9 <= first < 4.5, first
+        for _ in range(3):  # a client pipelining requests waits this long for each
+            later = yield self.failure_after()
+            assert later < RECOVERY_GRACE + 0.5 < 3.0, later  # not a whole timeout each
+        self.redis.proc.send_signal(signal.SIGCONT)
+        yield deferLater(reactor, 0.5, lambda: None)
+        result = yield self.store.store_if_newer(record(2, b"A"))
+        assert result.stored
