@@ -1,15 +1,16 @@
 """``herd check --config FILE``: do all nodes hold the same state?
 
 Reads every node's Redis directly (the nodes need not be running), compares
-each client's stored AT line across nodes, prints one line per node with its
-client count, then the clients that differ (at most 20), and exits 0 only
-when every node holds exactly the same records. Exit 1 when they differ or a
-Redis cannot be read.
+each client's whole stored state across nodes (every field of its hash, and
+its place in the GEO set), prints one line per node with its client count,
+then the clients that differ (at most 20), and exits 0 only when every node
+holds exactly the same records. Exit 1 when they differ or a Redis cannot be
+read.
 """
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, NamedTuple
 
 from twisted.internet.defer import inlineCallbacks
 
@@ -19,31 +20,45 @@ from storage.store import RedisStore
 SHOW_AT_MOST = 20
 
 
+class Held(NamedTuple):
+    at: bytes  # the AT line
+    rest: bytes  # every field of the client's hash and its GEO score (storage/scan_state.lua)
+
+
 @inlineCallbacks
 def read_node(reactor: Any, node: NodeConfig, timeout: float) -> Any:
-    """Every client's AT line in ``node``'s Redis: {client id: AT line}."""
+    """Every client's state in ``node``'s Redis: {client id: Held}."""
     store = RedisStore(reactor, node.redis, node.prefix.encode(), timeout)
     store.start()
-    records: dict[bytes, bytes] = {}
+    records: dict[bytes, Held] = {}
     try:
         cursor = b"0"
         while True:
-            cursor, lines = yield store.scan_records(cursor, 2000)
-            for line in lines:
-                records[line.split()[3]] = line
+            cursor, clients = yield store.scan_state(cursor, 2000)
+            for client_id, at, rest in clients:
+                records[client_id] = Held(at, rest)
             if cursor == b"0":
                 return records
     finally:
         yield store.stop()
 
 
-def differences(states: dict[str, dict[bytes, bytes]]) -> list[bytes]:
-    """Client ids whose record is not identical on every node, sorted."""
+def differences(states: dict[str, dict[bytes, Held]]) -> list[bytes]:
+    """Client ids whose state is not identical on every node, sorted."""
     clients = set().union(*states.values())
     return sorted(c for c in clients if len({s.get(c) for s in states.values()}) > 1)
 
 
-def report(states: dict[str, dict[bytes, bytes]], unreadable: dict[str, str]) -> tuple[str, bool]:
+def _describe(held: Held | None, same_at: bool) -> str:
+    if held is None:
+        return "(missing)"
+    text = held.at.decode("utf-8", "backslashreplace")
+    if same_at:  # the AT lines agree: show what else differs
+        text += " | " + held.rest.decode("utf-8", "backslashreplace").replace("\n", " ")
+    return text
+
+
+def report(states: dict[str, dict[bytes, Held]], unreadable: dict[str, str]) -> tuple[str, bool]:
     """The text ``herd check`` prints, and whether the herd agrees."""
     out = []
     for name in sorted(states) + sorted(unreadable):
@@ -54,9 +69,10 @@ def report(states: dict[str, dict[bytes, bytes]], unreadable: dict[str, str]) ->
     differing = differences(states) if states else []
     for client in differing[:SHOW_AT_MOST]:
         out.append(f"differs: {client.decode('utf-8', 'backslashreplace')}")
-        for name in sorted(states):
-            at = states[name].get(client)
-            out.append(f"  {name}: {at.decode('utf-8', 'backslashreplace') if at else '(missing)'}")
+        held = {name: states[name].get(client) for name in sorted(states)}
+        same_at = len({h.at if h else None for h in held.values()}) == 1
+        for name, h in held.items():
+            out.append(f"  {name}: {_describe(h, same_at)}")
     if len(differing) > SHOW_AT_MOST:
         out.append(f"... and {len(differing) - SHOW_AT_MOST} more differing clients")
     agree = not differing and not unreadable

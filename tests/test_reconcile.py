@@ -111,6 +111,17 @@ def test_check_reports_differences_and_exits_1(herd: Herd) -> None:
     assert "DISAGREE" in result.stdout
 
 
+def test_check_compares_every_field_and_the_geo_set(herd: Herd) -> None:
+    send_many(herd, "Bailey", "whole", 2)
+    converged(herd)
+    herd["Clark"].redis.command("HSET", "herd:client:whole0", "lat", "+35.0")  # the AT line is intact
+    herd["Jaquez"].redis.command("ZREM", "herd:geo", "whole1")
+    result = check(herd)
+    assert result.returncode == 1, result.stdout
+    assert "differs: whole0" in result.stdout and "lat=+35.0" in result.stdout
+    assert "differs: whole1" in result.stdout and "DISAGREE: 2 differing clients" in result.stdout
+
+
 def test_offsets_keep_up_with_updates_a_peer_originated(tmp_path: Path) -> None:
     herd = Herd(tmp_path, {"A": ["B"], "B": []}).start()
     try:
