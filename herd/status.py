@@ -59,9 +59,11 @@ def render(config: HerdConfig, views: list[NodeView], now: float) -> str:
                  f"{'LAST UPDATE':>12}  PEERS")
     by_name = {v.name: v for v in views}
     for v in views:
-        state = "up" if v.up(now) else "DOWN"
+        up = v.up(now)
+        state = "up" if up else "DOWN"
         clients = v.summary.get(b"clients", b"0").decode() if v.error is None else "?"
-        peers = " ".join(f"{p}{'+' if p in v.links_up else '-'}" for p in config.neighbours(v.name))
+        # A node that is down holds no links, whatever it published last.
+        peers = " ".join(f"{p}{'+' if up and p in v.links_up else '-'}" for p in config.neighbours(v.name))
         lines.append(f"{v.name:<10} {v.address:<22} {state:<6} {clients:>8} {v.field(b'rate', '0'):>8} "
                      f"{_age(v.field(b'last_update', '0'), now):>12}  {peers}")
         if v.error:

@@ -62,3 +62,12 @@ def test_render_flags_disagreement_and_unreadable_nodes() -> None:
     frame = render(config, views, now)
     assert "unknown (1 node(s) unreadable)" in frame and "redis: unreachable" in frame
     assert "Bailey-Bona up" in frame
+
+
+def test_a_node_that_is_down_shows_no_links_up() -> None:
+    config = load_config(REPO / "config" / "herd.toml")
+    now = time.time()
+    stale = {b"updated": str(now - 600).encode(), b"links_up": b"Bona Campbell"}
+    views = [NodeView(name, "x:1", stale, {}) for name in sorted(config.nodes)]
+    bailey = next(row for row in render(config, views, now).splitlines() if row.startswith("Bailey "))
+    assert " DOWN " in bailey and bailey.endswith("Bona- Campbell-")
