@@ -99,7 +99,7 @@ def set_no_delay(transport: Any) -> None:
         transport.setTcpNoDelay(True)
 
 
-_Pending = tuple[list[bytes], Deferred["StoreResult"]]  # one record's Lua arguments, its Deferred
+_Pending = tuple[list[bytes], Deferred[StoreResult]]  # one record's Lua arguments, its Deferred
 
 
 ClientState = tuple[bytes, bytes, bytes]  # client id, AT line, its other fields and GEO score
@@ -157,8 +157,8 @@ class RedisStore:
         self._batch: deque[_Pending] = deque()  # from peers
         self._urgent: deque[_Pending] = deque()  # from clients
         self._batch_call: Any = None
-        # When Redis was last sent a call it never answered, while no call has
-        # succeeded since: calls then fail at once instead of waiting a timeout each.
+        # When the first call Redis has not answered was made (None once Redis
+        # serves again): a timeout after it, calls wait only RECOVERY_GRACE.
         self._failing_since: float | None = None
         self._sent_at: deque[float] = deque()  # when each unanswered store batch was sent
         self.observe: Callable[[float], None] | None = None  # gets each call's latency (s)
