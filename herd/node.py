@@ -45,6 +45,12 @@ MAX_UNSTORED = 100_000  # forwarded updates kept for storing again when Redis is
 MAX_HELD = 10_000  # per peer: forwarded updates remembered as stored here (about a second)
 STORE_AGAIN_AFTER = 1.0  # seconds after a failed store of a forwarded update before trying again
 SCAN_COUNT = 1000  # clients per Redis call while loading their times
+# Records waiting for this node's Redis at which it stops reading from its
+# peers, and below which it reads again: a burst (a large SYNC answer) waits
+# in the peers' send buffers (about 100 bytes a record) instead of this
+# node's memory (about 2 KB a record, parsed and queued).
+BACKLOG_HIGH = 20_000
+BACKLOG_LOW = 5_000
 
 
 class Origin(NamedTuple):
@@ -76,6 +82,7 @@ class Node:
         # K lines have not named yet (see _not_known_held).
         self._held_from: dict[bytes, dict[tuple[bytes, ...], None]] = {}
         store.on_connected.append(self._held_from.clear)
+        self._paused_peers: list[PeerConnection] = []  # not read from until the backlog drains
 
     @inlineCallbacks
     def load_latest(self) -> Any:
@@ -310,6 +317,26 @@ class Node:
         d = self._take(record, peer, chain, unconfirmed)
         d.addCallbacks(self._peer_stored, self._update_lost,
                        callbackArgs=(peer, conn, chain is not None), errbackArgs=(record, peer, conn))
+        if self.store.backlog >= BACKLOG_HIGH:
+            self._pause_peer(peer, conn)
+
+    def _pause_peer(self, peer: bytes, conn: PeerConnection) -> None:
+        """Stop reading from ``conn`` until the store's backlog is below BACKLOG_LOW."""
+        if conn in self._paused_peers or not conn.connected:
+            return
+        if not self._paused_peers:
+            log.info("{n} updates wait for Redis: reading from peers paused until fewer than {low}",
+                     n=self.store.backlog, low=BACKLOG_LOW)
+            self.store.when_backlog_below(BACKLOG_LOW).addCallback(self._resume_peers)
+        self._paused_peers.append(conn)
+        conn.transport.pauseProducing()  # type: ignore[attr-defined]
+
+    def _resume_peers(self, _: object) -> None:
+        paused, self._paused_peers = self._paused_peers, []
+        log.info("reading from peers again ({n} updates wait for Redis)", n=self.store.backlog)
+        for conn in paused:
+            if conn.connected:
+                conn.transport.resumeProducing()  # type: ignore[attr-defined]
 
     def _peer_stored(self, result: StoreResult, peer: bytes, conn: PeerConnection, chained: bool) -> None:
         if chained and not result.advanced:

@@ -157,6 +157,7 @@ class RedisStore:
         self._batch: deque[_Pending] = deque()  # from peers
         self._urgent: deque[_Pending] = deque()  # from clients
         self._batch_call: Any = None
+        self._drain_waiters: list[tuple[int, Deferred[None]]] = []  # (backlog below, waiter)
         # When the first call Redis has not answered was made (None once Redis
         # serves again): a timeout after it, calls wait only RECOVERY_GRACE.
         self._failing_since: float | None = None
@@ -235,6 +236,14 @@ class RedisStore:
         """Records waiting to be sent to Redis."""
         return len(self._urgent) + len(self._batch)
 
+    def when_backlog_below(self, limit: int) -> Deferred[None]:
+        """Fires once fewer than ``limit`` records wait to be sent to Redis."""
+        if self.backlog < limit:
+            return succeed(None)
+        waiter: Deferred[None] = Deferred()
+        self._drain_waiters.append((limit, waiter))
+        return waiter
+
     def _queue(self, record_args: list[bytes], done: Deferred[StoreResult], urgent: bool = False) -> None:
         (self._urgent if urgent else self._batch).append((record_args, done))
         self._schedule_flush()
@@ -260,6 +269,11 @@ class RedisStore:
             d = self._call("eval", STORE_BATCH, keys, args)
             d.addBoth(self._answered)
             d.addCallbacks(_batch_stored, _batch_failed, callbackArgs=(part,), errbackArgs=(part,))
+        if self._drain_waiters:
+            drained = [w for w in self._drain_waiters if self.backlog < w[0]]
+            self._drain_waiters = [w for w in self._drain_waiters if self.backlog >= w[0]]
+            for _, waiter in drained:
+                waiter.callback(None)
 
     def _answered(self, result: Any) -> Any:
         self._sent_at.popleft()  # one connection: batches are answered in the order sent

@@ -81,3 +81,53 @@ class Unanswered(unittest.TestCase):
         yield deferLater(reactor, 0.5, lambda: None)
         result = yield self.store.store_if_newer(record(2, b"A"))
         assert result.stored
+
+
+class Transport:
+    def __init__(self) -> None:
+        self.calls: list[str] = []
+
+    def pauseProducing(self) -> None:  # noqa: N802
+        self.calls.append("pause")
+
+    def resumeProducing(self) -> None:  # noqa: N802
+        self.calls.append("resume")
+
+
+class PeerConn:
+    connected = 1
+    peer_name = b"P"
+
+    def __init__(self) -> None:
+        self.transport = Transport()
+
+    def send_line(self, line: bytes) -> None:
+        pass
+
+
+class Backpressure(unittest.TestCase):
+    """A node stops reading from its peers while many of their records wait for
+    its Redis (they wait in the peers' send buffers instead), and reads again
+    once the backlog has drained."""
+
+    def setUp(self) -> None:
+        from herd import node as node_module
+        from herd.node import Node
+        from herd.peers import PeerLinks
+
+        self.redis, self.store = redis_with_store(self, "herd-backpressure-")
+        self.patch(node_module, "BACKLOG_HIGH", 50)
+        self.patch(node_module, "BACKLOG_LOW", 10)
+        self.node = Node(b"A", self.store, None, PeerLinks([b"P"]), reactor)  # type: ignore[arg-type]
+
+    @inlineCallbacks
+    def test_reading_pauses_at_the_high_mark_and_resumes_below_the_low_one(self) -> Any:
+        yield self.store.get(b"nobody")  # connected
+        conn = PeerConn()
+        for i in range(200):  # one reactor turn: nothing is sent to Redis yet
+            self.node.peer_line(b"R AT B +0.100000000 c%d +1+1 1700000000.5" % i, b"P", conn)
+        assert conn.transport.calls == ["pause"]
+        yield self.store.when_backlog_below(1)
+        yield deferLater(reactor, 0.5, lambda: None)  # the last batches are answered
+        assert conn.transport.calls == ["pause", "resume"]
+        assert self.redis.hgetall("herd:summary")[b"clients"] == b"200"
