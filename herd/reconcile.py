@@ -10,6 +10,7 @@ has applied that peer's log (``<prefix>peer:<name>``). Peer messages:
                                   forwarded updates it never stored)
     R <AT line>                   a record in answer to SYNC
     SYNC-END <epoch>/<id>         the answer is complete up to this position
+    SYNC-END -                    the answer could not be completed (ask again)
     F <AT line>                   a live update, forwarded before it is stored
                                   (cut-through: the sender knew it was newer)
     U <prev> <pos> <AT line>      a live update at <pos>, sent after <prev>
@@ -129,7 +130,11 @@ class Reconciler:
     def _gap_pull(self, peer: bytes, conn: PeerConnection) -> None:
         del self._gap_timers[peer]
         self._last_gap_pull[peer] = self._clock.seconds()
-        if conn.connected and not self._store.failing:  # else pull_all runs once Redis is back
+        if not conn.connected or self._store.failing:  # pull_all runs once Redis is back
+            return
+        if peer in self._pulling:
+            self.gap(peer, conn)  # after the pull under way, which may not cover the gap
+        else:
             self.pull(peer, conn)
 
     def record_lost(self, peer: bytes, conn: PeerConnection) -> None:
@@ -141,8 +146,16 @@ class Reconciler:
             self.gap(peer, conn)
 
     def sync_end(self, peer: bytes, token: bytes) -> None:
-        position = Position.parse(token)
-        conn = self._pulling.pop(peer, None)
+        """The answer to our SYNC is complete (``SYNC-END -``: the peer could not
+        finish it). Its records may still wait for Redis in the store's queue:
+        the offset moves only once they are all stored."""
+        conn = self._pulling.get(peer)
+        self._store.fence().addBoth(lambda _: self._pulled(peer, conn, Position.parse(token)))
+
+    def _pulled(self, peer: bytes, conn: PeerConnection | None, position: Position | None) -> None:
+        if conn is None or self._pulling.get(peer) is not conn:
+            return  # that connection was lost meanwhile, and another pull started
+        del self._pulling[peer]
         if position is None or peer in self._failed:
             interval = min(MAX_RETRY_INTERVAL, 2 * self._interval.get(peer, GAP_PULL_INTERVAL))
             self._interval[peer] = interval
@@ -190,8 +203,10 @@ class Reconciler:
                 if chunk.entries < CHUNK or not conn.connected:
                     break
                 chunk = yield self._store.log_since(chunk.end, CHUNK, leave_out)
-        except Exception as err:  # Redis failed: the peer's offset stays, it will ask again
+        except Exception as err:  # Redis failed: the peer's offset stays, it asks again
             log.error("sync to {peer} failed: {why}", peer=peer.decode(), why=str(err))
+            if conn.connected:
+                conn.send_line(SYNC_END + b" " + NO_POSITION)
             return
         self._finish(peer, conn, chunk, sent)
         self.runs += 1

@@ -12,6 +12,7 @@ threads, no reactor.
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 import os
 import shutil
@@ -132,7 +133,7 @@ class Child:
         # be killed outright, the kernel sends each child SIGTERM (setpriv
         # --pdeathsig, util-linux), so no herd is left running without us.
         with open(self.log_path, "ab") as log:
-            self.proc = subprocess.Popen([*DIE_WITH_US, *self.argv], stdin=subprocess.DEVNULL,
+            self.proc = subprocess.Popen([*_die_with_us(), *self.argv], stdin=subprocess.DEVNULL,
                                          stdout=subprocess.PIPE if self.relay else log,
                                          stderr=subprocess.STDOUT, env=child_env(),
                                          start_new_session=True)
@@ -162,8 +163,16 @@ class Child:
         return self.proc is not None and self.proc.poll() is None
 
 
-_SETPRIV = shutil.which("setpriv")
-DIE_WITH_US = [_SETPRIV, "--pdeathsig", "TERM", "--"] if _SETPRIV else []
+@functools.cache
+def _die_with_us() -> list[str]:
+    """The command prefix that makes a child get SIGTERM when we die, if this
+    machine's setpriv has --pdeathsig (util-linux 2.33 and later); else none."""
+    setpriv = shutil.which("setpriv")
+    if setpriv is None:
+        return []
+    prefix = [setpriv, "--pdeathsig", "TERM", "--"]
+    works = subprocess.run([*prefix, "true"], capture_output=True).returncode == 0
+    return prefix if works else []
 
 
 def child_env() -> dict[str, str]:

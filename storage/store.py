@@ -236,6 +236,13 @@ class RedisStore:
         """Records waiting to be sent to Redis."""
         return len(self._urgent) + len(self._batch)
 
+    def fence(self) -> Deferred[StoreResult]:
+        """Fires once everything queued before it has been answered; fails if
+        any of it failed (a failed batch fails everything queued behind it)."""
+        done: Deferred[StoreResult] = Deferred()
+        self._queue([b"", b"0\n\n\n\n\n"], done)  # a record that does nothing
+        return done
+
     def when_backlog_below(self, limit: int) -> Deferred[None]:
         """Fires once fewer than ``limit`` records wait to be sent to Redis."""
         if self.backlog < limit:
@@ -254,26 +261,41 @@ class RedisStore:
 
     def _flush_batch(self) -> None:
         """Send what waits, in batches of at most MAX_BATCH records, while fewer
-        than MAX_IN_FLIGHT are unanswered: client records first, then peers'
-        in arrival order (each in a Lua call of its own, applied in order)."""
+        than MAX_IN_FLIGHT are unanswered: client records first (but at least
+        half of a full batch for peers' records, so neither starves), each
+        queue in arrival order (one Lua call per batch, applied in order)."""
         self._batch_call = None
         keys = [self.keys.geo, self.keys.log, self.keys.log_epoch, self.keys.summary]
         while (self._urgent or self._batch) and len(self._sent_at) < MAX_IN_FLIGHT:
-            part: list[_Pending] = []
-            while len(part) < MAX_BATCH and (self._urgent or self._batch):
-                part.append((self._urgent or self._batch).popleft())
+            part = _take(self._urgent, MAX_BATCH - min(len(self._batch), MAX_BATCH // 2))
+            part += _take(self._batch, MAX_BATCH - len(part))
+            part += _take(self._urgent, MAX_BATCH - len(part))
             args = [self.keys.prefix, str(LOG_MAX_ENTRIES).encode()]
             for record_args, _ in part:
                 args.extend(record_args)
             self._sent_at.append(self._reactor.seconds())
             d = self._call("eval", STORE_BATCH, keys, args)
             d.addBoth(self._answered)
-            d.addCallbacks(_batch_stored, _batch_failed, callbackArgs=(part,), errbackArgs=(part,))
+            d.addCallbacks(_batch_stored, self._batch_failed, callbackArgs=(part,), errbackArgs=(part,))
+        self._notify_drained()
+
+    def _notify_drained(self) -> None:
         if self._drain_waiters:
             drained = [w for w in self._drain_waiters if self.backlog < w[0]]
             self._drain_waiters = [w for w in self._drain_waiters if self.backlog >= w[0]]
             for _, waiter in drained:
                 waiter.callback(None)
+
+    def _batch_failed(self, failure: Any, part: list[_Pending]) -> None:
+        """Fail the batch and everything queued behind it: nothing stored after
+        a record that was not (a peer's offset must not move past a lost
+        record), and no waiting a timeout per batch while Redis is away."""
+        waiting = [*part, *self._urgent, *self._batch]
+        self._urgent.clear()
+        self._batch.clear()
+        for _, done in waiting:
+            done.errback(failure)
+        self._notify_drained()
 
     def _answered(self, result: Any) -> Any:
         self._sent_at.popleft()  # one connection: batches are answered in the order sent
@@ -454,9 +476,8 @@ def _batch_stored(reply: bytes, part: list[_Pending]) -> None:
         done.callback(StoreResult(stored == b"1", position, advanced == b"1", before))
 
 
-def _batch_failed(failure: Any, part: list[_Pending]) -> None:
-    for _, done in part:
-        done.errback(failure)
+def _take(queue: deque[_Pending], count: int) -> list[_Pending]:
+    return [queue.popleft() for _ in range(min(count, len(queue)))]
 
 
 def _log_chunk(reply: list[Any], epoch: bytes) -> LogChunk | None:

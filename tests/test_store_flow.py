@@ -131,3 +131,36 @@ class Backpressure(unittest.TestCase):
         yield deferLater(reactor, 0.5, lambda: None)  # the last batches are answered
         assert conn.transport.calls == ["pause", "resume"]
         assert self.redis.hgetall("herd:summary")[b"clients"] == b"200"
+
+
+class FailedBatches(unittest.TestCase):
+    def setUp(self) -> None:
+        self.redis, self.store = redis_with_store(self, "herd-failq-", timeout=1.0)
+
+    @inlineCallbacks
+    def test_a_failed_batch_fails_everything_queued_behind_it_at_once(self) -> Any:
+        yield self.store.get(b"nobody")  # connected
+        waiting = [self.store.store_if_newer(record(i), tie_break=True, source=b"P") for i in range(20_000)]
+        fence = self.store.fence()
+        yield deferLater(reactor, 0, lambda: None)  # the first batches are sent
+        self.redis.kill()
+        started = time.monotonic()
+        results = yield DeferredList([*waiting, fence], consumeErrors=True)
+        took = time.monotonic() - started
+        stored = sum(1 for ok, r in results[:-1] if ok and r.stored)
+        assert stored < 20_000 and not results[-1][0]  # something was lost, so the fence failed
+        assert took < 3.0, took  # not one timeout per batch of the queue
+
+    @inlineCallbacks
+    def test_each_batch_leaves_room_for_the_other_queue(self) -> Any:
+        yield self.store.get(b"nobody")  # connected
+        order: list[str] = []
+        clients = [self.store.store_if_newer(record(i, b"A")) for i in range(1500)]
+        peers = [self.store.store_if_newer(record(10_000 + i), tie_break=True, source=b"P")
+                 for i in range(600)]
+        for kind, ds in (("client", clients), ("peer", peers)):
+            for d in ds:
+                d.addCallback(lambda result, kind=kind: order.append(kind) or result)
+        yield DeferredList([*clients, *peers])
+        first_batch = order[:MAX_BATCH]
+        assert first_batch.count("peer") >= MAX_BATCH // 2 and first_batch.count("client") >= MAX_BATCH // 2
