@@ -127,9 +127,13 @@ def read_capped(response: IResponse, max_bytes: int) -> Deferred[bytes]:
 def decode_json(body: bytes) -> Any:
     """Parse ``body`` as JSON; PlacesError("invalid JSON") when it is not."""
     try:
-        return json.loads(body)
+        return json.loads(body, parse_constant=_not_json)
     except (ValueError, RecursionError) as exc:
         raise PlacesError("invalid JSON") from exc
+
+
+def _not_json(name: str) -> Any:
+    raise ValueError(f"{name} is not JSON")  # Python's json module accepts NaN and Infinity
 
 
 def _clip(text: str) -> str:

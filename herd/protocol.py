@@ -229,5 +229,8 @@ def format_whatsat_reply(at_line: bytes, answer: dict[str, Any], limit: int) -> 
     results, then an empty line (the reply ends with ``\\n\\n``)."""
     body = dict(answer)
     body["results"] = list(answer.get("results", []))[:limit]
-    text = squeeze_newlines(json.dumps(body, indent=3, ensure_ascii=False))
-    return at_line + b"\n" + text.encode("utf-8", "replace") + b"\n\n"
+    # allow_nan=False: NaN or an infinity (a float too large for a double)
+    # raises ValueError rather than leaving the reply invalid JSON.
+    text = squeeze_newlines(json.dumps(body, indent=3, ensure_ascii=False, allow_nan=False))
+    # A lone surrogate (no UTF-8 form) becomes its JSON escape, \udXXX.
+    return at_line + b"\n" + text.encode("utf-8", "backslashreplace") + b"\n\n"

@@ -27,6 +27,7 @@ from herd.google_places import (
     NEW_FIELD_MASK,
     GoogleNearby,
     GoogleNearbyNew,
+    decode_json,
     make_provider,
     radius_text,
 )
@@ -317,6 +318,11 @@ class GooglePlacesTests(unittest.TestCase):
     async def test_legacy_invalid_json(self) -> None:
         self.fake.mode = "badjson"
         await self.fails(self.legacy().nearby(LAT, LON, Decimal("100"), 5), "invalid JSON")
+
+    def test_nan_and_infinity_are_not_json(self) -> None:
+        for body in (b'{"a": NaN}', b'{"a": Infinity}', b'{"a": -Infinity}'):
+            with self.assertRaises(PlacesError):
+                decode_json(body)
 
     async def test_legacy_wrong_shape(self) -> None:
         self.fake.mode = "badshape"

@@ -552,6 +552,18 @@ def test_whatsat_reply_json_has_no_blank_lines_even_when_strings_hold_newlines()
     assert json.loads(body) == answer  # the strings survive, their newlines escaped
 
 
+def test_whatsat_reply_never_emits_invalid_json() -> None:
+    # Found by a black-box audit: an answer holding a float too large for a
+    # double (1e400 parses as inf) came out as "Infinity", and a lone
+    # surrogate as "?".
+    answer = places(1)
+    answer["results"][0]["rating"] = float("inf")
+    with pytest.raises(ValueError):
+        format_whatsat_reply(KIWI_AT, answer, 20)
+    _, body = split_reply(format_whatsat_reply(KIWI_AT, places(1, note="bad \ud800 x"), 20))
+    assert b"bad \\ud800 x" in body and json.loads(body) == places(1, note="bad \ud800 x")
+
+
 def test_whatsat_reply_keeps_non_ascii_text() -> None:
     answer = places(1, note=" café 東京")
     _, body = split_reply(format_whatsat_reply(KIWI_AT, answer, 20))
