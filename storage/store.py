@@ -9,6 +9,8 @@ within a second or two of Redis returning.
 
 from __future__ import annotations
 
+import itertools
+import math
 from collections import deque
 from collections.abc import Callable
 from importlib import resources
@@ -99,7 +101,8 @@ def set_no_delay(transport: Any) -> None:
         transport.setTcpNoDelay(True)
 
 
-_Pending = tuple[list[bytes], Deferred[StoreResult]]  # one record's Lua arguments, its Deferred
+# One record's Lua arguments, its Deferred, and its place in arrival order.
+_Pending = tuple[list[bytes], Deferred[StoreResult], int]
 
 
 ClientState = tuple[bytes, bytes, bytes]  # client id, AT line, its other fields and GEO score
@@ -156,6 +159,7 @@ class RedisStore:
         self._said_not_serving = False  # that check was refused and logged
         self._batch: deque[_Pending] = deque()  # from peers
         self._urgent: deque[_Pending] = deque()  # from clients
+        self._arrivals = itertools.count()
         self._batch_call: Any = None
         self._drain_waiters: list[tuple[int, Deferred[None]]] = []  # (backlog below, waiter)
         # When the first call Redis has not answered was made (None once Redis
@@ -252,7 +256,7 @@ class RedisStore:
         return waiter
 
     def _queue(self, record_args: list[bytes], done: Deferred[StoreResult], urgent: bool = False) -> None:
-        (self._urgent if urgent else self._batch).append((record_args, done))
+        (self._urgent if urgent else self._batch).append((record_args, done, next(self._arrivals)))
         self._schedule_flush()
 
     def _schedule_flush(self) -> None:
@@ -261,17 +265,22 @@ class RedisStore:
 
     def _flush_batch(self) -> None:
         """Send what waits, in batches of at most MAX_BATCH records, while fewer
-        than MAX_IN_FLIGHT are unanswered: client records first (but at least
-        half of a full batch for peers' records, so neither starves), each
-        queue in arrival order (one Lua call per batch, applied in order)."""
+        than MAX_IN_FLIGHT are unanswered, each queue in arrival order (one Lua
+        call per batch, applied in order). Client records may overtake peers'
+        but never the other way round: a peer's K line must find the client
+        updates forwarded to it before it stored. Half of a full batch is kept
+        for peers' records older than every waiting client record, so neither
+        queue starves the other."""
         self._batch_call = None
         keys = [self.keys.geo, self.keys.log, self.keys.log_epoch, self.keys.summary]
         while (self._urgent or self._batch) and len(self._sent_at) < MAX_IN_FLIGHT:
             part = _take(self._urgent, MAX_BATCH - min(len(self._batch), MAX_BATCH // 2))
-            part += _take(self._batch, MAX_BATCH - len(part))
+            oldest_client = self._urgent[0][2] if self._urgent else math.inf
+            while self._batch and len(part) < MAX_BATCH and self._batch[0][2] < oldest_client:
+                part.append(self._batch.popleft())
             part += _take(self._urgent, MAX_BATCH - len(part))
             args = [self.keys.prefix, str(LOG_MAX_ENTRIES).encode()]
-            for record_args, _ in part:
+            for record_args, _, _ in part:
                 args.extend(record_args)
             self._sent_at.append(self._reactor.seconds())
             d = self._call("eval", STORE_BATCH, keys, args)
@@ -293,7 +302,7 @@ class RedisStore:
         waiting = [*part, *self._urgent, *self._batch]
         self._urgent.clear()
         self._batch.clear()
-        for _, done in waiting:
+        for _, done, _ in waiting:
             done.errback(failure)
         self._notify_drained()
 
@@ -469,7 +478,7 @@ def _record_args(record: AtRecord, tie_break: bool, chain: Chain | None, source:
 
 
 def _batch_stored(reply: bytes, part: list[_Pending]) -> None:
-    for line, (_, done) in zip(reply.split(b"\n"), part, strict=True):
+    for line, (_, done, _) in zip(reply.split(b"\n"), part, strict=True):
         stored, token, advanced, previous = line.split(b"|")
         position = Position.parse(token) if token else None
         before = Position(position.epoch, previous) if position is not None else None

@@ -152,15 +152,32 @@ class FailedBatches(unittest.TestCase):
         assert took < 3.0, took  # not one timeout per batch of the queue
 
     @inlineCallbacks
-    def test_each_batch_leaves_room_for_the_other_queue(self) -> Any:
-        yield self.store.get(b"nobody")  # connected
+    def stored_in_order(self, *queued: tuple[str, int]) -> Any:
+        """Queue (kind, count) groups in one reactor turn; the kinds in the order stored."""
         order: list[str] = []
-        clients = [self.store.store_if_newer(record(i, b"A")) for i in range(1500)]
-        peers = [self.store.store_if_newer(record(10_000 + i), tie_break=True, source=b"P")
-                 for i in range(600)]
-        for kind, ds in (("client", clients), ("peer", peers)):
-            for d in ds:
-                d.addCallback(lambda result, kind=kind: order.append(kind) or result)
-        yield DeferredList([*clients, *peers])
+        waiting = []
+        for kind, count in queued:
+            for _ in range(count):
+                i = len(waiting)
+                d = (self.store.store_if_newer(record(i, b"A")) if kind == "client" else
+                     self.store.store_if_newer(record(i), tie_break=True, source=b"P"))
+                waiting.append(d.addCallback(lambda result, kind=kind: order.append(kind) or result))
+        yield DeferredList(waiting)
+        return order
+
+    @inlineCallbacks
+    def test_each_batch_leaves_room_for_older_peer_records(self) -> Any:
+        yield self.store.get(b"nobody")  # connected
+        order = yield self.stored_in_order(("peer", 600), ("client", 1500))
         first_batch = order[:MAX_BATCH]
         assert first_batch.count("peer") >= MAX_BATCH // 2 and first_batch.count("client") >= MAX_BATCH // 2
+
+    @inlineCallbacks
+    def test_a_peer_record_never_overtakes_an_older_client_record(self) -> Any:
+        # A peer's K line must find stored the client updates this node
+        # forwarded to it before storing them (found by a black-box audit:
+        # it overtook them, and the failed K check made the peer send the
+        # node's own updates back).
+        yield self.store.get(b"nobody")  # connected
+        order = yield self.stored_in_order(("client", 1500), ("peer", 1), ("client", 10))
+        assert order.index("peer") >= 1500
