@@ -83,6 +83,7 @@ class Reconciler:
         self._pulling: dict[bytes, PeerConnection] = {}  # peer -> connection our SYNC went on
         self._failed: set[bytes] = set()  # peers whose current pull lost a record
         self._interval: dict[bytes, float] = {}  # per peer, when longer than GAP_PULL_INTERVAL
+        self._since: dict[bytes, Position | None] = {}  # per peer, the offset its last pull began at
         # Peers not yet pulled from since start, with ALL: updates this process's
         # predecessor forwarded before storing them may be missing here.
         self._include_own: set[bytes] = set(links.neighbours)
@@ -101,10 +102,13 @@ class Reconciler:
         self._pulling[peer] = conn
         self._failed.discard(peer)
         d = self._store.peer_offset(peer)
-        suffix = b" " + ALL if peer in self._include_own else b""
-        d.addCallback(lambda since: conn.send_line(SYNC + b" " + (since.token if since else NO_POSITION)
-                                                   + suffix))
+        d.addCallback(self._ask, peer, conn)
         d.addErrback(self._pull_failed, peer)
+
+    def _ask(self, since: Position | None, peer: bytes, conn: PeerConnection) -> None:
+        self._since[peer] = since
+        suffix = b" " + ALL if peer in self._include_own else b""
+        conn.send_line(SYNC + b" " + (since.token if since else NO_POSITION) + suffix)
 
     def pull_all(self) -> None:
         """Redis is (back) up: pull from every linked peer (updates flooded while
@@ -148,25 +152,39 @@ class Reconciler:
     def sync_end(self, peer: bytes, token: bytes) -> None:
         """The answer to our SYNC is complete (``SYNC-END -``: the peer could not
         finish it). Its records may still wait for Redis in the store's queue:
-        the offset moves only once they are all stored."""
-        conn = self._pulling.get(peer)
-        self._store.fence().addBoth(lambda _: self._pulled(peer, conn, Position.parse(token)))
+        the offset write joins that queue behind them, so it lands only if they
+        were all stored, and before the live updates the peer chains on it."""
+        conn, position = self._pulling.get(peer), Position.parse(token)
+        if conn is None:
+            return  # not an answer to a pull of ours (its connection was lost)
+        if position is None or peer in self._failed:
+            self._pulled(peer, conn, None)
+            return
+        d = self._store.set_offset_in_order(peer, position)
+        d.addCallbacks(lambda _: self._pulled(peer, conn, position), lambda _: self._pulled(peer, conn, None))
 
-    def _pulled(self, peer: bytes, conn: PeerConnection | None, position: Position | None) -> None:
-        if conn is None or self._pulling.get(peer) is not conn:
+    def _pulled(self, peer: bytes, conn: PeerConnection, position: Position | None) -> None:
+        """The pull on ``conn`` ended: with the offset at ``position``, or
+        incomplete (None)."""
+        if self._pulling.get(peer) is not conn:
             return  # that connection was lost meanwhile, and another pull started
         del self._pulling[peer]
-        if position is None or peer in self._failed:
+        if position is not None and peer in self._failed:
+            # A record of the answer failed after this write was sent (an
+            # error reply from Redis, which fails only its own batch): the
+            # offset must not stay past it. Fall back to where the pull began.
+            self._store.restore_peer_offset(peer, self._since.get(peer)).addErrback(lambda _: None)
+            position = None
+        if position is None:
             interval = min(MAX_RETRY_INTERVAL, 2 * self._interval.get(peer, GAP_PULL_INTERVAL))
             self._interval[peer] = interval
             log.warn("pull from {peer} incomplete; offset kept, pulling again in {s:g} s",
                      peer=peer.decode(), s=interval)
-            if conn is not None and conn.connected:
+            if conn.connected:
                 self.gap(peer, conn)
             return
         self._interval.pop(peer, None)
-        d = self._store.set_peer_offset(peer, position)
-        d.addCallbacks(lambda _: self._include_own.discard(peer), self._pull_failed, errbackArgs=(peer,))
+        self._include_own.discard(peer)
 
     def _pull_failed(self, failure: Any, peer: bytes) -> None:
         self._pulling.pop(peer, None)

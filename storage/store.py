@@ -74,6 +74,9 @@ class Position(NamedTuple):
         return cls(epoch, entry) if slash and epoch and entry else None
 
 
+ANY_POSITION = b"*"  # as a chain's prev: move the offset to pos wherever it stands
+
+
 class Chain(NamedTuple):
     """A peer's update at ``pos`` that followed ``prev`` in that peer's log."""
 
@@ -240,12 +243,11 @@ class RedisStore:
         """Records waiting to be sent to Redis."""
         return len(self._urgent) + len(self._batch)
 
-    def fence(self) -> Deferred[StoreResult]:
-        """Fires once everything queued before it has been answered; fails if
-        any of it failed (a failed batch fails everything queued behind it)."""
-        done: Deferred[StoreResult] = Deferred()
-        self._queue([b"", b"0\n\n\n\n\n"], done)  # a record that does nothing
-        return done
+    def set_offset_in_order(self, peer: bytes, pos: Position) -> Deferred[StoreResult]:
+        """Set ``peer``'s offset to ``pos`` after every record queued before this
+        call, and before every one queued after it. It fails if any of those
+        before it failed: a failed batch fails everything queued behind it."""
+        return self.advance_offset(Chain(peer, Position(pos.epoch, ANY_POSITION), pos))
 
     def when_backlog_below(self, limit: int) -> Deferred[None]:
         """Fires once fewer than ``limit`` records wait to be sent to Redis."""
@@ -358,6 +360,13 @@ class RedisStore:
         """How far this node has applied ``peer``'s log, if known."""
         d = self._call("hmget", self.keys.peer(peer), [b"epoch", b"pos"])
         return d.addCallback(lambda r: Position(r[0], r[1]) if r[0] and r[1] else None)
+
+    def restore_peer_offset(self, peer: bytes, pos: Position | None) -> Deferred[Any]:
+        """Put ``peer``'s offset back to ``pos`` (None: forget it, so the next
+        pull is a full transfer)."""
+        if pos is None:
+            return self._call("execute_command", "DEL", self.keys.peer(peer))
+        return self.set_peer_offset(peer, pos)
 
     def set_peer_offset(self, peer: bytes, pos: Position) -> Deferred[Any]:
         return self._call("execute_command", "HSET", self.keys.peer(peer), b"epoch", pos.epoch,

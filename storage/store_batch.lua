@@ -27,8 +27,8 @@
 --                      every node settles on the same record; "0": equal is not newer,
 --     chain peer, chain epoch, chain prev, chain pos   ("" when none): the peer's
 --                      offset advances to pos only when it stands at prev in the
---                      same epoch; it then says "every update of that peer's log
---                      up to pos is applied here",
+--                      same epoch (prev "*": whatever it stands at); it then says
+--                      "every update of that peer's log up to pos is applied here",
 --     source           the peer the record came from ("" from a client), logged
 --                      so that a SYNC answer to that peer can leave it out,
 --     [hold id, hold time, hold server, hold skew]...  optional, with an empty
@@ -153,6 +153,10 @@ end
 local function advance_offset(peer, chain_epoch, prev, pos, meta)
   if peer == '' or not holds_all(meta) then return 0 end
   local key = prefix .. 'peer:' .. peer
+  if prev == '*' then  -- a SYNC answer ends here: the offset is pos, whatever it was
+    redis.call('HSET', key, 'epoch', chain_epoch, 'pos', pos)
+    return 1
+  end
   local cur = redis.call('HMGET', key, 'epoch', 'pos')
   if cur[1] ~= chain_epoch or cur[2] ~= prev then return 0 end
   redis.call('HSET', key, 'pos', pos)

@@ -58,6 +58,20 @@ class PullAgain(unittest.TestCase):
         assert self.redis.hgetall("herd:peer:P") == {b"epoch": b"E", b"pos": b"5-0"}
 
     @inlineCallbacks
+    def test_a_record_lost_while_the_offset_write_is_in_flight_puts_it_back(self) -> Any:
+        self.links.add(b"P", self.conn, "test")
+        yield self.syncs_sent()
+        yield self.end(b"E/5-0")
+        assert self.redis.hgetall("herd:peer:P") == {b"epoch": b"E", b"pos": b"5-0"}
+        self.reconciler.pull(b"P", self.conn)  # from E/5-0
+        assert (yield self.syncs_sent()) == [b"SYNC E/5-0"]
+        self.reconciler.sync_end(b"P", b"E/9-0")  # the offset write is queued ...
+        self.reconciler.record_lost(b"P", self.conn)  # ... and a record fails before it is answered
+        yield deferLater(reactor, 0.2, lambda: None)
+        assert self.redis.hgetall("herd:peer:P") == {b"epoch": b"E", b"pos": b"5-0"}  # where the pull began
+        assert not self.reconciler.is_pulling(b"P")
+
+    @inlineCallbacks
     def test_a_record_lost_outside_a_pull_starts_one(self) -> Any:
         self.links.add(b"P", self.conn, "test")
         yield self.syncs_sent()

@@ -16,7 +16,7 @@ from twisted.internet.task import deferLater
 from twisted.trial import unittest
 
 from herd.protocol import parse_at_line
-from storage.store import MAX_BATCH, RECOVERY_GRACE, StoreUnavailable
+from storage.store import MAX_BATCH, RECOVERY_GRACE, Chain, Position, StoreUnavailable
 
 
 def record(client: int, server: bytes = b"B") -> Any:
@@ -141,7 +141,7 @@ class FailedBatches(unittest.TestCase):
     def test_a_failed_batch_fails_everything_queued_behind_it_at_once(self) -> Any:
         yield self.store.get(b"nobody")  # connected
         waiting = [self.store.store_if_newer(record(i), tie_break=True, source=b"P") for i in range(20_000)]
-        fence = self.store.fence()
+        fence = self.store.set_offset_in_order(b"P", Position(b"E", b"5-0"))
         yield deferLater(reactor, 0, lambda: None)  # the first batches are sent
         self.redis.kill()
         started = time.monotonic()
@@ -150,6 +150,21 @@ class FailedBatches(unittest.TestCase):
         stored = sum(1 for ok, r in results[:-1] if ok and r.stored)
         assert stored < 20_000 and not results[-1][0]  # something was lost, so the fence failed
         assert took < 3.0, took  # not one timeout per batch of the queue
+
+    @inlineCallbacks
+    def test_an_offset_set_in_order_lands_before_updates_chained_on_it(self) -> Any:
+        # Found by a black-box audit: a SYNC-END's offset write reached Redis
+        # after the live updates the peer chained on it, which then failed to
+        # advance the offset and made the node pull (and get) them all again.
+        yield self.store.get(b"nobody")  # connected
+        yield self.store.set_peer_offset(b"P", Position(b"E", b"1-0"))
+        backlog = [self.store.store_if_newer(record(i), tie_break=True, source=b"P") for i in range(3000)]
+        at, after = Position(b"OTHER", b"5-0"), Position(b"OTHER", b"6-0")
+        offset = self.store.set_offset_in_order(b"P", at)
+        chained = self.store.advance_offset(Chain(b"P", at, after))
+        yield DeferredList(backlog)
+        assert (yield offset).advanced and (yield chained).advanced
+        assert self.redis.hgetall("herd:peer:P") == {b"epoch": b"OTHER", b"pos": b"6-0"}
 
     @inlineCallbacks
     def stored_in_order(self, *queued: tuple[str, int]) -> Any:
