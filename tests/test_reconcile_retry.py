@@ -41,7 +41,7 @@ class PullAgain(unittest.TestCase):
 
     @inlineCallbacks
     def end(self, token: bytes) -> Any:
-        """SYNC-END: settled once what came before it is stored (a store fence)."""
+        """SYNC-END: settled once its offset write, queued behind the records before it, is answered."""
         self.reconciler.sync_end(b"P", token)
         yield deferLater(reactor, 0.2, lambda: None)
 
@@ -96,7 +96,7 @@ class PullAgain(unittest.TestCase):
         assert waits[-1] >= 4.0 > waits[0], waits
 
 
-class Fenced(unittest.TestCase):
+class OffsetInOrder(unittest.TestCase):
     """SYNC-END moves the offset only once the answer's records are stored
     (found in review: with records still queued in the node, it overtook them)."""
 

@@ -141,14 +141,14 @@ class FailedBatches(unittest.TestCase):
     def test_a_failed_batch_fails_everything_queued_behind_it_at_once(self) -> Any:
         yield self.store.get(b"nobody")  # connected
         waiting = [self.store.store_if_newer(record(i), tie_break=True, source=b"P") for i in range(20_000)]
-        fence = self.store.set_offset_in_order(b"P", Position(b"E", b"5-0"))
+        offset = self.store.set_offset_in_order(b"P", Position(b"E", b"5-0"))
         yield deferLater(reactor, 0, lambda: None)  # the first batches are sent
         self.redis.kill()
         started = time.monotonic()
-        results = yield DeferredList([*waiting, fence], consumeErrors=True)
+        results = yield DeferredList([*waiting, offset], consumeErrors=True)
         took = time.monotonic() - started
         stored = sum(1 for ok, r in results[:-1] if ok and r.stored)
-        assert stored < 20_000 and not results[-1][0]  # something was lost, so the fence failed
+        assert stored < 20_000 and not results[-1][0]  # something was lost, so the offset write failed
         assert took < 3.0, took  # not one timeout per batch of the queue
 
     @inlineCallbacks
