@@ -44,7 +44,7 @@ MAX_BATCH = 1000  # records per store_batch.lua call
 # Store batches sent and not yet answered. More wait in the node and join the
 # next batch: a burst (a large SYNC answer) then costs a few large Lua calls
 # instead of a queue inside Redis deeper than the reply timeout, and a
-# client's update is never stuck behind it (client records go first).
+# client's update is not stuck behind it (see _flush_batch for the order).
 MAX_IN_FLIGHT = 2
 # Errors of a Redis that cannot take writes now (loading its data, running a
 # long script, out of memory, failing to persist, a read-only replica).
