@@ -62,11 +62,15 @@ local function split(text, sep)  -- every field, empty ones included
   end
 end
 
+local PAD = {}
+for i = 0, 9 do PAD[i] = string.rep('0', i) end
+
 local function canonical_ns(time)  -- "12.5" -> "12500000000"; no leading zeros
   local seconds, fraction = string.match(time, '^(%d+)%.?(%d*)$')
-  local ns = string.gsub(seconds .. fraction .. string.rep('0', 9 - #fraction), '^0+', '')
-  if ns == '' then return '0' end
-  return ns
+  local ns = seconds .. fraction .. PAD[9 - #fraction]
+  local first = string.find(ns, '[1-9]')
+  if not first then return '0' end
+  return first == 1 and ns or string.sub(ns, first)
 end
 
 local function compare_bytes(a, b)
@@ -91,21 +95,22 @@ local function is_newer(ns, at, tie_break, held)
   return tie_break == '1' and compare_bytes(at, held[2]) > 0
 end
 
-local function xor64(a, b)  -- two 16-hex-digit strings
-  local hi = bit.bxor(tonumber(string.sub(a, 1, 8), 16), tonumber(string.sub(b, 1, 8), 16))
-  local lo = bit.bxor(tonumber(string.sub(a, 9, 16), 16), tonumber(string.sub(b, 9, 16), 16))
-  return bit.tohex(hi, 8) .. bit.tohex(lo, 8)
+-- The digest as two 32-bit halves while the batch runs; written back once.
+local digest_hi, digest_lo, added = nil, nil, 0
+local function xor_in(at)
+  local sha = redis.sha1hex(at)
+  digest_hi = bit.bxor(digest_hi, tonumber(string.sub(sha, 1, 8), 16))
+  digest_lo = bit.bxor(digest_lo, tonumber(string.sub(sha, 9, 16), 16))
 end
 
-local digest, added = nil, 0
 local function update_summary(old_at, new_at)
-  digest = digest or redis.call('HGET', KEYS[4], 'digest') or '0000000000000000'
-  digest = xor64(digest, string.sub(redis.sha1hex(new_at), 1, 16))
-  if old_at then
-    digest = xor64(digest, string.sub(redis.sha1hex(old_at), 1, 16))
-  else
-    added = added + 1
+  if not digest_hi then
+    local held = redis.call('HGET', KEYS[4], 'digest') or '0000000000000000'
+    digest_hi = tonumber(string.sub(held, 1, 8), 16)
+    digest_lo = tonumber(string.sub(held, 9, 16), 16)
   end
+  xor_in(new_at)
+  if old_at then xor_in(old_at) else added = added + 1 end
 end
 
 local epoch = nil
@@ -163,22 +168,32 @@ local function advance_offset(peer, chain_epoch, prev, pos, meta)
   return 1
 end
 
+local function parse_meta(text)  -- 6 fields, then the holds (if any)
+  local a, b, c, d, e, f, rest = string.match(text,
+    '^([^\n]*)\n([^\n]*)\n([^\n]*)\n([^\n]*)\n([^\n]*)\n([^\n]*)(.*)$')
+  local meta = {a, b, c, d, e, f}
+  if rest ~= '' then
+    local holds = split(string.sub(rest, 2), '\n')
+    for i = 1, #holds do meta[6 + i] = holds[i] end
+  end
+  return meta
+end
+
 local out = {}
 for base = 3, #ARGV, 2 do
   local at = ARGV[base]
-  local meta = split(ARGV[base + 1], '\n')
+  local meta = parse_meta(ARGV[base + 1])
   local advanced = advance_offset(meta[2], meta[3], meta[4], meta[5], meta)
   local result = '0||' .. advanced .. '|'
   if at ~= '' then
-    local f = split(at, ' ')  -- AT server skew id location time
-    local id, location, time = f[4], f[5], f[6]
-    local lat, lon = string.match(location, '^([+-][%d.]+)([+-][%d.]+)$')
+    local server, skew, id, location, lat, lon, time =
+      string.match(at, '^AT ([^ ]+) ([^ ]+) ([^ ]+) (([+-][%d.]+)([+-][%d.]+)) ([^ ]+)$')
     local ns = canonical_ns(time)
     local key = prefix .. 'client:' .. id
     local held = redis.call('HMGET', key, 'time', 'at')
     if is_newer(ns, at, meta[1], held) then
       update_summary(held[2], at)
-      redis.call('HSET', key, 'at', at, 'server', f[2], 'skew', f[3], 'location', location,
+      redis.call('HSET', key, 'at', at, 'server', server, 'skew', skew, 'location', location,
                  'lat', lat, 'lon', lon, 'time', time)
       local geo = redis.pcall('GEOADD', KEYS[1], lon, lat, id)
       if type(geo) == 'table' and geo.err then  -- beyond Redis GEO's latitudes
@@ -192,8 +207,8 @@ for base = 3, #ARGV, 2 do
   end
   out[#out + 1] = result
 end
-if digest then
-  redis.call('HSET', KEYS[4], 'digest', digest)
+if digest_hi then
+  redis.call('HSET', KEYS[4], 'digest', bit.tohex(digest_hi, 8) .. bit.tohex(digest_lo, 8))
   if added > 0 then redis.call('HINCRBY', KEYS[4], 'clients', added) end
 end
 return table.concat(out, '\n')
