@@ -161,9 +161,10 @@ def _shape(what: str) -> PlacesError:
 
 
 def legacy_answer(doc: Any) -> PlacesAnswer:
-    """Validate a legacy Nearby Search document. OK/ZERO_RESULTS give the answer
-    (``html_attributions``, ``results``, ``status``, ``next_page_token`` if any);
-    any other status or shape raises PlacesError."""
+    """Validate a legacy Nearby Search document. OK/ZERO_RESULTS give the
+    document itself, every key in Google's order (the reply only cuts
+    ``results``), with an empty ``html_attributions`` or ``results`` added when
+    missing; any other status or shape raises PlacesError."""
     if not isinstance(doc, dict) or not isinstance(doc.get("status"), str):
         raise _shape("no status")
     status = doc["status"]
@@ -177,9 +178,8 @@ def legacy_answer(doc: Any) -> PlacesAnswer:
     attributions = doc.get("html_attributions", [])
     if not isinstance(attributions, list):
         raise _shape("html_attributions is not a list")
-    answer: PlacesAnswer = {"html_attributions": attributions, "results": results, "status": status}
-    if isinstance(doc.get("next_page_token"), str):
-        answer["next_page_token"] = doc["next_page_token"]
+    answer: PlacesAnswer = dict(doc) if "html_attributions" in doc else {"html_attributions": [], **doc}
+    answer.setdefault("results", results)
     return answer
 
 

@@ -32,6 +32,7 @@ from herd.google_places import (
     radius_text,
 )
 from herd.places import PlacesAnswer, PlacesError
+from herd.protocol import format_whatsat_reply, squeeze_newlines
 
 reactor: Any = global_reactor
 KEY = "AIzaTEST-secret_key.42"
@@ -139,6 +140,10 @@ class FakeGoogle(Resource):
             if "results" in ok:
                 ok["status"] = "OK"
             return self._json(request, ok)
+        if mode == "google-order":  # as Google sends it, with a key herd does not know
+            return self._json(request, {"html_attributions": [], "next_page_token": "page-2",
+                                        "results": legacy_places(MANY), "status": "OK",
+                                        "info_messages": ["a note"]})
         if mode == "zero":
             doc = {"html_attributions": [], "results": [], "status": "ZERO_RESULTS"}
             return self._json(request, doc if "results" in ok else {})
@@ -293,6 +298,16 @@ class GooglePlacesTests(unittest.TestCase):
         self.assertEqual(radius_text(Decimal("50000.000")), "50000")
         self.assertEqual(radius_text(Decimal("1500.50")), "1500.5")
         self.assertEqual(radius_text(Decimal("0.0001E+3")), "0.1")
+
+    async def test_legacy_answer_is_googles_document(self) -> None:
+        """Every key, in Google's order; the reply only cuts ``results``."""
+        self.fake.mode = "google-order"
+        answer = await self.legacy().nearby(LAT, LON, Decimal("100"), 5)
+        self.assertEqual(list(answer), ["html_attributions", "next_page_token", "results", "status",
+                                        "info_messages"])
+        reply = format_whatsat_reply(b"AT x", answer, 2)
+        expected = {**answer, "results": answer["results"][:2]}
+        self.assertEqual(reply, b"AT x\n" + squeeze_newlines(json.dumps(expected, indent=3)).encode() + b"\n\n")
 
     async def test_legacy_zero_results(self) -> None:
         self.fake.mode = "zero"
