@@ -19,8 +19,9 @@ from typing import Any, NamedTuple
 import txredisapi
 from twisted.internet.defer import Deferred, fail, succeed
 from twisted.internet.endpoints import HostnameEndpoint
-from twisted.internet.interfaces import IReactorTime
+from twisted.internet.interfaces import IReactorTime, IStreamClientEndpoint
 from twisted.logger import Logger
+from zope.interface import implementer
 
 from config.schema import RedisAddress
 from herd.protocol import AtRecord, parse_at_line
@@ -124,9 +125,15 @@ class _ReconnectingFactory(txredisapi.RedisFactory):
     jitter = 0.1  # a normal spread: nearly always within 30% of the delay
     noisy = False
 
-    def __init__(self, on_connected: Any, **kwargs: Any) -> None:
+    def __init__(self, on_connected: Any, on_refused: Callable[[str], None], **kwargs: Any) -> None:
         super().__init__(**kwargs)
         self._on_connected = on_connected
+        self._on_refused = on_refused
+
+    def connectionError(self, why: str) -> None:  # noqa: N802 (txredisapi's name)
+        # A connection was made but its set-up failed (wrong password, bad db).
+        self._on_refused(why.removeprefix("Redis error: "))
+        super().connectionError(why)
 
     def stopTrying(self) -> Any:
         # txredisapi gives up for good when AUTH or SELECT fails on a new
@@ -141,6 +148,23 @@ class _ReconnectingFactory(txredisapi.RedisFactory):
         super().addConnection(conn)
         if self.size:
             self._on_connected()
+
+
+@implementer(IStreamClientEndpoint)
+class _NotingEndpoint:
+    """An endpoint that reports why each failed connection attempt failed."""
+
+    def __init__(self, endpoint: IStreamClientEndpoint, on_refused: Callable[[str], None]):
+        self._endpoint = endpoint
+        self._on_refused = on_refused
+
+    def connect(self, factory: Any) -> Deferred[Any]:
+        d: Deferred[Any] = self._endpoint.connect(factory)
+        return d.addErrback(self._failed)
+
+    def _failed(self, failure: Any) -> Any:
+        self._on_refused(failure.getErrorMessage())
+        return failure
 
 
 class RedisStore:
@@ -168,10 +192,11 @@ class RedisStore:
         # When the first call Redis has not answered was made (None once Redis
         # serves again): a timeout after it, calls wait only RECOVERY_GRACE.
         self._failing_since: float | None = None
+        self._refused: str | None = None  # why the last connection attempt failed
         self._sent_at: deque[float] = deque()  # when each unanswered store batch was sent
         self.observe: Callable[[float], None] | None = None  # gets each call's latency (s)
         self._factory = _ReconnectingFactory(
-            self._connection_ready,
+            self._connection_ready, self._connection_refused,
             # No SELECT for database 0: a new connection is already there.
             uuid=f"{address.host}:{address.port}", dbid=address.db or None, poolsize=1, isLazy=True,
             handler=txredisapi.ConnectionHandler, charset=None, password=address.password,
@@ -185,7 +210,7 @@ class RedisStore:
         """Start connecting (and reconnecting) in the background."""
         endpoint = HostnameEndpoint(self._reactor, self._address.host, self._address.port,
                                     timeout=self._timeout)
-        self._factory.startConnecting(endpoint)
+        self._factory.startConnecting(_NotingEndpoint(endpoint, self._connection_refused))
 
     def stop(self) -> Deferred[Any]:
         """Close the connections; fires when they are closed."""
@@ -430,9 +455,11 @@ class RedisStore:
             waiters.remove(waiter)
             if self._failing_since is None:
                 self._failing_since = since
-            waiter.errback(StoreUnavailable(
-                f"Redis at {self._address.host}:{self._address.port} has not answered "
-                f"for {self._reactor.seconds() - self._failing_since:.1f} s"))
+            why = (f"Redis at {self._address.host}:{self._address.port} has not answered "
+                   f"for {self._reactor.seconds() - self._failing_since:.1f} s")
+            if self._refused is not None and not self.connected:
+                why += f" (last connection attempt: {self._refused})"
+            waiter.errback(StoreUnavailable(why))
 
     @staticmethod
     def _cancel_timer(result: Any, timer: Any) -> Any:
@@ -447,12 +474,16 @@ class RedisStore:
         call failed: a reply may have been lost)."""
         self.connections += 1
         self._serving_now = False
+        self._refused = None
         waiters, self._waiters = self._waiters, []
         for waiter in waiters:
             waiter.callback(None)
         if not self._checking:
             self._checking = True
             self._check_serving()
+
+    def _connection_refused(self, why: str) -> None:
+        self._refused = why
 
     def _check_serving(self) -> None:
         # A write: a Redis can answer reads while refusing or stalling writes.

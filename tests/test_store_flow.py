@@ -6,17 +6,20 @@ for a timeout, calls stop waiting a whole timeout each."""
 from __future__ import annotations
 
 import signal
+import tempfile
 import time
+from pathlib import Path
 from typing import Any
 
-from harness import redis_with_store
+from harness import RedisServer, free_port, redis_with_store
 from twisted.internet import reactor
 from twisted.internet.defer import DeferredList, inlineCallbacks
 from twisted.internet.task import deferLater
 from twisted.trial import unittest
 
+from config.schema import RedisAddress
 from herd.protocol import parse_at_line
-from storage.store import MAX_BATCH, RECOVERY_GRACE, Chain, Position, StoreUnavailable
+from storage.store import MAX_BATCH, RECOVERY_GRACE, Chain, Position, RedisStore, StoreUnavailable
 
 
 def record(client: int, server: bytes = b"B") -> Any:
@@ -196,3 +199,33 @@ class FailedBatches(unittest.TestCase):
         yield self.store.get(b"nobody")  # connected
         order = yield self.stored_in_order(("client", 1500), ("peer", 1), ("client", 10))
         assert order.index("peer") >= 1500
+
+
+class WhyUnreachable(unittest.TestCase):
+    """A call that gives up says why the store could not connect."""
+
+    @inlineCallbacks
+    def refusal(self, address: RedisAddress) -> Any:
+        store = RedisStore(reactor, address, b"herd:", timeout=0.5)
+        store.start()
+        self.addCleanup(store.stop)
+        try:
+            yield store.get(b"anyone")
+        except StoreUnavailable as err:
+            return str(err)
+        raise AssertionError("answered")
+
+    @inlineCallbacks
+    def test_nothing_listening(self) -> Any:
+        port = free_port()
+        why = yield self.refusal(RedisAddress(f"redis://127.0.0.1:{port}/0", "127.0.0.1", port))
+        assert f"Redis at 127.0.0.1:{port} has not answered for 0.5 s" in why, why
+        assert "(last connection attempt: " in why and "refused" in why, why
+
+    @inlineCallbacks
+    def test_wrong_password(self) -> Any:
+        redis = RedisServer(Path(tempfile.mkdtemp(prefix="herd-auth-"))).start()
+        self.addCleanup(redis.kill)
+        redis.command("CONFIG", "SET", "requirepass", "right")
+        why = yield self.refusal(RedisAddress(redis.url, "127.0.0.1", redis.port, password="wrong"))
+        assert "could not auth" in why, why
