@@ -15,7 +15,8 @@ from decimal import Decimal
 from importlib import metadata
 from typing import Any
 
-from twisted.internet.defer import Deferred, inlineCallbacks, succeed
+from twisted.internet.defer import CancelledError, Deferred, inlineCallbacks, succeed
+from twisted.internet.interfaces import IReactorTime
 from twisted.internet.threads import deferToThread
 from twisted.logger import Logger
 from twisted.python.failure import Failure
@@ -27,6 +28,7 @@ from storage.store import RedisStore
 
 log = Logger(namespace="herd")
 DEFAULT_MIN_POPULATION = 5000
+MIN_RADIUS_M = Decimal("0.001")  # a smaller radius is searched as 0 m
 ATTRIBUTION = 'Places from <a href="https://www.geonames.org/">GeoNames</a> (CC BY 4.0)'
 
 
@@ -66,38 +68,58 @@ def read_dataset(min_population: int) -> list[PlaceRow]:
 
 
 class OfflinePlaces:
-    """PlacesProvider over the data set in the node's Redis."""
+    """PlacesProvider over the data set in the node's Redis.
 
-    def __init__(self, store: RedisStore, min_population: int = DEFAULT_MIN_POPULATION):
+    A search uses whichever data set Redis holds (``places:version``). When
+    there is none (a Redis emptied, or replaced by a new one), it loads this
+    node's version and waits for it at most ``timeout`` seconds (the
+    provider's timeout: ``? <line>`` after that, the load goes on)."""
+
+    def __init__(self, store: RedisStore, clock: IReactorTime,
+                 min_population: int = DEFAULT_MIN_POPULATION, timeout: float = 5.0):
         self._index = PlacesIndex(store)
+        self._clock = clock
+        self._timeout = timeout
         self.version = dataset_version(min_population)
         self._min_population = min_population
         self._loaded = False
         self._waiters: list[Deferred[bool]] = []
 
     def ensure_loaded(self) -> Deferred[bool]:
-        """Load the data set into Redis unless it is there already. Concurrent
-        callers share one load; after a failure the next caller tries again."""
+        """Load this node's data set into Redis unless it is there, whole.
+        Fires True when this load wrote it, False when it was there already.
+        Concurrent callers share one load; after a failure the next caller
+        tries again."""
         if self._loaded:
-            return succeed(True)
+            return succeed(False)
         waiter: Deferred[bool] = Deferred()
         self._waiters.append(waiter)
         if len(self._waiters) == 1:
             self._load().addBoth(self._load_done)
         return waiter
 
+    def recheck(self) -> Deferred[bool]:
+        """Check Redis again (it may have been emptied or replaced: the node
+        calls this whenever it reconnects) and load the data set if needed."""
+        self._loaded = False
+        return self.ensure_loaded()
+
     @inlineCallbacks
     def _load(self) -> Any:
-        if (yield self._index.current_version()) == self.version:
-            return True
-        log.info("loading offline places {version} into Redis", version=self.version.decode())
+        in_use = yield self._index.whole_version()
+        if in_use == self.version:
+            return False
+        log.info("loading offline places {version} into Redis ({why})", version=self.version.decode(),
+                 why=f"replacing {in_use.decode()}" if in_use else "none there, or not whole")
         rows = yield deferToThread(read_dataset, self._min_population)
-        if (yield self._index.load(self.version, rows)):
+        loaded = yield self._index.load(self.version, rows)
+        if loaded:
             log.info("offline places loaded: {n} places", n=len(rows))
-        return True
+        return loaded
 
     def _load_done(self, result: Any) -> None:
         waiters, self._waiters = self._waiters, []
+        waiters = [w for w in waiters if not w.called]  # a WHATSAT that stopped waiting
         if isinstance(result, Failure):
             why = result.getErrorMessage()
             log.error("offline places not loaded: {why}", why=why)
@@ -106,15 +128,33 @@ class OfflinePlaces:
             return
         self._loaded = True
         for waiter in waiters:
-            waiter.callback(True)
+            waiter.callback(result)
+
+    def _loaded_in_time(self) -> Deferred[bool]:
+        def still_loading(result: Any, timeout: float) -> Any:
+            if isinstance(result, Failure) and result.check(CancelledError):
+                return Failure(PlacesError(f"offline places data set still loading after {timeout:g} s"))
+            return result
+
+        return self.ensure_loaded().addTimeout(self._timeout, self._clock, onTimeoutCancel=still_loading)
 
     @inlineCallbacks
     def nearby(self, lat: str, lon: str, radius_m: Decimal, limit: int) -> Any:
         if not -GEO_LAT_LIMIT <= Decimal(lat) <= GEO_LAT_LIMIT:
             return answer([])
-        yield self.ensure_loaded()
-        docs = yield self._index.nearby(self.version, lon.lstrip("+").encode(),
-                                        lat.lstrip("+").encode(), radius_text(radius_m).encode(), limit)
+        # GEOSEARCH refuses a radius too small for a double (it underflows).
+        radius = radius_text(radius_m).encode() if radius_m >= MIN_RADIUS_M else b"0"
+        where = (lon.lstrip("+").encode(), lat.lstrip("+").encode(), radius, limit)
+        docs = yield self._index.nearby(*where)
+        if docs is None:
+            if self._loaded:
+                log.warn("offline places data set missing from Redis (emptied or replaced?); "
+                         "loading it again")
+                self._loaded = False
+            yield self._loaded_in_time()
+            docs = yield self._index.nearby(*where)
+            if docs is None:
+                raise PlacesError("offline places data set missing from Redis")
         return answer([json.loads(doc) for doc in docs if doc])
 
 
@@ -137,7 +177,7 @@ def run_places_load(config_path: str, names: list[str]) -> int:
     if unknown:
         raise ConfigError(f"{config_path}: nodes.{unknown[0]}: no such node "
                           f"(known: {', '.join(sorted(config.nodes))})")
-    chosen = names or sorted(config.nodes)
+    chosen = list(dict.fromkeys(names)) or sorted(config.nodes)
     failures: list[str] = []
 
     @inlineCallbacks
@@ -146,10 +186,8 @@ def run_places_load(config_path: str, names: list[str]) -> int:
         store = RedisStore(reactor, node.redis, node.prefix.encode(), max(config.redis_timeout, 10.0))
         store.start()
         try:
-            places = OfflinePlaces(store, config.places.min_population)
-            before = yield PlacesIndex(store).current_version()
-            yield places.ensure_loaded()
-            state = "already loaded" if before == places.version else "loaded"
+            places = OfflinePlaces(store, reactor, config.places.min_population)
+            state = "loaded" if (yield places.ensure_loaded()) else "already loaded"
             print(f"{name}: {state} {places.version.decode()}", flush=True)
         except Exception as err:
             failures.append(name)

@@ -59,7 +59,7 @@ def build_places(config: PlacesConfig, reactor: Any, store: RedisStore) -> Place
     if config.provider == "offline":
         from herd.offline_places import OfflinePlaces
 
-        return OfflinePlaces(store, config.min_population)
+        return OfflinePlaces(store, reactor, config.min_population, config.timeout)
     from herd.google_places import make_provider
 
     provider = make_provider(config, reactor)
@@ -119,9 +119,8 @@ class NodeService(MultiService):
         self.store.on_connected.append(self._redis_reached)
         self.store.start()
         self.node.load_latest()
-        preload = getattr(self.node.places, "ensure_loaded", None)
-        if preload is not None:
-            preload().addErrback(lambda _: None)  # logged by the provider; retried on use
+        if hasattr(self.node.places, "recheck"):  # offline places: load them once Redis serves
+            self.store.on_connected.append(self._check_places)
         self._status.start(STATUS_INTERVAL, now=False)
         self._skips.start(SKIP_INTERVAL, now=False)
         interval = systemd.watchdog_interval()
@@ -129,6 +128,11 @@ class NodeService(MultiService):
             self._watchdog.start(interval)
         log.info("node {name} listening on {host}:{port}", name=self.node.name.decode(),
                  host=self.address[0], port=self.address[1])
+
+    def _check_places(self) -> None:
+        """On every (re)connection: Redis may have been emptied or replaced."""
+        self.node.places.recheck().addErrback(lambda _: None)  # type: ignore[attr-defined]
+        # (a failure is logged by the provider; a WHATSAT tries again)
 
     def _redis_reached(self) -> None:
         """Ready once listening and Redis answered (systemd Type=notify)."""

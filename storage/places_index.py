@@ -3,13 +3,14 @@ rendered results, loaded once and switched atomically.
 
 Keys (prefix = the node's, default ``herd:``):
 - ``<prefix>places:version``          the version in use (string)
-- ``<prefix>places:<version>:geo``    GEO set, member = place id
-- ``<prefix>places:<version>:info``   hash, field = place id, value = result JSON
+- ``<prefix>places:<version>:geo``    GEO set, member = GeoNames id
+- ``<prefix>places:<version>:info``   hash, field = GeoNames id, value = result JSON
+- the same two with ``:loading`` appended while a load writes them
 
-Loading a version that is already current is a no-op. A new version is
-written under its own keys first, then ``places:version`` is switched with
-one SET, then the old version's keys are unlinked: a reader sees the old
-data set or the new one, never half of one.
+A load writes the ``:loading`` keys, then one script renames them into place,
+sets ``places:version`` and unlinks the keys of the version it replaces: a
+reader sees the old data set or the new one, never half of one. Searches use
+whichever version ``places:version`` names.
 """
 
 from __future__ import annotations
@@ -22,8 +23,16 @@ from twisted.internet.defer import Deferred, inlineCallbacks
 
 from storage.store import RedisStore
 
-PLACES_NEARBY = resources.files("storage").joinpath("places_nearby.lua").read_bytes()
+
+def _lua(name: str) -> bytes:
+    return resources.files("storage").joinpath(name).read_bytes()
+
+
+PLACES_NEARBY = _lua("places_nearby.lua")
+PLACES_STATE = _lua("places_state.lua")
+PLACES_SWITCH = _lua("places_switch.lua")
 CHUNK = 2000  # places per GEOADD/HSET command while loading
+LOADING = b":loading"
 
 # One place as loaded: (id, lon, lat, rendered result JSON)
 PlaceRow = tuple[bytes, bytes, bytes, bytes]
@@ -43,17 +52,19 @@ class PlacesIndex:
     def info_key(self, version: bytes) -> bytes:
         return self._prefix + b"places:" + version + b":info"
 
-    def current_version(self) -> Deferred[bytes | None]:
-        return self._store.call("get", self.version_key())
+    def whole_version(self) -> Deferred[bytes | None]:
+        """The version in use if its data set is whole (see places_state.lua), else None."""
+        return self._store.call("eval", PLACES_STATE, [self.version_key()], [self._prefix])
 
     @inlineCallbacks
     def load(self, version: bytes, rows: Sequence[PlaceRow]) -> Any:
-        """Make ``version`` (with ``rows``) the current data set; no-op when it
-        already is. Fires True when it loaded, False when nothing was needed."""
-        old = yield self.current_version()
-        if old == version:
+        """Make ``version`` (with ``rows``) the data set in use; a no-op when it
+        already is, whole. Fires True when it loaded, False when nothing was needed."""
+        if (yield self.whole_version()) == version:
             return False
-        geo, info = self.geo_key(version), self.info_key(version)
+        if not rows:
+            raise ValueError("no places to load")
+        geo, info = self.geo_key(version) + LOADING, self.info_key(version) + LOADING
         yield self._store.call("execute_command", "DEL", geo, info)  # leftovers of an interrupted load
         for start in range(0, len(rows), CHUNK):
             chunk = rows[start:start + CHUNK]
@@ -61,14 +72,14 @@ class PlacesIndex:
             info_args = [x for (pid, _, _, doc) in chunk for x in (pid, doc)]
             yield self._store.call("execute_command", "GEOADD", geo, *geo_args)
             yield self._store.call("execute_command", "HSET", info, *info_args)
-        yield self._store.call("set", self.version_key(), version)
-        if old:
-            yield self._store.call("execute_command", "UNLINK", self.geo_key(old), self.info_key(old))
+        yield self._store.call("eval", PLACES_SWITCH, [self.version_key(), geo, info],
+                               [self._prefix, version])
         return True
 
-    def nearby(
-        self, version: bytes, lon: bytes, lat: bytes, radius_m: bytes, count: int
-    ) -> Deferred[list[bytes]]:
-        """Result JSON of up to ``count`` places within ``radius_m`` metres, nearest first."""
-        keys = [self.geo_key(version), self.info_key(version)]
-        return self._store.call("eval", PLACES_NEARBY, keys, [lon, lat, radius_m, str(count)])
+    def nearby(self, lon: bytes, lat: bytes, radius_m: bytes, count: int) -> Deferred[list[Any] | None]:
+        """Result JSON of up to ``count`` places within ``radius_m`` metres,
+        nearest first (None for a place missing from the hash); None when no
+        data set is in Redis."""
+        d = self._store.call("eval", PLACES_NEARBY, [self.version_key()],
+                             [self._prefix, lon, lat, radius_m, str(count)])
+        return d.addCallback(lambda reply: reply[1:] if reply else None)

@@ -497,7 +497,7 @@ class RedisStore:
         waiters, self._recovery_waiters = self._recovery_waiters, []
         for waiter in waiters:
             waiter.callback(None)
-        for callback in self.on_connected:
+        for callback in list(self.on_connected):  # a callback may remove itself
             callback()
 
     def _not_serving_yet(self, failure: Any) -> None:

@@ -4,6 +4,7 @@ Redis at start and answers WHATSAT from it, and ``herd places load``."""
 from __future__ import annotations
 
 import json
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -53,5 +54,22 @@ def test_places_load_cli_is_idempotent(tmp_path: Path) -> None:
             [*command[:-1], "Nobody"], cwd=REPO, capture_output=True, text=True, timeout=60
         )
         assert unknown.returncode == 2 and "nodes.Nobody: no such node" in unknown.stderr
+    finally:
+        herd.stop()
+
+
+def test_a_node_whose_redis_comes_back_empty_loads_the_places_again(tmp_path: Path) -> None:
+    herd = Herd(tmp_path, {"Solo": []}, provider="offline").start()
+    try:
+        node = herd["Solo"]
+        wait_until(lambda: "offline places loaded" in node.log(), timeout=60, what="places loaded")
+        node.redis.kill()
+        shutil.rmtree(node.redis.data_dir)
+        node.redis.data_dir.mkdir()
+        node.redis.start()  # a new, empty Redis on the same port
+        wait_until(lambda: node.redis.command("GET", "herd:places:version") is not None, timeout=60,
+                   what="places loaded again without a WHATSAT")
+        reply = talk(node.port, "IAMAT kiwi +34.068930-118.445127 1700000000", "WHATSAT kiwi 20 3")
+        assert len(json.loads(reply.split(b"\n", 2)[2])["results"]) == 3
     finally:
         herd.stop()

@@ -19,6 +19,7 @@ from twisted.trial import unittest
 from config.schema import RedisAddress
 from herd.google_places import GoogleNearby, default_http_client
 from herd.offline_places import OfflinePlaces, dataset_version
+from herd.places import PlacesError
 from herd.places_cache import CachedPlaces
 from storage.places_index import PlacesIndex
 from storage.store import RedisStore
@@ -54,7 +55,7 @@ def distance_km(lat: float, lng: float, there: dict[str, float]) -> float:
 class OfflinePlacesTest(RedisCase):
     @inlineCallbacks
     def test_ucla_within_20_km_has_beverly_hills_santa_monica_culver_city(self) -> Any:
-        places = OfflinePlaces(self.store, min_population=5000)
+        places = OfflinePlaces(self.store, reactor, min_population=5000)
         answer = yield places.nearby("+34.068930", "-118.445127", Decimal(20000), 20)
         names = [r["name"] for r in answer["results"]]
         self.assertEqual(answer["status"], "OK")
@@ -69,7 +70,7 @@ class OfflinePlacesTest(RedisCase):
 
     @inlineCallbacks
     def test_results_are_nearest_first_and_bounded(self) -> Any:
-        places = OfflinePlaces(self.store, min_population=15000)
+        places = OfflinePlaces(self.store, reactor, min_population=15000)
         answer = yield places.nearby("+48.8566", "+2.3522", Decimal(50000), 5)
         self.assertEqual(len(answer["results"]), 5)
         self.assertTrue(answer["results"][0]["name"].startswith("Paris"))
@@ -78,7 +79,7 @@ class OfflinePlacesTest(RedisCase):
 
     @inlineCallbacks
     def test_empty_ocean_and_polar_clients_get_zero_results(self) -> Any:
-        places = OfflinePlaces(self.store, min_population=15000)
+        places = OfflinePlaces(self.store, reactor, min_population=15000)
         ocean = yield places.nearby("+0.0", "-140.0", Decimal(1000), 5)
         polar = yield places.nearby("+89.9", "+0.0", Decimal(50000), 5)
         self.assertEqual((ocean["status"], ocean["results"]), ("ZERO_RESULTS", []))
@@ -86,7 +87,7 @@ class OfflinePlacesTest(RedisCase):
 
     @inlineCallbacks
     def test_load_is_idempotent_and_versioned(self) -> Any:
-        places = OfflinePlaces(self.store, min_population=15000)
+        places = OfflinePlaces(self.store, reactor, min_population=15000)
         yield places.ensure_loaded()
         version = dataset_version(15000)
         self.assertEqual(self.redis.command("GET", "herd:places:version"), version)
@@ -95,6 +96,50 @@ class OfflinePlacesTest(RedisCase):
         again = yield PlacesIndex(self.store).load(version, [])
         self.assertFalse(again)
         self.assertEqual(self.redis.command("ZCARD", b"herd:places:" + version + b":geo"), count)
+
+
+    @inlineCallbacks
+    def test_an_emptied_redis_gets_the_data_set_again(self) -> Any:
+        places = OfflinePlaces(self.store, reactor, min_population=15000)
+        yield places.ensure_loaded()
+        self.redis.command("FLUSHALL")
+        answer = yield places.nearby("+48.8566", "+2.3522", Decimal(50000), 5)
+        self.assertEqual(len(answer["results"]), 5)
+        self.assertEqual(self.redis.command("GET", "herd:places:version"), dataset_version(15000))
+
+    @inlineCallbacks
+    def test_searches_use_the_data_set_redis_holds(self) -> Any:
+        """Another version loaded while a node runs (``herd places load`` with
+        another min_population) answers at once; recheck puts the node's back."""
+        mine = OfflinePlaces(self.store, reactor, min_population=15000)
+        yield mine.ensure_loaded()
+        other = OfflinePlaces(self.store, reactor, min_population=5000)
+        self.assertTrue((yield other.ensure_loaded()))
+        answer = yield mine.nearby("+34.068930", "-118.445127", Decimal(20000), 20)
+        self.assertEqual(len(answer["results"]), 20)  # only the 5,000 set has 20 places there
+        self.assertTrue((yield mine.recheck()))
+        self.assertEqual(self.redis.command("GET", "herd:places:version"), dataset_version(15000))
+        self.assertFalse((yield mine.recheck()))
+
+    @inlineCallbacks
+    def test_a_whatsat_waits_for_a_first_load_at_most_the_timeout(self) -> Any:
+        places = OfflinePlaces(self.store, reactor, min_population=15000, timeout=0.01)
+        try:
+            yield places.nearby("+48.8566", "+2.3522", Decimal(50000), 5)
+        except PlacesError as err:
+            self.assertIn("still loading after 0.01 s", str(err))
+        else:
+            self.fail("expected PlacesError")
+        yield places.ensure_loaded()  # the load went on
+        answer = yield places.nearby("+48.8566", "+2.3522", Decimal(50000), 5)
+        self.assertEqual(len(answer["results"]), 5)
+
+    @inlineCallbacks
+    def test_a_radius_too_small_for_a_double_finds_nothing(self) -> Any:
+        places = OfflinePlaces(self.store, reactor, min_population=15000)
+        tiny = Decimal("0." + "0" * 400 + "1")
+        answer = yield places.nearby("+48.8566", "+2.3522", tiny * 1000, 5)
+        self.assertEqual((answer["status"], answer["results"]), ("ZERO_RESULTS", []))
 
 
 class PlacesIndexTest(RedisCase):
@@ -107,8 +152,25 @@ class PlacesIndexTest(RedisCase):
         self.assertTrue(loaded)
         self.assertEqual(self.redis.command("GET", "herd:places:version"), b"v2")
         self.assertEqual(self.redis.command("EXISTS", "herd:places:v1:geo", "herd:places:v1:info"), 0)
-        docs = yield index.nearby(b"v2", b"2.35", b"48.85", b"1000", 5)
+        docs = yield index.nearby(b"2.35", b"48.85", b"1000", 5)
         self.assertEqual([json.loads(d)["name"] for d in docs], ["New"])
+        self.assertEqual(sorted(self.redis.command("KEYS", "herd:places:*")),  # type: ignore[arg-type]
+                         [b"herd:places:v2:geo", b"herd:places:v2:info", b"herd:places:version"])
+
+    @inlineCallbacks
+    def test_a_damaged_data_set_is_loaded_again(self) -> Any:
+        index = PlacesIndex(self.store)
+        rows = [(b"1", b"2.35", b"48.85", b"{}"), (b"2", b"2.36", b"48.86", b"{}")]
+        yield index.load(b"v1", rows)
+        self.assertFalse((yield index.load(b"v1", rows)))
+        self.redis.command("HDEL", "herd:places:v1:info", "2")
+        self.assertIsNone((yield index.whole_version()))
+        self.assertTrue((yield index.load(b"v1", rows)))
+        self.assertEqual(self.redis.command("HLEN", "herd:places:v1:info"), 2)
+        self.redis.command("DEL", "herd:places:v1:geo")
+        self.assertIsNone((yield index.nearby(b"2.35", b"48.85", b"1000", 5)))
+        self.assertTrue((yield index.load(b"v1", rows)))
+        self.assertEqual((yield index.whole_version()), b"v1")
 
 
 class CacheTest(RedisCase):
