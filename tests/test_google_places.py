@@ -307,7 +307,8 @@ class GooglePlacesTests(unittest.TestCase):
                                         "info_messages"])
         reply = format_whatsat_reply(b"AT x", answer, 2)
         expected = {**answer, "results": answer["results"][:2]}
-        self.assertEqual(reply, b"AT x\n" + squeeze_newlines(json.dumps(expected, indent=3)).encode() + b"\n\n")
+        text = squeeze_newlines(json.dumps(expected, indent=3))
+        self.assertEqual(reply, b"AT x\n" + text.encode() + b"\n\n")
 
     async def test_legacy_zero_results(self) -> None:
         self.fake.mode = "zero"
