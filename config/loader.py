@@ -308,28 +308,48 @@ def _peers(table: _Table, key: str, name: str, all_names: tuple[str, ...]) -> tu
 
 
 def _check_unique(nodes: _Table, node: NodeConfig, built: dict[str, NodeConfig]) -> None:
-    """``node`` must not share its listening address, or its Redis db and prefix,
-    with a node defined before it, nor listen where any of these nodes' Redis does."""
+    """``node`` must not share a listening address (client port or admin) with
+    a node defined before it or with its own other one, nor its Redis db and
+    prefix with an earlier node, nor listen where any of these nodes' Redis does."""
     table = nodes.table(node.name)
     for other in built.values():
         for listener, redis_owner in ((node, other), (other, node)):
-            if _same_address(listener.host, listener.port, redis_owner.redis.host, redis_owner.redis.port):
-                raise nodes.table(listener.name).error(
-                    "port", f"{listener.port} on {listener.host} is where node {redis_owner.name}'s "
-                            f"Redis listens ({_redact(redis_owner.redis.url)})")
+            for key, host, port in _listeners(listener):
+                if _same_address(host, port, redis_owner.redis.host, redis_owner.redis.port):
+                    raise nodes.table(listener.name).error(
+                        key, f"{port} on {host} is where node {redis_owner.name}'s "
+                             f"Redis listens ({_redact(redis_owner.redis.url)})")
         if other is node:
+            mine = _listeners(node)
+            if len(mine) == 2 and _same_address(*mine[0][1:], *mine[1][1:]):
+                raise table.error("admin", f"{node.admin[1]} is the node's own client port")  # type: ignore[index]
             continue
-        if _same_address(other.host, other.port, node.host, node.port):
-            raise table.error("port", f"{node.port} is already used by node {other.name} "
-                                      f"(hosts {other.host} and {node.host})")
+        for key, host, port in _listeners(node):
+            for other_key, other_host, other_port in _listeners(other):
+                if _same_address(other_host, other_port, host, port):
+                    what = "" if other_key == "port" else " for its admin endpoint"
+                    raise table.error(key, f"{port} is already used by node {other.name}{what} "
+                                           f"(hosts {other_host} and {host})")
         if _redis_identity(other) == _redis_identity(node):
             raise table.error("redis", f"{_redact(node.redis.url)} with prefix {node.prefix!r} "
                                        f"is already used by node {other.name} (nodes sharing "
                                        "a Redis database need different prefixes)")
 
 
+def _listeners(node: NodeConfig) -> list[tuple[str, str, int]]:
+    """(config key, host, port) of each address ``node`` listens on."""
+    out = [("port", node.host, node.port)]
+    if node.admin is not None:
+        out.append(("admin", *node.admin))
+    return out
+
+
 def _same_address(host: str, port: int, other_host: str, other_port: int) -> bool:
-    return (_host_identity(host), port) == (_host_identity(other_host), other_port)
+    """A wildcard host (every address of its machine) clashes with any host."""
+    if port != other_port:
+        return False
+    one, other = _host_identity(host), _host_identity(other_host)
+    return one == other or _WILDCARD in (one, other)
 
 
 def _redis_identity(node: NodeConfig) -> tuple[str, int, int, str]:
@@ -337,11 +357,15 @@ def _redis_identity(node: NodeConfig) -> tuple[str, int, int, str]:
 
 
 _LOOPBACK = frozenset({"localhost", "127.0.0.1", "::1", "ip6-localhost"})
+_WILDCARD = "*"
 
 
 def _host_identity(host: str) -> str:
-    """A host name for comparing addresses: the loopback names count as one host."""
+    """A host name for comparing addresses: the loopback names count as one
+    host, and ``0.0.0.0``/``::`` (every address) as the wildcard."""
     host = host.lower()
+    if host in ("0.0.0.0", "::", ""):
+        return _WILDCARD
     return "loopback" if host in _LOOPBACK else host
 
 

@@ -90,9 +90,9 @@ class HerdConfig:
         Raises ConfigError when it is unset or empty. The value is never logged.
         """
         value = os.environ.get(self.secret_env, "")
-        if not value:
+        if not value.strip():
             raise ConfigError(
                 f"{self.path}: herd.secret_env: environment variable {self.secret_env} "
-                "is not set or empty (it must hold the herd's shared secret)"
+                "is not set, or empty or blank (it must hold the herd's shared secret)"
             )
         return value.encode()

@@ -285,6 +285,28 @@ def test_earlier_node_port_where_a_later_redis_listens(tmp_path: Path) -> None:
     assert "node Bona's Redis listens" in failure(path, "nodes.Bailey.port")
 
 
+@pytest.mark.parametrize("wildcard", ["0.0.0.0", "::"])
+def test_a_wildcard_host_clashes_with_any_host_on_its_port(tmp_path: Path, wildcard: str) -> None:
+    """A node listening on every address would take the other's port (and dial itself)."""
+    path = write(tmp_path, variant('host = "127.0.0.1"\nport = 10001', f'host = "{wildcard}"\nport = 10000'))
+    assert "10000 is already used by node Bailey" in failure(path, "nodes.Bona.port")
+    path = write(tmp_path, variant('host = "127.0.0.1"\nport = 10001', f'host = "{wildcard}"\nport = 6400'))
+    assert "node Bailey's Redis listens" in failure(path, "nodes.Bona.port")
+
+
+@pytest.mark.parametrize(
+    "admin, fragment",
+    [
+        ("127.0.0.1:10000", "10000 is already used by node Bailey"),
+        ("localhost:10001", "10001 is the node's own client port"),
+        ("0.0.0.0:6400", "node Bailey's Redis listens"),
+    ],
+)
+def test_an_admin_address_clashes_like_a_port(tmp_path: Path, admin: str, fragment: str) -> None:
+    path = write(tmp_path, variant('peers = ["Bailey"]', f'peers = ["Bailey"]\nadmin = "{admin}"'))
+    assert fragment in failure(path, "nodes.Bona.admin")
+
+
 def test_same_port_on_other_hosts_is_fine(tmp_path: Path) -> None:
     text = variant("port = 10001", "port = 10000").replace(
         'host = "127.0.0.1"\nport = 10000\nredis = "redis://127.0.0.1:6401',
@@ -439,8 +461,9 @@ def test_missing_secret_fails_only_when_needed(tmp_path: Path, monkeypatch: pyte
     load_config(path)
     message = failure(path, "herd.secret_env", need_secret=True)
     assert "HERD_TEST_SECRET" in message
-    monkeypatch.setenv("HERD_TEST_SECRET", "")
-    failure(path, "herd.secret_env", need_secret=True)
+    for blank in ("", " ", "\t\n"):
+        monkeypatch.setenv("HERD_TEST_SECRET", blank)
+        failure(path, "herd.secret_env", need_secret=True)
     monkeypatch.setenv("HERD_TEST_SECRET", "s3cret")
     cfg = load_config(path, need_secret=True)
     assert cfg.secret() == b"s3cret"
