@@ -394,6 +394,15 @@ def _tls(table: _Table, source: str, nodes: dict[str, NodeConfig]) -> TlsConfig 
     return TlsConfig(*paths)
 
 
+def check_can_serve(config: HerdConfig, node: str) -> None:
+    """Raise ConfigError unless ``node`` has what ``herd serve`` needs beyond
+    the file itself: its TLS files, and the places API key in the environment."""
+    check_tls_files(config, node)
+    places = config.places
+    if places.provider != "offline" and not os.environ.get(places.key_env, ""):
+        raise ConfigError(f"{config.path}: places.key_env: environment variable {places.key_env} is not set")
+
+
 def check_tls_files(config: HerdConfig, node: str) -> None:
     """Raise ConfigError unless ``node``'s TLS files exist (no-op without TLS)."""
     if config.tls is None:

@@ -192,13 +192,13 @@ def serve(name: str, config_path: str, log_format: str | None, activation: str |
     # Twisted handles SIGINT only when Python's default handler is in place; a
     # node started in the background by a shell inherits SIGINT ignored.
     signal.signal(signal.SIGINT, signal.default_int_handler)
-    from config.loader import check_tls_files, load_config
+    from config.loader import check_can_serve, load_config
 
     config = load_config(config_path, need_secret=True)
     if name not in config.nodes:
         raise ConfigError(f"{config_path}: nodes.{name}: no such node "
                           f"(known: {', '.join(sorted(config.nodes))})")
-    check_tls_files(config, name)
+    check_can_serve(config, name)
     from twisted.internet import reactor
 
     from herd.logs import start_logging

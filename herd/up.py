@@ -12,6 +12,7 @@ threads, no reactor.
 
 from __future__ import annotations
 
+import fcntl
 import functools
 import ipaddress
 import os
@@ -27,7 +28,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import IO
 
-from config.loader import load_config
+from config.loader import check_can_serve, load_config
 from config.schema import HerdConfig
 
 REDIS_CONF = Path(__file__).resolve().parent.parent / "ops" / "redis" / "redis.conf"
@@ -38,6 +39,7 @@ NODE_STOP_TIMEOUT = 5.0  # seconds between SIGTERM and SIGKILL for a node
 REDIS_STOP_TIMEOUT = 30.0
 RESTART_DELAY = 1.0  # seconds between an unexpected exit and the restart
 PING = b"*1\r\n$4\r\nPING\r\n"
+LOCK_FILE = "herd-up.lock"
 
 
 @dataclass(frozen=True)
@@ -198,16 +200,21 @@ def run_up(config_path: str, state_dir: str, log_format: str) -> int:
     0 after a requested stop, 1 when the herd could not start. ConfigError
     propagates (the CLI reports it)."""
     config = load_config(config_path, need_secret=True)
+    for name in sorted(config.nodes):
+        check_can_serve(config, name)
     redises = plan_redis_servers(config)
     exe = shutil.which("redis-server") if redises else ""
     if exe is None:
         return fail("redis-server not found; run ops/setup.sh")
     if redises and not REDIS_CONF.is_file():
         return fail(f"{REDIS_CONF} not found (herd up runs from a source checkout)")
+    state = Path(state_dir)
+    lock = lock_state_dir(state)
+    if isinstance(lock, str):
+        return fail(lock)
     problem = port_conflict(config, redises)
     if problem:
         return fail(problem)
-    state = Path(state_dir)
     out = Output(width=max(len(name) for name in config.nodes))
     redis_children = [redis_child(r, exe, state) for r in redises]
     nodes = [node_child(name, config_path, log_format, state) for name in sorted(config.nodes)]
@@ -217,6 +224,29 @@ def run_up(config_path: str, state_dir: str, log_format: str) -> int:
     finally:
         stop_all(nodes, NODE_STOP_TIMEOUT, out)
         stop_all(redis_children, REDIS_STOP_TIMEOUT, out)
+
+
+def lock_state_dir(state: Path) -> IO[str] | str:
+    """Hold ``<state>/herd-up.lock`` for as long as this process runs (the
+    returned file), so that two ``herd up`` never share Redis data and logs;
+    or say why not."""
+    try:
+        state.mkdir(parents=True, exist_ok=True)
+        lock = open(state / LOCK_FILE, "a+")  # noqa: SIM115 (held until exit)
+    except OSError as err:
+        return f"cannot use state directory {state}: {err.strerror}"
+    try:
+        fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        lock.seek(0)
+        holder = lock.read().strip() or "unknown"
+        lock.close()
+        return f"state directory {state} is in use by another herd up (pid {holder})"
+    lock.seek(0)
+    lock.truncate()
+    lock.write(f"{os.getpid()}\n")
+    lock.flush()
+    return lock
 
 
 def fail(message: str) -> int:

@@ -129,6 +129,55 @@ def test_up_without_the_secret_exits_2_with_one_line_naming_the_variable(
     assert not (tmp_path / "state").exists()  # nothing was started
 
 
+@pytest.mark.skipif(not HAVE_SERVICE, reason="herd serve (herd/service.py) has not landed yet")
+def test_a_second_up_on_the_same_state_dir_is_refused(tmp_path: Path) -> None:
+    """Even with other ports: two Redis appending to one AOF would corrupt it."""
+    port, redis_port = free_port(), free_port()
+    first = write_config(tmp_path, {"Solo": (port, redis_port)})
+    state = tmp_path / "state"
+    proc = subprocess.Popen(herd_up(first, state), cwd=REPO, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.STDOUT, env=env_with(HERD_SECRET="test-secret"))
+    try:
+        wait_until(partial(port_open, port), timeout=20, what="node Solo")
+        other = tmp_path / "other"
+        other.mkdir()
+        second_ports = (free_port(), free_port())
+        second = write_config(other, {"Solo": second_ports})
+        result = subprocess.run(herd_up(second, state), cwd=REPO, env=env_with(HERD_SECRET="test-secret"),
+                                capture_output=True, timeout=60)
+        assert result.returncode == 1, result.stderr
+        message = result.stderr.decode().strip()
+        assert message == f"herd up: state directory {state} is in use by another herd up (pid {proc.pid})"
+        assert not port_open(second_ports[1]) and not port_open(second_ports[0])
+    finally:
+        proc.send_signal(signal.SIGINT)
+        proc.wait(timeout=60)
+    again = subprocess.Popen(herd_up(first, state), cwd=REPO, stdout=subprocess.DEVNULL,
+                             stderr=subprocess.STDOUT, env=env_with(HERD_SECRET="test-secret"))
+    try:  # the lock went with the process
+        wait_until(partial(port_open, port), timeout=20, what="node Solo again")
+    finally:
+        again.send_signal(signal.SIGINT)
+        again.wait(timeout=60)
+
+
+@needs_loader
+def test_up_checks_what_serve_checks_before_starting_anything(tmp_path: Path) -> None:
+    config = write_config(tmp_path, {"Bailey": (free_port(), free_port())})
+    text = config.read_text().replace('provider = "offline"',
+                                      'provider = "google"\nkey_env = "HERD_TEST_KEY_NEVER_SET"')
+    config.write_text(text)
+    env = env_with(HERD_SECRET="test-secret")
+    env.pop("HERD_TEST_KEY_NEVER_SET", None)
+    result = subprocess.run(herd_up(config, tmp_path / "state"), cwd=REPO, env=env,
+                            capture_output=True, timeout=60)
+    lines = result.stderr.decode().strip().splitlines()
+    assert result.returncode == 2, result.stderr
+    assert lines == [f"herd: {config}: places.key_env: environment variable HERD_TEST_KEY_NEVER_SET "
+                     "is not set"], lines
+    assert not (tmp_path / "state").exists()  # nothing was started
+
+
 @needs_loader
 def test_up_refuses_a_redis_port_that_a_running_redis_holds(tmp_path: Path) -> None:
     redis = RedisServer(tmp_path / "theirs").start()
