@@ -42,11 +42,6 @@ def handshake_backoff(failures: int) -> float:
 log = Logger(namespace="herd")
 
 
-def printable(data: bytes) -> str:
-    """Bytes for a log line: UTF-8 where possible, escapes elsewhere."""
-    return data.decode("utf-8", "backslashreplace")
-
-
 def _follow(done: Deferred[None]) -> Deferred[None]:
     """A new Deferred that fires once ``done`` has; what is chained on it cannot
     disturb ``done``'s own callback chain."""
@@ -80,7 +75,7 @@ class PeerEndpointMixin:
     who: str
 
     def send_line(self, line: bytes) -> None:
-        logs.wire(self.who, "send", line)
+        logs.wire(self.who, "sent", line)
         self.transport.write(line + b"\n")
 
     def peer_line(self, line: bytes) -> None:
@@ -139,7 +134,7 @@ class NodeConnection(PeerEndpointMixin, LineProtocol, TimeoutMixin):
             self.node.links.remove(self.peer_name, self)
         elif self._handshake is not None:
             log.warn("{who} peer handshake abandoned (claimed to be {name})", who=self.who,
-                     name=printable(self._handshake[0]))
+                     name=logs.loggable(self._handshake[0]))
         log.info("{who} connection closed ({why})", who=self.who,
                  why=reason.getErrorMessage() if reason else "")
         self.closed.callback(None)
@@ -210,7 +205,7 @@ class NodeConnection(PeerEndpointMixin, LineProtocol, TimeoutMixin):
         return slot
 
     def _internal_error(self, failure: Any, line: bytes) -> bytes:
-        log.failure("{who} internal error on {line}", failure, who=self.who, line=printable(line))
+        log.failure("{who} internal error on {line}", failure, who=self.who, line=logs.loggable(line))
         return b"? " + line + b"\n"
 
     def _fill(self, data: bytes, slot: _Reply) -> None:
@@ -259,7 +254,7 @@ class NodeConnection(PeerEndpointMixin, LineProtocol, TimeoutMixin):
             if protocol != [auth.PROTOCOL]:
                 log.warn("{who} peer handshake refused: {peer} speaks peer protocol {theirs}, this node "
                          "{ours}; run the same herd version on every node", who=self.who,
-                         peer=printable(dialler), theirs=printable(protocol[0]) if protocol else "1",
+                         peer=logs.loggable(dialler), theirs=logs.loggable(protocol[0]) if protocol else "1",
                          ours=auth.PROTOCOL.decode())
                 return b"? " + line + b"\n"
             if listener == own and self.node.links.is_neighbour(dialler) and auth.is_nonce(nonce_d):
@@ -274,7 +269,7 @@ class NodeConnection(PeerEndpointMixin, LineProtocol, TimeoutMixin):
             if auth.verify(expected, words[1]):
                 self._become_peer(dialler)
                 return auth.OK + b"\n"
-        log.warn("{who} peer handshake refused: {line}", who=self.who, line=printable(words[0]))
+        log.warn("{who} peer handshake refused: {line}", who=self.who, line=logs.loggable(words[0]))
         return b"? " + line + b"\n"
 
     def _become_peer(self, name: bytes) -> None:
@@ -418,7 +413,7 @@ class PeerDialer(PeerEndpointMixin, LineProtocol):
     def _refuse(self, line: bytes) -> None:
         log.warn("{who} handshake failed at {line!r}; wrong secret, not a herd peer, or another "
                  "peer protocol (the other node's log says which)",
-                 who=self.who, line=printable(line[:80]))
+                 who=self.who, line=logs.loggable(line[:80]))
         self.stop_reading()
         self.transport.loseConnection()  # connectionLost counts the failure
 

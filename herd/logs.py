@@ -85,10 +85,24 @@ def _timestamp(when: float) -> str:
 _active: BufferedLineObserver | None = None
 
 
-def wire(who: str, verb: str, data: bytes) -> None:
-    """Log one line received or sent (``verb``: recv, sent, send) cheaply: straight
-    into the node's buffered log when it runs, else through twisted.logger."""
+# Characters that could end a log line or drive a terminal (C0 but tab, DEL,
+# C1, the Unicode line and paragraph separators) are written as escapes, so
+# a client cannot forge log lines and a multi-line reply stays one line.
+_ESCAPES = {c: f"\\x{c:02x}" for c in (*range(0x20), 0x7F, *range(0x80, 0xA0)) if c != 0x09}
+_ESCAPES.update({0x0A: "\\n", 0x0D: "\\r", 0x2028: "\\u2028", 0x2029: "\\u2029"})
+
+
+def loggable(data: bytes) -> str:
+    """Bytes as they go into a log line: UTF-8 where possible, backslash escapes
+    for other bytes and for the characters above (cheap when there are none)."""
     text = data.decode("utf-8", "backslashreplace")
+    return text if text.isprintable() else text.translate(_ESCAPES)
+
+
+def wire(who: str, verb: str, data: bytes) -> None:
+    """Log one line received or sent (``verb``: recv, sent) cheaply: straight
+    into the node's buffered log when it runs, else through twisted.logger."""
+    text = loggable(data)
     if _active is not None:
         _active.write(time.time(), "info", f"{who} {verb} {text}")
     else:

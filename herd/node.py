@@ -22,6 +22,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from herd.latest import LatestTimes
+from herd.logs import loggable
 from herd.peers import FORWARD, PULL, SKIP, PeerConnection, PeerLinks, hold_of
 from herd.places import PlacesError, PlacesProvider
 from herd.protocol import (
@@ -145,7 +146,7 @@ class Node:
     def _cannot_serve(self, failure: Failure, line: bytes) -> bytes:
         if failure.check(PlacesError):
             self.stats.places_failures += 1
-        log.error("cannot serve {line}: {why}", line=line.decode("utf-8", "backslashreplace"),
+        log.error("cannot serve {line}: {why}", line=loggable(line),
                   why=failure.getErrorMessage() or repr(failure.value))
         return refusal(line)
 
@@ -224,7 +225,7 @@ class Node:
                         forwarded: frozenset[bytes]) -> Failure:
         if len(self._unstored) == self._unstored.maxlen:
             log.error("too many forwarded updates not stored; dropping {line}",
-                      line=self._unstored[0][0].line.decode("utf-8", "replace"))
+                      line=loggable(self._unstored[0][0].line))
         self._unstored.append((record, origin, forwarded))
         if self._retry is None or not self._retry.active():
             self._retry = self._clock.callLater(STORE_AGAIN_AFTER, self._store_again)
@@ -272,7 +273,7 @@ class Node:
     @staticmethod
     def _malformed(peer: bytes, what: str, line: bytes) -> None:
         log.warn("peer {peer} sent {what}: {line}", peer=peer.decode(), what=what,
-                 line=line[:200].decode("utf-8", "backslashreplace"))
+                 line=loggable(line[:200]))
 
     def _chain(self, peer: bytes, conn: PeerConnection, prev_token: bytes, pos_token: bytes) -> Chain | None:
         """The chain ``prev -> pos`` of ``peer``'s log, or None when unchained
@@ -344,5 +345,5 @@ class Node:
 
     def _update_lost(self, failure: Failure, record: AtRecord, peer: bytes, conn: PeerConnection) -> None:
         log.error("update from {peer} not stored ({why}): {line}", peer=peer.decode(),
-                  why=failure.getErrorMessage(), line=record.line.decode("utf-8", "replace"))
+                  why=failure.getErrorMessage(), line=loggable(record.line))
         self.reconciler.record_lost(peer, conn)  # the offset stays behind; a pull repairs it

@@ -178,6 +178,25 @@ def test_every_line_and_connection_is_logged(herd: Herd) -> None:
     assert herd.secret not in log
 
 
+def test_log_lines_cannot_be_forged_and_a_reply_is_one_line(herd: Herd) -> None:
+    """Control characters a client sends (CR, ESC, NUL) and the newlines of a
+    WHATSAT reply are escaped: one event, one log line."""
+    talk(herd["Jaquez"].port, b"hello\rFAKE [Jaquez] info: forged\x1b[31m\x00",
+         "IAMAT oneline.client +45.0+007.0 1700000000", "WHATSAT oneline.client 5 2")
+    wait_until(lambda: "recv WHATSAT oneline.client" in herd["Jaquez"].log()
+               and "sent AT Jaquez" in herd["Jaquez"].log().split("recv WHATSAT oneline.client")[1],
+               what="log lines")
+    lines = herd["Jaquez"].log().splitlines()
+    forged = [line for line in lines if "FAKE" in line]
+    assert len(forged) == 2, forged  # the line received and its "? <line>" reply
+    assert forged[0].endswith(" recv hello\\rFAKE [Jaquez] info: forged\\x1b[31m\\x00"), forged
+    assert forged[1].endswith(" sent ? hello\\rFAKE [Jaquez] info: forged\\x1b[31m\\x00"), forged
+    [reply] = [line for line in lines if "sent AT Jaquez" in line and "oneline.client" in line
+               and "html_attributions" in line]
+    assert reply.endswith("\\n}"), reply
+    assert all(line[:4].isdigit() for line in lines if line), "a line without a timestamp"
+
+
 def test_repeated_whatsat_is_answered_from_the_cache(herd: Herd) -> None:
     talk(herd["Campbell"].port, "IAMAT cached.client +45.0+007.0 1700000000")
     before = len(herd.places.requests)
