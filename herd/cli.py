@@ -13,7 +13,9 @@ from config.schema import ConfigError
 def build_parser(command: str | None = None) -> argparse.ArgumentParser:
     """The argument parser. Tools with many options (bench, chaos) get theirs
     only when ``command`` names them, so ``herd serve`` does not import them."""
-    parser = argparse.ArgumentParser(prog="herd", description=__doc__)
+    parser = argparse.ArgumentParser(
+        prog="herd", description="An application server herd: nodes that learn where clients are "
+        "(IAMAT), flood it to their peers, and answer what is near them (WHATSAT).")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     serve = sub.add_parser("serve", help="run one node in the foreground")
@@ -33,7 +35,7 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
     client.add_argument("lines", nargs="*", metavar="LINE",
                         help="lines to send (none: read lines from stdin interactively)")
     client.add_argument("--timeout", type=float, default=10.0,
-                        help="seconds to wait for the replies (default 10)")
+                        help="seconds to wait for more replies before giving up (default 10)")
 
     check = sub.add_parser("check", help="do all nodes hold the same state? (exit 0 if so)")
     check.add_argument("--config", required=True, metavar="FILE")

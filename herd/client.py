@@ -67,12 +67,16 @@ def _talk(sock: socket.socket, address: str, lines: list[str], timeout: float) -
             session.half_close()
     except OSError as err:
         failure = err  # still print whatever the node said before it went away
+    closed = False
     try:
-        session.run()
+        closed = session.run()
     except OSError as err:
         failure = failure or err
     if failure is not None:
         return _fail(f"connection to {address} lost: {_reason(failure)}", 1)
+    if not closed:
+        return _fail(f"{address} sent nothing for {timeout:g} s and did not close the connection "
+                     "(some replies may be missing)", 1)
     return 0
 
 
@@ -90,15 +94,17 @@ class _Session:
         if stdin_fd is not None:
             self.selector.register(stdin_fd, selectors.EVENT_READ)
 
-    def run(self) -> None:
-        """Until the node closes, or ``timeout`` s without data once our side is done."""
+    def run(self) -> bool:
+        """Until the node closes (True), or ``timeout`` s without data once our
+        side is done (False)."""
         with self.selector:
             while (wait := self._wait()) is None or wait > 0:
                 ready = {key.fileobj for key, _ in self.selector.select(wait)}
                 if self.sock in ready and not self._receive():
-                    return
+                    return True
                 if self.stdin_fd is not None and self.stdin_fd in ready:
                     self._read_stdin()
+        return False
 
     def half_close(self) -> None:
         try:

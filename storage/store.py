@@ -193,6 +193,7 @@ class RedisStore:
         # serves again): a timeout after it, calls wait only RECOVERY_GRACE.
         self._failing_since: float | None = None
         self._refused: str | None = None  # why the last connection attempt failed
+        self._announced = 0  # the last connection logged as serving
         self._sent_at: deque[float] = deque()  # when each unanswered store batch was sent
         self.observe: Callable[[float], None] | None = None  # gets each call's latency (s)
         self._factory = _ReconnectingFactory(
@@ -491,6 +492,10 @@ class RedisStore:
         d.addCallbacks(self._serving, self._not_serving_yet)
 
     def _serving(self, _: Any) -> None:
+        if self._failing_since is not None or self._said_not_serving or self.connections > self._announced:
+            _log.info("Redis at {host}:{port} serves (connection {n})", host=self._address.host,
+                      port=self._address.port, n=self.connections)
+            self._announced = self.connections
         self._checking = self._said_not_serving = False
         self._serving_now = True
         self._failing_since = None

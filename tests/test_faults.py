@@ -65,6 +65,8 @@ def test_redis_outage_is_answered_in_bounded_time_and_heals(line3: Herd) -> None
     assert time.monotonic() - returned < 10
     assert node.record("outage")[b"time"] == b"1700000000"
     wait_until(lambda: "cannot serve IAMAT outage" in node.log(), what="the refusal logged with its cause")
+    serves = f"Redis at 127.0.0.1:{node.redis.port} serves"  # at start, and once it was back
+    wait_until(lambda: node.log().count(serves) >= 2, what="Redis serving again logged")
 
 
 def test_updates_flood_again_after_a_peer_restarts(line3: Herd) -> None:
