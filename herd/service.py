@@ -38,6 +38,11 @@ log = Logger(namespace="herd")
 SHUTDOWN_GRACE = 5.0  # seconds in-flight replies get to finish on SIGTERM
 STATUS_INTERVAL = 1.0  # seconds between writes of <prefix>status
 SKIP_INTERVAL = 0.1  # seconds between K messages telling peers our log moved on
+# A node whose Redis is unreachable tells systemd READY=1 anyway (it serves
+# '? <line>' and reconnects by itself) this long after listening: three Redis
+# timeouts, at most 10 s, well within the unit's TimeoutStartSec=30s, so that
+# systemd never kills a node for its Redis.
+READY_WITHOUT_REDIS_MAX = 10.0
 
 
 LISTEN_BACKLOG = 1024  # bursts of connects queue in the kernel instead of timing out
@@ -82,6 +87,8 @@ class NodeService(MultiService):
         self._reactor = reactor
         me = config.nodes[name]
         self.address = (me.host, me.port)
+        self._redis_address = f"{me.redis.host}:{me.redis.port}"
+        self._ready_without_redis = min(READY_WITHOUT_REDIS_MAX, 3 * config.redis_timeout)
         self.store = RedisStore(reactor, me.redis, me.prefix.encode(), config.redis_timeout)
         self.links = PeerLinks(n.encode() for n in config.neighbours(name))
         try:
@@ -117,6 +124,7 @@ class NodeService(MultiService):
     def startService(self) -> None:
         super().startService()  # listens at once; raises CannotListenError
         self.store.on_connected.append(self._redis_reached)
+        self._ready_anyway = self._reactor.callLater(self._ready_without_redis, self._redis_not_reached)
         self.store.start()
         self.node.load_latest()
         if hasattr(self.node.places, "recheck"):  # offline places: load them once Redis serves
@@ -136,9 +144,18 @@ class NodeService(MultiService):
 
     def _redis_reached(self) -> None:
         """Ready once listening and Redis answered (systemd Type=notify)."""
+        if self._ready_anyway.active():
+            self._ready_anyway.cancel()
         if systemd.notify(f"READY=1\nSTATUS=serving on {self.address[0]}:{self.address[1]}"):
             log.info("told systemd READY=1")
         self.store.on_connected.remove(self._redis_reached)
+
+    def _redis_not_reached(self) -> None:
+        status = (f"listening on {self.address[0]}:{self.address[1]}; Redis at {self._redis_address} "
+                  "not reached yet (answering '? <line>')")
+        if systemd.notify(f"READY=1\nSTATUS={status}"):
+            log.warn("told systemd READY=1 without Redis after {s:g} s: {status}",
+                     s=self._ready_without_redis, status=status)
 
     def _publish_status(self) -> None:
         """Write this node's live figures to ``<prefix>status`` for ``herd status``."""
@@ -165,6 +182,8 @@ class NodeService(MultiService):
         for loop in (self._status, self._watchdog, self._skips):
             if loop.running:
                 loop.stop()
+        if self._ready_anyway.active():
+            self._ready_anyway.cancel()
         yield super().stopService()
         clients = [c for c in self.factory.connections if c.peer_name is None]
         for conn in clients:

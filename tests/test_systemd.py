@@ -80,6 +80,24 @@ def test_ready_waits_for_redis(tmp_path: Path, notify_socket: tuple[str, socket.
         herd.stop()
 
 
+def test_ready_comes_anyway_when_redis_stays_away(tmp_path: Path,
+                                                 notify_socket: tuple[str, socket.socket]) -> None:
+    """After three Redis timeouts (at most 10 s): systemd must not kill a node
+    that serves '? <line>' and will reconnect by itself."""
+    path, sock = notify_socket
+    herd = Herd(tmp_path, {"Solo": []}, extra_herd="redis_timeout = 0.5")
+    try:
+        herd["Solo"].start(NOTIFY_SOCKET=path)  # its Redis is not running
+        [ready] = [m for m in messages_until(sock, "READY=1") if m.startswith("READY=1")]
+        assert f"Redis at 127.0.0.1:{herd['Solo'].redis.port} not reached yet" in ready, ready
+        wait_until(lambda: "told systemd READY=1 without Redis after 1.5 s" in herd["Solo"].log(),
+                   what="the warning")
+        herd["Solo"].redis.start()
+        assert "STATUS=serving on" in " ".join(messages_until(sock, "STATUS=serving on"))
+    finally:
+        herd.stop()
+
+
 @pytest.mark.skipif(
     shutil.which("systemd-socket-activate") is None,
     reason="systemd-socket-activate not installed (ops/setup.sh installs systemd)",
