@@ -8,8 +8,10 @@ logging every line in and out does not cost a syscall per line.
 from __future__ import annotations
 
 import json
+import math
 import sys
 import time
+from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import IO, Any
 
@@ -107,6 +109,42 @@ def wire(who: str, verb: str, data: bytes) -> None:
         _active.write(time.time(), "info", f"{who} {verb} {text}")
     else:
         _fallback.info("{who} {verb} {text}", who=who, verb=verb, text=text)
+
+
+class Throttle:
+    """At most ``limit`` events per ``window`` seconds get a log line of their
+    own; the others are counted and summed up in one line when the window
+    ends (a Redis outage under pipelined load refuses thousands of requests
+    a second; each is still in the wire log as ``sent ? <line>``)."""
+
+    def __init__(self, clock: Any, summary: Callable[[int, str], None], limit: int = 10,
+                 window: float = 1.0):
+        self._clock = clock
+        self._summary = summary
+        self._limit = limit
+        self._window = window
+        self._started = -math.inf
+        self._logged = 0
+        self._left_out = 0
+        self._last_cause = ""  # of the events left out
+
+    def allow(self, cause: str) -> bool:
+        """True when this event gets its own line; else it is counted."""
+        now = self._clock.seconds()
+        if now - self._started >= self._window:
+            self._started, self._logged = now, 0
+        if self._logged < self._limit:
+            self._logged += 1
+            return True
+        if not self._left_out:
+            self._clock.callLater(self._started + self._window - now, self._sum_up)
+        self._left_out += 1
+        self._last_cause = cause
+        return False
+
+    def _sum_up(self) -> None:
+        left_out, self._left_out = self._left_out, 0
+        self._summary(left_out, self._last_cause)
 
 
 def start_logging(node: str, fmt: str, reactor: Any, out: IO[str] | None = None) -> BufferedLineObserver:

@@ -22,7 +22,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from herd.latest import LatestTimes
-from herd.logs import loggable
+from herd.logs import Throttle, loggable
 from herd.peers import FORWARD, PULL, SKIP, PeerConnection, PeerLinks, hold_of
 from herd.places import PlacesError, PlacesProvider
 from herd.protocol import (
@@ -68,6 +68,7 @@ class Node:
                  clock: IReactorTime, stats: Stats | None = None):
         self.name = name
         self._clock = clock
+        self._refusals = Throttle(clock, self._refusals_left_out)
         self.stats = stats or Stats()
         self.store = store
         self.places = places
@@ -146,9 +147,14 @@ class Node:
     def _cannot_serve(self, failure: Failure, line: bytes) -> bytes:
         if failure.check(PlacesError):
             self.stats.places_failures += 1
-        log.error("cannot serve {line}: {why}", line=loggable(line),
-                  why=failure.getErrorMessage() or repr(failure.value))
+        why = failure.getErrorMessage() or repr(failure.value)
+        if self._refusals.allow(why):
+            log.error("cannot serve {line}: {why}", line=loggable(line), why=why)
         return refusal(line)
+
+    @staticmethod
+    def _refusals_left_out(count: int, why: str) -> None:
+        log.error("cannot serve {n} more request(s) in the last second (the last: {why})", n=count, why=why)
 
     # -- storing and flooding -------------------------------------------
 

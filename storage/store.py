@@ -125,10 +125,12 @@ class _ReconnectingFactory(txredisapi.RedisFactory):
     jitter = 0.1  # a normal spread: nearly always within 30% of the delay
     noisy = False
 
-    def __init__(self, on_connected: Any, on_refused: Callable[[str], None], **kwargs: Any) -> None:
+    def __init__(self, on_connected: Any, on_refused: Callable[[str], None], on_lost: Callable[[], None],
+                 **kwargs: Any) -> None:
         super().__init__(**kwargs)
         self._on_connected = on_connected
         self._on_refused = on_refused
+        self._on_lost = on_lost
 
     def connectionError(self, why: str) -> None:  # noqa: N802 (txredisapi's name)
         # A connection was made but its set-up failed (wrong password, bad db).
@@ -149,14 +151,23 @@ class _ReconnectingFactory(txredisapi.RedisFactory):
         if self.size:
             self._on_connected()
 
+    def delConnection(self, conn: Any) -> None:  # noqa: N802 (txredisapi's name)
+        super().delConnection(conn)
+        if not self.size and not self.disconnectCalled:
+            self._on_lost()
+
 
 @implementer(IStreamClientEndpoint)
 class _NotingEndpoint:
     """An endpoint that reports why each failed connection attempt failed."""
 
-    def __init__(self, endpoint: IStreamClientEndpoint, on_refused: Callable[[str], None]):
+    def __init__(self, endpoint: IStreamClientEndpoint, on_refused: Callable[[str], None], name: str):
         self._endpoint = endpoint
         self._on_refused = on_refused
+        self._name = name
+
+    def __repr__(self) -> str:  # as Twisted's "Scheduling retry N to connect ..." shows it
+        return self._name
 
     def connect(self, factory: Any) -> Deferred[Any]:
         d: Deferred[Any] = self._endpoint.connect(factory)
@@ -197,7 +208,7 @@ class RedisStore:
         self._sent_at: deque[float] = deque()  # when each unanswered store batch was sent
         self.observe: Callable[[float], None] | None = None  # gets each call's latency (s)
         self._factory = _ReconnectingFactory(
-            self._connection_ready, self._connection_refused,
+            self._connection_ready, self._connection_refused, self._connection_lost,
             # No SELECT for database 0: a new connection is already there.
             uuid=f"{address.host}:{address.port}", dbid=address.db or None, poolsize=1, isLazy=True,
             handler=txredisapi.ConnectionHandler, charset=None, password=address.password,
@@ -211,7 +222,8 @@ class RedisStore:
         """Start connecting (and reconnecting) in the background."""
         endpoint = HostnameEndpoint(self._reactor, self._address.host, self._address.port,
                                     timeout=self._timeout)
-        self._factory.startConnecting(_NotingEndpoint(endpoint, self._connection_refused))
+        self._factory.startConnecting(_NotingEndpoint(endpoint, self._connection_refused,
+                                                      f"Redis at {self._address.host}:{self._address.port}"))
 
     def stop(self) -> Deferred[Any]:
         """Close the connections; fires when they are closed."""
@@ -485,6 +497,10 @@ class RedisStore:
 
     def _connection_refused(self, why: str) -> None:
         self._refused = why
+
+    def _connection_lost(self) -> None:
+        _log.warn("lost the connection to Redis at {host}:{port}; reconnecting (requests it cannot "
+                  "serve are answered '? <line>')", host=self._address.host, port=self._address.port)
 
     def _check_serving(self) -> None:
         # A write: a Redis can answer reads while refusing or stalling writes.

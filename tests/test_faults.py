@@ -67,6 +67,24 @@ def test_redis_outage_is_answered_in_bounded_time_and_heals(line3: Herd) -> None
     wait_until(lambda: "cannot serve IAMAT outage" in node.log(), what="the refusal logged with its cause")
     serves = f"Redis at 127.0.0.1:{node.redis.port} serves"  # at start, and once it was back
     wait_until(lambda: node.log().count(serves) >= 2, what="Redis serving again logged")
+    assert f"lost the connection to Redis at 127.0.0.1:{node.redis.port}; reconnecting" in node.log()
+    assert "object at 0x" not in node.log()  # retries name the Redis, not a Python object
+
+
+def test_refusals_in_an_outage_are_logged_at_most_ten_a_second_plus_a_sum(line3: Herd) -> None:
+    node = line3["A"]
+    node.redis.kill(signal.SIGKILL)
+    try:
+        lines = [f"IAMAT storm{i} +1+1 1700000000" for i in range(300)]
+        replies = talk(node.port, *lines, timeout=30)
+        assert replies == b"".join(f"? {line}\n".encode() for line in lines)
+        wait_until(lambda: "more request(s) in the last second" in node.log(),
+                   what="the sum of the refusals left out")
+        log = node.log()
+        assert log.count("error: cannot serve IAMAT storm") <= 20  # at most 10 a second
+        assert log.count("sent ? IAMAT storm") == 300  # the wire log still has every one
+    finally:
+        node.redis.start()
 
 
 def test_updates_flood_again_after_a_peer_restarts(line3: Herd) -> None:
