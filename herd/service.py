@@ -238,5 +238,6 @@ def serve(name: str, config_path: str, log_format: str | None, activation: str |
     # collection first), or its full collections stall the node for up to
     # about 0.1 s while updates wait.
     gc.freeze()
+    gc.enable()
     reactor.run()  # type: ignore[attr-defined]
     return 0
