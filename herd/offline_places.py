@@ -11,6 +11,7 @@ enough to load into Redis in about a second.
 from __future__ import annotations
 
 import json
+import sys
 from decimal import Decimal
 from importlib import metadata
 from typing import Any
@@ -178,6 +179,9 @@ def run_places_load(config_path: str, names: list[str]) -> int:
         raise ConfigError(f"{config_path}: nodes.{unknown[0]}: no such node "
                           f"(known: {', '.join(sorted(config.nodes))})")
     chosen = list(dict.fromkeys(names)) or sorted(config.nodes)
+    if config.places.provider != "offline":
+        print(f"note: places.provider is {config.places.provider!r} in {config_path}: nodes answer "
+              "WHATSAT from it, not from this data set", file=sys.stderr)
     failures: list[str] = []
 
     @inlineCallbacks

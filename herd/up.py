@@ -224,6 +224,7 @@ def run_up(config_path: str, state_dir: str, log_format: str) -> int:
     finally:
         stop_all(nodes, NODE_STOP_TIMEOUT, out)
         stop_all(redis_children, REDIS_STOP_TIMEOUT, out)
+        out.say("stopped")
 
 
 def lock_state_dir(state: Path) -> IO[str] | str:

@@ -50,6 +50,12 @@ def test_places_load_cli_is_idempotent(tmp_path: Path) -> None:
         again = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=120)
         assert again.stdout.startswith("One: already loaded geonames-cities15000-")
         assert herd["Two"].redis.command("GET", "herd:places:version") is None
+        assert first.stderr == ""
+        google = herd.config.read_text().replace('provider = "offline"', 'provider = "google"')
+        (tmp_path / "google.toml").write_text(google)
+        noted = subprocess.run([*command[:5], "--config", str(tmp_path / "google.toml"), "One"],
+                               cwd=REPO, capture_output=True, text=True, timeout=120)
+        assert noted.returncode == 0 and "note: places.provider is 'google'" in noted.stderr, noted.stderr
         unknown = subprocess.run(
             [*command[:-1], "Nobody"], cwd=REPO, capture_output=True, text=True, timeout=60
         )

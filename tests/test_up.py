@@ -87,6 +87,7 @@ def test_up_runs_a_two_node_herd_and_stops_it_on_sigint(tmp_path: Path) -> None:
             proc.wait(timeout=60)
     output = (tmp_path / "up.out").read_text(errors="replace")
     assert status == 0, output
+    assert output.endswith("herd up: stopped\n"), output[-500:]
     for name, (port, redis_port) in ports.items():
         assert not port_open(port) and not port_open(redis_port), output
         assert f"127.0.0.1:{port}" in output  # the banner names every node's address
