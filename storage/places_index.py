@@ -5,16 +5,19 @@ Keys (prefix = the node's, default ``herd:``):
 - ``<prefix>places:version``          the version in use (string)
 - ``<prefix>places:<version>:geo``    GEO set, member = GeoNames id
 - ``<prefix>places:<version>:info``   hash, field = GeoNames id, value = result JSON
-- the same two with ``:loading`` appended while a load writes them
+- the same two with ``:loading:<load>`` appended while a load writes them
+  (``<load>``: random, one per load; they expire unless the load goes on)
 
-A load writes the ``:loading`` keys, then one script renames them into place,
-sets ``places:version`` and unlinks the keys of the version it replaces: a
-reader sees the old data set or the new one, never half of one. Searches use
-whichever version ``places:version`` names.
+A load writes its own ``:loading:<load>`` keys, then one script checks they
+hold every place, renames them into place, sets ``places:version`` and
+unlinks the keys of the version it replaces: a reader sees the old data set
+or the new one, never half of one, and concurrent loads do not disturb each
+other. Searches use whichever version ``places:version`` names.
 """
 
 from __future__ import annotations
 
+import secrets
 from collections.abc import Sequence
 from importlib import resources
 from typing import Any
@@ -32,7 +35,7 @@ PLACES_NEARBY = _lua("places_nearby.lua")
 PLACES_STATE = _lua("places_state.lua")
 PLACES_SWITCH = _lua("places_switch.lua")
 CHUNK = 2000  # places per GEOADD/HSET command while loading
-LOADING = b":loading"
+LOADING_TTL_MS = 600_000  # a load's keys expire this long after its last chunk (a load that died)
 
 # One place as loaded: (id, lon, lat, rendered result JSON)
 PlaceRow = tuple[bytes, bytes, bytes, bytes]
@@ -64,16 +67,19 @@ class PlacesIndex:
             return False
         if not rows:
             raise ValueError("no places to load")
-        geo, info = self.geo_key(version) + LOADING, self.info_key(version) + LOADING
-        yield self._store.call("execute_command", "DEL", geo, info)  # leftovers of an interrupted load
+        load = b":loading:" + secrets.token_hex(8).encode()
+        geo, info = self.geo_key(version) + load, self.info_key(version) + load
         for start in range(0, len(rows), CHUNK):
             chunk = rows[start:start + CHUNK]
             geo_args = [x for (pid, lon, lat, _) in chunk for x in (lon, lat, pid)]
             info_args = [x for (pid, _, _, doc) in chunk for x in (pid, doc)]
             yield self._store.call("execute_command", "GEOADD", geo, *geo_args)
             yield self._store.call("execute_command", "HSET", info, *info_args)
+            for key in (geo, info):
+                yield self._store.call("execute_command", "PEXPIRE", key, LOADING_TTL_MS)
+        places = len({pid for (pid, _, _, _) in rows})
         yield self._store.call("eval", PLACES_SWITCH, [self.version_key(), geo, info],
-                               [self._prefix, version])
+                               [self._prefix, version, str(places)])
         return True
 
     def nearby(self, lon: bytes, lat: bytes, radius_m: bytes, count: int) -> Deferred[list[Any] | None]:

@@ -13,7 +13,7 @@ if not version then
   return {}
 end
 local base = ARGV[1] .. 'places:' .. version
-if redis.call('EXISTS', base .. ':geo') == 0 then
+if redis.call('EXISTS', base .. ':geo', base .. ':info') ~= 2 then
   return {}
 end
 local ids = redis.call('GEOSEARCH', base .. ':geo', 'FROMLONLAT', ARGV[2], ARGV[3],

@@ -13,7 +13,7 @@ from typing import Any
 from cluster import FakePlaces
 from harness import RedisServer
 from twisted.internet import reactor
-from twisted.internet.defer import inlineCallbacks
+from twisted.internet.defer import DeferredList, inlineCallbacks
 from twisted.trial import unittest
 
 from config.schema import RedisAddress
@@ -21,7 +21,7 @@ from herd.google_places import GoogleNearby, default_http_client
 from herd.offline_places import OfflinePlaces, dataset_version
 from herd.places import PlacesError
 from herd.places_cache import CachedPlaces
-from storage.places_index import PlacesIndex
+from storage.places_index import PLACES_SWITCH, PlacesIndex
 from storage.store import RedisStore
 
 
@@ -158,6 +158,31 @@ class PlacesIndexTest(RedisCase):
                          [b"herd:places:v2:geo", b"herd:places:v2:info", b"herd:places:version"])
 
     @inlineCallbacks
+    def test_concurrent_loads_of_one_version_leave_it_whole(self) -> Any:
+        """A node's own load and 'herd places load' may overlap."""
+        rows = [(str(i).encode(), b"2.%d" % i, b"48.%d" % i, b"{}") for i in range(5000)]
+        first, second = PlacesIndex(self.store).load(b"v1", rows), PlacesIndex(self.store).load(b"v1", rows)
+        self.assertEqual((yield DeferredList([first, second], fireOnOneErrback=True)),
+                         [(True, True), (True, True)])
+        self.assertEqual((self.redis.command("ZCARD", "herd:places:v1:geo"),
+                          self.redis.command("HLEN", "herd:places:v1:info")), (5000, 5000))
+        self.assertEqual(self.redis.command("TTL", "herd:places:v1:geo"), -1)  # no expiry left
+        self.assertEqual(self.redis.command("KEYS", "*loading*"), [])
+
+    @inlineCallbacks
+    def test_an_incomplete_load_changes_nothing(self) -> Any:
+        index = PlacesIndex(self.store)
+        yield index.load(b"v1", [(b"1", b"2.35", b"48.85", b"{}")])
+        self.redis.command("GEOADD", "herd:places:v2:geo:loading:x", "2.35", "48.85", "1")
+        with self.assertRaises(Exception) as caught:
+            staged = [b"herd:places:v2:geo:loading:x", b"herd:places:v2:info:loading:x"]
+            yield self.store.call("eval", PLACES_SWITCH, [index.version_key(), *staged],
+                                  [b"herd:", b"v2", b"1"])
+        self.assertIn("places load incomplete", str(caught.exception))
+        self.assertEqual(self.redis.command("GET", "herd:places:version"), b"v1")
+        self.assertEqual(self.redis.command("EXISTS", "herd:places:v1:geo", "herd:places:v1:info"), 2)
+
+    @inlineCallbacks
     def test_a_damaged_data_set_is_loaded_again(self) -> Any:
         index = PlacesIndex(self.store)
         rows = [(b"1", b"2.35", b"48.85", b"{}"), (b"2", b"2.36", b"48.86", b"{}")]
@@ -167,6 +192,9 @@ class PlacesIndexTest(RedisCase):
         self.assertIsNone((yield index.whole_version()))
         self.assertTrue((yield index.load(b"v1", rows)))
         self.assertEqual(self.redis.command("HLEN", "herd:places:v1:info"), 2)
+        self.redis.command("DEL", "herd:places:v1:info")
+        self.assertIsNone((yield index.nearby(b"2.35", b"48.85", b"1000", 5)))
+        self.assertTrue((yield index.load(b"v1", rows)))
         self.redis.command("DEL", "herd:places:v1:geo")
         self.assertIsNone((yield index.nearby(b"2.35", b"48.85", b"1000", 5)))
         self.assertTrue((yield index.load(b"v1", rows)))
