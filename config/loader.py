@@ -9,6 +9,7 @@ table (node) and the key, for example::
 from __future__ import annotations
 
 import difflib
+import ipaddress
 import json
 import math
 import os
@@ -310,63 +311,96 @@ def _peers(table: _Table, key: str, name: str, all_names: tuple[str, ...]) -> tu
 def _check_unique(nodes: _Table, node: NodeConfig, built: dict[str, NodeConfig]) -> None:
     """``node`` must not share a listening address (client port or admin) with
     a node defined before it or with its own other one, nor its Redis db and
-    prefix with an earlier node, nor listen where any of these nodes' Redis does."""
+    prefix with an earlier node, nor listen where any of these nodes' Redis does.
+    Loopback and wildcard addresses are compared only between nodes on one
+    machine (see _Address)."""
     table = nodes.table(node.name)
     for other in built.values():
         for listener, redis_owner in ((node, other), (other, node)):
-            for key, host, port in _listeners(listener):
-                if _same_address(host, port, redis_owner.redis.host, redis_owner.redis.port):
+            redis = _Address.of(redis_owner, redis_owner.redis.host, redis_owner.redis.port)
+            for key, address in _listeners(listener):
+                if address.clashes(redis):
                     raise nodes.table(listener.name).error(
-                        key, f"{port} on {host} is where node {redis_owner.name}'s "
+                        key, f"{address.port} on {address.host} is where node {redis_owner.name}'s "
                              f"Redis listens ({_redact(redis_owner.redis.url)})")
         if other is node:
             mine = _listeners(node)
-            if len(mine) == 2 and _same_address(*mine[0][1:], *mine[1][1:]):
-                raise table.error("admin", f"{node.admin[1]} is the node's own client port")  # type: ignore[index]
+            if len(mine) == 2 and mine[0][1].clashes(mine[1][1]):
+                raise table.error("admin", f"{mine[1][1].port} is the node's own client port")
             continue
-        for key, host, port in _listeners(node):
-            for other_key, other_host, other_port in _listeners(other):
-                if _same_address(other_host, other_port, host, port):
+        for key, address in _listeners(node):
+            for other_key, other_address in _listeners(other):
+                if other_address.clashes(address):
                     what = "" if other_key == "port" else " for its admin endpoint"
-                    raise table.error(key, f"{port} is already used by node {other.name}{what} "
-                                           f"(hosts {other_host} and {host})")
+                    raise table.error(key, f"{address.port} is already used by node {other.name}{what} "
+                                           f"(hosts {other_address.host} and {address.host})")
         if _redis_identity(other) == _redis_identity(node):
             raise table.error("redis", f"{_redact(node.redis.url)} with prefix {node.prefix!r} "
                                        f"is already used by node {other.name} (nodes sharing "
                                        "a Redis database need different prefixes)")
 
 
-def _listeners(node: NodeConfig) -> list[tuple[str, str, int]]:
-    """(config key, host, port) of each address ``node`` listens on."""
-    out = [("port", node.host, node.port)]
+_LOOPBACK = frozenset({"localhost", "127.0.0.1", "::1", "ip6-localhost"})
+_WILDCARD = frozenset({"0.0.0.0", "::", ""})
+
+
+class _Address:
+    """Where something listens, for telling whether two such places clash.
+
+    ``machine``: a node's own host as peers reach it, or "local" when that is
+    a loopback or wildcard address (a herd on one machine). A loopback or
+    wildcard address belongs to the machine of the node it is configured for
+    (every node of a multi-host herd may have its Redis at 127.0.0.1:6400);
+    any other address is its own machine. ``name``: "loopback" for the
+    loopback names, "*" for a wildcard, else the host (lower case)."""
+
+    __slots__ = ("host", "port", "machine", "name")
+
+    def __init__(self, host: str, port: int, machine: str, name: str):
+        self.host, self.port, self.machine, self.name = host, port, machine, name
+
+    @classmethod
+    def of(cls, node: NodeConfig, host: str, port: int) -> _Address:
+        name = _host_name(host)
+        machine = _machine(node.host) if name in ("loopback", "*") else _machine(host)
+        return cls(host, port, machine, name)
+
+    def clashes(self, other: _Address) -> bool:
+        """The same port on one machine, on the same address or one of them on all."""
+        return (self.port == other.port and self.machine == other.machine
+                and (self.name == other.name or "*" in (self.name, other.name)))
+
+
+def _host_name(host: str) -> str:
+    host = host.lower()
+    if host in _WILDCARD:
+        return "*"
+    return "loopback" if host in _LOOPBACK else host
+
+
+def _machine(host: str) -> str:
+    """The machine ``host`` is on: "local" for this one (loopback, wildcard)."""
+    name = _host_name(host)
+    if name in ("loopback", "*"):
+        return "local"
+    try:
+        return "local" if ipaddress.ip_address(name).is_loopback else name
+    except ValueError:
+        return name
+
+
+def _listeners(node: NodeConfig) -> list[tuple[str, _Address]]:
+    """(config key, address) of each place ``node`` listens on."""
+    out = [("port", _Address.of(node, node.host, node.port))]
     if node.admin is not None:
-        out.append(("admin", *node.admin))
+        out.append(("admin", _Address.of(node, *node.admin)))
     return out
 
 
-def _same_address(host: str, port: int, other_host: str, other_port: int) -> bool:
-    """A wildcard host (every address of its machine) clashes with any host."""
-    if port != other_port:
-        return False
-    one, other = _host_identity(host), _host_identity(other_host)
-    return one == other or _WILDCARD in (one, other)
-
-
-def _redis_identity(node: NodeConfig) -> tuple[str, int, int, str]:
-    return _host_identity(node.redis.host), node.redis.port, node.redis.db, node.prefix
-
-
-_LOOPBACK = frozenset({"localhost", "127.0.0.1", "::1", "ip6-localhost"})
-_WILDCARD = "*"
-
-
-def _host_identity(host: str) -> str:
-    """A host name for comparing addresses: the loopback names count as one
-    host, and ``0.0.0.0``/``::`` (every address) as the wildcard."""
-    host = host.lower()
-    if host in ("0.0.0.0", "::", ""):
-        return _WILDCARD
-    return "loopback" if host in _LOOPBACK else host
+def _redis_identity(node: NodeConfig) -> tuple[str, str, int, int, str]:
+    redis = _Address.of(node, node.redis.host, node.redis.port)
+    name = "loopback" if redis.name == "*" else redis.name  # connecting to 0.0.0.0 reaches loopback
+    return redis.machine, name, redis.port, node.redis.db, node.prefix
 
 
 def _non_negative(table: _Table, key: str, default: float) -> float:

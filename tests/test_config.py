@@ -307,6 +307,27 @@ def test_an_admin_address_clashes_like_a_port(tmp_path: Path, admin: str, fragme
     assert fragment in failure(path, "nodes.Bona.admin")
 
 
+def test_a_multi_host_herd_may_use_the_same_local_ports_on_every_host(tmp_path: Path) -> None:
+    """As docs/OPERATIONS.md shows: each node's Redis (and admin endpoint) on
+    its own host's loopback, the same port everywhere."""
+    text = BASE.replace('host = "127.0.0.1"\nport = 10000', 'host = "10.0.0.11"\nport = 10000') \
+               .replace('host = "127.0.0.1"\nport = 10001', 'host = "10.0.0.12"\nport = 10000') \
+               .replace("redis://127.0.0.1:6401/0", "redis://127.0.0.1:6400/0") \
+               .replace('peers = ["Bona"]', 'peers = ["Bona"]\nadmin = "127.0.0.1:9100"') \
+               .replace('peers = ["Bailey"]', 'peers = ["Bailey"]\nadmin = "0.0.0.0:9100"')
+    cfg = load_config(write(tmp_path, text))
+    assert {n.redis.url for n in cfg.nodes.values()} == {"redis://127.0.0.1:6400/0"}
+    on_one_host = text.replace('host = "10.0.0.12"', 'host = "10.0.0.11"')
+    on_one_host = on_one_host.replace("port = 10000\nredis", "port = 10001\nredis", 1)
+    assert "already used by node Bailey" in failure(write(tmp_path, on_one_host, "one.toml"))
+
+
+def test_a_wildcard_clashes_with_another_loopback_address(tmp_path: Path) -> None:
+    text = variant('host = "127.0.0.1"\nport = 10000', 'host = "127.0.0.2"\nport = 10000').replace(
+        'host = "127.0.0.1"\nport = 10001', 'host = "0.0.0.0"\nport = 10000')
+    assert "10000 is already used by node Bailey" in failure(write(tmp_path, text), "nodes.Bona.port")
+
+
 def test_same_port_on_other_hosts_is_fine(tmp_path: Path) -> None:
     text = variant("port = 10001", "port = 10000").replace(
         'host = "127.0.0.1"\nport = 10000\nredis = "redis://127.0.0.1:6401',
