@@ -128,6 +128,10 @@ class _ReconnectingFactory(txredisapi.RedisFactory):
     def __init__(self, on_connected: Any, on_refused: Callable[[str], None], on_lost: Callable[[], None],
                  **kwargs: Any) -> None:
         super().__init__(**kwargs)
+        # txredisapi fails this Deferred (made for non-lazy pools) when a
+        # connection's set-up fails; nobody waits on it here: no "Unhandled
+        # error in Deferred" (the cause reaches on_refused).
+        self.deferred.addErrback(lambda _: None)
         self._on_connected = on_connected
         self._on_refused = on_refused
         self._on_lost = on_lost

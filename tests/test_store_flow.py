@@ -5,6 +5,7 @@ for a timeout, calls stop waiting a whole timeout each."""
 
 from __future__ import annotations
 
+import gc
 import signal
 import tempfile
 import time
@@ -15,11 +16,20 @@ from harness import RedisServer, free_port, redis_with_store
 from twisted.internet import reactor
 from twisted.internet.defer import DeferredList, inlineCallbacks
 from twisted.internet.task import deferLater
+from twisted.logger import globalLogPublisher
 from twisted.trial import unittest
 
 from config.schema import RedisAddress
 from herd.protocol import parse_at_line
-from storage.store import MAX_BATCH, RECOVERY_GRACE, Chain, Position, RedisStore, StoreUnavailable
+from storage.store import (
+    MAX_BATCH,
+    RECOVERY_GRACE,
+    Chain,
+    Position,
+    RedisStore,
+    StoreUnavailable,
+    _ReconnectingFactory,
+)
 
 
 def record(client: int, server: bytes = b"B") -> Any:
@@ -229,3 +239,18 @@ class WhyUnreachable(unittest.TestCase):
         redis.command("CONFIG", "SET", "requirepass", "right")
         why = yield self.refusal(RedisAddress(redis.url, "127.0.0.1", redis.port, password="wrong"))
         assert "could not auth" in why, why
+
+    def test_a_failed_set_up_leaves_no_unhandled_error(self) -> None:
+        """txredisapi fails the factory's own Deferred, which nobody waits on."""
+        failures: list[dict[str, Any]] = []
+        observer = lambda event: failures.append(event) if "log_failure" in event else None  # noqa: E731
+        globalLogPublisher.addObserver(observer)
+        self.addCleanup(globalLogPublisher.removeObserver, observer)
+        refused: list[str] = []
+        factory = _ReconnectingFactory(lambda: None, refused.append, lambda: None, uuid="x", dbid=None,
+                                       poolsize=1, isLazy=True, charset=None, password="p")
+        factory.connectionError("Redis error: could not auth: WRONGPASS")
+        del factory
+        gc.collect()
+        assert refused == ["could not auth: WRONGPASS"]
+        assert failures == [], failures  # no "Unhandled error in Deferred"
