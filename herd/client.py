@@ -117,10 +117,7 @@ class _Session:
         return None if self.deadline is None else self.deadline - time.monotonic()
 
     def _receive(self) -> bool:
-        try:
-            data = self.sock.recv(_CHUNK)
-        except ConnectionResetError:
-            return False  # the node dropped us; what it sent before is already printed
+        data = self.sock.recv(_CHUNK)  # ConnectionResetError: the node dropped us (run() says so)
         if data:
             _emit(data)
             if self.deadline is not None:

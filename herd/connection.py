@@ -411,7 +411,7 @@ class PeerDialer(PeerEndpointMixin, LineProtocol):
         return True
 
     def _refuse(self, line: bytes) -> None:
-        log.warn("{who} handshake failed at {line!r}; wrong secret, not a herd peer, or another "
+        log.warn("{who} handshake failed at '{line}'; wrong secret, not a herd peer, or another "
                  "peer protocol (the other node's log says which)",
                  who=self.who, line=logs.loggable(line[:80]))
         self.stop_reading()

@@ -87,18 +87,31 @@ def _timestamp(when: float) -> str:
 _active: BufferedLineObserver | None = None
 
 
-# Characters that could end a log line or drive a terminal (C0 but tab, DEL,
-# C1, the Unicode line and paragraph separators) are written as escapes, so
-# a client cannot forge log lines and a multi-line reply stays one line.
-_ESCAPES = {c: f"\\x{c:02x}" for c in (*range(0x20), 0x7F, *range(0x80, 0xA0)) if c != 0x09}
-_ESCAPES.update({0x0A: "\\n", 0x0D: "\\r", 0x2028: "\\u2028", 0x2029: "\\u2029"})
+# What could end a log line, drive a terminal or reorder it (C0 but tab, DEL,
+# C1, line and paragraph separators, bidi and other format characters:
+# whatever str.isprintable() refuses) is written as an escape, and so is a
+# backslash, so a client can neither forge log lines nor pass text off as an
+# escape; a multi-line reply stays one line.
+_NAMED = {"\n": "\\n", "\r": "\\r", "\t": "\t"}
+
+
+def _escape(char: str) -> str:
+    if char.isprintable():
+        return char
+    if char in _NAMED:
+        return _NAMED[char]
+    code = ord(char)
+    return f"\\x{code:02x}" if code < 0x100 else f"\\u{code:04x}" if code < 0x10000 else f"\\U{code:08x}"
 
 
 def loggable(data: bytes) -> str:
     """Bytes as they go into a log line: UTF-8 where possible, backslash escapes
-    for other bytes and for the characters above (cheap when there are none)."""
+    for other bytes, for backslashes and for the characters above (cheap when
+    there are none)."""
+    if b"\\" in data:
+        data = data.replace(b"\\", b"\\\\")
     text = data.decode("utf-8", "backslashreplace")
-    return text if text.isprintable() else text.translate(_ESCAPES)
+    return text if text.isprintable() else "".join(map(_escape, text))
 
 
 def wire(who: str, verb: str, data: bytes) -> None:
@@ -127,24 +140,31 @@ class Throttle:
         self._logged = 0
         self._left_out = 0
         self._last_cause = ""  # of the events left out
+        self._timer: Any = None  # sums up the current window
 
     def allow(self, cause: str) -> bool:
         """True when this event gets its own line; else it is counted."""
         now = self._clock.seconds()
         if now - self._started >= self._window:
+            self._sum_up()  # the last window's, if its timer has not run yet
             self._started, self._logged = now, 0
         if self._logged < self._limit:
             self._logged += 1
             return True
         if not self._left_out:
-            self._clock.callLater(self._started + self._window - now, self._sum_up)
+            self._timer = self._clock.callLater(self._started + self._window - now, self._sum_up)
         self._left_out += 1
         self._last_cause = cause
         return False
 
     def _sum_up(self) -> None:
+        """Say how many events the current window left out (if any)."""
+        if self._timer is not None and self._timer.active():
+            self._timer.cancel()
+        self._timer = None
         left_out, self._left_out = self._left_out, 0
-        self._summary(left_out, self._last_cause)
+        if left_out:
+            self._summary(left_out, self._last_cause)
 
 
 def start_logging(node: str, fmt: str, reactor: Any, out: IO[str] | None = None) -> BufferedLineObserver:

@@ -89,6 +89,7 @@ class NodeService(MultiService):
         self.address = (me.host, me.port)
         self._redis_address = f"{me.redis.host}:{me.redis.port}"
         self._ready_without_redis = min(READY_WITHOUT_REDIS_MAX, 3 * config.redis_timeout)
+        self._places_checked = 0  # the store connection the places were last checked on
         self.store = RedisStore(reactor, me.redis, me.prefix.encode(), config.redis_timeout)
         self.links = PeerLinks(n.encode() for n in config.neighbours(name))
         try:
@@ -138,7 +139,11 @@ class NodeService(MultiService):
                  host=self.address[0], port=self.address[1])
 
     def _check_places(self) -> None:
-        """On every (re)connection: Redis may have been emptied or replaced."""
+        """On every new connection (not after each recovered timeout): Redis may
+        have been emptied or replaced."""
+        if self.store.connections == self._places_checked:
+            return
+        self._places_checked = self.store.connections
         self.node.places.recheck().addErrback(lambda _: None)  # type: ignore[attr-defined]
         # (a failure is logged by the provider; a WHATSAT tries again)
 

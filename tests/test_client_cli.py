@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 import os
 import socket
+import struct
 import sys
 import threading
 import time
@@ -121,6 +122,27 @@ def test_a_timeout_without_data_ends_the_drain_with_status_1(
     assert printed.err == (f"herd client: 127.0.0.1:{server.port} sent nothing for 0.5 s and did not "
                            "close the connection (some replies may be missing)\n").encode()
     assert 0.4 < elapsed < 2.5
+
+
+def echo_and_reset(conn: socket.socket) -> None:
+    """Answer the first line, then drop the connection with a reset."""
+    data = b""
+    while b"\n" not in data and (chunk := conn.recv(4096)):
+        data += chunk
+    conn.sendall(b"ECHO " + data.split(b"\n")[0] + b"\n")
+    time.sleep(0.2)
+    conn.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+
+
+def test_a_reset_connection_ends_with_status_1(capsysbinary: pytest.CaptureFixture[bytes]) -> None:
+    server = Server(echo_and_reset)
+    try:
+        assert run_client(f"127.0.0.1:{server.port}", ["hello", "more"], timeout=5) == 1
+    finally:
+        server.close()
+    printed = capsysbinary.readouterr()
+    assert printed.out == b"ECHO hello\n"
+    assert printed.err.startswith(f"herd client: connection to 127.0.0.1:{server.port} lost: ".encode())
 
 
 def test_interactive_reads_stdin_until_eof(
