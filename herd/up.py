@@ -128,6 +128,7 @@ class Child:
     relayer: threading.Thread | None = None
     restarts: int = 0
     restart_at: float | None = None
+    keep_fds: tuple[int, ...] = ()  # open files it inherits (the state directory's lock)
 
     def start(self, out: Output) -> None:
         # A new session: a terminal's Ctrl-C reaches only us, and we stop the
@@ -138,7 +139,7 @@ class Child:
             self.proc = subprocess.Popen([*_die_with_us(), *self.argv], stdin=subprocess.DEVNULL,
                                          stdout=subprocess.PIPE if self.relay else log,
                                          stderr=subprocess.STDOUT, env=child_env(),
-                                         start_new_session=True)
+                                         start_new_session=True, pass_fds=self.keep_fds)
         if self.relay:
             assert self.proc.stdout is not None
             self.relayer = threading.Thread(target=out.relay, daemon=True,
@@ -216,7 +217,9 @@ def run_up(config_path: str, state_dir: str, log_format: str) -> int:
     if problem:
         return fail(problem)
     out = Output(width=max(len(name) for name in config.nodes))
-    redis_children = [redis_child(r, exe, state) for r in redises]
+    # The Redis servers hold the lock too: should we die before them, no other
+    # herd up gets the directory while they still write to it.
+    redis_children = [redis_child(r, exe, state, lock.fileno()) for r in redises]
     nodes = [node_child(name, config_path, log_format, state) for name in sorted(config.nodes)]
     stop = stop_on_signals()
     try:
@@ -285,7 +288,7 @@ def ping(host: str, port: int, timeout: float = 0.5) -> bytes | None:
             return b""
 
 
-def redis_child(redis: LocalRedis, exe: str, state: Path) -> Child:
+def redis_child(redis: LocalRedis, exe: str, state: Path, lock_fd: int) -> Child:
     data = (state / redis.owner / "redis").resolve()
     data.mkdir(parents=True, exist_ok=True)
     log = data / "redis.log"
@@ -293,7 +296,7 @@ def redis_child(redis: LocalRedis, exe: str, state: Path) -> Child:
             "--dir", str(data), "--daemonize", "no", "--logfile", str(log)]
     if redis.password:
         argv += ["--requirepass", redis.password]
-    return Child(f"{redis.owner} redis", argv, log, relay=False)
+    return Child(f"{redis.owner} redis", argv, log, relay=False, keep_fds=(lock_fd,))
 
 
 def node_child(name: str, config_path: str, log_format: str, state: Path) -> Child:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import signal
 import socket
 import subprocess
@@ -150,6 +151,11 @@ def test_a_second_up_on_the_same_state_dir_is_refused(tmp_path: Path) -> None:
         message = result.stderr.decode().strip()
         assert message == f"herd up: state directory {state} is in use by another herd up (pid {proc.pid})"
         assert not port_open(second_ports[1]) and not port_open(second_ports[0])
+        # Its Redis holds the lock as well, so a herd up killed before its Redis
+        # exited leaves no way in for a second one while that Redis writes.
+        holders = [fd.parent.parent.name for fd in Path("/proc").glob("[0-9]*/fd/*")
+                   if _points_to(fd, state / "herd-up.lock")]
+        assert str(proc.pid) in holders and len(holders) == 2, holders
     finally:
         proc.send_signal(signal.SIGINT)
         proc.wait(timeout=60)
@@ -160,6 +166,13 @@ def test_a_second_up_on_the_same_state_dir_is_refused(tmp_path: Path) -> None:
     finally:
         again.send_signal(signal.SIGINT)
         again.wait(timeout=60)
+
+
+def _points_to(fd: Path, target: Path) -> bool:
+    try:
+        return Path(os.readlink(fd)) == target
+    except OSError:
+        return False  # gone meanwhile, or not ours to read
 
 
 @needs_loader
