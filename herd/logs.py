@@ -87,19 +87,18 @@ def _timestamp(when: float) -> str:
 _active: BufferedLineObserver | None = None
 
 
-# What could end a log line, drive a terminal or reorder it (C0 but tab, DEL,
-# C1, line and paragraph separators, bidi and other format characters:
-# whatever str.isprintable() refuses) is written as an escape, and so is a
-# backslash, so a client can neither forge log lines nor pass text off as an
-# escape; a multi-line reply stays one line.
-_NAMED = {"\n": "\\n", "\r": "\\r", "\t": "\t"}
+# What could end a log line, drive a terminal or reorder it (C0 and C1
+# controls, DEL, line and paragraph separators, bidi and other format
+# characters: whatever str.isprintable() refuses) is written as an escape,
+# and so is a backslash, so a client can neither forge log lines nor pass
+# text off as an escape; a multi-line reply stays one line.
+_CONTROLS = {c: f"\\x{c:02x}" for c in (*range(0x20), 0x7F, *range(0x80, 0xA0))}
+_CONTROLS.update({ord("\n"): "\\n", ord("\r"): "\\r", ord("\t"): "\\t"})
 
 
 def _escape(char: str) -> str:
     if char.isprintable():
         return char
-    if char in _NAMED:
-        return _NAMED[char]
     code = ord(char)
     return f"\\x{code:02x}" if code < 0x100 else f"\\u{code:04x}" if code < 0x10000 else f"\\U{code:08x}"
 
@@ -107,10 +106,16 @@ def _escape(char: str) -> str:
 def loggable(data: bytes) -> str:
     """Bytes as they go into a log line: UTF-8 where possible, backslash escapes
     for other bytes, for backslashes and for the characters above (cheap when
-    there are none)."""
+    there are none, and when there are only controls: a WHATSAT reply)."""
     if b"\\" in data:
         data = data.replace(b"\\", b"\\\\")
     text = data.decode("utf-8", "backslashreplace")
+    if text.isprintable():
+        return text
+    text = text.replace("\n", "\\n")  # all a WHATSAT reply has: quick
+    if text.isprintable():
+        return text
+    text = text.translate(_CONTROLS)
     return text if text.isprintable() else "".join(map(_escape, text))
 
 

@@ -8,7 +8,7 @@ from herd.logs import Throttle, loggable
 
 
 def test_loggable_escapes_what_could_end_a_line_or_drive_a_terminal() -> None:
-    assert loggable(b"plain caf\xc3\xa9\tTAB") == "plain caf\u00e9\tTAB"
+    assert loggable(b"plain caf\xc3\xa9 \tTAB") == "plain caf\u00e9 \\tTAB"
     assert loggable(b"a\rb\nc\x1b[31m\x00\x7f\xff") == "a\\rb\\nc\\x1b[31m\\x00\\x7f\\xff"
     assert loggable("\u2028\u2029\u009b\u202e".encode()) == "\\u2028\\u2029\\x9b\\u202e"
     assert loggable(b"literal \\n, not a newline") == "literal \\\\n, not a newline"
