@@ -305,7 +305,13 @@ class RedisStore:
 
     def _schedule_flush(self) -> None:
         if self._batch_call is None and len(self._sent_at) < MAX_IN_FLIGHT:
-            self._batch_call = self._reactor.callLater(0, self._flush_batch)
+            self._batch_call = self._reactor.callLater(0, self._flush_next_turn)
+
+    def _flush_next_turn(self) -> None:
+        """Build the batch one reactor turn later, after the reactor has written
+        what this turn queued: an update forwarded cut-through leaves before
+        the Python work of a Lua call, about 0.2 ms sooner per hop."""
+        self._batch_call = self._reactor.callLater(0, self._flush_batch)
 
     def _flush_batch(self) -> None:
         """Send what waits, in batches of at most MAX_BATCH records, while fewer
