@@ -35,12 +35,16 @@ def echo_until_eof(conn: socket.socket) -> None:
     conn.sendall(b"BYE\n")
 
 
-def echo_and_linger(conn: socket.socket) -> None:
-    """Answer the first line, then keep the connection open and silent."""
+def echo_first_line(conn: socket.socket) -> None:
     data = b""
     while b"\n" not in data and (chunk := conn.recv(4096)):
         data += chunk
     conn.sendall(b"ECHO " + data.split(b"\n")[0] + b"\n")
+
+
+def echo_and_linger(conn: socket.socket) -> None:
+    """Answer the first line, then keep the connection open and silent."""
+    echo_first_line(conn)
     time.sleep(3)
 
 
@@ -126,10 +130,7 @@ def test_a_timeout_without_data_ends_the_drain_with_status_1(
 
 def echo_and_reset(conn: socket.socket) -> None:
     """Answer the first line, then drop the connection with a reset."""
-    data = b""
-    while b"\n" not in data and (chunk := conn.recv(4096)):
-        data += chunk
-    conn.sendall(b"ECHO " + data.split(b"\n")[0] + b"\n")
+    echo_first_line(conn)
     time.sleep(0.2)
     conn.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
 
