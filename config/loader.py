@@ -432,9 +432,11 @@ def check_can_serve(config: HerdConfig, node: str) -> None:
     """Raise ConfigError unless ``node`` has what ``herd serve`` needs beyond
     the file itself: its TLS files, and the places API key in the environment."""
     check_tls_files(config, node)
-    places = config.places
-    if places.provider != "offline" and not os.environ.get(places.key_env, ""):
-        raise ConfigError(f"{config.path}: places.key_env: environment variable {places.key_env} is not set")
+    if config.places.provider != "offline":
+        try:
+            config.places.key()
+        except ConfigError as err:
+            raise ConfigError(f"{config.path}: {err}") from None
 
 
 def check_tls_files(config: HerdConfig, node: str) -> None:

@@ -45,6 +45,16 @@ class PlacesConfig:
     cache_ttl: int = 300  # seconds; 0 disables the answer cache (Google providers)
     min_population: int = 5000  # offline provider: smallest city in the data set
 
+    def key(self) -> str:
+        """The API key from the environment variable ``key_env``. Raises
+        ConfigError (naming the variable, never the value) when it is unset,
+        empty or blank."""
+        value = os.environ.get(self.key_env, "")
+        if not value.strip():
+            raise ConfigError(f"places.key_env: environment variable {self.key_env} is not set, "
+                              "or empty or blank")
+        return value
+
 
 @dataclass(frozen=True)
 class TlsConfig:

@@ -17,7 +17,6 @@ Failure messages state the cause for the log and never contain the API key.
 from __future__ import annotations
 
 import json
-import os
 from collections.abc import Callable, Coroutine
 from decimal import Decimal
 from typing import Any, ClassVar, cast
@@ -234,6 +233,9 @@ def new_answer(doc: Any) -> PlacesAnswer:
     }
 
 
+MIN_CALL_SECONDS = 0.1  # a call that would get less time than this is not made
+
+
 class _GoogleProvider:
     """Common machinery: concurrency slot, timeout, body cap, error translation.
 
@@ -265,7 +267,8 @@ class _GoogleProvider:
     def nearby(self, lat: str, lon: str, radius_m: Decimal, limit: int) -> Deferred[PlacesAnswer]:
         """See :meth:`herd.places.PlacesProvider.nearby`. Fails with PlacesError
         within ``timeout`` seconds; a caller's own ``cancel()`` gives CancelledError."""
-        d = Deferred.fromCoroutine(self._in_slot(lambda: self._call(lat, lon, radius_m, limit)))
+        deadline = self._reactor.seconds() + self.timeout
+        d = Deferred.fromCoroutine(self._in_slot(lambda: self._call(lat, lon, radius_m, limit), deadline))
         d.addTimeout(self.timeout, self._reactor, self._timed_out)
         return d.addErrback(self._explain)
 
@@ -274,10 +277,16 @@ class _GoogleProvider:
         (CancelledError, ResponseNeverReceived, ...) becomes the timeout."""
         return Failure(PlacesError(f"timed out after {timeout}s"))
 
-    async def _in_slot(self, call: Callable[[], Coroutine[Deferred[Any], Any, PlacesAnswer]]) -> PlacesAnswer:
-        """Run ``call`` once a concurrency slot is free, releasing it after."""
+    async def _in_slot(self, call: Callable[[], Coroutine[Deferred[Any], Any, PlacesAnswer]],
+                       deadline: float) -> PlacesAnswer:
+        """Run ``call`` once a concurrency slot is free, releasing it after; not
+        at all when the slot comes too late to finish by ``deadline`` (a slot
+        freed by a timed-out call goes to a request about to time out too:
+        an API call then would be paid for and thrown away)."""
         await self._slots.acquire()
         try:
+            if deadline - self._reactor.seconds() < MIN_CALL_SECONDS:
+                raise PlacesError(f"timed out waiting for a call slot ({self._slots.limit} calls at a time)")
             return await call()
         finally:
             self._slots.release()
@@ -407,7 +416,7 @@ def make_provider(
     """The Google provider ``config.provider`` names, keyed from the environment
     variable ``config.key_env``.
 
-    Raises ConfigError (one line) when the variable is unset or empty or the
+    Raises ConfigError (one line) when the variable is unset, empty or blank, or the
     provider is unknown, NotImplementedError for ``offline`` (see
     herd/offline_places.py). ``http_client`` defaults to :func:`default_http_client`.
     """
@@ -416,8 +425,6 @@ def make_provider(
     cls = _PROVIDERS.get(config.provider)
     if cls is None:
         raise ConfigError(f"places.provider: unknown provider {config.provider!r}")
-    key = os.environ.get(config.key_env, "")
-    if not key:
-        raise ConfigError(f"places.key_env: environment variable {config.key_env} is not set")
+    key = config.key()
     client = http_client if http_client is not None else default_http_client(reactor)
     return cls(reactor, client, key, config.url, config.timeout)

@@ -4,8 +4,10 @@ Answers are kept in the node's Redis under
 ``<prefix>places:cache:<provider>:<lat>,<lon>:<radius-m>[:<limit>]`` for
 ``ttl`` seconds, so the same question (client position, radius and, for
 providers whose answer depends on it, the bound) costs one API call per TTL.
-Callers still cut the cached results to the bound they asked. Failures are
-never cached, and a cache Redis cannot serve is skipped, not fatal.
+Callers still cut the cached results to the bound they asked. Callers asking
+the same question while it is on its way share its answer (or failure).
+Failures are never cached, and a cache Redis cannot serve is skipped, not
+fatal.
 """
 
 from __future__ import annotations
@@ -16,8 +18,9 @@ from typing import Any
 
 from twisted.internet.defer import Deferred, inlineCallbacks
 from twisted.logger import Logger
+from twisted.python.failure import Failure
 
-from herd.places import PlacesProvider, radius_text
+from herd.places import PlacesAnswer, PlacesProvider, radius_text
 from storage.store import RedisStore, StoreUnavailable
 
 log = Logger(namespace="herd")
@@ -33,6 +36,9 @@ class CachedPlaces:
         self._limit_in_key = limit_in_key
         self.hits = 0
         self.misses = 0
+        # Questions asked of the provider and not answered yet, with the
+        # callers waiting for the same answer: one API call for all of them.
+        self._asking: dict[bytes, list[Deferred[PlacesAnswer]]] = {}
 
     def cache_key(self, lat: str, lon: str, radius_m: Decimal, limit: int) -> bytes:
         key = f"{self._name}:{lat},{lon}:{radius_text(radius_m)}"
@@ -50,8 +56,22 @@ class CachedPlaces:
         if cached:
             self.hits += 1
             return json.loads(cached)
+        if key in self._asking:  # the same question is on its way: share its answer
+            self.hits += 1
+            shared: Deferred[PlacesAnswer] = Deferred()
+            self._asking[key].append(shared)
+            return (yield shared)
         self.misses += 1
-        answer = yield self._inner.nearby(lat, lon, radius_m, limit)
+        self._asking[key] = []
+        try:
+            answer = yield self._inner.nearby(lat, lon, radius_m, limit)
+        except Exception:
+            failure = Failure()
+            for waiter in self._asking.pop(key):
+                waiter.errback(failure)
+            raise
+        for waiter in self._asking.pop(key):
+            waiter.callback(answer)
         self._remember(key, answer)
         return answer
 

@@ -16,6 +16,7 @@ from typing import Any
 from treq.client import HTTPClient
 from twisted.internet import reactor as global_reactor
 from twisted.internet.defer import CancelledError, Deferred, DeferredList, gatherResults
+from twisted.internet.task import deferLater
 from twisted.python.failure import Failure
 from twisted.trial import unittest
 from twisted.web.client import Agent, HTTPConnectionPool
@@ -396,6 +397,18 @@ class GooglePlacesTests(unittest.TestCase):
         answer = await provider.nearby(LAT, LON, Decimal("100"), 5)
         self.assertEqual(answer["status"], "OK")
 
+    async def test_a_slot_freed_too_late_is_not_used(self) -> None:
+        """A request that waited for a slot until just before its own timeout
+        makes no call: it would be paid for and thrown away."""
+        self.fake.mode = "hang"
+        provider = self.legacy(max_concurrent=1, timeout=0.3)
+        first = provider.nearby(LAT, LON, Decimal("100"), 5)
+        await deferLater(reactor, 0.05, lambda: None)
+        second = provider.nearby(LAT, LON, Decimal("200"), 5)
+        await self.fails(first, "timed out after 0.3s")
+        await self.fails(second, "timed out")
+        self.assertEqual(len(self.fake.requests), 1)
+
     async def test_connection_reused_after_success(self) -> None:
         provider = self.legacy()
         for _ in range(3):
@@ -488,7 +501,7 @@ class MakeProviderTests(unittest.TestCase):
         return PlacesConfig(provider=provider, key_env=self.ENV, timeout=1.5)
 
     def test_missing_or_empty_key(self) -> None:
-        for value in (None, ""):
+        for value in (None, "", "  \t"):
             if value is not None:
                 os.environ[self.ENV] = value
             for provider in ("google", "google-new"):
@@ -496,7 +509,7 @@ class MakeProviderTests(unittest.TestCase):
                     make_provider(self.config(provider), reactor, self.client)
                 self.assertEqual(
                     str(caught.exception),
-                    f"places.key_env: environment variable {self.ENV} is not set",
+                    f"places.key_env: environment variable {self.ENV} is not set, or empty or blank",
                 )
 
     def test_builds_providers(self) -> None:

@@ -13,7 +13,8 @@ from typing import Any
 from cluster import FakePlaces
 from harness import RedisServer
 from twisted.internet import reactor
-from twisted.internet.defer import DeferredList, inlineCallbacks
+from twisted.internet.defer import Deferred, DeferredList, gatherResults, inlineCallbacks
+from twisted.internet.task import deferLater
 from twisted.trial import unittest
 
 from config.schema import RedisAddress
@@ -222,3 +223,48 @@ class CacheTest(RedisCase):
         self.assertTrue(0 < ttl <= 60)
         yield self.places.nearby("+34.0", "-118.0", Decimal(20000), 3)
         self.assertEqual(len(self.server.requests), 2)  # another radius is another question
+
+
+class HeldAnswers:
+    """A places provider whose answers the test gives out by hand."""
+
+    def __init__(self) -> None:
+        self.asked: list[Deferred[dict[str, Any]]] = []
+
+    def nearby(self, lat: str, lon: str, radius_m: Decimal, limit: int) -> Deferred[dict[str, Any]]:
+        self.asked.append(Deferred())
+        return self.asked[-1]
+
+
+class SharedQuestionTest(RedisCase):
+    """Concurrent misses of one question cost one call (found by an audit:
+    four simultaneous WHATSATs made four API calls)."""
+
+    def setUp(self) -> None:
+        super().setUp()
+        self.inner = HeldAnswers()
+        self.places = CachedPlaces(self.inner, self.store, 60, "google", limit_in_key=False)
+
+    @inlineCallbacks
+    def test_callers_share_the_answer_on_its_way(self) -> Any:
+        asking = [self.places.nearby("+1.0", "+2.0", Decimal(1000), n) for n in (1, 5, 20)]
+        yield deferLater(reactor, 0.05, lambda: None)  # every cache lookup missed
+        self.assertEqual(len(self.inner.asked), 1)
+        answer = {"html_attributions": [], "results": [{"name": "x"}], "status": "OK"}
+        self.inner.asked[0].callback(answer)
+        self.assertEqual((yield gatherResults(asking)), [answer] * 3)
+        later = yield self.places.nearby("+1.0", "+2.0", Decimal(1000), 5)  # from Redis now
+        self.assertEqual((later, len(self.inner.asked)), (answer, 1))
+
+    @inlineCallbacks
+    def test_callers_share_a_failure_and_the_next_asks_again(self) -> Any:
+        asking = [self.places.nearby("+1.0", "+2.0", Decimal(1000), 5) for _ in range(2)]
+        yield deferLater(reactor, 0.05, lambda: None)
+        self.inner.asked[0].errback(PlacesError("boom"))
+        for d in asking:
+            with self.assertRaises(PlacesError):
+                yield d
+        self.places.nearby("+1.0", "+2.0", Decimal(1000), 5).addErrback(lambda _: None)
+        yield deferLater(reactor, 0.05, lambda: None)
+        self.assertEqual(len(self.inner.asked), 2)
+        self.inner.asked[1].errback(PlacesError("again"))
