@@ -31,7 +31,7 @@ from herd.node import Node
 from herd.peers import PeerLinks, dial_service
 from herd.places import PlacesProvider
 from herd.stats import Stats
-from herd.tls import load as load_tls
+from herd.tls import tls_for
 from storage.store import RedisStore
 
 log = Logger(namespace="herd")
@@ -98,7 +98,7 @@ class NodeService(MultiService):
             raise ConfigError(f"{config.path}: {err}") from None
         self.node = Node(name.encode(), self.store, places, self.links, reactor, Stats())
         self.store.observe = self.node.stats.observe_redis
-        peer_tls = load_tls(config.tls.for_node(name)) if config.tls else None
+        peer_tls = tls_for(config, name)
         self.factory = NodeConnectionFactory(
             self.node, name.encode(), secret, config.max_line_bytes,
             config.max_future_seconds * 1_000_000_000, time.time_ns,

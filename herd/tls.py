@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from config.schema import TlsConfig
+from config.schema import ConfigError, HerdConfig, TlsConfig
 
 STARTTLS = b"HERD-STARTTLS"
 TLS_OK = b"HERD-TLS-OK"
@@ -36,10 +36,62 @@ class PeerTls:
         return optionsForClientTLS(host, trustRoot=self._ca, clientCertificate=self._own)
 
 
-def load(tls: TlsConfig) -> PeerTls:
-    """Read the PEM files (already resolved for this node)."""
-    from twisted.internet.ssl import Certificate, PrivateCertificate
+def tls_for(config: HerdConfig, name: str) -> PeerTls | None:
+    """Node ``name``'s TLS for peer links (None without); ConfigError, one line
+    naming the file, node and key, when a file cannot be used."""
+    if config.tls is None:
+        return None
+    try:
+        return load(config.tls.for_node(name))
+    except TlsFileError as err:
+        raise ConfigError(f"{config.path}: herd.{err} (node {name})") from None
 
-    ca = Certificate.loadPEM(Path(tls.ca).read_bytes())
-    own = PrivateCertificate.loadPEM(Path(tls.cert).read_bytes() + b"\n" + Path(tls.key).read_bytes())
+
+class TlsFileError(Exception):
+    """A TLS file cannot be used: ``key`` is the config key naming it."""
+
+    def __init__(self, key: str, path: str, why: str):
+        super().__init__(f"{key}: {path}: {why}")
+        self.key = key
+
+
+def load(tls: TlsConfig) -> PeerTls:
+    """Read the PEM files (already resolved for this node). Raises
+    TlsFileError naming the file that is unreadable, not PEM, or (the key)
+    does not match the certificate."""
+    from OpenSSL.crypto import FILETYPE_PEM
+    from twisted.internet.ssl import Certificate, KeyPair, PrivateCertificate
+
+    ca = _read("tls_ca", tls.ca, Certificate.loadPEM)
+    cert_pem = _read("tls_cert", tls.cert, _checked(Certificate.loadPEM))
+    key_pem = _read("tls_key", tls.key, _checked(lambda pem: KeyPair.load(pem, FILETYPE_PEM)))
+    own = _read("tls_key", tls.key, lambda _: PrivateCertificate.loadPEM(cert_pem + b"\n" + key_pem),
+                why="does not match the certificate in tls_cert")
     return PeerTls(own.options(ca), ca, own)
+
+
+def _checked(parse: Any) -> Any:
+    """``parse`` the PEM for its errors; give back the PEM itself."""
+    def check(pem: bytes) -> bytes:
+        parse(pem)
+        return pem
+    return check
+
+
+def _read(key: str, path: str, parse: Any, why: str | None = None) -> Any:
+    try:
+        pem = Path(path).read_bytes()
+    except OSError as err:
+        raise TlsFileError(key, path, err.strerror or str(err)) from None
+    try:
+        return parse(pem)
+    except Exception as err:  # OpenSSL's and Twisted's errors; the message says which
+        raise TlsFileError(key, path, why or f"not usable ({_reason(err)})") from None
+
+
+def _reason(err: Exception) -> str:
+    """OpenSSL's error list ([('PEM routines', '', 'no start line')]) as text."""
+    details = err.args[0] if err.args and isinstance(err.args[0], list) else None
+    if details and all(isinstance(d, tuple) and len(d) == 3 for d in details):
+        return "; ".join(d[2] for d in details if d[2]) or type(err).__name__
+    return str(err) or type(err).__name__

@@ -30,6 +30,7 @@ from typing import IO
 
 from config.loader import check_can_serve, load_config
 from config.schema import HerdConfig
+from herd.tls import tls_for
 
 REDIS_CONF = Path(__file__).resolve().parent.parent / "ops" / "redis" / "redis.conf"
 REDIS_START_TIMEOUT = 10.0  # seconds for a new redis-server to answer PING
@@ -203,6 +204,7 @@ def run_up(config_path: str, state_dir: str, log_format: str) -> int:
     config = load_config(config_path, need_secret=True)
     for name in sorted(config.nodes):
         check_can_serve(config, name)
+        tls_for(config, name)
     redises = plan_redis_servers(config)
     exe = shutil.which("redis-server") if redises else ""
     if exe is None:

@@ -7,8 +7,11 @@ from __future__ import annotations
 import datetime
 import ipaddress
 import socket
+import sys
 from pathlib import Path
+from typing import Any
 
+import pytest
 from cluster import Herd, talk
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
@@ -142,3 +145,43 @@ def test_missing_tls_file_is_one_line_naming_file_and_key(tmp_path: Path) -> Non
     assert result.stderr.count("\n") == 1 and "herd.tls_cert: no such file" in result.stderr
     assert "(for node B)" in result.stderr and "Traceback" not in result.stderr
     herd.stop()
+
+
+@pytest.mark.parametrize(
+    "spoil, fragment",
+    [
+        (lambda d: (d / "B.crt").write_text("garbage\n"),
+         "herd.tls_cert: {d}/B.crt: not usable (no start line)"),
+        (lambda d: (d / "B.key").write_text("garbage\n"), "herd.tls_key: {d}/B.key: not usable"),
+        (lambda d: (d / "B.key").write_bytes((d / "A.key").read_bytes()),
+         "herd.tls_key: {d}/B.key: does not match the certificate in tls_cert"),
+        (lambda d: (d / "ca.crt").write_text(""), "herd.tls_ca: {d}/ca.crt: not usable"),
+    ],
+)
+def test_an_unusable_tls_file_is_one_line_from_serve_and_up(tmp_path: Path, spoil: Any,
+                                                            fragment: str) -> None:
+    """Found by an audit: garbage in a PEM file, or a key of another
+    certificate, ended 'herd serve' with a traceback."""
+    import subprocess
+
+    from harness import REPO, env_with
+
+    ca = make_ca(tmp_path / "tls")
+    for node in ("A", "B"):
+        make_node_cert(tmp_path / "tls", node, ca)
+    spoil(tmp_path / "tls")
+    herd = Herd(tmp_path, {"A": ["B"], "B": []}, extra_herd=TLS)
+    try:
+        env = env_with(HERD_SECRET="s", GOOGLE_PLACES_KEY="k")
+        expected = fragment.format(d=tmp_path / "tls")
+        up = [sys.executable, "-m", "herd", "up", "--config", str(herd.config), "--state-dir",
+              str(tmp_path / "state")]
+        serve, up_result = (subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=30,
+                                           env=env) for command in (herd["B"].command(), up))
+        for result in (serve, up_result):
+            assert result.returncode == 2, result.stderr
+            assert result.stderr.count("\n") == 1 and expected in result.stderr, result.stderr
+            assert result.stderr.endswith((" (node B)\n", " (node A)\n")) and "Traceback" not in result.stderr
+        assert not (tmp_path / "state").exists()  # herd up started nothing
+    finally:
+        herd.stop()
