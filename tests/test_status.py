@@ -36,6 +36,11 @@ def test_status_once_shows_nodes_links_and_agreement(tmp_path: Path) -> None:
         assert result.returncode == 0
         assert "agreement: all 3 nodes hold the same 2 clients" in result.stdout
         assert "A+ C+" in result.stdout  # B's peers, both linked
+        herd["B"].redis.kill()
+        rows = status_once(herd).stdout.splitlines()
+        b_row = next(row for row in rows if row.startswith("B "))
+        assert " NO REDIS " in b_row and b_row.endswith("A? C?"), rows  # B itself still listens
+        herd["B"].redis.start()
         herd["C"].kill(signal.SIGKILL)
         wait_until(lambda: "B-C DOWN" in status_once(herd).stdout, timeout=15, what="link down")
         wait_until(
@@ -57,11 +62,27 @@ def test_render_flags_disagreement_and_unreadable_nodes() -> None:
         NodeView(name, "x:1", fresh, {b"clients": b"1", b"digest": b"ab"}) for name in sorted(config.nodes)
     ]
     views[1] = NodeView(views[1].name, "x:1", fresh, {b"clients": b"2", b"digest": b"cd"})
-    assert "NODES DIFFER" in agreement(views)
+    assert agreement(views, "h.toml") == (
+        "agreement: NODES DIFFER (Bailey, Campbell, Clark, Jaquez: 1 clients (digest ab); "
+        "Bona: 2 clients (digest cd)); herd check --config h.toml lists the clients")
     views[2] = NodeView(views[2].name, "x:1", {}, {}, "unreachable")
     frame = render(config, views, now)
     assert "unknown (1 node(s) unreadable)" in frame and "redis: unreachable" in frame
     assert "Bailey-Bona up" in frame
+    campbell = next(row for row in frame.splitlines() if row.startswith("Campbell "))
+    assert " DOWN " in campbell and campbell.endswith("Bailey? Bona? Jaquez?")  # links unknown
+
+
+def test_a_node_whose_redis_cannot_be_read_but_listens_is_no_redis() -> None:
+    """Found by an audit: such a node showed DOWN, its peers '-', while the
+    links line (from its peers' reports) said its links were up."""
+    config = load_config(REPO / "config" / "herd.toml")
+    now = time.time()
+    fresh = {b"updated": str(now).encode(), b"links_up": b"Bona,Campbell", b"last_update": b"0"}
+    views = [NodeView(name, "x:1", fresh, {b"clients": b"1"}) for name in sorted(config.nodes)]
+    views[0] = NodeView("Bailey", "x:1", {}, {}, "has not answered", listening=True)
+    bailey = next(row for row in render(config, views, now).splitlines() if row.startswith("Bailey "))
+    assert " NO REDIS " in bailey and bailey.endswith("Bona? Campbell?")
 
 
 def test_a_node_that_is_down_shows_no_links_up() -> None:
