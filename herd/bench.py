@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import platform
 import re
@@ -63,18 +64,19 @@ SHIPPED_REDIS_CONF = Path(__file__).resolve().parent.parent / "ops" / "redis" / 
 def add_bench_arguments(parser: argparse.ArgumentParser) -> None:
     """The ``herd bench`` flags, on ``parser`` (the ``bench`` subparser)."""
     add = parser.add_argument
-    positive, count = at_least(float, 0.001), at_least(int, 1)
+    seconds, count = at_least(float, 0.001, 3600), at_least(int, 1, 1000)
     add("--only", default=",".join(SCENARIOS), metavar="A,B,...",
         help=f"scenarios to run, comma separated (default: all of {', '.join(SCENARIOS)})")
-    add("--seconds", type=positive, default=5.0, help="throughput and ceiling: measured seconds (default 5)")
+    add("--seconds", type=seconds, default=5.0, help="throughput and ceiling: measured seconds (default 5)")
     add("--connections", type=count, default=8, help="load connections (default 8)")
     add("--in-flight", type=count, default=16, help="requests outstanding per connection (default 16)")
-    add("--rate", type=positive, default=1000.0, help="propagation: IAMATs per second (default 1000)")
-    add("--propagation-seconds", type=positive, default=3.0,
+    add("--rate", type=at_least(float, 0.001, 1_000_000), default=1000.0,
+        help="propagation: IAMATs per second (default 1000)")
+    add("--propagation-seconds", type=seconds, default=3.0,
         help="propagation: seconds of sending per topology (default 3)")
-    add("--whatsat-seconds", type=positive, default=2.0,
+    add("--whatsat-seconds", type=seconds, default=2.0,
         help="whatsat: seconds of sequential requests per radius (default 2)")
-    add("--clients", type=at_least(int, 100), default=100_000,
+    add("--clients", type=at_least(int, 100, 10_000_000), default=100_000,
         help="memory and reconcile: clients stored (default 100000; at least 100)")
     add("--appendfsync", choices=("always", "everysec"), default="always",
         help="Redis fsync policy: always (strict, shipped) or everysec (ops/redis/redis-everysec.conf)")
@@ -82,15 +84,18 @@ def add_bench_arguments(parser: argparse.ArgumentParser) -> None:
     add("--keep", action="store_true", help="keep the temporary directory (Redis data, node logs)")
 
 
-def at_least(kind: Callable[[str], float], low: float) -> Callable[[str], Any]:
-    """An argparse type: ``kind(text)``, refused below ``low``."""
+def at_least(kind: Callable[[str], float], low: float, high: float) -> Callable[[str], Any]:
+    """An argparse type: ``kind(text)``, refused outside ``low``..``high`` (and
+    when not finite: nan, inf)."""
     def convert(text: str) -> Any:
         try:
             value = kind(text)
         except ValueError:
             raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
-        if value < low:
+        if not math.isfinite(value) or value < low:
             raise argparse.ArgumentTypeError(f"must be at least {low:g}, got {text}")
+        if value > high:
+            raise argparse.ArgumentTypeError(f"must be at most {high:g}, got {text}")
         return value
 
     return convert
@@ -898,7 +903,9 @@ def render_table(report: dict[str, Any], rows: list[Figure]) -> str:
 
 
 def selected(only: str) -> list[str]:
-    names = [n.strip() for n in only.split(",") if n.strip()]
+    names = [n.strip() for n in only.split(",")]
+    if not all(names):
+        raise BenchError(f"--only {only!r}: an empty scenario name (known: {', '.join(SCENARIOS)})")
     unknown = [n for n in names if n not in SCENARIOS]
     if unknown:
         raise BenchError(f"unknown scenario(s) {', '.join(unknown)} (known: {', '.join(SCENARIOS)})")

@@ -89,6 +89,19 @@ def test_arguments_hook_into_a_subparser() -> None:
         parser.parse_args(["bench", "--clients", "10"])  # 1% of them must be at least one
 
 
+@pytest.mark.parametrize("option, value", [
+    ("--seconds", "nan"), ("--seconds", "inf"), ("--seconds", "0"), ("--rate", "-inf"),
+    ("--connections", "100000"), ("--connections", "-1"), ("--only", ""), ("--only", "memory,,startup"),
+])
+def test_bad_options_are_one_line_and_status_2(option: str, value: str) -> None:
+    """Found by an audit: nan and inf ended in a traceback after the herd had
+    started; an empty --only ran nothing and exited 0."""
+    result = subprocess.run([sys.executable, "-m", "herd", "bench", option, value], cwd=REPO,
+                            capture_output=True, text=True, timeout=30)
+    assert result.returncode == 2, result.stderr
+    assert result.stderr.splitlines()[-1].startswith("herd bench: ") and "Traceback" not in result.stderr
+
+
 def test_generated_requests_are_valid_iamats() -> None:
     now = time.time_ns()
     for index in (0, 1, 4095, 123456):
