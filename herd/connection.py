@@ -135,6 +135,9 @@ class NodeConnection(PeerEndpointMixin, LineProtocol, TimeoutMixin):
         elif self._handshake is not None:
             log.warn("{who} peer handshake abandoned (claimed to be {name})", who=self.who,
                      name=logs.loggable(self._handshake[0]))
+        elif self._tls:  # upgraded for a peer that never authenticated: TLS refused it, or it left
+            log.warn("{who} peer refused or gone during TLS ({why})", who=self.who,
+                     why=reason.getErrorMessage() if reason else "")
         log.info("{who} connection closed ({why})", who=self.who,
                  why=reason.getErrorMessage() if reason else "")
         self.closed.callback(None)

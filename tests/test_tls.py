@@ -109,6 +109,11 @@ def test_certificate_from_another_ca_is_refused(tmp_path: Path) -> None:
         assert "peer A link up" not in logs and "peer B link up" not in logs
         assert "retrying in 0.5s" in logs
         assert herd["B"].record("from.a") == {}
+        # Both sides say so at warn level: the listener too (an audit found only info there).
+        wait_until(lambda: all("warn: " in line for n in "AB" for line in herd[n].log().splitlines()
+                               if "peer refused or gone during TLS" in line)
+                   and all("peer refused or gone during TLS" in herd[n].log() for n in "AB"),
+                   what="the listeners' warnings")
     finally:
         herd.stop()
 
