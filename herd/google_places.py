@@ -283,9 +283,11 @@ class _GoogleProvider:
         at all when the slot comes too late to finish by ``deadline`` (a slot
         freed by a timed-out call goes to a request about to time out too:
         an API call then would be paid for and thrown away)."""
-        await self._slots.acquire()
+        slot = self._slots.acquire()
+        waited = not slot.called
+        await slot
         try:
-            if deadline - self._reactor.seconds() < MIN_CALL_SECONDS:
+            if waited and deadline - self._reactor.seconds() < min(MIN_CALL_SECONDS, self.timeout / 2):
                 raise PlacesError(f"timed out waiting for a call slot ({self._slots.limit} calls at a time)")
             return await call()
         finally:

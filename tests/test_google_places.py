@@ -16,7 +16,7 @@ from typing import Any
 from treq.client import HTTPClient
 from twisted.internet import reactor as global_reactor
 from twisted.internet.defer import CancelledError, Deferred, DeferredList, gatherResults
-from twisted.internet.task import deferLater
+from twisted.internet.task import Clock, deferLater
 from twisted.python.failure import Failure
 from twisted.trial import unittest
 from twisted.web.client import Agent, HTTPConnectionPool
@@ -399,15 +399,44 @@ class GooglePlacesTests(unittest.TestCase):
 
     async def test_a_slot_freed_too_late_is_not_used(self) -> None:
         """A request that waited for a slot until just before its own timeout
-        makes no call: it would be paid for and thrown away."""
+        makes no call: it would be paid for and thrown away. The provider's
+        time is a Clock (HTTP still runs on the real reactor)."""
         self.fake.mode = "hang"
-        provider = self.legacy(max_concurrent=1, timeout=0.3)
+        clock = Clock()
+        provider = GoogleNearby(clock, self.client, KEY, self.base + "/nearbysearch/json", 0.3,
+                                max_concurrent=1)
         first = provider.nearby(LAT, LON, Decimal("100"), 5)
-        await deferLater(reactor, 0.05, lambda: None)
-        second = provider.nearby(LAT, LON, Decimal("200"), 5)
+        await self.until(lambda: len(self.fake.requests) == 1)
+        clock.advance(0.25)
+        second = provider.nearby(LAT, LON, Decimal("200"), 5)  # waits: its deadline is 0.55
+        clock.advance(0.05)  # the first times out; the second gets the slot with 0.25 s left
+        await self.until(lambda: len(self.fake.requests) == 2)
+        clock.advance(0.25)
         await self.fails(first, "timed out after 0.3s")
-        await self.fails(second, "timed out")
+        await self.fails(second, "timed out after 0.3s")
+        third = provider.nearby(LAT, LON, Decimal("300"), 5)  # deadline 0.85
+        await self.until(lambda: len(self.fake.requests) == 3)
+        clock.advance(0.05)
+        fourth = provider.nearby(LAT, LON, Decimal("400"), 5)  # waits: its deadline is 0.90
+        clock.advance(0.25)  # the third times out; the fourth would have 0.05 s left
+        await self.fails(third, "timed out after 0.3s")
+        await self.fails(fourth, "timed out waiting for a call slot")
+        await deferLater(reactor, 0.2, lambda: None)
+        self.assertEqual(len(self.fake.requests), 3)  # no call for the fourth
+
+    async def test_a_short_timeout_still_calls_when_a_slot_is_free(self) -> None:
+        """Review: with places.timeout 0.08 every request was refused unasked."""
+        provider = self.legacy(timeout=0.08)
+        self.fake.mode = "hang"
+        await self.fails(provider.nearby(LAT, LON, Decimal("100"), 5), "timed out after 0.08s")
         self.assertEqual(len(self.fake.requests), 1)
+
+    async def until(self, condition: Any, timeout: float = 5.0) -> None:
+        for _ in range(int(timeout / 0.01)):
+            if condition():
+                return
+            await deferLater(reactor, 0.01, lambda: None)
+        self.fail("condition not met")
 
     async def test_connection_reused_after_success(self) -> None:
         provider = self.legacy()
