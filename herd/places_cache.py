@@ -16,7 +16,7 @@ import json
 from decimal import Decimal
 from typing import Any
 
-from twisted.internet.defer import Deferred, inlineCallbacks
+from twisted.internet.defer import Deferred, fail, inlineCallbacks
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
@@ -36,9 +36,12 @@ class CachedPlaces:
         self._limit_in_key = limit_in_key
         self.hits = 0
         self.misses = 0
-        # Questions asked of the provider and not answered yet, with the
-        # callers waiting for the same answer: one API call for all of them.
+        # Questions on their way to the provider, with each caller waiting for
+        # the answer (one Deferred each: one caller's cancel leaves the others
+        # alone), and answers still being written to Redis: one API call for
+        # all who ask meanwhile.
         self._asking: dict[bytes, list[Deferred[PlacesAnswer]]] = {}
+        self._writing: dict[bytes, PlacesAnswer] = {}
 
     def cache_key(self, lat: str, lon: str, radius_m: Decimal, limit: int) -> bytes:
         key = f"{self._name}:{lat},{lon}:{radius_text(radius_m)}"
@@ -49,31 +52,43 @@ class CachedPlaces:
     @inlineCallbacks
     def nearby(self, lat: str, lon: str, radius_m: Decimal, limit: int) -> Any:
         key = self.cache_key(lat, lon, radius_m, limit)
-        try:
-            cached = yield self._store.call("get", key)
-        except StoreUnavailable:
-            cached = None
+        cached = None
+        if key not in self._asking and key not in self._writing:
+            try:
+                cached = yield self._store.call("get", key)
+            except StoreUnavailable:
+                pass
+        if key in self._writing:
+            cached = json.dumps(self._writing[key])
         if cached:
             self.hits += 1
             return json.loads(cached)
-        if key in self._asking:  # the same question is on its way: share its answer
-            self.hits += 1
-            shared: Deferred[PlacesAnswer] = Deferred()
-            self._asking[key].append(shared)
-            return (yield shared)
-        self.misses += 1
-        self._asking[key] = []
+        if key not in self._asking:
+            self.misses += 1
+            self._asking[key] = []
+            self._ask(key, lat, lon, radius_m, limit)
+        waiters = self._asking[key]
+        mine: Deferred[PlacesAnswer] = Deferred(lambda d: waiters.remove(d) if d in waiters else None)
+        waiters.append(mine)
+        return (yield mine)
+
+    def _ask(self, key: bytes, lat: str, lon: str, radius_m: Decimal, limit: int) -> None:
+        """One call to the provider for everyone asking ``key`` meanwhile."""
         try:
-            answer = yield self._inner.nearby(lat, lon, radius_m, limit)
+            asked = self._inner.nearby(lat, lon, radius_m, limit)
         except Exception:
-            failure = Failure()
-            for waiter in self._asking.pop(key):
-                waiter.errback(failure)
-            raise
+            asked = fail()
+        asked.addCallbacks(self._answered, self._failed, callbackArgs=(key,), errbackArgs=(key,))
+
+    def _answered(self, answer: PlacesAnswer, key: bytes) -> None:
+        self._writing[key] = answer  # until Redis has it: later callers read it here
+        self._remember(key, answer).addBoth(lambda _: self._writing.pop(key, None))
         for waiter in self._asking.pop(key):
             waiter.callback(answer)
-        self._remember(key, answer)
-        return answer
+
+    def _failed(self, failure: Failure, key: bytes) -> None:
+        for waiter in self._asking.pop(key):
+            waiter.errback(failure)
 
     def _remember(self, key: bytes, answer: dict[str, Any]) -> Deferred[Any]:
         d = self._store.call("execute_command", "SET", key, json.dumps(answer).encode(), "EX", self._ttl)

@@ -13,7 +13,7 @@ from typing import Any
 from cluster import FakePlaces
 from harness import RedisServer
 from twisted.internet import reactor
-from twisted.internet.defer import Deferred, DeferredList, gatherResults, inlineCallbacks
+from twisted.internet.defer import CancelledError, Deferred, DeferredList, gatherResults, inlineCallbacks
 from twisted.internet.task import deferLater
 from twisted.trial import unittest
 
@@ -219,7 +219,11 @@ class CacheTest(RedisCase):
         self.assertEqual(len(self.server.requests), 1)
         self.assertEqual(first, second)
         self.assertEqual(len(second["results"]), 25)  # the caller cuts to its bound
-        ttl = self.redis.command("TTL", "herd:places:cache:google:+34.0,-118.0:10000")
+        for _ in range(500):  # the answer is written to Redis in the background
+            ttl = self.redis.command("TTL", "herd:places:cache:google:+34.0,-118.0:10000")
+            if ttl != -2:
+                break
+            yield deferLater(reactor, 0.01, lambda: None)
         self.assertTrue(0 < ttl <= 60)
         yield self.places.nearby("+34.0", "-118.0", Decimal(20000), 3)
         self.assertEqual(len(self.server.requests), 2)  # another radius is another question
@@ -244,11 +248,21 @@ class SharedQuestionTest(RedisCase):
         super().setUp()
         self.inner = HeldAnswers()
         self.places = CachedPlaces(self.inner, self.store, 60, "google", limit_in_key=False)
+        self.key = self.places.cache_key("+1.0", "+2.0", Decimal(1000), 5)
+
+    @inlineCallbacks
+    def waiting(self, callers: int) -> Any:
+        """Until ``callers`` wait for the answer on its way (their cache lookups missed)."""
+        for _ in range(500):
+            if len(self.places._asking.get(self.key, [])) == callers:
+                return
+            yield deferLater(reactor, 0.01, lambda: None)
+        self.fail(f"{callers} callers never waited")
 
     @inlineCallbacks
     def test_callers_share_the_answer_on_its_way(self) -> Any:
         asking = [self.places.nearby("+1.0", "+2.0", Decimal(1000), n) for n in (1, 5, 20)]
-        yield deferLater(reactor, 0.05, lambda: None)  # every cache lookup missed
+        yield self.waiting(3)
         self.assertEqual(len(self.inner.asked), 1)
         answer = {"html_attributions": [], "results": [{"name": "x"}], "status": "OK"}
         self.inner.asked[0].callback(answer)
@@ -259,12 +273,26 @@ class SharedQuestionTest(RedisCase):
     @inlineCallbacks
     def test_callers_share_a_failure_and_the_next_asks_again(self) -> Any:
         asking = [self.places.nearby("+1.0", "+2.0", Decimal(1000), 5) for _ in range(2)]
-        yield deferLater(reactor, 0.05, lambda: None)
+        yield self.waiting(2)
         self.inner.asked[0].errback(PlacesError("boom"))
         for d in asking:
             with self.assertRaises(PlacesError):
                 yield d
-        self.places.nearby("+1.0", "+2.0", Decimal(1000), 5).addErrback(lambda _: None)
-        yield deferLater(reactor, 0.05, lambda: None)
+        again = self.places.nearby("+1.0", "+2.0", Decimal(1000), 5)
+        yield self.waiting(1)
         self.assertEqual(len(self.inner.asked), 2)
         self.inner.asked[1].errback(PlacesError("again"))
+        with self.assertRaises(PlacesError):
+            yield again
+
+    @inlineCallbacks
+    def test_one_caller_cancelling_leaves_the_others_their_answer(self) -> Any:
+        """Review: the first caller's cancel used to fail everyone sharing the call."""
+        first, second = (self.places.nearby("+1.0", "+2.0", Decimal(1000), 5) for _ in range(2))
+        yield self.waiting(2)
+        first.cancel()
+        with self.assertRaises(CancelledError):
+            yield first
+        answer = {"html_attributions": [], "results": [], "status": "ZERO_RESULTS"}
+        self.inner.asked[0].callback(answer)
+        self.assertEqual((yield second), answer)
