@@ -105,6 +105,7 @@ class NodeConnection(PeerEndpointMixin, LineProtocol, TimeoutMixin):
         self._closing = False
         self._paused = False
         self._tls = False
+        self._spoke_in_tls = False  # a line arrived after the TLS upgrade
         self.closed: Deferred[None] = Deferred()
 
     # -- connection lifecycle -------------------------------------------
@@ -135,7 +136,7 @@ class NodeConnection(PeerEndpointMixin, LineProtocol, TimeoutMixin):
         elif self._handshake is not None:
             log.warn("{who} peer handshake abandoned (claimed to be {name})", who=self.who,
                      name=logs.loggable(self._handshake[0]))
-        elif self._tls:  # upgraded for a peer that never authenticated: TLS refused it, or it left
+        elif self._tls and not self._spoke_in_tls:  # TLS refused the peer, or it left before a word
             log.warn("{who} peer refused or gone during TLS ({why})", who=self.who,
                      why=reason.getErrorMessage() if reason else "")
         log.info("{who} connection closed ({why})", who=self.who,
@@ -161,6 +162,7 @@ class NodeConnection(PeerEndpointMixin, LineProtocol, TimeoutMixin):
 
     def line_received(self, line: bytes) -> None:
         logs.wire(self.who, "recv", line)
+        self._spoke_in_tls = self._tls
         if self.peer_name is not None:
             self.peer_line(line)
             return

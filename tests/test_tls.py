@@ -190,3 +190,33 @@ def test_an_unusable_tls_file_is_one_line_from_serve_and_up(tmp_path: Path, spoi
         assert not (tmp_path / "state").exists()  # herd up started nothing
     finally:
         herd.stop()
+
+
+def test_a_refused_handshake_over_tls_is_not_blamed_on_tls(tmp_path: Path) -> None:
+    """Review: a dialler that passed TLS and then sent a wrong HERD-AUTH got
+    'peer refused or gone during TLS' on top of 'peer handshake refused',
+    pointing at the wrong cause."""
+    import ssl
+
+    ca = make_ca(tmp_path / "tls")
+    for node in ("A", "B"):
+        make_node_cert(tmp_path / "tls", node, ca)
+    herd = Herd(tmp_path, {"A": ["B"], "B": []}, extra_herd=TLS)
+    try:
+        herd.start(["A"])  # this test speaks for B
+        context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+        context.load_verify_locations(tmp_path / "tls" / "ca.crt")
+        context.load_cert_chain(tmp_path / "tls" / "B.crt", tmp_path / "tls" / "B.key")
+        with socket.create_connection(("127.0.0.1", herd["A"].port), timeout=5) as raw:
+            raw.sendall(b"HERD-STARTTLS\n")
+            assert raw.recv(100) == b"HERD-TLS-OK\n"
+            with context.wrap_socket(raw, server_hostname="127.0.0.1") as tls_sock:
+                tls_sock.sendall(b"HERD-HELLO B A " + auth.new_nonce() + b" " + auth.PROTOCOL + b"\n")
+                assert tls_sock.recv(200).startswith(b"HERD-CHALLENGE ")
+                tls_sock.sendall(b"HERD-AUTH " + b"0" * 64 + b"\n")
+                assert tls_sock.recv(200).startswith(b"? HERD-AUTH")
+        wait_until(lambda: "peer handshake refused: HERD-AUTH" in herd["A"].log()
+                   and herd["A"].log().count("connection closed") >= 1, what="the refusal and the close")
+        assert "during TLS" not in herd["A"].log()
+    finally:
+        herd.stop()
