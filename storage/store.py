@@ -230,7 +230,16 @@ class RedisStore:
                                                       f"Redis at {self._address.host}:{self._address.port}"))
 
     def stop(self) -> Deferred[Any]:
-        """Close the connections; fires when they are closed."""
+        """Close the connections; fires when they are closed. Records still
+        waiting to be sent fail at once (StoreUnavailable)."""
+        if self._batch_call is not None and self._batch_call.active():
+            self._batch_call.cancel()
+        self._batch_call = None
+        waiting = [*self._urgent, *self._batch]
+        self._urgent.clear()
+        self._batch.clear()
+        for _, done, _ in waiting:
+            done.errback(StoreUnavailable("the store was stopped"))
         return self._factory.disconnect()
 
     @property

@@ -254,3 +254,25 @@ class WhyUnreachable(unittest.TestCase):
         gc.collect()
         assert refused == ["could not auth: WRONGPASS"]
         assert failures == [], failures  # no "Unhandled error in Deferred"
+
+
+class Stopping(unittest.TestCase):
+    @inlineCallbacks
+    def test_records_waiting_when_the_store_stops_fail_at_once(self) -> Any:
+        """Review: stop() left a scheduled flush behind, which then waited a
+        whole timeout for a connection that was gone."""
+        redis = RedisServer(Path(tempfile.mkdtemp(prefix="herd-stop-"))).start()
+        self.addCleanup(redis.kill)
+        store = RedisStore(reactor, RedisAddress(redis.url, "127.0.0.1", redis.port), b"herd:", timeout=3.0)
+        store.start()
+        yield store.get(b"nobody")  # connected
+        waiting = store.store_if_newer(record(1, b"A"))
+        started = time.monotonic()
+        yield store.stop()
+        try:
+            yield waiting
+        except StoreUnavailable as err:
+            assert "stopped" in str(err)
+        else:
+            raise AssertionError("stored after stop()")
+        assert time.monotonic() - started < 1.0
