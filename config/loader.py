@@ -225,10 +225,12 @@ def _nodes(root: _Table) -> dict[str, NodeConfig]:
         if not name or not name.isprintable() or any(c.isspace() for c in name):
             raise nodes.error(name, "bad node name (it must be non-empty, printable, "
                                     "with no white space)")
-    built: dict[str, NodeConfig] = {}
-    for name in nodes.data:
-        built[name] = _node(nodes.table(name), name, tuple(nodes.data))
-        _check_unique(nodes, built[name], built)
+    built = {name: _node(nodes.table(name), name, tuple(nodes.data)) for name in nodes.data}
+    machines = _machines(built)
+    checked: dict[str, NodeConfig] = {}
+    for name, node in built.items():
+        checked[name] = node
+        _check_unique(nodes, node, checked, machines)
     return built
 
 
@@ -308,7 +310,8 @@ def _peers(table: _Table, key: str, name: str, all_names: tuple[str, ...]) -> tu
     return tuple(seen)
 
 
-def _check_unique(nodes: _Table, node: NodeConfig, built: dict[str, NodeConfig]) -> None:
+def _check_unique(nodes: _Table, node: NodeConfig, built: dict[str, NodeConfig],
+                  machines: dict[str, str]) -> None:
     """``node`` must not share a listening address (client port or admin) with
     a node defined before it or with its own other one, nor its Redis db and
     prefix with an earlier node, nor listen where any of these nodes' Redis does.
@@ -317,24 +320,24 @@ def _check_unique(nodes: _Table, node: NodeConfig, built: dict[str, NodeConfig])
     table = nodes.table(node.name)
     for other in built.values():
         for listener, redis_owner in ((node, other), (other, node)):
-            redis = _Address.of(redis_owner, redis_owner.redis.host, redis_owner.redis.port)
-            for key, address in _listeners(listener):
+            redis = _Address.of(machines[redis_owner.name], redis_owner.redis.host, redis_owner.redis.port)
+            for key, address in _listeners(listener, machines):
                 if address.clashes(redis):
                     raise nodes.table(listener.name).error(
                         key, f"{address.port} on {address.host} is where node {redis_owner.name}'s "
                              f"Redis listens ({_redact(redis_owner.redis.url)})")
         if other is node:
-            mine = _listeners(node)
+            mine = _listeners(node, machines)
             if len(mine) == 2 and mine[0][1].clashes(mine[1][1]):
                 raise table.error("admin", f"{mine[1][1].port} is the node's own client port")
             continue
-        for key, address in _listeners(node):
-            for other_key, other_address in _listeners(other):
+        for key, address in _listeners(node, machines):
+            for other_key, other_address in _listeners(other, machines):
                 if other_address.clashes(address):
                     what = "" if other_key == "port" else " for its admin endpoint"
                     raise table.error(key, f"{address.port} is already used by node {other.name}{what} "
                                            f"(hosts {other_address.host} and {address.host})")
-        if _redis_identity(other) == _redis_identity(node):
+        if _redis_identity(other, machines) == _redis_identity(node, machines):
             raise table.error("redis", f"{_redact(node.redis.url)} with prefix {node.prefix!r} "
                                        f"is already used by node {other.name} (nodes sharing "
                                        "a Redis database need different prefixes)")
@@ -347,11 +350,10 @@ _WILDCARD = frozenset({"0.0.0.0", "::", ""})
 class _Address:
     """Where something listens, for telling whether two such places clash.
 
-    ``machine``: a node's own host as peers reach it, or "local" when that is
-    a loopback or wildcard address (a herd on one machine). A loopback or
-    wildcard address belongs to the machine of the node it is configured for
-    (every node of a multi-host herd may have its Redis at 127.0.0.1:6400);
-    any other address is its own machine. ``name``: "loopback" for the
+    ``machine``: where a loopback or wildcard address is, the machine of the
+    node it is configured for (see _machines: every node of a multi-host herd
+    may have its Redis at 127.0.0.1:6400); any other address is its own
+    machine. ``name``: "loopback" for the
     loopback names, "*" for a wildcard, else the host (lower case)."""
 
     __slots__ = ("host", "port", "machine", "name")
@@ -360,9 +362,9 @@ class _Address:
         self.host, self.port, self.machine, self.name = host, port, machine, name
 
     @classmethod
-    def of(cls, node: NodeConfig, host: str, port: int) -> _Address:
+    def of(cls, node_machine: str, host: str, port: int) -> _Address:
         name = _host_name(host)
-        machine = _machine(node.host) if name in ("loopback", "*") else _machine(host)
+        machine = node_machine if name in ("loopback", "*") else _machine(host)
         return cls(host, port, machine, name)
 
     def clashes(self, other: _Address) -> bool:
@@ -389,16 +391,31 @@ def _machine(host: str) -> str:
         return name
 
 
-def _listeners(node: NodeConfig) -> list[tuple[str, _Address]]:
+def _machines(nodes: dict[str, NodeConfig]) -> dict[str, str]:
+    """The machine each node runs on, as far as the config tells: its host
+    (as peers reach it), or "local" when that is loopback or a wildcard, and
+    also when a neighbour's is (links are dialled both ways, and a node
+    listening on loopback can only be dialled from its own machine)."""
+    machines = {name: _machine(node.host) for name, node in nodes.items()}
+    local = {name for name, machine in machines.items() if machine == "local"}
+    for name, node in nodes.items():
+        if name in local or any(peer in local for peer in node.peers):
+            machines[name] = "local"
+            for peer in node.peers:
+                machines[peer] = "local"
+    return machines
+
+
+def _listeners(node: NodeConfig, machines: dict[str, str]) -> list[tuple[str, _Address]]:
     """(config key, address) of each place ``node`` listens on."""
-    out = [("port", _Address.of(node, node.host, node.port))]
+    out = [("port", _Address.of(machines[node.name], node.host, node.port))]
     if node.admin is not None:
-        out.append(("admin", _Address.of(node, *node.admin)))
+        out.append(("admin", _Address.of(machines[node.name], *node.admin)))
     return out
 
 
-def _redis_identity(node: NodeConfig) -> tuple[str, str, int, int, str]:
-    redis = _Address.of(node, node.redis.host, node.redis.port)
+def _redis_identity(node: NodeConfig, machines: dict[str, str]) -> tuple[str, str, int, int, str]:
+    redis = _Address.of(machines[node.name], node.redis.host, node.redis.port)
     name = "loopback" if redis.name == "*" else redis.name  # connecting to 0.0.0.0 reaches loopback
     return redis.machine, name, redis.port, node.redis.db, node.prefix
 

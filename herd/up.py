@@ -70,6 +70,22 @@ def plan_redis_servers(config: HerdConfig) -> list[LocalRedis]:
     return plans
 
 
+def shared_keyspace(config: HerdConfig) -> str | None:
+    """Why two nodes would share one Redis database and prefix on this machine
+    (a config may allow it for nodes on separate hosts; herd up runs them all
+    here), or None."""
+    users: dict[tuple[int, int, str], str] = {}
+    for name in sorted(config.nodes):
+        node = config.nodes[name]
+        if is_local(node.redis.host):
+            key = (node.redis.port, node.redis.db, node.prefix)
+            if key in users:
+                return (f"nodes {users[key]} and {name} would share Redis port {key[0]}, database {key[1]}, "
+                        f"prefix {key[2]!r} on this machine (herd up runs every node here)")
+            users[key] = name
+    return None
+
+
 def is_local(host: str) -> bool:
     """True for ``localhost`` and loopback addresses (127.0.0.0/8, ::1)."""
     if host == "localhost":
@@ -205,6 +221,9 @@ def run_up(config_path: str, state_dir: str, log_format: str) -> int:
     for name in sorted(config.nodes):
         check_can_serve(config, name)
         tls_for(config, name)
+    problem = shared_keyspace(config)
+    if problem:
+        return fail(problem)
     redises = plan_redis_servers(config)
     exe = shutil.which("redis-server") if redises else ""
     if exe is None:

@@ -322,6 +322,15 @@ def test_a_multi_host_herd_may_use_the_same_local_ports_on_every_host(tmp_path: 
     assert "already used by node Bailey" in failure(write(tmp_path, on_one_host, "one.toml"))
 
 
+def test_a_neighbour_of_a_loopback_node_is_on_its_machine(tmp_path: Path) -> None:
+    """Review: nodes on 'myhost' and 'localhost', linked, both with Redis
+    127.0.0.1:6400 and one prefix, were accepted as two machines; a node on
+    loopback can only be dialled from its own machine."""
+    text = BASE.replace('host = "127.0.0.1"\nport = 10000', 'host = "myhost"\nport = 10000') \
+               .replace("redis://127.0.0.1:6401/0", "redis://127.0.0.1:6400/0")
+    assert "already used by node Bailey" in failure(write(tmp_path, text), "nodes.Bona.redis")
+
+
 def test_a_wildcard_clashes_with_another_loopback_address(tmp_path: Path) -> None:
     text = variant('host = "127.0.0.1"\nport = 10000', 'host = "127.0.0.2"\nport = 10000').replace(
         'host = "127.0.0.1"\nport = 10001', 'host = "0.0.0.0"\nport = 10000')

@@ -176,6 +176,23 @@ def _points_to(fd: Path, target: Path) -> bool:
 
 
 @needs_loader
+def test_up_refuses_nodes_that_would_share_a_redis_here(tmp_path: Path) -> None:
+    """Review: a multi-host config (each node's Redis at 127.0.0.1:6400 on its
+    own host) is valid, but herd up runs every node on this machine."""
+    config = tmp_path / "herd.toml"
+    config.write_text('[herd]\nsecret_env = "HERD_SECRET"\n[places]\nprovider = "offline"\n'
+                      '[nodes.A]\nhost = "10.0.0.11"\nport = 10000\nredis = "redis://127.0.0.1:6400/0"\n'
+                      'peers = ["B"]\n[nodes.B]\nhost = "10.0.0.12"\nport = 10000\n'
+                      'redis = "redis://127.0.0.1:6400/0"\npeers = []\n')
+    result = subprocess.run(herd_up(config, tmp_path / "state"), cwd=REPO, env=env_with(HERD_SECRET="s"),
+                            capture_output=True, text=True, timeout=60)
+    assert result.returncode == 1, result.stderr
+    assert result.stderr == ("herd up: nodes A and B would share Redis port 6400, database 0, prefix 'herd:' "
+                             "on this machine (herd up runs every node here)\n")
+    assert not (tmp_path / "state").exists()
+
+
+@needs_loader
 def test_up_checks_what_serve_checks_before_starting_anything(tmp_path: Path) -> None:
     config = write_config(tmp_path, {"Bailey": (free_port(), free_port())})
     text = config.read_text().replace('provider = "offline"',
