@@ -95,7 +95,7 @@ def at_least(kind: Callable[[str], float], low: float, high: float) -> Callable[
         if not math.isfinite(value) or value < low:
             raise argparse.ArgumentTypeError(f"must be at least {low:g}, got {text}")
         if value > high:
-            raise argparse.ArgumentTypeError(f"must be at most {high:g}, got {text}")
+            raise argparse.ArgumentTypeError(f"must be at most {high:,.0f}, got {text}")
         return value
 
     return convert
