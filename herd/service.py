@@ -90,6 +90,7 @@ class NodeService(MultiService):
         self._redis_address = f"{me.redis.host}:{me.redis.port}"
         self._ready_without_redis = min(READY_WITHOUT_REDIS_MAX, 3 * config.redis_timeout)
         self._places_checked = 0  # the store connection the places were last checked on
+        self._ready_anyway: Any = None  # READY=1 without Redis, once started
         self.store = RedisStore(reactor, me.redis, me.prefix.encode(), config.redis_timeout)
         self.links = PeerLinks(n.encode() for n in config.neighbours(name))
         try:
@@ -187,7 +188,7 @@ class NodeService(MultiService):
         for loop in (self._status, self._watchdog, self._skips):
             if loop.running:
                 loop.stop()
-        if self._ready_anyway.active():
+        if self._ready_anyway is not None and self._ready_anyway.active():
             self._ready_anyway.cancel()
         yield super().stopService()
         clients = [c for c in self.factory.connections if c.peer_name is None]
