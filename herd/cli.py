@@ -44,7 +44,7 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
     places = sub.add_parser("places", help="manage the offline places data set")
     places_sub = places.add_subparsers(dest="places_command", required=True, metavar="ACTION")
     load = places_sub.add_parser("load", help="load the offline data set into nodes' Redis "
-                                              "(a no-op where the same version is loaded)")
+                                              "(a no-op where the same version is loaded, whole)")
     load.add_argument("--config", required=True, metavar="FILE")
     load.add_argument("nodes", nargs="*", metavar="NODE", help="nodes to load (default: all)")
 

@@ -62,29 +62,25 @@ def load(tls: TlsConfig) -> PeerTls:
     from OpenSSL.crypto import FILETYPE_PEM
     from twisted.internet.ssl import Certificate, KeyPair, PrivateCertificate
 
-    ca = _read("tls_ca", tls.ca, Certificate.loadPEM)
-    cert_pem = _read("tls_cert", tls.cert, _checked(Certificate.loadPEM))
-    key_pem = _read("tls_key", tls.key, _checked(lambda pem: KeyPair.load(pem, FILETYPE_PEM)))
-    own = _read("tls_key", tls.key, lambda _: PrivateCertificate.loadPEM(cert_pem + b"\n" + key_pem),
-                why="does not match the certificate in tls_cert")
+    ca_pem, cert_pem, key_pem = _pem("tls_ca", tls.ca), _pem("tls_cert", tls.cert), _pem("tls_key", tls.key)
+    ca = _parse("tls_ca", tls.ca, lambda: Certificate.loadPEM(ca_pem))
+    _parse("tls_cert", tls.cert, lambda: Certificate.loadPEM(cert_pem))
+    _parse("tls_key", tls.key, lambda: KeyPair.load(key_pem, FILETYPE_PEM))
+    own = _parse("tls_key", tls.key, lambda: PrivateCertificate.loadPEM(cert_pem + b"\n" + key_pem),
+                 why="does not match the certificate in tls_cert")
     return PeerTls(own.options(ca), ca, own)
 
 
-def _checked(parse: Any) -> Any:
-    """``parse`` the PEM for its errors; give back the PEM itself."""
-    def check(pem: bytes) -> bytes:
-        parse(pem)
-        return pem
-    return check
-
-
-def _read(key: str, path: str, parse: Any, why: str | None = None) -> Any:
+def _pem(key: str, path: str) -> bytes:
     try:
-        pem = Path(path).read_bytes()
+        return Path(path).read_bytes()
     except OSError as err:
         raise TlsFileError(key, path, err.strerror or str(err)) from None
+
+
+def _parse(key: str, path: str, parse: Any, why: str | None = None) -> Any:
     try:
-        return parse(pem)
+        return parse()
     except Exception as err:  # OpenSSL's and Twisted's errors; the message says which
         raise TlsFileError(key, path, why or f"not usable ({_reason(err)})") from None
 
