@@ -10,6 +10,8 @@ read.
 
 from __future__ import annotations
 
+import socket
+from collections import Counter
 from typing import Any, NamedTuple
 
 from twisted.internet.defer import inlineCallbacks
@@ -41,6 +43,42 @@ def read_node(reactor: Any, node: NodeConfig, timeout: float) -> Any:
                 return records
     finally:
         yield store.stop()
+
+
+def is_this_machine(host: str) -> bool:
+    """Whether ``host`` names an address of this machine (one it can bind)."""
+    try:
+        addresses = socket.getaddrinfo(host, None, type=socket.SOCK_STREAM)
+    except OSError:
+        return False
+    for family, kind, _, _, address in addresses:
+        with socket.socket(family, kind) as probe:
+            try:
+                probe.bind((address[0], 0))
+            except OSError:
+                continue
+            return True
+    return False
+
+
+def unreachable_here(config: HerdConfig) -> dict[str, str]:
+    """Nodes whose Redis this machine cannot tell apart: a loopback URL on the
+    node's own host (docs/OPERATIONS.md: every node at 127.0.0.1:6400) that
+    another node's URL shares, read from here. Reading them would read one
+    local Redis once per node and call the herd in agreement. Node name -> why.
+    (A loopback URL of its own, e.g. an SSH tunnel's port, is read.)"""
+    from config.loader import redis_on_other_machines
+
+    elsewhere = {name: host for name, host in redis_on_other_machines(config).items()
+                 if not is_this_machine(host)}
+    users = Counter(_keyspace(node) for node in config.nodes.values() if is_this_machine(node.redis.host))
+    return {name: f"its Redis {config.nodes[name].redis.host}:{config.nodes[name].redis.port} is on the "
+                  f"loopback of its host {host}, not of this machine"
+            for name, host in elsewhere.items() if users[_keyspace(config.nodes[name])] > 1}
+
+
+def _keyspace(node: NodeConfig) -> tuple[int, int, str]:
+    return node.redis.port, node.redis.db, node.prefix
 
 
 def differences(states: dict[str, dict[bytes, Held]]) -> list[bytes]:
@@ -85,11 +123,13 @@ def gather(reactor: Any, config: HerdConfig) -> Any:
     """Deferred firing with (states, unreadable) for every node of ``config``."""
     from twisted.internet.defer import DeferredList
 
-    names = sorted(config.nodes)
+    elsewhere = unreachable_here(config)
+    names = sorted(set(config.nodes) - set(elsewhere))
     reads = [read_node(reactor, config.nodes[n], config.redis_timeout) for n in names]
 
     def split(results: list[tuple[bool, Any]]) -> tuple[dict[str, Any], dict[str, str]]:
-        states, unreadable = {}, {}
+        states: dict[str, Any] = {}
+        unreadable = dict(elsewhere)
         for name, (ok, value) in zip(names, results, strict=True):
             if ok:
                 states[name] = value

@@ -173,9 +173,11 @@ class NodeService(MultiService):
             b"node": self.node.name, b"pid": os.getpid(), b"started": f"{stats.started:.3f}",
             b"updated": f"{time.time():.3f}", b"requests": stats.total_requests,
             b"links_up": b",".join(self.links.up()), b"neighbours": b",".join(sorted(self.links.neighbours)),
-            b"last_update": f"{stats.last_update:.3f}", b"flood_in": stats.flood_in,
-            b"flood_out": self.links.flooded, b"syncs": self.node.reconciler.runs,
+            b"flood_in": stats.flood_in, b"flood_out": self.links.flooded,
+            b"syncs": self.node.reconciler.runs,
         }
+        if stats.last_update:  # else Redis keeps the last one of an earlier run
+            fields[b"last_update"] = f"{stats.last_update:.3f}"
         args = [x for pair in fields.items() for x in pair]
         self.store.call("execute_command", "HSET", self.store.keys.status, *args).addErrback(lambda _: None)
 

@@ -17,6 +17,7 @@ from typing import Any
 from twisted.internet.defer import DeferredList, inlineCallbacks
 
 from config.schema import HerdConfig
+from herd.check import unreachable_here
 from storage.store import RedisStore
 
 STALE_AFTER = 3.0  # seconds without a status write before a node counts as down
@@ -117,23 +118,27 @@ class HerdReader:
     def __init__(self, reactor: Any, config: HerdConfig):
         self._reactor = reactor
         self._config = config
+        self._elsewhere = unreachable_here(config)  # read as unreadable, never connected to
         self._stores = {
             name: RedisStore(reactor, node.redis, node.prefix.encode(), min(config.redis_timeout, 2.0))
-            for name, node in sorted(config.nodes.items())
+            for name, node in sorted(config.nodes.items()) if name not in self._elsewhere
         }
         for store in self._stores.values():
             store.start()
 
     def read(self) -> Any:
         """Deferred list of NodeView, one per node, in name order."""
-        return DeferredList([self._read(name, store) for name, store in self._stores.items()]).addCallback(
+        names = sorted(self._config.nodes)
+        return DeferredList([self._read(name, self._stores.get(name)) for name in names]).addCallback(
             lambda results: [view for _, view in results])
 
     @inlineCallbacks
-    def _read(self, name: str, store: RedisStore) -> Any:
+    def _read(self, name: str, store: RedisStore | None) -> Any:
         node = self._config.nodes[name]
         address = f"{node.host}:{node.port}"
         try:
+            if store is None:
+                raise RuntimeError(self._elsewhere[name])
             status = yield store.call("hgetall", store.keys.status)
             summary = yield store.call("hgetall", store.keys.summary)
         except Exception as err:

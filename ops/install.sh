@@ -504,6 +504,7 @@ elif [ ! -d /run/systemd/system ]; then
     [ "$SOCKET" = 0 ] || sock=" herd@$node.socket"
     note "  systemctl daemon-reload && systemctl enable --now herd-redis@$node$sock herd@$node"
   done
+  note "  systemctl enable herd.target"
 else
   run systemctl daemon-reload
   if [ "$DISABLE_DEFAULT_REDIS" = 1 ]; then
@@ -519,8 +520,9 @@ else
     restart=0
     if active "$node_unit" && [ "$node_restart" = 1 ]; then restart=1; fi
     if active "$redis_unit" && [ "${REDIS_CHANGED[$node]}" = 1 ]; then
-      run systemctl restart "$redis_unit"  # restarts the node too (Requires=)
-      restart=0
+      # The node (Wants=, not Requires=) stays up and reconnects by itself; it
+      # is restarted below only for new code, config or units.
+      run systemctl restart "$redis_unit"
     fi
     run systemctl enable --now "$redis_unit"
     if [ "$SOCKET" = 1 ] && { ! active "$sock_unit" || [ "${SOCKET_CHANGED[$node]}" = 1 ]; }; then

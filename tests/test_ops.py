@@ -233,6 +233,19 @@ def test_dry_run_prints_every_step_and_changes_nothing(tmp_path: Path) -> None:
     assert "HERD_SECRET=" not in out  # the secret never is
 
 
+@pytest.mark.skipif(Path("/run/systemd/system").exists(), reason="systemd runs here")
+def test_without_systemd_every_skipped_systemctl_command_is_printed() -> None:
+    result = install("--dry-run", "--config", REPO / "config/herd.toml", "Bailey", "Bona")
+    assert result.returncode == 0, result.stdout + result.stderr
+    notes = [line.removeprefix("install: note:   ") for line in result.stdout.splitlines()
+             if line.startswith("install: note:   systemctl")]
+    assert notes == [
+        "systemctl daemon-reload && systemctl enable --now herd-redis@Bailey herd@Bailey",
+        "systemctl daemon-reload && systemctl enable --now herd-redis@Bona herd@Bona",
+        "systemctl enable herd.target",
+    ]
+
+
 def test_install_into_a_prefix(tmp_path: Path) -> None:
     prefix = tmp_path / "root"
     installed(prefix, "--socket", "Bailey")

@@ -54,6 +54,25 @@ def test_status_once_shows_nodes_links_and_agreement(tmp_path: Path) -> None:
         herd.stop()
 
 
+def test_last_update_age_survives_a_restart(tmp_path: Path) -> None:
+    herd = Herd(tmp_path, {"A": []}).start()
+    node = herd["A"]
+    try:
+        talk(node.port, "IAMAT s1 +1+1 1700000000")
+        wait_until(lambda: node.redis.hgetall("herd:status").get(b"last_update", b"0") != b"0",
+                   what="last update published")
+        before = node.redis.hgetall("herd:status")
+        node.kill()
+        node.start()
+        wait_until(lambda: node.redis.hgetall("herd:status")[b"started"] != before[b"started"],
+                   what="restarted node publishing")
+        assert node.redis.hgetall("herd:status")[b"last_update"] == before[b"last_update"]
+        row = next(r for r in status_once(herd).stdout.splitlines() if r.startswith("A "))
+        assert "s ago" in row and "never" not in row, row
+    finally:
+        herd.stop()
+
+
 def test_render_flags_disagreement_and_unreadable_nodes() -> None:
     config = load_config(REPO / "config" / "herd.toml")
     now = time.time()
