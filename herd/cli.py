@@ -23,7 +23,7 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
     serve.add_argument("name", metavar="NAME", help="node name from the config")
     serve.add_argument("--config", required=True, metavar="FILE")
     serve.add_argument("--log-format", choices=("text", "json"), default=None,
-                       help="log format on stdout (default: text; json under systemd)")
+                       help="log format on stdout (default: text; the systemd unit asks for json)")
 
     up = sub.add_parser("up", help="run a whole herd on this machine, with its Redis servers")
     up.add_argument("--config", required=True, metavar="FILE")

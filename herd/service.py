@@ -230,8 +230,7 @@ def serve(name: str, config_path: str, log_format: str | None, activation: str |
 
     from herd.logs import start_logging
 
-    under_systemd = "INVOCATION_ID" in os.environ or "JOURNAL_STREAM" in os.environ
-    start_logging(name, log_format or ("json" if under_systemd else "text"), reactor)
+    start_logging(name, log_format or "text", reactor)  # SPEC: text unless asked (the unit asks)
     raise_file_limit(config.max_connections + 256)
     service = NodeService(config, name, reactor, config.secret(), activation)
     try:

@@ -181,7 +181,8 @@ def test_sigterm_lets_in_flight_replies_finish(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize("how", ["flag", "systemd"])
 def test_json_logs_are_one_object_per_line(tmp_path: Path, how: str) -> None:
-    """JSON with --log-format json, and by default when systemd runs the node."""
+    """JSON with --log-format json; text without it, even in a systemd
+    service's environment (SPEC: text by default; the unit asks for JSON)."""
     import json
     import subprocess
 
@@ -197,13 +198,19 @@ def test_json_logs_are_one_object_per_line(tmp_path: Path, how: str) -> None:
             stdout=out,
             stderr=subprocess.STDOUT,
             env=env_with(HERD_SECRET=herd.secret, GOOGLE_PLACES_KEY="k",
-                         **({"INVOCATION_ID": "0123456789abcdef"} if how == "systemd" else {})),
+                         **({"INVOCATION_ID": "0123456789abcdef", "JOURNAL_STREAM": "8:1234"}
+                            if how == "systemd" else {})),
         )
     try:
         wait_until(lambda: port_open(herd["Solo"].port), what="listening")
         talk(herd["Solo"].port, "IAMAT json.client +1+1 1700000000")
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(timeout=15) == 0
+        if how == "systemd":
+            lines = log_path.read_text().splitlines()
+            assert lines and not any(line.startswith("{") for line in lines), lines[:3]
+            assert any(" [Solo] info: " in line and "recv IAMAT json.client" in line for line in lines)
+            return
         records = [json.loads(line) for line in log_path.read_text().splitlines()]
         assert all({"time", "node", "level", "message", "namespace"} <= set(r) for r in records)
         messages = [r["message"] for r in records]

@@ -136,7 +136,8 @@ def test_node_unit_settings() -> None:
         "Service.Type": ["notify"],
         "Service.NotifyAccess": ["main"],
         "Service.WatchdogSec": ["30s"],
-        "Service.ExecStart": ["/opt/herd/.venv/bin/herd serve %i --config /etc/herd/herd.toml"],
+        "Service.ExecStart": [
+            "/opt/herd/.venv/bin/herd serve %i --config /etc/herd/herd.toml --log-format json"],
         "Service.EnvironmentFile": ["/etc/herd/herd.env"],
         "Service.Restart": ["on-failure"],
         "Service.User": ["herd"],
