@@ -360,13 +360,13 @@ class PeerDialer(PeerEndpointMixin, LineProtocol):
     def _start_handshake(self) -> None:
         self._timer = self._clock.callLater(HANDSHAKE_TIMEOUT, self._refuse, b"(no answer)")
         if self._tls_options is not None:
-            self.transport.write(tls.STARTTLS + b"\n")
+            self.send_line(tls.STARTTLS)  # logged like every line sent, handshake included
         else:
             self._hello()
 
     def _hello(self) -> None:
         hello = (auth.HELLO, self._own, self._peer, self._nonce, auth.PROTOCOL)
-        self.transport.write(b" ".join(hello) + b"\n")
+        self.send_line(b" ".join(hello))
 
     def connectionLost(self, reason: Any = None) -> None:
         why = reason.getErrorMessage() if reason else ""
@@ -381,8 +381,8 @@ class PeerDialer(PeerEndpointMixin, LineProtocol):
         log.info("{who} connection closed ({why})", who=self.who, why=why)
 
     def line_received(self, line: bytes) -> None:
+        logs.wire(self.who, "recv", line)
         if self.peer_name is not None:
-            logs.wire(self.who, "recv", line)
             self.peer_line(line)
             return
         words = line.split()
@@ -411,7 +411,7 @@ class PeerDialer(PeerEndpointMixin, LineProtocol):
         if not auth.verify(expected, mac_l):
             return False
         mac_d = auth.mac(self._secret, b"dialler", self._own, self._peer, self._nonce, nonce_l)
-        self.transport.write(b"%s %s\n" % (auth.AUTH, mac_d))
+        self.send_line(b"%s %s" % (auth.AUTH, mac_d))
         self._sent_auth = True
         return True
 

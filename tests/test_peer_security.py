@@ -115,3 +115,20 @@ def test_hello_from_unknown_or_unlinked_node_is_refused(node_a: Herd) -> None:
     wire.close()
     time.sleep(0.2)
     assert "link up" not in node_a["A"].log()
+
+
+def test_both_ends_log_every_handshake_line_and_never_the_secret(tmp_path: Path) -> None:
+    """SPEC: every line received and sent is logged, the secret never is."""
+    herd = Herd(tmp_path, {"A": ["B"], "B": []}).start()
+    try:
+        herd.wait_links()
+        dialled = ("sent HERD-HELLO", "recv HERD-CHALLENGE", "sent HERD-AUTH", "recv HERD-OK")
+        accepted = ("recv HERD-HELLO", "sent HERD-CHALLENGE", "recv HERD-AUTH", "sent HERD-OK")
+        for name, peer in (("A", "B"), ("B", "A")):  # both dial: each log has both sides
+            wait_until(lambda name=name, peer=peer: all(  # type: ignore[misc]
+                f"peer {peer} (dialled) {line}" in herd[name].log() for line in dialled),
+                what=f"{name}'s dialled handshake in its log")
+            assert all(f" {line}" in herd[name].log() for line in accepted), herd[name].log()
+            assert SECRET not in herd[name].log()
+    finally:
+        herd.stop()
