@@ -39,8 +39,10 @@
 --                      are in my log up to pos").
 -- A record with an empty AT line only advances the chain (a peer saying "my
 -- log moved on to pos with updates that came from you").
--- Positions: Redis GEO itself decides which latitudes it can index; a client
--- it refuses is kept out of the GEO set (its hash is complete).
+-- Positions: a client whose latitude is beyond +-85.05112878 (Redis GEO's
+-- limit), compared exactly as decimal text, is kept out of the GEO set (its
+-- hash is complete); Redis itself would round the number to a double first
+-- and index +85.0511287800000000000001.
 -- Returns one string: per record a line "stored|<epoch>/<log id>|advanced|previous"
 -- (stored and advanced 1/0; empty position fields when not stored), where
 -- previous is the id of the log entry just before this one ("0-0" for the
@@ -168,6 +170,22 @@ local function advance_offset(peer, chain_epoch, prev, pos, meta)
   return 1
 end
 
+local GEO_LAT_WHOLE, GEO_LAT_FRACTION = 85, '05112878'
+
+local function geo_latitude(lat)  -- |lat| <= 85.05112878 exactly ("+85.0500", "-007.5")
+  local whole, fraction = string.match(lat, '^[+-](%d+)%.?(%d*)$')
+  if not whole then return true end  -- not the AT line grammar: GEOADD decides
+  whole = tonumber(whole)
+  if whole ~= GEO_LAT_WHOLE then return whole < GEO_LAT_WHOLE end
+  local limit = GEO_LAT_FRACTION
+  if #fraction < #limit then
+    fraction = fraction .. string.rep('0', #limit - #fraction)
+  else
+    limit = limit .. string.rep('0', #fraction - #limit)
+  end
+  return fraction <= limit  -- equal lengths of digits: text order is number order
+end
+
 local function parse_meta(text)  -- 6 fields, then the holds (if any)
   local a, b, c, d, e, f, rest = string.match(text,
     '^([^\n]*)\n([^\n]*)\n([^\n]*)\n([^\n]*)\n([^\n]*)\n([^\n]*)(.*)$')
@@ -195,8 +213,8 @@ for base = 3, #ARGV, 2 do
       update_summary(held[2], at)
       redis.call('HSET', key, 'at', at, 'server', server, 'skew', skew, 'location', location,
                  'lat', lat, 'lon', lon, 'time', time)
-      local geo = redis.pcall('GEOADD', KEYS[1], lon, lat, id)
-      if type(geo) == 'table' and geo.err then  -- beyond Redis GEO's latitudes
+      local geo = geo_latitude(lat) and redis.pcall('GEOADD', KEYS[1], lon, lat, id)
+      if not geo or (type(geo) == 'table' and geo.err) then  -- beyond Redis GEO's latitudes
         redis.call('ZREM', KEYS[1], id)
       end
       local previous = previous_id()
