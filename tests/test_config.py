@@ -146,11 +146,13 @@ prefix = "bona:\"""",
 
 
 @pytest.mark.parametrize(
-    "url, db", [("redis://h:1", 0), ("redis://h:1/", 0), ("redis://h.example.org:65535/15", 15)]
+    "url, port, db", [("redis://h:1", 1, 0), ("redis://h:1/", 1, 0),
+                      ("redis://h.example.org:65535/15", 65535, 15),
+                      ("redis://127.0.0.1", 6379, 0), ("redis://[::1]/2", 6379, 2)]
 )
-def test_good_redis_urls(tmp_path: Path, url: str, db: int) -> None:
+def test_good_redis_urls(tmp_path: Path, url: str, port: int, db: int) -> None:
     cfg = load_config(write(tmp_path, variant("redis://127.0.0.1:6400/0", url)))
-    assert cfg.nodes["Bailey"].redis.db == db
+    assert (cfg.nodes["Bailey"].redis.port, cfg.nodes["Bailey"].redis.db) == (port, db)
     assert cfg.nodes["Bailey"].redis.url == url
 
 
@@ -352,7 +354,7 @@ def test_same_port_on_other_hosts_is_fine(tmp_path: Path) -> None:
     "url",
     [
         "http://127.0.0.1:6400/0",
-        "redis://127.0.0.1",
+        "redis://127.0.0.1:",
         "redis://127.0.0.1:abc",
         "redis://127.0.0.1:0",
         "redis://127.0.0.1:65536",
