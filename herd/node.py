@@ -270,7 +270,7 @@ class Node:
         elif kind == SYNC:
             self.reconciler.serve(peer, conn, rest.strip())
         elif kind == SYNC_END:
-            self.reconciler.sync_end(peer, rest.strip())
+            self.reconciler.sync_end(peer, conn, rest.strip())
         elif kind == PULL:
             self.reconciler.pull(peer, conn)
         else:

@@ -81,6 +81,7 @@ class Reconciler:
         self._last_gap_pull: dict[bytes, float] = {}
         self._gap_timers: dict[bytes, Any] = {}
         self._pulling: dict[bytes, PeerConnection] = {}  # peer -> connection our SYNC went on
+        self._serving: set[PeerConnection] = set()  # connections whose SYNC is being answered
         self._failed: set[bytes] = set()  # peers whose current pull lost a record
         self._interval: dict[bytes, float] = {}  # per peer, when longer than GAP_PULL_INTERVAL
         self._since: dict[bytes, Position | None] = {}  # per peer, the offset its last pull began at
@@ -149,14 +150,14 @@ class Reconciler:
         if peer not in self._pulling:
             self.gap(peer, conn)
 
-    def sync_end(self, peer: bytes, token: bytes) -> None:
+    def sync_end(self, peer: bytes, conn: PeerConnection, token: bytes) -> None:
         """The answer to our SYNC is complete (``SYNC-END -``: the peer could not
         finish it). Its records may still wait for Redis in the store's queue:
         the offset write joins that queue behind them, so it lands only if they
         were all stored, and before the live updates the peer chains on it."""
-        conn, position = self._pulling.get(peer), Position.parse(token)
-        if conn is None:
-            return  # not an answer to a pull of ours (its connection was lost)
+        position = Position.parse(token)
+        if self._pulling.get(peer) is not conn:
+            return  # not an answer to a pull of ours on this connection
         if position is None or peer in self._failed:
             self._pulled(peer, conn, None)
             return
@@ -191,18 +192,37 @@ class Reconciler:
         log.error("pull from {peer} failed: {why}", peer=peer.decode(), why=failure.getErrorMessage())
 
     def _connection_lost(self, peer: bytes, conn: PeerConnection, other: PeerConnection | None) -> None:
+        """Pull on the link's other connection: the pull under way on this one,
+        or updates that were in flight on it (otherwise only the peer's next
+        update, arriving with a gap, would bring them)."""
+        self._serving.discard(conn)
         if self._pulling.get(peer) is conn:
             del self._pulling[peer]
             if other is not None:
                 self.pull(peer, other)
+        elif other is not None:
+            self.gap(peer, other)
 
     # -- serving: answering a peer's SYNC -------------------------------
 
-    def serve(self, peer: bytes, conn: PeerConnection, rest: bytes) -> Deferred[Any]:
+    def serve(self, peer: bytes, conn: PeerConnection, rest: bytes) -> Deferred[Any] | None:
         """Answer ``SYNC <position> [ALL]``: records after the peer's position
-        (leaving out updates that came from it, unless ALL), then SYNC-END."""
+        (leaving out updates that came from it, unless ALL), then SYNC-END. One
+        answer at a time per connection: a peer pulls once and waits for
+        SYNC-END, so another SYNC meanwhile is ignored (each could be a full
+        dump queued in memory)."""
+        if conn in self._serving:
+            log.warn("peer {peer} sent SYNC while its last one is being answered; ignored",
+                     peer=peer.decode())
+            return None
+        self._serving.add(conn)
         token, _, flag = rest.partition(b" ")
-        return self._serve(peer, conn, Position.parse(token), b"" if flag.strip() == ALL else peer)
+        d = self._serve(peer, conn, Position.parse(token), b"" if flag.strip() == ALL else peer)
+        return d.addBoth(self._served, conn)
+
+    def _served(self, result: Any, conn: PeerConnection) -> Any:
+        self._serving.discard(conn)
+        return result
 
     @inlineCallbacks
     def _serve(self, peer: bytes, conn: PeerConnection, since: Position | None, leave_out: bytes) -> Any:

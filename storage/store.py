@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import itertools
 import math
+import re
 from collections import deque
 from collections.abc import Callable
 from importlib import resources
@@ -71,11 +72,14 @@ class Position(NamedTuple):
 
     @classmethod
     def parse(cls, token: bytes) -> Position | None:
+        """A position from the wire: ``<epoch>/<ms>-<seq>`` (a stream id), else
+        None; never ANY_POSITION, which only the node itself uses."""
         epoch, slash, entry = token.partition(b"/")
-        return cls(epoch, entry) if slash and epoch and entry else None
+        return cls(epoch, entry) if slash and epoch and _STREAM_ID.fullmatch(entry) else None
 
 
 ANY_POSITION = b"*"  # as a chain's prev: move the offset to pos wherever it stands
+_STREAM_ID = re.compile(rb"[0-9]{1,20}-[0-9]{1,20}")  # a Redis stream entry id
 
 
 class Chain(NamedTuple):

@@ -42,7 +42,7 @@ class PullAgain(unittest.TestCase):
     @inlineCallbacks
     def end(self, token: bytes) -> Any:
         """SYNC-END: settled once its offset write, queued behind the records before it, is answered."""
-        self.reconciler.sync_end(b"P", token)
+        self.reconciler.sync_end(b"P", self.conn, token)
         yield deferLater(reactor, 0.2, lambda: None)
 
     @inlineCallbacks
@@ -65,7 +65,7 @@ class PullAgain(unittest.TestCase):
         assert self.redis.hgetall("herd:peer:P") == {b"epoch": b"E", b"pos": b"5-0"}
         self.reconciler.pull(b"P", self.conn)  # from E/5-0
         assert (yield self.syncs_sent()) == [b"SYNC E/5-0"]
-        self.reconciler.sync_end(b"P", b"E/9-0")  # the offset write is queued ...
+        self.reconciler.sync_end(b"P", self.conn, b"E/9-0")  # the offset write is queued ...
         self.reconciler.record_lost(b"P", self.conn)  # ... and a record fails before it is answered
         yield deferLater(reactor, 0.2, lambda: None)
         assert self.redis.hgetall("herd:peer:P") == {b"epoch": b"E", b"pos": b"5-0"}  # where the pull began
@@ -114,7 +114,7 @@ class OffsetInOrder(unittest.TestCase):
         answer = [self.store.store_if_newer(record(i), tie_break=True, source=b"P") for i in range(20_000)]
         for d in answer:
             d.addErrback(lambda _: self.reconciler.record_lost(b"P", self.conn))
-        self.reconciler.sync_end(b"P", b"E/5-0")  # right behind its records
+        self.reconciler.sync_end(b"P", self.conn, b"E/5-0")  # right behind its records
         yield deferLater(reactor, 0.05, lambda: None)
         self.redis.kill()  # while most of the answer still waits in the node
         yield DeferredList(answer, consumeErrors=True)

@@ -1,0 +1,111 @@
+"""What an authenticated peer's bad or repeated messages must not do (found by
+a black-box audit of the peer protocol): move offsets with positions no log
+has, end a pull from another connection, queue a full dump per repeated SYNC,
+or leave updates that were in flight on a lost connection for the next one."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+from harness import redis_with_store
+from test_peers import Conn
+from twisted.internet import reactor
+from twisted.internet.defer import inlineCallbacks
+from twisted.internet.task import Clock, deferLater
+from twisted.trial import unittest
+
+from herd.node import Node
+from herd.peers import PeerLinks
+from herd.protocol import parse_at_line
+from herd.reconcile import GAP_PULL_INTERVAL, Reconciler
+from storage.store import Position
+
+
+@pytest.mark.parametrize("token, position", [
+    (b"E/1-0", Position(b"E", b"1-0")),
+    (b"1796031718.775468/1796031724054-12", Position(b"1796031718.775468", b"1796031724054-12")),
+    (b"E/*", None),  # the node's own "anywhere" sentinel
+    (b"E/garbage", None),
+    (b"E/1-", None),
+    (b"E/-1-0", None),
+    (b"E/123456789012345678901-0", None),
+    (b"/1-0", None),
+    (b"E", None),
+    (b"-", None),
+])
+def test_positions_from_the_wire_are_stream_ids(token: bytes, position: Position | None) -> None:
+    assert Position.parse(token) == position
+
+
+def wait() -> Any:
+    return deferLater(reactor, 0.2, lambda: None)
+
+
+class Reconciling(unittest.TestCase):
+    def setUp(self) -> None:
+        self.redis, self.store = redis_with_store(self, "herd-robust-")
+        self.clock = Clock()
+        self.links = PeerLinks([b"P"])
+        self.reconciler = Reconciler(self.store, self.links, self.clock)
+        self.a, self.b = Conn(), Conn()
+
+    def offset(self) -> dict[bytes, bytes]:
+        return self.redis.hgetall("herd:peer:P")
+
+    @inlineCallbacks
+    def test_sync_end_counts_only_on_the_connection_the_pull_went_on(self) -> Any:
+        self.links.add(b"P", self.a, "test")  # link up: a pull on a
+        yield wait()
+        assert [line for line in self.a.take() if line.startswith(b"SYNC")] == [b"SYNC - ALL"]
+        self.links.add(b"P", self.b, "test")
+        self.reconciler.sync_end(b"P", self.b, b"E/5-0")
+        yield wait()
+        assert self.offset() == {} and self.reconciler.is_pulling(b"P")
+        self.reconciler.sync_end(b"P", self.a, b"E/5-0")
+        yield wait()
+        assert self.offset() == {b"epoch": b"E", b"pos": b"5-0"}
+
+    @inlineCallbacks
+    def test_one_sync_answer_at_a_time_per_connection(self) -> Any:
+        self.links.add(b"P", self.a, "test")
+        first = self.reconciler.serve(b"P", self.a, b"-")
+        assert first is not None
+        assert self.reconciler.serve(b"P", self.a, b"-") is None  # while the first is answered
+        yield first
+        assert len([line for line in self.a.take() if line.startswith(b"SYNC-END ")]) == 1  # one answer
+        again = self.reconciler.serve(b"P", self.a, b"-")  # the next SYNC, once it ended
+        assert again is not None
+        yield again
+        assert len([line for line in self.a.take() if line.startswith(b"SYNC-END ")]) == 1
+
+    @inlineCallbacks
+    def test_losing_one_of_two_connections_pulls_on_the_other(self) -> Any:
+        self.links.add(b"P", self.a, "test")
+        yield wait()
+        self.reconciler.sync_end(b"P", self.a, b"E/5-0")
+        yield wait()
+        self.links.add(b"P", self.b, "test")
+        self.links.remove(b"P", self.a)  # updates in flight on a: gone with it
+        self.clock.advance(GAP_PULL_INTERVAL)
+        yield wait()
+        assert [line for line in self.b.take() if line.startswith(b"SYNC")] == [b"SYNC E/5-0"]
+
+
+class PeerLines(unittest.TestCase):
+    def setUp(self) -> None:
+        self.redis, self.store = redis_with_store(self, "herd-robust-node-")
+        self.links = PeerLinks([b"P"])
+        self.node = Node(b"A", self.store, None, self.links, reactor)  # type: ignore[arg-type]
+        self.conn = Conn()
+
+    @inlineCallbacks
+    def test_a_k_or_u_line_with_positions_no_log_has_moves_no_offset(self) -> Any:
+        yield self.store.set_peer_offset(b"P", Position(b"E", b"5-0"))
+        record = parse_at_line(b"AT P +0.000000001 c +1+1 1700000000")
+        assert record is not None
+        for line in (b"K E/* E/garbage", b"K E/5-0 E/garbage", b"K E/* E/99-0",
+                     b"U E/* E/6-0 " + record.line, b"U E/5-0 E/x " + record.line):
+            self.node.peer_line(line, b"P", self.conn)  # type: ignore[arg-type]
+        yield wait()
+        assert self.redis.hgetall("herd:peer:P") == {b"epoch": b"E", b"pos": b"5-0"}
