@@ -31,6 +31,7 @@ PROVIDERS = ("offline", "google", "google-new")
 MAX_LINE_BYTES = 1 << 20  # a client line limit above a peer link's own would be meaningless
 REDIS_URL_FORM = "redis://[:password@]host[:port][/db]"
 REDIS_DEFAULT_PORT = 6379  # as redis-cli and Redis URLs elsewhere
+MAX_NODE_NAME_BYTES = 256  # the AT line's server field (herd.protocol refuses longer ones)
 
 _BARE_KEY = re.compile(r"[A-Za-z0-9_-]+\Z")
 _ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*\Z")
@@ -223,9 +224,10 @@ def _nodes(root: _Table) -> dict[str, NodeConfig]:
     if not nodes.data:
         raise nodes.error(None, "empty: a herd needs at least one [nodes.NAME] table")
     for name in nodes.data:
-        if not name or not name.isprintable() or any(c.isspace() for c in name):
+        if (not name or not name.isprintable() or any(c.isspace() for c in name)
+                or len(name.encode()) > MAX_NODE_NAME_BYTES):
             raise nodes.error(name, "bad node name (it must be non-empty, printable, "
-                                    "with no white space)")
+                                    f"with no white space, at most {MAX_NODE_NAME_BYTES} bytes)")
     built = {name: _node(nodes.table(name), name, tuple(nodes.data)) for name in nodes.data}
     machines = _machines(built)
     checked: dict[str, NodeConfig] = {}

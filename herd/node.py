@@ -12,7 +12,9 @@ Contracts:
 
 from __future__ import annotations
 
+import time
 from collections import deque
+from collections.abc import Callable
 from typing import Any, NamedTuple
 
 from twisted.internet.defer import Deferred, inlineCallbacks, succeed
@@ -52,6 +54,10 @@ SCAN_COUNT = 1000  # clients per Redis call while loading their times
 # node's memory (about 2 KB a record, parsed and queued).
 BACKLOG_HIGH = 20_000
 BACKLOG_LOW = 5_000
+# A peer's record is refused when its client-time is further ahead of this
+# node's clock than the IAMAT bound plus this much (hosts' clocks differ a
+# little; a time years ahead would pin that client herd-wide for good).
+PEER_CLOCK_SLACK_NS = 300 * 1_000_000_000
 
 
 class Origin(NamedTuple):
@@ -65,9 +71,12 @@ def refusal(line: bytes) -> bytes:
 
 class Node:
     def __init__(self, name: bytes, store: RedisStore, places: PlacesProvider, links: PeerLinks,
-                 clock: IReactorTime, stats: Stats | None = None):
+                 clock: IReactorTime, stats: Stats | None = None, max_future_ns: int | None = None,
+                 clock_ns: Callable[[], int] = time.time_ns):
         self.name = name
         self._clock = clock
+        self._peer_time_limit = None if max_future_ns is None else max_future_ns + PEER_CLOCK_SLACK_NS
+        self._clock_ns = clock_ns
         self._refusals = Throttle(clock, self._refusals_left_out)
         self.stats = stats or Stats()
         self.store = store
@@ -319,6 +328,9 @@ class Node:
         record = parse_at_line(at_line)
         if record is None:
             self._malformed(peer, "a malformed record", at_line)
+            return
+        if self._peer_time_limit is not None and record.time.ns > self._clock_ns() + self._peer_time_limit:
+            self._malformed(peer, "a record whose client-time is too far ahead of this node's clock", at_line)
             return
         self.stats.flood_in += 1
         d = self._take(record, peer, chain, unconfirmed)

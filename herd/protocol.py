@@ -18,6 +18,7 @@ from typing import Any, NamedTuple
 
 NS_PER_S = 1_000_000_000
 MAX_CLIENT_ID_BYTES = 256
+MAX_NODE_NAME_BYTES = 256  # as config.loader allows
 # Redis GEO indexes latitudes only within this band (EPSG:3857 limits).
 GEO_LAT_LIMIT = Decimal("85.05112878")
 
@@ -214,9 +215,21 @@ def parse_at_line(line: bytes) -> AtRecord | None:
         or client_time is None
         or _SKEW_RE.fullmatch(skew) is None
         or len(client_id) > MAX_CLIENT_ID_BYTES
+        or not _is_node_name(server)
     ):
         return None
     return AtRecord(server, skew, client_id, location, client_time)
+
+
+def _is_node_name(server: bytes) -> bool:
+    """What a config allows as a node name (config.loader): printable UTF-8,
+    no white space, at most MAX_NODE_NAME_BYTES."""
+    if len(server) > MAX_NODE_NAME_BYTES:
+        return False
+    try:
+        return server.decode().isprintable()
+    except UnicodeDecodeError:
+        return False
 
 
 def squeeze_newlines(text: str) -> str:

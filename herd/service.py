@@ -97,7 +97,8 @@ class NodeService(MultiService):
             places = build_places(config.places, reactor, self.store)
         except ConfigError as err:  # the provider names the key; say which file
             raise ConfigError(f"{config.path}: {err}") from None
-        self.node = Node(name.encode(), self.store, places, self.links, reactor, Stats())
+        self.node = Node(name.encode(), self.store, places, self.links, reactor, Stats(),
+                         max_future_ns=config.max_future_seconds * 1_000_000_000)
         self.store.observe = self.node.stats.observe_redis
         peer_tls = tls_for(config, name)
         self.factory = NodeConnectionFactory(

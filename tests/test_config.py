@@ -240,7 +240,8 @@ def test_node_not_a_table(tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize(
-    "name, shown", [('"Bad Name"', '"Bad Name"'), ('""', '""'), ('"tab\\there"', '"tab\\there"')]
+    "name, shown", [('"Bad Name"', '"Bad Name"'), ('""', '""'), ('"tab\\there"', '"tab\\there"'),
+                    ('"' + "N" * 257 + '"', "N" * 257)]
 )
 def test_bad_node_name(tmp_path: Path, name: str, shown: str) -> None:
     path = write(tmp_path, variant("[nodes.Bona]", f"[nodes.{name}]").replace('"Bona"', name))

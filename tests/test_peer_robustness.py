@@ -100,6 +100,19 @@ class PeerLines(unittest.TestCase):
         self.conn = Conn()
 
     @inlineCallbacks
+    def test_a_record_far_ahead_of_this_nodes_clock_is_refused(self) -> Any:
+        now = 1_700_000_000 * 10**9
+        node = Node(b"A", self.store, None, self.links, reactor,  # type: ignore[arg-type]
+                    max_future_ns=3600 * 10**9, clock_ns=lambda: now)
+        ahead = (b"soon", 3600 + 300), (b"far", 3600 + 301), (b"pinned", 10**9)  # seconds ahead of now
+        for client, seconds in ahead:
+            line = b"R AT P +0.000000001 %s +1+1 %d" % (client, 1_700_000_000 + seconds)
+            node.peer_line(line, b"P", self.conn)  # type: ignore[arg-type]
+        yield wait()
+        assert self.redis.hgetall("herd:client:soon") != {}  # within the bound and the clocks' slack
+        assert self.redis.hgetall("herd:client:far") == {} and self.redis.hgetall("herd:client:pinned") == {}
+
+    @inlineCallbacks
     def test_a_k_or_u_line_with_positions_no_log_has_moves_no_offset(self) -> Any:
         yield self.store.set_peer_offset(b"P", Position(b"E", b"5-0"))
         record = parse_at_line(b"AT P +0.000000001 c +1+1 1700000000")

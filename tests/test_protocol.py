@@ -458,6 +458,12 @@ def test_parse_at_line_round_trips_the_example() -> None:
     assert record.line == KIWI_AT
 
 
+def test_parse_at_line_accepts_any_node_name_a_config_can_hold() -> None:
+    for server in ("C" * 256, "Jaquez-2", "Zoë"):
+        record = parse_at_line(KIWI_AT.replace(b"Clark", server.encode()))
+        assert record is not None and record.server == server.encode()
+
+
 def test_parse_at_line_accepts_any_white_space_between_fields() -> None:
     record = parse_at_line(
         b" AT\tClark\v+0.263873386\fkiwi.cs.ucla.edu\r+34.068930-118.445127  1621464827.959498503 "
@@ -479,6 +485,9 @@ def test_parse_at_line_accepts_any_white_space_between_fields() -> None:
         KIWI_AT.replace(b"1621464827.959498503", b"1621464827.9594985030"),
         KIWI_AT.replace(b"1621464827.959498503", b"-1"),
         KIWI_AT.replace(b"kiwi.cs.ucla.edu", b"k" * 257),
+        KIWI_AT.replace(b"Clark", b"C" * 257),  # no node is named so (config.loader)
+        KIWI_AT.replace(b"Clark", b"Cl\xffrk"),
+        KIWI_AT.replace(b"Clark", b"Cl\x1b[2Jark"),
         KIWI_AT.replace(b"AT ", b"at "),
         KIWI_AT.replace(b"AT ", b"IAMAT "),
         KIWI_AT + b" extra",  # seven fields
@@ -598,6 +607,9 @@ opt_ws_run = st.lists(ws_byte, min_size=0, max_size=3).map(b"".join)
 
 NON_WS = [c for c in range(256) if c not in WS and c != ord("\n")]
 client_ids = st.binary(min_size=1, max_size=256).map(lambda b: bytes(NON_WS[c % len(NON_WS)] for c in b))
+# What a config allows as a node name: printable, no white space, <= 256 bytes UTF-8.
+node_names = st.text(st.characters(categories=("L", "N", "P", "S")), min_size=1, max_size=64).filter(
+    lambda s: s.isprintable() and not any(c.isspace() for c in s)).map(str.encode)
 
 
 def digit_text(min_size: int, max_size: int) -> st.SearchStrategy[str]:
@@ -785,7 +797,7 @@ def test_parse_request_agrees_with_the_spec_oracle(line: bytes) -> None:
 
 
 @PROPS
-@given(valid_iamats(), st.integers(-(10**20), 10**20), client_ids)
+@given(valid_iamats(), st.integers(-(10**20), 10**20), node_names)
 def test_valid_iamat_parses_and_its_at_line_round_trips(
     generated: tuple[bytes, bytes, tuple[bytes, bytes], bytes], offset_ns: int, server: bytes
 ) -> None:
