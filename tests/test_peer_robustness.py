@@ -122,3 +122,29 @@ class PeerLines(unittest.TestCase):
             self.node.peer_line(line, b"P", self.conn)  # type: ignore[arg-type]
         yield wait()
         assert self.redis.hgetall("herd:peer:P") == {b"epoch": b"E", b"pos": b"5-0"}
+
+
+def test_peer_sockets_notice_a_dead_host() -> None:
+    """detect_dead_peer: keepalive every 5 s after 10 s of silence, 3 probes,
+    and 30 s for unacknowledged data, on a real TCP socket."""
+    import socket
+
+    from herd.connection import detect_dead_peer
+
+    class Transport:
+        def __init__(self, sock: socket.socket) -> None:
+            self.sock = sock
+
+        def getHandle(self) -> socket.socket:  # noqa: N802 (Twisted's name)
+            return self.sock
+
+    with socket.create_server(("127.0.0.1", 0)) as server, \
+            socket.create_connection(server.getsockname()) as sock:
+        detect_dead_peer(Transport(sock))
+        assert sock.getsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE) == 1
+        if hasattr(socket, "TCP_KEEPIDLE"):  # Linux
+            assert sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPIDLE) == 10
+            assert sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPINTVL) == 5
+            assert sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPCNT) == 3
+            assert sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_USER_TIMEOUT) == 30_000
+    detect_dead_peer(object())  # no socket: nothing to do, no error

@@ -4,7 +4,9 @@ secret is refused and logged, and nothing unauthenticated changes state."""
 
 from __future__ import annotations
 
+import shutil
 import socket
+import subprocess
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -126,9 +128,17 @@ def test_both_ends_log_every_handshake_line_and_never_the_secret(tmp_path: Path)
         accepted = ("recv HERD-HELLO", "sent HERD-CHALLENGE", "recv HERD-AUTH", "sent HERD-OK")
         for name, peer in (("A", "B"), ("B", "A")):  # both dial: each log has both sides
             wait_until(lambda name=name, peer=peer: all(  # type: ignore[misc]
-                f"peer {peer} (dialled) {line}" in herd[name].log() for line in dialled),
-                what=f"{name}'s dialled handshake in its log")
-            assert all(f" {line}" in herd[name].log() for line in accepted), herd[name].log()
+                f"peer {peer} (dialled) {line}" in herd[name].log() for line in dialled)
+                and all(f" {line}" in herd[name].log() for line in accepted),
+                what=f"{name}'s handshakes in its log")
             assert SECRET not in herd[name].log()
+        if shutil.which("ss"):  # both ends of both connections probe a silent peer (keepalive)
+            def peer_sockets() -> list[str]:
+                a, b = herd["A"].port, herd["B"].port
+                return subprocess.run(["ss", "-tnoH", "state", "established",
+                                       f"( sport = :{a} or dport = :{a} or sport = :{b} or dport = :{b} )"],
+                                      capture_output=True, text=True).stdout.splitlines()
+            wait_until(lambda: len(peer_sockets()) == 4, what="both connections, both ends")
+            assert all("timer:(keepalive" in s for s in peer_sockets()), peer_sockets()
     finally:
         herd.stop()
