@@ -192,10 +192,14 @@ class Reconciler:
         log.error("pull from {peer} failed: {why}", peer=peer.decode(), why=failure.getErrorMessage())
 
     def _connection_lost(self, peer: bytes, conn: PeerConnection, other: PeerConnection | None) -> None:
-        """Pull on the link's other connection: the pull under way on this one,
-        or updates that were in flight on it (otherwise only the peer's next
-        update, arriving with a gap, would bring them)."""
+        """With the link still up on another connection, pull on it (the pull
+        under way on this one, or updates that were in flight to us) and ask
+        the peer to pull (updates in flight to it; the peer may not have seen
+        this connection go). Otherwise only the next update, arriving with a
+        gap, would bring them."""
         self._serving.discard(conn)
+        if other is not None:
+            other.send_line(PULL)
         if self._pulling.get(peer) is conn:
             del self._pulling[peer]
             if other is not None:
