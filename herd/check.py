@@ -77,8 +77,9 @@ def unreachable_here(config: HerdConfig) -> dict[str, str]:
             for name, host in elsewhere.items() if users[_keyspace(config.nodes[name])] > 1}
 
 
-def _keyspace(node: NodeConfig) -> tuple[int, int, str]:
-    return node.redis.port, node.redis.db, node.prefix
+def _keyspace(node: NodeConfig) -> int:
+    """One port of this machine's loopback is one Redis, whatever the db or prefix."""
+    return node.redis.port
 
 
 def differences(states: dict[str, dict[bytes, Held]]) -> list[bytes]:

@@ -290,9 +290,11 @@ class NodeConnection(PeerEndpointMixin, LineProtocol, TimeoutMixin):
 # A peer whose host died (power loss, a cable) sends no FIN: without these its
 # connections stay open here, a pull on them waits forever, and its next
 # process's link-up finds them still counted. Keepalive probes after 10 s of
-# silence, every 5 s, 3 unanswered: closed about 25 s after the last packet;
-# data unacknowledged for 30 s closes it too (TCP_USER_TIMEOUT).
-PEER_KEEPALIVE = {"TCP_KEEPIDLE": 10, "TCP_KEEPINTVL": 5, "TCP_KEEPCNT": 3, "TCP_USER_TIMEOUT": 30_000}
+# silence, every 5 s; TCP_USER_TIMEOUT closes the connection once nothing has
+# been acknowledged for 25 s (probes included, so about 25 s after the last
+# packet on a quiet link; also a peer that has not read for 25 s, its window
+# shut: a node pauses reading from peers only while its Redis catches up).
+PEER_KEEPALIVE = {"TCP_KEEPIDLE": 10, "TCP_KEEPINTVL": 5, "TCP_KEEPCNT": 3, "TCP_USER_TIMEOUT": 25_000}
 
 
 def detect_dead_peer(transport: Any) -> None:

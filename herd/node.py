@@ -58,6 +58,10 @@ BACKLOG_LOW = 5_000
 # node's clock than the IAMAT bound plus this much (hosts' clocks differ a
 # little; a time years ahead would pin that client herd-wide for good).
 PEER_CLOCK_SLACK_NS = 300 * 1_000_000_000
+# ... and when it is at most this much further ahead, this node's clock may be
+# the one behind: the record counts as lost (the peer's offset stays, pulls
+# retry with back-off) until the clock has caught up and it is stored.
+PEER_CLOCK_RETRY_NS = 86_400 * 1_000_000_000
 
 
 class Origin(NamedTuple):
@@ -329,9 +333,14 @@ class Node:
         if record is None:
             self._malformed(peer, "a malformed record", at_line)
             return
-        if self._peer_time_limit is not None and record.time.ns > self._clock_ns() + self._peer_time_limit:
-            self._malformed(peer, "a record whose client-time is too far ahead of this node's clock", at_line)
-            return
+        if self._peer_time_limit is not None:
+            ahead = record.time.ns - self._clock_ns() - self._peer_time_limit
+            if ahead > 0:
+                self._malformed(peer, "a record whose client-time is too far ahead of this node's clock",
+                                at_line)
+                if ahead <= PEER_CLOCK_RETRY_NS:
+                    self.reconciler.record_lost(peer, conn)
+                return
         self.stats.flood_in += 1
         d = self._take(record, peer, chain, unconfirmed)
         d.addCallbacks(self._peer_stored, self._update_lost,

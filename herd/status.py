@@ -33,13 +33,17 @@ class NodeView:
     summary: dict[bytes, bytes]
     error: str | None = None  # why its Redis could not be read
     listening: bool = False  # with an error: its node's port accepts connections
+    remote: bool = False  # its Redis is another host's loopback: not read from here
 
     def up(self, now: float) -> bool:
         updated = float(self.status.get(b"updated", b"0"))
         return self.error is None and now - updated < STALE_AFTER
 
     def state(self, now: float) -> str:
-        """up; NO REDIS (the node listens, its Redis cannot be read); DOWN."""
+        """up; NO REDIS (the node listens, its Redis cannot be read); DOWN;
+        REMOTE (its Redis is on its own host's loopback: unknown from here)."""
+        if self.remote:
+            return "REMOTE"
         if self.error is not None and self.listening:
             return "NO REDIS"
         return "up" if self.up(now) else "DOWN"
@@ -85,13 +89,16 @@ def render(config: HerdConfig, views: list[NodeView], now: float) -> str:
             lines.append(f"{'':<10} redis: {v.error}")
     lines.append("")
     lines.append("links: " + ", ".join(
-        f"{a}-{b} {'up' if _link_up(by_name, a, b, now) else 'DOWN'}" for a, b in config.links()))
+        f"{a}-{b} {_link_state(by_name, a, b, now)}" for a, b in config.links()))
     lines.append(agreement(views, config.path))
     return "\n".join(lines)
 
 
-def _link_up(views: dict[str, NodeView], a: str, b: str, now: float) -> bool:
-    return any(views[x].up(now) and y in views[x].links_up for x, y in ((a, b), (b, a)))
+def _link_state(views: dict[str, NodeView], a: str, b: str, now: float) -> str:
+    """up when either end says so; ? when neither end's Redis could be read."""
+    if any(views[x].up(now) and y in views[x].links_up for x, y in ((a, b), (b, a))):
+        return "up"
+    return "?" if views[a].error is not None and views[b].error is not None else "DOWN"
 
 
 def agreement(views: list[NodeView], config_path: str) -> str:
@@ -138,7 +145,7 @@ class HerdReader:
         address = f"{node.host}:{node.port}"
         try:
             if store is None:
-                raise RuntimeError(self._elsewhere[name])
+                return NodeView(name, address, {}, {}, self._elsewhere[name], remote=True)
             status = yield store.call("hgetall", store.keys.status)
             summary = yield store.call("hgetall", store.keys.summary)
         except Exception as err:

@@ -70,6 +70,10 @@ def test_check_and_status_do_not_read_this_machines_redis_as_other_hosts(tmp_pat
         status = herd("status", "--config", path, "--once")
         assert status.returncode == 0, status.stderr
         assert "loopback of its host 203.0.113.12, not of this machine" in status.stdout
+        rows = {row.split()[0]: row.split()[2] for row in status.stdout.splitlines()
+                if row[:2] in ("A ", "B ")}
+        assert rows == {"A": "REMOTE", "B": "REMOTE"}, status.stdout
+        assert "links: A-B ?" in status.stdout
         assert "agreement: unknown (2 node(s) unreadable)" in status.stdout
     finally:
         redis.kill()

@@ -102,16 +102,33 @@ class PeerLines(unittest.TestCase):
 
     @inlineCallbacks
     def test_a_record_far_ahead_of_this_nodes_clock_is_refused(self) -> Any:
-        now = 1_700_000_000 * 10**9
-        node = Node(b"A", self.store, None, self.links, reactor,  # type: ignore[arg-type]
-                    max_future_ns=3600 * 10**9, clock_ns=lambda: now)
-        ahead = (b"soon", 3600 + 300), (b"far", 3600 + 301), (b"pinned", 10**9)  # seconds ahead of now
-        for client, seconds in ahead:
-            line = b"R AT P +0.000000001 %s +1+1 %d" % (client, 1_700_000_000 + seconds)
+        now = [1_700_000_000 * 10**9]
+        clock = Clock()
+        node = Node(b"A", self.store, None, self.links, clock,  # type: ignore[arg-type]
+                    max_future_ns=3600 * 10**9, clock_ns=lambda: now[0])
+
+        def send(client: bytes, seconds_ahead: int) -> bytes:
+            line = b"R AT P +0.000000001 %s +1+1 %d" % (client, 1_700_000_000 + seconds_ahead)
             node.peer_line(line, b"P", self.conn)  # type: ignore[arg-type]
+            return line
+
+        def pulls() -> Any:
+            clock.advance(GAP_PULL_INTERVAL)
+            yield wait()
+            return [line for line in self.conn.take() if line.startswith(b"SYNC")]
+
+        send(b"soon", 3600 + 300)  # within the bound and the hosts' clock slack
+        send(b"pinned", 10**9)  # decades ahead: refused for good, no pull for it
+        assert (yield from pulls()) == []
+        assert self.redis.hgetall("herd:client:soon") != {}
+        assert self.redis.hgetall("herd:client:pinned") == {}
+        send(b"late", 3600 + 301)  # this node's clock may be the one behind: lost, pulled again
+        assert (yield from pulls()) == [b"SYNC - ALL"]  # (ALL: its first pull since start)
+        assert self.redis.hgetall("herd:client:late") == {}
+        now[0] += 2 * 10**9  # the clock caught up; the pull's answer brings the record again
+        send(b"late", 3600 + 301)
         yield wait()
-        assert self.redis.hgetall("herd:client:soon") != {}  # within the bound and the clocks' slack
-        assert self.redis.hgetall("herd:client:far") == {} and self.redis.hgetall("herd:client:pinned") == {}
+        assert self.redis.hgetall("herd:client:late") != {}
 
     @inlineCallbacks
     def test_a_k_or_u_line_with_positions_no_log_has_moves_no_offset(self) -> Any:
@@ -127,7 +144,7 @@ class PeerLines(unittest.TestCase):
 
 def test_peer_sockets_notice_a_dead_host() -> None:
     """detect_dead_peer: keepalive every 5 s after 10 s of silence, 3 probes,
-    and 30 s for unacknowledged data, on a real TCP socket."""
+    and 25 s for unacknowledged data, on a real TCP socket."""
     import socket
 
     from herd.connection import detect_dead_peer
@@ -147,5 +164,5 @@ def test_peer_sockets_notice_a_dead_host() -> None:
             assert sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPIDLE) == 10
             assert sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPINTVL) == 5
             assert sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPCNT) == 3
-            assert sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_USER_TIMEOUT) == 30_000
+            assert sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_USER_TIMEOUT) == 25_000
     detect_dead_peer(object())  # no socket: nothing to do, no error
