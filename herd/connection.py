@@ -79,8 +79,11 @@ class PeerEndpointMixin:
         logs.wire(self.who, "sent", line)
         self.transport.write(line + b"\n")
 
+    lines_in = 0
+
     def peer_line(self, line: bytes) -> None:
         assert self.peer_name is not None
+        self.lines_in += 1
         self.node.peer_line(line, self.peer_name, self)
 
 

@@ -36,6 +36,8 @@ class PeerConnection(Protocol):
     peer_name: bytes | None
 
     connected: int  # Twisted's Protocol.connected: 1 while the connection is open
+    lines_in: int  # lines received from the peer since it authenticated
+    transport: Any
 
     def send_line(self, line: bytes) -> None: ...
 

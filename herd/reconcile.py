@@ -70,6 +70,10 @@ CHUNK = 1000  # log entries (or SCAN count) per Redis call while answering a SYN
 
 
 GAP_PULL_INTERVAL = 1.0  # seconds: at most one gap-triggered pull per peer this often
+# A pull whose connection brings nothing for this long is given up, and that
+# connection closed (a peer answers a SYNC within its Redis timeouts, and a
+# dead host is closed by keepalive sooner): the next pull goes on another.
+PULL_SILENCE = 60.0
 MAX_RETRY_INTERVAL = 30.0  # seconds: the interval doubles after each incomplete pull, up to this
 
 
@@ -81,6 +85,7 @@ class Reconciler:
         self._last_gap_pull: dict[bytes, float] = {}
         self._gap_timers: dict[bytes, Any] = {}
         self._pulling: dict[bytes, PeerConnection] = {}  # peer -> connection our SYNC went on
+        self._pull_watch: dict[bytes, Any] = {}  # peer -> timer of its pull's silence check
         self._serving: set[PeerConnection] = set()  # connections whose SYNC is being answered
         self._failed: set[bytes] = set()  # peers whose current pull lost a record
         self._interval: dict[bytes, float] = {}  # per peer, when longer than GAP_PULL_INTERVAL
@@ -110,6 +115,28 @@ class Reconciler:
         self._since[peer] = since
         suffix = b" " + ALL if peer in self._include_own else b""
         conn.send_line(SYNC + b" " + (since.token if since else NO_POSITION) + suffix)
+        self._watch_pull(peer, conn, conn.lines_in)
+
+    def _watch_pull(self, peer: bytes, conn: PeerConnection, seen: int) -> None:
+        self._pull_watch[peer] = self._clock.callLater(PULL_SILENCE, self._pull_silent, peer, conn, seen)
+
+    def _pull_silent(self, peer: bytes, conn: PeerConnection, seen: int) -> None:
+        del self._pull_watch[peer]
+        if self._pulling.get(peer) is not conn:
+            return
+        if conn.lines_in != seen:
+            self._watch_pull(peer, conn, conn.lines_in)
+            return
+        log.warn("pull from {peer}: nothing came on its connection for {s:g} s; closing it",
+                 peer=peer.decode(), s=PULL_SILENCE)
+        self._end_pull(peer)
+        conn.transport.loseConnection()
+
+    def _end_pull(self, peer: bytes) -> None:
+        del self._pulling[peer]
+        timer = self._pull_watch.pop(peer, None)
+        if timer is not None and timer.active():
+            timer.cancel()
 
     def pull_all(self) -> None:
         """Redis is (back) up: pull from every linked peer (updates flooded while
@@ -169,7 +196,7 @@ class Reconciler:
         incomplete (None)."""
         if self._pulling.get(peer) is not conn:
             return  # that connection was lost meanwhile, and another pull started
-        del self._pulling[peer]
+        self._end_pull(peer)
         if position is not None and peer in self._failed:
             # A record of the answer failed after this write was sent (an
             # error reply from Redis, which fails only its own batch): the
@@ -188,7 +215,8 @@ class Reconciler:
         self._include_own.discard(peer)
 
     def _pull_failed(self, failure: Any, peer: bytes) -> None:
-        self._pulling.pop(peer, None)
+        if peer in self._pulling:
+            self._end_pull(peer)
         log.error("pull from {peer} failed: {why}", peer=peer.decode(), why=failure.getErrorMessage())
 
     def _connection_lost(self, peer: bytes, conn: PeerConnection, other: PeerConnection | None) -> None:
@@ -201,7 +229,7 @@ class Reconciler:
         if other is not None:
             other.send_line(PULL)
         if self._pulling.get(peer) is conn:
-            del self._pulling[peer]
+            self._end_pull(peer)
             if other is not None:
                 self.pull(peer, other)
         elif other is not None:

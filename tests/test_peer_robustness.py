@@ -18,7 +18,7 @@ from twisted.trial import unittest
 from herd.node import Node
 from herd.peers import PeerLinks
 from herd.protocol import parse_at_line
-from herd.reconcile import GAP_PULL_INTERVAL, Reconciler
+from herd.reconcile import GAP_PULL_INTERVAL, PULL_SILENCE, Reconciler
 from storage.store import Position
 
 
@@ -80,6 +80,19 @@ class Reconciling(unittest.TestCase):
         assert len([line for line in self.a.take() if line.startswith(b"SYNC-END ")]) == 1
 
     @inlineCallbacks
+    def test_a_pull_that_hears_nothing_is_given_up_and_its_connection_closed(self) -> Any:
+        closed: list[bool] = []
+        self.a.transport = type("Transport", (), {"loseConnection": lambda _: closed.append(True)})()
+        self.links.add(b"P", self.a, "test")
+        yield wait()
+        assert [line for line in self.a.take() if line.startswith(b"SYNC")] == [b"SYNC - ALL"]
+        self.a.lines_in += 3  # records of the answer arrive: still pulling
+        self.clock.advance(PULL_SILENCE)
+        assert not closed and self.reconciler.is_pulling(b"P")
+        self.clock.advance(PULL_SILENCE)  # then nothing for a whole interval
+        assert closed == [True] and not self.reconciler.is_pulling(b"P")
+
+    @inlineCallbacks
     def test_losing_one_of_two_connections_pulls_on_the_other(self) -> Any:
         self.links.add(b"P", self.a, "test")
         yield wait()
@@ -97,7 +110,7 @@ class PeerLines(unittest.TestCase):
     def setUp(self) -> None:
         self.redis, self.store = redis_with_store(self, "herd-robust-node-")
         self.links = PeerLinks([b"P"])
-        self.node = Node(b"A", self.store, None, self.links, reactor)  # type: ignore[arg-type]
+        self.node = Node(b"A", self.store, None, self.links, Clock())  # type: ignore[arg-type]
         self.conn = Conn()
 
     @inlineCallbacks

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from herd.peers import MAX_HOLDS, PeerLinks
 from herd.protocol import parse_at_line
 from storage.store import Position
@@ -10,6 +12,8 @@ from storage.store import Position
 class Conn:
     connected = 1
     peer_name: bytes | None = None
+    lines_in = 0
+    transport: Any = None
 
     def __init__(self) -> None:
         self.lines: list[bytes] = []
