@@ -133,6 +133,7 @@ class NodeConnection(PeerEndpointMixin, LineProtocol, TimeoutMixin):
         self.close_when_idle()
 
     def connectionLost(self, reason: Any = None) -> None:
+        self.connected = 0  # Twisted leaves it 1; peers' code asks whether a connection is open
         self.setTimeout(None)
         self.factory.connections.discard(self)
         if self.peer_name is not None:
@@ -399,6 +400,7 @@ class PeerDialer(PeerEndpointMixin, LineProtocol):
         self.send_line(b" ".join(hello))
 
     def connectionLost(self, reason: Any = None) -> None:
+        self.connected = 0  # Twisted leaves it 1; peers' code asks whether a connection is open
         why = reason.getErrorMessage() if reason else ""
         if self._timer is not None and self._timer.active():
             self._timer.cancel()

@@ -112,18 +112,26 @@ class Reconciler:
         d.addErrback(self._pull_failed, peer)
 
     def _ask(self, since: Position | None, peer: bytes, conn: PeerConnection) -> None:
+        if self._pulling.get(peer) is not conn:
+            return  # its connection was lost while the offset was read (a pull may be under way on another)
         self._since[peer] = since
         suffix = b" " + ALL if peer in self._include_own else b""
         conn.send_line(SYNC + b" " + (since.token if since else NO_POSITION) + suffix)
         self._watch_pull(peer, conn, conn.lines_in)
 
     def _watch_pull(self, peer: bytes, conn: PeerConnection, seen: int) -> None:
+        self._cancel_watch(peer)
         self._pull_watch[peer] = self._clock.callLater(PULL_SILENCE, self._pull_silent, peer, conn, seen)
 
+    def _cancel_watch(self, peer: bytes) -> None:
+        timer = self._pull_watch.pop(peer, None)
+        if timer is not None and timer.active():
+            timer.cancel()
+
     def _pull_silent(self, peer: bytes, conn: PeerConnection, seen: int) -> None:
-        del self._pull_watch[peer]
         if self._pulling.get(peer) is not conn:
-            return
+            return  # (its timer is cancelled when a pull ends; this is a safeguard)
+        self._pull_watch.pop(peer, None)
         if conn.lines_in != seen:
             self._watch_pull(peer, conn, conn.lines_in)
             return
@@ -134,9 +142,7 @@ class Reconciler:
 
     def _end_pull(self, peer: bytes) -> None:
         del self._pulling[peer]
-        timer = self._pull_watch.pop(peer, None)
-        if timer is not None and timer.active():
-            timer.cancel()
+        self._cancel_watch(peer)
 
     def pull_all(self) -> None:
         """Redis is (back) up: pull from every linked peer (updates flooded while

@@ -93,6 +93,22 @@ class Reconciling(unittest.TestCase):
         assert closed == [True] and not self.reconciler.is_pulling(b"P")
 
     @inlineCallbacks
+    def test_a_connection_lost_while_its_pull_reads_the_offset_gets_no_sync(self) -> Any:
+        """Found re-running the audit: the SYNC still went on the lost connection,
+        its silence timer then ended the next pull's watch (KeyError), and a
+        silent connection held the pull for good."""
+        closed: list[bool] = []
+        self.b.transport = type("Transport", (), {"loseConnection": lambda _: closed.append(True)})()
+        self.links.add(b"P", self.a, "test")  # a pull: its offset read is in flight
+        self.links.add(b"P", self.b, "test")
+        self.links.remove(b"P", self.a)  # ... when a goes: the pull moves to b
+        yield wait()
+        assert [line for line in self.a.take() if line.startswith(b"SYNC")] == []
+        assert [line for line in self.b.take() if line.startswith(b"SYNC")] == [b"SYNC - ALL"]
+        self.clock.advance(PULL_SILENCE)  # b says nothing
+        assert closed == [True] and not self.reconciler.is_pulling(b"P")
+
+    @inlineCallbacks
     def test_losing_one_of_two_connections_pulls_on_the_other(self) -> Any:
         self.links.add(b"P", self.a, "test")
         yield wait()
@@ -179,3 +195,27 @@ def test_peer_sockets_notice_a_dead_host() -> None:
             assert sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPCNT) == 3
             assert sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_USER_TIMEOUT) == 25_000
     detect_dead_peer(object())  # no socket: nothing to do, no error
+
+
+def test_a_closed_peer_connection_says_it_is_not_connected() -> None:
+    """Twisted leaves Protocol.connected at 1 after connectionLost; the checks
+    on peer connections (a pull's, a SYNC answer's) need it to be 0."""
+    from twisted.internet.error import ConnectionDone
+    from twisted.internet.testing import StringTransport
+    from twisted.python.failure import Failure
+
+    from config.schema import RedisAddress
+    from herd.connection import NodeConnection, NodeConnectionFactory, PeerDialer
+    from storage.store import RedisStore
+
+    store = RedisStore(Clock(), RedisAddress("redis://127.0.0.1:1/0", "127.0.0.1", 1), b"herd:", 1.0)
+    node = Node(b"A", store, None, PeerLinks([b"P"]), Clock())  # type: ignore[arg-type]  # never started
+    dialled = PeerDialer(node, b"A", b"P", b"secret", Clock(), [0])
+    factory = NodeConnectionFactory(node, b"A", b"secret", 4096, 0, lambda: 0)
+    accepted = factory.buildProtocol(None)
+    assert isinstance(accepted, NodeConnection)
+    for conn in (dialled, accepted):
+        conn.makeConnection(StringTransport())
+        assert conn.connected == 1
+        conn.connectionLost(Failure(ConnectionDone()))
+        assert conn.connected == 0
