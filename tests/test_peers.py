@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from twisted.internet.defer import Deferred, succeed
+
 from herd.peers import MAX_HOLDS, PeerLinks
 from herd.protocol import parse_at_line
 from storage.store import Position
@@ -20,6 +22,13 @@ class Conn:
 
     def send_line(self, line: bytes) -> None:
         self.lines.append(line)
+
+    def writable(self) -> Deferred[None]:
+        return succeed(None)
+
+    def close(self) -> None:
+        if self.transport is not None:
+            self.transport.loseConnection()
 
     def take(self) -> list[bytes]:
         lines, self.lines = self.lines, []
