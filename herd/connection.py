@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from twisted.internet.defer import Deferred, gatherResults, succeed
-from twisted.internet.interfaces import IHalfCloseableProtocol, IPushProducer, IReactorTime
+from twisted.internet.interfaces import IHalfCloseableProtocol, IReactorTime
 from twisted.internet.protocol import Factory
 from twisted.logger import Logger
 from twisted.protocols.policies import TimeoutMixin
@@ -66,37 +66,6 @@ class _Reply:
         self.done: Deferred[None] = Deferred()
 
 
-@implementer(IPushProducer)
-class SendFlow:
-    """Registered with a peer connection's transport: tells whether what was
-    written has left (the transport pauses it while more than its buffer
-    waits), so a SYNC answer is read from Redis only as fast as the peer reads."""
-
-    def __init__(self) -> None:
-        self.paused = False
-        self._waiters: list[Deferred[None]] = []
-
-    def writable(self) -> Deferred[None]:
-        """Fires once the transport takes more (at once when it does)."""
-        if not self.paused:
-            return succeed(None)
-        waiter: Deferred[None] = Deferred()
-        self._waiters.append(waiter)
-        return waiter
-
-    def pauseProducing(self) -> None:  # noqa: N802 (Twisted's names)
-        self.paused = True
-
-    def resumeProducing(self) -> None:  # noqa: N802
-        self.paused = False
-        waiters, self._waiters = self._waiters, []
-        for waiter in waiters:
-            waiter.callback(None)
-
-    def stopProducing(self) -> None:  # noqa: N802 (the connection closes: nobody waits any more)
-        self.resumeProducing()
-
-
 class PeerEndpointMixin:
     """What both ends of an authenticated peer connection do."""
 
@@ -105,33 +74,10 @@ class PeerEndpointMixin:
     transport: Any
     connected: int
     who: str
-    _flow: SendFlow | None = None
 
     def send_line(self, line: bytes) -> None:
         logs.wire(self.who, "sent", line)
         self.transport.write(line + b"\n")
-
-    def watch_sending(self) -> None:
-        """Once authenticated: from now on ``writable`` follows the transport."""
-        self._flow = SendFlow()
-        self.transport.registerProducer(self._flow, True)
-
-    def writable(self) -> Deferred[None]:
-        """Fires when the transport has room for more (a SYNC answer's next chunk)."""
-        return self._flow.writable() if self._flow is not None else succeed(None)
-
-    def stop_watching_sending(self) -> None:
-        if self._flow is not None:
-            self._flow.stopProducing()
-
-    def close(self) -> None:
-        """Close after what is buffered is sent. The flow is unregistered first:
-        a transport closes only once its producer is gone."""
-        if self._flow is not None:
-            self.transport.unregisterProducer()
-            self.stop_watching_sending()
-            self._flow = None
-        self.transport.loseConnection()
 
     lines_in = 0
 
@@ -188,7 +134,6 @@ class NodeConnection(PeerEndpointMixin, LineProtocol, TimeoutMixin):
 
     def connectionLost(self, reason: Any = None) -> None:
         self.connected = 0  # Twisted leaves it 1; peers' code asks whether a connection is open
-        self.stop_watching_sending()
         self.setTimeout(None)
         self.factory.connections.discard(self)
         if self.peer_name is not None:
@@ -210,7 +155,7 @@ class NodeConnection(PeerEndpointMixin, LineProtocol, TimeoutMixin):
         self._close_if_idle()
 
     def writeConnectionLost(self) -> None:
-        self.close()
+        self.transport.loseConnection()
 
     def close_when_idle(self) -> None:
         """Stop reading; close once every pending reply is written."""
@@ -295,7 +240,7 @@ class NodeConnection(PeerEndpointMixin, LineProtocol, TimeoutMixin):
     def _close_if_idle(self) -> None:
         if self._eof and not self._replies and not self._closing:
             self._closing = True
-            self.close()
+            self.transport.loseConnection()
 
     # -- peer handshake (listening side) ----------------------------------
 
@@ -343,7 +288,6 @@ class NodeConnection(PeerEndpointMixin, LineProtocol, TimeoutMixin):
         self.peer_name = name
         self.max_line = PEER_MAX_LINE
         self.who = f"{self.who} ({name.decode()})"
-        self.watch_sending()
         self.node.links.add(name, self, "accepted")
 
 
@@ -457,7 +401,6 @@ class PeerDialer(PeerEndpointMixin, LineProtocol):
 
     def connectionLost(self, reason: Any = None) -> None:
         self.connected = 0  # Twisted leaves it 1; peers' code asks whether a connection is open
-        self.stop_watching_sending()
         why = reason.getErrorMessage() if reason else ""
         if self._timer is not None and self._timer.active():
             self._timer.cancel()
@@ -488,7 +431,6 @@ class PeerDialer(PeerEndpointMixin, LineProtocol):
                 self._timer.cancel()
             self._failures[0] = 0
             self.peer_name = self._peer
-            self.watch_sending()
             self.node.links.add(self._peer, self, "dialled")
             return
         self._refuse(line)
@@ -510,8 +452,8 @@ class PeerDialer(PeerEndpointMixin, LineProtocol):
                  "peer protocol (the other node's log says which)",
                  who=self.who, line=logs.loggable(line[:80]))
         self.stop_reading()
-        self.close()  # connectionLost counts the failure
+        self.transport.loseConnection()  # connectionLost counts the failure
 
     def line_too_long(self) -> None:
         log.warn("{who} sent an over-long line; closing", who=self.who)
-        self.close()
+        self.transport.loseConnection()

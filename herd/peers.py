@@ -21,8 +21,6 @@ from herd.protocol import AtRecord
 from storage.store import Position
 
 if TYPE_CHECKING:
-    from twisted.internet.defer import Deferred
-
     from herd.connection import PeerDialer
     from herd.node import Node
 
@@ -40,10 +38,6 @@ class PeerConnection(Protocol):
     connected: int  # Twisted's Protocol.connected: 1 while the connection is open
     lines_in: int  # lines received from the peer since it authenticated
     transport: Any
-
-    def writable(self) -> Deferred[None]: ...  # fires once the transport has room for more
-
-    def close(self) -> None: ...  # after what is buffered is sent
 
     def send_line(self, line: bytes) -> None: ...
 
@@ -243,7 +237,7 @@ class PeerLinks:
     def close_all(self) -> None:
         for conns in self._open.values():
             for conn in list(conns):
-                conn.close()
+                conn.transport.loseConnection()  # type: ignore[attr-defined]
 
 
 class _DialerFactory(Factory):

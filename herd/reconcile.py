@@ -138,7 +138,7 @@ class Reconciler:
         log.warn("pull from {peer}: nothing came on its connection for {s:g} s; closing it",
                  peer=peer.decode(), s=PULL_SILENCE)
         self._end_pull(peer)
-        conn.close()
+        conn.transport.loseConnection()
 
     def _end_pull(self, peer: bytes) -> None:
         del self._pulling[peer]
@@ -278,7 +278,6 @@ class Reconciler:
                 self._send_records(conn, chunk.lines, sent)
                 if chunk.entries < CHUNK or not conn.connected:
                     break
-                yield conn.writable()  # as fast as the peer reads: no dump queued in memory
                 chunk = yield self._store.log_since(chunk.end, CHUNK, leave_out)
         except Exception as err:  # Redis failed: the peer's offset stays, it asks again
             log.error("sync to {peer} failed: {why}", peer=peer.decode(), why=str(err))
@@ -308,7 +307,6 @@ class Reconciler:
             self._send_records(conn, lines, sent)
             if cursor == b"0" or not conn.connected:
                 return
-            yield conn.writable()
 
     @staticmethod
     def _send_records(conn: PeerConnection, lines: list[bytes], sent: list[int]) -> None:

@@ -11,14 +11,14 @@ import pytest
 from harness import redis_with_store
 from test_peers import Conn
 from twisted.internet import reactor
-from twisted.internet.defer import Deferred, gatherResults, inlineCallbacks
+from twisted.internet.defer import inlineCallbacks
 from twisted.internet.task import Clock, deferLater
 from twisted.trial import unittest
 
 from herd.node import Node
 from herd.peers import PeerLinks
 from herd.protocol import parse_at_line
-from herd.reconcile import CHUNK, GAP_PULL_INTERVAL, PULL_SILENCE, Reconciler
+from herd.reconcile import GAP_PULL_INTERVAL, PULL_SILENCE, Reconciler
 from storage.store import Position
 
 
@@ -107,26 +107,6 @@ class Reconciling(unittest.TestCase):
         assert [line for line in self.b.take() if line.startswith(b"SYNC")] == [b"SYNC - ALL"]
         self.clock.advance(PULL_SILENCE)  # b says nothing
         assert closed == [True] and not self.reconciler.is_pulling(b"P")
-
-    @inlineCallbacks
-    def test_a_sync_answer_goes_only_as_fast_as_the_peer_reads(self) -> Any:
-        """A peer that does not read gets one chunk (CHUNK records) queued, not
-        the whole answer (found re-running the audit: SYNCs 0.3 s apart from a
-        peer that never read queued 60 full dumps)."""
-        records = [parse_at_line(b"AT P +0.000000001 c%d +1+1 1700000000" % i) for i in range(CHUNK + 500)]
-        yield gatherResults([self.store.store_if_newer(r) for r in records if r is not None])
-        head = yield self.store.log_head()
-        gate: Deferred[None] = Deferred()
-        self.a.writable = lambda: gate  # type: ignore[method-assign]
-        answer = self.reconciler.serve(b"P", self.a, Position(head.epoch, b"0-0").token)
-        assert answer is not None
-        yield wait()
-        sent = self.a.take()
-        assert len(sent) == CHUNK and not any(line.startswith(b"SYNC-END") for line in sent)
-        gate.callback(None)  # the peer read it: the rest follows
-        yield answer
-        rest = self.a.take()
-        assert len(rest) == 500 + 1 and rest[-1] == b"SYNC-END " + head.token
 
     @inlineCallbacks
     def test_losing_one_of_two_connections_pulls_on_the_other(self) -> Any:

@@ -4,8 +4,6 @@ from __future__ import annotations
 
 from typing import Any
 
-from twisted.internet.defer import Deferred, succeed
-
 from herd.peers import MAX_HOLDS, PeerLinks
 from herd.protocol import parse_at_line
 from storage.store import Position
@@ -22,13 +20,6 @@ class Conn:
 
     def send_line(self, line: bytes) -> None:
         self.lines.append(line)
-
-    def writable(self) -> Deferred[None]:
-        return succeed(None)
-
-    def close(self) -> None:
-        if self.transport is not None:
-            self.transport.loseConnection()
 
     def take(self) -> list[bytes]:
         lines, self.lines = self.lines, []
