@@ -109,7 +109,7 @@ class Reconciler:
         self._failed.discard(peer)
         d = self._store.peer_offset(peer)
         d.addCallback(self._ask, peer, conn)
-        d.addErrback(self._pull_failed, peer)
+        d.addErrback(self._pull_failed, peer, conn)
 
     def _ask(self, since: Position | None, peer: bytes, conn: PeerConnection) -> None:
         if self._pulling.get(peer) is not conn:
@@ -138,7 +138,7 @@ class Reconciler:
         log.warn("pull from {peer}: nothing came on its connection for {s:g} s; closing it",
                  peer=peer.decode(), s=PULL_SILENCE)
         self._end_pull(peer)
-        conn.transport.loseConnection()
+        conn.transport.abortConnection()  # at once: a TLS close would wait for the silent peer's answer
 
     def _end_pull(self, peer: bytes) -> None:
         del self._pulling[peer]
@@ -220,8 +220,8 @@ class Reconciler:
         self._interval.pop(peer, None)
         self._include_own.discard(peer)
 
-    def _pull_failed(self, failure: Any, peer: bytes) -> None:
-        if peer in self._pulling:
+    def _pull_failed(self, failure: Any, peer: bytes, conn: PeerConnection) -> None:
+        if self._pulling.get(peer) is conn:  # (not a pull that has since moved to another connection)
             self._end_pull(peer)
         log.error("pull from {peer} failed: {why}", peer=peer.decode(), why=failure.getErrorMessage())
 

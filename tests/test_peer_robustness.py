@@ -82,7 +82,7 @@ class Reconciling(unittest.TestCase):
     @inlineCallbacks
     def test_a_pull_that_hears_nothing_is_given_up_and_its_connection_closed(self) -> Any:
         closed: list[bool] = []
-        self.a.transport = type("Transport", (), {"loseConnection": lambda _: closed.append(True)})()
+        self.a.transport = type("Transport", (), {"abortConnection": lambda _: closed.append(True)})()
         self.links.add(b"P", self.a, "test")
         yield wait()
         assert [line for line in self.a.take() if line.startswith(b"SYNC")] == [b"SYNC - ALL"]
@@ -98,7 +98,7 @@ class Reconciling(unittest.TestCase):
         its silence timer then ended the next pull's watch (KeyError), and a
         silent connection held the pull for good."""
         closed: list[bool] = []
-        self.b.transport = type("Transport", (), {"loseConnection": lambda _: closed.append(True)})()
+        self.b.transport = type("Transport", (), {"abortConnection": lambda _: closed.append(True)})()
         self.links.add(b"P", self.a, "test")  # a pull: its offset read is in flight
         self.links.add(b"P", self.b, "test")
         self.links.remove(b"P", self.a)  # ... when a goes: the pull moves to b

@@ -138,7 +138,11 @@ def test_both_ends_log_every_handshake_line_and_never_the_secret(tmp_path: Path)
                 return subprocess.run(["ss", "-tnoH", "state", "established",
                                        f"( sport = :{a} or dport = :{a} or sport = :{b} or dport = :{b} )"],
                                       capture_output=True, text=True).stdout.splitlines()
-            wait_until(lambda: len(peer_sockets()) == 4, what="both connections, both ends")
-            assert all("timer:(keepalive" in s for s in peer_sockets()), peer_sockets()
+            # ss shows the timer running now: keepalive on an idle socket, the
+            # retransmission timer ("on") while a line is unacknowledged.
+            def all_keepalive() -> bool:
+                sockets = peer_sockets()
+                return len(sockets) == 4 and all("timer:(keepalive" in s for s in sockets)
+            wait_until(all_keepalive, what="keepalive on both connections, both ends")
     finally:
         herd.stop()
