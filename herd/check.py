@@ -71,15 +71,11 @@ def unreachable_here(config: HerdConfig) -> dict[str, str]:
 
     elsewhere = {name: host for name, host in redis_on_other_machines(config).items()
                  if not is_this_machine(host)}
-    users = Counter(_keyspace(node) for node in config.nodes.values() if is_this_machine(node.redis.host))
+    # One port of this machine's loopback is one Redis, whatever the db or prefix.
+    users = Counter(node.redis.port for node in config.nodes.values() if is_this_machine(node.redis.host))
     return {name: f"its Redis {config.nodes[name].redis.host}:{config.nodes[name].redis.port} is on the "
                   f"loopback of its host {host}, not of this machine"
-            for name, host in elsewhere.items() if users[_keyspace(config.nodes[name])] > 1}
-
-
-def _keyspace(node: NodeConfig) -> int:
-    """One port of this machine's loopback is one Redis, whatever the db or prefix."""
-    return node.redis.port
+            for name, host in elsewhere.items() if users[config.nodes[name].redis.port] > 1}
 
 
 def differences(states: dict[str, dict[bytes, Held]]) -> list[bytes]:
