@@ -18,7 +18,15 @@ import tomllib
 from collections.abc import Iterable
 from urllib.parse import unquote, urlsplit
 
-from config.schema import ConfigError, HerdConfig, NodeConfig, PlacesConfig, RedisAddress, TlsConfig
+from config.schema import (
+    MAX_NODE_NAME_BYTES,
+    ConfigError,
+    HerdConfig,
+    NodeConfig,
+    PlacesConfig,
+    RedisAddress,
+    TlsConfig,
+)
 
 SECTIONS = ("herd", "places", "nodes")
 HERD_KEYS = ("secret_env", "max_line_bytes", "max_future_seconds", "redis_timeout",
@@ -31,7 +39,6 @@ PROVIDERS = ("offline", "google", "google-new")
 MAX_LINE_BYTES = 1 << 20  # a client line limit above a peer link's own would be meaningless
 REDIS_URL_FORM = "redis://[:password@]host[:port][/db]"
 REDIS_DEFAULT_PORT = 6379  # as redis-cli and Redis URLs elsewhere
-MAX_NODE_NAME_BYTES = 256  # the AT line's server field (herd.protocol refuses longer ones)
 
 _BARE_KEY = re.compile(r"[A-Za-z0-9_-]+\Z")
 _ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*\Z")

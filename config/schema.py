@@ -9,6 +9,9 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass, field
 
+# A node name, and so an AT line's server field (herd.protocol refuses others).
+MAX_NODE_NAME_BYTES = 256
+
 
 class ConfigError(Exception):
     """A configuration problem, stated in one line that names file, node and key."""
@@ -16,7 +19,8 @@ class ConfigError(Exception):
 
 @dataclass(frozen=True)
 class RedisAddress:
-    """Where a node's Redis lives, parsed from ``redis://[:password@]host:port/db``."""
+    """Where a node's Redis lives, parsed from ``redis://[:password@]host[:port][/db]``
+    (port 6379 when left out)."""
 
     url: str
     host: str

@@ -16,9 +16,10 @@ import re
 from decimal import Decimal
 from typing import Any, NamedTuple
 
+from config.schema import MAX_NODE_NAME_BYTES
+
 NS_PER_S = 1_000_000_000
 MAX_CLIENT_ID_BYTES = 256
-MAX_NODE_NAME_BYTES = 256  # as config.loader allows
 # Redis GEO indexes latitudes only within this band (EPSG:3857 limits).
 GEO_LAT_LIMIT = Decimal("85.05112878")
 
