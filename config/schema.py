@@ -9,7 +9,7 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass, field
 
-# A node name, and so an AT line's server field (herd.protocol refuses others).
+# A node name, and so an AT line's server field (herd.wire.client refuses others).
 MAX_NODE_NAME_BYTES = 256
 
 

@@ -10,17 +10,26 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterator
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
 from twisted.web.resource import Resource
 from twisted.web.server import Site
 
+from herd.node import Node
+from herd.peer.links import PeerLinks
 from herd.stats import REDIS_BUCKETS
+from storage.store import RedisStore
 
-if TYPE_CHECKING:
-    from herd.service import NodeService
+
+class NodeService(Protocol):
+    """What the admin endpoint reads of a running node (herd.service.NodeService)."""
+
+    node: Node
+    store: RedisStore
+    links: PeerLinks
+    listener: Any
 
 
 class NodeCollector:

@@ -50,14 +50,14 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
 
     bench = sub.add_parser("bench", help="benchmark a local herd against the SPEC targets")
     if command == "bench":
-        from herd.bench import add_bench_arguments
+        from herd.tools.bench import add_bench_arguments
 
         add_bench_arguments(bench)
 
     chaos = sub.add_parser("chaos", help="kill, pause and cut a local five-node herd under load; "
                                          "check nothing acknowledged is lost")
     if command == "chaos":
-        from herd.chaos import add_chaos_arguments
+        from herd.tools.chaos import add_chaos_arguments
 
         add_chaos_arguments(chaos)
 
@@ -93,31 +93,31 @@ def _dispatch(args: argparse.Namespace) -> int:
 
         return serve(args.name, args.config, args.log_format, activation)
     if args.command == "up":
-        from herd.up import run_up
+        from herd.tools.up import run_up
 
         return run_up(args.config, args.state_dir, args.log_format)
     if args.command == "client":
-        from herd.client import run_client
+        from herd.tools.client import run_client
 
         return run_client(args.address, args.lines, args.timeout)
     if args.command == "check":
-        from herd.check import run_check
+        from herd.tools.check import run_check
 
         return run_check(args.config)
     if args.command == "places":
-        from herd.offline_places import run_places_load
+        from herd.places.offline import run_places_load
 
         return run_places_load(args.config, args.nodes)
     if args.command == "bench":
-        from herd.bench import run_bench
+        from herd.tools.bench import run_bench
 
         return run_bench(args)
     if args.command == "chaos":
-        from herd.chaos import run_chaos
+        from herd.tools.chaos import run_chaos
 
         return run_chaos(args)
     if args.command == "status":
-        from herd.status import run_status
+        from herd.tools.status import run_status
 
         return run_status(args.config, args.once)
     raise AssertionError(args.command)

@@ -1,5 +1,6 @@
-"""Connections to a node: accepted ones (clients, or peers once they have
-authenticated) and the ones a node dials to its peers.
+"""Connections a node accepts: clients, or peers once they have
+authenticated (the listening end of the handshake; the dialling end is
+herd.peer.dial).
 
 Client contract: requests on one connection are answered in order, each
 reply in one write. A WHATSAT starts only after every earlier request on the
@@ -11,35 +12,29 @@ written.
 
 from __future__ import annotations
 
-import socket
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from twisted.internet.defer import Deferred, gatherResults, succeed
-from twisted.internet.interfaces import IHalfCloseableProtocol, IReactorTime
+from twisted.internet.interfaces import IHalfCloseableProtocol
 from twisted.internet.protocol import Factory
 from twisted.logger import Logger
 from twisted.protocols.policies import TimeoutMixin
 from zope.interface import implementer
 
-from herd import auth, logs, tls
-from herd.lines import LineProtocol
-from herd.protocol import Invalid, Whatsat, parse_request
+from herd import logs
+from herd.peer.connection import PEER_MAX_LINE, PeerLineMixin, detect_dead_peer
+from herd.peer.tls import PeerTls
+from herd.wire import handshake as auth
+from herd.wire.client import Invalid, Whatsat, parse_request
+from herd.wire.lines import LineProtocol
 from storage.store import set_no_delay
 
 if TYPE_CHECKING:
     from herd.node import Node
 
-PEER_MAX_LINE = 1 << 20  # authenticated peers may send long control lines
-HANDSHAKE_TIMEOUT = 5.0  # seconds a dialled peer has to complete the handshake
-REFUSED_HOLD_MAX = 30.0  # longest back-off after failed handshakes
-
-
-def handshake_backoff(failures: int) -> float:
-    """Seconds to wait before a handshake after ``failures`` consecutive ones failed."""
-    return 0.0 if failures == 0 else min(REFUSED_HOLD_MAX, 0.25 * 2 ** min(failures, 16))
 log = Logger(namespace="herd")
 
 
@@ -66,29 +61,8 @@ class _Reply:
         self.done: Deferred[None] = Deferred()
 
 
-class PeerEndpointMixin:
-    """What both ends of an authenticated peer connection do."""
-
-    node: Node
-    peer_name: bytes | None
-    transport: Any
-    connected: int
-    who: str
-
-    def send_line(self, line: bytes) -> None:
-        logs.wire(self.who, "sent", line)
-        self.transport.write(line + b"\n")
-
-    lines_in = 0
-
-    def peer_line(self, line: bytes) -> None:
-        assert self.peer_name is not None
-        self.lines_in += 1
-        self.node.peer_line(line, self.peer_name, self)
-
-
 @implementer(IHalfCloseableProtocol)
-class NodeConnection(PeerEndpointMixin, LineProtocol, TimeoutMixin):
+class NodeConnection(PeerLineMixin, LineProtocol, TimeoutMixin):
     """A connection accepted by the node: a client until it authenticates.
 
     Limits (config ``[herd]``): a client silent for ``idle_timeout`` seconds is
@@ -97,6 +71,7 @@ class NodeConnection(PeerEndpointMixin, LineProtocol, TimeoutMixin):
     """
 
     factory: NodeConnectionFactory
+    node: Node
 
     def __init__(self) -> None:
         self.peer_name = None
@@ -172,7 +147,7 @@ class NodeConnection(PeerEndpointMixin, LineProtocol, TimeoutMixin):
             self.peer_line(line)
             return
         words = line.split(None, 1)
-        if words and words[0] == tls.STARTTLS and self.factory.tls is not None and not self._tls:
+        if words and words[0] == auth.STARTTLS and self.factory.tls is not None and not self._tls:
             self._start_tls()
             return
         if words and words[0] in auth.PEER_WORDS:
@@ -248,7 +223,7 @@ class NodeConnection(PeerEndpointMixin, LineProtocol, TimeoutMixin):
         """Answer HERD-STARTTLS: everything after HERD-TLS-OK is TLS."""
         assert self.factory.tls is not None
         self._tls = True
-        self.transport.write(tls.TLS_OK + b"\n")
+        self.transport.write(auth.TLS_OK + b"\n")
         self.transport.startTLS(self.factory.tls.server)
         log.info("{who} peer link upgraded to TLS", who=self.who)
 
@@ -291,30 +266,6 @@ class NodeConnection(PeerEndpointMixin, LineProtocol, TimeoutMixin):
         self.node.links.add(name, self, "accepted")
 
 
-# A peer whose host died (power loss, a cable) sends no FIN: without these its
-# connections stay open here, a pull on them waits forever, and its next
-# process's link-up finds them still counted. Keepalive probes after 10 s of
-# silence, every 5 s; TCP_USER_TIMEOUT closes the connection once nothing has
-# been acknowledged for 25 s (probes included, so about 25 s after the last
-# packet on a quiet link; also a peer that has not read for 25 s, its window
-# shut: a node pauses reading from peers only while its Redis catches up).
-PEER_KEEPALIVE = {"TCP_KEEPIDLE": 10, "TCP_KEEPINTVL": 5, "TCP_KEEPCNT": 3, "TCP_USER_TIMEOUT": 25_000}
-
-
-def detect_dead_peer(transport: Any) -> None:
-    """Turn on TCP keepalive (and the user timeout) on a peer connection's
-    socket; options this platform lacks are skipped."""
-    try:
-        sock = transport.getHandle()
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
-    except (AttributeError, OSError):  # not a TCP socket (tests, a wrapped transport)
-        return
-    for name, value in PEER_KEEPALIVE.items():
-        option = getattr(socket, name, None)
-        if option is not None:
-            sock.setsockopt(socket.IPPROTO_TCP, option, value)
-
-
 class NodeConnectionFactory(Factory):
     """Builds :class:`NodeConnection` and keeps what they share."""
 
@@ -323,7 +274,7 @@ class NodeConnectionFactory(Factory):
 
     def __init__(self, node: Node, own_name: bytes, secret: bytes, max_line: int,
                  max_future_ns: int, clock_ns: Callable[[], int], limits: Limits | None = None,
-                 peer_tls: tls.PeerTls | None = None):
+                 peer_tls: PeerTls | None = None):
         self.node = node
         self.limits = limits or Limits()
         self.tls = peer_tls
@@ -348,112 +299,3 @@ class Limits:
     max_connections: int = 10000
     idle_timeout: float = 300.0  # 0: none
     max_outstanding: int = 1000
-
-
-class PeerDialer(PeerEndpointMixin, LineProtocol):
-    """The connection a node dials to one of its peers.
-
-    Back-off for handshakes: a connection that closes before the peer
-    accepted us (wrong secret, TLS refused, no answer within
-    HANDSHAKE_TIMEOUT) counts as a failure, and the next connection waits
-    0.25 s x 2^failures (at most REFUSED_HOLD_MAX) before it starts the
-    handshake. ClientService's own back-off cannot do this: it counts any TCP
-    connection as a success (and failing its prepareConnection instead trips
-    a Twisted state-machine error when the connection then closes).
-    """
-
-    max_line = PEER_MAX_LINE
-
-    def __init__(self, node: Node, own: bytes, peer: bytes, secret: bytes, clock: IReactorTime,
-                 failures: list[int], tls_options: Any = None):
-        self.node = node
-        self._tls_options = tls_options
-        self._own = own
-        self._peer = peer
-        self._secret = secret
-        self._nonce = auth.new_nonce()
-        self._failures = failures  # consecutive failed handshakes, shared by one peer's dialler
-        self._clock = clock
-        self._timer: Any = None
-        self.peer_name = None
-        self.who = f"peer {peer.decode()} (dialled)"
-
-    def connectionMade(self) -> None:
-        log.info("{who} connection opened", who=self.who)
-        set_no_delay(self.transport)  # flooded updates leave at once
-        detect_dead_peer(self.transport)
-        wait = handshake_backoff(self._failures[0])
-        if wait:
-            self._timer = self._clock.callLater(wait, self._start_handshake)
-        else:
-            self._start_handshake()
-
-    def _start_handshake(self) -> None:
-        self._timer = self._clock.callLater(HANDSHAKE_TIMEOUT, self._refuse, b"(no answer)")
-        if self._tls_options is not None:
-            self.send_line(tls.STARTTLS)  # logged like every line sent, handshake included
-        else:
-            self._hello()
-
-    def _hello(self) -> None:
-        hello = (auth.HELLO, self._own, self._peer, self._nonce, auth.PROTOCOL)
-        self.send_line(b" ".join(hello))
-
-    def connectionLost(self, reason: Any = None) -> None:
-        self.connected = 0  # Twisted leaves it 1; peers' code asks whether a connection is open
-        why = reason.getErrorMessage() if reason else ""
-        if self._timer is not None and self._timer.active():
-            self._timer.cancel()
-        if self.peer_name is not None:
-            self.node.links.remove(self.peer_name, self)
-        else:
-            self._failures[0] += 1
-            log.warn("{who} handshake did not complete ({why}); retrying in {wait:g}s", who=self.who,
-                     why=why, wait=handshake_backoff(self._failures[0]))
-        log.info("{who} connection closed ({why})", who=self.who, why=why)
-
-    def line_received(self, line: bytes) -> None:
-        logs.wire(self.who, "recv", line)
-        if self.peer_name is not None:
-            self.peer_line(line)
-            return
-        words = line.split()
-        if words == [tls.TLS_OK] and self._tls_options is not None and not self._in_tls:
-            self._in_tls = True
-            self.transport.startTLS(self._tls_options)
-            log.info("{who} peer link upgraded to TLS", who=self.who)
-            self._hello()
-            return
-        if words[:1] == [auth.CHALLENGE] and len(words) == 3 and self._answer_challenge(*words[1:]):
-            return
-        if words == [auth.OK] and self._sent_auth:
-            if self._timer is not None and self._timer.active():
-                self._timer.cancel()
-            self._failures[0] = 0
-            self.peer_name = self._peer
-            self.node.links.add(self._peer, self, "dialled")
-            return
-        self._refuse(line)
-
-    _sent_auth = False
-    _in_tls = False
-
-    def _answer_challenge(self, nonce_l: bytes, mac_l: bytes) -> bool:
-        expected = auth.mac(self._secret, b"listener", self._own, self._peer, self._nonce, nonce_l)
-        if not auth.verify(expected, mac_l):
-            return False
-        mac_d = auth.mac(self._secret, b"dialler", self._own, self._peer, self._nonce, nonce_l)
-        self.send_line(b"%s %s" % (auth.AUTH, mac_d))
-        self._sent_auth = True
-        return True
-
-    def _refuse(self, line: bytes) -> None:
-        log.warn("{who} handshake failed at '{line}'; wrong secret, not a herd peer, or another "
-                 "peer protocol (the other node's log says which)",
-                 who=self.who, line=logs.loggable(line[:80]))
-        self.stop_reading()
-        self.transport.loseConnection()  # connectionLost counts the failure
-
-    def line_too_long(self) -> None:
-        log.warn("{who} sent an over-long line; closing", who=self.who)
-        self.transport.loseConnection()

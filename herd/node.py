@@ -25,9 +25,12 @@ from twisted.python.failure import Failure
 
 from herd.latest import LatestTimes
 from herd.logs import Throttle, loggable
-from herd.peers import FORWARD, PULL, SKIP, PeerConnection, PeerLinks, hold_of
-from herd.places import PlacesError, PlacesProvider
-from herd.protocol import (
+from herd.peer.links import PeerConnection, PeerLinks
+from herd.peer.reconcile import Reconciler
+from herd.places.provider import PlacesError, PlacesProvider
+from herd.stats import Stats
+from herd.wire import peer as msg
+from herd.wire.client import (
     AtRecord,
     Iamat,
     Request,
@@ -37,9 +40,8 @@ from herd.protocol import (
     parse_at_line,
     parse_client_time,
 )
-from herd.reconcile import RECORD, SYNC, SYNC_END, UPDATE, Reconciler
-from herd.stats import Stats
-from storage.store import Chain, Position, RedisStore, StoreResult
+from herd.wire.peer import LogStep, Position, UpdateKey, update_key
+from storage.store import RedisStore, StoreResult
 
 log = Logger(namespace="herd")
 
@@ -94,9 +96,14 @@ class Node:
         self._retry: Any = None
         store.on_connected.append(self._store_again)
         # Per peer, updates it forwarded (F) that are stored here and that its
-        # K lines have not named yet (see _not_known_held).
-        self._held_from: dict[bytes, dict[tuple[bytes, ...], None]] = {}
-        store.on_connected.append(self._held_from.clear)
+        # K lines have not listed yet (see _not_known_stored).
+        self._stored_from: dict[bytes, dict[UpdateKey, None]] = {}
+        store.on_connected.append(self._stored_from.clear)
+        self._peer_handlers: dict[bytes, Callable[[bytes, bytes, PeerConnection], Any]] = {
+            msg.FORWARD: self.handle_forward, msg.UPDATE: self.handle_update,
+            msg.LOG_MOVED: self.handle_log_moved, msg.RECORD: self.handle_record,
+            msg.SYNC: self.handle_sync, msg.SYNC_END: self.handle_sync_end, msg.PULL: self.handle_pull,
+        }
         self._paused_peers: list[PeerConnection] = []  # not read from until the backlog drains
 
     @inlineCallbacks
@@ -105,17 +112,17 @@ class Node:
         background at start; until it is done, updates take the slow path).
         Retries until it succeeds; a SCAN cursor is only good on the connection
         (and Redis) that gave it, so any failure or reconnection starts over."""
-        cursor, connection = b"0", self.store.connections
+        cursor, connection = b"0", self.store.connections_made
         while True:
             try:
                 cursor, held = yield self.store.scan_times(cursor, SCAN_COUNT)
             except Exception as err:
                 log.warn("reading client times failed ({why}); retrying in 1 s", why=str(err))
                 yield deferLater(self._clock, 1.0, lambda: None)
-                cursor, connection = b"0", self.store.connections
+                cursor, connection = b"0", self.store.connections_made
                 continue
-            if connection != self.store.connections:
-                cursor, connection = b"0", self.store.connections
+            if connection != self.store.connections_made:
+                cursor, connection = b"0", self.store.connections_made
                 continue
             self.latest.merge((client_id, t.ns) for client_id, t in
                               ((client_id, parse_client_time(text)) for client_id, text in held)
@@ -140,7 +147,7 @@ class Node:
 
     def iamat(self, request: Iamat, received_ns: int) -> Deferred[bytes]:
         record = make_record(self.name, received_ns, request)
-        d: Deferred[Any] = self._take(record, None)
+        d: Deferred[Any] = self._accept(record, None)
         d.addCallback(lambda _: record.line + b"\n")
         return d.addErrback(self._cannot_serve, request.line)
 
@@ -171,7 +178,7 @@ class Node:
 
     # -- storing and flooding -------------------------------------------
 
-    def _take(self, record: AtRecord, source: bytes | None, chain: Chain | None = None,
+    def _accept(self, record: AtRecord, source: bytes | None, step: LogStep | None = None,
               unconfirmed: bool = False) -> Deferred[StoreResult]:
         """Store ``record`` (from a client, or from peer ``source``) and flood it
         if newer. While Redis serves and herd.latest can tell it is newer, it
@@ -182,22 +189,22 @@ class Node:
         origin = Origin(source, unconfirmed)
         if self.latest.claim(record.client_id, record.time.ns, fast_ok=self.store.serving):
             forwarded = self.links.forward(record.line, source)
-            d = self._store(record, origin, chain)
+            d = self._store(record, origin, step)
             d.addCallbacks(self._stored, self._forwarded_lost, callbackArgs=(record, origin, forwarded),
                            errbackArgs=(record, origin, forwarded))
             return d
-        d = self._store(record, origin, chain)
+        d = self._store(record, origin, step)
         d.addBoth(self._settled, record)
         return d.addCallback(self._stored, record, origin, None)
 
-    def _store(self, record: AtRecord, origin: Origin, chain: Chain | None,
+    def _store(self, record: AtRecord, origin: Origin, step: LogStep | None,
                tie_break: bool = False) -> Deferred[StoreResult]:
         if origin.peer is None and not tie_break:
             return self.store.store_if_newer(record)
         # The log names the peer an update came from, so that a SYNC answer to
-        # it leaves the update out; but not when it came as F (see herd.reconcile).
+        # it leaves the update out; but not when it came as F (see herd.peer.reconcile).
         logged = (origin.peer or b"") + (b" F" if origin.unconfirmed else b"")
-        return self.store.store_if_newer(record, tie_break=True, chain=chain, source=logged)
+        return self.store.store_if_newer(record, tie_break=True, step=step, source=logged)
 
     def _settled(self, outcome: Any, record: AtRecord) -> Any:
         may_hold = not isinstance(outcome, StoreResult) or outcome.stored
@@ -209,35 +216,35 @@ class Node:
         if result.stored and result.position is not None:
             self.stats.stored()
             self.links.flood(record, result.position, result.previous, origin.peer, forwarded or frozenset(),
-                             source_holds=not origin.unconfirmed)
+                             source_has_it=not origin.unconfirmed)
             if origin.unconfirmed and origin.peer is not None:
-                self._remember_held(origin.peer, hold_of(record))
+                self._remember_stored_from(origin.peer, update_key(record))
         elif origin.peer is not None:
             self.stats.flood_duplicate += 1
         return result
 
-    def _remember_held(self, peer: bytes, hold: tuple[bytes, ...]) -> None:
-        """An update ``peer`` forwarded (F) is now stored here: when its K names
+    def _remember_stored_from(self, peer: bytes, key: UpdateKey) -> None:
+        """An update ``peer`` forwarded (F) is now stored here: when its K lists
         it, no Redis lookup is needed. Forgotten when Redis reconnects (it may
         have restarted without it), and beyond MAX_HELD per peer."""
-        held = self._held_from.setdefault(peer, {})
-        held[hold] = None
-        if len(held) > MAX_HELD:
-            del held[next(iter(held))]
+        stored = self._stored_from.setdefault(peer, {})
+        stored[key] = None
+        if len(stored) > MAX_HELD:
+            del stored[next(iter(stored))]
 
-    def _not_known_held(self, peer: bytes, holds: list[bytes]) -> list[bytes]:
-        """The updates of a K line from ``peer`` (4 fields each) not known to be
-        stored here; those are checked in Redis."""
-        known = self._held_from.get(peer)
+    def _not_known_stored(self, peer: bytes, listed: list[bytes]) -> list[bytes]:
+        """The updates a K line from ``peer`` lists (4 fields each) that are not
+        known to be stored here; those are checked in Redis."""
+        known = self._stored_from.get(peer)
         if not known:
-            return holds
+            return listed
         unknown: list[bytes] = []
-        for i in range(0, len(holds), 4):
-            hold = tuple(holds[i:i + 4])
-            if hold in known:
-                del known[hold]
+        for i in range(0, len(listed), 4):
+            key = tuple(listed[i:i + 4])
+            if key in known:
+                del known[key]  # type: ignore[arg-type]
             else:
-                unknown.extend(hold)
+                unknown.extend(key)
         return unknown
 
     def _forwarded_lost(self, failure: Failure, record: AtRecord, origin: Origin,
@@ -269,65 +276,66 @@ class Node:
 
     # -- peer messages ----------------------------------------------------
 
-    def peer_line(self, line: bytes, peer: bytes, conn: PeerConnection) -> None:
-        """A line from an authenticated peer (message kinds: herd.reconcile)."""
-        kind, _, rest = line.partition(b" ")
-        if kind == FORWARD:
-            self._apply(rest, peer, None, conn, unconfirmed=True)
-        elif kind == UPDATE:
-            self._peer_update(rest, peer, conn)
-        elif kind == SKIP:
-            self._peer_skip(rest, peer, conn)
-        elif kind == RECORD:
-            self._apply(rest, peer, None, conn)
-        elif kind == SYNC:
-            self.reconciler.serve(peer, conn, rest.strip())
-        elif kind == SYNC_END:
-            self.reconciler.sync_end(peer, conn, rest.strip())
-        elif kind == PULL:
-            self.reconciler.pull(peer, conn)
-        else:
+    def handle_peer_line(self, line: bytes, peer: bytes, conn: PeerConnection) -> None:
+        """A line from an authenticated peer: dispatched to ``handle_<kind>``
+        (docs/PEER-PROTOCOL.md, "Messages")."""
+        kind, rest = msg.split_kind(line)
+        handler = self._peer_handlers.get(kind)
+        if handler is None:
             self._malformed(peer, "an unexpected line", line)
+        else:
+            handler(rest, peer, conn)
+
+    def handle_forward(self, at_line: bytes, peer: bytes, conn: PeerConnection) -> None:
+        self._apply(at_line, peer, None, conn, unconfirmed=True)
+
+    def handle_record(self, at_line: bytes, peer: bytes, conn: PeerConnection) -> None:
+        self._apply(at_line, peer, None, conn)
+
+    def handle_update(self, rest: bytes, peer: bytes, conn: PeerConnection) -> None:
+        prev_token, pos_token, at_line = msg.parse_update(rest)
+        self._apply(at_line, peer, self._log_step(peer, conn, prev_token, pos_token), conn)
+
+    def handle_log_moved(self, rest: bytes, peer: bytes, conn: PeerConnection) -> None:
+        moved = msg.parse_log_moved(rest)
+        if moved is None:
+            self._malformed(peer, "a malformed K (log moved)", rest)
+            return
+        self.links.confirmed_by(peer, moved.listed)
+        step = LogStep(peer, moved.prev, moved.pos)
+        d = self.store.advance_offset(step, self._not_known_stored(peer, moved.listed))
+        d.addCallback(lambda result: None if result.advanced else self.reconciler.gap(peer, conn))
+        d.addErrback(lambda f: self.reconciler.record_lost(peer, conn))
+
+    def handle_sync(self, rest: bytes, peer: bytes, conn: PeerConnection) -> None:
+        self.reconciler.serve(peer, conn, rest)
+
+    def handle_sync_end(self, rest: bytes, peer: bytes, conn: PeerConnection) -> None:
+        self.reconciler.sync_end(peer, conn, rest.strip())
+
+    def handle_pull(self, rest: bytes, peer: bytes, conn: PeerConnection) -> None:
+        self.reconciler.pull(peer, conn)
 
     @staticmethod
     def _malformed(peer: bytes, what: str, line: bytes) -> None:
         log.warn("peer {peer} sent {what}: {line}", peer=peer.decode(), what=what,
                  line=loggable(line[:200]))
 
-    def _chain(self, peer: bytes, conn: PeerConnection, prev_token: bytes, pos_token: bytes) -> Chain | None:
-        """The chain ``prev -> pos`` of ``peer``'s log, or None when unchained
-        (sent during a SYNC answer, which covers it, or on a link with no chain
-        yet, which needs a pull)."""
+    def _log_step(self, peer: bytes, conn: PeerConnection, prev_token: bytes,
+                  pos_token: bytes) -> LogStep | None:
+        """The step ``prev -> pos`` of ``peer``'s log, or None when unchained
+        (sent during a SYNC answer, which covers it, or on a link with no flood
+        cursor yet, which needs a pull)."""
         prev, pos = Position.parse(prev_token), Position.parse(pos_token)
         if prev is None or pos is None or prev.epoch != pos.epoch:
             if not self.reconciler.is_pulling(peer):
                 self.reconciler.gap(peer, conn)
             return None
-        return Chain(peer, prev, pos)
+        return LogStep(peer, prev, pos)
 
-    def _peer_update(self, rest: bytes, peer: bytes, conn: PeerConnection) -> None:
-        prev_token, _, rest = rest.partition(b" ")
-        pos_token, _, at_line = rest.partition(b" ")
-        self._apply(at_line, peer, self._chain(peer, conn, prev_token, pos_token), conn)
-
-    def _peer_skip(self, rest: bytes, peer: bytes, conn: PeerConnection) -> None:
-        fields = rest.split()
-        if len(fields) < 2:
-            self._malformed(peer, "a malformed skip", rest)
-            return
-        prev, pos, holds = Position.parse(fields[0]), Position.parse(fields[1]), fields[2:]
-        times = [parse_client_time(t) for t in holds[1::4]]
-        if prev is None or pos is None or prev.epoch != pos.epoch or len(holds) % 4 or None in times:
-            self._malformed(peer, "a malformed skip", rest)
-            return
-        self.links.stored_there(peer, holds)
-        d = self.store.advance_offset(Chain(peer, prev, pos), self._not_known_held(peer, holds))
-        d.addCallback(lambda result: None if result.advanced else self.reconciler.gap(peer, conn))
-        d.addErrback(lambda f: self.reconciler.record_lost(peer, conn))
-
-    def _apply(self, at_line: bytes, peer: bytes, chain: Chain | None, conn: PeerConnection,
+    def _apply(self, at_line: bytes, peer: bytes, step: LogStep | None, conn: PeerConnection,
                unconfirmed: bool = False) -> None:
-        """Store a record from ``peer``; flood it on if newer; with a chain whose
+        """Store a record from ``peer``; flood it on if newer; with a log step whose
         offset did not advance, pull the gap."""
         record = parse_at_line(at_line)
         if record is None:
@@ -342,9 +350,9 @@ class Node:
                     self.reconciler.record_lost(peer, conn)
                 return
         self.stats.flood_in += 1
-        d = self._take(record, peer, chain, unconfirmed)
+        d = self._accept(record, peer, step, unconfirmed)
         d.addCallbacks(self._peer_stored, self._update_lost,
-                       callbackArgs=(peer, conn, chain is not None), errbackArgs=(record, peer, conn))
+                       callbackArgs=(peer, conn, step is not None), errbackArgs=(record, peer, conn))
         if self.store.backlog >= BACKLOG_HIGH:
             self._pause_peer(peer, conn)
 

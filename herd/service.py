@@ -28,16 +28,17 @@ from config.schema import ConfigError, HerdConfig, PlacesConfig
 from herd import systemd
 from herd.connection import Limits, NodeConnectionFactory
 from herd.node import Node
-from herd.peers import PeerLinks, dial_service
-from herd.places import PlacesProvider
+from herd.peer.dial import dial_service
+from herd.peer.links import PeerLinks
+from herd.peer.tls import tls_for
+from herd.places.provider import PlacesProvider
 from herd.stats import Stats
-from herd.tls import tls_for
 from storage.store import RedisStore
 
 log = Logger(namespace="herd")
 SHUTDOWN_GRACE = 5.0  # seconds in-flight replies get to finish on SIGTERM
 STATUS_INTERVAL = 1.0  # seconds between writes of <prefix>status
-SKIP_INTERVAL = 0.1  # seconds between K messages telling peers our log moved on
+LOG_MOVED_INTERVAL = 0.1  # seconds between K messages telling peers our log moved on
 # A node whose Redis is unreachable tells systemd READY=1 anyway (it serves
 # '? <line>' and reconnects by itself) this long after listening: three Redis
 # timeouts, at most 10 s, well within the unit's TimeoutStartSec=30s, so that
@@ -62,15 +63,15 @@ def listen_description(host: str, port: int) -> str:
 
 def build_places(config: PlacesConfig, reactor: Any, store: RedisStore) -> PlacesProvider:
     if config.provider == "offline":
-        from herd.offline_places import OfflinePlaces
+        from herd.places.offline import OfflinePlaces
 
         return OfflinePlaces(store, reactor, config.min_population, config.timeout)
-    from herd.google_places import make_provider
+    from herd.places.google import make_provider
 
     provider = make_provider(config, reactor)
     if config.cache_ttl <= 0:
         return provider
-    from herd.places_cache import CachedPlaces
+    from herd.places.cache import CachedPlaces
 
     # Places API (New) is asked for exactly `limit` results, so the bound is
     # part of its question; the legacy API answers the same for any bound.
@@ -122,7 +123,7 @@ class NodeService(MultiService):
         self._status = LoopingCall(self._publish_status)
         self._last_total = 0
         self._watchdog = LoopingCall(systemd.notify, "WATCHDOG=1")
-        self._skips = LoopingCall(self.links.send_skips)
+        self._log_moved = LoopingCall(self.links.send_log_moved)
 
     def startService(self) -> None:
         super().startService()  # listens at once; raises CannotListenError
@@ -133,7 +134,7 @@ class NodeService(MultiService):
         if hasattr(self.node.places, "recheck"):  # offline places: load them once Redis serves
             self.store.on_connected.append(self._check_places)
         self._status.start(STATUS_INTERVAL, now=False)
-        self._skips.start(SKIP_INTERVAL, now=False)
+        self._log_moved.start(LOG_MOVED_INTERVAL, now=False)
         interval = systemd.watchdog_interval()
         if interval:
             self._watchdog.start(interval)
@@ -143,9 +144,9 @@ class NodeService(MultiService):
     def _check_places(self) -> None:
         """On every new connection (not after each recovered timeout): Redis may
         have been emptied or replaced."""
-        if self.store.connections == self._places_checked:
+        if self.store.connections_made == self._places_checked:
             return
-        self._places_checked = self.store.connections
+        self._places_checked = self.store.connections_made
         self.node.places.recheck().addErrback(lambda _: None)  # type: ignore[attr-defined]
         # (a failure is logged by the provider; a WHATSAT tries again)
 
@@ -188,7 +189,7 @@ class NodeService(MultiService):
         then close peer links and Redis."""
         log.info("stopping: no new connections; finishing in-flight replies")
         systemd.notify("STOPPING=1")
-        for loop in (self._status, self._watchdog, self._skips):
+        for loop in (self._status, self._watchdog, self._log_moved):
             if loop.running:
                 loop.stop()
         if self._ready_anyway is not None and self._ready_anyway.active():

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import itertools
 import math
-import re
 from collections import deque
 from collections.abc import Callable
 from importlib import resources
@@ -25,7 +24,8 @@ from twisted.logger import Logger
 from zope.interface import implementer
 
 from config.schema import RedisAddress
-from herd.protocol import AtRecord, parse_at_line
+from herd.wire.client import AtRecord, parse_at_line
+from herd.wire.peer import ANY_ENTRY, LogStep, Position
 from storage.keys import Keys
 
 _log = Logger(namespace="herd")
@@ -60,36 +60,6 @@ STALLED = 0.25  # seconds a store batch may wait for Redis before the store coun
 RECOVERY_GRACE = 1.25
 
 
-class Position(NamedTuple):
-    """A place in one node's update log: ``<epoch>/<stream id>`` on the wire."""
-
-    epoch: bytes
-    entry: bytes
-
-    @property
-    def token(self) -> bytes:
-        return self.epoch + b"/" + self.entry
-
-    @classmethod
-    def parse(cls, token: bytes) -> Position | None:
-        """A position from the wire: ``<epoch>/<ms>-<seq>`` (a stream id), else
-        None; never ANY_POSITION, which only the node itself uses."""
-        epoch, slash, entry = token.partition(b"/")
-        return cls(epoch, entry) if slash and epoch and _STREAM_ID.fullmatch(entry) else None
-
-
-ANY_POSITION = b"*"  # as a chain's prev: move the offset to pos wherever it stands
-_STREAM_ID = re.compile(rb"[0-9]{1,20}-[0-9]{1,20}")  # a Redis stream entry id
-
-
-class Chain(NamedTuple):
-    """A peer's update at ``pos`` that followed ``prev`` in that peer's log."""
-
-    peer: bytes
-    prev: Position
-    pos: Position
-
-
 class LogChunk(NamedTuple):
     end: Position  # the position after this chunk
     entries: int  # log entries read (fewer than asked: the log is exhausted)
@@ -99,7 +69,7 @@ class LogChunk(NamedTuple):
 class StoreResult(NamedTuple):
     stored: bool  # the record was newer and is now held
     position: Position | None  # where it went in this node's log, when stored
-    advanced: bool  # the chain's peer offset moved to chain.pos
+    advanced: bool  # the log step's peer offset moved to step.pos
     previous: Position | None = None  # the log entry just before position
 
 
@@ -200,7 +170,7 @@ class RedisStore:
         self._recovery_waiters: list[Deferred[None]] = []  # calls waiting for Redis to serve again
         self.on_connected: list[Callable[[], None]] = []  # on every (re)connection, once Redis serves
         self._checking = False  # a check whether Redis serves is under way
-        self.connections = 0  # connections made so far (each may reach a restarted Redis)
+        self.connections_made = 0  # connections made so far (each may reach a restarted Redis)
         self._serving_now = False
         self._said_not_serving = False  # that check was refused and logged
         self._batch: deque[_Pending] = deque()  # from peers
@@ -267,29 +237,29 @@ class RedisStore:
     # -- verbs -----------------------------------------------------------
 
     def store_if_newer(self, record: AtRecord, tie_break: bool = False,
-                       chain: Chain | None = None, source: bytes = b"") -> Deferred[StoreResult]:
+                       step: LogStep | None = None, source: bytes = b"") -> Deferred[StoreResult]:
         """Atomically store ``record`` if its client-time is strictly newer than the
         held one (with ``tie_break``, an equal time with a bytewise larger AT line
-        also wins), logging it in the update log. With a ``chain``, the peer's
-        offset advances to ``chain.pos`` if it stood at ``chain.prev``. ``source``
+        also wins), logging it in the update log. With a log ``step``, the peer's
+        offset advances to ``step.pos`` if it stood at ``step.prev``. ``source``
         names the peer the record came from (b"" for a client).
 
         Calls made in one reactor turn go to Redis as one batch (one Lua call),
         applied in call order; each Deferred fires with its own StoreResult once
         Redis has acknowledged the batch."""
         done: Deferred[StoreResult] = Deferred()
-        self._queue(_record_args(record, tie_break, chain, source), done, urgent=not source and not chain)
+        self._queue(_record_args(record, tie_break, step, source), done, urgent=not source and not step)
         return done
 
-    def advance_offset(self, chain: Chain, holds: list[bytes] = []) -> Deferred[StoreResult]:  # noqa: B006
-        """Advance ``chain.peer``'s offset from ``chain.prev`` to ``chain.pos`` with
-        no record, in order with the records stored before it; ``holds``
+    def advance_offset(self, step: LogStep, listed: list[bytes] = []) -> Deferred[StoreResult]:  # noqa: B006
+        """Advance ``step.peer``'s offset from ``step.prev`` to ``step.pos`` with
+        no record, in order with the records stored before it; ``listed``
         (client id, client-time, server, skew, client id, ...): only if each
         of those clients is held newer, or as new with that server and skew
         (see store_batch.lua)."""
         done: Deferred[StoreResult] = Deferred()
-        link = (chain.peer, chain.prev.epoch, chain.prev.entry, chain.pos.entry)
-        meta = b"\n".join((b"0", *link, b"", *holds))
+        link = (step.peer, step.prev.epoch, step.prev.entry, step.pos.entry)
+        meta = b"\n".join((b"0", *link, b"", *listed))
         self._queue([b"", meta], done)
         return done
 
@@ -302,7 +272,7 @@ class RedisStore:
         """Set ``peer``'s offset to ``pos`` after every record queued before this
         call, and before every one queued after it. It fails if any of those
         before it failed: a failed batch fails everything queued behind it."""
-        return self.advance_offset(Chain(peer, Position(pos.epoch, ANY_POSITION), pos))
+        return self.advance_offset(LogStep(peer, Position(pos.epoch, ANY_ENTRY), pos))
 
     def when_backlog_below(self, limit: int) -> Deferred[None]:
         """Fires once fewer than ``limit`` records wait to be sent to Redis."""
@@ -508,7 +478,7 @@ class RedisStore:
         its data set (it answers LOADING to data commands until done), so
         ``on_connected`` runs only once it takes a write (and again after a
         call failed: a reply may have been lost)."""
-        self.connections += 1
+        self.connections_made += 1
         self._serving_now = False
         self._refused = None
         waiters, self._waiters = self._waiters, []
@@ -531,10 +501,11 @@ class RedisStore:
         d.addCallbacks(self._serving, self._not_serving_yet)
 
     def _serving(self, _: Any) -> None:
-        if self._failing_since is not None or self._said_not_serving or self.connections > self._announced:
+        announce = self._failing_since is not None or self._said_not_serving
+        if announce or self.connections_made > self._announced:
             _log.info("Redis at {host}:{port} serves (connection {n})", host=self._address.host,
-                      port=self._address.port, n=self.connections)
-            self._announced = self.connections
+                      port=self._address.port, n=self.connections_made)
+            self._announced = self.connections_made
         self._checking = self._said_not_serving = False
         self._serving_now = True
         self._failing_since = None
@@ -555,9 +526,9 @@ class RedisStore:
             self._checking = False
 
 
-def _record_args(record: AtRecord, tie_break: bool, chain: Chain | None, source: bytes) -> list[bytes]:
+def _record_args(record: AtRecord, tie_break: bool, step: LogStep | None, source: bytes) -> list[bytes]:
     """The two arguments store_batch.lua takes per record: AT line and meta."""
-    link = (chain.peer, chain.prev.epoch, chain.prev.entry, chain.pos.entry) if chain else (b"",) * 4
+    link = (step.peer, step.prev.epoch, step.prev.entry, step.pos.entry) if step else (b"",) * 4
     return [record.line, b"\n".join((b"1" if tie_break else b"0", *link, source))]
 
 

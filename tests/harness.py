@@ -17,7 +17,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from herd.resp import Resp, encode_command, read_reply  # noqa: F401 (re-exported for tests)
+from herd.tools.resp import Resp, encode_command, read_reply  # noqa: F401 (re-exported for tests)
 
 REPO = Path(__file__).resolve().parent.parent
 

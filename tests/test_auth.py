@@ -1,4 +1,4 @@
-"""herd.auth: the peer handshake's MACs and nonces (SPEC section 2, authentication)."""
+"""herd.wire.handshake: the peer handshake's MACs and nonces (SPEC section 2, authentication)."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from herd import auth
+from herd.wire import handshake as auth
 
 SECRET = b"the herd's shared secret"
 ND = b"0123456789abcdef0123456789abcdef"

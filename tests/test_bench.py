@@ -15,15 +15,15 @@ from typing import Any
 import pytest
 from harness import REPO
 
-from herd import bench
-from herd.bench_load import client_time, iamat, percentile
-from herd.protocol import Iamat, parse_request
+from herd.tools import bench
+from herd.tools.bench_load import client_time, iamat, percentile
+from herd.wire.client import Iamat, parse_request
 
 
 def run_bench(*flags: str) -> tuple[dict[str, Any], float]:
-    """``python -m herd.bench FLAGS --json``: the report and the seconds it took."""
+    """``python -m herd.tools.bench FLAGS --json``: the report and the seconds it took."""
     started = time.monotonic()
-    result = subprocess.run([sys.executable, "-m", "herd.bench", *flags, "--json"], cwd=REPO,
+    result = subprocess.run([sys.executable, "-m", "herd.tools.bench", *flags, "--json"], cwd=REPO,
                             capture_output=True, text=True, timeout=110)
     elapsed = time.monotonic() - started
     assert result.returncode == 0, result.stdout + result.stderr
@@ -73,7 +73,7 @@ def test_short_run_of_propagation_and_reconcile() -> None:
 
 
 def test_unknown_scenario_is_refused() -> None:
-    result = subprocess.run([sys.executable, "-m", "herd.bench", "--only", "speed"], cwd=REPO,
+    result = subprocess.run([sys.executable, "-m", "herd.tools.bench", "--only", "speed"], cwd=REPO,
                             capture_output=True, text=True, timeout=30)
     assert result.returncode == 2 and "unknown scenario(s) speed" in result.stderr
 

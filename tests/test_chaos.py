@@ -22,7 +22,7 @@ SEED = 2
 @pytest.mark.timeout(240)
 def test_short_chaos_run_loses_nothing_and_converges() -> None:
     result = subprocess.run(
-        [sys.executable, "-m", "herd.chaos", "--cycles", "6", "--rate", "100", "--seed", str(SEED),
+        [sys.executable, "-m", "herd.tools.chaos", "--cycles", "6", "--rate", "100", "--seed", str(SEED),
          "--quiet"],
         cwd=REPO, capture_output=True, text=True, timeout=220,
     )

@@ -1,4 +1,4 @@
-"""herd.client.run_client against a tiny threaded TCP server (real sockets, no mocks)."""
+"""herd.tools.client.run_client against a tiny threaded TCP server (real sockets, no mocks)."""
 
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from herd.client import parse_address, run_client
+from herd.tools.client import parse_address, run_client
 
 REPO = Path(__file__).resolve().parent.parent
 

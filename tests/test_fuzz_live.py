@@ -5,7 +5,7 @@ lines of exactly 4096 bytes, AT lines and HERD-* handshake words with
 garbage), sent in bursts and in odd-sized chunks over a few half-closed
 connections, then over-long lines each on its own connection.
 
-The oracle is ``herd.protocol.parse_request``, used only to classify each line
+The oracle is ``herd.wire.client.parse_request``, used only to classify each line
 as a valid IAMAT (reply ``AT Solo ...`` for exactly that id, location and
 time), invalid (reply exactly ``? `` + the line) or blank (no reply); the
 parsing rules themselves are tested in test_protocol.py. Checked here: the
@@ -26,7 +26,7 @@ from dataclasses import dataclass
 import pytest
 from cluster import Herd, talk
 
-from herd.protocol import Iamat, Invalid, Whatsat, parse_client_time, parse_request
+from herd.wire.client import Iamat, Invalid, Whatsat, parse_client_time, parse_request
 
 SEED = 20240607
 LINES = 10_400  # in the ordinary connections

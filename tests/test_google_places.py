@@ -24,7 +24,7 @@ from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET, Request, Site
 
 from config.schema import ConfigError, PlacesConfig
-from herd.google_places import (
+from herd.places.google import (
     NEW_FIELD_MASK,
     GoogleNearby,
     GoogleNearbyNew,
@@ -32,8 +32,8 @@ from herd.google_places import (
     make_provider,
     radius_text,
 )
-from herd.places import PlacesAnswer, PlacesError
-from herd.protocol import format_whatsat_reply, squeeze_newlines
+from herd.places.provider import PlacesAnswer, PlacesError
+from herd.wire.client import format_whatsat_reply, squeeze_newlines
 
 reactor: Any = global_reactor
 KEY = "AIzaTEST-secret_key.42"

@@ -11,8 +11,8 @@ from twisted.trial import unittest
 
 from herd.latest import LatestTimes
 from herd.node import Node
-from herd.peers import PeerLinks
-from herd.protocol import parse_at_line
+from herd.peer.links import PeerLinks
+from herd.wire.client import parse_at_line
 
 
 def loaded(*held: tuple[bytes, int], max_clients: int = 100) -> LatestTimes:

@@ -1,4 +1,4 @@
-"""herd.lines.LineProtocol: line framing (SPEC section 1, first paragraph and Errors).
+"""herd.wire.lines.LineProtocol: line framing (SPEC section 1, first paragraph and Errors).
 
 A line ends with ``\\n``; one trailing ``\\r`` is dropped. A line longer than the
 limit (terminator excluded) is reported once and nothing after it is read. An
@@ -12,7 +12,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from twisted.internet.testing import StringTransport
 
-from herd.lines import LineProtocol
+from herd.wire.lines import LineProtocol
 
 PROPS = settings(max_examples=300, deadline=None)
 

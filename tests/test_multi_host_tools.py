@@ -13,7 +13,7 @@ import pytest
 from harness import REPO, RedisServer
 
 from config.loader import load_config, redis_on_other_machines
-from herd.check import is_this_machine, unreachable_here
+from herd.tools.check import is_this_machine, unreachable_here
 
 # TEST-NET-3 (RFC 5737): documentation addresses no machine here has.
 ELSEWHERE = ("203.0.113.11", "203.0.113.12")

@@ -16,10 +16,10 @@ from twisted.internet.task import Clock, deferLater
 from twisted.trial import unittest
 
 from herd.node import Node
-from herd.peers import PeerLinks
-from herd.protocol import parse_at_line
-from herd.reconcile import GAP_PULL_INTERVAL, PULL_SILENCE, Reconciler
-from storage.store import Position
+from herd.peer.links import PeerLinks
+from herd.peer.reconcile import GAP_PULL_INTERVAL, PULL_SILENCE, Reconciler
+from herd.wire.client import parse_at_line
+from herd.wire.peer import Position
 
 
 @pytest.mark.parametrize("token, position", [
@@ -138,7 +138,7 @@ class PeerLines(unittest.TestCase):
 
         def send(client: bytes, seconds_ahead: int) -> bytes:
             line = b"R AT P +0.000000001 %s +1+1 %d" % (client, 1_700_000_000 + seconds_ahead)
-            node.peer_line(line, b"P", self.conn)  # type: ignore[arg-type]
+            node.handle_peer_line(line, b"P", self.conn)  # type: ignore[arg-type]
             return line
 
         def pulls() -> Any:
@@ -166,7 +166,7 @@ class PeerLines(unittest.TestCase):
         assert record is not None
         for line in (b"K E/* E/garbage", b"K E/5-0 E/garbage", b"K E/* E/99-0",
                      b"U E/* E/6-0 " + record.line, b"U E/5-0 E/x " + record.line):
-            self.node.peer_line(line, b"P", self.conn)  # type: ignore[arg-type]
+            self.node.handle_peer_line(line, b"P", self.conn)  # type: ignore[arg-type]
         yield wait()
         assert self.redis.hgetall("herd:peer:P") == {b"epoch": b"E", b"pos": b"5-0"}
 
@@ -176,7 +176,7 @@ def test_peer_sockets_notice_a_dead_host() -> None:
     and 25 s for unacknowledged data, on a real TCP socket."""
     import socket
 
-    from herd.connection import detect_dead_peer
+    from herd.peer.connection import detect_dead_peer
 
     class Transport:
         def __init__(self, sock: socket.socket) -> None:
@@ -205,12 +205,13 @@ def test_a_closed_peer_connection_says_it_is_not_connected() -> None:
     from twisted.python.failure import Failure
 
     from config.schema import RedisAddress
-    from herd.connection import NodeConnection, NodeConnectionFactory, PeerDialer
+    from herd.connection import NodeConnection, NodeConnectionFactory
+    from herd.peer.dial import DialledPeer
     from storage.store import RedisStore
 
     store = RedisStore(Clock(), RedisAddress("redis://127.0.0.1:1/0", "127.0.0.1", 1), b"herd:", 1.0)
     node = Node(b"A", store, None, PeerLinks([b"P"]), Clock())  # type: ignore[arg-type]  # never started
-    dialled = PeerDialer(node, b"A", b"P", b"secret", Clock(), [0])
+    dialled = DialledPeer(node, b"A", b"P", b"secret", Clock(), [0])
     factory = NodeConnectionFactory(node, b"A", b"secret", 4096, 0, lambda: 0)
     accepted = factory.buildProtocol(None)
     assert isinstance(accepted, NodeConnection)

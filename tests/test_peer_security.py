@@ -15,7 +15,7 @@ import pytest
 from cluster import SECRET, Herd
 from harness import wait_until
 
-from herd import auth
+from herd.wire import handshake as auth
 
 
 @pytest.fixture

@@ -1,12 +1,12 @@
-"""herd.peers.PeerLinks: what goes to which peer, and when (no sockets)."""
+"""herd.peer.links.PeerLinks: what goes to which peer, and when (no sockets)."""
 
 from __future__ import annotations
 
 from typing import Any
 
-from herd.peers import MAX_HOLDS, PeerLinks
-from herd.protocol import parse_at_line
-from storage.store import Position
+from herd.peer.links import PeerLinks
+from herd.wire.client import parse_at_line
+from herd.wire.peer import MAX_LISTED, Position
 
 
 class Conn:
@@ -42,7 +42,7 @@ def chained(*names: bytes) -> tuple[PeerLinks, dict[bytes, Conn]]:
     conns = {name: Conn() for name in names}
     for name, conn in conns.items():
         links.add(name, conn, "test")
-        links.continue_chain(name, conn, pos(0))
+        links.chain_from(name, conn, pos(0))
     return links, conns
 
 
@@ -72,9 +72,9 @@ def test_a_forwarded_update_sends_only_its_position_later_in_a_k_line() -> None:
         sent_to = links.forward(rec.line, None)
         links.flood(rec, pos(n), pos(n - 1), None, sent_to)
     assert conns[b"B"].take() == [b"F " + a.line, b"F " + b.line]
-    assert links.send_skips() == 1
+    assert links.send_log_moved() == 1
     assert conns[b"B"].take() == [b"K E/0-0 E/2-0 a 1.5 A +0.000000001 b 2.5 A +0.000000001"]
-    assert links.send_skips() == 0
+    assert links.send_log_moved() == 0
 
 
 def test_a_u_line_after_forwarded_ones_is_preceded_by_their_k_line() -> None:
@@ -88,21 +88,21 @@ def test_a_u_line_after_forwarded_ones_is_preceded_by_their_k_line() -> None:
 
 def test_many_forwarded_updates_are_named_in_bounded_k_lines() -> None:
     links, conns = chained(b"B")
-    for n in range(1, MAX_HOLDS + 2):
+    for n in range(1, MAX_LISTED + 2):
         rec = record(f"c{n}", n)
         links.flood(rec, pos(n), pos(n - 1), None, links.forward(rec.line, None))
     skips = [line for line in conns[b"B"].take() if line.startswith(b"K ")]
-    assert len(skips) == 1 and len(skips[0].split()) == 3 + 4 * MAX_HOLDS
-    links.send_skips()
+    assert len(skips) == 1 and len(skips[0].split()) == 3 + 4 * MAX_LISTED
+    links.send_log_moved()
     assert conns[b"B"].take() == [b"K E/%d-0 E/%d-0 c%d %d.5 A +0.000000001" % (
-        MAX_HOLDS, MAX_HOLDS + 1, MAX_HOLDS + 1, MAX_HOLDS + 1)]
+        MAX_LISTED, MAX_LISTED + 1, MAX_LISTED + 1, MAX_LISTED + 1)]
 
 
 def test_updates_from_a_peer_move_its_offset_with_a_bare_k_line() -> None:
     links, conns = chained(b"B")
     links.flood(record("a", 1), pos(1), pos(0), b"B", frozenset())
     assert conns[b"B"].take() == []
-    links.send_skips()
+    links.send_log_moved()
     assert conns[b"B"].take() == [b"K E/0-0 E/1-0"]
 
 
@@ -112,8 +112,8 @@ def test_an_update_that_came_as_f_is_named_in_the_k_line_back_to_its_sender() ->
     links, conns = chained(b"B", b"C")
     rec = record("a", 1)
     sent_to = links.forward(rec.line, b"B")
-    links.flood(rec, pos(1), pos(0), b"B", sent_to, source_holds=False)
-    links.send_skips()
+    links.flood(rec, pos(1), pos(0), b"B", sent_to, source_has_it=False)
+    links.send_log_moved()
     assert conns[b"B"].take() == [b"K E/0-0 E/1-0 a 1.5 A +0.000000001"]
     assert conns[b"C"].take() == [b"F " + rec.line, b"K E/0-0 E/1-0 a 1.5 A +0.000000001"]
 
@@ -121,10 +121,10 @@ def test_an_update_that_came_as_f_is_named_in_the_k_line_back_to_its_sender() ->
 def test_an_update_its_sender_named_in_a_k_line_is_not_listed_back() -> None:
     links, conns = chained(b"B")
     confirmed, unconfirmed = record("a", 1), record("b", 2)
-    links.flood(confirmed, pos(1), pos(0), b"B", frozenset(), source_holds=False)
-    links.flood(unconfirmed, pos(2), pos(1), b"B", frozenset(), source_holds=False)
-    links.stored_there(b"B", [b"a", b"1.5", b"A", b"+0.000000001", b"x", b"9.5", b"A", b"+0.1"])
-    links.send_skips()
+    links.flood(confirmed, pos(1), pos(0), b"B", frozenset(), source_has_it=False)
+    links.flood(unconfirmed, pos(2), pos(1), b"B", frozenset(), source_has_it=False)
+    links.confirmed_by(b"B", [b"a", b"1.5", b"A", b"+0.000000001", b"x", b"9.5", b"A", b"+0.1"])
+    links.send_log_moved()
     assert conns[b"B"].take() == [b"K E/0-0 E/2-0 b 2.5 A +0.000000001"]
 
 

@@ -18,10 +18,10 @@ from twisted.internet.task import deferLater
 from twisted.trial import unittest
 
 from config.schema import RedisAddress
-from herd.google_places import GoogleNearby, default_http_client
-from herd.offline_places import OfflinePlaces, dataset_version
-from herd.places import PlacesError
-from herd.places_cache import CachedPlaces
+from herd.places.cache import CachedPlaces
+from herd.places.google import GoogleNearby, default_http_client
+from herd.places.offline import OfflinePlaces, dataset_version
+from herd.places.provider import PlacesError
 from storage.places_index import PLACES_SWITCH, PlacesIndex
 from storage.store import RedisStore
 

@@ -1,4 +1,4 @@
-"""herd.protocol, read as SPEC section 1 (client protocol).
+"""herd.wire.client, read as SPEC section 1 (client protocol).
 
 Every test states one rule of the spec. The property tests at the end check the
 same rules on generated input against an independent oracle that uses exact
@@ -16,7 +16,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from herd.protocol import (
+from herd.wire.client import (
     MAX_CLIENT_ID_BYTES,
     AtRecord,
     ClientTime,

@@ -1,4 +1,4 @@
-"""herd.reconcile.Reconciler against a real Redis: an offset left behind by a
+"""herd.peer.reconcile.Reconciler against a real Redis: an offset left behind by a
 record that could not be stored is pulled again, even when no more updates
 come (found by a black-box audit: after a burst, offsets stayed behind until
 the next reconnection, which then re-sent tens of thousands of records)."""
@@ -14,9 +14,9 @@ from twisted.internet.defer import DeferredList, inlineCallbacks
 from twisted.internet.task import Clock, deferLater
 from twisted.trial import unittest
 
-from herd.peers import PeerLinks
-from herd.protocol import parse_at_line
-from herd.reconcile import GAP_PULL_INTERVAL, Reconciler
+from herd.peer.links import PeerLinks
+from herd.peer.reconcile import GAP_PULL_INTERVAL, Reconciler
+from herd.wire.client import parse_at_line
 
 
 def record(client: int) -> Any:

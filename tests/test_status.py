@@ -12,7 +12,7 @@ from cluster import Herd, talk
 from harness import REPO, wait_until
 
 from config.loader import load_config
-from herd.status import NodeView, agreement, render
+from herd.tools.status import NodeView, agreement, render
 
 
 def status_once(herd: Herd) -> subprocess.CompletedProcess[str]:

@@ -20,12 +20,11 @@ from twisted.logger import globalLogPublisher
 from twisted.trial import unittest
 
 from config.schema import RedisAddress
-from herd.protocol import parse_at_line
+from herd.wire.client import parse_at_line
+from herd.wire.peer import LogStep, Position
 from storage.store import (
     MAX_BATCH,
     RECOVERY_GRACE,
-    Chain,
-    Position,
     RedisStore,
     StoreUnavailable,
     _ReconnectingFactory,
@@ -126,7 +125,7 @@ class Backpressure(unittest.TestCase):
     def setUp(self) -> None:
         from herd import node as node_module
         from herd.node import Node
-        from herd.peers import PeerLinks
+        from herd.peer.links import PeerLinks
 
         self.redis, self.store = redis_with_store(self, "herd-backpressure-")
         self.patch(node_module, "BACKLOG_HIGH", 50)
@@ -138,7 +137,7 @@ class Backpressure(unittest.TestCase):
         yield self.store.get(b"nobody")  # connected
         conn = PeerConn()
         for i in range(200):  # one reactor turn: nothing is sent to Redis yet
-            self.node.peer_line(b"R AT B +0.100000000 c%d +1+1 1700000000.5" % i, b"P", conn)
+            self.node.handle_peer_line(b"R AT B +0.100000000 c%d +1+1 1700000000.5" % i, b"P", conn)
         assert conn.transport.calls == ["pause"]
         yield self.store.when_backlog_below(1)
         yield deferLater(reactor, 0.5, lambda: None)  # the last batches are answered
@@ -174,7 +173,7 @@ class FailedBatches(unittest.TestCase):
         backlog = [self.store.store_if_newer(record(i), tie_break=True, source=b"P") for i in range(3000)]
         at, after = Position(b"OTHER", b"5-0"), Position(b"OTHER", b"6-0")
         offset = self.store.set_offset_in_order(b"P", at)
-        chained = self.store.advance_offset(Chain(b"P", at, after))
+        chained = self.store.advance_offset(LogStep(b"P", at, after))
         yield DeferredList(backlog)
         assert (yield offset).advanced and (yield chained).advanced
         assert self.redis.hgetall("herd:peer:P") == {b"epoch": b"OTHER", b"pos": b"6-0"}

@@ -10,7 +10,7 @@ from harness import redis_with_store
 from twisted.internet.defer import inlineCallbacks
 from twisted.trial import unittest
 
-from herd.protocol import parse_at_line
+from herd.wire.client import parse_at_line
 
 CASES = [  # latitude, in the GEO set
     (b"+85.05112878", True),

@@ -11,9 +11,9 @@ from twisted.internet.defer import inlineCallbacks
 from twisted.trial import unittest
 
 from herd.node import Node
-from herd.peers import PeerLinks
-from herd.protocol import parse_at_line
-from storage.store import Chain, Position
+from herd.peer.links import PeerLinks
+from herd.wire.client import parse_at_line
+from herd.wire.peer import LogStep, Position
 
 HELD = b"AT B +0.100000000 c +1+1 1000.5"
 
@@ -26,8 +26,8 @@ class AdvanceOffsetHolds(unittest.TestCase):
     def advance(self, *holds: bytes) -> Any:
         """Try to move peer P's offset from E/1-0 to E/2-0 with ``holds``; True if it moved."""
         yield self.store.set_peer_offset(b"P", Position(b"E", b"1-0"))
-        result = yield self.store.advance_offset(Chain(b"P", Position(b"E", b"1-0"), Position(b"E", b"2-0")),
-                                                 list(holds))
+        step = LogStep(b"P", Position(b"E", b"1-0"), Position(b"E", b"2-0"))
+        result = yield self.store.advance_offset(step, list(holds))
         return result.advanced
 
     @inlineCallbacks
@@ -60,14 +60,14 @@ class HeldInMemory(unittest.TestCase):
     def test_only_holds_not_seen_stored_go_to_redis(self) -> None:
         seen = (b"c", b"1000.5", b"B", b"+0.100000000")
         other = (b"d", b"7", b"B", b"+0.100000000")
-        self.node._remember_held(b"P", seen)
-        assert self.node._not_known_held(b"P", [*seen, *other]) == list(other)
-        assert self.node._not_known_held(b"P", list(seen)) == list(seen)  # named once: forgotten
-        assert self.node._not_known_held(b"Q", list(seen)) == list(seen)
+        self.node._remember_stored_from(b"P", seen)
+        assert self.node._not_known_stored(b"P", [*seen, *other]) == list(other)
+        assert self.node._not_known_stored(b"P", list(seen)) == list(seen)  # named once: forgotten
+        assert self.node._not_known_stored(b"Q", list(seen)) == list(seen)
 
     def test_a_redis_reconnection_forgets_them(self) -> None:
         seen = (b"c", b"1000.5", b"B", b"+0.100000000")
-        self.node._remember_held(b"P", seen)
-        assert self.node._held_from.clear in self.store.on_connected
-        self.node._held_from.clear()
-        assert self.node._not_known_held(b"P", list(seen)) == list(seen)
+        self.node._remember_stored_from(b"P", seen)
+        assert self.node._stored_from.clear in self.store.on_connected
+        self.node._stored_from.clear()
+        assert self.node._not_known_stored(b"P", list(seen)) == list(seen)

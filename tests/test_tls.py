@@ -19,7 +19,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 from harness import wait_until
 
-from herd import auth
+from herd.wire import handshake as auth
 
 TLS = 'tls_cert = "tls/{node}.crt"\ntls_key = "tls/{node}.key"\ntls_ca = "tls/ca.crt"\n'
 

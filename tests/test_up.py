@@ -228,7 +228,7 @@ def test_up_refuses_a_redis_port_that_a_running_redis_holds(tmp_path: Path) -> N
 @needs_loader
 def test_one_redis_per_distinct_local_port_and_none_for_a_remote_one() -> None:
     from config.schema import HerdConfig, NodeConfig, RedisAddress
-    from herd.up import LocalRedis, plan_redis_servers
+    from herd.tools.up import LocalRedis, plan_redis_servers
 
     def node(name: str, port: int, host: str, redis_port: int) -> NodeConfig:
         url = f"redis://{host}:{redis_port}/0"

@@ -17,7 +17,7 @@ from typing import Any
 from twisted.internet.defer import DeferredList, inlineCallbacks
 
 from config.schema import HerdConfig
-from herd.check import unreachable_here
+from herd.tools.check import unreachable_here
 from storage.store import RedisStore
 
 STALE_AFTER = 3.0  # seconds without a status write before a node counts as down

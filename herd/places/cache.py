@@ -20,7 +20,7 @@ from twisted.internet.defer import Deferred, fail, inlineCallbacks
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
-from herd.places import PlacesAnswer, PlacesProvider, radius_text
+from herd.places.provider import PlacesAnswer, PlacesProvider, radius_text
 from storage.store import RedisStore, StoreUnavailable
 
 log = Logger(namespace="herd")

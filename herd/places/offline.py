@@ -22,8 +22,8 @@ from twisted.internet.threads import deferToThread
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
-from herd.places import PlacesAnswer, PlacesError, radius_text
-from herd.protocol import GEO_LAT_LIMIT
+from herd.places.provider import PlacesAnswer, PlacesError, radius_text
+from herd.wire.client import GEO_LAT_LIMIT
 from storage.places_index import PlaceRow, PlacesIndex
 from storage.store import RedisStore
 

@@ -4,7 +4,7 @@ It runs its own herds on free loopback ports: one real ``redis-server`` per
 node with the shipped durability (``--appendonly yes --appendfsync always``)
 and every node as ``python -m herd serve NAME --config <generated toml>``,
 all under a temporary directory that is removed at the end (Ctrl-C included).
-Load comes from ``herd.bench_load`` in processes of its own. Scenarios:
+Load comes from ``herd.tools.bench_load`` in processes of its own. Scenarios:
 
 - throughput: pipelined IAMAT req/s on one node that floods to 2 peers
 - ceiling: the same load against a no-storage Twisted line server; ratio
@@ -42,9 +42,9 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
-from herd.resp import Resp
+from herd.tools.resp import Resp
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 SCENARIOS = ("throughput", "ceiling", "propagation", "whatsat", "memory", "reconcile", "startup")
 STARTS = 5  # startup: node restarts measured
 # SPEC section 5: the shipped five-node topology (links are undirected).
@@ -58,7 +58,7 @@ START_TIMEOUT = 20.0  # seconds for a Redis or a node to come up
 PLACES_KEY_ENV = "HERD_BENCH_PLACES_KEY"
 SECRET = secrets.token_hex(16)  # the peer secret of every herd this run starts
 
-SHIPPED_REDIS_CONF = Path(__file__).resolve().parent.parent / "ops" / "redis" / "redis.conf"
+SHIPPED_REDIS_CONF = Path(__file__).resolve().parents[2] / "ops" / "redis" / "redis.conf"
 
 
 def add_bench_arguments(parser: argparse.ArgumentParser) -> None:
@@ -414,8 +414,8 @@ def herd_running(root: Path, topology: dict[str, list[str]], offline_places: boo
 
 
 def run_tool(group: ProcessGroup, command: str, args: Sequence[str], timeout: float) -> dict[str, Any]:
-    """Run ``python -m herd.bench_load COMMAND ARGS`` and return the JSON it prints."""
-    proc = group.spawn([sys.executable, "-m", "herd.bench_load", command, *args], None)
+    """Run ``python -m herd.tools.bench_load COMMAND ARGS`` and return the JSON it prints."""
+    proc = group.spawn([sys.executable, "-m", "herd.tools.bench_load", command, *args], None)
     try:
         out, _ = proc.communicate(timeout=timeout)
     except subprocess.TimeoutExpired:
@@ -480,10 +480,10 @@ def scenario_throughput(bench: Bench) -> dict[str, Any]:
 
 
 def scenario_ceiling(bench: Bench) -> dict[str, Any]:
-    """The same load against a no-storage Twisted line server (herd.protocol only)."""
+    """The same load against a no-storage Twisted line server (herd.wire.client only)."""
     with ProcessGroup(bench.root / "ceiling") as group:
         port = free_ports(1)[0]
-        server = group.spawn([sys.executable, "-m", "herd.bench_load", "ceiling-server", str(port)],
+        server = group.spawn([sys.executable, "-m", "herd.tools.bench_load", "ceiling-server", str(port)],
                              group.root / "ceiling.log")
         wait_until(lambda: port_open(port), START_TIMEOUT, "ceiling server listening")
         return bench.timed_load(group, port, {"server": [server.pid]})
@@ -542,7 +542,7 @@ def read_reply_line(sock: socket.socket) -> bytes:
 
 def time_whatsat(sock: socket.socket, radius: str, seconds: float) -> dict[str, Any]:
     """Sequential ``WHATSAT bench-la <radius> 20`` for ``seconds`` (after 10 unmeasured)."""
-    from herd.bench_load import latency_summary
+    from herd.tools.bench_load import latency_summary
 
     request = f"WHATSAT bench-la {radius} 20\n".encode()
     latencies: list[int] = []
@@ -976,7 +976,7 @@ def make_report(args: argparse.Namespace, machine: dict[str, Any], commit: str,
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m herd.bench", description=__doc__,
+    parser = argparse.ArgumentParser(prog="python -m herd.tools.bench", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     add_bench_arguments(parser)
     try:

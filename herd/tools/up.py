@@ -30,9 +30,9 @@ from typing import IO
 
 from config.loader import check_can_serve, load_config
 from config.schema import HerdConfig
-from herd.tls import tls_for
+from herd.peer.tls import tls_for
 
-REDIS_CONF = Path(__file__).resolve().parent.parent / "ops" / "redis" / "redis.conf"
+REDIS_CONF = Path(__file__).resolve().parents[2] / "ops" / "redis" / "redis.conf"
 REDIS_START_TIMEOUT = 10.0  # seconds for a new redis-server to answer PING
 NODE_STOP_TIMEOUT = 5.0  # seconds between SIGTERM and SIGKILL for a node
 # Redis writes a final snapshot on SIGTERM; SIGKILL after this long loses

@@ -1,7 +1,7 @@
 """Google Places providers over treq: legacy Nearby Search and Places API (New).
 
-Both providers answer :meth:`nearby` with a :data:`herd.places.PlacesAnswer` in
-the legacy Nearby Search shape, or fail with :class:`herd.places.PlacesError`.
+Both providers answer :meth:`nearby` with a :data:`herd.places.provider.PlacesAnswer` in
+the legacy Nearby Search shape, or fail with :class:`herd.places.provider.PlacesError`.
 Every call is bounded three ways:
 
 - in time: the whole call (waiting for a concurrency slot, connecting, headers
@@ -38,7 +38,7 @@ from twisted.web.client import (
 from twisted.web.iweb import IResponse
 
 from config.schema import ConfigError, PlacesConfig
-from herd.places import PlacesAnswer, PlacesError, PlacesProvider, radius_text
+from herd.places.provider import PlacesAnswer, PlacesError, PlacesProvider, radius_text
 
 LEGACY_URL = "https://maps.googleapis.com/maps/api/place/nearbysearch/json"
 NEW_URL = "https://places.googleapis.com/v1/places:searchNearby"
@@ -265,7 +265,7 @@ class _GoogleProvider:
         self._slots = DeferredSemaphore(max_concurrent)
 
     def nearby(self, lat: str, lon: str, radius_m: Decimal, limit: int) -> Deferred[PlacesAnswer]:
-        """See :meth:`herd.places.PlacesProvider.nearby`. Fails with PlacesError
+        """See :meth:`herd.places.provider.PlacesProvider.nearby`. Fails with PlacesError
         within ``timeout`` seconds; a caller's own ``cancel()`` gives CancelledError."""
         deadline = self._reactor.seconds() + self.timeout
         d = Deferred.fromCoroutine(self._in_slot(lambda: self._call(lat, lon, radius_m, limit), deadline))

@@ -1,10 +1,7 @@
 """TLS for peer links, mutually verified against the herd's CA.
 
-A peer connection starts in plain text on the node's ordinary port (clients
-share it), then upgrades before the HMAC handshake:
-
-    D -> L  HERD-STARTTLS
-    L -> D  HERD-TLS-OK        (both sides start TLS; HERD-HELLO follows inside)
+A peer connection starts in plain text, then upgrades before the HMAC
+handshake (herd.wire.handshake: HERD-STARTTLS, HERD-TLS-OK).
 
 The listener presents its certificate and requires one from the dialler;
 both must chain to ``tls_ca``, and the dialler checks the listener's
@@ -18,9 +15,6 @@ from pathlib import Path
 from typing import Any
 
 from config.schema import ConfigError, HerdConfig, TlsConfig
-
-STARTTLS = b"HERD-STARTTLS"
-TLS_OK = b"HERD-TLS-OK"
 
 
 @dataclass(frozen=True)

@@ -1,14 +1,14 @@
 """The load side of ``herd bench``, run in processes of its own so that the
 generator never shares an interpreter with what it measures:
 
-    python -m herd.bench_load load PORT [--connections C] [--in-flight W]
+    python -m herd.tools.bench_load load PORT [--connections C] [--in-flight W]
                                         (--seconds S [--warmup S] | --count N [--first I] [--step K])
-    python -m herd.bench_load propagate PORT REDIS_PORT --rate R --seconds S
-    python -m herd.bench_load ceiling-server PORT
+    python -m herd.tools.bench_load propagate PORT REDIS_PORT --rate R --seconds S
+    python -m herd.tools.bench_load ceiling-server PORT
 
 ``load`` and ``propagate`` print one JSON object on stdout. ``ceiling-server``
 runs a no-storage Twisted line server that answers IAMAT exactly as a node
-does (``herd.protocol``), without Redis or peers, until SIGTERM.
+does (``herd.wire.client``), without Redis or peers, until SIGTERM.
 
 The generator pipelines: each connection keeps W requests outstanding, and a
 reply (one line per IAMAT, counted by newlines) lets the next request go.
@@ -290,13 +290,13 @@ async def run_propagate(port: int, redis_port: int, rate: float, seconds: float,
 
 
 def serve_ceiling(port: int) -> int:
-    """Answer IAMAT like a node (herd.protocol), storing nothing, until SIGTERM."""
+    """Answer IAMAT like a node (herd.wire.client), storing nothing, until SIGTERM."""
     from twisted.internet import reactor
     from twisted.internet.endpoints import serverFromString
     from twisted.internet.protocol import Factory
 
-    from herd.lines import LineProtocol
-    from herd.protocol import Iamat, Invalid, make_record, parse_request
+    from herd.wire.client import Iamat, Invalid, make_record, parse_request
+    from herd.wire.lines import LineProtocol
 
     max_future_ns = 3600 * NS_PER_S
 
@@ -326,7 +326,7 @@ def serve_ceiling(port: int) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m herd.bench_load", description=__doc__,
+    parser = argparse.ArgumentParser(prog="python -m herd.tools.bench_load", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="command", required=True)
     load = sub.add_parser("load", help="pipelined IAMAT load; prints JSON")

@@ -52,9 +52,9 @@ from pathlib import Path
 from types import FrameType
 from typing import Any
 
-from herd.resp import Resp
+from herd.tools.resp import Resp
 
-PACKAGE_ROOT = Path(__file__).resolve().parent.parent  # where `python -m herd` is found
+PACKAGE_ROOT = Path(__file__).resolve().parents[2]  # where `python -m herd` is found
 
 # SPEC section 5: the shipped five-node herd, each link listed by both ends.
 TOPOLOGY: dict[str, list[str]] = {

@@ -1,28 +1,9 @@
-"""Anti-entropy between linked peers, at a cost proportional to the difference.
+"""Anti-entropy between linked peers, at a cost proportional to the difference
+(docs/PEER-PROTOCOL.md, "Reconciliation").
 
 Every stored update goes into the node's update log (a Redis stream, see
 ``storage/store_batch.lua``). Each node remembers, per peer, how far it
-has applied that peer's log (``<prefix>peer:<name>``). Peer messages:
-
-    SYNC <epoch>/<id> | SYNC -    "send me what your log holds after this"
-    SYNC <position> ALL           the same, including updates that came from me
-                                  (asked once after a node starts: it may have
-                                  forwarded updates it never stored)
-    R <AT line>                   a record in answer to SYNC
-    SYNC-END <epoch>/<id>         the answer is complete up to this position
-    SYNC-END -                    the answer could not be completed (ask again)
-    F <AT line>                   a live update, forwarded before it is stored
-                                  (cut-through: the sender knew it was newer)
-    U <prev> <pos> <AT line>      a live update at <pos>, sent after <prev>
-    K <prev> <pos> [<id> <time> <server> <skew>]...
-                                  our log moved from <prev> to <pos> with updates
-                                  that came from you, or were forwarded between
-                                  us as F (those are listed: advance only if you
-                                  hold each one, or something newer; server and
-                                  skew tell apart records with equal times);
-                                  sent every 0.1 s or per 64 listed updates
-    PULL                          SYNC from me: my log may hold entries you have
-                                  not seen (a Redis reply was lost, Redis is back)
+has applied that peer's log (``<prefix>peer:<name>``).
 
 Whenever a link comes up, each side asks the other for its log after the
 remembered position: only clients updated since then travel. A position that
@@ -47,25 +28,19 @@ only what it stored).
 from __future__ import annotations
 
 import time
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from twisted.internet.defer import Deferred, inlineCallbacks
 from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 
-from herd.peers import NO_POSITION, PULL
-from storage.store import LogChunk, Position, RedisStore
-
-if TYPE_CHECKING:
-    from herd.peers import PeerConnection, PeerLinks
+from herd.peer.links import PeerConnection, PeerLinks
+from herd.wire import peer as msg
+from herd.wire.peer import Position
+from storage.store import LogChunk, RedisStore
 
 log = Logger(namespace="herd")
 
-SYNC = b"SYNC"
-SYNC_END = b"SYNC-END"
-RECORD = b"R"
-UPDATE = b"U"
-ALL = b"ALL"
 CHUNK = 1000  # log entries (or SCAN count) per Redis call while answering a SYNC
 
 
@@ -115,8 +90,7 @@ class Reconciler:
         if self._pulling.get(peer) is not conn:
             return  # its connection was lost while the offset was read (a pull may be under way on another)
         self._since[peer] = since
-        suffix = b" " + ALL if peer in self._include_own else b""
-        conn.send_line(SYNC + b" " + (since.token if since else NO_POSITION) + suffix)
+        conn.send_line(msg.sync(since, include_own=peer in self._include_own))
         self._watch_pull(peer, conn, conn.lines_in)
 
     def _watch_pull(self, peer: bytes, conn: PeerConnection, seen: int) -> None:
@@ -150,7 +124,7 @@ class Reconciler:
         Redis stored while their replies were lost never went out)."""
         for peer, conn in self._links.first_connections():
             self.pull(peer, conn)
-            conn.send_line(PULL)
+            conn.send_line(msg.PULL)
 
     def is_pulling(self, peer: bytes) -> bool:
         return peer in self._pulling
@@ -233,7 +207,7 @@ class Reconciler:
         gap, would bring them."""
         self._serving.discard(conn)
         if other is not None:
-            other.send_line(PULL)
+            other.send_line(msg.PULL)
         if self._pulling.get(peer) is conn:
             self._end_pull(peer)
             if other is not None:
@@ -254,8 +228,8 @@ class Reconciler:
                      peer=peer.decode())
             return None
         self._serving.add(conn)
-        token, _, flag = rest.partition(b" ")
-        d = self._serve(peer, conn, Position.parse(token), b"" if flag.strip() == ALL else peer)
+        since, include_own = msg.parse_sync(rest)
+        d = self._serve(peer, conn, since, b"" if include_own else peer)
         return d.addBoth(self._served, conn)
 
     def _served(self, result: Any, conn: PeerConnection) -> Any:
@@ -265,7 +239,7 @@ class Reconciler:
     @inlineCallbacks
     def _serve(self, peer: bytes, conn: PeerConnection, since: Position | None, leave_out: bytes) -> Any:
         started, sent = time.monotonic(), [0, 0]  # records, bytes
-        self._links.restart_chain(peer, conn)
+        self._links.start_unchained(peer, conn)
         mode = "incremental"
         try:
             chunk = yield self._store.log_since(since, CHUNK, leave_out)
@@ -282,7 +256,7 @@ class Reconciler:
         except Exception as err:  # Redis failed: the peer's offset stays, it asks again
             log.error("sync to {peer} failed: {why}", peer=peer.decode(), why=str(err))
             if conn.connected:
-                conn.send_line(SYNC_END + b" " + NO_POSITION)
+                conn.send_line(msg.sync_end(None))
             return
         self._finish(peer, conn, chunk, sent)
         self.runs += 1
@@ -294,10 +268,10 @@ class Reconciler:
     def _finish(self, peer: bytes, conn: PeerConnection, chunk: LogChunk, sent: list[int]) -> None:
         # Runs in the callback of the last log read: updates stored after it
         # are flooded after this, chained on from chunk.end.
-        line = SYNC_END + b" " + chunk.end.token
+        line = msg.sync_end(chunk.end)
         conn.send_line(line)
         sent[1] += len(line) + 1
-        self._links.continue_chain(peer, conn, chunk.end)
+        self._links.chain_from(peer, conn, chunk.end)
 
     @inlineCallbacks
     def _send_everything(self, conn: PeerConnection, sent: list[int]) -> Any:
@@ -311,6 +285,6 @@ class Reconciler:
     @staticmethod
     def _send_records(conn: PeerConnection, lines: list[bytes], sent: list[int]) -> None:
         for at_line in lines:
-            conn.send_line(RECORD + b" " + at_line)
+            conn.send_line(msg.record(at_line))
             sent[0] += 1
             sent[1] += len(at_line) + 3

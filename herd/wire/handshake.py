@@ -3,14 +3,16 @@
 The dialling node D opens a connection to the listening node L:
 
     D -> L   HERD-HELLO <D> <L> <nonce_d> <protocol>
-    L -> D   HERD-CHALLENGE <nonce_l> <mac_l>     mac_l = HMAC(secret, "L|D|L|nonce_d|nonce_l")
-    D -> L   HERD-AUTH <mac_d>                    mac_d = HMAC(secret, "D|D|L|nonce_d|nonce_l")
+    L -> D   HERD-CHALLENGE <nonce_l> <mac_l>     mac_l = mac(secret, "listener", D, L, nonce_d, nonce_l)
+    D -> L   HERD-AUTH <mac_d>                    mac_d = mac(secret, "dialler", D, L, nonce_d, nonce_l)
     L -> D   HERD-OK
+
+(docs/PEER-PROTOCOL.md, "Handshake", gives the MAC's exact input.)
 
 Each side proves knowledge of the secret over a nonce the other side chose
 fresh, so a recorded handshake cannot be replayed; the role label in the
 MAC input stops a reflected challenge from serving as an answer. <protocol>
-is the version of the peer messages (herd.reconcile); a listener refuses
+is the version of the peer messages (herd.wire.peer); a listener refuses
 (and logs) a dialler that speaks another one, since each side would drop or
 misread the other's messages. Pure functions only: the connection code
 holds the state.
@@ -22,13 +24,16 @@ import hashlib
 import hmac
 import os
 
+from herd.wire.peer import VERSION
+
+STARTTLS = b"HERD-STARTTLS"  # (optional, first) D -> L: upgrade to TLS before HERD-HELLO
+TLS_OK = b"HERD-TLS-OK"  # L -> D: both sides start TLS now
 HELLO = b"HERD-HELLO"
 CHALLENGE = b"HERD-CHALLENGE"
 AUTH = b"HERD-AUTH"
 OK = b"HERD-OK"
 PEER_WORDS = frozenset((HELLO, CHALLENGE, AUTH, OK))
-# 1: U/R/K/SYNC/PULL; 2: also F, K naming forwarded updates, SYNC ... ALL.
-PROTOCOL = b"2"
+PROTOCOL = VERSION  # of the peer messages (herd.wire.peer)
 
 _NONCE_BYTES = 16
 _NONCE_HEX = _NONCE_BYTES * 2

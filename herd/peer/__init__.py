@@ -1,0 +1,1 @@
+"""Peer links: registry and flooding, reconciliation, dialling and TLS."""

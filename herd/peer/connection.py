@@ -1,0 +1,70 @@
+"""What both ends of an authenticated peer connection share: sending and
+receiving peer lines, the line limit, and TCP keepalive. The handshake is
+done by each end (herd.connection for accepted ones, herd.peer.dial for
+dialled ones); what a peer line means is the node's (herd.node).
+"""
+
+from __future__ import annotations
+
+import socket
+from typing import Any, Protocol
+
+from herd import logs
+from herd.peer.links import PeerConnection, PeerLinks
+
+PEER_MAX_LINE = 1 << 20  # authenticated peers may send long control lines
+
+
+class PeerMessageHandler(Protocol):
+    """What a peer connection needs of its node: the link registry and a
+    handler for every line from an authenticated peer."""
+
+    links: PeerLinks
+
+    def handle_peer_line(self, line: bytes, peer: bytes, conn: PeerConnection) -> None: ...
+
+
+class PeerLineMixin:
+    """What both ends of an authenticated peer connection do."""
+
+    node: PeerMessageHandler
+    peer_name: bytes | None
+    transport: Any
+    connected: int
+    who: str
+
+    def send_line(self, line: bytes) -> None:
+        logs.wire(self.who, "sent", line)
+        self.transport.write(line + b"\n")
+
+    lines_in = 0
+
+    def peer_line(self, line: bytes) -> None:
+        assert self.peer_name is not None
+        self.lines_in += 1
+        self.node.handle_peer_line(line, self.peer_name, self)
+
+
+
+# A peer whose host died (power loss, a cable) sends no FIN: without these its
+# connections stay open here, a pull on them waits forever, and its next
+# process's link-up finds them still counted. Keepalive probes after 10 s of
+# silence, every 5 s; TCP_USER_TIMEOUT closes the connection once nothing has
+# been acknowledged for 25 s (probes included, so about 25 s after the last
+# packet on a quiet link; also a peer that has not read for 25 s, its window
+# shut: a node pauses reading from peers only while its Redis catches up).
+PEER_KEEPALIVE = {"TCP_KEEPIDLE": 10, "TCP_KEEPINTVL": 5, "TCP_KEEPCNT": 3, "TCP_USER_TIMEOUT": 25_000}
+
+
+def detect_dead_peer(transport: Any) -> None:
+    """Turn on TCP keepalive (and the user timeout) on a peer connection's
+    socket; options this platform lacks are skipped."""
+    try:
+        sock = transport.getHandle()
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
+    except (AttributeError, OSError):  # not a TCP socket (tests, a wrapped transport)
+        return
+    for name, value in PEER_KEEPALIVE.items():
+        option = getattr(socket, name, None)
+        if option is not None:
+            sock.setsockopt(socket.IPPROTO_TCP, option, value)

@@ -1,0 +1,217 @@
+"""The node's authenticated peer links: which connections are open to which
+peer, and what each update is sent as on each (docs/PEER-PROTOCOL.md,
+"Flooding" and "Ordering").
+
+A link to a peer exists while at least one authenticated connection to it is
+open, whichever side dialled it. Flooding sends each update once per peer:
+on the connection its flood cursor runs on (see herd.peer.reconcile), or
+else on its oldest open connection.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+from typing import Any, Protocol
+
+from twisted.logger import Logger
+
+from herd.wire import peer as msg
+from herd.wire.client import AtRecord
+from herd.wire.peer import MAX_LISTED, Position, UpdateKey, update_key
+
+log = Logger(namespace="herd")
+
+
+class PeerConnection(Protocol):
+    peer_name: bytes | None
+
+    connected: int  # Twisted's Protocol.connected: 1 while the connection is open
+    lines_in: int  # lines received from the peer since it authenticated
+    transport: Any
+
+    def send_line(self, line: bytes) -> None: ...
+
+
+class FloodCursor:
+    """How far this node's log has been flooded to one peer, on one connection.
+    ``sent``: the last log position sent to it (None while a SYNC answer is
+    under way: updates then go unchained). ``covered``: the last position such
+    that every log entry up to it was sent to the peer, came from it, or was
+    forwarded to it (``F``) before being stored. ``forwarded``: the update keys
+    (flattened) of each entry since ``sent`` that was forwarded to it;
+    ``awaiting_confirmation``: the keys of each entry since ``sent`` that came
+    from it as ``F`` and that none of its own K lines has listed yet (listing an
+    update there means it stored it). The peer may move its offset past them
+    only if it holds them, so K lists both."""
+
+    __slots__ = ("conn", "sent", "covered", "forwarded", "awaiting_confirmation")
+
+    def __init__(self, conn: PeerConnection, sent: Position | None, covered: Position | None):
+        self.conn = conn
+        self.sent = sent
+        self.covered = covered
+        self.forwarded: list[bytes] = []
+        self.awaiting_confirmation: dict[UpdateKey, None] = {}
+
+
+LinkCallback = Callable[[bytes, PeerConnection], None]
+LossCallback = Callable[[bytes, PeerConnection, PeerConnection | None], None]
+
+
+class PeerLinks:
+    """Registry of open authenticated peer connections, by peer name, and the
+    flood cursor of each peer (see herd.peer.reconcile)."""
+
+    def __init__(self, neighbours: Iterable[bytes]):
+        self.neighbours = frozenset(neighbours)
+        self._open: dict[bytes, list[PeerConnection]] = {name: [] for name in self.neighbours}
+        self._cursor: dict[bytes, FloodCursor] = {}
+        self.on_link_up: list[LinkCallback] = []  # (peer, connection) when a link comes up
+        self.on_connection_lost: list[LossCallback] = []  # (peer, lost, another open one)
+        self.flooded = 0
+
+    def is_neighbour(self, name: bytes) -> bool:
+        return name in self.neighbours
+
+    def add(self, name: bytes, conn: PeerConnection, how: str) -> None:
+        conns = self._open[name]
+        conns.append(conn)
+        log.info("peer {peer} link up ({how}; {n} open connection(s))",
+                 peer=name.decode(), how=how, n=len(conns))
+        if len(conns) == 1:
+            for callback in self.on_link_up:
+                callback(name, conn)
+
+    def remove(self, name: bytes, conn: PeerConnection) -> None:
+        conns = self._open[name]
+        if conn not in conns:
+            return
+        conns.remove(conn)
+        state = "still up" if conns else "down"
+        log.info("peer {peer} connection dropped; link {state}", peer=name.decode(), state=state)
+        if name in self._cursor and self._cursor[name].conn is conn:
+            del self._cursor[name]
+        for callback in self.on_connection_lost:
+            callback(name, conn, conns[0] if conns else None)
+
+    def up(self) -> list[bytes]:
+        """Names of peers with at least one open authenticated connection."""
+        return sorted(name for name, conns in self._open.items() if conns)
+
+    def first_connections(self) -> list[tuple[bytes, PeerConnection]]:
+        """(peer, its oldest open connection) for every linked peer."""
+        return [(name, conns[0]) for name, conns in sorted(self._open.items()) if conns]
+
+    def forward(self, at_line: bytes, source: bytes | None) -> frozenset[bytes]:
+        """Cut-through: send an update known to be newer than what we hold, before
+        it is stored here, as ``F <AT line>`` to every peer with a running flood
+        cursor except ``source``. Returns the names it went to, for :meth:`flood`
+        once the update is stored (peers without a cursor get it from there, as ``U``)."""
+        sent = []
+        for name, cursor in self._cursor.items():
+            if cursor.sent is not None and name != source:
+                cursor.conn.send_line(msg.forward(at_line))
+                sent.append(name)
+        self.flooded += len(sent)
+        return frozenset(sent)
+
+    def flood(self, record: AtRecord, position: Position, previous: Position | None,
+              source: bytes | None = None, forwarded: frozenset[bytes] = frozenset(),
+              source_has_it: bool = True) -> int:
+        """Send an update stored at ``position`` in our log (right after
+        ``previous`` there) to every linked peer except ``source`` and except
+        those it was forwarded to.
+
+        Where a flood cursor runs (see herd.peer.reconcile) the update goes on
+        its connection as ``U <last sent> <position>``, which lets the peer
+        advance its offset, but only if every log entry since the last one sent
+        is known to have reached it, to have come from it, or to be held there
+        (a ``K`` listing the forwarded entries goes first). If ``previous``
+        shows an entry we never saw stored (its Redis reply was lost), the
+        cursor breaks: the peer is sent ``PULL`` and fetches the gap with a
+        SYNC. Elsewhere the update goes unchained on the oldest connection.
+        Unless ``source_has_it``, the update came from ``source`` as ``F``: the
+        ``K`` that moves its offset past it lists it too, unless ``source``
+        has listed it in a K of its own first (see :meth:`confirmed_by`)."""
+        sent = 0
+        key: UpdateKey | None = None
+        for name, conns in self._open.items():
+            if not conns:
+                continue
+            cursor = self._cursor.get(name)
+            if cursor is not None and cursor.sent is not None:
+                if cursor.covered == previous:
+                    cursor.covered = position
+                else:
+                    del self._cursor[name]
+                    cursor.conn.send_line(msg.PULL)
+                    cursor = None
+            live = cursor if cursor is not None and cursor.sent is not None else None
+            if live is not None and name == source and not source_has_it:
+                key = key or update_key(record)
+                live.awaiting_confirmation[key] = None
+                continue
+            if live is not None and name in forwarded:
+                key = key or update_key(record)
+                live.forwarded.extend(key)
+                if len(live.forwarded) >= 4 * MAX_LISTED:
+                    self._send_log_moved(live, position)
+                continue
+            if name == source:
+                continue
+            if live is not None:
+                if live.forwarded or live.awaiting_confirmation:
+                    self._send_log_moved(live, previous)  # type: ignore[arg-type]
+                live.conn.send_line(msg.update(live.sent, position, record.line))
+                live.sent = position
+            else:
+                conn = cursor.conn if cursor is not None else conns[0]
+                conn.send_line(msg.update(None, position, record.line))
+            sent += 1
+        self.flooded += sent
+        return sent
+
+    def send_log_moved(self) -> int:
+        """Tell each peer with a running cursor how far our log moved with
+        updates that came from it or were forwarded to it (``K``), so its offset
+        keeps up and a later SYNC does not walk over them. Called several
+        times a second."""
+        sent = 0
+        for cursor in self._cursor.values():
+            if cursor.sent is not None and cursor.covered != cursor.sent:
+                self._send_log_moved(cursor, cursor.covered)  # type: ignore[arg-type]
+                sent += 1
+        return sent
+
+    @staticmethod
+    def _send_log_moved(cursor: FloodCursor, to: Position) -> None:
+        awaiting = [field for key in cursor.awaiting_confirmation for field in key]
+        cursor.conn.send_line(msg.log_moved(cursor.sent, to, cursor.forwarded + awaiting))  # type: ignore[arg-type]
+        cursor.sent = to
+        cursor.forwarded = []
+        cursor.awaiting_confirmation = {}
+
+    def confirmed_by(self, name: bytes, listed: list[bytes]) -> None:
+        """``name``'s K line listed these updates (client id, time, server, skew,
+        ...): it has stored them, so our K lines need not ask it about them."""
+        cursor = self._cursor.get(name)
+        if cursor is not None and cursor.awaiting_confirmation:
+            for i in range(0, len(listed), 4):
+                cursor.awaiting_confirmation.pop(tuple(listed[i:i + 4]), None)  # type: ignore[arg-type]
+
+    def start_unchained(self, name: bytes, conn: PeerConnection) -> None:
+        """A SYNC answer to ``name`` starts on ``conn``: updates flooded meanwhile go
+        on the same connection, unchained, so they arrive before its SYNC-END."""
+        if conn in self._open.get(name, ()):
+            self._cursor[name] = FloodCursor(conn, None, None)
+
+    def chain_from(self, name: bytes, conn: PeerConnection, position: Position) -> None:
+        """From now on flood to ``name`` over ``conn``, chained on from ``position``
+        (the SYNC-END just sent on ``conn``: the peer has our log up to it)."""
+        if conn in self._open.get(name, ()):
+            self._cursor[name] = FloodCursor(conn, position, position)
+
+    def close_all(self) -> None:
+        for conns in self._open.values():
+            for conn in list(conns):
+                conn.transport.loseConnection()  # type: ignore[attr-defined]

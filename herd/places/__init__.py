@@ -1,0 +1,1 @@
+"""Places providers behind one interface (provider.py): offline, Google, cache."""
