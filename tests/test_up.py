@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 
+from herd.tools.harness import NodePorts, free_ports, node_section
 from tests.harness import (
     REPO,
     RedisServer,
@@ -34,9 +35,8 @@ def write_config(tmp_path: Path, ports: dict[str, tuple[int, int]],
     port)), every node linked to every other."""
     text = [f'[herd]\nsecret_env = "{secret_env}"\n\n[places]\nprovider = "offline"\n']
     for name, (port, redis_port) in ports.items():
-        peers = ", ".join(f'"{p}"' for p in ports if p != name)
-        text.append(f'[nodes.{name}]\nhost = "127.0.0.1"\nport = {port}\n'
-                    f'redis = "redis://127.0.0.1:{redis_port}/0"\npeers = [{peers}]\n')
+        text.append(node_section(name, "127.0.0.1", NodePorts(port, *free_ports(2)),
+                                 f"redis://127.0.0.1:{redis_port}/0", [p for p in ports if p != name]))
     path = tmp_path / "herd.toml"
     path.write_text("\n".join(text))
     return path

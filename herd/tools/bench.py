@@ -42,6 +42,7 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
+from herd.tools.harness import NodePorts, free_ports, node_section, port_open
 from herd.tools.resp import Resp
 
 REPO = Path(__file__).resolve().parents[2]
@@ -172,28 +173,6 @@ def wait_until(predicate: Callable[[], bool], timeout: float, what: str, every: 
 
 class BenchError(Exception):
     """A scenario could not run (a process did not start, a wait timed out)."""
-
-
-def free_ports(n: int) -> list[int]:
-    """``n`` distinct TCP ports on 127.0.0.1 that were free a moment ago."""
-    socks = []
-    try:
-        for _ in range(n):
-            s = socket.socket()
-            s.bind(("127.0.0.1", 0))
-            socks.append(s)
-        return [int(s.getsockname()[1]) for s in socks]
-    finally:
-        for s in socks:
-            s.close()
-
-
-def port_open(port: int) -> bool:
-    try:
-        with socket.create_connection(("127.0.0.1", port), timeout=0.2):
-            return True
-    except OSError:
-        return False
 
 
 def child_env() -> dict[str, str]:
@@ -368,9 +347,8 @@ class Herd:
                   f'provider = "google"\nurl = "http://127.0.0.1:9/unused"\nkey_env = "{PLACES_KEY_ENV}"')
         out = ['[herd]\nsecret_env = "HERD_SECRET"\n', f"[places]\n{places}\n"]
         for name, node in self.nodes.items():
-            out.append(f'[nodes.{name}]\nhost = "127.0.0.1"\nport = {node.port}\n'
-                       f'redis = "redis://127.0.0.1:{node.redis.port}/0"\n'
-                       f"peers = {json.dumps(self.topology[name])}\n")
+            out.append(node_section(name, "127.0.0.1", NodePorts(node.port, *free_ports(2)),
+                                    f"redis://127.0.0.1:{node.redis.port}/0", self.topology[name]))
         return "\n".join(out)
 
     def start(self) -> Herd:

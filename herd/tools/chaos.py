@@ -52,6 +52,7 @@ from pathlib import Path
 from types import FrameType
 from typing import Any
 
+from herd.tools.harness import NodePorts, free_ports, node_section
 from herd.tools.resp import Resp
 
 PACKAGE_ROOT = Path(__file__).resolve().parents[2]  # where `python -m herd` is found
@@ -257,9 +258,8 @@ class ChaosHerd:
                'key_env = "HERD_CHAOS_PLACES_KEY"\n']
         for name, peers in TOPOLOGY.items():
             slot = self.slots[name]
-            out.append(f'[nodes.{name}]\nhost = "127.0.0.1"\nport = {slot.port}\n'
-                       f'redis = "redis://127.0.0.1:{slot.redis_port}/0"\n'
-                       f"peers = {json.dumps(peers)}\n")
+            out.append(node_section(name, "127.0.0.1", NodePorts(slot.port, *free_ports(2)),
+                                    f"redis://127.0.0.1:{slot.redis_port}/0", peers))
         return "\n".join(out)
 
     def __getitem__(self, name: str) -> Slot:
