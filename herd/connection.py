@@ -1,6 +1,6 @@
-"""Connections a node accepts: clients, or peers once they have
-authenticated (the listening end of the handshake; the dialling end is
-herd.peer.dial).
+"""Client connections: the node's client port and its line protocol
+(SPEC section 1). Peers never connect here (herd.peer.accepted serves the
+peer port): a peer handshake line is answered like any other bad line.
 
 Client contract: requests on one connection are answered in order, each
 reply in one write. A WHATSAT starts only after every earlier request on the
@@ -25,9 +25,6 @@ from twisted.protocols.policies import TimeoutMixin
 from zope.interface import implementer
 
 from herd import logs
-from herd.peer.connection import PEER_MAX_LINE, PeerLineMixin, detect_dead_peer
-from herd.peer.tls import PeerTls
-from herd.wire import handshake as auth
 from herd.wire.client import Invalid, Whatsat, parse_request
 from herd.wire.lines import LineProtocol
 from storage.store import set_no_delay
@@ -62,29 +59,27 @@ class _Reply:
 
 
 @implementer(IHalfCloseableProtocol)
-class NodeConnection(PeerLineMixin, LineProtocol, TimeoutMixin):
-    """A connection accepted by the node: a client until it authenticates.
+class ClientConnection(LineProtocol, TimeoutMixin):
+    """A client's connection.
 
     Limits (config ``[herd]``): a client silent for ``idle_timeout`` seconds is
     disconnected; with ``max_outstanding`` requests unanswered, reading pauses
     until half of them are answered (back-pressure, nothing is refused).
     """
 
-    factory: NodeConnectionFactory
+    factory: ClientConnectionFactory
     node: Node
+    transport: Any
+    who: str
 
     def __init__(self) -> None:
-        self.peer_name = None
         self._replies: deque[_Reply] = deque()
         # The last WHATSAT's reply slot: requests after it start once it is
         # answered, so it sees the state of the requests before it, no later one.
         self._barrier: Deferred[None] | None = None
-        self._handshake: tuple[bytes, bytes, bytes] | None = None
         self._eof = False
         self._closing = False
         self._paused = False
-        self._tls = False
-        self._spoke_in_tls = False  # a line arrived after the TLS upgrade
         self.closed: Deferred[None] = Deferred()
 
     # -- connection lifecycle -------------------------------------------
@@ -108,17 +103,8 @@ class NodeConnection(PeerLineMixin, LineProtocol, TimeoutMixin):
         self.close_when_idle()
 
     def connectionLost(self, reason: Any = None) -> None:
-        self.connected = 0  # Twisted leaves it 1; peers' code asks whether a connection is open
         self.setTimeout(None)
         self.factory.connections.discard(self)
-        if self.peer_name is not None:
-            self.node.links.remove(self.peer_name, self)
-        elif self._handshake is not None:
-            log.warn("{who} peer handshake abandoned (claimed to be {name})", who=self.who,
-                     name=logs.loggable(self._handshake[0]))
-        elif self._tls and not self._spoke_in_tls:  # TLS refused the peer, or it left before a word
-            log.warn("{who} peer refused or gone during TLS ({why})", who=self.who,
-                     why=reason.getErrorMessage() if reason else "")
         log.info("{who} connection closed ({why})", who=self.who,
                  why=reason.getErrorMessage() if reason else "")
         self.closed.callback(None)
@@ -142,17 +128,6 @@ class NodeConnection(PeerLineMixin, LineProtocol, TimeoutMixin):
 
     def line_received(self, line: bytes) -> None:
         logs.wire(self.who, "recv", line)
-        self._spoke_in_tls = self._tls
-        if self.peer_name is not None:
-            self.peer_line(line)
-            return
-        words = line.split(None, 1)
-        if words and words[0] == auth.STARTTLS and self.factory.tls is not None and not self._tls:
-            self._start_tls()
-            return
-        if words and words[0] in auth.PEER_WORDS:
-            self._answer(succeed(self._handshake_step(line)), line)
-            return
         request = parse_request(line, self.factory.clock_ns(), self.factory.max_future_ns)
         if request is None:
             return
@@ -217,75 +192,23 @@ class NodeConnection(PeerLineMixin, LineProtocol, TimeoutMixin):
             self._closing = True
             self.transport.loseConnection()
 
-    # -- peer handshake (listening side) ----------------------------------
 
-    def _start_tls(self) -> None:
-        """Answer HERD-STARTTLS: everything after HERD-TLS-OK is TLS."""
-        assert self.factory.tls is not None
-        self._tls = True
-        self.transport.write(auth.TLS_OK + b"\n")
-        self.transport.startTLS(self.factory.tls.server)
-        log.info("{who} peer link upgraded to TLS", who=self.who)
+class ClientConnectionFactory(Factory):
+    """Builds :class:`ClientConnection` and keeps what they share."""
 
-    def _handshake_step(self, line: bytes) -> bytes:
-        """Advance the peer handshake; returns the line to send back."""
-        words = line.split()
-        own = self.factory.own_name
-        if self.factory.tls is not None and not self._tls:
-            log.warn("{who} peer handshake refused: TLS is required first", who=self.who)
-            return b"? " + line + b"\n"
-        if words[0] == auth.HELLO and len(words) in (4, 5):
-            _, dialler, listener, nonce_d, *protocol = words
-            if protocol != [auth.PROTOCOL]:
-                log.warn("{who} peer handshake refused: {peer} speaks peer protocol {theirs}, this node "
-                         "{ours}; run the same herd version on every node", who=self.who,
-                         peer=logs.loggable(dialler), theirs=logs.loggable(protocol[0]) if protocol else "1",
-                         ours=auth.PROTOCOL.decode())
-                return b"? " + line + b"\n"
-            if listener == own and self.node.links.is_neighbour(dialler) and auth.is_nonce(nonce_d):
-                nonce_l = auth.new_nonce()
-                self._handshake = (dialler, nonce_d, nonce_l)
-                mac_l = auth.mac(self.factory.secret, b"listener", dialler, own, nonce_d, nonce_l)
-                return b"%s %s %s\n" % (auth.CHALLENGE, nonce_l, mac_l)
-        elif words[0] == auth.AUTH and len(words) == 2 and self._handshake is not None:
-            dialler, nonce_d, nonce_l = self._handshake
-            self._handshake = None
-            expected = auth.mac(self.factory.secret, b"dialler", dialler, own, nonce_d, nonce_l)
-            if auth.verify(expected, words[1]):
-                self._become_peer(dialler)
-                return auth.OK + b"\n"
-        log.warn("{who} peer handshake refused: {line}", who=self.who, line=logs.loggable(words[0]))
-        return b"? " + line + b"\n"
-
-    def _become_peer(self, name: bytes) -> None:
-        self.setTimeout(None)  # peer links may be quiet for long ...
-        detect_dead_peer(self.transport)  # ... but not dead for long
-        self.peer_name = name
-        self.max_line = PEER_MAX_LINE
-        self.who = f"{self.who} ({name.decode()})"
-        self.node.links.add(name, self, "accepted")
-
-
-class NodeConnectionFactory(Factory):
-    """Builds :class:`NodeConnection` and keeps what they share."""
-
-    protocol = NodeConnection  # type: ignore[assignment]
+    protocol = ClientConnection  # type: ignore[assignment]
     noisy = False
 
-    def __init__(self, node: Node, own_name: bytes, secret: bytes, max_line: int,
-                 max_future_ns: int, clock_ns: Callable[[], int], limits: Limits | None = None,
-                 peer_tls: PeerTls | None = None):
+    def __init__(self, node: Node, max_line: int, max_future_ns: int, clock_ns: Callable[[], int],
+                 limits: Limits | None = None):
         self.node = node
         self.limits = limits or Limits()
-        self.tls = peer_tls
-        self.own_name = own_name
-        self.secret = secret
         self.max_line = max_line
         self.max_future_ns = max_future_ns
         self.clock_ns = clock_ns
-        self.connections: set[NodeConnection] = set()
+        self.connections: set[ClientConnection] = set()
 
-    def buildProtocol(self, addr: Any) -> NodeConnection | None:  # type: ignore[override]
+    def buildProtocol(self, addr: Any) -> ClientConnection | None:  # type: ignore[override]
         if len(self.connections) >= self.limits.max_connections:
             log.warn("{host}:{port} refused: {n} connections open (max_connections)",
                      host=getattr(addr, "host", "?"), port=getattr(addr, "port", "?"),

@@ -26,8 +26,9 @@ from twisted.logger import Logger
 
 from config.schema import ConfigError, HerdConfig, PlacesConfig
 from herd import systemd
-from herd.connection import Limits, NodeConnectionFactory
+from herd.connection import ClientConnectionFactory, Limits
 from herd.node import Node
+from herd.peer.accepted import AcceptedPeerFactory
 from herd.peer.dial import dial_service
 from herd.peer.links import PeerLinks
 from herd.peer.tls import tls_for
@@ -88,6 +89,7 @@ class NodeService(MultiService):
         self._reactor = reactor
         me = config.nodes[name]
         self.address = (me.host, me.port)
+        self._peer_port = me.peer_port
         self._redis_address = f"{me.redis.host}:{me.redis.port}"
         self._ready_without_redis = min(READY_WITHOUT_REDIS_MAX, 3 * config.redis_timeout)
         self._places_checked = 0  # the store connection the places were last checked on
@@ -102,18 +104,16 @@ class NodeService(MultiService):
                          max_future_ns=config.max_future_seconds * 1_000_000_000)
         self.store.observe = self.node.stats.observe_redis
         peer_tls = tls_for(config, name)
-        self.factory = NodeConnectionFactory(
-            self.node, name.encode(), secret, config.max_line_bytes,
-            config.max_future_seconds * 1_000_000_000, time.time_ns,
-            Limits(config.max_connections, config.idle_timeout, config.max_outstanding), peer_tls)
+        self.factory = ClientConnectionFactory(
+            self.node, config.max_line_bytes, config.max_future_seconds * 1_000_000_000, time.time_ns,
+            Limits(config.max_connections, config.idle_timeout, config.max_outstanding))
         # A socket passed by systemd (socket activation) replaces host:port.
-        description = activation or listen_description(me.host, me.port)
-        self.listener = StreamServerEndpointService(serverFromString(reactor, description), self.factory)
-        self.listener._raiseSynchronously = True
-        self.listener.setServiceParent(self)
+        self.listener = self._listen(activation or listen_description(me.host, me.port), self.factory)
+        self.peer_factory = AcceptedPeerFactory(self.node, name.encode(), secret, peer_tls)
+        self._listen(listen_description(me.host, me.peer_port), self.peer_factory)
         for peer in config.neighbours(name):
             there = config.nodes[peer]
-            dial_service(reactor, self.node, name.encode(), peer.encode(), there.host, there.port,
+            dial_service(reactor, self.node, name.encode(), peer.encode(), there.host, there.peer_port,
                          secret, peer_tls.client(there.host) if peer_tls else None).setServiceParent(self)
         if me.admin is not None:
             from herd.admin import admin_site
@@ -124,6 +124,14 @@ class NodeService(MultiService):
         self._last_total = 0
         self._watchdog = LoopingCall(systemd.notify, "WATCHDOG=1")
         self._log_moved = LoopingCall(self.links.send_log_moved)
+
+    def _listen(self, description: str, factory: Any) -> StreamServerEndpointService:
+        """Listen at ``description`` when the service starts; a port that cannot
+        be opened raises CannotListenError from startService."""
+        listener = StreamServerEndpointService(serverFromString(self._reactor, description), factory)
+        listener._raiseSynchronously = True
+        listener.setServiceParent(self)
+        return listener
 
     def startService(self) -> None:
         super().startService()  # listens at once; raises CannotListenError
@@ -138,8 +146,9 @@ class NodeService(MultiService):
         interval = systemd.watchdog_interval()
         if interval:
             self._watchdog.start(interval)
-        log.info("node {name} listening on {host}:{port}", name=self.node.name.decode(),
-                 host=self.address[0], port=self.address[1])
+        log.info("node {name} listening on {host}:{port} for clients and {host}:{peer_port} for peers",
+                 name=self.node.name.decode(), host=self.address[0], port=self.address[1],
+                 peer_port=self._peer_port)
 
     def _check_places(self) -> None:
         """On every new connection (not after each recovered timeout): Redis may
@@ -195,7 +204,7 @@ class NodeService(MultiService):
         if self._ready_anyway is not None and self._ready_anyway.active():
             self._ready_anyway.cancel()
         yield super().stopService()
-        clients = [c for c in self.factory.connections if c.peer_name is None]
+        clients = list(self.factory.connections)
         for conn in clients:
             conn.close_when_idle()
         closed = defer.gatherResults([c.closed for c in clients])
@@ -238,8 +247,8 @@ def serve(name: str, config_path: str, log_format: str | None, activation: str |
     try:
         service.startService()
     except CannotListenError as err:
-        print(f"herd: {name}: cannot listen on {service.address[0]}:{service.address[1]}: "
-              f"{err.socketError}", file=sys.stderr)
+        print(f"herd: {name}: cannot listen on {err.interface or '*'}:{err.port}: {err.socketError}",
+              file=sys.stderr)
         return 1
     reactor.addSystemEventTrigger("before", "shutdown", service.stopService)
     # Start-up leaves tens of thousands of long-lived objects (modules,

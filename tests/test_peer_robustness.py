@@ -205,16 +205,15 @@ def test_a_closed_peer_connection_says_it_is_not_connected() -> None:
     from twisted.python.failure import Failure
 
     from config.schema import RedisAddress
-    from herd.connection import NodeConnection, NodeConnectionFactory
+    from herd.peer.accepted import AcceptedPeer, AcceptedPeerFactory
     from herd.peer.dial import DialledPeer
     from storage.store import RedisStore
 
     store = RedisStore(Clock(), RedisAddress("redis://127.0.0.1:1/0", "127.0.0.1", 1), b"herd:", 1.0)
     node = Node(b"A", store, None, PeerLinks([b"P"]), Clock())  # type: ignore[arg-type]  # never started
     dialled = DialledPeer(node, b"A", b"P", b"secret", Clock(), [0])
-    factory = NodeConnectionFactory(node, b"A", b"secret", 4096, 0, lambda: 0)
-    accepted = factory.buildProtocol(None)
-    assert isinstance(accepted, NodeConnection)
+    accepted = AcceptedPeerFactory(node, b"A", b"secret").buildProtocol(None)
+    assert isinstance(accepted, AcceptedPeer)
     for conn in (dialled, accepted):
         conn.makeConnection(StringTransport())
         assert conn.connected == 1

@@ -60,7 +60,7 @@ def hello(wire: Wire, nonce: bytes) -> bytes:
 
 
 def test_handshake_then_replay_is_refused(node_a: Herd) -> None:
-    port = node_a["A"].port
+    port = node_a["A"].ports.peer
     nonce = auth.new_nonce()
     first = Wire(port)
     nonce_l = hello(first, nonce)
@@ -83,7 +83,7 @@ def test_handshake_then_replay_is_refused(node_a: Herd) -> None:
 
 
 def test_peer_that_stops_mid_handshake_is_logged(node_a: Herd) -> None:
-    wire = Wire(node_a["A"].port)
+    wire = Wire(node_a["A"].ports.peer)
     hello(wire, auth.new_nonce())
     wire.close()
     wait_until(
@@ -92,7 +92,7 @@ def test_peer_that_stops_mid_handshake_is_logged(node_a: Herd) -> None:
 
 
 def test_a_dialler_speaking_another_peer_protocol_is_refused_and_logged(node_a: Herd) -> None:
-    wire = Wire(node_a["A"].port)
+    wire = Wire(node_a["A"].ports.peer)
     for line in (b"HERD-HELLO B A " + auth.new_nonce(),  # protocol 1 sent no version
                  b"HERD-HELLO B A " + auth.new_nonce() + b" 3"):
         wire.send(line)
@@ -104,7 +104,7 @@ def test_a_dialler_speaking_another_peer_protocol_is_refused_and_logged(node_a: 
 
 
 def test_hello_from_unknown_or_unlinked_node_is_refused(node_a: Herd) -> None:
-    wire = Wire(node_a["A"].port)
+    wire = Wire(node_a["A"].ports.peer)
     for line in (
         b"HERD-HELLO Mallory A " + auth.new_nonce() + b" " + auth.PROTOCOL,
         b"HERD-HELLO B Z " + auth.new_nonce() + b" " + auth.PROTOCOL,
@@ -134,7 +134,7 @@ def test_both_ends_log_every_handshake_line_and_never_the_secret(tmp_path: Path)
             assert SECRET not in herd[name].log()
         if shutil.which("ss"):  # both ends of both connections probe a silent peer (keepalive)
             def peer_sockets() -> list[str]:
-                a, b = herd["A"].port, herd["B"].port
+                a, b = herd["A"].ports.peer, herd["B"].ports.peer
                 return subprocess.run(["ss", "-tnoH", "state", "established",
                                        f"( sport = :{a} or dport = :{a} or sport = :{b} or dport = :{b} )"],
                                       capture_output=True, text=True).stdout.splitlines()
@@ -146,3 +146,21 @@ def test_both_ends_log_every_handshake_line_and_never_the_secret(tmp_path: Path)
             wait_until(all_keepalive, what="keepalive on both connections, both ends")
     finally:
         herd.stop()
+
+
+def test_the_client_port_treats_peer_lines_as_bad_lines(node_a: Herd) -> None:
+    """SPEC 2: peers talk on the peer port only; on the client port a handshake
+    line (or an AT line) is answered like any other bad line, and the peer port
+    serves no client request."""
+    client = Wire(node_a["A"].port)
+    for line in (b"HERD-HELLO B A " + auth.new_nonce() + b" " + auth.PROTOCOL, b"HERD-STARTTLS",
+                 b"HERD-AUTH " + b"0" * 64, b"AT B +0.000000001 sneaky +1+1 1700000000"):
+        client.send(line)
+        assert client.recv_line() == b"? " + line
+    client.close()
+    peer_port = Wire(node_a["A"].ports.peer)
+    for line in (b"IAMAT c1 +1+1 1700000000", b"WHATSAT c1 10 2"):
+        peer_port.send(line)
+        assert peer_port.recv_line() == b"? " + line
+    peer_port.close()
+    assert node_a["A"].record("c1") == {} and node_a["A"].record("sneaky") == {}

@@ -127,7 +127,7 @@ def test_plain_text_handshake_to_a_tls_node_is_refused(tmp_path: Path) -> None:
     herd["A"].start()
     try:
         hello = b"HERD-HELLO B A " + auth.new_nonce() + b" " + auth.PROTOCOL
-        with socket.create_connection(("127.0.0.1", herd["A"].port), timeout=5) as sock:
+        with socket.create_connection(("127.0.0.1", herd["A"].ports.peer), timeout=5) as sock:
             sock.sendall(hello + b"\n")
             assert sock.recv(4096) == b"? " + hello + b"\n"
         wait_until(lambda: "TLS is required first" in herd["A"].log(), what="refusal logged")
@@ -207,7 +207,7 @@ def test_a_refused_handshake_over_tls_is_not_blamed_on_tls(tmp_path: Path) -> No
         context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
         context.load_verify_locations(tmp_path / "tls" / "ca.crt")
         context.load_cert_chain(tmp_path / "tls" / "B.crt", tmp_path / "tls" / "B.key")
-        with socket.create_connection(("127.0.0.1", herd["A"].port), timeout=5) as raw:
+        with socket.create_connection(("127.0.0.1", herd["A"].ports.peer), timeout=5) as raw:
             raw.sendall(b"HERD-STARTTLS\n")
             assert raw.recv(100) == b"HERD-TLS-OK\n"
             with context.wrap_socket(raw, server_hostname="127.0.0.1") as tls_sock:

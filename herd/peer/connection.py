@@ -1,6 +1,6 @@
 """What both ends of an authenticated peer connection share: sending and
 receiving peer lines, the line limit, and TCP keepalive. The handshake is
-done by each end (herd.connection for accepted ones, herd.peer.dial for
+done by each end (herd.peer.accepted for accepted ones, herd.peer.dial for
 dialled ones); what a peer line means is the node's (herd.node).
 """
 
@@ -13,6 +13,13 @@ from herd import logs
 from herd.peer.links import PeerConnection, PeerLinks
 
 PEER_MAX_LINE = 1 << 20  # authenticated peers may send long control lines
+HANDSHAKE_TIMEOUT = 5.0  # seconds a dialled peer has to complete the handshake
+REFUSED_HOLD_MAX = 30.0  # longest back-off after failed handshakes
+
+
+def handshake_backoff(failures: int) -> float:
+    """Seconds to wait before a handshake after ``failures`` consecutive ones failed."""
+    return 0.0 if failures == 0 else min(REFUSED_HOLD_MAX, 0.25 * 2 ** min(failures, 16))
 
 
 class PeerMessageHandler(Protocol):

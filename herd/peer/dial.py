@@ -15,7 +15,14 @@ from twisted.internet.protocol import Factory
 from twisted.logger import Logger
 
 from herd import logs
-from herd.peer.connection import PEER_MAX_LINE, PeerLineMixin, PeerMessageHandler, detect_dead_peer
+from herd.peer.connection import (
+    HANDSHAKE_TIMEOUT,
+    PEER_MAX_LINE,
+    PeerLineMixin,
+    PeerMessageHandler,
+    detect_dead_peer,
+    handshake_backoff,
+)
 from herd.wire import handshake
 from herd.wire.lines import LineProtocol
 from storage.store import set_no_delay
@@ -26,14 +33,6 @@ log = Logger(namespace="herd")
 # doubling to 5 s, plus up to a quarter second of jitter, retried forever.
 PEER_RETRY = backoffPolicy(initialDelay=0.1, maxDelay=5.0, factor=2.0,
                            jitter=lambda: random.random() * 0.25)
-
-
-HANDSHAKE_TIMEOUT = 5.0  # seconds a dialled peer has to complete the handshake
-REFUSED_HOLD_MAX = 30.0  # longest back-off after failed handshakes
-
-def handshake_backoff(failures: int) -> float:
-    """Seconds to wait before a handshake after ``failures`` consecutive ones failed."""
-    return 0.0 if failures == 0 else min(REFUSED_HOLD_MAX, 0.25 * 2 ** min(failures, 16))
 
 
 class DialledPeer(PeerLineMixin, LineProtocol):

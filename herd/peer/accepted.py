@@ -1,0 +1,171 @@
+"""The listening end of peer links: connections accepted on the node's peer
+port (``peer_port``), never on its client port (SPEC section 2).
+
+A connection here must authenticate first (docs/PEER-PROTOCOL.md,
+"Handshake": optional HERD-STARTTLS, then HERD-HELLO / HERD-AUTH). Until it
+has, every other line is answered ``? <line>`` and changes nothing, and it is
+closed if it has not authenticated within PRE_AUTH_TIMEOUT. The peer port
+serves no client request.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from twisted.internet.protocol import Factory
+from twisted.logger import Logger
+from twisted.protocols.policies import TimeoutMixin
+
+from herd import logs
+from herd.peer.connection import (
+    HANDSHAKE_TIMEOUT,
+    PEER_MAX_LINE,
+    REFUSED_HOLD_MAX,
+    PeerLineMixin,
+    PeerMessageHandler,
+    detect_dead_peer,
+)
+from herd.peer.tls import PeerTls
+from herd.wire import handshake
+from herd.wire.lines import LineProtocol
+from storage.store import set_no_delay
+
+log = Logger(namespace="herd")
+
+# Lines an unauthenticated connection may send (the handshake's), and the
+# limit of connections the peer port holds open at once: each neighbour dials
+# once, and a reconnecting one may briefly hold a second; strangers beyond
+# that are refused before they cost anything.
+PRE_AUTH_MAX_LINE = 1024
+# A dialler whose handshakes failed waits up to REFUSED_HOLD_MAX after
+# connecting before it speaks (herd.peer.dial), then has HANDSHAKE_TIMEOUT.
+PRE_AUTH_TIMEOUT = REFUSED_HOLD_MAX + 2 * HANDSHAKE_TIMEOUT
+CONNECTIONS_PER_NEIGHBOUR = 4
+SPARE_CONNECTIONS = 16
+
+
+class AcceptedPeer(PeerLineMixin, LineProtocol, TimeoutMixin):
+    """A connection accepted on the peer port: a stranger until it authenticates."""
+
+    factory: AcceptedPeerFactory
+    max_line = PRE_AUTH_MAX_LINE
+
+    def __init__(self) -> None:
+        self.peer_name = None
+        self._handshake: tuple[bytes, bytes, bytes] | None = None  # dialler, nonce_d, nonce_l
+        self._tls = False
+        self._spoke_in_tls = False  # a line arrived after the TLS upgrade
+
+    def connectionMade(self) -> None:
+        self.node = self.factory.node
+        address = self.transport.getPeer()
+        self.who = f"peer port {getattr(address, 'host', '?')}:{getattr(address, 'port', '?')}"
+        self.factory.connections.add(self)
+        set_no_delay(self.transport)  # flooded updates leave at once
+        log.info("{who} connection opened", who=self.who)
+        self.setTimeout(PRE_AUTH_TIMEOUT)
+
+    def timeoutConnection(self) -> None:
+        log.warn("{who} did not authenticate within {s:g} s; closing", who=self.who, s=PRE_AUTH_TIMEOUT)
+        self.transport.abortConnection()
+
+    def connectionLost(self, reason: Any = None) -> None:
+        self.connected = 0  # Twisted leaves it 1; peers' code asks whether a connection is open
+        self.setTimeout(None)
+        self.factory.connections.discard(self)
+        why = reason.getErrorMessage() if reason else ""
+        if self.peer_name is not None:
+            self.node.links.remove(self.peer_name, self)
+        elif self._handshake is not None:
+            log.warn("{who} peer handshake abandoned (claimed to be {name})", who=self.who,
+                     name=logs.loggable(self._handshake[0]))
+        elif self._tls and not self._spoke_in_tls:  # TLS refused the peer, or it left before a word
+            log.warn("{who} peer refused or gone during TLS ({why})", who=self.who, why=why)
+        log.info("{who} connection closed ({why})", who=self.who, why=why)
+
+    def line_received(self, line: bytes) -> None:
+        logs.wire(self.who, "recv", line)
+        self._spoke_in_tls = self._tls
+        if self.peer_name is not None:
+            self.peer_line(line)
+            return
+        words = line.split()
+        if words[:1] == [handshake.STARTTLS] and self.factory.tls is not None and not self._tls:
+            self._start_tls()
+        elif words:
+            self.send_line(self._handshake_step(line, words))
+
+    def line_too_long(self) -> None:
+        log.warn("{who} sent a line over {limit} bytes; closing", who=self.who, limit=self.max_line)
+        self.transport.loseConnection()
+
+    def _start_tls(self) -> None:
+        """Answer HERD-STARTTLS: everything after HERD-TLS-OK is TLS."""
+        assert self.factory.tls is not None
+        self._tls = True
+        self.transport.write(handshake.TLS_OK + b"\n")
+        self.transport.startTLS(self.factory.tls.server)
+        log.info("{who} peer link upgraded to TLS", who=self.who)
+
+    def _handshake_step(self, line: bytes, words: list[bytes]) -> bytes:
+        """Advance the handshake; returns the line to send back (``? <line>``
+        for anything that is not the expected next step)."""
+        own, secret = self.factory.own_name, self.factory.secret
+        if self.factory.tls is not None and not self._tls:
+            log.warn("{who} peer handshake refused: TLS is required first", who=self.who)
+            return b"? " + line
+        if words[0] == handshake.HELLO and len(words) in (4, 5):
+            _, dialler, listener, nonce_d, *protocol = words
+            if protocol != [handshake.PROTOCOL]:
+                log.warn("{who} peer handshake refused: {peer} speaks peer protocol {theirs}, this node "
+                         "{ours}; run the same herd version on every node", who=self.who,
+                         peer=logs.loggable(dialler), theirs=logs.loggable(protocol[0]) if protocol else "1",
+                         ours=handshake.PROTOCOL.decode())
+                return b"? " + line
+            if listener == own and self.node.links.is_neighbour(dialler) and handshake.is_nonce(nonce_d):
+                nonce_l = handshake.new_nonce()
+                self._handshake = (dialler, nonce_d, nonce_l)
+                mac_l = handshake.mac(secret, b"listener", dialler, own, nonce_d, nonce_l)
+                return b"%s %s %s" % (handshake.CHALLENGE, nonce_l, mac_l)
+        elif words[0] == handshake.AUTH and len(words) == 2 and self._handshake is not None:
+            dialler, nonce_d, nonce_l = self._handshake
+            self._handshake = None
+            expected = handshake.mac(secret, b"dialler", dialler, own, nonce_d, nonce_l)
+            if handshake.verify(expected, words[1]):
+                self._become_peer(dialler)
+                return handshake.OK
+        log.warn("{who} peer handshake refused: {line}", who=self.who, line=logs.loggable(words[0][:80]))
+        return b"? " + line
+
+    def _become_peer(self, name: bytes) -> None:
+        self.setTimeout(None)  # peer links may be quiet for long ...
+        detect_dead_peer(self.transport)  # ... but not dead for long
+        self.peer_name = name
+        self.max_line = PEER_MAX_LINE
+        self.who = f"peer {name.decode()} (accepted)"
+        self.node.links.add(name, self, "accepted")
+
+
+class AcceptedPeerFactory(Factory):
+    """Builds :class:`AcceptedPeer` for the peer port, within its own
+    connection limit (client connections never count against it)."""
+
+    protocol = AcceptedPeer  # type: ignore[assignment]
+    noisy = False
+
+    def __init__(self, node: PeerMessageHandler, own_name: bytes, secret: bytes,
+                 peer_tls: PeerTls | None = None):
+        self.node = node
+        self.own_name = own_name
+        self.secret = secret
+        self.tls = peer_tls
+        self.max_connections = CONNECTIONS_PER_NEIGHBOUR * len(node.links.neighbours) + SPARE_CONNECTIONS
+        self.connections: set[AcceptedPeer] = set()
+
+    def buildProtocol(self, addr: Any) -> AcceptedPeer | None:  # type: ignore[override]
+        if len(self.connections) >= self.max_connections:
+            log.warn("peer port: {host}:{port} refused: {n} connections open",
+                     host=getattr(addr, "host", "?"), port=getattr(addr, "port", "?"),
+                     n=len(self.connections))
+            return None
+        return super().buildProtocol(addr)  # type: ignore[return-value]
