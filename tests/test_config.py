@@ -108,6 +108,42 @@ def test_defaults_and_parsed_values(tmp_path: Path) -> None:
     assert bailey.redis.password is None
     assert cfg.places.url is None and cfg.places.timeout == 5.0 and cfg.places.cache_ttl == 300
     assert (cfg.max_line_bytes, cfg.max_future_seconds, cfg.redis_timeout) == (4096, 3600, 3.0)
+    assert (bailey.peer_port, bailey.admin) == (20000, ("127.0.0.1", 30000))  # SPEC 5 defaults
+
+
+def test_peer_port_and_admin_set_or_off(tmp_path: Path) -> None:
+    cfg = load_config(write(tmp_path, variant('peers = ["Bailey"]',
+                                              'peers = ["Bailey"]\npeer_port = 4000\nadmin = "off"')))
+    assert (cfg.nodes["Bona"].peer_port, cfg.nodes["Bona"].admin) == (4000, None)
+    assert cfg.nodes["Bailey"].admin == ("127.0.0.1", 30000)
+
+
+@pytest.mark.parametrize("key", ["peer_port", "admin"])
+def test_a_default_port_above_65535_must_be_set(tmp_path: Path, key: str) -> None:
+    """port + 10000 (peer) or + 20000 (admin) past 65535: the key is required."""
+    text = variant("port = 10001", "port = 60001")
+    other = "admin = \"off\"" if key == "peer_port" else "peer_port = 4000"
+    text = text.replace('peers = ["Bailey"]', f'peers = ["Bailey"]\n{other}')
+    assert "is above 65535, so set" in failure(write(tmp_path, text), f"nodes.Bona.{key}")
+
+
+@pytest.mark.parametrize(
+    "line, key, fragment",
+    [
+        ("peer_port = 10000", "peer_port", "10000 is already used by node Bailey for its client port"),
+        ("peer_port = 20000", "peer_port", "20000 is already used by node Bailey for its peer port"),
+        ("peer_port = 10001", "peer_port", "10001 is the node's own client port"),
+        ("peer_port = 6400", "peer_port", "node Bailey's Redis listens"),
+        ('admin = "127.0.0.1:20000"', "admin", "already used by node Bailey for its peer port"),
+        ('admin = "127.0.0.1:30000"', "admin", "already used by node Bailey for its admin endpoint"),
+        ('peer_port = 4000\nadmin = "127.0.0.1:4000"', "admin", "4000 is the node's own peer port"),
+        ("peer_port = 0", "peer_port", "expected an integer in 1..65535"),
+    ],
+)
+def test_every_port_of_every_node_on_one_host_is_distinct(tmp_path: Path, line: str, key: str,
+                                                            fragment: str) -> None:
+    path = write(tmp_path, variant('peers = ["Bailey"]', f'peers = ["Bailey"]\n{line}'))
+    assert fragment in failure(path, f"nodes.Bona.{key}")
 
 
 def test_every_option_set(tmp_path: Path) -> None:
@@ -300,7 +336,7 @@ def test_a_wildcard_host_clashes_with_any_host_on_its_port(tmp_path: Path, wildc
 @pytest.mark.parametrize(
     "admin, fragment",
     [
-        ("127.0.0.1:10000", "10000 is already used by node Bailey"),
+        ("127.0.0.1:10000", "10000 is already used by node Bailey for its client port"),
         ("localhost:10001", "10001 is the node's own client port"),
         ("0.0.0.0:6400", "node Bailey's Redis listens"),
     ],
