@@ -238,7 +238,11 @@ class Reconciler:
 
     @inlineCallbacks
     def _serve(self, peer: bytes, conn: PeerConnection, since: Position | None, leave_out: bytes) -> Any:
-        started, sent = time.monotonic(), [0, 0]  # records, bytes
+        """The answer: each record once, however often its client moved in the
+        log after ``since`` (a record changed meanwhile goes again), so it costs
+        at most one record per client updated since (never more than a full
+        transfer, plus what changes while it runs)."""
+        started, sent = time.monotonic(), _Answer()
         self._links.start_unchained(peer, conn)
         mode = "incremental"
         try:
@@ -260,21 +264,21 @@ class Reconciler:
             return
         self._finish(peer, conn, chunk, sent)
         self.runs += 1
-        self.bytes_sent += sent[1]
+        self.bytes_sent += sent.bytes
         log.info("sync to {peer}: {mode}, {records} records, {bytes} bytes in {ms:.1f} ms",
-                 peer=peer.decode(), mode=mode, records=sent[0], bytes=sent[1],
+                 peer=peer.decode(), mode=mode, records=sent.records, bytes=sent.bytes,
                  ms=(time.monotonic() - started) * 1000)
 
-    def _finish(self, peer: bytes, conn: PeerConnection, chunk: LogChunk, sent: list[int]) -> None:
+    def _finish(self, peer: bytes, conn: PeerConnection, chunk: LogChunk, sent: _Answer) -> None:
         # Runs in the callback of the last log read: updates stored after it
         # are flooded after this, chained on from chunk.end.
         line = msg.sync_end(chunk.end)
         conn.send_line(line)
-        sent[1] += len(line) + 1
+        sent.bytes += len(line) + 1
         self._links.chain_from(peer, conn, chunk.end)
 
     @inlineCallbacks
-    def _send_everything(self, conn: PeerConnection, sent: list[int]) -> Any:
+    def _send_everything(self, conn: PeerConnection, sent: _Answer) -> Any:
         cursor = b"0"
         while True:
             cursor, lines = yield self._store.scan_records(cursor, CHUNK)
@@ -283,8 +287,23 @@ class Reconciler:
                 return
 
     @staticmethod
-    def _send_records(conn: PeerConnection, lines: list[bytes], sent: list[int]) -> None:
+    def _send_records(conn: PeerConnection, lines: list[bytes], sent: _Answer) -> None:
         for at_line in lines:
+            if at_line in sent.lines:
+                continue
+            sent.lines.add(at_line)
             conn.send_line(msg.record(at_line))
-            sent[0] += 1
-            sent[1] += len(at_line) + 3
+            sent.records += 1
+            sent.bytes += len(at_line) + 3
+
+
+class _Answer:
+    """One SYNC answer under way: the records it sent (each AT line once) and
+    its size."""
+
+    __slots__ = ("lines", "records", "bytes")
+
+    def __init__(self) -> None:
+        self.lines: set[bytes] = set()
+        self.records = 0
+        self.bytes = 0
