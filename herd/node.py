@@ -103,6 +103,7 @@ class Node:
             msg.FORWARD: self.handle_forward, msg.UPDATE: self.handle_update,
             msg.LOG_MOVED: self.handle_log_moved, msg.RECORD: self.handle_record,
             msg.SYNC: self.handle_sync, msg.SYNC_END: self.handle_sync_end, msg.PULL: self.handle_pull,
+            msg.HEARTBEAT: self.handle_heartbeat,
         }
         self._paused_peers: list[PeerConnection] = []  # not read from until the backlog drains
 
@@ -315,6 +316,14 @@ class Node:
 
     def handle_pull(self, rest: bytes, peer: bytes, conn: PeerConnection) -> None:
         self.reconciler.pull(peer, conn)
+
+    def handle_heartbeat(self, rest: bytes, peer: bytes, conn: PeerConnection) -> None:
+        """Nothing to do: arriving was its message (PeerLinks.beat)."""
+
+    @property
+    def paused_peers(self) -> list[PeerConnection]:
+        """Peer connections not read from until Redis catches up (silent by our choice)."""
+        return self._paused_peers
 
     @staticmethod
     def _malformed(peer: bytes, what: str, line: bytes) -> None:

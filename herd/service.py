@@ -30,7 +30,7 @@ from herd.connection import ClientConnectionFactory, Limits
 from herd.node import Node
 from herd.peer.accepted import AcceptedPeerFactory
 from herd.peer.dial import dial_service
-from herd.peer.links import PeerLinks
+from herd.peer.links import BEAT_INTERVAL, PeerLinks
 from herd.peer.tls import tls_for
 from herd.places.provider import PlacesProvider
 from herd.stats import Stats
@@ -124,6 +124,7 @@ class NodeService(MultiService):
         self._last_total = 0
         self._watchdog = LoopingCall(systemd.notify, "WATCHDOG=1")
         self._log_moved = LoopingCall(self.links.send_log_moved)
+        self._heartbeat = LoopingCall(lambda: self.links.beat(self.node.paused_peers))
 
     def _listen(self, description: str, factory: Any) -> StreamServerEndpointService:
         """Listen at ``description`` when the service starts; a port that cannot
@@ -143,6 +144,7 @@ class NodeService(MultiService):
             self.store.on_connected.append(self._check_places)
         self._status.start(STATUS_INTERVAL, now=False)
         self._log_moved.start(LOG_MOVED_INTERVAL, now=False)
+        self._heartbeat.start(BEAT_INTERVAL, now=False)
         interval = systemd.watchdog_interval()
         if interval:
             self._watchdog.start(interval)
@@ -198,7 +200,7 @@ class NodeService(MultiService):
         then close peer links and Redis."""
         log.info("stopping: no new connections; finishing in-flight replies")
         systemd.notify("STOPPING=1")
-        for loop in (self._status, self._watchdog, self._log_moved):
+        for loop in (self._status, self._watchdog, self._log_moved, self._heartbeat):
             if loop.running:
                 loop.stop()
         if self._ready_anyway is not None and self._ready_anyway.active():

@@ -94,12 +94,12 @@ def test_peer_that_stops_mid_handshake_is_logged(node_a: Herd) -> None:
 def test_a_dialler_speaking_another_peer_protocol_is_refused_and_logged(node_a: Herd) -> None:
     wire = Wire(node_a["A"].ports.peer)
     for line in (b"HERD-HELLO B A " + auth.new_nonce(),  # protocol 1 sent no version
-                 b"HERD-HELLO B A " + auth.new_nonce() + b" 3"):
+                 b"HERD-HELLO B A " + auth.new_nonce() + b" 2"):
         wire.send(line)
         assert wire.recv_line() == b"? " + line
     wire.close()
-    wait_until(lambda: "B speaks peer protocol 1, this node 2" in node_a["A"].log()
-               and "B speaks peer protocol 3, this node 2" in node_a["A"].log(), what="refusals logged")
+    wait_until(lambda: "B speaks peer protocol 1, this node 3" in node_a["A"].log()
+               and "B speaks peer protocol 2, this node 3" in node_a["A"].log(), what="refusals logged")
     assert "link up" not in node_a["A"].log()
 
 

@@ -134,3 +134,56 @@ def test_an_entry_never_seen_stored_breaks_the_chain_with_pull() -> None:
     links.flood(rec, pos(3), pos(2), None, frozenset())  # entries 1 and 2 were never reported
     assert conns[b"B"].take() == [b"PULL", b"U - E/3-0 " + rec.line]
     assert links.forward(record("b", 2).line, None) == frozenset()  # unchained until a new SYNC
+
+
+class Beating(Conn):
+    """A connection with the heartbeat counters a real peer connection has."""
+
+    lines_out = beat_in = beat_out = quiet_in = quiet_out = 0
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.aborted = False
+
+        class Transport:
+            def abortConnection(inner) -> None:  # noqa: N805
+                self.aborted = True
+
+        self.transport = Transport()
+
+    def send_line(self, line: bytes) -> None:
+        self.lines_out += 1
+        super().send_line(line)
+
+
+def test_an_idle_link_sends_one_heartbeat_a_second_and_a_busy_one_none() -> None:
+    from herd.peer.links import BEAT_INTERVAL, QUIET_BEATS
+
+    links = PeerLinks([b"B"])
+    conn = Beating()
+    links.add(b"B", conn, "test")
+    beats_per_second = round(1 / BEAT_INTERVAL)
+    for _ in range(4 * beats_per_second):
+        conn.lines_in += 1  # the peer is alive
+        links.beat()
+    assert conn.take() == [b"HB"] * (4 * beats_per_second // QUIET_BEATS)
+    for _ in range(4 * beats_per_second):
+        conn.lines_in += 1
+        conn.send_line(b"U - E/1-0 AT ...")  # traffic: no heartbeat needed
+        links.beat()
+    assert b"HB" not in conn.take()
+
+
+def test_a_silent_connection_is_closed_after_three_seconds_unless_exempt() -> None:
+    from herd.peer.links import BEAT_INTERVAL, DEAD_BEATS
+
+    assert DEAD_BEATS * BEAT_INTERVAL == 3.0
+    links = PeerLinks([b"B", b"C"])
+    silent, paused = Beating(), Beating()
+    links.add(b"B", silent, "test")
+    links.add(b"C", paused, "test")
+    for _ in range(DEAD_BEATS - 1):
+        links.beat(exempt=[paused])
+    assert not silent.aborted
+    links.beat(exempt=[paused])
+    assert silent.aborted and not paused.aborted

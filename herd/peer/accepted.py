@@ -84,11 +84,11 @@ class AcceptedPeer(PeerLineMixin, LineProtocol, TimeoutMixin):
         log.info("{who} connection closed ({why})", who=self.who, why=why)
 
     def line_received(self, line: bytes) -> None:
-        logs.wire(self.who, "recv", line)
         self._spoke_in_tls = self._tls
         if self.peer_name is not None:
             self.peer_line(line)
             return
+        logs.wire(self.who, "recv", line)
         words = line.split()
         if words[:1] == [handshake.STARTTLS] and self.factory.tls is not None and not self._tls:
             self._start_tls()

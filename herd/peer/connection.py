@@ -11,6 +11,7 @@ from typing import Any, Protocol
 
 from herd import logs
 from herd.peer.links import PeerConnection, PeerLinks
+from herd.wire import peer as msg
 
 PEER_MAX_LINE = 1 << 20  # authenticated peers may send long control lines
 HANDSHAKE_TIMEOUT = 5.0  # seconds a dialled peer has to complete the handshake
@@ -40,15 +41,24 @@ class PeerLineMixin:
     connected: int
     who: str
 
-    def send_line(self, line: bytes) -> None:
-        logs.wire(self.who, "sent", line)
-        self.transport.write(line + b"\n")
+    lines_in = 0  # lines received since the peer authenticated
+    lines_out = 0  # lines sent on this connection
+    # Heartbeat bookkeeping (herd.peer.links.PeerLinks.beat): the counters at
+    # the last beat, and for how many beats each has not moved.
+    beat_in = beat_out = quiet_in = quiet_out = 0
 
-    lines_in = 0
+    def send_line(self, line: bytes) -> None:
+        self.lines_out += 1
+        if line != msg.HEARTBEAT:
+            logs.wire(self.who, "sent", line)
+        self.transport.write(line + b"\n")
 
     def peer_line(self, line: bytes) -> None:
         assert self.peer_name is not None
         self.lines_in += 1
+        if line == msg.HEARTBEAT:
+            return  # (it counted as a line received: that is all it is for)
+        logs.wire(self.who, "recv", line)
         self.node.handle_peer_line(line, self.peer_name, self)
 
 

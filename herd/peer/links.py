@@ -10,7 +10,7 @@ else on its oldest open connection.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Container, Iterable
 from typing import Any, Protocol
 
 from twisted.logger import Logger
@@ -22,11 +22,26 @@ from herd.wire.peer import MAX_LISTED, Position, UpdateKey, update_key
 log = Logger(namespace="herd")
 
 
+# Heartbeats (docs/PEER-PROTOCOL.md, "Heartbeats"): beat() runs every
+# BEAT_INTERVAL; a connection that sent nothing for QUIET_BEATS beats sends
+# HB, and one that received nothing for DEAD_BEATS beats is closed, so a link
+# whose packets vanish (a partition, a host gone) is redialled within seconds
+# instead of waiting for TCP's retransmissions or its user timeout.
+BEAT_INTERVAL = 0.5
+QUIET_BEATS = 2  # 1 s without sending: an idle link costs one HB a second each way
+DEAD_BEATS = 6  # 3 s without receiving (three heartbeats missed)
+
+
 class PeerConnection(Protocol):
     peer_name: bytes | None
 
     connected: int  # Twisted's Protocol.connected: 1 while the connection is open
     lines_in: int  # lines received from the peer since it authenticated
+    lines_out: int  # lines sent on it
+    beat_in: int  # lines_in and lines_out at the last beat ...
+    beat_out: int
+    quiet_in: int  # ... and for how many beats each has not moved
+    quiet_out: int
     transport: Any
 
     def send_line(self, line: bytes) -> None: ...
@@ -210,6 +225,33 @@ class PeerLinks:
         (the SYNC-END just sent on ``conn``: the peer has our log up to it)."""
         if conn in self._open.get(name, ()):
             self._cursor[name] = FloodCursor(conn, position, position)
+
+    def beat(self, exempt: Container[PeerConnection] = ()) -> None:
+        """One heartbeat tick over every open connection (see BEAT_INTERVAL):
+        send HB where nothing was sent lately; close a connection that has
+        been silent for DEAD_BEATS, except those in ``exempt`` (connections
+        this node has stopped reading from)."""
+        for name, conns in self._open.items():
+            for conn in list(conns):
+                self._beat_out(conn)
+                if conn not in exempt and self._silent(conn):
+                    log.warn("peer {peer}: nothing received for {s:g} s; closing the connection",
+                             peer=name.decode(), s=DEAD_BEATS * BEAT_INTERVAL)
+                    conn.transport.abortConnection()
+
+    @staticmethod
+    def _beat_out(conn: PeerConnection) -> None:
+        conn.quiet_out = conn.quiet_out + 1 if conn.lines_out == conn.beat_out else 0
+        if conn.quiet_out >= QUIET_BEATS:
+            conn.send_line(msg.HEARTBEAT)
+            conn.quiet_out = 0
+        conn.beat_out = conn.lines_out
+
+    @staticmethod
+    def _silent(conn: PeerConnection) -> bool:
+        conn.quiet_in = conn.quiet_in + 1 if conn.lines_in == conn.beat_in else 0
+        conn.beat_in = conn.lines_in
+        return conn.quiet_in >= DEAD_BEATS
 
     def close_all(self) -> None:
         for conns in self._open.values():

@@ -11,6 +11,7 @@ docs/PEER-PROTOCOL.md; this module is its code.
     SYNC <pos>|- [ALL]                   "send me your log after <pos>" (- : from the start)
     SYNC-END <pos>|-                     the answer is complete up to <pos> (- : incomplete)
     PULL                                 "SYNC from me": my log may hold entries you missed
+    HB                                   heartbeat: sent when nothing else was sent for a second
 """
 
 from __future__ import annotations
@@ -27,13 +28,14 @@ RECORD = b"R"
 SYNC = b"SYNC"
 SYNC_END = b"SYNC-END"
 PULL = b"PULL"
+HEARTBEAT = b"HB"
 ALL = b"ALL"  # SYNC flag: include the updates that came from the asking peer
 NO_POSITION = b"-"
 MAX_LISTED = 64  # forwarded updates listed in one K line
 
 # Version of these messages, sent in the handshake (HERD-HELLO). 1: U/R/K/
-# SYNC/PULL; 2: also F, K listing forwarded updates, SYNC ... ALL.
-VERSION = b"2"
+# SYNC/PULL; 2: also F, K listing forwarded updates, SYNC ... ALL; 3: also HB.
+VERSION = b"3"
 
 _STREAM_ID = re.compile(rb"[0-9]{1,20}-[0-9]{1,20}")  # a Redis stream entry id
 ANY_ENTRY = b"*"  # a log step's prev entry meaning "wherever the offset stands" (never on the wire)
