@@ -31,7 +31,7 @@ from config.schema import (
 )
 
 SECTIONS = ("herd", "places", "nodes")
-HERD_KEYS = ("secret_env", "max_line_bytes", "max_future_seconds", "redis_timeout",
+HERD_KEYS = ("secret_env", "previous_secret_env", "max_line_bytes", "max_future_seconds", "redis_timeout",
              "max_connections", "idle_timeout", "max_outstanding", "tls_cert", "tls_key", "tls_ca")
 TLS_KEYS = ("tls_cert", "tls_key", "tls_ca")
 PLACES_KEYS = ("provider", "url", "key_env", "timeout", "cache_ttl", "min_population")
@@ -68,6 +68,8 @@ def load_config(path: str | os.PathLike[str], need_secret: bool = False) -> Herd
         nodes=nodes,
         places=_places(root.table("places")),
         secret_env=herd.env_name("secret_env", "HERD_SECRET"),
+        previous_secret_env=(herd.env_name("previous_secret_env", "HERD_SECRET_PREVIOUS")
+                             if "previous_secret_env" in herd.data else None),
         max_line_bytes=herd.integer("max_line_bytes", 4096, low=64, high=MAX_LINE_BYTES),
         max_future_seconds=herd.integer("max_future_seconds", 3600, low=0),
         redis_timeout=herd.positive("redis_timeout", 3.0),

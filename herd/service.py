@@ -83,7 +83,7 @@ def build_places(config: PlacesConfig, reactor: Any, store: RedisStore) -> Place
 class NodeService(MultiService):
     """One herd node as a service: start it to serve, stop it to shut down cleanly."""
 
-    def __init__(self, config: HerdConfig, name: str, reactor: Any, secret: bytes,
+    def __init__(self, config: HerdConfig, name: str, reactor: Any, secrets: tuple[bytes, ...],
                  activation: str | None = None):
         super().__init__()
         self._reactor = reactor
@@ -109,12 +109,12 @@ class NodeService(MultiService):
             Limits(config.max_connections, config.idle_timeout, config.max_outstanding))
         # A socket passed by systemd (socket activation) replaces host:port.
         self.listener = self._listen(activation or listen_description(me.host, me.port), self.factory)
-        self.peer_factory = AcceptedPeerFactory(self.node, name.encode(), secret, peer_tls)
+        self.peer_factory = AcceptedPeerFactory(self.node, name.encode(), secrets, peer_tls)
         self._listen(listen_description(me.host, me.peer_port), self.peer_factory)
         for peer in config.neighbours(name):
             there = config.nodes[peer]
             dial_service(reactor, self.node, name.encode(), peer.encode(), there.host, there.peer_port,
-                         secret, peer_tls.client(there.host) if peer_tls else None).setServiceParent(self)
+                         secrets, peer_tls.client(there.host) if peer_tls else None).setServiceParent(self)
         if me.admin is not None:
             from herd.admin import admin_site
 
@@ -245,7 +245,7 @@ def serve(name: str, config_path: str, log_format: str | None, activation: str |
 
     start_logging(name, log_format or "text", reactor)  # SPEC: text unless asked (the unit asks)
     raise_file_limit(config.max_connections + 256)
-    service = NodeService(config, name, reactor, config.secret(), activation)
+    service = NodeService(config, name, reactor, config.secrets(), activation)
     try:
         service.startService()
     except CannotListenError as err:

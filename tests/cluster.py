@@ -93,7 +93,7 @@ class NodeProcess:
         log = open(self.log_path, "ab")
         self.proc = subprocess.Popen(
             self.command(), cwd=REPO, stdout=log, stderr=subprocess.STDOUT,
-            env=env_with(HERD_SECRET=self.herd.secret, GOOGLE_PLACES_KEY=PLACES_KEY, **env),
+            env=env_with(**{"HERD_SECRET": self.herd.secret, "GOOGLE_PLACES_KEY": PLACES_KEY, **env}),
             preexec_fn=(lambda: signal.signal(signal.SIGINT, signal.SIG_IGN)) if ignore_sigint else None,
         )
         log.close()

@@ -111,6 +111,17 @@ def test_defaults_and_parsed_values(tmp_path: Path) -> None:
     assert (bailey.peer_port, bailey.admin) == (20000, ("127.0.0.1", 30000))  # SPEC 5 defaults
 
 
+def test_previous_secret_during_a_rotation(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    path = write(tmp_path, BASE.replace('secret_env = "HERD_TEST_SECRET"',
+                                        'secret_env = "HERD_TEST_SECRET"\nprevious_secret_env = "HERD_TEST_OLD"'))
+    monkeypatch.setenv("HERD_TEST_SECRET", "new")
+    monkeypatch.delenv("HERD_TEST_OLD", raising=False)
+    assert load_config(path).secrets() == (b"new",)  # not rotating: the variable is unset
+    monkeypatch.setenv("HERD_TEST_OLD", "old")
+    assert load_config(path).secrets() == (b"new", b"old")
+    assert load_config(write(tmp_path, BASE, "plain.toml")).secrets() == (b"new",)
+
+
 def test_peer_port_and_admin_set_or_off(tmp_path: Path) -> None:
     cfg = load_config(write(tmp_path, variant('peers = ["Bailey"]',
                                               'peers = ["Bailey"]\npeer_port = 4000\nadmin = "off"')))
