@@ -112,8 +112,8 @@ def test_defaults_and_parsed_values(tmp_path: Path) -> None:
 
 
 def test_previous_secret_during_a_rotation(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    path = write(tmp_path, BASE.replace('secret_env = "HERD_TEST_SECRET"',
-                                        'secret_env = "HERD_TEST_SECRET"\nprevious_secret_env = "HERD_TEST_OLD"'))
+    rotating = 'secret_env = "HERD_TEST_SECRET"\nprevious_secret_env = "HERD_TEST_OLD"'
+    path = write(tmp_path, BASE.replace('secret_env = "HERD_TEST_SECRET"', rotating))
     monkeypatch.setenv("HERD_TEST_SECRET", "new")
     monkeypatch.delenv("HERD_TEST_OLD", raising=False)
     assert load_config(path).secrets() == (b"new",)  # not rotating: the variable is unset

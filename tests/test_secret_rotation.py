@@ -70,7 +70,7 @@ def test_rotating_the_secret_under_load_loses_nothing(tmp_path: Path) -> None:
                 mark = {n: herd[n].log().count("link up") for n in herd.neighbours(name)}
                 node.start(**env)
                 for peer in herd.neighbours(name):  # the neighbours linked again, promptly
-                    wait_until(lambda p=peer: herd[p].log().count("link up") > mark[p], timeout=5,
+                    wait_until(lambda p=peer, m=mark: herd[p].log().count("link up") > m[p], timeout=5,
                                what=f"{peer} relinked to {name}")
         time.sleep(0.5)
         load.running = False
