@@ -66,3 +66,26 @@ def test_a_reload_with_a_broken_config_changes_nothing(tmp_path: Path) -> None:
         wait_until(lambda: herd["B"].record("still.linked") != {}, what="the link still up")
     finally:
         herd.stop()
+
+
+def test_a_node_whose_data_was_lost_refills_from_its_peers(tmp_path: Path) -> None:
+    """Replacing a lost host: the same node, an empty Redis; a full transfer
+    from its peer brings back everything, its own acknowledged updates too."""
+    import shutil
+
+    herd = Herd(tmp_path, {"A": ["B"], "B": []}).start()
+    try:
+        herd.wait_links()
+        for n in range(30):
+            talk(herd[("A", "B")[n % 2]].port, f"IAMAT c{n} +1+1 1700000000.{n}")
+        wait_until(lambda: all(herd["A"].record(f"c{n}") for n in range(30)), what="A has all")
+        herd["B"].kill()
+        herd["B"].redis.kill()
+        shutil.rmtree(herd["B"].redis.data_dir)
+        herd["B"].redis.data_dir.mkdir()
+        herd.start(["B"])
+        wait_until(lambda: all(herd["B"].record(f"c{n}") for n in range(30)), timeout=15,
+                   what="B refilled")
+        assert herd["B"].record("c1") == herd["A"].record("c1")
+    finally:
+        herd.stop()
