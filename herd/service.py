@@ -14,6 +14,8 @@ import os
 import signal
 import sys
 import time
+from collections.abc import Callable, Mapping
+from decimal import Decimal, InvalidOperation
 from typing import Any
 
 from twisted.application.internet import StreamServerEndpointService
@@ -48,6 +50,30 @@ READY_WITHOUT_REDIS_MAX = 10.0
 
 
 LISTEN_BACKLOG = 1024  # bursts of connects queue in the kernel instead of timing out
+# For labs and tests only (docs/LAB.md): a host whose wall clock is off. A
+# network namespace cannot change CLOCK_REALTIME, so a lab shifts the node's
+# own clock instead. Production nodes leave it unset.
+CLOCK_OFFSET_ENV = "HERD_CLOCK_OFFSET_SECONDS"
+
+
+def node_clock(environ: Mapping[str, str]) -> tuple[Callable[[], int], int]:
+    """The node's wall clock in integer nanoseconds, and its offset: time.time_ns
+    shifted by ``$HERD_CLOCK_OFFSET_SECONDS`` (a decimal number of seconds,
+    read once; unset or empty: no shift). A value that is not a finite
+    number raises ConfigError."""
+    text = environ.get(CLOCK_OFFSET_ENV, "").strip()
+    if not text:
+        return time.time_ns, 0
+    try:
+        offset = Decimal(text)
+        offset_ns = int(offset * 1_000_000_000) if offset.is_finite() else None
+    except InvalidOperation:
+        offset_ns = None
+    if offset_ns is None:
+        raise ConfigError(f"${CLOCK_OFFSET_ENV}: {text!r} is not a number of seconds")
+    if offset_ns == 0:
+        return time.time_ns, 0
+    return (lambda: time.time_ns() + offset_ns), offset_ns
 
 
 def listen_description(host: str, port: int) -> str:
@@ -95,17 +121,21 @@ class NodeService(MultiService):
         self._places_checked = 0  # the store connection the places were last checked on
         self._ready_anyway: Any = None  # READY=1 without Redis, once started
         self.store = RedisStore(reactor, me.redis, me.prefix.encode(), config.redis_timeout)
+        clock_ns, offset_ns = node_clock(os.environ)
+        if offset_ns:
+            log.warn("clock offset {s:+.9f} s in effect (${env}: for labs and tests only)",
+                     s=offset_ns / 1e9, env=CLOCK_OFFSET_ENV)
         self.links = PeerLinks(n.encode() for n in config.neighbours(name))
         try:
             places = build_places(config.places, reactor, self.store)
         except ConfigError as err:  # the provider names the key; say which file
             raise ConfigError(f"{config.path}: {err}") from None
         self.node = Node(name.encode(), self.store, places, self.links, reactor, Stats(),
-                         max_future_ns=config.max_future_seconds * 1_000_000_000)
+                         max_future_ns=config.max_future_seconds * 1_000_000_000, clock_ns=clock_ns)
         self.store.observe = self.node.stats.observe_redis
         peer_tls = tls_for(config, name)
         self.factory = ClientConnectionFactory(
-            self.node, config.max_line_bytes, config.max_future_seconds * 1_000_000_000, time.time_ns,
+            self.node, config.max_line_bytes, config.max_future_seconds * 1_000_000_000, clock_ns,
             Limits(config.max_connections, config.idle_timeout, config.max_outstanding))
         # A socket passed by systemd (socket activation) replaces host:port.
         self.listener = self._listen(activation or listen_description(me.host, me.port), self.factory)
