@@ -51,6 +51,15 @@ if ! command -v systemd-socket-activate >/dev/null 2>&1 || ! command -v systemd-
   apt_install systemd
 fi
 
+# `herd lab` (and tests/test_lab.py) build hosts as network namespaces with
+# `ip netns`/veth/bridge (iproute2) and cut links with nftables rules.
+if ! command -v ip >/dev/null 2>&1; then
+  apt_install iproute2
+fi
+if ! command -v nft >/dev/null 2>&1; then
+  apt_install nftables
+fi
+
 if ! command -v python3 >/dev/null 2>&1; then
   apt_install python3 python3-venv
 fi
