@@ -61,6 +61,13 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
 
         add_chaos_arguments(chaos)
 
+    lab = sub.add_parser("lab", help="a herd on network namespaces with real network faults "
+                                     "(root; docs/LAB.md)")
+    if command == "lab":
+        from herd.tools.lab.command import add_lab_arguments
+
+        add_lab_arguments(lab)
+
     status = sub.add_parser("status", help="live view of nodes, links, counts and agreement")
     status.add_argument("--config", required=True, metavar="FILE")
     status.add_argument("--once", action="store_true", help="print one frame and exit 0")
@@ -116,6 +123,10 @@ def _dispatch(args: argparse.Namespace) -> int:
         from herd.tools.chaos import run_chaos
 
         return run_chaos(args)
+    if args.command == "lab":
+        from herd.tools.lab.command import run_lab
+
+        return run_lab(args)
     if args.command == "status":
         from herd.tools.status import run_status
 
