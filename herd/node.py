@@ -84,6 +84,7 @@ class Node:
         self._peer_time_limit = None if max_future_ns is None else max_future_ns + PEER_CLOCK_SLACK_NS
         self._clock_ns = clock_ns
         self._refusals = Throttle(clock, self._refusals_left_out)
+        self._lost = Throttle(clock, self._lost_left_out)  # a Redis outage fails every peer update
         self.stats = stats or Stats()
         self.store = store
         self.places = places
@@ -388,6 +389,13 @@ class Node:
             self.reconciler.gap(peer, conn)
 
     def _update_lost(self, failure: Failure, record: AtRecord, peer: bytes, conn: PeerConnection) -> None:
-        log.error("update from {peer} not stored ({why}): {line}", peer=peer.decode(),
-                  why=failure.getErrorMessage(), line=loggable(record.line))
+        why = failure.getErrorMessage()
+        if self._lost.allow(why):
+            log.error("update from {peer} not stored ({why}): {line}", peer=peer.decode(), why=why,
+                      line=loggable(record.line))
         self.reconciler.record_lost(peer, conn)  # the offset stays behind; a pull repairs it
+
+    @staticmethod
+    def _lost_left_out(count: int, why: str) -> None:
+        log.error("{n} more update(s) from peers not stored in the last second (the last: {why})",
+                  n=count, why=why)
