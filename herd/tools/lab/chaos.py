@@ -77,14 +77,15 @@ class Cycle:
     kind: str
     detail: str
     hold: float
+    lasted: float  # seconds from putting the fault in place to its heal (hold, then the load's end)
     acked: int
     converged: bool
     seconds: float | None  # heal to agreement
     wire_bytes: int  # sent on peer links from the heal to agreement, all hosts
     wire_packets: int
     sync_bytes: int  # of which SYNC answers (herd_reconciliation_bytes)
-    lost: int
-    bogus: int
+    lost: int = 0  # node records behind an acknowledged update, after this cycle's heal
+    bogus: int = 0
 
     @property
     def within_bound(self) -> bool:
@@ -120,7 +121,7 @@ class Faults:
 
     def partition(self, hold: float | None = None) -> Fault:
         side, rest = self._split()
-        hold = hold or self.rng.uniform(3.0, 8.0)
+        hold = hold or self.rng.uniform(1.0, 8.0)  # shorter and longer than the 3 s heartbeat timeout
         return self._cut("partition", rules.partition(side, rest), f"{_names(side)} | {_names(rest)}", hold)
 
     def long_partition(self) -> Fault:
@@ -131,7 +132,7 @@ class Faults:
     def one_way(self) -> Fault:
         side, rest = self._split()
         return self._cut("one_way", rules.one_way(side, rest), f"{_names(side)} -/-> {_names(rest)}",
-                         self.rng.uniform(3.0, 8.0))
+                         self.rng.uniform(1.0, 8.0))
 
     def loss(self) -> Fault:
         a, b = self.rng.choice(self.lab.edges)
@@ -245,33 +246,41 @@ def run_cycles(lab: Lab, kinds: Sequence[str], rng: random.Random, rate: float, 
     faults = Faults(lab, rng, down)
     for i, kind in enumerate(kinds, start=1):
         fault = faults.make(kind)
+        events(f"cycle {i}: {kind} {fault.detail}: held {fault.hold:.1f} s under load")
         load = Load(ledger, lambda: [h for h in lab.hosts if h not in down], rate, clients,
-                    rng.randrange(1 << 30)).start()
-        acked_before = ledger.counts["acked"]
-        try:
-            time.sleep(WARMUP)
-            events(f"cycle {i}: {kind} {fault.detail}: held {fault.hold:.1f} s under load")
-            fault.apply()
-            time.sleep(fault.hold)
-        finally:
-            load.stop()
-        wire0, sync0 = lab.wire_total(), sync_bytes(lab)
-        healed = time.monotonic()
-        fault.heal()
-        seconds = wait_agree(lab, healed, converge_timeout)
-        wire1, sync1 = lab.wire_total(), sync_bytes(lab)
-        losses, bogus = verify(lab, ledger)
-        cycle = Cycle(kind, fault.detail, fault.hold, ledger.counts["acked"] - acked_before,
-                      seconds is not None, seconds, wire1[1] - wire0[1], wire1[0] - wire0[0],
-                      growth(sync0, sync1), len(losses), len(bogus))
+                    rng.randrange(1 << 30))
+        cycle = _cycle(lab, fault, load, ledger, converge_timeout)
         verdict.cycles.append(cycle)
-        verdict.losses, verdict.bogus = losses, bogus
-        events(f"cycle {i}: {kind} healed: " + (f"all agree after {seconds:.3f} s" if seconds is not None
-                                                 else f"NOT agreed within {converge_timeout:g} s")
-               + f", {cycle.wire_bytes} bytes on peer links ({cycle.sync_bytes} in SYNC answers), "
-               f"{cycle.acked} acknowledged, lost {cycle.lost}")
+        verdict.losses, verdict.bogus = verify(lab, ledger)
+        cycle.lost, cycle.bogus = len(verdict.losses), len(verdict.bogus)
+        agreed = (f"all agree after {cycle.seconds:.3f} s" if cycle.seconds is not None
+                  else f"NOT agreed within {converge_timeout:g} s")
+        events(f"cycle {i}: {kind} healed after {cycle.lasted:.1f} s: {agreed}, {cycle.wire_bytes} bytes "
+               f"on peer links ({cycle.sync_bytes} in SYNC answers), {cycle.acked} acknowledged, "
+               f"lost {cycle.lost}")
         fault.after()
     return verdict, ledger
+
+
+def _cycle(lab: Lab, fault: Fault, load: Load, ledger: Ledger, converge_timeout: float) -> Cycle:
+    """Load, the fault held, load stopped, heal; what the heal took."""
+    acked_before = ledger.counts["acked"]
+    load.start()
+    try:
+        time.sleep(WARMUP)
+        fault.apply()
+        applied = time.monotonic()
+        time.sleep(fault.hold)
+    finally:
+        load.stop()
+    wire0, sync0 = lab.wire_total(), sync_bytes(lab)
+    healed = time.monotonic()
+    fault.heal()
+    seconds = wait_agree(lab, healed, converge_timeout)
+    wire1, sync1 = lab.wire_total(), sync_bytes(lab)
+    return Cycle(fault.kind, fault.detail, fault.hold, round(healed - applied, 2),
+                 ledger.counts["acked"] - acked_before, seconds is not None, seconds,
+                 wire1[1] - wire0[1], wire1[0] - wire0[0], growth(sync0, sync1))
 
 
 def per_kind(cycles: Sequence[Cycle]) -> dict[str, dict[str, Any]]:

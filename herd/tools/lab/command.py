@@ -231,11 +231,11 @@ def run_chaos(args: argparse.Namespace, seed: int, events: Callable[[str], None]
 
 def _print_chaos(summary: dict[str, Any], verdict: Any) -> None:
     print(f"herd lab chaos: seed {summary['seed']}, {summary['hosts']} hosts, links {summary['edges']}")
-    print(f"{'KIND':<15} {'DETAIL':<28} {'HOLD':>5} {'ACKED':>6} {'AGREE_S':>8} {'BOUND':>6} "
+    print(f"{'KIND':<15} {'DETAIL':<28} {'LASTED':>6} {'ACKED':>6} {'AGREE_S':>8} {'BOUND':>6} "
           f"{'WIRE_B':>8} {'SYNC_B':>8} LOST")
     for c in verdict.cycles:
         agree = f"{c.seconds:.3f}" if c.seconds is not None else "never"
-        print(f"{c.kind:<15} {c.detail[:28]:<28} {c.hold:>5.1f} {c.acked:>6} {agree:>8} "
+        print(f"{c.kind:<15} {c.detail[:28]:<28} {c.lasted:>6.1f} {c.acked:>6} {agree:>8} "
               f"{_chaos().BOUNDS[c.kind]:>6.1f} {c.wire_bytes:>8} {c.sync_bytes:>8} {c.lost}")
     for line in verdict.losses[:20]:
         print(f"LOST {line}")

@@ -118,6 +118,17 @@ def rss_kb(pid: int | None) -> int:
     return 0
 
 
+def cpu_seconds(pid: int | None) -> float:
+    """User plus system CPU time ``pid`` has used, in seconds (0 when it is gone)."""
+    if pid is None:
+        return 0.0
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except (OSError, IndexError):
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")  # utime, stime
+
+
 def parse_metrics(text: str) -> dict[str, float]:
     """Prometheus text: {name{labels}: value} (comments left out)."""
     out: dict[str, float] = {}
@@ -336,6 +347,10 @@ class Lab:
         """(packets, bytes) sent on peer links by all hosts together."""
         totals = [self.peer_tx(h) for h in self.hosts]
         return sum(p for p, _ in totals), sum(b for _, b in totals)
+
+    def cpu_total(self) -> float:
+        """CPU seconds used by every node and redis-server of the lab so far."""
+        return sum(cpu_seconds(p.pid) for p in [*self.nodes.values(), *self.redis.values()])
 
     def memory_kb(self, host: Host) -> tuple[int, int]:
         """(node RSS, redis-server RSS) in KiB."""

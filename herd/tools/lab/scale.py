@@ -70,6 +70,8 @@ class Figures:
     duplicates_per_update: float = 0.0
     wire_bytes_per_update: float = 0.0
     wire_packets_per_update: float = 0.0
+    cpu_ms_per_update: float = 0.0  # all nodes and Redis servers, while the probe ran
+    cpu_busy: float = 0.0  # cores they kept busy meanwhile (the machine has os.cpu_count())
     node_rss_mb: float = 0.0  # mean over nodes
     node_rss_max_mb: float = 0.0
     redis_rss_mb: float = 0.0
@@ -133,12 +135,12 @@ def _propagation(lab: Lab, fig: Figures, origin: Any, target: Any, rate: float, 
                  events: Callable[[str], None]) -> None:
     flood0, dup0 = _sum_metric(lab, FLOOD_OUT), _sum_metric(lab, FLOOD_DUP)
     packets0, bytes0 = lab.wire_total()
-    began = time.monotonic()
+    cpu0, began = lab.cpu_total(), time.monotonic()
     probe = Probe(origin, target, rate, duration, prefix=PROBE_PREFIX)
     delays = probe.run()
     time.sleep(SETTLE)  # the last updates reach every node, not only the target
+    cpu, elapsed = lab.cpu_total() - cpu0, time.monotonic() - began
     packets1, bytes1 = lab.wire_total()
-    elapsed = time.monotonic() - began
     sent = max(1, len(probe.sent_at))
     fig.probe_sent, fig.probe_seen = len(probe.sent_at), len(delays)
     if delays:
@@ -149,9 +151,12 @@ def _propagation(lab: Lab, fig: Figures, origin: Any, target: Any, rate: float, 
     fig.duplicates_per_update = round((_sum_metric(lab, FLOOD_DUP) - dup0) / sent, 2)
     fig.wire_bytes_per_update = round((bytes1 - bytes0 - fig.idle_bytes_per_s * elapsed) / sent)
     fig.wire_packets_per_update = round((packets1 - packets0) / sent, 1)
+    fig.cpu_ms_per_update = round(cpu * 1000 / sent, 2)
+    fig.cpu_busy = round(cpu / elapsed, 2)
     events(f"{fig.name}: propagation {fig.path}: p50 {fig.p50_ms} ms, p99 {fig.p99_ms} ms "
            f"({fig.probe_seen}/{fig.probe_sent} seen); {fig.flood_per_update} flood messages and "
-           f"{fig.wire_bytes_per_update} bytes per update")
+           f"{fig.wire_bytes_per_update} bytes per update; {fig.cpu_ms_per_update} ms CPU per update "
+           f"({fig.cpu_busy} cores busy)")
 
 
 def _partition(lab: Lab, fig: Figures, ledger: Ledger, rate: float, hold: float, rng: random.Random,
