@@ -3,7 +3,8 @@
 For each herd (random connected topologies of about degree 3, seeded, and a
 line), one lab is built and measured in turn:
 
-1. idle: bytes a second on peer links with no updates (heartbeats);
+1. idle: bytes a second on peer links with no updates (heartbeats), and the
+   CPU every node and Redis server uses meanwhile;
 2. propagation: ``--rate`` updates a second for ``--duration`` seconds into
    one end of a longest shortest path, each seen arriving in the Redis of the
    other end (herd.tools.lab.load.Probe): p50/p99/max delay, and per update
@@ -61,6 +62,7 @@ class Figures:
     path: str  # origin -> target, hops
     start_s: float = 0.0  # build to every link up
     idle_bytes_per_s: float = 0.0
+    idle_cores: float = 0.0  # CPU all nodes and Redis servers use with no updates
     probe_sent: int = 0
     probe_seen: int = 0
     p50_ms: float | None = None
@@ -126,7 +128,9 @@ def measure(lab: Lab, herd: Herd, started: float, rate: float, duration: float, 
 
 def _idle(lab: Lab, fig: Figures) -> None:
     _, before = lab.wire_total()
+    cpu, began = lab.cpu_total(), time.monotonic()
     time.sleep(IDLE_SECONDS)
+    fig.idle_cores = round((lab.cpu_total() - cpu) / (time.monotonic() - began), 2)
     _, after = lab.wire_total()
     fig.idle_bytes_per_s = round((after - before) / IDLE_SECONDS)
 
