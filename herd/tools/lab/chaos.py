@@ -84,6 +84,7 @@ class Cycle:
     wire_bytes: int  # sent on peer links from the heal to agreement, all hosts
     wire_packets: int
     sync_bytes: int  # of which SYNC answers (herd_reconciliation_bytes)
+    last_host: str  # the host whose state changed last before all agreed
     lost: int = 0  # node records behind an acknowledged update, after this cycle's heal
     bogus: int = 0
 
@@ -205,12 +206,24 @@ def growth(before: dict[Host, float], after: dict[Host, float]) -> int:
 
 def wait_agree(lab: Lab, since: float, timeout: float) -> float | None:
     """Seconds from ``since`` until every host's summary is equal; None on timeout."""
+    return watch_agree(lab, since, timeout)[0]
+
+
+def watch_agree(lab: Lab, since: float, timeout: float) -> tuple[float | None, str]:
+    """Like wait_agree, and the host whose summary changed last (the one the
+    herd waited for; "" when none changed)."""
+    held = {h: lab.summary(h) for h in lab.hosts}
+    last = ""
     while True:
-        if lab.agree():
-            return time.monotonic() - since
+        if len(set(held.values())) == 1 and None not in held.values():
+            return time.monotonic() - since, last
         if time.monotonic() - since > timeout:
-            return None
+            return None, last
         time.sleep(AGREE_POLL)
+        for host in lab.hosts:
+            now = lab.summary(host)
+            if now != held[host]:
+                held[host], last = now, host.name
 
 
 def verify(lab: Lab, ledger: Ledger, others: str | None = None) -> tuple[list[str], list[str]]:
@@ -254,7 +267,7 @@ def run_cycles(lab: Lab, kinds: Sequence[str], rng: random.Random, rate: float, 
         verdict.losses, verdict.bogus = verify(lab, ledger)
         cycle.lost, cycle.bogus = len(verdict.losses), len(verdict.bogus)
         agreed = (f"all agree after {cycle.seconds:.3f} s" if cycle.seconds is not None
-                  else f"NOT agreed within {converge_timeout:g} s")
+                  else f"NOT agreed within {converge_timeout:g} s") + f" (last {cycle.last_host or '-'})"
         events(f"cycle {i}: {kind} healed after {cycle.lasted:.1f} s: {agreed}, {cycle.wire_bytes} bytes "
                f"on peer links ({cycle.sync_bytes} in SYNC answers), {cycle.acked} acknowledged, "
                f"lost {cycle.lost}")
@@ -276,11 +289,11 @@ def _cycle(lab: Lab, fault: Fault, load: Load, ledger: Ledger, converge_timeout:
     wire0, sync0 = lab.wire_total(), sync_bytes(lab)
     healed = time.monotonic()
     fault.heal()
-    seconds = wait_agree(lab, healed, converge_timeout)
+    seconds, last = watch_agree(lab, healed, converge_timeout)
     wire1, sync1 = lab.wire_total(), sync_bytes(lab)
     return Cycle(fault.kind, fault.detail, fault.hold, round(healed - applied, 2),
                  ledger.counts["acked"] - acked_before, seconds is not None, seconds,
-                 wire1[1] - wire0[1], wire1[0] - wire0[0], growth(sync0, sync1))
+                 wire1[1] - wire0[1], wire1[0] - wire0[0], growth(sync0, sync1), last)
 
 
 def per_kind(cycles: Sequence[Cycle]) -> dict[str, dict[str, Any]]:

@@ -118,7 +118,8 @@ def lab_running(count: int, edges: Sequence[Edge], events: Callable[[str], None]
                 lab.start()
                 if not lab.wait_links(20.0 + count):
                     raise LabError("not every link came up within " f"{20 + count} s; see {root}")
-                events(f"every node listening and linked after {time.monotonic() - started:.1f} s")
+                lab.ready_seconds = time.monotonic() - started
+                events(f"every node listening and linked after {lab.ready_seconds:.1f} s")
                 yield lab
                 ok = True
         finally:
@@ -263,9 +264,8 @@ def run_scale(args: argparse.Namespace, seed: int, events: Callable[[str], None]
     rows = []
     for herd in herds:
         events(f"{herd.name}: seed {herd.seed}, links {plan.describe_edges(herd.edges)}")
-        started = time.monotonic()
         with lab_running(herd.hosts, herd.edges, events, args.keep, args.wait_lock, "everysec") as lab:
-            rows.append(scale.as_row(scale.measure(lab, herd, started, args.rate, args.duration,
+            rows.append(scale.as_row(scale.measure(lab, herd, args.rate, args.duration,
                                                    args.partition, args.down, random.Random(seed), events)))
     if args.json:
         print(json.dumps(rows, indent=2))

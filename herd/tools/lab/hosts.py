@@ -163,6 +163,7 @@ class Lab:
         self.redis: dict[Host, NsProcess] = {}
         self.nodes: dict[Host, NsProcess] = {}
         self._resp: dict[Host, NsResp] = {}
+        self.ready_seconds = 0.0  # from building the network to every link up
         exe = "redis-server"
         for host in self.hosts:
             home = root / host.name
@@ -257,13 +258,16 @@ class Lab:
     # -- faults ---------------------------------------------------------------------
 
     def apply(self, fault: rules.Plan) -> None:
-        """Put a fault's nft rules in place (each host's fault table replaced)."""
-        for host, script in rules.scripts(fault).items():
-            netns.run(netns.in_ns(host.netns, "nft", "-f", "-"), script)
+        """Put a fault's nft rules in place (each host's fault table replaced),
+        on every host at once: one after the other, the last of 25 hosts
+        would change a second or two after the first."""
+        netns.run_all([(netns.in_ns(host.netns, "nft", "-f", "-"), script)
+                       for host, script in rules.scripts(fault).items()])
 
     def heal_network(self) -> None:
-        for host in self.hosts:
-            netns.run(netns.in_ns(host.netns, "nft", "-f", "-"), rules.heal_script())
+        """Remove every host's fault rules, at once; returns when all are gone."""
+        netns.run_all([(netns.in_ns(host.netns, "nft", "-f", "-"), rules.heal_script())
+                       for host in self.hosts])
 
     # -- reading ----------------------------------------------------------------------
 

@@ -23,6 +23,7 @@ import socket
 import subprocess
 import time
 from collections.abc import Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from pathlib import Path
 from typing import IO
@@ -70,6 +71,14 @@ def run(argv: Sequence[str], stdin: str | None = None, check: bool = True) -> st
         why = (done.stderr.strip().splitlines() or [f"exit {done.returncode}"])[0]
         raise LabError(f"{' '.join(argv)}: {why}")
     return done.stdout
+
+
+def run_all(commands: Sequence[tuple[Sequence[str], str]]) -> None:
+    """Run commands (argv, stdin) side by side; return once all have ended.
+    A failure raises LabError (the first one's)."""
+    with ThreadPoolExecutor(max_workers=max(1, len(commands))) as pool:
+        for done in [pool.submit(run, argv, stdin) for argv, stdin in commands]:
+            done.result()
 
 
 def in_ns(ns: str, *argv: str) -> list[str]:

@@ -105,11 +105,11 @@ def percentile(values: list[float], q: float) -> float:
     return values[min(len(values) - 1, max(0, math.ceil(q * len(values)) - 1))]
 
 
-def measure(lab: Lab, herd: Herd, started: float, rate: float, duration: float, partition_s: float,
+def measure(lab: Lab, herd: Herd, rate: float, duration: float, partition_s: float,
             down_s: float, rng: random.Random, events: Callable[[str], None]) -> Figures:
     origin, target, hops = diameter_ends(herd.hosts, herd.edges)
     fig = Figures(herd.name, herd.hosts, len(herd.edges), herd.seed, describe_edges(herd.edges),
-                  f"h{origin} -> h{target}, {hops} hops", start_s=round(time.monotonic() - started, 1),
+                  f"h{origin} -> h{target}, {hops} hops", start_s=round(lab.ready_seconds, 1),
                   loadavg=[round(x, 2) for x in os.getloadavg()])
     _idle(lab, fig)
     _propagation(lab, fig, lab.hosts[origin - 1], lab.hosts[target - 1], rate, duration, events)
