@@ -41,7 +41,7 @@ FAULT_KINDS = ("partition", "one_way", "loss", "long_partition", "clock", "redis
                "node_stop")
 WARMUP = 0.5  # seconds of load before each fault
 LONG_PARTITION = 30.0  # seconds: past the peers' 25 s TCP_USER_TIMEOUT (herd.peer.connection)
-AGREE_POLL = 0.05  # seconds between reads of every host's summary
+AGREE_POLL = 0.02  # seconds between reads of every host's summary (all at once)
 
 # Seconds from the heal until every node holds the same state, per kind, that
 # a cycle must stay within (docs/LAB.md: measured figures and why each bound).
@@ -212,7 +212,7 @@ def wait_agree(lab: Lab, since: float, timeout: float) -> float | None:
 def watch_agree(lab: Lab, since: float, timeout: float) -> tuple[float | None, str]:
     """Like wait_agree, and the host whose summary changed last (the one the
     herd waited for; "" when none changed)."""
-    held = {h: lab.summary(h) for h in lab.hosts}
+    held = lab.summaries()
     last = ""
     while True:
         if len(set(held.values())) == 1 and None not in held.values():
@@ -220,8 +220,7 @@ def watch_agree(lab: Lab, since: float, timeout: float) -> tuple[float | None, s
         if time.monotonic() - since > timeout:
             return None, last
         time.sleep(AGREE_POLL)
-        for host in lab.hosts:
-            now = lab.summary(host)
+        for host, now in lab.summaries().items():
             if now != held[host]:
                 held[host], last = now, host.name
 

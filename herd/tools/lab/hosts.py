@@ -35,7 +35,7 @@ from herd.tools.lab.plan import (
     Host,
     LabError,
 )
-from herd.tools.resp import Resp
+from herd.tools.resp import Resp, encode_command, read_reply
 
 PACKAGE_ROOT = Path(__file__).resolve().parents[3]  # where `python -m herd` is found
 KEY_PREFIX = b"herd:"
@@ -283,10 +283,14 @@ class Lab:
         try:
             return self.resp(host).pipeline(commands)
         except (OSError, RuntimeError):
-            conn = self._resp.pop(host, None)
-            if conn is not None:
-                conn.close()
+            self._drop(host)
             raise
+
+    def _drop(self, host: Host) -> None:
+        """Forget the connection to ``host``'s Redis (the next call makes a new one)."""
+        conn = self._resp.pop(host, None)
+        if conn is not None:
+            conn.close()
 
     def redis_ready(self, host: Host) -> bool:
         try:
@@ -294,17 +298,29 @@ class Lab:
         except (OSError, RuntimeError):
             return False
 
-    def summary(self, host: Host) -> tuple[bytes, bytes] | None:
-        """(client count, digest) the node's compare-and-set keeps; None when unreadable."""
-        try:
-            items = self.redis_call(host, [("HMGET", SUMMARY_KEY, "clients", "digest")])[0]
-        except (OSError, RuntimeError):
-            return None
-        return (items[0] or b"0", items[1] or b"")
+    def summaries(self) -> dict[Host, tuple[bytes, bytes] | None]:
+        """Every host's summary, read at nearly the same moment: the command
+        goes to every Redis before any reply is read."""
+        question = encode_command("HMGET", SUMMARY_KEY, "clients", "digest")
+        asked: list[Host] = []
+        out: dict[Host, tuple[bytes, bytes] | None] = dict.fromkeys(self.hosts)
+        for host in self.hosts:
+            try:
+                self.resp(host).sock.sendall(question)
+                asked.append(host)
+            except OSError:
+                self._drop(host)
+        for host in asked:
+            try:
+                items = read_reply(self.resp(host).file)
+                out[host] = (items[0] or b"0", items[1] or b"")
+            except (OSError, RuntimeError):
+                self._drop(host)
+        return out
 
     def agree(self) -> bool:
         """Every host's Redis readable and all summaries equal."""
-        seen = {self.summary(h) for h in self.hosts}
+        seen = set(self.summaries().values())
         return len(seen) == 1 and None not in seen
 
     def records(self, host: Host) -> dict[bytes, tuple[bytes, bytes, bytes]]:
