@@ -193,15 +193,29 @@ def _names(hosts: Sequence[Host]) -> str:
     return ",".join(h.name for h in hosts)
 
 
-def sync_bytes(lab: Lab) -> dict[Host, float]:
-    """Each node's herd_reconciliation_bytes (bytes of SYNC answers it sent)."""
-    return {h: lab.metrics(h).get("herd_reconciliation_bytes_total", 0.0) for h in lab.hosts}
+Counters = dict[Host, float | None]
 
 
-def growth(before: dict[Host, float], after: dict[Host, float]) -> int:
-    """How much counters grew, all hosts together (a restarted node's counter
-    started again from 0: all of it is growth)."""
-    return int(sum(after[h] - before[h] if after[h] >= before[h] else after[h] for h in after))
+def sync_bytes(lab: Lab) -> Counters:
+    """Each node's herd_reconciliation_bytes (bytes of SYNC answers it sent);
+    None for a node whose metrics could not be read (or that is down)."""
+    out: Counters = {}
+    for host in lab.hosts:
+        metrics = lab.metrics(host) if lab.nodes[host].alive() else None
+        out[host] = None if metrics is None else metrics.get("herd_reconciliation_bytes_total", 0.0)
+    return out
+
+
+def growth(before: Counters, after: Counters) -> int:
+    """How much counters grew, all hosts together: a node restarted meanwhile
+    (down before, or its counter smaller) counts all of its counter; one
+    unreadable afterwards counts nothing."""
+    total = 0.0
+    for host, now in after.items():
+        then = before.get(host)
+        if now is not None:
+            total += now - then if then is not None and now >= then else now
+    return int(total)
 
 
 def wait_agree(lab: Lab, since: float, timeout: float) -> float | None:

@@ -347,12 +347,19 @@ class Lab:
         except (OSError, ValueError, http.client.HTTPException):
             return None
 
-    def metrics(self, host: Host) -> dict[str, float]:
-        try:
-            status, body = self.http_get(host, "/metrics")
-        except (OSError, http.client.HTTPException):
-            return {}
-        return parse_metrics(body.decode()) if status == 200 else {}
+    def metrics(self, host: Host, tries: int = 3) -> dict[str, float] | None:
+        """``host``'s /metrics; None when it could not be read (``tries`` times:
+        a node under load may miss one read's timeout)."""
+        for attempt in range(tries):
+            try:
+                status, body = self.http_get(host, "/metrics")
+                if status == 200:
+                    return parse_metrics(body.decode())
+            except (OSError, http.client.HTTPException):
+                pass
+            if attempt + 1 < tries:
+                time.sleep(0.2)
+        return None
 
     def peer_tx(self, host: Host) -> tuple[int, int]:
         """(packets, bytes) ``host`` has sent on peer links (its nft counter)."""

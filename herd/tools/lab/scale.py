@@ -34,7 +34,7 @@ from herd.tools.lab import rules
 from herd.tools.lab.chaos import growth, sync_bytes, verify, wait_agree
 from herd.tools.lab.hosts import Lab
 from herd.tools.lab.load import Ledger, Load, Probe
-from herd.tools.lab.plan import Edge, describe_edges, diameter_ends
+from herd.tools.lab.plan import Edge, LabError, describe_edges, diameter_ends
 
 IDLE_SECONDS = 3.0
 SETTLE = 1.0  # seconds after a phase's load before measuring the next
@@ -93,7 +93,15 @@ class Figures:
 
 
 def _sum_metric(lab: Lab, name: str) -> float:
-    return sum(lab.metrics(h).get(name, 0.0) for h in lab.hosts)
+    """A metric summed over every node (a node that cannot be read fails the run:
+    a figure without it would be wrong)."""
+    total = 0.0
+    for host in lab.hosts:
+        metrics = lab.metrics(host)
+        if metrics is None:
+            raise LabError(f"cannot read {host.name}'s /metrics")
+        total += metrics.get(name, 0.0)
+    return total
 
 
 FLOOD_OUT = 'herd_flood_messages_total{direction="out"}'
