@@ -197,6 +197,33 @@ def test_peer_sockets_notice_a_dead_host() -> None:
     detect_dead_peer(object())  # no socket: nothing to do, no error
 
 
+def test_peer_sockets_resend_lost_data_within_a_second_where_the_kernel_can() -> None:
+    """Lab finding 2: TCP's retransmission timeout is capped at 1 s on peer
+    sockets (Linux >= 6.15), so data lost in a cut shorter than the heartbeat
+    timeout is resent within a second of the heal."""
+    import socket
+    import sys
+
+    from herd.peer.connection import PEER_RTO_MAX_MS, TCP_RTO_MAX_MS, detect_dead_peer
+
+    class Transport:
+        def __init__(self, sock: socket.socket) -> None:
+            self.sock = sock
+
+        def getHandle(self) -> socket.socket:  # noqa: N802 (Twisted's name)
+            return self.sock
+
+    with socket.create_server(("127.0.0.1", 0)) as server, \
+            socket.create_connection(server.getsockname()) as sock:
+        try:
+            default = sock.getsockopt(socket.IPPROTO_TCP, TCP_RTO_MAX_MS)
+        except OSError:
+            pytest.skip("this kernel cannot cap TCP's retransmission timeout (Linux >= 6.15 can)")
+        assert sys.platform == "linux" and default == 120_000  # TCP_RTO_MAX
+        detect_dead_peer(Transport(sock))
+        assert sock.getsockopt(socket.IPPROTO_TCP, TCP_RTO_MAX_MS) == PEER_RTO_MAX_MS == 1000
+
+
 def test_a_closed_peer_connection_says_it_is_not_connected() -> None:
     """Twisted leaves Protocol.connected at 1 after connectionLost; the checks
     on peer connections (a pull's, a SYNC answer's) need it to be 0."""
