@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 from cluster import Herd, talk
-from harness import REPO, env_with
+from harness import REPO, env_with, wait_until
 
 from config.schema import ConfigError
 from herd.service import CLOCK_OFFSET_ENV, node_clock
@@ -57,7 +57,8 @@ def test_a_node_with_its_clock_ten_minutes_behind(tmp_path: Path) -> None:
         assert -601 < _skew(reply) < -599
         late = f"IAMAT kiwi +34.068930-118.445127 {now + 55 * 60:.9f}"
         assert talk(herd["A"].port, late) == b"? " + late.encode() + b"\n"
-        assert "clock offset -600.000000000 s in effect" in herd["A"].log()
+        wait_until(lambda: "clock offset -600.000000000 s in effect" in herd["A"].log(),
+                   what="the offset logged")
     finally:
         herd.stop()
 
