@@ -164,6 +164,24 @@ def test_metrics_and_percentiles() -> None:
     assert percentile([7.0], 0.99) == 7.0
 
 
+# -- the command line ------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("args, message", [
+    (["chaos", "--faults", "partition,bogus"], "--faults: unknown kind(s) bogus; known: partition, one_way"),
+    (["--rate", "0"], "--rate must be more than 0"),
+    (["--hosts", "1"], "--hosts must be at least 2"),
+    (["chaos", "--rounds", "0"], "--rounds must be at least 1"),
+    (["scale", "--sizes", "5,x"], "--sizes: '5,x' is not a list of numbers"),
+    (["scale", "--sizes", "5,300"], "--sizes: each size must be within 2..200"),
+])
+def test_bad_options_are_one_line_before_anything_is_built(args: list[str], message: str) -> None:
+    result = subprocess.run([sys.executable, "-m", "herd", "lab", *args], cwd=REPO, capture_output=True,
+                            text=True, timeout=30)
+    assert result.returncode == 2
+    assert result.stderr.startswith(f"herd lab: {message}") and result.stderr.count("\n") == 1
+
+
 # -- a real lab -----------------------------------------------------------------------------
 
 

@@ -198,15 +198,44 @@ def run_up(args: argparse.Namespace, seed: int, events: Callable[[str], None]) -
         return 0 if seconds is not None and not losses and not bogus and verdict != "disagree" else 1
 
 
-def run_chaos(args: argparse.Namespace, seed: int, events: Callable[[str], None]) -> int:
-    chaos = _chaos()
-    kinds = [k.strip() for k in args.faults.split(",") if k.strip()]
-    unknown = sorted(set(kinds) - set(chaos.FAULT_KINDS))
+def fault_kinds(text: str) -> list[str]:
+    """The kinds ``--faults`` names, in order; LabError for an unknown one."""
+    known = _chaos().FAULT_KINDS
+    kinds = [k.strip() for k in text.split(",") if k.strip()]
+    unknown = sorted(set(kinds) - set(known))
     if unknown or not kinds:
         raise LabError(f"--faults: unknown kind(s) {', '.join(unknown) or '(none given)'}; "
-                       f"known: {', '.join(chaos.FAULT_KINDS)}")
-    if args.rounds < 1:
-        raise LabError("--rounds must be at least 1")
+                       f"known: {', '.join(known)}")
+    return kinds
+
+
+def check_arguments(args: argparse.Namespace) -> None:
+    """One LabError line for the first option out of range."""
+    if args.hosts < 2:
+        raise LabError("--hosts must be at least 2")
+    plan.hosts(args.hosts)  # at most MAX_HOSTS
+    for name, value, low in (("--rate", args.rate, 0.0), ("--duration", args.duration, 0.0),
+                             ("--partition", args.partition, 0.0), ("--converge-timeout",
+                             args.converge_timeout, 0.0), ("--degree", args.degree, 1.0)):
+        if not value > low:
+            raise LabError(f"{name} must be more than {low:g}")
+    for name, count in (("--clients", args.clients), ("--rounds", args.rounds)):
+        if count < 1:
+            raise LabError(f"{name} must be at least 1")
+    if args.down < 0 or args.hold < 0:
+        raise LabError("--down and --hold cannot be negative")
+    fault_kinds(args.faults)
+    try:
+        sizes = [int(s) for s in args.sizes.split(",") if s.strip()]
+    except ValueError:
+        raise LabError(f"--sizes: {args.sizes!r} is not a list of numbers") from None
+    if not sizes or min(sizes) < 2 or max(sizes) > plan.MAX_HOSTS:
+        raise LabError(f"--sizes: each size must be within 2..{plan.MAX_HOSTS}")
+
+
+def run_chaos(args: argparse.Namespace, seed: int, events: Callable[[str], None]) -> int:
+    chaos = _chaos()
+    kinds = fault_kinds(args.faults)
     edges = topology(args, args.hosts, seed)
     with lab_running(args.hosts, edges, events, args.keep, args.wait_lock) as lab:
         verdict, ledger = chaos.run_cycles(lab, kinds * args.rounds, random.Random(seed), args.rate,
@@ -253,10 +282,7 @@ def _print_chaos(summary: dict[str, Any], verdict: Any) -> None:
 def run_scale(args: argparse.Namespace, seed: int, events: Callable[[str], None]) -> int:
     from herd.tools.lab import scale
 
-    try:
-        sizes = [int(s) for s in args.sizes.split(",") if s.strip()]
-    except ValueError:
-        raise LabError(f"--sizes: {args.sizes!r} is not a list of numbers") from None
+    sizes = [int(s) for s in args.sizes.split(",") if s.strip()]
     herds = [scale.Herd(f"random-{n}", n, plan.random_topology(n, args.degree, seed + n), seed + n)
              for n in sizes]
     if args.line_size > 1:
@@ -285,12 +311,10 @@ def run_lab(args: argparse.Namespace) -> int:
                 removed = netns.clean_leftovers()
             print("herd lab: removed " + (", ".join(removed) if removed else "nothing (no leftovers)"))
             return 0
+        check_arguments(args)
         why = netns.missing_tools()
         if why:
             raise LabError(why)
-        if args.hosts < 2 and args.action != "scale":
-            raise LabError("--hosts must be at least 2")
-        plan.hosts(args.hosts)  # in range
         seed = args.seed if args.seed is not None else random.SystemRandom().randrange(1 << 31)
         events(f"seed {seed}")
         action: Callable[[argparse.Namespace, int, Callable[[str], None]], int] = {
