@@ -297,6 +297,12 @@ def serve(name: str, config_path: str, log_format: str | None, activation: str |
     from herd.logs import start_logging
 
     start_logging(name, log_format or "text", reactor)  # SPEC: text unless asked (the unit asks)
+    from herd.version import VERSION
+    from herd.wire.peer import VERSION as PEER_PROTOCOL
+
+    # SPEC 6: the node's first log line carries the version.
+    log.info("herd {version} node {name} starting (peer protocol {protocol})", version=VERSION,
+             name=name, protocol=PEER_PROTOCOL.decode())
     raise_file_limit(config.max_connections + 256)
     service = NodeService(config, name, reactor, config.secrets(), activation)
     try:
