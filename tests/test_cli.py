@@ -17,6 +17,7 @@ from cluster import Herd
 from harness import REPO, wait_until
 
 from herd.version import VERSION
+from herd.wire.peer import VERSION as PEER_VERSION
 
 # A subprocess may run outside the checkout; it still imports this herd.
 ENV = {k: v for k, v in os.environ.items() if k != "HERD_CONFIG"} | {"PYTHONPATH": str(REPO)}
@@ -79,7 +80,8 @@ def test_the_first_log_line_has_the_version(tmp_path: Path) -> None:
         first = node.log().splitlines()[0]
     finally:
         solo.stop()
-    assert first.endswith(f" [Solo] info: herd {VERSION} node Solo starting (peer protocol 2)"), first
+    expected = f"herd {VERSION} node Solo starting (peer protocol {PEER_VERSION.decode()})"
+    assert first.endswith(f" [Solo] info: {expected}"), first
 
 
 # --- finding the config (SPEC 5) -------------------------------------------------------------
