@@ -13,13 +13,12 @@ from harness import wait_until
 
 
 def rewrite(herd: Herd, topology: dict[str, list[str]]) -> None:
-    herd.config.write_text(herd._toml(topology, "google", "", ""))
+    herd.topology = topology
+    herd.config.write_text(herd._toml(herd.places_lines, "", ""))
 
 
 def reload(herd: Herd, name: str) -> None:
-    proc = herd[name].proc
-    assert proc is not None
-    proc.send_signal(signal.SIGHUP)
+    herd[name].send_signal(signal.SIGHUP)
 
 
 def test_adding_then_removing_a_node_with_reloads(tmp_path: Path) -> None:
@@ -47,7 +46,7 @@ def test_adding_then_removing_a_node_with_reloads(tmp_path: Path) -> None:
         talk(herd["A"].port, "IAMAT after.removal +1+1 1700000000")
         wait_until(lambda: herd["B"].record("after.removal") != {}, what="the update on B")
         assert herd["C"].record("after.removal") == {}
-        assert herd["A"].proc is not None and herd["A"].proc.poll() is None
+        assert herd["A"].alive()
     finally:
         herd.stop()
 
@@ -82,7 +81,7 @@ def test_a_node_whose_data_was_lost_refills_from_its_peers(tmp_path: Path) -> No
         herd["B"].kill()
         herd["B"].redis.kill()
         shutil.rmtree(herd["B"].redis.data_dir)
-        herd["B"].redis.data_dir.mkdir()
+        herd["B"].redis.data_dir.mkdir(parents=True)
         herd.start(["B"])
         wait_until(lambda: all(herd["B"].record(f"c{n}") for n in range(30)), timeout=15,
                    what="B refilled")

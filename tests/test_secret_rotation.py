@@ -66,9 +66,9 @@ def test_rotating_the_secret_under_load_loses_nothing(tmp_path: Path) -> None:
         for env in ({"HERD_SECRET": NEW, "HERD_SECRET_PREVIOUS": old}, {"HERD_SECRET": NEW}):
             for name in "ABC":
                 node = herd[name]
-                node.kill(15)
+                node.stop()
                 mark = {n: herd[n].log().count("link up") for n in herd.neighbours(name)}
-                node.start(**env)
+                node.start(env=env)
                 for peer in herd.neighbours(name):  # the neighbours linked again, promptly
                     wait_until(lambda p=peer, m=mark: herd[p].log().count("link up") > m[p], timeout=5,
                                what=f"{peer} relinked to {name}")
