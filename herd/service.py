@@ -220,7 +220,8 @@ class NodeService(MultiService):
             b"node": self.node.name, b"pid": os.getpid(), b"started": f"{stats.started:.3f}",
             b"updated": f"{time.time():.3f}", b"requests": stats.total_requests,
             b"links_up": b",".join(self.links.up()), b"neighbours": b",".join(sorted(self.links.neighbours)),
-            b"flood_in": stats.flood_in, b"flood_out": self.links.flooded,
+            b"flood_in": stats.flood_in, b"flood_duplicate": stats.flood_duplicate,
+            b"flood_out": self.links.flooded,
             b"syncs": self.node.reconciler.runs,
         }
         if stats.last_update:  # else Redis keeps the last one of an earlier run

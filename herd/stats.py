@@ -1,5 +1,5 @@
 """What a node counts about itself. Plain integers on the hot path; exported
-at scrape time (herd/admin.py) and published to Redis for ``herd status``."""
+at scrape time (herd/admin/) and published to Redis for ``herd status``."""
 
 from __future__ import annotations
 
