@@ -32,6 +32,15 @@ def http(port: int, path: str, method: str = "GET") -> tuple[int, str, bytes]:
         return err.code, err.headers["Content-Type"], err.read()
 
 
+def running(herd: Herd) -> Herd:
+    """``herd`` started, each node's admin endpoint listening (a moment after
+    its client port)."""
+    herd.start()
+    for node in herd.nodes.values():
+        wait_until(lambda n=node: port_open(n.ports.admin), what=f"{node.name}'s admin endpoint")
+    return herd
+
+
 def status(port: int) -> dict[str, Any]:
     code, content_type, body = http(port, "/status")
     assert (code, content_type) == (200, "application/json")
@@ -54,12 +63,15 @@ STATUS_TYPES = {
 
 def test_status_and_metrics_of_a_linked_herd(tmp_path: Path) -> None:
     """Three nodes in a triangle: each update reaches every node, some twice."""
-    herd = Herd(tmp_path, {"A": ["B", "C"], "B": ["C"], "C": []}).start()
+    herd = running(Herd(tmp_path, {"A": ["B", "C"], "B": ["C"], "C": []}))
     try:
         herd.wait_links()
+        admins = {name: herd[name].ports.admin for name in "ABC"}
+        # Each node answers one SYNC per link as it comes up; those must be
+        # over (empty) before the updates, or some travel as SYNC records.
+        wait_until(lambda: [status(p)["syncs"] for p in admins.values()] == [2, 2, 2], what="first syncs")
         lines = [f"IAMAT s{i} +1+1 1700000000.{i}" for i in range(5)]
         assert talk(herd["A"].port, *lines).count(b"AT A ") == 5
-        admins = {name: herd[name].ports.admin for name in "ABC"}
         wait_until(lambda: {status(p)["clients"] for p in admins.values()} == {5}, what="5 clients")
         wait_until(lambda: len({status(p)["digest"] for p in admins.values()}) == 1, what="equal digests")
         docs = {name: status(port) for name, port in admins.items()}
@@ -82,6 +94,7 @@ def test_status_and_metrics_of_a_linked_herd(tmp_path: Path) -> None:
         flood = {name: docs[name]["flood"] for name in "ABC"}
         assert sum(f["in"] for f in flood.values()) == 2 * 5, flood
         wait_until(lambda: _flood_balanced(admins), what="every copy sent counted once where it arrived")
+        assert [status(p)["syncs"] for p in admins.values()] == [2, 2, 2]  # no SYNC carried records
 
         code, content_type, body = http(admins["A"], "/metrics")
         assert code == 200 and content_type.startswith("text/plain; version=0.0.4")
@@ -110,6 +123,7 @@ def test_client_connections_and_links_down(tmp_path: Path) -> None:
     herd["A"].redis.start()
     herd["A"].start()
     admin = herd["A"].ports.admin
+    wait_until(lambda: port_open(admin), what="admin endpoint")
     try:
         assert status(admin)["links"] == {"B": {"state": "down", "connections": 0}}
         with socket.create_connection(("127.0.0.1", herd["A"].port)) as client:
@@ -124,7 +138,7 @@ def test_client_connections_and_links_down(tmp_path: Path) -> None:
 
 
 def test_healthz_and_status_follow_redis(tmp_path: Path) -> None:
-    herd = Herd(tmp_path, {"Solo": []}).start()
+    herd = running(Herd(tmp_path, {"Solo": []}))
     admin = herd["Solo"].ports.admin
     try:
         wait_until(lambda: http(admin, "/healthz")[0] == 200, what="healthy")
@@ -151,7 +165,7 @@ def test_healthz_and_status_follow_redis(tmp_path: Path) -> None:
 def test_a_stuck_redis_does_not_hang_status(tmp_path: Path) -> None:
     """A Redis that accepts but never answers: /status answers within about
     a second, with nulls."""
-    herd = Herd(tmp_path, {"Solo": []}, extra_herd="redis_timeout = 5.0").start()
+    herd = running(Herd(tmp_path, {"Solo": []}, extra_herd="redis_timeout = 5.0"))
     admin = herd["Solo"].ports.admin
     try:
         wait_until(lambda: status(admin)["redis"]["state"] == "up", what="Redis up")
@@ -168,7 +182,7 @@ def test_a_stuck_redis_does_not_hang_status(tmp_path: Path) -> None:
 
 
 def test_last_update_survives_a_restart(tmp_path: Path) -> None:
-    herd = Herd(tmp_path, {"Solo": []}).start()
+    herd = running(Herd(tmp_path, {"Solo": []}))
     node = herd["Solo"]
     try:
         talk(node.port, "IAMAT r1 +1+1 1700000000")
@@ -178,6 +192,7 @@ def test_last_update_survives_a_restart(tmp_path: Path) -> None:
                    what="last update published")
         node.kill()
         node.start()
+        wait_until(lambda: port_open(node.ports.admin), what="admin endpoint")
         wait_until(lambda: status(node.ports.admin)["last_update"] is not None, what="recalled")
         assert abs(status(node.ports.admin)["last_update"] - first) < 0.01
         text = http(node.ports.admin, "/metrics")[2].decode()
@@ -187,7 +202,7 @@ def test_last_update_survives_a_restart(tmp_path: Path) -> None:
 
 
 def test_only_get_and_head_on_known_paths(tmp_path: Path) -> None:
-    herd = Herd(tmp_path, {"Solo": []}).start()
+    herd = running(Herd(tmp_path, {"Solo": []}))
     admin = herd["Solo"].ports.admin
     try:
         for path in ("/", "/nope", "/status/", "/metrics/x", "/healthzz"):
@@ -255,7 +270,8 @@ def test_admin_on_by_default_and_off(tmp_path: Path, admin_line: str, listens: b
     try:
         herd.start()
         if listens:
-            wait_until(lambda: http(port + 20000, "/healthz")[0] == 200, what="default admin endpoint")
+            wait_until(lambda: port_open(port + 20000), what="default admin endpoint")
+            wait_until(lambda: http(port + 20000, "/healthz")[0] == 200, what="healthy")
         else:
             time.sleep(0.3)  # it would listen at start, with the client port
             assert not port_open(port + 20000)
