@@ -84,6 +84,14 @@ _Pending = tuple[list[bytes], Deferred[StoreResult], int]
 
 
 ClientState = tuple[bytes, bytes, bytes]  # client id, AT line, its other fields and GEO score
+EMPTY_DIGEST = b"0000000000000000"  # the digest of no clients
+
+
+class Summary(NamedTuple):
+    """What the summary hash says of the clients held (see Keys.summary)."""
+
+    clients: int
+    digest: bytes  # 16 hex digits; EMPTY_DIGEST when no client is held
 
 
 class StoreUnavailable(Exception):
@@ -386,6 +394,12 @@ class RedisStore:
         args = [cursor, self.keys.client_pattern, str(count).encode(), prefix_length]
         d = self._call("eval", SCAN_TIMES, [], args)
         return d.addCallback(lambda r: (r[0], list(zip(r[1::2], r[2::2], strict=True))))
+
+    def summary(self) -> Deferred[Summary]:
+        """The count and digest of the clients held, from the summary hash the
+        store batches keep (one HMGET, never a SCAN)."""
+        d = self._call("hmget", self.keys.summary, [b"clients", b"digest"])
+        return d.addCallback(lambda r: Summary(int(r[0] or 0), r[1] or EMPTY_DIGEST))
 
     def peer_offset(self, peer: bytes) -> Deferred[Position | None]:
         """How far this node has applied ``peer``'s log, if known."""
