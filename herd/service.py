@@ -134,6 +134,8 @@ class NodeService(MultiService):
         self.node = Node(name.encode(), self.store, places, self.links, reactor, Stats(),
                          max_future_ns=config.max_future_seconds * 1_000_000_000)
         self.store.observe = self.node.stats.observe_redis
+        self.store.on_refused = self.node.stats.refused_by_redis
+        self.store.on_connected.append(self.node.stats.redis_serves)
         peer_tls = tls_for(config, name)
         self.factory = ClientConnectionFactory(
             self.node, config.max_line_bytes, config.max_future_seconds * 1_000_000_000, time.time_ns,

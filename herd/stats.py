@@ -28,6 +28,12 @@ class Stats:
     _ticked_total: int = field(default=0, init=False, repr=False)
     redis_buckets: list[int] = field(default_factory=lambda: [0] * (len(REDIS_BUCKETS) + 1))
     redis_sum: float = 0.0
+    # Calls Redis refused because it could not take writes, by reason (its
+    # error's first word: OOM when full under maxmemory, LOADING, MISCONF, ...).
+    redis_refused: Counter[str] = field(default_factory=Counter)
+    # The reason of the last refusal while Redis still refuses ("" once it took
+    # a write again): "OOM" means full, the alert of docs/OPERATIONS.md.
+    redis_refusing: str = ""
 
     def request(self, command: str, outcome: str) -> None:
         self.requests[(command, outcome)] += 1
@@ -35,6 +41,19 @@ class Stats:
     def observe_redis(self, seconds: float) -> None:
         self.redis_buckets[bisect.bisect_left(REDIS_BUCKETS, seconds)] += 1
         self.redis_sum += seconds
+
+    def refused_by_redis(self, reason: str) -> None:
+        self.redis_refused[reason] += 1
+        self.redis_refusing = reason
+
+    def redis_serves(self) -> None:
+        """Redis took a write again (the store's ``on_connected``)."""
+        self.redis_refusing = ""
+
+    @property
+    def redis_full(self) -> bool:
+        """Redis refuses writes for lack of memory (maxmemory reached, noeviction)."""
+        return self.redis_refusing == "OOM"
 
     def stored(self) -> None:
         self.last_update = time.time()

@@ -193,6 +193,10 @@ class RedisStore:
         self._announced = 0  # the last connection logged as serving
         self._sent_at: deque[float] = deque()  # when each unanswered store batch was sent
         self.observe: Callable[[float], None] | None = None  # gets each call's latency (s)
+        # Gets the reason (the error's first word: OOM, LOADING, MISCONF, ...)
+        # of each call Redis refused because it cannot take writes now; not
+        # called for the store's own checks whether it serves again.
+        self.on_refused: Callable[[str], None] | None = None
         self._factory = _ReconnectingFactory(
             self._connection_ready, self._connection_refused, self._connection_lost,
             # No SELECT for database 0: a new connection is already there.
@@ -435,7 +439,9 @@ class RedisStore:
             waiter = self._wait(self._waiters, self._timeout, now)
         return waiter.addCallback(lambda _: self._run_now(command, args))
 
-    def _run_now(self, command: str, args: tuple[Any, ...]) -> Deferred[Any]:
+    def _run_now(self, command: str, args: tuple[Any, ...], probe: bool = False) -> Deferred[Any]:
+        """Send the call; ``probe``: the store's own check whether Redis serves
+        (its refusals are not reported to ``on_refused``)."""
         started = self._reactor.seconds()
         try:
             d: Deferred[Any] = getattr(self._redis, command)(*args)
@@ -443,14 +449,17 @@ class RedisStore:
             return fail(StoreUnavailable(f"Redis {command}: {err}"))
         if self.observe is not None:
             d.addBoth(self._timed, started)
-        return d.addErrback(self._unavailable, command, started)
+        return d.addErrback(self._unavailable, command, started, probe)
 
     def _timed(self, result: Any, started: float) -> Any:
         self.observe(self._reactor.seconds() - started)  # type: ignore[misc]
         return result
 
-    def _unavailable(self, failure: Any, command: str, started: float) -> None:
+    def _unavailable(self, failure: Any, command: str, started: float, probe: bool) -> None:
         refused = failure.check(txredisapi.ResponseError)
+        if refused and failure.getErrorMessage().startswith(NOT_SERVING) and not probe \
+                and self.on_refused is not None:
+            self.on_refused(failure.getErrorMessage().split(None, 1)[0])
         if not refused or failure.getErrorMessage().startswith(NOT_SERVING):
             self._serving_now = False
             if self._failing_since is None:
@@ -511,7 +520,8 @@ class RedisStore:
 
     def _check_serving(self) -> None:
         # A write: a Redis can answer reads while refusing or stalling writes.
-        d = self._run_now("hset", (self.keys.status, b"checked", str(self._reactor.seconds()).encode()))
+        d = self._run_now("hset", (self.keys.status, b"checked", str(self._reactor.seconds()).encode()),
+                          probe=True)
         d.addCallbacks(self._serving, self._not_serving_yet)
 
     def _serving(self, _: Any) -> None:
