@@ -40,7 +40,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from importlib import resources
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 from herd.tools.harness import (
     ChildProcess,
@@ -367,26 +367,50 @@ def scenario_memory(bench: Bench) -> dict[str, Any]:
         return bench.memory
     with herd_running(bench, "memory", {"Bailey": []}) as herd:
         node = herd.nodes["Bailey"]
-        before = used_memory(node)
+        before = memory_marks(node)
         stored = bench.store_clients(node.port, bench.args.clients, "mem")
         return memory_result(node, before, bench.args.clients, "mem", stored["rate"])
 
 
-def used_memory(node: LocalNode) -> int:
-    return int(node.redis.info("memory")["used_memory"])
+class MemoryMarks(NamedTuple):
+    """Memory of a node and its Redis at one moment (bytes)."""
+
+    used_memory: int  # Redis's own count, what maxmemory limits
+    redis_rss: int  # the redis-server process's resident set, what MemoryMax= limits
+    node_rss: int  # the node process's resident set
 
 
-def memory_result(node: LocalNode, before: int, n: int, prefix: str, rate: float) -> dict[str, Any]:
+def memory_marks(node: LocalNode) -> MemoryMarks:
+    info = node.redis.info("memory")
+    return MemoryMarks(int(info["used_memory"]), int(info["used_memory_rss"]), resident_bytes(node.pid))
+
+
+def resident_bytes(pid: int) -> int:
+    """VmRSS of process ``pid`` (0 once it is gone)."""
+    try:
+        status = Path(f"/proc/{pid}/status").read_text()
+    except OSError:
+        return 0
+    return next((int(line.split()[1]) * 1024 for line in status.splitlines() if line.startswith("VmRSS:")), 0)
+
+
+def memory_result(node: LocalNode, before: MemoryMarks, n: int, prefix: str, rate: float) -> dict[str, Any]:
     """Bytes per client in ``node``'s Redis since ``before`` (used_memory), after
     storing clients ``<prefix>0`` .. ``<prefix><n-1>``, with the update log, the
-    GEO set and the client hashes (sampled) apart."""
-    total = used_memory(node) - before
+    GEO set and the client hashes (sampled) apart; and the growth of the Redis
+    and node processes' resident sets per client (docs/OPERATIONS.md sizes
+    maxmemory and MemoryMax= from these)."""
+    after = memory_marks(node)
+    total = after.used_memory - before.used_memory
     with Resp(node.redis.port) as r:
         log, geo = r.pipeline([("MEMORY", "USAGE", "herd:log"), ("MEMORY", "USAGE", "herd:geo")])
         sample = range(0, n, max(1, n // 100))
         hashes = r.pipeline([("MEMORY", "USAGE", f"herd:client:{prefix}{i}") for i in sample])
     return {"clients": n, "node": node.name, "store_rate": rate, "used_memory_delta": total,
             "bytes_per_client": round(total / n, 1),
+            "redis_rss_bytes_per_client": round((after.redis_rss - before.redis_rss) / n, 1),
+            "node_rss_bytes_per_client": round((after.node_rss - before.node_rss) / n, 1),
+            "node_rss_bytes": after.node_rss,
             "log_bytes_per_client": round((log or 0) / n, 1), "geo_bytes_per_client": round(geo / n, 1),
             "hash_bytes_per_client": round(sum(h or 0 for h in hashes) / len(hashes), 1),
             "bytes_per_client_without_log": round((total - (log or 0)) / n, 1)}
@@ -426,7 +450,7 @@ def scenario_reconcile(bench: Bench) -> dict[str, Any]:
     n = bench.args.clients
     with herd_running(bench, "reconcile", {"A": ["B"], "B": []}) as herd:
         a, b = herd.nodes["A"], herd.nodes["B"]
-        before = used_memory(a)
+        before = memory_marks(a)
         load = bench.store_clients(a.port, n, "rc")
         bench.memory = memory_result(a, before, n, "rc", load["rate"])
         missing = wait_settled(b, n)
@@ -638,7 +662,9 @@ def memory_figures(r: dict[str, Any], results: dict[str, Any]) -> list[Figure]:
     name = f"bytes per client ({r['clients']:,} clients, node {r['node']})"
     return [Figure("memory", name, f"{per:.0f}", "<= 300", per <= 300),
             Figure("memory", "of which update log / GEO / hash", f"{r['log_bytes_per_client']:.0f} / "
-                   f"{r['geo_bytes_per_client']:.0f} / {r['hash_bytes_per_client']:.0f}")]
+                   f"{r['geo_bytes_per_client']:.0f} / {r['hash_bytes_per_client']:.0f}"),
+            Figure("memory", "resident per client: Redis / node", f"{r['redis_rss_bytes_per_client']:.0f} / "
+                   f"{r['node_rss_bytes_per_client']:.0f}")]
 
 
 def reconcile_figures(r: dict[str, Any], results: dict[str, Any]) -> list[Figure]:
