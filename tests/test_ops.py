@@ -1,10 +1,14 @@
 """ops/ for running one node per host under systemd: the units pass
-``systemd-analyze verify``, ``ops/install.sh`` installs into a fake root
-(``--prefix``) and does so idempotently, and the Redis config it generates
-starts a real redis-server."""
+``systemd-analyze verify`` and are at least as hardened as Debian's own
+redis-server.service (``systemd-analyze security``), their memory limits
+follow the sizing rule, ``ops/install.sh`` installs into a fake root
+(``--prefix``) and does so idempotently, the sysusers.d file makes the users,
+the alert script runs the operator's hook, and the Redis config install.sh
+generates starts a real redis-server."""
 
 from __future__ import annotations
 
+import os
 import re
 import shutil
 import stat
@@ -15,7 +19,7 @@ import pytest
 from harness import REPO, RedisProcess, Resp
 
 UNITS = REPO / "ops" / "systemd"
-UNIT_FILES = ("herd@.service", "herd-redis@.service", "herd@.socket", "herd.target")
+UNIT_FILES = ("herd@.service", "herd-redis@.service", "herd@.socket", "herd.target", "herd-alert@.service")
 INSTALL = REPO / "ops" / "install.sh"
 SYSTEM_UNITS = next((p for p in (Path("/usr/lib/systemd/system"), Path("/lib/systemd/system"))
                      if p.is_dir()), None)
@@ -95,7 +99,8 @@ def shipped_units() -> dict[str, str]:
     return {name: (UNITS / name).read_text() for name in UNIT_FILES}
 
 
-INSTANCES = ("herd@Bailey.service", "herd-redis@Bailey.service", "herd@Bailey.socket", "herd.target")
+INSTANCES = ("herd@Bailey.service", "herd-redis@Bailey.service", "herd@Bailey.socket", "herd.target",
+             "herd-alert@herd@Bailey.service")
 
 
 @needs_verify
@@ -161,11 +166,66 @@ def test_node_unit_settings() -> None:
 def test_redis_unit_settings() -> None:
     unit = unit_settings((UNITS / "herd-redis@.service").read_text())
     assert unit["Service.ExecStart"] == [
-        "/usr/bin/redis-server /etc/herd/redis/%i.conf --supervised systemd --daemonize no"]
+        "/usr/bin/redis-server /etc/herd/redis/%i.conf --supervised systemd --daemonize no "
+        "--maxmemory ${HERD_REDIS_MAXMEMORY}"]
     assert unit["Service.Type"] == ["notify"]
     assert unit["Service.StateDirectory"] == ["herd-redis/%i"]
     assert unit["Service.LimitNOFILE"] == ["65536"]
     assert unit["Service.User"] == ["redis"]
+    assert unit["Service.MemoryDenyWriteExecute"] == ["yes"]
+
+
+@pytest.mark.parametrize("name", ["herd@.service", "herd-redis@.service"])
+def test_units_alert_when_they_fail_and_are_hardened_like_debians_redis(name: str) -> None:
+    unit = unit_settings((UNITS / name).read_text())
+    assert unit["Unit.OnFailure"] == ["herd-alert@%N.service"]
+    for key in ("PrivateUsers", "PrivateMounts", "ProtectClock", "ProtectHostname", "ProtectKernelLogs",
+                "RestrictRealtime", "RemoveIPC", "NoNewPrivileges"):
+        assert unit[f"Service.{key}"] == ["yes"], key
+    assert unit["Service.SystemCallFilter"] == ["@system-service", "~@privileged @resources"]
+    assert unit["Service.SystemCallArchitectures"] == ["native"]
+    assert unit["Service.CapabilityBoundingSet"] == [""]
+    assert unit["Service.UMask"] == ["0077"]
+
+
+DEBIAN_REDIS_UNIT = Path("/lib/systemd/system/redis-server.service")
+DEBIAN_REDIS_EXPOSURE = 1.2  # systemd 252, Debian 12's redis-server 7.0.15 unit (when not installed)
+
+
+def exposure(unit_file: Path) -> float:
+    """The overall exposure ``systemd-analyze security`` gives a unit file (lower is better)."""
+    result = subprocess.run(["systemd-analyze", "security", "--offline=true", "--no-pager", str(unit_file)],
+                            capture_output=True, text=True, timeout=60)
+    match = re.search(r"Overall exposure level for \S+: (\d+\.\d+)", result.stdout + result.stderr)
+    assert match, result.stdout + result.stderr
+    return float(match[1])
+
+
+@pytest.mark.skipif(shutil.which("systemd-analyze") is None, reason="systemd-analyze is not installed")
+def test_units_expose_no_more_than_debians_redis_server_unit() -> None:
+    reference = exposure(DEBIAN_REDIS_UNIT) if DEBIAN_REDIS_UNIT.exists() else DEBIAN_REDIS_EXPOSURE
+    for name in ("herd@.service", "herd-redis@.service"):
+        assert exposure(UNITS / name) <= reference, name
+
+
+def unit_value(text: str, key: str) -> str:
+    values = unit_settings(text)[key]
+    return values[-1]
+
+
+def test_memory_limits_follow_the_sizing_rule() -> None:
+    """The units' defaults are the rule of docs/OPERATIONS.md "Memory sizing"
+    (and of install.sh --clients) for 1,000,000 clients and 10,000
+    connections; redis.conf's maxmemory is the same."""
+    node = (UNITS / "herd@.service").read_text()
+    redis = (UNITS / "herd-redis@.service").read_text()
+    mib = 1 << 20
+    maxmemory = 64 + -(-1_000_000 * 500 // mib)
+    assert unit_value(redis, "Service.Environment") == f"HERD_REDIS_MAXMEMORY={maxmemory}mb"
+    assert unit_value(redis, "Service.MemoryMax") == f"{2 * maxmemory + 128}M"
+    node_max = 256 + -(-1_000_000 * 200 // mib) + -(-10_000 * 4096 // mib)
+    assert unit_value(node, "Service.MemoryMax") == f"{node_max}M"
+    assert f"\nmaxmemory {maxmemory}mb\n" in (REPO / "ops/redis/redis.conf").read_text()
 
 
 # ---------------------------------------------------------------- install.sh --
@@ -202,6 +262,7 @@ def test_install_script_parses() -> None:
     (("--durability", "sometimes", "Bailey"), "--durability must be strict or everysec"),
     (("--config",), "--config needs a FILE"),
     (("Bad/Name",), "cannot be a systemd instance name"),
+    (("--clients", "lots", "Bailey"), "--clients must be a number of clients"),
 ])
 def test_install_usage_errors_exit_2(args: tuple[str, ...], message: str) -> None:
     result = install(*args)
@@ -264,6 +325,10 @@ def test_install_into_a_prefix(tmp_path: Path) -> None:
     systemd = prefix / "etc/systemd/system"
     for name in UNIT_FILES:
         assert (systemd / name).read_bytes() == (UNITS / name).read_bytes(), name
+    sysusers = prefix / "etc/sysusers.d/herd.conf"
+    assert sysusers.read_bytes() == (REPO / "ops/sysusers.d/herd.conf").read_bytes()
+    assert os.access(prefix / "opt/herd/ops/herd-alert", os.X_OK)
+    assert not list(systemd.glob("herd@Bailey.service.d"))  # memory drop-ins only with --clients
     dropin = (systemd / "herd@Bailey.socket.d/listen.conf").read_text()
     assert "[Socket]\nListenStream=\nListenStream=127.0.0.1:10000\n" in dropin
 
@@ -379,3 +444,77 @@ def test_generated_redis_config_runs_redis(tmp_path: Path, durability: str, pass
     finally:
         redis.stop(timeout=10)
     assert (data / "appendonlydir").is_dir()  # the AOF went to --dir
+
+
+# ---------------------------------------------------------- memory drop-ins --
+
+@needs_verify
+def test_install_clients_writes_memory_dropins_that_verify_and_are_kept(tmp_path: Path) -> None:
+    prefix = tmp_path / "root"
+    first = installed(prefix, "--clients", "1000000", "Bailey")
+    assert "memory for Bailey: 1000000 clients: node MemoryMax=487M, Redis maxmemory 541mb MemoryMax=1210M" \
+        in first.stdout
+    systemd = prefix / "etc/systemd/system"
+    node = (systemd / "herd@Bailey.service.d/memory.conf").read_text()
+    redis = (systemd / "herd-redis@Bailey.service.d/memory.conf").read_text()
+    # For 1,000,000 clients the rule gives the units' own defaults.
+    assert unit_value(node, "Service.MemoryMax") == unit_value((UNITS / "herd@.service").read_text(),
+                                                               "Service.MemoryMax")
+    shipped = (UNITS / "herd-redis@.service").read_text()
+    for key in ("Service.MemoryMax", "Service.Environment"):
+        assert unit_value(redis, key) == unit_value(shipped, key)
+
+    installed(prefix, "--clients", "5000000", "Bailey")
+    redis = (systemd / "herd-redis@Bailey.service.d/memory.conf").read_text()
+    assert unit_value(redis, "Service.Environment") == "HERD_REDIS_MAXMEMORY=2449mb"  # 64 + 2385
+    assert unit_value(redis, "Service.MemoryMax") == "5026M"
+    assert unit_value((systemd / "herd@Bailey.service.d/memory.conf").read_text(),
+                      "Service.MemoryMax") == "1250M"  # 256 + 954 + 40
+    again = installed(prefix, "Bailey")  # without --clients: kept
+    assert "HERD_REDIS_MAXMEMORY=2449mb" in (systemd / "herd-redis@Bailey.service.d/memory.conf").read_text()
+    assert "memory for" not in again.stdout
+    units = {str(p.relative_to(systemd)): p.read_text() for p in systemd.rglob("*") if p.is_file()}
+    assert verify(fake_root(tmp_path / "verify", units), *INSTANCES) == ""
+
+
+# ------------------------------------------------------------ users, alerts --
+
+@pytest.mark.skipif(shutil.which("systemd-sysusers") is None, reason="systemd-sysusers is not installed")
+def test_sysusers_file_makes_both_users_without_login(tmp_path: Path) -> None:
+    (tmp_path / "etc").mkdir()
+    conf = REPO / "ops/sysusers.d/herd.conf"
+    result = subprocess.run(["systemd-sysusers", f"--root={tmp_path}", str(conf)],
+                            capture_output=True, text=True, timeout=30)
+    assert result.returncode == 0, result.stderr
+    passwd = (tmp_path / "etc/passwd").read_text().splitlines()
+    users = {line.split(":")[0]: line.split(":") for line in passwd}
+    assert users["herd"][5:] == ["/nonexistent", "/usr/sbin/nologin"]
+    assert users["redis"][5:] == ["/var/lib/redis", "/usr/sbin/nologin"]
+    groups = {line.split(":")[0] for line in (tmp_path / "etc/group").read_text().splitlines()}
+    assert {"herd", "redis"} <= groups
+
+
+def run_alert(tmp_path: Path, hook: str | None) -> subprocess.CompletedProcess[str]:
+    path = tmp_path / "alert-hook"
+    if hook is not None:
+        path.write_text(hook)
+        path.chmod(0o755)
+    return subprocess.run([str(REPO / "ops/herd-alert"), "herd@Bailey"], capture_output=True, text=True,
+                          timeout=30, env={**os.environ, "HERD_ALERT_HOOK": str(path)})
+
+
+def test_alert_logs_at_priority_alert_and_runs_the_hook(tmp_path: Path) -> None:
+    seen = tmp_path / "seen"
+    result = run_alert(tmp_path, f'#!/bin/sh\n{{ echo "args: $*"; cat; }} > {seen}\n')
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.startswith("<1>herd-alert: herd@Bailey failed on ")
+    lines = seen.read_text().splitlines()
+    assert lines[:3] == ["args: herd@Bailey", "unit: herd@Bailey", f"host: {os.uname().nodename}"]
+
+
+def test_alert_without_a_hook_only_logs_and_a_failing_hook_fails(tmp_path: Path) -> None:
+    result = run_alert(tmp_path, None)
+    assert result.returncode == 0 and result.stdout.count("\n") == 1
+    result = run_alert(tmp_path, "#!/bin/sh\nexit 3\n")
+    assert result.returncode == 3
+    assert "<3>herd-alert: " in result.stdout and "exited 3" in result.stdout
