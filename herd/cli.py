@@ -13,7 +13,7 @@ from typing import Any
 from config.schema import ConfigError
 
 # Subcommands that read a herd file: --config, else the SPEC 5 lookup.
-CONFIG_COMMANDS = ("serve", "up", "check", "status", "places")
+CONFIG_COMMANDS = ("serve", "up", "check", "status", "places", "backup", "restore")
 CONFIG_HELP = "the herd file (default: $HERD_CONFIG, else /etc/herd/herd.toml, else ./config/herd.toml)"
 EXIT_CODES = """\
 exit codes (every command):
@@ -96,6 +96,16 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
     status = sub.add_parser("status", help="live view of nodes, links, counts and agreement")
     status.add_argument("--config", metavar="FILE", help=CONFIG_HELP)
     status.add_argument("--once", action="store_true", help="print one frame and exit 0")
+
+    backup = sub.add_parser("backup", help="save a snapshot of a node's Redis while the node serves")
+    backup.add_argument("node", metavar="NODE", help="node name from the config")
+    backup.add_argument("--config", metavar="FILE", help=CONFIG_HELP)
+    backup.add_argument("--out", default=".", metavar="DIR",
+                        help="where the file (NODE-<UTC time>.rdb) goes (default: .)")
+    restore = sub.add_parser("restore", help="put a backup into the Redis of a stopped node")
+    restore.add_argument("node", metavar="NODE", help="node name from the config")
+    restore.add_argument("--config", metavar="FILE", help=CONFIG_HELP)
+    restore.add_argument("--from", dest="source", required=True, metavar="FILE", help="a herd backup file")
     return parser
 
 
@@ -166,4 +176,10 @@ def _dispatch(args: argparse.Namespace) -> int:
         from herd.tools.status import run_status
 
         return run_status(args.config, args.once)
+    if args.command in ("backup", "restore"):
+        from herd.tools.backup import run_backup, run_restore
+
+        if args.command == "backup":
+            return run_backup(args.config, args.node, args.out)
+        return run_restore(args.config, args.node, args.source)
     raise AssertionError(args.command)
