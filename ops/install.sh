@@ -477,14 +477,14 @@ EOF
 }
 
 # Memory sizing for --clients N (docs/OPERATIONS.md "Memory sizing"), in MiB
-# rounded up: Redis maxmemory = 64 MB + 500 bytes per client, the Redis unit's
+# rounded up: Redis maxmemory = 64 MB + 600 bytes per client, the Redis unit's
 # MemoryMax = 2 x maxmemory + 128 MB (copy-on-write while it snapshots), the
-# node's MemoryMax = 256 MB + 200 bytes per client + 4 KB per connection.
+# node's MemoryMax = 256 MB + 250 bytes per client + 4 KB per connection.
 mib() { echo $((($1 + 1048575) / 1048576)); }
 if [ -n "$CLIENTS" ]; then
-  REDIS_MAXMEMORY=$((64 + $(mib $((CLIENTS * 500)))))
+  REDIS_MAXMEMORY=$((64 + $(mib $((CLIENTS * 600)))))
   REDIS_MEMORYMAX=$((2 * REDIS_MAXMEMORY + 128))
-  NODE_MEMORYMAX=$((256 + $(mib $((CLIENTS * 200))) + $(mib $((MAX_CONNECTIONS * 4096)))))
+  NODE_MEMORYMAX=$((256 + $(mib $((CLIENTS * 250))) + $(mib $((MAX_CONNECTIONS * 4096)))))
 fi
 
 declare -A REDIS_CHANGED=() SOCKET_CHANGED=()

@@ -220,10 +220,10 @@ def test_memory_limits_follow_the_sizing_rule() -> None:
     node = (UNITS / "herd@.service").read_text()
     redis = (UNITS / "herd-redis@.service").read_text()
     mib = 1 << 20
-    maxmemory = 64 + -(-1_000_000 * 500 // mib)
+    maxmemory = 64 + -(-1_000_000 * 600 // mib)
     assert unit_value(redis, "Service.Environment") == f"HERD_REDIS_MAXMEMORY={maxmemory}mb"
     assert unit_value(redis, "Service.MemoryMax") == f"{2 * maxmemory + 128}M"
-    node_max = 256 + -(-1_000_000 * 200 // mib) + -(-10_000 * 4096 // mib)
+    node_max = 256 + -(-1_000_000 * 250 // mib) + -(-10_000 * 4096 // mib)
     assert unit_value(node, "Service.MemoryMax") == f"{node_max}M"
     assert f"\nmaxmemory {maxmemory}mb\n" in (REPO / "ops/redis/redis.conf").read_text()
 
@@ -452,7 +452,7 @@ def test_generated_redis_config_runs_redis(tmp_path: Path, durability: str, pass
 def test_install_clients_writes_memory_dropins_that_verify_and_are_kept(tmp_path: Path) -> None:
     prefix = tmp_path / "root"
     first = installed(prefix, "--clients", "1000000", "Bailey")
-    assert "memory for Bailey: 1000000 clients: node MemoryMax=487M, Redis maxmemory 541mb MemoryMax=1210M" \
+    assert "memory for Bailey: 1000000 clients: node MemoryMax=535M, Redis maxmemory 637mb MemoryMax=1402M" \
         in first.stdout
     systemd = prefix / "etc/systemd/system"
     node = (systemd / "herd@Bailey.service.d/memory.conf").read_text()
@@ -466,12 +466,12 @@ def test_install_clients_writes_memory_dropins_that_verify_and_are_kept(tmp_path
 
     installed(prefix, "--clients", "5000000", "Bailey")
     redis = (systemd / "herd-redis@Bailey.service.d/memory.conf").read_text()
-    assert unit_value(redis, "Service.Environment") == "HERD_REDIS_MAXMEMORY=2449mb"  # 64 + 2385
-    assert unit_value(redis, "Service.MemoryMax") == "5026M"
+    assert unit_value(redis, "Service.Environment") == "HERD_REDIS_MAXMEMORY=2926mb"  # 64 + 2862
+    assert unit_value(redis, "Service.MemoryMax") == "5980M"
     assert unit_value((systemd / "herd@Bailey.service.d/memory.conf").read_text(),
-                      "Service.MemoryMax") == "1250M"  # 256 + 954 + 40
+                      "Service.MemoryMax") == "1489M"  # 256 + 1193 + 40
     again = installed(prefix, "Bailey")  # without --clients: kept
-    assert "HERD_REDIS_MAXMEMORY=2449mb" in (systemd / "herd-redis@Bailey.service.d/memory.conf").read_text()
+    assert "HERD_REDIS_MAXMEMORY=2926mb" in (systemd / "herd-redis@Bailey.service.d/memory.conf").read_text()
     assert "memory for" not in again.stdout
     units = {str(p.relative_to(systemd)): p.read_text() for p in systemd.rglob("*") if p.is_file()}
     assert verify(fake_root(tmp_path / "verify", units), *INSTANCES) == ""
