@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
@@ -123,6 +124,7 @@ def test_read_status_refuses_what_it_cannot_use() -> None:
         (b"[1, 2]", "not a JSON object"),
         (json.dumps(status_doc("Bona")).encode(), "answered as node 'Bona', not 'Bailey'"),
         (json.dumps({**good, "clock": "soon"}).encode(), "no clock"),
+        (json.dumps(good).replace(str(good["clock"]), "NaN").encode(), "no clock"),
         (json.dumps({**good, "redis": "up"}).encode(), "no redis.state"),
         (json.dumps({**good, "clients": "12"}).encode(), "clients has the wrong type (str)"),
         (json.dumps({**good, "clients": True}).encode(), "clients has the wrong type (bool)"),
@@ -261,6 +263,29 @@ def test_status_once_exits_0_when_all_is_well(tmp_path: Path) -> None:
     finally:
         for server in nodes.values():
             server.close()
+
+
+def test_live_view_refreshes_until_ctrl_c(tmp_path: Path) -> None:
+    bailey = FakeNode(status_doc("Bailey"), status_doc("Bailey", 13, "ffff000011112222"))
+    try:
+        path = write_config(tmp_path / "herd.toml", {"Bailey": bailey.port})
+        live = subprocess.Popen([sys.executable, "-m", "herd", "status", "--config", str(path)], cwd=REPO,
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                                preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+        try:
+            wait_until(lambda: bailey.requests >= 3, timeout=20, what="three frames")
+        finally:
+            live.send_signal(signal.SIGINT)
+            out, err = live.communicate(timeout=15)
+        assert live.returncode == 0, err
+        frames = out.split("herd status  ")[1:]
+        assert len(frames) >= 3 and "\x1b" not in out  # not a terminal: no screen codes
+        assert row(frames[0], "Bailey").split()[3:5] == ["12", DIGEST[:8]]
+        assert row(frames[-1], "Bailey").split()[3:5] == ["13", "ffff0000"]  # each frame reads again
+        once = herd_cli("status", "--config", str(path), "--json")  # --json: one frame, then exit
+        assert once.returncode == 0 and json.loads(once.stdout)["ok"] is True
+    finally:
+        bailey.close()
 
 
 def test_usage_and_config_errors_exit_2(tmp_path: Path) -> None:

@@ -36,7 +36,7 @@ def _row(config: HerdConfig, r: NodeReport) -> str:
         last = f"{age:.1f}s ago"
     else:  # null: the node has stored no update yet; missing: it did not say
         last = "never" if "last_update" in s and s["last_update"] is None else "-"
-    skew = "-" if r.skew is None else f"{r.skew:+.2f}s"
+    skew = "-" if r.skew is None else f"{r.skew:+.2f}s".replace("-0.00s", "+0.00s")  # no "-0.00s"
     links = " ".join(f"{peer}{r.link_mark(peer)}" for peer in config.neighbours(r.name))
     return (f"{r.name:<10} {r.state:<11} {version:<8} {clients:>8} {digest:<8} {rate:>7} "
             f"{last:>11} {skew:>8}  {links}")
