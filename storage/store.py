@@ -40,7 +40,6 @@ LOG_SINCE = _lua("log_since.lua")
 LOG_HEAD = _lua("log_head.lua")
 SCAN_RECORDS = _lua("scan_records.lua")
 SCAN_TIMES = _lua("scan_times.lua")
-SCAN_STATE = _lua("scan_state.lua")
 LOG_MAX_ENTRIES = 1_000_000  # approximate bound of the update log (a few tens of MB)
 MAX_BATCH = 1000  # records per store_batch.lua call
 # Store batches sent and not yet answered. More wait in the node and join the
@@ -83,7 +82,6 @@ def set_no_delay(transport: Any) -> None:
 _Pending = tuple[list[bytes], Deferred[StoreResult], int]
 
 
-ClientState = tuple[bytes, bytes, bytes]  # client id, AT line, its other fields and GEO score
 EMPTY_DIGEST = b"0000000000000000"  # the digest of no clients
 
 
@@ -382,14 +380,6 @@ class RedisStore:
         """One SCAN step over all clients: (next cursor, AT lines); done at cursor b"0"."""
         d = self._call("eval", SCAN_RECORDS, [], [cursor, self.keys.client_pattern, str(count).encode()])
         return d.addCallback(lambda r: (r[0], r[1:]))
-
-    def scan_state(self, cursor: bytes, count: int) -> Deferred[tuple[bytes, list[ClientState]]]:
-        """One SCAN step over all clients: (next cursor, [(client id, AT line,
-        every hash field and the GEO score)]); done at cursor b"0"."""
-        prefix_length = str(len(self.keys.client(b""))).encode()
-        args = [cursor, self.keys.client_pattern, str(count).encode(), prefix_length]
-        d = self._call("eval", SCAN_STATE, [self.keys.geo], args)
-        return d.addCallback(lambda r: (r[0], list(zip(r[1::3], r[2::3], r[3::3], strict=True))))
 
     def scan_times(self, cursor: bytes, count: int) -> Deferred[tuple[bytes, list[tuple[bytes, bytes]]]]:
         """One SCAN step over all clients: (next cursor, [(client id, client-time)]);

@@ -223,7 +223,8 @@ def serve_once(herd: Herd, name: str, notify: str) -> subprocess.CompletedProces
                           env=child_env(HERD_SECRET=herd.secret, GOOGLE_PLACES_KEY="k", NOTIFY_SOCKET=notify))
 
 
-@pytest.mark.parametrize("which, what", [("admin", "the admin endpoint"), ("client", "clients")])
+@pytest.mark.parametrize("which, what",
+                         [("admin", "the admin endpoint"), ("client", "clients"), ("peer", "peers")])
 def test_a_taken_port_stops_the_node_with_one_line(tmp_path: Path, which: str, what: str) -> None:
     herd = Herd(tmp_path, {"Solo": []})
     port = getattr(herd["Solo"].ports, which)
