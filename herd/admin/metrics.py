@@ -40,6 +40,14 @@ class NodeCollector:
                                  labels=["version", "protocol"])
         info.add_metric([VERSION, PEER_PROTOCOL.decode()], 1)
         yield info
+        yield GaugeMetricFamily("herd_redis_full", "1 while the node's Redis refuses writes for lack of "
+                                "memory (maxmemory reached, noeviction)", value=int(stats.redis_full))
+        refused = CounterMetricFamily("herd_redis_refused", "Redis calls refused because Redis could "
+                                      "not take writes, by reason (OOM, LOADING, MISCONF, ...)",
+                                      labels=["reason"])
+        for reason, count in sorted(stats.redis_refused.items()):
+            refused.add_metric([reason], count)
+        yield refused
         requests = CounterMetricFamily("herd_requests", "Client requests by command and outcome",
                                        labels=["command", "outcome"])
         for (command, outcome), count in sorted(stats.requests.items()):

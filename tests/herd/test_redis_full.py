@@ -6,11 +6,21 @@ again once Redis has room."""
 from __future__ import annotations
 
 import socket
+import urllib.request
 from pathlib import Path
 
 import pytest
 from cluster import Herd
 from harness import REPO, wait_until
+
+
+def metric(herd: Herd, name: str) -> float | None:
+    """One sample of node A's /metrics (None when absent)."""
+    url = f"http://127.0.0.1:{herd['A'].ports.admin}/metrics"
+    for line in urllib.request.urlopen(url, timeout=5).read().decode().splitlines():
+        if line.startswith(name + " "):
+            return float(line.split()[-1])
+    return None
 
 
 def clients_held(herd: Herd) -> set[bytes]:
@@ -45,12 +55,15 @@ def test_a_full_redis_refuses_with_question_marks_and_evicts_nothing(tmp_path: P
         assert acknowledged and len(refused) == 3, "Redis never filled up"
         assert clients_held(herd) == acknowledged  # nothing acknowledged was evicted
         wait_until(lambda: "Redis does not serve yet (OOM" in herd["A"].log(), what="the node's warning")
+        assert metric(herd, "herd_redis_full") == 1.0  # the alert
+        assert (metric(herd, 'herd_redis_refused_total{reason="OOM"}') or 0) >= 1
         redis.call("CONFIG", "SET", "maxmemory", "0")
         wait_until(lambda: "serves (connection" in herd["A"].log().split("Redis does not serve yet (OOM")[-1],
                    timeout=15, what="the node to notice Redis serves again")
         with socket.create_connection(("127.0.0.1", herd["A"].port), timeout=15) as sock:
             sock.sendall(refused[0].encode() + b"\n")
             assert sock.makefile("rb").readline().startswith(b"AT A ")
+        assert metric(herd, "herd_redis_full") == 0.0
     finally:
         herd.stop()
 
