@@ -52,6 +52,12 @@ if ! command -v systemd-socket-activate >/dev/null 2>&1 || ! command -v systemd-
   apt_install systemd
 fi
 
+# strace checks that the units' SystemCallFilter= allows what the node and
+# its Redis call (tests/herd/test_syscalls.py).
+if ! command -v strace >/dev/null 2>&1; then
+  apt_install strace
+fi
+
 if ! command -v python3 >/dev/null 2>&1; then
   apt_install python3 python3-venv
 fi
