@@ -27,6 +27,7 @@ from twisted.logger import Logger
 from config.schema import ConfigError, HerdConfig, PlacesConfig
 from herd import systemd
 from herd.connection import ClientConnectionFactory, Limits
+from herd.logs import LogOptions
 from herd.node import Node
 from herd.peer.accepted import AcceptedPeerFactory
 from herd.peer.dial import dial_service
@@ -280,7 +281,7 @@ def raise_file_limit(wanted: int) -> None:
         resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
 
 
-def serve(name: str, config_path: str, log_format: str | None, activation: str | None = None) -> int:
+def serve(name: str, config_path: str, logging: LogOptions, activation: str | None = None) -> int:
     """``herd serve NAME --config FILE``: run one node until SIGTERM/SIGINT."""
     # Twisted handles SIGINT only when Python's default handler is in place; a
     # node started in the background by a shell inherits SIGINT ignored.
@@ -295,14 +296,24 @@ def serve(name: str, config_path: str, log_format: str | None, activation: str |
     from twisted.internet import reactor
 
     from herd.logs import start_logging
+    from herd.rotating import RotatingFile
 
-    start_logging(name, log_format or "text", reactor)  # SPEC: text unless asked (the unit asks)
+    access_path = config.access_log_path(name, os.environ)
+    try:
+        access = (RotatingFile(access_path, config.access_log_max_bytes, config.access_log_keep)
+                  if access_path is not None else None)
+    except OSError as err:
+        print(f"herd: {name}: cannot open the access log {access_path}: {err.strerror or err}",
+              file=sys.stderr)
+        return 1
+    start_logging(name, reactor, logging, access)
     from herd.version import VERSION
     from herd.wire.peer import VERSION as PEER_PROTOCOL
 
     # SPEC 6: the node's first log line carries the version.
     log.info("herd {version} node {name} starting (peer protocol {protocol})", version=VERSION,
              name=name, protocol=PEER_PROTOCOL.decode())
+    log.info("access log: {path}", path=os.path.abspath(access_path) if access_path else "off")
     raise_file_limit(config.max_connections + 256)
     service = NodeService(config, name, reactor, config.secrets(), activation)
     try:

@@ -82,7 +82,8 @@ class NodeProcess:
         self.ports = NodePorts.free()
         self.port = self.ports.client
         self.redis = RedisServer(herd.root / name / "redis")
-        self.log_path = herd.root / name / "herd.log"
+        self.log_path = herd.root / name / "herd.log"  # its stdout and stderr: the event log
+        self.access_log_path = herd.root / name / "access.log"  # (set in the herd's config)
         self.proc: subprocess.Popen[bytes] | None = None
 
     def command(self) -> list[str]:
@@ -111,26 +112,38 @@ class NodeProcess:
         return code
 
     def log(self) -> str:
+        """The node's event log (its output) so far."""
         return self.log_path.read_text(errors="replace")
+
+    def access_log(self) -> str:
+        """The node's access log so far (lines are written every 100 ms)."""
+        try:
+            return self.access_log_path.read_text(errors="replace")
+        except FileNotFoundError:
+            return ""
 
     def record(self, client_id: str) -> dict[bytes, bytes]:
         return self.redis.hgetall(f"herd:client:{client_id}")
 
 
 class Herd:
-    """Nodes with the given links (name -> peers listed in its config)."""
+    """Nodes with the given links (name -> peers listed in its config). Each
+    node's access log is ``<root>/<node>/access.log``, unless ``extra_herd``
+    sets ``access_log`` or ``access_log`` is False (the default path then)."""
 
     def __init__(self, root: Path, topology: dict[str, list[str]], provider: str = "google",
-                 secret: str = SECRET, extra_herd: str = "", extra_node: str = ""):
+                 secret: str = SECRET, extra_herd: str = "", extra_node: str = "", access_log: bool = True):
         self.root = root
         self.secret = secret
         self.places = FakePlaces()
         self.nodes = {name: NodeProcess(self, name) for name in topology}
         self.config = root / "herd.toml"
-        self.config.write_text(self._toml(topology, provider, extra_herd, extra_node))
+        self.config.write_text(self._toml(topology, provider, extra_herd, extra_node, access_log))
 
     def _toml(self, topology: dict[str, list[str]], provider: str, extra_herd: str,
-              extra_node: str) -> str:
+              extra_node: str, access_log: bool) -> str:
+        if access_log and "access_log =" not in extra_herd:
+            extra_herd += f'\naccess_log = "{self.root}/{{node}}/access.log"'
         out = [f'[herd]\nsecret_env = "HERD_SECRET"\n{extra_herd}\n',
                f'[places]\nprovider = "{provider}"\nurl = "{self.places.url}"\n'
                'key_env = "GOOGLE_PLACES_KEY"\ntimeout = 2.0\n']

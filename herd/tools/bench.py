@@ -345,7 +345,9 @@ class Herd:
         # called, so no node spends the first seconds loading the offline data set.
         places = ('provider = "offline"' if offline_places else
                   f'provider = "google"\nurl = "http://127.0.0.1:9/unused"\nkey_env = "{PLACES_KEY_ENV}"')
-        out = ['[herd]\nsecret_env = "HERD_SECRET"\n', f"[places]\n{places}\n"]
+        # Access logs beside each node's herd.log (paths are relative to this file).
+        out = ['[herd]\nsecret_env = "HERD_SECRET"\naccess_log = "{node}/access.log"\n',
+               f"[places]\n{places}\n"]
         for name, node in self.nodes.items():
             out.append(node_section(name, "127.0.0.1", NodePorts(node.port, *free_ports(2)),
                                     f"redis://127.0.0.1:{node.redis.port}/0", self.topology[name]))

@@ -253,7 +253,8 @@ class ChaosHerd:
     def _toml(self) -> str:
         # The places provider is never asked (the load sends only IAMAT); a
         # Google provider pointed at a closed port keeps start-up light.
-        out = ['[herd]\nsecret_env = "HERD_SECRET"\n',
+        # Access logs beside each node's herd.log (paths are relative to this file).
+        out = ['[herd]\nsecret_env = "HERD_SECRET"\naccess_log = "{node}/access.log"\n',
                '[places]\nprovider = "google"\nurl = "http://127.0.0.1:9/nearbysearch/json"\n'
                'key_env = "HERD_CHAOS_PLACES_KEY"\n']
         for name, peers in TOPOLOGY.items():
