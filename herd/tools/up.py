@@ -4,7 +4,11 @@ One persistent redis-server per distinct local Redis port (data under
 ``<state>/<Node>/redis``, ``Node`` being the first node by name that uses it),
 then every node as ``python -m herd serve``; node output is relayed to our
 stdout, each line prefixed with the node's name, and appended to
-``<state>/<Node>/herd.log``. A process that dies is restarted a second later.
+``<state>/<Node>/herd.log``; Redis's to ``<state>/<Node>/redis/redis.log``.
+Both are rotated by size (LOG_MAX_BYTES, LOG_KEEP old files); each node's
+access log is ``<state>/<Node>/access.log`` unless the config says otherwise
+(its state directory, ``$STATE_DIRECTORY``, is ``<state>/<Node>``). A process
+that dies is restarted a second later.
 
 This is a development supervisor, not the serving path: plain subprocesses and
 threads, no reactor.
@@ -24,13 +28,14 @@ import sys
 import threading
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO
 
 from config.loader import check_can_serve, load_config
 from config.schema import HerdConfig
 from herd.peer.tls import tls_for
+from herd.rotating import RotatingFile
 
 REDIS_CONF = Path(__file__).resolve().parents[2] / "ops" / "redis" / "redis.conf"
 REDIS_START_TIMEOUT = 10.0  # seconds for a new redis-server to answer PING
@@ -41,6 +46,9 @@ REDIS_STOP_TIMEOUT = 30.0
 RESTART_DELAY = 1.0  # seconds between an unexpected exit and the restart
 PING = b"*1\r\n$4\r\nPING\r\n"
 LOCK_FILE = "herd-up.lock"
+# herd.log and redis.log: rotated at this size, this many old files kept.
+LOG_MAX_BYTES = 16 << 20
+LOG_KEEP = 3
 
 
 @dataclass(frozen=True)
@@ -111,15 +119,23 @@ class Output:
     def say(self, text: str) -> None:
         self._write(f"herd up: {text}\n")
 
-    def relay(self, label: str, stream: IO[bytes], log_path: Path) -> None:
-        """Copy ``stream`` line by line to ``log_path`` and, prefixed with ``label``,
-        to stdout, until end of file."""
-        with stream, open(log_path, "ab") as log:
+    def relay(self, label: str, stream: IO[bytes], log_path: Path, echo: bool = True) -> None:
+        """Copy ``stream`` line by line to ``log_path`` (rotated: LOG_MAX_BYTES,
+        LOG_KEEP) and, with ``echo``, prefixed with ``label`` to stdout, until
+        end of file. Should the log file fail, the lines still reach stdout."""
+        log: RotatingFile | None = None
+        try:
+            log = RotatingFile(log_path, LOG_MAX_BYTES, LOG_KEEP)
+        except OSError as err:
+            self.say(f"{label}: cannot open {log_path} ({err.strerror}); its output is not kept")
+        with stream:
             for raw in stream:
-                log.write(raw)
-                log.flush()
-                text = raw.decode(errors="replace").rstrip("\r\n")
-                self._write(f"{label:<{self.width}} | {text}\n")
+                log = _append(log, raw, label, self)
+                if echo:
+                    text = raw.decode(errors="replace").rstrip("\r\n")
+                    self._write(f"{label:<{self.width}} | {text}\n")
+        if log is not None:
+            log.close()
 
     def _write(self, text: str) -> None:
         with self._lock:
@@ -130,12 +146,25 @@ class Output:
                 pass  # stdout gone (closed pipe): keep draining children regardless
 
 
+def _append(log: RotatingFile | None, raw: bytes, label: str, out: Output) -> RotatingFile | None:
+    """Append ``raw`` to ``log``; the log, or None once it failed (said once)."""
+    if log is None:
+        return None
+    try:
+        log.write(raw)
+        log.flush()
+        return log
+    except (OSError, ValueError) as err:
+        out.say(f"{label}: cannot write {log.path} ({err}); no more of its output goes there")
+        return None
+
+
 @dataclass
 class Child:
     """A supervised process: how to start it and where its output goes.
 
-    ``relay`` children (nodes) have their output relayed by ``Output``; the
-    others (Redis) write straight to ``log_path``."""
+    Its output goes to ``log_path`` (rotated); with ``relay`` (nodes) it is
+    also relayed to our stdout. ``env``: its own environment variables."""
 
     label: str
     argv: list[str]
@@ -146,22 +175,21 @@ class Child:
     restarts: int = 0
     restart_at: float | None = None
     keep_fds: tuple[int, ...] = ()  # open files it inherits (the state directory's lock)
+    env: dict[str, str] = field(default_factory=dict)
 
     def start(self, out: Output) -> None:
         # A new session: a terminal's Ctrl-C reaches only us, and we stop the
         # children in order (nodes before the Redis they still need). Should we
         # be killed outright, the kernel sends each child SIGTERM (setpriv
         # --pdeathsig, util-linux), so no herd is left running without us.
-        with open(self.log_path, "ab") as log:
-            self.proc = subprocess.Popen([*_die_with_us(), *self.argv], stdin=subprocess.DEVNULL,
-                                         stdout=subprocess.PIPE if self.relay else log,
-                                         stderr=subprocess.STDOUT, env=child_env(),
-                                         start_new_session=True, pass_fds=self.keep_fds)
-        if self.relay:
-            assert self.proc.stdout is not None
-            self.relayer = threading.Thread(target=out.relay, daemon=True,
-                                            args=(self.label, self.proc.stdout, self.log_path))
-            self.relayer.start()
+        self.proc = subprocess.Popen([*_die_with_us(), *self.argv], stdin=subprocess.DEVNULL,
+                                     stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                                     env={**child_env(), **self.env},
+                                     start_new_session=True, pass_fds=self.keep_fds)
+        assert self.proc.stdout is not None
+        self.relayer = threading.Thread(target=out.relay, daemon=True,
+                                        args=(self.label, self.proc.stdout, self.log_path, self.relay))
+        self.relayer.start()
 
     def tend(self, now: float, out: Output) -> None:
         """Notice an unexpected exit; restart ``RESTART_DELAY`` seconds after it."""
@@ -313,8 +341,9 @@ def redis_child(redis: LocalRedis, exe: str, state: Path, lock_fd: int) -> Child
     data = (state / redis.owner / "redis").resolve()
     data.mkdir(parents=True, exist_ok=True)
     log = data / "redis.log"
+    # --logfile "": to stdout, which we write to redis.log, rotated.
     argv = [exe, str(REDIS_CONF), "--port", str(redis.port), "--bind", *redis.hosts,
-            "--dir", str(data), "--daemonize", "no", "--logfile", str(log)]
+            "--dir", str(data), "--daemonize", "no", "--logfile", ""]
     if redis.password:
         argv += ["--requirepass", redis.password]
     return Child(f"{redis.owner} redis", argv, log, relay=False, keep_fds=(lock_fd,))
@@ -324,7 +353,8 @@ def node_child(name: str, config_path: str, log_format: str, state: Path) -> Chi
     (state / name).mkdir(parents=True, exist_ok=True)
     argv = [sys.executable, "-m", "herd", "serve", name, "--config", config_path,
             "--log-format", log_format]
-    return Child(name, argv, state / name / "herd.log", relay=True)
+    return Child(name, argv, state / name / "herd.log", relay=True,
+                 env={"STATE_DIRECTORY": str((state / name).resolve())})
 
 
 def stop_on_signals() -> threading.Event:
