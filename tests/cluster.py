@@ -141,7 +141,7 @@ class Herd:
         self.config.write_text(self._toml(topology, provider, extra_herd, extra_node, access_log))
 
     def _toml(self, topology: dict[str, list[str]], provider: str, extra_herd: str,
-              extra_node: str, access_log: bool) -> str:
+              extra_node: str, access_log: bool = True) -> str:
         if access_log and "access_log =" not in extra_herd:
             extra_herd += f'\naccess_log = "{self.root}/{{node}}/access.log"'
         out = [f'[herd]\nsecret_env = "HERD_SECRET"\n{extra_herd}\n',
