@@ -310,11 +310,9 @@ def start_logging(node: str, reactor: Any, options: LogOptions = LogOptions(),
     FLUSH_INTERVAL and at shutdown (which also closes ``access``)."""
     from twisted.internet.task import LoopingCall
 
-    from herd import systemd
-
     global _access
     out = out or sys.stdout
-    prefix = options.prefix if options.prefix is not None else systemd.is_journal_stream(out.fileno())
+    prefix = options.prefix if options.prefix is not None else _is_journal(out)
     events = EventLog(out, node, options.fmt, prefix)
     _access = AccessLog(access) if access is not None else None
     globalLogBeginner.beginLoggingTo([FilteringLogObserver(events, [level_filter(options.level)])],
@@ -337,12 +335,22 @@ def start_logging(node: str, reactor: Any, options: LogOptions = LogOptions(),
     return events
 
 
+def _is_journal(out: IO[str]) -> bool:
+    from herd import systemd
+
+    try:
+        return systemd.is_journal_stream(out.fileno())
+    except (OSError, ValueError):  # no file descriptor (io.UnsupportedOperation is both)
+        return False
+
+
 def level_filter(level: str) -> LogLevelFilterPredicate:
     """Events at ``level`` and above pass; Twisted's and txredisapi's own
     chatter (ports opened and closed, every redial of a peer that is down)
-    only from warning up, except the line saying which signal stops the node."""
+    only from warning up (at debug, everything), except the line saying
+    which signal stops the node."""
     threshold = LEVELS[level]
-    quiet = max(threshold, LogLevel.warn)
+    quiet = threshold if threshold == LogLevel.debug else max(threshold, LogLevel.warn)
     predicate = LogLevelFilterPredicate(defaultLogLevel=threshold)
     for namespace in ("twisted", "txredisapi", "log_legacy"):
         predicate.setLogLevelForNamespace(namespace, quiet)

@@ -135,9 +135,11 @@ def test_log_level_filters_and_twisted_chatter_needs_a_warning() -> None:
     twisted.info("Scheduling retry 1 to connect")  # every redial of a peer that is down
     Logger(namespace="twisted.internet.base", observer=FilteringLogObserver(
         events, [level_filter("info")])).info("Received SIGTERM, shutting down.")
+    Logger(namespace="twisted.python.log", observer=FilteringLogObserver(
+        events, [level_filter("debug")])).info("(TCP Port 4000 Closed)")  # at debug, everything
     events.flush()
     assert [line.split(": ", 1)[1] for line in out.getvalue().splitlines()] == [
-        "shown", "Received SIGTERM, shutting down."]
+        "shown", "Received SIGTERM, shutting down.", "(TCP Port 4000 Closed)"]
 
 
 def test_journal_stream_is_recognised_by_device_and_inode(tmp_path: Path) -> None:
