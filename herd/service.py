@@ -270,6 +270,19 @@ def _reload(service: NodeService, config_path: str) -> None:
     service.reload(config)
 
 
+def _note_more_stop_signals(reactor: Any) -> None:
+    """Once stopping, SIGTERM or SIGINT again (a second Ctrl-C) is noted in
+    the log, not an error (Twisted's own handler would stop the stopped
+    reactor again: a critical line). The stop under way finishes within
+    SHUTDOWN_GRACE; SIGKILL cuts it short."""
+    def noted(signum: int, frame: Any) -> None:
+        reactor.callFromThread(log.info, "{signal} again: already stopping",
+                               signal=signal.Signals(signum).name)
+
+    signal.signal(signal.SIGTERM, noted)
+    signal.signal(signal.SIGINT, noted)
+
+
 def raise_file_limit(wanted: int) -> None:
     """Lift the soft open-files limit towards ``wanted`` (within the hard limit),
     so max_connections is reachable without operator tuning."""
@@ -323,6 +336,7 @@ def serve(name: str, config_path: str, logging: LogOptions, activation: str | No
               file=sys.stderr)
         return 1
     reactor.addSystemEventTrigger("before", "shutdown", service.stopService)
+    reactor.addSystemEventTrigger("before", "shutdown", _note_more_stop_signals, reactor)
     signal.signal(signal.SIGHUP, lambda *_: reactor.callFromThread(  # type: ignore[attr-defined]
         _reload, service, config_path))
     # Start-up leaves tens of thousands of long-lived objects (modules,

@@ -172,11 +172,14 @@ def test_sigterm_lets_in_flight_replies_finish(tmp_path: Path) -> None:
             wait_until(lambda: "recv IAMAT inflight" in node.access_log(), what="request received")
             node.proc.send_signal(signal.SIGTERM)  # type: ignore[union-attr]
             wait_until(lambda: "finishing in-flight replies" in node.log(), what="shutdown began")
+            node.proc.send_signal(signal.SIGINT)  # type: ignore[union-attr]  # an impatient Ctrl-C
+            wait_until(lambda: "SIGINT again: already stopping" in node.log(), what="the second signal noted")
             node.redis.proc.send_signal(signal.SIGCONT)  # type: ignore[union-attr]
             reply = client.recv(4096)
             assert reply.startswith(b"AT Solo ") and reply.endswith(b" inflight +1+1 1700000001\n")
             assert client.recv(10) == b""  # then the node closed the connection
-        assert node.kill(signal.SIGTERM) == 0
+        assert node.proc.wait(timeout=15) == 0  # type: ignore[union-attr]
+        assert " critical: " not in node.log() and " error: " not in node.log()
     finally:
         herd.stop()
 

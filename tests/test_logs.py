@@ -344,7 +344,8 @@ def test_a_clean_stop_logs_no_errors(tmp_path: Path) -> None:
             for node in herd.nodes.values():
                 node.proc.send_signal(signal.SIGTERM)  # type: ignore[union-attr]
             for node in herd.nodes.values():
-                assert node.kill(signal.SIGTERM) == 0
+                assert node.proc.wait(timeout=15) == 0  # type: ignore[union-attr]
+                node.proc = None
             stop.set()
             for sender in senders:
                 sender.join(10)
