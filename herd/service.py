@@ -28,6 +28,7 @@ from twisted.logger import Logger
 from config.schema import ConfigError, HerdConfig, PlacesConfig
 from herd import systemd
 from herd.connection import ClientConnectionFactory, Limits
+from herd.logs import LogOptions
 from herd.node import Node
 from herd.peer.accepted import AcceptedPeerFactory
 from herd.peer.dial import dial_service
@@ -317,6 +318,19 @@ def _reload(service: NodeService, config_path: str) -> None:
     service.reload(config)
 
 
+def _note_more_stop_signals(reactor: Any) -> None:
+    """Once stopping, SIGTERM or SIGINT again (a second Ctrl-C) is noted in
+    the log, not an error (Twisted's own handler would stop the stopped
+    reactor again: a critical line). The stop under way finishes within
+    SHUTDOWN_GRACE; SIGKILL cuts it short."""
+    def noted(signum: int, frame: Any) -> None:
+        reactor.callFromThread(log.info, "{signal} again: already stopping",
+                               signal=signal.Signals(signum).name)
+
+    signal.signal(signal.SIGTERM, noted)
+    signal.signal(signal.SIGINT, noted)
+
+
 def raise_file_limit(wanted: int) -> None:
     """Lift the soft open-files limit towards ``wanted`` (within the hard limit),
     so max_connections is reachable without operator tuning."""
@@ -328,7 +342,7 @@ def raise_file_limit(wanted: int) -> None:
         resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
 
 
-def serve(name: str, config_path: str, log_format: str | None, activation: str | None = None) -> int:
+def serve(name: str, config_path: str, logging: LogOptions, activation: str | None = None) -> int:
     """``herd serve NAME --config FILE``: run one node until SIGTERM/SIGINT."""
     # Twisted handles SIGINT only when Python's default handler is in place; a
     # node started in the background by a shell inherits SIGINT ignored.
@@ -343,14 +357,24 @@ def serve(name: str, config_path: str, log_format: str | None, activation: str |
     from twisted.internet import reactor
 
     from herd.logs import start_logging
+    from herd.rotating import RotatingFile
 
-    start_logging(name, log_format or "text", reactor)  # SPEC: text unless asked (the unit asks)
+    access_path = config.access_log_path(name, os.environ)
+    try:
+        access = (RotatingFile(access_path, config.access_log_max_bytes, config.access_log_keep)
+                  if access_path is not None else None)
+    except OSError as err:
+        print(f"herd: {name}: cannot open the access log {access_path}: {err.strerror or err}",
+              file=sys.stderr)
+        return 1
+    start_logging(name, reactor, logging, access)
     from herd.version import VERSION
     from herd.wire.peer import VERSION as PEER_PROTOCOL
 
     # SPEC 6: the node's first log line carries the version.
     log.info("herd {version} node {name} starting (peer protocol {protocol})", version=VERSION,
              name=name, protocol=PEER_PROTOCOL.decode())
+    log.info("access log: {path}", path=os.path.abspath(access_path) if access_path else "off")
     raise_file_limit(config.max_connections + 256)
     service = NodeService(config, name, reactor, config.secrets(), activation)
     try:
@@ -359,6 +383,7 @@ def serve(name: str, config_path: str, log_format: str | None, activation: str |
         print(f"herd: {name}: {err}", file=sys.stderr)
         return 1
     reactor.addSystemEventTrigger("before", "shutdown", service.stopService)
+    reactor.addSystemEventTrigger("before", "shutdown", _note_more_stop_signals, reactor)
     signal.signal(signal.SIGHUP, lambda *_: reactor.callFromThread(  # type: ignore[attr-defined]
         _reload, service, config_path))
     # Start-up leaves tens of thousands of long-lived objects (modules,

@@ -213,9 +213,13 @@ class RedisStore:
         self._factory.startConnecting(_NotingEndpoint(endpoint, self._connection_refused,
                                                       f"Redis at {self._address.host}:{self._address.port}"))
 
+    stopped = False  # stop() was called: failures from now on are expected
+
     def stop(self) -> Deferred[Any]:
         """Close the connections; fires when they are closed. Records still
-        waiting to be sent fail at once (StoreUnavailable)."""
+        waiting to be sent fail at once (StoreUnavailable), and so do calls
+        Redis has not answered yet (``stopped`` tells their callers why)."""
+        self.stopped = True
         if self._batch_call is not None and self._batch_call.active():
             self._batch_call.cancel()
         self._batch_call = None

@@ -76,13 +76,13 @@ class Herd(LocalHerd):
     places provider the FakePlaces; ``stop`` kills everything at once."""
 
     def __init__(self, root: Path, topology: Mapping[str, Sequence[str]], provider: str = "google",
-                 secret: str = SECRET, extra_herd: str = "", extra_node: str = ""):
+                 secret: str = SECRET, extra_herd: str = "", extra_node: str = "", access_log: bool = True):
         self.places = FakePlaces()
         places = (f'provider = "{provider}"\nurl = "{self.places.url}"\n'
                   'key_env = "GOOGLE_PLACES_KEY"\ntimeout = 2.0')
         self.places_lines = places
         super().__init__(root, topology, secret=secret, places=places, env={"GOOGLE_PLACES_KEY": PLACES_KEY},
-                         herd_extra=extra_herd, node_extra=extra_node, stop_grace=0)
+                         herd_extra=extra_herd, node_extra=extra_node, stop_grace=0, access_log=access_log)
 
     def stop(self) -> None:
         super().stop()

@@ -374,12 +374,14 @@ class RedisProcess(ChildProcess):
     def __init__(self, data_dir: Path, port: int | None = None, *, bind: Sequence[str] = ("127.0.0.1",),
                  appendfsync: str | None = None, snapshots: bool = True, password: str | None = None,
                  conf: Path = REDIS_CONF, label: str | None = None, pass_fds: Sequence[int] = (),
-                 mark_starts: bool = False):
+                 mark_starts: bool = False, pipe: bool = False):
         self.data_dir = data_dir.resolve()
         self.password = password
         port = port or free_port(bind[0])
+        # Its log: redis.log, written by Redis; with ``pipe``, its stdout for the owner to write.
+        logfile = "" if pipe else str(self.data_dir / "redis.log")
         argv = [redis_server(), str(conf), "--port", str(port), "--bind", *bind, "--dir", str(self.data_dir),
-                "--daemonize", "no", "--logfile", str(self.data_dir / "redis.log")]
+                "--daemonize", "no", "--logfile", logfile]
         if appendfsync is not None:
             argv += ["--appendfsync", appendfsync]
         if not snapshots:
@@ -387,7 +389,7 @@ class RedisProcess(ChildProcess):
         if password:
             argv += ["--requirepass", password]
         super().__init__(label or f"redis-server on port {port}", argv, self.data_dir / "redis.log",
-                         port=port, host=bind[0], pass_fds=pass_fds, mark_starts=mark_starts)
+                         port=port, host=bind[0], pass_fds=pass_fds, mark_starts=mark_starts, pipe=pipe)
         self.port: int = port
 
     @property
@@ -473,6 +475,11 @@ class LocalNode(NodeProcess):
         self.ports = ports
         self.redis = redis
 
+    def access_log(self) -> str:
+        """Its access log (every line in and out, connections opened and closed)."""
+        path = self.log_path.parent / "access.log"
+        return path.read_text(errors="replace") if path.exists() else ""
+
     def record(self, client_id: str) -> dict[bytes, bytes]:
         """A client's record in this node's Redis under the default key prefix
         ({} when there is none)."""
@@ -497,8 +504,9 @@ class LocalHerd:
     def __init__(self, root: Path, topology: Mapping[str, Sequence[str]], *, secret: str, places: str,
                  env: Mapping[str, str] | None = None, herd_extra: str = "", node_extra: str = "",
                  node_args: Sequence[str] = (), appendfsync: str = "always",
-                 stop_grace: float = STOP_TIMEOUT, mark_starts: bool = False):
+                 stop_grace: float = STOP_TIMEOUT, mark_starts: bool = False, access_log: bool = True):
         self.root = root
+        self.access_log = access_log
         self.topology = {name: list(peers) for name, peers in topology.items()}
         self.secret = secret
         self.stop_grace = stop_grace
@@ -514,7 +522,10 @@ class LocalHerd:
         self.config.write_text(self._toml(places, herd_extra, node_extra))
 
     def _toml(self, places: str, herd_extra: str, node_extra: str) -> str:
-        out = [f'[herd]\nsecret_env = "HERD_SECRET"\n{herd_extra}\n', f"[places]\n{places}\n"]
+        # Access logs beside each node's herd.log (relative paths: to this file),
+        # unless ``access_log`` is False (the config's default, or herd_extra's).
+        access = 'access_log = "{node}/access.log"\n' if self.access_log else ""
+        out = [f'[herd]\nsecret_env = "HERD_SECRET"\n{access}{herd_extra}\n', f"[places]\n{places}\n"]
         for name, node in self.nodes.items():
             out.append(node_section(name, "127.0.0.1", node.ports, node.redis.url, self.topology[name],
                                     node_extra.format(name=name)))

@@ -4,7 +4,11 @@ One persistent redis-server per distinct local Redis port (data under
 ``<state>/<Node>/redis``, ``Node`` being the first node by name that uses it),
 then every node as ``python -m herd serve``; node output is relayed to our
 stdout, each line prefixed with the node's name, and appended to
-``<state>/<Node>/herd.log``. A process that dies is restarted a second later.
+``<state>/<Node>/herd.log``; Redis's to ``<state>/<Node>/redis/redis.log``.
+Both are rotated by size (LOG_MAX_BYTES, LOG_KEEP old files); each node's
+access log is ``<state>/<Node>/access.log`` unless the config says otherwise
+(its state directory, ``$STATE_DIRECTORY``, is ``<state>/<Node>``). A process
+that dies is restarted a second later.
 
 This is a development supervisor, not the serving path: plain subprocesses and
 threads, no reactor.
@@ -27,6 +31,7 @@ from typing import IO
 from config.loader import check_can_serve, load_config
 from config.schema import HerdConfig
 from herd.peer.tls import tls_for
+from herd.rotating import RotatingFile
 from herd.tools.harness import (
     REDIS_CONF,
     ChildProcess,
@@ -47,6 +52,9 @@ NODE_STOP_TIMEOUT = 5.0  # seconds between SIGTERM and SIGKILL for a node
 REDIS_STOP_TIMEOUT = 30.0
 RESTART_DELAY = 1.0  # seconds between an unexpected exit and the restart
 LOCK_FILE = "herd-up.lock"
+# herd.log and redis.log: rotated at this size, this many old files kept.
+LOG_MAX_BYTES = 16 << 20
+LOG_KEEP = 3
 
 
 @dataclass(frozen=True)
@@ -117,15 +125,23 @@ class Output:
     def say(self, text: str) -> None:
         self._write(f"herd up: {text}\n")
 
-    def relay(self, label: str, stream: IO[bytes], log_path: Path) -> None:
-        """Copy ``stream`` line by line to ``log_path`` and, prefixed with ``label``,
-        to stdout, until end of file."""
-        with stream, open(log_path, "ab") as log:
+    def relay(self, label: str, stream: IO[bytes], log_path: Path, echo: bool = True) -> None:
+        """Copy ``stream`` line by line to ``log_path`` (rotated: LOG_MAX_BYTES,
+        LOG_KEEP) and, with ``echo``, prefixed with ``label`` to stdout, until
+        end of file. Should the log file fail, the lines still reach stdout."""
+        log: RotatingFile | None = None
+        try:
+            log = RotatingFile(log_path, LOG_MAX_BYTES, LOG_KEEP)
+        except OSError as err:
+            self.say(f"{label}: cannot open {log_path} ({err.strerror}); its output is not kept")
+        with stream:
             for raw in stream:
-                log.write(raw)
-                log.flush()
-                text = raw.decode(errors="replace").rstrip("\r\n")
-                self._write(f"{label:<{self.width}} | {text}\n")
+                log = _append(log, raw, label, self)
+                if echo:
+                    text = raw.decode(errors="replace").rstrip("\r\n")
+                    self._write(f"{label:<{self.width}} | {text}\n")
+        if log is not None:
+            log.close()
 
     def _write(self, text: str) -> None:
         with self._lock:
@@ -136,13 +152,27 @@ class Output:
                 pass  # stdout gone (closed pipe): keep draining children regardless
 
 
+def _append(log: RotatingFile | None, raw: bytes, label: str, out: Output) -> RotatingFile | None:
+    """Append ``raw`` to ``log``; the log, or None once it failed (said once)."""
+    if log is None:
+        return None
+    try:
+        log.write(raw)
+        log.flush()
+        return log
+    except (OSError, ValueError) as err:
+        out.say(f"{label}: cannot write {log.path} ({err}); no more of its output goes there")
+        return None
+
+
 @dataclass
 class Child:
     """A supervised process (a node, or a Redis) with its restart bookkeeping.
-    A node's output (a pipe) is relayed by ``Output``; a Redis writes its log
-    itself."""
+    Its output (a pipe) is written to its log, rotated, by ``Output``; with
+    ``echo`` (nodes) also to our stdout."""
 
     process: ChildProcess
+    echo: bool = True
     relayer: threading.Thread | None = None
     restarts: int = 0
     restart_at: float | None = None
@@ -160,7 +190,7 @@ class Child:
         stream = self.process.stdout
         if stream is not None:
             self.relayer = threading.Thread(target=out.relay, daemon=True,
-                                            args=(self.label, stream, self.process.log_path))
+                                            args=(self.label, stream, self.process.log_path, self.echo))
             self.relayer.start()
 
     def tend(self, now: float, out: Output) -> None:
@@ -263,13 +293,17 @@ def port_conflict(config: HerdConfig, redises: Sequence[LocalRedis]) -> str | No
 def redis_child(redis: LocalRedis, state: Path, lock_fd: int) -> Child:
     # The shipped config as it is: AOF with appendfsync always, RDB snapshots on.
     return Child(RedisProcess(state / redis.owner / "redis", redis.port, bind=redis.hosts,
-                              password=redis.password, label=f"{redis.owner} redis", pass_fds=(lock_fd,)))
+                              password=redis.password, label=f"{redis.owner} redis", pass_fds=(lock_fd,),
+                              pipe=True), echo=False)
 
 
 def node_child(name: str, config: HerdConfig, config_path: str, log_format: str, state: Path) -> Child:
     node = config.nodes[name]
+    # Its state directory: where its access log goes unless the config says otherwise.
+    state_dir = str((state / name).resolve())
     return Child(NodeProcess(name, config_path, node.port, state / name / "herd.log", host=node.host,
-                             args=["--log-format", log_format], pipe=True, label=name))
+                             args=["--log-format", log_format], pipe=True, label=name,
+                             env={"STATE_DIRECTORY": state_dir}))
 
 
 def stop_on_signals() -> threading.Event:

@@ -66,7 +66,8 @@ def test_a_peer_stores_an_update_first_and_later_ones_wait_while_a_write_stalls(
     assert replies and replies[0].startswith(b"AT A ")
     agreed(herd, "first")
     agreed(herd, "second")  # sent as U, once A had stored it
-    forwarded = [line for line in herd["A"].log().splitlines() if " sent F " in line]
+    wait_until(lambda: " sent U " in herd["A"].access_log(), what="A's access log")
+    forwarded = [line for line in herd["A"].access_log().splitlines() if " sent F " in line]
     assert any(" first " in line for line in forwarded)
     assert not any(" second " in line for line in forwarded)
 

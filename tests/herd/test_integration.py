@@ -169,13 +169,14 @@ def test_over_long_line_gets_one_reply_and_closes(herd: Herd) -> None:
     assert talk(herd["Bailey"].port, exact).startswith(b"AT Bailey ")
 
 
-def test_every_line_and_connection_is_logged(herd: Herd) -> None:
+def test_every_line_and_connection_is_in_the_access_log(herd: Herd) -> None:
     talk(herd["Jaquez"].port, "IAMAT logged.client +1+1 1700000000")
-    wait_until(lambda: "recv IAMAT logged.client" in herd["Jaquez"].log(), what="log line")
-    log = herd["Jaquez"].log()
-    assert "connection opened" in log and "connection closed" in log
-    assert "sent AT Jaquez" in log
+    wait_until(lambda: "connection closed" in herd["Jaquez"].access_log().split("logged.client")[-1],
+               what="access log lines")
+    log = herd["Jaquez"].access_log()
+    assert "connection opened" in log and "sent AT Jaquez" in log
     assert herd.secret not in log
+    assert "logged.client" not in herd["Jaquez"].log()  # nothing per request in the event log
 
 
 def test_log_lines_cannot_be_forged_and_a_reply_is_one_line(herd: Herd) -> None:
@@ -183,10 +184,10 @@ def test_log_lines_cannot_be_forged_and_a_reply_is_one_line(herd: Herd) -> None:
     WHATSAT reply are escaped: one event, one log line."""
     talk(herd["Jaquez"].port, b"hello\rFAKE [Jaquez] info: forged\x1b[31m\x00",
          "IAMAT oneline.client +45.0+007.0 1700000000", "WHATSAT oneline.client 5 2")
-    wait_until(lambda: "recv WHATSAT oneline.client" in herd["Jaquez"].log()
-               and "sent AT Jaquez" in herd["Jaquez"].log().split("recv WHATSAT oneline.client")[1],
+    wait_until(lambda: "recv WHATSAT oneline.client" in herd["Jaquez"].access_log()
+               and "sent AT Jaquez" in herd["Jaquez"].access_log().split("recv WHATSAT oneline.client")[1],
                what="log lines")
-    lines = herd["Jaquez"].log().splitlines()
+    lines = herd["Jaquez"].access_log().splitlines()
     forged = [line for line in lines if "FAKE" in line]
     assert len(forged) == 2, forged  # the line received and its "? <line>" reply
     assert forged[0].endswith(" recv hello\\rFAKE [Jaquez] info: forged\\x1b[31m\\x00"), forged

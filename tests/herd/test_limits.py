@@ -21,7 +21,8 @@ def test_a_thousand_idle_connections_do_not_starve_others(tmp_path: Path) -> Non
     try:
         for _ in range(1000):
             idle.append(socket.create_connection(("127.0.0.1", herd["Solo"].port)))
-        wait_until(lambda: herd["Solo"].log().count("connection opened") >= 1000, what="1000 connections")
+        wait_until(lambda: herd["Solo"].access_log().count("connection opened") >= 1000,
+                   what="1000 connections")
         started = time.monotonic()
         reply = talk(herd["Solo"].port, "IAMAT busy.client +1+1 1700000000")
         assert reply.startswith(b"AT Solo ")
@@ -40,9 +41,9 @@ def test_idle_client_is_closed_and_excess_connections_refused(tmp_path: Path) ->
             started = time.monotonic()
             assert quiet.recv(10) == b""  # closed by the node
             assert 0.4 < time.monotonic() - started < 4
-        wait_until(lambda: "idle for 0.5s; closing" in herd["Solo"].log(), what="idle close logged")
+        wait_until(lambda: "idle for 0.5s; closing" in herd["Solo"].access_log(), what="idle close logged")
         held = [socket.create_connection(("127.0.0.1", port), timeout=5) for _ in range(3)]
-        wait_until(lambda: herd["Solo"].log().count("connection opened") >= 4, what="3 more open")
+        wait_until(lambda: herd["Solo"].access_log().count("connection opened") >= 4, what="3 more open")
         with socket.create_connection(("127.0.0.1", port), timeout=5) as excess:
             assert excess.recv(10) == b""
         wait_until(

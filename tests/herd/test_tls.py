@@ -85,7 +85,8 @@ def test_tls_nodes_link_and_flood(tmp_path: Path) -> None:
     herd = Herd(tmp_path, {"A": ["B"], "B": ["C"], "C": []}, extra_herd=TLS).start()
     try:
         herd.wait_links()
-        assert all("peer link upgraded to TLS" in herd[n].log() for n in "ABC")
+        wait_until(lambda: all("peer link upgraded to TLS" in herd[n].access_log() for n in "ABC"),
+                   what="the upgrades in the access logs")
         at_line = talk(herd["A"].port, "IAMAT tls.client +1+1 1700000000").rstrip(b"\n")
         wait_until(lambda: herd["C"].record("tls.client").get(b"at") == at_line, what="flood over TLS")
     finally:
@@ -109,8 +110,8 @@ def test_certificate_from_another_ca_is_refused(tmp_path: Path) -> None:
         assert "peer A link up" not in logs and "peer B link up" not in logs
         assert "retrying in 0.5s" in logs
         assert herd["B"].record("from.a") == {}
-        # Both sides say so at warn level: the listener too (an audit found only info there).
-        wait_until(lambda: all("warn: " in line for n in "AB" for line in herd[n].log().splitlines()
+        # Both sides say so at warning level: the listener too (an audit found only info there).
+        wait_until(lambda: all("warning: " in line for n in "AB" for line in herd[n].log().splitlines()
                                if "peer refused or gone during TLS" in line)
                    and all("peer refused or gone during TLS" in herd[n].log() for n in "AB"),
                    what="the listeners' warnings")
@@ -216,7 +217,8 @@ def test_a_refused_handshake_over_tls_is_not_blamed_on_tls(tmp_path: Path) -> No
                 tls_sock.sendall(b"HERD-AUTH " + b"0" * 64 + b"\n")
                 assert tls_sock.recv(200).startswith(b"? HERD-AUTH")
         wait_until(lambda: "peer handshake refused: HERD-AUTH" in herd["A"].log()
-                   and herd["A"].log().count("connection closed") >= 1, what="the refusal and the close")
+                   and herd["A"].access_log().count("connection closed") >= 1,
+                   what="the refusal and the close")
         assert "during TLS" not in herd["A"].log()
     finally:
         herd.stop()

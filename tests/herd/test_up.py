@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 
+from config.loader import load_config
 from herd.tools.harness import (
     REPO,
     ChildProcess,
@@ -76,6 +77,10 @@ def test_up_runs_a_two_node_herd_and_stops_it_on_sigint(tmp_path: Path) -> None:
         for name, (port, redis_port) in ports.items():
             wait_until(partial(redis_answers, redis_port), timeout=20, what=f"{name}'s Redis")
             wait_until(partial(port_open, port), timeout=20, what=f"node {name}")
+        for name in ports:  # linked: each access log has a handshake
+            access = state / name / "access.log"
+            wait_until(lambda a=access: a.exists() and "HERD-HELLO" in a.read_text(), timeout=20,
+                       what=f"{name}'s handshake in its access log")
         up.send_signal(signal.SIGINT)
         status = up.wait(timeout=60)
     finally:
@@ -83,10 +88,15 @@ def test_up_runs_a_two_node_herd_and_stops_it_on_sigint(tmp_path: Path) -> None:
     output = up.log()
     assert status == 0, output
     assert output.endswith("herd up: stopped\n"), output[-500:]
+    assert "Ready to accept connections" not in output
     for name, (port, redis_port) in ports.items():
         assert not port_open(port) and not port_open(redis_port), output
         assert f"127.0.0.1:{port}" in output  # the banner names every node's address
         assert (state / name / "herd.log").is_file()
+        # Redis's output goes to its rotated log, not to ours; each node's
+        # access log is in its state directory (the peer handshakes at least).
+        assert "Ready to accept connections" in (state / name / "redis" / "redis.log").read_text()
+        assert "HERD-HELLO" in (state / name / "access.log").read_text()
         assert list((state / name / "redis").glob("appendonlydir/appendonly.aof*")), name
     leftovers = processes_mentioning(str(config),
                                      *(f"127.0.0.1:{r}" for _, r in ports.values()))
@@ -234,3 +244,34 @@ def test_ops_script_parses(script: str) -> None:
     result = subprocess.run(["bash", "-n", str(REPO / "ops" / script)],
                             capture_output=True, text=True)
     assert result.returncode == 0, result.stderr
+
+
+def test_up_rotates_what_it_writes(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """herd.log and redis.log are rotated by size, with LOG_KEEP old files."""
+    import io
+
+    from herd.tools import up
+
+    monkeypatch.setattr(up, "LOG_MAX_BYTES", 1000)
+    monkeypatch.setattr(up, "LOG_KEEP", 2)
+    out = up.Output(width=4)
+    lines = b"".join(b"line %04d of a node's output\n" % i for i in range(500))  # 30 bytes each
+    out.relay("Solo", io.BytesIO(lines), tmp_path / "Solo" / "herd.log", echo=False)
+    assert sorted(p.name for p in (tmp_path / "Solo").iterdir()) == ["herd.log", "herd.log.1", "herd.log.2"]
+    assert all(p.stat().st_size <= 1000 for p in (tmp_path / "Solo").iterdir())
+    assert (tmp_path / "Solo" / "herd.log").read_bytes().endswith(b"line 0499 of a node's output\n")
+    kept = b"".join((tmp_path / "Solo" / n).read_bytes() for n in ("herd.log.2", "herd.log.1", "herd.log"))
+    assert lines.endswith(kept) and kept.startswith(b"line ")  # the newest output, no line split
+
+
+def test_up_gives_each_node_its_state_directory_and_redis_a_pipe(tmp_path: Path) -> None:
+    from herd.tools import up
+
+    path = write_config(tmp_path, {"Solo": (free_port(), free_port())})
+    node = up.node_child("Solo", load_config(path), str(path), "text", tmp_path)
+    assert node.process.env == {"STATE_DIRECTORY": str((tmp_path / "Solo").resolve())}
+    redis = up.redis_child(up.LocalRedis(6400, ("127.0.0.1",), "Solo"), tmp_path, 0)
+    argv = redis.process.argv
+    assert argv[argv.index("--logfile") + 1] == ""  # stdout, which herd up rotates
+    assert redis.process.log_path == (tmp_path / "Solo" / "redis" / "redis.log").resolve()
+    assert redis.process.pipe and not redis.echo

@@ -13,6 +13,7 @@ from harness import redis_with_store
 from twisted.internet import reactor
 from twisted.internet.defer import DeferredList, inlineCallbacks
 from twisted.internet.task import Clock, deferLater
+from twisted.logger import LogLevel, globalLogPublisher
 from twisted.trial import unittest
 
 from herd.peer.links import PeerLinks
@@ -42,6 +43,22 @@ class PullAgain(unittest.TestCase):
         """SYNC-END: settled once its offset write, queued behind the records before it, is answered."""
         self.reconciler.sync_end(b"P", self.conn, token)
         yield deferLater(reactor, 0.2, lambda: None)
+
+    @inlineCallbacks
+    def test_a_pull_cut_short_by_a_stopping_node_is_no_error(self) -> Any:
+        """A stopping node closes its Redis under the pulls its closing peer
+        connections started: logged at debug level, not as an error."""
+        yield self.store.call("ping")  # connected
+        seen: list[dict[str, Any]] = []
+        globalLogPublisher.addObserver(seen.append)
+        try:
+            self.links.add(b"P", self.conn, "test")  # link up: a pull reads the offset from Redis ...
+            yield self.store.stop()  # ... and the node stops before Redis answers
+            yield deferLater(reactor, 0.1, lambda: None)
+        finally:
+            globalLogPublisher.removeObserver(seen.append)
+        pulls = [e for e in seen if str(e.get("log_format", "")).startswith("pull from")]
+        assert [e["log_level"] for e in pulls] == [LogLevel.debug], seen
 
     @inlineCallbacks
     def test_an_incomplete_pull_is_pulled_again_until_complete(self) -> Any:

@@ -633,3 +633,51 @@ def test_config_lookup_on_real_files(tmp_path: Path) -> None:
     system.write_text(BASE)
     assert find_config(None, {}, cwd, system=str(system)).path == str(system)
     assert find_config("config/herd.toml", {}, cwd, system=str(system)).path == "config/herd.toml"
+
+
+# --- the access log (SPEC 6) ---------------------------------------------------------
+
+
+def test_access_log_default_is_the_state_directory(tmp_path: Path) -> None:
+    cfg = load_config(write(tmp_path, BASE))
+    assert (cfg.access_log_max_bytes, cfg.access_log_keep) == (64 << 20, 5)
+    assert cfg.access_log_path("Bailey", {}) == os.path.join("state", "Bailey", "access.log")
+    # systemd's StateDirectory= (the first, should it name several)
+    env = {"STATE_DIRECTORY": "/var/lib/herd/Bailey:/var/lib/other"}
+    assert cfg.access_log_path("Bailey", env) == "/var/lib/herd/Bailey/access.log"
+
+
+def test_access_log_path_template_off_and_limits(tmp_path: Path) -> None:
+    text = variant('secret_env = "HERD_TEST_SECRET"\n', 'secret_env = "HERD_TEST_SECRET"\n'
+                   'access_log = "logs/{node}.access.log"\naccess_log_max_bytes = 4096\n'
+                   'access_log_keep = 0\n')
+    cfg = load_config(write(tmp_path, text))
+    assert cfg.access_log_path("Bona", {"STATE_DIRECTORY": "/elsewhere"}) == str(
+        tmp_path / "logs" / "Bona.access.log")  # relative to the config file, like the TLS paths
+    assert (cfg.access_log_max_bytes, cfg.access_log_keep) == (4096, 0)
+    off = variant('secret_env = "HERD_TEST_SECRET"\n',
+                  'secret_env = "HERD_TEST_SECRET"\naccess_log = "off"\n')
+    assert load_config(write(tmp_path, off)).access_log_path("Bona", {}) is None
+
+
+@pytest.mark.parametrize(("line", "fragment"), [
+    ('access_log = "/var/log/herd/access.log"', "nodes Bailey and Bona run on one machine and would share"),
+    ('access_log = "/var/log/herd/"', "expected a file path"),
+    ('access_log = ""', "expected a non-empty string"),
+    ("access_log = false", "expected a non-empty string"),
+    ("access_log_max_bytes = 100", "expected an integer >= 1024"),
+    ("access_log_keep = -1", "expected an integer in 0..1000"),
+])
+def test_bad_access_log_settings(tmp_path: Path, line: str, fragment: str) -> None:
+    text = variant('secret_env = "HERD_TEST_SECRET"\n', f'secret_env = "HERD_TEST_SECRET"\n{line}\n')
+    key = line.split(" ")[0]
+    assert fragment in failure(write(tmp_path, text), f"herd.{key}")
+
+
+def test_one_access_log_path_for_nodes_on_different_hosts(tmp_path: Path) -> None:
+    text = (BASE.replace('host = "127.0.0.1"\nport = 10000', 'host = "10.0.0.1"\nport = 10000')
+            .replace('host = "127.0.0.1"\nport = 10001', 'host = "10.0.0.2"\nport = 10001')
+            .replace('peers = ["Bona"]', "peers = []").replace('peers = ["Bailey"]', "peers = []")
+            .replace('secret_env = "HERD_TEST_SECRET"\n',
+                     'secret_env = "HERD_TEST_SECRET"\naccess_log = "/var/log/herd/access.log"\n'))
+    assert load_config(write(tmp_path, text)).access_log_path("Bona", {}) == "/var/log/herd/access.log"
