@@ -15,7 +15,8 @@ import math
 import os
 import re
 import tomllib
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass
 from urllib.parse import unquote, urlsplit
 
 from config.schema import (
@@ -31,7 +32,7 @@ from config.schema import (
 )
 
 SECTIONS = ("herd", "places", "nodes")
-HERD_KEYS = ("secret_env", "max_line_bytes", "max_future_seconds", "redis_timeout",
+HERD_KEYS = ("secret_env", "previous_secret_env", "max_line_bytes", "max_future_seconds", "redis_timeout",
              "max_connections", "idle_timeout", "max_outstanding", "tls_cert", "tls_key", "tls_ca",
              "admin_token_env")
 TLS_KEYS = ("tls_cert", "tls_key", "tls_ca")
@@ -43,6 +44,11 @@ MAX_LINE_BYTES = 1 << 20  # a client line limit above a peer link's own would be
 REDIS_URL_FORM = "redis://[:password@]host[:port][/db]"
 REDIS_DEFAULT_PORT = 6379  # as redis-cli and Redis URLs elsewhere
 
+# SPEC 5: where a command finds the herd file when no --config names one, in order.
+CONFIG_ENV = "HERD_CONFIG"
+SYSTEM_CONFIG = "/etc/herd/herd.toml"
+LOCAL_CONFIG = os.path.join("config", "herd.toml")  # under the current directory
+
 _BARE_KEY = re.compile(r"[A-Za-z0-9_-]+\Z")
 _ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*\Z")
 _REDIS_URL = re.compile(
@@ -50,6 +56,51 @@ _REDIS_URL = re.compile(
     r"(?P<host>\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9._-]+)(?::(?P<port>[0-9]+))?"
     r"(?:/(?P<db>[0-9]*))?\Z"
 )
+
+
+@dataclass(frozen=True)
+class ConfigChoice:
+    """The herd file a command uses: ``path``, and ``how`` it was chosen:
+    ``--config``, ``$HERD_CONFIG`` or ``default`` (one of the two default places)."""
+
+    path: str
+    how: str
+
+    @property
+    def explicit(self) -> bool:
+        """True when the operator named the file (``--config``)."""
+        return self.how == "--config"
+
+
+def find_config(given: str | None, env: Mapping[str, str], cwd: str,
+                exists: Callable[[str], bool] = os.path.exists,
+                system: str = SYSTEM_CONFIG) -> ConfigChoice:
+    """The herd file to use (SPEC 5): ``given`` (``--config``) when not None,
+    else ``$HERD_CONFIG`` from ``env`` (unset or empty: skipped), else
+    ``system`` (/etc/herd/herd.toml), else config/herd.toml under ``cwd``.
+
+    Relative paths are taken from ``cwd``; ``exists`` tells whether a path is
+    there (tests pass their own). A file named by ``--config`` or
+    ``$HERD_CONFIG`` must exist: there is no falling through to another herd's
+    file. Raises ConfigError (one line) when the named file is missing or when
+    none of the three places has one, naming them all.
+    """
+    if given is not None:
+        if not exists(os.path.join(cwd, given)):
+            raise ConfigError(f"--config {given}: no such file")
+        return ConfigChoice(given, "--config")
+    named = env.get(CONFIG_ENV, "")
+    if named:
+        if not exists(os.path.join(cwd, named)):
+            raise ConfigError(f"${CONFIG_ENV} is {named}: no such file")
+        return ConfigChoice(named, f"${CONFIG_ENV}")
+    if exists(system):
+        return ConfigChoice(system, "default")
+    local = os.path.join(cwd, LOCAL_CONFIG)
+    if exists(local):
+        return ConfigChoice(local, "default")
+    raise ConfigError(f"no config file: ${CONFIG_ENV} is not set, and neither {system} nor {local} "
+                      "exists (or give one with --config FILE)")
 
 
 def load_config(path: str | os.PathLike[str], need_secret: bool = False) -> HerdConfig:
@@ -69,6 +120,8 @@ def load_config(path: str | os.PathLike[str], need_secret: bool = False) -> Herd
         nodes=nodes,
         places=_places(root.table("places")),
         secret_env=herd.env_name("secret_env", "HERD_SECRET"),
+        previous_secret_env=(herd.env_name("previous_secret_env", "HERD_SECRET_PREVIOUS")
+                             if "previous_secret_env" in herd.data else None),
         max_line_bytes=herd.integer("max_line_bytes", 4096, low=64, high=MAX_LINE_BYTES),
         max_future_seconds=herd.integer("max_future_seconds", 3600, low=0),
         redis_timeout=herd.positive("redis_timeout", 3.0),

@@ -81,6 +81,7 @@ class HerdConfig:
     nodes: dict[str, NodeConfig]
     places: PlacesConfig = field(default_factory=PlacesConfig)
     secret_env: str = "HERD_SECRET"
+    previous_secret_env: str | None = None  # during a secret rotation: the env var of the old one
     max_line_bytes: int = 4096
     max_future_seconds: int = 3600  # client-time further ahead than this is invalid
     redis_timeout: float = 3.0  # seconds before a Redis call counts as failed
@@ -123,3 +124,13 @@ class HerdConfig:
                 "is not set, or empty or blank (it must hold the herd's shared secret)"
             )
         return value.encode()
+
+    def secrets(self) -> tuple[bytes, ...]:
+        """The secrets a node accepts peers with: the current one, then during a
+        rotation the previous one (when ``previous_secret_env`` names a
+        variable that is set). Raises ConfigError like :meth:`secret`."""
+        current = self.secret()
+        previous = os.environ.get(self.previous_secret_env or "", "").strip()
+        if not previous or previous.encode() == current:
+            return (current,)
+        return current, os.environ[self.previous_secret_env or ""].encode()

@@ -5,10 +5,40 @@ from __future__ import annotations
 
 import argparse
 import gc
+import os
 import sys
 from collections.abc import Sequence
+from typing import Any
 
 from config.schema import ConfigError
+
+# Subcommands that read a herd file: --config, else the SPEC 5 lookup.
+CONFIG_COMMANDS = ("serve", "up", "check", "status", "places")
+CONFIG_HELP = "the herd file (default: $HERD_CONFIG, else /etc/herd/herd.toml, else ./config/herd.toml)"
+EXIT_CODES = """\
+exit codes (every command):
+    0  all well
+    1  the command ran and found a problem (a node down or unreadable, nodes
+       that disagree, a '? ' reply to herd client, a port that cannot be opened)
+    2  usage or configuration error (bad arguments, no or bad config file)
+  130  interrupted by Ctrl-C before it finished (serve, up and the live
+       status view stop on Ctrl-C with 0)
+"""
+
+
+class _VersionAction(argparse.Action):
+    """``--version``: print ``herd <version>`` and exit 0. The version is looked
+    up only when asked (package metadata costs start-up time)."""
+
+    def __init__(self, option_strings: Sequence[str], dest: str, **kwargs: Any) -> None:
+        super().__init__(option_strings, dest, nargs=0, help="print the version and exit")
+
+    def __call__(self, parser: argparse.ArgumentParser, namespace: argparse.Namespace,
+                 values: Any, option_string: str | None = None) -> None:
+        from herd.version import VERSION
+
+        print(f"herd {VERSION}")
+        parser.exit(0)
 
 
 def build_parser(command: str | None = None) -> argparse.ArgumentParser:
@@ -16,17 +46,19 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
     only when ``command`` names them, so ``herd serve`` does not import them."""
     parser = argparse.ArgumentParser(
         prog="herd", description="An application server herd: nodes that learn where clients are "
-        "(IAMAT), flood it to their peers, and answer what is near them (WHATSAT).")
+        "(IAMAT), flood it to their peers, and answer what is near them (WHATSAT).",
+        epilog=EXIT_CODES, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--version", action=_VersionAction)
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     serve = sub.add_parser("serve", help="run one node in the foreground")
     serve.add_argument("name", metavar="NAME", help="node name from the config")
-    serve.add_argument("--config", required=True, metavar="FILE")
+    serve.add_argument("--config", metavar="FILE", help=CONFIG_HELP)
     serve.add_argument("--log-format", choices=("text", "json"), default=None,
                        help="log format on stdout (default: text; the systemd unit asks for json)")
 
     up = sub.add_parser("up", help="run a whole herd on this machine, with its Redis servers")
-    up.add_argument("--config", required=True, metavar="FILE")
+    up.add_argument("--config", metavar="FILE", help=CONFIG_HELP)
     up.add_argument("--state-dir", default="state", metavar="DIR",
                     help="where each node's Redis data and log go (default: ./state)")
     up.add_argument("--log-format", choices=("text", "json"), default="text")
@@ -39,13 +71,13 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
                         help="seconds to wait for more replies before giving up (default 10)")
 
     check = sub.add_parser("check", help="do all nodes hold the same state? (exit 0 if so)")
-    check.add_argument("--config", required=True, metavar="FILE")
+    check.add_argument("--config", metavar="FILE", help=CONFIG_HELP)
 
     places = sub.add_parser("places", help="manage the offline places data set")
     places_sub = places.add_subparsers(dest="places_command", required=True, metavar="ACTION")
     load = places_sub.add_parser("load", help="load the offline data set into nodes' Redis "
                                               "(a no-op where the same version is loaded, whole)")
-    load.add_argument("--config", required=True, metavar="FILE")
+    load.add_argument("--config", metavar="FILE", help=CONFIG_HELP)
     load.add_argument("nodes", nargs="*", metavar="NODE", help="nodes to load (default: all)")
 
     bench = sub.add_parser("bench", help="benchmark a local herd against the SPEC targets")
@@ -62,7 +94,7 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
         add_chaos_arguments(chaos)
 
     status = sub.add_parser("status", help="live view of nodes, links, counts and agreement")
-    status.add_argument("--config", required=True, metavar="FILE")
+    status.add_argument("--config", metavar="FILE", help=CONFIG_HELP)
     status.add_argument("--once", action="store_true", help="print one frame and exit 0")
     return parser
 
@@ -71,12 +103,26 @@ def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     args = build_parser(next((a for a in argv if not a.startswith("-")), None)).parse_args(argv)
     try:
+        if args.command in CONFIG_COMMANDS:
+            args.config = config_path(args.config)
         return _dispatch(args)
     except ConfigError as err:
         print(f"herd: {err}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         return 130
+
+
+def config_path(given: str | None) -> str:
+    """The herd file to use (config.loader.find_config); when no --config named
+    it, one line on stderr says which (stdout may be --json)."""
+    from config.loader import CONFIG_ENV, find_config
+
+    choice = find_config(given, os.environ, os.getcwd())
+    if not choice.explicit:
+        origin = f" (from ${CONFIG_ENV})" if choice.how == f"${CONFIG_ENV}" else ""
+        print(f"herd: using config {choice.path}{origin}", file=sys.stderr)
+    return choice.path
 
 
 def _dispatch(args: argparse.Namespace) -> int:

@@ -83,7 +83,7 @@ def build_places(config: PlacesConfig, reactor: Any, store: RedisStore) -> Place
 class NodeService(MultiService):
     """One herd node as a service: start it to serve, stop it to shut down cleanly."""
 
-    def __init__(self, config: HerdConfig, name: str, reactor: Any, secret: bytes,
+    def __init__(self, config: HerdConfig, name: str, reactor: Any, secrets: tuple[bytes, ...],
                  activation: str | None = None):
         super().__init__()
         self._reactor = reactor
@@ -109,12 +109,11 @@ class NodeService(MultiService):
             Limits(config.max_connections, config.idle_timeout, config.max_outstanding))
         # A socket passed by systemd (socket activation) replaces host:port.
         self.listener = self._listen(activation or listen_description(me.host, me.port), self.factory)
-        self.peer_factory = AcceptedPeerFactory(self.node, name.encode(), secret, peer_tls)
+        self.peer_factory = AcceptedPeerFactory(self.node, name.encode(), secrets, peer_tls)
         self._listen(listen_description(me.host, me.peer_port), self.peer_factory)
-        for peer in config.neighbours(name):
-            there = config.nodes[peer]
-            dial_service(reactor, self.node, name.encode(), peer.encode(), there.host, there.peer_port,
-                         secret, peer_tls.client(there.host) if peer_tls else None).setServiceParent(self)
+        self._config, self._secrets, self._peer_tls = config, secrets, peer_tls
+        self._dialers: dict[str, tuple[tuple[str, int], Any]] = {}  # peer -> (its address, its dialler)
+        self._dial(config)
         if me.admin is not None:
             from herd.admin import admin_site
 
@@ -125,6 +124,47 @@ class NodeService(MultiService):
         self._watchdog = LoopingCall(systemd.notify, "WATCHDOG=1")
         self._log_moved = LoopingCall(self.links.send_log_moved)
         self._heartbeat = LoopingCall(lambda: self.links.beat(self.node.paused_peers))
+
+    def _dial(self, config: HerdConfig) -> None:
+        """Keep a dialler for each neighbour in ``config`` at its current
+        address: stop those of dropped or moved neighbours, start new ones."""
+        name = self.node.name.decode()
+        wanted = {peer: (config.nodes[peer].host, config.nodes[peer].peer_port)
+                  for peer in config.neighbours(name)}
+        for peer, (address, dialler) in list(self._dialers.items()):
+            if wanted.get(peer) != address:
+                del self._dialers[peer]
+                dialler.disownServiceParent()
+        for peer, (host, port) in wanted.items():
+            if peer not in self._dialers:
+                tls = self._peer_tls.client(host) if self._peer_tls else None
+                dialler = dial_service(self._reactor, self.node, name.encode(), peer.encode(), host, port,
+                                       self._secrets, tls)
+                dialler.setServiceParent(self)
+                self._dialers[peer] = ((host, port), dialler)
+
+    def reload(self, config: HerdConfig) -> None:
+        """Apply a re-read config (SIGHUP, ``systemctl reload``): the peers of
+        this node and their addresses change at once; anything else of this
+        node's needs a restart, which is logged."""
+        name = self.node.name.decode()
+        if name not in config.nodes:
+            log.error("reload: {path} has no node {name}; nothing changed", path=config.path, name=name)
+            return
+        before, after = self._config.nodes[name], config.nodes[name]
+        needs_restart = [key for key in ("host", "port", "peer_port", "redis", "prefix", "admin")
+                         if getattr(before, key) != getattr(after, key)]
+        if needs_restart:
+            log.warn("reload: {keys} of node {name} changed; that takes a restart",
+                     keys=", ".join(needs_restart), name=name)
+        old = set(self._config.neighbours(name))
+        self.links.set_neighbours(peer.encode() for peer in config.neighbours(name))
+        self._config = config
+        self._dial(config)
+        new = set(config.neighbours(name))
+        log.info("reload: peers now {peers} (added: {added}; removed: {removed})",
+                 peers=", ".join(sorted(new)) or "none", added=", ".join(sorted(new - old)) or "none",
+                 removed=", ".join(sorted(old - new)) or "none")
 
     def _listen(self, description: str, factory: Any) -> StreamServerEndpointService:
         """Listen at ``description`` when the service starts; a port that cannot
@@ -216,6 +256,19 @@ class NodeService(MultiService):
         log.info("stopped")
 
 
+def _reload(service: NodeService, config_path: str) -> None:
+    """SIGHUP: read the config again and apply what can change while running."""
+    from config.loader import load_config
+
+    log.info("reload: reading {path}", path=config_path)
+    try:
+        config = load_config(config_path, need_secret=True)
+    except ConfigError as err:
+        log.error("reload failed, nothing changed: {why}", why=str(err))
+        return
+    service.reload(config)
+
+
 def raise_file_limit(wanted: int) -> None:
     """Lift the soft open-files limit towards ``wanted`` (within the hard limit),
     so max_connections is reachable without operator tuning."""
@@ -244,8 +297,14 @@ def serve(name: str, config_path: str, log_format: str | None, activation: str |
     from herd.logs import start_logging
 
     start_logging(name, log_format or "text", reactor)  # SPEC: text unless asked (the unit asks)
+    from herd.version import VERSION
+    from herd.wire.peer import VERSION as PEER_PROTOCOL
+
+    # SPEC 6: the node's first log line carries the version.
+    log.info("herd {version} node {name} starting (peer protocol {protocol})", version=VERSION,
+             name=name, protocol=PEER_PROTOCOL.decode())
     raise_file_limit(config.max_connections + 256)
-    service = NodeService(config, name, reactor, config.secret(), activation)
+    service = NodeService(config, name, reactor, config.secrets(), activation)
     try:
         service.startService()
     except CannotListenError as err:
@@ -253,6 +312,8 @@ def serve(name: str, config_path: str, log_format: str | None, activation: str |
               file=sys.stderr)
         return 1
     reactor.addSystemEventTrigger("before", "shutdown", service.stopService)
+    signal.signal(signal.SIGHUP, lambda *_: reactor.callFromThread(  # type: ignore[attr-defined]
+        _reload, service, config_path))
     # Start-up leaves tens of thousands of long-lived objects (modules,
     # classes); move them out of the collector's sight (at once, without a
     # collection first), or its full collections stall the node for up to

@@ -11,7 +11,8 @@
 #      any change, on a node that is not in it
 #   3. system user and group `herd` (no home, no login); user `redis` checked
 #   4. the checkout copied to /opt/herd (no .git, .venv, state, caches), and
-#      /opt/herd/.venv built with herd installed into it (not editable)
+#      /opt/herd/.venv built with the locked requirements (requirements.lock,
+#      hashes checked) and herd installed into it (not editable)
 #   5. /etc/herd/herd.toml (an existing one is never replaced without --force)
 #      and /etc/herd/herd.env with a fresh random shared secret (kept once made)
 #   6. per node: /etc/herd/redis/NODE.conf from the node's Redis URL (and with
@@ -374,7 +375,12 @@ else
     fi
     # Not editable: herd's modules and their compiled bytecode live in the
     # venv, which the node (ProtectSystem=strict) only reads.
-    run "$OPT/.venv/bin/pip" install -q --disable-pip-version-check -r "$OPT/requirements.txt" "$OPT"
+    # The locked versions only (requirements.lock: every file checked against
+    # its sha256), so every host of the herd runs the same packages; then herd
+    # without letting pip pick anything else.
+    run "$OPT/.venv/bin/pip" install -q --disable-pip-version-check --require-hashes \
+      -r "$OPT/requirements.lock"
+    run "$OPT/.venv/bin/pip" install -q --disable-pip-version-check --no-deps "$OPT"
     run touch "$stamp"
   else
     echo "  = herd is installed and $OPT is unchanged"

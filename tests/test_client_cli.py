@@ -6,6 +6,7 @@ import io
 import os
 import socket
 import struct
+import subprocess
 import sys
 import threading
 import time
@@ -254,3 +255,61 @@ def test_cli_entry_point(echo_server: Server, capfdbinary: pytest.CaptureFixture
 
     assert main(["client", f"127.0.0.1:{echo_server.port}", "IAMAT x", "--timeout", "3"]) == 0
     assert capfdbinary.readouterr().out == b"ECHO IAMAT x\nBYE\n"
+
+
+# --- exit status 1 for a refusal (SPEC 6: a `? ` reply to herd client) --------------------
+
+
+def answer_with(*chunks: bytes) -> Handler:
+    """A handler that reads the request to EOF, then sends ``chunks`` as
+    separate writes (a pause between them, so they arrive as separate reads)."""
+
+    def handler(conn: socket.socket) -> None:
+        while conn.recv(4096):
+            pass
+        for chunk in chunks:
+            conn.sendall(chunk)
+            time.sleep(0.05)
+
+    return handler
+
+
+@pytest.mark.parametrize(("chunks", "status"), [
+    ((b"AT a +0.1 a +1+2 1\n",), 0),
+    ((b"? IAMAT bad\n",), 1),
+    ((b"AT a +0.1 a +1+2 1\n? WHATSAT b 10 5\n",), 1),
+    ((b"AT a +0.1 a +1+2 1\n?", b" WHATSAT b 10 5\n"), 1),  # "? " split across reads
+    ((b"AT a +0.1 a +1+2 1\n", b"?", b" x\n"), 1),
+    ((b"? line too long (limit 4096 bytes)\n",), 1),
+    ((b"AT a +0.1 a ? 1\n", b"? x"), 1),  # an unterminated last line counts too
+    ((b"AT a +0.1 a ? 1\n",), 0),  # "? " inside a line is no refusal
+    ((b"AT a +0.1 a", b"? 1\n"), 0),  # nor when a read ends mid-line
+    ((b"?x\n", b"AT ?? \n"), 0),
+])
+def test_status_1_when_any_reply_is_a_refusal(
+        chunks: tuple[bytes, ...], status: int, capfdbinary: pytest.CaptureFixture[bytes]) -> None:
+    server = Server(answer_with(*chunks))
+    try:
+        assert run_client(f"127.0.0.1:{server.port}", ["anything"], timeout=5) == status
+    finally:
+        server.close()
+    printed = capfdbinary.readouterr()
+    assert printed.out == b"".join(chunks)  # printed as received, refusal or not
+    assert printed.err == b""
+
+
+def test_cli_exit_status_1_on_a_refusal() -> None:
+    server = Server(answer_with(b"? WHATSAT nobody 10 5\n"))
+    try:
+        result = subprocess.run([sys.executable, "-m", "herd", "client", f"127.0.0.1:{server.port}",
+                                 "WHATSAT nobody 10 5"], cwd=REPO, capture_output=True, timeout=30)
+    finally:
+        server.close()
+    assert (result.returncode, result.stdout, result.stderr) == (1, b"? WHATSAT nobody 10 5\n", b"")
+
+
+def test_cli_usage_error_is_status_2() -> None:
+    result = subprocess.run([sys.executable, "-m", "herd", "client"], cwd=REPO, capture_output=True,
+                            text=True, timeout=30)
+    assert result.returncode == 2
+    assert "HOST:PORT" in result.stderr

@@ -6,11 +6,12 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 
-from config.loader import load_config
+from config.loader import find_config, load_config
 from config.schema import ConfigError, HerdConfig
 
 REPO = Path(__file__).resolve().parent.parent
@@ -109,6 +110,17 @@ def test_defaults_and_parsed_values(tmp_path: Path) -> None:
     assert cfg.places.url is None and cfg.places.timeout == 5.0 and cfg.places.cache_ttl == 300
     assert (cfg.max_line_bytes, cfg.max_future_seconds, cfg.redis_timeout) == (4096, 3600, 3.0)
     assert (bailey.peer_port, bailey.admin) == (20000, ("127.0.0.1", 30000))  # SPEC 5 defaults
+
+
+def test_previous_secret_during_a_rotation(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    rotating = 'secret_env = "HERD_TEST_SECRET"\nprevious_secret_env = "HERD_TEST_OLD"'
+    path = write(tmp_path, BASE.replace('secret_env = "HERD_TEST_SECRET"', rotating))
+    monkeypatch.setenv("HERD_TEST_SECRET", "new")
+    monkeypatch.delenv("HERD_TEST_OLD", raising=False)
+    assert load_config(path).secrets() == (b"new",)  # not rotating: the variable is unset
+    monkeypatch.setenv("HERD_TEST_OLD", "old")
+    assert load_config(path).secrets() == (b"new", b"old")
+    assert load_config(write(tmp_path, BASE, "plain.toml")).secrets() == (b"new",)
 
 
 def test_peer_port_and_admin_set_or_off(tmp_path: Path) -> None:
@@ -582,3 +594,64 @@ def test_serve_with_bad_config_prints_one_line(tmp_path: Path) -> None:
     assert proc.returncode == 2, proc.stderr
     assert len(lines) == 1, proc.stderr
     assert lines[0].startswith(f"herd: {path}: nodes.Bailey.peers: unknown peer 'Foo'")
+
+
+# --- where the file is found without --config (SPEC 5) --------------------------------------
+
+SYSTEM = "/etc/herd/herd.toml"
+
+
+def there(*paths: str) -> Callable[[str], bool]:
+    """An ``exists`` for find_config: only ``paths`` exist."""
+    return lambda path: os.path.normpath(path) in {os.path.normpath(p) for p in paths}
+
+
+@pytest.mark.parametrize(("given", "env", "files", "path", "how"), [
+    # --config wins over everything, relative to the working directory.
+    ("h.toml", {"HERD_CONFIG": "/e.toml"}, ["/w/h.toml", "/e.toml", SYSTEM, "/w/config/herd.toml"],
+     "h.toml", "--config"),
+    ("/abs/h.toml", {}, ["/abs/h.toml"], "/abs/h.toml", "--config"),
+    # then $HERD_CONFIG (relative: to the working directory)
+    (None, {"HERD_CONFIG": "/e.toml"}, ["/e.toml", SYSTEM, "/w/config/herd.toml"], "/e.toml", "$HERD_CONFIG"),
+    (None, {"HERD_CONFIG": "mine.toml"}, ["/w/mine.toml"], "mine.toml", "$HERD_CONFIG"),
+    # then /etc/herd/herd.toml, then config/herd.toml under the working directory
+    (None, {}, [SYSTEM, "/w/config/herd.toml"], SYSTEM, "default"),
+    (None, {"HERD_CONFIG": ""}, [SYSTEM], SYSTEM, "default"),  # set but empty: as unset
+    (None, {}, ["/w/config/herd.toml"], "/w/config/herd.toml", "default"),
+])
+def test_config_lookup_order(given: str | None, env: dict[str, str], files: list[str], path: str,
+                             how: str) -> None:
+    choice = find_config(given, env, "/w", exists=there(*files))
+    assert (choice.path, choice.how) == (path, how)
+    assert choice.explicit == (how == "--config")
+
+
+def test_a_missing_config_named_by_the_option_or_the_variable_is_an_error() -> None:
+    everything = there(SYSTEM, "/w/config/herd.toml")  # never fallen back to
+    with pytest.raises(ConfigError) as info:
+        find_config("nope.toml", {"HERD_CONFIG": "/w/config/herd.toml"}, "/w", exists=everything)
+    assert str(info.value) == "--config nope.toml: no such file"
+    with pytest.raises(ConfigError) as info:
+        find_config(None, {"HERD_CONFIG": "/etc/herd/hrd.toml"}, "/w", exists=everything)
+    assert str(info.value) == "$HERD_CONFIG is /etc/herd/hrd.toml: no such file"
+
+
+def test_no_config_anywhere_names_all_three_places() -> None:
+    with pytest.raises(ConfigError) as info:
+        find_config(None, {"PATH": "/bin"}, "/w", exists=there("/w/herd.toml", "/etc/herd.toml"))
+    assert str(info.value) == ("no config file: $HERD_CONFIG is not set, and neither /etc/herd/herd.toml "
+                               "nor /w/config/herd.toml exists (or give one with --config FILE)")
+
+
+def test_config_lookup_on_real_files(tmp_path: Path) -> None:
+    """The default ``exists`` on a real directory tree; ``system`` moved into it."""
+    system = tmp_path / "etc" / "herd.toml"
+    local = tmp_path / "work" / "config" / "herd.toml"
+    local.parent.mkdir(parents=True)
+    local.write_text(BASE)
+    cwd = str(tmp_path / "work")
+    assert find_config(None, {}, cwd, system=str(system)).path == str(local)
+    system.parent.mkdir()
+    system.write_text(BASE)
+    assert find_config(None, {}, cwd, system=str(system)).path == str(system)
+    assert find_config("config/herd.toml", {}, cwd, system=str(system)).path == "config/herd.toml"

@@ -51,7 +51,7 @@ def agreed(herd: Herd, client: str, timeout: float = 15.0) -> None:
 def test_a_peer_stores_an_update_first_and_later_ones_wait_while_a_write_stalls(direct: Herd) -> None:
     herd = direct
     # A's stores wait 2 s (its Redis timeout is 3 s).
-    herd["A"].redis.command("CLIENT", "PAUSE", "2000", "WRITE")
+    herd["A"].redis.call("CLIENT", "PAUSE", "2000", "WRITE")
     replies: list[bytes] = []
     sender = threading.Thread(target=lambda: replies.append(
         talk(herd["A"].port, "IAMAT first +2+2 1700000001.5", timeout=15)))
@@ -74,14 +74,14 @@ def test_a_peer_stores_an_update_first_and_later_ones_wait_while_a_write_stalls(
 @pytest.mark.timeout(60)
 def test_a_redis_that_refuses_writes_stops_forwarding_after_the_first_refusal(direct: Herd) -> None:
     herd = direct
-    herd["A"].redis.command("CONFIG", "SET", "maxmemory", "1")  # every write now fails with OOM
+    herd["A"].redis.call("CONFIG", "SET", "maxmemory", "1")  # every write now fails with OOM
     for n in range(3):
         line = f"IAMAT full{n} +2+2 170000000{n}.5"
         assert talk(herd["A"].port, line, timeout=15) == f"? {line}\n".encode()
     time.sleep(0.5)  # a forwarded update would have reached B by now
     assert herd["B"].record("full1") == {} and herd["B"].record("full2") == {}
     wait_until(lambda: "Redis does not serve yet (OOM" in herd["A"].log(), what="A's log")
-    herd["A"].redis.command("CONFIG", "SET", "maxmemory", "0")
+    herd["A"].redis.call("CONFIG", "SET", "maxmemory", "0")
     # Only the first was forwarded (nothing had failed yet); A stores it again.
     agreed(herd, "full0")
 
@@ -164,8 +164,8 @@ def test_a_node_on_database_1_reconnects_after_redis_has_loaded_its_data(tmp_pat
                    timeout=15, what="A to serve again")
         assert proxy.loading_replies > 0
         with Resp(herd["A"].redis.port) as redis:
-            redis.command("SELECT", "1")
-            assert redis.command("HGET", "herd:client:after", "at") is not None
+            redis.call("SELECT", "1")
+            assert redis.call("HGET", "herd:client:after", "at") is not None
     finally:
         herd.stop()
         proxy.close()

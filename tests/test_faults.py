@@ -11,8 +11,10 @@ import time
 from pathlib import Path
 
 import pytest
-from cluster import Herd, NodeProcess, talk
+from cluster import Herd, talk
 from harness import port_open, wait_until
+
+from herd.tools.harness import LocalNode, NodeProcess
 
 LINE = {"A": ["B"], "B": ["C"], "C": []}
 
@@ -27,7 +29,7 @@ def line3(tmp_path: Path):  # type: ignore[no-untyped-def]
         h.stop()
 
 
-def acknowledge(node: NodeProcess, prefix: str, count: int) -> list[bytes]:
+def acknowledge(node: LocalNode, prefix: str, count: int) -> list[bytes]:
     lines = [f"IAMAT {prefix}{i} +1.5-2.5 1700000000.{i:09d}" for i in range(count)]
     replies = talk(node.port, *lines).splitlines()
     assert len(replies) == count and all(r.startswith(b"AT ") for r in replies)
@@ -36,7 +38,7 @@ def acknowledge(node: NodeProcess, prefix: str, count: int) -> list[bytes]:
 
 def test_kill_9_node_then_restart_keeps_every_acknowledged_client(line3: Herd) -> None:
     acked = acknowledge(line3["A"], "durable", 200)
-    line3["A"].kill(signal.SIGKILL)
+    line3["A"].kill()
     line3["A"].start()
     for i, at_line in enumerate(acked):
         assert line3["A"].record(f"durable{i}")[b"at"] == at_line
@@ -46,7 +48,7 @@ def test_kill_9_node_then_restart_keeps_every_acknowledged_client(line3: Herd) -
 
 def test_kill_9_redis_in_strict_mode_loses_no_acknowledged_update(line3: Herd) -> None:
     acked = acknowledge(line3["B"], "strict", 300)
-    line3["B"].redis.kill(signal.SIGKILL)
+    line3["B"].redis.kill()
     line3["B"].redis.start()
     for i, at_line in enumerate(acked):
         assert line3["B"].record(f"strict{i}")[b"at"] == at_line
@@ -54,7 +56,7 @@ def test_kill_9_redis_in_strict_mode_loses_no_acknowledged_update(line3: Herd) -
 
 def test_redis_outage_is_answered_in_bounded_time_and_heals(line3: Herd) -> None:
     node = line3["C"]
-    node.redis.kill(signal.SIGKILL)
+    node.redis.kill()
     started = time.monotonic()
     line = "IAMAT outage +1+1 1700000000"
     assert talk(node.port, line, timeout=15) == f"? {line}\n".encode()
@@ -73,7 +75,7 @@ def test_redis_outage_is_answered_in_bounded_time_and_heals(line3: Herd) -> None
 
 def test_refusals_in_an_outage_are_logged_at_most_ten_a_second_plus_a_sum(line3: Herd) -> None:
     node = line3["A"]
-    node.redis.kill(signal.SIGKILL)
+    node.redis.kill()
     try:
         lines = [f"IAMAT storm{i} +1+1 1700000000" for i in range(300)]
         replies = talk(node.port, *lines, timeout=30)
@@ -88,7 +90,7 @@ def test_refusals_in_an_outage_are_logged_at_most_ten_a_second_plus_a_sum(line3:
 
 
 def test_updates_flood_again_after_a_peer_restarts(line3: Herd) -> None:
-    line3["B"].kill(signal.SIGKILL)
+    line3["B"].kill()
     line3["B"].start()
     wait_until(lambda: line3["A"].log().count("peer B link up") >= 2, what="A relinked to B")
     wait_until(lambda: line3["C"].log().count("peer B link up") >= 2, what="C relinked to B")
@@ -99,7 +101,7 @@ def test_updates_flood_again_after_a_peer_restarts(line3: Herd) -> None:
 def test_sigterm_stops_a_node_cleanly(line3: Herd) -> None:
     node = line3["A"]
     with socket.create_connection(("127.0.0.1", node.port)) as idle:
-        code = node.kill(signal.SIGTERM)
+        code = node.stop()
         assert code == 0
         assert idle.recv(100) == b""  # the node closed the idle client
     assert not port_open(node.port)
@@ -134,9 +136,8 @@ def test_peer_with_the_wrong_secret_never_gets_in(tmp_path: Path) -> None:
     herd = Herd(tmp_path, {"Good": ["Bad"], "Bad": []})
     try:
         herd.start(["Good"])
-        herd.secret = "not-the-secret"
         herd["Bad"].redis.start()
-        herd["Bad"].start()
+        herd["Bad"].start(env={"HERD_SECRET": "not-the-secret"})
         # Each side dials the other and finds the other's proof wrong.
         wait_until(lambda: "handshake failed" in herd["Bad"].log(), what="Bad refused Good")
         wait_until(lambda: "handshake failed" in herd["Good"].log(), what="Good refused Bad")
@@ -164,17 +165,17 @@ def test_sigterm_lets_in_flight_replies_finish(tmp_path: Path) -> None:
     try:
         node = herd["Solo"]
         talk(node.port, "IAMAT warm +1+1 1700000000")  # Redis connected, scripts loaded
-        node.redis.proc.send_signal(signal.SIGSTOP)  # type: ignore[union-attr]
+        node.redis.pause()
         with socket.create_connection(("127.0.0.1", node.port), timeout=10) as client:
             client.sendall(b"IAMAT inflight +1+1 1700000001\n")
             wait_until(lambda: "recv IAMAT inflight" in node.log(), what="request received")
-            node.proc.send_signal(signal.SIGTERM)  # type: ignore[union-attr]
+            node.send_signal(signal.SIGTERM)
             wait_until(lambda: "finishing in-flight replies" in node.log(), what="shutdown began")
-            node.redis.proc.send_signal(signal.SIGCONT)  # type: ignore[union-attr]
+            node.redis.resume()
             reply = client.recv(4096)
             assert reply.startswith(b"AT Solo ") and reply.endswith(b" inflight +1+1 1700000001\n")
             assert client.recv(10) == b""  # then the node closed the connection
-        assert node.kill(signal.SIGTERM) == 0
+        assert node.stop() == 0
     finally:
         herd.stop()
 
@@ -184,39 +185,27 @@ def test_json_logs_are_one_object_per_line(tmp_path: Path, how: str) -> None:
     """JSON with --log-format json; text without it, even in a systemd
     service's environment (SPEC: text by default; the unit asks for JSON)."""
     import json
-    import subprocess
-
-    from harness import REPO, env_with
 
     herd = Herd(tmp_path, {"Solo": []})
     herd["Solo"].redis.start()
-    log_path = tmp_path / "json.log"
-    with open(log_path, "wb") as out:
-        proc = subprocess.Popen(
-            [*herd["Solo"].command(), *(["--log-format", "json"] if how == "flag" else [])],
-            cwd=REPO,
-            stdout=out,
-            stderr=subprocess.STDOUT,
-            env=env_with(HERD_SECRET=herd.secret, GOOGLE_PLACES_KEY="k",
-                         **({"INVOCATION_ID": "0123456789abcdef", "JOURNAL_STREAM": "8:1234"}
-                            if how == "systemd" else {})),
-        )
+    systemd = {"INVOCATION_ID": "0123456789abcdef", "JOURNAL_STREAM": "8:1234"} if how == "systemd" else {}
+    node = NodeProcess("Solo", herd.config, herd["Solo"].port, tmp_path / "json.log",
+                       args=["--log-format", "json"] if how == "flag" else [],
+                       env={"HERD_SECRET": herd.secret, "GOOGLE_PLACES_KEY": "k", **systemd})
     try:
-        wait_until(lambda: port_open(herd["Solo"].port), what="listening")
-        talk(herd["Solo"].port, "IAMAT json.client +1+1 1700000000")
-        proc.send_signal(signal.SIGTERM)
-        assert proc.wait(timeout=15) == 0
+        node.start()
+        talk(node.port, "IAMAT json.client +1+1 1700000000")
+        assert node.stop(timeout=15) == 0
         if how == "systemd":
-            lines = log_path.read_text().splitlines()
+            lines = node.log().splitlines()
             assert lines and not any(line.startswith("{") for line in lines), lines[:3]
             assert any(" [Solo] info: " in line and "recv IAMAT json.client" in line for line in lines)
             return
-        records = [json.loads(line) for line in log_path.read_text().splitlines()]
+        records = [json.loads(line) for line in node.log().splitlines()]
         assert all({"time", "node", "level", "message", "namespace"} <= set(r) for r in records)
         messages = [r["message"] for r in records]
         assert any("recv IAMAT json.client" in m for m in messages)
         assert any(m.startswith("127.0.0.1:") and "sent AT Solo" in m for m in messages)
     finally:
-        if proc.poll() is None:
-            proc.kill()
+        node.kill()
         herd.stop()

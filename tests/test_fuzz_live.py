@@ -384,7 +384,7 @@ def stored_clients(herd: Herd) -> dict[bytes, int]:
     keys: list[bytes] = []
     cursor = b"0"
     while True:
-        reply = redis.command("SCAN", cursor, "MATCH", "herd:client:*", "COUNT", "1000")
+        reply = redis.call("SCAN", cursor, "MATCH", "herd:client:*", "COUNT", "1000")
         assert isinstance(reply, list)
         cursor, batch = reply
         keys.extend(batch)
@@ -392,7 +392,7 @@ def stored_clients(herd: Herd) -> dict[bytes, int]:
             break
     out = {}
     for key in keys:
-        stored = redis.command("HGET", key, "time")
+        stored = redis.call("HGET", key, "time")
         assert isinstance(stored, bytes)
         parsed = parse_client_time(stored)
         assert parsed is not None, (key, stored)
@@ -450,7 +450,7 @@ def test_fuzzed_lines_get_one_reply_each_and_change_only_valid_clients(solo: Her
                 cid = e.request.client_id
                 valid[cid] = max(valid.get(cid, -1), e.request.time.ns)
 
-    assert solo["Solo"].proc is not None and solo["Solo"].proc.poll() is None, "node died"
+    assert solo["Solo"].alive(), "node died"
     assert talk(port, "IAMAT still.alive +1+1 1700000000").startswith(b"AT Solo ")
     valid[b"still.alive"] = 1700000000 * 10**9
     assert stored_clients(solo) == valid

@@ -47,7 +47,7 @@ def test_iamat_floods_three_hops_with_original_at_line(herd: Herd) -> None:
     assert (record[b"lat"], record[b"lon"]) == (b"+34.068930", b"-118.445127")
     assert record[b"time"] == b"1621464827.959498503"
     assert record[b"skew"] == at_line.split()[2]
-    members = herd["Jaquez"].redis.command(
+    members = herd["Jaquez"].redis.call(
         "GEOSEARCH", "herd:geo", "FROMLONLAT", "-118.445127", "34.068930", "BYRADIUS", "1", "km", "ASC"
     )
     assert members == [b"kiwi.cs.ucla.edu"]
@@ -232,7 +232,7 @@ def test_two_nodes_share_one_redis_with_their_own_prefixes(tmp_path_factory: pyt
         redis = shared["P"].redis
         wait_until(lambda: redis.hgetall("q:client:shared.redis").get(b"at") == at_line, what="flood to Q")
         assert redis.hgetall("p:client:shared.redis")[b"at"] == at_line
-        assert redis.command("EXISTS", "herd:client:shared.redis") == 0
-        assert redis.command("ZCARD", "p:geo") == 1 and redis.command("ZCARD", "q:geo") == 1
+        assert redis.call("EXISTS", "herd:client:shared.redis") == 0
+        assert redis.call("ZCARD", "p:geo") == 1 and redis.call("ZCARD", "q:geo") == 1
     finally:
         shared.stop()

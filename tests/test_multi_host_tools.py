@@ -10,7 +10,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from harness import REPO, RedisServer
+from harness import REPO, RedisProcess
 
 from config.loader import load_config, redis_on_other_machines
 from herd.tools.check import is_this_machine, unreachable_here
@@ -59,7 +59,7 @@ def test_a_host_of_this_machine_can_read_its_own_redis(tmp_path: Path) -> None:
 
 
 def test_check_and_status_do_not_read_this_machines_redis_as_other_hosts(tmp_path: Path) -> None:
-    redis = RedisServer(tmp_path / "redis").start()  # what 127.0.0.1:<port> reaches from here
+    redis = RedisProcess(tmp_path / "redis").start()  # what 127.0.0.1:<port> reaches from here
     try:
         path = str(multi_host_config(tmp_path, redis.port))
         check = herd("check", "--config", path)

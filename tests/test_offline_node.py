@@ -28,7 +28,7 @@ def test_node_answers_whatsat_from_the_offline_data_set(tmp_path: Path) -> None:
         polar = talk(herd["Solo"].port, "IAMAT polar +89.5+000.0 1700000000", "WHATSAT polar 50 5")
         assert polar.split(b"\n")[0].startswith(b"AT Solo ")
         assert json.loads(polar.split(b"\n", 2)[2])["status"] == "ZERO_RESULTS"
-        assert herd["Solo"].redis.command("ZSCORE", "herd:geo", "polar") is None
+        assert herd["Solo"].redis.call("ZSCORE", "herd:geo", "polar") is None
         assert herd["Solo"].record("polar")[b"lat"] == b"+89.5"
     finally:
         herd.stop()
@@ -49,7 +49,7 @@ def test_places_load_cli_is_idempotent(tmp_path: Path) -> None:
         assert first.stdout.startswith("One: loaded geonames-cities15000-")
         again = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=120)
         assert again.stdout.startswith("One: already loaded geonames-cities15000-")
-        assert herd["Two"].redis.command("GET", "herd:places:version") is None
+        assert herd["Two"].redis.call("GET", "herd:places:version") is None
         assert first.stderr == ""
         google = herd.config.read_text().replace('provider = "offline"', 'provider = "google"')
         (tmp_path / "google.toml").write_text(google)
@@ -73,7 +73,7 @@ def test_a_node_whose_redis_comes_back_empty_loads_the_places_again(tmp_path: Pa
         shutil.rmtree(node.redis.data_dir)
         node.redis.data_dir.mkdir()
         node.redis.start()  # a new, empty Redis on the same port
-        wait_until(lambda: node.redis.command("GET", "herd:places:version") is not None, timeout=60,
+        wait_until(lambda: node.redis.call("GET", "herd:places:version") is not None, timeout=60,
                    what="places loaded again without a WHATSAT")
         reply = talk(node.port, "IAMAT kiwi +34.068930-118.445127 1700000000", "WHATSAT kiwi 20 3")
         assert len(json.loads(reply.split(b"\n", 2)[2])["results"]) == 3

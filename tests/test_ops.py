@@ -5,16 +5,14 @@ starts a real redis-server."""
 
 from __future__ import annotations
 
-import os
 import re
 import shutil
-import socket
 import stat
 import subprocess
 from pathlib import Path
 
 import pytest
-from harness import REPO, encode_command, free_port, read_reply, wait_until
+from harness import REPO, RedisProcess, Resp
 
 UNITS = REPO / "ops" / "systemd"
 UNIT_FILES = ("herd@.service", "herd-redis@.service", "herd@.socket", "herd.target")
@@ -336,10 +334,9 @@ def test_a_broken_config_fails_with_the_loaders_one_line(tmp_path: Path) -> None
 
 # ------------------------------------------------- the generated Redis config --
 
-def redis_command(port: int, *args: str) -> object:
-    with socket.create_connection(("127.0.0.1", port), timeout=5) as sock:
-        sock.sendall(encode_command(*args))
-        return read_reply(sock.makefile("rb"))
+def redis_command(port: int, *args: str, password: str | None = None) -> object:
+    with Resp(port, password=password) as redis:
+        return redis.call(*args)
 
 
 # A password with characters that redis.conf must quote (a URL password holds
@@ -361,34 +358,16 @@ def test_generated_redis_config_runs_redis(tmp_path: Path, durability: str, pass
     conf = prefix / "etc/herd/redis/Bailey.conf"
     assert mode(conf) == (0o640 if password else 0o644)
 
-    port = free_port()
     data = tmp_path / "data"
-    data.mkdir()
-    exe = shutil.which("redis-server")
-    assert exe, "redis-server is not installed (run ops/setup.sh)"
-    proc = subprocess.Popen([exe, str(conf), "--port", str(port), "--dir", str(data), "--supervised", "no"],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    auth = ("AUTH", password) if password else None
+    redis = RedisProcess(data, conf=conf)  # its requirepass is the generated one, not given here
+    port = redis.port
     try:
-        def up() -> bool:
-            assert proc.poll() is None, f"redis-server exited {proc.returncode} with {conf}"
-            try:
-                redis_command(port, "PING")
-            except OSError:
-                return False
-            except RuntimeError:
-                pass  # NOAUTH: it runs, and wants the password
-            return True
-
-        wait_until(up, timeout=10, what="redis-server with the generated config")
-        if auth:
+        redis.start(timeout=10)  # ready once it answers PING, or NOAUTH: it wants the password
+        if password:
             with pytest.raises(RuntimeError, match="NOAUTH"):
                 redis_command(port, "PING")
-            with socket.create_connection(("127.0.0.1", port), timeout=5) as sock:
-                sock.sendall(encode_command(*auth) + encode_command("CONFIG", "GET", "appendfsync"))
-                replies = sock.makefile("rb")
-                assert read_reply(replies) == b"OK"
-                assert read_reply(replies) == [b"appendfsync", b"always"]
+            assert redis_command(port, "CONFIG", "GET", "appendfsync", password=password) == [
+                b"appendfsync", b"always"]
         else:
             assert redis_command(port, "PING") == b"PONG"
             # Settings that come from the included /opt/herd/ops/redis/redis.conf:
@@ -398,6 +377,5 @@ def test_generated_redis_config_runs_redis(tmp_path: Path, durability: str, pass
             assert redis_command(port, "CONFIG", "GET", "maxmemory-policy") == [
                 b"maxmemory-policy", b"noeviction"]
     finally:
-        proc.terminate()
-        proc.wait(timeout=10)
-    assert os.listdir(data)  # the AOF went to --dir
+        redis.stop(timeout=10)
+    assert (data / "appendonlydir").is_dir()  # the AOF went to --dir

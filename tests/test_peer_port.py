@@ -45,12 +45,12 @@ def test_killing_every_process_on_a_client_port_stops_only_that_node(tmp_path: P
         herd.wait_links()
         assert talk(herd["B"].port, "IAMAT before +1+1 1700000000").startswith(b"AT B ")
         victims = pids_with_a_socket_on(herd["B"].port)
-        assert victims == {herd["B"].proc.pid}  # type: ignore[union-attr]
+        assert victims == {herd["B"].pid}
         for pid in victims:
             os.kill(pid, signal.SIGTERM)
-        herd["B"].proc.wait(timeout=15)  # type: ignore[union-attr]
+        herd["B"].wait(timeout=15)
         for name in ("A", "C"):
-            assert herd[name].proc.poll() is None  # type: ignore[union-attr]
+            assert herd[name].alive()
             assert talk(herd[name].port, f"IAMAT after.{name} +1+1 1700000000").startswith(
                 f"AT {name} ".encode())
     finally:
@@ -63,14 +63,12 @@ def test_clients_at_the_connection_limit_do_not_keep_peers_out(tmp_path: Path) -
     import socket
 
     herd = Herd(tmp_path, {"A": ["B"], "B": []}, extra_herd="max_connections = 3\n")
-    herd["A"].redis.start()
-    herd["A"].start()
+    herd.start(["A"])
     hogs = [socket.create_connection(("127.0.0.1", herd["A"].port)) for _ in range(3)]
     try:
         with socket.create_connection(("127.0.0.1", herd["A"].port), timeout=5) as fourth:
             assert fourth.recv(100) == b""  # the client port is full: refused
-        herd["B"].redis.start()
-        herd["B"].start()
+        herd.start(["B"])
         herd.wait_links()
         assert talk(herd["B"].port, "IAMAT via.b +1+1 1700000000").startswith(b"AT B ")
         wait_until(lambda: herd["A"].record("via.b") != {}, what="the update on A")

@@ -211,8 +211,8 @@ def test_a_closed_peer_connection_says_it_is_not_connected() -> None:
 
     store = RedisStore(Clock(), RedisAddress("redis://127.0.0.1:1/0", "127.0.0.1", 1), b"herd:", 1.0)
     node = Node(b"A", store, None, PeerLinks([b"P"]), Clock())  # type: ignore[arg-type]  # never started
-    dialled = DialledPeer(node, b"A", b"P", b"secret", Clock(), [0])
-    accepted = AcceptedPeerFactory(node, b"A", b"secret").buildProtocol(None)
+    dialled = DialledPeer(node, b"A", b"P", (b"secret",), Clock(), [0])
+    accepted = AcceptedPeerFactory(node, b"A", (b"secret",)).buildProtocol(None)
     assert isinstance(accepted, AcceptedPeer)
     for conn in (dialled, accepted):
         conn.makeConnection(StringTransport())

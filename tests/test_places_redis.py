@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from cluster import FakePlaces
-from harness import RedisServer
+from harness import RedisProcess
 from twisted.internet import reactor
 from twisted.internet.defer import CancelledError, Deferred, DeferredList, gatherResults, inlineCallbacks
 from twisted.internet.task import deferLater
@@ -27,18 +27,18 @@ from storage.store import RedisStore
 
 
 class RedisCase(unittest.TestCase):
-    redis: RedisServer
+    redis: RedisProcess
 
     @classmethod
     def setUpClass(cls) -> None:
-        cls.redis = RedisServer(Path(tempfile.mkdtemp(prefix="herd-places-"))).start()
+        cls.redis = RedisProcess(Path(tempfile.mkdtemp(prefix="herd-places-"))).start()
 
     @classmethod
     def tearDownClass(cls) -> None:
         cls.redis.kill()
 
     def setUp(self) -> None:
-        self.redis.command("FLUSHALL")
+        self.redis.call("FLUSHALL")
         address = RedisAddress(self.redis.url, "127.0.0.1", self.redis.port)
         self.store = RedisStore(reactor, address, b"herd:", timeout=5.0)
         self.store.start()
@@ -91,22 +91,22 @@ class OfflinePlacesTest(RedisCase):
         places = OfflinePlaces(self.store, reactor, min_population=15000)
         yield places.ensure_loaded()
         version = dataset_version(15000)
-        self.assertEqual(self.redis.command("GET", "herd:places:version"), version)
-        count = self.redis.command("ZCARD", b"herd:places:" + version + b":geo")
+        self.assertEqual(self.redis.call("GET", "herd:places:version"), version)
+        count = self.redis.call("ZCARD", b"herd:places:" + version + b":geo")
         self.assertGreater(count, 20000)
         again = yield PlacesIndex(self.store).load(version, [])
         self.assertFalse(again)
-        self.assertEqual(self.redis.command("ZCARD", b"herd:places:" + version + b":geo"), count)
+        self.assertEqual(self.redis.call("ZCARD", b"herd:places:" + version + b":geo"), count)
 
 
     @inlineCallbacks
     def test_an_emptied_redis_gets_the_data_set_again(self) -> Any:
         places = OfflinePlaces(self.store, reactor, min_population=15000)
         yield places.ensure_loaded()
-        self.redis.command("FLUSHALL")
+        self.redis.call("FLUSHALL")
         answer = yield places.nearby("+48.8566", "+2.3522", Decimal(50000), 5)
         self.assertEqual(len(answer["results"]), 5)
-        self.assertEqual(self.redis.command("GET", "herd:places:version"), dataset_version(15000))
+        self.assertEqual(self.redis.call("GET", "herd:places:version"), dataset_version(15000))
 
     @inlineCallbacks
     def test_searches_use_the_data_set_redis_holds(self) -> Any:
@@ -119,7 +119,7 @@ class OfflinePlacesTest(RedisCase):
         answer = yield mine.nearby("+34.068930", "-118.445127", Decimal(20000), 20)
         self.assertEqual(len(answer["results"]), 20)  # only the 5,000 set has 20 places there
         self.assertTrue((yield mine.recheck()))
-        self.assertEqual(self.redis.command("GET", "herd:places:version"), dataset_version(15000))
+        self.assertEqual(self.redis.call("GET", "herd:places:version"), dataset_version(15000))
         self.assertFalse((yield mine.recheck()))
 
     @inlineCallbacks
@@ -151,11 +151,11 @@ class PlacesIndexTest(RedisCase):
         yield index.load(b"v1", [row])
         loaded = yield index.load(b"v2", [(b"2", b"2.35", b"48.85", json.dumps({"name": "New"}).encode())])
         self.assertTrue(loaded)
-        self.assertEqual(self.redis.command("GET", "herd:places:version"), b"v2")
-        self.assertEqual(self.redis.command("EXISTS", "herd:places:v1:geo", "herd:places:v1:info"), 0)
+        self.assertEqual(self.redis.call("GET", "herd:places:version"), b"v2")
+        self.assertEqual(self.redis.call("EXISTS", "herd:places:v1:geo", "herd:places:v1:info"), 0)
         docs = yield index.nearby(b"2.35", b"48.85", b"1000", 5)
         self.assertEqual([json.loads(d)["name"] for d in docs], ["New"])
-        self.assertEqual(sorted(self.redis.command("KEYS", "herd:places:*")),  # type: ignore[arg-type]
+        self.assertEqual(sorted(self.redis.call("KEYS", "herd:places:*")),  # type: ignore[arg-type]
                          [b"herd:places:v2:geo", b"herd:places:v2:info", b"herd:places:version"])
 
     @inlineCallbacks
@@ -165,23 +165,23 @@ class PlacesIndexTest(RedisCase):
         first, second = PlacesIndex(self.store).load(b"v1", rows), PlacesIndex(self.store).load(b"v1", rows)
         self.assertEqual((yield DeferredList([first, second], fireOnOneErrback=True)),
                          [(True, True), (True, True)])
-        self.assertEqual((self.redis.command("ZCARD", "herd:places:v1:geo"),
-                          self.redis.command("HLEN", "herd:places:v1:info")), (5000, 5000))
-        self.assertEqual(self.redis.command("TTL", "herd:places:v1:geo"), -1)  # no expiry left
-        self.assertEqual(self.redis.command("KEYS", "*loading*"), [])
+        self.assertEqual((self.redis.call("ZCARD", "herd:places:v1:geo"),
+                          self.redis.call("HLEN", "herd:places:v1:info")), (5000, 5000))
+        self.assertEqual(self.redis.call("TTL", "herd:places:v1:geo"), -1)  # no expiry left
+        self.assertEqual(self.redis.call("KEYS", "*loading*"), [])
 
     @inlineCallbacks
     def test_an_incomplete_load_changes_nothing(self) -> Any:
         index = PlacesIndex(self.store)
         yield index.load(b"v1", [(b"1", b"2.35", b"48.85", b"{}")])
-        self.redis.command("GEOADD", "herd:places:v2:geo:loading:x", "2.35", "48.85", "1")
+        self.redis.call("GEOADD", "herd:places:v2:geo:loading:x", "2.35", "48.85", "1")
         with self.assertRaises(Exception) as caught:
             staged = [b"herd:places:v2:geo:loading:x", b"herd:places:v2:info:loading:x"]
             yield self.store.call("eval", PLACES_SWITCH, [index.version_key(), *staged],
                                   [b"herd:", b"v2", b"1"])
         self.assertIn("places load incomplete", str(caught.exception))
-        self.assertEqual(self.redis.command("GET", "herd:places:version"), b"v1")
-        self.assertEqual(self.redis.command("EXISTS", "herd:places:v1:geo", "herd:places:v1:info"), 2)
+        self.assertEqual(self.redis.call("GET", "herd:places:version"), b"v1")
+        self.assertEqual(self.redis.call("EXISTS", "herd:places:v1:geo", "herd:places:v1:info"), 2)
 
     @inlineCallbacks
     def test_a_damaged_data_set_is_loaded_again(self) -> Any:
@@ -189,14 +189,14 @@ class PlacesIndexTest(RedisCase):
         rows = [(b"1", b"2.35", b"48.85", b"{}"), (b"2", b"2.36", b"48.86", b"{}")]
         yield index.load(b"v1", rows)
         self.assertFalse((yield index.load(b"v1", rows)))
-        self.redis.command("HDEL", "herd:places:v1:info", "2")
+        self.redis.call("HDEL", "herd:places:v1:info", "2")
         self.assertIsNone((yield index.whole_version()))
         self.assertTrue((yield index.load(b"v1", rows)))
-        self.assertEqual(self.redis.command("HLEN", "herd:places:v1:info"), 2)
-        self.redis.command("DEL", "herd:places:v1:info")
+        self.assertEqual(self.redis.call("HLEN", "herd:places:v1:info"), 2)
+        self.redis.call("DEL", "herd:places:v1:info")
         self.assertIsNone((yield index.nearby(b"2.35", b"48.85", b"1000", 5)))
         self.assertTrue((yield index.load(b"v1", rows)))
-        self.redis.command("DEL", "herd:places:v1:geo")
+        self.redis.call("DEL", "herd:places:v1:geo")
         self.assertIsNone((yield index.nearby(b"2.35", b"48.85", b"1000", 5)))
         self.assertTrue((yield index.load(b"v1", rows)))
         self.assertEqual((yield index.whole_version()), b"v1")
@@ -220,7 +220,7 @@ class CacheTest(RedisCase):
         self.assertEqual(first, second)
         self.assertEqual(len(second["results"]), 25)  # the caller cuts to its bound
         for _ in range(500):  # the answer is written to Redis in the background
-            ttl = self.redis.command("TTL", "herd:places:cache:google:+34.0,-118.0:10000")
+            ttl = self.redis.call("TTL", "herd:places:cache:google:+34.0,-118.0:10000")
             if ttl != -2:
                 break
             yield deferLater(reactor, 0.01, lambda: None)

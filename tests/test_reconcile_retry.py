@@ -121,7 +121,7 @@ class OffsetInOrder(unittest.TestCase):
         yield deferLater(reactor, 0.1, lambda: None)
         self.redis.start()
         assert self.redis.hgetall("herd:peer:P") == {}
-        assert int(self.redis.command("DBSIZE")) < 20_000  # type: ignore[call-overload]
+        assert int(self.redis.call("DBSIZE")) < 20_000  # type: ignore[call-overload]
 
     @inlineCallbacks
     def test_a_sync_answer_redis_cannot_finish_ends_with_sync_end_dash(self) -> Any:

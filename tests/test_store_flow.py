@@ -6,13 +6,12 @@ for a timeout, calls stop waiting a whole timeout each."""
 from __future__ import annotations
 
 import gc
-import signal
 import tempfile
 import time
 from pathlib import Path
 from typing import Any
 
-from harness import RedisServer, free_port, redis_with_store
+from harness import RedisProcess, free_port, redis_with_store
 from twisted.internet import reactor
 from twisted.internet.defer import DeferredList, inlineCallbacks
 from twisted.internet.task import deferLater
@@ -68,7 +67,7 @@ class Unanswered(unittest.TestCase):
 
     def tearDown(self) -> None:
         if self.redis.proc is not None and self.redis.proc.poll() is None:
-            self.redis.proc.send_signal(signal.SIGCONT)
+            self.redis.resume()
 
     @inlineCallbacks
     def failure_after(self) -> Any:
@@ -82,14 +81,13 @@ class Unanswered(unittest.TestCase):
     @inlineCallbacks
     def test_once_redis_has_not_answered_for_a_timeout_calls_wait_only_briefly(self) -> Any:
         yield self.store.get(b"nobody")  # connected
-        assert self.redis.proc is not None
-        self.redis.proc.send_signal(signal.SIGSTOP)  # stuck: connections open, no answers
+        self.redis.pause()  # stuck: connections open, no answers
         first = yield self.failure_after()
         assert 2.9 <= first < 4.5, first
         for _ in range(3):  # a client pipelining requests waits this long for each
             later = yield self.failure_after()
             assert later < RECOVERY_GRACE + 0.5 < 3.0, later  # not a whole timeout each
-        self.redis.proc.send_signal(signal.SIGCONT)
+        self.redis.resume()
         yield deferLater(reactor, 0.5, lambda: None)
         result = yield self.store.store_if_newer(record(2, b"A"))
         assert result.stored
@@ -233,9 +231,9 @@ class WhyUnreachable(unittest.TestCase):
 
     @inlineCallbacks
     def test_wrong_password(self) -> Any:
-        redis = RedisServer(Path(tempfile.mkdtemp(prefix="herd-auth-"))).start()
+        redis = RedisProcess(Path(tempfile.mkdtemp(prefix="herd-auth-"))).start()
         self.addCleanup(redis.kill)
-        redis.command("CONFIG", "SET", "requirepass", "right")
+        redis.call("CONFIG", "SET", "requirepass", "right")
         why = yield self.refusal(RedisAddress(redis.url, "127.0.0.1", redis.port, password="wrong"))
         assert "could not auth" in why, why
 
@@ -260,7 +258,7 @@ class Stopping(unittest.TestCase):
     def test_records_waiting_when_the_store_stops_fail_at_once(self) -> Any:
         """Review: stop() left a scheduled flush behind, which then waited a
         whole timeout for a connection that was gone."""
-        redis = RedisServer(Path(tempfile.mkdtemp(prefix="herd-stop-"))).start()
+        redis = RedisProcess(Path(tempfile.mkdtemp(prefix="herd-stop-"))).start()
         self.addCleanup(redis.kill)
         store = RedisStore(reactor, RedisAddress(redis.url, "127.0.0.1", redis.port), b"herd:", timeout=3.0)
         store.start()

@@ -40,7 +40,7 @@ class GeoLatitudeLimit(unittest.TestCase):
             record = parse_at_line(b"AT A +0.000000000 %s %s+010.0 1000" % (client, lat))
             assert record is not None, lat
             yield self.store.store_if_newer(record)
-            in_geo = self.redis.command("ZSCORE", "herd:geo", client) is not None
+            in_geo = self.redis.call("ZSCORE", "herd:geo", client) is not None
             assert in_geo == indexed, (lat, in_geo)
             assert self.redis.hgetall(b"herd:client:" + client)[b"lat"] == lat  # stored in full either way
 
@@ -50,5 +50,5 @@ class GeoLatitudeLimit(unittest.TestCase):
             record = parse_at_line(b"AT A +0.000000000 mover %s+010.0 %s" % (lat, time))
             assert record is not None
             yield self.store.store_if_newer(record)
-        assert self.redis.command("ZSCORE", "herd:geo", "mover") is None
+        assert self.redis.call("ZSCORE", "herd:geo", "mover") is None
         assert self.redis.hgetall("herd:client:mover")[b"time"] == b"2"

@@ -8,14 +8,15 @@ import json
 import shutil
 import signal
 import socket
-import subprocess
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 from cluster import Herd, talk
-from harness import REPO, env_with, free_port, port_open, wait_until
+from harness import free_port, port_open, wait_until
+
+from herd.tools.harness import ChildProcess
 
 
 @pytest.fixture
@@ -42,13 +43,13 @@ def test_ready_watchdog_and_stopping_are_sent(
     herd = Herd(tmp_path, {"Solo": []})
     try:
         herd["Solo"].redis.start()
-        herd["Solo"].start(NOTIFY_SOCKET=path, WATCHDOG_USEC="200000")
+        herd["Solo"].start(env={"NOTIFY_SOCKET": path, "WATCHDOG_USEC": "200000"})
         seen = messages_until(sock, "READY=1")
         assert any(m.startswith("READY=1") for m in seen)
         assert "WATCHDOG=1" in messages_until(sock, "WATCHDOG=1")
-        herd["Solo"].proc.send_signal(signal.SIGTERM)  # type: ignore[union-attr]
+        herd["Solo"].send_signal(signal.SIGTERM)
         assert "STOPPING=1" in messages_until(sock, "STOPPING=1")
-        assert herd["Solo"].kill(signal.SIGTERM) == 0
+        assert herd["Solo"].stop() == 0
     finally:
         herd.stop()
 
@@ -59,7 +60,7 @@ def test_sigint_stops_a_node_that_inherited_it_ignored(tmp_path: Path) -> None:
         herd["Solo"].redis.start()
         herd["Solo"].start(ignore_sigint=True)
         assert talk(herd["Solo"].port, "x") == b"? x\n"  # the reactor runs
-        assert herd["Solo"].kill(signal.SIGINT) == 0
+        assert herd["Solo"].stop(sig=signal.SIGINT) == 0
         assert "stopped" in herd["Solo"].log()
     finally:
         herd.stop()
@@ -69,7 +70,7 @@ def test_ready_waits_for_redis(tmp_path: Path, notify_socket: tuple[str, socket.
     path, sock = notify_socket
     herd = Herd(tmp_path, {"Solo": []})
     try:
-        herd["Solo"].start(NOTIFY_SOCKET=path)  # its Redis is not running yet
+        herd["Solo"].start(env={"NOTIFY_SOCKET": path})  # its Redis is not running yet
         sock.settimeout(0.5)
         with pytest.raises(TimeoutError):
             messages_until(sock, "READY=1")
@@ -87,7 +88,7 @@ def test_ready_comes_anyway_when_redis_stays_away(tmp_path: Path,
     path, sock = notify_socket
     herd = Herd(tmp_path, {"Solo": []}, extra_herd="redis_timeout = 0.5")
     try:
-        herd["Solo"].start(NOTIFY_SOCKET=path)  # its Redis is not running
+        herd["Solo"].start(env={"NOTIFY_SOCKET": path})  # its Redis is not running
         [ready] = [m for m in messages_until(sock, "READY=1") if m.startswith("READY=1")]
         assert f"Redis at 127.0.0.1:{herd['Solo'].redis.port} not reached yet" in ready, ready
         wait_until(lambda: "told systemd READY=1 without Redis after 1.5 s" in herd["Solo"].log(),
@@ -105,33 +106,18 @@ def test_ready_comes_anyway_when_redis_stays_away(tmp_path: Path,
 def test_socket_activation(tmp_path: Path) -> None:
     herd = Herd(tmp_path, {"Solo": []})
     port = free_port()
-    log = open(tmp_path / "activated.log", "wb")
-    proc = subprocess.Popen(
-        [
-            "systemd-socket-activate",
-            "-l",
-            f"127.0.0.1:{port}",
-            "-E",
-            "HERD_SECRET",
-            "-E",
-            "GOOGLE_PLACES_KEY",
-            *herd["Solo"].command(),
-        ],
-        cwd=REPO,
-        stdout=log,
-        stderr=subprocess.STDOUT,
-        env=env_with(HERD_SECRET=herd.secret, GOOGLE_PLACES_KEY="k"),
-    )
+    argv = ["systemd-socket-activate", "-l", f"127.0.0.1:{port}",
+            "-E", "HERD_SECRET", "-E", "GOOGLE_PLACES_KEY", *herd["Solo"].argv]
+    activator = ChildProcess("systemd-socket-activate", argv, tmp_path / "activated.log", port=port,
+                             env={"HERD_SECRET": herd.secret, "GOOGLE_PLACES_KEY": "k"})
     try:
+        activator.start()  # returns once the activation socket listens
         herd["Solo"].redis.start()
-        wait_until(lambda: port_open(port), what="activation socket")
         reply = talk(port, "IAMAT activated +1+1 1700000000")
         assert reply.startswith(b"AT Solo ")
         assert not port_open(herd["Solo"].port)  # it served on the passed socket only
     finally:
-        proc.send_signal(signal.SIGTERM)
-        proc.wait(timeout=15)
-        log.close()
+        activator.stop(timeout=15)
         herd.stop()
 
 

@@ -139,13 +139,13 @@ def test_plain_text_handshake_to_a_tls_node_is_refused(tmp_path: Path) -> None:
 def test_missing_tls_file_is_one_line_naming_file_and_key(tmp_path: Path) -> None:
     import subprocess
 
-    from harness import REPO, env_with
+    from harness import REPO, child_env
 
     ca = make_ca(tmp_path / "tls")
     make_node_cert(tmp_path / "tls", "A", ca)  # B's files are missing: only A may run here
     herd = Herd(tmp_path, {"A": ["B"], "B": []}, extra_herd=TLS)
-    result = subprocess.run(herd["B"].command(), cwd=REPO, capture_output=True, text=True, timeout=30,
-                            env=env_with(HERD_SECRET="s", GOOGLE_PLACES_KEY="k"))
+    result = subprocess.run(herd["B"].argv, cwd=REPO, capture_output=True, text=True, timeout=30,
+                            env=child_env(HERD_SECRET="s", GOOGLE_PLACES_KEY="k"))
     assert result.returncode == 2
     assert result.stderr.count("\n") == 1 and "herd.tls_cert: no such file" in result.stderr
     assert "(for node B)" in result.stderr and "Traceback" not in result.stderr
@@ -169,7 +169,7 @@ def test_an_unusable_tls_file_is_one_line_from_serve_and_up(tmp_path: Path, spoi
     certificate, ended 'herd serve' with a traceback."""
     import subprocess
 
-    from harness import REPO, env_with
+    from harness import REPO, child_env
 
     ca = make_ca(tmp_path / "tls")
     for node in ("A", "B"):
@@ -177,12 +177,12 @@ def test_an_unusable_tls_file_is_one_line_from_serve_and_up(tmp_path: Path, spoi
     spoil(tmp_path / "tls")
     herd = Herd(tmp_path, {"A": ["B"], "B": []}, extra_herd=TLS)
     try:
-        env = env_with(HERD_SECRET="s", GOOGLE_PLACES_KEY="k")
+        env = child_env(HERD_SECRET="s", GOOGLE_PLACES_KEY="k")
         expected = fragment.format(d=tmp_path / "tls")
         up = [sys.executable, "-m", "herd", "up", "--config", str(herd.config), "--state-dir",
               str(tmp_path / "state")]
         serve, up_result = (subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=30,
-                                           env=env) for command in (herd["B"].command(), up))
+                                           env=env) for command in (herd["B"].argv, up))
         for result in (serve, up_result):
             assert result.returncode == 2, result.stderr
             assert result.stderr.count("\n") == 1 and expected in result.stderr, result.stderr

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import os
 import signal
-import socket
 import subprocess
 import sys
 from functools import partial
@@ -12,15 +11,17 @@ from pathlib import Path
 
 import pytest
 
-from herd.tools.harness import NodePorts, free_ports, node_section
-from tests.harness import (
+from herd.tools.harness import (
     REPO,
-    RedisServer,
-    encode_command,
-    env_with,
+    ChildProcess,
+    NodePorts,
+    RedisProcess,
+    child_env,
     free_port,
+    free_ports,
+    node_section,
     port_open,
-    read_reply,
+    redis_ping,
     wait_until,
 )
 
@@ -42,17 +43,14 @@ def write_config(tmp_path: Path, ports: dict[str, tuple[int, int]],
     return path
 
 
-def herd_up(config: Path, state: Path) -> list[str]:
-    return [sys.executable, "-m", "herd", "up", "--config", str(config), "--state-dir", str(state)]
+def herd_up(config: Path, state: Path, log: Path = Path("/dev/null")) -> ChildProcess:
+    """``herd up`` on ``config`` and ``state`` (not started), its output to ``log``."""
+    argv = [sys.executable, "-m", "herd", "up", "--config", str(config), "--state-dir", str(state)]
+    return ChildProcess("herd up", argv, log, env={"HERD_SECRET": "test-secret"})
 
 
 def redis_answers(port: int) -> bool:
-    try:
-        with socket.create_connection(("127.0.0.1", port), timeout=1) as sock:
-            sock.sendall(encode_command("PING"))
-            return read_reply(sock.makefile("rb")) == b"PONG"
-    except (OSError, RuntimeError):  # RuntimeError: an error reply such as LOADING
-        return False
+    return redis_ping(port) == b"PONG"
 
 
 def processes_mentioning(*needles: str) -> list[str]:
@@ -73,20 +71,16 @@ def test_up_runs_a_two_node_herd_and_stops_it_on_sigint(tmp_path: Path) -> None:
     ports = {"Bailey": (free_port(), free_port()), "Bona": (free_port(), free_port())}
     config = write_config(tmp_path, ports)
     state = tmp_path / "state"
-    with open(tmp_path / "up.out", "wb") as out:
-        proc = subprocess.Popen(herd_up(config, state), cwd=REPO, stdout=out,
-                                stderr=subprocess.STDOUT, env=env_with(HERD_SECRET="test-secret"))
+    up = herd_up(config, state, tmp_path / "up.out").start()
     try:
         for name, (port, redis_port) in ports.items():
             wait_until(partial(redis_answers, redis_port), timeout=20, what=f"{name}'s Redis")
             wait_until(partial(port_open, port), timeout=20, what=f"node {name}")
-        proc.send_signal(signal.SIGINT)
-        status = proc.wait(timeout=60)
+        up.send_signal(signal.SIGINT)
+        status = up.wait(timeout=60)
     finally:
-        if proc.poll() is None:  # stop it the way that also stops its children
-            proc.terminate()
-            proc.wait(timeout=60)
-    output = (tmp_path / "up.out").read_text(errors="replace")
+        up.stop(timeout=60)  # SIGTERM: the way that also stops its children
+    output = up.log()
     assert status == 0, output
     assert output.endswith("herd up: stopped\n"), output[-500:]
     for name, (port, redis_port) in ports.items():
@@ -103,14 +97,12 @@ def test_up_runs_a_two_node_herd_and_stops_it_on_sigint(tmp_path: Path) -> None:
 def test_children_stop_when_herd_up_is_killed(tmp_path: Path) -> None:
     port, redis_port = free_port(), free_port()
     config = write_config(tmp_path, {"Solo": (port, redis_port)})
-    proc = subprocess.Popen(herd_up(config, tmp_path / "state"), cwd=REPO, stdout=subprocess.DEVNULL,
-                            stderr=subprocess.STDOUT, env=env_with(HERD_SECRET="test-secret"))
+    up = herd_up(config, tmp_path / "state", tmp_path / "up.out").start()
     try:
         wait_until(partial(redis_answers, redis_port), timeout=20, what="Solo's Redis")
         wait_until(partial(port_open, port), timeout=20, what="node Solo")
     finally:
-        proc.kill()
-        proc.wait(timeout=10)
+        up.kill()
     wait_until(lambda: processes_mentioning(str(config), f"127.0.0.1:{redis_port}") == [], timeout=20,
                what="the node and its Redis exiting")  # redis-server shows its address as its title
     assert not port_open(port) and not port_open(redis_port)
@@ -121,9 +113,9 @@ def test_up_without_the_secret_exits_2_with_one_line_naming_the_variable(
         tmp_path: Path) -> None:
     variable = "HERD_TEST_SECRET_THAT_IS_NEVER_SET"
     config = write_config(tmp_path, {"Bailey": (free_port(), free_port())}, variable)
-    env = env_with()
+    env = child_env()
     env.pop(variable, None)
-    result = subprocess.run(herd_up(config, tmp_path / "state"), cwd=REPO, env=env,
+    result = subprocess.run(herd_up(config, tmp_path / "state").argv, env=env,
                             capture_output=True, timeout=60)
     lines = result.stderr.decode().strip().splitlines()
     assert result.returncode == 2, result.stderr
@@ -137,35 +129,31 @@ def test_a_second_up_on_the_same_state_dir_is_refused(tmp_path: Path) -> None:
     port, redis_port = free_port(), free_port()
     first = write_config(tmp_path, {"Solo": (port, redis_port)})
     state = tmp_path / "state"
-    proc = subprocess.Popen(herd_up(first, state), cwd=REPO, stdout=subprocess.DEVNULL,
-                            stderr=subprocess.STDOUT, env=env_with(HERD_SECRET="test-secret"))
+    up = herd_up(first, state, tmp_path / "up.out").start()
     try:
         wait_until(partial(port_open, port), timeout=20, what="node Solo")
         other = tmp_path / "other"
         other.mkdir()
         second_ports = (free_port(), free_port())
         second = write_config(other, {"Solo": second_ports})
-        result = subprocess.run(herd_up(second, state), cwd=REPO, env=env_with(HERD_SECRET="test-secret"),
+        result = subprocess.run(herd_up(second, state).argv, env=child_env(HERD_SECRET="test-secret"),
                                 capture_output=True, timeout=60)
         assert result.returncode == 1, result.stderr
         message = result.stderr.decode().strip()
-        assert message == f"herd up: state directory {state} is in use by another herd up (pid {proc.pid})"
+        assert message == f"herd up: state directory {state} is in use by another herd up (pid {up.pid})"
         assert not port_open(second_ports[1]) and not port_open(second_ports[0])
         # Its Redis holds the lock as well, so a herd up killed before its Redis
         # exited leaves no way in for a second one while that Redis writes.
         holders = [fd.parent.parent.name for fd in Path("/proc").glob("[0-9]*/fd/*")
                    if _points_to(fd, state / "herd-up.lock")]
-        assert str(proc.pid) in holders and len(holders) == 2, holders
+        assert str(up.pid) in holders and len(holders) == 2, holders
     finally:
-        proc.send_signal(signal.SIGINT)
-        proc.wait(timeout=60)
-    again = subprocess.Popen(herd_up(first, state), cwd=REPO, stdout=subprocess.DEVNULL,
-                             stderr=subprocess.STDOUT, env=env_with(HERD_SECRET="test-secret"))
+        up.stop(timeout=60, sig=signal.SIGINT)
+    up.start()
     try:  # the lock went with the process
         wait_until(partial(port_open, port), timeout=20, what="node Solo again")
     finally:
-        again.send_signal(signal.SIGINT)
-        again.wait(timeout=60)
+        up.stop(timeout=60, sig=signal.SIGINT)
 
 
 def _points_to(fd: Path, target: Path) -> bool:
@@ -184,7 +172,7 @@ def test_up_refuses_nodes_that_would_share_a_redis_here(tmp_path: Path) -> None:
                       '[nodes.A]\nhost = "10.0.0.11"\nport = 10000\nredis = "redis://127.0.0.1:6400/0"\n'
                       'peers = ["B"]\n[nodes.B]\nhost = "10.0.0.12"\nport = 10000\n'
                       'redis = "redis://127.0.0.1:6400/0"\npeers = []\n')
-    result = subprocess.run(herd_up(config, tmp_path / "state"), cwd=REPO, env=env_with(HERD_SECRET="s"),
+    result = subprocess.run(herd_up(config, tmp_path / "state").argv, env=child_env(HERD_SECRET="s"),
                             capture_output=True, text=True, timeout=60)
     assert result.returncode == 1, result.stderr
     assert result.stderr == ("herd up: nodes A and B would share Redis port 6400, database 0, prefix 'herd:' "
@@ -198,9 +186,9 @@ def test_up_checks_what_serve_checks_before_starting_anything(tmp_path: Path) ->
     text = config.read_text().replace('provider = "offline"',
                                       'provider = "google"\nkey_env = "HERD_TEST_KEY_NEVER_SET"')
     config.write_text(text)
-    env = env_with(HERD_SECRET="test-secret")
+    env = child_env(HERD_SECRET="test-secret")
     env.pop("HERD_TEST_KEY_NEVER_SET", None)
-    result = subprocess.run(herd_up(config, tmp_path / "state"), cwd=REPO, env=env,
+    result = subprocess.run(herd_up(config, tmp_path / "state").argv, env=env,
                             capture_output=True, timeout=60)
     lines = result.stderr.decode().strip().splitlines()
     assert result.returncode == 2, result.stderr
@@ -211,16 +199,16 @@ def test_up_checks_what_serve_checks_before_starting_anything(tmp_path: Path) ->
 
 @needs_loader
 def test_up_refuses_a_redis_port_that_a_running_redis_holds(tmp_path: Path) -> None:
-    redis = RedisServer(tmp_path / "theirs").start()
+    redis = RedisProcess(tmp_path / "theirs").start()
     try:
-        redis.command("SET", "theirs", "kept")
+        redis.call("SET", "theirs", "kept")
         config = write_config(tmp_path, {"Bailey": (free_port(), redis.port)})
-        result = subprocess.run(herd_up(config, tmp_path / "state"), cwd=REPO,
-                                env=env_with(HERD_SECRET="test-secret"),
+        result = subprocess.run(herd_up(config, tmp_path / "state").argv,
+                                env=child_env(HERD_SECRET="test-secret"),
                                 capture_output=True, timeout=60)
         assert result.returncode == 1, result.stderr
         assert f"port {redis.port}" in result.stderr.decode()
-        assert redis.command("GET", "theirs") == b"kept"
+        assert redis.call("GET", "theirs") == b"kept"
     finally:
         redis.stop()
 

@@ -110,7 +110,7 @@ class AcceptedPeer(PeerLineMixin, LineProtocol, TimeoutMixin):
     def _handshake_step(self, line: bytes, words: list[bytes]) -> bytes:
         """Advance the handshake; returns the line to send back (``? <line>``
         for anything that is not the expected next step)."""
-        own, secret = self.factory.own_name, self.factory.secret
+        own, secrets = self.factory.own_name, self.factory.secrets
         if self.factory.tls is not None and not self._tls:
             log.warn("{who} peer handshake refused: TLS is required first", who=self.who)
             return b"? " + line
@@ -125,13 +125,13 @@ class AcceptedPeer(PeerLineMixin, LineProtocol, TimeoutMixin):
             if listener == own and self.node.links.is_neighbour(dialler) and handshake.is_nonce(nonce_d):
                 nonce_l = handshake.new_nonce()
                 self._handshake = (dialler, nonce_d, nonce_l)
-                mac_l = handshake.mac(secret, b"listener", dialler, own, nonce_d, nonce_l)
-                return b"%s %s %s" % (handshake.CHALLENGE, nonce_l, mac_l)
+                macs = (handshake.mac(secret, b"listener", dialler, own, nonce_d, nonce_l)
+                        for secret in secrets)
+                return b" ".join((handshake.CHALLENGE, nonce_l, *macs))
         elif words[0] == handshake.AUTH and len(words) == 2 and self._handshake is not None:
             dialler, nonce_d, nonce_l = self._handshake
             self._handshake = None
-            expected = handshake.mac(secret, b"dialler", dialler, own, nonce_d, nonce_l)
-            if handshake.verify(expected, words[1]):
+            if handshake.secret_behind(secrets, words[1:], b"dialler", dialler, own, nonce_d, nonce_l):
                 self._become_peer(dialler)
                 return handshake.OK
         log.warn("{who} peer handshake refused: {line}", who=self.who, line=logs.loggable(words[0][:80]))
@@ -153,11 +153,11 @@ class AcceptedPeerFactory(Factory):
     protocol = AcceptedPeer  # type: ignore[assignment]
     noisy = False
 
-    def __init__(self, node: PeerMessageHandler, own_name: bytes, secret: bytes,
+    def __init__(self, node: PeerMessageHandler, own_name: bytes, secrets: tuple[bytes, ...],
                  peer_tls: PeerTls | None = None):
         self.node = node
         self.own_name = own_name
-        self.secret = secret
+        self.secrets = secrets  # the current one, then the previous one during a rotation
         self.tls = peer_tls
         self.max_connections = CONNECTIONS_PER_NEIGHBOUR * len(node.links.neighbours) + SPARE_CONNECTIONS
         self.connections: set[AcceptedPeer] = set()

@@ -52,13 +52,13 @@ class DialledPeer(PeerLineMixin, LineProtocol):
 
     max_line = PEER_MAX_LINE
 
-    def __init__(self, node: PeerMessageHandler, own: bytes, peer: bytes, secret: bytes, clock: IReactorTime,
-                 failures: list[int], tls_options: Any = None):
+    def __init__(self, node: PeerMessageHandler, own: bytes, peer: bytes, secrets: tuple[bytes, ...],
+                 clock: IReactorTime, failures: list[int], tls_options: Any = None):
         self.node = node
         self._tls_options = tls_options
         self._own = own
         self._peer = peer
-        self._secret = secret
+        self._secrets = secrets
         self._nonce = handshake.new_nonce()
         self._failures = failures  # consecutive failed handshakes, shared by one peer's dialler
         self._clock = clock
@@ -112,7 +112,7 @@ class DialledPeer(PeerLineMixin, LineProtocol):
             log.info("{who} peer link upgraded to TLS", who=self.who)
             self._hello()
             return
-        if words[:1] == [handshake.CHALLENGE] and len(words) == 3 and self._answer_challenge(*words[1:]):
+        if words[:1] == [handshake.CHALLENGE] and len(words) in (3, 4) and self._answer_challenge(words):
             return
         if words == [handshake.OK] and self._sent_auth:
             if self._timer is not None and self._timer.active():
@@ -126,11 +126,14 @@ class DialledPeer(PeerLineMixin, LineProtocol):
     _sent_auth = False
     _in_tls = False
 
-    def _answer_challenge(self, nonce_l: bytes, mac_l: bytes) -> bool:
-        expected = handshake.mac(self._secret, b"listener", self._own, self._peer, self._nonce, nonce_l)
-        if not handshake.verify(expected, mac_l):
+    def _answer_challenge(self, words: list[bytes]) -> bool:
+        """Answer with the secret (of ours) behind one of the listener's MACs."""
+        nonce_l, macs = words[1], words[2:]
+        secret = handshake.secret_behind(self._secrets, macs, b"listener", self._own, self._peer,
+                                         self._nonce, nonce_l)
+        if secret is None:
             return False
-        mac_d = handshake.mac(self._secret, b"dialler", self._own, self._peer, self._nonce, nonce_l)
+        mac_d = handshake.mac(secret, b"dialler", self._own, self._peer, self._nonce, nonce_l)
         self.send_line(b"%s %s" % (handshake.AUTH, mac_d))
         self._sent_auth = True
         return True
@@ -158,12 +161,12 @@ class _DialledPeerFactory(Factory):
 
 
 def dial_service(reactor: Any, node: PeerMessageHandler, own: bytes, peer: bytes, host: str, port: int,
-                 secret: bytes, tls_options: Any = None) -> ClientService:
+                 secrets: tuple[bytes, ...], tls_options: Any = None) -> ClientService:
     """A ClientService that keeps a connection to ``peer`` up, redialling with
     jittered exponential backoff forever; a refused handshake backs off inside
     DialledPeer (see there)."""
     endpoint = HostnameEndpoint(reactor, host, port, timeout=CONNECT_TIMEOUT)
     failures = [0]
     factory = _DialledPeerFactory(
-        lambda: DialledPeer(node, own, peer, secret, reactor, failures, tls_options))
+        lambda: DialledPeer(node, own, peer, secrets, reactor, failures, tls_options))
     return ClientService(endpoint, factory, retryPolicy=PEER_RETRY)

@@ -88,7 +88,26 @@ class PeerLinks:
     def is_neighbour(self, name: bytes) -> bool:
         return name in self.neighbours
 
+    def set_neighbours(self, neighbours: Iterable[bytes]) -> None:
+        """A config reload changed the neighbours: new ones may link from now
+        on; the links to dropped ones close."""
+        self.neighbours = frozenset(neighbours)
+        for name in self.neighbours - self._open.keys():
+            self._open[name] = []
+        for name in list(self._open.keys() - self.neighbours):
+            for conn in self._open[name]:
+                conn.transport.loseConnection()
+            if not self._open[name]:
+                del self._open[name]  # (else once its last connection is removed)
+
+    def _forget_if_dropped(self, name: bytes) -> None:
+        if name not in self.neighbours and not self._open.get(name):
+            self._open.pop(name, None)
+
     def add(self, name: bytes, conn: PeerConnection, how: str) -> None:
+        if name not in self.neighbours:  # dropped by a reload while it authenticated
+            conn.transport.loseConnection()
+            return
         conns = self._open[name]
         conns.append(conn)
         log.info("peer {peer} link up ({how}; {n} open connection(s))",
@@ -108,6 +127,7 @@ class PeerLinks:
             del self._cursor[name]
         for callback in self.on_connection_lost:
             callback(name, conn, conns[0] if conns else None)
+        self._forget_if_dropped(name)
 
     def up(self) -> list[bytes]:
         """Names of peers with at least one open authenticated connection."""

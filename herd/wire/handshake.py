@@ -3,9 +3,15 @@
 The dialling node D opens a connection to the listening node L:
 
     D -> L   HERD-HELLO <D> <L> <nonce_d> <protocol>
-    L -> D   HERD-CHALLENGE <nonce_l> <mac_l>     mac_l = mac(secret, "listener", D, L, nonce_d, nonce_l)
-    D -> L   HERD-AUTH <mac_d>                    mac_d = mac(secret, "dialler", D, L, nonce_d, nonce_l)
+    L -> D   HERD-CHALLENGE <nonce_l> <mac_l> [<mac_l'>]
+    D -> L   HERD-AUTH <mac_d>
+
+    mac_l = mac(secret, "listener", D, L, nonce_d, nonce_l)
+    mac_d = mac(secret, "dialler", D, L, nonce_d, nonce_l)
     L -> D   HERD-OK
+
+During a secret rotation the listener adds mac_l' made with its previous
+secret; the dialler answers with whichever of its secrets matched.
 
 (docs/PEER-PROTOCOL.md, "Handshake", gives the MAC's exact input.)
 
@@ -58,3 +64,15 @@ def mac(secret: bytes, role: bytes, dialler: bytes, listener: bytes, nonce_d: by
 def verify(expected: bytes, given: bytes) -> bool:
     """Constant-time comparison of two MACs."""
     return hmac.compare_digest(expected, given)
+
+
+def secret_behind(secrets: tuple[bytes, ...], given: list[bytes], role: bytes, dialler: bytes,
+                  listener: bytes, nonce_d: bytes, nonce_l: bytes) -> bytes | None:
+    """The first of ``secrets`` that made one of the ``given`` MACs for
+    ``role``, or None. A node holds its current secret and, during a
+    rotation, the previous one (docs/OPERATIONS.md, "Rotating the secret")."""
+    for secret in secrets:
+        expected = mac(secret, role, dialler, listener, nonce_d, nonce_l)
+        if any(verify(expected, candidate) for candidate in given):
+            return secret
+    return None
