@@ -92,13 +92,14 @@ class HerdConfig:
     admin_token_env: str | None = None  # env var holding the admin token (client data); None: off
 
     def admin_token(self) -> bytes | None:
-        """The admin token from the environment variable ``admin_token_env``, or
-        None (client data off) when no variable is named or it is unset, empty
-        or blank. The value is never logged."""
+        """The admin token from the environment variable ``admin_token_env``
+        without surrounding white space (a newline read from a file), or None
+        (client data off) when no variable is named or it is unset, empty or
+        blank. The value is never logged."""
         if self.admin_token_env is None:
             return None
-        value = os.environ.get(self.admin_token_env, "")
-        return value.encode() if value.strip() else None
+        value = os.environ.get(self.admin_token_env, "").strip()
+        return value.encode() if value else None
 
     def neighbours(self, name: str) -> tuple[str, ...]:
         """Nodes linked to ``name``: links are undirected, so a node is linked to

@@ -17,6 +17,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Histo
 from twisted.web.resource import Resource
 from twisted.web.server import Site
 
+from config.schema import HerdConfig
 from herd.node import Node
 from herd.peer.links import PeerLinks
 from herd.stats import REDIS_BUCKETS
@@ -26,6 +27,7 @@ from storage.store import RedisStore
 class NodeService(Protocol):
     """What the admin endpoint reads of a running node (herd.service.NodeService)."""
 
+    config: HerdConfig
     node: Node
     store: RedisStore
     links: PeerLinks
@@ -111,6 +113,9 @@ def admin_site(service: NodeService) -> Site:
     root = Resource()
     root.putChild(b"metrics", _Metrics(registry))
     root.putChild(b"healthz", _Health(service))
+    from herd.web import mount_web  # the page's code loads only with an admin endpoint
+
+    mount_web(root, service.config, service.node.name.decode(), service.store)
     site = Site(root)
     site.noisy = False
     return site

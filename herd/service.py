@@ -87,6 +87,7 @@ class NodeService(MultiService):
                  activation: str | None = None):
         super().__init__()
         self._reactor = reactor
+        self.config = config
         me = config.nodes[name]
         self.address = (me.host, me.port)
         self._peer_port = me.peer_port

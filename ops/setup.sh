@@ -52,6 +52,12 @@ if ! command -v systemd-socket-activate >/dev/null 2>&1 || ! command -v systemd-
   apt_install systemd
 fi
 
+# The admin web page is tested in a real, headless browser (tests/test_web.py):
+# Debian's chromium with its matching chromedriver.
+if ! command -v chromium >/dev/null 2>&1 || ! command -v chromedriver >/dev/null 2>&1; then
+  apt_install chromium chromium-driver
+fi
+
 if ! command -v python3 >/dev/null 2>&1; then
   apt_install python3 python3-venv
 fi

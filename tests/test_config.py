@@ -529,7 +529,7 @@ def test_admin_token_from_the_named_variable(tmp_path: Path, monkeypatch: pytest
         else:
             monkeypatch.setenv("MY_ADMIN_TOKEN", unset)
         assert named.admin_token() is None
-    monkeypatch.setenv("MY_ADMIN_TOKEN", "s3cret token")
+    monkeypatch.setenv("MY_ADMIN_TOKEN", "s3cret token\n")
     assert named.admin_token() == b"s3cret token"
 
 

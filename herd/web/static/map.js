@@ -1,0 +1,156 @@
+// The world map: Natural Earth outlines in the Equal Earth projection, and
+// this node's clients on it, grouped into one marker per screen cell.
+import { svg, short } from './util.js';
+
+export const WIDTH = 1000;
+const PAD = 4;
+const CELL_PX = 18; // clients closer than this on screen share one marker
+const DOT_PX = 3.2; // radius of a single client's dot
+const MAX_LIST = 8; // client ids listed in a marker's tooltip
+
+// Equal Earth (Šavrič, Patterson, Jenny 2018), forward formulas.
+const A1 = 1.340264;
+const A2 = -0.081106;
+const A3 = 0.000893;
+const A4 = 0.003796;
+const M = Math.sqrt(3) / 2;
+const RAD = Math.PI / 180;
+
+function equalEarth(lon, lat) {
+  const theta = Math.asin(M * Math.sin(lat * RAD));
+  const t2 = theta * theta;
+  const t6 = t2 * t2 * t2;
+  const x = (lon * RAD * Math.cos(theta)) / (M * (A1 + 3 * A2 * t2 + t6 * (7 * A3 + 9 * A4 * t2)));
+  const y = theta * (A1 + A2 * t2 + t6 * (A3 + A4 * t2));
+  return [x, y];
+}
+
+const X_MAX = equalEarth(180, 0)[0];
+const Y_MAX = equalEarth(0, 90)[1];
+const SCALE = (WIDTH - 2 * PAD) / (2 * X_MAX);
+export const HEIGHT = Math.ceil(2 * Y_MAX * SCALE + 2 * PAD);
+
+/** [x, y] in the map's SVG units of a longitude and latitude in degrees. */
+export function project(lon, lat) {
+  const [x, y] = equalEarth(lon, lat);
+  return [WIDTH / 2 + x * SCALE, HEIGHT / 2 - y * SCALE];
+}
+
+/** SVG path data of a line through [lon, lat] points (closed when `close`). */
+function pathOf(points, close) {
+  let d = '';
+  for (const [lon, lat] of points) {
+    const [x, y] = project(lon, lat);
+    d += `${d ? 'L' : 'M'}${x.toFixed(1)},${y.toFixed(1)}`;
+  }
+  return close ? `${d}Z` : d;
+}
+
+/** [lon, lat] pairs of a flat array of integers in `unit` degrees. */
+function pairs(flat, unit) {
+  const out = [];
+  for (let i = 0; i < flat.length; i += 2) out.push([flat[i] * unit, flat[i + 1] * unit]);
+  return out;
+}
+
+function range(from, to, step) {
+  const out = [];
+  for (let v = from; v <= to + 1e-9; v += step) out.push(v);
+  return out;
+}
+
+function graticule() {
+  const lines = [];
+  for (const lon of range(-150, 150, 30)) lines.push(range(-90, 90, 3).map((lat) => [lon, lat]));
+  for (const lat of range(-60, 60, 30)) lines.push(range(-180, 180, 3).map((lon) => [lon, lat]));
+  return lines.map((line) => pathOf(line, false)).join('');
+}
+
+function outline() {
+  const east = range(-90, 90, 2).map((lat) => [180, lat]);
+  const west = range(-90, 90, 2).reverse().map((lat) => [-180, lat]);
+  return pathOf([...east, ...west], true);
+}
+
+export class WorldMap {
+  /** `target`: the <svg> to draw into. */
+  constructor(target) {
+    this.svg = target;
+    this.svg.setAttribute('viewBox', `0 0 ${WIDTH} ${HEIGHT}`);
+    this.base = svg('g');
+    this.markers = svg('g', { class: 'markers' });
+    this.svg.replaceChildren(svg('path', { class: 'sphere', d: outline() }), this.base, this.markers);
+    this.points = [];
+    this.total = 0;
+    new ResizeObserver(() => this.redraw()).observe(this.svg);
+  }
+
+  /** Draw the land, its borders and a graticule from world.json (see ops/web/build_map.py). */
+  async load(url) {
+    const response = await fetch(url);
+    if (!response.ok) throw new Error(`${url}: HTTP ${response.status}`);
+    const world = await response.json();
+    const land = world.land.map((ring) => pathOf(pairs(ring, world.unit), true)).join('');
+    const borders = world.borders.map((line) => pathOf(pairs(line, world.unit), false)).join('');
+    this.base.replaceChildren(
+      svg('path', { class: 'graticule', d: graticule() }),
+      svg('path', { class: 'land', d: land }),
+      svg('path', { class: 'borders', d: borders }),
+    );
+  }
+
+  /** Show `points` ([[lat, lon, id], ...], a sample of `total` clients). */
+  show(points, total) {
+    this.points = points.map(([lat, lon, id]) => ({ lat, lon, id, xy: project(lon, lat) }));
+    this.total = total;
+    this.redraw();
+  }
+
+  clear() {
+    this.show([], 0);
+  }
+
+  /** Group the points by screen cell (the cell size follows the drawn width) and draw one marker per cell. */
+  redraw() {
+    const width = this.svg.getBoundingClientRect().width || WIDTH;
+    const perPx = WIDTH / width; // SVG units per screen pixel
+    const cell = CELL_PX * perPx;
+    const groups = new Map();
+    for (const point of this.points) {
+      const key = `${Math.floor(point.xy[0] / cell)}:${Math.floor(point.xy[1] / cell)}`;
+      const group = groups.get(key);
+      if (group) group.push(point);
+      else groups.set(key, [point]);
+    }
+    const scale = this.points.length ? this.total / this.points.length : 1;
+    const markers = [];
+    for (const group of groups.values()) markers.push(this.marker(group, scale, perPx));
+    this.markers.replaceChildren(...markers);
+    this.svg.dataset.points = String(this.points.length);
+    this.svg.dataset.markers = String(markers.length);
+    this.svg.dataset.total = String(this.total);
+  }
+
+  marker(group, scale, perPx) {
+    const n = group.length;
+    const x = group.reduce((s, p) => s + p.xy[0], 0) / n;
+    const y = group.reduce((s, p) => s + p.xy[1], 0) / n;
+    const ids = group.slice(0, MAX_LIST).map((p) => p.id).join(', ');
+    if (n === 1) {
+      const [p] = group;
+      return svg('circle', {
+        class: 'client', cx: x.toFixed(2), cy: y.toFixed(2), r: (DOT_PX * perPx).toFixed(2),
+        'data-count': 1, 'data-id': p.id, 'data-lat': p.lat, 'data-lon': p.lon,
+      }, svg('title', {}, `${p.id} (${p.lat.toFixed(4)}, ${p.lon.toFixed(4)})`));
+    }
+    const clients = Math.round(n * scale);
+    const label = scale > 1 ? `≈${short(clients)}` : short(clients);
+    const rPx = Math.min(7 + 3.2 * Math.log2(n), 26);
+    const more = n > MAX_LIST ? ', …' : '';
+    return svg('g', { class: 'group', 'data-count': n },
+      svg('title', {}, `${label} clients here${scale > 1 ? ` (${n} in the sample)` : ''}: ${ids}${more}`),
+      svg('circle', { class: 'cluster', cx: x.toFixed(2), cy: y.toFixed(2), r: (rPx * perPx).toFixed(2),
+        'stroke-width': (1.3 * perPx).toFixed(2) }),
+      svg('text', { class: 'count', x: x.toFixed(2), y: y.toFixed(2), 'font-size': (10.5 * perPx).toFixed(2) }, label));
+  }
+}
