@@ -6,7 +6,8 @@ node never imports this. Output, all coordinates as integers in tenths of a
 degree (0.1 deg is about a third of a pixel on a 1366-pixel-wide world map)::
 
     {"unit": 0.1,
-     "land": [[lon, lat, lon, lat, ...], ...],     closed rings, holes included
+     "land": [[lon, lat, lon, lat, ...], ...],     closed rings, holes included;
+                                                   longitudes may pass +-180 (see unwrap)
      "borders": [[lon, lat, ...], ...]}            land borders between countries
 
 Usage: python3 build_map.py WORLD_ATLAS_DIR OUTPUT_JSON
@@ -50,6 +51,26 @@ def polygons(geometry: dict[str, Any]) -> list[list[list[int]]]:
     return []
 
 
+def unwrap(ring: list[tuple[float, float]]) -> list[tuple[float, float]]:
+    """A closed ring without jumps across the antimeridian: each longitude
+    within 180 degrees of the one before (so some go past +-180; the page
+    draws such a ring again 360 degrees over, clipped to the map). A ring
+    that goes round a pole (Antarctica) ends 360 degrees from where it began,
+    and is closed over that pole."""
+    out = [ring[0]]
+    for lon, lat in ring[1:]:
+        before = out[-1][0]
+        while lon - before > 180:
+            lon -= 360
+        while lon - before < -180:
+            lon += 360
+        out.append((lon, lat))
+    if abs(out[-1][0] - out[0][0]) > 180:
+        pole = 90.0 if sum(lat for _, lat in out) > 0 else -90.0
+        out += [(out[-1][0], pole), (out[0][0], pole), out[0]]
+    return out
+
+
 def quantize(points: list[tuple[float, float]]) -> list[int]:
     """Flat [lon, lat, ...] in UNITs, without consecutive repeats."""
     out: list[int] = []
@@ -70,7 +91,7 @@ def land_rings(topology: dict[str, Any]) -> list[list[int]]:
                 for index in ring:
                     part = arc_points(arcs, index)
                     points.extend(part if not points else part[1:])
-                flat = quantize(points)
+                flat = quantize(unwrap(points))
                 if len(flat) >= 8:  # at least a triangle (closed: 4 points)
                     rings.append(flat)
     return rings

@@ -10,6 +10,7 @@ const TOKEN_KEY = 'herd-admin-token'; // sessionStorage: gone when the tab close
 const STALE_AFTER_S = 60; // a last update older than this is shown in amber
 
 const $ = (id) => document.getElementById(id);
+const clientsOf = (n) => `${count(n)} client${n === 1 ? '' : 's'}`;
 
 const page = {
   topology: null, // /topology.json
@@ -92,8 +93,9 @@ function view() {
   };
 }
 
-function figure(term, value, cls) {
-  return [html('dt', {}, term), html('dd', { class: cls }, value)];
+function figure(label, value, cls) {
+  return html('div', { class: cls ? `fig ${cls}` : 'fig' },
+    html('span', { class: 'label' }, label), html('span', { class: 'value' }, value));
 }
 
 function card(name, state) {
@@ -103,6 +105,7 @@ function card(name, state) {
   const head = html('header', {},
     html('span', { class: 'name', title: name }, name),
     here ? html('span', { class: 'badge' }, 'this node') : '',
+    s ? html('span', { class: 'version', title: `herd version ${s.version}` }, `v${s.version}`) : '',
     html('span', { class: 'state' }, { up: 'UP', warn: 'UP', down: 'DOWN', unknown: '…' }[state]));
   const box = html('article', { class: here ? 'card here' : 'card', 'data-node': name, 'data-state': state }, head);
   if (!s) {
@@ -114,15 +117,14 @@ function card(name, state) {
   const links = Object.values(s.links || {});
   const up = links.filter((l) => l.state === 'up').length;
   const redisUp = s.redis && s.redis.state === 'up';
-  box.append(html('dl', {},
-    ...figure('clients', count(s.clients)),
-    ...figure('requests', rate(s.rate)),
-    ...figure('last update', age === null ? 'never' : `${duration(age)} ago`,
+  box.append(html('div', { class: 'figs' },
+    figure('clients', count(s.clients)),
+    figure('requests', rate(s.rate)),
+    figure('last update', age === null ? 'never' : `${duration(age)} ago`,
       age !== null && age > STALE_AFTER_S ? 'old' : undefined),
-    ...figure('Redis', redisUp ? 'up' : 'DOWN', redisUp ? undefined : 'bad'),
-    ...figure('links up', `${up} of ${links.length}`, up < links.length ? 'bad' : undefined),
-    ...figure('uptime', duration(s.clock - s.started)),
-    ...figure('version', s.version)));
+    figure('Redis', redisUp ? 'up' : 'DOWN', redisUp ? undefined : 'bad'),
+    figure('links up', `${up} of ${links.length}`, up < links.length ? 'bad' : undefined),
+    figure('uptime', duration(s.clock - s.started))));
   return box;
 }
 
@@ -141,10 +143,16 @@ function summarize(v) {
     html('span', { class: linksUp === v.links.length ? 'good' : 'bad' }, `${linksUp} of ${v.links.length} links up`),
   ];
   if (up > 1) {
-    const agree = digests.size === 1 && up === v.nodes.length;
-    parts.push(' · ', agree
-      ? html('span', { class: 'good' }, `all hold the same ${count([...clients][0])} clients`)
-      : html('span', { class: digests.size > 1 ? 'bad' : '' }, digests.size > 1 ? 'nodes differ (catching up?)' : 'agreement unknown'));
+    const who = up === v.nodes.length ? 'all' : `the ${up} answering`;
+    let agreement;
+    if (digests.size === 1 && clients.size === 1) {
+      agreement = html('span', { class: 'good' }, `${who} hold the same ${clientsOf([...clients][0])}`);
+    } else if (digests.size > 1) {
+      agreement = html('span', { class: 'bad' }, 'nodes hold different clients (catching up?)');
+    } else {
+      agreement = html('span', {}, 'agreement unknown (Redis down)');
+    }
+    parts.push(' · ', agreement);
   }
   $('summary').replaceChildren(...parts);
 }
@@ -192,8 +200,8 @@ async function pollClients() {
     page.map.show(data.points, data.total);
     mapMessage(data.total ? '' : 'This node holds no clients yet.');
     $('map-caption').textContent = data.shown < data.total
-      ? `${count(data.total)} clients; a sample of ${count(data.shown)} drawn, grouped where they are close (numbers scaled to all clients).`
-      : `${count(data.total)} clients, all drawn; those close together share one marker.`;
+      ? `${clientsOf(data.total)}; a sample of ${count(data.shown)} drawn, grouped where they are close (numbers scaled to all clients).`
+      : `${clientsOf(data.total)}, all drawn; those close together share one marker.`;
   } catch (err) {
     if (err.status === 401) {
       sessionStorage.removeItem(TOKEN_KEY);

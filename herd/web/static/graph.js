@@ -1,16 +1,18 @@
 // The topology graph: nodes on a circle, each link drawn in its state.
 import { svg } from './util.js';
 
-const WIDTH = 420;
-const HEIGHT = 330;
+const WIDTH = 480;
+const HEIGHT = 340;
 const NODE_R = 20;
+const TOP = 64; // room for the labels above the upper nodes
+const BOTTOM = 44; // ... and below the lower ones
 
 /** Where each node sits: evenly on a circle, the first at the top, in config order. */
 function layout(names) {
   const places = new Map();
   const cx = WIDTH / 2;
-  const cy = HEIGHT / 2 - 8;
-  const r = names.length <= 1 ? 0 : Math.min(WIDTH, HEIGHT) / 2 - 52;
+  const cy = (TOP + HEIGHT - BOTTOM) / 2;
+  const r = names.length <= 1 ? 0 : (HEIGHT - BOTTOM - TOP) / 2;
   names.forEach((name, i) => {
     const angle = -Math.PI / 2 + (2 * Math.PI * i) / names.length;
     places.set(name, [cx + r * Math.cos(angle), cy + r * Math.sin(angle)]);
@@ -18,9 +20,24 @@ function layout(names) {
   return places;
 }
 
-/** Label under a node, or above it for nodes in the upper half (away from the links). */
-function labelOffset(y) {
-  return y < HEIGHT / 2 - 20 ? -NODE_R - 22 : NODE_R + 18;
+/**
+ * Where a node's label goes: outside the circle, so no link (a chord) crosses
+ * it: above the top nodes, below the bottom ones, beside the others.
+ * Returns [dx, dy, text-anchor] of the name; the state goes one line under.
+ */
+function labelPlace(x, y) {
+  const cx = WIDTH / 2;
+  const cy = (TOP + HEIGHT - BOTTOM) / 2;
+  const angle = Math.atan2(y - cy, x - cx);
+  if (Math.abs(Math.cos(angle)) < 0.5 || (x === cx && y === cy)) {
+    return y < cy ? [0, -NODE_R - 28, 'middle'] : [0, NODE_R + 18, 'middle'];
+  }
+  return Math.cos(angle) > 0 ? [NODE_R + 10, -2, 'start'] : [-NODE_R - 10, -2, 'end'];
+}
+
+/** A name cut to fit a label (the whole name is in the tooltip). */
+function fit(name) {
+  return name.length > 14 ? `${name.slice(0, 13)}…` : name;
 }
 
 const GLYPH = { up: '✓', warn: '!', down: '✕', unknown: '?' };
@@ -43,15 +60,15 @@ export function drawGraph(target, view) {
   const nodes = view.nodes.map(({ name, state }) => {
     const [x, y] = places.get(name);
     const here = name === view.here;
-    const dy = labelOffset(y);
+    const [dx, dy, anchor] = labelPlace(x, y);
     const group = svg('g', { class: 'node', 'data-node': name, 'data-state': state, transform: `translate(${x} ${y})` },
       svg('title', {}, `${name}: ${WORD[state]}${here ? ' (this node)' : ''}`));
     if (here) group.append(svg('circle', { class: 'halo', r: NODE_R + 6 }));
     group.append(
       svg('circle', { class: 'body', r: NODE_R }),
       svg('text', { class: 'glyph', y: 1 }, GLYPH[state]),
-      svg('text', { y: dy }, name),
-      svg('text', { class: 'sub', y: dy + 14 }, here ? `${WORD[state]} · this node` : WORD[state]),
+      svg('text', { x: dx, y: dy, 'text-anchor': anchor }, fit(name)),
+      svg('text', { class: 'sub', x: dx, y: dy + 14, 'text-anchor': anchor }, WORD[state]),
     );
     return group;
   });

@@ -4,7 +4,8 @@ import { svg, short } from './util.js';
 
 export const WIDTH = 1000;
 const PAD = 4;
-const CELL_PX = 18; // clients closer than this on screen share one marker
+const MIN_MERGE_PX = 12; // clients closer than this on screen share one marker...
+const MAX_MERGE_PX = 26; // ... up to this on a wide map (width / 40 between)
 const DOT_PX = 3.2; // radius of a single client's dot
 const MAX_LIST = 8; // client ids listed in a marker's tooltip
 
@@ -46,11 +47,29 @@ function pathOf(points, close) {
   return close ? `${d}Z` : d;
 }
 
-/** [lon, lat] pairs of a flat array of integers in `unit` degrees. */
-function pairs(flat, unit) {
+/** [lon, lat] pairs of a flat array of integers in `unit` degrees, `shift` degrees east. */
+function pairs(flat, unit, shift = 0) {
   const out = [];
-  for (let i = 0; i < flat.length; i += 2) out.push([flat[i] * unit, flat[i + 1] * unit]);
+  for (let i = 0; i < flat.length; i += 2) out.push([flat[i] * unit + shift, flat[i + 1] * unit]);
   return out;
+}
+
+/**
+ * Path data of a land ring. A ring across the antimeridian has longitudes
+ * past +-180 (see ops/web/build_map.py): it is drawn again 360 degrees over,
+ * and the map is clipped to its outline, so each side shows its part.
+ */
+function ringPath(ring, unit) {
+  let lowest = Infinity;
+  let highest = -Infinity;
+  for (let i = 0; i < ring.length; i += 2) {
+    lowest = Math.min(lowest, ring[i] * unit);
+    highest = Math.max(highest, ring[i] * unit);
+  }
+  let d = pathOf(pairs(ring, unit), true);
+  if (highest > 180) d += pathOf(pairs(ring, unit, -360), true);
+  if (lowest < -180) d += pathOf(pairs(ring, unit, 360), true);
+  return d;
 }
 
 function range(from, to, step) {
@@ -77,9 +96,11 @@ export class WorldMap {
   constructor(target) {
     this.svg = target;
     this.svg.setAttribute('viewBox', `0 0 ${WIDTH} ${HEIGHT}`);
-    this.base = svg('g');
+    this.base = svg('g', { 'clip-path': 'url(#map-clip)' });
     this.markers = svg('g', { class: 'markers' });
-    this.svg.replaceChildren(svg('path', { class: 'sphere', d: outline() }), this.base, this.markers);
+    const clip = svg('clipPath', { id: 'map-clip' }, svg('path', { d: outline() }));
+    this.svg.replaceChildren(svg('defs', {}, clip), svg('path', { class: 'sphere', d: outline() }), this.base,
+      this.markers);
     this.points = [];
     this.total = 0;
     new ResizeObserver(() => this.redraw()).observe(this.svg);
@@ -90,7 +111,7 @@ export class WorldMap {
     const response = await fetch(url);
     if (!response.ok) throw new Error(`${url}: HTTP ${response.status}`);
     const world = await response.json();
-    const land = world.land.map((ring) => pathOf(pairs(ring, world.unit), true)).join('');
+    const land = world.land.map((ring) => ringPath(ring, world.unit)).join('');
     const borders = world.borders.map((line) => pathOf(pairs(line, world.unit), false)).join('');
     this.base.replaceChildren(
       svg('path', { class: 'graticule', d: graticule() }),
@@ -101,56 +122,90 @@ export class WorldMap {
 
   /** Show `points` ([[lat, lon, id], ...], a sample of `total` clients). */
   show(points, total) {
+    const started = performance.now();
     this.points = points.map(([lat, lon, id]) => ({ lat, lon, id, xy: project(lon, lat) }));
     this.total = total;
     this.redraw();
+    this.svg.dataset.drawMs = (performance.now() - started).toFixed(1);
   }
 
   clear() {
     this.show([], 0);
   }
 
-  /** Group the points by screen cell (the cell size follows the drawn width) and draw one marker per cell. */
+  /**
+   * Group the points into markers: each point joins the first marker whose
+   * seed lies within `merge` screen pixels, else seeds a new one (found through
+   * a grid of merge-sized cells, so O(points)). Markers' seeds are thus at
+   * least `merge` pixels apart and their circles, at most merge/2 across
+   * the radius, do not cover each other. The merge distance follows the drawn
+   * width, so a phone gets fewer, smaller markers.
+   */
   redraw() {
     const width = this.svg.getBoundingClientRect().width || WIDTH;
     const perPx = WIDTH / width; // SVG units per screen pixel
-    const cell = CELL_PX * perPx;
-    const groups = new Map();
+    const mergePx = Math.max(MIN_MERGE_PX, Math.min(MAX_MERGE_PX, width / 40));
+    const merge = mergePx * perPx;
+    const cells = new Map();
+    const groups = [];
     for (const point of this.points) {
-      const key = `${Math.floor(point.xy[0] / cell)}:${Math.floor(point.xy[1] / cell)}`;
-      const group = groups.get(key);
-      if (group) group.push(point);
-      else groups.set(key, [point]);
+      const [x, y] = point.xy;
+      const cx = Math.floor(x / merge);
+      const cy = Math.floor(y / merge);
+      let home = null;
+      for (let dx = -1; dx <= 1 && !home; dx += 1) {
+        for (let dy = -1; dy <= 1 && !home; dy += 1) {
+          for (const group of cells.get(`${cx + dx}:${cy + dy}`) || []) {
+            if ((group.x - x) ** 2 + (group.y - y) ** 2 <= merge * merge) {
+              home = group;
+              break;
+            }
+          }
+        }
+      }
+      if (home) {
+        home.points.push(point);
+      } else {
+        const group = { x, y, points: [point] };
+        groups.push(group);
+        const key = `${cx}:${cy}`;
+        if (cells.has(key)) cells.get(key).push(group);
+        else cells.set(key, [group]);
+      }
     }
     const scale = this.points.length ? this.total / this.points.length : 1;
-    const markers = [];
-    for (const group of groups.values()) markers.push(this.marker(group, scale, perPx));
+    const markers = groups.map((group) => this.marker(group.points, scale, perPx, mergePx));
     this.markers.replaceChildren(...markers);
     this.svg.dataset.points = String(this.points.length);
     this.svg.dataset.markers = String(markers.length);
     this.svg.dataset.total = String(this.total);
   }
 
-  marker(group, scale, perPx) {
+  marker(group, scale, perPx, mergePx) {
     const n = group.length;
-    const x = group.reduce((s, p) => s + p.xy[0], 0) / n;
-    const y = group.reduce((s, p) => s + p.xy[1], 0) / n;
-    const ids = group.slice(0, MAX_LIST).map((p) => p.id).join(', ');
     if (n === 1) {
       const [p] = group;
       return svg('circle', {
-        class: 'client', cx: x.toFixed(2), cy: y.toFixed(2), r: (DOT_PX * perPx).toFixed(2),
+        class: 'client', cx: p.xy[0].toFixed(2), cy: p.xy[1].toFixed(2), r: (DOT_PX * perPx).toFixed(2),
         'data-count': 1, 'data-id': p.id, 'data-lat': p.lat, 'data-lon': p.lon,
       }, svg('title', {}, `${p.id} (${p.lat.toFixed(4)}, ${p.lon.toFixed(4)})`));
     }
+    const x = group.reduce((s, p) => s + p.xy[0], 0) / n;
+    const y = group.reduce((s, p) => s + p.xy[1], 0) / n;
     const clients = Math.round(n * scale);
-    const label = scale > 1 ? `≈${short(clients)}` : short(clients);
-    const rPx = Math.min(7 + 3.2 * Math.log2(n), 26);
-    const more = n > MAX_LIST ? ', …' : '';
-    return svg('g', { class: 'group', 'data-count': n },
-      svg('title', {}, `${label} clients here${scale > 1 ? ` (${n} in the sample)` : ''}: ${ids}${more}`),
+    const label = short(clients);
+    const rPx = Math.min(4 + 2.2 * Math.log2(n), mergePx / 2 + 1);
+    const ids = group.slice(0, MAX_LIST).map((p) => p.id).join(', ') + (n > MAX_LIST ? ', …' : '');
+    const sampled = scale > 1 ? ` (about; ${n} in the sample)` : '';
+    const marker = svg('g', { class: 'group', 'data-count': n },
+      svg('title', {}, `${label} clients here${sampled}: ${ids}`),
       svg('circle', { class: 'cluster', cx: x.toFixed(2), cy: y.toFixed(2), r: (rPx * perPx).toFixed(2),
-        'stroke-width': (1.3 * perPx).toFixed(2) }),
-      svg('text', { class: 'count', x: x.toFixed(2), y: y.toFixed(2), 'font-size': (10.5 * perPx).toFixed(2) }, label));
+        'stroke-width': (1.2 * perPx).toFixed(2) }));
+    const fontPx = Math.min(10.5, (2 * rPx - 2) / Math.max(1.6, label.length * 0.62));
+    if (fontPx >= 7) {
+      marker.append(svg('text', { class: 'count', x: x.toFixed(2), y: y.toFixed(2),
+        'font-size': (fontPx * perPx).toFixed(2) }, label));
+    }
+    return marker;
   }
 }
