@@ -502,15 +502,6 @@ def _machines(nodes: dict[str, NodeConfig]) -> dict[str, str]:
     return machines
 
 
-def redis_on_other_machines(config: HerdConfig) -> dict[str, str]:
-    """Nodes whose Redis URL is a loopback (or wildcard) address of a machine
-    the config does not put here: node name -> that node's host. Tools that
-    read every node's Redis (check, status) reach those only on that host."""
-    machines = _machines(config.nodes)
-    return {name: node.host for name, node in sorted(config.nodes.items())
-            if machines[name] != "local" and _machine(node.redis.host) == "local"}
-
-
 _WHAT = {"port": "client port", "peer_port": "peer port", "admin": "admin endpoint"}
 
 

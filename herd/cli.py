@@ -70,8 +70,15 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
     client.add_argument("--timeout", type=float, default=10.0,
                         help="seconds to wait for more replies before giving up (default 10)")
 
-    check = sub.add_parser("check", help="do all nodes hold the same state? (exit 0 if so)")
+    check = sub.add_parser(
+        "check", help="do all nodes hold the same state? (exit 0 if so)",
+        description="Read every node's /status on its admin endpoint over HTTP (no Redis, no "
+        "secret) and compare their state digests. Digests change while updates flow: while the "
+        "nodes disagree, check reads them again (up to 3 reads, 0.5 s apart) and reports the last. "
+        "Exit 0 when every node answers, its Redis is up and all digests are equal; 1 otherwise; "
+        "2 on a usage or configuration error.")
     check.add_argument("--config", metavar="FILE", help=CONFIG_HELP)
+    _survey_arguments(check)
 
     places = sub.add_parser("places", help="manage the offline places data set")
     places_sub = places.add_subparsers(dest="places_command", required=True, metavar="ACTION")
@@ -93,10 +100,35 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
 
         add_chaos_arguments(chaos)
 
-    status = sub.add_parser("status", help="live view of nodes, links, counts and agreement")
+    status = sub.add_parser(
+        "status", help="live view of nodes, links, counts and agreement",
+        description="Every second, read every node's /status on its admin endpoint over HTTP (no "
+        "Redis, no secret) and show each node as it reports itself, until Ctrl-C.")
     status.add_argument("--config", metavar="FILE", help=CONFIG_HELP)
-    status.add_argument("--once", action="store_true", help="print one frame and exit 0")
+    status.add_argument("--once", action="store_true",
+                        help="print one frame and exit: 0 when every node is up (reachable, its "
+                        "Redis up) and they agree, else 1")
+    _survey_arguments(status)
     return parser
+
+
+def _survey_arguments(parser: argparse.ArgumentParser) -> None:
+    """Options shared by ``herd status`` and ``herd check``."""
+    parser.add_argument("--json", action="store_true",
+                        help="print one JSON document (nodes, agree, ok) instead of text; "
+                        "for status, one frame")
+    parser.add_argument("--timeout", type=_positive_seconds, default=2.0, metavar="SECONDS",
+                        help="how long each node has to answer (default 2)")
+
+
+def _positive_seconds(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number of seconds: {text!r}") from None
+    if not 0 < value < float("inf"):
+        raise argparse.ArgumentTypeError(f"must be more than 0 seconds: {text!r}")
+    return value
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -149,7 +181,7 @@ def _dispatch(args: argparse.Namespace) -> int:
     if args.command == "check":
         from herd.tools.check import run_check
 
-        return run_check(args.config)
+        return run_check(args.config, args.json, args.timeout)
     if args.command == "places":
         from herd.places.offline import run_places_load
 
@@ -165,5 +197,5 @@ def _dispatch(args: argparse.Namespace) -> int:
     if args.command == "status":
         from herd.tools.status import run_status
 
-        return run_status(args.config, args.once)
+        return run_status(args.config, args.once, args.json, args.timeout)
     raise AssertionError(args.command)

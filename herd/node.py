@@ -216,6 +216,8 @@ class Node:
                 forwarded: frozenset[bytes] | None) -> StoreResult:
         if result.stored and result.position is not None:
             self.stats.stored()
+            if origin.peer is not None:
+                self.stats.flood_in += 1
             self.links.flood(record, result.position, result.previous, origin.peer, forwarded or frozenset(),
                              source_has_it=not origin.unconfirmed)
             if origin.unconfirmed and origin.peer is not None:
@@ -358,7 +360,6 @@ class Node:
                 if ahead <= PEER_CLOCK_RETRY_NS:
                     self.reconciler.record_lost(peer, conn)
                 return
-        self.stats.flood_in += 1
         d = self._accept(record, peer, step, unconfirmed)
         d.addCallbacks(self._peer_stored, self._update_lost,
                        callbackArgs=(peer, conn, step is not None), errbackArgs=(record, peer, conn))

@@ -8,6 +8,7 @@ before Redis is reached wait for it, up to the Redis timeout).
 
 from __future__ import annotations
 
+import contextlib
 import gc
 import ipaddress
 import os
@@ -50,6 +51,36 @@ READY_WITHOUT_REDIS_MAX = 10.0
 LISTEN_BACKLOG = 1024  # bursts of connects queue in the kernel instead of timing out
 
 
+class ListenFailed(Exception):
+    """A configured port could not be opened; the message is one line naming
+    what was to listen there, the address and the reason."""
+
+
+class Listener(StreamServerEndpointService):
+    """Listens as it starts, synchronously, and raises :class:`ListenFailed`
+    when it cannot: a node that cannot open a configured port exits (SPEC
+    section 7) instead of running on without it."""
+
+    def __init__(self, endpoint: Any, factory: Any, what: str, address: str):
+        super().__init__(endpoint, factory)
+        self._raiseSynchronously = True
+        self.what = what
+        self.address = address
+
+    def privilegedStartService(self) -> None:
+        try:
+            super().privilegedStartService()
+        except CannotListenError as err:
+            reason = getattr(err.socketError, "strerror", None) or err.socketError
+            raise ListenFailed(f"cannot listen for {self.what} on {self.address}: {reason}") from None
+
+
+def host_port(host: str, port: int) -> str:
+    """``host:port`` as messages and the admin endpoint show it (an IPv6
+    literal in brackets)."""
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
 def listen_description(host: str, port: int) -> str:
     """Endpoint string for a node's listening socket: the configured address
     when it is an IP literal, every interface when it is a host name."""
@@ -87,7 +118,6 @@ class NodeService(MultiService):
                  activation: str | None = None):
         super().__init__()
         self._reactor = reactor
-        self.config = config
         me = config.nodes[name]
         self.address = (me.host, me.port)
         self._peer_port = me.peer_port
@@ -109,19 +139,22 @@ class NodeService(MultiService):
             self.node, config.max_line_bytes, config.max_future_seconds * 1_000_000_000, time.time_ns,
             Limits(config.max_connections, config.idle_timeout, config.max_outstanding))
         # A socket passed by systemd (socket activation) replaces host:port.
-        self.listener = self._listen(activation or listen_description(me.host, me.port), self.factory)
+        description = activation or listen_description(me.host, me.port)
+        self.listener = self._listen(description, self.factory, "clients", host_port(me.host, me.port))
         self.peer_factory = AcceptedPeerFactory(self.node, name.encode(), secrets, peer_tls)
-        self._listen(listen_description(me.host, me.peer_port), self.peer_factory)
+        self._listen(listen_description(me.host, me.peer_port), self.peer_factory, "peers",
+                     host_port(me.host, me.peer_port))
         self._config, self._secrets, self._peer_tls = config, secrets, peer_tls
         self._dialers: dict[str, tuple[tuple[str, int], Any]] = {}  # peer -> (its address, its dialler)
         self._dial(config)
         if me.admin is not None:
-            from herd.admin import admin_site
+            from herd.admin import Addresses, admin_site
 
-            admin = serverFromString(reactor, listen_description(*me.admin))
-            StreamServerEndpointService(admin, admin_site(self)).setServiceParent(self)
+            addresses = Addresses(host_port(me.host, me.port), host_port(me.host, me.peer_port),
+                                  host_port(*me.admin), host_port(me.redis.host, me.redis.port))
+            self._listen(listen_description(*me.admin), admin_site(self, addresses, reactor),
+                         "the admin endpoint", addresses.admin)
         self._status = LoopingCall(self._publish_status)
-        self._last_total = 0
         self._watchdog = LoopingCall(systemd.notify, "WATCHDOG=1")
         self._log_moved = LoopingCall(self.links.send_log_moved)
         self._heartbeat = LoopingCall(lambda: self.links.beat(self.node.paused_peers))
@@ -167,17 +200,22 @@ class NodeService(MultiService):
                  peers=", ".join(sorted(new)) or "none", added=", ".join(sorted(new - old)) or "none",
                  removed=", ".join(sorted(old - new)) or "none")
 
-    def _listen(self, description: str, factory: Any) -> StreamServerEndpointService:
-        """Listen at ``description`` when the service starts; a port that cannot
-        be opened raises CannotListenError from startService."""
-        listener = StreamServerEndpointService(serverFromString(self._reactor, description), factory)
-        listener._raiseSynchronously = True
+    @property
+    def config(self) -> HerdConfig:
+        """The herd's config as this node runs it now (``reload`` replaces it)."""
+        return self._config
+
+    def _listen(self, description: str, factory: Any, what: str, address: str) -> Listener:
+        """Listen at ``description`` for ``what`` when the service starts; a
+        port that cannot be opened raises ListenFailed from startService."""
+        listener = Listener(serverFromString(self._reactor, description), factory, what, address)
         listener.setServiceParent(self)
         return listener
 
     def startService(self) -> None:
-        super().startService()  # listens at once; raises CannotListenError
+        super().startService()  # listens at once; raises ListenFailed
         self.store.on_connected.append(self._redis_reached)
+        self.store.on_connected.append(self._recall_last_update)
         self._ready_anyway = self._reactor.callLater(self._ready_without_redis, self._redis_not_reached)
         self.store.start()
         self.node.load_latest()
@@ -217,17 +255,29 @@ class NodeService(MultiService):
             log.warn("told systemd READY=1 without Redis after {s:g} s: {status}",
                      s=self._ready_without_redis, status=status)
 
+    def _recall_last_update(self) -> None:
+        """Once Redis serves: the last update time an earlier run published in
+        ``<prefix>status``, so that its age survives a restart."""
+        d = self.store.call("hget", self.store.keys.status, b"last_update")
+        d.addCallbacks(self._recalled, lambda _: None)  # failed: tried again on the next connection
+
+    def _recalled(self, value: bytes | None) -> None:
+        if self._recall_last_update in self.store.on_connected:
+            self.store.on_connected.remove(self._recall_last_update)
+        with contextlib.suppress(TypeError, ValueError):  # none, or not a number: never mind
+            self.node.stats.recall_last_update(float(value))  # type: ignore[arg-type]
+
     def _publish_status(self) -> None:
         """Write this node's live figures to ``<prefix>status`` for ``herd status``."""
         stats = self.node.stats
-        total = stats.total_requests
-        rate, self._last_total = (total - self._last_total) / STATUS_INTERVAL, total
+        stats.tick(STATUS_INTERVAL)
         fields = {
-            b"rate": f"{rate:.1f}",
+            b"rate": f"{stats.rate:.1f}",
             b"node": self.node.name, b"pid": os.getpid(), b"started": f"{stats.started:.3f}",
             b"updated": f"{time.time():.3f}", b"requests": stats.total_requests,
             b"links_up": b",".join(self.links.up()), b"neighbours": b",".join(sorted(self.links.neighbours)),
-            b"flood_in": stats.flood_in, b"flood_out": self.links.flooded,
+            b"flood_in": stats.flood_in, b"flood_duplicate": stats.flood_duplicate,
+            b"flood_out": self.links.flooded,
             b"syncs": self.node.reconciler.runs,
         }
         if stats.last_update:  # else Redis keeps the last one of an earlier run
@@ -308,9 +358,8 @@ def serve(name: str, config_path: str, log_format: str | None, activation: str |
     service = NodeService(config, name, reactor, config.secrets(), activation)
     try:
         service.startService()
-    except CannotListenError as err:
-        print(f"herd: {name}: cannot listen on {err.interface or '*'}:{err.port}: {err.socketError}",
-              file=sys.stderr)
+    except ListenFailed as err:
+        print(f"herd: {name}: {err}", file=sys.stderr)
         return 1
     reactor.addSystemEventTrigger("before", "shutdown", service.stopService)
     signal.signal(signal.SIGHUP, lambda *_: reactor.callFromThread(  # type: ignore[attr-defined]

@@ -1,5 +1,5 @@
 """What a node counts about itself. Plain integers on the hot path; exported
-at scrape time (herd/admin.py) and published to Redis for ``herd status``."""
+at scrape time (herd/admin/) and published to Redis for ``herd status``."""
 
 from __future__ import annotations
 
@@ -16,11 +16,16 @@ REDIS_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0
 class Stats:
     started: float = field(default_factory=time.time)
     requests: Counter[tuple[str, str]] = field(default_factory=Counter)  # (command, outcome)
-    flood_in: int = 0  # updates received from peers
-    flood_duplicate: int = 0  # ... of which not newer than what was held
+    # Updates from peers (flooded, or in SYNC answers), disjoint: newer than
+    # what was held (stored here), or not (nothing stored). One whose storing
+    # failed counts in neither (reconciliation brings it again).
+    flood_in: int = 0
+    flood_duplicate: int = 0
     places_calls: int = 0
     places_failures: int = 0
-    last_update: float = 0.0  # wall time of the last update stored
+    last_update: float = 0.0  # wall time of the last update stored (0: none known)
+    rate: float = 0.0  # client requests per second over the last tick
+    _ticked_total: int = field(default=0, init=False, repr=False)
     redis_buckets: list[int] = field(default_factory=lambda: [0] * (len(REDIS_BUCKETS) + 1))
     redis_sum: float = 0.0
 
@@ -33,6 +38,18 @@ class Stats:
 
     def stored(self) -> None:
         self.last_update = time.time()
+
+    def recall_last_update(self, when: float) -> None:
+        """Take ``when`` (from an earlier run) as the last update, unless this
+        run has stored one since."""
+        if not self.last_update:
+            self.last_update = when
+
+    def tick(self, interval: float) -> None:
+        """Called every ``interval`` seconds: ``rate`` becomes the requests
+        per second since the previous tick."""
+        total = self.total_requests
+        self.rate, self._ticked_total = (total - self._ticked_total) / interval, total
 
     @property
     def total_requests(self) -> int:

@@ -41,7 +41,6 @@ LOG_SINCE = _lua("log_since.lua")
 LOG_HEAD = _lua("log_head.lua")
 SCAN_RECORDS = _lua("scan_records.lua")
 SCAN_TIMES = _lua("scan_times.lua")
-SCAN_STATE = _lua("scan_state.lua")
 GEO_SAMPLE = _lua("geo_sample.lua")
 SAMPLE_BLOCK = 4  # consecutive GEO members per block of a sample (see geo_sample.lua)
 LOG_MAX_ENTRIES = 1_000_000  # approximate bound of the update log (a few tens of MB)
@@ -86,7 +85,14 @@ def set_no_delay(transport: Any) -> None:
 _Pending = tuple[list[bytes], Deferred[StoreResult], int]
 
 
-ClientState = tuple[bytes, bytes, bytes]  # client id, AT line, its other fields and GEO score
+EMPTY_DIGEST = b"0000000000000000"  # the digest of no clients
+
+
+class Summary(NamedTuple):
+    """What the summary hash says of the clients held (see Keys.summary)."""
+
+    clients: int
+    digest: bytes  # 16 hex digits; EMPTY_DIGEST when no client is held
 
 
 class PositionSample(NamedTuple):
@@ -379,14 +385,6 @@ class RedisStore:
         d = self._call("eval", SCAN_RECORDS, [], [cursor, self.keys.client_pattern, str(count).encode()])
         return d.addCallback(lambda r: (r[0], r[1:]))
 
-    def scan_state(self, cursor: bytes, count: int) -> Deferred[tuple[bytes, list[ClientState]]]:
-        """One SCAN step over all clients: (next cursor, [(client id, AT line,
-        every hash field and the GEO score)]); done at cursor b"0"."""
-        prefix_length = str(len(self.keys.client(b""))).encode()
-        args = [cursor, self.keys.client_pattern, str(count).encode(), prefix_length]
-        d = self._call("eval", SCAN_STATE, [self.keys.geo], args)
-        return d.addCallback(lambda r: (r[0], list(zip(r[1::3], r[2::3], r[3::3], strict=True))))
-
     def scan_times(self, cursor: bytes, count: int) -> Deferred[tuple[bytes, list[tuple[bytes, bytes]]]]:
         """One SCAN step over all clients: (next cursor, [(client id, client-time)]);
         done at cursor b"0"."""
@@ -404,6 +402,12 @@ class RedisStore:
         args = [str(count).encode(), str(SAMPLE_BLOCK).encode()]
         d = self._call("eval", GEO_SAMPLE, [self.keys.geo], args)
         return d.addCallback(_position_sample)
+
+    def summary(self) -> Deferred[Summary]:
+        """The count and digest of the clients held, from the summary hash the
+        store batches keep (one HMGET, never a SCAN)."""
+        d = self._call("hmget", self.keys.summary, [b"clients", b"digest"])
+        return d.addCallback(lambda r: Summary(int(r[0] or 0), r[1] or EMPTY_DIGEST))
 
     def peer_offset(self, peer: bytes) -> Deferred[Position | None]:
         """How far this node has applied ``peer``'s log, if known."""

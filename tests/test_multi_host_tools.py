@@ -1,33 +1,33 @@
 """herd check and herd status on a multi-host config (docs/OPERATIONS.md):
-every node's Redis at redis://127.0.0.1:6400/0 on its own host. From one
-machine those URLs all reach the local Redis; the tools must not read it once
-per node and call the herd in agreement."""
+every node's Redis at redis://127.0.0.1:6400/0 on its own host. The tools
+read each node's /status at its admin address over HTTP and never a Redis,
+so the local Redis those URLs reach from here cannot pass for the herd's."""
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 from pathlib import Path
 
-import pytest
 from harness import REPO, RedisProcess
 
-from config.loader import load_config, redis_on_other_machines
-from herd.tools.check import is_this_machine, unreachable_here
+from config.loader import load_config
+from herd.tools.survey import status_url
 
 # TEST-NET-3 (RFC 5737): documentation addresses no machine here has.
 ELSEWHERE = ("203.0.113.11", "203.0.113.12")
 
 
-def multi_host_config(tmp_path: Path, redis_port: int, hosts: tuple[str, str] = ELSEWHERE,
-                      b_redis_port: int | None = None) -> Path:
+def multi_host_config(tmp_path: Path, redis_port: int, admin_b: str | None = None) -> Path:
     path = tmp_path / "herd.toml"
     path.write_text(
         '[herd]\nsecret_env = "HERD_SECRET"\n\n[places]\nprovider = "offline"\n'
-        f'\n[nodes.A]\nhost = "{hosts[0]}"\nport = 10000\nredis = "redis://127.0.0.1:{redis_port}/0"\n'
+        f'\n[nodes.A]\nhost = "{ELSEWHERE[0]}"\nport = 10000\nredis = "redis://127.0.0.1:{redis_port}/0"\n'
         'peers = ["B"]\n'
-        f'\n[nodes.B]\nhost = "{hosts[1]}"\nport = 10000\n'
-        f'redis = "redis://127.0.0.1:{b_redis_port or redis_port}/0"\npeers = ["A"]\n')
+        f'\n[nodes.B]\nhost = "{ELSEWHERE[1]}"\nport = 10000\n'
+        f'redis = "redis://127.0.0.1:{redis_port}/0"\npeers = ["A"]\n'
+        + (f'admin = "{admin_b}"\n' if admin_b else ""))
     return path
 
 
@@ -36,44 +36,34 @@ def herd(*args: str) -> subprocess.CompletedProcess[str]:
                           timeout=60)
 
 
-def test_loopback_redis_of_nodes_on_other_hosts_is_theirs(tmp_path: Path) -> None:
-    config = load_config(multi_host_config(tmp_path, 6400))
-    assert redis_on_other_machines(config) == {"A": ELSEWHERE[0], "B": ELSEWHERE[1]}
-    assert set(unreachable_here(config)) == {"A", "B"}
-    assert "loopback of its host 203.0.113.11, not of this machine" in unreachable_here(config)["A"]
-    assert redis_on_other_machines(load_config(REPO / "config" / "herd.toml")) == {}  # all here
-    tunnels = load_config(multi_host_config(tmp_path, 16401, b_redis_port=16402))
-    assert unreachable_here(tunnels) == {}  # a loopback port per node: an SSH tunnel each, read here
+def connections(redis: RedisProcess) -> int:
+    """Connections the Redis accepted since it started (each command() is one)."""
+    info = redis.call("INFO", "stats")
+    assert isinstance(info, bytes)
+    return int(info.split(b"total_connections_received:")[1].split(b"\r\n")[0])
 
 
-def test_a_host_of_this_machine_can_read_its_own_redis(tmp_path: Path) -> None:
-    assert is_this_machine("127.0.0.1") and is_this_machine("localhost")
-    assert not is_this_machine(ELSEWHERE[0])
-    assert not is_this_machine("no-such-host.invalid")
-    here = next((a for a in subprocess.run(["hostname", "-I"], capture_output=True, text=True).stdout.split()
-                 if ":" not in a), None)
-    if here is None:
-        pytest.skip("this machine has no non-loopback IPv4 address")
-    config = load_config(multi_host_config(tmp_path, 6400, (here, ELSEWHERE[1])))
-    assert set(unreachable_here(config)) == {"B"}  # A runs here: its loopback Redis is this one
+def test_each_node_is_asked_at_its_own_admin_address(tmp_path: Path) -> None:
+    config = load_config(multi_host_config(tmp_path, 6400, admin_b="0.0.0.0:9100"))
+    assert status_url(config.nodes["A"]) == f"http://{ELSEWHERE[0]}:30000/status"  # the default port
+    assert status_url(config.nodes["B"]) == f"http://{ELSEWHERE[1]}:9100/status"  # wildcard: its host
 
 
-def test_check_and_status_do_not_read_this_machines_redis_as_other_hosts(tmp_path: Path) -> None:
+def test_check_and_status_never_read_this_machines_redis_for_other_hosts(tmp_path: Path) -> None:
     redis = RedisProcess(tmp_path / "redis").start()  # what 127.0.0.1:<port> reaches from here
     try:
+        redis.call("HSET", "herd:summary", "clients", "7", "digest", "00a1b2c3d4e5f607")
+        before = connections(redis)
         path = str(multi_host_config(tmp_path, redis.port))
-        check = herd("check", "--config", path)
+        check = herd("check", "--config", path, "--timeout", "0.5")
         assert check.returncode == 1, check.stdout + check.stderr
-        assert "agree: all nodes" not in check.stdout
-        assert "A: unreadable (its Redis 127.0.0.1:" in check.stdout
-        assert "B: unreadable (its Redis 127.0.0.1:" in check.stdout
-        status = herd("status", "--config", path, "--once")
-        assert status.returncode == 0, status.stderr
-        assert "loopback of its host 203.0.113.12, not of this machine" in status.stdout
-        rows = {row.split()[0]: row.split()[2] for row in status.stdout.splitlines()
-                if row[:2] in ("A ", "B ")}
-        assert rows == {"A": "REMOTE", "B": "REMOTE"}, status.stdout
-        assert "links: A-B ?" in status.stdout
-        assert "agreement: unknown (2 node(s) unreadable)" in status.stdout
+        assert check.stdout.splitlines()[-1] == "PROBLEM: unreachable: A, B"
+        assert f"(http://{ELSEWHERE[0]}:30000/status: " in check.stdout
+        status = herd("status", "--config", path, "--once", "--json", "--timeout", "0.5")
+        assert status.returncode == 1, status.stderr
+        nodes = json.loads(status.stdout)["nodes"]
+        assert {n: (v["state"], v["status"]) for n, v in nodes.items()} == {
+            "A": ("UNREACHABLE", None), "B": ("UNREACHABLE", None)}
+        assert connections(redis) == before + 1  # this count's own connection, none of the tools'
     finally:
         redis.kill()

@@ -1,59 +1,301 @@
-"""herd status: one frame over a real herd, and the pure renderer."""
+"""herd status: the pure renderer and verdicts, the survey against real HTTP
+servers on loopback standing in for nodes (one silent, one refusing), and
+``herd status --once [--json]`` as a subprocess."""
 
 from __future__ import annotations
 
+import json
+import os
+import shutil
+import signal
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
+import pytest
 from cluster import Herd, talk
+from fake_nodes import DIGEST, FakeNode, SilentNode, refused_port, status_doc, write_config
 from harness import REPO, wait_until
+from twisted.internet import reactor as global_reactor
+from twisted.trial import unittest
 
 from config.loader import load_config
-from herd.tools.status import NodeView, agreement, render
+from config.schema import NodeConfig, RedisAddress
+from herd.tools.status import render
+from herd.tools.survey import (
+    NodeReport,
+    StatusError,
+    Surveyor,
+    agreement,
+    document,
+    is_ok,
+    read_status,
+    status_url,
+)
+
+reactor: Any = global_reactor
+FIVE = load_config(REPO / "config" / "herd.toml")  # Bailey Bona Campbell Clark Jaquez
+NOW = 1733440000.0
 
 
-def status_once(herd: Herd) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "herd", "status", "--config", str(herd.config), "--once"],
-        cwd=REPO,
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
+def up(name: str, digest: str | None = DIGEST, clients: int | None = 12, skew: float = 0.0,
+       **kw: Any) -> NodeReport:
+    doc = status_doc(name, clients, digest, **kw)
+    doc["clock"], doc["last_update"] = NOW + skew, NOW + skew - 1.5
+    return NodeReport(name, doc, None, skew)
 
 
-def test_status_once_shows_nodes_links_and_agreement(tmp_path: Path) -> None:
-    herd = Herd(tmp_path, {"A": ["B"], "B": ["C"], "C": []}).start()
+def row(frame: str, name: str) -> str:
+    return next(r for r in frame.splitlines() if r.startswith(f"{name} "))
+
+
+def herd_cli(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "herd", *args], cwd=REPO, capture_output=True,
+                          text=True, timeout=60, env=env)
+
+
+# -- pure -------------------------------------------------------------------
+
+
+def test_a_row_is_the_nodes_own_view_and_skew_never_makes_it_down() -> None:
+    reports = [up(n, links={"Bona": "up", "Campbell": "down"}, skew=120.0) if n == "Bailey" else up(n)
+               for n in sorted(FIVE.nodes)]
+    frame = render(FIVE, reports, NOW)
+    bailey = row(frame, "Bailey")
+    assert bailey.split()[:5] == ["Bailey", "up", "0.2.0", "12", DIGEST[:8]], bailey
+    assert " 12.0 " in bailey and "1.5s ago" in bailey  # age by the node's own clock, skew aside
+    assert "+120.00s" in bailey and bailey.endswith("Bona+ Campbell-")
+    assert row(frame, "Clark").endswith("Bona? Jaquez?")  # links the node did not report: unknown
+    assert f"agreement: all 5 nodes hold the same 12 clients (digest {DIGEST})" in frame
+    assert is_ok(reports)
+
+
+def test_no_redis_and_unreachable_rows() -> None:
+    reports = [up(n) for n in sorted(FIVE.nodes)]
+    reports[1] = up("Bona", digest=None, clients=None, redis="down")
+    reports[2] = NodeReport("Campbell", None, "http://127.0.0.1:30002/status: connection refused")
+    frame = render(FIVE, reports, NOW)
+    assert row(frame, "Bona").split()[:5] == ["Bona", "NO", "REDIS", "0.2.0", "-"]
+    campbell = row(frame, "Campbell")
+    assert campbell.split()[1] == "UNREACHABLE" and campbell.endswith("Bailey? Bona? Jaquez?")
+    assert "           http://127.0.0.1:30002/status: connection refused" in frame
+    assert frame.endswith("agreement: the 3 node(s) with a readable digest hold the same 12 clients "
+                          f"(digest {DIGEST}); unknown for Bona, Campbell")
+    assert agreement(reports).agree and not is_ok(reports)
+
+
+def test_nodes_that_differ_are_named_by_group() -> None:
+    reports = [up("Bailey"), up("Bona", digest="ffff000011112222", clients=11), up("Clark")]
+    found = agreement(reports)
+    assert not found.agree and not is_ok(reports)
+    assert found.describe() == (f"NODES DIFFER (Bailey, Clark: 12 clients (digest {DIGEST}); "
+                                "Bona: 11 clients (digest ffff000011112222))")
+    assert agreement([up("A", clients=1), up("B", clients=2)]).agree is False  # same digest, counts differ
+    assert agreement([NodeReport("A", None, "x")]).describe() == "unknown (no node's digest could be read)"
+
+
+def test_last_update_never_and_unknown() -> None:
+    never = up("Bailey")
+    never.status["last_update"] = None
+    assert "never" in row(render(FIVE, [never], NOW), "Bailey")
+    silent = up("Bailey")
+    del silent.status["last_update"]
+    assert never.update_age() is None and silent.update_age() is None
+
+
+def test_json_document() -> None:
+    reports = [up("Bailey"), NodeReport("Bona", None, "refused")]
+    doc = json.loads(json.dumps(document(reports)))
+    assert doc["agree"] is True and doc["ok"] is False
+    assert doc["nodes"]["Bona"] == {"state": "UNREACHABLE", "error": "refused", "status": None, "skew": None}
+    assert doc["nodes"]["Bailey"]["state"] == "up" and doc["nodes"]["Bailey"]["status"]["node"] == "Bailey"
+
+
+def test_read_status_refuses_what_it_cannot_use() -> None:
+    good = status_doc("Bailey", extra_field={"added": "later"})
+    assert read_status(json.dumps(good).encode(), "Bailey") == good
+    for body, reason in [
+        (b"<html>", "not JSON"),
+        (b"[1, 2]", "not a JSON object"),
+        (json.dumps(status_doc("Bona")).encode(), "answered as node 'Bona', not 'Bailey'"),
+        (json.dumps({**good, "clock": "soon"}).encode(), "no clock"),
+        (json.dumps(good).replace(str(good["clock"]), "NaN").encode(), "no clock"),
+        (json.dumps({**good, "redis": "up"}).encode(), "no redis.state"),
+        (json.dumps({**good, "clients": "12"}).encode(), "clients has the wrong type (str)"),
+        (json.dumps({**good, "clients": True}).encode(), "clients has the wrong type (bool)"),
+        (json.dumps({**good, "links": []}).encode(), "links has the wrong type"),
+    ]:
+        with pytest.raises(StatusError, match=reason.replace("(", r"\(").replace(")", r"\)")):
+            read_status(body, "Bailey")
+    minimal = {"node": "Bailey", "clock": 1.0, "redis": {"state": "up"}}
+    report = NodeReport("Bailey", read_status(json.dumps(minimal).encode(), "Bailey"))
+    assert (report.state, report.digest, report.link_mark("Bona")) == ("up", None, "?")
+    assert not is_ok([report])  # no digest: agreement cannot be shown
+
+
+def test_status_url() -> None:
+    def node(host: str, admin: tuple[str, int] | None) -> NodeConfig:
+        return NodeConfig("A", host, 10000, RedisAddress("redis://127.0.0.1:6400/0", "127.0.0.1", 6400),
+                          admin=admin)
+
+    assert status_url(node("10.0.0.11", ("10.0.0.11", 30000))) == "http://10.0.0.11:30000/status"
+    assert status_url(node("10.0.0.11", ("0.0.0.0", 9100))) == "http://10.0.0.11:9100/status"
+    assert status_url(node("fd00::1", ("::", 9100))) == "http://[fd00::1]:9100/status"
+    assert status_url(node("10.0.0.11", None)) is None
+
+
+# -- the survey against real HTTP servers ------------------------------------
+
+
+class SurveyTest(unittest.TestCase):
+    """Surveyor in this process's reactor against fake nodes on loopback."""
+
+    def setUp(self) -> None:
+        self.good = FakeNode(status_doc("Bailey", links={"Bona": "up"}))
+        self.also = FakeNode(status_doc("Bona", links={"Bailey": "up", "Campbell": "down"}, skew=-30.0))
+        self.silent = [SilentNode(), SilentNode()]
+        self.wrong = FakeNode((404, b"no such page"))
+        for server in (self.good, self.also, self.wrong, *self.silent):
+            self.addCleanup(server.close)
+        self.dir = Path(tempfile.mkdtemp())
+        self.addCleanup(shutil.rmtree, self.dir)
+
+    def test_silent_nodes_time_out_together_and_the_rest_stay_right(self) -> Any:
+        path = write_config(self.dir / "herd.toml", {
+            "Bailey": self.good.port, "Bona": self.also.port, "Campbell": self.silent[0].port,
+            "Clark": self.silent[1].port, "Jaquez": refused_port(), "Kiwi": self.wrong.port,
+            "Lima": None})
+        surveyor = Surveyor(reactor, load_config(path), timeout=1.0)
+        started = time.monotonic()
+
+        def check(reports: list[NodeReport]) -> Any:
+            took = time.monotonic() - started
+            # Both silent nodes waited out at once, not one after the other.
+            self.assertTrue(0.9 <= took < 1.8, took)
+            by = {r.name: r for r in reports}
+            self.assertEqual([r.name for r in reports], sorted(by))
+            self.assertEqual((by["Bailey"].state, by["Bailey"].digest, by["Bailey"].error),
+                             ("up", DIGEST, None))
+            self.assertTrue(abs(by["Bailey"].skew) < 0.5, by["Bailey"].skew)
+            self.assertTrue(abs(by["Bona"].skew + 30.0) < 0.5, by["Bona"].skew)
+            self.assertEqual(by["Bona"].link_mark("Campbell"), "-")
+            for name in ("Campbell", "Clark"):
+                self.assertEqual(by[name].state, "UNREACHABLE")
+                self.assertRegex(by[name].error, r"^http://127\.0\.0\.1:\d+/status: no answer within 1 s$")
+            self.assertTrue(by["Jaquez"].error.endswith(": connection refused"), by["Jaquez"].error)
+            self.assertTrue(by["Kiwi"].error.endswith(": HTTP 404"), by["Kiwi"].error)
+            self.assertIn('admin endpoint off', by["Lima"].error)
+            self.assertTrue(agreement(reports).agree)
+            self.assertFalse(is_ok(reports))
+            return surveyor.close()
+
+        return surveyor.survey().addCallback(check)
+
+    def test_a_kept_connection_serves_the_next_frame(self) -> Any:
+        path = write_config(self.dir / "herd.toml", {"Bailey": self.good.port})
+        surveyor = Surveyor(reactor, load_config(path), timeout=2.0, persistent=True)
+
+        def again(reports: list[NodeReport]) -> Any:
+            self.assertEqual(reports[0].state, "up")
+            return surveyor.survey()
+
+        def check(reports: list[NodeReport]) -> Any:
+            self.assertEqual((reports[0].state, self.good.requests), ("up", 2))
+            return surveyor.close()
+
+        return surveyor.survey().addCallback(again).addCallback(check)
+
+
+# -- the command --------------------------------------------------------------
+
+
+def test_status_once_json_against_fake_nodes(tmp_path: Path) -> None:
+    """No Redis, no secret: the environment holds neither."""
+    nodes = {"Bailey": FakeNode(status_doc("Bailey", links={"Bona": "up", "Clark": "up"})),
+             "Bona": FakeNode(status_doc("Bona", links={"Bailey": "up"})),
+             "Clark": FakeNode(status_doc("Clark", digest=None, clients=None, redis="down"))}
+    silent = SilentNode()
     try:
-        herd.wait_links()
-        talk(herd["A"].port, "IAMAT s1 +1+1 1700000000", "IAMAT s2 +1+1 1700000000")
-        wait_until(lambda: herd["C"].record("s2") != {}, what="flood")
-        wait_until(lambda: "A-B up, B-C up" in status_once(herd).stdout, what="links up in status")
-        result = status_once(herd)
-        assert result.returncode == 0
-        assert "agreement: all 3 nodes hold the same 2 clients" in result.stdout
-        assert "A+ C+" in result.stdout  # B's peers, both linked
-        herd["B"].redis.kill()
-        rows = status_once(herd).stdout.splitlines()
-        b_row = next(row for row in rows if row.startswith("B "))
-        assert " NO REDIS " in b_row and b_row.endswith("A? C?"), rows  # B itself still listens
-        herd["B"].redis.start()
-        herd["C"].kill()
-        wait_until(lambda: "B-C DOWN" in status_once(herd).stdout, timeout=15, what="link down")
-        wait_until(
-            lambda: any(
-                row.startswith("C ") and " DOWN " in row for row in status_once(herd).stdout.splitlines()
-            ),
-            timeout=15,
-            what="C shown down once its status goes stale",
-        )
+        path = write_config(tmp_path / "herd.toml", {
+            **{n: f.port for n, f in nodes.items()}, "Campbell": silent.port, "Jaquez": refused_port()},
+            {"Bailey": ["Bona", "Clark", "Campbell"], "Jaquez": ["Bona"]})
+        env = {k: v for k, v in os.environ.items() if not k.startswith("HERD")}
+        started = time.monotonic()
+        result = herd_cli("status", "--config", str(path), "--once", "--json", "--timeout", "1.5", env=env)
+        assert time.monotonic() - started < 10
+        assert result.returncode == 1, result.stderr
+        doc = json.loads(result.stdout)
+        states = {name: node["state"] for name, node in doc["nodes"].items()}
+        assert states == {"Bailey": "up", "Bona": "up", "Campbell": "UNREACHABLE", "Clark": "NO REDIS",
+                          "Jaquez": "UNREACHABLE"}
+        assert doc["nodes"]["Campbell"]["error"].endswith("no answer within 1.5 s")
+        assert doc["nodes"]["Jaquez"]["error"].endswith("connection refused")
+        assert doc["nodes"]["Bailey"]["status"]["digest"] == DIGEST
+        assert abs(doc["nodes"]["Bailey"]["skew"]) < 1.0
+        assert (doc["agree"], doc["ok"]) == (True, False)
+
+        text = herd_cli("status", "--config", str(path), "--once", "--timeout", "1", env=env)
+        assert text.returncode == 1 and "\x1b" not in text.stdout  # no screen codes into a pipe
+        assert row(text.stdout, "Bailey").endswith("Bona+ Campbell? Clark+")
+        assert row(text.stdout, "Clark").split()[1:3] == ["NO", "REDIS"]
+        assert "unknown for Campbell, Clark, Jaquez" in text.stdout
     finally:
-        herd.stop()
+        for server in (*nodes.values(), silent):
+            server.close()
 
 
-def test_last_update_age_survives_a_restart(tmp_path: Path) -> None:
+def test_status_once_exits_0_when_all_is_well(tmp_path: Path) -> None:
+    nodes = {n: FakeNode(status_doc(n, links={"Bona" if n == "Bailey" else "Bailey": "up"}))
+             for n in ("Bailey", "Bona")}
+    try:
+        path = write_config(tmp_path / "herd.toml", {n: f.port for n, f in nodes.items()},
+                            {"Bailey": ["Bona"]})
+        result = herd_cli("status", "--config", str(path), "--once")
+        assert result.returncode == 0, result.stdout + result.stderr
+        assert row(result.stdout, "Bailey").endswith("Bona+")
+        assert row(result.stdout, "Bona").endswith("Bailey+")
+        assert f"agreement: all 2 nodes hold the same 12 clients (digest {DIGEST})" in result.stdout
+    finally:
+        for server in nodes.values():
+            server.close()
+
+
+def test_live_view_refreshes_until_ctrl_c(tmp_path: Path) -> None:
+    bailey = FakeNode(status_doc("Bailey"), status_doc("Bailey", 13, "ffff000011112222"))
+    try:
+        path = write_config(tmp_path / "herd.toml", {"Bailey": bailey.port})
+        live = subprocess.Popen([sys.executable, "-m", "herd", "status", "--config", str(path)], cwd=REPO,
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                                preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+        try:
+            wait_until(lambda: bailey.requests >= 3, timeout=20, what="three frames")
+        finally:
+            live.send_signal(signal.SIGINT)
+            out, err = live.communicate(timeout=15)
+        assert live.returncode == 0, err
+        frames = out.split("herd status  ")[1:]
+        assert len(frames) >= 3 and "\x1b" not in out  # not a terminal: no screen codes
+        assert row(frames[0], "Bailey").split()[3:5] == ["12", DIGEST[:8]]
+        assert row(frames[-1], "Bailey").split()[3:5] == ["13", "ffff0000"]  # each frame reads again
+        once = herd_cli("status", "--config", str(path), "--json")  # --json: one frame, then exit
+        assert once.returncode == 0 and json.loads(once.stdout)["ok"] is True
+    finally:
+        bailey.close()
+
+
+def test_usage_and_config_errors_exit_2(tmp_path: Path) -> None:
+    for args in (["--timeout", "0"], ["--timeout", "soon"], ["--bogus"]):
+        result = herd_cli("status", "--config", str(REPO / "config" / "herd.toml"), "--once", *args)
+        assert result.returncode == 2, (args, result.stderr)
+    result = herd_cli("status", "--config", str(tmp_path / "missing.toml"), "--once")
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+
+
+def test_last_update_survives_a_restart(tmp_path: Path) -> None:
+    """The node keeps the time of its last stored update across a restart."""
     herd = Herd(tmp_path, {"A": []}).start()
     node = herd["A"]
     try:
@@ -66,47 +308,29 @@ def test_last_update_age_survives_a_restart(tmp_path: Path) -> None:
         wait_until(lambda: node.redis.hgetall("herd:status")[b"started"] != before[b"started"],
                    what="restarted node publishing")
         assert node.redis.hgetall("herd:status")[b"last_update"] == before[b"last_update"]
-        row = next(r for r in status_once(herd).stdout.splitlines() if r.startswith("A "))
-        assert "s ago" in row and "never" not in row, row
     finally:
         herd.stop()
 
 
-def test_render_flags_disagreement_and_unreadable_nodes() -> None:
-    config = load_config(REPO / "config" / "herd.toml")
-    now = time.time()
-    fresh = {b"updated": str(now).encode(), b"links_up": b"Bona", b"rate": b"5.0", b"last_update": b"0"}
-    views = [
-        NodeView(name, "x:1", fresh, {b"clients": b"1", b"digest": b"ab"}) for name in sorted(config.nodes)
-    ]
-    views[1] = NodeView(views[1].name, "x:1", fresh, {b"clients": b"2", b"digest": b"cd"})
-    assert agreement(views, "h.toml") == (
-        "agreement: NODES DIFFER (Bailey, Campbell, Clark, Jaquez: 1 clients (digest ab); "
-        "Bona: 2 clients (digest cd)); herd check --config h.toml lists the clients")
-    views[2] = NodeView(views[2].name, "x:1", {}, {}, "unreachable")
-    frame = render(config, views, now)
-    assert "unknown (1 node(s) unreadable)" in frame and "redis: unreachable" in frame
-    assert "Bailey-Bona up" in frame
-    campbell = next(row for row in frame.splitlines() if row.startswith("Campbell "))
-    assert " DOWN " in campbell and campbell.endswith("Bailey? Bona? Jaquez?")  # links unknown
+def test_status_on_a_real_herd(tmp_path: Path) -> None:
+    """Real nodes, their admin endpoints, a real herd status."""
+    herd = Herd(tmp_path, {"A": ["B"], "B": []}).start()
+    try:
+        herd.wait_links()
+        talk(herd["A"].port, "IAMAT s1 +1+1 1700000000", "IAMAT s2 +1+1 1700000000")
+        wait_until(lambda: herd["B"].record("s2") != {}, what="flood")
 
+        def once() -> subprocess.CompletedProcess[str]:
+            return herd_cli("status", "--config", str(herd.config), "--once")
 
-def test_a_node_whose_redis_cannot_be_read_but_listens_is_no_redis() -> None:
-    """Found by an audit: such a node showed DOWN, its peers '-', while the
-    links line (from its peers' reports) said its links were up."""
-    config = load_config(REPO / "config" / "herd.toml")
-    now = time.time()
-    fresh = {b"updated": str(now).encode(), b"links_up": b"Bona,Campbell", b"last_update": b"0"}
-    views = [NodeView(name, "x:1", fresh, {b"clients": b"1"}) for name in sorted(config.nodes)]
-    views[0] = NodeView("Bailey", "x:1", {}, {}, "has not answered", listening=True)
-    bailey = next(row for row in render(config, views, now).splitlines() if row.startswith("Bailey "))
-    assert " NO REDIS " in bailey and bailey.endswith("Bona? Campbell?")
-
-
-def test_a_node_that_is_down_shows_no_links_up() -> None:
-    config = load_config(REPO / "config" / "herd.toml")
-    now = time.time()
-    stale = {b"updated": str(now - 600).encode(), b"links_up": b"Bona Campbell"}
-    views = [NodeView(name, "x:1", stale, {}) for name in sorted(config.nodes)]
-    bailey = next(row for row in render(config, views, now).splitlines() if row.startswith("Bailey "))
-    assert " DOWN " in bailey and bailey.endswith("Bona- Campbell-")
+        wait_until(lambda: once().returncode == 0, timeout=15, what="status all well")
+        frame = once().stdout
+        assert row(frame, "A").endswith("B+") and "agreement: all 2 nodes hold the same 2 clients" in frame
+        herd["B"].redis.kill()
+        wait_until(lambda: row(once().stdout, "B").split()[1:3] == ["NO", "REDIS"], timeout=15,
+                   what="B without Redis")
+        herd["B"].redis.start()
+        herd["B"].kill()
+        assert row(once().stdout, "B").split()[1] == "UNREACHABLE"
+    finally:
+        herd.stop()

@@ -133,6 +133,7 @@ def test_admin_metrics_health_and_status_hash(tmp_path: Path) -> None:
         assert 'herd_requests_total{command="invalid",outcome="refused"} 1.0' in metrics
         assert "herd_redis_call_seconds_bucket" in metrics and "herd_peer_links_up 0.0" in metrics
         assert "herd_places_calls_total 1.0" in metrics
+        assert "herd_build_info{" in metrics and "herd_clients 1.0" in metrics  # docs/ADMIN-HTTP.md
         health = json.loads(urllib.request.urlopen(f"http://127.0.0.1:{admin}/healthz", timeout=5).read())
         assert health["ok"] is True and health["node"] == "Solo"
         wait_until(

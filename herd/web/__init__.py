@@ -4,11 +4,11 @@ this package: the page needs nothing from the internet), ``/topology.json``
 (the herd as the config draws it) and ``/clients.json`` (a sample of this
 node's clients, only for a request carrying the admin token).
 
-The page itself polls ``/status`` of every node from the browser, so
-``/status`` and ``/topology.json`` (no client data in them) allow any origin;
-``/clients.json`` never does, and its token travels only in the
-``Authorization`` header. herd.admin mounts all of it with :func:`mount_web`,
-importing this module only when the admin endpoint starts.
+The page polls ``/status`` of every node from the browser, so ``/status``
+(herd.admin) and ``/topology.json`` (no client data in them) allow any
+origin; ``/clients.json`` never does, and its token travels only in the
+``Authorization`` header. herd.admin imports this module only when the admin
+endpoint starts.
 """
 
 from __future__ import annotations
@@ -17,6 +17,7 @@ import hashlib
 import hmac
 import ipaddress
 import json
+from collections.abc import Callable
 from importlib import resources
 from typing import Any
 
@@ -51,50 +52,27 @@ PAGE_POLICY = (b"default-src 'self'; connect-src 'self' http: https:; img-src 's
 _WILDCARDS = ("0.0.0.0", "::", "")
 
 
-def mount_web(root: Resource, config: HerdConfig, name: str, store: RedisStore,
-              clock: IReactorTime | None = None) -> None:
-    """Put the page's resources under ``root`` (see :func:`web_resources`) and
-    let any origin read ``root``'s ``status`` child, if it has one by now."""
-    for path, resource in web_resources(config, name, store, clock).items():
-        root.putChild(path, resource)
-    status = root.children.get(b"status")
-    if status is not None:
-        root.putChild(b"status", AnyOrigin(status))
-
-
-def web_resources(config: HerdConfig, name: str, store: RedisStore,
-                  clock: IReactorTime | None = None) -> dict[bytes, Resource]:
-    """The page's resources by child name of the admin root: ``b""`` (the
-    page at ``/``), ``b"static"``, ``b"topology.json"`` and ``b"clients.json"``.
-    All four are one :class:`WebPage` (a leaf that answers by the request's
-    whole path), so an admin resource that dispatches on paths itself can
-    call its ``render`` for every path its ``handles`` instead."""
-    page = WebPage(config, name, store, clock)
-    return {b"": page, b"static": page, b"topology.json": page, b"clients.json": page}
-
-
 class WebPage(Resource):
     """GET (or HEAD) ``/``, ``/static/<file>``, ``/topology.json`` and
-    ``/clients.json`` of node ``name``; 404 for any other path under these,
-    405 for other methods. The admin token is read from the environment
-    when this is made."""
+    ``/clients.json`` of node ``name``: the admin resource calls ``render``
+    for each path this ``handles``; 405 for other methods. ``config`` gives
+    the herd's config as it is now (a reload may change the topology); the
+    admin token is read from the environment once, when this is made."""
 
     isLeaf = True
 
-    def __init__(self, config: HerdConfig, name: str, store: RedisStore, clock: IReactorTime | None = None):
+    def __init__(self, config: Callable[[], HerdConfig], name: str, store: RedisStore, clock: IReactorTime):
         super().__init__()
-        if clock is None:
-            from twisted.internet import reactor as clock  # type: ignore[assignment]
-        token = config.admin_token()
-        if token is None and config.admin_token_env is not None:
+        token = config().admin_token()
+        if token is None and config().admin_token_env is not None:
             log.warn("client data is off on the admin endpoint: environment variable {var} is not set "
-                     "(or empty)", var=config.admin_token_env)
+                     "(or empty)", var=config().admin_token_env)
         files = _static_files()
         self._routes: dict[bytes, Resource] = {
             **{b"/static/" + file_name.encode(): _StaticFile(*file) for file_name, file in files.items()},
             b"/": _StaticFile(*files["index.html"], policy=PAGE_POLICY),
-            b"/topology.json": _Json(topology(config, name, client_data=token is not None), any_origin=True),
-            b"/clients.json": _Clients(token, _Sampler(store, clock)),  # type: ignore[arg-type]
+            b"/topology.json": _Topology(config, name, client_data=token is not None),
+            b"/clients.json": _Clients(token, _Sampler(store, clock)),
         }
 
     def handles(self, path: bytes) -> bool:
@@ -182,39 +160,24 @@ class _StaticFile(Resource):
         return self._body
 
 
-class _Json(Resource):
-    """A fixed JSON document."""
+class _Topology(Resource):
+    """``/topology.json``: :func:`topology` of the config as it is now;
+    readable by any origin (no client data, no secrets)."""
 
     isLeaf = True
 
-    def __init__(self, document: Any, any_origin: bool = False):
+    def __init__(self, config: Callable[[], HerdConfig], name: str, client_data: bool):
         super().__init__()
-        self._body = json.dumps(document).encode()
-        self._any_origin = any_origin
+        self._config = config
+        self._name = name
+        self._client_data = client_data
 
     def render(self, request: Any) -> bytes:
         _security_headers(request)
         request.setHeader(b"Content-Type", b"application/json")
-        if self._any_origin:
-            request.setHeader(b"Access-Control-Allow-Origin", b"*")
-        return self._body
-
-
-class AnyOrigin(Resource):
-    """``resource`` answered with ``Access-Control-Allow-Origin: *``, so pages
-    of other nodes can read it: only for resources without client data."""
-
-    def __init__(self, resource: Resource):
-        super().__init__()
-        self._resource = resource
-        self.isLeaf = resource.isLeaf
-
-    def getChildWithDefault(self, path: bytes, request: Any) -> Any:  # noqa: N802
-        return self._resource.getChildWithDefault(path, request)
-
-    def render(self, request: Any) -> Any:
+        request.setHeader(b"Cache-Control", b"no-cache")
         request.setHeader(b"Access-Control-Allow-Origin", b"*")
-        return self._resource.render(request)
+        return json.dumps(topology(self._config(), self._name, self._client_data)).encode()
 
 
 class _Sampler:
