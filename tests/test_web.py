@@ -26,9 +26,11 @@ from typing import Any
 import pytest
 from cluster import FIVE, Herd, talk
 
+from config.loader import load_config
 from herd.tools.harness import wait_until
 from herd.tools.resp import Resp
 from herd.version import VERSION
+from herd.web import topology
 
 webdriver = pytest.importorskip("selenium.webdriver")
 from selenium.common.exceptions import StaleElementReferenceException  # noqa: E402
@@ -231,6 +233,47 @@ def healthy(url: str) -> bool:
         return False
 
 
+# --- without a herd ----------------------------------------------------------------------
+
+
+def test_topology_names_where_a_browser_reaches_each_node(tmp_path: Path) -> None:
+    config = tmp_path / "herd.toml"
+    config.write_text("""
+[herd]
+[nodes.A]
+host = "10.0.0.1"
+port = 10000
+redis = "redis://127.0.0.1:6400"
+peers = ["B", "C"]
+admin = "0.0.0.0:9100"
+[nodes.B]
+host = "10.0.0.2"
+port = 10000
+redis = "redis://127.0.0.1:6400"
+admin = "[::1]:9100"
+[nodes.C]
+host = "c.example"
+port = 10000
+redis = "redis://127.0.0.1:6400"
+admin = "off"
+[nodes.D]
+host = "d.example"
+port = 10000
+redis = "redis://127.0.0.1:6400"
+peers = ["C"]
+""")
+    assert topology(load_config(config), "B", client_data=False) == {
+        "node": "B",
+        "nodes": [{"name": "A", "admin": "10.0.0.1:9100"},  # a wildcard: the node's host
+                  {"name": "B", "admin": "[::1]:9100"},
+                  {"name": "C", "admin": None},
+                  {"name": "D", "admin": "d.example:30000"}],
+        "links": [["A", "B"], ["A", "C"], ["C", "D"]],
+        "client_data": False,
+        "refresh": REFRESH,
+    }
+
+
 # --- over HTTP ---------------------------------------------------------------------------
 
 
@@ -303,6 +346,13 @@ def test_clients_json_only_with_the_token(tmp_path: Path) -> None:
         assert points.keys() == PLACES.keys()
         for cid, (lat, lon) in PLACES.items():
             assert abs(points[cid][0] - lat) < 1e-4 and abs(points[cid][1] - lon) < 1e-4, cid
+        assert get(url, TOKEN, method="HEAD")[:1] == (200,)
+        herd["A"].redis.kill()  # Redis gone: 503 with a reason, within the Redis timeout
+        started = time.monotonic()
+        wait_until(lambda: get(url, TOKEN)[0] == 503, 10, "503 without Redis")
+        code, _, body = get(url, TOKEN)
+        assert "Redis did not answer" in json.loads(body)["error"]
+        assert time.monotonic() - started < 10
     finally:
         herd.stop()
 

@@ -63,10 +63,11 @@ class WebPage(Resource):
 
     def __init__(self, config: Callable[[], HerdConfig], name: str, store: RedisStore, clock: IReactorTime):
         super().__init__()
-        token = config().admin_token()
-        if token is None and config().admin_token_env is not None:
+        at_start = config()
+        token = at_start.admin_token()
+        if token is None and at_start.admin_token_env is not None:
             log.warn("client data is off on the admin endpoint: environment variable {var} is not set "
-                     "(or empty)", var=config().admin_token_env)
+                     "(or empty)", var=at_start.admin_token_env)
         files = _static_files()
         self._routes: dict[bytes, Resource] = {
             **{b"/static/" + file_name.encode(): _StaticFile(*file) for file_name, file in files.items()},

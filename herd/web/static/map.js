@@ -4,7 +4,7 @@ import { svg, short } from './util.js';
 
 export const WIDTH = 1000;
 const PAD = 4;
-const MIN_MERGE_PX = 12; // clients closer than this on screen share one marker...
+const MIN_MERGE_PX = 16; // clients closer than this on screen share one marker...
 const MAX_MERGE_PX = 26; // ... up to this on a wide map (width / 40 between)
 const DOT_PX = 3.2; // radius of a single client's dot
 const MAX_LIST = 8; // client ids listed in a marker's tooltip
@@ -136,9 +136,9 @@ export class WorldMap {
   /**
    * Group the points into markers: each point joins the first marker whose
    * seed lies within `merge` screen pixels, else seeds a new one (found through
-   * a grid of merge-sized cells, so O(points)). Markers' seeds are thus at
-   * least `merge` pixels apart and their circles, at most merge/2 across
-   * the radius, do not cover each other. The merge distance follows the drawn
+   * a grid of merge-sized cells, so O(points)). A marker is drawn at its
+   * seed: seeds are at least `merge` pixels apart and circles at most
+   * merge/2 in radius, so markers never cover each other. The merge distance follows the drawn
    * width, so a phone gets fewer, smaller markers.
    */
   redraw() {
@@ -190,11 +190,10 @@ export class WorldMap {
         'data-count': 1, 'data-id': p.id, 'data-lat': p.lat, 'data-lon': p.lon,
       }, svg('title', {}, `${p.id} (${p.lat.toFixed(4)}, ${p.lon.toFixed(4)})`));
     }
-    const x = group.reduce((s, p) => s + p.xy[0], 0) / n;
-    const y = group.reduce((s, p) => s + p.xy[1], 0) / n;
+    const [x, y] = group[0].xy; // the seed: seeds are a merge distance apart, so circles do not overlap
     const clients = Math.round(n * scale);
     const label = short(clients);
-    const rPx = Math.min(4 + 2.2 * Math.log2(n), mergePx / 2 + 1);
+    const rPx = Math.min(4 + 2.2 * Math.log2(n), mergePx / 2);
     const ids = group.slice(0, MAX_LIST).map((p) => p.id).join(', ') + (n > MAX_LIST ? ', …' : '');
     const sampled = scale > 1 ? ` (about; ${n} in the sample)` : '';
     const marker = svg('g', { class: 'group', 'data-count': n },
