@@ -109,3 +109,8 @@ def write_config(path: Path, admin: dict[str, int | None], peers: dict[str, list
                    f'peers = {json.dumps((peers or {}).get(name, []))}\n')
     path.write_text("\n".join(out))
     return path
+
+
+def row(frame: str, name: str) -> str:
+    """The row of node ``name`` in a ``herd status`` frame."""
+    return next(r for r in frame.splitlines() if r.startswith(f"{name} "))

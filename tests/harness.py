@@ -1,6 +1,7 @@
 """Real parts for tests: the process harness of herd.tools.harness (real
-redis-server and node processes on free ports, waits), and a RedisStore on a
-fresh Redis for trial test cases.
+redis-server and node processes on free ports, waits), and RedisStores for
+trial test cases: on one redis-server shared by the whole session, under a
+key prefix of their own, or on a fresh one for tests that stop or pause it.
 
 Nothing here mocks Redis: every RedisProcess is a real ``redis-server``
 process with the shipped ops/redis/redis.conf, in its own directory.
@@ -8,6 +9,9 @@ process with the shipped ops/redis/redis.conf, in its own directory.
 
 from __future__ import annotations
 
+import itertools
+import subprocess
+import sys
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -22,18 +26,71 @@ from herd.tools.harness import (  # noqa: F401 (re-exported for tests)
 )
 from herd.tools.resp import Resp  # noqa: F401 (re-exported for tests)
 
+_shared: RedisProcess | None = None
+_prefixes = itertools.count()
 
-def redis_with_store(case: Any, prefix: str, timeout: float = 5.0) -> tuple[RedisProcess, Any]:
-    """A fresh redis-server and a started RedisStore on it for a trial test
-    case; both are stopped by the case's cleanups."""
+
+def shared_redis() -> RedisProcess:
+    """The session's one redis-server (started on first use; conftest.py
+    stops it when the session ends)."""
+    global _shared
+    if _shared is None:
+        _shared = RedisProcess(Path(tempfile.mkdtemp(prefix="herd-tests-redis-"))).start()
+    return _shared
+
+
+def stop_shared_redis() -> None:
+    if _shared is not None:
+        _shared.kill()
+
+
+class PrefixedRedis:
+    """A test's view of the shared Redis: its keys are written ``herd:...`` in
+    the test, and read under the test's own prefix."""
+
+    def __init__(self, redis: RedisProcess, prefix: str):
+        self.redis, self.prefix = redis, prefix
+
+    def _key(self, arg: Any) -> Any:
+        if isinstance(arg, str) and arg.startswith("herd:"):
+            return self.prefix + arg[5:]
+        if isinstance(arg, bytes) and arg.startswith(b"herd:"):
+            return self.prefix.encode() + arg[5:]
+        return arg
+
+    def call(self, *args: Any) -> Any:
+        return self.redis.call(*map(self._key, args))
+
+    def hgetall(self, key: Any) -> dict[bytes, bytes]:
+        return self.redis.hgetall(self._key(key))
+
+
+def redis_with_store(case: Any, prefix: str, timeout: float = 5.0, own: bool = False) -> tuple[Any, Any]:
+    """A started RedisStore for a trial test case, stopped by the case's
+    cleanups, and the Redis under it: by default the session's shared
+    redis-server under a key prefix of this store's own (a PrefixedRedis);
+    with ``own``, a fresh redis-server (a RedisProcess, killed by the
+    cleanups) for tests that stop, pause or fill it."""
     from twisted.internet import reactor
 
     from config.schema import RedisAddress
     from storage.store import RedisStore
 
-    redis = RedisProcess(Path(tempfile.mkdtemp(prefix=prefix))).start()
-    case.addCleanup(redis.kill)
-    store = RedisStore(reactor, RedisAddress(redis.url, "127.0.0.1", redis.port), b"herd:", timeout=timeout)
+    if own:
+        redis: Any = RedisProcess(Path(tempfile.mkdtemp(prefix=prefix))).start()
+        case.addCleanup(redis.kill)
+        server, key_prefix = redis, "herd:"
+    else:
+        server, key_prefix = shared_redis(), f"{prefix}{next(_prefixes)}:"
+        redis = PrefixedRedis(server, key_prefix)
+    address = RedisAddress(server.url, "127.0.0.1", server.port)
+    store = RedisStore(reactor, address, key_prefix.encode(), timeout=timeout)
     store.start()
     case.addCleanup(store.stop)
     return redis, store
+
+
+def herd_cli(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    """``python -m herd ARGS`` from the checkout: its exit code and output."""
+    return subprocess.run([sys.executable, "-m", "herd", *args], cwd=REPO, capture_output=True,
+                          text=True, timeout=60, env=env)

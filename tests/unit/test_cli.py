@@ -13,11 +13,9 @@ import tomllib
 from pathlib import Path
 
 import pytest
-from cluster import Herd
-from harness import REPO, wait_until
+from harness import REPO
 
 from herd.version import VERSION
-from herd.wire.peer import VERSION as PEER_VERSION
 
 # A subprocess may run outside the checkout; it still imports this herd.
 ENV = {k: v for k, v in os.environ.items() if k != "HERD_CONFIG"} | {"PYTHONPATH": str(REPO)}
@@ -69,22 +67,6 @@ def test_help_lists_the_exit_codes() -> None:
         assert code in result.stdout, code
     check_help = " ".join(herd("check", "-h").stdout.split())  # argparse wraps lines
     assert "$HERD_CONFIG, else /etc/herd/herd.toml, else ./config/herd.toml" in check_help
-
-
-def test_the_first_log_line_has_the_version(tmp_path: Path) -> None:
-    solo = Herd(tmp_path, {"Solo": []})
-    try:
-        solo.start()
-        node = solo["Solo"]
-        wait_until(lambda: "listening on" in node.log(), what="the listening line in the log")
-        first = node.log().splitlines()[0]
-    finally:
-        solo.stop()
-    expected = f"herd {VERSION} node Solo starting (peer protocol {PEER_VERSION.decode()})"
-    assert first.endswith(f" [Solo] info: {expected}"), first
-
-
-# --- finding the config (SPEC 5) -------------------------------------------------------------
 
 
 def test_herd_config_naming_a_missing_file(tmp_path: Path) -> None:

@@ -77,16 +77,17 @@ class SamplePositions(unittest.TestCase):
 
     @inlineCallbacks
     def test_fails_within_the_timeout_when_redis_is_stuck(self) -> Any:
-        yield self.store.sample_positions(1)  # connected
-        self.redis.pause()
+        redis, store = redis_with_store(self, "herd-sample-stuck-", timeout=1.0, own=True)
+        yield store.sample_positions(1)  # connected
+        redis.pause()
         try:
             started = time.monotonic()
             with self.assertRaises(StoreUnavailable):
-                yield self.store.sample_positions(2000)
+                yield store.sample_positions(2000)
             assert time.monotonic() - started < 3.0
         finally:
-            self.redis.resume()
-        yield self.store.sample_positions(1)  # serving again (no check left pending)
+            redis.resume()
+        yield store.sample_positions(1)  # serving again (no check left pending)
 
 
 class GeohashPosition(unittest.TestCase):

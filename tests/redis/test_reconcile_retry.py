@@ -7,8 +7,9 @@ from __future__ import annotations
 
 from typing import Any
 
+from fakes import PeerConn as Conn
+from fakes import at_record
 from harness import redis_with_store
-from test_peers import Conn
 from twisted.internet import reactor
 from twisted.internet.defer import DeferredList, inlineCallbacks
 from twisted.internet.task import Clock, deferLater
@@ -16,13 +17,10 @@ from twisted.trial import unittest
 
 from herd.peer.links import PeerLinks
 from herd.peer.reconcile import GAP_PULL_INTERVAL, Reconciler
-from herd.wire.client import parse_at_line
 
 
 def record(client: int) -> Any:
-    parsed = parse_at_line(b"AT B +0.100000000 c%d +1+1 1700000000.%d" % (client, client))
-    assert parsed is not None
-    return parsed
+    return at_record(client, f"1700000000.{client}")
 
 
 class PullAgain(unittest.TestCase):
@@ -101,7 +99,7 @@ class OffsetInOrder(unittest.TestCase):
     (found in review: with records still queued in the node, it overtook them)."""
 
     def setUp(self) -> None:
-        self.redis, self.store = redis_with_store(self, "herd-fence-", timeout=1.0)
+        self.redis, self.store = redis_with_store(self, "herd-fence-", timeout=1.0, own=True)
         self.links = PeerLinks([b"P"])
         self.reconciler = Reconciler(self.store, self.links, reactor)
         self.conn = Conn()

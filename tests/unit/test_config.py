@@ -14,7 +14,7 @@ import pytest
 from config.loader import find_config, load_config
 from config.schema import ConfigError, HerdConfig
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 
 SHIPPED = REPO / "config" / "herd.toml"
 

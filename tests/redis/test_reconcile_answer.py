@@ -6,8 +6,9 @@ from __future__ import annotations
 
 from typing import Any
 
+from fakes import PeerConn as Conn
+from fakes import at_record
 from harness import redis_with_store
-from test_peers import Conn
 from twisted.internet.defer import inlineCallbacks
 from twisted.internet.task import Clock
 from twisted.trial import unittest
@@ -15,14 +16,11 @@ from twisted.trial import unittest
 from herd.peer import reconcile
 from herd.peer.links import PeerLinks
 from herd.peer.reconcile import Reconciler
-from herd.wire.client import parse_at_line
 from herd.wire.peer import Position
 
 
 def record(client: int, t: int) -> Any:
-    parsed = parse_at_line(b"AT B +0.100000000 c%d +1+1 %d.5" % (client, t))
-    assert parsed is not None
-    return parsed
+    return at_record(client, f"{t}.5")
 
 
 class AnswerCost(unittest.TestCase):

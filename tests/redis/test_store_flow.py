@@ -11,6 +11,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from fakes import at_record
 from harness import RedisProcess, free_port, redis_with_store
 from twisted.internet import reactor
 from twisted.internet.defer import DeferredList, inlineCallbacks
@@ -19,7 +20,6 @@ from twisted.logger import globalLogPublisher
 from twisted.trial import unittest
 
 from config.schema import RedisAddress
-from herd.wire.client import parse_at_line
 from herd.wire.peer import LogStep, Position
 from storage.store import (
     MAX_BATCH,
@@ -31,16 +31,14 @@ from storage.store import (
 
 
 def record(client: int, server: bytes = b"B") -> Any:
-    parsed = parse_at_line(b"AT %s +0.100000000 c%d +1+1 1700000000.%d" % (server, client, client))
-    assert parsed is not None
-    return parsed
+    return at_record(client, f"1700000000.{client}", server.decode())
 
 
 class Burst(unittest.TestCase):
     def setUp(self) -> None:
         # A short reply timeout: 20 batches sent at once would queue inside
         # Redis for longer than this, and the last ones would time out.
-        self.redis, self.store = redis_with_store(self, "herd-flow-", timeout=0.4)
+        self.redis, self.store = redis_with_store(self, "herd-flow-", timeout=0.4, own=True)
 
     @inlineCallbacks
     def test_a_burst_is_stored_without_timeouts_and_clients_go_first(self) -> Any:
@@ -63,7 +61,7 @@ class Burst(unittest.TestCase):
 
 class Unanswered(unittest.TestCase):
     def setUp(self) -> None:
-        self.redis, self.store = redis_with_store(self, "herd-stuck-", timeout=3.0)
+        self.redis, self.store = redis_with_store(self, "herd-stuck-", timeout=3.0, own=True)
 
     def tearDown(self) -> None:
         if self.redis.proc is not None and self.redis.proc.poll() is None:
@@ -145,7 +143,7 @@ class Backpressure(unittest.TestCase):
 
 class FailedBatches(unittest.TestCase):
     def setUp(self) -> None:
-        self.redis, self.store = redis_with_store(self, "herd-failq-", timeout=1.0)
+        self.redis, self.store = redis_with_store(self, "herd-failq-", timeout=1.0, own=True)
 
     @inlineCallbacks
     def test_a_failed_batch_fails_everything_queued_behind_it_at_once(self) -> Any:

@@ -17,7 +17,7 @@ import pytest
 
 from herd.tools.client import parse_address, run_client
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 
 Handler = Callable[[socket.socket], None]
 

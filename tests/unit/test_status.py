@@ -16,9 +16,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from cluster import Herd, talk
-from fake_nodes import DIGEST, FakeNode, SilentNode, refused_port, status_doc, write_config
-from harness import REPO, wait_until
+from fake_nodes import DIGEST, FakeNode, SilentNode, refused_port, row, status_doc, write_config
+from harness import REPO, herd_cli, wait_until
 from twisted.internet import reactor as global_reactor
 from twisted.trial import unittest
 
@@ -46,15 +45,6 @@ def up(name: str, digest: str | None = DIGEST, clients: int | None = 12, skew: f
     doc = status_doc(name, clients, digest, **kw)
     doc["clock"], doc["last_update"] = NOW + skew, NOW + skew - 1.5
     return NodeReport(name, doc, None, skew)
-
-
-def row(frame: str, name: str) -> str:
-    return next(r for r in frame.splitlines() if r.startswith(f"{name} "))
-
-
-def herd_cli(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "herd", *args], cwd=REPO, capture_output=True,
-                          text=True, timeout=60, env=env)
 
 
 # -- pure -------------------------------------------------------------------
@@ -292,45 +282,3 @@ def test_usage_and_config_errors_exit_2(tmp_path: Path) -> None:
         assert result.returncode == 2, (args, result.stderr)
     result = herd_cli("status", "--config", str(tmp_path / "missing.toml"), "--once")
     assert result.returncode == 2 and "Traceback" not in result.stderr
-
-
-def test_last_update_survives_a_restart(tmp_path: Path) -> None:
-    """The node keeps the time of its last stored update across a restart."""
-    herd = Herd(tmp_path, {"A": []}).start()
-    node = herd["A"]
-    try:
-        talk(node.port, "IAMAT s1 +1+1 1700000000")
-        wait_until(lambda: node.redis.hgetall("herd:status").get(b"last_update", b"0") != b"0",
-                   what="last update published")
-        before = node.redis.hgetall("herd:status")
-        node.kill()
-        node.start()
-        wait_until(lambda: node.redis.hgetall("herd:status")[b"started"] != before[b"started"],
-                   what="restarted node publishing")
-        assert node.redis.hgetall("herd:status")[b"last_update"] == before[b"last_update"]
-    finally:
-        herd.stop()
-
-
-def test_status_on_a_real_herd(tmp_path: Path) -> None:
-    """Real nodes, their admin endpoints, a real herd status."""
-    herd = Herd(tmp_path, {"A": ["B"], "B": []}).start()
-    try:
-        herd.wait_links()
-        talk(herd["A"].port, "IAMAT s1 +1+1 1700000000", "IAMAT s2 +1+1 1700000000")
-        wait_until(lambda: herd["B"].record("s2") != {}, what="flood")
-
-        def once() -> subprocess.CompletedProcess[str]:
-            return herd_cli("status", "--config", str(herd.config), "--once")
-
-        wait_until(lambda: once().returncode == 0, timeout=15, what="status all well")
-        frame = once().stdout
-        assert row(frame, "A").endswith("B+") and "agreement: all 2 nodes hold the same 2 clients" in frame
-        herd["B"].redis.kill()
-        wait_until(lambda: row(once().stdout, "B").split()[1:3] == ["NO", "REDIS"], timeout=15,
-                   what="B without Redis")
-        herd["B"].redis.start()
-        herd["B"].kill()
-        assert row(once().stdout, "B").split()[1] == "UNREACHABLE"
-    finally:
-        herd.stop()

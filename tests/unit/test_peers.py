@@ -2,28 +2,13 @@
 
 from __future__ import annotations
 
-from typing import Any
+from fakes import PeerConn
 
 from herd.peer.links import PeerLinks
 from herd.wire.client import parse_at_line
 from herd.wire.peer import MAX_LISTED, Position
 
-
-class Conn:
-    connected = 1
-    peer_name: bytes | None = None
-    lines_in = 0
-    transport: Any = None
-
-    def __init__(self) -> None:
-        self.lines: list[bytes] = []
-
-    def send_line(self, line: bytes) -> None:
-        self.lines.append(line)
-
-    def take(self) -> list[bytes]:
-        lines, self.lines = self.lines, []
-        return lines
+Conn = PeerConn
 
 
 def pos(n: int) -> Position:
@@ -136,31 +121,11 @@ def test_an_entry_never_seen_stored_breaks_the_chain_with_pull() -> None:
     assert links.forward(record("b", 2).line, None) == frozenset()  # unchained until a new SYNC
 
 
-class Beating(Conn):
-    """A connection with the heartbeat counters a real peer connection has."""
-
-    lines_out = beat_in = beat_out = quiet_in = quiet_out = 0
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.aborted = False
-
-        class Transport:
-            def abortConnection(inner) -> None:  # noqa: N805
-                self.aborted = True
-
-        self.transport = Transport()
-
-    def send_line(self, line: bytes) -> None:
-        self.lines_out += 1
-        super().send_line(line)
-
-
 def test_an_idle_link_sends_one_heartbeat_a_second_and_a_busy_one_none() -> None:
     from herd.peer.links import BEAT_INTERVAL, QUIET_BEATS
 
     links = PeerLinks([b"B"])
-    conn = Beating()
+    conn = PeerConn()
     links.add(b"B", conn, "test")
     beats_per_second = round(1 / BEAT_INTERVAL)
     for _ in range(4 * beats_per_second):
@@ -179,7 +144,7 @@ def test_a_silent_connection_is_closed_after_three_seconds_unless_exempt() -> No
 
     assert DEAD_BEATS * BEAT_INTERVAL == 3.0
     links = PeerLinks([b"B", b"C"])
-    silent, paused = Beating(), Beating()
+    silent, paused = PeerConn(), PeerConn()
     links.add(b"B", silent, "test")
     links.add(b"C", paused, "test")
     for _ in range(DEAD_BEATS - 1):
