@@ -139,12 +139,21 @@ def errors(browser: Any) -> list[dict[str, Any]]:
 
 
 def attribute(browser: Any, css: str, name: str) -> str | None:
-    """Attribute ``name`` of the first element matching ``css`` (None: no such element)."""
-    try:
-        found = browser.find_elements(By.CSS_SELECTOR, css)
-        return found[0].get_attribute(name) if found else None
-    except StaleElementReferenceException:  # redrawn meanwhile
-        return None
+    """Attribute ``name`` of the first element matching ``css`` (None: no such
+    element); asked again when the page redrew it meanwhile."""
+    for _ in range(20):
+        try:
+            found = browser.find_elements(By.CSS_SELECTOR, css)
+            return found[0].get_attribute(name) if found else None
+        except StaleElementReferenceException:
+            time.sleep(0.01)
+    raise AssertionError(f"{css} redrawn under every read")
+
+
+def read(browser: Any, script: str, *args: Any) -> Any:
+    """The value of ``script`` run in the page at once (no element handle can
+    go stale between finding and reading, as the page redraws every 2 s)."""
+    return browser.execute_script(script, *args)
 
 
 def wait_for(browser: Any, css: str, name: str, value: str, timeout: float = 10.0) -> float:
@@ -153,6 +162,13 @@ def wait_for(browser: Any, css: str, name: str, value: str, timeout: float = 10.
     wait_until(lambda: attribute(browser, css, name) == value, timeout, f"{css} [{name}={value!r}]",
                every=0.05)
     return time.monotonic() - started
+
+
+def dot_at(browser: Any, client_id: str) -> tuple[float, float]:
+    """Where the map draws client ``client_id``'s own dot (SVG units)."""
+    cx, cy = read(browser, "const d = document.querySelector(`#map .client[data-id='${arguments[0]}']`);"
+                           "return [d.getAttribute('cx'), d.getAttribute('cy')];", client_id)
+    return float(cx), float(cy)
 
 
 def refreshes(browser: Any) -> int:
@@ -388,9 +404,10 @@ def test_page_shows_the_herd_its_figures_and_clients(tmp_path: Path, browser: An
         assert browser.find_element(By.ID, "this-node").text == "Bona"
         wait_refreshes(browser)
         for name in names:
-            card = browser.find_element(By.CSS_SELECTOR, f'.card[data-node="{name}"]')
-            assert card.get_attribute("data-state") == "up"
-            text = card.text
+            state, text = read(browser, "const c = document.querySelector(arguments[0]);"
+                                        "return [c.dataset.state, c.innerText];",
+                               f'.card[data-node="{name}"]')
+            assert state == "up", name
             for figure in ("clients\n5", "Redis\nup", "links up\n", "last update\n", "requests\n",
                            f"v{VERSION}"):
                 assert figure in text, (name, figure, text)
@@ -415,12 +432,10 @@ def test_page_shows_the_herd_its_figures_and_clients(tmp_path: Path, browser: An
         assert TOKEN not in browser.current_url
         height = browser.execute_script("return document.getElementById('map').viewBox.baseVal.height")
         for cid, (lat, lon) in PLACES.items():
-            dot = browser.find_element(By.CSS_SELECTOR, f'#map .client[data-id="{cid}"]')
             x, y = equal_earth(lon, lat, height)
-            assert abs(float(dot.get_attribute("cx")) - x) < 0.5, cid
-            assert abs(float(dot.get_attribute("cy")) - y) < 0.5, cid
-        centre = browser.find_element(By.CSS_SELECTOR, '#map .client[data-id="null-island"]')
-        assert (float(centre.get_attribute("cx")), float(centre.get_attribute("cy"))) == (500.0, height / 2)
+            cx, cy = dot_at(browser, cid)
+            assert abs(cx - x) < 0.5 and abs(cy - y) < 0.5, (cid, (cx, cy), (x, y))
+        assert dot_at(browser, "null-island") == (500.0, height / 2)  # the map's centre
         assert errors(browser) == []
 
         # Many clients: a bounded sample, grouped; screenshots at both sizes.
