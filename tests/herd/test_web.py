@@ -362,7 +362,7 @@ def test_a_hundred_thousand_clients_give_at_most_2000_points_quickly(tmp_path: P
         assert code == 200 and answer["total"] == 100_000
         assert answer["shown"] == len(answer["points"]) == MAX_POINTS
         assert len({cid for _, _, cid in answer["points"]}) == MAX_POINTS
-        assert took < 2.0, took
+        assert took < 3.0, took  # far above its cost (one Lua call, 2,000 points), below a stall
         browser.get(admin(herd, "A") + "/")
         enter_token(browser, TOKEN)
         wait_for(browser, "#map", "data-points", str(MAX_POINTS))
