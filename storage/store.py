@@ -26,6 +26,7 @@ from zope.interface import implementer
 from config.schema import RedisAddress
 from herd.wire.client import AtRecord, parse_at_line
 from herd.wire.peer import ANY_ENTRY, LogStep, Position
+from storage import geohash
 from storage.keys import Keys
 
 _log = Logger(namespace="herd")
@@ -40,6 +41,8 @@ LOG_SINCE = _lua("log_since.lua")
 LOG_HEAD = _lua("log_head.lua")
 SCAN_RECORDS = _lua("scan_records.lua")
 SCAN_TIMES = _lua("scan_times.lua")
+GEO_SAMPLE = _lua("geo_sample.lua")
+SAMPLE_BLOCK = 4  # consecutive GEO members per block of a sample (see geo_sample.lua)
 LOG_MAX_ENTRIES = 1_000_000  # approximate bound of the update log (a few tens of MB)
 MAX_BATCH = 1000  # records per store_batch.lua call
 # Store batches sent and not yet answered. More wait in the node and join the
@@ -90,6 +93,11 @@ class Summary(NamedTuple):
 
     clients: int
     digest: bytes  # 16 hex digits; EMPTY_DIGEST when no client is held
+
+
+class PositionSample(NamedTuple):
+    total: int  # clients in the GEO set
+    points: list[tuple[bytes, float, float]]  # (client id, latitude, longitude), at most the count asked
 
 
 class StoreUnavailable(Exception):
@@ -393,6 +401,16 @@ class RedisStore:
         d = self._call("eval", SCAN_TIMES, [], args)
         return d.addCallback(lambda r: (r[0], list(zip(r[1::2], r[2::2], strict=True))))
 
+    def sample_positions(self, count: int) -> Deferred[PositionSample]:
+        """At most ``count`` clients' positions, spread over the GEO set in
+        blocks of SAMPLE_BLOCK neighbours (by geohash), the same sample while
+        the clients stay put (storage/geo_sample.lua), and how many clients
+        the set holds. Fails like every call (StoreUnavailable within about
+        the store's timeout)."""
+        args = [str(count).encode(), str(SAMPLE_BLOCK).encode()]
+        d = self._call("eval", GEO_SAMPLE, [self.keys.geo], args)
+        return d.addCallback(_position_sample)
+
     def summary(self) -> Deferred[Summary]:
         """The count and digest of the clients held, from the summary hash the
         store batches keep (one HMGET, never a SCAN)."""
@@ -542,6 +560,12 @@ class RedisStore:
             self._reactor.callLater(SERVING_POLL, self._check_serving)
         else:  # the next connection checks again
             self._checking = False
+
+
+def _position_sample(reply: list[Any]) -> PositionSample:
+    points = [(client_id, *geohash.position(int(float(score))))
+              for client_id, score in zip(reply[1::2], reply[2::2], strict=True)]
+    return PositionSample(int(reply[0]), points)
 
 
 def _record_args(record: AtRecord, tie_break: bool, step: LogStep | None, source: bytes) -> list[bytes]:

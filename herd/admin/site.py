@@ -1,12 +1,12 @@
 """The admin HTTP endpoint's one resource: GET/HEAD on ``/healthz``,
-``/metrics`` and ``/status``; 404 for any other path, 405 for any other
-method (docs/ADMIN-HTTP.md)."""
+``/metrics``, ``/status`` and the web page's paths (herd.web); 404 for any
+other path, 405 for any other method (docs/ADMIN-HTTP.md)."""
 
 from __future__ import annotations
 
 import json
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
@@ -18,6 +18,9 @@ from herd.admin.metrics import Metrics
 from herd.admin.status import health, status_document
 from herd.admin.view import Addresses, RunningNode, SummaryReader
 from storage.store import Summary
+
+if TYPE_CHECKING:
+    from herd.web import WebPage
 
 log = Logger(namespace="herd")
 JSON = b"application/json"
@@ -32,8 +35,10 @@ class AdminResource(Resource):
 
     isLeaf = True
 
-    def __init__(self, running: RunningNode, addresses: Addresses, reactor: IReactorTime):
+    def __init__(self, running: RunningNode, addresses: Addresses, reactor: IReactorTime,
+                 web: WebPage | None = None):
         super().__init__()
+        self._web = web  # herd.web.WebPage: answers the paths it handles
         self._running = running
         self._addresses = addresses
         self._summary = SummaryReader(running.store, reactor)
@@ -47,8 +52,10 @@ class AdminResource(Resource):
             request.setHeader(b"Allow", b"GET, HEAD")
             return _plain(request, 405, b"only GET and HEAD\n")
         answer = self._paths.get(request.path)
+        if answer is None and self._web is not None and self._web.handles(request.path):
+            return self._web.render(request)  # type: ignore[no-any-return]
         if answer is None:
-            return _plain(request, 404, b"no such path; see /healthz, /metrics, /status\n")
+            return _plain(request, 404, b"no such path; see /healthz, /metrics, /status, /\n")
         return answer(request)
 
     def healthz(self, request: Any) -> bytes:
@@ -62,6 +69,8 @@ class AdminResource(Resource):
         return self._with_summary(request, lambda held: (METRICS_TYPE, self._metrics.render(held)))
 
     def status(self, request: Any) -> int:
+        # Every node's web page reads every node's figures (no client data here).
+        request.setHeader(b"Access-Control-Allow-Origin", b"*")
         def document(held: Summary | None) -> tuple[bytes, bytes]:
             return JSON, json.dumps(status_document(self._running, self._addresses, held)).encode() + b"\n"
 
@@ -111,5 +120,9 @@ class _QuietSite(Site):
 
 
 def admin_site(running: RunningNode, addresses: Addresses, reactor: IReactorTime) -> Site:
-    """The admin endpoint of ``running`` as a twisted.web Site (no access log)."""
-    return _QuietSite(AdminResource(running, addresses, reactor))
+    """The admin endpoint of ``running`` as a twisted.web Site (no access log),
+    with the web page."""
+    from herd.web import WebPage  # the page's code loads only with an admin endpoint
+
+    web = WebPage(lambda: running.config, running.node.name.decode(), running.store, reactor)
+    return _QuietSite(AdminResource(running, addresses, reactor, web))

@@ -10,6 +10,7 @@ from typing import Any, Protocol
 from twisted.internet.defer import Deferred, succeed
 from twisted.internet.interfaces import IReactorTime
 
+from config.schema import HerdConfig
 from herd.connection import ClientConnectionFactory
 from herd.node import Node
 from herd.peer.links import PeerLinks
@@ -27,6 +28,10 @@ class RunningNode(Protocol):
     links: PeerLinks
     listener: Any  # the client listener, an IService
     factory: ClientConnectionFactory  # the client port's connections
+
+    @property
+    def config(self) -> HerdConfig:
+        """The herd's config as the node runs it now (a reload may change it)."""
 
 
 @dataclass(frozen=True)

@@ -207,8 +207,9 @@ def test_only_get_and_head_on_known_paths(tmp_path: Path) -> None:
     herd = running(Herd(tmp_path, {"Solo": []}))
     admin = herd["Solo"].ports.admin
     try:
-        for path in ("/", "/nope", "/status/", "/metrics/x", "/healthzz"):
+        for path in ("/nope", "/status/", "/metrics/x", "/healthzz", "/static/", "/index.html"):
             assert http(admin, path)[0] == 404, path
+        assert http(admin, "/")[:2] == (200, "text/html; charset=utf-8")  # the web page (test_web)
         assert http(admin, "/status?x=1")[0] == 200
         assert http(admin, "/status", method="POST")[0] == 405
         code, content_type, body = http(admin, "/status", method="HEAD")

@@ -492,6 +492,9 @@ def test_bad_peers(tmp_path: Path, peers: str, fragment: str) -> None:
         ('secret_env = "1BAD"', "herd.secret_env", "environment variable name"),
         ('secret_env = "A-B"', "herd.secret_env", "environment variable name"),
         ("secret_env = 5", "herd.secret_env", "got integer 5"),
+        ('admin_token_env = ""', "herd.admin_token_env", "non-empty string"),
+        ('admin_token_env = "1BAD"', "herd.admin_token_env", "environment variable name"),
+        ("admin_token_env = true", "herd.admin_token_env", "got boolean"),
         ("max_line_bytes = 63", "herd.max_line_bytes", "expected an integer in 64..1048576"),
         ("max_line_bytes = 1048577", "herd.max_line_bytes", "expected an integer in 64..1048576"),
         ('max_line_bytes = "4096"', "herd.max_line_bytes", "got string"),
@@ -509,6 +512,25 @@ def test_bad_peers(tmp_path: Path, peers: str, fragment: str) -> None:
 def test_bad_herd_section(tmp_path: Path, line: str, where: str, fragment: str) -> None:
     path = write(tmp_path, variant('secret_env = "HERD_TEST_SECRET"', line))
     assert fragment in failure(path, where)
+
+
+def test_admin_token_from_the_named_variable(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """No admin_token_env: client data off whatever the environment holds; a
+    named variable that is unset, empty or blank: off too; else its value."""
+    monkeypatch.setenv("HERD_ADMIN_TOKEN", "t0ken")
+    assert load_config(write(tmp_path, BASE)).admin_token() is None
+    named = load_config(write(tmp_path, variant('secret_env = "HERD_TEST_SECRET"',
+                                                'secret_env = "HERD_TEST_SECRET"\n'
+                                                'admin_token_env = "MY_ADMIN_TOKEN"')))
+    assert named.admin_token_env == "MY_ADMIN_TOKEN"
+    for unset in (None, "", "  \t"):
+        if unset is None:
+            monkeypatch.delenv("MY_ADMIN_TOKEN", raising=False)
+        else:
+            monkeypatch.setenv("MY_ADMIN_TOKEN", unset)
+        assert named.admin_token() is None
+    monkeypatch.setenv("MY_ADMIN_TOKEN", "s3cret token\n")
+    assert named.admin_token() == b"s3cret token"
 
 
 @pytest.mark.parametrize(
