@@ -95,7 +95,7 @@ def test_node_and_redis_make_no_call_their_units_filter_out(tmp_path: Path) -> N
     try:
         herd.start()
         herd.wait_links(60)
-        assert "peer link upgraded to TLS" in herd["A"].log()
+        assert "peer link upgraded to TLS" in herd["A"].access_log()
         talk(herd["A"].port, "IAMAT traced +34.068930-118.445127 1700000000", "WHATSAT traced 10 5")
         for path in ("/metrics", "/status", "/healthz"):
             urllib.request.urlopen(f"http://127.0.0.1:{herd['A'].ports.admin}{path}", timeout=10).read()

@@ -43,7 +43,7 @@ def test_nodes_link_over_tls_with_the_recipes_certificates(tmp_path: Path) -> No
     try:
         herd.start()
         herd.wait_links()
-        assert all("peer link upgraded to TLS" in herd[n].log() for n in "AB")
+        assert all("peer link upgraded to TLS" in herd[n].access_log() for n in "AB")
         at_line = talk(herd["A"].port, "IAMAT tls.recipe +1+1 1700000000").rstrip(b"\n")
         wait_until(lambda: herd["B"].record("tls.recipe").get(b"at") == at_line, what="the flood over TLS")
     finally:
