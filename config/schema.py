@@ -7,12 +7,15 @@ Values here are already checked by :mod:`config.loader`; code that receives a
 from __future__ import annotations
 
 import os
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 # A node name, and so an AT line's server field (herd.wire.client refuses others).
 MAX_NODE_NAME_BYTES = 256
 PEER_PORT_OFFSET = 10000  # default peer_port: port + this
 ADMIN_PORT_OFFSET = 20000  # default admin port: port + this
+ACCESS_LOG_MAX_BYTES = 64 << 20  # default size at which the access log is rotated
+ACCESS_LOG_KEEP = 5  # default number of rotated access logs kept
 
 
 class ConfigError(Exception):
@@ -89,6 +92,36 @@ class HerdConfig:
     idle_timeout: float = 300.0  # seconds a client may stay silent; 0: forever
     max_outstanding: int = 1000  # unanswered requests per connection before reading pauses
     tls: TlsConfig | None = None  # TLS on peer links (both sides verified), off when None
+    # The access log's path ({node}: the node's name); "" for the default (see
+    # access_log_path), None when turned off ("off").
+    access_log: str | None = ""
+    access_log_max_bytes: int = ACCESS_LOG_MAX_BYTES
+    access_log_keep: int = ACCESS_LOG_KEEP
+
+    def access_log_path(self, name: str, environ: Mapping[str, str]) -> str | None:
+        """Where node ``name`` writes its access log, or None when it is off.
+        By default it is ``access.log`` in the node's state directory: the
+        first of ``$STATE_DIRECTORY`` (systemd sets it for StateDirectory=;
+        ``herd up`` sets it to ``<state>/<node>``), else ``state/<node>``
+        under the working directory."""
+        if self.access_log is None:
+            return None
+        if self.access_log:
+            return self.access_log.replace("{node}", name)
+        state = environ.get("STATE_DIRECTORY", "").split(":")[0]
+        return os.path.join(state or os.path.join("state", name), "access.log")
+
+    admin_token_env: str | None = None  # env var holding the admin token (client data); None: off
+
+    def admin_token(self) -> bytes | None:
+        """The admin token from the environment variable ``admin_token_env``
+        without surrounding white space (a newline read from a file), or None
+        (client data off) when no variable is named or it is unset, empty or
+        blank. The value is never logged."""
+        if self.admin_token_env is None:
+            return None
+        value = os.environ.get(self.admin_token_env, "").strip()
+        return value.encode() if value else None
 
     def neighbours(self, name: str) -> tuple[str, ...]:
         """Nodes linked to ``name``: links are undirected, so a node is linked to

@@ -91,7 +91,7 @@ class ClientConnection(LineProtocol, TimeoutMixin):
         self.who = f"{getattr(peer, 'host', '?')}:{getattr(peer, 'port', '?')}"
         self.factory.connections.add(self)
         set_no_delay(self.transport)  # replies leave at once, not after the client's ACK
-        log.info("{who} connection opened", who=self.who)
+        logs.connection(self.who, "connection opened")
         self.setTimeout(self.factory.limits.idle_timeout or None)
 
     def dataReceived(self, data: bytes) -> None:
@@ -99,18 +99,17 @@ class ClientConnection(LineProtocol, TimeoutMixin):
         super().dataReceived(data)
 
     def timeoutConnection(self) -> None:
-        log.info("{who} idle for {s:g}s; closing", who=self.who, s=self.factory.limits.idle_timeout)
+        logs.connection(self.who, f"idle for {self.factory.limits.idle_timeout:g}s; closing")
         self.close_when_idle()
 
     def connectionLost(self, reason: Any = None) -> None:
         self.setTimeout(None)
         self.factory.connections.discard(self)
-        log.info("{who} connection closed ({why})", who=self.who,
-                 why=reason.getErrorMessage() if reason else "")
+        logs.connection(self.who, f"connection closed ({reason.getErrorMessage() if reason else ''})")
         self.closed.callback(None)
 
     def readConnectionLost(self) -> None:
-        log.info("{who} half-closed by client", who=self.who)
+        logs.connection(self.who, "half-closed by client")
         self.flush_partial_line()
         self._eof = True
         self._close_if_idle()
@@ -147,7 +146,7 @@ class ClientConnection(LineProtocol, TimeoutMixin):
 
     def line_too_long(self) -> None:
         reply = b"? line too long (limit %d bytes)\n" % self.max_line
-        log.warn("{who} line over {limit} bytes; closing", who=self.who, limit=self.max_line)
+        logs.connection(self.who, f"line over {self.max_line} bytes; closing")
         self._answer(succeed(reply), b"")
         self._eof = True
         self._close_if_idle()

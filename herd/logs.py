@@ -1,8 +1,19 @@
-"""Log output for a node: one line per event with a timestamp, as text (the
-default) or as one JSON object per line (journald friendly).
+"""A node's two log streams (SPEC 6, "Logs: two streams").
 
-Events are buffered and written at most every 100 ms or every 64 KiB, so
-logging every line in and out does not cost a syscall per line.
+- The event log, on stdout: start, ready, stop, links, Redis, every warning
+  and error; one line per twisted.logger event with its level (debug, info,
+  warning, error, critical), as text or as one JSON object per line whose
+  keys are the event's fields. With ``prefix`` each line starts with the
+  sd-daemon priority (``<4>`` for a warning ...), so journald stores each
+  event with its own priority.
+- The access log, in a file rotated by size (herd.rotating): every line
+  received and sent on client and peer connections (heartbeats excepted)
+  and every connection opened and closed, with timestamps. It bypasses
+  twisted.logger: a client's IAMAT costs two of its lines, so they are
+  formatted by one f-string each.
+
+Both are buffered and written at most every 100 ms or every 64 KiB, so no
+line costs a system call of its own.
 """
 
 from __future__ import annotations
@@ -12,7 +23,9 @@ import math
 import sys
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from datetime import UTC, datetime
+from time import time_ns
 from typing import IO, Any
 
 from twisted.logger import (
@@ -26,39 +39,79 @@ from twisted.logger import (
 )
 from zope.interface import implementer
 
+from herd.rotating import RotatingFile
+
 _FLUSH_BYTES = 1 << 16
-_fallback = Logger(namespace="herd")
+FLUSH_INTERVAL = 0.1  # seconds between writes of the buffers
+log = Logger(namespace="herd")
+
+# twisted.logger's levels by the names operators know (syslog's, not "warn").
+LEVEL_NAMES = {LogLevel.debug: "debug", LogLevel.info: "info", LogLevel.warn: "warning",
+               LogLevel.error: "error", LogLevel.critical: "critical"}
+LEVELS = {name: level for level, name in LEVEL_NAMES.items()}
+# sd-daemon(3) priority prefixes (syslog priorities) for journald.
+PRIORITIES = {"debug": 7, "info": 6, "warning": 4, "error": 3, "critical": 2}
+# Keys of Twisted's legacy (twisted.python.log) events that are not fields.
+_NOT_FIELDS = frozenset({"format", "isError", "system", "failure", "message", "time"})
+
+
+@dataclass(frozen=True)
+class LogOptions:
+    """How ``herd serve`` writes its event log: ``fmt`` text or json; events
+    below ``level`` are dropped; ``prefix``: sd-daemon priority prefixes,
+    None to add them only when stdout is journald's (herd.systemd)."""
+
+    fmt: str = "text"
+    level: str = "info"
+    prefix: bool | None = None
 
 
 @implementer(ILogObserver)
-class BufferedLineObserver:
-    """Formats events into lines and writes them in batches."""
+class EventLog:
+    """The event log: formats twisted.logger events into lines and writes
+    them to ``out`` in batches (``flush``)."""
 
-    def __init__(self, out: IO[str], node: str, fmt: str):
+    def __init__(self, out: IO[str], node: str, fmt: str = "text", prefix: bool = False):
         self._out = out
         self._node = node
         self._json = fmt == "json"
+        self._prefix = prefix
         self._parts: list[str] = []
         self._size = 0
 
     def __call__(self, event: dict[str, Any]) -> None:
+        level = LEVEL_NAMES.get(event.get("log_level", LogLevel.info), "info")
+        stamp = _timestamp(event.get("log_time") or time.time())
         text = formatEvent(event)
         failure = event.get("log_failure")
-        if failure is not None:
-            text = f"{text}\n{failure.getTraceback()}"
-        level = event.get("log_level", LogLevel.info).name
-        self.write(event.get("log_time", 0), level, text, event.get("log_namespace", ""))
-
-    def write(self, when: float, level: str, text: str, namespace: str = "herd") -> None:
-        """Append one formatted line (the fast path for wire lines skips
-        twisted.logger's event machinery)."""
-        stamp = _timestamp(when)
         if self._json:
-            record = {"time": stamp, "node": self._node, "level": level, "message": text,
-                      "namespace": namespace}
-            line = json.dumps(record, ensure_ascii=False) + "\n"
+            line = json.dumps(self._record(event, stamp, level, text), ensure_ascii=False)
         else:
-            line = f"{stamp} [{self._node}] {level}: {text}\n"
+            line = f"{stamp} [{self._node}] {level}: {text}"
+            if failure is not None:
+                line = f"{line}\n{failure.getTraceback().rstrip()}"
+        if self._prefix:  # every line of a traceback too: each is a journal entry of its own
+            mark = f"<{PRIORITIES[level]}>"
+            line = mark + line.replace("\n", "\n" + mark)
+        self._add(line + "\n")
+
+    def _record(self, event: dict[str, Any], stamp: str, level: str, text: str) -> dict[str, Any]:
+        """The JSON object of one event: time, node, level, message, then the
+        event's own fields (keys not starting with ``log_`` whose values JSON
+        can hold; bytes as they would be logged)."""
+        record: dict[str, Any] = {"time": stamp, "node": self._node, "level": level, "message": text}
+        for key, value in event.items():
+            if key in record or key in _NOT_FIELDS or key.startswith("log_"):
+                continue
+            field = _field(value)
+            if field is not _SKIP:
+                record[key] = field
+        failure = event.get("log_failure")
+        if failure is not None:
+            record["traceback"] = failure.getTraceback()
+        return record
+
+    def _add(self, line: str) -> None:
         self._parts.append(line)
         self._size += len(line)
         if self._size >= _FLUSH_BYTES:
@@ -72,19 +125,93 @@ class BufferedLineObserver:
         self._out.flush()
 
 
-_second_cache: tuple[int, str] = (-1, "")
+_SKIP = object()
+
+
+def _field(value: Any) -> Any:
+    """``value`` as a JSON field, or _SKIP when JSON cannot hold it."""
+    if value is None or isinstance(value, str | bool | int):
+        return value
+    if isinstance(value, float):
+        return value if math.isfinite(value) else _SKIP  # NaN is not JSON (jq refuses it)
+    if isinstance(value, bytes):
+        return loggable(value)
+    try:
+        json.dumps(value, allow_nan=False)
+    except (TypeError, ValueError):
+        return _SKIP
+    return value
+
+
+class AccessLog:
+    """The access log: one line per line received or sent and per connection
+    event, ``<time> <who> <what>``, buffered (``flush``) into a RotatingFile.
+    A file that cannot be written is reported once in the event log (and
+    once when it can be again); its lines are dropped meanwhile."""
+
+    def __init__(self, file: RotatingFile):
+        self.file = file
+        self._parts: list[str] = []
+        self._size = 0
+        self._failing = False
+        self._second = -1  # the second self._stamp is of
+        self._stamp = ""  # its date and time up to the decimal point
+
+    def line(self, who: str, verb: str, text: str) -> None:
+        """``<time> <who> <verb> <text>``: a line received or sent. On the hot
+        path (two per IAMAT): the time is formatted inline, the date part
+        once a second."""
+        us = time_ns() // 1000
+        second = us // 1_000_000
+        if second != self._second:
+            self._second, self._stamp = second, _second_part(second)
+        part = f"{self._stamp}{us % 1_000_000:06d}+00:00 {who} {verb} {text}\n"
+        self._parts.append(part)
+        self._size += len(part)
+        if self._size >= _FLUSH_BYTES:
+            self.flush()
+
+    def note(self, who: str, what: str) -> None:
+        """``<time> <who> <what>``: a connection event."""
+        verb, _, text = what.partition(" ")
+        self.line(who, verb, text)
+
+    def flush(self) -> None:
+        if not self._parts:
+            return
+        data = "".join(self._parts).encode()
+        self._parts.clear()
+        self._size = 0
+        try:
+            self.file.write(data)
+            self.file.flush()
+        except (OSError, ValueError) as err:  # ValueError: a rotation could not reopen it
+            if not self._failing:
+                self._failing = True
+                log.error("access log {path} not written ({why}); its lines are dropped until it can be",
+                          path=self.file.path, why=str(err))
+            return
+        if self._failing:
+            self._failing = False
+            log.info("access log {path} written again", path=self.file.path)
+
+    def close(self) -> None:
+        self.flush()
+        self.file.close()
+
+
+def _second_part(second: int) -> str:
+    """A timestamp up to its fraction: ``2026-12-05T10:00:00.``"""
+    return datetime.fromtimestamp(second, UTC).strftime("%Y-%m-%dT%H:%M:%S.")
 
 
 def _timestamp(when: float) -> str:
-    """ISO 8601 UTC with microseconds; the date part is formatted once a second."""
-    global _second_cache
+    """ISO 8601 UTC with microseconds (as in the access log)."""
     second = int(when)
-    if second != _second_cache[0]:
-        _second_cache = (second, datetime.fromtimestamp(second, UTC).strftime("%Y-%m-%dT%H:%M:%S"))
-    return f"{_second_cache[1]}.{int((when - second) * 1_000_000):06d}+00:00"
+    return f"{_second_part(second)}{int((when - second) * 1_000_000):06d}+00:00"
 
 
-_active: BufferedLineObserver | None = None
+_access: AccessLog | None = None  # the running node's, if it has one
 
 
 # What could end a log line, drive a terminal or reorder it (C0 and C1
@@ -120,20 +247,24 @@ def loggable(data: bytes) -> str:
 
 
 def wire(who: str, verb: str, data: bytes) -> None:
-    """Log one line received or sent (``verb``: recv, sent) cheaply: straight
-    into the node's buffered log when it runs, else through twisted.logger."""
-    text = loggable(data)
-    if _active is not None:
-        _active.write(time.time(), "info", f"{who} {verb} {text}")
-    else:
-        _fallback.info("{who} {verb} {text}", who=who, verb=verb, text=text)
+    """Put one line received or sent (``verb``: recv, sent) in the access log,
+    if there is one."""
+    if _access is not None:
+        _access.line(who, verb, loggable(data))
+
+
+def connection(who: str, what: str) -> None:
+    """Put a connection event (``what``: "connection opened" ...) in the access
+    log, if there is one."""
+    if _access is not None:
+        _access.note(who, what)
 
 
 class Throttle:
     """At most ``limit`` events per ``window`` seconds get a log line of their
     own; the others are counted and summed up in one line when the window
     ends (a Redis outage under pipelined load refuses thousands of requests
-    a second; each is still in the wire log as ``sent ? <line>``)."""
+    a second; each is still in the access log as ``sent ? <line>``)."""
 
     def __init__(self, clock: Any, summary: Callable[[int, str], None], limit: int = 10,
                  window: float = 1.0):
@@ -172,18 +303,56 @@ class Throttle:
             self._summary(left_out, self._last_cause)
 
 
-def start_logging(node: str, fmt: str, reactor: Any, out: IO[str] | None = None) -> BufferedLineObserver:
-    """Route twisted.logger to ``out`` (stdout) for this node; flush every 100 ms
-    and at shutdown."""
+def start_logging(node: str, reactor: Any, options: LogOptions = LogOptions(),
+                  access: RotatingFile | None = None, out: IO[str] | None = None) -> EventLog:
+    """Route twisted.logger to the event log on ``out`` (stdout) and wire lines
+    to the access log in ``access`` (None: none); flush both every
+    FLUSH_INTERVAL and at shutdown (which also closes ``access``)."""
     from twisted.internet.task import LoopingCall
 
-    global _active
-    observer = BufferedLineObserver(out or sys.stdout, node, fmt)
-    _active = observer
-    predicate = LogLevelFilterPredicate(defaultLogLevel=LogLevel.info)
-    predicate.setLogLevelForNamespace("txredisapi", LogLevel.warn)
-    globalLogBeginner.beginLoggingTo([FilteringLogObserver(observer, [predicate])],
+    global _access
+    out = out or sys.stdout
+    prefix = options.prefix if options.prefix is not None else _is_journal(out)
+    events = EventLog(out, node, options.fmt, prefix)
+    _access = AccessLog(access) if access is not None else None
+    globalLogBeginner.beginLoggingTo([FilteringLogObserver(events, [level_filter(options.level)])],
                                      redirectStandardIO=False)
-    LoopingCall(observer.flush).start(0.1, now=False)
-    reactor.addSystemEventTrigger("after", "shutdown", observer.flush)
-    return observer
+
+    def flush() -> None:
+        if _access is not None:
+            _access.flush()
+        events.flush()
+
+    def close() -> None:
+        global _access
+        if _access is not None:
+            _access.close()
+            _access = None
+        events.flush()
+
+    LoopingCall(flush).start(FLUSH_INTERVAL, now=False)
+    reactor.addSystemEventTrigger("after", "shutdown", close)
+    return events
+
+
+def _is_journal(out: IO[str]) -> bool:
+    from herd import systemd
+
+    try:
+        return systemd.is_journal_stream(out.fileno())
+    except (OSError, ValueError):  # no file descriptor (io.UnsupportedOperation is both)
+        return False
+
+
+def level_filter(level: str) -> LogLevelFilterPredicate:
+    """Events at ``level`` and above pass; Twisted's and txredisapi's own
+    chatter (ports opened and closed, every redial of a peer that is down)
+    only from warning up (at debug, everything), except the line saying
+    which signal stops the node."""
+    threshold = LEVELS[level]
+    quiet = threshold if threshold == LogLevel.debug else max(threshold, LogLevel.warn)
+    predicate = LogLevelFilterPredicate(defaultLogLevel=threshold)
+    for namespace in ("twisted", "txredisapi", "log_legacy"):
+        predicate.setLogLevelForNamespace(namespace, quiet)
+    predicate.setLogLevelForNamespace("twisted.internet.base", threshold)  # "Received SIGTERM, ..."
+    return predicate

@@ -84,7 +84,7 @@ class Node:
         self._peer_time_limit = None if max_future_ns is None else max_future_ns + PEER_CLOCK_SLACK_NS
         self._clock_ns = clock_ns
         self._refusals = Throttle(clock, self._refusals_left_out)
-        self._lost = Throttle(clock, self._lost_left_out)  # a Redis outage fails every peer update
+        self._losses = Throttle(clock, self._losses_left_out)  # peers' updates Redis did not take
         self.stats = stats or Stats()
         self.store = store
         self.places = places
@@ -217,6 +217,8 @@ class Node:
                 forwarded: frozenset[bytes] | None) -> StoreResult:
         if result.stored and result.position is not None:
             self.stats.stored()
+            if origin.peer is not None:
+                self.stats.flood_in += 1
             self.links.flood(record, result.position, result.previous, origin.peer, forwarded or frozenset(),
                              source_has_it=not origin.unconfirmed)
             if origin.unconfirmed and origin.peer is not None:
@@ -359,7 +361,6 @@ class Node:
                 if ahead <= PEER_CLOCK_RETRY_NS:
                     self.reconciler.record_lost(peer, conn)
                 return
-        self.stats.flood_in += 1
         d = self._accept(record, peer, step, unconfirmed)
         d.addCallbacks(self._peer_stored, self._update_lost,
                        callbackArgs=(peer, conn, step is not None), errbackArgs=(record, peer, conn))
@@ -390,12 +391,15 @@ class Node:
 
     def _update_lost(self, failure: Failure, record: AtRecord, peer: bytes, conn: PeerConnection) -> None:
         why = failure.getErrorMessage()
-        if self._lost.allow(why):
+        if self.store.stopped:  # stopping: peers keep it, and pull it again from our offset
+            log.debug("update from {peer} not stored ({why}): {line}", peer=peer.decode(), why=why,
+                      line=loggable(record.line))
+        elif self._losses.allow(why):
             log.error("update from {peer} not stored ({why}): {line}", peer=peer.decode(), why=why,
                       line=loggable(record.line))
         self.reconciler.record_lost(peer, conn)  # the offset stays behind; a pull repairs it
 
     @staticmethod
-    def _lost_left_out(count: int, why: str) -> None:
+    def _losses_left_out(count: int, why: str) -> None:
         log.error("{n} more update(s) from peers not stored in the last second (the last: {why})",
                   n=count, why=why)

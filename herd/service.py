@@ -8,6 +8,7 @@ before Redis is reached wait for it, up to the Redis timeout).
 
 from __future__ import annotations
 
+import contextlib
 import gc
 import ipaddress
 import os
@@ -29,6 +30,7 @@ from twisted.logger import Logger
 from config.schema import ConfigError, HerdConfig, PlacesConfig
 from herd import systemd
 from herd.connection import ClientConnectionFactory, Limits
+from herd.logs import LogOptions
 from herd.node import Node
 from herd.peer.accepted import AcceptedPeerFactory
 from herd.peer.dial import dial_service
@@ -74,6 +76,36 @@ def node_clock(environ: Mapping[str, str]) -> tuple[Callable[[], int], int]:
     if offset_ns == 0:
         return time.time_ns, 0
     return (lambda: time.time_ns() + offset_ns), offset_ns
+
+
+class ListenFailed(Exception):
+    """A configured port could not be opened; the message is one line naming
+    what was to listen there, the address and the reason."""
+
+
+class Listener(StreamServerEndpointService):
+    """Listens as it starts, synchronously, and raises :class:`ListenFailed`
+    when it cannot: a node that cannot open a configured port exits (SPEC
+    section 7) instead of running on without it."""
+
+    def __init__(self, endpoint: Any, factory: Any, what: str, address: str):
+        super().__init__(endpoint, factory)
+        self._raiseSynchronously = True
+        self.what = what
+        self.address = address
+
+    def privilegedStartService(self) -> None:
+        try:
+            super().privilegedStartService()
+        except CannotListenError as err:
+            reason = getattr(err.socketError, "strerror", None) or err.socketError
+            raise ListenFailed(f"cannot listen for {self.what} on {self.address}: {reason}") from None
+
+
+def host_port(host: str, port: int) -> str:
+    """``host:port`` as messages and the admin endpoint show it (an IPv6
+    literal in brackets)."""
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
 
 def listen_description(host: str, port: int) -> str:
@@ -133,24 +165,29 @@ class NodeService(MultiService):
         self.node = Node(name.encode(), self.store, places, self.links, reactor, Stats(),
                          max_future_ns=config.max_future_seconds * 1_000_000_000, clock_ns=clock_ns)
         self.store.observe = self.node.stats.observe_redis
+        self.store.on_refused = self.node.stats.refused_by_redis
+        self.store.on_connected.append(self.node.stats.redis_serves)
         peer_tls = tls_for(config, name)
         self.factory = ClientConnectionFactory(
             self.node, config.max_line_bytes, config.max_future_seconds * 1_000_000_000, clock_ns,
             Limits(config.max_connections, config.idle_timeout, config.max_outstanding))
         # A socket passed by systemd (socket activation) replaces host:port.
-        self.listener = self._listen(activation or listen_description(me.host, me.port), self.factory)
+        description = activation or listen_description(me.host, me.port)
+        self.listener = self._listen(description, self.factory, "clients", host_port(me.host, me.port))
         self.peer_factory = AcceptedPeerFactory(self.node, name.encode(), secrets, peer_tls)
-        self._listen(listen_description(me.host, me.peer_port), self.peer_factory)
+        self._listen(listen_description(me.host, me.peer_port), self.peer_factory, "peers",
+                     host_port(me.host, me.peer_port))
         self._config, self._secrets, self._peer_tls = config, secrets, peer_tls
         self._dialers: dict[str, tuple[tuple[str, int], Any]] = {}  # peer -> (its address, its dialler)
         self._dial(config)
         if me.admin is not None:
-            from herd.admin import admin_site
+            from herd.admin import Addresses, admin_site
 
-            admin = serverFromString(reactor, listen_description(*me.admin))
-            StreamServerEndpointService(admin, admin_site(self)).setServiceParent(self)
+            addresses = Addresses(host_port(me.host, me.port), host_port(me.host, me.peer_port),
+                                  host_port(*me.admin), host_port(me.redis.host, me.redis.port))
+            self._listen(listen_description(*me.admin), admin_site(self, addresses, reactor),
+                         "the admin endpoint", addresses.admin)
         self._status = LoopingCall(self._publish_status)
-        self._last_total = 0
         self._watchdog = LoopingCall(systemd.notify, "WATCHDOG=1")
         self._log_moved = LoopingCall(self.links.send_log_moved)
         self._heartbeat = LoopingCall(lambda: self.links.beat(self.node.paused_peers))
@@ -196,17 +233,22 @@ class NodeService(MultiService):
                  peers=", ".join(sorted(new)) or "none", added=", ".join(sorted(new - old)) or "none",
                  removed=", ".join(sorted(old - new)) or "none")
 
-    def _listen(self, description: str, factory: Any) -> StreamServerEndpointService:
-        """Listen at ``description`` when the service starts; a port that cannot
-        be opened raises CannotListenError from startService."""
-        listener = StreamServerEndpointService(serverFromString(self._reactor, description), factory)
-        listener._raiseSynchronously = True
+    @property
+    def config(self) -> HerdConfig:
+        """The herd's config as this node runs it now (``reload`` replaces it)."""
+        return self._config
+
+    def _listen(self, description: str, factory: Any, what: str, address: str) -> Listener:
+        """Listen at ``description`` for ``what`` when the service starts; a
+        port that cannot be opened raises ListenFailed from startService."""
+        listener = Listener(serverFromString(self._reactor, description), factory, what, address)
         listener.setServiceParent(self)
         return listener
 
     def startService(self) -> None:
-        super().startService()  # listens at once; raises CannotListenError
+        super().startService()  # listens at once; raises ListenFailed
         self.store.on_connected.append(self._redis_reached)
+        self.store.on_connected.append(self._recall_last_update)
         self._ready_anyway = self._reactor.callLater(self._ready_without_redis, self._redis_not_reached)
         self.store.start()
         self.node.load_latest()
@@ -246,17 +288,29 @@ class NodeService(MultiService):
             log.warn("told systemd READY=1 without Redis after {s:g} s: {status}",
                      s=self._ready_without_redis, status=status)
 
+    def _recall_last_update(self) -> None:
+        """Once Redis serves: the last update time an earlier run published in
+        ``<prefix>status``, so that its age survives a restart."""
+        d = self.store.call("hget", self.store.keys.status, b"last_update")
+        d.addCallbacks(self._recalled, lambda _: None)  # failed: tried again on the next connection
+
+    def _recalled(self, value: bytes | None) -> None:
+        if self._recall_last_update in self.store.on_connected:
+            self.store.on_connected.remove(self._recall_last_update)
+        with contextlib.suppress(TypeError, ValueError):  # none, or not a number: never mind
+            self.node.stats.recall_last_update(float(value))  # type: ignore[arg-type]
+
     def _publish_status(self) -> None:
         """Write this node's live figures to ``<prefix>status`` for ``herd status``."""
         stats = self.node.stats
-        total = stats.total_requests
-        rate, self._last_total = (total - self._last_total) / STATUS_INTERVAL, total
+        stats.tick(STATUS_INTERVAL)
         fields = {
-            b"rate": f"{rate:.1f}",
+            b"rate": f"{stats.rate:.1f}",
             b"node": self.node.name, b"pid": os.getpid(), b"started": f"{stats.started:.3f}",
             b"updated": f"{time.time():.3f}", b"requests": stats.total_requests,
             b"links_up": b",".join(self.links.up()), b"neighbours": b",".join(sorted(self.links.neighbours)),
-            b"flood_in": stats.flood_in, b"flood_out": self.links.flooded,
+            b"flood_in": stats.flood_in, b"flood_duplicate": stats.flood_duplicate,
+            b"flood_out": self.links.flooded,
             b"syncs": self.node.reconciler.runs,
         }
         if stats.last_update:  # else Redis keeps the last one of an earlier run
@@ -299,6 +353,19 @@ def _reload(service: NodeService, config_path: str) -> None:
     service.reload(config)
 
 
+def _note_more_stop_signals(reactor: Any) -> None:
+    """Once stopping, SIGTERM or SIGINT again (a second Ctrl-C) is noted in
+    the log, not an error (Twisted's own handler would stop the stopped
+    reactor again: a critical line). The stop under way finishes within
+    SHUTDOWN_GRACE; SIGKILL cuts it short."""
+    def noted(signum: int, frame: Any) -> None:
+        reactor.callFromThread(log.info, "{signal} again: already stopping",
+                               signal=signal.Signals(signum).name)
+
+    signal.signal(signal.SIGTERM, noted)
+    signal.signal(signal.SIGINT, noted)
+
+
 def raise_file_limit(wanted: int) -> None:
     """Lift the soft open-files limit towards ``wanted`` (within the hard limit),
     so max_connections is reachable without operator tuning."""
@@ -310,7 +377,7 @@ def raise_file_limit(wanted: int) -> None:
         resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
 
 
-def serve(name: str, config_path: str, log_format: str | None, activation: str | None = None) -> int:
+def serve(name: str, config_path: str, logging: LogOptions, activation: str | None = None) -> int:
     """``herd serve NAME --config FILE``: run one node until SIGTERM/SIGINT."""
     # Twisted handles SIGINT only when Python's default handler is in place; a
     # node started in the background by a shell inherits SIGINT ignored.
@@ -325,17 +392,33 @@ def serve(name: str, config_path: str, log_format: str | None, activation: str |
     from twisted.internet import reactor
 
     from herd.logs import start_logging
+    from herd.rotating import RotatingFile
 
-    start_logging(name, log_format or "text", reactor)  # SPEC: text unless asked (the unit asks)
+    access_path = config.access_log_path(name, os.environ)
+    try:
+        access = (RotatingFile(access_path, config.access_log_max_bytes, config.access_log_keep)
+                  if access_path is not None else None)
+    except OSError as err:
+        print(f"herd: {name}: cannot open the access log {access_path}: {err.strerror or err}",
+              file=sys.stderr)
+        return 1
+    start_logging(name, reactor, logging, access)
+    from herd.version import VERSION
+    from herd.wire.peer import VERSION as PEER_PROTOCOL
+
+    # SPEC 6: the node's first log line carries the version.
+    log.info("herd {version} node {name} starting (peer protocol {protocol})", version=VERSION,
+             name=name, protocol=PEER_PROTOCOL.decode())
+    log.info("access log: {path}", path=os.path.abspath(access_path) if access_path else "off")
     raise_file_limit(config.max_connections + 256)
     service = NodeService(config, name, reactor, config.secrets(), activation)
     try:
         service.startService()
-    except CannotListenError as err:
-        print(f"herd: {name}: cannot listen on {err.interface or '*'}:{err.port}: {err.socketError}",
-              file=sys.stderr)
+    except ListenFailed as err:
+        print(f"herd: {name}: {err}", file=sys.stderr)
         return 1
     reactor.addSystemEventTrigger("before", "shutdown", service.stopService)
+    reactor.addSystemEventTrigger("before", "shutdown", _note_more_stop_signals, reactor)
     signal.signal(signal.SIGHUP, lambda *_: reactor.callFromThread(  # type: ignore[attr-defined]
         _reload, service, config_path))
     # Start-up leaves tens of thousands of long-lived objects (modules,

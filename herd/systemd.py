@@ -1,6 +1,7 @@
-"""The two systemd conventions a node follows: readiness/watchdog messages to
-``$NOTIFY_SOCKET`` (sd_notify) and a listening socket passed in ``$LISTEN_FDS``
-(socket activation). Both are no-ops when systemd did not ask for them."""
+"""The systemd conventions a node follows: readiness/watchdog messages to
+``$NOTIFY_SOCKET`` (sd_notify), a listening socket passed in ``$LISTEN_FDS``
+(socket activation), and log lines with a priority prefix when stdout is
+journald's (``$JOURNAL_STREAM``). Each is a no-op when systemd did not ask."""
 
 from __future__ import annotations
 
@@ -52,3 +53,16 @@ def activation_endpoint(environ: dict[str, str] | None = None) -> str | None:
         family = sock.family
     domain = "INET6" if family == socket.AF_INET6 else "INET"
     return f"systemd:domain={domain}:index=0"
+
+
+def is_journal_stream(fd: int, environ: dict[str, str] | None = None) -> bool:
+    """True when ``fd`` is the stream systemd connected to journald: its device
+    and inode are those ``$JOURNAL_STREAM`` names (``"<dev>:<inode>"``, see
+    systemd.exec(5)). A child whose output we pipe elsewhere inherits the
+    variable but not the stream, so the comparison, not the variable, decides."""
+    dev, _, inode = (environ or os.environ).get("JOURNAL_STREAM", "").partition(":")
+    try:
+        st = os.fstat(fd)
+        return (st.st_dev, st.st_ino) == (int(dev), int(inode))
+    except (OSError, ValueError):
+        return False

@@ -9,14 +9,17 @@
 #   1. apt-get install what is missing of redis-server python3 python3-venv
 #   2. the nodes looked up in the config (ports, addresses): fails here, before
 #      any change, on a node that is not in it
-#   3. system user and group `herd` (no home, no login); user `redis` checked
+#   3. system users herd and redis from ops/sysusers.d/herd.conf, installed as
+#      /etc/sysusers.d/herd.conf (systemd-sysusers; useradd where it is missing)
 #   4. the checkout copied to /opt/herd (no .git, .venv, state, caches), and
-#      /opt/herd/.venv built with herd installed into it (not editable)
+#      /opt/herd/.venv built with the locked requirements (requirements.lock,
+#      hashes checked) and herd installed into it (not editable)
 #   5. /etc/herd/herd.toml (an existing one is never replaced without --force)
 #      and /etc/herd/herd.env with a fresh random shared secret (kept once made)
 #   6. per node: /etc/herd/redis/NODE.conf from the node's Redis URL (and with
 #      --socket the herd@NODE.socket drop-in with the node's address)
-#   7. units into /etc/systemd/system, daemon-reload, enable --now
+#   7. units into /etc/systemd/system (with --clients N, per node drop-ins
+#      with the memory limits for N clients), daemon-reload, enable --now
 #
 # Running it again upgrades: nodes that were running are restarted only when
 # the code, herd.toml or the units changed (their Redis only when its own
@@ -39,6 +42,11 @@ Install herd under systemd on this host and run the nodes NODE... (names in the 
                            the last second on a power loss or kernel crash)
   --socket                 socket activation: write herd@NODE.socket drop-ins with
                            each node's address and enable the sockets
+  --clients N              size memory for N clients: per node drop-ins with the
+                           node's MemoryMax= and its Redis's maxmemory and
+                           MemoryMax= (docs/OPERATIONS.md "Memory sizing"); without
+                           it, drop-ins written before are kept (unit defaults:
+                           1000000 clients)
   --disable-default-redis  stop and disable Debian's redis-server.service (port 6379)
   --prefix DIR             install under DIR instead of / (staging, tests); skips
                            apt-get, useradd, chown and systemctl
@@ -60,7 +68,7 @@ die() {
 }
 
 DRY=0 FORCE=0 SOCKET=0 DISABLE_DEFAULT_REDIS=0 VENV=1
-PREFIX=/ CONFIG_SRC='' DURABILITY=strict
+PREFIX=/ CONFIG_SRC='' DURABILITY=strict CLIENTS=''
 NODES=()
 while [ $# -gt 0 ]; do
   case $1 in
@@ -70,6 +78,8 @@ while [ $# -gt 0 ]; do
     --prefix=*) PREFIX=${1#*=}; shift ;;
     --durability) [ $# -ge 2 ] || usage_error "--durability needs strict or everysec"; DURABILITY=$2; shift 2 ;;
     --durability=*) DURABILITY=${1#*=}; shift ;;
+    --clients) [ $# -ge 2 ] || usage_error "--clients needs a number"; CLIENTS=$2; shift 2 ;;
+    --clients=*) CLIENTS=${1#*=}; shift ;;
     --force) FORCE=1; shift ;;
     --socket) SOCKET=1; shift ;;
     --disable-default-redis) DISABLE_DEFAULT_REDIS=1; shift ;;
@@ -86,6 +96,9 @@ case $DURABILITY in
   strict|everysec) ;;
   *) usage_error "--durability must be strict or everysec, not '$DURABILITY'" ;;
 esac
+if [ -n "$CLIENTS" ] && ! [[ $CLIENTS =~ ^[1-9][0-9]{0,9}$ ]]; then
+  usage_error "--clients must be a number of clients (1 to 9999999999), not '$CLIENTS'"
+fi
 for node in "${NODES[@]}"; do
   # The name becomes part of unit names (herd@NODE.service) and of paths.
   [[ $node =~ ^[A-Za-z0-9_][A-Za-z0-9_.-]*$ ]] \
@@ -109,7 +122,7 @@ OPT=$PREFIX/opt/herd
 ETC=$PREFIX/etc/herd
 UNITDIR=$PREFIX/etc/systemd/system
 STATE=$PREFIX/var/lib/herd-redis
-UNITS=(herd@.service herd-redis@.service herd@.socket herd.target)
+UNITS=(herd@.service herd-redis@.service herd@.socket herd.target herd-alert@.service)
 REAL_ROOT=0
 [ -n "$PREFIX" ] || REAL_ROOT=1
 # Checkout entries never copied to /opt/herd (names, at any depth).
@@ -216,7 +229,7 @@ step "nodes ${NODES[*]} in $CONFIG_USED"
 # Redis `bind` addresses, Redis port, Redis password quoted for redis.conf (""
 # when none), the node's address as a ListenStream= value, separated by \x1f
 # (not a tab: read would merge empty fields); and last the name of the shared
-# secret's variable.
+# secret's variable and max_connections, separated the same way.
 READ_CONFIG=$(cat <<'PYTHON'
 import ipaddress
 import sys
@@ -277,36 +290,41 @@ for name in sys.argv[3:]:
     else:
         listen = f"{listen}:{node.port}"
     print(name, bind, redis.port, password, listen, sep="\x1f")
-print(config.secret_env)
+print(config.secret_env, config.max_connections, sep="\x1f")
 PYTHON
 )
 node_lines=$("$PYTHON" -c "$READ_CONFIG" "$SRC" "$CONFIG_USED" "${NODES[@]}") || exit 1
-SECRET_ENV=$(tail -n 1 <<<"$node_lines")
+IFS=$'\x1f' read -r SECRET_ENV MAX_CONNECTIONS < <(tail -n 1 <<<"$node_lines")
 node_lines=$(sed '$d' <<<"$node_lines")
 while IFS=$'\x1f' read -r node _ port _ listen; do
   echo "  = $node: listens on $listen, its Redis on port $port"
 done <<<"$node_lines"
 
 # 3. Users ---------------------------------------------------------------------
-step "system users: herd (nodes), redis (their Redis servers)"
+step "system users: herd (nodes), redis (their Redis servers): $PREFIX/etc/sysusers.d/herd.conf"
+[ -d "$PREFIX/etc/sysusers.d" ] || run mkdir -p "$PREFIX/etc/sysusers.d"
+put "$PREFIX/etc/sysusers.d/herd.conf" 0644 hide <"$SRC/ops/sysusers.d/herd.conf" || true
 if [ "$REAL_ROOT" = 1 ]; then
-  if getent passwd herd >/dev/null; then
-    echo "  = user herd exists"
+  if command -v systemd-sysusers >/dev/null 2>&1; then
+    # Makes what is missing of the file's users and groups; keeps existing ones
+    # (Debian's redis user, made by the redis-server package, above all).
+    run systemd-sysusers /etc/sysusers.d/herd.conf
   else
-    if getent group herd >/dev/null; then group=(--gid herd); else group=(--user-group); fi
-    run useradd --system "${group[@]}" --no-create-home --home-dir /nonexistent \
-      --shell /usr/sbin/nologin --comment "herd node" herd
-  fi
-  # herd-redis@.service runs as Debian's redis user, which the redis-server
-  # package creates; make it only if something removed it.
-  if getent passwd redis >/dev/null; then
-    echo "  = user redis exists"
-  elif [ "$DRY" = 1 ] && [ ${#missing[@]} -gt 0 ]; then
-    echo "  = user redis comes with the redis-server package"
-  else
-    if getent group redis >/dev/null; then group=(--gid redis); else group=(--user-group); fi
-    run useradd --system "${group[@]}" --no-create-home --home-dir /var/lib/redis \
-      --shell /usr/sbin/nologin --comment "Redis" redis
+    # The same users without systemd-sysusers.
+    if getent passwd herd >/dev/null; then
+      echo "  = user herd exists"
+    else
+      if getent group herd >/dev/null; then group=(--gid herd); else group=(--user-group); fi
+      run useradd --system "${group[@]}" --no-create-home --home-dir /nonexistent \
+        --shell /usr/sbin/nologin --comment "herd node" herd
+    fi
+    if getent passwd redis >/dev/null; then
+      echo "  = user redis exists"
+    else
+      if getent group redis >/dev/null; then group=(--gid redis); else group=(--user-group); fi
+      run useradd --system "${group[@]}" --no-create-home --home-dir /var/lib/redis \
+        --shell /usr/sbin/nologin --comment "Redis" redis
+    fi
   fi
 fi
 
@@ -374,7 +392,12 @@ else
     fi
     # Not editable: herd's modules and their compiled bytecode live in the
     # venv, which the node (ProtectSystem=strict) only reads.
-    run "$OPT/.venv/bin/pip" install -q --disable-pip-version-check -r "$OPT/requirements.txt" "$OPT"
+    # The locked versions only (requirements.lock: every file checked against
+    # its sha256), so every host of the herd runs the same packages; then herd
+    # without letting pip pick anything else.
+    run "$OPT/.venv/bin/pip" install -q --disable-pip-version-check --require-hashes \
+      -r "$OPT/requirements.lock"
+    run "$OPT/.venv/bin/pip" install -q --disable-pip-version-check --no-deps "$OPT"
     run touch "$stamp"
   else
     echo "  = herd is installed and $OPT is unchanged"
@@ -453,6 +476,17 @@ EOF
   fi
 }
 
+# Memory sizing for --clients N (docs/OPERATIONS.md "Memory sizing"), in MiB
+# rounded up: Redis maxmemory = 64 MB + 600 bytes per client, the Redis unit's
+# MemoryMax = 2 x maxmemory + 128 MB (copy-on-write while it snapshots), the
+# node's MemoryMax = 256 MB + 250 bytes per client + 4 KB per connection.
+mib() { echo $((($1 + 1048575) / 1048576)); }
+if [ -n "$CLIENTS" ]; then
+  REDIS_MAXMEMORY=$((64 + $(mib $((CLIENTS * 600)))))
+  REDIS_MEMORYMAX=$((2 * REDIS_MAXMEMORY + 128))
+  NODE_MEMORYMAX=$((256 + $(mib $((CLIENTS * 250))) + $(mib $((MAX_CONNECTIONS * 4096)))))
+fi
+
 declare -A REDIS_CHANGED=() SOCKET_CHANGED=()
 while IFS=$'\x1f' read -r node bind port password listen; do
   step "redis for $node: $ETC/redis/$node.conf (port $port, $DURABILITY)"
@@ -478,6 +512,25 @@ while IFS=$'\x1f' read -r node bind port password listen; do
 [Socket]
 ListenStream=
 ListenStream=$listen
+EOF
+  fi
+  if [ -n "$CLIENTS" ]; then
+    step "memory for $node: $CLIENTS clients: node MemoryMax=${NODE_MEMORYMAX}M, Redis maxmemory ${REDIS_MAXMEMORY}mb MemoryMax=${REDIS_MEMORYMAX}M"
+    for dir in "herd@$node.service.d" "herd-redis@$node.service.d"; do
+      [ -d "$UNITDIR/$dir" ] || run mkdir -p "$UNITDIR/$dir"
+    done
+    put "$UNITDIR/herd@$node.service.d/memory.conf" 0644 <<EOF || true
+# Node $node sized for $CLIENTS clients and max_connections = $MAX_CONNECTIONS by
+# ops/install.sh --clients (docs/OPERATIONS.md "Memory sizing").
+[Service]
+MemoryMax=${NODE_MEMORYMAX}M
+EOF
+    put "$UNITDIR/herd-redis@$node.service.d/memory.conf" 0644 <<EOF && REDIS_CHANGED[$node]=1
+# The Redis of node $node sized for $CLIENTS clients by ops/install.sh --clients
+# (docs/OPERATIONS.md "Memory sizing").
+[Service]
+Environment=HERD_REDIS_MAXMEMORY=${REDIS_MAXMEMORY}mb
+MemoryMax=${REDIS_MEMORYMAX}M
 EOF
   fi
 done <<<"$node_lines"

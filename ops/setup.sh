@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Set this machine up to run and test herd: redis-server, Python >= 3.11 with
-# venv, and .venv in the repository root with the requirements and herd itself.
+# venv, and .venv in the repository root with the locked requirements
+# (requirements.lock, requirements-dev.lock) and herd itself.
 # Idempotent; quiet on success except one final line. Works from any directory.
 #
 # Debian's own redis-server service (port 6379) is left alone: herd starts its
@@ -60,6 +61,18 @@ if ! command -v nft >/dev/null 2>&1; then
   apt_install nftables
 fi
 
+# strace checks that the units' SystemCallFilter= allows what the node and
+# its Redis call (tests/herd/test_syscalls.py).
+if ! command -v strace >/dev/null 2>&1; then
+  apt_install strace
+fi
+
+# The admin web page is tested in a real, headless browser (tests/test_web.py):
+# Debian's chromium with its matching chromedriver.
+if ! command -v chromium >/dev/null 2>&1 || ! command -v chromedriver >/dev/null 2>&1; then
+  apt_install chromium chromium-driver
+fi
+
 if ! command -v python3 >/dev/null 2>&1; then
   apt_install python3 python3-venv
 fi
@@ -81,12 +94,17 @@ if [ ! -e .venv ]; then
   fi
 fi
 
-# Install only when the requirements or the package metadata changed since the
-# last successful install (the stamp file), so repeated runs cost nothing.
+# The locked versions (runtime and test tools, every file checked against its
+# sha256), then herd itself, editable, without letting pip pick other versions.
+# Only when the locks or the package metadata differ from the last successful
+# install (the stamp file holds their checksums), so repeated runs cost nothing.
 stamp=.venv/.herd-installed
-if [ ! -f "$stamp" ] || [ requirements.txt -nt "$stamp" ] || [ pyproject.toml -nt "$stamp" ]; then
-  quietly .venv/bin/pip install -q --disable-pip-version-check -r requirements.txt -e .
-  touch "$stamp"
+inputs=$(sha256sum requirements.lock requirements-dev.lock pyproject.toml)
+if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$inputs" ]; then
+  quietly .venv/bin/pip install -q --disable-pip-version-check --require-hashes \
+    -r requirements.lock -r requirements-dev.lock
+  quietly .venv/bin/pip install -q --disable-pip-version-check --no-deps -e .
+  printf '%s\n' "$inputs" >"$stamp"
 fi
 
 echo "ops/setup.sh: ready: $(redis-server --version | cut -d' ' -f1-3), $(.venv/bin/python -V) in .venv"

@@ -26,6 +26,7 @@ from zope.interface import implementer
 from config.schema import RedisAddress
 from herd.wire.client import AtRecord, parse_at_line
 from herd.wire.peer import ANY_ENTRY, LogStep, Position
+from storage import geohash
 from storage.keys import Keys
 
 _log = Logger(namespace="herd")
@@ -40,7 +41,8 @@ LOG_SINCE = _lua("log_since.lua")
 LOG_HEAD = _lua("log_head.lua")
 SCAN_RECORDS = _lua("scan_records.lua")
 SCAN_TIMES = _lua("scan_times.lua")
-SCAN_STATE = _lua("scan_state.lua")
+GEO_SAMPLE = _lua("geo_sample.lua")
+SAMPLE_BLOCK = 4  # consecutive GEO members per block of a sample (see geo_sample.lua)
 LOG_MAX_ENTRIES = 1_000_000  # approximate bound of the update log (a few tens of MB)
 MAX_BATCH = 1000  # records per store_batch.lua call
 # Store batches sent and not yet answered. More wait in the node and join the
@@ -83,7 +85,19 @@ def set_no_delay(transport: Any) -> None:
 _Pending = tuple[list[bytes], Deferred[StoreResult], int]
 
 
-ClientState = tuple[bytes, bytes, bytes]  # client id, AT line, its other fields and GEO score
+EMPTY_DIGEST = b"0000000000000000"  # the digest of no clients
+
+
+class Summary(NamedTuple):
+    """What the summary hash says of the clients held (see Keys.summary)."""
+
+    clients: int
+    digest: bytes  # 16 hex digits; EMPTY_DIGEST when no client is held
+
+
+class PositionSample(NamedTuple):
+    total: int  # clients in the GEO set
+    points: list[tuple[bytes, float, float]]  # (client id, latitude, longitude), at most the count asked
 
 
 class StoreUnavailable(Exception):
@@ -185,6 +199,10 @@ class RedisStore:
         self._announced = 0  # the last connection logged as serving
         self._sent_at: deque[float] = deque()  # when each unanswered store batch was sent
         self.observe: Callable[[float], None] | None = None  # gets each call's latency (s)
+        # Gets the reason (the error's first word: OOM, LOADING, MISCONF, ...)
+        # of each call Redis refused because it cannot take writes now; not
+        # called for the store's own checks whether it serves again.
+        self.on_refused: Callable[[str], None] | None = None
         self._factory = _ReconnectingFactory(
             self._connection_ready, self._connection_refused, self._connection_lost,
             # No SELECT for database 0: a new connection is already there.
@@ -203,9 +221,13 @@ class RedisStore:
         self._factory.startConnecting(_NotingEndpoint(endpoint, self._connection_refused,
                                                       f"Redis at {self._address.host}:{self._address.port}"))
 
+    stopped = False  # stop() was called: failures from now on are expected
+
     def stop(self) -> Deferred[Any]:
         """Close the connections; fires when they are closed. Records still
-        waiting to be sent fail at once (StoreUnavailable)."""
+        waiting to be sent fail at once (StoreUnavailable), and so do calls
+        Redis has not answered yet (``stopped`` tells their callers why)."""
+        self.stopped = True
         if self._batch_call is not None and self._batch_call.active():
             self._batch_call.cancel()
         self._batch_call = None
@@ -371,14 +393,6 @@ class RedisStore:
         d = self._call("eval", SCAN_RECORDS, [], [cursor, self.keys.client_pattern, str(count).encode()])
         return d.addCallback(lambda r: (r[0], r[1:]))
 
-    def scan_state(self, cursor: bytes, count: int) -> Deferred[tuple[bytes, list[ClientState]]]:
-        """One SCAN step over all clients: (next cursor, [(client id, AT line,
-        every hash field and the GEO score)]); done at cursor b"0"."""
-        prefix_length = str(len(self.keys.client(b""))).encode()
-        args = [cursor, self.keys.client_pattern, str(count).encode(), prefix_length]
-        d = self._call("eval", SCAN_STATE, [self.keys.geo], args)
-        return d.addCallback(lambda r: (r[0], list(zip(r[1::3], r[2::3], r[3::3], strict=True))))
-
     def scan_times(self, cursor: bytes, count: int) -> Deferred[tuple[bytes, list[tuple[bytes, bytes]]]]:
         """One SCAN step over all clients: (next cursor, [(client id, client-time)]);
         done at cursor b"0"."""
@@ -386,6 +400,22 @@ class RedisStore:
         args = [cursor, self.keys.client_pattern, str(count).encode(), prefix_length]
         d = self._call("eval", SCAN_TIMES, [], args)
         return d.addCallback(lambda r: (r[0], list(zip(r[1::2], r[2::2], strict=True))))
+
+    def sample_positions(self, count: int) -> Deferred[PositionSample]:
+        """At most ``count`` clients' positions, spread over the GEO set in
+        blocks of SAMPLE_BLOCK neighbours (by geohash), the same sample while
+        the clients stay put (storage/geo_sample.lua), and how many clients
+        the set holds. Fails like every call (StoreUnavailable within about
+        the store's timeout)."""
+        args = [str(count).encode(), str(SAMPLE_BLOCK).encode()]
+        d = self._call("eval", GEO_SAMPLE, [self.keys.geo], args)
+        return d.addCallback(_position_sample)
+
+    def summary(self) -> Deferred[Summary]:
+        """The count and digest of the clients held, from the summary hash the
+        store batches keep (one HMGET, never a SCAN)."""
+        d = self._call("hmget", self.keys.summary, [b"clients", b"digest"])
+        return d.addCallback(lambda r: Summary(int(r[0] or 0), r[1] or EMPTY_DIGEST))
 
     def peer_offset(self, peer: bytes) -> Deferred[Position | None]:
         """How far this node has applied ``peer``'s log, if known."""
@@ -421,7 +451,9 @@ class RedisStore:
             waiter = self._wait(self._waiters, self._timeout, now)
         return waiter.addCallback(lambda _: self._run_now(command, args))
 
-    def _run_now(self, command: str, args: tuple[Any, ...]) -> Deferred[Any]:
+    def _run_now(self, command: str, args: tuple[Any, ...], probe: bool = False) -> Deferred[Any]:
+        """Send the call; ``probe``: the store's own check whether Redis serves
+        (its refusals are not reported to ``on_refused``)."""
         started = self._reactor.seconds()
         try:
             d: Deferred[Any] = getattr(self._redis, command)(*args)
@@ -429,14 +461,17 @@ class RedisStore:
             return fail(StoreUnavailable(f"Redis {command}: {err}"))
         if self.observe is not None:
             d.addBoth(self._timed, started)
-        return d.addErrback(self._unavailable, command, started)
+        return d.addErrback(self._unavailable, command, started, probe)
 
     def _timed(self, result: Any, started: float) -> Any:
         self.observe(self._reactor.seconds() - started)  # type: ignore[misc]
         return result
 
-    def _unavailable(self, failure: Any, command: str, started: float) -> None:
+    def _unavailable(self, failure: Any, command: str, started: float, probe: bool) -> None:
         refused = failure.check(txredisapi.ResponseError)
+        if refused and failure.getErrorMessage().startswith(NOT_SERVING) and not probe \
+                and self.on_refused is not None:
+            self.on_refused(failure.getErrorMessage().split(None, 1)[0])
         if not refused or failure.getErrorMessage().startswith(NOT_SERVING):
             self._serving_now = False
             if self._failing_since is None:
@@ -497,7 +532,8 @@ class RedisStore:
 
     def _check_serving(self) -> None:
         # A write: a Redis can answer reads while refusing or stalling writes.
-        d = self._run_now("hset", (self.keys.status, b"checked", str(self._reactor.seconds()).encode()))
+        d = self._run_now("hset", (self.keys.status, b"checked", str(self._reactor.seconds()).encode()),
+                          probe=True)
         d.addCallbacks(self._serving, self._not_serving_yet)
 
     def _serving(self, _: Any) -> None:
@@ -524,6 +560,12 @@ class RedisStore:
             self._reactor.callLater(SERVING_POLL, self._check_serving)
         else:  # the next connection checks again
             self._checking = False
+
+
+def _position_sample(reply: list[Any]) -> PositionSample:
+    points = [(client_id, *geohash.position(int(float(score))))
+              for client_id, score in zip(reply[1::2], reply[2::2], strict=True)]
+    return PositionSample(int(reply[0]), points)
 
 
 def _record_args(record: AtRecord, tie_break: bool, step: LogStep | None, source: bytes) -> list[bytes]:

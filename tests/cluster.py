@@ -1,6 +1,7 @@
-"""A herd of real processes for integration tests: one redis-server and one
-``python -m herd serve`` per node, on free loopback ports, plus a real HTTP
-server on loopback standing in for the Google Places API.
+"""A herd of real processes for integration tests: herd.tools.harness's
+LocalHerd (one redis-server and one ``python -m herd serve`` per node, on free
+loopback ports) with a real HTTP server on loopback standing in for the Google
+Places API.
 
 Readiness is waited for on signals (ports accepting, log lines saying a
 link is up), never on fixed sleeps.
@@ -10,21 +11,16 @@ from __future__ import annotations
 
 import contextlib
 import json
-import signal
 import socket
-import subprocess
-import sys
 import threading
 import time
-from collections.abc import Iterable
+from collections.abc import Mapping, Sequence
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
-from harness import REPO, RedisServer, env_with, port_open, wait_until
-
-from herd.tools.harness import NodePorts, node_section
+from herd.tools.harness import LocalHerd, LocalNode  # noqa: F401 (LocalNode re-exported for tests)
 
 SECRET = "integration-test-secret"
 PLACES_KEY = "test-places-key"
@@ -75,109 +71,22 @@ class FakePlaces:
         self.server.server_close()
 
 
-class NodeProcess:
-    def __init__(self, herd: Herd, name: str):
-        self.herd = herd
-        self.name = name
-        self.ports = NodePorts.free()
-        self.port = self.ports.client
-        self.redis = RedisServer(herd.root / name / "redis")
-        self.log_path = herd.root / name / "herd.log"
-        self.proc: subprocess.Popen[bytes] | None = None
+class Herd(LocalHerd):
+    """Nodes with the given links (name -> peers listed in its config), their
+    places provider the FakePlaces; ``stop`` kills everything at once."""
 
-    def command(self) -> list[str]:
-        return [sys.executable, "-m", "herd", "serve", self.name, "--config", str(self.herd.config)]
-
-    def start(self, wait: bool = True, ignore_sigint: bool = False, **env: str) -> NodeProcess:
-        """Start the node; ``ignore_sigint``: as a shell's background job would."""
-        log = open(self.log_path, "ab")
-        self.proc = subprocess.Popen(
-            self.command(), cwd=REPO, stdout=log, stderr=subprocess.STDOUT,
-            env=env_with(**{"HERD_SECRET": self.herd.secret, "GOOGLE_PLACES_KEY": PLACES_KEY, **env}),
-            preexec_fn=(lambda: signal.signal(signal.SIGINT, signal.SIG_IGN)) if ignore_sigint else None,
-        )
-        log.close()
-        if wait:
-            wait_until(lambda: port_open(self.port), what=f"node {self.name} listening")
-        return self
-
-    def kill(self, sig: int = signal.SIGKILL) -> int | None:
-        if self.proc is None:
-            return None
-        if self.proc.poll() is None:
-            self.proc.send_signal(sig)
-        code = self.proc.wait(timeout=15)
-        self.proc = None
-        return code
-
-    def log(self) -> str:
-        return self.log_path.read_text(errors="replace")
-
-    def record(self, client_id: str) -> dict[bytes, bytes]:
-        return self.redis.hgetall(f"herd:client:{client_id}")
-
-
-class Herd:
-    """Nodes with the given links (name -> peers listed in its config)."""
-
-    def __init__(self, root: Path, topology: dict[str, list[str]], provider: str = "google",
-                 secret: str = SECRET, extra_herd: str = "", extra_node: str = ""):
-        self.root = root
-        self.secret = secret
+    def __init__(self, root: Path, topology: Mapping[str, Sequence[str]], provider: str = "google",
+                 secret: str = SECRET, extra_herd: str = "", extra_node: str = "", access_log: bool = True):
         self.places = FakePlaces()
-        self.nodes = {name: NodeProcess(self, name) for name in topology}
-        self.config = root / "herd.toml"
-        self.config.write_text(self._toml(topology, provider, extra_herd, extra_node))
-
-    def _toml(self, topology: dict[str, list[str]], provider: str, extra_herd: str,
-              extra_node: str) -> str:
-        out = [f'[herd]\nsecret_env = "HERD_SECRET"\n{extra_herd}\n',
-               f'[places]\nprovider = "{provider}"\nurl = "{self.places.url}"\n'
-               'key_env = "GOOGLE_PLACES_KEY"\ntimeout = 2.0\n']
-        for name, peers in topology.items():
-            node = self.nodes[name]
-            out.append(node_section(name, "127.0.0.1", node.ports,
-                                    node.redis.url, peers, extra_node.format(name=name)))
-        return "\n".join(out)
-
-    def start(self, names: Iterable[str] | None = None) -> Herd:
-        names = list(names or self.nodes)
-        for name in names:
-            self.nodes[name].redis.start()
-        for name in names:
-            self.nodes[name].start(wait=False)
-        for name in names:
-            node = self.nodes[name]
-            wait_until(lambda n=node: port_open(n.port), what=f"node {node.name} listening")
-        return self
-
-    def wait_links(self, timeout: float = 15.0) -> None:
-        """Wait until every running node logged a link up to each running neighbour."""
-        running = [n for n in self.nodes.values() if n.proc is not None]
-        for node in running:
-            for peer in self.neighbours(node.name):
-                if self.nodes[peer].proc is not None:
-                    wait_until(lambda n=node, p=peer: f"peer {p} link up" in n.log(),
-                               timeout, what=f"link {node.name}-{peer}")
-
-    def neighbours(self, name: str) -> set[str]:
-        topo = {n: set(p) for n, p in self._topology().items()}
-        return topo[name] | {n for n, peers in topo.items() if name in peers}
-
-    def _topology(self) -> dict[str, list[str]]:
-        import tomllib
-
-        data = tomllib.loads(self.config.read_text())
-        return {name: node.get("peers", []) for name, node in data["nodes"].items()}
+        places = (f'provider = "{provider}"\nurl = "{self.places.url}"\n'
+                  'key_env = "GOOGLE_PLACES_KEY"\ntimeout = 2.0')
+        self.places_lines = places
+        super().__init__(root, topology, secret=secret, places=places, env={"GOOGLE_PLACES_KEY": PLACES_KEY},
+                         herd_extra=extra_herd, node_extra=extra_node, stop_grace=0, access_log=access_log)
 
     def stop(self) -> None:
-        for node in self.nodes.values():
-            node.kill(signal.SIGKILL)
-            node.redis.kill()
+        super().stop()
         self.places.close()
-
-    def __getitem__(self, name: str) -> NodeProcess:
-        return self.nodes[name]
 
 
 def talk(port: int, *lines: bytes | str, timeout: float = 10.0, terminate: bool = True) -> bytes:

@@ -1,103 +1,96 @@
-"""Real parts for tests: redis-server processes on free ports, waiting helpers.
+"""Real parts for tests: the process harness of herd.tools.harness (real
+redis-server and node processes on free ports, waits), and RedisStores for
+trial test cases: on one redis-server shared by the whole session, under a
+key prefix of their own, or on a fresh one for tests that stop or pause it.
 
-Nothing here mocks Redis: every RedisServer is a real ``redis-server`` process
-with AOF persistence on, in its own temporary directory.
+Nothing here mocks Redis: every RedisProcess is a real ``redis-server``
+process with the shipped ops/redis/redis.conf, in its own directory.
 """
 
 from __future__ import annotations
 
-import os
-import shutil
-import signal
+import itertools
 import subprocess
+import sys
 import tempfile
 from pathlib import Path
 from typing import Any
 
-from herd.tools.harness import free_port, port_open, wait_until  # noqa: F401 (re-exported for tests)
-from herd.tools.resp import Resp, encode_command, read_reply  # noqa: F401 (re-exported for tests)
+from herd.tools.harness import (  # noqa: F401 (re-exported for tests)
+    REPO,
+    RedisProcess,
+    child_env,
+    free_port,
+    port_open,
+    wait_until,
+)
+from herd.tools.resp import Resp  # noqa: F401 (re-exported for tests)
 
-REPO = Path(__file__).resolve().parent.parent
-
-
-class RedisServer:
-    """A real redis-server on a free loopback port with the shipped
-    ops/redis/redis.conf (AOF on, appendfsync always).
-
-    ``start()`` returns once the server answers PING. The data directory
-    survives ``kill()``/``start()`` so tests can check durability.
-    """
-
-    def __init__(self, data_dir: Path, port: int | None = None, appendfsync: str = "always"):
-        self.data_dir = data_dir
-        self.port = port or free_port()
-        self.appendfsync = appendfsync
-        self.proc: subprocess.Popen[bytes] | None = None
-        data_dir.mkdir(parents=True, exist_ok=True)
-
-    @property
-    def url(self) -> str:
-        return f"redis://127.0.0.1:{self.port}/0"
-
-    def start(self) -> RedisServer:
-        exe = shutil.which("redis-server")
-        assert exe, "redis-server is not installed (run ops/setup.sh)"
-        self.proc = subprocess.Popen(
-            [exe, str(REPO / "ops" / "redis" / "redis.conf"),  # the shipped config, then overrides
-             "--port", str(self.port), "--bind", "127.0.0.1", "--dir", str(self.data_dir),
-             "--appendonly", "yes", "--appendfsync", self.appendfsync, "--save", "",
-             "--daemonize", "no", "--logfile", str(self.data_dir / "redis.log")],
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-        )
-        wait_until(lambda: self.ping(), what=f"redis-server on port {self.port}")
-        return self
-
-    def ping(self) -> bool:
-        """True once Redis serves data commands (not while it loads its AOF)."""
-        try:
-            return isinstance(self.command("DBSIZE"), int)
-        except (OSError, RuntimeError):
-            return False
-
-    def command(self, *args: str | bytes) -> object:
-        """Run one command over a fresh connection; return the decoded RESP reply
-        (bytes, int, None or list). Raises OSError when Redis is unreachable and
-        RuntimeError on a Redis error reply."""
-        with Resp(self.port) as redis:
-            return redis.command(*args)
-
-    def hgetall(self, key: str | bytes) -> dict[bytes, bytes]:
-        items = self.command("HGETALL", key)
-        assert isinstance(items, list)
-        return dict(zip(items[0::2], items[1::2], strict=True))
-
-    def kill(self, sig: int = signal.SIGKILL) -> None:
-        if self.proc and self.proc.poll() is None:
-            self.proc.send_signal(sig)
-            self.proc.wait(timeout=10)
-        self.proc = None
-
-    def stop(self) -> None:
-        self.kill(signal.SIGTERM)
+_shared: RedisProcess | None = None
+_prefixes = itertools.count()
 
 
-def env_with(**extra: str) -> dict[str, str]:
-    env = dict(os.environ)
-    env.update(extra)
-    return env
+def shared_redis() -> RedisProcess:
+    """The session's one redis-server (started on first use; conftest.py
+    stops it when the session ends)."""
+    global _shared
+    if _shared is None:
+        _shared = RedisProcess(Path(tempfile.mkdtemp(prefix="herd-tests-redis-"))).start()
+    return _shared
 
 
-def redis_with_store(case: Any, prefix: str, timeout: float = 5.0) -> tuple[RedisServer, Any]:
-    """A fresh redis-server and a started RedisStore on it for a trial test
-    case; both are stopped by the case's cleanups."""
+def stop_shared_redis() -> None:
+    if _shared is not None:
+        _shared.kill()
+
+
+class PrefixedRedis:
+    """A test's view of the shared Redis: its keys are written ``herd:...`` in
+    the test, and read under the test's own prefix."""
+
+    def __init__(self, redis: RedisProcess, prefix: str):
+        self.redis, self.prefix = redis, prefix
+
+    def _key(self, arg: Any) -> Any:
+        if isinstance(arg, str) and arg.startswith("herd:"):
+            return self.prefix + arg[5:]
+        if isinstance(arg, bytes) and arg.startswith(b"herd:"):
+            return self.prefix.encode() + arg[5:]
+        return arg
+
+    def call(self, *args: Any) -> Any:
+        return self.redis.call(*map(self._key, args))
+
+    def hgetall(self, key: Any) -> dict[bytes, bytes]:
+        return self.redis.hgetall(self._key(key))
+
+
+def redis_with_store(case: Any, prefix: str, timeout: float = 5.0, own: bool = False) -> tuple[Any, Any]:
+    """A started RedisStore for a trial test case, stopped by the case's
+    cleanups, and the Redis under it: by default the session's shared
+    redis-server under a key prefix of this store's own (a PrefixedRedis);
+    with ``own``, a fresh redis-server (a RedisProcess, killed by the
+    cleanups) for tests that stop, pause or fill it."""
     from twisted.internet import reactor
 
     from config.schema import RedisAddress
     from storage.store import RedisStore
 
-    redis = RedisServer(Path(tempfile.mkdtemp(prefix=prefix))).start()
-    case.addCleanup(redis.kill)
-    store = RedisStore(reactor, RedisAddress(redis.url, "127.0.0.1", redis.port), b"herd:", timeout=timeout)
+    if own:
+        redis: Any = RedisProcess(Path(tempfile.mkdtemp(prefix=prefix))).start()
+        case.addCleanup(redis.kill)
+        server, key_prefix = redis, "herd:"
+    else:
+        server, key_prefix = shared_redis(), f"{prefix}{next(_prefixes)}:"
+        redis = PrefixedRedis(server, key_prefix)
+    address = RedisAddress(server.url, "127.0.0.1", server.port)
+    store = RedisStore(reactor, address, key_prefix.encode(), timeout=timeout)
     store.start()
     case.addCleanup(store.stop)
     return redis, store
+
+
+def herd_cli(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    """``python -m herd ARGS`` from the checkout: its exit code and output."""
+    return subprocess.run([sys.executable, "-m", "herd", *args], cwd=REPO, capture_output=True,
+                          text=True, timeout=60, env=env)

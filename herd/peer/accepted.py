@@ -62,7 +62,7 @@ class AcceptedPeer(PeerLineMixin, LineProtocol, TimeoutMixin):
         self.who = f"peer port {getattr(address, 'host', '?')}:{getattr(address, 'port', '?')}"
         self.factory.connections.add(self)
         set_no_delay(self.transport)  # flooded updates leave at once
-        log.info("{who} connection opened", who=self.who)
+        logs.connection(self.who, "connection opened")
         self.setTimeout(PRE_AUTH_TIMEOUT)
 
     def timeoutConnection(self) -> None:
@@ -81,7 +81,7 @@ class AcceptedPeer(PeerLineMixin, LineProtocol, TimeoutMixin):
                      name=logs.loggable(self._handshake[0]))
         elif self._tls and not self._spoke_in_tls:  # TLS refused the peer, or it left before a word
             log.warn("{who} peer refused or gone during TLS ({why})", who=self.who, why=why)
-        log.info("{who} connection closed ({why})", who=self.who, why=why)
+        logs.connection(self.who, f"connection closed ({why})")
 
     def line_received(self, line: bytes) -> None:
         self._spoke_in_tls = self._tls
@@ -103,9 +103,10 @@ class AcceptedPeer(PeerLineMixin, LineProtocol, TimeoutMixin):
         """Answer HERD-STARTTLS: everything after HERD-TLS-OK is TLS."""
         assert self.factory.tls is not None
         self._tls = True
+        logs.wire(self.who, "sent", handshake.TLS_OK)
         self.transport.write(handshake.TLS_OK + b"\n")
         self.transport.startTLS(self.factory.tls.server)
-        log.info("{who} peer link upgraded to TLS", who=self.who)
+        logs.connection(self.who, "peer link upgraded to TLS")
 
     def _handshake_step(self, line: bytes, words: list[bytes]) -> bytes:
         """Advance the handshake; returns the line to send back (``? <line>``

@@ -67,7 +67,7 @@ class DialledPeer(PeerLineMixin, LineProtocol):
         self.who = f"peer {peer.decode()} (dialled)"
 
     def connectionMade(self) -> None:
-        log.info("{who} connection opened", who=self.who)
+        logs.connection(self.who, "connection opened")
         set_no_delay(self.transport)  # flooded updates leave at once
         detect_dead_peer(self.transport)
         wait = handshake_backoff(self._failures[0])
@@ -98,7 +98,7 @@ class DialledPeer(PeerLineMixin, LineProtocol):
             self._failures[0] += 1
             log.warn("{who} handshake did not complete ({why}); retrying in {wait:g}s", who=self.who,
                      why=why, wait=handshake_backoff(self._failures[0]))
-        log.info("{who} connection closed ({why})", who=self.who, why=why)
+        logs.connection(self.who, f"connection closed ({why})")
 
     def line_received(self, line: bytes) -> None:
         if self.peer_name is not None:
@@ -109,7 +109,7 @@ class DialledPeer(PeerLineMixin, LineProtocol):
         if words == [handshake.TLS_OK] and self._tls_options is not None and not self._in_tls:
             self._in_tls = True
             self.transport.startTLS(self._tls_options)
-            log.info("{who} peer link upgraded to TLS", who=self.who)
+            logs.connection(self.who, "peer link upgraded to TLS")
             self._hello()
             return
         if words[:1] == [handshake.CHALLENGE] and len(words) in (3, 4) and self._answer_challenge(words):

@@ -133,6 +133,10 @@ class PeerLinks:
         """Names of peers with at least one open authenticated connection."""
         return sorted(name for name, conns in self._open.items() if conns)
 
+    def open_connections(self, name: bytes) -> int:
+        """How many authenticated connections to neighbour ``name`` are open."""
+        return len(self._open[name])
+
     def first_connections(self) -> list[tuple[bytes, PeerConnection]]:
         """(peer, its oldest open connection) for every linked peer."""
         return [(name, conns[0]) for name, conns in sorted(self._open.items()) if conns]

@@ -197,7 +197,10 @@ class Reconciler:
     def _pull_failed(self, failure: Any, peer: bytes, conn: PeerConnection) -> None:
         if self._pulling.get(peer) is conn:  # (not a pull that has since moved to another connection)
             self._end_pull(peer)
-        log.error("pull from {peer} failed: {why}", peer=peer.decode(), why=failure.getErrorMessage())
+        # A node that stops closes its Redis connection under the pulls that
+        # its closing peer connections started: expected, not an error.
+        emit = log.debug if self._store.stopped else log.error
+        emit("pull from {peer} failed: {why}", peer=peer.decode(), why=failure.getErrorMessage())
 
     def _connection_lost(self, peer: bytes, conn: PeerConnection, other: PeerConnection | None) -> None:
         """With the link still up on another connection, pull on it (the pull
@@ -258,7 +261,8 @@ class Reconciler:
                     break
                 chunk = yield self._store.log_since(chunk.end, CHUNK, leave_out)
         except Exception as err:  # Redis failed: the peer's offset stays, it asks again
-            log.error("sync to {peer} failed: {why}", peer=peer.decode(), why=str(err))
+            emit = log.debug if self._store.stopped else log.error  # (see _pull_failed)
+            emit("sync to {peer} failed: {why}", peer=peer.decode(), why=str(err))
             if conn.connected:
                 conn.send_line(msg.sync_end(None))
             return

@@ -1,9 +1,10 @@
 """``herd bench``: the benchmark harness (SPEC section 8, Targets).
 
-It runs its own herds on free loopback ports: one real ``redis-server`` per
-node with the shipped durability (``--appendonly yes --appendfsync always``)
-and every node as ``python -m herd serve NAME --config <generated toml>``,
-all under a temporary directory that is removed at the end (Ctrl-C included).
+It runs its own herds on free loopback ports (``herd.tools.harness.LocalHerd``):
+one real ``redis-server`` per node with the shipped durability (AOF,
+``appendfsync always``) and every node as ``python -m herd serve NAME --config
+<generated toml>``, all under a temporary directory that is removed at the end
+(Ctrl-C included).
 Load comes from ``herd.tools.bench_load`` in processes of its own. Scenarios:
 
 - throughput: pipelined IAMAT req/s on one node that floods to 2 peers
@@ -37,12 +38,20 @@ from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from functools import partial
 from importlib import resources
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
-from herd.tools.harness import NodePorts, free_ports, node_section, port_open
+from herd.tools.harness import (
+    ChildProcess,
+    HarnessError,
+    LocalHerd,
+    LocalNode,
+    child_env,
+    die_with_parent,
+    free_port,
+    wait_until,
+)
 from herd.tools.resp import Resp
 
 REPO = Path(__file__).resolve().parents[2]
@@ -58,8 +67,7 @@ LIGHT_RATE = 100.0  # updates/s of the unloaded propagation run
 START_TIMEOUT = 20.0  # seconds for a Redis or a node to come up
 PLACES_KEY_ENV = "HERD_BENCH_PLACES_KEY"
 SECRET = secrets.token_hex(16)  # the peer secret of every herd this run starts
-
-SHIPPED_REDIS_CONF = Path(__file__).resolve().parents[2] / "ops" / "redis" / "redis.conf"
+STOP_GRACE = 3.0  # seconds a process of a finished scenario has to exit before SIGKILL
 
 
 def add_bench_arguments(parser: argparse.ArgumentParser) -> None:
@@ -151,37 +159,12 @@ def git_commit() -> str:
     return f"{commit}+dirty" if dirty else commit
 
 
-# -- a minimal blocking Redis client ------------------------------------------
-
-
-def redis_info(port: int, section: str) -> dict[str, str]:
-    with Resp(port) as r:
-        text = r.call("INFO", section).decode()
-    return dict(line.split(":", 1) for line in text.splitlines() if ":" in line)
-
-
 # -- processes ------------------------------------------------------------------
 
 
-def wait_until(predicate: Callable[[], bool], timeout: float, what: str, every: float = 0.01) -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise BenchError(f"timed out after {timeout:g} s waiting for {what}")
-        time.sleep(every)
-
-
 class BenchError(Exception):
-    """A scenario could not run (a process did not start, a wait timed out)."""
-
-
-def child_env() -> dict[str, str]:
-    env = dict(os.environ)
-    env.pop("NOTIFY_SOCKET", None)
-    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO), env.get("PYTHONPATH")]))
-    env[PLACES_KEY_ENV] = "unused"
-    env["HERD_SECRET"] = SECRET
-    return env
+    """A scenario could not run (a load tool failed, a node refused its load).
+    Processes that do not start raise HarnessError, waits that run out WaitTimeout."""
 
 
 def cpu_seconds(pid: int) -> float:
@@ -193,216 +176,49 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
-class ProcessGroup:
-    """Processes started for one scenario, under ``root``; all stopped on exit
-    (in reverse order of start: nodes before the Redis they use)."""
-
-    def __init__(self, root: Path):
-        self.root = root
-        root.mkdir(parents=True, exist_ok=True)
-        self._procs: list[subprocess.Popen[bytes]] = []
-
-    def __enter__(self) -> ProcessGroup:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
-
-    def spawn(self, argv: list[str], log: Path | None,
-              env: dict[str, str] | None = None) -> subprocess.Popen[bytes]:
-        """Start ``argv`` in a session of its own (a terminal's Ctrl-C reaches only
-        the bench, which stops everything in order); output to ``log`` or a pipe."""
-        out = open(log, "ab") if log is not None else None
-        try:
-            proc = subprocess.Popen(argv, cwd=REPO, env=env or child_env(), stdin=subprocess.DEVNULL,
-                                    stdout=out or subprocess.PIPE,
-                                    stderr=subprocess.STDOUT if out else subprocess.DEVNULL,
-                                    start_new_session=True)
-        finally:
-            if out is not None:
-                out.close()
-        self._procs.append(proc)
-        return proc
-
-    @staticmethod
-    def stop(proc: subprocess.Popen[bytes], sig: int = signal.SIGTERM, timeout: float = 3.0) -> None:
-        if proc.poll() is None:
-            proc.send_signal(sig)
-            try:
-                proc.wait(timeout)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
-        if proc.stdout is not None:
-            proc.stdout.close()
-
-    def close(self) -> None:
-        while self._procs:
-            self.stop(self._procs.pop())
-
-
-class RedisServer:
-    """A real redis-server with the shipped config (ops/redis/redis.conf: AOF,
-    appendfsync always, compact hashes), data under ``data``. ``appendfsync``
-    is set for the whole run by ``--appendfsync``."""
-
-    appendfsync = "always"
-
-    def __init__(self, group: ProcessGroup, data: Path, port: int):
-        self.group, self.data, self.port = group, data, port
-        self.proc: subprocess.Popen[bytes] | None = None
-
-    def start(self) -> None:
-        exe = shutil.which("redis-server")
-        if exe is None:
-            raise BenchError("redis-server not found; run ops/setup.sh")
-        self.data.mkdir(parents=True, exist_ok=True)
-        self.proc = self.group.spawn(
-            [exe, str(SHIPPED_REDIS_CONF),
-             "--port", str(self.port), "--bind", "127.0.0.1", "--dir", str(self.data),
-             "--appendonly", "yes", "--appendfsync", self.appendfsync, "--save", "",
-             "--daemonize", "no", "--logfile", str(self.data / "redis.log")], None)
-
-    def wait_ready(self) -> None:
-        wait_until(self.ready, START_TIMEOUT, f"redis-server on port {self.port}")
-
-    def ready(self) -> bool:
-        try:
-            with Resp(self.port, timeout=1.0) as r:
-                return isinstance(r.call("DBSIZE"), int)
-        except (OSError, RuntimeError):
-            return False
-
-    @property
-    def pid(self) -> int:
-        assert self.proc is not None
-        return self.proc.pid
-
-    def call(self, *args: str | bytes | int) -> Any:
-        with Resp(self.port) as r:
-            return r.call(*args)
-
-
-class NodeProcess:
-    """``python -m herd serve NAME`` with its log in the group's directory."""
-
-    def __init__(self, group: ProcessGroup, name: str, port: int, redis: RedisServer, config: Path):
-        self.group, self.name, self.port, self.redis, self.config = group, name, port, redis, config
-        self.log_path = group.root / name / "herd.log"
-        self.proc: subprocess.Popen[bytes] | None = None
-
-    def start(self) -> None:
-        self.log_path.parent.mkdir(parents=True, exist_ok=True)
-        self.proc = self.group.spawn(
-            [sys.executable, "-m", "herd", "serve", self.name, "--config", str(self.config)], self.log_path)
-
-    def wait_listening(self) -> None:
-        def up() -> bool:
-            if self.proc is not None and self.proc.poll() is not None:
-                raise BenchError(f"node {self.name} exited with {self.proc.returncode}; see {self.log_path}")
-            return port_open(self.port)
-
-        wait_until(up, START_TIMEOUT, f"node {self.name} listening")
-
-    def kill(self) -> None:
-        if self.proc is not None:
-            ProcessGroup.stop(self.proc, signal.SIGKILL)
-            self.proc = None
-
-    @property
-    def pid(self) -> int:
-        assert self.proc is not None
-        return self.proc.pid
-
-    def log(self, start: int = 0) -> str:
-        with open(self.log_path, "rb") as f:
-            f.seek(start)
-            return f.read().decode(errors="replace")
-
-    def logged(self, text: str) -> bool:
-        return text in self.log()
-
-    def log_size(self) -> int:
-        return self.log_path.stat().st_size if self.log_path.exists() else 0
-
-
-class Herd:
-    """Nodes linked as ``topology`` says (name -> peers it lists), each with its Redis."""
-
-    def __init__(self, group: ProcessGroup, topology: dict[str, list[str]], offline_places: bool = False):
-        self.topology = topology
-        self.group = group
-        ports = free_ports(2 * len(topology))
-        self.config = group.root / "herd.toml"
-        self.nodes: dict[str, NodeProcess] = {}
-        for i, name in enumerate(topology):
-            redis = RedisServer(group, group.root / name / "redis", ports[2 * i + 1])
-            self.nodes[name] = NodeProcess(group, name, ports[2 * i], redis, self.config)
-        self.config.write_text(self.toml(offline_places))
-
-    def toml(self, offline_places: bool) -> str:
-        # Scenarios that send no WHATSAT use a Google provider that is never
-        # called, so no node spends the first seconds loading the offline data set.
-        places = ('provider = "offline"' if offline_places else
-                  f'provider = "google"\nurl = "http://127.0.0.1:9/unused"\nkey_env = "{PLACES_KEY_ENV}"')
-        out = ['[herd]\nsecret_env = "HERD_SECRET"\n', f"[places]\n{places}\n"]
-        for name, node in self.nodes.items():
-            out.append(node_section(name, "127.0.0.1", NodePorts(node.port, *free_ports(2)),
-                                    f"redis://127.0.0.1:{node.redis.port}/0", self.topology[name]))
-        return "\n".join(out)
-
-    def start(self) -> Herd:
-        for node in self.nodes.values():
-            node.redis.start()
-        for node in self.nodes.values():
-            node.redis.wait_ready()
-        for node in self.nodes.values():
-            node.start()
-        for node in self.nodes.values():
-            node.wait_listening()
-        return self
-
-    def neighbours(self, name: str) -> set[str]:
-        return set(self.topology[name]) | {n for n, peers in self.topology.items() if name in peers}
-
-    def wait_links(self) -> None:
-        for name, node in self.nodes.items():
-            for peer in self.neighbours(name):
-                wait_until(partial(node.logged, f"peer {peer} link up"), START_TIMEOUT,
-                           f"link {name}-{peer}", every=0.05)
-
-    def hops_from(self, source: str) -> dict[str, int]:
-        hops, queue = {source: 0}, deque([source])
-        while queue:
-            here = queue.popleft()
-            for peer in sorted(self.neighbours(here)):
-                if peer not in hops:
-                    hops[peer] = hops[here] + 1
-                    queue.append(peer)
-        return hops
+def hops_from(herd: LocalHerd, source: str) -> dict[str, int]:
+    hops, queue = {source: 0}, deque([source])
+    while queue:
+        here = queue.popleft()
+        for peer in sorted(herd.neighbours(here)):
+            if peer not in hops:
+                hops[peer] = hops[here] + 1
+                queue.append(peer)
+    return hops
 
 
 @contextmanager
-def herd_running(root: Path, topology: dict[str, list[str]], offline_places: bool = False) -> Iterator[Herd]:
-    """A started herd with every link up; everything stopped on exit."""
-    with ProcessGroup(root) as group:
-        herd = Herd(group, topology, offline_places).start()
-        herd.wait_links()
+def herd_running(bench: Bench, name: str, topology: dict[str, list[str]],
+                 offline_places: bool = False) -> Iterator[LocalHerd]:
+    """A started herd under ``<bench root>/name`` with every link up; everything
+    stopped on exit."""
+    # Scenarios that send no WHATSAT use a Google provider that is never
+    # called, so no node spends the first seconds loading the offline data set.
+    places = ('provider = "offline"' if offline_places else
+              f'provider = "google"\nurl = "http://127.0.0.1:9/unused"\nkey_env = "{PLACES_KEY_ENV}"')
+    with LocalHerd(bench.root / name, topology, secret=SECRET, places=places, env={PLACES_KEY_ENV: "unused"},
+                   appendfsync=bench.args.appendfsync, stop_grace=STOP_GRACE) as herd:
+        herd.start()
+        for node in herd.nodes.values():
+            # A benchmark measures: the shipped config's maxmemory (a production
+            # limit, sized for 1,000,000 clients) must not cut a large --clients short.
+            node.redis.call("CONFIG", "SET", "maxmemory", "0")
+        herd.wait_links(START_TIMEOUT)
         yield herd
 
 
-def run_tool(group: ProcessGroup, command: str, args: Sequence[str], timeout: float) -> dict[str, Any]:
-    """Run ``python -m herd.tools.bench_load COMMAND ARGS`` and return the JSON it prints."""
-    proc = group.spawn([sys.executable, "-m", "herd.tools.bench_load", command, *args], None)
+def run_tool(command: str, args: Sequence[str], timeout: float) -> dict[str, Any]:
+    """Run ``python -m herd.tools.bench_load COMMAND ARGS`` and return the JSON it
+    prints (it is killed on a timeout or Ctrl-C)."""
+    argv = [*die_with_parent(), sys.executable, "-m", "herd.tools.bench_load", command, *args]
     try:
-        out, _ = proc.communicate(timeout=timeout)
+        proc = subprocess.run(argv, env=child_env(), stdin=subprocess.DEVNULL, capture_output=True,
+                              timeout=timeout, start_new_session=True)
     except subprocess.TimeoutExpired:
         raise BenchError(f"bench_load {command} did not finish within {timeout:g} s") from None
-    finally:
-        ProcessGroup.stop(proc)
-    if proc.returncode != 0 or not out.strip():
+    if proc.returncode != 0 or not proc.stdout.strip():
         raise BenchError(f"bench_load {command} failed (exit {proc.returncode})")
-    result: dict[str, Any] = json.loads(out.decode().strip().splitlines()[-1])
+    result: dict[str, Any] = json.loads(proc.stdout.decode().strip().splitlines()[-1])
     return result
 
 
@@ -419,12 +235,12 @@ class Bench:
         return [str(port), "--connections", str(self.args.connections),
                 "--in-flight", str(self.args.in_flight)]
 
-    def timed_load(self, group: ProcessGroup, port: int, watched: dict[str, list[int]]) -> dict[str, Any]:
+    def timed_load(self, port: int, watched: dict[str, list[int]]) -> dict[str, Any]:
         """Run the duration load against ``port``; add the CPU share (cores) of
         each group of ``watched`` processes over the run."""
         before = {k: sum(cpu_seconds(p) for p in pids) for k, pids in watched.items()}
         started = time.monotonic()
-        result = run_tool(group, "load", [*self.load_args(port), "--seconds", str(self.args.seconds)],
+        result = run_tool("load", [*self.load_args(port), "--seconds", str(self.args.seconds)],
                           self.args.seconds + 60)
         wall = time.monotonic() - started
         result["cpu_cores"] = {k: round((sum(cpu_seconds(p) for p in pids) - before[k]) / wall, 2)
@@ -432,12 +248,11 @@ class Bench:
         result["cpu_cores"]["loadgen"] = result.pop("loadgen_cpu")
         return result
 
-    def store_clients(self, group: ProcessGroup, port: int, count: int, prefix: str,
-                      step: int = 1) -> dict[str, Any]:
+    def store_clients(self, port: int, count: int, prefix: str, step: int = 1) -> dict[str, Any]:
         """IAMAT clients ``<prefix>0``, ``<prefix><step>``, ... (count of them) through
         the node at ``port``, pipelined; the load tool's result."""
-        result = run_tool(group, "load", [*self.load_args(port), "--count", str(count), "--prefix", prefix,
-                                  "--step", str(step)], 600)
+        result = run_tool("load", [*self.load_args(port), "--count", str(count), "--prefix", prefix,
+                                   "--step", str(step)], 600)
         if result["errors"] or result["requests"] != count:
             raise BenchError(f"storing {count} clients: {result['errors']} answered '? <line>' "
                              f"(see the node's log), {result['requests']} answered in all")
@@ -447,24 +262,23 @@ class Bench:
 def scenario_throughput(bench: Bench) -> dict[str, Any]:
     """IAMAT/s on Bailey, which floods every update to its 2 linked peers."""
     topology = {"Bailey": ["Bona", "Campbell"], "Bona": [], "Campbell": []}
-    with herd_running(bench.root / "throughput", topology) as herd:
+    with herd_running(bench, "throughput", topology) as herd:
         node = herd.nodes["Bailey"]
         peers = [herd.nodes["Bona"], herd.nodes["Campbell"]]
         watched = {"node": [node.pid], "redis": [node.redis.pid],
                    "peers+redis": [p.pid for p in peers] + [p.redis.pid for p in peers]}
-        result = bench.timed_load(herd.group, node.port, watched)
+        result = bench.timed_load(node.port, watched)
         result["peers"] = 2
         return result
 
 
 def scenario_ceiling(bench: Bench) -> dict[str, Any]:
     """The same load against a no-storage Twisted line server (herd.wire.client only)."""
-    with ProcessGroup(bench.root / "ceiling") as group:
-        port = free_ports(1)[0]
-        server = group.spawn([sys.executable, "-m", "herd.tools.bench_load", "ceiling-server", str(port)],
-                             group.root / "ceiling.log")
-        wait_until(lambda: port_open(port), START_TIMEOUT, "ceiling server listening")
-        return bench.timed_load(group, port, {"server": [server.pid]})
+    port = free_port()
+    argv = [sys.executable, "-m", "herd.tools.bench_load", "ceiling-server", str(port)]
+    with ChildProcess("ceiling server", argv, bench.root / "ceiling" / "ceiling.log", port=port) as server:
+        server.start(timeout=START_TIMEOUT)
+        return bench.timed_load(port, {"server": [server.pid]})
 
 
 def scenario_propagation(bench: Bench) -> dict[str, Any]:
@@ -474,25 +288,25 @@ def scenario_propagation(bench: Bench) -> dict[str, Any]:
     out = {}
     seconds = bench.args.propagation_seconds
     for label, topology, source in (("five", FIVE, "Bailey"), ("line", LINE, "A")):
-        with herd_running(bench.root / f"propagation-{label}", topology) as herd:
+        with herd_running(bench, f"propagation-{label}", topology) as herd:
             out[label] = propagate(herd, source, bench.args.rate, seconds, "prop")
             if label == "line":
                 out["line_light"] = propagate(herd, source, LIGHT_RATE, max(1.0, seconds / 3), "light")
     return out
 
 
-def propagate(herd: Herd, source: str, rate: float, seconds: float, prefix: str) -> dict[str, Any]:
-    hops = herd.hops_from(source)
+def propagate(herd: LocalHerd, source: str, rate: float, seconds: float, prefix: str) -> dict[str, Any]:
+    hops = hops_from(herd, source)
     far = max(sorted(hops, reverse=True), key=lambda n: hops[n])  # five: Jaquez (Clark is 2 hops too)
     args = [str(herd.nodes[source].port), str(herd.nodes[far].redis.port), "--rate", str(rate),
             "--seconds", str(seconds), "--prefix", prefix]
     return {"from": source, "to": far, "hops": hops[far],
-            **run_tool(herd.group, "propagate", args, seconds + 60)}
+            **run_tool("propagate", args, seconds + 60)}
 
 
 def scenario_whatsat(bench: Bench) -> dict[str, Any]:
     """Sequential WHATSAT latency, offline provider, a client in Los Angeles."""
-    with herd_running(bench.root / "whatsat", {"Bailey": []}, offline_places=True) as herd:
+    with herd_running(bench, "whatsat", {"Bailey": []}, offline_places=True) as herd:
         node = herd.nodes["Bailey"]
         started = time.monotonic()
         wait_until(lambda: node.redis.call("EXISTS", "herd:places:version") == 1, 120,
@@ -555,28 +369,52 @@ def scenario_memory(bench: Bench) -> dict[str, Any]:
     (measured on node A of the reconcile scenario instead when that runs too)."""
     if bench.memory is not None:
         return bench.memory
-    with herd_running(bench.root / "memory", {"Bailey": []}) as herd:
+    with herd_running(bench, "memory", {"Bailey": []}) as herd:
         node = herd.nodes["Bailey"]
-        before = used_memory(node.redis.port)
-        stored = bench.store_clients(herd.group, node.port, bench.args.clients, "mem")
+        before = memory_marks(node)
+        stored = bench.store_clients(node.port, bench.args.clients, "mem")
         return memory_result(node, before, bench.args.clients, "mem", stored["rate"])
 
 
-def used_memory(port: int) -> int:
-    return int(redis_info(port, "memory")["used_memory"])
+class MemoryMarks(NamedTuple):
+    """Memory of a node and its Redis at one moment (bytes)."""
+
+    used_memory: int  # Redis's own count, what maxmemory limits
+    redis_rss: int  # the redis-server process's resident set, what MemoryMax= limits
+    node_rss: int  # the node process's resident set
 
 
-def memory_result(node: NodeProcess, before: int, n: int, prefix: str, rate: float) -> dict[str, Any]:
+def memory_marks(node: LocalNode) -> MemoryMarks:
+    info = node.redis.info("memory")
+    return MemoryMarks(int(info["used_memory"]), int(info["used_memory_rss"]), resident_bytes(node.pid))
+
+
+def resident_bytes(pid: int) -> int:
+    """VmRSS of process ``pid`` (0 once it is gone)."""
+    try:
+        status = Path(f"/proc/{pid}/status").read_text()
+    except OSError:
+        return 0
+    return next((int(line.split()[1]) * 1024 for line in status.splitlines() if line.startswith("VmRSS:")), 0)
+
+
+def memory_result(node: LocalNode, before: MemoryMarks, n: int, prefix: str, rate: float) -> dict[str, Any]:
     """Bytes per client in ``node``'s Redis since ``before`` (used_memory), after
     storing clients ``<prefix>0`` .. ``<prefix><n-1>``, with the update log, the
-    GEO set and the client hashes (sampled) apart."""
-    total = used_memory(node.redis.port) - before
+    GEO set and the client hashes (sampled) apart; and the growth of the Redis
+    and node processes' resident sets per client (docs/OPERATIONS.md sizes
+    maxmemory and MemoryMax= from these)."""
+    after = memory_marks(node)
+    total = after.used_memory - before.used_memory
     with Resp(node.redis.port) as r:
         log, geo = r.pipeline([("MEMORY", "USAGE", "herd:log"), ("MEMORY", "USAGE", "herd:geo")])
         sample = range(0, n, max(1, n // 100))
         hashes = r.pipeline([("MEMORY", "USAGE", f"herd:client:{prefix}{i}") for i in sample])
     return {"clients": n, "node": node.name, "store_rate": rate, "used_memory_delta": total,
             "bytes_per_client": round(total / n, 1),
+            "redis_rss_bytes_per_client": round((after.redis_rss - before.redis_rss) / n, 1),
+            "node_rss_bytes_per_client": round((after.node_rss - before.node_rss) / n, 1),
+            "node_rss_bytes": after.node_rss,
             "log_bytes_per_client": round((log or 0) / n, 1), "geo_bytes_per_client": round(geo / n, 1),
             "hash_bytes_per_client": round(sum(h or 0 for h in hashes) / len(hashes), 1),
             "bytes_per_client_without_log": round((total - (log or 0)) / n, 1)}
@@ -604,7 +442,7 @@ class SyncLine:
                 "bytes": self.bytes, "ms": self.ms, "done_after_restart_s": round(self.at - since, 3)}
 
 
-def sync_lines(node: NodeProcess, since: int, to: str) -> list[SyncLine]:
+def sync_lines(node: LocalNode, since: int, to: str) -> list[SyncLine]:
     return [SyncLine(f"{node.name}->{m[1]}", datetime.fromisoformat(m[0]).timestamp(), m[2], int(m[3]),
                      int(m[4]), float(m[5]))
             for m in SYNC_LINE.findall(node.log(since)) if m[1] == to]
@@ -614,20 +452,20 @@ def scenario_reconcile(bench: Bench) -> dict[str, Any]:
     """A-B hold N clients; B is killed, 1% of the clients are updated through A,
     B restarts: seconds until both agree, and the bytes reconciliation sent."""
     n = bench.args.clients
-    with herd_running(bench.root / "reconcile", {"A": ["B"], "B": []}) as herd:
+    with herd_running(bench, "reconcile", {"A": ["B"], "B": []}) as herd:
         a, b = herd.nodes["A"], herd.nodes["B"]
-        before = used_memory(a.redis.port)
-        load = bench.store_clients(herd.group, a.port, n, "rc")
+        before = memory_marks(a)
+        load = bench.store_clients(a.port, n, "rc")
         bench.memory = memory_result(a, before, n, "rc", load["rate"])
         missing = wait_settled(b, n)
         b.kill()
         step = 100
         changed = [f"herd:client:rc{i}" for i in range(0, n, step)]
-        bench.store_clients(herd.group, a.port, len(changed), "rc", step=step)
+        bench.store_clients(a.port, len(changed), "rc", step=step)
         expected = hget_at(a.redis.port, changed)
         marks = (a.log_size(), b.log_size())
         restarted, restarted_wall = time.monotonic(), time.time()
-        b.start()
+        b.start(wait=False)
         wait_until(lambda: hget_at(b.redis.port, changed) == expected, 120, "B to get the updates", 0.005)
         converged = time.monotonic() - restarted
         records = wait_identical(a.redis.port, b.redis.port)
@@ -641,7 +479,7 @@ def scenario_reconcile(bench: Bench) -> dict[str, Any]:
                 "syncs": [s.as_json(restarted_wall) for s in syncs]}
 
 
-def wait_settled(node: NodeProcess, n: int, quiet: float = 5.0) -> int:
+def wait_settled(node: LocalNode, n: int, quiet: float = 5.0) -> int:
     """Wait until ``node`` holds ``n`` clients, or its count has not moved for
     ``quiet`` seconds (flooded updates it failed to store); how many it misses."""
     last, since = -1, time.monotonic()
@@ -694,7 +532,7 @@ def wait_syncs(found: Callable[[], list[SyncLine]], timeout: float = 30.0) -> li
     (or after ``timeout``: then whatever was logged)."""
     try:
         wait_until(lambda: len({s.direction for s in found()}) == 2, timeout, "sync log lines", 0.1)
-    except BenchError:
+    except TimeoutError:
         pass
     return found()
 
@@ -710,13 +548,13 @@ def byte_figures(records: dict[bytes, bytes], syncs: Sequence[SyncLine]) -> dict
 def scenario_startup(bench: Bench) -> dict[str, Any]:
     """Seconds from spawning ``herd serve`` until it answers an IAMAT with an AT
     line (its Redis already running), over STARTS restarts."""
-    with herd_running(bench.root / "startup", {"Bailey": []}) as herd:
+    with herd_running(bench, "startup", {"Bailey": []}) as herd:
         node = herd.nodes["Bailey"]
         times = []
         for _ in range(STARTS):
             node.kill()
             started = time.monotonic()
-            node.start()
+            node.start(wait=False)
             while not answers_iamat(node.port, f"IAMAT startup +1+1 {time.time():.9f}"):
                 if time.monotonic() - started > START_TIMEOUT:
                     raise BenchError("the node did not answer within the start timeout")
@@ -826,9 +664,13 @@ def memory_figures(r: dict[str, Any], results: dict[str, Any]) -> list[Figure]:
         return [Figure("memory", "error", r["error"])]
     per = r["bytes_per_client"]
     name = f"bytes per client ({r['clients']:,} clients, node {r['node']})"
-    return [Figure("memory", name, f"{per:.0f}", "<= 300", per <= 300),
+    rows = [Figure("memory", name, f"{per:.0f}", "<= 300", per <= 300),
             Figure("memory", "of which update log / GEO / hash", f"{r['log_bytes_per_client']:.0f} / "
                    f"{r['geo_bytes_per_client']:.0f} / {r['hash_bytes_per_client']:.0f}")]
+    if "node_rss_bytes_per_client" in r:  # not in reports made before it was measured
+        rows.append(Figure("memory", "resident per client: Redis / node",
+                           f"{r['redis_rss_bytes_per_client']:.0f} / {r['node_rss_bytes_per_client']:.0f}"))
+    return rows
 
 
 def reconcile_figures(r: dict[str, Any], results: dict[str, Any]) -> list[Figure]:
@@ -902,7 +744,7 @@ def run_scenarios(bench: Bench, names: Sequence[str]) -> dict[str, Any]:
             print(f"herd bench: running {name} ...", file=sys.stderr, flush=True)
         try:
             results[name] = RUNNERS[name](bench)
-        except BenchError as err:
+        except (BenchError, HarnessError) as err:
             results[name] = {"error": str(err)}
     return results
 
@@ -910,7 +752,6 @@ def run_scenarios(bench: Bench, names: Sequence[str]) -> dict[str, Any]:
 def run_bench(args: argparse.Namespace) -> int:
     """``herd bench``: run the selected scenarios; 0 when every one ran (targets
     missed or not), 1 when a scenario failed, 2 on bad arguments."""
-    RedisServer.appendfsync = args.appendfsync
     try:
         names = selected(args.only)
     except BenchError as err:

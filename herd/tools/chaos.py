@@ -2,8 +2,9 @@
 
 It starts the SPEC five-node herd (links Bailey-Bona, Bailey-Campbell,
 Bona-Campbell, Bona-Clark, Campbell-Jaquez, Clark-Jaquez), each node as
-``python -m herd serve`` with its own ``redis-server`` (AOF on,
-``appendfsync always``), on free loopback ports in a temporary directory. A
+``python -m herd serve`` with its own ``redis-server`` (the shipped
+ops/redis/redis.conf: AOF, ``appendfsync always``), on free loopback ports in
+a temporary directory (``herd.tools.harness.LocalHerd``). A
 bounded IAMAT load (``--rate`` per second, ``--clients`` client ids so that
 updates overwrite each other, strictly increasing client times) goes to
 random running nodes over short-lived and persistent connections; every
@@ -25,21 +26,19 @@ update or a newer one, that no node holds an update that was never sent, and
 that ``herd check`` agrees. Exit 0 only when nothing was lost and the herd
 converged within ``--converge-timeout`` seconds of the heal.
 
-This is a test tool, not the serving path: subprocesses, a thread running an
-asyncio load, and a raw-socket RESP reader. It imports nothing from the node.
+This is a test tool, not the serving path: the process harness, a thread
+running an asyncio load, and a blocking RESP client. It imports nothing from
+the node.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
-import functools
 import json
-import os
 import random
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -52,10 +51,8 @@ from pathlib import Path
 from types import FrameType
 from typing import Any
 
-from herd.tools.harness import NodePorts, free_ports, node_section
+from herd.tools.harness import HarnessError, LocalHerd, LocalNode, child_env, utc_stamp
 from herd.tools.resp import Resp
-
-PACKAGE_ROOT = Path(__file__).resolve().parents[2]  # where `python -m herd` is found
 
 # SPEC section 5: the shipped five-node herd, each link listed by both ends.
 TOPOLOGY: dict[str, list[str]] = {
@@ -75,54 +72,17 @@ REPLY_TIMEOUT = 5.0  # seconds for its reply (Redis outages are answered within 
 MAX_IN_FLIGHT = 1000  # load requests outstanding at once; beyond, a tick is skipped
 POOL_SIZE = 4  # idle persistent connections kept per node
 START_TIMEOUT = 15.0  # seconds for a process to accept connections
+START_ATTEMPTS = 3  # a node that exits at start-up (its port briefly taken) is started again
 GAP = (0.5, 1.5)  # seconds between fault cycles
 WARMUP = 2.0  # seconds of load before the first fault
 
 
 class ChaosError(Exception):
-    """The run could not be carried out (a process would not start, ...)."""
+    """The options do not describe a run (a process that would not start raises
+    HarnessError)."""
 
 
 # -- small helpers -----------------------------------------------------------
-
-
-def _ephemeral_low() -> int:
-    try:
-        return int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
-    except (OSError, ValueError, IndexError):
-        return 32768
-
-
-def pick_ports(count: int) -> list[int]:
-    """``count`` distinct loopback ports that were free a moment ago, chosen
-    below the ephemeral range when possible so that a restarted process does
-    not find its port taken by some outgoing connection's local end."""
-    chooser = random.SystemRandom()
-    low = _ephemeral_low()
-    ports: list[int] = []
-    for _ in range(count * 50):
-        if len(ports) == count:
-            break
-        port = chooser.randrange(20000, low) if low > 21000 else 0
-        if port in ports:
-            continue
-        with socket.socket() as s:
-            try:
-                s.bind(("127.0.0.1", port))
-            except OSError:
-                continue
-            ports.append(int(s.getsockname()[1]))
-    if len(ports) < count:
-        raise ChaosError("could not find free loopback ports")
-    return ports
-
-
-def port_open(port: int) -> bool:
-    try:
-        with socket.create_connection(("127.0.0.1", port), timeout=0.3):
-            return True
-    except OSError:
-        return False
 
 
 def time_text(ns: int) -> str:
@@ -143,200 +103,89 @@ def neighbours(name: str) -> list[str]:
     return sorted(set(TOPOLOGY[name]) | {n for n, peers in TOPOLOGY.items() if name in peers})
 
 
-def utc_stamp() -> str:
-    now = time.time()
-    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(now)) + f".{int(now % 1 * 1000):03d}Z"
-
-
-# -- a raw-socket RESP client (as in tests/harness.py) -----------------------
-
-
 # -- processes ----------------------------------------------------------------
-
-
-class Proc:
-    """A child process in its own session (so its process group is its pid),
-    started with the same command every time, output appended to a log file."""
-
-    def __init__(self, label: str, argv: list[str], log_path: Path, env: dict[str, str]):
-        self.label = label
-        self.argv = argv
-        self.log_path = log_path
-        self.env = env
-        self.proc: subprocess.Popen[bytes] | None = None
-        self.starts = 0
-
-    def start(self) -> None:
-        assert not self.alive(), self.label
-        self.starts += 1
-        with open(self.log_path, "ab") as log:
-            log.write(f"=== herd chaos: start {self.starts} of {self.label} at {utc_stamp()}\n".encode())
-            log.flush()
-            self.proc = subprocess.Popen(self.argv, cwd=PACKAGE_ROOT, env=self.env,
-                                         stdin=subprocess.DEVNULL, stdout=log,
-                                         stderr=subprocess.STDOUT, start_new_session=True)
-
-    def alive(self) -> bool:
-        proc = self.proc  # read once: the load thread asks while faults replace it
-        return proc is not None and proc.poll() is None
-
-    def signal(self, sig: int) -> None:
-        proc = self.proc
-        if proc is not None and proc.poll() is None:
-            os.killpg(proc.pid, sig)
-
-    def kill(self) -> None:
-        """``kill -9`` the process (its whole group) and reap it."""
-        if self.proc is None:
-            return
-        self.signal(signal.SIGKILL)
-        try:
-            self.proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            pass
-        self.proc = None
 
 
 @dataclass
 class Slot:
-    """One node of the herd: its process, its Redis, and what faults hold it."""
+    """One node of the herd (its Redis in ``node.redis``) and what faults hold it."""
 
-    name: str
-    port: int
-    redis_port: int
-    root: Path
-    node: Proc
-    redis: Proc
+    node: LocalNode
     down: bool = False  # killed by a fault, not yet back
     stopped: bool = False  # SIGSTOPped
 
-    def redis_ready(self) -> bool:
-        """True once Redis serves data commands (not while it loads its AOF)."""
-        try:
-            with Resp(self.redis_port, timeout=1.0) as r:
-                return isinstance(r.command("DBSIZE"), int)
-        except (OSError, RuntimeError):
-            return False
+    @property
+    def name(self) -> str:
+        return self.node.name
 
 
 class ChaosHerd:
     """The five nodes and their Redis servers under ``root``."""
 
     def __init__(self, root: Path, secret: str, events: Callable[[str], None]):
-        self.root = root
         self.events = events
-        self.config = root / "herd.toml"
-        exe = shutil.which("redis-server")
-        if exe is None:
-            raise ChaosError("redis-server not found; run ops/setup.sh")
-        env = dict(os.environ)
-        env.pop("NOTIFY_SOCKET", None)
-        env.update(HERD_SECRET=secret, HERD_CHAOS_PLACES_KEY="unused", PYTHONUNBUFFERED="1")
-        ports = pick_ports(2 * len(TOPOLOGY))
-        self.slots: dict[str, Slot] = {}
-        for i, name in enumerate(TOPOLOGY):
-            node_root = root / name
-            (node_root / "redis").mkdir(parents=True)
-            port, redis_port = ports[2 * i], ports[2 * i + 1]
-            redis = Proc(f"{name} redis", [
-                exe, "--port", str(redis_port), "--bind", "127.0.0.1",
-                "--dir", str(node_root / "redis"), "--appendonly", "yes",
-                "--appendfsync", "always", "--save", "", "--daemonize", "no",
-                "--logfile", str(node_root / "redis" / "redis.log")],
-                node_root / "redis" / "redis.out", env)
-            node = Proc(name, [sys.executable, "-m", "herd", "serve", name, "--config",
-                               str(self.config), "--log-format", "text"],
-                        node_root / "herd.log", env)
-            self.slots[name] = Slot(name, port, redis_port, node_root, node, redis)
-        self.config.write_text(self._toml())
-
-    def _toml(self) -> str:
         # The places provider is never asked (the load sends only IAMAT); a
         # Google provider pointed at a closed port keeps start-up light.
-        out = ['[herd]\nsecret_env = "HERD_SECRET"\n',
-               '[places]\nprovider = "google"\nurl = "http://127.0.0.1:9/nearbysearch/json"\n'
-               'key_env = "HERD_CHAOS_PLACES_KEY"\n']
-        for name, peers in TOPOLOGY.items():
-            slot = self.slots[name]
-            out.append(node_section(name, "127.0.0.1", NodePorts(slot.port, *free_ports(2)),
-                                    f"redis://127.0.0.1:{slot.redis_port}/0", peers))
-        return "\n".join(out)
+        places = ('provider = "google"\nurl = "http://127.0.0.1:9/nearbysearch/json"\n'
+                  'key_env = "HERD_CHAOS_PLACES_KEY"')
+        self.herd = LocalHerd(root, TOPOLOGY, secret=secret, places=places,
+                              env={"HERD_CHAOS_PLACES_KEY": "unused"}, node_args=["--log-format", "text"],
+                              stop_grace=0, mark_starts=True)
+        self.config = self.herd.config
+        self.slots = {name: Slot(node) for name, node in self.herd.nodes.items()}
 
     def __getitem__(self, name: str) -> Slot:
         return self.slots[name]
 
     def targets(self) -> list[tuple[str, int]]:
         """(name, port) of the nodes running and not held by a fault."""
-        return [(s.name, s.port) for s in self.slots.values()
+        return [(s.name, s.node.port) for s in self.slots.values()
                 if not s.down and not s.stopped and s.node.alive()]
 
     # -- starting --------------------------------------------------------
 
     def start_redis(self, names: Sequence[str]) -> None:
-        for name in names:
-            self.slots[name].redis.start()
-        for name in names:
-            slot = self.slots[name]
-            wait_for(slot.redis_ready, f"{name}'s redis-server", slot.redis)
+        self.herd.start_redis(names)
 
     def start_nodes(self, names: Sequence[str]) -> None:
         """Start nodes (the same command every time) and wait until each listens;
         a node that exits at once (its port briefly taken) is started again."""
-        for name in names:
-            self.slots[name].node.start()
-        for name in names:
-            slot = self.slots[name]
-            listening = functools.partial(port_open, slot.port)
-            for attempt in range(3):
+        nodes = [self.slots[name].node for name in names]
+        for node in nodes:
+            node.start(wait=False)
+        for node in nodes:
+            for attempt in range(1, START_ATTEMPTS + 1):
                 try:
-                    wait_for(listening, f"node {name} listening", slot.node)
+                    node.wait_ready(START_TIMEOUT)
                     break
-                except ChaosError:
-                    if attempt == 2 or slot.node.alive():
+                except HarnessError:
+                    if attempt == START_ATTEMPTS or node.alive():
                         raise
-                    self.events(f"node {name} exited at start-up; starting it again")
+                    self.events(f"node {node.name} exited at start-up; starting it again")
                     time.sleep(0.5)
-                    slot.node.start()
+                    node.start(wait=False)
 
     def wait_links(self, timeout: float = 15.0) -> bool:
         """Wait until every node logged a link up to each neighbour."""
-        deadline = time.monotonic() + timeout
-        for name in TOPOLOGY:
-            for peer in neighbours(name):
-                needle = f"peer {peer} link up".encode()
-                while needle not in self.slots[name].node.log_path.read_bytes():
-                    if time.monotonic() > deadline:
-                        return False
-                    time.sleep(0.05)
+        try:
+            self.herd.wait_links(timeout)
+        except TimeoutError:
+            return False
         return True
 
     def heal(self) -> None:
         """Every process running, none stopped."""
         for slot in self.slots.values():
             if slot.stopped:
-                slot.node.signal(signal.SIGCONT)
+                slot.node.resume()
                 slot.stopped = False
-        self.start_redis([n for n, s in self.slots.items() if not s.redis.alive()])
+        self.start_redis([n for n, s in self.slots.items() if not s.node.redis.alive()])
         self.start_nodes([n for n, s in self.slots.items() if not s.node.alive()])
         for slot in self.slots.values():
             slot.down = False
 
     def stop_all(self) -> None:
-        for slot in self.slots.values():
-            slot.node.kill()
-        for slot in self.slots.values():
-            slot.redis.kill()
-
-
-def wait_for(predicate: Callable[[], bool], what: str, proc: Proc | None = None,
-             timeout: float = START_TIMEOUT) -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if proc is not None and not proc.alive():
-            raise ChaosError(f"{proc.label} exited while waiting for {what}; see {proc.log_path}")
-        if time.monotonic() > deadline:
-            raise ChaosError(f"timed out after {timeout:g} s waiting for {what}")
-        time.sleep(0.02)
+        self.herd.stop()
 
 
 # -- the load -----------------------------------------------------------------
@@ -563,7 +412,7 @@ class Scheduler:
 
     def redis_kill(self, i: int, name: str) -> tuple[float, Restore]:
         pause = self.rng.uniform(0.2, 2.0)
-        self.herd[name].redis.kill()
+        self.herd[name].node.redis.kill()
         self.events(f"cycle {i}: redis_kill {name}: redis-server killed -9; restart in {pause:.2f} s")
 
         def restore() -> None:
@@ -576,11 +425,11 @@ class Scheduler:
         pause = self.rng.uniform(0.5, 2.0)
         slot = self.herd[name]
         slot.stopped = True
-        slot.node.signal(signal.SIGSTOP)
+        slot.node.pause()
         self.events(f"cycle {i}: node_stop {name}: SIGSTOP for {pause:.2f} s")
 
         def restore() -> None:
-            slot.node.signal(signal.SIGCONT)
+            slot.node.resume()
             slot.stopped = False
             self.events(f"cycle {i}: node_stop {name}: SIGCONT")
 
@@ -611,7 +460,7 @@ def read_states(herd: ChaosHerd) -> dict[str, dict[bytes, bytes]]:
     """Every node's {client id: stored AT line}, read from its Redis."""
     states: dict[str, dict[bytes, bytes]] = {}
     for name, slot in herd.slots.items():
-        with Resp(slot.redis_port) as r:
+        with Resp(slot.node.redis.port) as r:
             keys = r.scan(KEY_PREFIX + b"*")
             lines = r.pipeline([("HGET", k, "at") for k in keys]) if keys else []
         states[name] = {k[len(KEY_PREFIX):]: v for k, v in zip(keys, lines, strict=True)}
@@ -625,7 +474,7 @@ def agree(states: dict[str, dict[bytes, bytes]]) -> bool:
 
 def run_check(config: Path, timeout: float) -> subprocess.CompletedProcess[str]:
     return subprocess.run([sys.executable, "-m", "herd", "check", "--config", str(config)],
-                          cwd=PACKAGE_ROOT, capture_output=True, text=True,
+                          env=child_env(), capture_output=True, text=True,
                           timeout=max(timeout, 5.0))
 
 
@@ -682,7 +531,7 @@ def verify(herd: ChaosHerd, load: Load) -> tuple[list[Loss], list[str]]:
     bogus: list[str] = []
     clients = sorted(load.acked)
     for name, slot in herd.slots.items():
-        with Resp(slot.redis_port) as r:
+        with Resp(slot.node.redis.port) as r:
             records = r.pipeline([("HMGET", KEY_PREFIX + c.encode(), "time", "location", "at")
                                   for c in clients]) if clients else []
         for client, (held_time, held_loc, at) in zip(clients, records, strict=True):
@@ -789,7 +638,7 @@ def run_chaos(args: argparse.Namespace) -> int:
     except KeyboardInterrupt:
         print("herd chaos: interrupted; cleaning up", file=sys.stderr)
         code = 130
-    except ChaosError as err:
+    except (ChaosError, HarnessError) as err:
         print(f"herd chaos: {err}", file=sys.stderr)
         keep = True
         code = 2

@@ -1,5 +1,9 @@
 """``herd client HOST:PORT [LINE...]``: send lines to a node and print its replies.
 
+Exit status (SPEC 6): 0 when every reply was an answer, 1 when any reply line
+was a refusal (``? ...``) or the node could not be reached or stopped
+answering, 2 for a bad address or --timeout (usage).
+
 With LINEs: send them, half-close, print everything until the node closes or
 ``timeout`` seconds pass without data. Without: interactive, lines from stdin go
 out as they are typed and replies are printed as they arrive; at end of input
@@ -77,7 +81,7 @@ def _talk(sock: socket.socket, address: str, lines: list[str], timeout: float) -
     if not closed:
         return _fail(f"{address} sent nothing for {timeout:g} s and did not close the connection "
                      "(some replies may be missing)", 1)
-    return 0
+    return 1 if session.refused else 0
 
 
 class _Session:
@@ -88,6 +92,8 @@ class _Session:
         self.timeout = timeout
         self.stdin_fd = stdin_fd
         self.pending = b""  # an unterminated line read from stdin
+        self.refused = False  # a reply line began with "? " (the node refused a request)
+        self._line_head = b""  # the first bytes (at most 2) of the reply line being received
         self.deadline = None if stdin_fd is not None else time.monotonic() + timeout
         self.selector = _selector()
         self.selector.register(sock, selectors.EVENT_READ)
@@ -119,10 +125,19 @@ class _Session:
     def _receive(self) -> bool:
         data = self.sock.recv(_CHUNK)  # ConnectionResetError: the node dropped us (run() says so)
         if data:
+            self._note_refusals(data)
             _emit(data)
             if self.deadline is not None:
                 self.deadline = time.monotonic() + self.timeout
         return bool(data)
+
+    def _note_refusals(self, data: bytes) -> None:
+        """Set ``refused`` if a reply line in ``data`` begins with ``? `` (lines
+        may be split anywhere between reads)."""
+        text = self._line_head + data
+        if text.startswith(b"? ") or b"\n? " in text:
+            self.refused = True
+        self._line_head = text[text.rfind(b"\n") + 1:][:2]
 
     def _read_stdin(self) -> None:
         assert self.stdin_fd is not None

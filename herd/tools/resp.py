@@ -39,12 +39,20 @@ def read_reply(f: IO[bytes]) -> Any:
 
 
 class Resp:
-    """One connection to a Redis on loopback; commands may be pipelined.
-    Raises OSError when Redis is unreachable, RuntimeError on an error reply."""
+    """One connection to a Redis on loopback, authenticated with ``password``
+    if given; commands may be pipelined. Raises OSError when Redis is
+    unreachable, RuntimeError on an error reply."""
 
-    def __init__(self, port: int, timeout: float = 5.0, host: str = "127.0.0.1"):
+    def __init__(self, port: int, timeout: float = 5.0, host: str = "127.0.0.1",
+                 password: str | None = None):
         self.sock = socket.create_connection((host, port), timeout=timeout)
         self.file = self.sock.makefile("rb")
+        if password:
+            try:
+                self.command("AUTH", password)
+            except BaseException:
+                self.close()
+                raise
 
     def __enter__(self) -> Resp:
         return self

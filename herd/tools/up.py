@@ -4,7 +4,11 @@ One persistent redis-server per distinct local Redis port (data under
 ``<state>/<Node>/redis``, ``Node`` being the first node by name that uses it),
 then every node as ``python -m herd serve``; node output is relayed to our
 stdout, each line prefixed with the node's name, and appended to
-``<state>/<Node>/herd.log``. A process that dies is restarted a second later.
+``<state>/<Node>/herd.log``; Redis's to ``<state>/<Node>/redis/redis.log``.
+Both are rotated by size (LOG_MAX_BYTES, LOG_KEEP old files); each node's
+access log is ``<state>/<Node>/access.log`` unless the config says otherwise
+(its state directory, ``$STATE_DIRECTORY``, is ``<state>/<Node>``). A process
+that dies is restarted a second later.
 
 This is a development supervisor, not the serving path: plain subprocesses and
 threads, no reactor.
@@ -13,13 +17,9 @@ threads, no reactor.
 from __future__ import annotations
 
 import fcntl
-import functools
 import ipaddress
 import os
-import shutil
 import signal
-import socket
-import subprocess
 import sys
 import threading
 import time
@@ -31,16 +31,30 @@ from typing import IO
 from config.loader import check_can_serve, load_config
 from config.schema import HerdConfig
 from herd.peer.tls import tls_for
+from herd.rotating import RotatingFile
+from herd.tools.harness import (
+    REDIS_CONF,
+    ChildProcess,
+    HarnessError,
+    NodeProcess,
+    RedisProcess,
+    describe_exit,
+    port_open,
+    redis_ping,
+    redis_server,
+    stop_all,
+)
 
-REDIS_CONF = Path(__file__).resolve().parents[2] / "ops" / "redis" / "redis.conf"
 REDIS_START_TIMEOUT = 10.0  # seconds for a new redis-server to answer PING
 NODE_STOP_TIMEOUT = 5.0  # seconds between SIGTERM and SIGKILL for a node
 # Redis writes a final snapshot on SIGTERM; SIGKILL after this long loses
 # nothing acknowledged anyway (the AOF is fsynced before every reply).
 REDIS_STOP_TIMEOUT = 30.0
 RESTART_DELAY = 1.0  # seconds between an unexpected exit and the restart
-PING = b"*1\r\n$4\r\nPING\r\n"
 LOCK_FILE = "herd-up.lock"
+# herd.log and redis.log: rotated at this size, this many old files kept.
+LOG_MAX_BYTES = 16 << 20
+LOG_KEEP = 3
 
 
 @dataclass(frozen=True)
@@ -111,15 +125,23 @@ class Output:
     def say(self, text: str) -> None:
         self._write(f"herd up: {text}\n")
 
-    def relay(self, label: str, stream: IO[bytes], log_path: Path) -> None:
-        """Copy ``stream`` line by line to ``log_path`` and, prefixed with ``label``,
-        to stdout, until end of file."""
-        with stream, open(log_path, "ab") as log:
+    def relay(self, label: str, stream: IO[bytes], log_path: Path, echo: bool = True) -> None:
+        """Copy ``stream`` line by line to ``log_path`` (rotated: LOG_MAX_BYTES,
+        LOG_KEEP) and, with ``echo``, prefixed with ``label`` to stdout, until
+        end of file. Should the log file fail, the lines still reach stdout."""
+        log: RotatingFile | None = None
+        try:
+            log = RotatingFile(log_path, LOG_MAX_BYTES, LOG_KEEP)
+        except OSError as err:
+            self.say(f"{label}: cannot open {log_path} ({err.strerror}); its output is not kept")
+        with stream:
             for raw in stream:
-                log.write(raw)
-                log.flush()
-                text = raw.decode(errors="replace").rstrip("\r\n")
-                self._write(f"{label:<{self.width}} | {text}\n")
+                log = _append(log, raw, label, self)
+                if echo:
+                    text = raw.decode(errors="replace").rstrip("\r\n")
+                    self._write(f"{label:<{self.width}} | {text}\n")
+        if log is not None:
+            log.close()
 
     def _write(self, text: str) -> None:
         with self._lock:
@@ -130,45 +152,51 @@ class Output:
                 pass  # stdout gone (closed pipe): keep draining children regardless
 
 
+def _append(log: RotatingFile | None, raw: bytes, label: str, out: Output) -> RotatingFile | None:
+    """Append ``raw`` to ``log``; the log, or None once it failed (said once)."""
+    if log is None:
+        return None
+    try:
+        log.write(raw)
+        log.flush()
+        return log
+    except (OSError, ValueError) as err:
+        out.say(f"{label}: cannot write {log.path} ({err}); no more of its output goes there")
+        return None
+
+
 @dataclass
 class Child:
-    """A supervised process: how to start it and where its output goes.
+    """A supervised process (a node, or a Redis) with its restart bookkeeping.
+    Its output (a pipe) is written to its log, rotated, by ``Output``; with
+    ``echo`` (nodes) also to our stdout."""
 
-    ``relay`` children (nodes) have their output relayed by ``Output``; the
-    others (Redis) write straight to ``log_path``."""
-
-    label: str
-    argv: list[str]
-    log_path: Path
-    relay: bool
-    proc: subprocess.Popen[bytes] | None = None
+    process: ChildProcess
+    echo: bool = True
     relayer: threading.Thread | None = None
     restarts: int = 0
     restart_at: float | None = None
-    keep_fds: tuple[int, ...] = ()  # open files it inherits (the state directory's lock)
+
+    @property
+    def label(self) -> str:
+        return self.process.label
 
     def start(self, out: Output) -> None:
-        # A new session: a terminal's Ctrl-C reaches only us, and we stop the
-        # children in order (nodes before the Redis they still need). Should we
-        # be killed outright, the kernel sends each child SIGTERM (setpriv
-        # --pdeathsig, util-linux), so no herd is left running without us.
-        with open(self.log_path, "ab") as log:
-            self.proc = subprocess.Popen([*_die_with_us(), *self.argv], stdin=subprocess.DEVNULL,
-                                         stdout=subprocess.PIPE if self.relay else log,
-                                         stderr=subprocess.STDOUT, env=child_env(),
-                                         start_new_session=True, pass_fds=self.keep_fds)
-        if self.relay:
-            assert self.proc.stdout is not None
+        # In a session of its own (the harness does that): a terminal's Ctrl-C
+        # reaches only us, and we stop the children in order (nodes before the
+        # Redis they still need). Should we be killed outright, each child gets
+        # SIGTERM from the kernel, so no herd is left running without us.
+        self.process.start(wait=False)
+        stream = self.process.stdout
+        if stream is not None:
             self.relayer = threading.Thread(target=out.relay, daemon=True,
-                                            args=(self.label, self.proc.stdout, self.log_path))
+                                            args=(self.label, stream, self.process.log_path, self.echo))
             self.relayer.start()
 
     def tend(self, now: float, out: Output) -> None:
         """Notice an unexpected exit; restart ``RESTART_DELAY`` seconds after it."""
-        if self.proc is None:
-            return
         if self.restart_at is None:
-            code = self.proc.poll()
+            code = self.process.exit_code
             if code is not None:
                 self.restart_at = now + RESTART_DELAY
                 out.say(f"{self.label} {describe_exit(code)}; "
@@ -178,39 +206,6 @@ class Child:
             self.restarts += 1
             self.start(out)
             out.say(f"{self.label} restarted (restart {self.restarts})")
-
-    def alive(self) -> bool:
-        return self.proc is not None and self.proc.poll() is None
-
-
-@functools.cache
-def _die_with_us() -> list[str]:
-    """The command prefix that makes a child get SIGTERM when we die, if this
-    machine's setpriv has --pdeathsig (util-linux 2.33 and later); else none."""
-    setpriv = shutil.which("setpriv")
-    if setpriv is None:
-        return []
-    prefix = [setpriv, "--pdeathsig", "TERM", "--"]
-    works = subprocess.run([*prefix, "true"], capture_output=True).returncode == 0
-    return prefix if works else []
-
-
-def child_env() -> dict[str, str]:
-    env = dict(os.environ)
-    # Under systemd, readiness is ours to report, not a child's.
-    env.pop("NOTIFY_SOCKET", None)
-    # Node log lines reach us (and herd.log) as they are written, not per 8 KB.
-    env["PYTHONUNBUFFERED"] = "1"
-    return env
-
-
-def describe_exit(code: int) -> str:
-    if code < 0:
-        try:
-            return f"was killed by {signal.Signals(-code).name}"
-        except ValueError:
-            return f"was killed by signal {-code}"
-    return f"exited with code {code}"
 
 
 def run_up(config_path: str, state_dir: str, log_format: str) -> int:
@@ -225,11 +220,13 @@ def run_up(config_path: str, state_dir: str, log_format: str) -> int:
     if problem:
         return fail(problem)
     redises = plan_redis_servers(config)
-    exe = shutil.which("redis-server") if redises else ""
-    if exe is None:
-        return fail("redis-server not found; run ops/setup.sh")
-    if redises and not REDIS_CONF.is_file():
-        return fail(f"{REDIS_CONF} not found (herd up runs from a source checkout)")
+    if redises:
+        try:
+            redis_server()
+        except HarnessError as err:
+            return fail(str(err))
+        if not REDIS_CONF.is_file():
+            return fail(f"{REDIS_CONF} not found (herd up runs from a source checkout)")
     state = Path(state_dir)
     lock = lock_state_dir(state)
     if isinstance(lock, str):
@@ -240,14 +237,14 @@ def run_up(config_path: str, state_dir: str, log_format: str) -> int:
     out = Output(width=max(len(name) for name in config.nodes))
     # The Redis servers hold the lock too: should we die before them, no other
     # herd up gets the directory while they still write to it.
-    redis_children = [redis_child(r, exe, state, lock.fileno()) for r in redises]
-    nodes = [node_child(name, config_path, log_format, state) for name in sorted(config.nodes)]
+    redis_children = [redis_child(r, state, lock.fileno()) for r in redises]
+    nodes = [node_child(name, config, config_path, log_format, state) for name in sorted(config.nodes)]
     stop = stop_on_signals()
     try:
-        return start_and_supervise(config, redises, redis_children, nodes, state, stop, out)
+        return start_and_supervise(config, redis_children, nodes, state, stop, out)
     finally:
-        stop_all(nodes, NODE_STOP_TIMEOUT, out)
-        stop_all(redis_children, REDIS_STOP_TIMEOUT, out)
+        stop_children(nodes, NODE_STOP_TIMEOUT, out)
+        stop_children(redis_children, REDIS_STOP_TIMEOUT, out)
         out.say("stopped")
 
 
@@ -282,49 +279,31 @@ def fail(message: str) -> int:
 def port_conflict(config: HerdConfig, redises: Sequence[LocalRedis]) -> str | None:
     """Why the herd cannot start here (a Redis or node port already taken), or None."""
     for r in redises:
-        reply = ping(r.hosts[0], r.port)
-        if reply is not None:
-            what = "a Redis answering PING" if reply.startswith((b"+", b"-")) else "something"
+        if port_open(r.port, r.hosts[0], timeout=0.5):
+            what = "a Redis answering PING" if redis_ping(r.port, r.hosts[0]) is not None else "something"
             return (f"port {r.port} (Redis for {r.owner}) is already in use by {what}; "
                     "not touching it (another herd up or redis-server running?)")
     for name in sorted(config.nodes):
         node = config.nodes[name]
-        if ping(node.host, node.port) is not None:
+        if port_open(node.port, node.host, timeout=0.5):
             return f"port {node.port} (node {name}) is already in use (another herd up running?)"
     return None
 
 
-def ping(host: str, port: int, timeout: float = 0.5) -> bytes | None:
-    """The first bytes answered to a RESP PING at host:port; b"" when something
-    accepts connections there but does not answer; None when nothing does."""
-    try:
-        sock = socket.create_connection((host, port), timeout=timeout)
-    except OSError:
-        return None
-    with sock:
-        try:
-            sock.sendall(PING)
-            return sock.recv(64)
-        except OSError:
-            return b""
+def redis_child(redis: LocalRedis, state: Path, lock_fd: int) -> Child:
+    # The shipped config as it is: AOF with appendfsync always, RDB snapshots on.
+    return Child(RedisProcess(state / redis.owner / "redis", redis.port, bind=redis.hosts,
+                              password=redis.password, label=f"{redis.owner} redis", pass_fds=(lock_fd,),
+                              pipe=True), echo=False)
 
 
-def redis_child(redis: LocalRedis, exe: str, state: Path, lock_fd: int) -> Child:
-    data = (state / redis.owner / "redis").resolve()
-    data.mkdir(parents=True, exist_ok=True)
-    log = data / "redis.log"
-    argv = [exe, str(REDIS_CONF), "--port", str(redis.port), "--bind", *redis.hosts,
-            "--dir", str(data), "--daemonize", "no", "--logfile", str(log)]
-    if redis.password:
-        argv += ["--requirepass", redis.password]
-    return Child(f"{redis.owner} redis", argv, log, relay=False, keep_fds=(lock_fd,))
-
-
-def node_child(name: str, config_path: str, log_format: str, state: Path) -> Child:
-    (state / name).mkdir(parents=True, exist_ok=True)
-    argv = [sys.executable, "-m", "herd", "serve", name, "--config", config_path,
-            "--log-format", log_format]
-    return Child(name, argv, state / name / "herd.log", relay=True)
+def node_child(name: str, config: HerdConfig, config_path: str, log_format: str, state: Path) -> Child:
+    node = config.nodes[name]
+    # Its state directory: where its access log goes unless the config says otherwise.
+    state_dir = str((state / name).resolve())
+    return Child(NodeProcess(name, config_path, node.port, state / name / "herd.log", host=node.host,
+                             args=["--log-format", log_format], pipe=True, label=name,
+                             env={"STATE_DIRECTORY": state_dir}))
 
 
 def stop_on_signals() -> threading.Event:
@@ -339,15 +318,15 @@ def stop_on_signals() -> threading.Event:
     return stop
 
 
-def start_and_supervise(config: HerdConfig, redises: Sequence[LocalRedis],
-                        redis_children: Sequence[Child], nodes: Sequence[Child],
+def start_and_supervise(config: HerdConfig, redis_children: Sequence[Child], nodes: Sequence[Child],
                         state: Path, stop: threading.Event, out: Output) -> int:
     for child in redis_children:
         child.start(out)
-    for redis, child in zip(redises, redis_children, strict=True):
-        problem = wait_for_redis(redis, child, stop)
-        if problem:
-            return fail(problem)
+    for child in redis_children:
+        try:
+            child.process.wait_ready(REDIS_START_TIMEOUT, stop)
+        except HarnessError as err:
+            return fail(str(err))
     if stop.is_set():
         return 0
     for node in nodes:
@@ -359,25 +338,6 @@ def start_and_supervise(config: HerdConfig, redises: Sequence[LocalRedis],
         for child in children:
             child.tend(now, out)
     return 0
-
-
-def wait_for_redis(redis: LocalRedis, child: Child, stop: threading.Event) -> str | None:
-    """None once the Redis answers PING (or a stop was requested), else why not."""
-    deadline = time.monotonic() + REDIS_START_TIMEOUT
-    while not stop.is_set():
-        assert child.proc is not None
-        code = child.proc.poll()
-        if code is not None:
-            return f"{child.label} {describe_exit(code)} at start-up; see {child.log_path}"
-        reply = ping(redis.hosts[0], redis.port)
-        # NOAUTH: it answers, it just wants the password the nodes will send.
-        if reply and reply.startswith((b"+PONG", b"-NOAUTH")):
-            return None
-        if time.monotonic() > deadline:
-            return (f"{child.label} did not answer PING on port {redis.port} within "
-                    f"{REDIS_START_TIMEOUT:g} s; see {child.log_path}")
-        stop.wait(0.05)
-    return None
 
 
 def print_banner(config: HerdConfig, state: Path, out: Output) -> None:
@@ -394,21 +354,10 @@ def hostport(host: str, port: int) -> str:
     return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
 
-def stop_all(children: Sequence[Child], timeout: float, out: Output) -> None:
+def stop_children(children: Sequence[Child], timeout: float, out: Output) -> None:
     """SIGTERM every live child, wait up to ``timeout`` s in all, SIGKILL the rest."""
+    stop_all([c.process for c in children], timeout,
+             overdue=lambda p: out.say(f"{p.label} did not stop within {timeout:g} s; killing it"))
     for child in children:
-        if child.alive():
-            assert child.proc is not None
-            child.proc.terminate()
-    deadline = time.monotonic() + timeout
-    for child in children:
-        if child.proc is None:
-            continue
-        try:
-            child.proc.wait(max(0.0, deadline - time.monotonic()))
-        except subprocess.TimeoutExpired:
-            out.say(f"{child.label} did not stop within {timeout:g} s; killing it")
-            child.proc.kill()
-            child.proc.wait()
         if child.relayer is not None:
             child.relayer.join(timeout=2.0)  # let its last lines (shutdown logs) through

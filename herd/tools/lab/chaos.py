@@ -25,7 +25,6 @@ Fault kinds (docs/LAB.md has the figures measured for each):
 from __future__ import annotations
 
 import random
-import signal
 import statistics
 import time
 from collections.abc import Callable, Sequence
@@ -35,7 +34,7 @@ from typing import Any
 from herd.tools.lab import rules
 from herd.tools.lab.hosts import Lab
 from herd.tools.lab.load import Ledger, Load, time_ns_of
-from herd.tools.lab.plan import Host
+from herd.tools.lab.plan import CLOCK_OFFSET_ENV, Host
 
 FAULT_KINDS = ("partition", "one_way", "loss", "long_partition", "clock", "redis_stop", "node_kill",
                "node_stop")
@@ -152,14 +151,14 @@ class Faults:
             self.down.discard(host)
 
         return Fault("clock", f"{host.name} {offset:+d} s", 5.0,
-                     lambda: restart({"HERD_CLOCK_OFFSET_SECONDS": str(offset)}), lambda: None,
+                     lambda: restart({CLOCK_OFFSET_ENV: str(offset)}), lambda: None,
                      lambda: restart(None))
 
     def redis_stop(self) -> Fault:
         host = self.rng.choice(self.lab.hosts)
         redis = self.lab.redis[host]
         return Fault("redis_stop", f"{host.name}'s redis-server", self.rng.uniform(4.0, 8.0),
-                     lambda: redis.signal(signal.SIGSTOP), lambda: redis.signal(signal.SIGCONT))
+                     redis.pause, redis.resume)
 
     def node_kill(self) -> Fault:
         host = self.rng.choice(self.lab.hosts)
@@ -180,10 +179,10 @@ class Faults:
 
         def stop() -> None:
             self.down.add(host)
-            node.signal(signal.SIGSTOP)
+            node.pause()
 
         def cont() -> None:
-            node.signal(signal.SIGCONT)
+            node.resume()
             self.down.discard(host)
 
         return Fault("node_stop", host.name, self.rng.uniform(3.5, 6.0), stop, cont)

@@ -158,19 +158,16 @@ def _event_printer(quiet: bool) -> Callable[[str], None]:
 
 
 def outside_view(lab: Lab) -> tuple[str, str]:
-    """``herd status --once`` and ``herd check`` from the observer namespace:
-    their verdict (agree, disagree, blind: the version that reads each node's
-    Redis cannot see a Redis on another host's loopback) and their output."""
+    """``herd status --once`` and ``herd check`` from the observer namespace
+    (they read each node's /status over HTTP): ``herd check``'s verdict
+    (agree, or disagree: nodes differ or one is down or unreachable) and
+    both outputs."""
     status = lab.observe("status --once")
     check = lab.observe("check")
     runs = (("status --once", status), ("check", check))
     text = "".join(f"$ herd {command}  (from {plan.OPS_NS}; exit {done.returncode})\n"
                    f"{done.stdout}{done.stderr}" for command, done in runs)
-    if check.returncode == 0:
-        return "agree", text
-    if "not of this machine" in check.stdout:
-        return "blind", text
-    return "disagree", text
+    return ("agree" if check.returncode == 0 and status.returncode == 0 else "disagree"), text
 
 
 def run_up(args: argparse.Namespace, seed: int, events: Callable[[str], None]) -> int:
@@ -195,7 +192,7 @@ def run_up(args: argparse.Namespace, seed: int, events: Callable[[str], None]) -
             events(f"holding the lab for {hold:g} s (Ctrl-C ends it); from outside the hosts: "
                    f"ip netns exec {plan.OPS_NS} {sys.executable} -m herd status --config {lab.config}")
             time.sleep(hold)
-        return 0 if seconds is not None and not losses and not bogus and verdict != "disagree" else 1
+        return 0 if seconds is not None and not losses and not bogus and verdict == "agree" else 1
 
 
 def fault_kinds(text: str) -> list[str]:
@@ -245,7 +242,7 @@ def run_chaos(args: argparse.Namespace, seed: int, events: Callable[[str], None]
     counts = ledger.counts
     within = all(c.within_bound for c in verdict.cycles)  # agreed, and within its kind's bound
     ok = (not verdict.losses and not verdict.bogus and within and counts["acked"] > 0
-          and not counts["load_crashed"] and not counts["bad-reply"] and view != "disagree")
+          and not counts["load_crashed"] and not counts["bad-reply"] and view == "agree")
     summary = {"seed": seed, "hosts": args.hosts, "edges": plan.describe_edges(edges),
                "acknowledged": ledger.counts["acked"], "sent": ledger.counts["sent"],
                "refused": ledger.counts["refused"], "errors": ledger.counts["error"],

@@ -15,7 +15,6 @@ import http.client
 import json
 import os
 import secrets
-import signal
 import subprocess
 import sys
 import time
@@ -23,10 +22,12 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from herd.tools.harness import ChildProcess
 from herd.tools.lab import netns, plan, rules
 from herd.tools.lab.plan import (
     ADMIN_PORT,
     CLIENT_PORT,
+    CLOCK_OFFSET_ENV,
     OPS_NS,
     PLACES_KEY_ENV,
     REDIS_PORT,
@@ -55,54 +56,21 @@ class NsResp(Resp):
         self.file = self.sock.makefile("rb")
 
 
-class NsProcess:
-    """One command run inside a namespace, again and again, output appended
-    to a log file."""
+class NsProcess(ChildProcess):
+    """A command run inside network namespace ``ns`` (``ip netns exec``, which
+    execs it: the pid is the command's) by the process harness: a session of
+    its own, output appended to its log, a mark in the log at each start,
+    killed with its owner. It counts as ready as soon as it runs: whether it
+    serves is asked from inside the lab (Lab), never from this namespace."""
 
-    def __init__(self, label: str, ns: str, argv: list[str], log_path: Path, env: dict[str, str]):
-        self.label = label
+    def __init__(self, label: str, ns: str, argv: list[str], log_path: Path, env: Mapping[str, str]):
+        super().__init__(label, netns.in_ns(ns, *argv), log_path, env=env, cwd=PACKAGE_ROOT, mark_starts=True)
         self.ns = ns
-        self.argv = argv
-        self.log_path = log_path
-        self.env = env
-        self.proc: subprocess.Popen[bytes] | None = None
-
-    def start(self, extra_env: Mapping[str, str] | None = None) -> None:
-        assert not self.alive(), self.label
-        env = dict(self.env, **(extra_env or {}))
-        with open(self.log_path, "ab") as log:
-            log.write(f"=== herd lab: start {self.label} at {time.strftime('%H:%M:%S')}\n".encode())
-            log.flush()
-            self.proc = subprocess.Popen(netns.in_ns(self.ns, *self.argv), cwd=PACKAGE_ROOT, env=env,
-                                         stdin=subprocess.DEVNULL, stdout=log,
-                                         stderr=subprocess.STDOUT, start_new_session=True)
 
     @property
-    def pid(self) -> int | None:
-        proc = self.proc
-        return proc.pid if proc is not None and proc.poll() is None else None
-
-    def alive(self) -> bool:
-        return self.pid is not None
-
-    def signal(self, sig: int) -> None:
-        pid = self.pid
-        if pid is not None:
-            try:
-                os.killpg(pid, sig)
-            except ProcessLookupError:
-                pass
-
-    def kill(self) -> None:
-        """SIGKILL its process group (a stopped one dies too) and reap it."""
-        if self.proc is None:
-            return
-        self.signal(signal.SIGKILL)
-        try:
-            self.proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            pass
-        self.proc = None
+    def running_pid(self) -> int | None:
+        """Its pid while it runs, else None."""
+        return self.proc.pid if self.alive() and self.proc is not None else None
 
 
 def rss_kb(pid: int | None) -> int:
@@ -155,11 +123,9 @@ class Lab:
         self.edges = list(edges)
         self.events = events
         self.config = root / "herd.toml"
-        self.env = dict(os.environ)
-        self.env.pop("NOTIFY_SOCKET", None)
-        self.env.pop("HERD_CLOCK_OFFSET_SECONDS", None)
-        self.env.update({SECRET_ENV: secrets.token_hex(16), PLACES_KEY_ENV: "unused",
-                         "PYTHONUNBUFFERED": "1"})
+        # Added to this process's environment (harness.child_env); an offset of
+        # ours must not shift every node's clock.
+        self.env = {SECRET_ENV: secrets.token_hex(16), PLACES_KEY_ENV: "unused", CLOCK_OFFSET_ENV: ""}
         self.redis: dict[Host, NsProcess] = {}
         self.nodes: dict[Host, NsProcess] = {}
         self._resp: dict[Host, NsResp] = {}
@@ -206,7 +172,7 @@ class Lab:
     def start_redis(self, hosts: Iterable[Host]) -> None:
         hosts = list(hosts)
         for host in hosts:
-            self.redis[host].start()
+            self.redis[host].start(wait=False)
         for host in hosts:
             self._wait(functools.partial(self.redis_ready, host), f"{host.name}'s redis-server",
                        self.redis[host])
@@ -215,7 +181,7 @@ class Lab:
         """Start nodes and wait until each accepts clients (seen from the observer)."""
         hosts = list(hosts)
         for host in hosts:
-            self.nodes[host].start(extra_env)
+            self.nodes[host].start(wait=False, env=extra_env)
         timeout = 20.0 + 2.0 * len(hosts)  # 25 Python processes starting at once on 2 cores
         for host in hosts:
             self._wait(functools.partial(self.listening, host), f"node {host.name} listening",
@@ -377,11 +343,11 @@ class Lab:
 
     def cpu_total(self) -> float:
         """CPU seconds used by every node and redis-server of the lab so far."""
-        return sum(cpu_seconds(p.pid) for p in [*self.nodes.values(), *self.redis.values()])
+        return sum(cpu_seconds(p.running_pid) for p in [*self.nodes.values(), *self.redis.values()])
 
     def memory_kb(self, host: Host) -> tuple[int, int]:
         """(node RSS, redis-server RSS) in KiB."""
-        return rss_kb(self.nodes[host].pid), rss_kb(self.redis[host].pid)
+        return rss_kb(self.nodes[host].running_pid), rss_kb(self.redis[host].running_pid)
 
     def observe(self, command: str) -> subprocess.CompletedProcess[str]:
         """Run ``herd <command> --config <the lab's>`` from the observer namespace."""

@@ -29,6 +29,7 @@ ADMIN_PORT = CLIENT_PORT + 20000  # config default (<host>:<port + 20000>)
 REDIS_PORT = 6400  # every host's Redis, on its own loopback
 
 SECRET_ENV = "HERD_SECRET"
+CLOCK_OFFSET_ENV = "HERD_CLOCK_OFFSET_SECONDS"  # herd.service.CLOCK_OFFSET_ENV (not imported: Twisted)
 PLACES_KEY_ENV = "HERD_LAB_PLACES_KEY"
 
 Edge = tuple[int, int]  # host indexes, lower first

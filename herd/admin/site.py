@@ -1,0 +1,128 @@
+"""The admin HTTP endpoint's one resource: GET/HEAD on ``/healthz``,
+``/metrics``, ``/status`` and the web page's paths (herd.web); 404 for any
+other path, 405 for any other method (docs/ADMIN-HTTP.md)."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+
+from twisted.internet.interfaces import IReactorTime
+from twisted.logger import Logger
+from twisted.web.resource import Resource
+from twisted.web.server import NOT_DONE_YET, Site
+
+from herd.admin.metrics import CONTENT_TYPE as METRICS_TYPE
+from herd.admin.metrics import Metrics
+from herd.admin.status import health, status_document
+from herd.admin.view import Addresses, RunningNode, SummaryReader
+from storage.store import Summary
+
+if TYPE_CHECKING:
+    from herd.web import WebPage
+
+log = Logger(namespace="herd")
+JSON = b"application/json"
+TEXT = b"text/plain; charset=utf-8"
+
+# What an answer that needs the summary hash makes of it: (content type, body).
+Produce = Callable[[Summary | None], tuple[bytes, bytes]]
+
+
+class AdminResource(Resource):
+    """Every path of the admin endpoint, dispatched on the exact path."""
+
+    isLeaf = True
+
+    def __init__(self, running: RunningNode, addresses: Addresses, reactor: IReactorTime,
+                 web: WebPage | None = None):
+        super().__init__()
+        self._web = web  # herd.web.WebPage: answers the paths it handles
+        self._running = running
+        self._addresses = addresses
+        self._summary = SummaryReader(running.store, reactor)
+        self._metrics = Metrics(running)
+        self._paths: dict[bytes, Callable[[Any], bytes | int]] = {
+            b"/healthz": self.healthz, b"/metrics": self.metrics, b"/status": self.status,
+        }
+
+    def render(self, request: Any) -> bytes | int:
+        if request.method not in (b"GET", b"HEAD"):
+            request.setHeader(b"Allow", b"GET, HEAD")
+            return _plain(request, 405, b"only GET and HEAD\n")
+        answer = self._paths.get(request.path)
+        if answer is None and self._web is not None and self._web.handles(request.path):
+            return self._web.render(request)  # type: ignore[no-any-return]
+        if answer is None:
+            return _plain(request, 404, b"no such path; see /healthz, /metrics, /status, /\n")
+        return answer(request)
+
+    def healthz(self, request: Any) -> bytes:
+        """200 when the node listens for clients and its Redis takes writes, else 503."""
+        ok, body = health(self._running)
+        request.setResponseCode(200 if ok else 503)
+        request.setHeader(b"Content-Type", JSON)
+        return json.dumps(body).encode() + b"\n"
+
+    def metrics(self, request: Any) -> int:
+        return self._with_summary(request, lambda held: (METRICS_TYPE, self._metrics.render(held)))
+
+    def status(self, request: Any) -> int:
+        # Every node's web page reads every node's figures (no client data here).
+        request.setHeader(b"Access-Control-Allow-Origin", b"*")
+        def document(held: Summary | None) -> tuple[bytes, bytes]:
+            return JSON, json.dumps(status_document(self._running, self._addresses, held)).encode() + b"\n"
+
+        return self._with_summary(request, document)
+
+    def _with_summary(self, request: Any, produce: Produce) -> int:
+        """Answer ``request`` (200) once the summary hash is read or given up on
+        (within SUMMARY_TIMEOUT)."""
+        gone: list[bool] = []
+        request.notifyFinish().addErrback(lambda _: gone.append(True))
+        d = self._summary.current().addCallback(produce)
+        d.addCallback(_send, request, gone)
+        d.addErrback(self._failed, request, gone)
+        return NOT_DONE_YET
+
+    @staticmethod
+    def _failed(failure: Any, request: Any, gone: list[bool]) -> None:
+        log.failure("admin endpoint: {path} failed", failure, path=request.path.decode(errors="replace"))
+        if not gone:
+            request.setResponseCode(500)
+            _finish(request, TEXT, b"internal error; see the node's log\n")
+
+
+def _plain(request: Any, code: int, body: bytes) -> bytes:
+    request.setResponseCode(code)
+    request.setHeader(b"Content-Type", TEXT)
+    return body
+
+
+def _send(answer: tuple[bytes, bytes], request: Any, gone: list[bool]) -> None:
+    if not gone:  # else the client went away while Redis was asked
+        _finish(request, *answer)
+
+
+def _finish(request: Any, content_type: bytes, body: bytes) -> None:
+    request.setHeader(b"Content-Type", content_type)
+    request.setHeader(b"Content-Length", str(len(body)).encode())
+    request.write(body)
+    request.finish()
+
+
+class _QuietSite(Site):
+    noisy = False
+
+    def log(self, request: Any) -> None:
+        """No line per request: monitoring asks every few seconds."""
+
+
+def admin_site(running: RunningNode, addresses: Addresses, reactor: IReactorTime) -> Site:
+    """The admin endpoint of ``running`` as a twisted.web Site (no access log),
+    with the web page."""
+    from herd.web import WebPage  # the page's code loads only with an admin endpoint
+
+    web = WebPage(lambda: running.config, running.node.name.decode(), running.store, reactor)
+    return _QuietSite(AdminResource(running, addresses, reactor, web))

@@ -1,0 +1,53 @@
+"""The JSON documents of ``/status`` and ``/healthz`` (docs/ADMIN-HTTP.md):
+figures about the node, never client data."""
+
+from __future__ import annotations
+
+import os
+import time
+from typing import Any
+
+from herd.admin.view import Addresses, RunningNode, client_connections, redis_up
+from herd.version import VERSION
+from herd.wire.peer import VERSION as PEER_PROTOCOL
+from storage.store import Summary
+
+
+def status_document(running: RunningNode, addresses: Addresses, held: Summary | None) -> dict[str, Any]:
+    """The ``/status`` document; ``held``: the summary hash just read, or None
+    when Redis could not be read (clients and digest are then null)."""
+    node, links = running.node, running.links
+    stats = node.stats
+    return {
+        "node": node.name.decode(),
+        "version": VERSION,
+        "protocol": PEER_PROTOCOL.decode(),
+        "clock": time.time(),
+        "started": stats.started,
+        "pid": os.getpid(),
+        "clients": held.clients if held is not None else None,
+        "digest": held.digest.decode() if held is not None else None,
+        "last_update": stats.last_update or None,
+        "requests": stats.total_requests,
+        "rate": stats.rate,
+        "redis": {"state": "up" if redis_up(running, held) else "down", "address": addresses.redis},
+        "links": {
+            peer.decode(): {"state": "up" if links.open_connections(peer) else "down",
+                            "connections": links.open_connections(peer)}
+            for peer in sorted(links.neighbours)
+        },
+        "listen": {"client": addresses.client, "peer": addresses.peer, "admin": addresses.admin},
+        "flood": {"in": stats.flood_in, "duplicate": stats.flood_duplicate, "out": links.flooded},
+        "syncs": node.reconciler.runs,
+        "client_connections": client_connections(running),
+    }
+
+
+def health(running: RunningNode) -> tuple[bool, dict[str, Any]]:
+    """(healthy, the ``/healthz`` document): healthy when the node listens for
+    clients and its Redis takes writes, judged without asking Redis."""
+    listening = bool(running.listener.running)
+    redis = running.store.connected and running.store.serving
+    body = {"ok": listening and redis, "node": running.node.name.decode(), "listening": listening,
+            "redis": redis, "links_up": [p.decode() for p in running.links.up()]}
+    return listening and redis, body

@@ -1,0 +1,154 @@
+"""Reconciliation with real processes on the five-node topology: nodes that
+were apart converge when their links come back, newest client time wins,
+and a reconnect costs in proportion to what was missed."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from cluster import FIVE, Herd, talk
+from harness import Resp, wait_until
+
+
+@pytest.fixture
+def herd(tmp_path: Path) -> Iterator[Herd]:
+    h = Herd(tmp_path, FIVE).start()
+    try:
+        h.wait_links()
+        yield h
+    finally:
+        h.stop()
+
+
+def send_many(herd: Herd, node: str, prefix: str, count: int, seconds: int = 1700000000) -> None:
+    lines = [f"IAMAT {prefix}{i} +10.{i:04d}-020.5 {seconds}.{i:09d}" for i in range(count)]
+    replies = talk(herd[node].port, *lines).splitlines()
+    assert len(replies) == count and all(r.startswith(f"AT {node} ".encode()) for r in replies)
+
+
+# A node's whole state: client id -> (every field of its hash, its GEO score).
+State = dict[bytes, tuple[tuple[tuple[bytes, bytes], ...], bytes | None]]
+CLIENT = b"herd:client:"
+
+
+def held(herd: Herd) -> dict[str, State]:
+    """Every node's whole state, read from its Redis."""
+    states: dict[str, State] = {}
+    for name, node in herd.nodes.items():
+        with Resp(node.redis.port) as redis:
+            keys = redis.scan(CLIENT + b"*")
+            replies = redis.pipeline([c for k in keys for c in
+                                      (("HGETALL", k), ("ZSCORE", "herd:geo", k[len(CLIENT):]))])
+        states[name] = {k[len(CLIENT):]: (tuple(sorted(zip(h[::2], h[1::2], strict=True))), geo)
+                        for k, h, geo in zip(keys, replies[::2], replies[1::2], strict=True)}
+    return states
+
+
+def converged(herd: Herd, timeout: float = 15.0) -> dict[str, int]:
+    """Wait until every node holds exactly the same records (every field and
+    the GEO set); the number of clients each holds."""
+    last: list[dict[str, State]] = []
+
+    def same() -> bool:
+        try:
+            last.append(held(herd))
+        except (OSError, RuntimeError):
+            return False
+        first, *rest = last[-1].values()
+        return all(state == first for state in rest)
+
+    wait_until(same, timeout, what="all nodes to hold the same state", every=0.1)
+    return {name: len(state) for name, state in last[-1].items()}
+
+
+def log_head(herd: Herd, name: str) -> bytes | None:
+    entries = herd[name].redis.call("XREVRANGE", "herd:log", "+", "-", "COUNT", "1")
+    return entries[0][0] if entries else None  # type: ignore[index]
+
+
+def caught_up(herd: Herd, name: str) -> None:
+    """Wait until ``name`` has applied each neighbour's log to its head (the
+    K lines that move its offsets trail the records themselves)."""
+    for peer in herd.neighbours(name):
+        wait_until(lambda p=peer: herd[name].redis.hgetall(f"herd:peer:{p}").get(b"pos") == log_head(herd, p),
+                   what=f"{name}'s offset for {peer}'s log at its head")
+
+
+def synced_records(log: str, to: str) -> list[tuple[str, int]]:
+    return [(m[0], int(m[1])) for m in re.findall(rf"sync to {to}: (\w+), (\d+) records", log)]
+
+
+def test_restarted_node_gets_what_it_missed_and_only_that(herd: Herd) -> None:
+    send_many(herd, "Bailey", "before", 200)
+    converged(herd)
+    caught_up(herd, "Jaquez")
+    herd["Jaquez"].kill()
+    send_many(herd, "Bailey", "missed", 150)
+    herd["Jaquez"].start()
+    assert converged(herd)["Jaquez"] == 350
+    # Jaquez's peers answered its SYNC incrementally: the 150 it missed, not all 350.
+    for peer in ("Campbell", "Clark"):
+        wait_until(lambda p=peer: len(synced_records(herd[p].log(), "Jaquez")) >= 2, what=f"{peer} synced")
+        mode, records = synced_records(herd[peer].log(), "Jaquez")[-1]
+        assert (mode, records) == ("incremental", 150), peer
+
+
+def test_isolated_node_and_newer_update_elsewhere_converge(herd: Herd) -> None:
+    send_many(herd, "Clark", "shared", 5)
+    converged(herd)
+    for peer in ("Bona", "Jaquez"):  # Clark's neighbours: Clark is cut off
+        herd[peer].kill()
+    send_many(herd, "Clark", "iso", 100)
+    talk(herd["Clark"].port, "IAMAT shared0 +1+1 1700000100.000000001")
+    newer = talk(herd["Bailey"].port, "IAMAT shared0 +2+2 1700000100.000000002").rstrip(b"\n")
+    assert newer.startswith(b"AT Bailey ")
+    for peer in ("Bona", "Jaquez"):
+        herd[peer].start()
+    converged(herd)
+    for node in herd.nodes.values():
+        assert node.record("shared0")[b"at"] == newer
+        assert node.record("iso99")[b"server"] == b"Clark"
+        assert node.redis.call("EXISTS", "herd:client:iso0") == 1
+
+
+def test_redis_killed_and_restarted_under_a_node(herd: Herd) -> None:
+    herd["Bona"].redis.kill()
+    send_many(herd, "Bailey", "redisdown", 50)
+    herd["Bona"].redis.start()
+    converged(herd)
+    assert herd["Bona"].record("redisdown49")[b"server"] == b"Bailey"
+
+
+def test_two_nodes_restarted_at_once(herd: Herd) -> None:
+    for name in ("Bona", "Campbell"):  # Bailey's only neighbours
+        herd[name].kill()
+    send_many(herd, "Bailey", "alone", 60)
+    send_many(herd, "Jaquez", "other", 60)
+    for name in ("Bona", "Campbell"):
+        herd[name].start(wait=False)
+    assert converged(herd) == {name: 120 for name in FIVE}
+
+
+def test_offsets_keep_up_with_updates_a_peer_originated(tmp_path: Path) -> None:
+    herd = Herd(tmp_path, {"A": ["B"], "B": []}).start()
+    try:
+        herd.wait_links()
+        send_many(herd, "A", "own", 300)
+        wait_until(lambda: herd["B"].redis.hgetall("herd:summary").get(b"clients") == b"300", what="flood")
+        # B stored A's 300 updates in its log; A never gets them back as U
+        # lines, but K lines move A's offset for B's log to B's log head.
+        head = herd["B"].redis.call("XREVRANGE", "herd:log", "+", "-", "COUNT", "1")
+        wait_until(lambda: herd["A"].redis.hgetall("herd:peer:B").get(b"pos") == head[0][0],  # type: ignore[index]
+                   what="A's offset for B at B's log head")
+        herd["A"].kill()
+        herd["A"].start()
+        converged(herd)
+        # B's answer to A's SYNC walked no old entries and sent nothing.
+        wait_until(lambda: len(synced_records(herd["B"].log(), "A")) >= 2, what="B answered A's SYNC")
+        mode, records = synced_records(herd["B"].log(), "A")[-1]
+        assert (mode, records) == ("incremental", 0)
+    finally:
+        herd.stop()

@@ -1,0 +1,59 @@
+"""A SYNC answer costs the state that differs, not the updates missed (issue
+20): a client that moved 25 times since the peer's offset is sent once, across
+every chunk of the answer, and a full transfer sends each client once."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fakes import PeerConn as Conn
+from fakes import at_record
+from harness import redis_with_store
+from twisted.internet.defer import inlineCallbacks
+from twisted.internet.task import Clock
+from twisted.trial import unittest
+
+from herd.peer import reconcile
+from herd.peer.links import PeerLinks
+from herd.peer.reconcile import Reconciler
+from herd.wire.peer import Position
+
+
+def record(client: int, t: int) -> Any:
+    return at_record(client, f"{t}.5")
+
+
+class AnswerCost(unittest.TestCase):
+    def setUp(self) -> None:
+        self.redis, self.store = redis_with_store(self, "herd-answer-")
+        self.links = PeerLinks([b"P"])
+        self.reconciler = Reconciler(self.store, self.links, Clock())
+        self.conn = Conn()
+        self.links.add(b"P", self.conn, "test")
+        self.conn.take()  # (the link-up pull's SYNC)
+        self.patch(reconcile, "CHUNK", 7)  # many chunks: repeats cross chunk boundaries
+
+    @inlineCallbacks
+    def moves(self, clients: int, times: int) -> Any:
+        for t in range(1, times + 1):
+            for c in range(clients):
+                yield self.store.store_if_newer(record(c, 1700000000 + t))
+
+    @inlineCallbacks
+    def answer(self, since: Position | None) -> Any:
+        yield self.reconciler.serve(b"P", self.conn, since.token if since else b"-")
+        return [line for line in self.conn.take() if line.startswith(b"R ")]
+
+    @inlineCallbacks
+    def test_a_client_that_moved_many_times_is_sent_once(self) -> Any:
+        yield self.moves(3, 1)
+        start = yield self.store.log_head()
+        yield self.moves(10, 25)  # 250 log entries, 36 chunks
+        sent = yield self.answer(start)
+        assert sorted(sent) == sorted(b"R " + record(c, 1700000025).line for c in range(10))
+
+    @inlineCallbacks
+    def test_a_full_transfer_sends_each_client_once(self) -> Any:
+        yield self.moves(10, 5)
+        sent = yield self.answer(None)
+        assert sorted(sent) == sorted(b"R " + record(c, 1700000005).line for c in range(10))

@@ -1,0 +1,273 @@
+"""RedisStore's flow control and failure handling against a real redis-server:
+a burst of records never queues inside Redis deeper than the reply timeout,
+client records go before a peer's backlog, and once Redis has not answered
+for a timeout, calls stop waiting a whole timeout each."""
+
+from __future__ import annotations
+
+import gc
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+from fakes import at_record
+from harness import RedisProcess, free_port, redis_with_store
+from twisted.internet import reactor
+from twisted.internet.defer import DeferredList, inlineCallbacks
+from twisted.internet.task import deferLater
+from twisted.logger import globalLogPublisher
+from twisted.trial import unittest
+
+from config.schema import RedisAddress
+from herd.wire.peer import LogStep, Position
+from storage.store import (
+    MAX_BATCH,
+    RECOVERY_GRACE,
+    RedisStore,
+    StoreUnavailable,
+    _ReconnectingFactory,
+)
+
+
+def record(client: int, server: bytes = b"B") -> Any:
+    return at_record(client, f"1700000000.{client}", server.decode())
+
+
+class Burst(unittest.TestCase):
+    def setUp(self) -> None:
+        # A short reply timeout: 20 batches sent at once would queue inside
+        # Redis for longer than this, and the last ones would time out.
+        self.redis, self.store = redis_with_store(self, "herd-flow-", timeout=0.4, own=True)
+
+    @inlineCallbacks
+    def test_a_burst_is_stored_without_timeouts_and_clients_go_first(self) -> Any:
+        yield self.store.get(b"nobody")  # connected
+        fired: list[str] = []
+        peers = [self.store.store_if_newer(record(i), tie_break=True, source=b"P")
+                 for i in range(20 * MAX_BATCH)]
+        for d in peers:
+            d.addCallback(lambda result: fired.append("peer") or result)
+        client = self.store.store_if_newer(record(10**6, b"A"))
+        client.addCallback(lambda result: fired.append("client") or result)
+        results = yield DeferredList([*peers, client], consumeErrors=True)
+        failures = [r for ok, r in results if not ok]
+        assert failures == [], failures[0]
+        assert all(r.stored for _, r in results)
+        # At most the batches already sent were answered before the client's.
+        assert fired.index("client") <= 2 * MAX_BATCH
+        assert self.store.backlog == 0
+
+
+class Unanswered(unittest.TestCase):
+    def setUp(self) -> None:
+        self.redis, self.store = redis_with_store(self, "herd-stuck-", timeout=3.0, own=True)
+
+    def tearDown(self) -> None:
+        if self.redis.proc is not None and self.redis.proc.poll() is None:
+            self.redis.resume()
+
+    @inlineCallbacks
+    def failure_after(self) -> Any:
+        started = time.monotonic()
+        try:
+            yield self.store.store_if_newer(record(1, b"A"))
+        except StoreUnavailable:
+            return time.monotonic() - started
+        raise AssertionError("stored while Redis was stopped")
+
+    @inlineCallbacks
+    def test_once_redis_has_not_answered_for_a_timeout_calls_wait_only_briefly(self) -> Any:
+        yield self.store.get(b"nobody")  # connected
+        self.redis.pause()  # stuck: connections open, no answers
+        first = yield self.failure_after()
+        assert 2.9 <= first < 4.5, first
+        for _ in range(3):  # a client pipelining requests waits this long for each
+            later = yield self.failure_after()
+            assert later < RECOVERY_GRACE + 0.5 < 3.0, later  # not a whole timeout each
+        self.redis.resume()
+        yield deferLater(reactor, 0.5, lambda: None)
+        result = yield self.store.store_if_newer(record(2, b"A"))
+        assert result.stored
+
+
+class Transport:
+    def __init__(self) -> None:
+        self.calls: list[str] = []
+
+    def pauseProducing(self) -> None:  # noqa: N802
+        self.calls.append("pause")
+
+    def resumeProducing(self) -> None:  # noqa: N802
+        self.calls.append("resume")
+
+
+class PeerConn:
+    connected = 1
+    peer_name = b"P"
+
+    def __init__(self) -> None:
+        self.transport = Transport()
+
+    def send_line(self, line: bytes) -> None:
+        pass
+
+
+class Backpressure(unittest.TestCase):
+    """A node stops reading from its peers while many of their records wait for
+    its Redis (they wait in the peers' send buffers instead), and reads again
+    once the backlog has drained."""
+
+    def setUp(self) -> None:
+        from herd import node as node_module
+        from herd.node import Node
+        from herd.peer.links import PeerLinks
+
+        self.redis, self.store = redis_with_store(self, "herd-backpressure-")
+        self.patch(node_module, "BACKLOG_HIGH", 50)
+        self.patch(node_module, "BACKLOG_LOW", 10)
+        self.node = Node(b"A", self.store, None, PeerLinks([b"P"]), reactor)  # type: ignore[arg-type]
+
+    @inlineCallbacks
+    def test_reading_pauses_at_the_high_mark_and_resumes_below_the_low_one(self) -> Any:
+        yield self.store.get(b"nobody")  # connected
+        conn = PeerConn()
+        for i in range(200):  # one reactor turn: nothing is sent to Redis yet
+            self.node.handle_peer_line(b"R AT B +0.100000000 c%d +1+1 1700000000.5" % i, b"P", conn)
+        assert conn.transport.calls == ["pause"]
+        yield self.store.when_backlog_below(1)
+        yield deferLater(reactor, 0.5, lambda: None)  # the last batches are answered
+        assert conn.transport.calls == ["pause", "resume"]
+        assert self.redis.hgetall("herd:summary")[b"clients"] == b"200"
+
+
+class FailedBatches(unittest.TestCase):
+    def setUp(self) -> None:
+        self.redis, self.store = redis_with_store(self, "herd-failq-", timeout=1.0, own=True)
+
+    @inlineCallbacks
+    def test_a_failed_batch_fails_everything_queued_behind_it_at_once(self) -> Any:
+        yield self.store.get(b"nobody")  # connected
+        waiting = [self.store.store_if_newer(record(i), tie_break=True, source=b"P") for i in range(20_000)]
+        offset = self.store.set_offset_in_order(b"P", Position(b"E", b"5-0"))
+        yield deferLater(reactor, 0, lambda: None)  # the first batches are sent
+        self.redis.kill()
+        started = time.monotonic()
+        results = yield DeferredList([*waiting, offset], consumeErrors=True)
+        took = time.monotonic() - started
+        stored = sum(1 for ok, r in results[:-1] if ok and r.stored)
+        assert stored < 20_000 and not results[-1][0]  # something was lost, so the offset write failed
+        assert took < 3.0, took  # not one timeout per batch of the queue
+
+    @inlineCallbacks
+    def test_an_offset_set_in_order_lands_before_updates_chained_on_it(self) -> Any:
+        # Found by a black-box audit: a SYNC-END's offset write reached Redis
+        # after the live updates the peer chained on it, which then failed to
+        # advance the offset and made the node pull (and get) them all again.
+        yield self.store.get(b"nobody")  # connected
+        yield self.store.set_peer_offset(b"P", Position(b"E", b"1-0"))
+        backlog = [self.store.store_if_newer(record(i), tie_break=True, source=b"P") for i in range(3000)]
+        at, after = Position(b"OTHER", b"5-0"), Position(b"OTHER", b"6-0")
+        offset = self.store.set_offset_in_order(b"P", at)
+        chained = self.store.advance_offset(LogStep(b"P", at, after))
+        yield DeferredList(backlog)
+        assert (yield offset).advanced and (yield chained).advanced
+        assert self.redis.hgetall("herd:peer:P") == {b"epoch": b"OTHER", b"pos": b"6-0"}
+
+    @inlineCallbacks
+    def stored_in_order(self, *queued: tuple[str, int]) -> Any:
+        """Queue (kind, count) groups in one reactor turn; the kinds in the order stored."""
+        order: list[str] = []
+        waiting = []
+        for kind, count in queued:
+            for _ in range(count):
+                i = len(waiting)
+                d = (self.store.store_if_newer(record(i, b"A")) if kind == "client" else
+                     self.store.store_if_newer(record(i), tie_break=True, source=b"P"))
+                waiting.append(d.addCallback(lambda result, kind=kind: order.append(kind) or result))
+        yield DeferredList(waiting)
+        return order
+
+    @inlineCallbacks
+    def test_each_batch_leaves_room_for_older_peer_records(self) -> Any:
+        yield self.store.get(b"nobody")  # connected
+        order = yield self.stored_in_order(("peer", 600), ("client", 1500))
+        first_batch = order[:MAX_BATCH]
+        assert first_batch.count("peer") >= MAX_BATCH // 2 and first_batch.count("client") >= MAX_BATCH // 2
+
+    @inlineCallbacks
+    def test_a_peer_record_never_overtakes_an_older_client_record(self) -> Any:
+        # A peer's K line must find stored the client updates this node
+        # forwarded to it before storing them (found by a black-box audit:
+        # it overtook them, and the failed K check made the peer send the
+        # node's own updates back).
+        yield self.store.get(b"nobody")  # connected
+        order = yield self.stored_in_order(("client", 1500), ("peer", 1), ("client", 10))
+        assert order.index("peer") >= 1500
+
+
+class WhyUnreachable(unittest.TestCase):
+    """A call that gives up says why the store could not connect."""
+
+    @inlineCallbacks
+    def refusal(self, address: RedisAddress) -> Any:
+        store = RedisStore(reactor, address, b"herd:", timeout=0.5)
+        store.start()
+        self.addCleanup(store.stop)
+        try:
+            yield store.get(b"anyone")
+        except StoreUnavailable as err:
+            return str(err)
+        raise AssertionError("answered")
+
+    @inlineCallbacks
+    def test_nothing_listening(self) -> Any:
+        port = free_port()
+        why = yield self.refusal(RedisAddress(f"redis://127.0.0.1:{port}/0", "127.0.0.1", port))
+        assert f"Redis at 127.0.0.1:{port} has not answered for 0.5 s" in why, why
+        assert "(last connection attempt: " in why and "refused" in why, why
+
+    @inlineCallbacks
+    def test_wrong_password(self) -> Any:
+        redis = RedisProcess(Path(tempfile.mkdtemp(prefix="herd-auth-"))).start()
+        self.addCleanup(redis.kill)
+        redis.call("CONFIG", "SET", "requirepass", "right")
+        why = yield self.refusal(RedisAddress(redis.url, "127.0.0.1", redis.port, password="wrong"))
+        assert "could not auth" in why, why
+
+    def test_a_failed_set_up_leaves_no_unhandled_error(self) -> None:
+        """txredisapi fails the factory's own Deferred, which nobody waits on."""
+        failures: list[dict[str, Any]] = []
+        observer = lambda event: failures.append(event) if "log_failure" in event else None  # noqa: E731
+        globalLogPublisher.addObserver(observer)
+        self.addCleanup(globalLogPublisher.removeObserver, observer)
+        refused: list[str] = []
+        factory = _ReconnectingFactory(lambda: None, refused.append, lambda: None, uuid="x", dbid=None,
+                                       poolsize=1, isLazy=True, charset=None, password="p")
+        factory.connectionError("Redis error: could not auth: WRONGPASS")
+        del factory
+        gc.collect()
+        assert refused == ["could not auth: WRONGPASS"]
+        assert failures == [], failures  # no "Unhandled error in Deferred"
+
+
+class Stopping(unittest.TestCase):
+    @inlineCallbacks
+    def test_records_waiting_when_the_store_stops_fail_at_once(self) -> Any:
+        """Review: stop() left a scheduled flush behind, which then waited a
+        whole timeout for a connection that was gone."""
+        redis = RedisProcess(Path(tempfile.mkdtemp(prefix="herd-stop-"))).start()
+        self.addCleanup(redis.kill)
+        store = RedisStore(reactor, RedisAddress(redis.url, "127.0.0.1", redis.port), b"herd:", timeout=3.0)
+        store.start()
+        yield store.get(b"nobody")  # connected
+        waiting = store.store_if_newer(record(1, b"A"))
+        started = time.monotonic()
+        yield store.stop()
+        try:
+            yield waiting
+        except StoreUnavailable as err:
+            assert "stopped" in str(err)
+        else:
+            raise AssertionError("stored after stop()")
+        assert time.monotonic() - started < 1.0

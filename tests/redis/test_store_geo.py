@@ -1,0 +1,54 @@
+"""store_batch.lua and the GEO set's latitude limit against a real Redis:
+SPEC keeps clients beyond +-85.05112878 out of <prefix>geo, compared exactly
+(Redis would round the text to a double and index a latitude a hair beyond)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from harness import redis_with_store
+from twisted.internet.defer import inlineCallbacks
+from twisted.trial import unittest
+
+from herd.wire.client import parse_at_line
+
+CASES = [  # latitude, in the GEO set
+    (b"+85.05112878", True),
+    (b"-85.05112878", True),
+    (b"+85.051128780000000000", True),
+    (b"+0085.0511287799999999999999", True),
+    (b"+85", True),
+    (b"-84.9", True),
+    (b"+0.5", True),
+    (b"+85.0511287800000000000001", False),  # a double rounds this to the limit itself
+    (b"-85.0511287800000000000001", False),
+    (b"+85.051128781", False),
+    (b"+85.06", False),
+    (b"+86", False),
+    (b"-90.0", False),
+]
+
+
+class GeoLatitudeLimit(unittest.TestCase):
+    def setUp(self) -> None:
+        self.redis, self.store = redis_with_store(self, "herd-geo-")
+
+    @inlineCallbacks
+    def test_only_latitudes_within_the_limit_are_in_the_geo_set(self) -> Any:
+        for n, (lat, indexed) in enumerate(CASES):
+            client = b"c%d" % n
+            record = parse_at_line(b"AT A +0.000000000 %s %s+010.0 1000" % (client, lat))
+            assert record is not None, lat
+            yield self.store.store_if_newer(record)
+            in_geo = self.redis.call("ZSCORE", "herd:geo", client) is not None
+            assert in_geo == indexed, (lat, in_geo)
+            assert self.redis.hgetall(b"herd:client:" + client)[b"lat"] == lat  # stored in full either way
+
+    @inlineCallbacks
+    def test_a_client_moving_beyond_the_limit_leaves_the_geo_set(self) -> Any:
+        for time, lat in ((b"1", b"+85.05112878"), (b"2", b"+85.0511287800000000000001")):
+            record = parse_at_line(b"AT A +0.000000000 mover %s+010.0 %s" % (lat, time))
+            assert record is not None
+            yield self.store.store_if_newer(record)
+        assert self.redis.call("ZSCORE", "herd:geo", "mover") is None
+        assert self.redis.hgetall("herd:client:mover")[b"time"] == b"2"

@@ -1,0 +1,154 @@
+"""herd.peer.links.PeerLinks: what goes to which peer, and when (no sockets)."""
+
+from __future__ import annotations
+
+from fakes import PeerConn
+
+from herd.peer.links import PeerLinks
+from herd.wire.client import parse_at_line
+from herd.wire.peer import MAX_LISTED, Position
+
+Conn = PeerConn
+
+
+def pos(n: int) -> Position:
+    return Position(b"E", b"%d-0" % n)
+
+
+def record(client: str, t: int):  # type: ignore[no-untyped-def]
+    rec = parse_at_line(b"AT A +0.000000001 %s +1+1 %d.5" % (client.encode(), t))
+    assert rec is not None
+    return rec
+
+
+def chained(*names: bytes) -> tuple[PeerLinks, dict[bytes, Conn]]:
+    """Links to ``names``, each with a chain from position 0 (SYNC-END 0)."""
+    links = PeerLinks(names)
+    conns = {name: Conn() for name in names}
+    for name, conn in conns.items():
+        links.add(name, conn, "test")
+        links.chain_from(name, conn, pos(0))
+    return links, conns
+
+
+def test_forward_goes_to_every_chained_peer_but_the_source() -> None:
+    links, conns = chained(b"B", b"C", b"D")
+    rec = record("x", 1)
+    assert links.forward(rec.line, b"C") == {b"B", b"D"}
+    assert conns[b"B"].take() == [b"F " + rec.line]
+    assert conns[b"C"].take() == []
+    assert conns[b"D"].take() == [b"F " + rec.line]
+
+
+def test_forward_skips_unchained_peers_which_get_the_update_once_stored() -> None:
+    links = PeerLinks([b"B"])
+    conn = Conn()
+    links.add(b"B", conn, "test")  # no chain yet (no SYNC answered)
+    rec = record("x", 1)
+    assert links.forward(rec.line, None) == frozenset()
+    links.flood(rec, pos(1), pos(0), None, frozenset())
+    assert conn.take() == [b"U - E/1-0 " + rec.line]
+
+
+def test_a_forwarded_update_sends_only_its_position_later_in_a_k_line() -> None:
+    links, conns = chained(b"B")
+    a, b = record("a", 1), record("b", 2)
+    for n, rec in enumerate((a, b), start=1):
+        sent_to = links.forward(rec.line, None)
+        links.flood(rec, pos(n), pos(n - 1), None, sent_to)
+    assert conns[b"B"].take() == [b"F " + a.line, b"F " + b.line]
+    assert links.send_log_moved() == 1
+    assert conns[b"B"].take() == [b"K E/0-0 E/2-0 a 1.5 A +0.000000001 b 2.5 A +0.000000001"]
+    assert links.send_log_moved() == 0
+
+
+def test_a_u_line_after_forwarded_ones_is_preceded_by_their_k_line() -> None:
+    links, conns = chained(b"B")
+    a, b = record("a", 1), record("b", 2)
+    links.flood(a, pos(1), pos(0), None, links.forward(a.line, None))
+    links.flood(b, pos(2), pos(1), None, frozenset())  # b took the slow path
+    assert conns[b"B"].take() == [b"F " + a.line, b"K E/0-0 E/1-0 a 1.5 A +0.000000001",
+                                  b"U E/1-0 E/2-0 " + b.line]
+
+
+def test_many_forwarded_updates_are_named_in_bounded_k_lines() -> None:
+    links, conns = chained(b"B")
+    for n in range(1, MAX_LISTED + 2):
+        rec = record(f"c{n}", n)
+        links.flood(rec, pos(n), pos(n - 1), None, links.forward(rec.line, None))
+    skips = [line for line in conns[b"B"].take() if line.startswith(b"K ")]
+    assert len(skips) == 1 and len(skips[0].split()) == 3 + 4 * MAX_LISTED
+    links.send_log_moved()
+    assert conns[b"B"].take() == [b"K E/%d-0 E/%d-0 c%d %d.5 A +0.000000001" % (
+        MAX_LISTED, MAX_LISTED + 1, MAX_LISTED + 1, MAX_LISTED + 1)]
+
+
+def test_updates_from_a_peer_move_its_offset_with_a_bare_k_line() -> None:
+    links, conns = chained(b"B")
+    links.flood(record("a", 1), pos(1), pos(0), b"B", frozenset())
+    assert conns[b"B"].take() == []
+    links.send_log_moved()
+    assert conns[b"B"].take() == [b"K E/0-0 E/1-0"]
+
+
+def test_an_update_that_came_as_f_is_named_in_the_k_line_back_to_its_sender() -> None:
+    # The sender forwarded it before storing it: its offset may move past our
+    # entry only if it holds the update by now.
+    links, conns = chained(b"B", b"C")
+    rec = record("a", 1)
+    sent_to = links.forward(rec.line, b"B")
+    links.flood(rec, pos(1), pos(0), b"B", sent_to, source_has_it=False)
+    links.send_log_moved()
+    assert conns[b"B"].take() == [b"K E/0-0 E/1-0 a 1.5 A +0.000000001"]
+    assert conns[b"C"].take() == [b"F " + rec.line, b"K E/0-0 E/1-0 a 1.5 A +0.000000001"]
+
+
+def test_an_update_its_sender_named_in_a_k_line_is_not_listed_back() -> None:
+    links, conns = chained(b"B")
+    confirmed, unconfirmed = record("a", 1), record("b", 2)
+    links.flood(confirmed, pos(1), pos(0), b"B", frozenset(), source_has_it=False)
+    links.flood(unconfirmed, pos(2), pos(1), b"B", frozenset(), source_has_it=False)
+    links.confirmed_by(b"B", [b"a", b"1.5", b"A", b"+0.000000001", b"x", b"9.5", b"A", b"+0.1"])
+    links.send_log_moved()
+    assert conns[b"B"].take() == [b"K E/0-0 E/2-0 b 2.5 A +0.000000001"]
+
+
+def test_an_entry_never_seen_stored_breaks_the_chain_with_pull() -> None:
+    links, conns = chained(b"B")
+    rec = record("a", 1)
+    links.flood(rec, pos(3), pos(2), None, frozenset())  # entries 1 and 2 were never reported
+    assert conns[b"B"].take() == [b"PULL", b"U - E/3-0 " + rec.line]
+    assert links.forward(record("b", 2).line, None) == frozenset()  # unchained until a new SYNC
+
+
+def test_an_idle_link_sends_one_heartbeat_a_second_and_a_busy_one_none() -> None:
+    from herd.peer.links import BEAT_INTERVAL, QUIET_BEATS
+
+    links = PeerLinks([b"B"])
+    conn = PeerConn()
+    links.add(b"B", conn, "test")
+    beats_per_second = round(1 / BEAT_INTERVAL)
+    for _ in range(4 * beats_per_second):
+        conn.lines_in += 1  # the peer is alive
+        links.beat()
+    assert conn.take() == [b"HB"] * (4 * beats_per_second // QUIET_BEATS)
+    for _ in range(4 * beats_per_second):
+        conn.lines_in += 1
+        conn.send_line(b"U - E/1-0 AT ...")  # traffic: no heartbeat needed
+        links.beat()
+    assert b"HB" not in conn.take()
+
+
+def test_a_silent_connection_is_closed_after_three_seconds_unless_exempt() -> None:
+    from herd.peer.links import BEAT_INTERVAL, DEAD_BEATS
+
+    assert DEAD_BEATS * BEAT_INTERVAL == 3.0
+    links = PeerLinks([b"B", b"C"])
+    silent, paused = PeerConn(), PeerConn()
+    links.add(b"B", silent, "test")
+    links.add(b"C", paused, "test")
+    for _ in range(DEAD_BEATS - 1):
+        links.beat(exempt=[paused])
+    assert not silent.aborted
+    links.beat(exempt=[paused])
+    assert silent.aborted and not paused.aborted

@@ -1,0 +1,284 @@
+"""herd status: the pure renderer and verdicts, the survey against real HTTP
+servers on loopback standing in for nodes (one silent, one refusing), and
+``herd status --once [--json]`` as a subprocess."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+from fake_nodes import DIGEST, FakeNode, SilentNode, refused_port, row, status_doc, write_config
+from harness import REPO, herd_cli, wait_until
+from twisted.internet import reactor as global_reactor
+from twisted.trial import unittest
+
+from config.loader import load_config
+from config.schema import NodeConfig, RedisAddress
+from herd.tools.status import render
+from herd.tools.survey import (
+    NodeReport,
+    StatusError,
+    Surveyor,
+    agreement,
+    document,
+    is_ok,
+    read_status,
+    status_url,
+)
+
+reactor: Any = global_reactor
+FIVE = load_config(REPO / "config" / "herd.toml")  # Bailey Bona Campbell Clark Jaquez
+NOW = 1733440000.0
+
+
+def up(name: str, digest: str | None = DIGEST, clients: int | None = 12, skew: float = 0.0,
+       **kw: Any) -> NodeReport:
+    doc = status_doc(name, clients, digest, **kw)
+    doc["clock"], doc["last_update"] = NOW + skew, NOW + skew - 1.5
+    return NodeReport(name, doc, None, skew)
+
+
+# -- pure -------------------------------------------------------------------
+
+
+def test_a_row_is_the_nodes_own_view_and_skew_never_makes_it_down() -> None:
+    reports = [up(n, links={"Bona": "up", "Campbell": "down"}, skew=120.0) if n == "Bailey" else up(n)
+               for n in sorted(FIVE.nodes)]
+    frame = render(FIVE, reports, NOW)
+    bailey = row(frame, "Bailey")
+    assert bailey.split()[:5] == ["Bailey", "up", "0.2.0", "12", DIGEST[:8]], bailey
+    assert " 12.0 " in bailey and "1.5s ago" in bailey  # age by the node's own clock, skew aside
+    assert "+120.00s" in bailey and bailey.endswith("Bona+ Campbell-")
+    assert row(frame, "Clark").endswith("Bona? Jaquez?")  # links the node did not report: unknown
+    assert f"agreement: all 5 nodes hold the same 12 clients (digest {DIGEST})" in frame
+    assert is_ok(reports)
+
+
+def test_no_redis_and_unreachable_rows() -> None:
+    reports = [up(n) for n in sorted(FIVE.nodes)]
+    reports[1] = up("Bona", digest=None, clients=None, redis="down")
+    reports[2] = NodeReport("Campbell", None, "http://127.0.0.1:30002/status: connection refused")
+    frame = render(FIVE, reports, NOW)
+    assert row(frame, "Bona").split()[:5] == ["Bona", "NO", "REDIS", "0.2.0", "-"]
+    campbell = row(frame, "Campbell")
+    assert campbell.split()[1] == "UNREACHABLE" and campbell.endswith("Bailey? Bona? Jaquez?")
+    assert "           http://127.0.0.1:30002/status: connection refused" in frame
+    assert frame.endswith("agreement: the 3 node(s) with a readable digest hold the same 12 clients "
+                          f"(digest {DIGEST}); unknown for Bona, Campbell")
+    assert agreement(reports).agree and not is_ok(reports)
+
+
+def test_nodes_that_differ_are_named_by_group() -> None:
+    reports = [up("Bailey"), up("Bona", digest="ffff000011112222", clients=11), up("Clark")]
+    found = agreement(reports)
+    assert not found.agree and not is_ok(reports)
+    assert found.describe() == (f"NODES DIFFER (Bailey, Clark: 12 clients (digest {DIGEST}); "
+                                "Bona: 11 clients (digest ffff000011112222))")
+    assert agreement([up("A", clients=1), up("B", clients=2)]).agree is False  # same digest, counts differ
+    assert agreement([NodeReport("A", None, "x")]).describe() == "unknown (no node's digest could be read)"
+
+
+def test_last_update_never_and_unknown() -> None:
+    never = up("Bailey")
+    never.status["last_update"] = None
+    assert "never" in row(render(FIVE, [never], NOW), "Bailey")
+    silent = up("Bailey")
+    del silent.status["last_update"]
+    assert never.update_age() is None and silent.update_age() is None
+
+
+def test_json_document() -> None:
+    reports = [up("Bailey"), NodeReport("Bona", None, "refused")]
+    doc = json.loads(json.dumps(document(reports)))
+    assert doc["agree"] is True and doc["ok"] is False
+    assert doc["nodes"]["Bona"] == {"state": "UNREACHABLE", "error": "refused", "status": None, "skew": None}
+    assert doc["nodes"]["Bailey"]["state"] == "up" and doc["nodes"]["Bailey"]["status"]["node"] == "Bailey"
+
+
+def test_read_status_refuses_what_it_cannot_use() -> None:
+    good = status_doc("Bailey", extra_field={"added": "later"})
+    assert read_status(json.dumps(good).encode(), "Bailey") == good
+    for body, reason in [
+        (b"<html>", "not JSON"),
+        (b"[1, 2]", "not a JSON object"),
+        (json.dumps(status_doc("Bona")).encode(), "answered as node 'Bona', not 'Bailey'"),
+        (json.dumps({**good, "clock": "soon"}).encode(), "no clock"),
+        (json.dumps(good).replace(str(good["clock"]), "NaN").encode(), "no clock"),
+        (json.dumps({**good, "redis": "up"}).encode(), "no redis.state"),
+        (json.dumps({**good, "clients": "12"}).encode(), "clients has the wrong type (str)"),
+        (json.dumps({**good, "clients": True}).encode(), "clients has the wrong type (bool)"),
+        (json.dumps({**good, "links": []}).encode(), "links has the wrong type"),
+    ]:
+        with pytest.raises(StatusError, match=reason.replace("(", r"\(").replace(")", r"\)")):
+            read_status(body, "Bailey")
+    minimal = {"node": "Bailey", "clock": 1.0, "redis": {"state": "up"}}
+    report = NodeReport("Bailey", read_status(json.dumps(minimal).encode(), "Bailey"))
+    assert (report.state, report.digest, report.link_mark("Bona")) == ("up", None, "?")
+    assert not is_ok([report])  # no digest: agreement cannot be shown
+
+
+def test_status_url() -> None:
+    def node(host: str, admin: tuple[str, int] | None) -> NodeConfig:
+        return NodeConfig("A", host, 10000, RedisAddress("redis://127.0.0.1:6400/0", "127.0.0.1", 6400),
+                          admin=admin)
+
+    assert status_url(node("10.0.0.11", ("10.0.0.11", 30000))) == "http://10.0.0.11:30000/status"
+    assert status_url(node("10.0.0.11", ("0.0.0.0", 9100))) == "http://10.0.0.11:9100/status"
+    assert status_url(node("fd00::1", ("::", 9100))) == "http://[fd00::1]:9100/status"
+    assert status_url(node("10.0.0.11", None)) is None
+
+
+# -- the survey against real HTTP servers ------------------------------------
+
+
+class SurveyTest(unittest.TestCase):
+    """Surveyor in this process's reactor against fake nodes on loopback."""
+
+    def setUp(self) -> None:
+        self.good = FakeNode(status_doc("Bailey", links={"Bona": "up"}))
+        self.also = FakeNode(status_doc("Bona", links={"Bailey": "up", "Campbell": "down"}, skew=-30.0))
+        self.silent = [SilentNode(), SilentNode()]
+        self.wrong = FakeNode((404, b"no such page"))
+        for server in (self.good, self.also, self.wrong, *self.silent):
+            self.addCleanup(server.close)
+        self.dir = Path(tempfile.mkdtemp())
+        self.addCleanup(shutil.rmtree, self.dir)
+
+    def test_silent_nodes_time_out_together_and_the_rest_stay_right(self) -> Any:
+        path = write_config(self.dir / "herd.toml", {
+            "Bailey": self.good.port, "Bona": self.also.port, "Campbell": self.silent[0].port,
+            "Clark": self.silent[1].port, "Jaquez": refused_port(), "Kiwi": self.wrong.port,
+            "Lima": None})
+        surveyor = Surveyor(reactor, load_config(path), timeout=1.0)
+        started = time.monotonic()
+
+        def check(reports: list[NodeReport]) -> Any:
+            took = time.monotonic() - started
+            # Both silent nodes waited out at once, not one after the other.
+            self.assertTrue(0.9 <= took < 1.8, took)
+            by = {r.name: r for r in reports}
+            self.assertEqual([r.name for r in reports], sorted(by))
+            self.assertEqual((by["Bailey"].state, by["Bailey"].digest, by["Bailey"].error),
+                             ("up", DIGEST, None))
+            self.assertTrue(abs(by["Bailey"].skew) < 0.5, by["Bailey"].skew)
+            self.assertTrue(abs(by["Bona"].skew + 30.0) < 0.5, by["Bona"].skew)
+            self.assertEqual(by["Bona"].link_mark("Campbell"), "-")
+            for name in ("Campbell", "Clark"):
+                self.assertEqual(by[name].state, "UNREACHABLE")
+                self.assertRegex(by[name].error, r"^http://127\.0\.0\.1:\d+/status: no answer within 1 s$")
+            self.assertTrue(by["Jaquez"].error.endswith(": connection refused"), by["Jaquez"].error)
+            self.assertTrue(by["Kiwi"].error.endswith(": HTTP 404"), by["Kiwi"].error)
+            self.assertIn('admin endpoint off', by["Lima"].error)
+            self.assertTrue(agreement(reports).agree)
+            self.assertFalse(is_ok(reports))
+            return surveyor.close()
+
+        return surveyor.survey().addCallback(check)
+
+    def test_a_kept_connection_serves_the_next_frame(self) -> Any:
+        path = write_config(self.dir / "herd.toml", {"Bailey": self.good.port})
+        surveyor = Surveyor(reactor, load_config(path), timeout=2.0, persistent=True)
+
+        def again(reports: list[NodeReport]) -> Any:
+            self.assertEqual(reports[0].state, "up")
+            return surveyor.survey()
+
+        def check(reports: list[NodeReport]) -> Any:
+            self.assertEqual((reports[0].state, self.good.requests), ("up", 2))
+            return surveyor.close()
+
+        return surveyor.survey().addCallback(again).addCallback(check)
+
+
+# -- the command --------------------------------------------------------------
+
+
+def test_status_once_json_against_fake_nodes(tmp_path: Path) -> None:
+    """No Redis, no secret: the environment holds neither."""
+    nodes = {"Bailey": FakeNode(status_doc("Bailey", links={"Bona": "up", "Clark": "up"})),
+             "Bona": FakeNode(status_doc("Bona", links={"Bailey": "up"})),
+             "Clark": FakeNode(status_doc("Clark", digest=None, clients=None, redis="down"))}
+    silent = SilentNode()
+    try:
+        path = write_config(tmp_path / "herd.toml", {
+            **{n: f.port for n, f in nodes.items()}, "Campbell": silent.port, "Jaquez": refused_port()},
+            {"Bailey": ["Bona", "Clark", "Campbell"], "Jaquez": ["Bona"]})
+        env = {k: v for k, v in os.environ.items() if not k.startswith("HERD")}
+        started = time.monotonic()
+        result = herd_cli("status", "--config", str(path), "--once", "--json", "--timeout", "1.5", env=env)
+        assert time.monotonic() - started < 10
+        assert result.returncode == 1, result.stderr
+        doc = json.loads(result.stdout)
+        states = {name: node["state"] for name, node in doc["nodes"].items()}
+        assert states == {"Bailey": "up", "Bona": "up", "Campbell": "UNREACHABLE", "Clark": "NO REDIS",
+                          "Jaquez": "UNREACHABLE"}
+        assert doc["nodes"]["Campbell"]["error"].endswith("no answer within 1.5 s")
+        assert doc["nodes"]["Jaquez"]["error"].endswith("connection refused")
+        assert doc["nodes"]["Bailey"]["status"]["digest"] == DIGEST
+        assert abs(doc["nodes"]["Bailey"]["skew"]) < 1.0
+        assert (doc["agree"], doc["ok"]) == (True, False)
+
+        text = herd_cli("status", "--config", str(path), "--once", "--timeout", "1", env=env)
+        assert text.returncode == 1 and "\x1b" not in text.stdout  # no screen codes into a pipe
+        assert row(text.stdout, "Bailey").endswith("Bona+ Campbell? Clark+")
+        assert row(text.stdout, "Clark").split()[1:3] == ["NO", "REDIS"]
+        assert "unknown for Campbell, Clark, Jaquez" in text.stdout
+    finally:
+        for server in (*nodes.values(), silent):
+            server.close()
+
+
+def test_status_once_exits_0_when_all_is_well(tmp_path: Path) -> None:
+    nodes = {n: FakeNode(status_doc(n, links={"Bona" if n == "Bailey" else "Bailey": "up"}))
+             for n in ("Bailey", "Bona")}
+    try:
+        path = write_config(tmp_path / "herd.toml", {n: f.port for n, f in nodes.items()},
+                            {"Bailey": ["Bona"]})
+        result = herd_cli("status", "--config", str(path), "--once")
+        assert result.returncode == 0, result.stdout + result.stderr
+        assert row(result.stdout, "Bailey").endswith("Bona+")
+        assert row(result.stdout, "Bona").endswith("Bailey+")
+        assert f"agreement: all 2 nodes hold the same 12 clients (digest {DIGEST})" in result.stdout
+    finally:
+        for server in nodes.values():
+            server.close()
+
+
+def test_live_view_refreshes_until_ctrl_c(tmp_path: Path) -> None:
+    bailey = FakeNode(status_doc("Bailey"), status_doc("Bailey", 13, "ffff000011112222"))
+    try:
+        path = write_config(tmp_path / "herd.toml", {"Bailey": bailey.port})
+        live = subprocess.Popen([sys.executable, "-m", "herd", "status", "--config", str(path)], cwd=REPO,
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                                preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+        try:
+            wait_until(lambda: bailey.requests >= 3, timeout=20, what="three frames")
+        finally:
+            live.send_signal(signal.SIGINT)
+            out, err = live.communicate(timeout=15)
+        assert live.returncode == 0, err
+        frames = out.split("herd status  ")[1:]
+        assert len(frames) >= 3 and "\x1b" not in out  # not a terminal: no screen codes
+        assert row(frames[0], "Bailey").split()[3:5] == ["12", DIGEST[:8]]
+        assert row(frames[-1], "Bailey").split()[3:5] == ["13", "ffff0000"]  # each frame reads again
+        once = herd_cli("status", "--config", str(path), "--json")  # --json: one frame, then exit
+        assert once.returncode == 0 and json.loads(once.stdout)["ok"] is True
+    finally:
+        bailey.close()
+
+
+def test_usage_and_config_errors_exit_2(tmp_path: Path) -> None:
+    for args in (["--timeout", "0"], ["--timeout", "soon"], ["--bogus"]):
+        result = herd_cli("status", "--config", str(REPO / "config" / "herd.toml"), "--once", *args)
+        assert result.returncode == 2, (args, result.stderr)
+    result = herd_cli("status", "--config", str(tmp_path / "missing.toml"), "--once")
+    assert result.returncode == 2 and "Traceback" not in result.stderr
