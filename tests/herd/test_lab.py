@@ -74,6 +74,7 @@ def test_a_lab_is_built_observed_from_outside_and_torn_down() -> None:
     assert "lost 0, bogus 0; herd check from outside: agree" in result.stdout
     assert "torn down: no lab namespace, cable or bridge left" in result.stderr
     assert _lab_namespaces() == []
+    assert not (REPO / "state" / "h1").exists()  # access logs go to the lab's directory
 
 
 @needs_lab

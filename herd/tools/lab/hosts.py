@@ -139,9 +139,10 @@ class Lab:
                 "--bind", "127.0.0.1", "--dir", str(home / "redis"), "--appendonly", "yes",
                 "--appendfsync", appendfsync, "--save", "", "--daemonize", "no",
                 "--logfile", str(home / "redis" / "redis.log")], home / "redis" / "redis.out", self.env)
+            # Its state directory (the access log) is its host's, in the lab's directory.
             self.nodes[host] = NsProcess(host.name, host.netns, [
                 sys.executable, "-m", "herd", "serve", host.name, "--config", str(self.config)],
-                home / "herd.log", self.env)
+                home / "herd.log", {**self.env, "STATE_DIRECTORY": str(home)})
 
     # -- building and tearing down ----------------------------------------------
 
