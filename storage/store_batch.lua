@@ -180,6 +180,43 @@ local function geo_latitude(lat)  -- |lat| <= 85.05112878 exactly ("+85.0500", "
   return fraction <= limit  -- equal lengths of digits: text order is number order
 end
 
+-- The GEO set is written once per batch (one GEOADD for every position, one
+-- ZREM for positions beyond Redis GEO's latitudes), with each client's last
+-- position of the batch: one command instead of one per record.
+local geo_lon, geo_lat, geo_ids = {}, {}, {}
+local function place(id, lon, lat)
+  if geo_lon[id] == nil then geo_ids[#geo_ids + 1] = id end
+  if geo_latitude(lat) then
+    geo_lon[id], geo_lat[id] = lon, lat
+  else
+    geo_lon[id] = false
+  end
+end
+
+local function write_places()
+  local add, remove = {}, {}
+  for _, id in ipairs(geo_ids) do
+    local lon = geo_lon[id]
+    if lon then
+      add[#add + 1], add[#add + 2], add[#add + 3] = lon, geo_lat[id], id
+    else
+      remove[#remove + 1] = id
+    end
+  end
+  if #add > 0 then
+    local added = redis.pcall('GEOADD', KEYS[1], unpack(add))
+    if type(added) == 'table' and added.err then
+      -- A position GEOADD refuses (not the AT line grammar): each on its own,
+      -- the refused ones kept out of the set.
+      for i = 1, #add, 3 do
+        local one = redis.pcall('GEOADD', KEYS[1], add[i], add[i + 1], add[i + 2])
+        if type(one) == 'table' and one.err then remove[#remove + 1] = add[i + 2] end
+      end
+    end
+  end
+  if #remove > 0 then call('ZREM', KEYS[1], unpack(remove)) end
+end
+
 local RECORD = '([^\n\t]*)\n([^\n\t]*)\n([^\n\t]*)\n([^\n\t]*)\n([^\n\t]*)\n([^\n\t]*)\n' ..
                '([^\n\t]*)\n([^\n\t]*)([^\t]*)\t'
 local AT_LINE = '^AT ([^ ]+) ([^ ]+) ([^ ]+) (([+-][%d.]+)([+-][%d.]+)) ([^ ]+)$'
@@ -197,18 +234,23 @@ for at, ns, tie_break, peer, chain_epoch, prev, pos, source, holds in string.gma
       update_summary(held[2], at)
       call('HSET', key, 'at', at, 'server', server, 'skew', skew, 'location', location,
            'lat', lat, 'lon', lon, 'time', time)
-      local geo = geo_latitude(lat) and redis.pcall('GEOADD', KEYS[1], lon, lat, id)
-      if not geo or (type(geo) == 'table' and geo.err) then  -- beyond Redis GEO's latitudes
-        call('ZREM', KEYS[1], id)
-      end
+      place(id, lon, lat)
       first_previous = first_previous or previous_id()
-      last_id = call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[2], '*', 'c', id, 's', source)
+      if source == '' then
+        last_id = call('XADD', KEYS[2], '*', 'c', id)
+      else
+        last_id = call('XADD', KEYS[2], '*', 'c', id, 's', source)
+      end
       result = advanced .. last_id
     end
   end
   out[#out + 1] = result
 end
-if first_previous then out[1] = log_epoch() .. ' ' .. first_previous end
+if first_previous then
+  out[1] = log_epoch() .. ' ' .. first_previous
+  call('XTRIM', KEYS[2], 'MAXLEN', '~', ARGV[2])  -- once per batch, not per entry
+end
+write_places()
 if digest_hi then
   call('HSET', KEYS[4], 'digest', bit.tohex(digest_hi, 8) .. bit.tohex(digest_lo, 8))
   if added > 0 then call('HINCRBY', KEYS[4], 'clients', added) end
