@@ -265,8 +265,12 @@ class RedisStore:
         of those clients is held newer, or as new with that server and skew
         (see store_batch.lua)."""
         done: Deferred[StoreResult] = Deferred()
+        # No record (seven empty fields), tie-break, the step, no source, the holds.
         link = (step.peer, step.prev.epoch, step.prev.entry, step.pos.entry)
-        self._queue(b"\n".join((b"", b"", b"0", *link, b"", *listed)) + b"\t", done)
+        blob = b"\n\n\n\n\n\n\n0\n%s\n%s\n%s\n%s\n\n" % link
+        if listed:
+            blob += b"\n".join(listed) + b"\n"
+        self._queue(blob + b"\t", done)
         return done
 
     @property
@@ -531,15 +535,19 @@ class RedisStore:
 
 
 def _record_blob(record: AtRecord, tie_break: bool, step: LogStep | None, source: bytes) -> bytes:
-    """One record's part of store_batch.lua's batch argument: AT line, its
-    client-time in canonical integer nanoseconds, tie-break, log step and
-    source, each ended by a newline, the whole ended by a tab (no field holds
-    white space)."""
+    """One record's part of store_batch.lua's batch argument: the AT record's
+    fields, its client-time in canonical integer nanoseconds, tie-break, log
+    step and source, each followed by a newline, the record by a tab (no field
+    holds a newline or a tab; only a source, "<peer> F", a space)."""
     tie = b"1" if tie_break else b"0"
+    location = record.location
     if step is None:
-        return b"%s\n%d\n%s\n\n\n\n\n%s\t" % (record.line, record.time.ns, tie, source)
-    return b"%s\n%d\n%s\n%s\n%s\n%s\n%s\n%s\t" % (
-        record.line, record.time.ns, tie, step.peer, step.prev.epoch, step.prev.entry, step.pos.entry, source)
+        return b"%s\n%s\n%s\n%s\n%s\n%s\n%d\n%s\n\n\n\n\n%s\n\t" % (
+            record.server, record.skew, record.client_id, location.lat, location.lon, record.time.text,
+            record.time.ns, tie, source)
+    return b"%s\n%s\n%s\n%s\n%s\n%s\n%d\n%s\n%s\n%s\n%s\n%s\n%s\n\t" % (
+        record.server, record.skew, record.client_id, location.lat, location.lon, record.time.text,
+        record.time.ns, tie, step.peer, step.prev.epoch, step.prev.entry, step.pos.entry, source)
 
 
 _NOT_STORED = StoreResult(False, None, False)

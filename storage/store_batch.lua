@@ -18,12 +18,14 @@
 -- Per-client and per-peer keys are derived from the prefix (standalone Redis):
 --         <prefix>client:<id> (hash), <prefix>peer:<name> (offset hash)
 -- ARGV[1] key prefix; ARGV[2] log length bound (approximate MAXLEN); ARGV[3]
--- the records, each one field per line ended by a tab (one argument for the
--- whole batch: the node's Redis client encodes arguments one by one, in
--- Python, and a gmatch here splits them in C; no field holds white space):
---   the AT line ("AT <server> <skew> <client-id> <location> <client-time>",
---   fields separated by single spaces, as the node made it); the client
---   hash fields are derived from it here,
+-- the records, one argument for the whole batch (the node's Redis client
+-- encodes arguments one by one, in Python; a gmatch here splits them in C).
+-- No field holds a newline or a tab (only the source a space): each is
+-- followed by a newline, a record ends with a tab. Per record:
+--   server, skew, client id, lat, lon, client-time: the AT record's fields as
+--                    the node made or validated them; the AT line ("AT <server>
+--                    <skew> <client-id> <lat><lon> <client-time>") is built from
+--                    them here (the location is <lat><lon>),
 --   ns               its client-time in integer nanoseconds, canonical decimal
 --                    (no leading zeros), computed once by the node,
 --   tie_break        "1": on equal times the bytewise larger AT line wins, so
@@ -32,16 +34,18 @@
 --                    offset advances to pos only when it stands at prev in the
 --                    same epoch (prev "*": whatever it stands at); it then says
 --                    "every update of that peer's log up to pos is applied here",
---   source           the peer the record came from ("" from a client), logged
---                    so that a SYNC answer to that peer can leave it out,
---   [hold id, hold time, hold server, hold skew]...  optional, with an empty
---                    AT line only: the chain advances only if each client
+--   source           the peer the record came from ("" from a client; "<peer> F"
+--                    when forwarded before that peer stored it: the one field
+--                    with a space), logged so that a SYNC answer to that peer
+--                    can leave it out,
+--   [hold id, hold time, hold server, hold skew]...  optional, with no record
+--                    (empty fields): the chain advances only if each client
 --                    <hold id> is held with a client-time above <hold time>,
 --                    or with that very time, server and skew (a peer saying
 --                    "the updates forwarded between us before being stored
 --                    are in my log up to pos").
--- A record with an empty AT line (and ns) only advances the chain (a peer
--- saying "my log moved on to pos with updates that came from you").
+-- A record with an empty server only advances the chain (a peer saying "my
+-- log moved on to pos with updates that came from you").
 -- Positions: a client whose latitude is beyond +-85.05112878 (Redis GEO's
 -- limit), compared exactly as decimal text, is kept out of the GEO set (its
 -- hash is complete); Redis itself would round the number to a double first
@@ -134,9 +138,9 @@ local function previous_id()
   return last_id
 end
 
-local HOLD = '\n([^\n\t]*)\n([^\n\t]*)\n([^\n\t]*)\n([^\n\t]*)'
+local HOLD = '(%S*)\n(%S*)\n(%S*)\n(%S*)\n'
 
-local function holds_all(holds)  -- "\nid\ntime\nserver\nskew" for each listed update
+local function holds_all(holds)  -- "id\ntime\nserver\nskew\n" for each listed update
   for id, time, server, skew in string.gmatch(holds, HOLD) do
     local held = call('HMGET', prefix .. 'client:' .. id, 'time', 'server', 'skew')
     if not held[1] then return false end
@@ -217,17 +221,19 @@ local function write_places()
   if #remove > 0 then call('ZREM', KEYS[1], unpack(remove)) end
 end
 
-local RECORD = '([^\n\t]*)\n([^\n\t]*)\n([^\n\t]*)\n([^\n\t]*)\n([^\n\t]*)\n([^\n\t]*)\n' ..
-               '([^\n\t]*)\n([^\n\t]*)([^\t]*)\t'
-local AT_LINE = '^AT ([^ ]+) ([^ ]+) ([^ ]+) (([+-][%d.]+)([+-][%d.]+)) ([^ ]+)$'
+-- %S: not white space (cheaper for Lua's matcher than a set like [^\n\t]);
+-- but a source may be "<peer> F".
+local RECORD = string.rep('(%S*)\n', 12) .. '([^\n\t]*)\n([^\t]*)\t'
 
 local out, first_previous = {''}, nil
-for at, ns, tie_break, peer, chain_epoch, prev, pos, source, holds in string.gmatch(ARGV[3], RECORD) do
+for server, skew, id, lat, lon, time, ns, tie_break, peer, chain_epoch, prev, pos, source, holds
+    in string.gmatch(ARGV[3], RECORD) do
   local advanced = '0'
   if peer ~= '' then advanced = advance_offset(peer, chain_epoch, prev, pos, holds) end
   local result = advanced
-  if at ~= '' then
-    local server, skew, id, location, lat, lon, time = match(at, AT_LINE)
+  if server ~= '' then
+    local location = lat .. lon
+    local at = 'AT ' .. server .. ' ' .. skew .. ' ' .. id .. ' ' .. location .. ' ' .. time
     local key = prefix .. 'client:' .. id
     local held = call('HMGET', key, 'time', 'at')
     if is_newer(ns, at, tie_break, held) then
