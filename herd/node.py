@@ -66,6 +66,34 @@ PEER_CLOCK_SLACK_NS = 300 * 1_000_000_000
 PEER_CLOCK_RETRY_NS = 86_400 * 1_000_000_000
 
 
+class StoredKeys:
+    """The keys (see update_key) of updates known to be stored here: the last
+    ``limit`` to ``2 * limit`` added, in two generations (adding and taking
+    are O(1); the older generation is dropped whole)."""
+
+    __slots__ = ("_limit", "_new", "_old")
+
+    def __init__(self, limit: int = MAX_HELD // 2):
+        self._limit = limit
+        self._new: set[UpdateKey] = set()
+        self._old: set[UpdateKey] = set()
+
+    def add(self, key: UpdateKey) -> None:
+        self._new.add(key)
+        if len(self._new) >= self._limit:
+            self._old, self._new = self._new, set()
+
+    def take(self, key: UpdateKey) -> bool:
+        """Whether ``key`` is known stored; forgotten once asked for."""
+        if key in self._new:
+            self._new.remove(key)
+            return True
+        if key in self._old:
+            self._old.remove(key)
+            return True
+        return False
+
+
 class Origin(NamedTuple):
     peer: bytes | None  # the peer an update came from; None: a client
     unconfirmed: bool  # it came as F: that peer may not hold it yet
@@ -96,9 +124,9 @@ class Node:
         self._unstored: deque[tuple[AtRecord, Origin, frozenset[bytes]]] = deque(maxlen=MAX_UNSTORED)
         self._retry: Any = None
         store.on_connected.append(self._store_again)
-        # Per peer, updates it forwarded (F) that are stored here and that its
-        # K lines have not listed yet (see _not_known_stored).
-        self._stored_from: dict[bytes, dict[UpdateKey, None]] = {}
+        # Per peer, updates stored here that its K lines may list: those it
+        # forwarded to us (F) and those we forwarded to it (see _not_known_stored).
+        self._stored_from: dict[bytes, StoredKeys] = {}
         store.on_connected.append(self._stored_from.clear)
         self._peer_handlers: dict[bytes, Callable[[bytes, bytes, PeerConnection], Any]] = {
             msg.FORWARD: self.handle_forward, msg.UPDATE: self.handle_update,
@@ -221,20 +249,25 @@ class Node:
                 self.stats.flood_in += 1
             self.links.flood(record, result.position, result.previous, origin.peer, forwarded or frozenset(),
                              source_has_it=not origin.unconfirmed)
-            if origin.unconfirmed and origin.peer is not None:
-                self._remember_stored_from(origin.peer, update_key(record))
+            if forwarded or (origin.unconfirmed and origin.peer is not None):
+                key = update_key(record)
+                if origin.unconfirmed and origin.peer is not None:
+                    self._remember_stored_from(origin.peer, key)
+                for peer in forwarded or ():
+                    self._remember_stored_from(peer, key)
         elif origin.peer is not None:
             self.stats.flood_duplicate += 1
         return result
 
     def _remember_stored_from(self, peer: bytes, key: UpdateKey) -> None:
-        """An update ``peer`` forwarded (F) is now stored here: when its K lists
-        it, no Redis lookup is needed. Forgotten when Redis reconnects (it may
-        have restarted without it), and beyond MAX_HELD per peer."""
-        stored = self._stored_from.setdefault(peer, {})
-        stored[key] = None
-        if len(stored) > MAX_HELD:
-            del stored[next(iter(stored))]
+        """An update forwarded (F) between ``peer`` and this node, either way,
+        is now stored here: when the peer's K lists it, no Redis lookup is
+        needed. Forgotten when Redis reconnects (it may have restarted without
+        it), and beyond about MAX_HELD per peer."""
+        stored = self._stored_from.get(peer)
+        if stored is None:
+            stored = self._stored_from[peer] = StoredKeys()
+        stored.add(key)
 
     def _not_known_stored(self, peer: bytes, listed: list[bytes]) -> list[bytes]:
         """The updates a K line from ``peer`` lists (4 fields each) that are not
@@ -244,10 +277,8 @@ class Node:
             return listed
         unknown: list[bytes] = []
         for i in range(0, len(listed), 4):
-            key = tuple(listed[i:i + 4])
-            if key in known:
-                del known[key]  # type: ignore[arg-type]
-            else:
+            key: UpdateKey = tuple(listed[i:i + 4])  # type: ignore[assignment]
+            if not known.take(key):
                 unknown.extend(key)
         return unknown
 

@@ -44,6 +44,7 @@ SCAN_TIMES = _lua("scan_times.lua")
 GEO_SAMPLE = _lua("geo_sample.lua")
 SAMPLE_BLOCK = 4  # consecutive GEO members per block of a sample (see geo_sample.lua)
 LOG_MAX_ENTRIES = 1_000_000  # approximate bound of the update log (a few tens of MB)
+LOG_BOUND = str(LOG_MAX_ENTRIES).encode()
 MAX_BATCH = 1000  # records per store_batch.lua call
 # Store batches sent and not yet answered. More wait in the node and join the
 # next batch: a burst (a large SYNC answer) then costs a few large Lua calls
@@ -81,8 +82,8 @@ def set_no_delay(transport: Any) -> None:
         transport.setTcpNoDelay(True)
 
 
-# One record's Lua arguments, its Deferred, and its place in arrival order.
-_Pending = tuple[list[bytes], Deferred[StoreResult], int]
+# One record's part of the batch argument, its Deferred, and its place in arrival order.
+_Pending = tuple[bytes, Deferred[StoreResult], int]
 
 
 EMPTY_DIGEST = b"0000000000000000"  # the digest of no clients
@@ -270,7 +271,7 @@ class RedisStore:
         applied in call order; each Deferred fires with its own StoreResult once
         Redis has acknowledged the batch."""
         done: Deferred[StoreResult] = Deferred()
-        self._queue(_record_args(record, tie_break, step, source), done, urgent=not source and not step)
+        self._queue(_record_blob(record, tie_break, step, source), done, urgent=not source and not step)
         return done
 
     def advance_offset(self, step: LogStep, listed: list[bytes] = []) -> Deferred[StoreResult]:  # noqa: B006
@@ -280,9 +281,12 @@ class RedisStore:
         of those clients is held newer, or as new with that server and skew
         (see store_batch.lua)."""
         done: Deferred[StoreResult] = Deferred()
+        # No record (seven empty fields), tie-break, the step, no source, the holds.
         link = (step.peer, step.prev.epoch, step.prev.entry, step.pos.entry)
-        meta = b"\n".join((b"0", *link, b"", *listed))
-        self._queue([b"", meta], done)
+        blob = b"\n\n\n\n\n\n\n0\n%s\n%s\n%s\n%s\n\n" % link
+        if listed:
+            blob += b"\n".join(listed) + b"\n"
+        self._queue(blob + b"\t", done)
         return done
 
     @property
@@ -304,8 +308,8 @@ class RedisStore:
         self._drain_waiters.append((limit, waiter))
         return waiter
 
-    def _queue(self, record_args: list[bytes], done: Deferred[StoreResult], urgent: bool = False) -> None:
-        (self._urgent if urgent else self._batch).append((record_args, done, next(self._arrivals)))
+    def _queue(self, blob: bytes, done: Deferred[StoreResult], urgent: bool = False) -> None:
+        (self._urgent if urgent else self._batch).append((blob, done, next(self._arrivals)))
         self._schedule_flush()
 
     def _schedule_flush(self) -> None:
@@ -334,9 +338,9 @@ class RedisStore:
             while self._batch and len(part) < MAX_BATCH and self._batch[0][2] < oldest_client:
                 part.append(self._batch.popleft())
             part += _take(self._urgent, MAX_BATCH - len(part))
-            args = [self.keys.prefix, str(LOG_MAX_ENTRIES).encode()]
-            for record_args, _, _ in part:
-                args.extend(record_args)
+            # One argument for the whole batch: txredisapi encodes each
+            # argument in Python (a few microseconds each), Redis splits it in C.
+            args = [self.keys.prefix, LOG_BOUND, b"".join([blob for blob, _, _ in part])]
             self._sent_at.append(self._reactor.seconds())
             d = self._call("eval", STORE_BATCH, keys, args)
             d.addBoth(self._answered)
@@ -568,18 +572,41 @@ def _position_sample(reply: list[Any]) -> PositionSample:
     return PositionSample(int(reply[0]), points)
 
 
-def _record_args(record: AtRecord, tie_break: bool, step: LogStep | None, source: bytes) -> list[bytes]:
-    """The two arguments store_batch.lua takes per record: AT line and meta."""
-    link = (step.peer, step.prev.epoch, step.prev.entry, step.pos.entry) if step else (b"",) * 4
-    return [record.line, b"\n".join((b"1" if tie_break else b"0", *link, source))]
+def _record_blob(record: AtRecord, tie_break: bool, step: LogStep | None, source: bytes) -> bytes:
+    """One record's part of store_batch.lua's batch argument: the AT record's
+    fields, its client-time in canonical integer nanoseconds, tie-break, log
+    step and source, each followed by a newline, the record by a tab (no field
+    holds a newline or a tab; only a source, "<peer> F", a space)."""
+    tie = b"1" if tie_break else b"0"
+    location = record.location
+    if step is None:
+        return b"%s\n%s\n%s\n%s\n%s\n%s\n%d\n%s\n\n\n\n\n%s\n\t" % (
+            record.server, record.skew, record.client_id, location.lat, location.lon, record.time.text,
+            record.time.ns, tie, source)
+    return b"%s\n%s\n%s\n%s\n%s\n%s\n%d\n%s\n%s\n%s\n%s\n%s\n%s\n\t" % (
+        record.server, record.skew, record.client_id, location.lat, location.lon, record.time.text,
+        record.time.ns, tie, step.peer, step.prev.epoch, step.prev.entry, step.pos.entry, source)
+
+
+_NOT_STORED = StoreResult(False, None, False)
+_NOT_STORED_ADVANCED = StoreResult(False, None, True)
 
 
 def _batch_stored(reply: bytes, part: list[_Pending]) -> None:
-    for line, (_, done, _) in zip(reply.split(b"\n"), part, strict=True):
-        stored, token, advanced, previous = line.split(b"|")
-        position = Position.parse(token) if token else None
-        before = Position(position.epoch, previous) if position is not None else None
-        done.callback(StoreResult(stored == b"1", position, advanced == b"1", before))
+    """Fire each record's Deferred from store_batch.lua's reply: a line "<epoch>
+    <log id before the batch>" (empty when nothing was stored), then per
+    record "<advanced 0|1><log id when stored>"; a stored record's previous
+    entry is the one stored before it in the batch (or the head before it)."""
+    lines = reply.split(b"\n")
+    epoch, _, previous = lines[0].partition(b" ")
+    for line, (_, done, _) in zip(lines[1:], part, strict=True):
+        advanced = line[:1] == b"1"
+        if len(line) > 1:
+            entry = line[1:]
+            done.callback(StoreResult(True, Position(epoch, entry), advanced, Position(epoch, previous)))
+            previous = entry
+        else:
+            done.callback(_NOT_STORED_ADVANCED if advanced else _NOT_STORED)
 
 
 def _take(queue: deque[_Pending], count: int) -> list[_Pending]:

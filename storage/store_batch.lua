@@ -17,69 +17,65 @@
 --         hash collisions), so `herd status` compares nodes in O(1)
 -- Per-client and per-peer keys are derived from the prefix (standalone Redis):
 --         <prefix>client:<id> (hash), <prefix>peer:<name> (offset hash)
--- ARGV[1] key prefix; ARGV[2] log length bound (approximate MAXLEN); then two
--- arguments per record:
---   the AT line ("AT <server> <skew> <client-id> <location> <client-time>",
---   fields separated by single spaces, as the node made it); the client
---   hash fields are derived from it here,
---   meta: 6 fields separated by "\n" (names and positions hold no white space):
---     tie_break        "1": on equal times the bytewise larger AT line wins, so
---                      every node settles on the same record; "0": equal is not newer,
---     chain peer, chain epoch, chain prev, chain pos   ("" when none): the peer's
---                      offset advances to pos only when it stands at prev in the
---                      same epoch (prev "*": whatever it stands at); it then says
---                      "every update of that peer's log up to pos is applied here",
---     source           the peer the record came from ("" from a client), logged
---                      so that a SYNC answer to that peer can leave it out,
---     [hold id, hold time, hold server, hold skew]...  optional, with an empty
---                      AT line only: the chain advances only if each client
---                      <hold id> is held with a client-time above <hold time>,
---                      or with that very time, server and skew (a peer saying
---                      "the updates forwarded between us before being stored
---                      are in my log up to pos").
--- A record with an empty AT line only advances the chain (a peer saying "my
+-- ARGV[1] key prefix; ARGV[2] log length bound (approximate MAXLEN); ARGV[3]
+-- the records, one argument for the whole batch (the node's Redis client
+-- encodes arguments one by one, in Python; a gmatch here splits them in C).
+-- No field holds a newline or a tab (only the source a space): each is
+-- followed by a newline, a record ends with a tab. Per record:
+--   server, skew, client id, lat, lon, client-time: the AT record's fields as
+--                    the node made or validated them; the AT line ("AT <server>
+--                    <skew> <client-id> <lat><lon> <client-time>") is built from
+--                    them here (the location is <lat><lon>),
+--   ns               its client-time in integer nanoseconds, canonical decimal
+--                    (no leading zeros), computed once by the node,
+--   tie_break        "1": on equal times the bytewise larger AT line wins, so
+--                    every node settles on the same record; "0": equal is not newer,
+--   chain peer, chain epoch, chain prev, chain pos   ("" when none): the peer's
+--                    offset advances to pos only when it stands at prev in the
+--                    same epoch (prev "*": whatever it stands at); it then says
+--                    "every update of that peer's log up to pos is applied here",
+--   source           the peer the record came from ("" from a client; "<peer> F"
+--                    when forwarded before that peer stored it: the one field
+--                    with a space), logged so that a SYNC answer to that peer
+--                    can leave it out,
+--   [hold id, hold time, hold server, hold skew]...  optional, with no record
+--                    (empty fields): the chain advances only if each client
+--                    <hold id> is held with a client-time above <hold time>,
+--                    or with that very time, server and skew (a peer saying
+--                    "the updates forwarded between us before being stored
+--                    are in my log up to pos").
+-- A record with an empty server only advances the chain (a peer saying "my
 -- log moved on to pos with updates that came from you").
 -- Positions: a client whose latitude is beyond +-85.05112878 (Redis GEO's
 -- limit), compared exactly as decimal text, is kept out of the GEO set (its
 -- hash is complete); Redis itself would round the number to a double first
 -- and index +85.0511287800000000000001.
--- Returns one string: per record a line "stored|<epoch>/<log id>|advanced|previous"
--- (stored and advanced 1/0; empty position fields when not stored), where
--- previous is the id of the log entry just before this one ("0-0" for the
--- first), which lets the node notice log entries it never heard about (a
--- reply lost with its Redis connection).
+-- Returns one string: a line "<epoch> <id of the log entry before the
+-- batch's first stored one>" ("0-0" for an empty log; the line is empty when
+-- nothing was stored), then per record a line "<advanced 1|0><log id>", the
+-- log id only when stored. A stored record's previous entry is the one stored
+-- before it in the batch, which lets the node notice log entries it never
+-- heard about (a reply lost with its Redis connection).
 
 local prefix = ARGV[1]
-
-local function split(text, sep)  -- every field, empty ones included
-  local out, start = {}, 1
-  while true do
-    local i = string.find(text, sep, start, true)
-    if not i then
-      out[#out + 1] = string.sub(text, start)
-      return out
-    end
-    out[#out + 1] = string.sub(text, start, i - 1)
-    start = i + 1
-  end
-end
+local call, match, sub, find, byte = redis.call, string.match, string.sub, string.find, string.byte
 
 local PAD = {}
 for i = 0, 9 do PAD[i] = string.rep('0', i) end
 
 local function canonical_ns(time)  -- "12.5" -> "12500000000"; no leading zeros
-  local seconds, fraction = string.match(time, '^(%d+)%.?(%d*)$')
+  local seconds, fraction = match(time, '^(%d+)%.?(%d*)$')
   local ns = seconds .. fraction .. PAD[9 - #fraction]
-  local first = string.find(ns, '[1-9]')
+  local first = find(ns, '[1-9]')
   if not first then return '0' end
-  return first == 1 and ns or string.sub(ns, first)
+  return first == 1 and ns or sub(ns, first)
 end
 
 local function compare_bytes(a, b)
   if a == b then return 0 end
   local n = math.min(#a, #b)
   for i = 1, n do
-    local x, y = string.byte(a, i), string.byte(b, i)
+    local x, y = byte(a, i), byte(b, i)
     if x ~= y then return (x > y) and 1 or -1 end
   end
   return (#a > #b) and 1 or -1
@@ -101,15 +97,15 @@ end
 local digest_hi, digest_lo, added = nil, nil, 0
 local function xor_in(at)
   local sha = redis.sha1hex(at)
-  digest_hi = bit.bxor(digest_hi, tonumber(string.sub(sha, 1, 8), 16))
-  digest_lo = bit.bxor(digest_lo, tonumber(string.sub(sha, 9, 16), 16))
+  digest_hi = bit.bxor(digest_hi, tonumber(sub(sha, 1, 8), 16))
+  digest_lo = bit.bxor(digest_lo, tonumber(sub(sha, 9, 16), 16))
 end
 
 local function update_summary(old_at, new_at)
   if not digest_hi then
-    local held = redis.call('HGET', KEYS[4], 'digest') or '0000000000000000'
-    digest_hi = tonumber(string.sub(held, 1, 8), 16)
-    digest_lo = tonumber(string.sub(held, 9, 16), 16)
+    local held = call('HGET', KEYS[4], 'digest') or '0000000000000000'
+    digest_hi = tonumber(sub(held, 1, 8), 16)
+    digest_lo = tonumber(sub(held, 9, 16), 16)
   end
   xor_in(new_at)
   if old_at then xor_in(old_at) else added = added + 1 end
@@ -118,13 +114,13 @@ end
 local epoch = nil
 local function log_epoch()
   if epoch then return epoch end
-  epoch = redis.call('GET', KEYS[3])
+  epoch = call('GET', KEYS[3])
   if not epoch then
     -- A new log: name it by the time it began, so positions in a log that was
     -- lost with its Redis are never mistaken for positions in this one.
-    local now = redis.call('TIME')
+    local now = call('TIME')
     epoch = now[1] .. '.' .. now[2]
-    redis.call('SET', KEYS[3], epoch)
+    call('SET', KEYS[3], epoch)
   end
   return epoch
 end
@@ -133,8 +129,8 @@ local last_id = nil
 local function previous_id()
   if last_id then return last_id end
   last_id = '0-0'
-  if redis.call('EXISTS', KEYS[2]) == 1 then
-    local info = redis.call('XINFO', 'STREAM', KEYS[2])
+  if call('EXISTS', KEYS[2]) == 1 then
+    local info = call('XINFO', 'STREAM', KEYS[2])
     for i = 1, #info, 2 do
       if info[i] == 'last-generated-id' then last_id = info[i + 1] end
     end
@@ -142,38 +138,40 @@ local function previous_id()
   return last_id
 end
 
-local function holds_all(meta)  -- from meta[7]: id, time, server, skew; id, ...
-  for i = 7, #meta - 3, 4 do
-    local held = redis.call('HMGET', prefix .. 'client:' .. meta[i], 'time', 'server', 'skew')
+local HOLD = '(%S*)\n(%S*)\n(%S*)\n(%S*)\n'
+
+local function holds_all(holds)  -- "id\ntime\nserver\nskew\n" for each listed update
+  for id, time, server, skew in string.gmatch(holds, HOLD) do
+    local held = call('HMGET', prefix .. 'client:' .. id, 'time', 'server', 'skew')
     if not held[1] then return false end
-    if held[1] == meta[i + 1] then
+    if held[1] == time then
       -- The same time: only the very same record will do (ties are settled
       -- by the AT line; a SYNC settles the rest).
-      if held[2] ~= meta[i + 2] or held[3] ~= meta[i + 3] then return false end
-    elseif compare_ns(canonical_ns(held[1]), canonical_ns(meta[i + 1])) <= 0 then
+      if held[2] ~= server or held[3] ~= skew then return false end
+    elseif compare_ns(canonical_ns(held[1]), canonical_ns(time)) <= 0 then
       return false  -- older, or the same instant written differently (another record)
     end
   end
   return true
 end
 
-local function advance_offset(peer, chain_epoch, prev, pos, meta)
-  if peer == '' or not holds_all(meta) then return 0 end
+local function advance_offset(peer, chain_epoch, prev, pos, holds)
+  if holds ~= '' and not holds_all(holds) then return 0 end
   local key = prefix .. 'peer:' .. peer
   if prev == '*' then  -- a SYNC answer ends here: the offset is pos, whatever it was
-    redis.call('HSET', key, 'epoch', chain_epoch, 'pos', pos)
+    call('HSET', key, 'epoch', chain_epoch, 'pos', pos)
     return 1
   end
-  local cur = redis.call('HMGET', key, 'epoch', 'pos')
+  local cur = call('HMGET', key, 'epoch', 'pos')
   if cur[1] ~= chain_epoch or cur[2] ~= prev then return 0 end
-  redis.call('HSET', key, 'pos', pos)
+  call('HSET', key, 'pos', pos)
   return 1
 end
 
 local GEO_LAT_WHOLE, GEO_LAT_FRACTION = 85, '05112878'
 
 local function geo_latitude(lat)  -- |lat| <= 85.05112878 exactly ("+85.0500", "-007.5")
-  local whole, fraction = string.match(lat, '^[+-](%d+)%.?(%d*)$')
+  local whole, fraction = match(lat, '^[+-](%d+)%.?(%d*)$')
   if not whole then return true end  -- not the AT line grammar: GEOADD decides
   whole = tonumber(whole)
   if whole ~= GEO_LAT_WHOLE then return whole < GEO_LAT_WHOLE end
@@ -186,47 +184,81 @@ local function geo_latitude(lat)  -- |lat| <= 85.05112878 exactly ("+85.0500", "
   return fraction <= limit  -- equal lengths of digits: text order is number order
 end
 
-local function parse_meta(text)  -- 6 fields, then the holds (if any)
-  local a, b, c, d, e, f, rest = string.match(text,
-    '^([^\n]*)\n([^\n]*)\n([^\n]*)\n([^\n]*)\n([^\n]*)\n([^\n]*)(.*)$')
-  local meta = {a, b, c, d, e, f}
-  if rest ~= '' then
-    local holds = split(string.sub(rest, 2), '\n')
-    for i = 1, #holds do meta[6 + i] = holds[i] end
+-- The GEO set is written once per batch (one GEOADD for every position, one
+-- ZREM for positions beyond Redis GEO's latitudes), with each client's last
+-- position of the batch: one command instead of one per record.
+local geo_lon, geo_lat, geo_ids = {}, {}, {}
+local function place(id, lon, lat)
+  if geo_lon[id] == nil then geo_ids[#geo_ids + 1] = id end
+  if geo_latitude(lat) then
+    geo_lon[id], geo_lat[id] = lon, lat
+  else
+    geo_lon[id] = false
   end
-  return meta
 end
 
-local out = {}
-for base = 3, #ARGV, 2 do
-  local at = ARGV[base]
-  local meta = parse_meta(ARGV[base + 1])
-  local advanced = advance_offset(meta[2], meta[3], meta[4], meta[5], meta)
-  local result = '0||' .. advanced .. '|'
-  if at ~= '' then
-    local server, skew, id, location, lat, lon, time =
-      string.match(at, '^AT ([^ ]+) ([^ ]+) ([^ ]+) (([+-][%d.]+)([+-][%d.]+)) ([^ ]+)$')
-    local ns = canonical_ns(time)
-    local key = prefix .. 'client:' .. id
-    local held = redis.call('HMGET', key, 'time', 'at')
-    if is_newer(ns, at, meta[1], held) then
-      update_summary(held[2], at)
-      redis.call('HSET', key, 'at', at, 'server', server, 'skew', skew, 'location', location,
-                 'lat', lat, 'lon', lon, 'time', time)
-      local geo = geo_latitude(lat) and redis.pcall('GEOADD', KEYS[1], lon, lat, id)
-      if not geo or (type(geo) == 'table' and geo.err) then  -- beyond Redis GEO's latitudes
-        redis.call('ZREM', KEYS[1], id)
+local function write_places()
+  local add, remove = {}, {}
+  for _, id in ipairs(geo_ids) do
+    local lon = geo_lon[id]
+    if lon then
+      add[#add + 1], add[#add + 2], add[#add + 3] = lon, geo_lat[id], id
+    else
+      remove[#remove + 1] = id
+    end
+  end
+  if #add > 0 then
+    local added = redis.pcall('GEOADD', KEYS[1], unpack(add))
+    if type(added) == 'table' and added.err then
+      -- A position GEOADD refuses (not the AT line grammar): each on its own,
+      -- the refused ones kept out of the set.
+      for i = 1, #add, 3 do
+        local one = redis.pcall('GEOADD', KEYS[1], add[i], add[i + 1], add[i + 2])
+        if type(one) == 'table' and one.err then remove[#remove + 1] = add[i + 2] end
       end
-      local previous = previous_id()
-      local log_id = redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[2], '*', 'c', id, 's', meta[6])
-      last_id = log_id
-      result = '1|' .. log_epoch() .. '/' .. log_id .. '|' .. advanced .. '|' .. previous
+    end
+  end
+  if #remove > 0 then call('ZREM', KEYS[1], unpack(remove)) end
+end
+
+-- %S: not white space (cheaper for Lua's matcher than a set like [^\n\t]);
+-- but a source may be "<peer> F".
+local RECORD = string.rep('(%S*)\n', 12) .. '([^\n\t]*)\n([^\t]*)\t'
+
+local out, first_previous = {''}, nil
+for server, skew, id, lat, lon, time, ns, tie_break, peer, chain_epoch, prev, pos, source, holds
+    in string.gmatch(ARGV[3], RECORD) do
+  local advanced = '0'
+  if peer ~= '' then advanced = advance_offset(peer, chain_epoch, prev, pos, holds) end
+  local result = advanced
+  if server ~= '' then
+    local location = lat .. lon
+    local at = 'AT ' .. server .. ' ' .. skew .. ' ' .. id .. ' ' .. location .. ' ' .. time
+    local key = prefix .. 'client:' .. id
+    local held = call('HMGET', key, 'time', 'at')
+    if is_newer(ns, at, tie_break, held) then
+      update_summary(held[2], at)
+      call('HSET', key, 'at', at, 'server', server, 'skew', skew, 'location', location,
+           'lat', lat, 'lon', lon, 'time', time)
+      place(id, lon, lat)
+      first_previous = first_previous or previous_id()
+      if source == '' then
+        last_id = call('XADD', KEYS[2], '*', 'c', id)
+      else
+        last_id = call('XADD', KEYS[2], '*', 'c', id, 's', source)
+      end
+      result = advanced .. last_id
     end
   end
   out[#out + 1] = result
 end
+if first_previous then
+  out[1] = log_epoch() .. ' ' .. first_previous
+  call('XTRIM', KEYS[2], 'MAXLEN', '~', ARGV[2])  -- once per batch, not per entry
+end
+write_places()
 if digest_hi then
-  redis.call('HSET', KEYS[4], 'digest', bit.tohex(digest_hi, 8) .. bit.tohex(digest_lo, 8))
-  if added > 0 then redis.call('HINCRBY', KEYS[4], 'clients', added) end
+  call('HSET', KEYS[4], 'digest', bit.tohex(digest_hi, 8) .. bit.tohex(digest_lo, 8))
+  if added > 0 then call('HINCRBY', KEYS[4], 'clients', added) end
 end
 return table.concat(out, '\n')

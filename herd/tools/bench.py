@@ -7,8 +7,12 @@ one real ``redis-server`` per node with the shipped durability (AOF,
 (Ctrl-C included).
 Load comes from ``herd.tools.bench_load`` in processes of its own. Scenarios:
 
-- throughput: pipelined IAMAT req/s on one node that floods to 2 peers
-- ceiling: the same load against a no-storage Twisted line server; ratio
+- throughput: pipelined IAMAT req/s on one node that floods to 2 peers, and
+  the CPU the three nodes and their Redis spend per durable update
+- single: the same on one node with no peers
+- ceiling: the same load against a no-storage Twisted line server
+- floor: Redis CPU per record written with plain pipelined commands; with the
+  ceiling's CPU per request, the floor of SPEC section 8, and the ratios
 - propagation: IAMAT at a fixed rate, time until the farthest node stored it
 - whatsat: offline-provider WHATSAT latency at 1, 20 and 50 km
 - memory: Redis bytes per client
@@ -47,6 +51,7 @@ from herd.tools.harness import (
     HarnessError,
     LocalHerd,
     LocalNode,
+    RedisProcess,
     child_env,
     die_with_parent,
     free_port,
@@ -55,7 +60,8 @@ from herd.tools.harness import (
 from herd.tools.resp import Resp
 
 REPO = Path(__file__).resolve().parents[2]
-SCENARIOS = ("throughput", "ceiling", "propagation", "whatsat", "memory", "reconcile", "startup")
+SCENARIOS = ("throughput", "single", "ceiling", "floor", "propagation", "whatsat", "memory", "reconcile",
+             "startup")
 STARTS = 5  # startup: node restarts measured
 # SPEC section 5: the shipped five-node topology (links are undirected).
 FIVE = {"Bailey": ["Bona", "Campbell"], "Bona": ["Campbell", "Clark"], "Campbell": ["Jaquez"],
@@ -176,6 +182,32 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
+class CpuMeter:
+    """The CPU seconds groups of processes spend from its making on."""
+
+    def __init__(self, groups: dict[str, list[int]]):
+        self._groups = groups
+        self._before = self._now()
+
+    def _now(self) -> dict[str, float]:
+        return {k: sum(cpu_seconds(p) for p in pids) for k, pids in self._groups.items()}
+
+    def spent(self) -> dict[str, float]:
+        """Per group, CPU seconds since the meter was made."""
+        now = self._now()
+        return {k: now[k] - self._before[k] for k in self._groups}
+
+
+def micros_each(seconds: float, count: int, digits: int = 2) -> float:
+    """``seconds`` spread over ``count`` things, in microseconds (0.0 for none)."""
+    return round(seconds / count * 1e6, digits) if count else 0.0
+
+
+def clients_held(node: LocalNode) -> int:
+    """The client count of the node's summary hash (store_batch.lua keeps it)."""
+    return int(node.redis.call("HGET", "herd:summary", "clients") or 0)
+
+
 def hops_from(herd: LocalHerd, source: str) -> dict[str, int]:
     hops, queue = {source: 0}, deque([source])
     while queue:
@@ -237,15 +269,39 @@ class Bench:
 
     def timed_load(self, port: int, watched: dict[str, list[int]]) -> dict[str, Any]:
         """Run the duration load against ``port``; add the CPU share (cores) of
-        each group of ``watched`` processes over the run."""
-        before = {k: sum(cpu_seconds(p) for p in pids) for k, pids in watched.items()}
+        each group of ``watched`` processes over the run, and the CPU seconds
+        each spent."""
+        meter = CpuMeter(watched)
         started = time.monotonic()
         result = run_tool("load", [*self.load_args(port), "--seconds", str(self.args.seconds)],
                           self.args.seconds + 60)
         wall = time.monotonic() - started
-        result["cpu_cores"] = {k: round((sum(cpu_seconds(p) for p in pids) - before[k]) / wall, 2)
-                               for k, pids in watched.items()}
+        spent = meter.spent()
+        result["cpu_cores"] = {k: round(v / wall, 2) for k, v in spent.items()}
         result["cpu_cores"]["loadgen"] = result.pop("loadgen_cpu")
+        result["cpu_seconds"] = {k: round(v, 4) for k, v in spent.items()}
+        return result
+
+    def durable_load(self, herd: LocalHerd, source: str) -> dict[str, Any]:
+        """The duration load against node ``source`` of ``herd``, and the CPU
+        its nodes and their Redis spend per update (the load generator left
+        out), counted until every node of the herd has stored every update the
+        load made (each IAMAT names a new client: updates = clients held)."""
+        nodes = list(herd.nodes.values())
+        peers = [n for n in nodes if n.name != source]
+        groups = {"node": [herd.nodes[source].pid], "redis": [herd.nodes[source].redis.pid]}
+        if peers:
+            groups |= {"peers": [n.pid for n in peers], "peers' redis": [n.redis.pid for n in peers]}
+        meter = CpuMeter(groups)
+        result = self.timed_load(herd.nodes[source].port, groups)
+        updates = clients_held(herd.nodes[source])
+        wait_until(lambda: all(clients_held(n) >= updates for n in peers), 120,
+                   "every node to store every update", every=0.02)
+        spent = meter.spent()
+        result["nodes"] = len(nodes)
+        result["updates"] = updates
+        result["cpu_us_per_update"] = {k: micros_each(v, updates, 1)
+                                       for k, v in {"all": sum(spent.values()), **spent}.items()}
         return result
 
     def store_clients(self, port: int, count: int, prefix: str, step: int = 1) -> dict[str, Any]:
@@ -260,25 +316,53 @@ class Bench:
 
 
 def scenario_throughput(bench: Bench) -> dict[str, Any]:
-    """IAMAT/s on Bailey, which floods every update to its 2 linked peers."""
+    """IAMAT/s on Bailey, which floods every update to its 2 linked peers;
+    herd-wide CPU per durable update."""
     topology = {"Bailey": ["Bona", "Campbell"], "Bona": [], "Campbell": []}
     with herd_running(bench, "throughput", topology) as herd:
-        node = herd.nodes["Bailey"]
-        peers = [herd.nodes["Bona"], herd.nodes["Campbell"]]
-        watched = {"node": [node.pid], "redis": [node.redis.pid],
-                   "peers+redis": [p.pid for p in peers] + [p.redis.pid for p in peers]}
-        result = bench.timed_load(node.port, watched)
+        result = bench.durable_load(herd, "Bailey")
         result["peers"] = 2
         return result
 
 
+def scenario_single(bench: Bench) -> dict[str, Any]:
+    """IAMAT/s on one node with no peers (SPEC section 8: durable throughput
+    on one node against the ceiling)."""
+    with herd_running(bench, "single", {"Bailey": []}) as herd:
+        return bench.durable_load(herd, "Bailey")
+
+
 def scenario_ceiling(bench: Bench) -> dict[str, Any]:
-    """The same load against a no-storage Twisted line server (herd.wire.client only)."""
+    """The same load against a no-storage Twisted line server (herd.wire.client
+    only); its CPU per request is the node's half of the floor."""
     port = free_port()
     argv = [sys.executable, "-m", "herd.tools.bench_load", "ceiling-server", str(port)]
     with ChildProcess("ceiling server", argv, bench.root / "ceiling" / "ceiling.log", port=port) as server:
         server.start(timeout=START_TIMEOUT)
-        return bench.timed_load(port, {"server": [server.pid]})
+        result = bench.timed_load(port, {"server": [server.pid]})
+        result["cpu_us_per_request"] = micros_each(result["cpu_seconds"]["server"], result["all_answered"])
+        return result
+
+
+def scenario_floor(bench: Bench) -> dict[str, Any]:
+    """The storage half of the floor: what a Redis with the shipped config and
+    ``--appendfsync`` spends per client record written with plain pipelined
+    commands (HSET of the seven client fields, GEOADD of the position), C
+    connections with W records outstanding each, as the load has requests."""
+    redis = RedisProcess(bench.root / "floor" / "redis", appendfsync=bench.args.appendfsync, snapshots=False,
+                         label="the floor's redis-server")
+    with redis:
+        redis.start(timeout=START_TIMEOUT)
+        meter = CpuMeter({"redis": [redis.pid]})
+        args = [str(redis.port), "--connections", str(bench.args.connections),
+                "--in-flight", str(bench.args.in_flight), "--seconds", str(bench.args.seconds)]
+        result = run_tool("redis-writes", args, bench.args.seconds + 60)
+        spent = meter.spent()["redis"]
+        if not result["records"]:
+            raise BenchError("redis-writes: no record was acknowledged")
+        result["cpu_us_per_record"] = micros_each(spent, result["records"])
+        result["fsync"] = bench.args.appendfsync
+        return result
 
 
 def scenario_propagation(bench: Bench) -> dict[str, Any]:
@@ -573,7 +657,8 @@ def answers_iamat(port: int, line: str) -> bool:
 
 
 RUNNERS: dict[str, Callable[[Bench], dict[str, Any]]] = {
-    "throughput": scenario_throughput, "ceiling": scenario_ceiling,
+    "throughput": scenario_throughput, "single": scenario_single, "ceiling": scenario_ceiling,
+    "floor": scenario_floor,
     "propagation": scenario_propagation, "whatsat": scenario_whatsat,
     "memory": scenario_memory, "reconcile": scenario_reconcile, "startup": scenario_startup,
 }
@@ -608,28 +693,85 @@ def load_figures(scenario: str, r: dict[str, Any]) -> list[Figure]:
         return [Figure(scenario, "error", r["error"])]
     cpu = ", ".join(f"{k} {v}" for k, v in r["cpu_cores"].items())
     refused = f" ({r['errors']:,} answered '? <line>', not counted)" if r["errors"] else ""
-    return [Figure(scenario, "IAMAT req/s", f"{r['rate']:,.0f}{refused}"),
-            Figure(scenario, "latency p50 / p99", f"{r['p50_ms']:.2f} / {r['p99_ms']:.2f} ms"),
-            Figure(scenario, "CPU (cores)", cpu)]
+    out = [Figure(scenario, "IAMAT req/s", f"{r['rate']:,.0f}{refused}"),
+           Figure(scenario, "latency p50 / p99", f"{r['p50_ms']:.2f} / {r['p99_ms']:.2f} ms"),
+           Figure(scenario, "CPU (cores)", cpu)]
+    if "cpu_us_per_update" in r:
+        per = r["cpu_us_per_update"]
+        parts = ", ".join(f"{k} {v:.1f}" for k, v in per.items() if k != "all")
+        out.append(Figure(scenario, f"CPU per durable update, {r['nodes']} node(s) + Redis",
+                          f"{per['all']:.1f} us ({parts}; {r['updates']:,} updates)"))
+    return out
 
 
 def throughput_figures(r: dict[str, Any], results: dict[str, Any]) -> list[Figure]:
     return load_figures("throughput", r)
 
 
-def ceiling_figures(r: dict[str, Any], results: dict[str, Any]) -> list[Figure]:
-    out = load_figures("ceiling", r)
-    ratio = throughput_ratio(results)
+def single_figures(r: dict[str, Any], results: dict[str, Any]) -> list[Figure]:
+    out = load_figures("single", r)
+    ratio = rate_ratio(results, "single")
     if ratio is not None:
-        out.append(Figure("ceiling", "herd / ceiling", f"{ratio:.3f}", ">= 0.5", ratio >= 0.5))
+        out.append(Figure("single", "single node / ceiling (req/s)", f"{ratio:.3f}", ">= 0.333",
+                          ratio >= 1 / 3))
     return out
 
 
-def throughput_ratio(results: dict[str, Any]) -> float | None:
-    herd, ceiling = results.get("throughput", {}), results.get("ceiling", {})
+def ceiling_figures(r: dict[str, Any], results: dict[str, Any]) -> list[Figure]:
+    out = load_figures("ceiling", r)
+    if "cpu_us_per_request" in r:
+        out.append(Figure("ceiling", "CPU per request (server)", f"{r['cpu_us_per_request']:.2f} us"))
+    ratio = rate_ratio(results, "throughput")
+    if ratio is not None:
+        out.append(Figure("ceiling", "herd with 2 peers / ceiling (req/s)", f"{ratio:.3f}"))
+    return out
+
+
+def floor_figures(r: dict[str, Any], results: dict[str, Any]) -> list[Figure]:
+    if "error" in r:
+        return [Figure("floor", "error", r["error"])]
+    out = [Figure("floor", f"Redis CPU per record, plain pipelined writes ({r['fsync']})",
+                  f"{r['cpu_us_per_record']:.2f} us ({r['records']:,} records)")]
+    floor = floor_per_node(results)
+    if floor is not None:
+        out.append(Figure("floor", "floor per node (ceiling request + Redis record)", f"{floor:.2f} us"))
+    for scenario in ("throughput", "single"):
+        ratio = cpu_ratio(results, scenario)
+        if ratio is not None:
+            nodes = results[scenario]["nodes"]
+            name = f"{scenario}: CPU per update / floor of {nodes} node(s)"
+            target, met = ("<= 2", ratio <= 2) if scenario == "throughput" else ("", None)
+            out.append(Figure("floor", name, f"{ratio:.2f}", target, met))
+    return out
+
+
+def rate_ratio(results: dict[str, Any], scenario: str) -> float | None:
+    """``scenario``'s IAMAT rate over the ceiling's, when both ran."""
+    herd, ceiling = results.get(scenario, {}), results.get("ceiling", {})
     if not herd.get("rate") or not ceiling.get("rate"):
         return None
     return float(herd["rate"]) / float(ceiling["rate"])
+
+
+def throughput_ratio(results: dict[str, Any]) -> float | None:
+    return rate_ratio(results, "throughput")
+
+
+def floor_per_node(results: dict[str, Any]) -> float | None:
+    """SPEC section 8's floor for one node, in us: the ceiling server's CPU per
+    request plus Redis's per pipelined record (None unless both ran)."""
+    ceiling, floor = results.get("ceiling", {}), results.get("floor", {})
+    if not ceiling.get("cpu_us_per_request") or not floor.get("cpu_us_per_record"):
+        return None
+    return float(ceiling["cpu_us_per_request"]) + float(floor["cpu_us_per_record"])
+
+
+def cpu_ratio(results: dict[str, Any], scenario: str) -> float | None:
+    """``scenario``'s CPU per durable update over the floor of its nodes."""
+    floor, run = floor_per_node(results), results.get(scenario, {})
+    if floor is None or "cpu_us_per_update" not in run or not run.get("updates"):
+        return None
+    return float(run["cpu_us_per_update"]["all"]) / (run["nodes"] * floor)
 
 
 def propagation_figures(r: dict[str, Any], results: dict[str, Any]) -> list[Figure]:
@@ -698,7 +840,8 @@ def startup_figures(r: dict[str, Any], _: dict[str, Any]) -> list[Figure]:
 
 
 FIGURES: dict[str, Callable[[dict[str, Any], dict[str, Any]], list[Figure]]] = {
-    "throughput": throughput_figures, "ceiling": ceiling_figures, "propagation": propagation_figures,
+    "throughput": throughput_figures, "single": single_figures, "ceiling": ceiling_figures,
+    "floor": floor_figures, "propagation": propagation_figures,
     "whatsat": whatsat_figures, "memory": memory_figures, "reconcile": reconcile_figures,
     "startup": startup_figures,
 }
@@ -788,9 +931,12 @@ def make_report(args: argparse.Namespace, machine: dict[str, Any], commit: str,
     report: dict[str, Any] = {"date": datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC"),
                               "commit": commit, "machine": machine,
                               "settings": settings, "results": results}
-    ratio = throughput_ratio(results)
-    if ratio is not None:
-        report["throughput_ratio"] = round(ratio, 3)
+    ratios = {"throughput_ratio": throughput_ratio(results), "single_ratio": rate_ratio(results, "single"),
+              "cpu_ratio": cpu_ratio(results, "throughput"), "single_cpu_ratio": cpu_ratio(results, "single")}
+    report |= {k: round(v, 3) for k, v in ratios.items() if v is not None}
+    floor = floor_per_node(results)
+    if floor is not None:
+        report["floor_us_per_node"] = round(floor, 2)
     return report
 
 

@@ -4,9 +4,13 @@ generator never shares an interpreter with what it measures:
     python -m herd.tools.bench_load load PORT [--connections C] [--in-flight W]
                                         (--seconds S [--warmup S] | --count N [--first I] [--step K])
     python -m herd.tools.bench_load propagate PORT REDIS_PORT --rate R --seconds S
+    python -m herd.tools.bench_load redis-writes REDIS_PORT [--connections C] [--in-flight W] [--seconds S]
     python -m herd.tools.bench_load ceiling-server PORT
 
-``load`` and ``propagate`` print one JSON object on stdout. ``ceiling-server``
+``load``, ``propagate`` and ``redis-writes`` print one JSON object on stdout.
+``redis-writes`` is the storage half of the CPU floor (SPEC section 8): plain
+pipelined writes of the records a node stores (HSET of the seven client
+fields, GEOADD of the position), W records outstanding per connection. ``ceiling-server``
 runs a no-storage Twisted line server that answers IAMAT exactly as a node
 does (``herd.wire.client``), without Redis or peers, until SIGTERM.
 
@@ -18,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import itertools
 import json
 import re
 import sys
@@ -71,10 +76,14 @@ class Window:
     replies: int = 0
     errors: int = 0
     latencies: list[int] = field(default_factory=list)
+    all_replies: int = 0  # in the whole run, warm-up and tail included
+    all_errors: int = 0
 
     def record(self, now: int, sent_at: list[int], errors: int) -> None:
         """Replies to the requests sent at ``sent_at`` arrived at ``now``; ``errors``
         of them were ``? <line>``."""
+        self.all_replies += len(sent_at)
+        self.all_errors += errors
         if self.start <= now < self.end:
             self.replies += len(sent_at)
             self.errors += errors
@@ -198,6 +207,7 @@ def load_result(plan: LoadPlan, window: Window, started: int, finished: int, cpu
     answered = window.replies - window.errors  # AT lines: "? <line>" replies do not count
     return {"requests": window.replies, "seconds": round(elapsed, 3),
             "rate": round(answered / elapsed, 1) if elapsed else 0.0, "errors": window.errors,
+            "all_answered": window.all_replies - window.all_errors,
             "loadgen_cpu": round(cpu / ((finished - started) / NS_PER_S), 3),
             **latency_summary(window.latencies)}
 
@@ -286,6 +296,86 @@ async def run_propagate(port: int, redis_port: int, rate: float, seconds: float,
             **latency_summary(latencies), "ack_p50_ms": ack["p50_ms"], "ack_p99_ms": ack["p99_ms"]}
 
 
+# -- redis-writes: the storage floor, plain pipelined writes of herd's records --
+
+
+def record_commands(prefix: bytes, index: int, when: bytes) -> bytes:
+    """The plain writes of one client record as SPEC section 4 lays it out:
+    HSET of the seven client fields, and GEOADD of its position, in RESP."""
+    client = b"bench%d" % index
+    location = LOCATIONS[index % len(LOCATIONS)]
+    split = max(location.rfind(b"+"), location.rfind(b"-"))
+    lat, lon = location[:split], location[split:]
+    skew = b"+0.000%06d" % (index % 1_000_000)
+    at = b"AT Bailey %s %s %s %s" % (skew, client, location, when)
+    return (resp_command(b"HSET", prefix + b"client:" + client, b"at", at, b"server", b"Bailey",
+                         b"skew", skew, b"location", location, b"lat", lat, b"lon", lon, b"time", when)
+            + resp_command(b"GEOADD", prefix + b"geo", lon, lat, client))
+
+
+class RedisWriter(asyncio.Protocol):
+    """One connection keeping ``in_flight`` records (two commands each)
+    outstanding until ``deadline`` (perf_counter_ns); every reply is one
+    integer line, so replies are counted by newlines."""
+
+    def __init__(self, indexes: Iterator[int], in_flight: int, deadline: int, done: asyncio.Future[None]):
+        self._indexes = indexes
+        self._in_flight = in_flight
+        self._deadline = deadline
+        self._done = done
+        self._outstanding = 0  # replies awaited
+        self._replies = 0  # of a record whose other reply is still awaited
+        self.records = 0  # acknowledged: both commands answered
+        self.transport: asyncio.Transport | None = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        assert isinstance(transport, asyncio.Transport)
+        self.transport = transport
+        self._send(self._in_flight)
+
+    def data_received(self, data: bytes) -> None:
+        if b"-" in data:  # the replies are non-negative integers: this is an error reply
+            self._done.set_exception(RuntimeError(f"Redis refused a write: {data[:200]!r}"))
+            return
+        count = data.count(b"\n")
+        self._outstanding -= count
+        self._replies += count
+        records, self._replies = divmod(self._replies, 2)
+        self.records += records
+        if time.perf_counter_ns() < self._deadline:
+            self._send(records)
+        elif not self._outstanding and not self._done.done():
+            self._done.set_result(None)
+
+    def _send(self, n: int) -> None:
+        when = client_time(time.time_ns())
+        out = [record_commands(b"herd:", next(self._indexes), when) for _ in range(n)]
+        self._outstanding += 2 * n
+        assert self.transport is not None
+        self.transport.write(b"".join(out))
+
+
+async def run_redis_writes(port: int, connections: int, in_flight: int, seconds: float) -> dict[str, Any]:
+    """Pipelined plain writes of new client records for ``seconds``; the
+    records acknowledged (both commands answered)."""
+    loop = asyncio.get_running_loop()
+    started, cpu = time.perf_counter_ns(), time.process_time()
+    deadline = started + int(seconds * NS_PER_S)
+    writers, done = [], []
+    for conn in range(connections):
+        future: asyncio.Future[None] = loop.create_future()
+        _, writer = await loop.create_connection(
+            partial(RedisWriter, itertools.count(conn, connections), in_flight, deadline, future),
+            "127.0.0.1", port)
+        writers.append(writer)
+        done.append(future)
+    await asyncio.gather(*done)
+    elapsed = (time.perf_counter_ns() - started) / NS_PER_S
+    records = sum(w.records for w in writers)
+    return {"records": records, "seconds": round(elapsed, 3), "rate": round(records / elapsed, 1),
+            "loadgen_cpu": round((time.process_time() - cpu) / elapsed, 3)}
+
+
 # -- the ceiling: a no-storage Twisted line server --------------------------
 
 
@@ -345,6 +435,11 @@ def build_parser() -> argparse.ArgumentParser:
     prop.add_argument("--rate", type=float, default=1000.0)
     prop.add_argument("--seconds", type=float, default=3.0)
     prop.add_argument("--prefix", default="prop")
+    writes = sub.add_parser("redis-writes", help="pipelined HSET + GEOADD of client records; prints JSON")
+    writes.add_argument("port", type=int)
+    writes.add_argument("--connections", type=int, default=8)
+    writes.add_argument("--in-flight", type=int, default=16, help="records outstanding per connection")
+    writes.add_argument("--seconds", type=float, default=5.0)
     ceiling = sub.add_parser("ceiling-server", help="no-storage IAMAT line server")
     ceiling.add_argument("port", type=int)
     return parser
@@ -361,6 +456,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         plan = LoadPlan(args.port, args.connections, args.in_flight, args.prefix.encode(),
                         args.seconds, args.warmup, args.count, args.first, args.step)
         result = asyncio.run(run_load(plan))
+    elif args.command == "redis-writes":
+        result = asyncio.run(run_redis_writes(args.port, args.connections, args.in_flight, args.seconds))
     else:
         result = asyncio.run(run_propagate(args.port, args.redis_port, args.rate, args.seconds,
                                            args.prefix.encode()))

@@ -31,6 +31,16 @@ _COUNT_RE = re.compile(rb"[0-9]+")
 _SKEW_RE = re.compile(rb"[+-][0-9]+\.[0-9]{9}")
 # Seconds with more digits than this are centuries past any sane clock bound.
 _MAX_SECONDS_DIGITS = 15
+# A valid client-time, checked without computing its value (leading zeros
+# do not count towards the digits of the seconds).
+_TIME_OK = re.compile(rb"0*[0-9]{1,%d}(?:\.[0-9]{1,9})?" % _MAX_SECONDS_DIGITS)
+# An AT line as nodes make it: six fields separated by single spaces. Peers
+# send records this way, so one match does most of parse_at_line's work; any
+# other line takes the field by field way (same answers: see parse_at_line).
+_FIELD = rb"[^ \t\n\r\x0b\x0c]+"  # what bytes.split() keeps together
+_AT_LINE_RE = re.compile(rb"AT (%s) ([+-][0-9]+\.[0-9]{9}) (%s) ((%s)(%s)) (([0-9]+)(?:\.([0-9]{1,9}))?)"
+                         % (_FIELD, _FIELD, _COORD, _COORD))
+_new = tuple.__new__  # makes the NamedTuples below without their __new__'s Python frame
 
 
 class Invalid(NamedTuple):
@@ -205,6 +215,21 @@ def make_record(server: bytes, received_ns: int, request: Iamat) -> AtRecord:
 
 def parse_at_line(line: bytes) -> AtRecord | None:
     """Parse an AT line as stored or flooded between peers; None if malformed."""
+    m = _AT_LINE_RE.fullmatch(line)
+    if m is None:
+        return _parse_at_fields(line)
+    server, skew, client_id, location_field, lat, lon, time_field, seconds, fraction = m.groups()
+    seconds = seconds.lstrip(b"0") or b"0"
+    if (len(seconds) > _MAX_SECONDS_DIGITS or len(client_id) > MAX_CLIENT_ID_BYTES
+            or not (_within(lat, 90) and _within(lon, 180)) or not _is_node_name(server)):
+        return None
+    ns = int(seconds) * NS_PER_S + (int(fraction.ljust(9, b"0")) if fraction else 0)
+    return _new(AtRecord, (server, skew, client_id, _new(Location, (location_field, lat, lon)),
+                           _new(ClientTime, (time_field, ns))))
+
+
+def _parse_at_fields(line: bytes) -> AtRecord | None:
+    """parse_at_line for any white space between the fields."""
     fields = line.split()
     if len(fields) != 6 or fields[0] != b"AT":
         return None
@@ -222,15 +247,30 @@ def parse_at_line(line: bytes) -> AtRecord | None:
     return AtRecord(server, skew, client_id, location, client_time)
 
 
+def is_client_time(field: bytes) -> bool:
+    """Whether parse_client_time accepts ``field`` (without computing its value)."""
+    return _TIME_OK.fullmatch(field) is not None
+
+
+_node_names: dict[bytes, bool] = {}  # answers of _is_node_name: a herd has a few names
+
+
 def _is_node_name(server: bytes) -> bool:
     """What a config allows as a node name (config.loader): printable UTF-8,
     no white space, at most MAX_NODE_NAME_BYTES."""
+    known = _node_names.get(server)
+    if known is not None:
+        return known
     if len(server) > MAX_NODE_NAME_BYTES:
         return False
     try:
-        return server.decode().isprintable()
+        valid = server.decode().isprintable()
     except UnicodeDecodeError:
-        return False
+        valid = False
+    if len(_node_names) >= 256:
+        _node_names.clear()  # names sent by a broken peer: keep the table small
+    _node_names[server] = valid
+    return valid
 
 
 def squeeze_newlines(text: str) -> str:

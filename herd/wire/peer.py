@@ -19,7 +19,7 @@ from __future__ import annotations
 import re
 from typing import NamedTuple
 
-from herd.wire.client import AtRecord, parse_client_time
+from herd.wire.client import AtRecord, is_client_time
 
 FORWARD = b"F"
 UPDATE = b"U"
@@ -140,7 +140,7 @@ def parse_log_moved(rest: bytes) -> LogMoved | None:
     prev, pos, listed = Position.parse(fields[0]), Position.parse(fields[1]), fields[2:]
     if prev is None or pos is None or prev.epoch != pos.epoch or len(listed) % 4:
         return None
-    if any(parse_client_time(t) is None for t in listed[1::4]):
+    if not all(map(is_client_time, listed[1::4])):
         return None
     return LogMoved(prev, pos, listed)
 

@@ -35,21 +35,47 @@ def assert_latencies(run: dict[str, Any]) -> None:
 
 
 def test_short_run_of_load_whatsat_and_memory() -> None:
-    report, elapsed = run_bench("--only", "throughput,ceiling,whatsat,memory", "--seconds", "1",
+    report, elapsed = run_bench("--only", "throughput,single,ceiling,floor,whatsat,memory", "--seconds", "1",
                                 "--whatsat-seconds", "0.5", "--clients", "2000")
-    assert elapsed < 90
+    assert elapsed < 100
     assert report["machine"]["nproc"] >= 1 and report["commit"]
     results = report["results"]
-    for name in ("throughput", "ceiling"):
+    for name in ("throughput", "single", "ceiling"):
         run = results[name]
         assert run["rate"] > 0 and run["errors"] == 0, run
         assert_latencies(run)
-    assert 0 < report["throughput_ratio"] < 10
+    assert 0 < report["throughput_ratio"] < 10 and 0 < report["single_ratio"] < 10
+    assert_cpu_figures(report)
     for radius in ("1km", "20km", "50km"):
         assert_latencies(results["whatsat"][radius])
     assert results["whatsat"]["50km"]["results"] == 20
     assert 0 < results["memory"]["bytes_per_client"] < 10_000
-    assert {f["scenario"] for f in report["figures"]} == {"throughput", "ceiling", "whatsat", "memory"}
+    assert {f["scenario"] for f in report["figures"]} == {
+        "throughput", "single", "ceiling", "floor", "whatsat", "memory"}
+
+
+def assert_cpu_figures(report: dict[str, Any]) -> None:
+    """Every update counted once every node held it; the floor's two parts and
+    the ratios are sane (their values are docs/BENCHMARKS.md's business)."""
+    results = report["results"]
+    for name, nodes in (("throughput", 3), ("single", 1)):
+        run = results[name]
+        assert run["nodes"] == nodes and run["updates"] >= run["requests"] > 0, run
+        per = run["cpu_us_per_update"]
+        assert 1 < per["all"] < 100_000 and per["node"] > 0 and per["redis"] > 0, per
+        assert abs(per["all"] - sum(v for k, v in per.items() if k != "all")) < 1, per
+    assert ("peers" in results["throughput"]["cpu_us_per_update"]
+            and "peers" not in results["single"]["cpu_us_per_update"])
+    assert 0 < results["ceiling"]["cpu_us_per_request"] < 10_000
+    floor = results["floor"]
+    assert floor["records"] > 0 and 0 < floor["cpu_us_per_record"] < 10_000 and floor["fsync"] == "always"
+    assert report["floor_us_per_node"] == pytest.approx(
+        results["ceiling"]["cpu_us_per_request"] + floor["cpu_us_per_record"], abs=0.01)
+    assert report["cpu_ratio"] == pytest.approx(
+        results["throughput"]["cpu_us_per_update"]["all"] / (3 * report["floor_us_per_node"]), abs=0.01)
+    named = {f["figure"]: f for f in report["figures"] if f["scenario"] in ("floor", "single")}
+    assert named["throughput: CPU per update / floor of 3 node(s)"]["target"] == "<= 2"
+    assert named["single node / ceiling (req/s)"]["target"] == ">= 0.333"
 
 
 def test_short_run_of_propagation_and_reconcile() -> None:
@@ -122,3 +148,56 @@ def test_percentile_and_table() -> None:
     report = {"date": "d", "commit": "c", "results": results,
               "machine": {"nproc": 2, "cpu": "x", "python": "3", "redis": "7", "twisted": "t"}}
     assert "bytes per client (10 clients, node x)" in bench.render_table(report, rows)
+
+
+def test_floor_and_ratios_from_results() -> None:
+    """The floor is per node (ceiling per request + Redis per record); the
+    herd's CPU per update is divided by that many floors; targets: at most
+    twice the floor, single node at least a third of the ceiling's rate."""
+    load = {"p50_ms": 1.0, "p99_ms": 2.0, "errors": 0, "cpu_cores": {"node": 0.5}}
+    results = {
+        "throughput": {**load, "rate": 9000.0, "nodes": 3, "updates": 100,
+                       "cpu_us_per_update": {"all": 120.0, "node": 40.0, "redis": 20.0, "peers": 40.0,
+                                             "peers' redis": 20.0}},
+        "single": {**load, "rate": 40000.0, "nodes": 1, "updates": 100,
+                   "cpu_us_per_update": {"all": 45.0, "node": 30.0, "redis": 15.0}},
+        "ceiling": {**load, "rate": 150000.0, "cpu_us_per_request": 6.0},
+        "floor": {"records": 1000, "cpu_us_per_record": 14.0, "fsync": "always"},
+    }
+    rows = {(f.scenario, f.name): f for f in bench.figures(results)}
+    assert bench.floor_per_node(results) == 20.0
+    ratio = rows[("floor", "throughput: CPU per update / floor of 3 node(s)")]
+    assert (ratio.value, ratio.met) == ("2.00", True)
+    assert rows[("floor", "single: CPU per update / floor of 1 node(s)")].value == "2.25"
+    single = rows[("single", "single node / ceiling (req/s)")]
+    assert (single.value, single.met) == ("0.267", False)
+    herd_wide = rows[("throughput", "CPU per durable update, 3 node(s) + Redis")]
+    assert herd_wide.value.startswith("120.0 us (node 40.0")
+    del results["floor"]
+    assert not [f for f in bench.figures(results) if f.scenario == "floor"]
+    assert bench.cpu_ratio(results, "throughput") is None
+
+
+def resp_arrays(data: bytes) -> list[list[bytes]]:
+    """RESP arrays of bulk strings (commands as a client sends them)."""
+    out, lines = [], iter(data.split(b"\r\n"))
+    for head in lines:
+        if head:
+            assert head.startswith(b"*")
+            out.append([next(lines) for _ in range(int(head[1:])) if next(lines).startswith(b"$")])
+    return out
+
+
+def test_floor_writer_commands_store_the_client_schema() -> None:
+    """redis-writes sends what a node stores: the seven client fields, and the
+    GEO member, for a new client each time."""
+    from herd.tools.bench_load import record_commands
+
+    hset, geoadd = resp_arrays(record_commands(b"herd:", 7, b"1700000000.000000001"))
+    fields = dict(zip(hset[2::2], hset[3::2], strict=True))
+    assert hset[:2] == [b"HSET", b"herd:client:bench7"]
+    assert set(fields) == {b"at", b"server", b"skew", b"location", b"lat", b"lon", b"time"}
+    assert fields[b"location"] == fields[b"lat"] + fields[b"lon"]
+    assert fields[b"at"].split() == [b"AT", b"Bailey", fields[b"skew"], b"bench7", fields[b"location"],
+                                     b"1700000000.000000001"]
+    assert geoadd == [b"GEOADD", b"herd:geo", fields[b"lon"], fields[b"lat"], b"bench7"]

@@ -903,3 +903,34 @@ def test_whatsat_reply_shape_for_any_answer(results: list[dict], extra: dict, li
     assert head == KIWI_AT
     assert b"\n\n" not in body
     assert json.loads(body) == {**extra, "results": results[:limit]}
+
+
+any_skew = st.one_of(st.integers(-10**12, 10**12).map(format_skew),
+                     st.sampled_from([b"+0.1", b"0.000000000", b"+1.0000000000", b"-", b"+x.000000000"]))
+any_server = st.one_of(node_names, st.sampled_from([b"\xff", b"A\x00", b"x" * 257]))
+
+
+@given(any_server, any_skew, client_ids, any_location, any_time,
+       st.one_of(st.just(b" "), ws_run), st.booleans())
+@settings(max_examples=500, suppress_health_check=[HealthCheck.too_slow])
+def test_parse_at_line_fast_path_agrees_with_the_field_by_field_parse(
+        server: bytes, skew: bytes, client_id: bytes, location: bytes, time_text: bytes, sep: bytes,
+        prefix_at: bool) -> None:
+    """parse_at_line matches the usual single-spaced line at once; whatever it
+    accepts or refuses, it answers as splitting on white space does."""
+    from herd.wire.client import _parse_at_fields
+
+    line = sep.join([b"AT" if prefix_at else b"AX", server, skew, client_id, location, time_text])
+    assert parse_at_line(line) == _parse_at_fields(line)
+
+
+long_times = st.builds(lambda z, d, f: z + d + f, st.sampled_from([b"", b"0", b"000"]),
+                       digit_text(1, 17).map(str.encode),
+                       st.sampled_from([b"", b".5", b".123456789", b".0123456789"]))
+
+
+@given(st.one_of(any_time, st.binary(max_size=30), long_times))
+def test_is_client_time_agrees_with_parse_client_time(text: bytes) -> None:
+    from herd.wire.client import is_client_time
+
+    assert is_client_time(text) == (parse_client_time(text) is not None)

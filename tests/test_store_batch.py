@@ -1,0 +1,64 @@
+"""store_batch.lua against a real Redis: one batch (one Lua call) mixing a
+client's update, a peer's update forwarded before the peer stored it (its
+source "<peer> F" holds a space), a chained update, an older record and a K
+check keeps every record apart, stores the section 4 schema and logs each
+stored update with its source."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from harness import redis_with_store
+from twisted.internet.defer import gatherResults, inlineCallbacks
+from twisted.trial import unittest
+
+from herd.wire.client import AtRecord, parse_at_line
+from herd.wire.peer import LogStep, Position
+
+
+def record(line: bytes) -> AtRecord:
+    parsed = parse_at_line(line)
+    assert parsed is not None
+    return parsed
+
+
+class OneBatch(unittest.TestCase):
+    def setUp(self) -> None:
+        self.redis, self.store = redis_with_store(self, "herd-batch-")
+
+    @inlineCallbacks
+    def test_a_mixed_batch(self) -> Any:
+        yield self.store.set_peer_offset(b"P", Position(b"E", b"1-0"))
+        step = LogStep(b"P", Position(b"E", b"1-0"), Position(b"E", b"2-0"))
+        client = record(b"AT A +0.100000000 kiwi +34.068930-118.445127 1621464827.959498503")
+        forwarded = record(b"AT P -1.000000000 emu +10.5-020.25 100")
+        chained = record(b"AT P +0.000000001 owl -89.9+179.999 1700000000.5")
+        older = record(b"AT Q +0.000000002 kiwi +1+1 1621464827.9594985")
+        # Queued in one reactor turn: one Lua call, applied in this order.
+        results = yield gatherResults([
+            self.store.store_if_newer(client),
+            self.store.store_if_newer(forwarded, tie_break=True, source=b"P F"),
+            self.store.store_if_newer(chained, tie_break=True, step=step, source=b"P"),
+            self.store.store_if_newer(older, tie_break=True, source=b"Q"),
+            self.store.advance_offset(LogStep(b"P", step.pos, Position(b"E", b"3-0")),
+                                      [b"emu", b"100", b"P", b"-1.000000000"]),
+        ])
+        stored = [r.stored for r in results]
+        assert stored == [True, True, True, False, False], results
+        assert [r.advanced for r in results] == [False, False, True, False, True], results
+        epoch = results[0].position.epoch
+        assert results[1].previous == results[0].position and results[2].previous == results[1].position
+        assert {r.position.epoch for r in results[:3]} == {epoch}
+        for rec in (client, forwarded, chained):
+            fields = self.redis.hgetall(b"herd:client:" + rec.client_id)
+            assert fields == {b"at": rec.line, b"server": rec.server, b"skew": rec.skew,
+                              b"location": rec.location.text, b"lat": rec.location.lat,
+                              b"lon": rec.location.lon, b"time": rec.time.text}
+        log = self.redis.call("XRANGE", "herd:log", "-", "+")
+        assert [entry[0] for entry in log] == [r.position.entry for r in results[:3]]
+        assert [entry[1] for entry in log] == [[b"c", b"kiwi"], [b"c", b"emu", b"s", b"P F"],
+                                               [b"c", b"owl", b"s", b"P"]]
+        # The GEO set: kiwi and emu; owl's latitude is beyond Redis GEO's.
+        assert sorted(self.redis.call("ZRANGE", "herd:geo", 0, -1)) == [b"emu", b"kiwi"]
+        assert self.redis.hgetall(b"herd:peer:P") == {b"epoch": b"E", b"pos": b"3-0"}
+        assert self.redis.call("HGET", "herd:summary", "clients") == b"3"
