@@ -80,6 +80,7 @@ class ClientConnection(LineProtocol, TimeoutMixin):
         self._eof = False
         self._closing = False
         self._paused = False
+        self._flush_call: Any = None  # the end-of-turn write of the replies filled in this turn
         self.closed: Deferred[None] = Deferred()
 
     # -- connection lifecycle -------------------------------------------
@@ -104,6 +105,8 @@ class ClientConnection(LineProtocol, TimeoutMixin):
 
     def connectionLost(self, reason: Any = None) -> None:
         self.setTimeout(None)
+        if self._flush_call is not None and self._flush_call.active():
+            self._flush_call.cancel()  # nothing can be written any more
         self.factory.connections.discard(self)
         log.info("{who} connection closed ({why})", who=self.who,
                  why=reason.getErrorMessage() if reason else "")
@@ -169,11 +172,17 @@ class ClientConnection(LineProtocol, TimeoutMixin):
         return b"? " + line + b"\n"
 
     def _fill(self, data: bytes, slot: _Reply) -> None:
+        """A reply is ready: it is written at the end of this reactor turn,
+        with the others filled in the same turn (a store batch answers many
+        requests at once; one write each cost the reactor a few microseconds),
+        in request order, each reply whole."""
         slot.data = data
-        self._flush()
+        if self._flush_call is None:
+            self._flush_call = self.node.clock.callLater(0, self._flush)
         slot.done.callback(None)
 
     def _flush(self) -> None:
+        self._flush_call = None
         ready: list[bytes] = []
         while self._replies and self._replies[0].data is not None:
             ready.append(self._replies.popleft().data)  # type: ignore[arg-type]

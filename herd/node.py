@@ -109,6 +109,7 @@ class Node:
                  clock_ns: Callable[[], int] = time.time_ns):
         self.name = name
         self._clock = clock
+        self.clock = clock  # connections schedule their writes on it
         self._peer_time_limit = None if max_future_ns is None else max_future_ns + PEER_CLOCK_SLACK_NS
         self._clock_ns = clock_ns
         self._refusals = Throttle(clock, self._refusals_left_out)
