@@ -109,6 +109,7 @@ class Node:
                  clock_ns: Callable[[], int] = time.time_ns):
         self.name = name
         self._clock = clock
+        self.clock = clock  # connections schedule their writes on it
         self._peer_time_limit = None if max_future_ns is None else max_future_ns + PEER_CLOCK_SLACK_NS
         self._clock_ns = clock_ns
         self._refusals = Throttle(clock, self._refusals_left_out)
@@ -167,19 +168,30 @@ class Node:
 
     def handle(self, request: Request, received_ns: int) -> Deferred[bytes]:
         """Answer one valid client request (see module contract)."""
-        command = "IAMAT" if isinstance(request, Iamat) else "WHATSAT"
-        d = self.iamat(request, received_ns) if isinstance(request, Iamat) else self.whatsat(request)
-        return d.addCallback(self._count, command)
+        if isinstance(request, Iamat):
+            return self.iamat(request, received_ns)
+        return self.whatsat(request).addCallback(self._count, "WHATSAT")
 
     def _count(self, reply: bytes, command: str) -> bytes:
         self.stats.request(command, "refused" if reply.startswith(b"? ") else "ok")
         return reply
 
     def iamat(self, request: Iamat, received_ns: int) -> Deferred[bytes]:
+        """The AT line once stored, or ``? <line>`` (counted either way)."""
         record = make_record(self.name, received_ns, request)
-        d: Deferred[Any] = self._accept(record, None)
-        d.addCallback(lambda _: record.line + b"\n")
-        return d.addErrback(self._cannot_serve, request.line)
+        line = record.line
+        d: Deferred[Any] = self._accept(record, None, line=line)
+        # One callback pair per request: this path runs for every update.
+        return d.addCallbacks(self._iamat_stored, self._iamat_refused, callbackArgs=(line,),
+                              errbackArgs=(request.line,))
+
+    def _iamat_stored(self, _: StoreResult, at_line: bytes) -> bytes:
+        self.stats.request("IAMAT", "ok")
+        return at_line + b"\n"
+
+    def _iamat_refused(self, failure: Failure, line: bytes) -> bytes:
+        self.stats.request("IAMAT", "refused")
+        return self._cannot_serve(failure, line)
 
     def whatsat(self, request: Whatsat) -> Deferred[bytes]:
         d: Deferred[Any] = self.store.get(request.client_id)
@@ -209,7 +221,7 @@ class Node:
     # -- storing and flooding -------------------------------------------
 
     def _accept(self, record: AtRecord, source: bytes | None, step: LogStep | None = None,
-              unconfirmed: bool = False) -> Deferred[StoreResult]:
+                unconfirmed: bool = False, line: bytes | None = None) -> Deferred[StoreResult]:
         """Store ``record`` (from a client, or from peer ``source``) and flood it
         if newer. While Redis serves and herd.latest can tell it is newer, it
         is forwarded at once (``F``) and only its log position follows the
@@ -218,7 +230,7 @@ class Node:
         it yet. Fires with the StoreResult, or fails when Redis did not take it."""
         origin = Origin(source, unconfirmed)
         if self.latest.claim(record.client_id, record.time.ns, fast_ok=self.store.serving):
-            forwarded = self.links.forward(record.line, source)
+            forwarded = self.links.forward(line or record.line, source)
             d = self._store(record, origin, step)
             d.addCallbacks(self._stored, self._forwarded_lost, callbackArgs=(record, origin, forwarded),
                            errbackArgs=(record, origin, forwarded))

@@ -171,6 +171,8 @@ end
 local GEO_LAT_WHOLE, GEO_LAT_FRACTION = 85, '05112878'
 
 local function geo_latitude(lat)  -- |lat| <= 85.05112878 exactly ("+85.0500", "-007.5")
+  local approx = tonumber(lat)  -- a double: enough to tell what is well inside the band
+  if approx and approx > -85 and approx < 85 then return true end
   local whole, fraction = match(lat, '^[+-](%d+)%.?(%d*)$')
   if not whole then return true end  -- not the AT line grammar: GEOADD decides
   whole = tonumber(whole)
@@ -225,7 +227,8 @@ end
 -- but a source may be "<peer> F".
 local RECORD = string.rep('(%S*)\n', 12) .. '([^\n\t]*)\n([^\t]*)\t'
 
-local out, first_previous = {''}, nil
+local out, n, first_previous = {''}, 1, nil
+local client_prefix = prefix .. 'client:'
 for server, skew, id, lat, lon, time, ns, tie_break, peer, chain_epoch, prev, pos, source, holds
     in string.gmatch(ARGV[3], RECORD) do
   local advanced = '0'
@@ -234,9 +237,9 @@ for server, skew, id, lat, lon, time, ns, tie_break, peer, chain_epoch, prev, po
   if server ~= '' then
     local location = lat .. lon
     local at = 'AT ' .. server .. ' ' .. skew .. ' ' .. id .. ' ' .. location .. ' ' .. time
-    local key = prefix .. 'client:' .. id
+    local key = client_prefix .. id
     local held = call('HMGET', key, 'time', 'at')
-    if is_newer(ns, at, tie_break, held) then
+    if not held[1] or is_newer(ns, at, tie_break, held) then
       update_summary(held[2], at)
       call('HSET', key, 'at', at, 'server', server, 'skew', skew, 'location', location,
            'lat', lat, 'lon', lon, 'time', time)
@@ -250,7 +253,8 @@ for server, skew, id, lat, lon, time, ns, tie_break, peer, chain_epoch, prev, po
       result = advanced .. last_id
     end
   end
-  out[#out + 1] = result
+  n = n + 1
+  out[n] = result
 end
 if first_previous then
   out[1] = log_epoch() .. ' ' .. first_previous

@@ -6,6 +6,7 @@ stored update with its source."""
 
 from __future__ import annotations
 
+import hashlib
 from typing import Any
 
 from harness import redis_with_store
@@ -62,3 +63,18 @@ class OneBatch(unittest.TestCase):
         assert sorted(self.redis.call("ZRANGE", "herd:geo", 0, -1)) == [b"emu", b"kiwi"]
         assert self.redis.hgetall(b"herd:peer:P") == {b"epoch": b"E", b"pos": b"3-0"}
         assert self.redis.call("HGET", "herd:summary", "clients") == b"3"
+        # The digest: XOR over clients of the first 64 bits of SHA-1(AT line).
+        digest = 0
+        for rec in (client, forwarded, chained):
+            digest ^= int(hashlib.sha1(rec.line).hexdigest()[:16], 16)
+        assert self.redis.call("HGET", "herd:summary", "digest") == b"%016x" % digest
+
+    @inlineCallbacks
+    def test_an_update_replaces_its_client_in_the_digest(self) -> Any:
+        first = record(b"AT A +0.100000000 kiwi +1+1 100")
+        second = record(b"AT A +0.100000000 kiwi +2+2 101")
+        yield self.store.store_if_newer(first)
+        yield self.store.store_if_newer(second)
+        assert self.redis.call("HGET", "herd:summary", "clients") == b"1"
+        digest = int(hashlib.sha1(second.line).hexdigest()[:16], 16)
+        assert self.redis.call("HGET", "herd:summary", "digest") == b"%016x" % digest

@@ -10,6 +10,8 @@ import socket
 import sys
 from typing import Any, Protocol
 
+from twisted.internet.interfaces import IReactorTime
+
 from herd import logs
 from herd.peer.links import PeerConnection, PeerLinks
 from herd.wire import peer as msg
@@ -29,6 +31,7 @@ class PeerMessageHandler(Protocol):
     handler for every line from an authenticated peer."""
 
     links: PeerLinks
+    clock: IReactorTime
 
     def handle_peer_line(self, line: bytes, peer: bytes, conn: PeerConnection) -> None: ...
 
@@ -48,11 +51,30 @@ class PeerLineMixin:
     # the last beat, and for how many beats each has not moved.
     beat_in = beat_out = quiet_in = quiet_out = 0
 
+    _out: list[bytes] | None = None  # lines to write at the end of this reactor turn
+
     def send_line(self, line: bytes) -> None:
+        """Send ``line``. Once authenticated, the lines sent in one reactor turn
+        go out together, in order, in one write at the end of the turn (a
+        turn floods a whole batch of updates; each write costs the reactor a
+        few microseconds); handshake lines go at once (TLS may start next)."""
         self.lines_out += 1
         if line != msg.HEARTBEAT:
             logs.wire(self.who, "sent", line)
-        self.transport.write(line + b"\n")
+        if self.peer_name is None:
+            self.transport.write(line + b"\n")
+        elif self._out is None:
+            self._out = [line]
+            self.node.clock.callLater(0, self.flush_lines)
+        else:
+            self._out.append(line)
+
+    def flush_lines(self) -> None:
+        """Write the lines sent so far in this turn (before closing, say)."""
+        out, self._out = self._out, None
+        if out:
+            out.append(b"")
+            self.transport.write(b"\n".join(out))
 
     def peer_line(self, line: bytes) -> None:
         assert self.peer_name is not None

@@ -46,6 +46,8 @@ class PeerConnection(Protocol):
 
     def send_line(self, line: bytes) -> None: ...
 
+    def flush_lines(self) -> None: ...
+
 
 class FloodCursor:
     """How far this node's log has been flooded to one peer, on one connection.
@@ -96,7 +98,7 @@ class PeerLinks:
             self._open[name] = []
         for name in list(self._open.keys() - self.neighbours):
             for conn in self._open[name]:
-                conn.transport.loseConnection()
+                _close(conn)
             if not self._open[name]:
                 del self._open[name]  # (else once its last connection is removed)
 
@@ -106,7 +108,7 @@ class PeerLinks:
 
     def add(self, name: bytes, conn: PeerConnection, how: str) -> None:
         if name not in self.neighbours:  # dropped by a reload while it authenticated
-            conn.transport.loseConnection()
+            _close(conn)
             return
         conns = self._open[name]
         conns.append(conn)
@@ -280,4 +282,10 @@ class PeerLinks:
     def close_all(self) -> None:
         for conns in self._open.values():
             for conn in list(conns):
-                conn.transport.loseConnection()  # type: ignore[attr-defined]
+                _close(conn)
+
+
+def _close(conn: PeerConnection) -> None:
+    """Close ``conn`` once what was sent on it is written."""
+    conn.flush_lines()
+    conn.transport.loseConnection()
