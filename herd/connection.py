@@ -93,6 +93,7 @@ class ClientConnection(LineProtocol, TimeoutMixin):
         self._closing = False
         self._paused = False
         self._flush_call: Any = None  # the end-of-turn write of the replies filled in this turn
+        self._received: list[bytes] = []  # lines of the current read, for the access log
         self.closed: Deferred[None] = Deferred()
 
     # -- connection lifecycle -------------------------------------------
@@ -110,6 +111,14 @@ class ClientConnection(LineProtocol, TimeoutMixin):
     def dataReceived(self, data: bytes) -> None:
         self.resetTimeout()
         super().dataReceived(data)
+        self._log_received()
+
+    def _log_received(self) -> None:
+        """The lines of this read go into the access log together (one call,
+        not one per line: see herd.logs.AccessLog.block)."""
+        if self._received:
+            logs.wire_block(self.who, "recv", b"\n".join(self._received) + b"\n")
+            self._received = []
 
     def timeoutConnection(self) -> None:
         logs.connection(self.who, f"idle for {self.factory.limits.idle_timeout:g}s; closing")
@@ -126,6 +135,7 @@ class ClientConnection(LineProtocol, TimeoutMixin):
     def readConnectionLost(self) -> None:
         logs.connection(self.who, "half-closed by client")
         self.flush_partial_line()
+        self._log_received()
         self._eof = True
         self._close_if_idle()
 
@@ -141,7 +151,7 @@ class ClientConnection(LineProtocol, TimeoutMixin):
     # -- lines ----------------------------------------------------------
 
     def line_received(self, line: bytes) -> None:
-        logs.wire(self.who, "recv", line)
+        self._received.append(line)
         request = parse_request(line, self.factory.clock_ns(), self.factory.max_future_ns)
         if request is None:
             return
@@ -161,6 +171,7 @@ class ClientConnection(LineProtocol, TimeoutMixin):
 
     def line_too_long(self) -> None:
         reply = b"? line too long (limit %d bytes)\n" % self.max_line
+        self._log_received()
         logs.connection(self.who, f"line over {self.max_line} bytes; closing")
         self._answer(succeed(reply), b"")
         self._eof = True
@@ -197,8 +208,11 @@ class ClientConnection(LineProtocol, TimeoutMixin):
             ready.append(self._replies.popleft().data)  # type: ignore[arg-type]
         if ready and not self._closing:
             out = b"".join(ready)
-            for reply in ready:
-                logs.wire(self.who, "sent", reply.rstrip(b"\n"))
+            if out.count(b"\n") == len(ready):  # one line each: logged together
+                logs.wire_block(self.who, "sent", out)
+            else:  # a WHATSAT's reply is one log line, its newlines escaped
+                for reply in ready:
+                    logs.wire(self.who, "sent", reply.rstrip(b"\n"))
             self.transport.write(out)
         if self._paused and len(self._replies) <= self.factory.limits.max_outstanding // 2:
             self._paused = False

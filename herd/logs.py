@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 import sys
 import time
 from collections.abc import Callable
@@ -151,35 +152,51 @@ class AccessLog:
 
     def __init__(self, file: RotatingFile):
         self.file = file
-        self._parts: list[str] = []
+        self._parts: list[bytes] = []
         self._size = 0
         self._failing = False
         self._second = -1  # the second self._stamp is of
         self._stamp = ""  # its date and time up to the decimal point
 
-    def line(self, who: str, verb: str, text: str) -> None:
-        """``<time> <who> <verb> <text>``: a line received or sent. On the hot
-        path (two per IAMAT): the time is formatted inline, the date part
-        once a second."""
+    def _head(self, who: str, verb: str) -> str:
+        """``<time> <who> <verb> ``, the time now; its date part made once a second."""
         us = time_ns() // 1000
         second = us // 1_000_000
         if second != self._second:
             self._second, self._stamp = second, _second_part(second)
-        part = f"{self._stamp}{us % 1_000_000:06d}+00:00 {who} {verb} {text}\n"
-        self._parts.append(part)
-        self._size += len(part)
-        if self._size >= _FLUSH_BYTES:
-            self.flush()
+        return f"{self._stamp}{us % 1_000_000:06d}+00:00 {who} {verb} "
+
+    def line(self, who: str, verb: str, text: str) -> None:
+        """``<time> <who> <verb> <text>``: a line received or sent."""
+        self._add(f"{self._head(who, verb)}{text}\n".encode())
+
+    def block(self, who: str, verb: str, data: bytes) -> None:
+        """Lines received or sent at one moment (``data``: each ends with a
+        newline), one log line each, escaped like :func:`loggable`. On the hot
+        path: a read or a write of many lines costs a few calls, not a few per
+        line, when it holds nothing to escape."""
+        head = self._head(who, verb)
+        if _NEEDS_ESCAPE.search(data) is None:
+            head_bytes = head.encode()
+            self._add(head_bytes + data[:-1].replace(b"\n", b"\n" + head_bytes) + b"\n")
+        else:
+            self._add("".join([f"{head}{loggable(line)}\n" for line in data[:-1].split(b"\n")]).encode())
 
     def note(self, who: str, what: str) -> None:
         """``<time> <who> <what>``: a connection event."""
         verb, _, text = what.partition(" ")
         self.line(who, verb, text)
 
+    def _add(self, part: bytes) -> None:
+        self._parts.append(part)
+        self._size += len(part)
+        if self._size >= _FLUSH_BYTES:
+            self.flush()
+
     def flush(self) -> None:
         if not self._parts:
             return
-        data = "".join(self._parts).encode()
+        data = b"".join(self._parts)
         self._parts.clear()
         self._size = 0
         try:
@@ -246,11 +263,23 @@ def loggable(data: bytes) -> str:
     return text if text.isprintable() else "".join(map(_escape, text))
 
 
+# Bytes that loggable() would change: all but printable ASCII, backslash included.
+_NEEDS_ESCAPE = re.compile(rb"[^\x20-\x5b\x5d-\x7e\n]")
+
+
 def wire(who: str, verb: str, data: bytes) -> None:
     """Put one line received or sent (``verb``: recv, sent) in the access log,
     if there is one."""
     if _access is not None:
         _access.line(who, verb, loggable(data))
+
+
+def wire_block(who: str, verb: str, data: bytes) -> None:
+    """Put lines received or sent together (``data``: each line followed by a
+    newline; verb recv or sent) in the access log, one log line each, if
+    there is an access log."""
+    if _access is not None and data:
+        _access.block(who, verb, data)
 
 
 def connection(who: str, what: str) -> None:

@@ -21,13 +21,12 @@ from herd.peer.connection import (
     HANDSHAKE_TIMEOUT,
     PEER_MAX_LINE,
     REFUSED_HOLD_MAX,
-    PeerLineMixin,
+    PeerLineProtocol,
     PeerMessageHandler,
     detect_dead_peer,
 )
 from herd.peer.tls import PeerTls
 from herd.wire import handshake
-from herd.wire.lines import LineProtocol
 from storage.store import set_no_delay
 
 log = Logger(namespace="herd")
@@ -44,7 +43,7 @@ CONNECTIONS_PER_NEIGHBOUR = 4
 SPARE_CONNECTIONS = 16
 
 
-class AcceptedPeer(PeerLineMixin, LineProtocol, TimeoutMixin):
+class AcceptedPeer(PeerLineProtocol, TimeoutMixin):
     """A connection accepted on the peer port: a stranger until it authenticates."""
 
     factory: AcceptedPeerFactory

@@ -15,6 +15,7 @@ from twisted.internet.interfaces import IReactorTime
 from herd import logs
 from herd.peer.links import PeerConnection, PeerLinks
 from herd.wire import peer as msg
+from herd.wire.lines import LineProtocol
 
 PEER_MAX_LINE = 1 << 20  # authenticated peers may send long control lines
 HANDSHAKE_TIMEOUT = 5.0  # seconds a dialled peer has to complete the handshake
@@ -36,7 +37,7 @@ class PeerMessageHandler(Protocol):
     def handle_peer_line(self, line: bytes, peer: bytes, conn: PeerConnection) -> None: ...
 
 
-class PeerLineMixin:
+class PeerLineProtocol(LineProtocol):
     """What both ends of an authenticated peer connection do."""
 
     node: PeerMessageHandler
@@ -52,6 +53,7 @@ class PeerLineMixin:
     beat_in = beat_out = quiet_in = quiet_out = 0
 
     _out: list[bytes] | None = None  # lines to write at the end of this reactor turn
+    _received: list[bytes] | None = None  # peer lines of the current read, for the access log
 
     def send_line(self, line: bytes) -> None:
         """Send ``line``. Once authenticated, the lines sent in one reactor turn
@@ -59,9 +61,8 @@ class PeerLineMixin:
         turn floods a whole batch of updates; each write costs the reactor a
         few microseconds); handshake lines go at once (TLS may start next)."""
         self.lines_out += 1
-        if line != msg.HEARTBEAT:
-            logs.wire(self.who, "sent", line)
         if self.peer_name is None:
+            logs.wire(self.who, "sent", line)
             self.transport.write(line + b"\n")
         elif self._out is None:
             self._out = [line]
@@ -74,14 +75,29 @@ class PeerLineMixin:
         out, self._out = self._out, None
         if out:
             out.append(b"")
-            self.transport.write(b"\n".join(out))
+            data = b"\n".join(out)
+            if msg.HEARTBEAT in out:  # heartbeats stay out of the access log
+                logs.wire_block(self.who, "sent", b"".join([line + b"\n" for line in out[:-1]
+                                                            if line != msg.HEARTBEAT]))
+            else:
+                logs.wire_block(self.who, "sent", data)
+            self.transport.write(data)
+
+    def dataReceived(self, data: bytes) -> None:
+        super().dataReceived(data)
+        if self._received:  # the peer lines of this read go into the access log together
+            logs.wire_block(self.who, "recv", b"\n".join(self._received) + b"\n")
+            self._received = None
 
     def peer_line(self, line: bytes) -> None:
         assert self.peer_name is not None
         self.lines_in += 1
         if line == msg.HEARTBEAT:
             return  # (it counted as a line received: that is all it is for)
-        logs.wire(self.who, "recv", line)
+        if self._received is None:
+            self._received = [line]
+        else:
+            self._received.append(line)
         self.node.handle_peer_line(line, self.peer_name, self)
 
 

@@ -18,13 +18,12 @@ from herd import logs
 from herd.peer.connection import (
     HANDSHAKE_TIMEOUT,
     PEER_MAX_LINE,
-    PeerLineMixin,
+    PeerLineProtocol,
     PeerMessageHandler,
     detect_dead_peer,
     handshake_backoff,
 )
 from herd.wire import handshake
-from herd.wire.lines import LineProtocol
 from storage.store import set_no_delay
 
 log = Logger(namespace="herd")
@@ -38,7 +37,7 @@ PEER_RETRY = backoffPolicy(initialDelay=0.1, maxDelay=0.5, factor=2.0,
 CONNECT_TIMEOUT = 1.0  # seconds for TCP to connect (one SYN: a retransmitted one would wait 1 s more)
 
 
-class DialledPeer(PeerLineMixin, LineProtocol):
+class DialledPeer(PeerLineProtocol):
     """The connection a node dials to one of its peers.
 
     Back-off for handshakes: a connection that closes before the peer

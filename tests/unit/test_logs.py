@@ -158,6 +158,20 @@ def test_access_lines_have_a_timestamp_who_and_what(tmp_path: Path) -> None:
     assert all(re.match(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{6}\+00:00 ", line) for line in lines)
 
 
+def test_a_block_of_lines_is_one_log_line_each_escaped_like_one_line(tmp_path: Path) -> None:
+    access = AccessLog(RotatingFile(tmp_path / "access.log", 1 << 20, 2))
+    access.block("1.2.3.4:5", "recv", b"IAMAT a +1+1 1\nIAMAT b +2+2 2\n\nWHATSAT a 1 1\n")
+    escaped = [b"plain", b"caf\xc3\xa9 \x1b[31m", b"back\\slash \xff", b"tab\there"]
+    access.block("1.2.3.4:5", "sent", b"\n".join(escaped) + b"\n")
+    access.close()
+    lines = (tmp_path / "access.log").read_text().splitlines()
+    stamp = r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{6}\+00:00 "
+    assert all(re.match(stamp + r"1\.2\.3\.4:5 ", line) for line in lines)
+    assert [line.split(" ", 2)[2] for line in lines] == [
+        "recv IAMAT a +1+1 1", "recv IAMAT b +2+2 2", "recv ", "recv WHATSAT a 1 1",
+        *(f"sent {loggable(line)}" for line in escaped)]
+
+
 def test_rotation_keeps_at_most_keep_old_files(tmp_path: Path) -> None:
     path = tmp_path / "access.log"
     rotating = RotatingFile(path, 100, 2)
