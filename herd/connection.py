@@ -25,7 +25,7 @@ from twisted.protocols.policies import TimeoutMixin
 from zope.interface import implementer
 
 from herd import logs
-from herd.wire.client import Invalid, Whatsat, parse_request
+from herd.wire.client import Iamat, Invalid, Whatsat, parse_request
 from herd.wire.lines import LineProtocol
 from storage.store import set_no_delay
 
@@ -49,11 +49,13 @@ def _follow(done: Deferred[None]) -> Deferred[None]:
 
 
 class _Reply:
-    """One request's place in the ordered reply queue."""
+    """One request's place in the ordered reply queue, or a group's (the
+    IAMATs of one read, answered together)."""
 
-    __slots__ = ("data", "_done")
+    __slots__ = ("data", "_done", "count")
 
-    def __init__(self) -> None:
+    def __init__(self, count: int) -> None:
+        self.count = count  # requests it answers
         self.data: bytes | None = None
         self._done: Deferred[None] | None = None  # made only when a WHATSAT waits for it
 
@@ -94,6 +96,9 @@ class ClientConnection(LineProtocol, TimeoutMixin):
         self._paused = False
         self._flush_call: Any = None  # the end-of-turn write of the replies filled in this turn
         self._received: list[bytes] = []  # lines of the current read, for the access log
+        self._iamats: list[Iamat] = []  # IAMATs of the current read, answered together at its end
+        self._now = 0  # when the current read arrived (ns): the receive time of its requests
+        self._outstanding = 0  # requests unanswered
         self.closed: Deferred[None] = Deferred()
 
     # -- connection lifecycle -------------------------------------------
@@ -110,7 +115,9 @@ class ClientConnection(LineProtocol, TimeoutMixin):
 
     def dataReceived(self, data: bytes) -> None:
         self.resetTimeout()
+        self._now = self.factory.clock_ns()
         super().dataReceived(data)
+        self._answer_iamats()
         self._log_received()
 
     def _log_received(self) -> None:
@@ -134,7 +141,9 @@ class ClientConnection(LineProtocol, TimeoutMixin):
 
     def readConnectionLost(self) -> None:
         logs.connection(self.who, "half-closed by client")
+        self._now = self.factory.clock_ns()
         self.flush_partial_line()
+        self._answer_iamats()
         self._log_received()
         self._eof = True
         self._close_if_idle()
@@ -152,45 +161,57 @@ class ClientConnection(LineProtocol, TimeoutMixin):
 
     def line_received(self, line: bytes) -> None:
         self._received.append(line)
-        request = parse_request(line, self.factory.clock_ns(), self.factory.max_future_ns)
+        request = parse_request(line, self._now, self.factory.max_future_ns)
         if request is None:
             return
+        waiting = self._barrier is not None and not self._barrier.called  # for a WHATSAT's answer
+        if isinstance(request, Iamat) and not waiting:
+            self._iamats.append(request)
+            return
+        self._answer_iamats()  # the IAMATs before this line keep their place
         if isinstance(request, Invalid):
             self.node.stats.request("invalid", "refused")
-            self._answer(succeed(request.reply), line)
+            self._answer(succeed(request.reply), [line])
         elif isinstance(request, Whatsat):
             earlier = gatherResults([r.done for r in self._replies]) if self._replies else succeed(None)
-            slot = self._answer(earlier.addCallback(lambda _: self.node.handle(request, 0)), line)
+            slot = self._answer(earlier.addCallback(lambda _: self.node.handle(request, 0)), [line])
             self._barrier = slot.done
-        elif self._barrier is not None and not self._barrier.called:
-            received = self.factory.clock_ns()
-            after = _follow(self._barrier)
-            self._answer(after.addCallback(lambda _: self.node.handle(request, received)), line)
-        else:
-            self._answer(self.node.handle(request, self.factory.clock_ns()), line)
+        else:  # an IAMAT after a WHATSAT still unanswered: it starts once that is
+            received = self._now
+            after = _follow(self._barrier)  # type: ignore[arg-type]
+            self._answer(after.addCallback(lambda _: self.node.handle(request, received)), [line])
+
+    def _answer_iamats(self) -> None:
+        """Answer the IAMATs gathered so far in this read, as one group."""
+        if self._iamats:
+            group, self._iamats = self._iamats, []
+            self._answer(self.node.iamats(group, self._now), [request.line for request in group])
 
     def line_too_long(self) -> None:
         reply = b"? line too long (limit %d bytes)\n" % self.max_line
+        self._answer_iamats()
         self._log_received()
         logs.connection(self.who, f"line over {self.max_line} bytes; closing")
-        self._answer(succeed(reply), b"")
+        self._answer(succeed(reply), [b""])
         self._eof = True
         self._close_if_idle()
 
     # -- ordered replies ------------------------------------------------
 
-    def _answer(self, result: Deferred[bytes], line: bytes) -> _Reply:
-        slot = _Reply()
+    def _answer(self, result: Deferred[bytes], lines: list[bytes]) -> _Reply:
+        """Queue the reply to ``lines`` (one request, or a group of IAMATs)."""
+        slot = _Reply(len(lines))
         self._replies.append(slot)
-        if len(self._replies) >= self.factory.limits.max_outstanding and not self._paused:
+        self._outstanding += slot.count
+        if self._outstanding >= self.factory.limits.max_outstanding and not self._paused:
             self._paused = True
             self.transport.pauseProducing()
-        result.addCallbacks(self._fill, self._internal_error, callbackArgs=(slot,), errbackArgs=(slot, line))
+        result.addCallbacks(self._fill, self._internal_error, callbackArgs=(slot,), errbackArgs=(slot, lines))
         return slot
 
-    def _internal_error(self, failure: Any, slot: _Reply, line: bytes) -> None:
-        log.failure("{who} internal error on {line}", failure, who=self.who, line=logs.loggable(line))
-        self._fill(b"? " + line + b"\n", slot)
+    def _internal_error(self, failure: Any, slot: _Reply, lines: list[bytes]) -> None:
+        log.failure("{who} internal error on {line}", failure, who=self.who, line=logs.loggable(lines[0]))
+        self._fill(b"".join([b"? " + line + b"\n" for line in lines]), slot)
 
     def _fill(self, data: bytes, slot: _Reply) -> None:
         """A reply is ready: it is written at the end of this reactor turn,
@@ -203,18 +224,20 @@ class ClientConnection(LineProtocol, TimeoutMixin):
 
     def _flush(self) -> None:
         self._flush_call = None
-        ready: list[bytes] = []
+        ready: list[_Reply] = []
         while self._replies and self._replies[0].data is not None:
-            ready.append(self._replies.popleft().data)  # type: ignore[arg-type]
+            ready.append(self._replies.popleft())
+        answered = sum([slot.count for slot in ready])
+        self._outstanding -= answered
         if ready and not self._closing:
-            out = b"".join(ready)
-            if out.count(b"\n") == len(ready):  # one line each: logged together
+            out = b"".join([slot.data for slot in ready])  # type: ignore[misc]
+            if out.count(b"\n") == answered:  # a line per request: logged together
                 logs.wire_block(self.who, "sent", out)
             else:  # a WHATSAT's reply is one log line, its newlines escaped
-                for reply in ready:
-                    logs.wire(self.who, "sent", reply.rstrip(b"\n"))
+                for slot in ready:
+                    _log_sent(self.who, slot)
             self.transport.write(out)
-        if self._paused and len(self._replies) <= self.factory.limits.max_outstanding // 2:
+        if self._paused and self._outstanding <= self.factory.limits.max_outstanding // 2:
             self._paused = False
             self.transport.resumeProducing()
         self._close_if_idle()
@@ -223,6 +246,14 @@ class ClientConnection(LineProtocol, TimeoutMixin):
         if self._eof and not self._replies and not self._closing:
             self._closing = True
             self.transport.loseConnection()
+
+
+def _log_sent(who: str, slot: _Reply) -> None:
+    data: bytes = slot.data  # type: ignore[assignment]
+    if data.count(b"\n") == slot.count:
+        logs.wire_block(who, "sent", data)
+    else:
+        logs.wire(who, "sent", data.rstrip(b"\n"))
 
 
 class ClientConnectionFactory(Factory):

@@ -99,6 +99,9 @@ class Origin(NamedTuple):
     unconfirmed: bool  # it came as F: that peer may not hold it yet
 
 
+CLIENT = Origin(None, False)
+
+
 def refusal(line: bytes) -> bytes:
     return b"? " + line + b"\n"
 
@@ -169,29 +172,48 @@ class Node:
     def handle(self, request: Request, received_ns: int) -> Deferred[bytes]:
         """Answer one valid client request (see module contract)."""
         if isinstance(request, Iamat):
-            return self.iamat(request, received_ns)
+            return self.iamats([request], received_ns)
         return self.whatsat(request).addCallback(self._count, "WHATSAT")
 
     def _count(self, reply: bytes, command: str) -> bytes:
         self.stats.request(command, "refused" if reply.startswith(b"? ") else "ok")
         return reply
 
-    def iamat(self, request: Iamat, received_ns: int) -> Deferred[bytes]:
-        """The AT line once stored, or ``? <line>`` (counted either way)."""
-        record = make_record(self.name, received_ns, request)
-        line = record.line
-        d: Deferred[Any] = self._accept(record, None, line=line)
-        # One callback pair per request: this path runs for every update.
-        return d.addCallbacks(self._iamat_stored, self._iamat_refused, callbackArgs=(line,),
-                              errbackArgs=(request.line,))
+    def iamats(self, requests: list[Iamat], received_ns: int) -> Deferred[bytes]:
+        """The replies to IAMATs received together (at ``received_ns``), in
+        order, concatenated: each its AT line once stored, or ``? <line>``
+        (counted either way). They are stored as one group, in order; each is
+        flooded as :meth:`_accept` says. One Deferred and one callback pair for
+        the group: this path runs for every update."""
+        records = [make_record(self.name, received_ns, request) for request in requests]
+        lines = [record.line for record in records]
+        serving, claim, forward = self.store.serving, self.latest.claim, self.links.forward
+        forwarded = [forward(line, None) if claim(record.client_id, record.time.ns, fast_ok=serving) else None
+                     for record, line in zip(records, lines, strict=True)]
+        d = self.store.store_clients(records)
+        return d.addCallbacks(self._clients_stored, self._clients_lost,
+                              callbackArgs=(records, forwarded, lines),
+                              errbackArgs=(records, forwarded, requests))
 
-    def _iamat_stored(self, _: StoreResult, at_line: bytes) -> bytes:
-        self.stats.request("IAMAT", "ok")
-        return at_line + b"\n"
+    def _clients_stored(self, results: list[StoreResult], records: list[AtRecord],
+                        forwarded: list[frozenset[bytes] | None], lines: list[bytes]) -> bytes:
+        for result, record, sent in zip(results, records, forwarded, strict=True):
+            if sent is None:  # the slow path (see _accept)
+                self.latest.settle(record.client_id, record.time.ns, result.stored)
+            self._stored(result, record, CLIENT, sent)
+        self.stats.request("IAMAT", "ok", len(lines))
+        lines.append(b"")
+        return b"\n".join(lines)
 
-    def _iamat_refused(self, failure: Failure, line: bytes) -> bytes:
-        self.stats.request("IAMAT", "refused")
-        return self._cannot_serve(failure, line)
+    def _clients_lost(self, failure: Failure, records: list[AtRecord],
+                      forwarded: list[frozenset[bytes] | None], requests: list[Iamat]) -> bytes:
+        for record, sent in zip(records, forwarded, strict=True):
+            if sent is None:
+                self.latest.settle(record.client_id, record.time.ns, True)  # its outcome is unknown
+            else:
+                self._forwarded_lost(failure, record, CLIENT, sent)
+        self.stats.request("IAMAT", "refused", len(requests))
+        return b"".join([self._cannot_serve(failure, request.line) for request in requests])
 
     def whatsat(self, request: Whatsat) -> Deferred[bytes]:
         d: Deferred[Any] = self.store.get(request.client_id)

@@ -35,8 +35,8 @@ class Stats:
     # a write again): "OOM" means full, the alert of docs/OPERATIONS.md.
     redis_refusing: str = ""
 
-    def request(self, command: str, outcome: str) -> None:
-        self.requests[(command, outcome)] += 1
+    def request(self, command: str, outcome: str, count: int = 1) -> None:
+        self.requests[(command, outcome)] += count
 
     def observe_redis(self, seconds: float) -> None:
         self.redis_buckets[bisect.bisect_left(REDIS_BUCKETS, seconds)] += 1

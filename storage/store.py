@@ -82,8 +82,10 @@ def set_no_delay(transport: Any) -> None:
         transport.setTcpNoDelay(True)
 
 
-# One record's part of the batch argument, its Deferred, and its place in arrival order.
-_Pending = tuple[bytes, Deferred[StoreResult], int]
+# Records' part of the batch argument, their Deferred, their place in arrival
+# order, and how many records: 0 for one record whose Deferred fires with its
+# StoreResult; n >= 1 for a group whose Deferred fires with a list of n.
+_Pending = tuple[bytes, Deferred[Any], int, int]
 
 
 EMPTY_DIGEST = b"0000000000000000"  # the digest of no clients
@@ -190,6 +192,7 @@ class RedisStore:
         self._said_not_serving = False  # that check was refused and logged
         self._batch: deque[_Pending] = deque()  # from peers
         self._urgent: deque[_Pending] = deque()  # from clients
+        self._waiting = 0  # records in both queues
         self._arrivals = itertools.count()
         self._batch_call: Any = None
         self._drain_waiters: list[tuple[int, Deferred[None]]] = []  # (backlog below, waiter)
@@ -235,7 +238,8 @@ class RedisStore:
         waiting = [*self._urgent, *self._batch]
         self._urgent.clear()
         self._batch.clear()
-        for _, done, _ in waiting:
+        self._waiting = 0
+        for _, done, _, _ in waiting:
             done.errback(StoreUnavailable("the store was stopped"))
         return self._factory.disconnect()
 
@@ -271,7 +275,17 @@ class RedisStore:
         applied in call order; each Deferred fires with its own StoreResult once
         Redis has acknowledged the batch."""
         done: Deferred[StoreResult] = Deferred()
-        self._queue(_record_blob(record, tie_break, step, source), done, urgent=not source and not step)
+        self._queue(_record_blob(record, tie_break, step, source), done, 0, urgent=not source and not step)
+        return done
+
+    def store_clients(self, records: list[AtRecord]) -> Deferred[list[StoreResult]]:
+        """store_if_newer for records made from client requests, as one group:
+        stored in order, together; fires with their StoreResults in order once
+        Redis has acknowledged them (or fails for all of them). One Deferred
+        instead of one per record: a read of many IAMATs is answered together."""
+        done: Deferred[list[StoreResult]] = Deferred()
+        blob = b"".join([_record_blob(record, False, None, b"") for record in records])
+        self._queue(blob, done, len(records), urgent=True)
         return done
 
     def advance_offset(self, step: LogStep, listed: list[bytes] = []) -> Deferred[StoreResult]:  # noqa: B006
@@ -286,13 +300,13 @@ class RedisStore:
         blob = b"\n\n\n\n\n\n\n0\n%s\n%s\n%s\n%s\n\n" % link
         if listed:
             blob += b"\n".join(listed) + b"\n"
-        self._queue(blob + b"\t", done)
+        self._queue(blob + b"\t", done, 0)
         return done
 
     @property
     def backlog(self) -> int:
         """Records waiting to be sent to Redis."""
-        return len(self._urgent) + len(self._batch)
+        return self._waiting
 
     def set_offset_in_order(self, peer: bytes, pos: Position) -> Deferred[StoreResult]:
         """Set ``peer``'s offset to ``pos`` after every record queued before this
@@ -308,8 +322,9 @@ class RedisStore:
         self._drain_waiters.append((limit, waiter))
         return waiter
 
-    def _queue(self, blob: bytes, done: Deferred[StoreResult], urgent: bool = False) -> None:
-        (self._urgent if urgent else self._batch).append((blob, done, next(self._arrivals)))
+    def _queue(self, blob: bytes, done: Deferred[Any], count: int, urgent: bool = False) -> None:
+        (self._urgent if urgent else self._batch).append((blob, done, next(self._arrivals), count))
+        self._waiting += count or 1
         self._schedule_flush()
 
     def _schedule_flush(self) -> None:
@@ -333,14 +348,17 @@ class RedisStore:
         self._batch_call = None
         keys = [self.keys.geo, self.keys.log, self.keys.log_epoch, self.keys.summary]
         while (self._urgent or self._batch) and len(self._sent_at) < MAX_IN_FLIGHT:
-            part = _take(self._urgent, MAX_BATCH - min(len(self._batch), MAX_BATCH // 2))
+            part: list[_Pending] = []
+            size = _take(self._urgent, MAX_BATCH - min(len(self._batch), MAX_BATCH // 2), part, 0)
             oldest_client = self._urgent[0][2] if self._urgent else math.inf
-            while self._batch and len(part) < MAX_BATCH and self._batch[0][2] < oldest_client:
+            while self._batch and size < MAX_BATCH and self._batch[0][2] < oldest_client:
                 part.append(self._batch.popleft())
-            part += _take(self._urgent, MAX_BATCH - len(part))
+                size += part[-1][3] or 1
+            size = _take(self._urgent, MAX_BATCH, part, size)
+            self._waiting -= size
             # One argument for the whole batch: txredisapi encodes each
             # argument in Python (a few microseconds each), Redis splits it in C.
-            args = [self.keys.prefix, LOG_BOUND, b"".join([blob for blob, _, _ in part])]
+            args = [self.keys.prefix, LOG_BOUND, b"".join([blob for blob, _, _, _ in part])]
             self._sent_at.append(self._reactor.seconds())
             d = self._call("eval", STORE_BATCH, keys, args)
             d.addBoth(self._answered)
@@ -361,7 +379,8 @@ class RedisStore:
         waiting = [*part, *self._urgent, *self._batch]
         self._urgent.clear()
         self._batch.clear()
-        for _, done, _ in waiting:
+        self._waiting = 0
+        for _, done, _, _ in waiting:
             done.errback(failure)
         self._notify_drained()
 
@@ -588,29 +607,42 @@ def _record_blob(record: AtRecord, tie_break: bool, step: LogStep | None, source
         record.time.ns, tie, step.peer, step.prev.epoch, step.prev.entry, step.pos.entry, source)
 
 
+_new = tuple.__new__  # makes NamedTuples without their __new__'s Python frame
 _NOT_STORED = StoreResult(False, None, False)
 _NOT_STORED_ADVANCED = StoreResult(False, None, True)
 
 
 def _batch_stored(reply: bytes, part: list[_Pending]) -> None:
-    """Fire each record's Deferred from store_batch.lua's reply: a line "<epoch>
-    <log id before the batch>" (empty when nothing was stored), then per
-    record "<advanced 0|1><log id when stored>"; a stored record's previous
-    entry is the one stored before it in the batch (or the head before it)."""
+    """Fire each record's (or group's) Deferred from store_batch.lua's reply: a
+    line "<epoch> <log id before the batch>" (empty when nothing was stored),
+    then per record "<advanced 0|1><log id when stored>"; a stored record's
+    previous entry is the one stored before it in the batch (or the head
+    before it)."""
     lines = reply.split(b"\n")
     epoch, _, previous = lines[0].partition(b" ")
-    for line, (_, done, _) in zip(lines[1:], part, strict=True):
-        advanced = line[:1] == b"1"
-        if len(line) > 1:
-            entry = line[1:]
-            done.callback(StoreResult(True, Position(epoch, entry), advanced, Position(epoch, previous)))
-            previous = entry
-        else:
-            done.callback(_NOT_STORED_ADVANCED if advanced else _NOT_STORED)
+    at = 1
+    for _, done, _, count in part:
+        results = []
+        for line in lines[at:at + (count or 1)]:
+            if len(line) > 1:
+                entry = line[1:]
+                results.append(_new(StoreResult, (True, _new(Position, (epoch, entry)), line[:1] == b"1",
+                                                  _new(Position, (epoch, previous)))))
+                previous = entry
+            else:
+                results.append(_NOT_STORED_ADVANCED if line == b"1" else _NOT_STORED)
+        at += count or 1
+        done.callback(results if count else results[0])
 
 
-def _take(queue: deque[_Pending], count: int) -> list[_Pending]:
-    return [queue.popleft() for _ in range(min(count, len(queue)))]
+def _take(queue: deque[_Pending], limit: int, part: list[_Pending], size: int) -> int:
+    """Move entries from ``queue`` to ``part`` while ``part`` holds fewer than
+    ``limit`` records (a group is never split); returns how many it holds."""
+    while queue and size < limit:
+        entry = queue.popleft()
+        part.append(entry)
+        size += entry[3] or 1
+    return size
 
 
 def _log_chunk(reply: list[Any], epoch: bytes) -> LogChunk | None:

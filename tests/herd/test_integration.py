@@ -127,6 +127,38 @@ def test_half_closing_client_gets_every_reply_and_unterminated_last_line(herd: H
     assert reply.endswith(b"}\n\n")
 
 
+def test_the_iamats_of_one_read_are_answered_together_in_order(herd: Herd) -> None:
+    """The IAMATs of one read are stored as one group; a bad line or a
+    WHATSAT between them keeps its place, and an older update of a client in
+    the same group is answered but does not win."""
+    lines = [f"IAMAT group.{i} +1+1 1700000000.{i}" for i in range(200)]
+    lines[50] = "IAMAT group.same +1+1 1700000002"
+    lines[51] = "IAMAT group.same +2+2 1700000001"  # older: answered, not stored
+    lines[100] = "IAMAT bad"
+    lines[150] = "WHATSAT group.same 5 1"
+    with socket.create_connection(("127.0.0.1", herd["Clark"].port), timeout=10) as sock:
+        sock.sendall("".join(line + "\n" for line in lines).encode())  # one write: one or a few reads
+        sock.shutdown(socket.SHUT_WR)
+        reply = b""
+        while chunk := sock.recv(65536):
+            reply += chunk
+    answers = reply.split(b"\n")
+    whatsat_at = answers[150]
+    assert whatsat_at.endswith(b" group.same +1+1 1700000002")  # the newer of the two
+    json_end = answers.index(b"", 151)  # the WHATSAT reply ends with an empty line
+    answers = answers[:151] + answers[json_end + 1:]
+    assert len(answers) == 201 and answers[-1] == b""
+    for i, (line, answer) in enumerate(zip(lines, answers, strict=False)):
+        if i == 100:
+            assert answer == b"? IAMAT bad"
+        elif i != 150:
+            _, client_id, location, client_time = line.split()
+            assert answer.startswith(b"AT Clark ") and answer.endswith(
+                f" {client_id} {location} {client_time}".encode()), (i, answer)
+    assert herd["Clark"].record("group.same")[b"time"] == b"1700000002"
+    assert herd["Clark"].record("group.199")[b"time"] == b"1700000000.199"
+
+
 def test_pipelined_whatsat_sees_earlier_updates_and_none_after_it(herd: Herd) -> None:
     reply = talk(
         herd["Campbell"].port,
@@ -171,7 +203,8 @@ def test_over_long_line_gets_one_reply_and_closes(herd: Herd) -> None:
 
 def test_every_line_and_connection_is_in_the_access_log(herd: Herd) -> None:
     talk(herd["Jaquez"].port, "IAMAT logged.client +1+1 1700000000")
-    wait_until(lambda: "connection closed" in herd["Jaquez"].access_log().split("logged.client")[-1],
+    after = "recv IAMAT logged.client"
+    wait_until(lambda: "connection closed" in herd["Jaquez"].access_log().partition(after)[2],
                what="access log lines")
     log = herd["Jaquez"].access_log()
     assert "connection opened" in log and "sent AT Jaquez" in log
@@ -184,8 +217,8 @@ def test_log_lines_cannot_be_forged_and_a_reply_is_one_line(herd: Herd) -> None:
     WHATSAT reply are escaped: one event, one log line."""
     talk(herd["Jaquez"].port, b"hello\rFAKE [Jaquez] info: forged\x1b[31m\x00",
          "IAMAT oneline.client +45.0+007.0 1700000000", "WHATSAT oneline.client 5 2")
-    wait_until(lambda: "recv WHATSAT oneline.client" in herd["Jaquez"].access_log()
-               and "sent AT Jaquez" in herd["Jaquez"].access_log().split("recv WHATSAT oneline.client")[1],
+    after = "recv WHATSAT oneline.client"
+    wait_until(lambda: "html_attributions" in herd["Jaquez"].access_log().partition(after)[2],
                what="log lines")
     lines = herd["Jaquez"].access_log().splitlines()
     forged = [line for line in lines if "FAKE" in line]

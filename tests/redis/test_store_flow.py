@@ -206,6 +206,40 @@ class FailedBatches(unittest.TestCase):
         assert order.index("peer") >= 1500
 
 
+class Groups(unittest.TestCase):
+    """store_clients: the records of one group are stored together, in order,
+    with the records queued around them."""
+
+    def setUp(self) -> None:
+        self.redis, self.store = redis_with_store(self, "herd-groups-")
+
+    @inlineCallbacks
+    def test_a_group_fires_once_with_each_records_result_in_order(self) -> Any:
+        yield self.store.get(b"nobody")  # connected
+        newer, older = at_record(7, "1700000002", "A"), at_record(7, "1700000001", "A")
+        before = self.store.store_if_newer(record(1, b"A"))
+        group = self.store.store_clients([record(2, b"A"), newer, older, record(3, b"A")])
+        assert self.store.backlog == 5  # records, not calls
+        after = self.store.store_if_newer(record(4), tie_break=True, source=b"P")
+        first, results, last = yield DeferredList([before, group, after], fireOnOneErrback=True)
+        assert [r.stored for r in results[1]] == [True, True, False, True]
+        entries = [first[1].position, *(r.position for r in results[1] if r.stored), last[1].position]
+        assert [e.entry for e in entries] == sorted(e.entry for e in entries)  # logged in call order
+        assert results[1][1].previous == results[1][0].position  # chained within the group
+        assert self.redis.hgetall(self.store.keys.client(b"c7"))[b"time"] == b"1700000002"
+
+    @inlineCallbacks
+    def test_a_group_larger_than_a_batch_is_never_split(self) -> Any:
+        yield self.store.get(b"nobody")  # connected
+        peers = [self.store.store_if_newer(record(i), tie_break=True, source=b"P") for i in range(10)]
+        group = self.store.store_clients([record(100 + i, b"A") for i in range(MAX_BATCH + 10)])
+        results = yield group
+        assert len(results) == MAX_BATCH + 10 and all(r.stored for r in results)
+        assert len({r.position.epoch for r in results}) == 1
+        yield DeferredList(peers, fireOnOneErrback=True)
+        assert self.store.backlog == 0
+
+
 class WhyUnreachable(unittest.TestCase):
     """A call that gives up says why the store could not connect."""
 
