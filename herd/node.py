@@ -100,6 +100,9 @@ class Origin(NamedTuple):
 
 
 CLIENT = Origin(None, False)
+# Per record of a group: the peers it was forwarded to before being stored
+# (the fast path of Node._accept), or None (the slow path).
+Forwarded = list[frozenset[bytes] | None]
 
 
 def refusal(line: bytes) -> bytes:
@@ -190,28 +193,44 @@ class Node:
         serving, claim, forward = self.store.serving, self.latest.claim, self.links.forward
         forwarded = [forward(line, None) if claim(record.client_id, record.time.ns, fast_ok=serving) else None
                      for record, line in zip(records, lines, strict=True)]
-        d = self.store.store_clients(records)
+        d = self.store.store_group(records)
         return d.addCallbacks(self._clients_stored, self._clients_lost,
                               callbackArgs=(records, forwarded, lines),
                               errbackArgs=(records, forwarded, requests))
 
     def _clients_stored(self, results: list[StoreResult], records: list[AtRecord],
-                        forwarded: list[frozenset[bytes] | None], lines: list[bytes]) -> bytes:
-        for result, record, sent in zip(results, records, forwarded, strict=True):
-            if sent is None:  # the slow path (see _accept)
-                self.latest.settle(record.client_id, record.time.ns, result.stored)
-            self._stored(result, record, CLIENT, sent)
+                        forwarded: Forwarded, lines: list[bytes]) -> bytes:
+        self._group_stored(results, records, forwarded, CLIENT)
         self.stats.request("IAMAT", "ok", len(lines))
         lines.append(b"")
         return b"\n".join(lines)
 
-    def _clients_lost(self, failure: Failure, records: list[AtRecord],
-                      forwarded: list[frozenset[bytes] | None], requests: list[Iamat]) -> bytes:
+    def _group_stored(self, results: list[StoreResult], records: list[AtRecord],
+                      forwarded: Forwarded, origin: Origin) -> None:
+        """A group of records is stored: each is settled and flooded as _accept's callbacks do."""
+        for result, record, sent in zip(results, records, forwarded, strict=True):
+            if sent is None:  # the slow path (see _accept)
+                self.latest.settle(record.client_id, record.time.ns, result.stored)
+            self._stored(result, record, origin, sent)
+
+    def _group_lost(self, failure: Failure, records: list[AtRecord],
+                    forwarded: Forwarded, origin: Origin) -> None:
+        """A group of records was not stored: each is settled, or kept to be stored again."""
         for record, sent in zip(records, forwarded, strict=True):
             if sent is None:
                 self.latest.settle(record.client_id, record.time.ns, True)  # its outcome is unknown
             else:
-                self._forwarded_lost(failure, record, CLIENT, sent)
+                self._forwarded_lost(failure, record, origin, sent)
+
+    def _forwards_lost(self, failure: Failure, records: list[AtRecord], forwarded: Forwarded,
+                       origin: Origin, conn: PeerConnection) -> None:
+        self._group_lost(failure, records, forwarded, origin)
+        for record in records:
+            self._update_lost(failure, record, origin.peer, conn)  # type: ignore[arg-type]
+
+    def _clients_lost(self, failure: Failure, records: list[AtRecord],
+                      forwarded: Forwarded, requests: list[Iamat]) -> bytes:
+        self._group_lost(failure, records, forwarded, CLIENT)
         self.stats.request("IAMAT", "refused", len(requests))
         return b"".join([self._cannot_serve(failure, request.line) for request in requests])
 
@@ -242,17 +261,17 @@ class Node:
 
     # -- storing and flooding -------------------------------------------
 
-    def _accept(self, record: AtRecord, source: bytes | None, step: LogStep | None = None,
-                unconfirmed: bool = False, line: bytes | None = None) -> Deferred[StoreResult]:
-        """Store ``record`` (from a client, or from peer ``source``) and flood it
-        if newer. While Redis serves and herd.latest can tell it is newer, it
-        is forwarded at once (``F``) and only its log position follows the
-        store (in ``K`` lines); otherwise it is flooded once Redis has said it
-        was newer. ``unconfirmed``: it came as ``F``, so ``source`` may not hold
-        it yet. Fires with the StoreResult, or fails when Redis did not take it."""
-        origin = Origin(source, unconfirmed)
+    def _accept(self, record: AtRecord, peer: bytes, step: LogStep | None = None) -> Deferred[StoreResult]:
+        """Store ``record`` from ``peer`` (a U or R line) and flood it if newer.
+        While Redis serves and herd.latest can tell it is newer, it is
+        forwarded at once (``F``) and only its log position follows the store
+        (in ``K`` lines); otherwise it is flooded once Redis has said it was
+        newer. (The groups of :meth:`iamats` and :meth:`handle_forwards` do the
+        same for each of their records.) Fires with the StoreResult, or fails
+        when Redis did not take it."""
+        origin = Origin(peer, False)
         if self.latest.claim(record.client_id, record.time.ns, fast_ok=self.store.serving):
-            forwarded = self.links.forward(line or record.line, source)
+            forwarded = self.links.forward(record.line, peer)
             d = self._store(record, origin, step)
             d.addCallbacks(self._stored, self._forwarded_lost, callbackArgs=(record, origin, forwarded),
                            errbackArgs=(record, origin, forwarded))
@@ -346,17 +365,49 @@ class Node:
     # -- peer messages ----------------------------------------------------
 
     def handle_peer_line(self, line: bytes, peer: bytes, conn: PeerConnection) -> None:
-        """A line from an authenticated peer: dispatched to ``handle_<kind>``
-        (docs/PEER-PROTOCOL.md, "Messages")."""
-        kind, rest = msg.split_kind(line)
-        handler = self._peer_handlers.get(kind)
-        if handler is None:
-            self._malformed(peer, "an unexpected line", line)
-        else:
-            handler(rest, peer, conn)
+        """A line from an authenticated peer (see handle_peer_lines)."""
+        self.handle_peer_lines([line], peer, conn)
+
+    def handle_peer_lines(self, lines: list[bytes], peer: bytes, conn: PeerConnection) -> None:
+        """The lines of one read from an authenticated peer, in order: each
+        dispatched to ``handle_<kind>`` (docs/PEER-PROTOCOL.md, "Messages"),
+        except that consecutive F lines are stored as one group."""
+        forwards: list[bytes] = []
+        for line in lines:
+            kind, rest = msg.split_kind(line)
+            if kind == msg.FORWARD:
+                forwards.append(rest)
+                continue
+            if forwards:
+                self.handle_forwards(forwards, peer, conn)
+                forwards = []
+            handler = self._peer_handlers.get(kind)
+            if handler is None:
+                self._malformed(peer, "an unexpected line", line)
+            else:
+                handler(rest, peer, conn)
+        if forwards:
+            self.handle_forwards(forwards, peer, conn)
 
     def handle_forward(self, at_line: bytes, peer: bytes, conn: PeerConnection) -> None:
-        self._apply(at_line, peer, None, conn, unconfirmed=True)
+        self.handle_forwards([at_line], peer, conn)
+
+    def handle_forwards(self, at_lines: list[bytes], peer: bytes, conn: PeerConnection) -> None:
+        """Updates ``peer`` forwarded before storing them (F), stored here as one
+        group, each flooded on as :meth:`_accept` says (as :meth:`_apply`)."""
+        records = [record for record in (self._peer_record(at_line, peer, conn) for at_line in at_lines)
+                   if record is not None]
+        if not records:
+            return
+        origin = Origin(peer, True)
+        serving, claim, forward = self.store.serving, self.latest.claim, self.links.forward
+        forwarded = [forward(record.line, peer) if claim(record.client_id, record.time.ns, fast_ok=serving)
+                     else None for record in records]
+        d = self.store.store_group(records, source=peer + b" F")
+        d.addCallbacks(self._group_stored, self._forwards_lost, callbackArgs=(records, forwarded, origin),
+                       errbackArgs=(records, forwarded, origin, conn))
+        if self.store.backlog >= BACKLOG_HIGH:
+            self._pause_peer(peer, conn)
 
     def handle_record(self, at_line: bytes, peer: bytes, conn: PeerConnection) -> None:
         self._apply(at_line, peer, None, conn)
@@ -410,14 +461,13 @@ class Node:
             return None
         return LogStep(peer, prev, pos)
 
-    def _apply(self, at_line: bytes, peer: bytes, step: LogStep | None, conn: PeerConnection,
-               unconfirmed: bool = False) -> None:
-        """Store a record from ``peer``; flood it on if newer; with a log step whose
-        offset did not advance, pull the gap."""
+    def _peer_record(self, at_line: bytes, peer: bytes, conn: PeerConnection) -> AtRecord | None:
+        """The record of an AT line from ``peer``, or None (logged) when it is
+        malformed or its client-time too far ahead of this node's clock."""
         record = parse_at_line(at_line)
         if record is None:
             self._malformed(peer, "a malformed record", at_line)
-            return
+            return None
         if self._peer_time_limit is not None:
             ahead = record.time.ns - self._clock_ns() - self._peer_time_limit
             if ahead > 0:
@@ -425,8 +475,16 @@ class Node:
                                 at_line)
                 if ahead <= PEER_CLOCK_RETRY_NS:
                     self.reconciler.record_lost(peer, conn)
-                return
-        d = self._accept(record, peer, step, unconfirmed)
+                return None
+        return record
+
+    def _apply(self, at_line: bytes, peer: bytes, step: LogStep | None, conn: PeerConnection) -> None:
+        """Store a record from ``peer``; flood it on if newer; with a log step whose
+        offset did not advance, pull the gap."""
+        record = self._peer_record(at_line, peer, conn)
+        if record is None:
+            return
+        d = self._accept(record, peer, step)
         d.addCallbacks(self._peer_stored, self._update_lost,
                        callbackArgs=(peer, conn, step is not None), errbackArgs=(record, peer, conn))
         if self.store.backlog >= BACKLOG_HIGH:

@@ -278,14 +278,17 @@ class RedisStore:
         self._queue(_record_blob(record, tie_break, step, source), done, 0, urgent=not source and not step)
         return done
 
-    def store_clients(self, records: list[AtRecord]) -> Deferred[list[StoreResult]]:
-        """store_if_newer for records made from client requests, as one group:
-        stored in order, together; fires with their StoreResults in order once
-        Redis has acknowledged them (or fails for all of them). One Deferred
-        instead of one per record: a read of many IAMATs is answered together."""
+    def store_group(self, records: list[AtRecord], source: bytes = b"") -> Deferred[list[StoreResult]]:
+        """store_if_newer for records that arrived together, as one group: from
+        clients (``source`` b""), or from a peer (``source`` as for
+        store_if_newer; ties broken, no log step). Stored in order, together;
+        fires with their StoreResults in order once Redis has acknowledged them
+        (or fails for all of them). One Deferred instead of one per record: a
+        read of many IAMATs, or of many forwarded updates, is handled at once."""
         done: Deferred[list[StoreResult]] = Deferred()
-        blob = b"".join([_record_blob(record, False, None, b"") for record in records])
-        self._queue(blob, done, len(records), urgent=True)
+        tie_break = bool(source)
+        blob = b"".join([_record_blob(record, tie_break, None, source) for record in records])
+        self._queue(blob, done, len(records), urgent=not source)
         return done
 
     def advance_offset(self, step: LogStep, listed: list[bytes] = []) -> Deferred[StoreResult]:  # noqa: B006

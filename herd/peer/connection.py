@@ -34,7 +34,7 @@ class PeerMessageHandler(Protocol):
     links: PeerLinks
     clock: IReactorTime
 
-    def handle_peer_line(self, line: bytes, peer: bytes, conn: PeerConnection) -> None: ...
+    def handle_peer_lines(self, lines: list[bytes], peer: bytes, conn: PeerConnection) -> None: ...
 
 
 class PeerLineProtocol(LineProtocol):
@@ -84,10 +84,13 @@ class PeerLineProtocol(LineProtocol):
             self.transport.write(data)
 
     def dataReceived(self, data: bytes) -> None:
+        """The peer lines of a read go to the node together (consecutive
+        updates are stored as one group), and into the access log together."""
         super().dataReceived(data)
-        if self._received:  # the peer lines of this read go into the access log together
-            logs.wire_block(self.who, "recv", b"\n".join(self._received) + b"\n")
-            self._received = None
+        if self._received:
+            received, self._received = self._received, None
+            logs.wire_block(self.who, "recv", b"\n".join(received) + b"\n")
+            self.node.handle_peer_lines(received, self.peer_name, self)  # type: ignore[arg-type]
 
     def peer_line(self, line: bytes) -> None:
         assert self.peer_name is not None
@@ -98,7 +101,6 @@ class PeerLineProtocol(LineProtocol):
             self._received = [line]
         else:
             self._received.append(line)
-        self.node.handle_peer_line(line, self.peer_name, self)
 
 
 

@@ -171,6 +171,26 @@ class PeerLines(unittest.TestCase):
         assert self.redis.hgetall("herd:peer:P") == {b"epoch": b"E", b"pos": b"5-0"}
 
 
+    @inlineCallbacks
+    def test_the_f_lines_of_one_read_are_one_group_in_order_with_the_other_lines(self) -> Any:
+        """Consecutive F lines of a read are stored as one group; a malformed one
+        is left out (and logged), and a line of another kind between them is
+        handled after the F lines before it and before those after it."""
+        yield self.store.set_peer_offset(b"P", Position(b"E", b"5-0"))
+        lines = [b"F AT P +0.000000001 g%d +1+1 1700000000.%d" % (i, i) for i in range(20)]
+        lines[5] = b"F AT P +0.000000001 broken"
+        lines[10] = b"K E/5-0 E/6-0 g3 1700000000.3 P +0.000000001"  # g3: stored before it
+        lines[15] = b"F AT P +0.000000001 g3 +1+1 1700000000.2"  # older than g3's: not stored
+        self.node.handle_peer_lines(lines, b"P", self.conn)  # type: ignore[arg-type]
+        assert self.store.backlog == 19  # 18 records in two groups, and the K line's offset step
+        yield wait()
+        assert self.redis.hgetall("herd:peer:P") == {b"epoch": b"E", b"pos": b"6-0"}  # g3 was held
+        stored = {i for i in range(20) if self.redis.hgetall(b"herd:client:g%d" % i)}
+        assert stored == set(range(20)) - {5, 10, 15}
+        assert self.redis.hgetall("herd:client:g3")[b"time"] == b"1700000000.3"
+        assert self.node.stats.flood_in == 17 and self.node.stats.flood_duplicate == 1
+
+
 def test_peer_sockets_notice_a_dead_host() -> None:
     """detect_dead_peer: keepalive every 5 s after 10 s of silence, 3 probes,
     and 25 s for unacknowledged data, on a real TCP socket."""

@@ -36,9 +36,9 @@ class Recorded(Node):
         super().__init__(*args, **kwargs)
         self.kinds: list[bytes] = []
 
-    def handle_peer_line(self, line: bytes, peer: bytes, conn: Any) -> None:
-        self.kinds.append(split_kind(line)[0])
-        super().handle_peer_line(line, peer, conn)
+    def handle_peer_lines(self, lines: list[bytes], peer: bytes, conn: Any) -> None:
+        self.kinds.extend(split_kind(line)[0] for line in lines)
+        super().handle_peer_lines(lines, peer, conn)
 
 
 class TwoNodes(unittest.TestCase):
