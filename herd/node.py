@@ -190,13 +190,22 @@ class Node:
         the group: this path runs for every update."""
         records = [make_record(self.name, received_ns, request) for request in requests]
         lines = [record.line for record in records]
-        serving, claim, forward = self.store.serving, self.latest.claim, self.links.forward
-        forwarded = [forward(line, None) if claim(record.client_id, record.time.ns, fast_ok=serving) else None
-                     for record, line in zip(records, lines, strict=True)]
+        forwarded = self._forward_group(records, lines, None)
         d = self.store.store_group(records)
         return d.addCallbacks(self._clients_stored, self._clients_lost,
                               callbackArgs=(records, forwarded, lines),
                               errbackArgs=(records, forwarded, requests))
+
+    def _forward_group(self, records: list[AtRecord], lines: list[bytes], source: bytes | None) -> Forwarded:
+        """The fast path of :meth:`_accept` for a group: the records herd.latest
+        knows to be newer are forwarded at once (all of them in one call per
+        peer); the others are left to Redis (None)."""
+        serving, claim = self.store.serving, self.latest.claim
+        fast = [claim(record.client_id, record.time.ns, fast_ok=serving) for record in records]
+        if not any(fast):
+            return [None] * len(records)
+        sent = self.links.forward([line for line, ok in zip(lines, fast, strict=True) if ok], source)
+        return [sent if ok else None for ok in fast]
 
     def _clients_stored(self, results: list[StoreResult], records: list[AtRecord],
                         forwarded: Forwarded, lines: list[bytes]) -> bytes:
@@ -271,7 +280,7 @@ class Node:
         when Redis did not take it."""
         origin = Origin(peer, False)
         if self.latest.claim(record.client_id, record.time.ns, fast_ok=self.store.serving):
-            forwarded = self.links.forward(record.line, peer)
+            forwarded = self.links.forward([record.line], peer)
             d = self._store(record, origin, step)
             d.addCallbacks(self._stored, self._forwarded_lost, callbackArgs=(record, origin, forwarded),
                            errbackArgs=(record, origin, forwarded))
@@ -300,10 +309,10 @@ class Node:
             self.stats.stored()
             if origin.peer is not None:
                 self.stats.flood_in += 1
+            key = update_key(record) if forwarded or origin.unconfirmed else None  # made once
             self.links.flood(record, result.position, result.previous, origin.peer, forwarded or frozenset(),
-                             source_has_it=not origin.unconfirmed)
-            if forwarded or (origin.unconfirmed and origin.peer is not None):
-                key = update_key(record)
+                             source_has_it=not origin.unconfirmed, key=key)
+            if key is not None:
                 if origin.unconfirmed and origin.peer is not None:
                     self._remember_stored_from(origin.peer, key)
                 for peer in forwarded or ():
@@ -400,9 +409,7 @@ class Node:
         if not records:
             return
         origin = Origin(peer, True)
-        serving, claim, forward = self.store.serving, self.latest.claim, self.links.forward
-        forwarded = [forward(record.line, peer) if claim(record.client_id, record.time.ns, fast_ok=serving)
-                     else None for record in records]
+        forwarded = self._forward_group(records, [record.line for record in records], peer)
         d = self.store.store_group(records, source=peer + b" F")
         d.addCallbacks(self._group_stored, self._forwards_lost, callbackArgs=(records, forwarded, origin),
                        errbackArgs=(records, forwarded, origin, conn))

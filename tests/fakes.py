@@ -35,6 +35,10 @@ class PeerConn:
         self.lines_out += 1
         self.lines.append(line)
 
+    def send_lines(self, lines: list[bytes]) -> None:
+        for line in lines:
+            self.send_line(line)
+
     def take(self) -> list[bytes]:
         """The lines sent since the last take."""
         lines, self.lines = self.lines, []

@@ -70,6 +70,16 @@ class PeerLineProtocol(LineProtocol):
         else:
             self._out.append(line)
 
+    def send_lines(self, lines: list[bytes]) -> None:
+        """send_line for each of ``lines``, on an authenticated connection."""
+        assert self.peer_name is not None
+        self.lines_out += len(lines)
+        if self._out is None:
+            self._out = list(lines)
+            self.node.clock.callLater(0, self.flush_lines)
+        else:
+            self._out.extend(lines)
+
     def flush_lines(self) -> None:
         """Write the lines sent so far in this turn (before closing, say)."""
         out, self._out = self._out, None

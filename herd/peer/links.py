@@ -46,6 +46,8 @@ class PeerConnection(Protocol):
 
     def send_line(self, line: bytes) -> None: ...
 
+    def send_lines(self, lines: list[bytes]) -> None: ...
+
     def flush_lines(self) -> None: ...
 
 
@@ -143,22 +145,26 @@ class PeerLinks:
         """(peer, its oldest open connection) for every linked peer."""
         return [(name, conns[0]) for name, conns in sorted(self._open.items()) if conns]
 
-    def forward(self, at_line: bytes, source: bytes | None) -> frozenset[bytes]:
-        """Cut-through: send an update known to be newer than what we hold, before
-        it is stored here, as ``F <AT line>`` to every peer with a running flood
-        cursor except ``source``. Returns the names it went to, for :meth:`flood`
-        once the update is stored (peers without a cursor get it from there, as ``U``)."""
+    def forward(self, at_lines: list[bytes], source: bytes | None) -> frozenset[bytes]:
+        """Cut-through: send updates known to be newer than what we hold, before
+        they are stored here, as ``F <AT line>`` each, to every peer with a
+        running flood cursor except ``source``. Returns the names they went to,
+        for :meth:`flood` once each update is stored (peers without a cursor
+        get it from there, as ``U``)."""
         sent = []
+        forwards: list[bytes] | None = None
         for name, cursor in self._cursor.items():
             if cursor.sent is not None and name != source:
-                cursor.conn.send_line(msg.forward(at_line))
+                if forwards is None:
+                    forwards = [msg.forward(at_line) for at_line in at_lines]
+                cursor.conn.send_lines(forwards)
                 sent.append(name)
-        self.flooded += len(sent)
+        self.flooded += len(sent) * len(at_lines)
         return frozenset(sent)
 
     def flood(self, record: AtRecord, position: Position, previous: Position | None,
               source: bytes | None = None, forwarded: frozenset[bytes] = frozenset(),
-              source_has_it: bool = True) -> int:
+              source_has_it: bool = True, key: UpdateKey | None = None) -> int:
         """Send an update stored at ``position`` in our log (right after
         ``previous`` there) to every linked peer except ``source`` and except
         those it was forwarded to.
@@ -173,9 +179,9 @@ class PeerLinks:
         SYNC. Elsewhere the update goes unchained on the oldest connection.
         Unless ``source_has_it``, the update came from ``source`` as ``F``: the
         ``K`` that moves its offset past it lists it too, unless ``source``
-        has listed it in a K of its own first (see :meth:`confirmed_by`)."""
+        has listed it in a K of its own first (see :meth:`confirmed_by`).
+        ``key``: the update's update_key, when the caller has made it."""
         sent = 0
-        key: UpdateKey | None = None
         for name, conns in self._open.items():
             if not conns:
                 continue

@@ -112,6 +112,9 @@ class PeerConn:
     def send_line(self, line: bytes) -> None:
         pass
 
+    def send_lines(self, lines: list[bytes]) -> None:
+        pass
+
 
 class Backpressure(unittest.TestCase):
     """A node stops reading from its peers while many of their records wait for

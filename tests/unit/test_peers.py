@@ -34,10 +34,18 @@ def chained(*names: bytes) -> tuple[PeerLinks, dict[bytes, Conn]]:
 def test_forward_goes_to_every_chained_peer_but_the_source() -> None:
     links, conns = chained(b"B", b"C", b"D")
     rec = record("x", 1)
-    assert links.forward(rec.line, b"C") == {b"B", b"D"}
+    assert links.forward([rec.line], b"C") == {b"B", b"D"}
     assert conns[b"B"].take() == [b"F " + rec.line]
     assert conns[b"C"].take() == []
     assert conns[b"D"].take() == [b"F " + rec.line]
+
+
+def test_updates_forwarded_together_go_in_order_and_count_once_per_peer() -> None:
+    links, conns = chained(b"B", b"C")
+    recs = [record("x", 1), record("y", 1), record("x", 2)]
+    assert links.forward([rec.line for rec in recs], None) == {b"B", b"C"}
+    assert conns[b"B"].take() == conns[b"C"].take() == [b"F " + rec.line for rec in recs]
+    assert links.flooded == 6
 
 
 def test_forward_skips_unchained_peers_which_get_the_update_once_stored() -> None:
@@ -45,7 +53,7 @@ def test_forward_skips_unchained_peers_which_get_the_update_once_stored() -> Non
     conn = Conn()
     links.add(b"B", conn, "test")  # no chain yet (no SYNC answered)
     rec = record("x", 1)
-    assert links.forward(rec.line, None) == frozenset()
+    assert links.forward([rec.line], None) == frozenset()
     links.flood(rec, pos(1), pos(0), None, frozenset())
     assert conn.take() == [b"U - E/1-0 " + rec.line]
 
@@ -54,7 +62,7 @@ def test_a_forwarded_update_sends_only_its_position_later_in_a_k_line() -> None:
     links, conns = chained(b"B")
     a, b = record("a", 1), record("b", 2)
     for n, rec in enumerate((a, b), start=1):
-        sent_to = links.forward(rec.line, None)
+        sent_to = links.forward([rec.line], None)
         links.flood(rec, pos(n), pos(n - 1), None, sent_to)
     assert conns[b"B"].take() == [b"F " + a.line, b"F " + b.line]
     assert links.send_log_moved() == 1
@@ -65,7 +73,7 @@ def test_a_forwarded_update_sends_only_its_position_later_in_a_k_line() -> None:
 def test_a_u_line_after_forwarded_ones_is_preceded_by_their_k_line() -> None:
     links, conns = chained(b"B")
     a, b = record("a", 1), record("b", 2)
-    links.flood(a, pos(1), pos(0), None, links.forward(a.line, None))
+    links.flood(a, pos(1), pos(0), None, links.forward([a.line], None))
     links.flood(b, pos(2), pos(1), None, frozenset())  # b took the slow path
     assert conns[b"B"].take() == [b"F " + a.line, b"K E/0-0 E/1-0 a 1.5 A +0.000000001",
                                   b"U E/1-0 E/2-0 " + b.line]
@@ -75,7 +83,7 @@ def test_many_forwarded_updates_are_named_in_bounded_k_lines() -> None:
     links, conns = chained(b"B")
     for n in range(1, MAX_LISTED + 2):
         rec = record(f"c{n}", n)
-        links.flood(rec, pos(n), pos(n - 1), None, links.forward(rec.line, None))
+        links.flood(rec, pos(n), pos(n - 1), None, links.forward([rec.line], None))
     skips = [line for line in conns[b"B"].take() if line.startswith(b"K ")]
     assert len(skips) == 1 and len(skips[0].split()) == 3 + 4 * MAX_LISTED
     links.send_log_moved()
@@ -96,7 +104,7 @@ def test_an_update_that_came_as_f_is_named_in_the_k_line_back_to_its_sender() ->
     # entry only if it holds the update by now.
     links, conns = chained(b"B", b"C")
     rec = record("a", 1)
-    sent_to = links.forward(rec.line, b"B")
+    sent_to = links.forward([rec.line], b"B")
     links.flood(rec, pos(1), pos(0), b"B", sent_to, source_has_it=False)
     links.send_log_moved()
     assert conns[b"B"].take() == [b"K E/0-0 E/1-0 a 1.5 A +0.000000001"]
@@ -118,7 +126,7 @@ def test_an_entry_never_seen_stored_breaks_the_chain_with_pull() -> None:
     rec = record("a", 1)
     links.flood(rec, pos(3), pos(2), None, frozenset())  # entries 1 and 2 were never reported
     assert conns[b"B"].take() == [b"PULL", b"U - E/3-0 " + rec.line]
-    assert links.forward(record("b", 2).line, None) == frozenset()  # unchained until a new SYNC
+    assert links.forward([record("b", 2).line], None) == frozenset()  # unchained until a new SYNC
 
 
 def test_an_idle_link_sends_one_heartbeat_a_second_and_a_busy_one_none() -> None:
