@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import json
 import math
-import re
 import sys
 import time
 from collections.abc import Callable
@@ -176,7 +175,7 @@ class AccessLog:
         path: a read or a write of many lines costs a few calls, not a few per
         line, when it holds nothing to escape."""
         head = self._head(who, verb)
-        if _NEEDS_ESCAPE.search(data) is None:
+        if not data.translate(None, _PLAIN):  # nothing but plain characters and newlines
             head_bytes = head.encode()
             self._add(head_bytes + data[:-1].replace(b"\n", b"\n" + head_bytes) + b"\n")
         else:
@@ -263,8 +262,9 @@ def loggable(data: bytes) -> str:
     return text if text.isprintable() else "".join(map(_escape, text))
 
 
-# Bytes that loggable() would change: all but printable ASCII, backslash included.
-_NEEDS_ESCAPE = re.compile(rb"[^\x20-\x5b\x5d-\x7e\n]")
+# What loggable() leaves as it is: printable ASCII but the backslash (and the
+# newlines between the lines of a block).
+_PLAIN = bytes(range(0x20, 0x5C)) + bytes(range(0x5D, 0x7F)) + b"\n"
 
 
 def wire(who: str, verb: str, data: bytes) -> None:

@@ -40,6 +40,10 @@ _TIME_OK = re.compile(rb"0*[0-9]{1,%d}(?:\.[0-9]{1,9})?" % _MAX_SECONDS_DIGITS)
 _FIELD = rb"[^ \t\n\r\x0b\x0c]+"  # what bytes.split() keeps together
 _AT_LINE_RE = re.compile(rb"AT (%s) ([+-][0-9]+\.[0-9]{9}) (%s) ((%s)(%s)) (([0-9]+)(?:\.([0-9]{1,9}))?)"
                          % (_FIELD, _FIELD, _COORD, _COORD))
+# The same for an IAMAT as clients send it (single spaces): parse_request's
+# quick way; any other line takes the field by field way (same answers).
+_IAMAT_LINE_RE = re.compile(rb"IAMAT (%s) ((%s)(%s)) (([0-9]+)(?:\.([0-9]{1,9}))?)"
+                            % (_FIELD, _COORD, _COORD))
 _new = tuple.__new__  # makes the NamedTuples below without their __new__'s Python frame
 
 
@@ -120,6 +124,8 @@ def parse_location(field: bytes) -> Location | None:
 
 def _within(coordinate: bytes, limit: int) -> bool:
     """|coordinate| <= limit, exactly, for a signed decimal the regex accepted."""
+    if abs(float(coordinate)) < limit:  # rounding keeps order: a decimal above limit is no float below it
+        return True
     whole, _, fraction = coordinate[1:].partition(b".")
     whole = whole.lstrip(b"0")
     if len(whole) > 3:
@@ -166,6 +172,9 @@ def parse_request(line: bytes, now_ns: int, max_future_ns: int) -> Request | Inv
     Invalid. An IAMAT whose client-time is more than ``max_future_ns`` ahead
     of ``now_ns`` is Invalid.
     """
+    m = _IAMAT_LINE_RE.fullmatch(line)
+    if m is not None:
+        return _iamat_of_match(line, m, now_ns, max_future_ns)
     fields = line.split()
     if not fields:
         return None
@@ -191,6 +200,20 @@ def _parse_iamat(line: bytes, fields: list[bytes], now_ns: int, max_future_ns: i
     return Iamat(line, client_id, location, client_time)
 
 
+def _iamat_of_match(line: bytes, m: re.Match[bytes], now_ns: int, max_future_ns: int) -> Iamat | Invalid:
+    """_parse_iamat for a line _IAMAT_LINE_RE matched (the same checks)."""
+    client_id, location_field, lat, lon, time_field, seconds, fraction = m.groups()
+    seconds = seconds.lstrip(b"0") or b"0"
+    if (len(seconds) > _MAX_SECONDS_DIGITS or len(client_id) > MAX_CLIENT_ID_BYTES
+            or not (_within(lat, 90) and _within(lon, 180))):
+        return Invalid(line)
+    ns = int(seconds) * NS_PER_S + (int(fraction.ljust(9, b"0")) if fraction else 0)
+    if ns - now_ns > max_future_ns:
+        return Invalid(line)
+    return _new(Iamat, (line, client_id, _new(Location, (location_field, lat, lon)),
+                        _new(ClientTime, (time_field, ns))))
+
+
 def _parse_whatsat(line: bytes, fields: list[bytes]) -> Whatsat | Invalid:
     _, client_id, radius_field, count_field = fields
     radius = parse_radius(radius_field)
@@ -210,7 +233,7 @@ def format_skew(delta_ns: int) -> bytes:
 def make_record(server: bytes, received_ns: int, request: Iamat) -> AtRecord:
     """The AT record a node makes for an IAMAT it received at ``received_ns``."""
     skew = format_skew(received_ns - request.time.ns)
-    return AtRecord(server, skew, request.client_id, request.location, request.time)
+    return _new(AtRecord, (server, skew, request.client_id, request.location, request.time))
 
 
 def parse_at_line(line: bytes) -> AtRecord | None:

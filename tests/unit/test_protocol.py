@@ -924,6 +924,22 @@ def test_parse_at_line_fast_path_agrees_with_the_field_by_field_parse(
     assert parse_at_line(line) == _parse_at_fields(line)
 
 
+@given(st.one_of(client_ids, st.just(b"x" * 257)), any_location, any_time, st.one_of(st.just(b" "), ws_run),
+       st.sampled_from([b"IAMAT", b"IAMATX"]), st.integers(0, 2 * 10**18))
+@settings(max_examples=500, suppress_health_check=[HealthCheck.too_slow])
+def test_parse_request_fast_path_agrees_with_the_field_by_field_parse(
+        client_id: bytes, location: bytes, time_text: bytes, sep: bytes, command: bytes, now_ns: int) -> None:
+    """parse_request matches the usual single-spaced IAMAT at once; whatever
+    it accepts or refuses, it answers as splitting on white space does."""
+    from herd.wire.client import _parse_iamat
+
+    line = sep.join([command, client_id, location, time_text])
+    fields = line.split()
+    expected = (_parse_iamat(line, fields, now_ns, 3600 * 10**9) if fields[0] == b"IAMAT" and len(fields) == 4
+                else Invalid(line))
+    assert parse_request(line, now_ns, 3600 * 10**9) == expected
+
+
 long_times = st.builds(lambda z, d, f: z + d + f, st.sampled_from([b"", b"0", b"000"]),
                        digit_text(1, 17).map(str.encode),
                        st.sampled_from([b"", b".5", b".123456789", b".0123456789"]))
