@@ -78,8 +78,8 @@ class StoredKeys:
         self._new: set[UpdateKey] = set()
         self._old: set[UpdateKey] = set()
 
-    def add(self, key: UpdateKey) -> None:
-        self._new.add(key)
+    def add_all(self, keys: list[UpdateKey]) -> None:
+        self._new.update(keys)
         if len(self._new) >= self._limit:
             self._old, self._new = self._new, set()
 
@@ -214,13 +214,43 @@ class Node:
         lines.append(b"")
         return b"\n".join(lines)
 
-    def _group_stored(self, results: list[StoreResult], records: list[AtRecord],
-                      forwarded: Forwarded, origin: Origin) -> None:
-        """A group of records is stored: each is settled and flooded as _accept's callbacks do."""
+    def _group_stored(self, results: list[StoreResult], records: list[AtRecord], forwarded: Forwarded,
+                      origin: Origin, settle: bool = True) -> None:
+        """Records from ``origin`` were stored (or found not newer): each newer
+        one is flooded (PeerLinks.flood) and, where it was forwarded between a
+        peer and this node, remembered as stored here for that peer's K lines.
+        ``settle``: each record of the slow path (forwarded None) is settled in
+        herd.latest. Every record forwarded in a group went to the same peers."""
+        from_peer: list[UpdateKey] = []  # it came as F: stored here now
+        to_peers: list[UpdateKey] = []  # we forwarded it: stored here now
+        sent_to: frozenset[bytes] = frozenset()
+        newer = 0
+        flood, peer, unconfirmed = self.links.flood, origin.peer, origin.unconfirmed
         for result, record, sent in zip(results, records, forwarded, strict=True):
-            if sent is None:  # the slow path (see _accept)
+            if sent is None and settle:  # the slow path (see _accept)
                 self.latest.settle(record.client_id, record.time.ns, result.stored)
-            self._stored(result, record, origin, sent)
+            if not result.stored or result.position is None:
+                if peer is not None:
+                    self.stats.flood_duplicate += 1
+                continue
+            newer += 1
+            key = update_key(record) if sent or unconfirmed else None
+            flood(record, result.position, result.previous, peer, sent or frozenset(),
+                  source_has_it=not unconfirmed, key=key)
+            if key is not None:
+                if unconfirmed:
+                    from_peer.append(key)
+                if sent:
+                    to_peers.append(key)
+                    sent_to = sent
+        if newer:
+            self.stats.stored()
+            if peer is not None:
+                self.stats.flood_in += newer
+        if from_peer:
+            self._remember_stored(peer, from_peer)  # type: ignore[arg-type]
+        for name in sent_to:
+            self._remember_stored(name, to_peers)
 
     def _group_lost(self, failure: Failure, records: list[AtRecord],
                     forwarded: Forwarded, origin: Origin) -> None:
@@ -305,31 +335,19 @@ class Node:
 
     def _stored(self, result: StoreResult, record: AtRecord, origin: Origin,
                 forwarded: frozenset[bytes] | None) -> StoreResult:
-        if result.stored and result.position is not None:
-            self.stats.stored()
-            if origin.peer is not None:
-                self.stats.flood_in += 1
-            key = update_key(record) if forwarded or origin.unconfirmed else None  # made once
-            self.links.flood(record, result.position, result.previous, origin.peer, forwarded or frozenset(),
-                             source_has_it=not origin.unconfirmed, key=key)
-            if key is not None:
-                if origin.unconfirmed and origin.peer is not None:
-                    self._remember_stored_from(origin.peer, key)
-                for peer in forwarded or ():
-                    self._remember_stored_from(peer, key)
-        elif origin.peer is not None:
-            self.stats.flood_duplicate += 1
+        """_group_stored for one record (herd.latest settled by the caller)."""
+        self._group_stored([result], [record], [forwarded], origin, settle=False)
         return result
 
-    def _remember_stored_from(self, peer: bytes, key: UpdateKey) -> None:
-        """An update forwarded (F) between ``peer`` and this node, either way,
-        is now stored here: when the peer's K lists it, no Redis lookup is
+    def _remember_stored(self, peer: bytes, keys: list[UpdateKey]) -> None:
+        """Updates forwarded (F) between ``peer`` and this node, either way,
+        are now stored here: when the peer's K lists them, no Redis lookup is
         needed. Forgotten when Redis reconnects (it may have restarted without
-        it), and beyond about MAX_HELD per peer."""
+        them), and beyond about MAX_HELD per peer."""
         stored = self._stored_from.get(peer)
         if stored is None:
             stored = self._stored_from[peer] = StoredKeys()
-        stored.add(key)
+        stored.add_all(keys)
 
     def _not_known_stored(self, peer: bytes, listed: list[bytes]) -> list[bytes]:
         """The updates a K line from ``peer`` lists (4 fields each) that are not

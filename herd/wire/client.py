@@ -124,14 +124,21 @@ def parse_location(field: bytes) -> Location | None:
 
 def _within(coordinate: bytes, limit: int) -> bool:
     """|coordinate| <= limit, exactly, for a signed decimal the regex accepted."""
-    if abs(float(coordinate)) < limit:  # rounding keeps order: a decimal above limit is no float below it
-        return True
     whole, _, fraction = coordinate[1:].partition(b".")
     whole = whole.lstrip(b"0")
     if len(whole) > 3:
         return False
     value = int(whole or b"0")
     return value < limit or (value == limit and not fraction.strip(b"0"))
+
+
+def _in_range(lat: bytes, lon: bytes) -> bool:
+    """|lat| <= 90 and |lon| <= 180, exactly, for signed decimals the regex
+    accepted. A float below the limit is exact enough: rounding keeps order,
+    so no decimal above the limit becomes a float below it."""
+    if -90.0 < float(lat) < 90.0 and -180.0 < float(lon) < 180.0:
+        return True
+    return _within(lat, 90) and _within(lon, 180)
 
 
 def parse_client_time(field: bytes) -> ClientTime | None:
@@ -204,8 +211,7 @@ def _iamat_of_match(line: bytes, m: re.Match[bytes], now_ns: int, max_future_ns:
     """_parse_iamat for a line _IAMAT_LINE_RE matched (the same checks)."""
     client_id, location_field, lat, lon, time_field, seconds, fraction = m.groups()
     seconds = seconds.lstrip(b"0") or b"0"
-    if (len(seconds) > _MAX_SECONDS_DIGITS or len(client_id) > MAX_CLIENT_ID_BYTES
-            or not (_within(lat, 90) and _within(lon, 180))):
+    if len(seconds) > _MAX_SECONDS_DIGITS or len(client_id) > MAX_CLIENT_ID_BYTES or not _in_range(lat, lon):
         return Invalid(line)
     ns = int(seconds) * NS_PER_S + (int(fraction.ljust(9, b"0")) if fraction else 0)
     if ns - now_ns > max_future_ns:
@@ -244,7 +250,7 @@ def parse_at_line(line: bytes) -> AtRecord | None:
     server, skew, client_id, location_field, lat, lon, time_field, seconds, fraction = m.groups()
     seconds = seconds.lstrip(b"0") or b"0"
     if (len(seconds) > _MAX_SECONDS_DIGITS or len(client_id) > MAX_CLIENT_ID_BYTES
-            or not (_within(lat, 90) and _within(lon, 180)) or not _is_node_name(server)):
+            or not _in_range(lat, lon) or not _is_node_name(server)):
         return None
     ns = int(seconds) * NS_PER_S + (int(fraction.ljust(9, b"0")) if fraction else 0)
     return _new(AtRecord, (server, skew, client_id, _new(Location, (location_field, lat, lon)),

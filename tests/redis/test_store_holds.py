@@ -61,7 +61,7 @@ class HeldInMemory(unittest.TestCase):
     def test_only_holds_not_seen_stored_go_to_redis(self) -> None:
         seen = (b"c", b"1000.5", b"B", b"+0.100000000")
         other = (b"d", b"7", b"B", b"+0.100000000")
-        self.node._remember_stored_from(b"P", seen)
+        self.node._remember_stored(b"P", [seen])
         assert self.node._not_known_stored(b"P", [*seen, *other]) == list(other)
         assert self.node._not_known_stored(b"P", list(seen)) == list(seen)  # named once: forgotten
         assert self.node._not_known_stored(b"Q", list(seen)) == list(seen)
@@ -83,13 +83,13 @@ class HeldInMemory(unittest.TestCase):
     def test_only_the_latest_are_remembered(self) -> None:
         keys = [(b"c%d" % i, b"1", b"B", b"+0.100000000") for i in range(3 * MAX_HELD)]
         for key in keys:
-            self.node._remember_stored_from(b"P", key)
+            self.node._remember_stored(b"P", [key])
         assert self.node._not_known_stored(b"P", list(keys[0])) == list(keys[0])
         assert self.node._not_known_stored(b"P", list(keys[-MAX_HELD // 2])) == []
 
     def test_a_redis_reconnection_forgets_them(self) -> None:
         seen = (b"c", b"1000.5", b"B", b"+0.100000000")
-        self.node._remember_stored_from(b"P", seen)
+        self.node._remember_stored(b"P", [seen])
         assert self.node._stored_from.clear in self.store.on_connected
         self.node._stored_from.clear()
         assert self.node._not_known_stored(b"P", list(seen)) == list(seen)
