@@ -40,7 +40,7 @@ from herd.wire.client import (
     parse_at_line,
     parse_client_time,
 )
-from herd.wire.peer import LogStep, Position, UpdateKey, update_key
+from herd.wire.peer import LogStep, Position, UpdateKey, listed_keys, update_key
 from storage.store import RedisStore, StoreResult
 
 log = Logger(namespace="herd")
@@ -83,15 +83,18 @@ class StoredKeys:
         if len(self._new) >= self._limit:
             self._old, self._new = self._new, set()
 
-    def take(self, key: UpdateKey) -> bool:
-        """Whether ``key`` is known stored; forgotten once asked for."""
-        if key in self._new:
-            self._new.remove(key)
-            return True
-        if key in self._old:
-            self._old.remove(key)
-            return True
-        return False
+    def take_all(self, keys: list[UpdateKey]) -> list[UpdateKey]:
+        """Those of ``keys`` not known stored, in order; the known ones are
+        forgotten once asked for (set operations: usually all are known)."""
+        found = self._new.intersection(keys)
+        self._new -= found
+        if len(found) < len(keys):
+            old = self._old.intersection(keys)
+            self._old -= old
+            found |= old
+            if len(found) < len(keys):
+                return [key for key in keys if key not in found]
+        return []
 
 
 class Origin(NamedTuple):
@@ -355,12 +358,7 @@ class Node:
         known = self._stored_from.get(peer)
         if not known:
             return listed
-        unknown: list[bytes] = []
-        for i in range(0, len(listed), 4):
-            key: UpdateKey = tuple(listed[i:i + 4])  # type: ignore[assignment]
-            if not known.take(key):
-                unknown.extend(key)
-        return unknown
+        return [field for key in known.take_all(listed_keys(listed)) for field in key]
 
     def _forwarded_lost(self, failure: Failure, record: AtRecord, origin: Origin,
                         forwarded: frozenset[bytes]) -> Failure:

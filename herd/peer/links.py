@@ -17,7 +17,7 @@ from twisted.logger import Logger
 
 from herd.wire import peer as msg
 from herd.wire.client import AtRecord
-from herd.wire.peer import MAX_LISTED, Position, UpdateKey, update_key
+from herd.wire.peer import MAX_LISTED, Position, UpdateKey, listed_keys, update_key
 
 log = Logger(namespace="herd")
 
@@ -243,8 +243,9 @@ class PeerLinks:
         ...): it has stored them, so our K lines need not ask it about them."""
         cursor = self._cursor.get(name)
         if cursor is not None and cursor.awaiting_confirmation:
-            for i in range(0, len(listed), 4):
-                cursor.awaiting_confirmation.pop(tuple(listed[i:i + 4]), None)  # type: ignore[arg-type]
+            awaiting = cursor.awaiting_confirmation
+            for key in listed_keys(listed):
+                awaiting.pop(key, None)
 
     def start_unchained(self, name: bytes, conn: PeerConnection) -> None:
         """A SYNC answer to ``name`` starts on ``conn``: updates flooded meanwhile go

@@ -19,7 +19,7 @@ from __future__ import annotations
 import re
 from typing import NamedTuple
 
-from herd.wire.client import AtRecord, is_client_time
+from herd.wire.client import AtRecord, are_client_times
 
 FORWARD = b"F"
 UPDATE = b"U"
@@ -69,6 +69,12 @@ class LogStep(NamedTuple):
 
 
 UpdateKey = tuple[bytes, bytes, bytes, bytes]
+
+
+def listed_keys(listed: list[bytes]) -> list[UpdateKey]:
+    """The update keys of a K line's listed fields (four each)."""
+    fields = iter(listed)
+    return list(zip(fields, fields, fields, fields, strict=False))  # (parse_log_moved refuses a partial one)
 
 
 def update_key(record: AtRecord) -> UpdateKey:
@@ -140,7 +146,7 @@ def parse_log_moved(rest: bytes) -> LogMoved | None:
     prev, pos, listed = Position.parse(fields[0]), Position.parse(fields[1]), fields[2:]
     if prev is None or pos is None or prev.epoch != pos.epoch or len(listed) % 4:
         return None
-    if not all(map(is_client_time, listed[1::4])):
+    if not are_client_times(listed[1::4]):
         return None
     return LogMoved(prev, pos, listed)
 
