@@ -171,8 +171,14 @@ end
 local GEO_LAT_WHOLE, GEO_LAT_FRACTION = 85, '05112878'
 
 local function geo_latitude(lat)  -- |lat| <= 85.05112878 exactly ("+85.0500", "-007.5")
-  local approx = tonumber(lat)  -- a double: enough to tell what is well inside the band
-  if approx and approx > -85 and approx < 85 then return true end
+  -- "+D." or "+DD." below 85 is well inside the band: told by three bytes
+  -- (46 '.', 48 '0', 53 '5', 56 '8', 57 '9'), cheaper than tonumber's strtod.
+  local a, b, c = byte(lat, 2, 4)
+  if b == 46 then
+    if a >= 48 and a <= 57 then return true end
+  elseif c == 46 and a >= 48 and b >= 48 and b <= 57 and (a < 56 or (a == 56 and b < 53)) then
+    return true
+  end
   local whole, fraction = match(lat, '^[+-](%d+)%.?(%d*)$')
   if not whole then return true end  -- not the AT line grammar: GEOADD decides
   whole = tonumber(whole)

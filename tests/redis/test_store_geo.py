@@ -20,6 +20,13 @@ CASES = [  # latitude, in the GEO set
     (b"+85", True),
     (b"-84.9", True),
     (b"+0.5", True),
+    # Told by their first digits (store_batch.lua's quick check), or not.
+    (b"+84.999999999999999999", True),
+    (b"-80.25", True),
+    (b"-08.5", True),
+    (b"+7", True),
+    (b"+89.5", False),
+    (b"-85.1", False),
     (b"+85.0511287800000000000001", False),  # a double rounds this to the limit itself
     (b"-85.0511287800000000000001", False),
     (b"+85.051128781", False),
