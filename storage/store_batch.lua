@@ -86,9 +86,19 @@ local function compare_ns(a, b)
   return compare_bytes(a, b)
 end
 
-local function is_newer(ns, at, tie_break, held)
+-- Client-times as sent ("12.5", "0012.50"), compared exactly; a_ns: a's
+-- canonical nanoseconds when known. strtod rounds correctly and rounding keeps
+-- order, so different doubles decide at once (two C calls); only the same
+-- double (equal instants, or ones nanoseconds apart) takes the exact way.
+local function compare_times(a, b, a_ns)
+  local x, y = tonumber(a), tonumber(b)
+  if x ~= y and x and y then return (x > y) and 1 or -1 end
+  return compare_ns(a_ns or canonical_ns(a), canonical_ns(b))
+end
+
+local function is_newer(time, ns, at, tie_break, held)
   if not held[1] then return true end
-  local order = compare_ns(ns, canonical_ns(held[1]))
+  local order = compare_times(time, held[1], ns)
   if order ~= 0 then return order > 0 end
   return tie_break == '1' and compare_bytes(at, held[2]) > 0
 end
@@ -148,7 +158,7 @@ local function holds_all(holds)  -- "id\ntime\nserver\nskew\n" for each listed u
       -- The same time: only the very same record will do (ties are settled
       -- by the AT line; a SYNC settles the rest).
       if held[2] ~= server or held[3] ~= skew then return false end
-    elseif compare_ns(canonical_ns(held[1]), canonical_ns(time)) <= 0 then
+    elseif compare_times(held[1], time) <= 0 then
       return false  -- older, or the same instant written differently (another record)
     end
   end
@@ -245,7 +255,7 @@ for server, skew, id, lat, lon, time, ns, tie_break, peer, chain_epoch, prev, po
     local at = 'AT ' .. server .. ' ' .. skew .. ' ' .. id .. ' ' .. location .. ' ' .. time
     local key = client_prefix .. id
     local held = call('HMGET', key, 'time', 'at')
-    if not held[1] or is_newer(ns, at, tie_break, held) then
+    if not held[1] or is_newer(time, ns, at, tie_break, held) then
       update_summary(held[2], at)
       call('HSET', key, 'at', at, 'server', server, 'skew', skew, 'location', location,
            'lat', lat, 'lon', lon, 'time', time)
