@@ -114,3 +114,16 @@ class OneBatch(unittest.TestCase):
         assert not (yield self.store.store_if_newer(larger)).stored  # no tie-break: equal is not newer
         assert not (yield self.store.store_if_newer(smaller, tie_break=True)).stored
         assert (yield self.store.store_if_newer(larger, tie_break=True)).stored
+
+    @inlineCallbacks
+    def test_a_batch_names_the_log_entry_before_its_first_stored_one(self) -> Any:
+        first = yield self.store.store_if_newer(record(b"AT A +0.100000000 kiwi +1+1 100"))
+        assert first.previous == Position(first.position.epoch, b"0-0")  # an empty log
+        older = yield self.store.store_if_newer(record(b"AT A +0.100000000 kiwi +1+1 99"))
+        assert not older.stored and older.previous is None
+        second = yield self.store.store_if_newer(record(b"AT A +0.100000000 emu +1+1 100"))
+        assert second.previous == first.position
+        # Trimmed from its oldest end (XTRIM), the log's last entry stays.
+        self.redis.call("XTRIM", "herd:log", "MAXLEN", "1")
+        third = yield self.store.store_if_newer(record(b"AT A +0.100000000 owl +1+1 100"))
+        assert third.previous == second.position
