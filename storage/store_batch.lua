@@ -26,19 +26,20 @@
 --                    the node made or validated them; the AT line ("AT <server>
 --                    <skew> <client-id> <lat><lon> <client-time>") is built from
 --                    them here (the location is <lat><lon>),
---   ns               its client-time in integer nanoseconds, canonical decimal
---                    (no leading zeros), computed once by the node,
 --   tie_break        "1": on equal times the bytewise larger AT line wins, so
 --                    every node settles on the same record; "0": equal is not newer,
---   chain peer, chain epoch, chain prev, chain pos   ("" when none): the peer's
---                    offset advances to pos only when it stands at prev in the
---                    same epoch (prev "*": whatever it stands at); it then says
---                    "every update of that peer's log up to pos is applied here",
 --   source           the peer the record came from ("" from a client; "<peer> F"
 --                    when forwarded before that peer stored it: the one field
 --                    with a space), logged so that a SYNC answer to that peer
 --                    can leave it out,
---   [hold id, hold time, hold server, hold skew]...  optional, with no record
+--   chain            nothing (no field, no newline: a client's record is matched
+--                    with five captures less), or these, each followed by a
+--                    newline:
+--     chain peer, chain epoch, chain prev, chain pos: the peer's
+--                    offset advances to pos only when it stands at prev in the
+--                    same epoch (prev "*": whatever it stands at); it then says
+--                    "every update of that peer's log up to pos is applied here",
+--     [hold id, hold time, hold server, hold skew]...  optional, with no record
 --                    (empty fields): the chain advances only if each client
 --                    <hold id> is held with a client-time above <hold time>,
 --                    or with that very time, server and skew (a peer saying
@@ -86,18 +87,17 @@ local function compare_ns(a, b)
   return compare_bytes(a, b)
 end
 
--- Client-times as sent ("12.5", "0012.50"), compared exactly; a_ns: a's
--- canonical nanoseconds when known. strtod rounds correctly and rounding keeps
+-- Client-times as sent ("12.5", "0012.50"), compared exactly. strtod rounds correctly and rounding keeps
 -- order, so different doubles decide at once (two C calls); only the same
 -- double (equal instants, or ones nanoseconds apart) takes the exact way.
-local function compare_times(a, b, a_ns)
+local function compare_times(a, b)
   local x, y = tonumber(a), tonumber(b)
   if x ~= y and x and y then return (x > y) and 1 or -1 end
-  return compare_ns(a_ns or canonical_ns(a), canonical_ns(b))
+  return compare_ns(canonical_ns(a), canonical_ns(b))
 end
 
-local function is_newer(time, ns, at, tie_break, held_time, held_at)
-  local order = compare_times(time, held_time, ns)
+local function is_newer(time, at, tie_break, held_time, held_at)
+  local order = compare_times(time, held_time)
   if order ~= 0 then return order > 0 end
   return tie_break == '1' and compare_bytes(at, held_at) > 0
 end
@@ -238,14 +238,14 @@ end
 
 -- %S: not white space (cheaper for Lua's matcher than a set like [^\n\t]);
 -- but a source may be "<peer> F".
-local RECORD = string.rep('(%S*)\n', 12) .. '([^\n\t]*)\n([^\t]*)\t'
+local RECORD = string.rep('(%S*)\n', 7) .. '([^\n\t]*)\n([^\t]*)\t'
+local CHAIN = '^(%S*)\n(%S*)\n(%S*)\n(%S*)\n(.*)$'
 
 local out, n, first_previous = {''}, 1, nil
 local client_prefix = prefix .. 'client:'
-for server, skew, id, lat, lon, time, ns, tie_break, peer, chain_epoch, prev, pos, source, holds
-    in string.gmatch(ARGV[3], RECORD) do
+for server, skew, id, lat, lon, time, tie_break, source, chain in string.gmatch(ARGV[3], RECORD) do
   local advanced = '0'
-  if peer ~= '' then advanced = advance_offset(peer, chain_epoch, prev, pos, holds) end
+  if chain ~= '' then advanced = advance_offset(match(chain, CHAIN)) end
   local result = advanced
   if server ~= '' then
     local location = lat .. lon
@@ -255,7 +255,7 @@ for server, skew, id, lat, lon, time, ns, tie_break, peer, chain_epoch, prev, po
     -- table for a new client, as cheap for a held one.
     local held_at = call('HGET', key, 'at')
     local held_time = held_at and call('HGET', key, 'time')
-    if not held_time or is_newer(time, ns, at, tie_break, held_time, held_at) then
+    if not held_time or is_newer(time, at, tie_break, held_time, held_at) then
       update_summary(held_at, at)
       call('HSET', key, 'at', at, 'server', server, 'skew', skew, 'location', location,
            'lat', lat, 'lon', lon, 'time', time)
