@@ -199,41 +199,46 @@ local function geo_latitude(lat)  -- |lat| <= 85.05112878 exactly ("+85.0500", "
   return fraction <= limit  -- equal lengths of digits: text order is number order
 end
 
--- The GEO set is written once per batch (one GEOADD for every position, one
--- ZREM for positions beyond Redis GEO's latitudes), with each client's last
--- position of the batch: one command instead of one per record.
-local geo_lon, geo_lat, geo_ids = {}, {}, {}
+-- The GEO set is written once per batch: one GEOADD of every position in
+-- the batch's order (of a client's positions the last wins, in Redis as in the
+-- hash), then one ZREM of the clients whose last position is beyond Redis
+-- GEO's latitudes. Arrays, not tables by client: one command instead of one
+-- per record, and no hashing of client ids in Lua.
+local add, n_add, beyond = {}, 0, nil  -- beyond: client id -> true, made on first use
 local function place(id, lon, lat)
-  if geo_lon[id] == nil then geo_ids[#geo_ids + 1] = id end
   if geo_latitude(lat) then
-    geo_lon[id], geo_lat[id] = lon, lat
+    add[n_add + 1], add[n_add + 2], add[n_add + 3] = lon, lat, id
+    n_add = n_add + 3
+    if beyond then beyond[id] = nil end  -- a later position within the band
   else
-    geo_lon[id] = false
+    beyond = beyond or {}
+    beyond[id] = true
+  end
+end
+
+local function add_one_by_one()
+  -- A position GEOADD refuses (not the AT line grammar): each on its own; a
+  -- client whose last position is refused is kept out of the set.
+  local last = {}
+  for i = 1, n_add, 3 do last[add[i + 2]] = i end
+  beyond = beyond or {}
+  for i = 1, n_add, 3 do
+    local id = add[i + 2]
+    local one = redis.pcall('GEOADD', KEYS[1], add[i], add[i + 1], id)
+    if type(one) == 'table' and one.err and last[id] == i then beyond[id] = true end
   end
 end
 
 local function write_places()
-  local add, remove = {}, {}
-  for _, id in ipairs(geo_ids) do
-    local lon = geo_lon[id]
-    if lon then
-      add[#add + 1], add[#add + 2], add[#add + 3] = lon, geo_lat[id], id
-    else
-      remove[#remove + 1] = id
-    end
+  if n_add > 0 then
+    local added = redis.pcall('GEOADD', KEYS[1], unpack(add, 1, n_add))
+    if type(added) == 'table' and added.err then add_one_by_one() end
   end
-  if #add > 0 then
-    local added = redis.pcall('GEOADD', KEYS[1], unpack(add))
-    if type(added) == 'table' and added.err then
-      -- A position GEOADD refuses (not the AT line grammar): each on its own,
-      -- the refused ones kept out of the set.
-      for i = 1, #add, 3 do
-        local one = redis.pcall('GEOADD', KEYS[1], add[i], add[i + 1], add[i + 2])
-        if type(one) == 'table' and one.err then remove[#remove + 1] = add[i + 2] end
-      end
-    end
+  if beyond then
+    local remove = {}
+    for id in pairs(beyond) do remove[#remove + 1] = id end
+    if #remove > 0 then call('ZREM', KEYS[1], unpack(remove)) end
   end
-  if #remove > 0 then call('ZREM', KEYS[1], unpack(remove)) end
 end
 
 -- %S: not white space (cheaper for Lua's matcher than a set like [^\n\t]);
