@@ -61,8 +61,8 @@
 local prefix = ARGV[1]
 local call, match, sub, find, byte = redis.call, string.match, string.sub, string.find, string.byte
 
-local PAD = {}
-for i = 0, 9 do PAD[i] = string.rep('0', i) end
+-- Constants written out: a string.rep or a concatenation would run on every call.
+local PAD = {[0] = '', '0', '00', '000', '0000', '00000', '000000', '0000000', '00000000', '000000000'}
 
 local function canonical_ns(time)  -- "12.5" -> "12500000000"; no leading zeros
   local seconds, fraction = match(time, '^(%d+)%.?(%d*)$')
@@ -242,8 +242,8 @@ local function write_places()
 end
 
 -- %S: not white space (cheaper for Lua's matcher than a set like [^\n\t]);
--- but a source may be "<peer> F".
-local RECORD = string.rep('(%S*)\n', 7) .. '([^\n\t]*)\n([^\t]*)\t'
+-- but a source may be "<peer> F". Seven fields, source, chain.
+local RECORD = '(%S*)\n(%S*)\n(%S*)\n(%S*)\n(%S*)\n(%S*)\n(%S*)\n([^\n\t]*)\n([^\t]*)\t'
 local CHAIN = '^(%S*)\n(%S*)\n(%S*)\n(%S*)\n(.*)$'
 
 local out, n, first_previous = {''}, 1, nil
