@@ -104,20 +104,17 @@ end
 
 -- The digest as two 32-bit halves while the batch runs; written back once.
 local digest_hi, digest_lo, added = nil, nil, 0
+local sha1hex, bxor, tonumber = redis.sha1hex, bit.bxor, tonumber
 local function xor_in(at)
-  local sha = redis.sha1hex(at)
-  digest_hi = bit.bxor(digest_hi, tonumber(sub(sha, 1, 8), 16))
-  digest_lo = bit.bxor(digest_lo, tonumber(sub(sha, 9, 16), 16))
+  local sha = sha1hex(at)
+  digest_hi = bxor(digest_hi, tonumber(sub(sha, 1, 8), 16))
+  digest_lo = bxor(digest_lo, tonumber(sub(sha, 9, 16), 16))
 end
 
-local function update_summary(old_at, new_at)
-  if not digest_hi then
-    local held = call('HGET', KEYS[4], 'digest') or '0000000000000000'
-    digest_hi = tonumber(sub(held, 1, 8), 16)
-    digest_lo = tonumber(sub(held, 9, 16), 16)
-  end
-  xor_in(new_at)
-  if old_at then xor_in(old_at) else added = added + 1 end
+local function read_digest()
+  local held = call('HGET', KEYS[4], 'digest') or '0000000000000000'
+  digest_hi = tonumber(sub(held, 1, 8), 16)
+  digest_lo = tonumber(sub(held, 9, 16), 16)
 end
 
 local epoch = nil
@@ -205,16 +202,6 @@ end
 -- GEO's latitudes. Arrays, not tables by client: one command instead of one
 -- per record, and no hashing of client ids in Lua.
 local add, n_add, beyond = {}, 0, nil  -- beyond: client id -> true, made on first use
-local function place(id, lon, lat)
-  if geo_latitude(lat) then
-    add[n_add + 1], add[n_add + 2], add[n_add + 3] = lon, lat, id
-    n_add = n_add + 3
-    if beyond then beyond[id] = nil end  -- a later position within the band
-  else
-    beyond = beyond or {}
-    beyond[id] = true
-  end
-end
 
 local function add_one_by_one()
   -- A position GEOADD refuses (not the AT line grammar): each on its own; a
@@ -247,7 +234,7 @@ local RECORD = '(%S*)\n(%S*)\n(%S*)\n(%S*)\n(%S*)\n(%S*)\n(%S*)\n([^\n\t]*)\n([^
 local CHAIN = '^(%S*)\n(%S*)\n(%S*)\n(%S*)\n(.*)$'
 
 local out, n, first_previous = {''}, 1, nil
-local client_prefix = prefix .. 'client:'
+local client_prefix, log_key = prefix .. 'client:', KEYS[2]
 for server, skew, id, lat, lon, time, tie_break, source, chain in string.gmatch(ARGV[3], RECORD) do
   local advanced = '0'
   if chain ~= '' then advanced = advance_offset(match(chain, CHAIN)) end
@@ -261,15 +248,28 @@ for server, skew, id, lat, lon, time, tie_break, source, chain in string.gmatch(
     local held_at = call('HGET', key, 'at')
     local held_time = held_at and call('HGET', key, 'time')
     if not held_time or is_newer(time, at, tie_break, held_time, held_at) then
-      update_summary(held_at, at)
+      -- The summary, the GEO set's array and the log: written out here, not
+      -- in functions (a Lua call per record each).
+      if not digest_hi then read_digest() end
+      local sha = sha1hex(at)
+      digest_hi = bxor(digest_hi, tonumber(sub(sha, 1, 8), 16))
+      digest_lo = bxor(digest_lo, tonumber(sub(sha, 9, 16), 16))
+      if held_at then xor_in(held_at) else added = added + 1 end
       call('HSET', key, 'at', at, 'server', server, 'skew', skew, 'location', location,
            'lat', lat, 'lon', lon, 'time', time)
-      place(id, lon, lat)
+      if geo_latitude(lat) then
+        add[n_add + 1], add[n_add + 2], add[n_add + 3] = lon, lat, id
+        n_add = n_add + 3
+        if beyond then beyond[id] = nil end  -- a later position within the band
+      else
+        beyond = beyond or {}
+        beyond[id] = true
+      end
       first_previous = first_previous or previous_id()
       if source == '' then
-        last_id = call('XADD', KEYS[2], '*', 'c', id)
+        last_id = call('XADD', log_key, '*', 'c', id)
       else
-        last_id = call('XADD', KEYS[2], '*', 'c', id, 's', source)
+        last_id = call('XADD', log_key, '*', 'c', id, 's', source)
       end
       result = advanced .. last_id
     end
