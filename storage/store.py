@@ -298,9 +298,9 @@ class RedisStore:
         of those clients is held newer, or as new with that server and skew
         (see store_batch.lua)."""
         done: Deferred[StoreResult] = Deferred()
-        # No record (seven empty fields), tie-break, the step, no source, the holds.
+        # No record (six empty fields), tie-break, no source, the chain: the step, the holds.
         link = (step.peer, step.prev.epoch, step.prev.entry, step.pos.entry)
-        blob = b"\n\n\n\n\n\n\n0\n%s\n%s\n%s\n%s\n\n" % link
+        blob = b"\n\n\n\n\n\n0\n\n%s\n%s\n%s\n%s\n" % link
         if listed:
             blob += b"\n".join(listed) + b"\n"
         self._queue(blob + b"\t", done, 0)
@@ -596,18 +596,19 @@ def _position_sample(reply: list[Any]) -> PositionSample:
 
 def _record_blob(record: AtRecord, tie_break: bool, step: LogStep | None, source: bytes) -> bytes:
     """One record's part of store_batch.lua's batch argument: the AT record's
-    fields, its client-time in canonical integer nanoseconds, tie-break, log
-    step and source, each followed by a newline, the record by a tab (no field
-    holds a newline or a tab; only a source, "<peer> F", a space)."""
+    fields, tie-break and source, each followed by a newline, then only with
+    a log step its fields, each followed by a newline; the record ends with a
+    tab (no field holds a newline or a tab; only a source, "<peer> F", a
+    space)."""
     tie = b"1" if tie_break else b"0"
     location = record.location
     if step is None:
-        return b"%s\n%s\n%s\n%s\n%s\n%s\n%d\n%s\n\n\n\n\n%s\n\t" % (
+        return b"%s\n%s\n%s\n%s\n%s\n%s\n%s\n%s\n\t" % (
             record.server, record.skew, record.client_id, location.lat, location.lon, record.time.text,
-            record.time.ns, tie, source)
-    return b"%s\n%s\n%s\n%s\n%s\n%s\n%d\n%s\n%s\n%s\n%s\n%s\n%s\n\t" % (
+            tie, source)
+    return b"%s\n%s\n%s\n%s\n%s\n%s\n%s\n%s\n%s\n%s\n%s\n%s\n\t" % (
         record.server, record.skew, record.client_id, location.lat, location.lon, record.time.text,
-        record.time.ns, tie, step.peer, step.prev.epoch, step.prev.entry, step.pos.entry, source)
+        tie, source, step.peer, step.prev.epoch, step.prev.entry, step.pos.entry)
 
 
 _new = tuple.__new__  # makes NamedTuples without their __new__'s Python frame

@@ -26,19 +26,20 @@
 --                    the node made or validated them; the AT line ("AT <server>
 --                    <skew> <client-id> <lat><lon> <client-time>") is built from
 --                    them here (the location is <lat><lon>),
---   ns               its client-time in integer nanoseconds, canonical decimal
---                    (no leading zeros), computed once by the node,
 --   tie_break        "1": on equal times the bytewise larger AT line wins, so
 --                    every node settles on the same record; "0": equal is not newer,
---   chain peer, chain epoch, chain prev, chain pos   ("" when none): the peer's
---                    offset advances to pos only when it stands at prev in the
---                    same epoch (prev "*": whatever it stands at); it then says
---                    "every update of that peer's log up to pos is applied here",
 --   source           the peer the record came from ("" from a client; "<peer> F"
 --                    when forwarded before that peer stored it: the one field
 --                    with a space), logged so that a SYNC answer to that peer
 --                    can leave it out,
---   [hold id, hold time, hold server, hold skew]...  optional, with no record
+--   chain            nothing (no field, no newline: a client's record is matched
+--                    with five captures less), or these, each followed by a
+--                    newline:
+--     chain peer, chain epoch, chain prev, chain pos: the peer's
+--                    offset advances to pos only when it stands at prev in the
+--                    same epoch (prev "*": whatever it stands at); it then says
+--                    "every update of that peer's log up to pos is applied here",
+--     [hold id, hold time, hold server, hold skew]...  optional, with no record
 --                    (empty fields): the chain advances only if each client
 --                    <hold id> is held with a client-time above <hold time>,
 --                    or with that very time, server and skew (a peer saying
@@ -60,8 +61,8 @@
 local prefix = ARGV[1]
 local call, match, sub, find, byte = redis.call, string.match, string.sub, string.find, string.byte
 
-local PAD = {}
-for i = 0, 9 do PAD[i] = string.rep('0', i) end
+-- Constants written out: a string.rep or a concatenation would run on every call.
+local PAD = {[0] = '', '0', '00', '000', '0000', '00000', '000000', '0000000', '00000000', '000000000'}
 
 local function canonical_ns(time)  -- "12.5" -> "12500000000"; no leading zeros
   local seconds, fraction = match(time, '^(%d+)%.?(%d*)$')
@@ -86,29 +87,34 @@ local function compare_ns(a, b)
   return compare_bytes(a, b)
 end
 
-local function is_newer(ns, at, tie_break, held)
-  if not held[1] then return true end
-  local order = compare_ns(ns, canonical_ns(held[1]))
+-- Client-times as sent ("12.5", "0012.50"), compared exactly. strtod rounds correctly and rounding keeps
+-- order, so different doubles decide at once (two C calls); only the same
+-- double (equal instants, or ones nanoseconds apart) takes the exact way.
+local function compare_times(a, b)
+  local x, y = tonumber(a), tonumber(b)
+  if x ~= y and x and y then return (x > y) and 1 or -1 end
+  return compare_ns(canonical_ns(a), canonical_ns(b))
+end
+
+local function is_newer(time, at, tie_break, held_time, held_at)
+  local order = compare_times(time, held_time)
   if order ~= 0 then return order > 0 end
-  return tie_break == '1' and compare_bytes(at, held[2]) > 0
+  return tie_break == '1' and compare_bytes(at, held_at) > 0
 end
 
 -- The digest as two 32-bit halves while the batch runs; written back once.
 local digest_hi, digest_lo, added = nil, nil, 0
+local sha1hex, bxor, tonumber = redis.sha1hex, bit.bxor, tonumber
 local function xor_in(at)
-  local sha = redis.sha1hex(at)
-  digest_hi = bit.bxor(digest_hi, tonumber(sub(sha, 1, 8), 16))
-  digest_lo = bit.bxor(digest_lo, tonumber(sub(sha, 9, 16), 16))
+  local sha = sha1hex(at)
+  digest_hi = bxor(digest_hi, tonumber(sub(sha, 1, 8), 16))
+  digest_lo = bxor(digest_lo, tonumber(sub(sha, 9, 16), 16))
 end
 
-local function update_summary(old_at, new_at)
-  if not digest_hi then
-    local held = call('HGET', KEYS[4], 'digest') or '0000000000000000'
-    digest_hi = tonumber(sub(held, 1, 8), 16)
-    digest_lo = tonumber(sub(held, 9, 16), 16)
-  end
-  xor_in(new_at)
-  if old_at then xor_in(old_at) else added = added + 1 end
+local function read_digest()
+  local held = call('HGET', KEYS[4], 'digest') or '0000000000000000'
+  digest_hi = tonumber(sub(held, 1, 8), 16)
+  digest_lo = tonumber(sub(held, 9, 16), 16)
 end
 
 local epoch = nil
@@ -128,13 +134,11 @@ end
 local last_id = nil
 local function previous_id()
   if last_id then return last_id end
-  last_id = '0-0'
-  if call('EXISTS', KEYS[2]) == 1 then
-    local info = call('XINFO', 'STREAM', KEYS[2])
-    for i = 1, #info, 2 do
-      if info[i] == 'last-generated-id' then last_id = info[i + 1] end
-    end
-  end
+  -- The last entry (log_head.lua's answer too): entries leave the log only
+  -- by XTRIM, from its oldest end, so this is the last id generated; one
+  -- entry's reply costs Lua far less than XINFO STREAM's.
+  local last = call('XREVRANGE', KEYS[2], '+', '-', 'COUNT', 1)
+  last_id = last[1] and last[1][1] or '0-0'
   return last_id
 end
 
@@ -148,7 +152,7 @@ local function holds_all(holds)  -- "id\ntime\nserver\nskew\n" for each listed u
       -- The same time: only the very same record will do (ties are settled
       -- by the AT line; a SYNC settles the rest).
       if held[2] ~= server or held[3] ~= skew then return false end
-    elseif compare_ns(canonical_ns(held[1]), canonical_ns(time)) <= 0 then
+    elseif compare_times(held[1], time) <= 0 then
       return false  -- older, or the same instant written differently (another record)
     end
   end
@@ -171,8 +175,14 @@ end
 local GEO_LAT_WHOLE, GEO_LAT_FRACTION = 85, '05112878'
 
 local function geo_latitude(lat)  -- |lat| <= 85.05112878 exactly ("+85.0500", "-007.5")
-  local approx = tonumber(lat)  -- a double: enough to tell what is well inside the band
-  if approx and approx > -85 and approx < 85 then return true end
+  -- "+D." or "+DD." below 85 is well inside the band: told by three bytes
+  -- (46 '.', 48 '0', 53 '5', 56 '8', 57 '9'), cheaper than tonumber's strtod.
+  local a, b, c = byte(lat, 2, 4)
+  if b == 46 then
+    if a >= 48 and a <= 57 then return true end
+  elseif c == 46 and a >= 48 and b >= 48 and b <= 57 and (a < 56 or (a == 56 and b < 53)) then
+    return true
+  end
   local whole, fraction = match(lat, '^[+-](%d+)%.?(%d*)$')
   if not whole then return true end  -- not the AT line grammar: GEOADD decides
   whole = tonumber(whole)
@@ -186,69 +196,80 @@ local function geo_latitude(lat)  -- |lat| <= 85.05112878 exactly ("+85.0500", "
   return fraction <= limit  -- equal lengths of digits: text order is number order
 end
 
--- The GEO set is written once per batch (one GEOADD for every position, one
--- ZREM for positions beyond Redis GEO's latitudes), with each client's last
--- position of the batch: one command instead of one per record.
-local geo_lon, geo_lat, geo_ids = {}, {}, {}
-local function place(id, lon, lat)
-  if geo_lon[id] == nil then geo_ids[#geo_ids + 1] = id end
-  if geo_latitude(lat) then
-    geo_lon[id], geo_lat[id] = lon, lat
-  else
-    geo_lon[id] = false
+-- The GEO set is written once per batch: one GEOADD of every position in
+-- the batch's order (of a client's positions the last wins, in Redis as in the
+-- hash), then one ZREM of the clients whose last position is beyond Redis
+-- GEO's latitudes. Arrays, not tables by client: one command instead of one
+-- per record, and no hashing of client ids in Lua.
+local add, n_add, beyond = {}, 0, nil  -- beyond: client id -> true, made on first use
+
+local function add_one_by_one()
+  -- A position GEOADD refuses (not the AT line grammar): each on its own; a
+  -- client whose last position is refused is kept out of the set.
+  local last = {}
+  for i = 1, n_add, 3 do last[add[i + 2]] = i end
+  beyond = beyond or {}
+  for i = 1, n_add, 3 do
+    local id = add[i + 2]
+    local one = redis.pcall('GEOADD', KEYS[1], add[i], add[i + 1], id)
+    if type(one) == 'table' and one.err and last[id] == i then beyond[id] = true end
   end
 end
 
 local function write_places()
-  local add, remove = {}, {}
-  for _, id in ipairs(geo_ids) do
-    local lon = geo_lon[id]
-    if lon then
-      add[#add + 1], add[#add + 2], add[#add + 3] = lon, geo_lat[id], id
-    else
-      remove[#remove + 1] = id
-    end
+  if n_add > 0 then
+    local added = redis.pcall('GEOADD', KEYS[1], unpack(add, 1, n_add))
+    if type(added) == 'table' and added.err then add_one_by_one() end
   end
-  if #add > 0 then
-    local added = redis.pcall('GEOADD', KEYS[1], unpack(add))
-    if type(added) == 'table' and added.err then
-      -- A position GEOADD refuses (not the AT line grammar): each on its own,
-      -- the refused ones kept out of the set.
-      for i = 1, #add, 3 do
-        local one = redis.pcall('GEOADD', KEYS[1], add[i], add[i + 1], add[i + 2])
-        if type(one) == 'table' and one.err then remove[#remove + 1] = add[i + 2] end
-      end
-    end
+  if beyond then
+    local remove = {}
+    for id in pairs(beyond) do remove[#remove + 1] = id end
+    if #remove > 0 then call('ZREM', KEYS[1], unpack(remove)) end
   end
-  if #remove > 0 then call('ZREM', KEYS[1], unpack(remove)) end
 end
 
 -- %S: not white space (cheaper for Lua's matcher than a set like [^\n\t]);
--- but a source may be "<peer> F".
-local RECORD = string.rep('(%S*)\n', 12) .. '([^\n\t]*)\n([^\t]*)\t'
+-- but a source may be "<peer> F". Seven fields, source, chain.
+local RECORD = '(%S*)\n(%S*)\n(%S*)\n(%S*)\n(%S*)\n(%S*)\n(%S*)\n([^\n\t]*)\n([^\t]*)\t'
+local CHAIN = '^(%S*)\n(%S*)\n(%S*)\n(%S*)\n(.*)$'
 
 local out, n, first_previous = {''}, 1, nil
-local client_prefix = prefix .. 'client:'
-for server, skew, id, lat, lon, time, ns, tie_break, peer, chain_epoch, prev, pos, source, holds
-    in string.gmatch(ARGV[3], RECORD) do
+local client_prefix, log_key = prefix .. 'client:', KEYS[2]
+for server, skew, id, lat, lon, time, tie_break, source, chain in string.gmatch(ARGV[3], RECORD) do
   local advanced = '0'
-  if peer ~= '' then advanced = advance_offset(peer, chain_epoch, prev, pos, holds) end
+  if chain ~= '' then advanced = advance_offset(match(chain, CHAIN)) end
   local result = advanced
   if server ~= '' then
     local location = lat .. lon
     local at = 'AT ' .. server .. ' ' .. skew .. ' ' .. id .. ' ' .. location .. ' ' .. time
     local key = client_prefix .. id
-    local held = call('HMGET', key, 'time', 'at')
-    if not held[1] or is_newer(ns, at, tie_break, held) then
-      update_summary(held[2], at)
+    -- Two HGETs, the second only for a held client: cheaper than an HMGET's
+    -- table for a new client, as cheap for a held one.
+    local held_at = call('HGET', key, 'at')
+    local held_time = held_at and call('HGET', key, 'time')
+    if not held_time or is_newer(time, at, tie_break, held_time, held_at) then
+      -- The summary, the GEO set's array and the log: written out here, not
+      -- in functions (a Lua call per record each).
+      if not digest_hi then read_digest() end
+      local sha = sha1hex(at)
+      digest_hi = bxor(digest_hi, tonumber(sub(sha, 1, 8), 16))
+      digest_lo = bxor(digest_lo, tonumber(sub(sha, 9, 16), 16))
+      if held_at then xor_in(held_at) else added = added + 1 end
       call('HSET', key, 'at', at, 'server', server, 'skew', skew, 'location', location,
            'lat', lat, 'lon', lon, 'time', time)
-      place(id, lon, lat)
+      if geo_latitude(lat) then
+        add[n_add + 1], add[n_add + 2], add[n_add + 3] = lon, lat, id
+        n_add = n_add + 3
+        if beyond then beyond[id] = nil end  -- a later position within the band
+      else
+        beyond = beyond or {}
+        beyond[id] = true
+      end
       first_previous = first_previous or previous_id()
       if source == '' then
-        last_id = call('XADD', KEYS[2], '*', 'c', id)
+        last_id = call('XADD', log_key, '*', 'c', id)
       else
-        last_id = call('XADD', KEYS[2], '*', 'c', id, 's', source)
+        last_id = call('XADD', log_key, '*', 'c', id, 's', source)
       end
       result = advanced .. last_id
     end

@@ -78,3 +78,52 @@ class OneBatch(unittest.TestCase):
         assert self.redis.call("HGET", "herd:summary", "clients") == b"1"
         digest = int(hashlib.sha1(second.line).hexdigest()[:16], 16)
         assert self.redis.call("HGET", "herd:summary", "digest") == b"%016x" % digest
+
+    @inlineCallbacks
+    def test_times_compare_exactly_to_the_nanosecond(self) -> Any:
+        # Each against what the one before it left held: times one double
+        # apart or nanoseconds apart (the same double), written with leading
+        # or trailing zeros, from 1 to 15 digits of seconds.
+        steps = [
+            (b"9", False, True),
+            (b"10", False, True),
+            (b"9.999999999", False, False),
+            (b"1700000000.000000002", False, True),
+            (b"1700000000.000000001", False, False),  # the same double, a nanosecond older
+            (b"1700000000.000000003", False, True),  # the same double, a nanosecond newer
+            (b"0001700000000.000000003", False, False),  # the same instant, not a tie-break
+            (b"1700000000", False, False),
+            (b"1700000000.1", False, True),
+            (b"999999999999999.999999998", False, True),
+            (b"999999999999999.999999997", False, False),
+            (b"999999999999999.999999999", False, True),
+        ]
+        for time, tie_break, newer in steps:
+            rec = record(b"AT A +0.100000000 kiwi +1+1 " + time)
+            result = yield self.store.store_if_newer(rec, tie_break=tie_break)
+            assert result.stored == newer, (time, result)
+            held = self.redis.call("HGET", "herd:client:kiwi", "time")
+            assert (held == time) == newer, (time, held)
+
+    @inlineCallbacks
+    def test_the_same_instant_written_otherwise_is_a_tie(self) -> Any:
+        held = record(b"AT A +0.100000000 kiwi +1+1 1700000000.5")
+        yield self.store.store_if_newer(held)
+        smaller = record(b"AT A +0.100000000 kiwi +1+1 01700000000.50")  # "0" < "1": bytewise smaller
+        larger = record(b"AT B +0.100000000 kiwi +1+1 1700000000.50")
+        assert not (yield self.store.store_if_newer(larger)).stored  # no tie-break: equal is not newer
+        assert not (yield self.store.store_if_newer(smaller, tie_break=True)).stored
+        assert (yield self.store.store_if_newer(larger, tie_break=True)).stored
+
+    @inlineCallbacks
+    def test_a_batch_names_the_log_entry_before_its_first_stored_one(self) -> Any:
+        first = yield self.store.store_if_newer(record(b"AT A +0.100000000 kiwi +1+1 100"))
+        assert first.previous == Position(first.position.epoch, b"0-0")  # an empty log
+        older = yield self.store.store_if_newer(record(b"AT A +0.100000000 kiwi +1+1 99"))
+        assert not older.stored and older.previous is None
+        second = yield self.store.store_if_newer(record(b"AT A +0.100000000 emu +1+1 100"))
+        assert second.previous == first.position
+        # Trimmed from its oldest end (XTRIM), the log's last entry stays.
+        self.redis.call("XTRIM", "herd:log", "MAXLEN", "1")
+        third = yield self.store.store_if_newer(record(b"AT A +0.100000000 owl +1+1 100"))
+        assert third.previous == second.position

@@ -7,7 +7,7 @@ from __future__ import annotations
 from typing import Any
 
 from harness import redis_with_store
-from twisted.internet.defer import inlineCallbacks
+from twisted.internet.defer import gatherResults, inlineCallbacks
 from twisted.trial import unittest
 
 from herd.wire.client import parse_at_line
@@ -20,6 +20,13 @@ CASES = [  # latitude, in the GEO set
     (b"+85", True),
     (b"-84.9", True),
     (b"+0.5", True),
+    # Told by their first digits (store_batch.lua's quick check), or not.
+    (b"+84.999999999999999999", True),
+    (b"-80.25", True),
+    (b"-08.5", True),
+    (b"+7", True),
+    (b"+89.5", False),
+    (b"-85.1", False),
     (b"+85.0511287800000000000001", False),  # a double rounds this to the limit itself
     (b"-85.0511287800000000000001", False),
     (b"+85.051128781", False),
@@ -52,3 +59,28 @@ class GeoLatitudeLimit(unittest.TestCase):
             yield self.store.store_if_newer(record)
         assert self.redis.call("ZSCORE", "herd:geo", "mover") is None
         assert self.redis.hgetall("herd:client:mover")[b"time"] == b"2"
+
+    @inlineCallbacks
+    def test_within_one_batch_a_clients_last_position_decides(self) -> Any:
+        moves = {  # client: latitudes in one batch (one Lua call), in order
+            b"in-out": (b"+10", b"+20", b"+86"),
+            b"out-in": (b"+86", b"+10", b"+20"),
+            b"in-out-in": (b"+10", b"-86", b"+30"),
+            b"out-in-out": (b"-86", b"+10", b"+87"),
+        }
+        calls = []
+        for client, lats in moves.items():
+            for time, lat in enumerate(lats, start=1):
+                record = parse_at_line(b"AT A +0.000000000 %s %s+010.0 %d" % (client, lat, time))
+                assert record is not None
+                calls.append(self.store.store_if_newer(record))
+        results = yield gatherResults(calls)
+        assert all(r.stored for r in results)
+        assert results[-1].previous == results[-2].position  # one batch
+        for client, lats in moves.items():
+            pos = self.redis.call("GEOPOS", "herd:geo", client)[0]
+            if lats[-1] == b"+86" or lats[-1] == b"+87":
+                assert pos is None, (client, pos)
+            else:
+                assert pos is not None and abs(float(pos[1]) - float(lats[-1])) < 1e-5, (client, pos)
+        assert self.redis.call("ZCARD", "herd:geo") == 2
