@@ -626,16 +626,16 @@ def _batch_stored(reply: bytes, part: list[_Pending]) -> None:
     previous entry is the one stored before it in the batch (or the head
     before it)."""
     lines = reply.split(b"\n")
-    epoch, _, previous = lines[0].partition(b" ")
+    epoch, _, previous_entry = lines[0].partition(b" ")
+    previous = _new(Position, (epoch, previous_entry))
     at = 1
     for _, done, _, count in part:
         results = []
         for line in lines[at:at + (count or 1)]:
             if len(line) > 1:
-                entry = line[1:]
-                results.append(_new(StoreResult, (True, _new(Position, (epoch, entry)), line[:1] == b"1",
-                                                  _new(Position, (epoch, previous)))))
-                previous = entry
+                position = _new(Position, (epoch, line[1:]))
+                results.append(_new(StoreResult, (True, position, line[:1] == b"1", previous)))
+                previous = position
             else:
                 results.append(_NOT_STORED_ADVANCED if line == b"1" else _NOT_STORED)
         at += count or 1
