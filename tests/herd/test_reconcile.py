@@ -66,8 +66,8 @@ def converged(herd: Herd, timeout: float = 15.0) -> dict[str, int]:
 
 def log_head(herd: Herd, name: str) -> bytes | None:
     """The position of the last element of ``name``'s journal (None: empty)."""
-    base, length = herd[name].redis.pipeline([("GET", "herd:journal:base"), ("LLEN", "herd:journal")])
-    last = int(base or 0) + int(length)  # type: ignore[call-overload]
+    redis = herd[name].redis
+    last = int(redis.call("GET", "herd:journal:base") or 0) + redis.call("LLEN", "herd:journal")
     return b"0-%d" % last if last else None
 
 
