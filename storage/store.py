@@ -627,18 +627,21 @@ _NOT_STORED_ADVANCED = StoreResult(False, None, True)
 
 def _batch_stored(reply: bytes, part: list[_Pending]) -> None:
     """Fire each record's (or group's) Deferred from store_batch.lua's reply: a
-    line "<epoch> <log id before the batch>" (empty when nothing was stored),
-    then per record "<advanced 0|1><log id when stored>"; a stored record's
-    previous entry is the one stored before it in the batch (or the head
-    before it)."""
+    line "<epoch> 0-<k>", the journal position before the batch (empty when
+    nothing was stored), then per record "<advanced 0|1>", with "+" when
+    stored: the stored ones are at 0-<k+1>, 0-<k+2>, ... in order, and a
+    stored record's previous entry is the one stored before it in the batch
+    (or the head before it)."""
     lines = reply.split(b"\n")
     epoch, _, previous = lines[0].partition(b" ")
+    k = int(previous[2:]) if previous else 0
     at = 1
     for _, done, _, count in part:
         results = []
         for line in lines[at:at + (count or 1)]:
             if len(line) > 1:
-                entry = line[1:]
+                k += 1
+                entry = b"0-%d" % k
                 results.append(_new(StoreResult, (True, _new(Position, (epoch, entry)), line[:1] == b"1",
                                                   _new(Position, (epoch, previous)))))
                 previous = entry

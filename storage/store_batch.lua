@@ -56,13 +56,15 @@
 -- limit), compared exactly as decimal text, is kept out of the GEO set (its
 -- hash is complete); Redis itself would round the number to a double first
 -- and index +85.0511287800000000000001.
--- Returns one string: a line "<epoch> <position of the journal element
--- before the batch's first stored one>" ("0-0" for an empty journal; the line
--- is empty when nothing was stored), then per record a line "<advanced
--- 1|0><position>", the position only when stored. A stored record's previous
--- entry is the one stored before it in the batch, which lets the node notice
--- journal elements it never heard about (a reply lost with its Redis
--- connection).
+-- Returns one string: a line "<epoch> 0-<k>", k the number of journal
+-- elements ever appended before this batch (the position before its first
+-- stored record; the line is empty when nothing was stored), then per record
+-- a line "<advanced 1|0>", followed by "+" when the record was stored: the
+-- stored records are the batch's elements, at positions 0-<k+1>, 0-<k+2>, ...
+-- in order (the node writes them out: formatting a number costs Lua far more
+-- than the node). A stored record's previous entry is the one stored before
+-- it in the batch, which lets the node notice journal elements it never
+-- heard about (a reply lost with its Redis connection).
 
 local prefix = ARGV[1]
 local call, match, sub, find, byte = redis.call, string.match, string.sub, string.find, string.byte
@@ -147,16 +149,6 @@ local function journal_top()
   return (tonumber(call('GET', KEYS[5])) or 0) + call('LLEN', KEYS[2])
 end
 
--- A stored record's position "0-<k>" is written as "0-<tens>" and the last
--- digit, the tens formatted once per ten records: formatting a number (a
--- printf of a double) costs more than the rest of the journal's work.
-local DIGIT = {[0] = '0', '1', '2', '3', '4', '5', '6', '7', '8', '9'}
-local tens, unit, tens_text = nil, nil, nil  -- k = tens * 10 + unit
-
-local function format_tens()
-  -- %.0f: exact for every count of records (below 2^53), never "1e+14"
-  tens_text = tens > 0 and string.format('0-%.0f', tens) or '0-'
-end
 
 local function write_journal()
   local length = call('RPUSH', KEYS[2], unpack(journal, 1, n_journal))
@@ -260,6 +252,8 @@ local RECORD = '(%S*)\n(%S*)\n(%S*)\n(%S*)\n(%S*)\n(%S*)\n(%S*)\n([^\n\t]*)\n([^
 local CHAIN = '^(%S*)\n(%S*)\n(%S*)\n(%S*)\n(.*)$'
 
 local out, n, first_previous = {''}, 1, nil
+-- A stored record's line: constant strings, no string made per record.
+local STORED = {[0] = '0+', [1] = '1+', ['0'] = '0+'}
 local client_prefix = prefix .. 'client:'
 for server, skew, id, lat, lon, time, tie_break, source, chain in string.gmatch(ARGV[3], RECORD) do
   local advanced = '0'
@@ -291,17 +285,9 @@ for server, skew, id, lat, lon, time, tie_break, source, chain in string.gmatch(
         beyond = beyond or {}
         beyond[id] = true
       end
-      if not tens then
-        local top = journal_top()
-        first_previous = string.format('0-%.0f', top)
-        tens, unit = math.floor(top / 10), top % 10
-        format_tens()
-      end
-      if unit == 9 then
-        tens, unit = tens + 1, 0
-        format_tens()
-      else
-        unit = unit + 1
+      if n_journal == 0 then
+        -- %.0f: exact below 2^53 elements, never "1e+14" as "%.14g" would write
+        first_previous = string.format('0-%.0f', journal_top())
       end
       n_journal = n_journal + 1
       if source == '' then
@@ -309,7 +295,7 @@ for server, skew, id, lat, lon, time, tie_break, source, chain in string.gmatch(
       else
         journal[n_journal] = id .. '\t' .. source
       end
-      result = advanced .. tens_text .. DIGIT[unit]
+      result = STORED[advanced]
     end
   end
   n = n + 1
