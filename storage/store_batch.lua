@@ -149,7 +149,6 @@ local function journal_top()
   return (tonumber(call('GET', KEYS[5])) or 0) + call('LLEN', KEYS[2])
 end
 
-
 local function write_journal()
   local length = call('RPUSH', KEYS[2], unpack(journal, 1, n_journal))
   local bound = tonumber(ARGV[2])
