@@ -20,14 +20,22 @@ class Keys:
         return self.prefix + b"geo"
 
     @property
-    def log(self) -> bytes:
-        """Stream of stored updates (field ``c`` = client id), for reconciliation."""
-        return self.prefix + b"log"
+    def journal(self) -> bytes:
+        """List of stored updates, for reconciliation: one element per update,
+        ``<client id>`` or ``<client id>\t<source peer>``, oldest first. The
+        k-th element ever appended has the position ``0-<k>``. (It replaced
+        the stream ``<prefix>log`` of version 0.2.0, which nothing reads now.)"""
+        return self.prefix + b"journal"
 
     @property
-    def log_epoch(self) -> bytes:
-        """Names this Redis's log; positions from another epoch are not comparable."""
-        return self.prefix + b"log:epoch"
+    def journal_epoch(self) -> bytes:
+        """Names this Redis's journal; positions from another epoch are not comparable."""
+        return self.prefix + b"journal:epoch"
+
+    @property
+    def journal_base(self) -> bytes:
+        """How many elements were trimmed from the journal's head (absent: none)."""
+        return self.prefix + b"journal:base"
 
     def peer(self, name: bytes) -> bytes:
         """Hash ``epoch``, ``pos``: how far this node has applied peer ``name``'s log."""

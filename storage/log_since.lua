@@ -1,51 +1,45 @@
 -- Reconciliation, sending side: the current records of the clients updated
--- in this node's log after a peer's position, one chunk at a time.
+-- in this node's journal after a peer's position, one chunk at a time.
 --
--- KEYS[1] update log (stream)  <prefix>log
--- KEYS[2] log epoch            <prefix>log:epoch
+-- KEYS[1] journal (list)   <prefix>journal: "<client id>" or "<client id>\t<source>"
+-- KEYS[2] journal epoch    <prefix>journal:epoch
+-- KEYS[3] journal base     <prefix>journal:base (elements trimmed from its head)
 -- ARGV    peer's epoch, peer's position ("-": none), chunk size, client key
 --         prefix, the peer's name (entries that came from it are left out;
 --         "": none left out)
--- Returns {"ok", last id, entries read, at, at, ...} with the records of the
--- next chunk of entries after the position (last id = the position itself
--- when none; each client once per chunk), or
+-- Position "0-<k>": the first k elements ever appended (the element at list
+-- index i is number base + i + 1).
+-- Returns {"ok", last position, entries read, at, at, ...} with the records
+-- of the next chunk of entries after the position (last position = the
+-- position itself when none; each client once per chunk), or
 -- {"reset"} when the position cannot be served incrementally: another epoch
--- (this node's Redis was replaced), no position, or entries after it were
--- trimmed away.
-local epoch = redis.call('GET', KEYS[2])
+-- (this node's Redis was replaced, or it kept the stream log of a version
+-- before the journal), no position, beyond the journal's end, or entries
+-- after it trimmed away.
+local call = redis.call
+local epoch = call('GET', KEYS[2])
 local pos = ARGV[2]
 if pos == '-' or epoch ~= ARGV[1] then
   return {'reset'}
 end
-if redis.call('EXISTS', KEYS[1]) == 0 then
-  if pos == '0-0' then return {'ok', pos, 0} end
+local k = tonumber(string.match(pos, '^0%-(%d+)$'))
+if not k then return {'reset'} end
+local base = tonumber(call('GET', KEYS[3])) or 0
+if k < base or k > base + call('LLEN', KEYS[1]) then
   return {'reset'}
 end
-local info = redis.call('XINFO', 'STREAM', KEYS[1])
-local deleted = '0-0'
-for i = 1, #info, 2 do
-  if info[i] == 'max-deleted-entry-id' then deleted = info[i + 1] end
-end
-local function id_less(a, b)
-  local ams, aseq = string.match(a, '^(%d+)-(%d+)$')
-  local bms, bseq = string.match(b, '^(%d+)-(%d+)$')
-  if #ams ~= #bms then return #ams < #bms end
-  if ams ~= bms then return ams < bms end
-  if #aseq ~= #bseq then return #aseq < #bseq end
-  return aseq < bseq
-end
-if id_less(pos, deleted) then
-  return {'reset'}
-end
-local entries = redis.call('XRANGE', KEYS[1], '(' .. pos, '+', 'COUNT', ARGV[3])
+local from = k - base
+local entries = call('LRANGE', KEYS[1], from, from + tonumber(ARGV[3]) - 1)
 local out = {'ok', pos, #entries}
-local seen = {}
-for _, entry in ipairs(entries) do
-  out[2] = entry[1]
-  local client, source = entry[2][2], entry[2][4]
-  if (ARGV[5] == '' or source ~= ARGV[5]) and not seen[client] then
+if #entries > 0 then out[2] = string.format('0-%.0f', k + #entries) end
+local seen, leave_out, find, sub = {}, ARGV[5], string.find, string.sub
+for i = 1, #entries do
+  local client, source = entries[i], ''
+  local tab = find(client, '\t', 1, true)
+  if tab then client, source = sub(client, 1, tab - 1), sub(client, tab + 1) end
+  if (leave_out == '' or source ~= leave_out) and not seen[client] then
     seen[client] = true
-    local at = redis.call('HGET', ARGV[4] .. client, 'at')
+    local at = call('HGET', ARGV[4] .. client, 'at')
     if at then out[#out + 1] = at end
   end
 end

@@ -43,7 +43,9 @@ SCAN_RECORDS = _lua("scan_records.lua")
 SCAN_TIMES = _lua("scan_times.lua")
 GEO_SAMPLE = _lua("geo_sample.lua")
 SAMPLE_BLOCK = 4  # consecutive GEO members per block of a sample (see geo_sample.lua)
-LOG_MAX_ENTRIES = 1_000_000  # approximate bound of the update log (a few tens of MB)
+# Bound of the journal (the update log): about 10 MB; it may grow a tenth
+# beyond before its oldest entries are trimmed in one go (store_batch.lua).
+LOG_MAX_ENTRIES = 1_000_000
 LOG_BOUND = str(LOG_MAX_ENTRIES).encode()
 MAX_BATCH = 1000  # records per store_batch.lua call
 # Store batches sent and not yet answered. More wait in the node and join the
@@ -352,7 +354,8 @@ class RedisStore:
         for peers' records older than every waiting client record, so neither
         queue starves the other."""
         self._batch_call = None
-        keys = [self.keys.geo, self.keys.log, self.keys.log_epoch, self.keys.summary]
+        keys = [self.keys.geo, self.keys.journal, self.keys.journal_epoch, self.keys.summary,
+                self.keys.journal_base]
         while (self._urgent or self._batch) and len(self._sent_at) < MAX_IN_FLIGHT:
             part: list[_Pending] = []
             size = _take(self._urgent, MAX_BATCH - min(len(self._batch), MAX_BATCH // 2), part, 0)
@@ -403,7 +406,7 @@ class RedisStore:
 
     def log_head(self) -> Deferred[Position]:
         """Where this node's update log stands now."""
-        d = self._call("eval", LOG_HEAD, [self.keys.log, self.keys.log_epoch], [])
+        d = self._call("eval", LOG_HEAD, self._journal_keys(), [])
         return d.addCallback(lambda r: Position(r[0], r[1]))
 
     def log_since(self, since: Position | None, count: int, peer: bytes) -> Deferred[LogChunk | None]:
@@ -414,8 +417,11 @@ class RedisStore:
         incrementally (unknown, another epoch, trimmed away)."""
         epoch, entry = (since.epoch, since.entry) if since else (b"", b"-")
         args = [epoch, entry, str(count).encode(), self.keys.prefix + b"client:", peer]
-        d = self._call("eval", LOG_SINCE, [self.keys.log, self.keys.log_epoch], args)
+        d = self._call("eval", LOG_SINCE, self._journal_keys(), args)
         return d.addCallback(_log_chunk, epoch)
+
+    def _journal_keys(self) -> list[bytes]:
+        return [self.keys.journal, self.keys.journal_epoch, self.keys.journal_base]
 
     def scan_records(self, cursor: bytes, count: int) -> Deferred[tuple[bytes, list[bytes]]]:
         """One SCAN step over all clients: (next cursor, AT lines); done at cursor b"0"."""
@@ -621,19 +627,22 @@ _NOT_STORED_ADVANCED = StoreResult(False, None, True)
 
 def _batch_stored(reply: bytes, part: list[_Pending]) -> None:
     """Fire each record's (or group's) Deferred from store_batch.lua's reply: a
-    line "<epoch> <log id before the batch>" (empty when nothing was stored),
-    then per record "<advanced 0|1><log id when stored>"; a stored record's
-    previous entry is the one stored before it in the batch (or the head
-    before it)."""
+    line "<epoch> 0-<k>", the journal position before the batch (empty when
+    nothing was stored), then per record "<advanced 0|1>", with "+" when
+    stored: the stored ones are at 0-<k+1>, 0-<k+2>, ... in order, and a
+    stored record's previous entry is the one stored before it in the batch
+    (or the head before it)."""
     lines = reply.split(b"\n")
     epoch, _, previous_entry = lines[0].partition(b" ")
+    k = int(previous_entry[2:]) if previous_entry else 0
     previous = _new(Position, (epoch, previous_entry))
     at = 1
     for _, done, _, count in part:
         results = []
         for line in lines[at:at + (count or 1)]:
             if len(line) > 1:
-                position = _new(Position, (epoch, line[1:]))
+                k += 1
+                position = _new(Position, (epoch, b"0-%d" % k))
                 results.append(_new(StoreResult, (True, position, line[:1] == b"1", previous)))
                 previous = position
             else:

@@ -9,15 +9,20 @@
 -- they are never used for times.
 --
 -- KEYS[1] GEO set                <prefix>geo
--- KEYS[2] update log (stream)    <prefix>log
--- KEYS[3] log epoch              <prefix>log:epoch (made here on first use)
+-- KEYS[2] journal (list)         <prefix>journal: the update log, one element
+--         per stored record, "<client id>" or "<client id>\t<source>"; the
+--         k-th element ever appended is at position "0-<k>"
+-- KEYS[3] journal epoch          <prefix>journal:epoch (made here on first use)
 -- KEYS[4] summary hash           <prefix>summary: clients (count), digest (XOR
 --         over clients of the first 64 bits of SHA-1(AT line)): two nodes
 --         hold the same records exactly when their summaries are equal (up to
 --         hash collisions), so `herd status` compares nodes in O(1)
+-- KEYS[5] journal base           <prefix>journal:base: elements trimmed from
+--         the journal's head so far (absent: none)
 -- Per-client and per-peer keys are derived from the prefix (standalone Redis):
 --         <prefix>client:<id> (hash), <prefix>peer:<name> (offset hash)
--- ARGV[1] key prefix; ARGV[2] log length bound (approximate MAXLEN); ARGV[3]
+-- ARGV[1] key prefix; ARGV[2] journal length bound (it may exceed it by a
+-- tenth before its oldest elements are trimmed in one go); ARGV[3]
 -- the records, one argument for the whole batch (the node's Redis client
 -- encodes arguments one by one, in Python; a gmatch here splits them in C).
 -- No field holds a newline or a tab (only the source a space): each is
@@ -51,11 +56,14 @@
 -- limit), compared exactly as decimal text, is kept out of the GEO set (its
 -- hash is complete); Redis itself would round the number to a double first
 -- and index +85.0511287800000000000001.
--- Returns one string: a line "<epoch> <id of the log entry before the
--- batch's first stored one>" ("0-0" for an empty log; the line is empty when
--- nothing was stored), then per record a line "<advanced 1|0><log id>", the
--- log id only when stored. A stored record's previous entry is the one stored
--- before it in the batch, which lets the node notice log entries it never
+-- Returns one string: a line "<epoch> 0-<k>", k the number of journal
+-- elements ever appended before this batch (the position before its first
+-- stored record; the line is empty when nothing was stored), then per record
+-- a line "<advanced 1|0>", followed by "+" when the record was stored: the
+-- stored records are the batch's elements, at positions 0-<k+1>, 0-<k+2>, ...
+-- in order (the node writes them out: formatting a number costs Lua far more
+-- than the node). A stored record's previous entry is the one stored before
+-- it in the batch, which lets the node notice journal elements it never
 -- heard about (a reply lost with its Redis connection).
 
 local prefix = ARGV[1]
@@ -131,15 +139,24 @@ local function log_epoch()
   return epoch
 end
 
-local last_id = nil
-local function previous_id()
-  if last_id then return last_id end
-  -- The last entry (log_head.lua's answer too): entries leave the log only
-  -- by XTRIM, from its oldest end, so this is the last id generated; one
-  -- entry's reply costs Lua far less than XINFO STREAM's.
-  local last = call('XREVRANGE', KEYS[2], '+', '-', 'COUNT', 1)
-  last_id = last[1] and last[1][1] or '0-0'
-  return last_id
+-- The journal: this batch's elements, pushed with one RPUSH at the end (one
+-- command per batch instead of an XADD per record). Elements leave it only
+-- from its head (LTRIM), counted in the base, so base + length is the number
+-- of elements ever appended: the last position.
+local journal, n_journal = {}, 0
+
+local function journal_top()
+  return (tonumber(call('GET', KEYS[5])) or 0) + call('LLEN', KEYS[2])
+end
+
+local function write_journal()
+  local length = call('RPUSH', KEYS[2], unpack(journal, 1, n_journal))
+  local bound = tonumber(ARGV[2])
+  local excess = length - bound
+  if excess > bound / 10 then  -- amortised: trimmed once per tenth of the bound
+    call('LTRIM', KEYS[2], excess, -1)
+    call('INCRBY', KEYS[5], excess)
+  end
 end
 
 local HOLD = '(%S*)\n(%S*)\n(%S*)\n(%S*)\n'
@@ -234,7 +251,9 @@ local RECORD = '(%S*)\n(%S*)\n(%S*)\n(%S*)\n(%S*)\n(%S*)\n(%S*)\n([^\n\t]*)\n([^
 local CHAIN = '^(%S*)\n(%S*)\n(%S*)\n(%S*)\n(.*)$'
 
 local out, n, first_previous = {''}, 1, nil
-local client_prefix, log_key = prefix .. 'client:', KEYS[2]
+-- A stored record's line: constant strings, no string made per record.
+local STORED = {[0] = '0+', [1] = '1+', ['0'] = '0+'}
+local client_prefix = prefix .. 'client:'
 for server, skew, id, lat, lon, time, tie_break, source, chain in string.gmatch(ARGV[3], RECORD) do
   local advanced = '0'
   if chain ~= '' then advanced = advance_offset(match(chain, CHAIN)) end
@@ -265,13 +284,17 @@ for server, skew, id, lat, lon, time, tie_break, source, chain in string.gmatch(
         beyond = beyond or {}
         beyond[id] = true
       end
-      first_previous = first_previous or previous_id()
-      if source == '' then
-        last_id = call('XADD', log_key, '*', 'c', id)
-      else
-        last_id = call('XADD', log_key, '*', 'c', id, 's', source)
+      if n_journal == 0 then
+        -- %.0f: exact below 2^53 elements, never "1e+14" as "%.14g" would write
+        first_previous = string.format('0-%.0f', journal_top())
       end
-      result = advanced .. last_id
+      n_journal = n_journal + 1
+      if source == '' then
+        journal[n_journal] = id
+      else
+        journal[n_journal] = id .. '\t' .. source
+      end
+      result = STORED[advanced]
     end
   end
   n = n + 1
@@ -279,7 +302,7 @@ for server, skew, id, lat, lon, time, tie_break, source, chain in string.gmatch(
 end
 if first_previous then
   out[1] = log_epoch() .. ' ' .. first_previous
-  call('XTRIM', KEYS[2], 'MAXLEN', '~', ARGV[2])  -- once per batch, not per entry
+  write_journal()
 end
 write_places()
 if digest_hi then

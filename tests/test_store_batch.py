@@ -55,10 +55,9 @@ class OneBatch(unittest.TestCase):
             assert fields == {b"at": rec.line, b"server": rec.server, b"skew": rec.skew,
                               b"location": rec.location.text, b"lat": rec.location.lat,
                               b"lon": rec.location.lon, b"time": rec.time.text}
-        log = self.redis.call("XRANGE", "herd:log", "-", "+")
-        assert [entry[0] for entry in log] == [r.position.entry for r in results[:3]]
-        assert [entry[1] for entry in log] == [[b"c", b"kiwi"], [b"c", b"emu", b"s", b"P F"],
-                                               [b"c", b"owl", b"s", b"P"]]
+        # The journal: one element per stored record, at positions 0-1, 0-2, 0-3.
+        assert [r.position.entry for r in results[:3]] == [b"0-1", b"0-2", b"0-3"]
+        assert self.redis.call("LRANGE", "herd:journal", 0, -1) == [b"kiwi", b"emu\tP F", b"owl\tP"]
         # The GEO set: kiwi and emu; owl's latitude is beyond Redis GEO's.
         assert sorted(self.redis.call("ZRANGE", "herd:geo", 0, -1)) == [b"emu", b"kiwi"]
         assert self.redis.hgetall(b"herd:peer:P") == {b"epoch": b"E", b"pos": b"3-0"}
@@ -123,7 +122,8 @@ class OneBatch(unittest.TestCase):
         assert not older.stored and older.previous is None
         second = yield self.store.store_if_newer(record(b"AT A +0.100000000 emu +1+1 100"))
         assert second.previous == first.position
-        # Trimmed from its oldest end (XTRIM), the log's last entry stays.
-        self.redis.call("XTRIM", "herd:log", "MAXLEN", "1")
+        # Trimmed from its head (as store_batch.lua trims: LTRIM, counted in the base).
+        self.redis.call("LTRIM", "herd:journal", 1, -1)
+        self.redis.call("INCRBY", "herd:journal:base", 1)
         third = yield self.store.store_if_newer(record(b"AT A +0.100000000 owl +1+1 100"))
         assert third.previous == second.position

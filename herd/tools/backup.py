@@ -203,7 +203,7 @@ def restore(node: NodeConfig, name: str, source: Path) -> tuple[int, dict[bytes,
             try:
                 _delete(target, _keys(target, prefix))
                 copied = _copy(backup_redis, target, prefix)
-                _delete(target, [prefix + b"log:epoch", *_keys(target, prefix + b"peer:")])
+                _delete(target, [prefix + b"journal:epoch", *_keys(target, prefix + b"peer:")])
                 summary = _hash(target, prefix + b"summary")
             except RuntimeError as err:  # an error reply: out of memory, read-only, ...
                 raise BackupError(f"Redis {_where(node.redis)} refused the restore ({err}); "

@@ -484,14 +484,14 @@ def resident_bytes(pid: int) -> int:
 
 def memory_result(node: LocalNode, before: MemoryMarks, n: int, prefix: str, rate: float) -> dict[str, Any]:
     """Bytes per client in ``node``'s Redis since ``before`` (used_memory), after
-    storing clients ``<prefix>0`` .. ``<prefix><n-1>``, with the update log, the
+    storing clients ``<prefix>0`` .. ``<prefix><n-1>``, with the journal (update log), the
     GEO set and the client hashes (sampled) apart; and the growth of the Redis
     and node processes' resident sets per client (docs/OPERATIONS.md sizes
     maxmemory and MemoryMax= from these)."""
     after = memory_marks(node)
     total = after.used_memory - before.used_memory
     with Resp(node.redis.port) as r:
-        log, geo = r.pipeline([("MEMORY", "USAGE", "herd:log"), ("MEMORY", "USAGE", "herd:geo")])
+        log, geo = r.pipeline([("MEMORY", "USAGE", "herd:journal"), ("MEMORY", "USAGE", "herd:geo")])
         sample = range(0, n, max(1, n // 100))
         hashes = r.pipeline([("MEMORY", "USAGE", f"herd:client:{prefix}{i}") for i in sample])
     return {"clients": n, "node": node.name, "store_rate": rate, "used_memory_delta": total,

@@ -37,12 +37,13 @@ MAX_LISTED = 64  # forwarded updates listed in one K line
 # SYNC/PULL; 2: also F, K listing forwarded updates, SYNC ... ALL; 3: also HB.
 VERSION = b"3"
 
-_STREAM_ID = re.compile(rb"[0-9]{1,20}-[0-9]{1,20}")  # a Redis stream entry id
+# A log entry id: "0-<k>" from the journal; herd 0.2.0 sent Redis stream ids.
+_ENTRY_ID = re.compile(rb"[0-9]{1,20}-[0-9]{1,20}")
 ANY_ENTRY = b"*"  # a log step's prev entry meaning "wherever the offset stands" (never on the wire)
 
 
 class Position(NamedTuple):
-    """A place in one node's update log: ``<epoch>/<stream id>`` on the wire."""
+    """A place in one node's update log: ``<epoch>/<entry id>`` on the wire."""
 
     epoch: bytes
     entry: bytes
@@ -53,10 +54,10 @@ class Position(NamedTuple):
 
     @classmethod
     def parse(cls, token: bytes) -> Position | None:
-        """A position from the wire: ``<epoch>/<ms>-<seq>`` (a stream id), else
-        None; never ANY_ENTRY, which only the node itself uses."""
+        """A position from the wire: ``<epoch>/<digits>-<digits>``, else None;
+        never ANY_ENTRY, which only the node itself uses."""
         epoch, slash, entry = token.partition(b"/")
-        return cls(epoch, entry) if slash and epoch and _STREAM_ID.fullmatch(entry) else None
+        return cls(epoch, entry) if slash and epoch and _ENTRY_ID.fullmatch(entry) else None
 
 
 class LogStep(NamedTuple):

@@ -118,7 +118,7 @@ def test_backup_while_serving_then_restore_after_losing_the_redis(tmp_path: Path
         assert restored.stdout.startswith(f"restored node A from {saved}: ")
         held = {key.removeprefix(b"herd:client:").decode() for key in clients(herd["A"])}
         assert set(before_backup) <= held <= set(everything)  # a consistent snapshot
-        assert herd["A"].redis.call("EXISTS", "herd:peer:B", "herd:log:epoch") == 0  # reset
+        assert herd["A"].redis.call("EXISTS", "herd:peer:B", "herd:journal:epoch") == 0  # reset
 
         herd["A"].redis.kill()  # SIGKILL: the restored records are in its AOF
         herd["A"].redis.start()
