@@ -194,7 +194,7 @@ class Node:
         records = [make_record(self.name, received_ns, request) for request in requests]
         lines = [record.line for record in records]
         forwarded = self._forward_group(records, lines, None)
-        d = self.store.store_group(records)
+        d = self.store.store_group(records, lines)
         return d.addCallbacks(self._clients_stored, self._clients_lost,
                               callbackArgs=(records, forwarded, lines),
                               errbackArgs=(records, forwarded, requests))
@@ -425,8 +425,9 @@ class Node:
         if not records:
             return
         origin = Origin(peer, True)
-        forwarded = self._forward_group(records, [record.line for record in records], peer)
-        d = self.store.store_group(records, source=peer + b" F")
+        lines = [record.line for record in records]
+        forwarded = self._forward_group(records, lines, peer)
+        d = self.store.store_group(records, lines, source=peer + b" F")
         d.addCallbacks(self._group_stored, self._forwards_lost, callbackArgs=(records, forwarded, origin),
                        errbackArgs=(records, forwarded, origin, conn))
         if self.store.backlog >= BACKLOG_HIGH:

@@ -13,6 +13,7 @@ import itertools
 import math
 from collections import deque
 from collections.abc import Callable
+from hashlib import sha1 as _sha1
 from importlib import resources
 from typing import Any, NamedTuple
 
@@ -280,10 +281,12 @@ class RedisStore:
         applied in call order; each Deferred fires with its own StoreResult once
         Redis has acknowledged the batch."""
         done: Deferred[StoreResult] = Deferred()
-        self._queue(_record_blob(record, tie_break, step, source), done, 0, urgent=not source and not step)
+        self._queue(_record_blob(record, record.line, tie_break, step, source), done, 0,
+                    urgent=not source and not step)
         return done
 
-    def store_group(self, records: list[AtRecord], source: bytes = b"") -> Deferred[list[StoreResult]]:
+    def store_group(self, records: list[AtRecord], lines: list[bytes],
+                    source: bytes = b"") -> Deferred[list[StoreResult]]:
         """store_if_newer for records that arrived together, as one group: from
         clients (``source`` b""), or from a peer (``source`` as for
         store_if_newer; ties broken, no log step). Stored in order, together;
@@ -292,7 +295,8 @@ class RedisStore:
         read of many IAMATs, or of many forwarded updates, is handled at once."""
         done: Deferred[list[StoreResult]] = Deferred()
         tie_break = bool(source)
-        blob = b"".join([_record_blob(record, tie_break, None, source) for record in records])
+        blob = b"".join([_record_blob(record, line, tie_break, None, source)
+                         for record, line in zip(records, lines, strict=True)])
         self._queue(blob, done, len(records), urgent=not source)
         return done
 
@@ -303,9 +307,9 @@ class RedisStore:
         of those clients is held newer, or as new with that server and skew
         (see store_batch.lua)."""
         done: Deferred[StoreResult] = Deferred()
-        # No record (six empty fields), tie-break, no source, the chain: the step, the holds.
+        # No record (seven empty fields), tie-break, no source, the chain: the step, the holds.
         link = (step.peer, step.prev.epoch, step.prev.entry, step.pos.entry)
-        blob = b"\n\n\n\n\n\n0\n\n%s\n%s\n%s\n%s\n" % link
+        blob = b"\n\n\n\n\n\n\n0\n\n%s\n%s\n%s\n%s\n" % link
         if listed:
             blob += b"\n".join(listed) + b"\n"
         self._queue(blob + b"\t", done, 0)
@@ -603,21 +607,24 @@ def _position_sample(reply: list[Any]) -> PositionSample:
     return PositionSample(int(reply[0]), points)
 
 
-def _record_blob(record: AtRecord, tie_break: bool, step: LogStep | None, source: bytes) -> bytes:
+def _record_blob(record: AtRecord, line: bytes, tie_break: bool, step: LogStep | None,
+                 source: bytes) -> bytes:
     """One record's part of store_batch.lua's batch argument: the AT record's
-    fields, tie-break and source, each followed by a newline, then only with
-    a log step its fields, each followed by a newline; the record ends with a
-    tab (no field holds a newline or a tab; only a source, "<peer> F", a
-    space)."""
+    fields, the digest part of its AT line ``line`` (the first 16 hex digits
+    of its SHA-1: computed here, where it costs less than in the script),
+    tie-break and source, each followed by a newline, then only with a log
+    step its fields, each followed by a newline; the record ends with a tab
+    (no field holds a newline or a tab; only a source, "<peer> F", a space)."""
     tie = b"1" if tie_break else b"0"
     location = record.location
+    digest = _sha1(line).hexdigest()[:16].encode()
     if step is None:
-        return b"%s\n%s\n%s\n%s\n%s\n%s\n%s\n%s\n\t" % (
+        return b"%s\n%s\n%s\n%s\n%s\n%s\n%s\n%s\n%s\n\t" % (
             record.server, record.skew, record.client_id, location.lat, location.lon, record.time.text,
-            tie, source)
-    return b"%s\n%s\n%s\n%s\n%s\n%s\n%s\n%s\n%s\n%s\n%s\n%s\n\t" % (
+            digest, tie, source)
+    return b"%s\n%s\n%s\n%s\n%s\n%s\n%s\n%s\n%s\n%s\n%s\n%s\n%s\n\t" % (
         record.server, record.skew, record.client_id, location.lat, location.lon, record.time.text,
-        tie, source, step.peer, step.prev.epoch, step.prev.entry, step.pos.entry)
+        digest, tie, source, step.peer, step.prev.epoch, step.prev.entry, step.pos.entry)
 
 
 _new = tuple.__new__  # makes NamedTuples without their __new__'s Python frame

@@ -222,7 +222,8 @@ class Groups(unittest.TestCase):
         yield self.store.get(b"nobody")  # connected
         newer, older = at_record(7, "1700000002", "A"), at_record(7, "1700000001", "A")
         before = self.store.store_if_newer(record(1, b"A"))
-        group = self.store.store_group([record(2, b"A"), newer, older, record(3, b"A")])
+        records = [record(2, b"A"), newer, older, record(3, b"A")]
+        group = self.store.store_group(records, [r.line for r in records])
         assert self.store.backlog == 5  # records, not calls
         after = self.store.store_if_newer(record(4), tie_break=True, source=b"P")
         first, results, last = yield DeferredList([before, group, after], fireOnOneErrback=True)
@@ -236,7 +237,8 @@ class Groups(unittest.TestCase):
     def test_a_group_larger_than_a_batch_is_never_split(self) -> Any:
         yield self.store.get(b"nobody")  # connected
         peers = [self.store.store_if_newer(record(i), tie_break=True, source=b"P") for i in range(10)]
-        group = self.store.store_group([record(100 + i, b"A") for i in range(MAX_BATCH + 10)])
+        records = [record(100 + i, b"A") for i in range(MAX_BATCH + 10)]
+        group = self.store.store_group(records, [r.line for r in records])
         results = yield group
         assert len(results) == MAX_BATCH + 10 and all(r.stored for r in results)
         assert len({r.position.epoch for r in results}) == 1
