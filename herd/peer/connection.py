@@ -102,6 +102,20 @@ class PeerLineProtocol(LineProtocol):
             logs.wire_block(self.who, "recv", b"\n".join(received) + b"\n")
             self.node.handle_peer_lines(received, self.peer_name, self)  # type: ignore[arg-type]
 
+    def lines_received(self, lines: list[bytes]) -> None:
+        """Once authenticated, a read's lines are taken together (see
+        dataReceived); before that, one by one (the handshake)."""
+        if self.peer_name is None:
+            super().lines_received(lines)
+            return
+        self.lines_in += len(lines)
+        if msg.HEARTBEAT in lines:  # (they counted as lines received: that is all they are for)
+            lines = [line for line in lines if line != msg.HEARTBEAT]
+        if self._received is None:
+            self._received = lines
+        else:
+            self._received.extend(lines)
+
     def peer_line(self, line: bytes) -> None:
         assert self.peer_name is not None
         self.lines_in += 1

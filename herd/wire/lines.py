@@ -22,6 +22,11 @@ class LineProtocol(Protocol):
         buffer = self._buffer + data
         if b"\n" in data:
             *lines, buffer = buffer.split(b"\n")
+            if b"\r" not in data and b"\r" not in self._buffer and max(map(len, lines)) <= self.max_line:
+                self.lines_received(lines)  # the usual read: no CR, no line too long
+                if self._stopped_reading:
+                    return
+                lines = []
             for line in lines:
                 if line.endswith(b"\r"):
                     line = line[:-1]
@@ -51,6 +56,14 @@ class LineProtocol(Protocol):
     def _overflow(self) -> None:
         self.stop_reading()
         self.line_too_long()
+
+    def lines_received(self, lines: list[bytes]) -> None:
+        """The complete lines of one read (terminators removed, none too long),
+        in order; by default each goes to line_received, until reading stops."""
+        for line in lines:
+            self.line_received(line)
+            if self._stopped_reading:
+                return
 
     def line_received(self, line: bytes) -> None:
         raise NotImplementedError

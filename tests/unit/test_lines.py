@@ -265,3 +265,43 @@ def test_any_chunking_of_crlf_lines_gives_back_the_lines(lines: list[bytes], dra
     proto = feed(*draw.draw(chunkings(data)), max_line=30)
     assert proto.lines == lines
     assert proto.too_long == 0
+
+
+class Reads(Lines):
+    """Collects the lines of each read as lines_received hands them over."""
+
+    def __init__(self, max_line: int = 4096) -> None:
+        super().__init__(max_line)
+        self.reads: list[list[bytes]] = []
+
+    def lines_received(self, lines: list[bytes]) -> None:
+        self.reads.append(list(lines))
+        super().lines_received(lines)
+
+
+def test_a_read_of_whole_lines_is_handed_over_at_once() -> None:
+    proto = Reads()
+    proto.dataReceived(b"F a\nF b\nK c\npart")
+    proto.dataReceived(b"ial\n")
+    assert proto.reads == [[b"F a", b"F b", b"K c"], [b"partial"]]
+    assert proto.lines == [b"F a", b"F b", b"K c", b"partial"]
+
+
+@PROPS
+@given(st.lists(st.binary(max_size=12).map(lambda b: b.replace(b"\n", b"")), max_size=8),
+       st.lists(st.integers(1, 20), max_size=6), st.booleans())
+def test_reads_deliver_what_line_by_line_delivers(lines: list[bytes], cuts: list[int], crlf: bool) -> None:
+    """Whatever the chunking, CRs and overlong lines, the lines delivered (with
+    or without the whole-read path) are those line-by-line framing gives."""
+    data = b"".join(line + (b"\r\n" if crlf else b"\n") for line in lines)
+    chunks, at = [], 0
+    for cut in cuts:
+        chunks.append(data[at:at + cut])
+        at += cut
+    chunks.append(data[at:])
+    reads, expected = Reads(max_line=8), Lines(max_line=8)
+    for chunk in chunks:
+        reads.dataReceived(chunk)
+        for byte in range(len(chunk)):
+            expected.dataReceived(chunk[byte:byte + 1])  # one byte a read: at most one line each
+    assert (reads.lines, reads.too_long) == (expected.lines, expected.too_long)
