@@ -70,6 +70,10 @@
 -- heard about (a reply lost with its Redis connection).
 
 local prefix = ARGV[1]
+-- Arguments per unpack(): Lua's C stack takes at most about 8,000 (a batch may
+-- hold more records than MAX_BATCH: a group is never split), so long lists go
+-- to Redis in slices, in order. A multiple of 3: GEOADD's lon, lat, member.
+local SLICE = 3000
 local call, match, sub, find, byte = redis.call, string.match, string.sub, string.find, string.byte
 
 -- Constants written out: a string.rep or a concatenation would run on every call.
@@ -153,7 +157,10 @@ local function journal_top()
 end
 
 local function write_journal()
-  local length = call('RPUSH', KEYS[2], unpack(journal, 1, n_journal))
+  local length
+  for first = 1, n_journal, SLICE do
+    length = call('RPUSH', KEYS[2], unpack(journal, first, math.min(first + SLICE - 1, n_journal)))
+  end
   local bound = tonumber(ARGV[2])
   local excess = length - bound
   if excess > bound / 10 then  -- amortised: trimmed once per tenth of the bound
@@ -237,14 +244,18 @@ local function add_one_by_one()
 end
 
 local function write_places()
-  if n_add > 0 then
-    local added = redis.pcall('GEOADD', KEYS[1], unpack(add, 1, n_add))
-    if type(added) == 'table' and added.err then add_one_by_one() end
+  local refused = false
+  for first = 1, n_add, SLICE do  -- in order: a client's last position wins
+    local added = redis.pcall('GEOADD', KEYS[1], unpack(add, first, math.min(first + SLICE - 1, n_add)))
+    refused = refused or (type(added) == 'table' and added.err ~= nil)
   end
+  if refused then add_one_by_one() end
   if beyond then
     local remove = {}
     for id in pairs(beyond) do remove[#remove + 1] = id end
-    if #remove > 0 then call('ZREM', KEYS[1], unpack(remove)) end
+    for first = 1, #remove, SLICE do
+      call('ZREM', KEYS[1], unpack(remove, first, math.min(first + SLICE - 1, #remove)))
+    end
   end
 end
 

@@ -246,6 +246,19 @@ class Groups(unittest.TestCase):
         assert self.store.backlog == 0
 
 
+    @inlineCallbacks
+    def test_a_batch_larger_than_what_lua_can_unpack_is_stored(self) -> Any:
+        # Found by a review of groups: a read of thousands of short IAMATs made
+        # a batch whose GEOADD and RPUSH took more arguments than Lua's
+        # unpack() allows (about 8,000), and every record of it was refused.
+        yield self.store.get(b"nobody")  # connected
+        records = [record(i, b"A") for i in range(9000)]
+        results = yield self.store.store_group(records, [r.line for r in records])
+        assert all(r.stored for r in results)
+        assert self.redis.call("ZCARD", self.store.keys.geo) == 9000
+        assert self.redis.call("LLEN", self.store.keys.journal) == 9000
+
+
 class WhyUnreachable(unittest.TestCase):
     """A call that gives up says why the store could not connect."""
 
