@@ -49,7 +49,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from types import FrameType
-from typing import Any
+from typing import Any, Self
 
 from herd.tools.harness import HarnessError, LocalHerd, LocalNode, child_env, utc_stamp
 from herd.tools.resp import Resp
@@ -207,42 +207,44 @@ class Outcome:
     detail: str = ""
 
 
-class Load:
-    """IAMATs at ``rate`` per second to random running nodes, from an asyncio
-    loop in a thread. ``acked[client]`` is the newest acknowledged client time."""
+class PacedLoad:
+    """IAMATs at ``rate`` per second from an asyncio loop in a thread, each
+    from ``_one`` (a subclass's), at most MAX_IN_FLIGHT at once (beyond, a
+    tick is skipped: counted ``skipped``), with pooled connections per target.
+    ``counts`` tallies what happened (``load_crashed`` when the load itself
+    failed: a run must report it)."""
 
-    def __init__(self, herd: ChaosHerd, rate: float, clients: int, seed: int,
-                 persistent_share: float, t0: float):
-        self.herd = herd
+    label = "chaos"
+    max_in_flight = MAX_IN_FLIGHT
+    reply_timeout = REPLY_TIMEOUT
+
+    def __init__(self, rate: float, seed: int, counts: Counter[str]):
         self.rate = rate
-        self.clients = clients
         self.rng = random.Random(seed)
-        self.persistent_share = persistent_share
-        self.t0 = t0
-        self.acked: dict[str, Outcome] = {}
-        self.sent: dict[str, dict[int, str]] = {}
-        self.outcomes: list[Outcome] = []
-        self.counts: Counter[str] = Counter()
-        self._seq = 0
-        self._last_ns = 0
+        self.counts = counts
         self._stopping = False
         self._pools: dict[str, list[Conn]] = {}
-        self._thread = threading.Thread(target=self._run, name="chaos-load", daemon=True)
+        self._thread = threading.Thread(target=self._run, name=f"{self.label}-load", daemon=True)
 
-    def start(self) -> None:
+    def start(self) -> Self:
         self._thread.start()
+        return self
 
     def stop(self) -> None:
         """Stop sending; wait for the replies still due (bounded by their timeouts)."""
         self._stopping = True
-        self._thread.join(timeout=CONNECT_TIMEOUT + REPLY_TIMEOUT + 5)
+        self._thread.join(timeout=CONNECT_TIMEOUT + self.reply_timeout + 5)
+
+    def _enter(self) -> None:
+        """Called in the load's thread before its loop starts."""
 
     def _run(self) -> None:
         try:
+            self._enter()
             asyncio.run(self._main())
         except Exception as err:  # keep the verdict honest: a dead load is reported
             self.counts["load_crashed"] += 1
-            print(f"herd chaos: load failed: {err!r}", file=sys.stderr)
+            print(f"herd {self.label}: load failed: {err!r}", file=sys.stderr)
 
     async def _main(self) -> None:
         loop = asyncio.get_running_loop()
@@ -254,19 +256,60 @@ class Load:
             if delay > 0:
                 await asyncio.sleep(delay)
             next_at = max(next_at + interval, loop.time() - 0.5)  # no long catch-up bursts
-            if len(tasks) >= MAX_IN_FLIGHT:
+            if len(tasks) >= self.max_in_flight:
                 self.counts["skipped"] += 1
                 continue
             task = asyncio.create_task(self._one())
             tasks.add(task)
             task.add_done_callback(tasks.discard)
         if tasks:
-            await asyncio.wait(tasks, timeout=CONNECT_TIMEOUT + REPLY_TIMEOUT + 1)
+            await asyncio.wait(tasks, timeout=CONNECT_TIMEOUT + self.reply_timeout + 1)
         for task in list(tasks):
             task.cancel()
         for pool in self._pools.values():
             for _, writer in pool:
                 writer.close()
+
+    async def _one(self) -> None:
+        raise NotImplementedError
+
+    async def _pooled(self, key: str, host: str, port: int, line: bytes) -> bytes:
+        """Send ``line`` over an idle pooled connection to ``host`` (or a new
+        one) and read one reply line; the connection goes back to the pool."""
+        pool = self._pools.setdefault(key, [])
+        if pool:
+            reader, writer = pool.pop()
+        else:
+            reader, writer = await asyncio.wait_for(asyncio.open_connection(host, port), CONNECT_TIMEOUT)
+        ok = False
+        try:
+            writer.write(line + b"\n")
+            reply = await asyncio.wait_for(reader.readline(), self.reply_timeout)
+            ok = reply.endswith(b"\n")
+            return reply
+        finally:
+            if ok and len(pool) < POOL_SIZE and not self._stopping:
+                pool.append((reader, writer))
+            else:
+                writer.close()
+
+
+class Load(PacedLoad):
+    """IAMATs at ``rate`` per second to random running nodes, from an asyncio
+    loop in a thread. ``acked[client]`` is the newest acknowledged client time."""
+
+    def __init__(self, herd: ChaosHerd, rate: float, clients: int, seed: int,
+                 persistent_share: float, t0: float):
+        super().__init__(rate, seed, Counter())
+        self.herd = herd
+        self.clients = clients
+        self.persistent_share = persistent_share
+        self.t0 = t0
+        self.acked: dict[str, Outcome] = {}
+        self.sent: dict[str, dict[int, str]] = {}
+        self.outcomes: list[Outcome] = []
+        self._seq = 0
+        self._last_ns = 0
 
     def _next_time(self) -> int:
         """Wall time in ns plus a per-update counter: strictly increasing, unique."""
@@ -292,7 +335,7 @@ class Load:
         persistent = self.rng.random() < self.persistent_share
         try:
             if persistent:
-                reply = await self._persistent(name, port, line)
+                reply = await self._pooled(name, "127.0.0.1", port, line)
             else:
                 reply = await self._short_lived(port, line)
         except (OSError, EOFError, ValueError, asyncio.LimitOverrunError) as err:
@@ -335,27 +378,6 @@ class Load:
             return await asyncio.wait_for(reader.read(), REPLY_TIMEOUT)
         finally:
             writer.close()
-
-    async def _persistent(self, name: str, port: int, line: bytes) -> bytes:
-        """Send the line over an idle pooled connection to the node (or a new
-        one) and read one reply line; the connection goes back to the pool."""
-        pool = self._pools.setdefault(name, [])
-        if pool:
-            reader, writer = pool.pop()
-        else:
-            reader, writer = await asyncio.wait_for(
-                asyncio.open_connection("127.0.0.1", port), CONNECT_TIMEOUT)
-        ok = False
-        try:
-            writer.write(line + b"\n")
-            reply = await asyncio.wait_for(reader.readline(), REPLY_TIMEOUT)
-            ok = reply.endswith(b"\n")
-            return reply
-        finally:
-            if ok and len(pool) < POOL_SIZE and not self._stopping:
-                pool.append((reader, writer))
-            else:
-                writer.close()
 
 
 # -- the fault scheduler -----------------------------------------------------

@@ -13,9 +13,10 @@ import pytest
 from harness import REPO
 
 from config.loader import load_config
+from herd.tools.chaos import time_ns_of, time_text
 from herd.tools.lab import plan, rules
 from herd.tools.lab.hosts import parse_metrics
-from herd.tools.lab.load import Ledger, Update, time_ns_of, time_text
+from herd.tools.lab.load import Ledger, Update
 from herd.tools.lab.scale import percentile
 
 # -- names and addresses --------------------------------------------------------

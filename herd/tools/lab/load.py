@@ -16,38 +16,21 @@ every socket they make is the observer's.
 
 from __future__ import annotations
 
-import asyncio
-import random
 import socket
-import sys
 import threading
 import time
 from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
+from herd.tools.chaos import PacedLoad, time_text
 from herd.tools.lab import netns
 from herd.tools.lab.hosts import CLIENT_KEY, NsResp
 from herd.tools.lab.plan import CLIENT_PORT, OPS_NS, Host
 
-NS_PER_S = 1_000_000_000
 CONNECT_TIMEOUT = 1.0
 REPLY_TIMEOUT = 6.0  # a node whose Redis stopped answers '? ' within its Redis timeouts (3 s)
-POOL_SIZE = 4  # idle connections kept per host
 MAX_IN_FLIGHT = 500
-
-
-def time_text(ns: int) -> str:
-    """Integer nanoseconds as POSIX seconds with 9 fractional digits."""
-    return f"{ns // NS_PER_S}.{ns % NS_PER_S:09d}"
-
-
-def time_ns_of(text: bytes) -> int | None:
-    """A stored client time (``[0-9]+(.[0-9]{1,9})?``) in integer nanoseconds."""
-    whole, _, fraction = text.partition(b".")
-    if not whole.isdigit() or (fraction and not fraction.isdigit()) or len(fraction) > 9:
-        return None
-    return int(whole) * NS_PER_S + int(fraction.ljust(9, b"0") or b"0")
 
 
 @dataclass
@@ -90,100 +73,44 @@ class Ledger:
         self.counts[update.result] += 1
 
 
-Conn = tuple[asyncio.StreamReader, asyncio.StreamWriter]
+class Load(PacedLoad):
+    """IAMATs at ``rate`` per second to random hosts among ``targets()``, from
+    the observer's namespace."""
 
-
-class Load:
-    """IAMATs at ``rate`` per second to random hosts among ``targets()``."""
+    label = "lab"
+    max_in_flight = MAX_IN_FLIGHT
+    reply_timeout = REPLY_TIMEOUT
 
     def __init__(self, ledger: Ledger, targets: Callable[[], Sequence[Host]], rate: float, clients: int,
                  seed: int, prefix: str = "lab"):
+        super().__init__(rate, seed, ledger.counts)
         self.ledger = ledger
         self.targets = targets
-        self.rate = rate
         self.clients = clients
-        self.rng = random.Random(seed)
         self.prefix = prefix
-        self._stopping = False
-        self._pools: dict[Host, list[Conn]] = {}
-        self._thread = threading.Thread(target=self._run, name="lab-load", daemon=True)
 
-    def start(self) -> Load:
-        self._thread.start()
-        return self
-
-    def stop(self) -> None:
-        """Stop sending and wait for the replies still due (bounded)."""
-        self._stopping = True
-        self._thread.join(timeout=CONNECT_TIMEOUT + REPLY_TIMEOUT + 5)
-
-    def _run(self) -> None:
-        try:
-            netns.enter_for_good(OPS_NS)
-            asyncio.run(self._main())
-        except Exception as err:  # reported, and it fails the run
-            self.ledger.counts["load_crashed"] += 1
-            print(f"herd lab: load failed: {err!r}", file=sys.stderr)
-
-    async def _main(self) -> None:
-        loop = asyncio.get_running_loop()
-        tasks: set[asyncio.Task[None]] = set()
-        interval, next_at = 1.0 / self.rate, loop.time()
-        while not self._stopping:
-            delay = next_at - loop.time()
-            if delay > 0:
-                await asyncio.sleep(delay)
-            next_at = max(next_at + interval, loop.time() - 0.5)  # no long catch-up bursts
-            if len(tasks) >= MAX_IN_FLIGHT:
-                self.ledger.counts["skipped"] += 1
-                continue
-            task = asyncio.create_task(self._one())
-            tasks.add(task)
-            task.add_done_callback(tasks.discard)
-        if tasks:
-            await asyncio.wait(tasks, timeout=CONNECT_TIMEOUT + REPLY_TIMEOUT + 1)
-        for pool in self._pools.values():
-            for _, writer in pool:
-                writer.close()
+    def _enter(self) -> None:
+        netns.enter_for_good(OPS_NS)
 
     async def _one(self) -> None:
         targets = self.targets()
         if not targets:
-            self.ledger.counts["no_target"] += 1
+            self.counts["no_target"] += 1
             return
         host = self.rng.choice(list(targets))
         client = f"{self.prefix}{self.rng.randrange(self.clients):04d}"
         location = f"{self.rng.uniform(-80, 80):+.6f}{self.rng.uniform(-179, 179):+.6f}"
         update = Update(client, self.ledger.next_time(), location, host.name)
         self.ledger.sent.setdefault(client, {})[update.ns] = location
-        self.ledger.counts["sent"] += 1
-        line = f"IAMAT {client} {location} {time_text(update.ns)}\n".encode()
+        self.counts["sent"] += 1
+        line = f"IAMAT {client} {location} {time_text(update.ns)}".encode()
         try:
-            reply = await self._send(host, line)
+            reply = await self._pooled(host.name, host.address, CLIENT_PORT, line)
         except (TimeoutError, OSError, EOFError, ValueError):
-            self.ledger.counts["error"] += 1
+            self.counts["error"] += 1
             update.result = "error"
             return
         self.ledger.judge(update, reply)
-
-    async def _send(self, host: Host, line: bytes) -> bytes:
-        pool = self._pools.setdefault(host, [])
-        if pool:
-            reader, writer = pool.pop()
-        else:
-            reader, writer = await asyncio.wait_for(
-                asyncio.open_connection(host.address, CLIENT_PORT), CONNECT_TIMEOUT)
-        ok = False
-        try:
-            writer.write(line)
-            reply = await asyncio.wait_for(reader.readline(), REPLY_TIMEOUT)
-            ok = reply.endswith(b"\n")
-            return reply
-        finally:
-            if ok and len(pool) < POOL_SIZE and not self._stopping:
-                pool.append((reader, writer))
-            else:
-                writer.close()
 
 
 class Probe:
