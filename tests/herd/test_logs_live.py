@@ -66,9 +66,12 @@ def test_access_log_off_and_the_default_state_directory(tmp_path: Path) -> None:
         default.stop()
 
 
-def run_solo(tmp_path: Path, *args: str, journal: bool = False) -> tuple[Herd, subprocess.Popen[bytes], Path]:
-    """A one-node herd whose node runs with ``args``, its output in a file
-    (which ``journal`` makes $JOURNAL_STREAM name, as systemd would)."""
+def event_log_of_a_refused_handshake(tmp_path: Path, *args: str,
+                                     journal: bool = False) -> tuple[Herd, list[str]]:
+    """Run a one-node herd whose node runs with ``args``, its output in a file
+    (which ``journal`` makes $JOURNAL_STREAM name, as systemd would); a
+    stranger on its peer port (a warning), then SIGTERM (a clean stop, exit
+    0). The herd (stopped) and the lines the node wrote."""
     herd = Herd(tmp_path, {"Solo": []})
     herd["Solo"].redis.start()
     path = tmp_path / "events.log"
@@ -78,27 +81,22 @@ def run_solo(tmp_path: Path, *args: str, journal: bool = False) -> tuple[Herd, s
         proc = subprocess.Popen([*herd["Solo"].argv, *args], cwd=REPO, stdout=out,
                                 stderr=subprocess.STDOUT,
                                 env=child_env(HERD_SECRET=herd.secret, GOOGLE_PLACES_KEY="k", **stream))
-    wait_until(lambda: port_open(herd["Solo"].port), what="listening")
-    return herd, proc, path
-
-
-def refused_handshake(herd: Herd) -> None:
-    """A stranger on the peer port: a warning in the node's event log."""
-    talk(herd["Solo"].ports.peer, "HERD-HELLO Stranger Solo 0123 3")
-    talk(herd["Solo"].port, "IAMAT after.warning +1+1 1700000000")
-
-
-def test_json_under_journald_has_priorities_and_fields(tmp_path: Path) -> None:
-    herd, proc, path = run_solo(tmp_path, "--log-format", "json", journal=True)
     try:
-        refused_handshake(herd)
+        wait_until(lambda: port_open(herd["Solo"].port), what="listening")
+        talk(herd["Solo"].ports.peer, "HERD-HELLO Stranger Solo 0123 3")
+        talk(herd["Solo"].port, "IAMAT after.warning +1+1 1700000000")
+        wait_until(lambda: "peer handshake refused" in path.read_text(), what="the warning")
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(timeout=15) == 0
     finally:
         if proc.poll() is None:
             proc.kill()
         herd.stop()
-    lines = path.read_text().splitlines()
+    return herd, path.read_text().splitlines()
+
+
+def test_json_under_journald_has_priorities_and_fields(tmp_path: Path) -> None:
+    herd, lines = event_log_of_a_refused_handshake(tmp_path, "--log-format", "json", journal=True)
     assert all(re.match(r"<[2-7]>\{", line) for line in lines), lines
     records = [(int(line[1]), json.loads(line[3:])) for line in lines]
     assert all(prio == {"info": 6, "warning": 4}[r["level"]] for prio, r in records), records
@@ -110,17 +108,7 @@ def test_json_under_journald_has_priorities_and_fields(tmp_path: Path) -> None:
 
 
 def test_log_level_warning_hides_info_and_a_prefix_can_be_asked_for(tmp_path: Path) -> None:
-    herd, proc, path = run_solo(tmp_path, "--log-level", "warning", "--log-prefix")
-    try:
-        refused_handshake(herd)
-        wait_until(lambda: "peer handshake refused" in path.read_text(), what="the warning")
-        proc.send_signal(signal.SIGTERM)
-        assert proc.wait(timeout=15) == 0
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-        herd.stop()
-    lines = path.read_text().splitlines()
+    _, lines = event_log_of_a_refused_handshake(tmp_path, "--log-level", "warning", "--log-prefix")
     assert len(lines) == 1, lines
     assert lines[0].startswith("<4>2") and " [Solo] warning: peer port " in lines[0], lines
 

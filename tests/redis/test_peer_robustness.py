@@ -5,6 +5,7 @@ or leave updates that were in flight on a lost connection for the next one."""
 
 from __future__ import annotations
 
+import socket
 from typing import Any
 
 import pytest
@@ -191,23 +192,24 @@ class PeerLines(unittest.TestCase):
         assert self.node.stats.flood_in == 17 and self.node.stats.flood_duplicate == 1
 
 
+class SocketTransport:
+    """What detect_dead_peer asks of a transport: its socket."""
+
+    def __init__(self, sock: socket.socket) -> None:
+        self.sock = sock
+
+    def getHandle(self) -> socket.socket:  # noqa: N802 (Twisted's name)
+        return self.sock
+
+
 def test_peer_sockets_notice_a_dead_host() -> None:
     """detect_dead_peer: keepalive every 5 s after 10 s of silence, 3 probes,
     and 25 s for unacknowledged data, on a real TCP socket."""
-    import socket
-
     from herd.peer.connection import detect_dead_peer
-
-    class Transport:
-        def __init__(self, sock: socket.socket) -> None:
-            self.sock = sock
-
-        def getHandle(self) -> socket.socket:  # noqa: N802 (Twisted's name)
-            return self.sock
 
     with socket.create_server(("127.0.0.1", 0)) as server, \
             socket.create_connection(server.getsockname()) as sock:
-        detect_dead_peer(Transport(sock))
+        detect_dead_peer(SocketTransport(sock))
         assert sock.getsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE) == 1
         if hasattr(socket, "TCP_KEEPIDLE"):  # Linux
             assert sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPIDLE) == 10
@@ -221,17 +223,9 @@ def test_peer_sockets_resend_lost_data_within_a_second_where_the_kernel_can() ->
     """Lab finding 2: TCP's retransmission timeout is capped at 1 s on peer
     sockets (Linux >= 6.15), so data lost in a cut shorter than the heartbeat
     timeout is resent within a second of the heal."""
-    import socket
     import sys
 
     from herd.peer.connection import PEER_RTO_MAX_MS, TCP_RTO_MAX_MS, detect_dead_peer
-
-    class Transport:
-        def __init__(self, sock: socket.socket) -> None:
-            self.sock = sock
-
-        def getHandle(self) -> socket.socket:  # noqa: N802 (Twisted's name)
-            return self.sock
 
     with socket.create_server(("127.0.0.1", 0)) as server, \
             socket.create_connection(server.getsockname()) as sock:
@@ -240,7 +234,7 @@ def test_peer_sockets_resend_lost_data_within_a_second_where_the_kernel_can() ->
         except OSError:
             pytest.skip("this kernel cannot cap TCP's retransmission timeout (Linux >= 6.15 can)")
         assert sys.platform == "linux" and default == 120_000  # TCP_RTO_MAX
-        detect_dead_peer(Transport(sock))
+        detect_dead_peer(SocketTransport(sock))
         assert sock.getsockopt(socket.IPPROTO_TCP, TCP_RTO_MAX_MS) == PEER_RTO_MAX_MS == 1000
 
 
