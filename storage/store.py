@@ -48,7 +48,7 @@ SAMPLE_BLOCK = 4  # consecutive GEO members per block of a sample (see geo_sampl
 # beyond before its oldest entries are trimmed in one go (store_batch.lua).
 LOG_MAX_ENTRIES = 1_000_000
 LOG_BOUND = str(LOG_MAX_ENTRIES).encode()
-MAX_BATCH = 1000  # records per store_batch.lua call
+MAX_BATCH = 1000  # records per store_batch.lua call (exceeded only by one group, never split)
 # Store batches sent and not yet answered. More wait in the node and join the
 # next batch: a burst (a large SYNC answer) then costs a few large Lua calls
 # instead of a queue inside Redis deeper than the reply timeout, and a
