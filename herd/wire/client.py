@@ -100,13 +100,15 @@ class AtRecord(NamedTuple):
     client_id: bytes
     location: Location
     time: ClientTime
+    # ``AT <server> <skew> <client-id> <location> <client-time>``, no newline:
+    # made once (see at_record), or the very line parsed when it had this form.
+    line: bytes
 
-    @property
-    def line(self) -> bytes:
-        """``AT <server> <skew> <client-id> <location> <client-time>``, no newline."""
-        return b" ".join(
-            (b"AT", self.server, self.skew, self.client_id, self.location.text, self.time.text)
-        )
+
+def at_record(server: bytes, skew: bytes, client_id: bytes, location: Location, time: ClientTime) -> AtRecord:
+    """The AtRecord of these parts, its line made from them."""
+    line = b"AT %s %s %s %s %s" % (server, skew, client_id, location.text, time.text)
+    return _new(AtRecord, (server, skew, client_id, location, time, line))
 
 
 Request = Iamat | Whatsat
@@ -239,8 +241,8 @@ def format_skew(delta_ns: int) -> bytes:
 
 def make_record(server: bytes, received_ns: int, request: Iamat) -> AtRecord:
     """The AT record a node makes for an IAMAT it received at ``received_ns``."""
-    skew = format_skew(received_ns - request.time.ns)
-    return _new(AtRecord, (server, skew, request.client_id, request.location, request.time))
+    return at_record(server, format_skew(received_ns - request.time.ns), request.client_id, request.location,
+                     request.time)
 
 
 def parse_at_line(line: bytes) -> AtRecord | None:
@@ -255,7 +257,7 @@ def parse_at_line(line: bytes) -> AtRecord | None:
         return None
     ns = int(seconds) * NS_PER_S + (int(fraction.ljust(9, b"0")) if fraction else 0)
     return _new(AtRecord, (server, skew, client_id, _new(Location, (location_field, lat, lon)),
-                           _new(ClientTime, (time_field, ns))))
+                           _new(ClientTime, (time_field, ns)), line))  # the match: line has the made form
 
 
 def _parse_at_fields(line: bytes) -> AtRecord | None:
@@ -274,7 +276,7 @@ def _parse_at_fields(line: bytes) -> AtRecord | None:
         or not _is_node_name(server)
     ):
         return None
-    return AtRecord(server, skew, client_id, location, client_time)
+    return at_record(server, skew, client_id, location, client_time)
 
 
 def is_client_time(field: bytes) -> bool:

@@ -454,6 +454,7 @@ def test_parse_at_line_round_trips_the_example() -> None:
         b"kiwi.cs.ucla.edu",
         Location(b"+34.068930-118.445127", b"+34.068930", b"-118.445127"),
         ClientTime(b"1621464827.959498503", 1621464827_959498503),
+        KIWI_AT,
     )
     assert record.line == KIWI_AT
 
