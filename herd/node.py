@@ -25,7 +25,7 @@ from twisted.python.failure import Failure
 
 from herd.latest import LatestTimes
 from herd.logs import Throttle, loggable
-from herd.peer.links import PeerConnection, PeerLinks
+from herd.peer.links import PeerConnection, PeerLinks, Stored
 from herd.peer.reconcile import Reconciler
 from herd.places.provider import PlacesError, PlacesProvider
 from herd.stats import Stats
@@ -220,40 +220,43 @@ class Node:
     def _group_stored(self, results: list[StoreResult], records: list[AtRecord], forwarded: Forwarded,
                       origin: Origin, settle: bool = True) -> None:
         """Records from ``origin`` were stored (or found not newer): each newer
-        one is flooded (PeerLinks.flood) and, where it was forwarded between a
+        one is flooded (PeerLinks.flood_group) and, where it was forwarded between a
         peer and this node, remembered as stored here for that peer's K lines.
         ``settle``: each record of the slow path (forwarded None) is settled in
         herd.latest. Every record forwarded in a group went to the same peers."""
-        from_peer: list[UpdateKey] = []  # it came as F: stored here now
-        to_peers: list[UpdateKey] = []  # we forwarded it: stored here now
-        sent_to: frozenset[bytes] = frozenset()
-        newer = 0
-        flood, peer, unconfirmed = self.links.flood, origin.peer, origin.unconfirmed
+        stored: list[Stored] = []
+        sent_to: list[frozenset[bytes] | None] = []
         for result, record, sent in zip(results, records, forwarded, strict=True):
             if sent is None and settle:  # the slow path (see _accept)
                 self.latest.settle(record.client_id, record.time.ns, result.stored)
-            if not result.stored or result.position is None:
-                if peer is not None:
-                    self.stats.flood_duplicate += 1
-                continue
-            newer += 1
-            key = update_key(record) if sent or unconfirmed else None
-            flood(record, result.position, result.previous, peer, sent or frozenset(),
-                  source_has_it=not unconfirmed, key=key)
-            if key is not None:
-                if unconfirmed:
-                    from_peer.append(key)
-                if sent:
-                    to_peers.append(key)
-                    sent_to = sent
-        if newer:
-            self.stats.stored()
-            if peer is not None:
-                self.stats.flood_in += newer
-        if from_peer:
-            self._remember_stored(peer, from_peer)  # type: ignore[arg-type]
-        for name in sent_to:
-            self._remember_stored(name, to_peers)
+            if result.stored and result.position is not None:
+                stored.append((record, result.position, result.previous))
+                sent_to.append(sent)
+        peer = origin.peer
+        if peer is not None:
+            self.stats.flood_duplicate += len(records) - len(stored)
+            self.stats.flood_in += len(stored)
+        if not stored:
+            return
+        self.stats.stored()
+        sent = sent_to[0]
+        if sent_to.count(sent) < len(sent_to):  # some forwarded, some not: one by one
+            for (record, position, previous), one in zip(stored, sent_to, strict=True):
+                self._group_stored_part([(record, position, previous)], one, origin)
+            return
+        self._group_stored_part(stored, sent, origin)
+
+    def _group_stored_part(self, stored: list[Stored], sent: frozenset[bytes] | None, origin: Origin) -> None:
+        """Flood newer records stored together that went the same way (``sent``:
+        forwarded to those peers, or None) and remember the forwarded ones."""
+        peer, unconfirmed = origin.peer, origin.unconfirmed
+        keys = [update_key(record) for record, _, _ in stored] if sent or unconfirmed else None
+        self.links.flood_group(stored, keys, peer, sent or frozenset(), source_has_it=not unconfirmed)
+        if keys is not None:
+            if unconfirmed:
+                self._remember_stored(peer, keys)  # type: ignore[arg-type]
+            for name in sent or ():
+                self._remember_stored(name, keys)
 
     def _group_lost(self, failure: Failure, records: list[AtRecord],
                     forwarded: Forwarded, origin: Origin) -> None:

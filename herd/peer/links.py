@@ -56,23 +56,26 @@ class FloodCursor:
     ``sent``: the last log position sent to it (None while a SYNC answer is
     under way: updates then go unchained). ``covered``: the last position such
     that every log entry up to it was sent to the peer, came from it, or was
-    forwarded to it (``F``) before being stored. ``forwarded``: the update keys
-    (flattened) of each entry since ``sent`` that was forwarded to it;
+    forwarded to it (``F``) before being stored. ``forwarded``: the update key
+    of each entry since ``sent`` that was forwarded to it;
     ``awaiting_confirmation``: the keys of each entry since ``sent`` that came
     from it as ``F`` and that none of its own K lines has listed yet (listing an
     update there means it stored it). The peer may move its offset past them
-    only if it holds them, so K lists both."""
+    only if it holds them, so K lists both. ``mark``: where a full forwarded
+    list's K will go up to (see PeerLinks._forwarded_full)."""
 
-    __slots__ = ("conn", "sent", "covered", "forwarded", "awaiting_confirmation")
+    __slots__ = ("conn", "sent", "covered", "forwarded", "awaiting_confirmation", "mark")
 
     def __init__(self, conn: PeerConnection, sent: Position | None, covered: Position | None):
         self.conn = conn
         self.sent = sent
         self.covered = covered
-        self.forwarded: list[bytes] = []
+        self.forwarded: list[UpdateKey] = []
         self.awaiting_confirmation: dict[UpdateKey, None] = {}
+        self.mark: tuple[Position, int] | None = None  # (position, len(forwarded) then)
 
 
+Stored = tuple[AtRecord, Position, Position | None]  # a record, its log position, the one before it
 LinkCallback = Callable[[bytes, PeerConnection], None]
 LossCallback = Callable[[bytes, PeerConnection, PeerConnection | None], None]
 
@@ -183,40 +186,83 @@ class PeerLinks:
         ``key``: the update's update_key, when the caller has made it."""
         sent = 0
         for name, conns in self._open.items():
+            if conns:
+                sent += self._flood_to(name, conns, record, position, previous, source, forwarded,
+                                       source_has_it, key)
+        self.flooded += sent
+        return sent
+
+    def flood_group(self, stored: list[Stored], keys: list[UpdateKey] | None, source: bytes | None,
+                    forwarded: frozenset[bytes], source_has_it: bool) -> int:
+        """:meth:`flood` of each of ``stored`` in order, all with these
+        ``source``, ``forwarded`` and ``source_has_it``. They were stored
+        together, in one batch: each one's previous is the one before it.
+        ``keys``: their update keys, given when they came from ``source`` as
+        ``F`` or were forwarded. Where a peer's flood cursor only takes note of
+        them (they came from it, or were forwarded to it), it does so for the
+        whole group at once, in steps of at most MAX_LISTED updates."""
+        sent = 0
+        first_previous, last = stored[0][2], stored[-1][1]
+        for name, conns in self._open.items():
             if not conns:
                 continue
             cursor = self._cursor.get(name)
-            if cursor is not None and cursor.sent is not None:
-                if cursor.covered == previous:
-                    cursor.covered = position
-                else:
-                    del self._cursor[name]
-                    cursor.conn.send_line(msg.PULL)
-                    cursor = None
-            live = cursor if cursor is not None and cursor.sent is not None else None
-            if live is not None and name == source and not source_has_it:
-                key = key or update_key(record)
-                live.awaiting_confirmation[key] = None
+            if cursor is None or cursor.sent is None or cursor.covered != first_previous:
+                pass  # not live, or a broken chain: one by one
+            elif name == source:
+                if not source_has_it:
+                    cursor.awaiting_confirmation.update(dict.fromkeys(keys))  # type: ignore[arg-type]
+                cursor.covered = last
                 continue
-            if live is not None and name in forwarded:
-                key = key or update_key(record)
-                live.forwarded.extend(key)
-                if len(live.forwarded) >= 4 * MAX_LISTED:
-                    self._send_log_moved(live, position)
+            elif name in forwarded:
+                self._note_forwarded(cursor, stored, keys)  # type: ignore[arg-type]
                 continue
-            if name == source:
-                continue
-            if live is not None:
-                if live.forwarded or live.awaiting_confirmation:
-                    self._send_log_moved(live, previous)  # type: ignore[arg-type]
-                live.conn.send_line(msg.update(live.sent, position, record.line))
-                live.sent = position
-            else:
-                conn = cursor.conn if cursor is not None else conns[0]
-                conn.send_line(msg.update(None, position, record.line))
-            sent += 1
+            for record, position, previous in stored:
+                sent += self._flood_to(name, conns, record, position, previous, source, forwarded,
+                                       source_has_it, None)
         self.flooded += sent
         return sent
+
+    def _note_forwarded(self, cursor: FloodCursor, stored: list[Stored], keys: list[UpdateKey]) -> None:
+        """The updates forwarded to the cursor's peer were stored: into its forwarded list."""
+        for first in range(0, len(stored), MAX_LISTED):
+            cursor.forwarded.extend(keys[first:first + MAX_LISTED])
+            cursor.covered = stored[min(first + MAX_LISTED, len(stored)) - 1][1]
+            if len(cursor.forwarded) >= (cursor.mark[1] if cursor.mark else 0) + MAX_LISTED:
+                self._forwarded_full(cursor, cursor.covered)
+
+    def _flood_to(self, name: bytes, conns: list[PeerConnection], record: AtRecord, position: Position,
+                  previous: Position | None, source: bytes | None, forwarded: frozenset[bytes],
+                  source_has_it: bool, key: UpdateKey | None) -> int:
+        """:meth:`flood` to the linked peer ``name``; 1 if a U went to it."""
+        cursor = self._cursor.get(name)
+        if cursor is not None and cursor.sent is not None:
+            if cursor.covered == previous:
+                cursor.covered = position
+            else:
+                del self._cursor[name]
+                cursor.conn.send_line(msg.PULL)
+                cursor = None
+        live = cursor if cursor is not None and cursor.sent is not None else None
+        if live is not None and name == source and not source_has_it:
+            live.awaiting_confirmation[key or update_key(record)] = None
+            return 0
+        if live is not None and name in forwarded:
+            live.forwarded.append(key or update_key(record))
+            if len(live.forwarded) >= (live.mark[1] if live.mark else 0) + MAX_LISTED:
+                self._forwarded_full(live, position)
+            return 0
+        if name == source:
+            return 0
+        if live is not None:
+            if live.forwarded or live.awaiting_confirmation:
+                self._send_log_moved(live, previous)  # type: ignore[arg-type]
+            live.conn.send_line(msg.update(live.sent, position, record.line))
+            live.sent = position
+        else:
+            conn = cursor.conn if cursor is not None else conns[0]
+            conn.send_line(msg.update(None, position, record.line))
+        return 1
 
     def send_log_moved(self) -> int:
         """Tell each peer with a running cursor how far our log moved with
@@ -226,17 +272,50 @@ class PeerLinks:
         sent = 0
         for cursor in self._cursor.values():
             if cursor.sent is not None and cursor.covered != cursor.sent:
-                self._send_log_moved(cursor, cursor.covered)  # type: ignore[arg-type]
+                if cursor.mark is not None:  # the freshest updates wait for the next tick
+                    self._send_to_mark(cursor, cursor.mark)
+                else:
+                    self._send_log_moved(cursor, cursor.covered)  # type: ignore[arg-type]
                 sent += 1
         return sent
 
     @staticmethod
     def _send_log_moved(cursor: FloodCursor, to: Position) -> None:
-        awaiting = [field for key in cursor.awaiting_confirmation for field in key]
-        cursor.conn.send_line(msg.log_moved(cursor.sent, to, cursor.forwarded + awaiting))  # type: ignore[arg-type]
+        keys = (*cursor.forwarded, *cursor.awaiting_confirmation)
+        listed = [field for key in keys for field in key]
+        cursor.conn.send_line(msg.log_moved(cursor.sent, to, listed))  # type: ignore[arg-type]
         cursor.sent = to
         cursor.forwarded = []
         cursor.awaiting_confirmation = {}
+        cursor.mark = None
+
+    def _forwarded_full(self, cursor: FloodCursor, position: Position) -> None:
+        """MAX_LISTED more updates forwarded to the cursor's peer were stored
+        here, the last at ``position``. The K goes one such step behind: up to
+        the mark set MAX_LISTED updates ago, listing the forwarded updates up to
+        there; then a new mark. By the time it arrives the peer has most likely
+        stored them too, so it knows them held without asking its Redis, and
+        its own K lines no longer list them back (confirmed_by). A mark is set
+        only while no update from the peer awaits confirmation (a K up to it
+        lists no such update); otherwise the K goes up to ``position`` with
+        both lists."""
+        if cursor.mark is not None:
+            self._send_to_mark(cursor, cursor.mark)
+        if cursor.awaiting_confirmation:
+            self._send_log_moved(cursor, position)
+        else:
+            cursor.mark = (position, len(cursor.forwarded))
+
+    @staticmethod
+    def _send_to_mark(cursor: FloodCursor, mark: tuple[Position, int]) -> None:
+        """A K up to the mark, listing the forwarded updates up to it (no update
+        from the peer awaited confirmation when it was set)."""
+        to, listed = mark
+        fields = [field for key in cursor.forwarded[:listed] for field in key]
+        cursor.conn.send_line(msg.log_moved(cursor.sent, to, fields))  # type: ignore[arg-type]
+        cursor.sent = to
+        del cursor.forwarded[:listed]
+        cursor.mark = None
 
     def confirmed_by(self, name: bytes, listed: list[bytes]) -> None:
         """``name``'s K line listed these updates (client id, time, server, skew,

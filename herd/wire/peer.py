@@ -31,7 +31,7 @@ PULL = b"PULL"
 HEARTBEAT = b"HB"
 ALL = b"ALL"  # SYNC flag: include the updates that came from the asking peer
 NO_POSITION = b"-"
-MAX_LISTED = 64  # forwarded updates listed in one K line
+MAX_LISTED = 128  # forwarded updates a K lists, one step behind (PeerLinks._forwarded_full)
 
 # Version of these messages, sent in the handshake (HERD-HELLO). 1: U/R/K/
 # SYNC/PULL; 2: also F, K listing forwarded updates, SYNC ... ALL; 3: also HB.

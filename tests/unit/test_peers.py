@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from fakes import PeerConn
 
-from herd.peer.links import PeerLinks
+from herd.peer.links import PeerLinks, Stored
 from herd.wire.client import parse_at_line
-from herd.wire.peer import MAX_LISTED, Position
+from herd.wire.peer import MAX_LISTED, Position, update_key
 
 Conn = PeerConn
 
@@ -79,16 +79,47 @@ def test_a_u_line_after_forwarded_ones_is_preceded_by_their_k_line() -> None:
                                   b"U E/1-0 E/2-0 " + b.line]
 
 
-def test_many_forwarded_updates_are_named_in_bounded_k_lines() -> None:
-    links, conns = chained(b"B")
-    for n in range(1, MAX_LISTED + 2):
+def _listed(n: int) -> bytes:
+    return b"c%d %d.5 A +0.000000001" % (n, n)
+
+
+def _forward_and_store(links: PeerLinks, numbers: range, source: bytes | None = None) -> None:
+    for n in numbers:
         rec = record(f"c{n}", n)
-        links.flood(rec, pos(n), pos(n - 1), None, links.forward([rec.line], None))
-    skips = [line for line in conns[b"B"].take() if line.startswith(b"K ")]
-    assert len(skips) == 1 and len(skips[0].split()) == 3 + 4 * MAX_LISTED
+        links.flood(rec, pos(n), pos(n - 1), source, links.forward([rec.line], source))
+
+
+def test_forwarded_updates_are_named_in_bounded_k_lines_one_step_behind() -> None:
+    # The K naming updates forwarded to B goes MAX_LISTED of them behind, so
+    # that B has stored them by the time it reads it (no Redis lookup there).
+    links, conns = chained(b"B")
+    step = MAX_LISTED
+    _forward_and_store(links, range(1, 2 * step))
+    assert [line for line in conns[b"B"].take() if line.startswith(b"K ")] == []
+    _forward_and_store(links, range(2 * step, 3 * step + 2))
+    ks = [line for line in conns[b"B"].take() if line.startswith(b"K ")]
+    assert ks == [b"K E/0-0 E/%d-0 " % step + b" ".join(_listed(n) for n in range(1, step + 1)),
+                  b"K E/%d-0 E/%d-0 " % (step, 2 * step)
+                  + b" ".join(_listed(n) for n in range(step + 1, 2 * step + 1))]
+    # The tick goes up to the mark; the freshest entry waits for the next one.
     links.send_log_moved()
-    assert conns[b"B"].take() == [b"K E/%d-0 E/%d-0 c%d %d.5 A +0.000000001" % (
-        MAX_LISTED, MAX_LISTED + 1, MAX_LISTED + 1, MAX_LISTED + 1)]
+    assert conns[b"B"].take() == [b"K E/%d-0 E/%d-0 " % (2 * step, 3 * step)
+                                  + b" ".join(_listed(n) for n in range(2 * step + 1, 3 * step + 1))]
+    links.send_log_moved()
+    assert conns[b"B"].take() == [b"K E/%d-0 E/%d-0 " % (3 * step, 3 * step + 1) + _listed(3 * step + 1)]
+    assert links.send_log_moved() == 0
+
+
+def test_with_updates_awaiting_confirmation_a_full_list_goes_at_once_with_both_lists() -> None:
+    # No mark while an update from B awaits confirmation: a K up to a mark
+    # would move B's offset past it without listing it.
+    links, conns = chained(b"B", b"C")
+    from_b = record("b", 1)
+    links.flood(from_b, pos(1), pos(0), b"B", links.forward([from_b.line], b"B"), source_has_it=False)
+    _forward_and_store(links, range(2, MAX_LISTED + 2), source=None)
+    ks = [line for line in conns[b"B"].take() if line.startswith(b"K ")]
+    assert ks == [b"K E/0-0 E/%d-0 " % (MAX_LISTED + 1)
+                  + b" ".join(_listed(n) for n in range(2, MAX_LISTED + 2)) + b" b 1.5 A +0.000000001"]
 
 
 def test_updates_from_a_peer_move_its_offset_with_a_bare_k_line() -> None:
@@ -160,3 +191,74 @@ def test_a_silent_connection_is_closed_after_three_seconds_unless_exempt() -> No
     assert not silent.aborted
     links.beat(exempt=[paused])
     assert silent.aborted and not paused.aborted
+
+
+# -- flood_group: a group stored together, flooded in one pass per peer --------
+
+
+def _group(first: int, count: int) -> list[Stored]:
+    return [(record(f"g{n}", n), pos(n), pos(n - 1)) for n in range(first, first + count)]
+
+
+Sent = dict[bytes, list[bytes]]
+
+
+def _one_by_one_and_grouped(names: tuple[bytes, ...], group: list[Stored], source: bytes | None,
+                            forwarded: bool, source_has_it: bool,
+                            live: tuple[bytes, ...]) -> tuple[Sent, Sent]:
+    """The lines each peer gets from flood() of each record, and from flood_group()."""
+    sent: list[Sent] = []
+    for grouped in (False, True):
+        links = PeerLinks(names)
+        conns = {name: Conn() for name in names}
+        for name, conn in conns.items():
+            links.add(name, conn, "test")
+            if name in live:
+                links.chain_from(name, conn, pos(0))
+        to = links.forward([rec.line for rec, _, _ in group], source) if forwarded else frozenset()
+        if grouped:
+            keys = [update_key(rec) for rec, _, _ in group] if to or not source_has_it else None
+            links.flood_group(group, keys, source, to, source_has_it)
+        else:
+            for rec, position, previous in group:
+                links.flood(rec, position, previous, source, to, source_has_it)
+        links.send_log_moved()
+        sent.append({name: conn.take() for name, conn in conns.items()})
+    return sent[0], sent[1]
+
+
+def test_a_group_flood_sends_what_floods_one_by_one_send() -> None:
+    names = (b"B", b"C", b"D")
+    cases = [
+        (None, True, True, names),  # our clients' updates, forwarded to every live peer
+        (None, False, True, names),  # the slow path: U lines
+        (b"B", True, False, names),  # forwarded by B before it stored them (listed back to B)
+        (b"B", False, True, names),  # from B, stored there (U from B)
+        (None, True, True, (b"B",)),  # C and D without a cursor: U - on their connection
+    ]
+    for source, forwarded, source_has_it, live in cases:
+        one_by_one, grouped = _one_by_one_and_grouped(names, _group(1, 5), source, forwarded, source_has_it,
+                                                      live)
+        assert grouped == one_by_one, (source, forwarded, source_has_it, live)
+
+
+def test_a_group_after_an_entry_never_seen_breaks_the_chain_as_one_by_one() -> None:
+    links, conns = chained(b"B")
+    group = _group(3, 2)  # the entry at 1-0..2-0 never reached us: covered is 0-0
+    links.flood_group(group, None, None, frozenset(), True)
+    assert conns[b"B"].take() == [b"PULL"] + [b"U - %s %s" % (p.token, rec.line) for rec, p, _ in group]
+
+
+def test_a_large_forwarded_group_is_listed_in_bounded_k_lines_that_chain() -> None:
+    links, conns = chained(b"B")
+    group = _group(1, 5 * MAX_LISTED + 7)
+    to = links.forward([rec.line for rec, _, _ in group], None)
+    links.flood_group(group, [update_key(rec) for rec, _, _ in group], None, to, True)
+    links.send_log_moved()
+    links.send_log_moved()
+    ks = [line.split() for line in conns[b"B"].take() if line.startswith(b"K ")]
+    assert [k[1] for k in ks] == [b"E/0-0"] + [k[2] for k in ks[:-1]]  # each K goes on from the last
+    assert ks[-1][2] == b"E/%d-0" % len(group)
+    assert all(len(k) - 3 <= 4 * 2 * MAX_LISTED for k in ks)
+    listed = [field for k in ks for field in k[3:]]
+    assert listed == [field for rec, _, _ in group for field in update_key(rec)]
