@@ -423,8 +423,7 @@ class Node:
     def handle_forwards(self, at_lines: list[bytes], peer: bytes, conn: PeerConnection) -> None:
         """Updates ``peer`` forwarded before storing them (F), stored here as one
         group, each flooded on as :meth:`_accept` says (as :meth:`_apply`)."""
-        records = [record for record in (self._peer_record(at_line, peer, conn) for at_line in at_lines)
-                   if record is not None]
+        records = self._peer_records(at_lines, peer, conn)
         if not records:
             return
         origin = Origin(peer, True)
@@ -487,6 +486,17 @@ class Node:
                 self.reconciler.gap(peer, conn)
             return None
         return LogStep(peer, prev, pos)
+
+    def _peer_records(self, at_lines: list[bytes], peer: bytes, conn: PeerConnection) -> list[AtRecord]:
+        """:meth:`_peer_record` of each line, those that are not None: usually
+        all of them, told with one look at the clock."""
+        records = [parse_at_line(at_line) for at_line in at_lines]
+        if all(records):
+            limit = self._peer_time_limit
+            if limit is None or max([record.time.ns for record in records]) <= self._clock_ns() + limit:  # type: ignore[union-attr]
+                return records  # type: ignore[return-value]
+        return [record for record in (self._peer_record(at_line, peer, conn) for at_line in at_lines)
+                if record is not None]
 
     def _peer_record(self, at_line: bytes, peer: bytes, conn: PeerConnection) -> AtRecord | None:
         """The record of an AT line from ``peer``, or None (logged) when it is

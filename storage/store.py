@@ -645,8 +645,18 @@ def _batch_stored(reply: bytes, part: list[_Pending]) -> None:
     previous = _new(Position, (epoch, previous_entry))
     at = 1
     for _, done, _, count in part:
+        chunk = lines[at:at + (count or 1)]
+        at += count or 1
+        if count and chunk.count(b"0+") == count:  # a group stored whole: the usual case
+            positions = [_new(Position, (epoch, b"0-%d" % i)) for i in range(k + 1, k + count + 1)]
+            results = [_new(StoreResult, (True, position, False, before))
+                       for position, before in zip(positions, [previous, *positions[:-1]], strict=True)]
+            k += count
+            previous = positions[-1]
+            done.callback(results)
+            continue
         results = []
-        for line in lines[at:at + (count or 1)]:
+        for line in chunk:
             if len(line) > 1:
                 k += 1
                 position = _new(Position, (epoch, b"0-%d" % k))
@@ -654,7 +664,6 @@ def _batch_stored(reply: bytes, part: list[_Pending]) -> None:
                 previous = position
             else:
                 results.append(_NOT_STORED_ADVANCED if line == b"1" else _NOT_STORED)
-        at += count or 1
         done.callback(results if count else results[0])
 
 

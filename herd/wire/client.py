@@ -38,13 +38,16 @@ _TIMES_OK = re.compile(rb"(?:%s )*%s" % ((_TIME_OK.pattern,) * 2))
 # An AT line as nodes make it: six fields separated by single spaces. Peers
 # send records this way, so one match does most of parse_at_line's work; any
 # other line takes the field by field way (same answers: see parse_at_line).
+# The match also bounds the client id's length and the seconds' digits
+# (leading zeros left out of the group), so what is left to check is little.
 _FIELD = rb"[^ \t\n\r\x0b\x0c]+"  # what bytes.split() keeps together
-_AT_LINE_RE = re.compile(rb"AT (%s) ([+-][0-9]+\.[0-9]{9}) (%s) ((%s)(%s)) (([0-9]+)(?:\.([0-9]{1,9}))?)"
-                         % (_FIELD, _FIELD, _COORD, _COORD))
+_CLIENT_ID = rb"[^ \t\n\r\x0b\x0c]{1,%d}" % MAX_CLIENT_ID_BYTES
+_TIME = rb"0*([0-9]{1,%d})(?:\.([0-9]{1,9}))?" % _MAX_SECONDS_DIGITS
+_AT_LINE_RE = re.compile(rb"AT (%s) ([+-][0-9]+\.[0-9]{9}) (%s) ((%s)(%s)) (%s)"
+                         % (_FIELD, _CLIENT_ID, _COORD, _COORD, _TIME))
 # The same for an IAMAT as clients send it (single spaces): parse_request's
 # quick way; any other line takes the field by field way (same answers).
-_IAMAT_LINE_RE = re.compile(rb"IAMAT (%s) ((%s)(%s)) (([0-9]+)(?:\.([0-9]{1,9}))?)"
-                            % (_FIELD, _COORD, _COORD))
+_IAMAT_LINE_RE = re.compile(rb"IAMAT (%s) ((%s)(%s)) (%s)" % (_CLIENT_ID, _COORD, _COORD, _TIME))
 _new = tuple.__new__  # makes the NamedTuples below without their __new__'s Python frame
 
 
@@ -213,10 +216,9 @@ def _parse_iamat(line: bytes, fields: list[bytes], now_ns: int, max_future_ns: i
 def _iamat_of_match(line: bytes, m: re.Match[bytes], now_ns: int, max_future_ns: int) -> Iamat | Invalid:
     """_parse_iamat for a line _IAMAT_LINE_RE matched (the same checks)."""
     client_id, location_field, lat, lon, time_field, seconds, fraction = m.groups()
-    seconds = seconds.lstrip(b"0") or b"0"
-    if len(seconds) > _MAX_SECONDS_DIGITS or len(client_id) > MAX_CLIENT_ID_BYTES or not _in_range(lat, lon):
+    if not _in_range(lat, lon):
         return Invalid(line)
-    ns = int(seconds) * NS_PER_S + (int(fraction.ljust(9, b"0")) if fraction else 0)
+    ns = int(seconds + fraction.ljust(9, b"0")) if fraction else int(seconds) * NS_PER_S
     if ns - now_ns > max_future_ns:
         return Invalid(line)
     return _new(Iamat, (line, client_id, _new(Location, (location_field, lat, lon)),
@@ -251,11 +253,10 @@ def parse_at_line(line: bytes) -> AtRecord | None:
     if m is None:
         return _parse_at_fields(line)
     server, skew, client_id, location_field, lat, lon, time_field, seconds, fraction = m.groups()
-    seconds = seconds.lstrip(b"0") or b"0"
-    if (len(seconds) > _MAX_SECONDS_DIGITS or len(client_id) > MAX_CLIENT_ID_BYTES
-            or not _in_range(lat, lon) or not _is_node_name(server)):
+    known = _node_names.get(server)  # (_is_node_name's table, without its call)
+    if not _in_range(lat, lon) or not (known if known is not None else _is_node_name(server)):
         return None
-    ns = int(seconds) * NS_PER_S + (int(fraction.ljust(9, b"0")) if fraction else 0)
+    ns = int(seconds + fraction.ljust(9, b"0")) if fraction else int(seconds) * NS_PER_S
     return _new(AtRecord, (server, skew, client_id, _new(Location, (location_field, lat, lon)),
                            _new(ClientTime, (time_field, ns)), line))  # the match: line has the made form
 
