@@ -25,7 +25,7 @@ from twisted.protocols.policies import TimeoutMixin
 from zope.interface import implementer
 
 from herd import logs
-from herd.wire.client import Iamat, Invalid, Whatsat, parse_request
+from herd.wire.client import Iamat, Invalid, Request, Whatsat, parse_request
 from herd.wire.lines import LineProtocol
 from storage.store import set_no_delay
 
@@ -159,9 +159,26 @@ class ClientConnection(LineProtocol, TimeoutMixin):
 
     # -- lines ----------------------------------------------------------
 
+    def lines_received(self, lines: list[bytes]) -> None:
+        """The complete lines of one read, parsed together. The usual read, all
+        IAMATs with no WHATSAT unanswered before them, joins the read's group
+        at once; any other goes request by request."""
+        now, bound = self._now, self.factory.max_future_ns
+        requests = [parse_request(line, now, bound) for line in lines]
+        if (self._barrier is None or self._barrier.called) and all(type(r) is Iamat for r in requests):
+            self._received.extend(lines)
+            self._iamats.extend(requests)  # type: ignore[arg-type]
+            return
+        for line, request in zip(lines, requests, strict=True):
+            if self._stopped_reading:
+                return
+            self._request(line, request)
+
     def line_received(self, line: bytes) -> None:
+        self._request(line, parse_request(line, self._now, self.factory.max_future_ns))
+
+    def _request(self, line: bytes, request: Request | Invalid | None) -> None:
         self._received.append(line)
-        request = parse_request(line, self._now, self.factory.max_future_ns)
         if request is None:
             return
         waiting = self._barrier is not None and not self._barrier.called  # for a WHATSAT's answer

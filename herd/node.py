@@ -40,7 +40,7 @@ from herd.wire.client import (
     parse_at_line,
     parse_client_time,
 )
-from herd.wire.peer import LogStep, Position, UpdateKey, listed_keys, update_key
+from herd.wire.peer import LogStep, Position, UpdateKey, update_key
 from storage.store import RedisStore, StoreResult
 
 log = Logger(namespace="herd")
@@ -64,6 +64,10 @@ PEER_CLOCK_SLACK_NS = 300 * 1_000_000_000
 # the one behind: the record counts as lost (the peer's offset stays, pulls
 # retry with back-off) until the clock has caught up and it is stored.
 PEER_CLOCK_RETRY_NS = 86_400 * 1_000_000_000
+
+
+_FORWARD = msg.FORWARD + b" "  # an F line's start: told, and cut, without splitting the line
+_FORWARD_LEN = len(_FORWARD)
 
 
 class StoredKeys:
@@ -355,13 +359,12 @@ class Node:
             stored = self._stored_from[peer] = StoredKeys()
         stored.add_all(keys)
 
-    def _not_known_stored(self, peer: bytes, listed: list[bytes]) -> list[bytes]:
-        """The updates a K line from ``peer`` lists (4 fields each) that are not
-        known to be stored here; those are checked in Redis."""
+    def _not_known_stored(self, peer: bytes, listed: list[UpdateKey]) -> list[bytes]:
+        """The fields (four each) of the updates a K line from ``peer`` lists that
+        are not known to be stored here; those are checked in Redis."""
         known = self._stored_from.get(peer)
-        if not known:
-            return listed
-        return [field for key in known.take_all(listed_keys(listed)) for field in key]
+        unknown = known.take_all(listed) if known else listed
+        return [field for key in unknown for field in key]
 
     def _forwarded_lost(self, failure: Failure, record: AtRecord, origin: Origin,
                         forwarded: frozenset[bytes]) -> Failure:
@@ -402,13 +405,13 @@ class Node:
         except that consecutive F lines are stored as one group."""
         forwards: list[bytes] = []
         for line in lines:
-            kind, rest = msg.split_kind(line)
-            if kind == msg.FORWARD:
-                forwards.append(rest)
+            if line.startswith(_FORWARD):
+                forwards.append(line[_FORWARD_LEN:])
                 continue
             if forwards:
                 self.handle_forwards(forwards, peer, conn)
                 forwards = []
+            kind, rest = msg.split_kind(line)
             handler = self._peer_handlers.get(kind)
             if handler is None:
                 self._malformed(peer, "an unexpected line", line)

@@ -17,7 +17,7 @@ from twisted.logger import Logger
 
 from herd.wire import peer as msg
 from herd.wire.client import AtRecord
-from herd.wire.peer import MAX_LISTED, Position, UpdateKey, listed_keys, update_key
+from herd.wire.peer import MAX_LISTED, Position, UpdateKey, update_key
 
 log = Logger(namespace="herd")
 
@@ -317,13 +317,13 @@ class PeerLinks:
         del cursor.forwarded[:listed]
         cursor.mark = None
 
-    def confirmed_by(self, name: bytes, listed: list[bytes]) -> None:
-        """``name``'s K line listed these updates (client id, time, server, skew,
-        ...): it has stored them, so our K lines need not ask it about them."""
+    def confirmed_by(self, name: bytes, listed: list[UpdateKey]) -> None:
+        """``name``'s K line listed these updates: it has stored them, so our K
+        lines need not ask it about them."""
         cursor = self._cursor.get(name)
         if cursor is not None and cursor.awaiting_confirmation:
             awaiting = cursor.awaiting_confirmation
-            for key in listed_keys(listed):
+            for key in listed:
                 awaiting.pop(key, None)
 
     def start_unchained(self, name: bytes, conn: PeerConnection) -> None:

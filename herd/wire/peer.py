@@ -135,7 +135,7 @@ def parse_update(rest: bytes) -> tuple[bytes, bytes, bytes]:
 class LogMoved(NamedTuple):
     prev: Position
     pos: Position
-    listed: list[bytes]  # four fields per listed update (see update_key)
+    listed: list[UpdateKey]  # the listed updates (four fields each, see update_key)
 
 
 def parse_log_moved(rest: bytes) -> LogMoved | None:
@@ -149,7 +149,7 @@ def parse_log_moved(rest: bytes) -> LogMoved | None:
         return None
     if not are_client_times(listed[1::4]):
         return None
-    return LogMoved(prev, pos, listed)
+    return LogMoved(prev, pos, listed_keys(listed))
 
 
 def parse_sync(rest: bytes) -> tuple[Position | None, bool]:

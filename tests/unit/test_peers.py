@@ -147,7 +147,7 @@ def test_an_update_its_sender_named_in_a_k_line_is_not_listed_back() -> None:
     confirmed, unconfirmed = record("a", 1), record("b", 2)
     links.flood(confirmed, pos(1), pos(0), b"B", frozenset(), source_has_it=False)
     links.flood(unconfirmed, pos(2), pos(1), b"B", frozenset(), source_has_it=False)
-    links.confirmed_by(b"B", [b"a", b"1.5", b"A", b"+0.000000001", b"x", b"9.5", b"A", b"+0.1"])
+    links.confirmed_by(b"B", [(b"a", b"1.5", b"A", b"+0.000000001"), (b"x", b"9.5", b"A", b"+0.1")])
     links.send_log_moved()
     assert conns[b"B"].take() == [b"K E/0-0 E/2-0 b 2.5 A +0.000000001"]
 
