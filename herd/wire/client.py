@@ -39,15 +39,19 @@ _TIMES_OK = re.compile(rb"(?:%s )*%s" % ((_TIME_OK.pattern,) * 2))
 # send records this way, so one match does most of parse_at_line's work; any
 # other line takes the field by field way (same answers: see parse_at_line).
 # The match also bounds the client id's length and the seconds' digits
-# (leading zeros left out of the group), so what is left to check is little.
+# (leading zeros left out of the group), and takes only coordinates well
+# inside their range (|lat| < 90, |lon| < 180, no leading zero beyond one),
+# so what is left to check is little.
+_LAT_INSIDE = rb"[+-][0-8]?[0-9](?:\.[0-9]+)?"
+_LON_INSIDE = rb"[+-](?:1[0-7][0-9]|[0-9]?[0-9])(?:\.[0-9]+)?"
 _FIELD = rb"[^ \t\n\r\x0b\x0c]+"  # what bytes.split() keeps together
 _CLIENT_ID = rb"[^ \t\n\r\x0b\x0c]{1,%d}" % MAX_CLIENT_ID_BYTES
 _TIME = rb"0*([0-9]{1,%d})(?:\.([0-9]{1,9}))?" % _MAX_SECONDS_DIGITS
 _AT_LINE_RE = re.compile(rb"AT (%s) ([+-][0-9]+\.[0-9]{9}) (%s) ((%s)(%s)) (%s)"
-                         % (_FIELD, _CLIENT_ID, _COORD, _COORD, _TIME))
+                         % (_FIELD, _CLIENT_ID, _LAT_INSIDE, _LON_INSIDE, _TIME))
 # The same for an IAMAT as clients send it (single spaces): parse_request's
 # quick way; any other line takes the field by field way (same answers).
-_IAMAT_LINE_RE = re.compile(rb"IAMAT (%s) ((%s)(%s)) (%s)" % (_CLIENT_ID, _COORD, _COORD, _TIME))
+_IAMAT_LINE_RE = re.compile(rb"IAMAT (%s) ((%s)(%s)) (%s)" % (_CLIENT_ID, _LAT_INSIDE, _LON_INSIDE, _TIME))
 _new = tuple.__new__  # makes the NamedTuples below without their __new__'s Python frame
 
 
@@ -138,15 +142,6 @@ def _within(coordinate: bytes, limit: int) -> bool:
     return value < limit or (value == limit and not fraction.strip(b"0"))
 
 
-def _in_range(lat: bytes, lon: bytes) -> bool:
-    """|lat| <= 90 and |lon| <= 180, exactly, for signed decimals the regex
-    accepted. A float below the limit is exact enough: rounding keeps order,
-    so no decimal above the limit becomes a float below it."""
-    if -90.0 < float(lat) < 90.0 and -180.0 < float(lon) < 180.0:
-        return True
-    return _within(lat, 90) and _within(lon, 180)
-
-
 def parse_client_time(field: bytes) -> ClientTime | None:
     """POSIX seconds ``[0-9]+(\\.[0-9]{1,9})?``, kept verbatim, valued in ns."""
     m = _TIME_RE.fullmatch(field)
@@ -216,8 +211,6 @@ def _parse_iamat(line: bytes, fields: list[bytes], now_ns: int, max_future_ns: i
 def _iamat_of_match(line: bytes, m: re.Match[bytes], now_ns: int, max_future_ns: int) -> Iamat | Invalid:
     """_parse_iamat for a line _IAMAT_LINE_RE matched (the same checks)."""
     client_id, location_field, lat, lon, time_field, seconds, fraction = m.groups()
-    if not _in_range(lat, lon):
-        return Invalid(line)
     ns = int(seconds + fraction.ljust(9, b"0")) if fraction else int(seconds) * NS_PER_S
     if ns - now_ns > max_future_ns:
         return Invalid(line)
@@ -254,7 +247,7 @@ def parse_at_line(line: bytes) -> AtRecord | None:
         return _parse_at_fields(line)
     server, skew, client_id, location_field, lat, lon, time_field, seconds, fraction = m.groups()
     known = _node_names.get(server)  # (_is_node_name's table, without its call)
-    if not _in_range(lat, lon) or not (known if known is not None else _is_node_name(server)):
+    if not (known if known is not None else _is_node_name(server)):
         return None
     ns = int(seconds + fraction.ljust(9, b"0")) if fraction else int(seconds) * NS_PER_S
     return _new(AtRecord, (server, skew, client_id, _new(Location, (location_field, lat, lon)),
