@@ -40,8 +40,8 @@ _TIMES_OK = re.compile(rb"(?:%s )*%s" % ((_TIME_OK.pattern,) * 2))
 # other line takes the field by field way (same answers: see parse_at_line).
 # The match also bounds the client id's length and the seconds' digits
 # (leading zeros left out of the group), and takes only coordinates well
-# inside their range (|lat| < 90, |lon| < 180, no leading zero beyond one),
-# so what is left to check is little.
+# inside their range (|lat| < 90 in at most two whole digits, |lon| < 180 in
+# at most three), so what is left to check is little.
 _LAT_INSIDE = rb"[+-][0-8]?[0-9](?:\.[0-9]+)?"
 _LON_INSIDE = rb"[+-](?:1[0-7][0-9]|[0-9]?[0-9])(?:\.[0-9]+)?"
 _FIELD = rb"[^ \t\n\r\x0b\x0c]+"  # what bytes.split() keeps together
