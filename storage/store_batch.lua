@@ -31,9 +31,11 @@
 --                    the node made or validated them; the AT line ("AT <server>
 --                    <skew> <client-id> <lat><lon> <client-time>") is built from
 --                    them here (the location is <lat><lon>),
---   digest part      the first 16 hex digits of SHA-1 of that AT line, which
---                    the node computes (in C, for less than redis.sha1hex
---                    costs here); XORed into the summary's digest,
+--   digest part      the first 16 hex digits of SHA-1 of that AT line as two
+--                    fields of 8 (hi, lo), which the node computes (in C, for
+--                    less than redis.sha1hex costs here) and splits (for less
+--                    than two string.sub cost here); XORed into the summary's
+--                    digest,
 --   tie_break        "1": on equal times the bytewise larger AT line wins, so
 --                    every node settles on the same record; "0": equal is not newer,
 --   source           the peer the record came from ("" from a client; "<peer> F"
@@ -260,15 +262,15 @@ local function write_places()
 end
 
 -- %S: not white space (cheaper for Lua's matcher than a set like [^\n\t]);
--- but a source may be "<peer> F". Eight fields, source, chain.
-local RECORD = '(%S*)\n(%S*)\n(%S*)\n(%S*)\n(%S*)\n(%S*)\n(%S*)\n(%S*)\n([^\n\t]*)\n([^\t]*)\t'
+-- but a source may be "<peer> F". Nine fields, source, chain.
+local RECORD = '(%S*)\n(%S*)\n(%S*)\n(%S*)\n(%S*)\n(%S*)\n(%S*)\n(%S*)\n(%S*)\n([^\n\t]*)\n([^\t]*)\t'
 local CHAIN = '^(%S*)\n(%S*)\n(%S*)\n(%S*)\n(.*)$'
 
 local out, n, first_previous = {''}, 1, nil
 -- A stored record's line: constant strings, no string made per record.
 local STORED = {[0] = '0+', [1] = '1+', ['0'] = '0+'}
 local client_prefix = prefix .. 'client:'
-for server, skew, id, lat, lon, time, sha, tie_break, source, chain in string.gmatch(ARGV[3], RECORD) do
+for server, skew, id, lat, lon, time, sha_hi, sha_lo, tie_break, source, chain in string.gmatch(ARGV[3], RECORD) do
   local advanced = '0'
   if chain ~= '' then advanced = advance_offset(match(chain, CHAIN)) end
   local result = advanced
@@ -284,8 +286,8 @@ for server, skew, id, lat, lon, time, sha, tie_break, source, chain in string.gm
       -- The summary, the GEO set's array and the log: written out here, not
       -- in functions (a Lua call per record each).
       if not digest_hi then read_digest() end
-      digest_hi = bxor(digest_hi, tonumber(sub(sha, 1, 8), 16))
-      digest_lo = bxor(digest_lo, tonumber(sub(sha, 9, 16), 16))
+      digest_hi = bxor(digest_hi, tonumber(sha_hi, 16))
+      digest_lo = bxor(digest_lo, tonumber(sha_lo, 16))
       if held_at then xor_in(held_at) else added = added + 1 end
       call('HSET', key, 'at', at, 'server', server, 'skew', skew, 'location', location,
            'lat', lat, 'lon', lon, 'time', time)
