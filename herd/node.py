@@ -15,7 +15,7 @@ from __future__ import annotations
 import time
 from collections import deque
 from collections.abc import Callable
-from typing import Any, NamedTuple
+from typing import Any, NamedTuple, cast
 
 from twisted.internet.defer import Deferred, inlineCallbacks, succeed
 from twisted.internet.interfaces import IReactorTime
@@ -493,11 +493,12 @@ class Node:
     def _peer_records(self, at_lines: list[bytes], peer: bytes, conn: PeerConnection) -> list[AtRecord]:
         """:meth:`_peer_record` of each line, those that are not None: usually
         all of them, told with one look at the clock."""
-        records = [parse_at_line(at_line) for at_line in at_lines]
-        if all(records):
+        parsed = [parse_at_line(at_line) for at_line in at_lines]
+        if all(parsed):
+            records = cast(list[AtRecord], parsed)
             limit = self._peer_time_limit
-            if limit is None or max([record.time.ns for record in records]) <= self._clock_ns() + limit:  # type: ignore[union-attr]
-                return records  # type: ignore[return-value]
+            if limit is None or max([record.time.ns for record in records]) <= self._clock_ns() + limit:
+                return records
         return [record for record in (self._peer_record(at_line, peer, conn) for at_line in at_lines)
                 if record is not None]
 
