@@ -121,8 +121,7 @@ class Node:
                  clock: IReactorTime, stats: Stats | None = None, max_future_ns: int | None = None,
                  clock_ns: Callable[[], int] = time.time_ns):
         self.name = name
-        self._clock = clock
-        self.clock = clock  # connections schedule their writes on it
+        self.clock = clock  # (connections schedule their writes on it too)
         self._peer_time_limit = None if max_future_ns is None else max_future_ns + PEER_CLOCK_SLACK_NS
         self._clock_ns = clock_ns
         self._refusals = Throttle(clock, self._refusals_left_out)
@@ -162,7 +161,7 @@ class Node:
                 cursor, held = yield self.store.scan_times(cursor, SCAN_COUNT)
             except Exception as err:
                 log.warn("reading client times failed ({why}); retrying in 1 s", why=str(err))
-                yield deferLater(self._clock, 1.0, lambda: None)
+                yield deferLater(self.clock, 1.0, lambda: None)
                 cursor, connection = b"0", self.store.connections_made
                 continue
             if connection != self.store.connections_made:
@@ -197,13 +196,13 @@ class Node:
         the group: this path runs for every update."""
         records = [make_record(self.name, received_ns, request) for request in requests]
         lines = [record.line for record in records]
-        forwarded = self._forward_group(records, lines, None)
-        d = self.store.store_group(records, lines)
+        forwarded = self._forward_group(records, None)
+        d = self.store.store_group(records)
         return d.addCallbacks(self._clients_stored, self._clients_lost,
                               callbackArgs=(records, forwarded, lines),
                               errbackArgs=(records, forwarded, requests))
 
-    def _forward_group(self, records: list[AtRecord], lines: list[bytes], source: bytes | None) -> Forwarded:
+    def _forward_group(self, records: list[AtRecord], source: bytes | None) -> Forwarded:
         """The fast path of :meth:`_accept` for a group: the records herd.latest
         knows to be newer are forwarded at once (all of them in one call per
         peer); the others are left to Redis (None)."""
@@ -211,7 +210,8 @@ class Node:
         fast = [claim(record.client_id, record.time.ns, fast_ok=serving) for record in records]
         if not any(fast):
             return [None] * len(records)
-        sent = self.links.forward([line for line, ok in zip(lines, fast, strict=True) if ok], source)
+        ahead = [record.line for record, ok in zip(records, fast, strict=True) if ok]
+        sent = self.links.forward(ahead, source)
         return [sent if ok else None for ok in fast]
 
     def _clients_stored(self, results: list[StoreResult], records: list[AtRecord],
@@ -373,7 +373,7 @@ class Node:
                       line=loggable(self._unstored[0][0].line))
         self._unstored.append((record, origin, forwarded))
         if self._retry is None or not self._retry.active():
-            self._retry = self._clock.callLater(STORE_AGAIN_AFTER, self._store_again)
+            self._retry = self.clock.callLater(STORE_AGAIN_AFTER, self._store_again)
         return failure
 
     def _store_again(self) -> None:
@@ -430,9 +430,8 @@ class Node:
         if not records:
             return
         origin = Origin(peer, True)
-        lines = [record.line for record in records]
-        forwarded = self._forward_group(records, lines, peer)
-        d = self.store.store_group(records, lines, source=peer + b" F")
+        forwarded = self._forward_group(records, peer)
+        d = self.store.store_group(records, source=peer + b" F")
         d.addCallbacks(self._group_stored, self._forwards_lost, callbackArgs=(records, forwarded, origin),
                        errbackArgs=(records, forwarded, origin, conn))
         if self.store.backlog >= BACKLOG_HIGH:

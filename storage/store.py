@@ -281,12 +281,11 @@ class RedisStore:
         applied in call order; each Deferred fires with its own StoreResult once
         Redis has acknowledged the batch."""
         done: Deferred[StoreResult] = Deferred()
-        self._queue(_record_blob(record, record.line, tie_break, step, source), done, 0,
+        self._queue(_record_blob(record, tie_break, step, source), done, 0,
                     urgent=not source and not step)
         return done
 
-    def store_group(self, records: list[AtRecord], lines: list[bytes],
-                    source: bytes = b"") -> Deferred[list[StoreResult]]:
+    def store_group(self, records: list[AtRecord], source: bytes = b"") -> Deferred[list[StoreResult]]:
         """store_if_newer for records that arrived together, as one group: from
         clients (``source`` b""), or from a peer (``source`` as for
         store_if_newer; ties broken, no log step). Stored in order, together;
@@ -295,8 +294,7 @@ class RedisStore:
         read of many IAMATs, or of many forwarded updates, is handled at once."""
         done: Deferred[list[StoreResult]] = Deferred()
         tie_break = bool(source)
-        blob = b"".join([_record_blob(record, line, tie_break, None, source)
-                         for record, line in zip(records, lines, strict=True)])
+        blob = b"".join([_record_blob(record, tie_break, None, source) for record in records])
         self._queue(blob, done, len(records), urgent=not source)
         return done
 
@@ -607,10 +605,9 @@ def _position_sample(reply: list[Any]) -> PositionSample:
     return PositionSample(int(reply[0]), points)
 
 
-def _record_blob(record: AtRecord, line: bytes, tie_break: bool, step: LogStep | None,
-                 source: bytes) -> bytes:
+def _record_blob(record: AtRecord, tie_break: bool, step: LogStep | None, source: bytes) -> bytes:
     """One record's part of store_batch.lua's batch argument: the AT record's
-    fields, the digest part of its AT line ``line`` (the first 16 hex digits
+    fields, the digest part of its AT line (the first 16 hex digits
     of its SHA-1, as two fields of 8: computed here, where it costs less than
     in the script, and split here, where it costs less than a ``sub`` there),
     tie-break and source, each followed by a newline, then only with a log
@@ -618,7 +615,7 @@ def _record_blob(record: AtRecord, line: bytes, tie_break: bool, step: LogStep |
     (no field holds a newline or a tab; only a source, "<peer> F", a space)."""
     tie = b"1" if tie_break else b"0"
     location = record.location
-    digest = _sha1(line).hexdigest()[:16].encode()
+    digest = _sha1(record.line).hexdigest()[:16].encode()
     if step is None:
         return b"%s\n%s\n%s\n%s\n%s\n%s\n%s\n%s\n%s\n%s\n\t" % (
             record.server, record.skew, record.client_id, location.lat, location.lon, record.time.text,

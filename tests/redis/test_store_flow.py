@@ -223,7 +223,7 @@ class Groups(unittest.TestCase):
         newer, older = at_record(7, "1700000002", "A"), at_record(7, "1700000001", "A")
         before = self.store.store_if_newer(record(1, b"A"))
         records = [record(2, b"A"), newer, older, record(3, b"A")]
-        group = self.store.store_group(records, [r.line for r in records])
+        group = self.store.store_group(records)
         assert self.store.backlog == 5  # records, not calls
         after = self.store.store_if_newer(record(4), tie_break=True, source=b"P")
         first, results, last = yield DeferredList([before, group, after], fireOnOneErrback=True)
@@ -238,7 +238,7 @@ class Groups(unittest.TestCase):
         yield self.store.get(b"nobody")  # connected
         peers = [self.store.store_if_newer(record(i), tie_break=True, source=b"P") for i in range(10)]
         records = [record(100 + i, b"A") for i in range(MAX_BATCH + 10)]
-        group = self.store.store_group(records, [r.line for r in records])
+        group = self.store.store_group(records)
         results = yield group
         assert len(results) == MAX_BATCH + 10 and all(r.stored for r in results)
         assert len({r.position.epoch for r in results}) == 1
@@ -253,7 +253,7 @@ class Groups(unittest.TestCase):
         # unpack() allows (about 8,000), and every record of it was refused.
         yield self.store.get(b"nobody")  # connected
         records = [record(i, b"A") for i in range(9000)]
-        results = yield self.store.store_group(records, [r.line for r in records])
+        results = yield self.store.store_group(records)
         assert all(r.stored for r in results)
         assert self.redis.call("ZCARD", self.store.keys.geo) == 9000
         assert self.redis.call("LLEN", self.store.keys.journal) == 9000
