@@ -165,7 +165,7 @@ class ClientConnection(LineProtocol, TimeoutMixin):
         at once; any other goes request by request."""
         now, bound = self._now, self.factory.max_future_ns
         requests = [parse_request(line, now, bound) for line in lines]
-        if (self._barrier is None or self._barrier.called) and all(type(r) is Iamat for r in requests):
+        if not self._after_whatsat and all(type(r) is Iamat for r in requests):
             self._received.extend(lines)
             self._iamats.extend(requests)  # type: ignore[arg-type]
             return
@@ -174,6 +174,11 @@ class ClientConnection(LineProtocol, TimeoutMixin):
                 return
             self._request(line, request)
 
+    @property
+    def _after_whatsat(self) -> bool:
+        """A WHATSAT is unanswered: requests after it wait for its answer."""
+        return self._barrier is not None and not self._barrier.called
+
     def line_received(self, line: bytes) -> None:
         self._request(line, parse_request(line, self._now, self.factory.max_future_ns))
 
@@ -181,8 +186,7 @@ class ClientConnection(LineProtocol, TimeoutMixin):
         self._received.append(line)
         if request is None:
             return
-        waiting = self._barrier is not None and not self._barrier.called  # for a WHATSAT's answer
-        if isinstance(request, Iamat) and not waiting:
+        if isinstance(request, Iamat) and not self._after_whatsat:
             self._iamats.append(request)
             return
         self._answer_iamats()  # the IAMATs before this line keep their place

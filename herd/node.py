@@ -395,10 +395,6 @@ class Node:
 
     # -- peer messages ----------------------------------------------------
 
-    def handle_peer_line(self, line: bytes, peer: bytes, conn: PeerConnection) -> None:
-        """A line from an authenticated peer (see handle_peer_lines)."""
-        self.handle_peer_lines([line], peer, conn)
-
     def handle_peer_lines(self, lines: list[bytes], peer: bytes, conn: PeerConnection) -> None:
         """The lines of one read from an authenticated peer, in order: each
         dispatched to ``handle_<kind>`` (docs/PEER-PROTOCOL.md, "Messages"),

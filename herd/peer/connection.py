@@ -60,22 +60,19 @@ class PeerLineProtocol(LineProtocol):
         go out together, in order, in one write at the end of the turn (a
         turn floods a whole batch of updates; each write costs the reactor a
         few microseconds); handshake lines go at once (TLS may start next)."""
-        self.lines_out += 1
         if self.peer_name is None:
+            self.lines_out += 1
             logs.wire(self.who, "sent", line)
             self.transport.write(line + b"\n")
-        elif self._out is None:
-            self._out = [line]
-            self.node.clock.callLater(0, self.flush_lines)
         else:
-            self._out.append(line)
+            self.send_lines([line])
 
     def send_lines(self, lines: list[bytes]) -> None:
         """send_line for each of ``lines``, on an authenticated connection."""
         assert self.peer_name is not None
         self.lines_out += len(lines)
         if self._out is None:
-            self._out = list(lines)
+            self._out = lines[:]
             self.node.clock.callLater(0, self.flush_lines)
         else:
             self._out.extend(lines)
@@ -117,14 +114,9 @@ class PeerLineProtocol(LineProtocol):
             self._received.extend(lines)
 
     def peer_line(self, line: bytes) -> None:
+        """A line of the read that authenticated the connection, after it."""
         assert self.peer_name is not None
-        self.lines_in += 1
-        if line == msg.HEARTBEAT:
-            return  # (it counted as a line received: that is all it is for)
-        if self._received is None:
-            self._received = [line]
-        else:
-            self._received.append(line)
+        self.lines_received([line])
 
 
 

@@ -139,7 +139,7 @@ class PeerLines(unittest.TestCase):
 
         def send(client: bytes, seconds_ahead: int) -> bytes:
             line = b"R AT P +0.000000001 %s +1+1 %d" % (client, 1_700_000_000 + seconds_ahead)
-            node.handle_peer_line(line, b"P", self.conn)  # type: ignore[arg-type]
+            node.handle_peer_lines([line], b"P", self.conn)  # type: ignore[arg-type]
             return line
 
         def pulls() -> Any:
@@ -167,7 +167,7 @@ class PeerLines(unittest.TestCase):
         assert record is not None
         for line in (b"K E/* E/garbage", b"K E/5-0 E/garbage", b"K E/* E/99-0",
                      b"U E/* E/6-0 " + record.line, b"U E/5-0 E/x " + record.line):
-            self.node.handle_peer_line(line, b"P", self.conn)  # type: ignore[arg-type]
+            self.node.handle_peer_lines([line], b"P", self.conn)  # type: ignore[arg-type]
         yield wait()
         assert self.redis.hgetall("herd:peer:P") == {b"epoch": b"E", b"pos": b"5-0"}
 

@@ -137,7 +137,7 @@ class Backpressure(unittest.TestCase):
         yield self.store.get(b"nobody")  # connected
         conn = PeerConn()
         for i in range(200):  # one reactor turn: nothing is sent to Redis yet
-            self.node.handle_peer_line(b"R AT B +0.100000000 c%d +1+1 1700000000.5" % i, b"P", conn)
+            self.node.handle_peer_lines([b"R AT B +0.100000000 c%d +1+1 1700000000.5" % i], b"P", conn)
         assert conn.transport.calls == ["pause"]
         yield self.store.when_backlog_below(1)
         yield deferLater(reactor, 0.5, lambda: None)  # the last batches are answered
