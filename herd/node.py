@@ -197,7 +197,7 @@ class Node:
         records = [make_record(self.name, received_ns, request) for request in requests]
         lines = [record.line for record in records]
         forwarded = self._forward_group(records, None)
-        d = self.store.store_group(records)
+        d = self.store.store_group(records, known_newer=[sent is not None for sent in forwarded])
         return d.addCallbacks(self._clients_stored, self._clients_lost,
                               callbackArgs=(records, forwarded, lines),
                               errbackArgs=(records, forwarded, requests))
@@ -321,7 +321,7 @@ class Node:
         origin = Origin(peer, False)
         if self.latest.claim(record.client_id, record.time.ns, fast_ok=self.store.serving):
             forwarded = self.links.forward([record.line], peer)
-            d = self._store(record, origin, step)
+            d = self._store(record, origin, step, known_newer=True)
             d.addCallbacks(self._stored, self._forwarded_lost, callbackArgs=(record, origin, forwarded),
                            errbackArgs=(record, origin, forwarded))
             return d
@@ -330,13 +330,14 @@ class Node:
         return d.addCallback(self._stored, record, origin, None)
 
     def _store(self, record: AtRecord, origin: Origin, step: LogStep | None,
-               tie_break: bool = False) -> Deferred[StoreResult]:
+               tie_break: bool = False, known_newer: bool = False) -> Deferred[StoreResult]:
         if origin.peer is None and not tie_break:
-            return self.store.store_if_newer(record)
+            return self.store.store_if_newer(record, known_newer=known_newer)
         # The log names the peer an update came from, so that a SYNC answer to
         # it leaves the update out; but not when it came as F (see herd.peer.reconcile).
         logged = (origin.peer or b"") + (b" F" if origin.unconfirmed else b"")
-        return self.store.store_if_newer(record, tie_break=True, step=step, source=logged)
+        return self.store.store_if_newer(record, tie_break=True, step=step, source=logged,
+                                         known_newer=known_newer)
 
     def _settled(self, outcome: Any, record: AtRecord) -> Any:
         may_hold = not isinstance(outcome, StoreResult) or outcome.stored
@@ -427,7 +428,8 @@ class Node:
             return
         origin = Origin(peer, True)
         forwarded = self._forward_group(records, peer)
-        d = self.store.store_group(records, source=peer + b" F")
+        d = self.store.store_group(records, source=peer + b" F",
+                                   known_newer=[sent is not None for sent in forwarded])
         d.addCallbacks(self._group_stored, self._forwards_lost, callbackArgs=(records, forwarded, origin),
                        errbackArgs=(records, forwarded, origin, conn))
         if self.store.backlog >= BACKLOG_HIGH:

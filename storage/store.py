@@ -11,8 +11,10 @@ from __future__ import annotations
 
 import itertools
 import math
+import operator
 from collections import deque
 from collections.abc import Callable
+from functools import reduce
 from hashlib import sha1 as _sha1
 from importlib import resources
 from typing import Any, NamedTuple
@@ -89,9 +91,10 @@ def set_no_delay(transport: Any) -> None:
 
 
 # Records' part of the batch argument, their Deferred, their place in arrival
-# order, and how many records: 0 for one record whose Deferred fires with its
-# StoreResult; n >= 1 for a group whose Deferred fires with a list of n.
-_Pending = tuple[bytes, Deferred[Any], int, int]
+# order, how many records (0 for one record whose Deferred fires with its
+# StoreResult; n >= 1 for a group whose Deferred fires with a list of n), and
+# the XOR of their digest parts (see _digest_part).
+_Pending = tuple[bytes, Deferred[Any], int, int, int]
 
 
 EMPTY_DIGEST = b"0000000000000000"  # the digest of no clients
@@ -245,7 +248,7 @@ class RedisStore:
         self._urgent.clear()
         self._batch.clear()
         self._waiting = 0
-        for _, done, _, _ in waiting:
+        for _, done, _, _, _ in waiting:
             done.errback(StoreUnavailable("the store was stopped"))
         return self._factory.disconnect()
 
@@ -269,33 +272,42 @@ class RedisStore:
 
     # -- verbs -----------------------------------------------------------
 
-    def store_if_newer(self, record: AtRecord, tie_break: bool = False,
-                       step: LogStep | None = None, source: bytes = b"") -> Deferred[StoreResult]:
+    def store_if_newer(self, record: AtRecord, tie_break: bool = False, step: LogStep | None = None,
+                       source: bytes = b"", known_newer: bool = False) -> Deferred[StoreResult]:
         """Atomically store ``record`` if its client-time is strictly newer than the
         held one (with ``tie_break``, an equal time with a bytewise larger AT line
         also wins), logging it in the update log. With a log ``step``, the peer's
         offset advances to ``step.pos`` if it stood at ``step.prev``. ``source``
-        names the peer the record came from (b"" for a client).
+        names the peer the record came from (b"" for a client). ``known_newer``:
+        the caller knows it newer than what Redis holds (herd.latest), so it
+        will most likely be stored (a hint that saves Redis work, never a
+        condition: Redis decides).
 
         Calls made in one reactor turn go to Redis as one batch (one Lua call),
         applied in call order; each Deferred fires with its own StoreResult once
         Redis has acknowledged the batch."""
         done: Deferred[StoreResult] = Deferred()
-        self._queue(_record_blob(record, tie_break, step, source), done, 0,
+        blob = _record_blob(record, _KINDS[tie_break][known_newer], step, source)
+        self._queue(blob, done, 0, _digest_part(record.line) if known_newer else 0,
                     urgent=not source and not step)
         return done
 
-    def store_group(self, records: list[AtRecord], source: bytes = b"") -> Deferred[list[StoreResult]]:
+    def store_group(self, records: list[AtRecord], source: bytes = b"",
+                    known_newer: list[bool] | None = None) -> Deferred[list[StoreResult]]:
         """store_if_newer for records that arrived together, as one group: from
         clients (``source`` b""), or from a peer (``source`` as for
-        store_if_newer; ties broken, no log step). Stored in order, together;
+        store_if_newer; ties broken, no log step); ``known_newer``: each
+        record's hint, as for store_if_newer. Stored in order, together;
         fires with their StoreResults in order once Redis has acknowledged them
         (or fails for all of them). One Deferred instead of one per record: a
         read of many IAMATs, or of many forwarded updates, is handled at once."""
         done: Deferred[list[StoreResult]] = Deferred()
-        tie_break = bool(source)
-        blob = b"".join([_record_blob(record, tie_break, None, source) for record in records])
-        self._queue(blob, done, len(records), urgent=not source)
+        kinds = _KINDS[bool(source)]
+        known = known_newer or [False] * len(records)
+        pairs = list(zip(records, known, strict=True))
+        blob = b"".join([_record_blob(record, kinds[newer], None, source) for record, newer in pairs])
+        digest = _xor([_digest_part(record.line) for record, newer in pairs if newer])
+        self._queue(blob, done, len(records), digest, urgent=not source)
         return done
 
     def advance_offset(self, step: LogStep, listed: list[bytes] = []) -> Deferred[StoreResult]:  # noqa: B006
@@ -305,12 +317,12 @@ class RedisStore:
         of those clients is held newer, or as new with that server and skew
         (see store_batch.lua)."""
         done: Deferred[StoreResult] = Deferred()
-        # No record (eight empty fields), tie-break, no source, the chain: the step, the holds.
+        # No record (six empty fields), a kind, no source, the chain: the step, the holds.
         link = (step.peer, step.prev.epoch, step.prev.entry, step.pos.entry)
-        blob = b"\n\n\n\n\n\n\n\n0\n\n%s\n%s\n%s\n%s\n" % link
+        blob = b"\n\n\n\n\n\n0\n\n%s\n%s\n%s\n%s\n" % link
         if listed:
             blob += b"\n".join(listed) + b"\n"
-        self._queue(blob + b"\t", done, 0)
+        self._queue(blob + b"\t", done, 0, 0)
         return done
 
     @property
@@ -332,8 +344,8 @@ class RedisStore:
         self._drain_waiters.append((limit, waiter))
         return waiter
 
-    def _queue(self, blob: bytes, done: Deferred[Any], count: int, urgent: bool = False) -> None:
-        (self._urgent if urgent else self._batch).append((blob, done, next(self._arrivals), count))
+    def _queue(self, blob: bytes, done: Deferred[Any], count: int, digest: int, urgent: bool = False) -> None:
+        (self._urgent if urgent else self._batch).append((blob, done, next(self._arrivals), count, digest))
         self._waiting += count or 1
         self._schedule_flush()
 
@@ -369,7 +381,8 @@ class RedisStore:
             self._waiting -= size
             # One argument for the whole batch: txredisapi encodes each
             # argument in Python (a few microseconds each), Redis splits it in C.
-            args = [self.keys.prefix, LOG_BOUND, b"".join([blob for blob, _, _, _ in part])]
+            args = [self.keys.prefix, LOG_BOUND, b"".join([entry[0] for entry in part]),
+                    b"%016x" % _xor([entry[4] for entry in part])]
             self._sent_at.append(self._reactor.seconds())
             d = self._call("eval", STORE_BATCH, keys, args)
             d.addBoth(self._answered)
@@ -391,7 +404,7 @@ class RedisStore:
         self._urgent.clear()
         self._batch.clear()
         self._waiting = 0
-        for _, done, _, _ in waiting:
+        for _, done, _, _, _ in waiting:
             done.errback(failure)
         self._notify_drained()
 
@@ -605,24 +618,34 @@ def _position_sample(reply: list[Any]) -> PositionSample:
     return PositionSample(int(reply[0]), points)
 
 
-def _record_blob(record: AtRecord, tie_break: bool, step: LogStep | None, source: bytes) -> bytes:
+def _digest_part(line: bytes) -> int:
+    """An AT line's part of the summary digest: the first 64 bits of its SHA-1."""
+    return int.from_bytes(_sha1(line).digest()[:8])
+
+
+def _xor(values: list[int]) -> int:
+    return reduce(operator.xor, values, 0)
+
+
+# store_batch.lua's record kind, by tie-break and known newer: whether the
+# record's digest part is in the batch's (the node's XOR) or left to the script.
+_KINDS = ((b"2", b"0"), (b"3", b"1"))
+
+
+def _record_blob(record: AtRecord, kind: bytes, step: LogStep | None, source: bytes) -> bytes:
     """One record's part of store_batch.lua's batch argument: the AT record's
-    fields, the digest part of its AT line (the first 16 hex digits
-    of its SHA-1, as two fields of 8: computed here, where it costs less than
-    in the script, and split here, where it costs less than a ``sub`` there),
-    tie-break and source, each followed by a newline, then only with a log
-    step its fields, each followed by a newline; the record ends with a tab
-    (no field holds a newline or a tab; only a source, "<peer> F", a space)."""
-    tie = b"1" if tie_break else b"0"
+    fields, its kind (_KINDS) and source, each followed by a newline, then
+    only with a log step its fields, each followed by a newline; the record
+    ends with a tab (no field holds a newline or a tab; only a source,
+    "<peer> F", a space)."""
     location = record.location
-    digest = _sha1(record.line).hexdigest()[:16].encode()
     if step is None:
-        return b"%s\n%s\n%s\n%s\n%s\n%s\n%s\n%s\n%s\n%s\n\t" % (
+        return b"%s\n%s\n%s\n%s\n%s\n%s\n%s\n%s\n\t" % (
             record.server, record.skew, record.client_id, location.lat, location.lon, record.time.text,
-            digest[:8], digest[8:], tie, source)
-    return b"%s\n%s\n%s\n%s\n%s\n%s\n%s\n%s\n%s\n%s\n%s\n%s\n%s\n%s\n\t" % (
+            kind, source)
+    return b"%s\n%s\n%s\n%s\n%s\n%s\n%s\n%s\n%s\n%s\n%s\n%s\n\t" % (
         record.server, record.skew, record.client_id, location.lat, location.lon, record.time.text,
-        digest[:8], digest[8:], tie, source, step.peer, step.prev.epoch, step.prev.entry, step.pos.entry)
+        kind, source, step.peer, step.prev.epoch, step.prev.entry, step.pos.entry)
 
 
 _new = tuple.__new__  # makes NamedTuples without their __new__'s Python frame
@@ -642,7 +665,7 @@ def _batch_stored(reply: bytes, part: list[_Pending]) -> None:
     k = int(previous_entry[2:]) if previous_entry else 0
     previous = _new(Position, (epoch, previous_entry))
     at = 1
-    for _, done, _, count in part:
+    for _, done, _, count, _ in part:
         chunk = lines[at:at + (count or 1)]
         at += count or 1
         if count and chunk.count(b"0+") == count:  # a group stored whole: the usual case

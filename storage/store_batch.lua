@@ -24,20 +24,25 @@
 -- ARGV[1] key prefix; ARGV[2] journal length bound (it may exceed it by a
 -- tenth before its oldest elements are trimmed in one go); ARGV[3]
 -- the records, one argument for the whole batch (the node's Redis client
--- encodes arguments one by one, in Python; a gmatch here splits them in C).
+-- encodes arguments one by one, in Python; a gmatch here splits them in C);
+-- ARGV[4] the batch's digest part: the XOR of the parts of the summary digest
+-- (the first 64 bits of SHA-1 of the AT line) of its records of kind "0" or
+-- "1" (below), 16 hex digits. The node computes it, in C and once per batch,
+-- for records it knows newer than what this Redis holds (herd.latest): that
+-- costs less than a redis.sha1hex and a XOR per record here. The script
+-- hashes only the other records it stores, those of kind "0" or "1" it does
+-- not store (none, unless this Redis was changed by another hand), and the
+-- records replaced.
 -- No field holds a newline or a tab (only the source a space): each is
 -- followed by a newline, a record ends with a tab. Per record:
 --   server, skew, client id, lat, lon, client-time: the AT record's fields as
 --                    the node made or validated them; the AT line ("AT <server>
 --                    <skew> <client-id> <lat><lon> <client-time>") is built from
 --                    them here (the location is <lat><lon>),
---   digest part      the first 16 hex digits of SHA-1 of that AT line as two
---                    fields of 8 (hi, lo), which the node computes (in C, for
---                    less than redis.sha1hex costs here) and splits (for less
---                    than two string.sub cost here); XORed into the summary's
---                    digest,
---   tie_break        "1": on equal times the bytewise larger AT line wins, so
---                    every node settles on the same record; "0": equal is not newer,
+--   kind             "0" or "1": its digest part is in ARGV[4]; "2" or "3": it is
+--                    not. "1" or "3": on equal times the bytewise larger AT line
+--                    wins (tie-break), so every node settles on the same record;
+--                    "0" or "2": equal is not newer,
 --   source           the peer the record came from ("" from a client; "<peer> F"
 --                    when forwarded before that peer stored it: the one field
 --                    with a space), logged so that a SYNC answer to that peer
@@ -113,25 +118,34 @@ local function compare_times(a, b)
   return compare_ns(canonical_ns(a), canonical_ns(b))
 end
 
-local function is_newer(time, at, tie_break, held_time, held_at)
+local TIE_BREAK = {['1'] = true, ['3'] = true}
+local IN_ARGV_DIGEST = {['0'] = true, ['1'] = true}
+
+local function is_newer(time, at, kind, held_time, held_at)
   local order = compare_times(time, held_time)
   if order ~= 0 then return order > 0 end
-  return tie_break == '1' and compare_bytes(at, held_at) > 0
+  return TIE_BREAK[kind] and compare_bytes(at, held_at) > 0
 end
 
--- The digest as two 32-bit halves while the batch runs; written back once.
-local digest_hi, digest_lo, added = nil, nil, 0
+-- What the batch changes in the digest, as two 32-bit halves: ARGV[4], with
+-- the parts of the records stored that it lacks, without those of the records
+-- in it not stored, and without the parts of the records replaced. XORed into
+-- the summary once, at the end, when anything was stored.
 local sha1hex, bxor, tonumber = redis.sha1hex, bit.bxor, tonumber
-local function xor_in(at)
+local change_hi, change_lo = tonumber(sub(ARGV[4], 1, 8), 16) or 0, tonumber(sub(ARGV[4], 9, 16), 16) or 0
+local added = 0
+local function xor_part(at)  -- in or out: the same
   local sha = sha1hex(at)
-  digest_hi = bxor(digest_hi, tonumber(sub(sha, 1, 8), 16))
-  digest_lo = bxor(digest_lo, tonumber(sub(sha, 9, 16), 16))
+  change_hi = bxor(change_hi, tonumber(sub(sha, 1, 8), 16))
+  change_lo = bxor(change_lo, tonumber(sub(sha, 9, 16), 16))
 end
 
-local function read_digest()
+local function write_digest()
   local held = call('HGET', KEYS[4], 'digest') or '0000000000000000'
-  digest_hi = tonumber(sub(held, 1, 8), 16)
-  digest_lo = tonumber(sub(held, 9, 16), 16)
+  local hi = bxor(tonumber(sub(held, 1, 8), 16), change_hi)
+  local lo = bxor(tonumber(sub(held, 9, 16), 16), change_lo)
+  call('HSET', KEYS[4], 'digest', bit.tohex(hi, 8) .. bit.tohex(lo, 8))
+  if added > 0 then call('HINCRBY', KEYS[4], 'clients', added) end
 end
 
 local epoch = nil
@@ -262,15 +276,15 @@ local function write_places()
 end
 
 -- %S: not white space (cheaper for Lua's matcher than a set like [^\n\t]);
--- but a source may be "<peer> F". Nine fields, source, chain.
-local RECORD = '(%S*)\n(%S*)\n(%S*)\n(%S*)\n(%S*)\n(%S*)\n(%S*)\n(%S*)\n(%S*)\n([^\n\t]*)\n([^\t]*)\t'
+-- but a source may be "<peer> F". Seven fields, source, chain.
+local RECORD = '(%S*)\n(%S*)\n(%S*)\n(%S*)\n(%S*)\n(%S*)\n(%S*)\n([^\n\t]*)\n([^\t]*)\t'
 local CHAIN = '^(%S*)\n(%S*)\n(%S*)\n(%S*)\n(.*)$'
 
 local out, n, first_previous = {''}, 1, nil
 -- A stored record's line: constant strings, no string made per record.
 local STORED = {[0] = '0+', [1] = '1+', ['0'] = '0+'}
 local client_prefix = prefix .. 'client:'
-for server, skew, id, lat, lon, time, sha_hi, sha_lo, tie_break, source, chain in string.gmatch(ARGV[3], RECORD) do
+for server, skew, id, lat, lon, time, kind, source, chain in string.gmatch(ARGV[3], RECORD) do
   local advanced = '0'
   if chain ~= '' then advanced = advance_offset(match(chain, CHAIN)) end
   local result = advanced
@@ -282,13 +296,11 @@ for server, skew, id, lat, lon, time, sha_hi, sha_lo, tie_break, source, chain i
     -- table for a new client, as cheap for a held one.
     local held_at = call('HGET', key, 'at')
     local held_time = held_at and call('HGET', key, 'time')
-    if not held_time or is_newer(time, at, tie_break, held_time, held_at) then
+    if not held_time or is_newer(time, at, kind, held_time, held_at) then
       -- The summary, the GEO set's array and the log: written out here, not
       -- in functions (a Lua call per record each).
-      if not digest_hi then read_digest() end
-      digest_hi = bxor(digest_hi, tonumber(sha_hi, 16))
-      digest_lo = bxor(digest_lo, tonumber(sha_lo, 16))
-      if held_at then xor_in(held_at) else added = added + 1 end
+      if held_at then xor_part(held_at) else added = added + 1 end
+      if not IN_ARGV_DIGEST[kind] then xor_part(at) end
       call('HSET', key, 'at', at, 'server', server, 'skew', skew, 'location', location,
            'lat', lat, 'lon', lon, 'time', time)
       if geo_latitude(lat) then
@@ -310,6 +322,8 @@ for server, skew, id, lat, lon, time, sha_hi, sha_lo, tie_break, source, chain i
         journal[n_journal] = id .. '\t' .. source
       end
       result = STORED[advanced]
+    elseif IN_ARGV_DIGEST[kind] then
+      xor_part(at)  -- not stored: its part of ARGV[4] comes back out
     end
   end
   n = n + 1
@@ -318,10 +332,7 @@ end
 if first_previous then
   out[1] = log_epoch() .. ' ' .. first_previous
   write_journal()
+  write_digest()
 end
 write_places()
-if digest_hi then
-  call('HSET', KEYS[4], 'digest', bit.tohex(digest_hi, 8) .. bit.tohex(digest_lo, 8))
-  if added > 0 then call('HINCRBY', KEYS[4], 'clients', added) end
-end
 return table.concat(out, '\n')

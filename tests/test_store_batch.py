@@ -79,6 +79,28 @@ class OneBatch(unittest.TestCase):
         assert self.redis.call("HGET", "herd:summary", "digest") == b"%016x" % digest
 
     @inlineCallbacks
+    def test_a_group_changes_the_digest_by_what_it_stored(self) -> Any:
+        # The node sends the XOR of the parts of the records it knows newer;
+        # the script adds the parts of the others it stores and takes back
+        # those of the known ones it does not store (a wrong hint: it can only
+        # cost Redis work) and of the records replaced.
+        first = record(b"AT A +0.100000000 kiwi +1+1 100")
+        second = record(b"AT A +0.100000000 kiwi +2+2 101")
+        stale = record(b"AT B +0.100000000 kiwi +3+3 99")
+        other = record(b"AT A +0.100000000 emu +4+4 100")
+        expected = 0
+        for rec in (second, other):
+            expected ^= int(hashlib.sha1(rec.line).hexdigest()[:16], 16)
+        digest = b"%016x" % expected
+        for known in (None, [True] * 4, [False, True, True, False]):
+            redis, store = redis_with_store(self, "herd-digest-")
+            results = yield store.store_group([first, second, stale, other], b"B F", known)
+            assert [r.stored for r in results] == [True, True, False, True]
+            assert redis.call("HMGET", "herd:summary", "clients", "digest") == [b"2", digest], known
+            yield store.store_group([stale], known_newer=[True])  # nothing stored: the digest stays
+            assert redis.call("HGET", "herd:summary", "digest") == digest, known
+
+    @inlineCallbacks
     def test_times_compare_exactly_to_the_nanosecond(self) -> Any:
         # Each against what the one before it left held: times one double
         # apart or nanoseconds apart (the same double), written with leading
