@@ -182,20 +182,42 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
+def context_switches(pid: int) -> int:
+    """Voluntary (waits: reads, fsync) plus involuntary (preempted) context
+    switches of a process so far (0 once it is gone)."""
+    try:
+        status = Path(f"/proc/{pid}/status").read_text()
+    except OSError:
+        return 0
+    return sum(int(line.split()[1]) for line in status.splitlines()
+               if line.startswith(("voluntary_ctxt_switches:", "nonvoluntary_ctxt_switches:")))
+
+
 class CpuMeter:
-    """The CPU seconds groups of processes spend from its making on."""
+    """The CPU seconds groups of processes spend from its making on, and their
+    context switches: each costs a process its warm caches, which is most of
+    why CPU per update falls as batches grow (docs/BENCHMARKS.md)."""
 
     def __init__(self, groups: dict[str, list[int]]):
         self._groups = groups
         self._before = self._now()
+        self._switches_before = self._switches_now()
 
     def _now(self) -> dict[str, float]:
         return {k: sum(cpu_seconds(p) for p in pids) for k, pids in self._groups.items()}
+
+    def _switches_now(self) -> dict[str, int]:
+        return {k: sum(context_switches(p) for p in pids) for k, pids in self._groups.items()}
 
     def spent(self) -> dict[str, float]:
         """Per group, CPU seconds since the meter was made."""
         now = self._now()
         return {k: now[k] - self._before[k] for k in self._groups}
+
+    def switches(self) -> dict[str, int]:
+        """Per group, context switches since the meter was made."""
+        now = self._switches_now()
+        return {k: now[k] - self._switches_before[k] for k in self._groups}
 
 
 def micros_each(seconds: float, count: int, digits: int = 2) -> float:
@@ -297,11 +319,13 @@ class Bench:
         updates = clients_held(herd.nodes[source])
         wait_until(lambda: all(clients_held(n) >= updates for n in peers), 120,
                    "every node to store every update", every=0.02)
-        spent = meter.spent()
+        spent, switches = meter.spent(), meter.switches()
         result["nodes"] = len(nodes)
         result["updates"] = updates
         result["cpu_us_per_update"] = {k: micros_each(v, updates, 1)
                                        for k, v in {"all": sum(spent.values()), **spent}.items()}
+        result["switches_per_update"] = {k: round(v / updates, 4) if updates else 0.0
+                                         for k, v in {"all": sum(switches.values()), **switches}.items()}
         return result
 
     def store_clients(self, port: int, count: int, prefix: str, step: int = 1) -> dict[str, Any]:
@@ -701,6 +725,10 @@ def load_figures(scenario: str, r: dict[str, Any]) -> list[Figure]:
         parts = ", ".join(f"{k} {v:.1f}" for k, v in per.items() if k != "all")
         out.append(Figure(scenario, f"CPU per durable update, {r['nodes']} node(s) + Redis",
                           f"{per['all']:.1f} us ({parts}; {r['updates']:,} updates)"))
+    if "switches_per_update" in r:
+        per = r["switches_per_update"]
+        parts = ", ".join(f"{k} {v:.3f}" for k, v in per.items() if k != "all")
+        out.append(Figure(scenario, "context switches per update", f"{per['all']:.3f} ({parts})"))
     return out
 
 

@@ -64,6 +64,10 @@ def assert_cpu_figures(report: dict[str, Any]) -> None:
         per = run["cpu_us_per_update"]
         assert 1 < per["all"] < 100_000 and per["node"] > 0 and per["redis"] > 0, per
         assert abs(per["all"] - sum(v for k, v in per.items() if k != "all")) < 1, per
+        # Every process waits for work now and then (reads, Redis's fsync).
+        switches = run["switches_per_update"]
+        assert switches.keys() == per.keys() and all(0 < v < 100 for v in switches.values()), switches
+        assert switches["all"] == pytest.approx(sum(v for k, v in switches.items() if k != "all"), abs=0.01)
     assert ("peers" in results["throughput"]["cpu_us_per_update"]
             and "peers" not in results["single"]["cpu_us_per_update"])
     assert 0 < results["ceiling"]["cpu_us_per_request"] < 10_000
