@@ -14,8 +14,8 @@ from __future__ import annotations
 
 import time
 from collections import deque
-from collections.abc import Callable
-from typing import Any, NamedTuple, cast
+from collections.abc import Callable, Sequence
+from typing import Any, NamedTuple, cast, overload
 
 from twisted.internet.defer import Deferred, inlineCallbacks, succeed
 from twisted.internet.interfaces import IReactorTime
@@ -41,7 +41,7 @@ from herd.wire.client import (
     parse_client_time,
 )
 from herd.wire.peer import LogStep, Position, UpdateKey, update_key
-from storage.store import RedisStore, StoreResult
+from storage.store import RedisStore, StoredRun, StoreResult
 
 log = Logger(namespace="herd")
 
@@ -110,6 +110,32 @@ CLIENT = Origin(None, False)
 # Per record of a group: the peers it was forwarded to before being stored
 # (the fast path of Node._accept), or None (the slow path).
 Forwarded = list[frozenset[bytes] | None]
+
+
+class _StoredWhole(Sequence[Stored]):
+    """(record, position, previous) of each record of a group stored whole (a
+    StoredRun), made on demand: PeerLinks.flood_group reads the ends, and the
+    others only where it sends U lines."""
+
+    __slots__ = ("_records", "_run")
+
+    def __init__(self, records: list[AtRecord], run: StoredRun):
+        self._records, self._run = records, run
+
+    def __len__(self) -> int:
+        return len(self._records)
+
+    @overload
+    def __getitem__(self, index: int) -> Stored: ...
+
+    @overload
+    def __getitem__(self, index: slice) -> list[Stored]: ...
+
+    def __getitem__(self, index: int | slice) -> Stored | list[Stored]:
+        if isinstance(index, slice):
+            return [self[i] for i in range(*index.indices(len(self)))]
+        result = self._run[index]
+        return self._records[index], cast(Position, result.position), result.previous
 
 
 def refusal(line: bytes) -> bytes:
@@ -214,20 +240,26 @@ class Node:
         sent = self.links.forward(ahead, source)
         return [sent if ok else None for ok in fast]
 
-    def _clients_stored(self, results: list[StoreResult], records: list[AtRecord],
+    def _clients_stored(self, results: Sequence[StoreResult], records: list[AtRecord],
                         forwarded: Forwarded, lines: list[bytes]) -> bytes:
         self._group_stored(results, records, forwarded, CLIENT)
         self.stats.request("IAMAT", "ok", len(lines))
         lines.append(b"")
         return b"\n".join(lines)
 
-    def _group_stored(self, results: list[StoreResult], records: list[AtRecord], forwarded: Forwarded,
+    def _group_stored(self, results: Sequence[StoreResult], records: list[AtRecord], forwarded: Forwarded,
                       origin: Origin, settle: bool = True) -> None:
         """Records from ``origin`` were stored (or found not newer): each newer
         one is flooded (PeerLinks.flood_group) and, where it was forwarded between a
         peer and this node, remembered as stored here for that peer's K lines.
         ``settle``: each record of the slow path (forwarded None) is settled in
         herd.latest. Every record forwarded in a group went to the same peers."""
+        sent = forwarded[0]
+        if type(results) is StoredRun and sent is not None and forwarded.count(sent) == len(forwarded):
+            # The usual case: all stored, all forwarded alike; no object per record.
+            self._count_stored(origin, len(records), len(records))
+            self._group_stored_part(records, _StoredWhole(records, results), sent, origin)
+            return
         stored: list[Stored] = []
         sent_to: list[frozenset[bytes] | None] = []
         for result, record, sent in zip(results, records, forwarded, strict=True):
@@ -236,25 +268,30 @@ class Node:
             if result.stored and result.position is not None:
                 stored.append((record, result.position, result.previous))
                 sent_to.append(sent)
-        peer = origin.peer
-        if peer is not None:
-            self.stats.flood_duplicate += len(records) - len(stored)
-            self.stats.flood_in += len(stored)
+        self._count_stored(origin, len(records), len(stored))
         if not stored:
             return
-        self.stats.stored()
         sent = sent_to[0]
         if sent_to.count(sent) < len(sent_to):  # some forwarded, some not: one by one
-            for (record, position, previous), one in zip(stored, sent_to, strict=True):
-                self._group_stored_part([(record, position, previous)], one, origin)
+            for one_stored, one in zip(stored, sent_to, strict=True):
+                self._group_stored_part([one_stored[0]], [one_stored], one, origin)
             return
-        self._group_stored_part(stored, sent, origin)
+        self._group_stored_part([record for record, _, _ in stored], stored, sent, origin)
 
-    def _group_stored_part(self, stored: list[Stored], sent: frozenset[bytes] | None, origin: Origin) -> None:
-        """Flood newer records stored together that went the same way (``sent``:
-        forwarded to those peers, or None) and remember the forwarded ones."""
+    def _count_stored(self, origin: Origin, received: int, stored: int) -> None:
+        if origin.peer is not None:
+            self.stats.flood_duplicate += received - stored
+            self.stats.flood_in += stored
+        if stored:
+            self.stats.stored()
+
+    def _group_stored_part(self, records: list[AtRecord], stored: Sequence[Stored],
+                           sent: frozenset[bytes] | None, origin: Origin) -> None:
+        """Flood newer ``records``, stored together (``stored``: each with its
+        position), that went the same way (``sent``: forwarded to those peers,
+        or None) and remember the forwarded ones."""
         peer, unconfirmed = origin.peer, origin.unconfirmed
-        keys = [update_key(record) for record, _, _ in stored] if sent or unconfirmed else None
+        keys = [update_key(record) for record in records] if sent or unconfirmed else None
         self.links.flood_group(stored, keys, peer, sent or frozenset(), source_has_it=not unconfirmed)
         if keys is not None:
             if unconfirmed:

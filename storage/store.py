@@ -13,11 +13,11 @@ import itertools
 import math
 import operator
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from functools import reduce
 from hashlib import sha1 as _sha1
 from importlib import resources
-from typing import Any, NamedTuple
+from typing import Any, NamedTuple, overload
 
 import txredisapi
 from twisted.internet.defer import Deferred, fail, succeed
@@ -31,6 +31,8 @@ from herd.wire.client import AtRecord, parse_at_line
 from herd.wire.peer import ANY_ENTRY, LogStep, Position
 from storage import geohash
 from storage.keys import Keys
+
+_new = tuple.__new__  # makes NamedTuples without their __new__'s Python frame
 
 _log = Logger(namespace="herd")
 
@@ -82,6 +84,41 @@ class StoreResult(NamedTuple):
     position: Position | None  # where it went in this node's log, when stored
     advanced: bool  # the log step's peer offset moved to step.pos
     previous: Position | None = None  # the log entry just before position
+
+
+class StoredRun(Sequence[StoreResult]):
+    """The StoreResults of a group stored whole in one batch (the usual case),
+    made on demand: record i is at ``<epoch>/0-<first + i>``, each right after
+    the one before it, the first right after ``previous``. Most callers read
+    only its ends (see Node._group_stored), not a result per record."""
+
+    __slots__ = ("epoch", "first", "previous", "_count")
+
+    def __init__(self, epoch: bytes, first: int, count: int, previous: Position):
+        self.epoch, self.first, self.previous, self._count = epoch, first, previous, count
+
+    def __len__(self) -> int:
+        return self._count
+
+    def position(self, index: int) -> Position:
+        """Where record ``index`` (0 <= index < len) went in the log."""
+        return _new(Position, (self.epoch, b"0-%d" % (self.first + index)))
+
+    @overload
+    def __getitem__(self, index: int) -> StoreResult: ...
+
+    @overload
+    def __getitem__(self, index: slice) -> list[StoreResult]: ...
+
+    def __getitem__(self, index: int | slice) -> StoreResult | list[StoreResult]:
+        if isinstance(index, slice):
+            return [self[i] for i in range(*index.indices(self._count))]
+        if index < 0:
+            index += self._count
+        if not 0 <= index < self._count:
+            raise IndexError(index)
+        previous = self.position(index - 1) if index else self.previous
+        return _new(StoreResult, (True, self.position(index), False, previous))
 
 
 def set_no_delay(transport: Any) -> None:
@@ -293,15 +330,16 @@ class RedisStore:
         return done
 
     def store_group(self, records: list[AtRecord], source: bytes = b"",
-                    known_newer: list[bool] | None = None) -> Deferred[list[StoreResult]]:
+                    known_newer: list[bool] | None = None) -> Deferred[Sequence[StoreResult]]:
         """store_if_newer for records that arrived together, as one group: from
         clients (``source`` b""), or from a peer (``source`` as for
         store_if_newer; ties broken, no log step); ``known_newer``: each
         record's hint, as for store_if_newer. Stored in order, together;
-        fires with their StoreResults in order once Redis has acknowledged them
-        (or fails for all of them). One Deferred instead of one per record: a
-        read of many IAMATs, or of many forwarded updates, is handled at once."""
-        done: Deferred[list[StoreResult]] = Deferred()
+        fires with their StoreResults in order (a StoredRun when all were
+        stored) once Redis has acknowledged them (or fails for all of them).
+        One Deferred instead of one per record: a read of many IAMATs, or of
+        many forwarded updates, is handled at once."""
+        done: Deferred[Sequence[StoreResult]] = Deferred()
         kinds = _KINDS[bool(source)]
         known = known_newer or [False] * len(records)
         pairs = list(zip(records, known, strict=True))
@@ -647,8 +685,6 @@ def _record_blob(record: AtRecord, kind: bytes, step: LogStep | None, source: by
         record.server, record.skew, record.client_id, location.lat, location.lon, record.time.text,
         kind, source, step.peer, step.prev.epoch, step.prev.entry, step.pos.entry)
 
-
-_new = tuple.__new__  # makes NamedTuples without their __new__'s Python frame
 _NOT_STORED = StoreResult(False, None, False)
 _NOT_STORED_ADVANCED = StoreResult(False, None, True)
 
@@ -669,12 +705,10 @@ def _batch_stored(reply: bytes, part: list[_Pending]) -> None:
         chunk = lines[at:at + (count or 1)]
         at += count or 1
         if count and chunk.count(b"0+") == count:  # a group stored whole: the usual case
-            positions = [_new(Position, (epoch, b"0-%d" % i)) for i in range(k + 1, k + count + 1)]
-            results = [_new(StoreResult, (True, position, False, before))
-                       for position, before in zip(positions, [previous, *positions[:-1]], strict=True)]
+            run = StoredRun(epoch, k + 1, count, previous)
             k += count
-            previous = positions[-1]
-            done.callback(results)
+            previous = run.position(count - 1)
+            done.callback(run)
             continue
         results = []
         for line in chunk:

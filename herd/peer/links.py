@@ -10,7 +10,7 @@ else on its oldest open connection.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Container, Iterable
+from collections.abc import Callable, Container, Iterable, Sequence
 from typing import Any, Protocol
 
 from twisted.logger import Logger
@@ -192,7 +192,7 @@ class PeerLinks:
         self.flooded += sent
         return sent
 
-    def flood_group(self, stored: list[Stored], keys: list[UpdateKey] | None, source: bytes | None,
+    def flood_group(self, stored: Sequence[Stored], keys: list[UpdateKey] | None, source: bytes | None,
                     forwarded: frozenset[bytes], source_has_it: bool) -> int:
         """:meth:`flood` of each of ``stored`` in order, all with these
         ``source``, ``forwarded`` and ``source_has_it``. They were stored
@@ -223,7 +223,7 @@ class PeerLinks:
         self.flooded += sent
         return sent
 
-    def _note_forwarded(self, cursor: FloodCursor, stored: list[Stored], keys: list[UpdateKey]) -> None:
+    def _note_forwarded(self, cursor: FloodCursor, stored: Sequence[Stored], keys: list[UpdateKey]) -> None:
         """The updates forwarded to the cursor's peer were stored: into its forwarded list."""
         for first in range(0, len(stored), MAX_LISTED):
             cursor.forwarded.extend(keys[first:first + MAX_LISTED])

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import pytest
 from fakes import PeerConn
 
+from herd.node import _StoredWhole
 from herd.peer.links import PeerLinks, Stored
 from herd.wire.client import parse_at_line
 from herd.wire.peer import MAX_LISTED, Position, update_key
+from storage.store import StoredRun, StoreResult
 
 Conn = PeerConn
 
@@ -240,6 +243,39 @@ def test_a_group_flood_sends_what_floods_one_by_one_send() -> None:
         one_by_one, grouped = _one_by_one_and_grouped(names, _group(1, 5), source, forwarded, source_has_it,
                                                       live)
         assert grouped == one_by_one, (source, forwarded, source_has_it, live)
+
+
+def test_a_group_stored_whole_floods_as_its_list_of_results_would() -> None:
+    # A group stored whole comes back as a StoredRun, and is flooded through a
+    # view made on demand (node._StoredWhole): the same records, positions and
+    # lines as the list of StoreResults it replaces.
+    names = (b"B", b"C", b"D")
+    records = [record(f"w{n}", n) for n in range(1, 7)]
+    start = Position(b"E", b"0-0")
+    run = StoredRun(b"E", 1, len(records), start)
+    eager = [(rec, Position(b"E", b"0-%d" % n), Position(b"E", b"0-%d" % (n - 1)))
+             for n, rec in enumerate(records, 1)]
+    lazy = _StoredWhole(records, run)
+    assert list(lazy) == eager and lazy[-1] == eager[-1] and lazy[1:3] == eager[1:3] and len(lazy) == 6
+    assert list(run) == [StoreResult(True, p, False, before) for _, p, before in eager]
+    assert run[-1] == run[5] and run.position(5) == eager[5][1]
+    with pytest.raises(IndexError):
+        run[6]
+    cases = [(None, True, True), (None, False, True), (b"B", True, False), (b"B", False, True)]
+    for source, forwarded, source_has_it in cases:
+        sent: list[Sent] = []
+        for group in (eager, lazy):
+            links = PeerLinks(names)
+            conns = {name: Conn() for name in names}
+            for name, conn in conns.items():
+                links.add(name, conn, "test")
+                links.chain_from(name, conn, start)
+            to = links.forward([rec.line for rec in records], source) if forwarded else frozenset()
+            keys = [update_key(rec) for rec in records] if to or not source_has_it else None
+            links.flood_group(group, keys, source, to, source_has_it)
+            links.send_log_moved()
+            sent.append({name: conn.take() for name, conn in conns.items()})
+        assert sent[0] == sent[1] and any(sent[0].values()), (source, forwarded, source_has_it)
 
 
 def test_a_group_after_an_entry_never_seen_breaks_the_chain_as_one_by_one() -> None:
