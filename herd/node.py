@@ -15,7 +15,7 @@ from __future__ import annotations
 import time
 from collections import deque
 from collections.abc import Callable, Sequence
-from typing import Any, NamedTuple, cast, overload
+from typing import Any, NamedTuple, cast
 
 from twisted.internet.defer import Deferred, inlineCallbacks, succeed
 from twisted.internet.interfaces import IReactorTime
@@ -41,7 +41,7 @@ from herd.wire.client import (
     parse_client_time,
 )
 from herd.wire.peer import LogStep, Position, UpdateKey, update_key
-from storage.store import RedisStore, StoredRun, StoreResult
+from storage.store import OnDemand, RedisStore, StoredRun, StoreResult
 
 log = Logger(namespace="herd")
 
@@ -112,7 +112,7 @@ CLIENT = Origin(None, False)
 Forwarded = list[frozenset[bytes] | None]
 
 
-class _StoredWhole(Sequence[Stored]):
+class _StoredWhole(OnDemand[Stored]):
     """(record, position, previous) of each record of a group stored whole (a
     StoredRun), made on demand: PeerLinks.flood_group reads the ends, and the
     others only where it sends U lines."""
@@ -120,22 +120,11 @@ class _StoredWhole(Sequence[Stored]):
     __slots__ = ("_records", "_run")
 
     def __init__(self, records: list[AtRecord], run: StoredRun):
+        super().__init__(len(records))
         self._records, self._run = records, run
 
-    def __len__(self) -> int:
-        return len(self._records)
-
-    @overload
-    def __getitem__(self, index: int) -> Stored: ...
-
-    @overload
-    def __getitem__(self, index: slice) -> list[Stored]: ...
-
-    def __getitem__(self, index: int | slice) -> Stored | list[Stored]:
-        if isinstance(index, slice):
-            return [self[i] for i in range(*index.indices(len(self)))]
-        result = self._run[index]
-        return self._records[index], cast(Position, result.position), result.previous
+    def _item(self, index: int) -> Stored:
+        return self._records[index], self._run.position(index), self._run.previous_of(index)
 
 
 def refusal(line: bytes) -> bytes:

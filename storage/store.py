@@ -17,7 +17,7 @@ from collections.abc import Callable, Sequence
 from functools import reduce
 from hashlib import sha1 as _sha1
 from importlib import resources
-from typing import Any, NamedTuple, overload
+from typing import Any, NamedTuple, TypeVar, overload
 
 import txredisapi
 from twisted.internet.defer import Deferred, fail, succeed
@@ -33,6 +33,7 @@ from storage import geohash
 from storage.keys import Keys
 
 _new = tuple.__new__  # makes NamedTuples without their __new__'s Python frame
+T = TypeVar("T")
 
 _log = Logger(namespace="herd")
 
@@ -86,39 +87,58 @@ class StoreResult(NamedTuple):
     previous: Position | None = None  # the log entry just before position
 
 
-class StoredRun(Sequence[StoreResult]):
+class OnDemand(Sequence[T]):
+    """A sequence of ``count`` items, each made when it is read (``_item``)."""
+
+    __slots__ = ("_count",)
+
+    def __init__(self, count: int):
+        self._count = count
+
+    def __len__(self) -> int:
+        return self._count
+
+    def _item(self, index: int) -> T:  # 0 <= index < len
+        raise NotImplementedError
+
+    @overload
+    def __getitem__(self, index: int) -> T: ...
+
+    @overload
+    def __getitem__(self, index: slice) -> list[T]: ...
+
+    def __getitem__(self, index: int | slice) -> T | list[T]:
+        if isinstance(index, slice):
+            return [self._item(i) for i in range(*index.indices(self._count))]
+        if index < 0:
+            index += self._count
+        if not 0 <= index < self._count:
+            raise IndexError(index)
+        return self._item(index)
+
+
+class StoredRun(OnDemand[StoreResult]):
     """The StoreResults of a group stored whole in one batch (the usual case),
     made on demand: record i is at ``<epoch>/0-<first + i>``, each right after
     the one before it, the first right after ``previous``. Most callers read
     only its ends (see Node._group_stored), not a result per record."""
 
-    __slots__ = ("epoch", "first", "previous", "_count")
+    __slots__ = ("epoch", "first", "previous")
 
     def __init__(self, epoch: bytes, first: int, count: int, previous: Position):
-        self.epoch, self.first, self.previous, self._count = epoch, first, previous, count
-
-    def __len__(self) -> int:
-        return self._count
+        super().__init__(count)
+        self.epoch, self.first, self.previous = epoch, first, previous
 
     def position(self, index: int) -> Position:
         """Where record ``index`` (0 <= index < len) went in the log."""
         return _new(Position, (self.epoch, b"0-%d" % (self.first + index)))
 
-    @overload
-    def __getitem__(self, index: int) -> StoreResult: ...
+    def previous_of(self, index: int) -> Position:
+        """The log entry right before record ``index``."""
+        return self.position(index - 1) if index else self.previous
 
-    @overload
-    def __getitem__(self, index: slice) -> list[StoreResult]: ...
-
-    def __getitem__(self, index: int | slice) -> StoreResult | list[StoreResult]:
-        if isinstance(index, slice):
-            return [self[i] for i in range(*index.indices(self._count))]
-        if index < 0:
-            index += self._count
-        if not 0 <= index < self._count:
-            raise IndexError(index)
-        previous = self.position(index - 1) if index else self.previous
-        return _new(StoreResult, (True, self.position(index), False, previous))
+    def _item(self, index: int) -> StoreResult:
+        return _new(StoreResult, (True, self.position(index), False, self.previous_of(index)))
 
 
 def set_no_delay(transport: Any) -> None:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import pytest
 from fakes import PeerConn
 
@@ -206,28 +208,34 @@ def _group(first: int, count: int) -> list[Stored]:
 Sent = dict[bytes, list[bytes]]
 
 
+def _flooded(names: tuple[bytes, ...], live: tuple[bytes, ...], start: Position, group: Sequence[Stored],
+             source: bytes | None, forwarded: bool, source_has_it: bool, grouped: bool = True) -> Sent:
+    """The lines each peer gets when ``group`` (stored together right after
+    ``start``, where the ``live`` peers' chains stand) is flooded, with
+    flood_group() or with flood() of each record, then a K tick."""
+    links = PeerLinks(names)
+    conns = {name: Conn() for name in names}
+    for name, conn in conns.items():
+        links.add(name, conn, "test")
+        if name in live:
+            links.chain_from(name, conn, start)
+    to = links.forward([rec.line for rec, _, _ in group], source) if forwarded else frozenset()
+    if grouped:
+        keys = [update_key(rec) for rec, _, _ in group] if to or not source_has_it else None
+        links.flood_group(group, keys, source, to, source_has_it)
+    else:
+        for rec, position, previous in group:
+            links.flood(rec, position, previous, source, to, source_has_it)
+    links.send_log_moved()
+    return {name: conn.take() for name, conn in conns.items()}
+
+
 def _one_by_one_and_grouped(names: tuple[bytes, ...], group: list[Stored], source: bytes | None,
                             forwarded: bool, source_has_it: bool,
                             live: tuple[bytes, ...]) -> tuple[Sent, Sent]:
     """The lines each peer gets from flood() of each record, and from flood_group()."""
-    sent: list[Sent] = []
-    for grouped in (False, True):
-        links = PeerLinks(names)
-        conns = {name: Conn() for name in names}
-        for name, conn in conns.items():
-            links.add(name, conn, "test")
-            if name in live:
-                links.chain_from(name, conn, pos(0))
-        to = links.forward([rec.line for rec, _, _ in group], source) if forwarded else frozenset()
-        if grouped:
-            keys = [update_key(rec) for rec, _, _ in group] if to or not source_has_it else None
-            links.flood_group(group, keys, source, to, source_has_it)
-        else:
-            for rec, position, previous in group:
-                links.flood(rec, position, previous, source, to, source_has_it)
-        links.send_log_moved()
-        sent.append({name: conn.take() for name, conn in conns.items()})
-    return sent[0], sent[1]
+    return (_flooded(names, live, pos(0), group, source, forwarded, source_has_it, grouped=False),
+            _flooded(names, live, pos(0), group, source, forwarded, source_has_it))
 
 
 def test_a_group_flood_sends_what_floods_one_by_one_send() -> None:
@@ -263,18 +271,8 @@ def test_a_group_stored_whole_floods_as_its_list_of_results_would() -> None:
         run[6]
     cases = [(None, True, True), (None, False, True), (b"B", True, False), (b"B", False, True)]
     for source, forwarded, source_has_it in cases:
-        sent: list[Sent] = []
-        for group in (eager, lazy):
-            links = PeerLinks(names)
-            conns = {name: Conn() for name in names}
-            for name, conn in conns.items():
-                links.add(name, conn, "test")
-                links.chain_from(name, conn, start)
-            to = links.forward([rec.line for rec in records], source) if forwarded else frozenset()
-            keys = [update_key(rec) for rec in records] if to or not source_has_it else None
-            links.flood_group(group, keys, source, to, source_has_it)
-            links.send_log_moved()
-            sent.append({name: conn.take() for name, conn in conns.items()})
+        sent = [_flooded(names, names, start, group, source, forwarded, source_has_it)
+                for group in (eager, lazy)]
         assert sent[0] == sent[1] and any(sent[0].values()), (source, forwarded, source_has_it)
 
 
