@@ -127,6 +127,12 @@ class _StoredWhole(OnDemand[Stored]):
         return self._records[index], self._run.position(index), self._run.previous_of(index)
 
 
+def _all_forwarded_alike(forwarded: Forwarded) -> bool:
+    """Every record of a (non-empty) group was forwarded, to the same peers."""
+    first = forwarded[0]
+    return first is not None and forwarded.count(first) == len(forwarded)
+
+
 def refusal(line: bytes) -> bytes:
     return b"? " + line + b"\n"
 
@@ -243,11 +249,10 @@ class Node:
         peer and this node, remembered as stored here for that peer's K lines.
         ``settle``: each record of the slow path (forwarded None) is settled in
         herd.latest. Every record forwarded in a group went to the same peers."""
-        sent = forwarded[0]
-        if type(results) is StoredRun and sent is not None and forwarded.count(sent) == len(forwarded):
+        if type(results) is StoredRun and _all_forwarded_alike(forwarded):
             # The usual case: all stored, all forwarded alike; no object per record.
             self._count_stored(origin, len(records), len(records))
-            self._group_stored_part(records, _StoredWhole(records, results), sent, origin)
+            self._group_stored_part(records, _StoredWhole(records, results), forwarded[0], origin)
             return
         stored: list[Stored] = []
         sent_to: list[frozenset[bytes] | None] = []

@@ -33,7 +33,7 @@ from storage import geohash
 from storage.keys import Keys
 
 _new = tuple.__new__  # makes NamedTuples without their __new__'s Python frame
-T = TypeVar("T")
+_T = TypeVar("_T")
 
 _log = Logger(namespace="herd")
 
@@ -87,7 +87,7 @@ class StoreResult(NamedTuple):
     previous: Position | None = None  # the log entry just before position
 
 
-class OnDemand(Sequence[T]):
+class OnDemand(Sequence[_T]):
     """A sequence of ``count`` items, each made when it is read (``_item``)."""
 
     __slots__ = ("_count",)
@@ -98,16 +98,16 @@ class OnDemand(Sequence[T]):
     def __len__(self) -> int:
         return self._count
 
-    def _item(self, index: int) -> T:  # 0 <= index < len
+    def _item(self, index: int) -> _T:  # 0 <= index < len
         raise NotImplementedError
 
     @overload
-    def __getitem__(self, index: int) -> T: ...
+    def __getitem__(self, index: int) -> _T: ...
 
     @overload
-    def __getitem__(self, index: slice) -> list[T]: ...
+    def __getitem__(self, index: slice) -> list[_T]: ...
 
-    def __getitem__(self, index: int | slice) -> T | list[T]:
+    def __getitem__(self, index: int | slice) -> _T | list[_T]:
         if isinstance(index, slice):
             return [self._item(i) for i in range(*index.indices(self._count))]
         if index < 0:
@@ -704,6 +704,7 @@ def _record_blob(record: AtRecord, kind: bytes, step: LogStep | None, source: by
     return b"%s\n%s\n%s\n%s\n%s\n%s\n%s\n%s\n%s\n%s\n%s\n%s\n\t" % (
         record.server, record.skew, record.client_id, location.lat, location.lon, record.time.text,
         kind, source, step.peer, step.prev.epoch, step.prev.entry, step.pos.entry)
+
 
 _NOT_STORED = StoreResult(False, None, False)
 _NOT_STORED_ADVANCED = StoreResult(False, None, True)
