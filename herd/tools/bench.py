@@ -40,7 +40,7 @@ import time
 from collections import deque
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from importlib import resources
 from pathlib import Path
@@ -85,6 +85,9 @@ def add_bench_arguments(parser: argparse.ArgumentParser) -> None:
     add("--seconds", type=seconds, default=5.0, help="throughput and ceiling: measured seconds (default 5)")
     add("--connections", type=count, default=8, help="load connections (default 8)")
     add("--in-flight", type=count, default=16, help="requests outstanding per connection (default 16)")
+    add("--rounds", type=at_least(int, 1, 20), default=1,
+        help="throughput, single, ceiling and floor: rounds of each, interleaved; the figures are the "
+             "median round's, and each round's ratios are listed (default 1)")
     add("--rate", type=at_least(float, 0.001, 1_000_000), default=1000.0,
         help="propagation: IAMATs per second (default 1000)")
     add("--propagation-seconds", type=seconds, default=3.0,
@@ -742,7 +745,16 @@ def single_figures(r: dict[str, Any], results: dict[str, Any]) -> list[Figure]:
     if ratio is not None:
         out.append(Figure("single", "single node / ceiling (req/s)", f"{ratio:.3f}", ">= 0.333",
                           ratio >= 1 / 3))
-    return out
+    return out + rounds_figures("single", "single_ratio", "single node / ceiling", results)
+
+
+def rounds_figures(scenario: str, key: str, what: str, results: dict[str, Any]) -> list[Figure]:
+    """With --rounds: each round's ``key`` ratio, the median round's marked."""
+    values = [(r[key], r["median"]) for r in results.get("rounds", []) if r[key] is not None]
+    if not values:
+        return []
+    listed = ", ".join(f"[{v:.3f}]" if median else f"{v:.3f}" for v, median in values)
+    return [Figure(scenario, f"{what}, each round ([median round])", listed)]
 
 
 def ceiling_figures(r: dict[str, Any], results: dict[str, Any]) -> list[Figure]:
@@ -770,7 +782,7 @@ def floor_figures(r: dict[str, Any], results: dict[str, Any]) -> list[Figure]:
             name = f"{scenario}: CPU per update / floor of {nodes} node(s)"
             target, met = ("<= 2", ratio <= 2) if scenario == "throughput" else ("", None)
             out.append(Figure("floor", name, f"{ratio:.2f}", target, met))
-    return out
+    return out + rounds_figures("floor", "cpu_ratio", "throughput: CPU per update / floor", results)
 
 
 def rate_ratio(results: dict[str, Any], scenario: str) -> float | None:
@@ -909,13 +921,28 @@ def selected(only: str) -> list[str]:
     return [n for n in SCENARIOS if n in names]
 
 
+RATIO_SCENARIOS = ("throughput", "single", "ceiling", "floor")  # run in rounds (--rounds)
+
+
 def run_scenarios(bench: Bench, names: Sequence[str]) -> dict[str, Any]:
-    """Run ``names`` in order; but reconcile before memory, which then takes its
+    """Run ``names`` in order, those of RATIO_SCENARIOS in ``--rounds`` rounds
+    (see pick_round); but reconcile before memory, which then takes its
     figures from the reconcile herd instead of storing N clients once more."""
+    ratio_names = [n for n in names if n in RATIO_SCENARIOS]
+    if bench.args.rounds == 1:
+        results = run_each(bench, ratio_names)
+    else:  # each round in a directory of its own: no Redis data left from the one before
+        results = pick_round([run_each(replace(bench, root=bench.root / f"round-{i}"), ratio_names)
+                              for i in range(1, bench.args.rounds + 1)])
+    others = [n for n in names if n not in RATIO_SCENARIOS]
+    if "memory" in others and "reconcile" in others:
+        others.remove("reconcile")
+        others.insert(others.index("memory"), "reconcile")
+    return results | run_each(bench, others)
+
+
+def run_each(bench: Bench, names: Sequence[str]) -> dict[str, Any]:
     results: dict[str, Any] = {}
-    if "memory" in names and "reconcile" in names:
-        names = [n for n in names if n != "reconcile"]
-        names.insert(names.index("memory"), "reconcile")
     for name in names:
         if not bench.args.json:
             print(f"herd bench: running {name} ...", file=sys.stderr, flush=True)
@@ -924,6 +951,30 @@ def run_scenarios(bench: Bench, names: Sequence[str]) -> dict[str, Any]:
         except (BenchError, HarnessError) as err:
             results[name] = {"error": str(err)}
     return results
+
+
+def pick_round(rounds: list[dict[str, Any]]) -> dict[str, Any]:
+    """The results of the median round, by the herd-wide CPU ratio (else the
+    single node's), with each round's ratios under ``rounds`` when there were
+    several; a scenario that failed in any round is reported failed."""
+    keyed = sorted((key, i) for i, key in enumerate(map(_round_key, rounds)) if key is not None)
+    median = keyed[(len(keyed) - 1) // 2][1] if keyed else len(rounds) - 1
+    results = dict(rounds[median])
+    for each in rounds:
+        results |= {name: r for name, r in each.items() if "error" in r}
+    results["rounds"] = [{"cpu_ratio": _rounded(cpu_ratio(each, "throughput")),
+                          "single_ratio": _rounded(rate_ratio(each, "single")),
+                          "median": i == median} for i, each in enumerate(rounds)]
+    return results
+
+
+def _round_key(results: dict[str, Any]) -> float | None:
+    ratio = cpu_ratio(results, "throughput")
+    return ratio if ratio is not None else rate_ratio(results, "single")
+
+
+def _rounded(value: float | None) -> float | None:
+    return None if value is None else round(value, 3)
 
 
 def run_bench(args: argparse.Namespace) -> int:
@@ -959,7 +1010,7 @@ def _interrupt(signum: int, frame: object) -> None:
 
 def make_report(args: argparse.Namespace, machine: dict[str, Any], commit: str,
                 results: dict[str, Any]) -> dict[str, Any]:
-    settings = {k: getattr(args, k) for k in ("seconds", "connections", "in_flight", "rate",
+    settings = {k: getattr(args, k) for k in ("seconds", "connections", "in_flight", "rounds", "rate",
                                                 "propagation_seconds", "whatsat_seconds", "clients",
                                                 "appendfsync")}
     report: dict[str, Any] = {"date": datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC"),

@@ -122,6 +122,7 @@ def test_arguments_hook_into_a_subparser() -> None:
 @pytest.mark.parametrize("option, value", [
     ("--seconds", "nan"), ("--seconds", "inf"), ("--seconds", "0"), ("--rate", "-inf"),
     ("--connections", "100000"), ("--connections", "-1"), ("--only", ""), ("--only", "memory,,startup"),
+    ("--rounds", "0"), ("--rounds", "21"),
 ])
 def test_bad_options_are_one_line_and_status_2(option: str, value: str) -> None:
     """Found by an audit: nan and inf ended in a traceback after the herd had
@@ -182,6 +183,41 @@ def test_floor_and_ratios_from_results() -> None:
     del results["floor"]
     assert not [f for f in bench.figures(results) if f.scenario == "floor"]
     assert bench.cpu_ratio(results, "throughput") is None
+
+
+def test_rounds_report_the_median_round_and_every_rounds_ratios() -> None:
+    load = {"p50_ms": 1.0, "p99_ms": 2.0, "errors": 0, "cpu_cores": {"node": 0.5}}
+
+    def one_round(herd_cpu: float, single_rate: float) -> dict[str, Any]:
+        return {"throughput": {**load, "rate": 9000.0, "nodes": 3, "updates": 100,
+                               "cpu_us_per_update": {"all": herd_cpu}},
+                "single": {**load, "rate": single_rate, "nodes": 1, "updates": 100,
+                           "cpu_us_per_update": {"all": 45.0}},
+                "ceiling": {**load, "rate": 150000.0, "cpu_us_per_request": 6.0},
+                "floor": {"records": 1000, "cpu_us_per_record": 14.0, "fsync": "always"}}
+
+    rounds = [one_round(150.0, 40000.0), one_round(90.0, 45000.0), one_round(120.0, 30000.0)]
+    results = bench.pick_round(rounds)
+    assert results["throughput"]["cpu_us_per_update"]["all"] == 120.0  # ratios 2.5, 1.5, 2.0: the median
+    assert results["single"]["rate"] == 30000.0  # the same round's, whatever its single ratio
+    assert results["rounds"] == [{"cpu_ratio": 2.5, "single_ratio": 0.267, "median": False},
+                                 {"cpu_ratio": 1.5, "single_ratio": 0.3, "median": False},
+                                 {"cpu_ratio": 2.0, "single_ratio": 0.2, "median": True}]
+    rows = {(f.scenario, f.name): f.value for f in bench.figures(results)}
+    assert rows[("floor", "throughput: CPU per update / floor, each round ([median round])")] == \
+        "2.500, 1.500, [2.000]"
+    assert rows[("single", "single node / ceiling, each round ([median round])")] == "0.267, 0.300, [0.200]"
+    rounds[0]["floor"] = {"error": "redis-writes: no record was acknowledged"}
+    assert bench.pick_round(rounds)["floor"] == rounds[0]["floor"]  # a failed round is not hidden
+
+
+def test_each_round_runs_on_a_fresh_herd() -> None:
+    # Found while adding rounds: a second round reused the first's Redis
+    # data, so its node spent the round loading the clients already held.
+    report, _ = run_bench("--only", "single", "--rounds", "2", "--seconds", "0.5")
+    run = report["results"]["single"]  # with no ratio to rank by, the last round
+    assert len(report["results"]["rounds"]) == 2 and report["settings"]["rounds"] == 2
+    assert 0 < run["updates"] <= run["all_answered"] + 8 * 16, run
 
 
 def resp_arrays(data: bytes) -> list[list[bytes]]:
