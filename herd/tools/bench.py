@@ -39,7 +39,7 @@ import tempfile
 import time
 from collections import deque
 from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from importlib import resources
@@ -395,15 +395,35 @@ def scenario_floor(bench: Bench) -> dict[str, Any]:
 def scenario_propagation(bench: Bench) -> dict[str, Any]:
     """Send-to-stored latency at the farthest node: the five-node herd (its
     farthest node is 2 hops from Bailey) and a line A-B-C-D (3 hops), at
-    ``--rate``; and the line once more at a light 100/s, for the unloaded floor."""
-    out = {}
+    ``--rate``; and the line once more at a light 100/s, for the unloaded floor.
+    With ``appendfsync always``, also SPEC section 8's reference for it: three
+    fsync'd Redis writes in a row on the same disk (``fsync_chain``)."""
+    out: dict[str, Any] = {}
     seconds = bench.args.propagation_seconds
     for label, topology, source in (("five", FIVE, "Bailey"), ("line", LINE, "A")):
         with herd_running(bench, f"propagation-{label}", topology) as herd:
             out[label] = propagate(herd, source, bench.args.rate, seconds, "prop")
             if label == "line":
                 out["line_light"] = propagate(herd, source, LIGHT_RATE, max(1.0, seconds / 3), "light")
+    if bench.args.appendfsync == "always":
+        out["fsync_chain"] = fsync_chain(bench, bench.args.rate, seconds)
     return out
+
+
+def fsync_chain(bench: Bench, rate: float, seconds: float) -> dict[str, Any]:
+    """Three Redis with ``appendfsync always`` under the bench's directory (one
+    disk), and a client record written to each in turn at ``rate``: the
+    latency of each chain of three writes (bench_load redis-chain)."""
+    with ExitStack() as stack:
+        servers = []
+        for i in range(1, 4):
+            redis = stack.enter_context(RedisProcess(
+                bench.root / "fsync-chain" / f"redis-{i}", appendfsync="always", snapshots=False,
+                label=f"the fsync chain's redis-server {i}"))
+            redis.start(timeout=START_TIMEOUT)
+            servers.append(redis)
+        args = [*(str(redis.port) for redis in servers), "--rate", str(rate), "--seconds", str(seconds)]
+        return run_tool("redis-chain", args, seconds + 60)
 
 
 def propagate(herd: LocalHerd, source: str, rate: float, seconds: float, prefix: str) -> dict[str, Any]:
@@ -818,14 +838,23 @@ def propagation_figures(r: dict[str, Any], results: dict[str, Any]) -> list[Figu
     if "error" in r:
         return [Figure("propagation", "error", r["error"])]
     out = []
-    for run in r.values():
+    chain = r.get("fsync_chain")
+    for label, run in r.items():
+        if label == "fsync_chain":
+            continue
         name = f"{run['from']}->{run['to']} ({run['hops']} hops) at {run['rate']:g}/s p50 / p99"
         value = f"{run['p50_ms']:.2f} / {run['p99_ms']:.2f} ms ({run['arrived']}/{run['sent']})"
         if run["hops"] >= 3 and run["rate"] >= 1000:
-            ok = run["p99_ms"] <= 5 and run["arrived"] == run["sent"]
-            out.append(Figure("propagation", name, value, "p99 <= 5 ms at 1000/s", ok))
+            # SPEC 8: 5 ms with everysec; with always, three fsync'd writes' p99 + 2 ms.
+            bound = chain["p99_ms"] + 2 if chain else 5.0
+            ok = run["p99_ms"] <= bound and run["arrived"] == run["sent"]
+            target = f"p99 <= {bound:.2f} ms" if chain else "p99 <= 5 ms at 1000/s"
+            out.append(Figure("propagation", name, value, target, ok))
         else:
             out.append(Figure("propagation", name, value))
+    if chain:
+        out.append(Figure("propagation", f"3 fsync'd Redis writes in a row at {chain['rate']:g}/s p50 / p99",
+                          f"{chain['p50_ms']:.2f} / {chain['p99_ms']:.2f} ms ({chain['chains']} chains)"))
     return out
 
 

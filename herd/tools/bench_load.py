@@ -5,14 +5,19 @@ generator never shares an interpreter with what it measures:
                                         (--seconds S [--warmup S] | --count N [--first I] [--step K])
     python -m herd.tools.bench_load propagate PORT REDIS_PORT --rate R --seconds S
     python -m herd.tools.bench_load redis-writes REDIS_PORT [--connections C] [--in-flight W] [--seconds S]
+    python -m herd.tools.bench_load redis-chain REDIS_PORT... --rate R --seconds S
     python -m herd.tools.bench_load ceiling-server PORT
 
-``load``, ``propagate`` and ``redis-writes`` print one JSON object on stdout.
+``load``, ``propagate``, ``redis-writes`` and ``redis-chain`` print one JSON
+object on stdout.
 ``redis-writes`` is the storage half of the CPU floor (SPEC section 8): plain
 pipelined writes of the records a node stores (HSET of the seven client
 fields, GEOADD of the position), W records outstanding per connection. ``ceiling-server``
 runs a no-storage Twisted line server that answers IAMAT exactly as a node
 does (``herd.wire.client``), without Redis or peers, until SIGTERM.
+``redis-chain`` times a record written to each of several Redis in turn:
+with three, SPEC section 8's reference for propagation under ``appendfsync
+always`` (three fsync'd writes on the same disk).
 
 The generator pipelines: each connection keeps W requests outstanding, and a
 reply (one line per IAMAT, counted by newlines) lets the next request go.
@@ -376,6 +381,37 @@ async def run_redis_writes(port: int, connections: int, in_flight: int, seconds:
             "loadgen_cpu": round((time.process_time() - cpu) / elapsed, 3)}
 
 
+# -- redis-chain: three fsync'd writes in a row, the always-policy propagation reference --
+
+
+async def run_redis_chain(ports: Sequence[int], rate: float, seconds: float) -> dict[str, Any]:
+    """SPEC section 8's reference for propagation with ``appendfsync always``:
+    a client record written (HSET + GEOADD, as redis-writes) to each Redis of
+    ``ports`` in turn, the next once the one before has answered, a chain
+    starting every 1/``rate`` s (or when the one before ends, if later) for
+    ``seconds``; the latency of each whole chain."""
+    connections = [await asyncio.open_connection("127.0.0.1", port) for port in ports]
+    latencies: list[int] = []
+    started = time.perf_counter_ns()
+    for index in itertools.count():
+        due = started + int(index * NS_PER_S / rate)
+        if due - started >= seconds * NS_PER_S:
+            break
+        await asyncio.sleep(max(0.0, (due - time.perf_counter_ns()) / NS_PER_S))
+        begun = time.perf_counter_ns()
+        for reader, writer in connections:
+            writer.write(record_commands(b"chain:", index, client_time(time.time_ns())))
+            for _ in range(2):  # two integer replies
+                line = await reader.readline()
+                if not line.startswith(b":"):
+                    raise RuntimeError(f"Redis refused a write: {line[:200]!r}")
+        latencies.append(time.perf_counter_ns() - begun)
+    for _, writer in connections:
+        writer.close()
+    return {"chains": len(latencies), "writes_per_chain": len(ports), "rate": rate,
+            **latency_summary(latencies)}
+
+
 # -- the ceiling: a no-storage Twisted line server --------------------------
 
 
@@ -440,6 +476,10 @@ def build_parser() -> argparse.ArgumentParser:
     writes.add_argument("--connections", type=int, default=8)
     writes.add_argument("--in-flight", type=int, default=16, help="records outstanding per connection")
     writes.add_argument("--seconds", type=float, default=5.0)
+    chain = sub.add_parser("redis-chain", help="client records written to each Redis in turn; prints JSON")
+    chain.add_argument("ports", type=int, nargs="+")
+    chain.add_argument("--rate", type=float, default=1000.0)
+    chain.add_argument("--seconds", type=float, default=3.0)
     ceiling = sub.add_parser("ceiling-server", help="no-storage IAMAT line server")
     ceiling.add_argument("port", type=int)
     return parser
@@ -458,6 +498,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         result = asyncio.run(run_load(plan))
     elif args.command == "redis-writes":
         result = asyncio.run(run_redis_writes(args.port, args.connections, args.in_flight, args.seconds))
+    elif args.command == "redis-chain":
+        result = asyncio.run(run_redis_chain(args.ports, args.rate, args.seconds))
     else:
         result = asyncio.run(run_propagate(args.port, args.redis_port, args.rate, args.seconds,
                                            args.prefix.encode()))

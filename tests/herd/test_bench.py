@@ -90,6 +90,9 @@ def test_short_run_of_propagation_and_reconcile() -> None:
     assert (prop["five"]["to"], prop["five"]["hops"]) == ("Jaquez", 2)
     assert (prop["line"]["to"], prop["line"]["hops"]) == ("D", 3)
     assert prop["line_light"]["rate"] == 100
+    chain = prop.pop("fsync_chain")  # appendfsync always: SPEC 8's reference, three fsync'd writes in a row
+    assert chain["chains"] == 100 and chain["writes_per_chain"] == 3
+    assert_latencies(chain)
     for run in prop.values():
         assert run["arrived"] == run["sent"] == 100
         assert_latencies(run)
@@ -155,6 +158,19 @@ def test_percentile_and_table() -> None:
     report = {"date": "d", "commit": "c", "results": results,
               "machine": {"nproc": 2, "cpu": "x", "python": "3", "redis": "7", "twisted": "t"}}
     assert "bytes per client (10 clients, node x)" in bench.render_table(report, rows)
+
+
+def test_propagation_target_follows_the_fsync_policy() -> None:
+    """SPEC 8: three hops at 1000/s within 5 ms with everysec; with always,
+    within the p99 of three fsync'd Redis writes in a row plus 2 ms."""
+    line = {"from": "A", "to": "D", "hops": 3, "rate": 1000.0, "p50_ms": 2.0, "p99_ms": 4.0,
+            "arrived": 10, "sent": 10}
+    everysec = bench.propagation_figures({"line": line}, {})
+    assert (everysec[0].target, everysec[0].met) == ("p99 <= 5 ms at 1000/s", True)
+    chain = {"chains": 10, "writes_per_chain": 3, "rate": 1000.0, "p50_ms": 0.9, "p99_ms": 1.5}
+    always = bench.propagation_figures({"line": line, "fsync_chain": chain}, {})
+    assert (always[0].target, always[0].met) == ("p99 <= 3.50 ms", False)
+    assert always[1].value == "0.90 / 1.50 ms (10 chains)"
 
 
 def test_floor_and_ratios_from_results() -> None:
