@@ -36,10 +36,11 @@ class OneBatch(unittest.TestCase):
         chained = record(b"AT P +0.000000001 owl -89.9+179.999 1700000000.5")
         older = record(b"AT Q +0.000000002 kiwi +1+1 1621464827.9594985")
         # Queued in one reactor turn: one Lua call, applied in this order.
+        # Some known newer (their digest parts travel XORed in the batch's), some not.
         results = yield gatherResults([
-            self.store.store_if_newer(client),
+            self.store.store_if_newer(client, known_newer=True),
             self.store.store_if_newer(forwarded, tie_break=True, source=b"P F"),
-            self.store.store_if_newer(chained, tie_break=True, step=step, source=b"P"),
+            self.store.store_if_newer(chained, tie_break=True, step=step, source=b"P", known_newer=True),
             self.store.store_if_newer(older, tie_break=True, source=b"Q"),
             self.store.advance_offset(LogStep(b"P", step.pos, Position(b"E", b"3-0")),
                                       [b"emu", b"100", b"P", b"-1.000000000"]),
