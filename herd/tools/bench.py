@@ -198,8 +198,8 @@ def context_switches(pid: int) -> int:
 
 class CpuMeter:
     """The CPU seconds groups of processes spend from its making on, and their
-    context switches: each costs a process its warm caches, which is most of
-    why CPU per update falls as batches grow (docs/BENCHMARKS.md)."""
+    context switches: how often they woke up (or were preempted), so how much
+    each did per read or batch (docs/BENCHMARKS.md)."""
 
     def __init__(self, groups: dict[str, list[int]]):
         self._groups = groups
