@@ -74,6 +74,12 @@ class FloodCursor:
         self.awaiting_confirmation: dict[UpdateKey, None] = {}
         self.mark: tuple[Position, int] | None = None  # (position, len(forwarded) then)
 
+    @property
+    def forwarded_step_full(self) -> bool:
+        """MAX_LISTED updates forwarded to the peer were stored since the mark
+        (or since ``sent``, with no mark): see PeerLinks._forwarded_full."""
+        return len(self.forwarded) >= (self.mark[1] if self.mark else 0) + MAX_LISTED
+
 
 Stored = tuple[AtRecord, Position, Position | None]  # a record, its log position, the one before it
 LinkCallback = Callable[[bytes, PeerConnection], None]
@@ -228,7 +234,7 @@ class PeerLinks:
         for first in range(0, len(stored), MAX_LISTED):
             cursor.forwarded.extend(keys[first:first + MAX_LISTED])
             cursor.covered = stored[min(first + MAX_LISTED, len(stored)) - 1][1]
-            if len(cursor.forwarded) >= (cursor.mark[1] if cursor.mark else 0) + MAX_LISTED:
+            if cursor.forwarded_step_full:
                 self._forwarded_full(cursor, cursor.covered)
 
     def _flood_to(self, name: bytes, conns: list[PeerConnection], record: AtRecord, position: Position,
@@ -249,7 +255,7 @@ class PeerLinks:
             return 0
         if live is not None and name in forwarded:
             live.forwarded.append(key or update_key(record))
-            if len(live.forwarded) >= (live.mark[1] if live.mark else 0) + MAX_LISTED:
+            if live.forwarded_step_full:
                 self._forwarded_full(live, position)
             return 0
         if name == source:
@@ -281,10 +287,8 @@ class PeerLinks:
 
     @staticmethod
     def _send_log_moved(cursor: FloodCursor, to: Position) -> None:
-        keys = (*cursor.forwarded, *cursor.awaiting_confirmation)
-        listed = [field for key in keys for field in key]
-        cursor.conn.send_line(msg.log_moved(cursor.sent, to, listed))  # type: ignore[arg-type]
-        cursor.sent = to
+        """A K up to ``to`` listing both lists, which it empties."""
+        _send_k(cursor, to, (*cursor.forwarded, *cursor.awaiting_confirmation))
         cursor.forwarded = []
         cursor.awaiting_confirmation = {}
         cursor.mark = None
@@ -311,9 +315,7 @@ class PeerLinks:
         """A K up to the mark, listing the forwarded updates up to it (no update
         from the peer awaited confirmation when it was set)."""
         to, listed = mark
-        fields = [field for key in cursor.forwarded[:listed] for field in key]
-        cursor.conn.send_line(msg.log_moved(cursor.sent, to, fields))  # type: ignore[arg-type]
-        cursor.sent = to
+        _send_k(cursor, to, cursor.forwarded[:listed])
         del cursor.forwarded[:listed]
         cursor.mark = None
 
@@ -375,3 +377,11 @@ def _close(conn: PeerConnection) -> None:
     """Close ``conn`` once what was sent on it is written."""
     conn.flush_lines()
     conn.transport.loseConnection()
+
+
+def _send_k(cursor: FloodCursor, to: Position, keys: Iterable[UpdateKey]) -> None:
+    """``K <sent> <to>`` listing ``keys`` (four fields each) on the cursor's
+    connection; ``sent`` := ``to``."""
+    listed = [field for key in keys for field in key]
+    cursor.conn.send_line(msg.log_moved(cursor.sent, to, listed))  # type: ignore[arg-type]
+    cursor.sent = to
