@@ -217,11 +217,18 @@ class Node:
         the group: this path runs for every update."""
         records = [make_record(self.name, received_ns, request) for request in requests]
         lines = [record.line for record in records]
-        forwarded = self._forward_group(records, None)
-        d = self.store.store_group(records, known_newer=[sent is not None for sent in forwarded])
+        forwarded, d = self._forward_and_store(records, None, b"")
         return d.addCallbacks(self._clients_stored, self._clients_lost,
                               callbackArgs=(records, forwarded, lines),
                               errbackArgs=(records, forwarded, requests))
+
+    def _forward_and_store(self, records: list[AtRecord], source: bytes | None,
+                           logged: bytes) -> tuple[Forwarded, Deferred[Sequence[StoreResult]]]:
+        """Forward the group (:meth:`_forward_group`), then store it, logged
+        with source ``logged`` (store_group); those forwarded are known newer."""
+        forwarded = self._forward_group(records, source)
+        known_newer = [sent is not None for sent in forwarded]
+        return forwarded, self.store.store_group(records, source=logged, known_newer=known_newer)
 
     def _forward_group(self, records: list[AtRecord], source: bytes | None) -> Forwarded:
         """The fast path of :meth:`_accept` for a group: the records herd.latest
@@ -458,9 +465,7 @@ class Node:
         if not records:
             return
         origin = Origin(peer, True)
-        forwarded = self._forward_group(records, peer)
-        d = self.store.store_group(records, source=peer + b" F",
-                                   known_newer=[sent is not None for sent in forwarded])
+        forwarded, d = self._forward_and_store(records, peer, peer + b" F")
         d.addCallbacks(self._group_stored, self._forwards_lost, callbackArgs=(records, forwarded, origin),
                        errbackArgs=(records, forwarded, origin, conn))
         if self.store.backlog >= BACKLOG_HIGH:

@@ -149,8 +149,9 @@ def set_no_delay(transport: Any) -> None:
 
 # Records' part of the batch argument, their Deferred, their place in arrival
 # order, how many records (0 for one record whose Deferred fires with its
-# StoreResult; n >= 1 for a group whose Deferred fires with a list of n), and
-# the XOR of their digest parts (see _digest_part).
+# StoreResult; n >= 1 for a group whose Deferred fires with a sequence of n:
+# a StoredRun when all were stored), and the XOR of the digest parts of those
+# known newer (see _digest_part).
 _Pending = tuple[bytes, Deferred[Any], int, int, int]
 
 
