@@ -12,6 +12,7 @@ import json
 import socket
 import threading
 import time
+from collections.abc import Callable
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
@@ -34,11 +35,15 @@ def status_doc(name: str, clients: int | None = 12, digest: str | None = DIGEST,
             "flood": {"in": 10, "duplicate": 2, "out": 20}, "syncs": 3, **extra}
 
 
+Answer = dict[str, Any] | tuple[int, bytes]
+
+
 class FakeNode:
     """Serves /status: each request gets the next of ``answers`` (the last one
-    again once they run out); an answer is a document, or (code, raw body)."""
+    again once they run out); an answer is a document, or (code, raw body), or
+    a function called (in the server's thread) for one of those."""
 
-    def __init__(self, *answers: dict[str, Any] | tuple[int, bytes]):
+    def __init__(self, *answers: Answer | Callable[[], Answer]):
         self.answers = list(answers)
         self.requests = 0
         owner = self
@@ -46,6 +51,8 @@ class FakeNode:
         class Handler(BaseHTTPRequestHandler):
             def do_GET(self) -> None:  # noqa: N802
                 answer = owner.next_answer() if self.path == "/status" else (404, b"not found")
+                if callable(answer):
+                    answer = answer()
                 code, body = answer if isinstance(answer, tuple) else (200, json.dumps(answer).encode())
                 self.send_response(code)
                 self.send_header("Content-Type", "application/json")
@@ -60,7 +67,7 @@ class FakeNode:
         self.port = int(self.server.server_address[1])
         threading.Thread(target=self.server.serve_forever, daemon=True).start()
 
-    def next_answer(self) -> dict[str, Any] | tuple[int, bytes]:
+    def next_answer(self) -> Answer | Callable[[], Answer]:
         self.requests += 1
         return self.answers.pop(0) if len(self.answers) > 1 else self.answers[0]
 

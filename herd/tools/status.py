@@ -80,7 +80,12 @@ def run_status(config_path: str, once: bool, as_json: bool = False,
         if once or as_json:
             d = surveyor.survey().addCallback(show, False)
             return d.addBoth(lambda result: surveyor.close().addCallback(lambda _: result))
-        return LoopingCall(lambda: surveyor.survey().addCallback(show, True)).start(REFRESH)
+        # Ctrl-C stops the reactor under a survey in flight: its nodes would
+        # show as unreachable, a guess; no frame is shown once stopping.
+        stopping: list[bool] = []
+        reactor.addSystemEventTrigger("before", "shutdown", stopping.append, True)
+        return LoopingCall(lambda: surveyor.survey().addCallback(
+            lambda reports: None if stopping else show(reports, True))).start(REFRESH)
 
     try:
         react(main)

@@ -11,7 +11,9 @@ import signal
 import subprocess
 import sys
 import tempfile
+import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -253,20 +255,46 @@ def test_status_once_exits_0_when_all_is_well(tmp_path: Path) -> None:
             server.close()
 
 
+def ctrl_c_live_view(path: Path, node: FakeNode, requests: int, what: str,
+                     then: Callable[[], object] = lambda: None) -> tuple[list[str], str]:
+    """Run the live ``herd status`` on ``path`` until ``node`` has had
+    ``requests`` requests, then Ctrl-C it (and ``then``); its frames and output."""
+    live = subprocess.Popen([sys.executable, "-m", "herd", "status", "--config", str(path)], cwd=REPO,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+    try:
+        wait_until(lambda: node.requests >= requests, timeout=20, what=what)
+    finally:
+        live.send_signal(signal.SIGINT)
+        out, err = live.communicate(timeout=15)
+        then()
+    assert live.returncode == 0, err
+    return out.split("herd status  ")[1:], out
+
+
+def test_ctrl_c_during_a_survey_shows_no_frame_of_guesses(tmp_path: Path) -> None:
+    # Found by a flaky test: Ctrl-C cancelled the survey in flight, and the
+    # view printed a last frame with every node unreachable.
+    release = threading.Event()
+
+    def slow() -> dict[str, Any]:
+        release.wait(20)
+        return status_doc("Bailey")
+
+    bailey = FakeNode(status_doc("Bailey"), slow)
+    try:
+        path = write_config(tmp_path / "herd.toml", {"Bailey": bailey.port})
+        frames, out = ctrl_c_live_view(path, bailey, 2, "a second survey in flight", then=release.set)
+        assert len(frames) == 1 and row(frames[0], "Bailey").split()[3:5] == ["12", DIGEST[:8]], out
+    finally:
+        bailey.close()
+
+
 def test_live_view_refreshes_until_ctrl_c(tmp_path: Path) -> None:
     bailey = FakeNode(status_doc("Bailey"), status_doc("Bailey", 13, "ffff000011112222"))
     try:
         path = write_config(tmp_path / "herd.toml", {"Bailey": bailey.port})
-        live = subprocess.Popen([sys.executable, "-m", "herd", "status", "--config", str(path)], cwd=REPO,
-                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                                preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
-        try:
-            wait_until(lambda: bailey.requests >= 3, timeout=20, what="three frames")
-        finally:
-            live.send_signal(signal.SIGINT)
-            out, err = live.communicate(timeout=15)
-        assert live.returncode == 0, err
-        frames = out.split("herd status  ")[1:]
+        frames, out = ctrl_c_live_view(path, bailey, 3, "three frames")
         assert len(frames) >= 3 and "\x1b" not in out  # not a terminal: no screen codes
         assert row(frames[0], "Bailey").split()[3:5] == ["12", DIGEST[:8]]
         assert row(frames[-1], "Bailey").split()[3:5] == ["13", "ffff0000"]  # each frame reads again
