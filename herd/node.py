@@ -40,14 +40,13 @@ from herd.wire.client import (
     parse_at_line,
     parse_client_time,
 )
-from herd.wire.peer import LogStep, Position, UpdateKey, update_key
+from herd.wire.peer import LogStep, Position
 from storage.store import OnDemand, RedisStore, StoredRun, StoreResult
 
 log = Logger(namespace="herd")
 
 
 MAX_UNSTORED = 100_000  # forwarded updates kept for storing again when Redis is back
-MAX_HELD = 10_000  # per peer: forwarded updates remembered as stored here (about a second)
 STORE_AGAIN_AFTER = 1.0  # seconds after a failed store of a forwarded update before trying again
 SCAN_COUNT = 1000  # clients per Redis call while loading their times
 # Records waiting for this node's Redis at which it stops reading from its
@@ -68,37 +67,6 @@ PEER_CLOCK_RETRY_NS = 86_400 * 1_000_000_000
 
 _FORWARD = msg.FORWARD + b" "  # an F line's start: told, and cut, without splitting the line
 _FORWARD_LEN = len(_FORWARD)
-
-
-class StoredKeys:
-    """The keys (see update_key) of updates known to be stored here: the last
-    ``limit`` to ``2 * limit`` added, in two generations (adding and taking
-    are O(1); the older generation is dropped whole)."""
-
-    __slots__ = ("_limit", "_new", "_old")
-
-    def __init__(self, limit: int = MAX_HELD // 2):
-        self._limit = limit
-        self._new: set[UpdateKey] = set()
-        self._old: set[UpdateKey] = set()
-
-    def add_all(self, keys: list[UpdateKey]) -> None:
-        self._new.update(keys)
-        if len(self._new) >= self._limit:
-            self._old, self._new = self._new, set()
-
-    def take_all(self, keys: list[UpdateKey]) -> list[UpdateKey]:
-        """Those of ``keys`` not known stored, in order; the known ones are
-        forgotten once asked for (set operations: usually all are known)."""
-        found = self._new.intersection(keys)
-        self._new -= found
-        if len(found) < len(keys):
-            old = self._old.intersection(keys)
-            self._old -= old
-            found |= old
-            if len(found) < len(keys):
-                return [key for key in keys if key not in found]
-        return []
 
 
 class Origin(NamedTuple):
@@ -158,10 +126,6 @@ class Node:
         self._unstored: deque[tuple[AtRecord, Origin, frozenset[bytes]]] = deque(maxlen=MAX_UNSTORED)
         self._retry: Any = None
         store.on_connected.append(self._store_again)
-        # Per peer, updates stored here that its K lines may list: those it
-        # forwarded to us (F) and those we forwarded to it (see _not_known_stored).
-        self._stored_from: dict[bytes, StoredKeys] = {}
-        store.on_connected.append(self._stored_from.clear)
         self._peer_handlers: dict[bytes, Callable[[bytes, bytes, PeerConnection], Any]] = {
             msg.FORWARD: self.handle_forward, msg.UPDATE: self.handle_update,
             msg.LOG_MOVED: self.handle_log_moved, msg.RECORD: self.handle_record,
@@ -252,14 +216,13 @@ class Node:
     def _group_stored(self, results: Sequence[StoreResult], records: list[AtRecord], forwarded: Forwarded,
                       origin: Origin, settle: bool = True) -> None:
         """Records from ``origin`` were stored (or found not newer): each newer
-        one is flooded (PeerLinks.flood_group) and, where it was forwarded between a
-        peer and this node, remembered as stored here for that peer's K lines.
+        one is flooded (PeerLinks.flood_group), in runs forwarded alike.
         ``settle``: each record of the slow path (forwarded None) is settled in
         herd.latest. Every record forwarded in a group went to the same peers."""
         if type(results) is StoredRun and _all_forwarded_alike(forwarded):
             # The usual case: all stored, all forwarded alike; no object per record.
             self._count_stored(origin, len(records), len(records))
-            self._group_stored_part(records, _StoredWhole(records, results), forwarded[0], origin)
+            self.links.flood_group(_StoredWhole(records, results), origin.peer, forwarded[0] or frozenset())
             return
         stored: list[Stored] = []
         sent_to: list[frozenset[bytes] | None] = []
@@ -275,9 +238,9 @@ class Node:
         sent = sent_to[0]
         if sent_to.count(sent) < len(sent_to):  # some forwarded, some not: one by one
             for one_stored, one in zip(stored, sent_to, strict=True):
-                self._group_stored_part([one_stored[0]], [one_stored], one, origin)
+                self.links.flood_group([one_stored], origin.peer, one or frozenset())
             return
-        self._group_stored_part([record for record, _, _ in stored], stored, sent, origin)
+        self.links.flood_group(stored, origin.peer, sent or frozenset())
 
     def _count_stored(self, origin: Origin, received: int, stored: int) -> None:
         if origin.peer is not None:
@@ -285,20 +248,6 @@ class Node:
             self.stats.flood_in += stored
         if stored:
             self.stats.stored()
-
-    def _group_stored_part(self, records: list[AtRecord], stored: Sequence[Stored],
-                           sent: frozenset[bytes] | None, origin: Origin) -> None:
-        """Flood newer ``records``, stored together (``stored``: each with its
-        position), that went the same way (``sent``: forwarded to those peers,
-        or None) and remember the forwarded ones."""
-        peer, unconfirmed = origin.peer, origin.unconfirmed
-        keys = [update_key(record) for record in records] if sent or unconfirmed else None
-        self.links.flood_group(stored, keys, peer, sent or frozenset(), source_has_it=not unconfirmed)
-        if keys is not None:
-            if unconfirmed:
-                self._remember_stored(peer, keys)  # type: ignore[arg-type]
-            for name in sent or ():
-                self._remember_stored(name, keys)
 
     def _group_lost(self, failure: Failure, records: list[AtRecord],
                     forwarded: Forwarded, origin: Origin) -> None:
@@ -388,25 +337,9 @@ class Node:
         self._group_stored([result], [record], [forwarded], origin, settle=False)
         return result
 
-    def _remember_stored(self, peer: bytes, keys: list[UpdateKey]) -> None:
-        """Updates forwarded (F) between ``peer`` and this node, either way,
-        are now stored here: when the peer's K lists them, no Redis lookup is
-        needed. Forgotten when Redis reconnects (it may have restarted without
-        them), and beyond about MAX_HELD per peer."""
-        stored = self._stored_from.get(peer)
-        if stored is None:
-            stored = self._stored_from[peer] = StoredKeys()
-        stored.add_all(keys)
-
-    def _not_known_stored(self, peer: bytes, listed: list[UpdateKey]) -> list[bytes]:
-        """The fields (four each) of the updates a K line from ``peer`` lists that
-        are not known to be stored here; those are checked in Redis."""
-        known = self._stored_from.get(peer)
-        unknown = known.take_all(listed) if known else listed
-        return [field for key in unknown for field in key]
-
     def _forwarded_lost(self, failure: Failure, record: AtRecord, origin: Origin,
                         forwarded: frozenset[bytes]) -> Failure:
+        self.reconciler.may_lack(forwarded)  # they hold it, and their K lines will step over it
         if len(self._unstored) == self._unstored.maxlen:
             log.error("too many forwarded updates not stored; dropping {line}",
                       line=loggable(self._unstored[0][0].line))
@@ -483,9 +416,10 @@ class Node:
         if moved is None:
             self._malformed(peer, "a malformed K (log moved)", rest)
             return
-        self.links.confirmed_by(peer, moved.listed)
-        step = LogStep(peer, moved.prev, moved.pos)
-        d = self.store.advance_offset(step, self._not_known_stored(peer, moved.listed))
+        if self.reconciler.lacks(peer):
+            self.reconciler.gap(peer, conn)
+            return
+        d = self.store.advance_offset(LogStep(peer, moved.prev, moved.pos))
         d.addCallback(lambda result: None if result.advanced else self.reconciler.gap(peer, conn))
         d.addErrback(lambda f: self.reconciler.record_lost(peer, conn))
 
@@ -515,11 +449,15 @@ class Node:
                   pos_token: bytes) -> LogStep | None:
         """The step ``prev -> pos`` of ``peer``'s log, or None when unchained
         (sent during a SYNC answer, which covers it, or on a link with no flood
-        cursor yet, which needs a pull)."""
+        cursor yet, which needs a pull) or when this node may lack updates of
+        that log (it pulls)."""
         prev, pos = Position.parse(prev_token), Position.parse(pos_token)
         if prev is None or pos is None or prev.epoch != pos.epoch:
             if not self.reconciler.is_pulling(peer):
                 self.reconciler.gap(peer, conn)
+            return None
+        if self.reconciler.lacks(peer):
+            self.reconciler.gap(peer, conn)
             return None
         return LogStep(peer, prev, pos)
 

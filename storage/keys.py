@@ -37,6 +37,12 @@ class Keys:
         """How many elements were trimmed from the journal's head (absent: none)."""
         return self.prefix + b"journal:base"
 
+    @property
+    def journal_batch(self) -> bytes:
+        """The token of the last store batch applied with none lost before it
+        (store_batch.lua): log steps are taken only in a batch that follows it."""
+        return self.prefix + b"journal:batch"
+
     def peer(self, name: bytes) -> bytes:
         """Hash ``epoch``, ``pos``: how far this node has applied peer ``name``'s log."""
         return self.prefix + b"peer:" + name

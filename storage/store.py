@@ -12,6 +12,7 @@ from __future__ import annotations
 import itertools
 import math
 import operator
+import os
 from collections import deque
 from collections.abc import Callable, Sequence
 from functools import reduce
@@ -269,6 +270,11 @@ class RedisStore:
         self._refused: str | None = None  # why the last connection attempt failed
         self._announced = 0  # the last connection logged as serving
         self._sent_at: deque[float] = deque()  # when each unanswered store batch was sent
+        # Store batches are named "<random>-<n>"; each names the one sent before
+        # it (b"": none, or a batch failed since), see store_batch.lua.
+        self._batch_names = os.urandom(6).hex().encode()
+        self._batches_sent = 0
+        self._last_batch = b""
         self.observe: Callable[[float], None] | None = None  # gets each call's latency (s)
         # Gets the reason (the error's first word: OOM, LOADING, MISCONF, ...)
         # of each call Redis refused because it cannot take writes now; not
@@ -369,19 +375,13 @@ class RedisStore:
         self._queue(blob, done, len(records), digest, urgent=not source)
         return done
 
-    def advance_offset(self, step: LogStep, listed: list[bytes] = []) -> Deferred[StoreResult]:  # noqa: B006
+    def advance_offset(self, step: LogStep) -> Deferred[StoreResult]:
         """Advance ``step.peer``'s offset from ``step.prev`` to ``step.pos`` with
-        no record, in order with the records stored before it; ``listed``
-        (client id, client-time, server, skew, client id, ...): only if each
-        of those clients is held newer, or as new with that server and skew
-        (see store_batch.lua)."""
+        no record, in order with the records stored before it."""
         done: Deferred[StoreResult] = Deferred()
-        # No record (six empty fields), a kind, no source, the chain: the step, the holds.
+        # No record (six empty fields), a kind, no source, the chain: the step.
         link = (step.peer, step.prev.epoch, step.prev.entry, step.pos.entry)
-        blob = b"\n\n\n\n\n\n0\n\n%s\n%s\n%s\n%s\n" % link
-        if listed:
-            blob += b"\n".join(listed) + b"\n"
-        self._queue(blob + b"\t", done, 0, 0)
+        self._queue(b"\n\n\n\n\n\n0\n\n%s\n%s\n%s\n%s\n\t" % link, done, 0, 0)
         return done
 
     @property
@@ -422,13 +422,16 @@ class RedisStore:
         """Send what waits, in batches of at most MAX_BATCH records, while fewer
         than MAX_IN_FLIGHT are unanswered, each queue in arrival order (one Lua
         call per batch, applied in order). Client records may overtake peers'
-        but never the other way round: a peer's K line must find the client
-        updates forwarded to it before it stored. Half of a full batch is kept
-        for peers' records older than every waiting client record, so neither
-        queue starves the other."""
+        but never the other way round: a peer's K line comes after the client
+        updates forwarded to it before they were stored. Each batch names the
+        one sent before it: Redis takes its log steps only if that one was
+        applied (store_batch.lua), so no offset moves past a record of a batch
+        that failed on the way. Half of a full batch is kept for peers' records
+        older than every waiting client record, so neither queue starves the
+        other."""
         self._batch_call = None
         keys = [self.keys.geo, self.keys.journal, self.keys.journal_epoch, self.keys.summary,
-                self.keys.journal_base]
+                self.keys.journal_base, self.keys.journal_batch]
         while (self._urgent or self._batch) and len(self._sent_at) < MAX_IN_FLIGHT:
             part: list[_Pending] = []
             size = _take(self._urgent, MAX_BATCH - min(len(self._batch), MAX_BATCH // 2), part, 0)
@@ -440,8 +443,11 @@ class RedisStore:
             self._waiting -= size
             # One argument for the whole batch: txredisapi encodes each
             # argument in Python (a few microseconds each), Redis splits it in C.
+            self._batches_sent += 1
+            token = b"%s-%d" % (self._batch_names, self._batches_sent)
             args = [self.keys.prefix, LOG_BOUND, b"".join([entry[0] for entry in part]),
-                    b"%016x" % _xor([entry[4] for entry in part])]
+                    b"%016x" % _xor([entry[4] for entry in part]), self._last_batch, token]
+            self._last_batch = token
             self._sent_at.append(self._reactor.seconds())
             d = self._call("eval", STORE_BATCH, keys, args)
             d.addBoth(self._answered)
@@ -463,6 +469,10 @@ class RedisStore:
         self._urgent.clear()
         self._batch.clear()
         self._waiting = 0
+        # Batches sent after this one take no log step (store_batch.lua); the
+        # next one to be sent starts the chain again: the node now knows which
+        # records were lost (the callers of ``waiting``).
+        self._last_batch = b""
         for _, done, _, _, _ in waiting:
             done.errback(failure)
         self._notify_drained()

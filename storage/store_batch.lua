@@ -19,6 +19,8 @@
 --         hash collisions), so `herd status` compares nodes in O(1)
 -- KEYS[5] journal base           <prefix>journal:base: elements trimmed from
 --         the journal's head so far (absent: none)
+-- KEYS[6] batch mark             <prefix>journal:batch: the name of the last batch
+--         applied whose predecessor (ARGV[5]) was applied too; "-" when not
 -- Per-client and per-peer keys are derived from the prefix (standalone Redis):
 --         <prefix>client:<id> (hash), <prefix>peer:<name> (offset hash)
 -- ARGV[1] key prefix; ARGV[2] journal length bound (it may exceed it by a
@@ -33,6 +35,12 @@
 -- hashes only the other records it stores, those of kind "0" or "1" it does
 -- not store (none, unless this Redis was changed by another hand), and the
 -- records replaced.
+-- ARGV[5] the name of the batch the node sent before this one ("": none, or one
+-- failed since); ARGV[6] this batch's name. Log steps are taken only when KEYS[6]
+-- holds ARGV[5] (or ARGV[5] is ""): a batch sent before the node learnt that an
+-- earlier one failed (an error reply, its reply lost) may step over a record
+-- that failed with it. The node takes steps again once it knows what was lost
+-- (docs/PEER-PROTOCOL.md 5.3).
 -- No field holds a newline or a tab (only the source a space): each is
 -- followed by a newline, a record ends with a tab. Per record:
 --   server, skew, client id, lat, lon, client-time: the AT record's fields as
@@ -48,18 +56,12 @@
 --                    with a space), logged so that a SYNC answer to that peer
 --                    can leave it out,
 --   chain            nothing (no field, no newline: a client's record is matched
---                    with five captures less), or these, each followed by a
+--                    with four captures less), or these, each followed by a
 --                    newline:
 --     chain peer, chain epoch, chain prev, chain pos: the peer's
 --                    offset advances to pos only when it stands at prev in the
 --                    same epoch (prev "*": whatever it stands at); it then says
---                    "every update of that peer's log up to pos is applied here",
---     [hold id, hold time, hold server, hold skew]...  optional, with no record
---                    (empty fields): the chain advances only if each client
---                    <hold id> is held with a client-time above <hold time>,
---                    or with that very time, server and skew (a peer saying
---                    "the updates forwarded between us before being stored
---                    are in my log up to pos").
+--                    "every update of that peer's log up to pos is applied here".
 -- A record with an empty server only advances the chain (a peer saying "my
 -- log moved on to pos with updates that came from you").
 -- Positions: a client whose latitude is beyond +-85.05112878 (Redis GEO's
@@ -185,25 +187,7 @@ local function write_journal()
   end
 end
 
-local HOLD = '(%S*)\n(%S*)\n(%S*)\n(%S*)\n'
-
-local function holds_all(holds)  -- "id\ntime\nserver\nskew\n" for each listed update
-  for id, time, server, skew in string.gmatch(holds, HOLD) do
-    local held = call('HMGET', prefix .. 'client:' .. id, 'time', 'server', 'skew')
-    if not held[1] then return false end
-    if held[1] == time then
-      -- The same time: only the very same record will do (ties are settled
-      -- by the AT line; a SYNC settles the rest).
-      if held[2] ~= server or held[3] ~= skew then return false end
-    elseif compare_times(held[1], time) <= 0 then
-      return false  -- older, or the same instant written differently (another record)
-    end
-  end
-  return true
-end
-
-local function advance_offset(peer, chain_epoch, prev, pos, holds)
-  if holds ~= '' and not holds_all(holds) then return 0 end
+local function advance_offset(peer, chain_epoch, prev, pos)
   local key = prefix .. 'peer:' .. peer
   if prev == '*' then  -- a SYNC answer ends here: the offset is pos, whatever it was
     call('HSET', key, 'epoch', chain_epoch, 'pos', pos)
@@ -278,7 +262,13 @@ end
 -- %S: not white space (cheaper for Lua's matcher than a set like [^\n\t]);
 -- but a source may be "<peer> F". Seven fields, source, chain.
 local RECORD = '(%S*)\n(%S*)\n(%S*)\n(%S*)\n(%S*)\n(%S*)\n(%S*)\n([^\n\t]*)\n([^\t]*)\t'
-local CHAIN = '^(%S*)\n(%S*)\n(%S*)\n(%S*)\n(.*)$'
+local CHAIN = '^(%S*)\n(%S*)\n(%S*)\n(%S*)\n$'
+
+local steps_ok = nil  -- (read on the first step)
+local function may_step()
+  if steps_ok == nil then steps_ok = ARGV[5] == '' or call('GET', KEYS[6]) == ARGV[5] end
+  return steps_ok
+end
 
 local out, n, first_previous = {''}, 1, nil
 -- A stored record's line: constant strings, no string made per record.
@@ -286,7 +276,7 @@ local STORED = {[0] = '0+', [1] = '1+', ['0'] = '0+'}
 local client_prefix = prefix .. 'client:'
 for server, skew, id, lat, lon, time, kind, source, chain in string.gmatch(ARGV[3], RECORD) do
   local advanced = '0'
-  if chain ~= '' then advanced = advance_offset(match(chain, CHAIN)) end
+  if chain ~= '' and may_step() then advanced = advance_offset(match(chain, CHAIN)) end
   local result = advanced
   if server ~= '' then
     local location = lat .. lon
@@ -335,4 +325,5 @@ if first_previous then
   write_digest()
 end
 write_places()
+call('SET', KEYS[6], may_step() and ARGV[6] or '-')
 return table.concat(out, '\n')

@@ -17,7 +17,7 @@ from twisted.logger import Logger
 
 from herd.wire import peer as msg
 from herd.wire.client import AtRecord
-from herd.wire.peer import MAX_LISTED, Position, UpdateKey, update_key
+from herd.wire.peer import Position
 
 log = Logger(namespace="herd")
 
@@ -30,6 +30,12 @@ log = Logger(namespace="herd")
 BEAT_INTERVAL = 0.5
 QUIET_BEATS = 2  # 1 s without sending: an idle link costs one HB a second each way
 DEAD_BEATS = 6  # 3 s without receiving (three heartbeats missed)
+# Besides the 0.1 s tick, a K goes with the F lines to a peer once K_STEP log
+# entries forwarded to it were stepped over since the last one sent, so under
+# load the peer's offset stays about that far behind at most (what a reconnect
+# sends again). With the F lines, the K costs the peer no read or Lua call of
+# its own.
+K_STEP = 256
 
 
 class PeerConnection(Protocol):
@@ -56,29 +62,23 @@ class FloodCursor:
     ``sent``: the last log position sent to it (None while a SYNC answer is
     under way: updates then go unchained). ``covered``: the last position such
     that every log entry up to it was sent to the peer, came from it, or was
-    forwarded to it (``F``) before being stored. ``forwarded``: the update key
-    of each entry since ``sent`` that was forwarded to it;
-    ``awaiting_confirmation``: the keys of each entry since ``sent`` that came
-    from it as ``F`` and that none of its own K lines has listed yet (listing an
-    update there means it stored it). The peer may move its offset past them
-    only if it holds them, so K lists both. ``mark``: where a full forwarded
-    list's K will go up to (see PeerLinks._forwarded_full)."""
+    forwarded between the two as ``F`` (the peer knows whether it may lack one
+    of those, docs/PEER-PROTOCOL.md 5.3). ``unsent``: how many entries after
+    ``sent``, up to ``covered``, the peer has without being sent them."""
 
-    __slots__ = ("conn", "sent", "covered", "forwarded", "awaiting_confirmation", "mark")
+    __slots__ = ("conn", "sent", "covered", "unsent")
 
     def __init__(self, conn: PeerConnection, sent: Position | None, covered: Position | None):
         self.conn = conn
         self.sent = sent
         self.covered = covered
-        self.forwarded: list[UpdateKey] = []
-        self.awaiting_confirmation: dict[UpdateKey, None] = {}
-        self.mark: tuple[Position, int] | None = None  # (position, len(forwarded) then)
+        self.unsent = 0
 
-    @property
-    def forwarded_step_full(self) -> bool:
-        """MAX_LISTED updates forwarded to the peer were stored since the mark
-        (or since ``sent``, with no mark): see PeerLinks._forwarded_full."""
-        return len(self.forwarded) >= (self.mark[1] if self.mark else 0) + MAX_LISTED
+    def send_k(self) -> None:
+        """``K <sent> <covered>``; ``sent`` := ``covered``."""
+        self.conn.send_line(msg.log_moved(self.sent, self.covered))  # type: ignore[arg-type]
+        self.sent = self.covered
+        self.unsent = 0
 
 
 Stored = tuple[AtRecord, Position, Position | None]  # a record, its log position, the one before it
@@ -166,47 +166,40 @@ class PeerLinks:
             if cursor.sent is not None and name != source:
                 if forwards is None:
                     forwards = [msg.forward(at_line) for at_line in at_lines]
+                if cursor.unsent >= K_STEP:
+                    cursor.send_k()
                 cursor.conn.send_lines(forwards)
                 sent.append(name)
         self.flooded += len(sent) * len(at_lines)
         return frozenset(sent)
 
     def flood(self, record: AtRecord, position: Position, previous: Position | None,
-              source: bytes | None = None, forwarded: frozenset[bytes] = frozenset(),
-              source_has_it: bool = True, key: UpdateKey | None = None) -> int:
+              source: bytes | None = None, forwarded: frozenset[bytes] = frozenset()) -> int:
         """Send an update stored at ``position`` in our log (right after
         ``previous`` there) to every linked peer except ``source`` and except
         those it was forwarded to.
 
         Where a flood cursor runs (see herd.peer.reconcile) the update goes on
-        its connection as ``U <last sent> <position>``, which lets the peer
-        advance its offset, but only if every log entry since the last one sent
-        is known to have reached it, to have come from it, or to be held there
-        (a ``K`` listing the forwarded entries goes first). If ``previous``
-        shows an entry we never saw stored (its Redis reply was lost), the
-        cursor breaks: the peer is sent ``PULL`` and fetches the gap with a
-        SYNC. Elsewhere the update goes unchained on the oldest connection.
-        Unless ``source_has_it``, the update came from ``source`` as ``F``: the
-        ``K`` that moves its offset past it lists it too, unless ``source``
-        has listed it in a K of its own first (see :meth:`confirmed_by`).
-        ``key``: the update's update_key, when the caller has made it."""
+        its connection as ``U <last sent> <position>``: every log entry since
+        the last one sent came from the peer or went between us as ``F``, and
+        the peer advances its offset over them unless it knows it may lack one.
+        If ``previous`` shows an entry we never saw stored (its Redis reply was
+        lost), the cursor breaks: the peer is sent ``PULL`` and fetches the gap
+        with a SYNC. Elsewhere the update goes unchained on the oldest
+        connection."""
         sent = 0
         for name, conns in self._open.items():
             if conns:
-                sent += self._flood_to(name, conns, record, position, previous, source, forwarded,
-                                       source_has_it, key)
+                sent += self._flood_to(name, conns, record, position, previous, source, forwarded)
         self.flooded += sent
         return sent
 
-    def flood_group(self, stored: Sequence[Stored], keys: list[UpdateKey] | None, source: bytes | None,
-                    forwarded: frozenset[bytes], source_has_it: bool) -> int:
+    def flood_group(self, stored: Sequence[Stored], source: bytes | None, forwarded: frozenset[bytes]) -> int:
         """:meth:`flood` of each of ``stored`` in order, all with these
-        ``source``, ``forwarded`` and ``source_has_it``. They were stored
-        together, in one batch: each one's previous is the one before it.
-        ``keys``: their update keys, given when they came from ``source`` as
-        ``F`` or were forwarded. Where a peer's flood cursor only takes note of
-        them (they came from it, or were forwarded to it), it does so for the
-        whole group at once, in steps of at most MAX_LISTED updates."""
+        ``source`` and ``forwarded``. They were stored together, in one batch:
+        each one's previous is the one before it. Where a peer's flood cursor
+        only moves on over them (they came from it, or were forwarded to it),
+        it does so for the whole group at once."""
         sent = 0
         first_previous, last = stored[0][2], stored[-1][1]
         for name, conns in self._open.items():
@@ -215,31 +208,17 @@ class PeerLinks:
             cursor = self._cursor.get(name)
             if cursor is None or cursor.sent is None or cursor.covered != first_previous:
                 pass  # not live, or a broken chain: one by one
-            elif name == source:
-                if not source_has_it:
-                    cursor.awaiting_confirmation.update(dict.fromkeys(keys))  # type: ignore[arg-type]
+            elif name == source or name in forwarded:
                 cursor.covered = last
-                continue
-            elif name in forwarded:
-                self._note_forwarded(cursor, stored, keys)  # type: ignore[arg-type]
+                cursor.unsent += len(stored)
                 continue
             for record, position, previous in stored:
-                sent += self._flood_to(name, conns, record, position, previous, source, forwarded,
-                                       source_has_it, None)
+                sent += self._flood_to(name, conns, record, position, previous, source, forwarded)
         self.flooded += sent
         return sent
 
-    def _note_forwarded(self, cursor: FloodCursor, stored: Sequence[Stored], keys: list[UpdateKey]) -> None:
-        """The updates forwarded to the cursor's peer were stored: into its forwarded list."""
-        for first in range(0, len(stored), MAX_LISTED):
-            cursor.forwarded.extend(keys[first:first + MAX_LISTED])
-            cursor.covered = stored[min(first + MAX_LISTED, len(stored)) - 1][1]
-            if cursor.forwarded_step_full:
-                self._forwarded_full(cursor, cursor.covered)
-
     def _flood_to(self, name: bytes, conns: list[PeerConnection], record: AtRecord, position: Position,
-                  previous: Position | None, source: bytes | None, forwarded: frozenset[bytes],
-                  source_has_it: bool, key: UpdateKey | None) -> int:
+                  previous: Position | None, source: bytes | None, forwarded: frozenset[bytes]) -> int:
         """:meth:`flood` to the linked peer ``name``; 1 if a U went to it."""
         cursor = self._cursor.get(name)
         if cursor is not None and cursor.sent is not None:
@@ -250,21 +229,14 @@ class PeerLinks:
                 cursor.conn.send_line(msg.PULL)
                 cursor = None
         live = cursor if cursor is not None and cursor.sent is not None else None
-        if live is not None and name == source and not source_has_it:
-            live.awaiting_confirmation[key or update_key(record)] = None
-            return 0
-        if live is not None and name in forwarded:
-            live.forwarded.append(key or update_key(record))
-            if live.forwarded_step_full:
-                self._forwarded_full(live, position)
+        if live is not None and (name == source or name in forwarded):
+            live.unsent += 1
             return 0
         if name == source:
             return 0
         if live is not None:
-            if live.forwarded or live.awaiting_confirmation:
-                self._send_log_moved(live, previous)  # type: ignore[arg-type]
             live.conn.send_line(msg.update(live.sent, position, record.line))
-            live.sent = position
+            live.sent, live.unsent = position, 0
         else:
             conn = cursor.conn if cursor is not None else conns[0]
             conn.send_line(msg.update(None, position, record.line))
@@ -272,61 +244,15 @@ class PeerLinks:
 
     def send_log_moved(self) -> int:
         """Tell each peer with a running cursor how far our log moved with
-        updates that came from it or were forwarded to it (``K``), so its offset
-        keeps up and a later SYNC does not walk over them. Called several
-        times a second."""
+        updates that came from it or went between us as F (``K <sent>
+        <covered>``), so its offset keeps up and a later SYNC does not walk
+        over them. Called several times a second."""
         sent = 0
         for cursor in self._cursor.values():
             if cursor.sent is not None and cursor.covered != cursor.sent:
-                if cursor.mark is not None:  # the freshest updates wait for the next tick
-                    self._send_to_mark(cursor, cursor.mark)
-                else:
-                    self._send_log_moved(cursor, cursor.covered)  # type: ignore[arg-type]
+                cursor.send_k()
                 sent += 1
         return sent
-
-    @staticmethod
-    def _send_log_moved(cursor: FloodCursor, to: Position) -> None:
-        """A K up to ``to`` listing both lists, which it empties."""
-        _send_k(cursor, to, (*cursor.forwarded, *cursor.awaiting_confirmation))
-        cursor.forwarded = []
-        cursor.awaiting_confirmation = {}
-        cursor.mark = None
-
-    def _forwarded_full(self, cursor: FloodCursor, position: Position) -> None:
-        """MAX_LISTED more updates forwarded to the cursor's peer were stored
-        here, the last at ``position``. The K goes one such step behind: up to
-        the mark set MAX_LISTED updates ago, listing the forwarded updates up to
-        there; then a new mark. By the time it arrives the peer has most likely
-        stored them too, so it knows them held without asking its Redis, and
-        its own K lines no longer list them back (confirmed_by). A mark is set
-        only while no update from the peer awaits confirmation (a K up to it
-        lists no such update); otherwise the K goes up to ``position`` with
-        both lists."""
-        if cursor.mark is not None:
-            self._send_to_mark(cursor, cursor.mark)
-        if cursor.awaiting_confirmation:
-            self._send_log_moved(cursor, position)
-        else:
-            cursor.mark = (position, len(cursor.forwarded))
-
-    @staticmethod
-    def _send_to_mark(cursor: FloodCursor, mark: tuple[Position, int]) -> None:
-        """A K up to the mark, listing the forwarded updates up to it (no update
-        from the peer awaited confirmation when it was set)."""
-        to, listed = mark
-        _send_k(cursor, to, cursor.forwarded[:listed])
-        del cursor.forwarded[:listed]
-        cursor.mark = None
-
-    def confirmed_by(self, name: bytes, listed: list[UpdateKey]) -> None:
-        """``name``'s K line listed these updates: it has stored them, so our K
-        lines need not ask it about them."""
-        cursor = self._cursor.get(name)
-        if cursor is not None and cursor.awaiting_confirmation:
-            awaiting = cursor.awaiting_confirmation
-            for key in listed:
-                awaiting.pop(key, None)
 
     def start_unchained(self, name: bytes, conn: PeerConnection) -> None:
         """A SYNC answer to ``name`` starts on ``conn``: updates flooded meanwhile go
@@ -377,11 +303,3 @@ def _close(conn: PeerConnection) -> None:
     """Close ``conn`` once what was sent on it is written."""
     conn.flush_lines()
     conn.transport.loseConnection()
-
-
-def _send_k(cursor: FloodCursor, to: Position, keys: Iterable[UpdateKey]) -> None:
-    """``K <sent> <to>`` listing ``keys`` (four fields each) on the cursor's
-    connection; ``sent`` := ``to``."""
-    listed = [field for key in keys for field in key]
-    cursor.conn.send_line(msg.log_moved(cursor.sent, to, listed))  # type: ignore[arg-type]
-    cursor.sent = to

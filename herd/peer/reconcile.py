@@ -12,22 +12,26 @@ trimmed) gets a full transfer once, after which the offset is known again.
 
 Live updates carry their log position and the previous one sent on this
 link; the receiver advances its offset only along an unbroken chain (inside
-the same Lua call that stores the record, or, for ``K``, only when it holds
-the clients listed at least that new), so a message lost with a dropped
-connection shows up as a gap, and a gap triggers a new SYNC. ``U`` goes out
-once the sender has stored the update; ``F`` (position later, in a ``K``)
-when the sender could tell without Redis that it was newer (herd.latest),
-so the update travels on while each node's Redis stores it. A node
-forwards only while its Redis serves (herd.latest, RedisStore.serving). An
-update that came as F may not be held by its sender yet, so it is logged as
-``<peer> F``: SYNC answers to that peer do not leave it out, and the K that
-covers it lists it (unless the sender's own K lines named it: they name
-only what it stored).
+the same Lua call that stores the record, or, for ``K``, in the store queue),
+so a message lost with a dropped connection shows up as a gap, and a gap
+triggers a new SYNC. ``U`` goes out once the sender has stored the update;
+``F`` (position later, in a ``K``) when the sender could tell without Redis
+that it was newer (herd.latest), so the update travels on while each node's
+Redis stores it. A node forwards only while its Redis serves (herd.latest,
+RedisStore.serving). An update that came as F may not be held by its sender
+yet, so it is logged as ``<peer> F``: SYNC answers to that peer do not leave
+it out.
+
+A step over updates that went between the two nodes as F is safe unless this
+node failed to store one of them, which it sees happen: from then on it *may
+lack* updates of that peer's log (:meth:`Reconciler.may_lack`), takes no step
+of it, and pulls; a pull that began after the last such loss clears it.
 """
 
 from __future__ import annotations
 
 import time
+from collections.abc import Iterable
 from typing import Any
 
 from twisted.internet.defer import Deferred, inlineCallbacks
@@ -68,6 +72,12 @@ class Reconciler:
         # Peers not yet pulled from since start, with ALL: updates this process's
         # predecessor forwarded before storing them may be missing here.
         self._include_own: set[bytes] = set(links.neighbours)
+        # Per peer whose log this node may lack updates of (see may_lack): the
+        # serial of the last loss; and per pull, the serial when it began.
+        self._losses = 0
+        self._redis_served = False  # (see pull_all)
+        self._lacking: dict[bytes, int] = {}
+        self._pull_began: dict[bytes, int] = {}
         self.runs = 0
         self.bytes_sent = 0
         links.on_link_up.append(self.pull)
@@ -82,6 +92,7 @@ class Reconciler:
             return
         self._pulling[peer] = conn
         self._failed.discard(peer)
+        self._pull_began[peer] = self._losses
         d = self._store.peer_offset(peer)
         d.addCallback(self._ask, peer, conn)
         d.addErrback(self._pull_failed, peer, conn)
@@ -121,13 +132,31 @@ class Reconciler:
     def pull_all(self) -> None:
         """Redis is (back) up: pull from every linked peer (updates flooded while
         it was away are missing here) and ask each to pull from us (updates our
-        Redis stored while their replies were lost never went out)."""
+        Redis stored while their replies were lost never went out). Back, not
+        up for the first time: Redis may have lost the last updates it took
+        (``everysec``), so this node may lack updates of every peer's log."""
+        if self._redis_served:
+            self.may_lack(self._links.neighbours)
+        self._redis_served = True
         for peer, conn in self._links.first_connections():
             self.pull(peer, conn)
             conn.send_line(msg.PULL)
 
     def is_pulling(self, peer: bytes) -> bool:
         return peer in self._pulling
+
+    def may_lack(self, peers: Iterable[bytes]) -> None:
+        """Updates that went between each of ``peers`` and this node as F may be
+        missing here (one from it, or one this node forwarded to it, was not
+        stored; or Redis was away): until a pull that begins after this call
+        completes, no U or K of that peer moves the offset (:meth:`lacks`)."""
+        for peer in peers:
+            self._losses += 1
+            self._lacking[peer] = self._losses
+
+    def lacks(self, peer: bytes) -> bool:
+        """:meth:`may_lack` was called for ``peer`` since its last complete pull began."""
+        return peer in self._lacking
 
     def gap(self, peer: bytes, conn: PeerConnection) -> None:
         """A live update did not follow on from our offset: pull again, but at
@@ -154,6 +183,7 @@ class Reconciler:
         A pull under way ends incomplete; otherwise pull again (the offset stays
         behind, and with no more updates coming nothing else would move it)."""
         self._failed.add(peer)
+        self.may_lack((peer,))
         if peer not in self._pulling:
             self.gap(peer, conn)
 
@@ -169,7 +199,8 @@ class Reconciler:
             self._pulled(peer, conn, None)
             return
         d = self._store.set_offset_in_order(peer, position)
-        d.addCallbacks(lambda _: self._pulled(peer, conn, position), lambda _: self._pulled(peer, conn, None))
+        d.addCallbacks(lambda result: self._pulled(peer, conn, position if result.advanced else None),
+                       lambda _: self._pulled(peer, conn, None))
 
     def _pulled(self, peer: bytes, conn: PeerConnection, position: Position | None) -> None:
         """The pull on ``conn`` ended: with the offset at ``position``, or
@@ -193,6 +224,8 @@ class Reconciler:
             return
         self._interval.pop(peer, None)
         self._include_own.discard(peer)
+        if self._lacking.get(peer, 0) <= self._pull_began[peer]:
+            self._lacking.pop(peer, None)
 
     def _pull_failed(self, failure: Any, peer: bytes, conn: PeerConnection) -> None:
         if self._pulling.get(peer) is conn:  # (not a pull that has since moved to another connection)

@@ -34,7 +34,6 @@ _MAX_SECONDS_DIGITS = 15
 # A valid client-time, checked without computing its value (leading zeros
 # do not count towards the digits of the seconds).
 _TIME_OK = re.compile(rb"0*[0-9]{1,%d}(?:\.[0-9]{1,9})?" % _MAX_SECONDS_DIGITS)
-_TIMES_OK = re.compile(rb"(?:%s )*%s" % ((_TIME_OK.pattern,) * 2))
 # An AT line as nodes make it: six fields separated by single spaces. Peers
 # send records this way, so one match does most of parse_at_line's work; any
 # other line takes the field by field way (same answers: see parse_at_line).
@@ -276,12 +275,6 @@ def _parse_at_fields(line: bytes) -> AtRecord | None:
 def is_client_time(field: bytes) -> bool:
     """Whether parse_client_time accepts ``field`` (without computing its value)."""
     return _TIME_OK.fullmatch(field) is not None
-
-
-def are_client_times(fields: list[bytes]) -> bool:
-    """Whether is_client_time accepts each of ``fields`` (the fields of a line
-    split on white space: none holds any), with one regex match for all."""
-    return not fields or _TIMES_OK.fullmatch(b" ".join(fields)) is not None
 
 
 _node_names: dict[bytes, bool] = {}  # answers of _is_node_name: a herd has a few names

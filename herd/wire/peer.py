@@ -4,9 +4,9 @@ docs/PEER-PROTOCOL.md; this module is its code.
 
     F <AT line>                          a live update, forwarded before it was stored
     U <prev> <pos> <AT line>             a live update at <pos> of the sender's log, after <prev>
-    K <prev> <pos> [<id> <time> <server> <skew>]...
-                                         the sender's log moved from <prev> to <pos> with
-                                         updates the receiver has or was forwarded (listed)
+    K <prev> <pos>                       the sender's log moved from <prev> to <pos> with
+                                         updates that came from the receiver or went
+                                         between the two as F
     R <AT line>                          a record in answer to SYNC
     SYNC <pos>|- [ALL]                   "send me your log after <pos>" (- : from the start)
     SYNC-END <pos>|-                     the answer is complete up to <pos> (- : incomplete)
@@ -19,8 +19,6 @@ from __future__ import annotations
 import re
 from typing import NamedTuple
 
-from herd.wire.client import AtRecord, are_client_times
-
 FORWARD = b"F"
 UPDATE = b"U"
 LOG_MOVED = b"K"
@@ -31,11 +29,11 @@ PULL = b"PULL"
 HEARTBEAT = b"HB"
 ALL = b"ALL"  # SYNC flag: include the updates that came from the asking peer
 NO_POSITION = b"-"
-MAX_LISTED = 128  # forwarded updates a K lists, one step behind (PeerLinks._forwarded_full)
 
 # Version of these messages, sent in the handshake (HERD-HELLO). 1: U/R/K/
-# SYNC/PULL; 2: also F, K listing forwarded updates, SYNC ... ALL; 3: also HB.
-VERSION = b"3"
+# SYNC/PULL; 2: also F, K listing forwarded updates, SYNC ... ALL; 3: also HB;
+# 4: K lists nothing (the receiver knows what it may lack, docs/PEER-PROTOCOL.md).
+VERSION = b"4"
 
 # A log entry id: "0-<k>" from the journal; herd 0.2.0 sent Redis stream ids.
 _ENTRY_ID = re.compile(rb"[0-9]{1,20}-[0-9]{1,20}")
@@ -69,21 +67,6 @@ class LogStep(NamedTuple):
     pos: Position
 
 
-UpdateKey = tuple[bytes, bytes, bytes, bytes]
-
-
-def listed_keys(listed: list[bytes]) -> list[UpdateKey]:
-    """The update keys of a K line's listed fields (four each)."""
-    fields = iter(listed)
-    return list(zip(fields, fields, fields, fields, strict=False))  # (parse_log_moved refuses a partial one)
-
-
-def update_key(record: AtRecord) -> UpdateKey:
-    """How a K line lists an update: client id, client-time, server, skew (two
-    records of one client with the same time differ in server or skew)."""
-    return record.client_id, record.time.text, record.server, record.skew
-
-
 def token_of(position: Position | None) -> bytes:
     return position.token if position is not None else NO_POSITION
 
@@ -99,9 +82,8 @@ def update(prev: Position | None, pos: Position, at_line: bytes) -> bytes:
     return b"U %s %s %s" % (token_of(prev), pos.token, at_line)
 
 
-def log_moved(prev: Position, pos: Position, listed: list[bytes]) -> bytes:
-    """``K``; ``listed``: the four fields of each listed update, flattened."""
-    return b" ".join((LOG_MOVED, prev.token, pos.token, *listed))
+def log_moved(prev: Position, pos: Position) -> bytes:
+    return b"K %s %s" % (prev.token, pos.token)
 
 
 def record(at_line: bytes) -> bytes:
@@ -135,21 +117,18 @@ def parse_update(rest: bytes) -> tuple[bytes, bytes, bytes]:
 class LogMoved(NamedTuple):
     prev: Position
     pos: Position
-    listed: list[UpdateKey]  # the listed updates (four fields each, see update_key)
 
 
 def parse_log_moved(rest: bytes) -> LogMoved | None:
-    """``K``'s fields after the kind, or None when malformed (positions of two
-    epochs, a partial listed update, a listed time that is not a client-time)."""
+    """``K``'s fields after the kind, or None when malformed (not two
+    positions, or positions of two epochs)."""
     fields = rest.split()
-    if len(fields) < 2:
+    if len(fields) != 2:
         return None
-    prev, pos, listed = Position.parse(fields[0]), Position.parse(fields[1]), fields[2:]
-    if prev is None or pos is None or prev.epoch != pos.epoch or len(listed) % 4:
+    prev, pos = Position.parse(fields[0]), Position.parse(fields[1])
+    if prev is None or pos is None or prev.epoch != pos.epoch:
         return None
-    if not are_client_times(listed[1::4]):
-        return None
-    return LogMoved(prev, pos, listed_keys(listed))
+    return LogMoved(prev, pos)
 
 
 def parse_sync(rest: bytes) -> tuple[Position | None, bool]:

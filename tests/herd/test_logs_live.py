@@ -18,6 +18,8 @@ from pathlib import Path
 from cluster import Herd, talk
 from harness import REPO, child_env, port_open, wait_until
 
+from herd.wire.handshake import PROTOCOL
+
 
 def test_a_client_session_and_peer_lines_go_to_the_access_log_only(tmp_path: Path) -> None:
     herd = Herd(tmp_path, {"A": ["B"], "B": []}).start()
@@ -83,7 +85,7 @@ def event_log_of_a_refused_handshake(tmp_path: Path, *args: str,
                                 env=child_env(HERD_SECRET=herd.secret, GOOGLE_PLACES_KEY="k", **stream))
     try:
         wait_until(lambda: port_open(herd["Solo"].port), what="listening")
-        talk(herd["Solo"].ports.peer, "HERD-HELLO Stranger Solo 0123 3")
+        talk(herd["Solo"].ports.peer, f"HERD-HELLO Stranger Solo 0123 {PROTOCOL.decode()}")
         talk(herd["Solo"].port, "IAMAT after.warning +1+1 1700000000")
         wait_until(lambda: "peer handshake refused" in path.read_text(), what="the warning")
         proc.send_signal(signal.SIGTERM)

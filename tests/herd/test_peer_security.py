@@ -94,12 +94,13 @@ def test_peer_that_stops_mid_handshake_is_logged(node_a: Herd) -> None:
 def test_a_dialler_speaking_another_peer_protocol_is_refused_and_logged(node_a: Herd) -> None:
     wire = Wire(node_a["A"].ports.peer)
     for line in (b"HERD-HELLO B A " + auth.new_nonce(),  # protocol 1 sent no version
-                 b"HERD-HELLO B A " + auth.new_nonce() + b" 2"):
+                 b"HERD-HELLO B A " + auth.new_nonce() + b" 2",
+                 b"HERD-HELLO B A " + auth.new_nonce() + b" 3"):  # its K lines listed updates
         wire.send(line)
         assert wire.recv_line() == b"? " + line
     wire.close()
-    wait_until(lambda: "B speaks peer protocol 1, this node 3" in node_a["A"].log()
-               and "B speaks peer protocol 2, this node 3" in node_a["A"].log(), what="refusals logged")
+    refused = [f"B speaks peer protocol {v}, this node 4" for v in (1, 2, 3)]
+    wait_until(lambda: all(line in node_a["A"].log() for line in refused), what="refusals logged")
     assert "link up" not in node_a["A"].log()
 
 

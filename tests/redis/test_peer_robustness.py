@@ -16,7 +16,7 @@ from twisted.internet.defer import inlineCallbacks
 from twisted.internet.task import Clock, deferLater
 from twisted.trial import unittest
 
-from herd.node import Node
+from herd.node import CLIENT, Node
 from herd.peer.links import PeerLinks
 from herd.peer.reconcile import GAP_PULL_INTERVAL, PULL_SILENCE, Reconciler
 from herd.wire.client import parse_at_line
@@ -161,6 +161,37 @@ class PeerLines(unittest.TestCase):
         assert self.redis.hgetall("herd:client:late") != {}
 
     @inlineCallbacks
+    def test_no_step_of_a_peers_log_is_taken_while_this_node_may_lack_one_of_its_updates(self) -> Any:
+        """Protocol 4: K lines list nothing, so after losing an update that
+        went between P and this node as F, the node takes no U or K step of
+        P's log until a pull that began after the loss completes."""
+        yield self.pulled_from_p()
+        update = b"U E/6-0 E/7-0 AT P +0.000000001 u +1+1 1700000000"
+        self.node.handle_peer_lines([b"K E/5-0 E/6-0"], b"P", self.conn)  # type: ignore[arg-type]
+        yield wait()
+        assert self.redis.hgetall("herd:peer:P") == {b"epoch": b"E", b"pos": b"6-0"}
+        self.node.reconciler.pull(b"P", self.conn)  # type: ignore[arg-type]
+        yield wait()
+        # During that pull, this node's own update forwarded to P is not stored here.
+        record = parse_at_line(b"AT A +0.000000001 mine +1+1 1700000000")
+        self.node._forwarded_lost(None, record, CLIENT, frozenset({b"P"}))  # type: ignore[arg-type]
+        self.node.handle_peer_lines([update], b"P", self.conn)  # type: ignore[arg-type]
+        yield wait()
+        assert self.redis.hgetall("herd:client:u") != {}  # stored, but its step not taken
+        assert self.redis.hgetall("herd:peer:P") == {b"epoch": b"E", b"pos": b"6-0"}
+        self.node.reconciler.sync_end(b"P", self.conn, b"E/6-0")  # type: ignore[arg-type]
+        yield wait()
+        self.node.handle_peer_lines([b"K E/6-0 E/7-0"], b"P", self.conn)  # type: ignore[arg-type]
+        yield wait()
+        assert self.redis.hgetall("herd:peer:P") == {b"epoch": b"E", b"pos": b"6-0"}  # that pull began before
+        assert self.node.reconciler.lacks(b"P")
+        yield self.pulled_from_p(b"E/6-0")
+        assert not self.node.reconciler.lacks(b"P")
+        self.node.handle_peer_lines([b"K E/6-0 E/7-0"], b"P", self.conn)  # type: ignore[arg-type]
+        yield wait()
+        assert self.redis.hgetall("herd:peer:P") == {b"epoch": b"E", b"pos": b"7-0"}
+
+    @inlineCallbacks
     def test_a_k_or_u_line_with_positions_no_log_has_moves_no_offset(self) -> Any:
         yield self.store.set_peer_offset(b"P", Position(b"E", b"5-0"))
         record = parse_at_line(b"AT P +0.000000001 c +1+1 1700000000")
@@ -173,19 +204,31 @@ class PeerLines(unittest.TestCase):
 
 
     @inlineCallbacks
+    def pulled_from_p(self, at: bytes = b"E/5-0") -> Any:
+        """Redis serves (so the node may lack updates of every peer's log, until
+        it pulls), then a pull from P completes with the offset at ``at``."""
+        while not self.store.serving:
+            yield deferLater(reactor, 0.01, lambda: None)
+        self.node.reconciler.pull(b"P", self.conn)  # type: ignore[arg-type]
+        yield wait()
+        self.node.reconciler.sync_end(b"P", self.conn, at)  # type: ignore[arg-type]
+        yield wait()
+        self.conn.take()
+
+    @inlineCallbacks
     def test_the_f_lines_of_one_read_are_one_group_in_order_with_the_other_lines(self) -> Any:
         """Consecutive F lines of a read are stored as one group; a malformed one
         is left out (and logged), and a line of another kind between them is
         handled after the F lines before it and before those after it."""
-        yield self.store.set_peer_offset(b"P", Position(b"E", b"5-0"))
+        yield self.pulled_from_p()
         lines = [b"F AT P +0.000000001 g%d +1+1 1700000000.%d" % (i, i) for i in range(20)]
         lines[5] = b"F AT P +0.000000001 broken"
-        lines[10] = b"K E/5-0 E/6-0 g3 1700000000.3 P +0.000000001"  # g3: stored before it
+        lines[10] = b"K E/5-0 E/6-0"
         lines[15] = b"F AT P +0.000000001 g3 +1+1 1700000000.2"  # older than g3's: not stored
         self.node.handle_peer_lines(lines, b"P", self.conn)  # type: ignore[arg-type]
         assert self.store.backlog == 19  # 18 records in two groups, and the K line's offset step
         yield wait()
-        assert self.redis.hgetall("herd:peer:P") == {b"epoch": b"E", b"pos": b"6-0"}  # g3 was held
+        assert self.redis.hgetall("herd:peer:P") == {b"epoch": b"E", b"pos": b"6-0"}
         stored = {i for i in range(20) if self.redis.hgetall(b"herd:client:g%d" % i)}
         assert stored == set(range(20)) - {5, 10, 15}
         assert self.redis.hgetall("herd:client:g3")[b"time"] == b"1700000000.3"

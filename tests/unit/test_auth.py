@@ -23,7 +23,7 @@ PROPS = settings(max_examples=300, deadline=None)
 def test_mac_is_hmac_sha256_in_lowercase_hex() -> None:
     tag = auth.mac(*BASE)
     assert re.fullmatch(rb"[0-9a-f]{64}", tag)
-    framed = b"12:herd-peer-v38:listener6:Bailey4:Bona32:" + ND + b"32:" + NL
+    framed = b"12:herd-peer-v48:listener6:Bailey4:Bona32:" + ND + b"32:" + NL
     expected = hmac.new(SECRET, framed, hashlib.sha256)
     assert tag == expected.hexdigest().encode()
 

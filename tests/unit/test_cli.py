@@ -46,7 +46,7 @@ def no_system_config() -> None:
 
 def test_version_is_the_package_version() -> None:
     pyproject = tomllib.loads((REPO / "pyproject.toml").read_text())
-    assert VERSION == pyproject["project"]["version"] == "0.3.0"
+    assert VERSION == pyproject["project"]["version"] == "0.4.0"
 
 
 @pytest.mark.parametrize("command", [[sys.executable, "-m", "herd"],

@@ -8,9 +8,9 @@ import pytest
 from fakes import PeerConn
 
 from herd.node import _StoredWhole
-from herd.peer.links import PeerLinks, Stored
+from herd.peer.links import K_STEP, PeerLinks, Stored
 from herd.wire.client import parse_at_line
-from herd.wire.peer import MAX_LISTED, Position, update_key
+from herd.wire.peer import Position
 from storage.store import StoredRun, StoreResult
 
 Conn = PeerConn
@@ -63,7 +63,7 @@ def test_forward_skips_unchained_peers_which_get_the_update_once_stored() -> Non
     assert conn.take() == [b"U - E/1-0 " + rec.line]
 
 
-def test_a_forwarded_update_sends_only_its_position_later_in_a_k_line() -> None:
+def test_a_forwarded_update_sends_only_its_position_later_in_a_bare_k_line() -> None:
     links, conns = chained(b"B")
     a, b = record("a", 1), record("b", 2)
     for n, rec in enumerate((a, b), start=1):
@@ -71,90 +71,44 @@ def test_a_forwarded_update_sends_only_its_position_later_in_a_k_line() -> None:
         links.flood(rec, pos(n), pos(n - 1), None, sent_to)
     assert conns[b"B"].take() == [b"F " + a.line, b"F " + b.line]
     assert links.send_log_moved() == 1
-    assert conns[b"B"].take() == [b"K E/0-0 E/2-0 a 1.5 A +0.000000001 b 2.5 A +0.000000001"]
+    assert conns[b"B"].take() == [b"K E/0-0 E/2-0"]
     assert links.send_log_moved() == 0
 
 
-def test_a_u_line_after_forwarded_ones_is_preceded_by_their_k_line() -> None:
+def test_a_u_line_after_forwarded_ones_steps_over_them() -> None:
+    # Protocol 4: B knows whether it may lack an update forwarded between us,
+    # so the U's step goes from the last position sent, with no K first.
     links, conns = chained(b"B")
     a, b = record("a", 1), record("b", 2)
     links.flood(a, pos(1), pos(0), None, links.forward([a.line], None))
     links.flood(b, pos(2), pos(1), None, frozenset())  # b took the slow path
-    assert conns[b"B"].take() == [b"F " + a.line, b"K E/0-0 E/1-0 a 1.5 A +0.000000001",
-                                  b"U E/1-0 E/2-0 " + b.line]
-
-
-def _listed(n: int) -> bytes:
-    return b"c%d %d.5 A +0.000000001" % (n, n)
-
-
-def _forward_and_store(links: PeerLinks, numbers: range, source: bytes | None = None) -> None:
-    for n in numbers:
-        rec = record(f"c{n}", n)
-        links.flood(rec, pos(n), pos(n - 1), source, links.forward([rec.line], source))
-
-
-def test_forwarded_updates_are_named_in_bounded_k_lines_one_step_behind() -> None:
-    # The K naming updates forwarded to B goes MAX_LISTED of them behind, so
-    # that B has stored them by the time it reads it (no Redis lookup there).
-    links, conns = chained(b"B")
-    step = MAX_LISTED
-    _forward_and_store(links, range(1, 2 * step))
-    assert [line for line in conns[b"B"].take() if line.startswith(b"K ")] == []
-    _forward_and_store(links, range(2 * step, 3 * step + 2))
-    ks = [line for line in conns[b"B"].take() if line.startswith(b"K ")]
-    assert ks == [b"K E/0-0 E/%d-0 " % step + b" ".join(_listed(n) for n in range(1, step + 1)),
-                  b"K E/%d-0 E/%d-0 " % (step, 2 * step)
-                  + b" ".join(_listed(n) for n in range(step + 1, 2 * step + 1))]
-    # The tick goes up to the mark; the freshest entry waits for the next one.
-    links.send_log_moved()
-    assert conns[b"B"].take() == [b"K E/%d-0 E/%d-0 " % (2 * step, 3 * step)
-                                  + b" ".join(_listed(n) for n in range(2 * step + 1, 3 * step + 1))]
-    links.send_log_moved()
-    assert conns[b"B"].take() == [b"K E/%d-0 E/%d-0 " % (3 * step, 3 * step + 1) + _listed(3 * step + 1)]
+    assert conns[b"B"].take() == [b"F " + a.line, b"U E/0-0 E/2-0 " + b.line]
     assert links.send_log_moved() == 0
 
 
-def test_with_updates_awaiting_confirmation_a_full_list_goes_at_once_with_both_lists() -> None:
-    # No mark while an update from B awaits confirmation: a K up to a mark
-    # would move B's offset past it without listing it.
-    links, conns = chained(b"B", b"C")
-    from_b = record("b", 1)
-    links.flood(from_b, pos(1), pos(0), b"B", links.forward([from_b.line], b"B"), source_has_it=False)
-    _forward_and_store(links, range(2, MAX_LISTED + 2), source=None)
-    ks = [line for line in conns[b"B"].take() if line.startswith(b"K ")]
-    assert ks == [b"K E/0-0 E/%d-0 " % (MAX_LISTED + 1)
-                  + b" ".join(_listed(n) for n in range(2, MAX_LISTED + 2)) + b" b 1.5 A +0.000000001"]
+def test_forwarded_updates_move_the_offset_every_k_step_entries_and_on_the_tick() -> None:
+    # Under load the peer's offset stays at most K_STEP entries behind: what a
+    # reconnect would send again.
+    links, conns = chained(b"B")
+    for n in range(1, 2 * K_STEP + 11):
+        rec = record(f"c{n}", n)
+        links.flood(rec, pos(n), pos(n - 1), None, links.forward([rec.line], None))
+    assert [line for line in conns[b"B"].take() if not line.startswith(b"F ")] == [
+        b"K E/0-0 E/%d-0" % K_STEP, b"K E/%d-0 E/%d-0" % (K_STEP, 2 * K_STEP)]
+    links.send_log_moved()
+    assert conns[b"B"].take() == [b"K E/%d-0 E/%d-0" % (2 * K_STEP, 2 * K_STEP + 10)]
 
 
 def test_updates_from_a_peer_move_its_offset_with_a_bare_k_line() -> None:
-    links, conns = chained(b"B")
-    links.flood(record("a", 1), pos(1), pos(0), b"B", frozenset())
-    assert conns[b"B"].take() == []
-    links.send_log_moved()
-    assert conns[b"B"].take() == [b"K E/0-0 E/1-0"]
-
-
-def test_an_update_that_came_as_f_is_named_in_the_k_line_back_to_its_sender() -> None:
-    # The sender forwarded it before storing it: its offset may move past our
-    # entry only if it holds the update by now.
     links, conns = chained(b"B", b"C")
     rec = record("a", 1)
-    sent_to = links.forward([rec.line], b"B")
-    links.flood(rec, pos(1), pos(0), b"B", sent_to, source_has_it=False)
+    links.flood(rec, pos(1), pos(0), b"B", frozenset())  # from B as U: B stored it
+    sent_to = links.forward([rec.line], b"B")  # from B as F: B may not have stored it yet
+    links.flood(rec, pos(2), pos(1), b"B", sent_to)
+    assert conns[b"B"].take() == []
     links.send_log_moved()
-    assert conns[b"B"].take() == [b"K E/0-0 E/1-0 a 1.5 A +0.000000001"]
-    assert conns[b"C"].take() == [b"F " + rec.line, b"K E/0-0 E/1-0 a 1.5 A +0.000000001"]
-
-
-def test_an_update_its_sender_named_in_a_k_line_is_not_listed_back() -> None:
-    links, conns = chained(b"B")
-    confirmed, unconfirmed = record("a", 1), record("b", 2)
-    links.flood(confirmed, pos(1), pos(0), b"B", frozenset(), source_has_it=False)
-    links.flood(unconfirmed, pos(2), pos(1), b"B", frozenset(), source_has_it=False)
-    links.confirmed_by(b"B", [(b"a", b"1.5", b"A", b"+0.000000001"), (b"x", b"9.5", b"A", b"+0.1")])
-    links.send_log_moved()
-    assert conns[b"B"].take() == [b"K E/0-0 E/2-0 b 2.5 A +0.000000001"]
+    assert conns[b"B"].take() == [b"K E/0-0 E/2-0"]
+    assert conns[b"C"].take() == [b"U E/0-0 E/1-0 " + rec.line, b"F " + rec.line, b"K E/1-0 E/2-0"]
 
 
 def test_an_entry_never_seen_stored_breaks_the_chain_with_pull() -> None:
@@ -209,7 +163,7 @@ Sent = dict[bytes, list[bytes]]
 
 
 def _flooded(names: tuple[bytes, ...], live: tuple[bytes, ...], start: Position, group: Sequence[Stored],
-             source: bytes | None, forwarded: bool, source_has_it: bool, grouped: bool = True) -> Sent:
+             source: bytes | None, forwarded: bool, grouped: bool = True) -> Sent:
     """The lines each peer gets when ``group`` (stored together right after
     ``start``, where the ``live`` peers' chains stand) is flooded, with
     flood_group() or with flood() of each record, then a K tick."""
@@ -221,36 +175,33 @@ def _flooded(names: tuple[bytes, ...], live: tuple[bytes, ...], start: Position,
             links.chain_from(name, conn, start)
     to = links.forward([rec.line for rec, _, _ in group], source) if forwarded else frozenset()
     if grouped:
-        keys = [update_key(rec) for rec, _, _ in group] if to or not source_has_it else None
-        links.flood_group(group, keys, source, to, source_has_it)
+        links.flood_group(group, source, to)
     else:
         for rec, position, previous in group:
-            links.flood(rec, position, previous, source, to, source_has_it)
+            links.flood(rec, position, previous, source, to)
     links.send_log_moved()
     return {name: conn.take() for name, conn in conns.items()}
 
 
 def _one_by_one_and_grouped(names: tuple[bytes, ...], group: list[Stored], source: bytes | None,
-                            forwarded: bool, source_has_it: bool,
-                            live: tuple[bytes, ...]) -> tuple[Sent, Sent]:
+                            forwarded: bool, live: tuple[bytes, ...]) -> tuple[Sent, Sent]:
     """The lines each peer gets from flood() of each record, and from flood_group()."""
-    return (_flooded(names, live, pos(0), group, source, forwarded, source_has_it, grouped=False),
-            _flooded(names, live, pos(0), group, source, forwarded, source_has_it))
+    return (_flooded(names, live, pos(0), group, source, forwarded, grouped=False),
+            _flooded(names, live, pos(0), group, source, forwarded))
 
 
 def test_a_group_flood_sends_what_floods_one_by_one_send() -> None:
     names = (b"B", b"C", b"D")
     cases = [
-        (None, True, True, names),  # our clients' updates, forwarded to every live peer
-        (None, False, True, names),  # the slow path: U lines
-        (b"B", True, False, names),  # forwarded by B before it stored them (listed back to B)
-        (b"B", False, True, names),  # from B, stored there (U from B)
-        (None, True, True, (b"B",)),  # C and D without a cursor: U - on their connection
+        (None, True, names),  # our clients' updates, forwarded to every live peer
+        (None, False, names),  # the slow path: U lines
+        (b"B", True, names),  # forwarded by B before it stored them, and on to C and D
+        (b"B", False, names),  # from B, stored there (U from B)
+        (None, True, (b"B",)),  # C and D without a cursor: U - on their connection
     ]
-    for source, forwarded, source_has_it, live in cases:
-        one_by_one, grouped = _one_by_one_and_grouped(names, _group(1, 5), source, forwarded, source_has_it,
-                                                      live)
-        assert grouped == one_by_one, (source, forwarded, source_has_it, live)
+    for source, forwarded, live in cases:
+        one_by_one, grouped = _one_by_one_and_grouped(names, _group(1, 5), source, forwarded, live)
+        assert grouped == one_by_one, (source, forwarded, live)
 
 
 def test_a_group_stored_whole_floods_as_its_list_of_results_would() -> None:
@@ -269,30 +220,27 @@ def test_a_group_stored_whole_floods_as_its_list_of_results_would() -> None:
     assert run[-1] == run[5] and run.position(5) == eager[5][1]
     with pytest.raises(IndexError):
         run[6]
-    cases = [(None, True, True), (None, False, True), (b"B", True, False), (b"B", False, True)]
-    for source, forwarded, source_has_it in cases:
-        sent = [_flooded(names, names, start, group, source, forwarded, source_has_it)
-                for group in (eager, lazy)]
-        assert sent[0] == sent[1] and any(sent[0].values()), (source, forwarded, source_has_it)
+    cases = [(None, True), (None, False), (b"B", True), (b"B", False)]
+    for source, forwarded in cases:
+        sent = [_flooded(names, names, start, group, source, forwarded) for group in (eager, lazy)]
+        assert sent[0] == sent[1] and any(sent[0].values()), (source, forwarded)
 
 
 def test_a_group_after_an_entry_never_seen_breaks_the_chain_as_one_by_one() -> None:
     links, conns = chained(b"B")
     group = _group(3, 2)  # the entry at 1-0..2-0 never reached us: covered is 0-0
-    links.flood_group(group, None, None, frozenset(), True)
+    links.flood_group(group, None, frozenset())
     assert conns[b"B"].take() == [b"PULL"] + [b"U - %s %s" % (p.token, rec.line) for rec, p, _ in group]
 
 
-def test_a_large_forwarded_group_is_listed_in_bounded_k_lines_that_chain() -> None:
+def test_a_k_line_goes_with_the_next_f_lines_once_k_step_entries_wait() -> None:
+    # With the F lines the K costs the peer no read of its own.
     links, conns = chained(b"B")
-    group = _group(1, 5 * MAX_LISTED + 7)
+    group = _group(1, 3 * K_STEP)
     to = links.forward([rec.line for rec, _, _ in group], None)
-    links.flood_group(group, [update_key(rec) for rec, _, _ in group], None, to, True)
-    links.send_log_moved()
-    links.send_log_moved()
-    ks = [line.split() for line in conns[b"B"].take() if line.startswith(b"K ")]
-    assert [k[1] for k in ks] == [b"E/0-0"] + [k[2] for k in ks[:-1]]  # each K goes on from the last
-    assert ks[-1][2] == b"E/%d-0" % len(group)
-    assert all(len(k) - 3 <= 4 * 2 * MAX_LISTED for k in ks)
-    listed = [field for k in ks for field in k[3:]]
-    assert listed == [field for rec, _, _ in group for field in update_key(rec)]
+    links.flood_group(group, None, to)
+    assert [line for line in conns[b"B"].take() if not line.startswith(b"F ")] == []
+    later = record("later", 1)
+    links.forward([later.line], None)
+    assert conns[b"B"].take() == [b"K E/0-0 E/%d-0" % len(group), b"F " + later.line]
+    assert links.send_log_moved() == 0

@@ -946,15 +946,6 @@ long_times = st.builds(lambda z, d, f: z + d + f, st.sampled_from([b"", b"0", b"
                        st.sampled_from([b"", b".5", b".123456789", b".0123456789"]))
 
 
-@given(st.lists(st.one_of(any_time, st.binary(max_size=30), long_times), max_size=5))
-def test_are_client_times_agrees_with_is_client_time(texts: list[bytes]) -> None:
-    from herd.wire.client import are_client_times, is_client_time
-
-    texts = [field for text in texts for field in text.split()]  # fields of a line, as a K line's
-
-    assert are_client_times(texts) == all(map(is_client_time, texts))
-
-
 @given(st.one_of(any_time, st.binary(max_size=30), long_times))
 def test_is_client_time_agrees_with_parse_client_time(text: bytes) -> None:
     from herd.wire.client import is_client_time
