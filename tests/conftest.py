@@ -10,8 +10,6 @@ The fast tiers alone: ``bash ops/test.sh -m "not slow"``.
 
 from __future__ import annotations
 
-import shutil
-import tempfile
 from pathlib import Path
 
 import pytest
@@ -26,13 +24,5 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
             item.add_marker(pytest.mark.slow)
 
 
-def pytest_configure(config: pytest.Config) -> None:
-    # Every temporary directory the tests make in this process (Redis data
-    # directories above all) goes under one, removed when the session ends.
-    tempfile.tempdir = tempfile.mkdtemp(prefix="herd-tests-")
-
-
 def pytest_sessionfinish(session: pytest.Session) -> None:
     stop_shared_redis()
-    session_tmp, tempfile.tempdir = tempfile.gettempdir(), None
-    shutil.rmtree(session_tmp, ignore_errors=True)

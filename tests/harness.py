@@ -10,6 +10,7 @@ process with the shipped ops/redis/redis.conf, in its own directory.
 from __future__ import annotations
 
 import itertools
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -30,18 +31,29 @@ _shared: RedisProcess | None = None
 _prefixes = itertools.count()
 
 
+def fresh_redis(prefix: str) -> RedisProcess:
+    """A started redis-server of its own, its data in a new temporary
+    directory; discard_redis kills it and removes that."""
+    return RedisProcess(Path(tempfile.mkdtemp(prefix=prefix))).start()
+
+
+def discard_redis(redis: RedisProcess) -> None:
+    redis.kill()
+    shutil.rmtree(redis.data_dir, ignore_errors=True)
+
+
 def shared_redis() -> RedisProcess:
     """The session's one redis-server (started on first use; conftest.py
     stops it when the session ends)."""
     global _shared
     if _shared is None:
-        _shared = RedisProcess(Path(tempfile.mkdtemp(prefix="herd-tests-redis-"))).start()
+        _shared = fresh_redis("herd-tests-redis-")
     return _shared
 
 
 def stop_shared_redis() -> None:
     if _shared is not None:
-        _shared.kill()
+        discard_redis(_shared)
 
 
 class PrefixedRedis:
@@ -77,8 +89,8 @@ def redis_with_store(case: Any, prefix: str, timeout: float = 5.0, own: bool = F
     from storage.store import RedisStore
 
     if own:
-        redis: Any = RedisProcess(Path(tempfile.mkdtemp(prefix=prefix))).start()
-        case.addCleanup(redis.kill)
+        redis: Any = fresh_redis(prefix)
+        case.addCleanup(discard_redis, redis)
         server, key_prefix = redis, "herd:"
     else:
         server, key_prefix = shared_redis(), f"{prefix}{next(_prefixes)}:"

@@ -5,13 +5,11 @@ from __future__ import annotations
 
 import json
 import math
-import tempfile
 from decimal import Decimal
-from pathlib import Path
 from typing import Any
 
 from cluster import FakePlaces
-from harness import RedisProcess
+from harness import RedisProcess, discard_redis, fresh_redis
 from twisted.internet import reactor
 from twisted.internet.defer import CancelledError, Deferred, DeferredList, gatherResults, inlineCallbacks
 from twisted.internet.task import deferLater
@@ -31,11 +29,11 @@ class RedisCase(unittest.TestCase):
 
     @classmethod
     def setUpClass(cls) -> None:
-        cls.redis = RedisProcess(Path(tempfile.mkdtemp(prefix="herd-places-"))).start()
+        cls.redis = fresh_redis("herd-places-")
 
     @classmethod
     def tearDownClass(cls) -> None:
-        cls.redis.kill()
+        discard_redis(cls.redis)
 
     def setUp(self) -> None:
         self.redis.call("FLUSHALL")

@@ -6,13 +6,11 @@ for a timeout, calls stop waiting a whole timeout each."""
 from __future__ import annotations
 
 import gc
-import tempfile
 import time
-from pathlib import Path
 from typing import Any
 
 from fakes import at_record
-from harness import RedisProcess, free_port, redis_with_store
+from harness import discard_redis, free_port, fresh_redis, redis_with_store
 from twisted.internet import reactor
 from twisted.internet.defer import DeferredList, inlineCallbacks
 from twisted.internet.task import deferLater
@@ -282,8 +280,8 @@ class WhyUnreachable(unittest.TestCase):
 
     @inlineCallbacks
     def test_wrong_password(self) -> Any:
-        redis = RedisProcess(Path(tempfile.mkdtemp(prefix="herd-auth-"))).start()
-        self.addCleanup(redis.kill)
+        redis = fresh_redis("herd-auth-")
+        self.addCleanup(discard_redis, redis)
         redis.call("CONFIG", "SET", "requirepass", "right")
         why = yield self.refusal(RedisAddress(redis.url, "127.0.0.1", redis.port, password="wrong"))
         assert "could not auth" in why, why
@@ -309,8 +307,8 @@ class Stopping(unittest.TestCase):
     def test_records_waiting_when_the_store_stops_fail_at_once(self) -> Any:
         """Review: stop() left a scheduled flush behind, which then waited a
         whole timeout for a connection that was gone."""
-        redis = RedisProcess(Path(tempfile.mkdtemp(prefix="herd-stop-"))).start()
-        self.addCleanup(redis.kill)
+        redis = fresh_redis("herd-stop-")
+        self.addCleanup(discard_redis, redis)
         store = RedisStore(reactor, RedisAddress(redis.url, "127.0.0.1", redis.port), b"herd:", timeout=3.0)
         store.start()
         yield store.get(b"nobody")  # connected

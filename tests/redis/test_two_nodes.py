@@ -6,10 +6,9 @@ F then K once it does, and each offset following the other's log."""
 
 from __future__ import annotations
 
-import tempfile
-from pathlib import Path
 from typing import Any
 
+from harness import discard_redis, fresh_redis
 from twisted.internet import reactor
 from twisted.internet.defer import inlineCallbacks
 from twisted.internet.task import deferLater
@@ -21,7 +20,6 @@ from herd.node import Node
 from herd.peer.accepted import AcceptedPeerFactory
 from herd.peer.dial import DialledPeer
 from herd.peer.links import PeerLinks
-from herd.tools.harness import RedisProcess
 from herd.wire.client import Iamat, parse_request
 from herd.wire.peer import split_kind
 from storage.store import RedisStore
@@ -43,8 +41,8 @@ class Recorded(Node):
 
 class TwoNodes(unittest.TestCase):
     def setUp(self) -> None:
-        self.redis = RedisProcess(Path(tempfile.mkdtemp(prefix="herd-two-"))).start()
-        self.addCleanup(self.redis.kill)
+        self.redis = fresh_redis("herd-two-")
+        self.addCleanup(discard_redis, self.redis)
         self.nodes: dict[bytes, Recorded] = {}
         for name, peer in ((b"A", b"B"), (b"B", b"A")):
             address = RedisAddress(self.redis.url, "127.0.0.1", self.redis.port)
