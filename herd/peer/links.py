@@ -30,8 +30,8 @@ log = Logger(namespace="herd")
 BEAT_INTERVAL = 0.5
 QUIET_BEATS = 2  # 1 s without sending: an idle link costs one HB a second each way
 DEAD_BEATS = 6  # 3 s without receiving (three heartbeats missed)
-# Besides the 0.1 s tick, a K goes with the F lines to a peer once K_STEP log
-# entries forwarded to it were stepped over since the last one sent, so under
+# Besides the 0.1 s tick, a K goes with the F lines to a peer once its cursor
+# stepped over K_STEP log entries the peer has (FloodCursor.unsent), so under
 # load the peer's offset stays about that far behind at most (what a reconnect
 # sends again). With the F lines, the K costs the peer no read or Lua call of
 # its own.
