@@ -441,10 +441,10 @@ class RedisStore:
                 size += part[-1][3] or 1
             size = _take(self._urgent, MAX_BATCH, part, size)
             self._waiting -= size
-            # One argument for the whole batch: txredisapi encodes each
-            # argument in Python (a few microseconds each), Redis splits it in C.
             self._batches_sent += 1
             token = b"%s-%d" % (self._batch_names, self._batches_sent)
+            # One argument for the whole batch: txredisapi encodes each
+            # argument in Python (a few microseconds each), Redis splits it in C.
             args = [self.keys.prefix, LOG_BOUND, b"".join([entry[0] for entry in part]),
                     b"%016x" % _xor([entry[4] for entry in part]), self._last_batch, token]
             self._last_batch = token
