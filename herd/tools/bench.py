@@ -196,15 +196,26 @@ def context_switches(pid: int) -> int:
                if line.startswith(("voluntary_ctxt_switches:", "nonvoluntary_ctxt_switches:")))
 
 
+def waited_ns(pid: int) -> int:
+    """Nanoseconds a process's main thread has been ready to run but waited
+    for a core, so far (0 once it is gone, or without schedstat)."""
+    try:
+        return int(Path(f"/proc/{pid}/schedstat").read_text().split()[1])
+    except (OSError, ValueError, IndexError):
+        return 0
+
+
 class CpuMeter:
-    """The CPU seconds groups of processes spend from its making on, and their
+    """The CPU seconds groups of processes spend from its making on, their
     context switches: how often they woke up (or were preempted), so how much
-    each did per read or batch (docs/BENCHMARKS.md)."""
+    each did per read or batch (docs/BENCHMARKS.md), and how long they waited
+    for a core."""
 
     def __init__(self, groups: dict[str, list[int]]):
         self._groups = groups
         self._before = self._now()
         self._switches_before = self._switches_now()
+        self._waited_before = self._waited_now()
 
     def _now(self) -> dict[str, float]:
         return {k: sum(cpu_seconds(p) for p in pids) for k, pids in self._groups.items()}
@@ -221,6 +232,15 @@ class CpuMeter:
         """Per group, context switches since the meter was made."""
         now = self._switches_now()
         return {k: now[k] - self._switches_before[k] for k in self._groups}
+
+    def _waited_now(self) -> dict[str, int]:
+        return {k: sum(waited_ns(p) for p in pids) for k, pids in self._groups.items()}
+
+    def waited(self) -> dict[str, float]:
+        """Per group, seconds its main threads were ready to run but waited
+        for a core since the meter was made."""
+        now = self._waited_now()
+        return {k: (now[k] - self._waited_before[k]) / 1e9 for k in self._groups}
 
 
 def micros_each(seconds: float, count: int, digits: int = 2) -> float:
@@ -431,8 +451,15 @@ def propagate(herd: LocalHerd, source: str, rate: float, seconds: float, prefix:
     far = max(sorted(hops, reverse=True), key=lambda n: hops[n])  # five: Jaquez (Clark is 2 hops too)
     args = [str(herd.nodes[source].port), str(herd.nodes[far].redis.port), "--rate", str(rate),
             "--seconds", str(seconds), "--prefix", prefix]
-    return {"from": source, "to": far, "hops": hops[far],
-            **run_tool("propagate", args, seconds + 60)}
+    nodes = list(herd.nodes.values())
+    meter = CpuMeter({"nodes": [n.pid for n in nodes], "redis": [n.redis.pid for n in nodes]})
+    result = run_tool("propagate", args, seconds + 60)
+    # What the herd's processes cost and waited for: at such rates a wake-up
+    # per update and process, on shared cores (docs/BENCHMARKS.md, eleventh session).
+    cpu = {k: micros_each(v, result["sent"], 1) for k, v in meter.spent().items()}
+    waited = {k: micros_each(v, result["sent"], 1) for k, v in meter.waited().items()}
+    return {"from": source, "to": far, "hops": hops[far], **result,
+            "cpu_us_per_update": cpu, "wait_us_per_update": waited}
 
 
 def scenario_whatsat(bench: Bench) -> dict[str, Any]:
@@ -852,10 +879,25 @@ def propagation_figures(r: dict[str, Any], results: dict[str, Any]) -> list[Figu
             out.append(Figure("propagation", name, value, target, ok))
         else:
             out.append(Figure("propagation", name, value))
+        if "cpu_us_per_update" in run:
+            out.append(Figure("propagation", f"{run['from']}->{run['to']} at {run['rate']:g}/s: load",
+                              load_words(run)))
     if chain:
         out.append(Figure("propagation", f"3 fsync'd Redis writes in a row at {chain['rate']:g}/s p50 / p99",
                           f"{chain['p50_ms']:.2f} / {chain['p99_ms']:.2f} ms ({chain['chains']} chains)"))
     return out
+
+
+def load_words(run: dict[str, Any]) -> str:
+    """A propagation run's load on the machine, in words: how busy it was
+    while sending, and per update the CPU the herd's nodes and their Redis
+    spent and the time they were ready to run but waited for a core (each
+    summed over the herd's processes)."""
+    cpu, waited, busy = run["cpu_us_per_update"], run["wait_us_per_update"], run.get("machine_busy")
+    words = [f"all CPUs {busy:.0%} busy while sending"] if busy is not None else []
+    words.append(f"per update: CPU {cpu['nodes']:,.0f} us in nodes, {cpu['redis']:,.0f} us in Redis; "
+                 f"waiting for a core {waited['nodes']:,.0f} us and {waited['redis']:,.0f} us")
+    return "; ".join(words)
 
 
 def whatsat_figures(r: dict[str, Any], results: dict[str, Any]) -> list[Figure]:

@@ -276,6 +276,23 @@ async def send_at_rate(writer: asyncio.StreamWriter, prefix: bytes, rate: float,
         await asyncio.sleep(0.0005)
 
 
+def cpu_jiffies() -> tuple[int, int]:
+    """(busy, total) clock ticks of all this machine's CPUs since boot, from
+    /proc/stat (idle and I/O wait are not busy); (0, 0) where there is none."""
+    try:
+        with open("/proc/stat") as stat:
+            ticks = [int(t) for t in stat.readline().split()[1:9]]  # user .. steal
+    except (OSError, ValueError):
+        return 0, 0
+    return sum(ticks) - ticks[3] - ticks[4], sum(ticks)
+
+
+def busy_share(before: tuple[int, int], after: tuple[int, int]) -> float | None:
+    """The share of the machine's CPU time that was busy between two cpu_jiffies()."""
+    total = after[1] - before[1]
+    return round((after[0] - before[0]) / total, 3) if total > 0 else None
+
+
 async def run_propagate(port: int, redis_port: int, rate: float, seconds: float,
                         prefix: bytes, settle: float = 3.0) -> dict[str, Any]:
     loop = asyncio.get_running_loop()
@@ -288,7 +305,9 @@ async def run_propagate(port: int, redis_port: int, rate: float, seconds: float,
     outstanding: deque[int] = deque()
     acks: list[int] = []
     drainer = asyncio.ensure_future(drain_replies(reader, outstanding, acks))
+    before = cpu_jiffies()
     await send_at_rate(writer, prefix, rate, seconds, sent_at, outstanding)
+    busy = busy_share(before, cpu_jiffies())
     deadline = time.monotonic() + settle
     while len(arrivals) < len(sent_at) and time.monotonic() < deadline:
         await asyncio.sleep(0.01)
@@ -298,7 +317,8 @@ async def run_propagate(port: int, redis_port: int, rate: float, seconds: float,
     latencies = [arrivals[i] - t for i, t in sent_at.items() if i in arrivals]
     ack = latency_summary(acks)
     return {"sent": len(sent_at), "arrived": len(latencies), "rate": rate,
-            **latency_summary(latencies), "ack_p50_ms": ack["p50_ms"], "ack_p99_ms": ack["p99_ms"]}
+            **latency_summary(latencies), "ack_p50_ms": ack["p50_ms"], "ack_p99_ms": ack["p99_ms"],
+            "machine_busy": busy}
 
 
 # -- redis-writes: the storage floor, plain pipelined writes of herd's records --

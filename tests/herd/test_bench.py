@@ -96,6 +96,9 @@ def test_short_run_of_propagation_and_reconcile() -> None:
     for run in prop.values():
         assert run["arrived"] == run["sent"] == 100
         assert_latencies(run)
+        assert 0 < run["machine_busy"] <= 1  # all CPUs, while sending
+        assert run["cpu_us_per_update"]["nodes"] > 0 and run["cpu_us_per_update"]["redis"] > 0
+        assert run["wait_us_per_update"]["nodes"] >= 0 and run["wait_us_per_update"]["redis"] >= 0
     rec = report["results"]["reconcile"]
     assert rec["changed"] == 20 and 0 < rec["converge_s"] < 30
     assert 0 < report["results"]["memory"]["bytes_per_client"] < 10_000  # measured on A
@@ -171,6 +174,17 @@ def test_propagation_target_follows_the_fsync_policy() -> None:
     always = bench.propagation_figures({"line": line, "fsync_chain": chain}, {})
     assert (always[0].target, always[0].met) == ("p99 <= 3.50 ms", False)
     assert always[1].value == "0.90 / 1.50 ms (10 chains)"
+
+
+def test_propagation_runs_report_the_load_they_put_on_the_machine() -> None:
+    line = {"from": "A", "to": "D", "hops": 3, "rate": 1000.0, "p50_ms": 2.0, "p99_ms": 4.0,
+            "arrived": 10, "sent": 10, "machine_busy": 0.944,
+            "cpu_us_per_update": {"nodes": 1033.4, "redis": 570.0},
+            "wait_us_per_update": {"nodes": 1124.0, "redis": 1700.2}}
+    rows = bench.propagation_figures({"line": line}, {})
+    assert [(row.name, row.value) for row in rows[1:]] == [
+        ("A->D at 1000/s: load", "all CPUs 94% busy while sending; per update: CPU 1,033 us in nodes, "
+         "570 us in Redis; waiting for a core 1,124 us and 1,700 us")]
 
 
 def test_floor_and_ratios_from_results() -> None:
