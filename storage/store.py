@@ -183,10 +183,10 @@ def _script_sha(script: bytes) -> str:
 class _RedisProtocol(txredisapi.RedisProtocol):
     """txredisapi's protocol with two of its per-call costs cut, the same
     bytes on the wire. At a thousand updates a second each Lua call carries
-    one or two records, so these were a third of a node's Python calls per
-    update: encoding each argument took two ``_encode_value`` calls and a
-    dozen more (10 us per store batch), and ``eval`` hashed the whole script
-    (15 kB, 9 us) every time."""
+    one or two records, and such fixed costs are most of it: encoding each
+    argument took two ``_encode_value`` calls and a dozen more (10 us per
+    store batch), and ``eval`` hashed the whole script (15 kB, 9 us) every
+    time."""
 
     def _build_command(self, *args: Any, **kwargs: Any) -> bytes:
         encode = self._encode_value
