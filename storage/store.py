@@ -301,6 +301,9 @@ class RedisStore:
         self._refused: str | None = None  # why the last connection attempt failed
         self._announced = 0  # the last connection logged as serving
         self._sent_at: deque[float] = deque()  # when each unanswered store batch was sent
+        # Store batches answered (or failed) so far: the summary hash read before
+        # this last moved may be out of date (herd.admin.view.SummaryReader).
+        self.batches_answered = 0
         # Store batches are named "<random>-<n>"; each names the one sent before
         # it (b"": none, or a batch failed since), see store_batch.lua.
         self._batch_names = os.urandom(6).hex().encode()
@@ -510,6 +513,7 @@ class RedisStore:
 
     def _answered(self, result: Any) -> Any:
         self._sent_at.popleft()  # one connection: batches are answered in the order sent
+        self.batches_answered += 1
         if self._urgent or self._batch:
             self._schedule_flush()
         return result

@@ -55,8 +55,12 @@ def redis_up(running: RunningNode, held: Summary | None) -> bool:
 
 
 class SummaryReader:
-    """The summary hash as of at most ``max_age`` seconds ago, or None when
-    Redis did not answer within ``timeout`` seconds or is not connected now.
+    """The summary hash as of at most ``max_age`` seconds ago and of every
+    store batch answered so far, or None when Redis did not answer within
+    ``timeout`` seconds or is not connected now. (A read is served again only
+    while no store batch was answered since it began: a node catching up
+    after a pause or a partition must not show the digest of a moment ago
+    next to its peers' current ones.)
 
     Requests that come while a read is under way share it; the store's own
     call is never cancelled (a late answer is just dropped), so a slow read
@@ -70,6 +74,7 @@ class SummaryReader:
         self._max_age = max_age
         self._last: Summary | None = None
         self._read_at: float | None = None  # when the read that gave _last started
+        self._answered_at_read = -1  # the store's batches_answered then
         self._waiting: list[Deferred[Summary | None]] | None = None  # a read is under way
         self._reads = 0  # reads started; a late answer to an earlier one is dropped
 
@@ -78,7 +83,8 @@ class SummaryReader:
         now = self._reactor.seconds()
         if not self._store.connected:  # known unreadable: no cached figures, no waiting
             return succeed(None)
-        if self._waiting is None and self._read_at is not None and now - self._read_at < self._max_age:
+        if self._waiting is None and self._read_at is not None and now - self._read_at < self._max_age \
+                and self._store.batches_answered == self._answered_at_read:
             return succeed(self._last)
         waiter: Deferred[Summary | None] = Deferred()
         if self._waiting is not None:
@@ -87,6 +93,7 @@ class SummaryReader:
         self._waiting = [waiter]
         self._reads += 1
         self._read_at = now
+        self._answered_at_read = self._store.batches_answered
         read = self._reads
         timer = self._reactor.callLater(self._timeout, self._done, None, read)
         d = self._store.summary()
