@@ -301,9 +301,6 @@ class RedisStore:
         self._refused: str | None = None  # why the last connection attempt failed
         self._announced = 0  # the last connection logged as serving
         self._sent_at: deque[float] = deque()  # when each unanswered store batch was sent
-        # Store batches answered (or failed) so far: the summary hash read before
-        # this last moved may be out of date (herd.admin.view.SummaryReader).
-        self.batches_answered = 0
         # Store batches are named "<random>-<n>"; each names the one sent before
         # it (b"": none, or a batch failed since), see store_batch.lua.
         self._batch_names = os.urandom(6).hex().encode()
@@ -423,6 +420,12 @@ class RedisStore:
         """Records waiting to be sent to Redis."""
         return self._waiting
 
+    @property
+    def batches_answered(self) -> int:
+        """Store batches answered (or failed) so far: a read of the summary hash
+        made before this last moved may be out of date (herd.admin.view.SummaryReader)."""
+        return self._batches_sent - len(self._sent_at)
+
     def set_offset_in_order(self, peer: bytes, pos: Position) -> Deferred[StoreResult]:
         """Set ``peer``'s offset to ``pos`` after every record queued before this
         call, and before every one queued after it. It fails if any of those
@@ -513,7 +516,6 @@ class RedisStore:
 
     def _answered(self, result: Any) -> Any:
         self._sent_at.popleft()  # one connection: batches are answered in the order sent
-        self.batches_answered += 1
         if self._urgent or self._batch:
             self._schedule_flush()
         return result
