@@ -190,6 +190,9 @@ def _dispatch(args: argparse.Namespace) -> int:
         # collections while they load (about 15% of start-up); serve() freezes
         # them and turns the collector back on.
         gc.disable()
+        from herd.reactor import install
+
+        install()  # before herd.service's imports bring in the default reactor
         from herd.logs import LogOptions
         from herd.service import serve
 

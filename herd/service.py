@@ -389,7 +389,7 @@ def serve(name: str, config_path: str, logging: LogOptions, activation: str | No
         raise ConfigError(f"{config_path}: nodes.{name}: no such node "
                           f"(known: {', '.join(sorted(config.nodes))})")
     check_can_serve(config, name)
-    from twisted.internet import reactor
+    from twisted.internet import reactor  # herd.reactor's, installed by the CLI
 
     from herd.logs import start_logging
     from herd.rotating import RotatingFile

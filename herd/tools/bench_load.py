@@ -436,8 +436,12 @@ async def run_redis_chain(ports: Sequence[int], rate: float, seconds: float) -> 
 
 
 def serve_ceiling(port: int) -> int:
-    """Answer IAMAT like a node (herd.wire.client), storing nothing, until SIGTERM."""
-    from twisted.internet import reactor
+    """Answer IAMAT like a node (herd.wire.client), storing nothing, until
+    SIGTERM; on the node's reactor (herd.reactor), so that the two compare
+    like with like."""
+    from herd.reactor import install
+
+    reactor = install()
     from twisted.internet.endpoints import serverFromString
     from twisted.internet.protocol import Factory
 

@@ -1,0 +1,160 @@
+"""herd.reactor.HerdReactor: a write leaves before the reactor next polls,
+without a round through epoll, and every write still arrives whole and in
+order (a socket that cannot take it all is handed to epoll), also when the
+connection closes right after writing. Real TCP on loopback, a reactor of its
+own driven turn by turn (never installed, never run)."""
+
+from __future__ import annotations
+
+import socket
+import time
+from collections.abc import Iterator
+from select import EPOLLOUT
+from typing import Any
+
+import pytest
+from twisted.internet.error import ConnectionDone
+from twisted.internet.protocol import Factory, Protocol
+from twisted.python.failure import Failure
+
+from herd.reactor import HerdReactor
+
+
+class Recorded(Protocol):
+    connections: list[Recorded]
+
+    def connectionMade(self) -> None:
+        self.connections.append(self)
+
+
+class WatchedPoller:
+    """The reactor's epoll object, noting every fd it is asked to watch for writing."""
+
+    def __init__(self, poller: Any) -> None:
+        self._poller = poller
+        self.watched_for_writing: list[int] = []
+
+    def register(self, fd: int, flags: int) -> None:
+        self._note(fd, flags)
+        self._poller.register(fd, flags)
+
+    def modify(self, fd: int, flags: int) -> None:
+        self._note(fd, flags)
+        self._poller.modify(fd, flags)
+
+    def _note(self, fd: int, flags: int) -> None:
+        if flags & EPOLLOUT:
+            self.watched_for_writing.append(fd)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._poller, name)
+
+
+@pytest.fixture
+def reactor() -> Iterator[HerdReactor]:
+    r = HerdReactor()
+    yield r
+    for selectable in r.removeAll():
+        selectable.connectionLost(Failure(ConnectionDone()))
+    r.removeReader(r.waker)  # type: ignore[attr-defined]
+    r.waker.connectionLost(None)  # type: ignore[attr-defined]
+    r._poller.close()  # type: ignore[attr-defined]
+
+
+def turn(reactor: HerdReactor, until: Any, seconds: float = 5.0) -> None:
+    deadline = time.monotonic() + seconds
+    while not until():
+        assert time.monotonic() < deadline, "the reactor did not get there"
+        reactor.iterate(0.01)
+
+
+def connected(reactor: HerdReactor) -> tuple[Recorded, socket.socket]:
+    """A server protocol on ``reactor`` and the plain client socket talking to it."""
+    connections: list[Recorded] = []
+    Recorded.connections = connections
+    factory = Factory.forProtocol(Recorded)
+    port = reactor.listenTCP(0, factory, interface="127.0.0.1")
+    client = socket.create_connection(("127.0.0.1", port.getHost().port))
+    turn(reactor, lambda: connections)
+    port.stopListening()
+    return connections[0], client
+
+
+def received(client: socket.socket, wanted: int, reactor: HerdReactor) -> bytes:
+    client.setblocking(False)
+    data = bytearray()
+
+    def read() -> bool:
+        try:
+            chunk = client.recv(1 << 20)
+        except BlockingIOError:
+            return False
+        data.extend(chunk)
+        return len(data) >= wanted or not chunk
+
+    turn(reactor, read)
+    return bytes(data)
+
+
+def test_a_write_leaves_in_the_next_turn_without_epoll(reactor: HerdReactor) -> None:
+    server, client = connected(reactor)
+    poller = WatchedPoller(reactor._poller)  # type: ignore[attr-defined]
+    reactor._poller = poller  # type: ignore[attr-defined]
+    assert server.transport is not None
+    server.transport.write(b"AT one\n")
+    server.transport.write(b"AT two\n")
+    assert server.transport in reactor.getWriters()  # a writer set aside is a writer
+    reactor.iterate(0)
+    client.settimeout(5)
+    assert client.recv(100) == b"AT one\nAT two\n"  # one turn, both writes in one send
+    assert poller.watched_for_writing == []
+    assert reactor.getWriters() == []
+
+
+def test_more_than_the_socket_takes_goes_to_epoll_and_arrives_whole(reactor: HerdReactor) -> None:
+    server, client = connected(reactor)
+    payload = bytes(range(256)) * 32768  # 8 MB: more than the socket takes at once
+    assert server.transport is not None
+    server.transport.write(payload)
+    reactor.iterate(0)
+    assert server.transport in reactor.getWriters()  # still writing, now through epoll
+    assert received(client, len(payload), reactor) == payload
+    turn(reactor, lambda: reactor.getWriters() == [])
+
+
+def test_a_connection_closed_after_writing_delivers_the_write_then_closes(reactor: HerdReactor) -> None:
+    server, client = connected(reactor)
+    assert server.transport is not None
+    server.transport.write(b"AT last\n")
+    server.transport.loseConnection()
+    assert received(client, 1 << 30, reactor) == b"AT last\n"  # read until the end of the stream
+
+
+def test_a_half_closed_write_side_still_sends_what_was_written(reactor: HerdReactor) -> None:
+    server, client = connected(reactor)
+    assert server.transport is not None
+    server.transport.write(b"AT before the half-close\n")
+    server.transport.loseWriteConnection()  # type: ignore[attr-defined]
+    assert received(client, 1 << 30, reactor) == b"AT before the half-close\n"
+
+
+def test_an_aborted_connection_is_no_writer_any_more(reactor: HerdReactor) -> None:
+    server, client = connected(reactor)
+    assert server.transport is not None
+    server.transport.write(b"never sent")
+    server.transport.abortConnection()  # type: ignore[attr-defined]
+    reactor.iterate(0)
+    assert reactor.getWriters() == []
+    client.settimeout(5)
+    try:
+        assert client.recv(100) == b""
+    except ConnectionResetError:
+        pass  # aborted: a reset, never the data
+
+
+def test_remove_all_returns_writers_set_aside(reactor: HerdReactor) -> None:
+    server, _client = connected(reactor)
+    assert server.transport is not None
+    server.transport.write(b"pending")
+    assert server.transport in reactor.removeAll()
+    assert reactor.getWriters() == []
