@@ -1,18 +1,22 @@
 """How RedisStore's calls reach Redis: txredisapi's protocol with its
-per-call costs cut (storage.store._RedisProtocol) sends the same bytes, and
-a script Redis has forgotten (SCRIPT FLUSH, a restart) is sent again."""
+per-call costs cut (storage.store._RedisProtocol) sends the same bytes, a
+script Redis has forgotten (SCRIPT FLUSH, a restart) is sent again, and a
+call Redis does not answer times out as with txredisapi's own timers."""
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
 import txredisapi
 from fakes import at_record
 from harness import redis_with_store
-from twisted.internet.defer import inlineCallbacks
+from twisted.internet import reactor
+from twisted.internet.defer import gatherResults, inlineCallbacks
+from twisted.internet.task import deferLater
 from twisted.trial import unittest
 
-from storage.store import _RedisProtocol
+from storage.store import StoreUnavailable, _RedisProtocol
 
 
 class Encoding(unittest.TestCase):
@@ -43,3 +47,50 @@ class Scripts(unittest.TestCase):
         assert third.stored  # EVALSHA refused (NOSCRIPT), then EVAL
         assert self.evals() == {"cmdstat_eval": 2, "cmdstat_evalsha": 2}
         assert self.redis.call("HGET", b"herd:client:c3", b"time") == b"1700000000.3"
+
+
+class ReplyTimeout(unittest.TestCase):
+    """One timer per connection watches the oldest unanswered call; the
+    timeout itself is txredisapi's (every call behind the late one fails
+    too, and the connection is aborted, to be made again)."""
+
+    def setUp(self) -> None:
+        self.redis, self.store = redis_with_store(self, "herd-timeout-", timeout=1.0, own=True)
+
+    @inlineCallbacks
+    def test_calls_in_flight_share_one_timer(self) -> Any:
+        yield self.store.get(b"nobody")  # connected
+        before = len(reactor.getDelayedCalls())
+        calls = [self.store.get(b"c%d" % n) for n in range(100)]
+        assert len(reactor.getDelayedCalls()) <= before + 1
+        yield gatherResults(calls)
+        yield self.store.get(b"nobody")  # the timer is set again, once
+
+    @inlineCallbacks
+    def test_a_late_call_fails_with_every_call_behind_it_then_the_store_reconnects(self) -> Any:
+        yield self.store.get(b"nobody")
+        before = self.store_connection()
+        self.redis.pause()  # connection open, no answers
+        started = time.monotonic()
+        first = self.store.get(b"first")
+        yield deferLater(reactor, 0.5, lambda: None)
+        second = self.store.get(b"second")  # sent half a timeout later
+        errors = []
+        for call in (first, second):
+            try:
+                yield call
+            except StoreUnavailable as err:
+                errors.append(str(err))
+        waited = time.monotonic() - started
+        assert errors == ["Redis hget: Not received Redis response in 1.0 seconds"] * 2, errors
+        assert 0.9 <= waited < 1.4, waited  # the first call's timeout, not the second's
+        self.redis.resume()
+        yield deferLater(reactor, 1.0, lambda: None)
+        assert (yield self.store.get(b"nobody")) is None
+        assert self.store_connection() != before  # the late connection was aborted
+
+    def store_connection(self) -> str:
+        """The id of the store's connection (the one that is not this CLIENT LIST's)."""
+        clients = self.redis.call("CLIENT", "LIST").decode().splitlines()
+        [store] = [line for line in clients if "cmd=client|list" not in line]
+        return store.split()[0]

@@ -293,8 +293,8 @@ class WhyUnreachable(unittest.TestCase):
         globalLogPublisher.addObserver(observer)
         self.addCleanup(globalLogPublisher.removeObserver, observer)
         refused: list[str] = []
-        factory = _ReconnectingFactory(lambda: None, refused.append, lambda: None, uuid="x", dbid=None,
-                                       poolsize=1, isLazy=True, charset=None, password="p")
+        factory = _ReconnectingFactory(reactor, lambda: None, refused.append, lambda: None, uuid="x",
+                                       dbid=None, poolsize=1, isLazy=True, charset=None, password="p")
         factory.connectionError("Redis error: could not auth: WRONGPASS")
         del factory
         gc.collect()
