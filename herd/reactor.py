@@ -13,8 +13,9 @@ that it pays at every wake-up, whatever the wake-up carries.
    ``twisted.python.log.callWithLogger``, a context stack that only the legacy
    log's ``system`` field reads; herd's logs do not show that field.
 
-On this project's 2-core machine a node at 1,000 updates/s spends about a
-tenth less CPU per update on it (docs/BENCHMARKS.md, twelfth session).
+On the project's 2-core bench machine the nodes of a line at 1,000
+updates/s spent 7-9% less CPU per update on it (docs/BENCHMARKS.md, twelfth
+session).
 
 Contract kept: ``addWriter``/``removeWriter``/``getWriters``/``removeAll``
 behave as Twisted's reactor interfaces say (a writer set aside is a writer);
