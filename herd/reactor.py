@@ -20,7 +20,11 @@ session).
 Contract kept: ``addWriter``/``removeWriter``/``getWriters``/``removeAll``
 behave as Twisted's reactor interfaces say (a writer set aside is a writer);
 a transport's ``doWrite`` runs as the epoll reactor would run it, through
-``_doReadOrWrite``, so errors disconnect it the same way.
+``_doReadOrWrite``, so errors disconnect it the same way; an error that
+escapes an event is logged and the next event runs; and code that the writes
+run (``connectionLost`` after a flushed close, a producer resumed,
+``connectionMade`` of a dialled connection) has its timed calls, or a stop,
+counted in the poll's timeout, as if it had run before the loop computed it.
 """
 
 from __future__ import annotations
@@ -30,6 +34,9 @@ from select import EPOLLOUT
 from typing import Any
 
 from twisted.internet.epollreactor import EPollReactor
+from twisted.logger import Logger
+
+_log = Logger()
 
 
 class HerdReactor(EPollReactor):
@@ -39,7 +46,7 @@ class HerdReactor(EPollReactor):
 
     def addWriter(self, writer: Any) -> None:
         fd = writer.fileno()
-        if fd == -1 or fd in self._writes:
+        if fd == -1 or fd in self._writes or self._continuousPolling.isWriting(writer):
             super().addWriter(writer)
         else:
             self._prompt[writer] = None
@@ -60,33 +67,59 @@ class HerdReactor(EPollReactor):
         return removed + [writer for writer in prompt if writer not in removed]
 
     def doPoll(self, timeout: float | None) -> None:
-        self._write_prompt()
+        if self._prompt:
+            self._write_prompt()
+            timeout = self._timeout_after_writes(timeout)
         try:
             events = self._poller.poll(-1 if timeout is None else timeout, len(self._selectables))
         except OSError as err:
             if err.errno == errno.EINTR:
                 return
             raise
-        selectables, dispatch = self._selectables, self._doReadOrWrite
+        selectables = self._selectables
         for fd, event in events:
             selectable = selectables.get(fd)
             if selectable is not None:
-                dispatch(selectable, fd, event)
+                self._dispatch(selectable, event)
 
     doIteration = doPoll
+
+    def _dispatch(self, selectable: Any, event: int) -> None:
+        """``_doReadOrWrite``, with an error that escapes it (from a
+        ``connectionLost``, say) logged and the loop going on to the next
+        event, as ``callWithLogger`` did."""
+        try:
+            self._doReadOrWrite(selectable, selectable.fileno(), event)
+        except KeyboardInterrupt:
+            raise
+        except BaseException:
+            _log.failure("Unhandled error handling an event of {selectable!r}", selectable=selectable)
 
     def _write_prompt(self) -> None:
         """Write every writer set aside. One that cannot send all its data
         stays a writer (its ``doWrite`` did not call ``stopWriting``) and goes
         to epoll; so does one that starts writing again during this pass."""
-        if not self._prompt:
-            return
         for writer in list(self._prompt):
             if writer in self._prompt:  # not removed by an earlier writer's doWrite
-                self._doReadOrWrite(writer, writer.fileno(), EPOLLOUT)
+                self._dispatch(writer, EPOLLOUT)
         left, self._prompt = self._prompt, {}
         for writer in left:
-            super().addWriter(writer)
+            try:
+                super().addWriter(writer)
+            except OSError as err:  # epoll cannot watch it (ENOSPC, say): its data would never leave
+                self._disconnectSelectable(writer, err, False)
+
+    def _timeout_after_writes(self, timeout: float | None) -> float | None:
+        """The poll's timeout, made before the writes ran code of their own
+        (``connectionLost`` once a close is flushed, a producer resumed,
+        ``connectionMade`` of a dialled connection): the calls that code
+        scheduled, and a stop, count too, or epoll would sleep past them."""
+        if self._justStopped or not self.running:
+            return 0
+        due = self.timeout()
+        if due is None:
+            return timeout
+        return due if timeout is None else min(timeout, due)
 
 
 def install() -> HerdReactor:

@@ -236,9 +236,9 @@ class _RedisProtocol(txredisapi.RedisProtocol):
             self._watch = self.clock.callLater(late, self._check_replies)
             return
         self._sent.clear()
-        error = txredisapi.TimeoutError(f"Not received Redis response in {self._reply_timeout} seconds")
         while self.replyQueue.waiting:
-            self.replyQueue.put(error)
+            self.replyQueue.put(txredisapi.TimeoutError(
+                f"Not received Redis response in {self._reply_timeout} seconds"))
         self.transport.abortConnection()
 
     def _build_command(self, *args: Any, **kwargs: Any) -> bytes:

@@ -7,17 +7,21 @@ own driven turn by turn (never installed, never run)."""
 from __future__ import annotations
 
 import socket
+import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from select import EPOLLOUT
-from typing import Any
+from typing import Any, cast
 
 import pytest
 from twisted.internet.error import ConnectionDone
 from twisted.internet.protocol import Factory, Protocol
+from twisted.logger import ILogObserver, globalLogPublisher
 from twisted.python.failure import Failure
 
 from herd.reactor import HerdReactor
+from herd.tools.harness import REPO, child_env
 
 
 class Recorded(Protocol):
@@ -68,11 +72,11 @@ def turn(reactor: HerdReactor, until: Any, seconds: float = 5.0) -> None:
         reactor.iterate(0.01)
 
 
-def connected(reactor: HerdReactor) -> tuple[Recorded, socket.socket]:
+def connected(reactor: HerdReactor, kind: type[Recorded] = Recorded) -> tuple[Recorded, socket.socket]:
     """A server protocol on ``reactor`` and the plain client socket talking to it."""
     connections: list[Recorded] = []
     Recorded.connections = connections
-    factory = Factory.forProtocol(Recorded)
+    factory = Factory.forProtocol(kind)
     port = reactor.listenTCP(0, factory, interface="127.0.0.1")
     client = socket.create_connection(("127.0.0.1", port.getHost().port))
     turn(reactor, lambda: connections)
@@ -158,3 +162,57 @@ def test_remove_all_returns_writers_set_aside(reactor: HerdReactor) -> None:
     server.transport.write(b"pending")
     assert server.transport in reactor.removeAll()
     assert reactor.getWriters() == []
+
+
+class RaisesWhenLost(Recorded):
+    def connectionLost(self, reason: Any = None) -> None:
+        raise RuntimeError("connectionLost broke")
+
+
+def test_an_error_escaping_an_event_is_logged_and_the_next_events_still_run(reactor: HerdReactor) -> None:
+    events: list[dict[str, Any]] = []
+    observer = cast(ILogObserver, events.append)
+    globalLogPublisher.addObserver(observer)
+    try:
+        broken, broken_client = connected(reactor, RaisesWhenLost)
+        fine, fine_client = connected(reactor)
+        fine.dataReceived = lambda data: fine.__dict__.setdefault("got", data)  # type: ignore[method-assign]
+        broken_client.close()  # its event: connectionLost, which raises
+        fine_client.sendall(b"IAMAT")
+        turn(reactor, lambda: "got" in fine.__dict__)
+    finally:
+        globalLogPublisher.removeObserver(observer)
+    assert fine.__dict__["got"] == b"IAMAT"
+    assert any("connectionLost broke" in str(e.get("log_failure", "")) for e in events), events
+
+
+# Run as a script (below): a protocol whose connectionLost, once its close is
+# flushed by the writes before a poll, schedules the reactor's stop; no other
+# timer is pending, so a poll that ignored it would sleep until a signal.
+STOP_WHEN_LOST = """
+import socket, sys, time
+from herd.reactor import install
+reactor = install()
+from twisted.internet.protocol import Factory, Protocol
+ours, theirs = socket.socketpair()
+class Closing(Protocol):
+    def connectionMade(self):
+        self.transport.write(b"bye")
+        self.transport.loseConnection()
+    def connectionLost(self, reason):
+        reactor.callLater(0, reactor.stop)
+reactor.callWhenRunning(reactor.adoptStreamConnection, ours.fileno(), socket.AF_UNIX,
+                        Factory.forProtocol(Closing))
+started = time.monotonic()
+reactor.run()
+print(round(time.monotonic() - started, 3), theirs.recv(10).decode())
+"""
+
+
+def test_calls_scheduled_by_the_writes_before_a_poll_are_not_slept_through() -> None:
+    out = subprocess.run([sys.executable, "-c", STOP_WHEN_LOST], capture_output=True, text=True,
+                         timeout=30, cwd=REPO, env=child_env())
+    assert out.returncode == 0, out.stderr
+    seconds, sent = out.stdout.split()
+    assert sent == "bye"
+    assert float(seconds) < 1.0, seconds  # it slept until killed before
