@@ -98,16 +98,28 @@ class HerdReactor(EPollReactor):
     def _write_prompt(self) -> None:
         """Write every writer set aside. One that cannot send all its data
         stays a writer (its ``doWrite`` did not call ``stopWriting``) and goes
-        to epoll; so does one that starts writing again during this pass."""
+        to epoll; so does one that starts writing during this pass."""
         for writer in list(self._prompt):
             if writer in self._prompt:  # not removed by an earlier writer's doWrite
                 self._dispatch(writer, EPOLLOUT)
-        left, self._prompt = self._prompt, {}
-        for writer in left:
+        while self._prompt:  # may grow while a writer epoll refuses is disconnected
+            writer = next(iter(self._prompt))
+            del self._prompt[writer]
+            if writer.fileno() != -1:
+                self._watch(writer)
+
+    def _watch(self, writer: Any) -> None:
+        """Hand ``writer`` to epoll; one that epoll cannot watch (ENOSPC, say)
+        is disconnected, since its data would never leave."""
+        try:
+            super().addWriter(writer)
+        except OSError as err:
             try:
-                super().addWriter(writer)
-            except OSError as err:  # epoll cannot watch it (ENOSPC, say): its data would never leave
                 self._disconnectSelectable(writer, err, False)
+            except KeyboardInterrupt:
+                raise
+            except BaseException:
+                _log.failure("Unhandled error disconnecting {selectable!r}", selectable=writer)
 
     def _timeout_after_writes(self, timeout: float | None) -> float | None:
         """The poll's timeout, made before the writes ran code of their own
