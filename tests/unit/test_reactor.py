@@ -6,6 +6,7 @@ own driven turn by turn (never installed, never run)."""
 
 from __future__ import annotations
 
+import errno
 import socket
 import subprocess
 import sys
@@ -216,3 +217,43 @@ def test_calls_scheduled_by_the_writes_before_a_poll_are_not_slept_through() -> 
     seconds, sent = out.stdout.split()
     assert sent == "bye"
     assert float(seconds) < 1.0, seconds  # it slept until killed before
+
+
+class RefusingPoller(WatchedPoller):
+    """An epoll that cannot watch one fd for writing (as when the user's epoll watches are used up)."""
+
+    refuse: int = -1
+
+    def _note(self, fd: int, flags: int) -> None:
+        if fd == self.refuse and flags & EPOLLOUT:
+            raise OSError(errno.ENOSPC, "No space left on device")
+
+
+class TellsWhenLost(Recorded):
+    other: Recorded
+
+    def connectionLost(self, reason: Any = None) -> None:
+        assert self.other.transport is not None
+        self.other.transport.write(b"AT lost " + type(reason.value).__name__.encode())
+
+
+def test_a_writer_epoll_refuses_is_disconnected_and_what_that_writes_leaves(reactor: HerdReactor) -> None:
+    refused, refused_client = connected(reactor, TellsWhenLost)
+    other, other_client = connected(reactor)
+    assert isinstance(refused, TellsWhenLost) and refused.transport is not None
+    refused.other = other
+    poller = RefusingPoller(reactor._poller)  # type: ignore[attr-defined]
+    poller.refuse = cast(Any, refused.transport).fileno()
+    reactor._poller = poller  # type: ignore[attr-defined]
+    turn(reactor, lambda: not reactor.getDelayedCalls())  # the ports' closing done
+    refused.transport.write(b"x" * 8_000_000)  # more than the socket takes: needs epoll
+    reactor.running = True  # as in run(): the poll may sleep as long as no timer is due
+    started = time.monotonic()
+    reactor.doIteration(3.0)  # no timer: only the other transport's write may end this poll
+    assert time.monotonic() - started < 1.0
+    assert received(other_client, 15, reactor) == b"AT lost OSError"
+    assert reactor.getWriters() == []
+    refused_client.setblocking(True)
+    refused_client.settimeout(5)
+    while refused_client.recv(1 << 20):  # what was sent, then the end: it was closed
+        pass
