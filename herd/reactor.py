@@ -42,7 +42,12 @@ _log = Logger()
 class HerdReactor(EPollReactor):
     def __init__(self) -> None:
         self._prompt: dict[Any, None] = {}  # writers to write before the next poll, in order
+        self._moved_sooner = False  # a timed call was made due sooner since the last poll
         super().__init__()
+
+    def _moveCallLaterSooner(self, delayedCall: Any) -> None:  # noqa: N802 (Twisted's name)
+        self._moved_sooner = True
+        super()._moveCallLaterSooner(delayedCall)
 
     def addWriter(self, writer: Any) -> None:
         fd = writer.fileno()
@@ -76,24 +81,30 @@ class HerdReactor(EPollReactor):
             if err.errno == errno.EINTR:
                 return
             raise
-        selectables = self._selectables
+        selectables, dispatch = self._selectables, self._doReadOrWrite
         for fd, event in events:
             selectable = selectables.get(fd)
-            if selectable is not None:
-                self._dispatch(selectable, event)
+            if selectable is None:
+                continue
+            # An error escaping _doReadOrWrite (from a connectionLost, say) is
+            # logged and the next event runs, as under callWithLogger.
+            try:
+                dispatch(selectable, fd, event)
+            except KeyboardInterrupt:
+                raise
+            except BaseException:
+                _log.failure("Unhandled error handling an event of {selectable!r}", selectable=selectable)
 
     doIteration = doPoll
 
-    def _dispatch(self, selectable: Any, event: int) -> None:
-        """``_doReadOrWrite``, with an error that escapes it (from a
-        ``connectionLost``, say) logged and the loop going on to the next
-        event, as ``callWithLogger`` did."""
+    def _write_now(self, writer: Any) -> None:
+        """``doWrite`` as an epoll event would run it, errors handled alike."""
         try:
-            self._doReadOrWrite(selectable, selectable.fileno(), event)
+            self._doReadOrWrite(writer, writer.fileno(), EPOLLOUT)
         except KeyboardInterrupt:
             raise
         except BaseException:
-            _log.failure("Unhandled error handling an event of {selectable!r}", selectable=selectable)
+            _log.failure("Unhandled error handling an event of {selectable!r}", selectable=writer)
 
     def _write_prompt(self) -> None:
         """Write every writer set aside. One that cannot send all its data
@@ -101,7 +112,7 @@ class HerdReactor(EPollReactor):
         to epoll; so does one that starts writing during this pass."""
         for writer in list(self._prompt):
             if writer in self._prompt:  # not removed by an earlier writer's doWrite
-                self._dispatch(writer, EPOLLOUT)
+                self._write_now(writer)
         while self._prompt:  # may grow while a writer epoll refuses is disconnected
             writer = next(iter(self._prompt))
             del self._prompt[writer]
@@ -128,6 +139,9 @@ class HerdReactor(EPollReactor):
         scheduled, and a stop, count too, or epoll would sleep past them."""
         if self._justStopped or not self.running:
             return 0
+        if not self._newTimedCalls and not self._moved_sooner:
+            return timeout  # the usual case: the writes scheduled nothing
+        self._moved_sooner = False
         due = self.timeout()
         if due is None:
             return timeout

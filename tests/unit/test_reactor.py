@@ -188,20 +188,22 @@ def test_an_error_escaping_an_event_is_logged_and_the_next_events_still_run(reac
 
 
 # Run as a script (below): a protocol whose connectionLost, once its close is
-# flushed by the writes before a poll, schedules the reactor's stop; no other
-# timer is pending, so a poll that ignored it would sleep until a signal.
+# flushed by the writes before a poll, makes the reactor's stop due at once
+# (a new timed call, or one due in a minute moved sooner); no other timer is
+# due, so a poll that ignored it would sleep for that minute.
 STOP_WHEN_LOST = """
 import socket, sys, time
 from herd.reactor import install
 reactor = install()
 from twisted.internet.protocol import Factory, Protocol
 ours, theirs = socket.socketpair()
+later = reactor.callLater(60, reactor.stop)
 class Closing(Protocol):
     def connectionMade(self):
         self.transport.write(b"bye")
         self.transport.loseConnection()
     def connectionLost(self, reason):
-        reactor.callLater(0, reactor.stop)
+        STOP
 reactor.callWhenRunning(reactor.adoptStreamConnection, ours.fileno(), socket.AF_UNIX,
                         Factory.forProtocol(Closing))
 started = time.monotonic()
@@ -210,13 +212,15 @@ print(round(time.monotonic() - started, 3), theirs.recv(10).decode())
 """
 
 
-def test_calls_scheduled_by_the_writes_before_a_poll_are_not_slept_through() -> None:
-    out = subprocess.run([sys.executable, "-c", STOP_WHEN_LOST], capture_output=True, text=True,
-                         timeout=30, cwd=REPO, env=child_env())
+@pytest.mark.parametrize("stop", ["reactor.callLater(0, reactor.stop)", "later.reset(0)"])
+def test_calls_made_due_by_the_writes_before_a_poll_are_not_slept_through(stop: str) -> None:
+    script = STOP_WHEN_LOST.replace("STOP", stop)
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                         timeout=90, cwd=REPO, env=child_env())
     assert out.returncode == 0, out.stderr
     seconds, sent = out.stdout.split()
     assert sent == "bye"
-    assert float(seconds) < 1.0, seconds  # it slept until killed before
+    assert float(seconds) < 1.0, seconds
 
 
 class RefusingPoller(WatchedPoller):
