@@ -32,9 +32,9 @@ class Scripts(unittest.TestCase):
         self.redis, self.store = redis_with_store(self, "herd-calls-", own=True)
 
     def evals(self) -> dict[str, int]:
-        info = self.redis.call("INFO", "commandstats").decode()
-        stats = dict(line.split(":", 1) for line in info.splitlines() if line.startswith("cmdstat_eval"))
-        return {name: int(value.split(",")[0].removeprefix("calls=")) for name, value in stats.items()}
+        stats = self.redis.info("commandstats")
+        return {name: int(value.split(",")[0].removeprefix("calls="))
+                for name, value in stats.items() if name.startswith("cmdstat_eval")}
 
     @inlineCallbacks
     def test_a_script_is_sent_by_its_sha_and_again_once_redis_forgot_it(self) -> Any:

@@ -21,9 +21,8 @@ class Reads(unittest.TestCase):
         self.reader = SummaryReader(self.store, reactor, max_age=60.0)
 
     def summary_reads(self) -> int:
-        info = self.redis.call("INFO", "commandstats").decode()
-        line = next((line for line in info.splitlines() if line.startswith("cmdstat_hmget:")), "calls=0")
-        return int(line.split("calls=")[1].split(",")[0])
+        stats = self.redis.info("commandstats").get("cmdstat_hmget", "calls=0")
+        return int(stats.split(",")[0].removeprefix("calls="))
 
     @inlineCallbacks
     def test_a_read_is_shared_until_a_store_batch_is_answered(self) -> Any:
