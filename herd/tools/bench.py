@@ -70,6 +70,7 @@ LINE = {"A": ["B"], "B": ["C"], "C": ["D"], "D": []}
 DENSE_CLIENT = "+34.0522-118.2437"  # Los Angeles
 WHATSAT_RADII = ("1", "20", "50")
 LIGHT_RATE = 100.0  # updates/s of the unloaded propagation run
+STALL_MS = 10  # propagation: Redis events this long or longer are reported (its latency monitor)
 START_TIMEOUT = 20.0  # seconds for a Redis or a node to come up
 PLACES_KEY_ENV = "HERD_BENCH_PLACES_KEY"
 SECRET = secrets.token_hex(16)  # the peer secret of every herd this run starts
@@ -452,6 +453,7 @@ def propagate(herd: LocalHerd, source: str, rate: float, seconds: float, prefix:
     args = [str(herd.nodes[source].port), str(herd.nodes[far].redis.port), "--rate", str(rate),
             "--seconds", str(seconds), "--prefix", prefix]
     nodes = list(herd.nodes.values())
+    watch_redis_stalls(nodes)
     meter = CpuMeter({"nodes": [n.pid for n in nodes], "redis": [n.redis.pid for n in nodes]})
     result = run_tool("propagate", args, seconds + 60)
     # What the herd's processes cost and waited for: at such rates a wake-up
@@ -459,7 +461,26 @@ def propagate(herd: LocalHerd, source: str, rate: float, seconds: float, prefix:
     cpu = {k: micros_each(v, result["sent"], 1) for k, v in meter.spent().items()}
     waited = {k: micros_each(v, result["sent"], 1) for k, v in meter.waited().items()}
     return {"from": source, "to": far, "hops": hops[far], **result,
-            "cpu_us_per_update": cpu, "wait_us_per_update": waited}
+            "cpu_us_per_update": cpu, "wait_us_per_update": waited, "redis_stalls": redis_stalls(nodes)}
+
+
+def watch_redis_stalls(nodes: Sequence[LocalNode]) -> None:
+    """Have each node's Redis record what took it STALL_MS or longer (its
+    latency monitor: an fsync, a write to its AOF, a command), from now on."""
+    for node in nodes:
+        node.redis.call("CONFIG", "SET", "latency-monitor-threshold", str(STALL_MS))
+        node.redis.call("LATENCY", "RESET")
+
+
+def redis_stalls(nodes: Sequence[LocalNode]) -> dict[str, dict[str, int]]:
+    """Per node, the longest stall of each kind its Redis recorded since
+    watch_redis_stalls, in ms (LATENCY LATEST: event, time, latest, max)."""
+    out: dict[str, dict[str, int]] = {}
+    for node in nodes:
+        events = {bytes(e[0]).decode(): int(e[3]) for e in node.redis.call("LATENCY", "LATEST")}
+        if events:
+            out[node.name] = events
+    return out
 
 
 def scenario_whatsat(bench: Bench) -> dict[str, Any]:
@@ -882,6 +903,9 @@ def propagation_figures(r: dict[str, Any], results: dict[str, Any]) -> list[Figu
         if "cpu_us_per_update" in run:
             out.append(Figure("propagation", f"{run['from']}->{run['to']} at {run['rate']:g}/s: load",
                               load_words(run)))
+        if run.get("redis_stalls"):
+            out.append(Figure("propagation", f"{run['from']}->{run['to']} at {run['rate']:g}/s: "
+                              f"Redis stalls of {STALL_MS} ms or more", stall_words(run["redis_stalls"])))
     if chain:
         out.append(Figure("propagation", f"3 fsync'd Redis writes in a row at {chain['rate']:g}/s p50 / p99",
                           f"{chain['p50_ms']:.2f} / {chain['p99_ms']:.2f} ms ({chain['chains']} chains)"))
@@ -898,6 +922,12 @@ def load_words(run: dict[str, Any]) -> str:
     words.append(f"per update: CPU {cpu['nodes']:,.0f} us in nodes, {cpu['redis']:,.0f} us in Redis; "
                  f"waiting for a core {waited['nodes']:,.0f} us and {waited['redis']:,.0f} us")
     return "; ".join(words)
+
+
+def stall_words(stalls: dict[str, dict[str, int]]) -> str:
+    """``{"A": {"aof-fsync-always": 212}}`` as "A: aof-fsync-always 212 ms"."""
+    return "; ".join(f"{node}: " + ", ".join(f"{event} {ms} ms" for event, ms in sorted(events.items()))
+                     for node, events in sorted(stalls.items()))
 
 
 def whatsat_figures(r: dict[str, Any], results: dict[str, Any]) -> list[Figure]:

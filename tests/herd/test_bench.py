@@ -10,6 +10,8 @@ import json
 import subprocess
 import sys
 import time
+from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import pytest
@@ -17,6 +19,7 @@ from harness import REPO
 
 from herd.tools import bench
 from herd.tools.bench_load import client_time, iamat, percentile
+from herd.tools.harness import RedisProcess
 from herd.wire.client import Iamat, parse_request
 
 
@@ -99,6 +102,7 @@ def test_short_run_of_propagation_and_reconcile() -> None:
         assert 0 < run["machine_busy"] <= 1  # all CPUs, while sending
         assert run["cpu_us_per_update"]["nodes"] > 0 and run["cpu_us_per_update"]["redis"] > 0
         assert run["wait_us_per_update"]["nodes"] >= 0 and run["wait_us_per_update"]["redis"] >= 0
+        assert isinstance(run["redis_stalls"], dict)  # what it holds: the test below
     rec = report["results"]["reconcile"]
     assert rec["changed"] == 20 and 0 < rec["converge_s"] < 30
     assert 0 < report["results"]["memory"]["bytes_per_client"] < 10_000  # measured on A
@@ -185,6 +189,34 @@ def test_propagation_runs_report_the_load_they_put_on_the_machine() -> None:
     assert [(row.name, row.value) for row in rows[1:]] == [
         ("A->D at 1000/s: load", "all CPUs 94% busy while sending; per update: CPU 1,033 us in nodes, "
          "570 us in Redis; waiting for a core 1,124 us and 1,700 us")]
+
+
+SLOW_SCRIPT = """local t = redis.call('TIME')
+local stop = tonumber(t[1]) * 1e6 + tonumber(t[2]) + tonumber(ARGV[1]) * 1000
+repeat t = redis.call('TIME') until tonumber(t[1]) * 1e6 + tonumber(t[2]) >= stop"""
+
+
+def test_propagation_runs_name_the_stalls_their_redis_recorded(tmp_path: Path) -> None:
+    """A run's Redis events of STALL_MS or more (its latency monitor) are
+    reported per node, counted from watch_redis_stalls on; shorter ones are not."""
+    with RedisProcess(tmp_path / "redis").start() as redis:
+        node = SimpleNamespace(name="C", redis=redis)
+        redis.call("EVAL", SLOW_SCRIPT, "0", str(bench.STALL_MS + 15))  # before watching: not reported
+        bench.watch_redis_stalls([node])  # type: ignore[list-item]
+        assert bench.redis_stalls([node]) == {}  # type: ignore[list-item]
+        redis.call("EVAL", SLOW_SCRIPT, "0", str(bench.STALL_MS // 2))
+        assert bench.redis_stalls([node]) == {}  # type: ignore[list-item]
+        redis.call("EVAL", SLOW_SCRIPT, "0", str(bench.STALL_MS + 5))
+        stalls = bench.redis_stalls([node])  # type: ignore[list-item]
+    assert list(stalls) == ["C"] and list(stalls["C"]) == ["command"]
+    assert bench.STALL_MS + 5 <= stalls["C"]["command"] < bench.STALL_MS + 500
+    line = {"from": "A", "to": "D", "hops": 3, "rate": 1000.0, "p50_ms": 2.0, "p99_ms": 4.0,
+            "arrived": 10, "sent": 10,
+            "redis_stalls": {"D": {"aof-write": 12, "aof-fsync-always": 212}, "A": {"aof-fsync-always": 30}}}
+    rows = bench.propagation_figures({"line": line}, {})
+    assert (rows[1].name, rows[1].value) == (
+        f"A->D at 1000/s: Redis stalls of {bench.STALL_MS} ms or more",
+        "A: aof-fsync-always 30 ms; D: aof-fsync-always 212 ms, aof-write 12 ms")
 
 
 def test_floor_and_ratios_from_results() -> None:
