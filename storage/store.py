@@ -180,6 +180,28 @@ def _script_sha(script: bytes) -> str:
     return _sha1(script).hexdigest()
 
 
+def _bulk_strings(values: Sequence[bytes]) -> bytes:
+    """``values`` as RESP bulk strings, one after the other."""
+    return b"".join([b"$%d\r\n%s\r\n" % (len(value), value) for value in values])
+
+
+class ScriptCall:
+    """A Lua script called with the same keys and first arguments every time:
+    the start of its EVALSHA command is encoded once (``command``)."""
+
+    def __init__(self, script: bytes, keys: Sequence[bytes], fixed: Sequence[bytes]):
+        self.script = script
+        self.sha = _script_sha(script)
+        self.keys = list(keys)
+        self.fixed = list(fixed)
+        self._count = 3 + len(keys) + len(fixed)
+        self._start = _bulk_strings([b"EVALSHA", self.sha.encode(), b"%d" % len(keys), *keys, *fixed])
+
+    def command(self, args: Sequence[bytes]) -> bytes:
+        """The whole EVALSHA command, ``args`` after the fixed arguments."""
+        return b"*%d\r\n%s%s" % (self._count + len(args), self._start, _bulk_strings(args))
+
+
 class _RedisProtocol(txredisapi.RedisProtocol):
     """txredisapi's protocol with three of its per-call costs cut, the same
     bytes on the wire. At a thousand updates a second each Lua call carries
@@ -207,11 +229,38 @@ class _RedisProtocol(txredisapi.RedisProtocol):
 
     def execute_command(self, *args: Any, **kwargs: Any) -> Deferred[Any]:
         result = super().execute_command(*args, **kwargs)
+        self._sent_now()
+        return result  # type: ignore[no-any-return]
+
+    def call_script(self, call: ScriptCall, args: Sequence[bytes]) -> Deferred[Any]:
+        """``eval`` of ``call``'s script with its keys and fixed arguments, then
+        ``args``. Once the script is known on this connection, its EVALSHA
+        leaves as ``call`` encoded it and one Deferred waits for the reply
+        (txredisapi's ``execute_command`` builds two Deferreds, two closures
+        and the whole command each time); a NOSCRIPT reply (a SCRIPT FLUSH)
+        sends the script again, as txredisapi's ``eval`` does."""
+        if call.sha not in self.script_hashes:
+            return self.eval(call.script, call.keys, [*call.fixed, *args])
+        if not self.connected:
+            raise txredisapi.ConnectionError("Not connected")
+        self.transport.write(call.command(args))
+        reply: Deferred[Any] = self.replyQueue.get()
+        reply.addCallback(self.handle_reply)
+        self._sent_now()
+        return reply.addErrback(self._script_flushed, call, args)
+
+    def _script_flushed(self, failure: Any, call: ScriptCall, args: Sequence[bytes]) -> Any:
+        if failure.check(txredisapi.ResponseError) and failure.getErrorMessage().startswith("NOSCRIPT"):
+            self.script_hashes.discard(call.sha)
+            return self.eval(call.script, call.keys, [*call.fixed, *args])
+        return failure
+
+    def _sent_now(self) -> None:
+        """A call was just written: watch for its reply."""
         if self._reply_timeout:
             self._sent.append(self.clock.seconds())
             if self._watch is None:
                 self._watch = self.clock.callLater(self._reply_timeout, self._check_replies)
-        return result  # type: ignore[no-any-return]
 
     def replyReceived(self, reply: Any) -> None:  # noqa: N802 (txredisapi's name)
         if self._sent:
@@ -243,11 +292,8 @@ class _RedisProtocol(txredisapi.RedisProtocol):
 
     def _build_command(self, *args: Any, **kwargs: Any) -> bytes:
         encode = self._encode_value
-        parts = [b"*%d\r\n" % len(args)]
-        for arg in args:
-            value = arg if type(arg) is bytes else encode(arg)
-            parts.append(b"$%d\r\n%s\r\n" % (len(value), value))
-        return b"".join(parts)
+        return b"*%d\r\n%s" % (len(args), _bulk_strings([arg if type(arg) is bytes else encode(arg)
+                                                            for arg in args]))
 
     def eval(self, script: bytes, keys: Sequence[Any] = (), args: Sequence[Any] = ()) -> Deferred[Any]:
         """txredisapi's ``eval`` (EVALSHA once the script is known on this
@@ -365,6 +411,10 @@ class RedisStore:
         self._batch_names = os.urandom(6).hex().encode()
         self._batches_sent = 0
         self._last_batch = b""
+        keys = self.keys
+        batch_keys = [keys.geo, keys.journal, keys.journal_epoch, keys.summary, keys.journal_base,
+                      keys.journal_batch]
+        self._store_batch = ScriptCall(STORE_BATCH, batch_keys, [keys.prefix])
         self.observe: Callable[[float], None] | None = None  # gets each call's latency (s)
         # Gets the reason (the error's first word: OOM, LOADING, MISCONF, ...)
         # of each call Redis refused because it cannot take writes now; not
@@ -526,8 +576,6 @@ class RedisStore:
         older than every waiting client record, so neither queue starves the
         other."""
         self._batch_call = None
-        keys = [self.keys.geo, self.keys.journal, self.keys.journal_epoch, self.keys.summary,
-                self.keys.journal_base, self.keys.journal_batch]
         while (self._urgent or self._batch) and len(self._sent_at) < MAX_IN_FLIGHT:
             part: list[_Pending] = []
             size = _take(self._urgent, MAX_BATCH - min(len(self._batch), MAX_BATCH // 2), part, 0)
@@ -539,13 +587,13 @@ class RedisStore:
             self._waiting -= size
             self._batches_sent += 1
             token = b"%s-%d" % (self._batch_names, self._batches_sent)
-            # One argument for the whole batch: txredisapi encodes each
-            # argument in Python (a few microseconds each), Redis splits it in C.
-            args = [self.keys.prefix, LOG_BOUND, b"".join([entry[0] for entry in part]),
+            # One argument for the whole batch: each argument costs Python
+            # work to encode, Redis splits it in C.
+            args = [LOG_BOUND, b"".join([entry[0] for entry in part]),
                     b"%016x" % _xor([entry[4] for entry in part]), self._last_batch, token]
             self._last_batch = token
             self._sent_at.append(self._reactor.seconds())
-            d = self._call("eval", STORE_BATCH, keys, args)
+            d = self._call("call_script", self._store_batch, args)
             d.addBoth(self._answered)
             d.addCallbacks(_batch_stored, self._batch_failed, callbackArgs=(part,), errbackArgs=(part,))
         self._notify_drained()
