@@ -180,6 +180,10 @@ def _script_sha(script: bytes) -> str:
     return _sha1(script).hexdigest()
 
 
+# Calls named in errors (and so in the event log) as the Redis command they send.
+_SHOWN_AS = {"call_script": "eval"}
+
+
 def _bulk_strings(values: Sequence[bytes]) -> bytes:
     """``values`` as RESP bulk strings, one after the other."""
     return b"".join([b"$%d\r\n%s\r\n" % (len(value), value) for value in values])
@@ -210,7 +214,8 @@ class _RedisProtocol(txredisapi.RedisProtocol):
     store batch), ``eval`` hashed the whole script (15 kB, 9 us) every
     time, and each call had a reply timer of its own (a DelayedCall pushed
     into and cancelled out of the reactor's heap, three closures and a
-    second Deferred).
+    second Deferred). The store's batches skip txredisapi's command path
+    altogether (``call_script``).
 
     Reply timeout, as txredisapi's: a call Redis has not answered within
     ``replyTimeout`` seconds fails with txredisapi.TimeoutError, so do all
@@ -754,7 +759,7 @@ class RedisStore:
                 self._check_serving()
         if refused:
             failure.raiseException()
-        raise StoreUnavailable(f"Redis {command}: {failure.getErrorMessage()}")
+        raise StoreUnavailable(f"Redis {_SHOWN_AS.get(command, command)}: {failure.getErrorMessage()}")
 
     def _wait(self, waiters: list[Deferred[None]], limit: float, since: float) -> Deferred[None]:
         """A Deferred in ``waiters`` (fired when the store can go on), failing

@@ -106,7 +106,7 @@ class ReplyTimeout(unittest.TestCase):
         try:
             yield self.store.store_if_newer(at_record(2, "1700000000.2", "A"))
         except StoreUnavailable as err:
-            assert str(err) == "Redis call_script: Not received Redis response in 1.0 seconds", err
+            assert str(err) == "Redis eval: Not received Redis response in 1.0 seconds", err
         else:
             raise AssertionError("a batch Redis did not answer was stored")
         assert 0.9 <= time.monotonic() - started < 1.4
