@@ -257,7 +257,7 @@ class _RedisProtocol(txredisapi.RedisProtocol):
     def _script_flushed(self, failure: Any, call: ScriptCall, args: Sequence[bytes]) -> Any:
         if failure.check(txredisapi.ResponseError) and failure.getErrorMessage().startswith("NOSCRIPT"):
             self.script_hashes.discard(call.sha)
-            return self.eval(call.script, call.keys, [*call.fixed, *args])
+            return self.call_script(call, args)  # unknown now: the whole script goes
         return failure
 
     def _sent_now(self) -> None:

@@ -477,7 +477,8 @@ def redis_stalls(nodes: Sequence[LocalNode]) -> dict[str, dict[str, int]]:
     watch_redis_stalls, in ms (LATENCY LATEST: event, time, latest, max)."""
     out: dict[str, dict[str, int]] = {}
     for node in nodes:
-        events = {bytes(e[0]).decode(): int(e[3]) for e in node.redis.call("LATENCY", "LATEST")}
+        latest = node.redis.call("LATENCY", "LATEST")
+        events = {event.decode(): int(longest) for event, _, _, longest in latest}
         if events:
             out[node.name] = events
     return out
