@@ -25,6 +25,7 @@ from twisted.internet.defer import Deferred, fail, succeed
 from twisted.internet.endpoints import HostnameEndpoint
 from twisted.internet.interfaces import IReactorTime, IStreamClientEndpoint
 from twisted.logger import Logger
+from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from config.schema import RedisAddress
@@ -181,7 +182,7 @@ def _script_sha(script: bytes) -> str:
 
 
 # Calls named in errors (and so in the event log) as the Redis command they send.
-_SHOWN_AS = {"call_script": "eval"}
+_SHOWN_AS = {"call_function": "fcall"}
 
 
 def _bulk_strings(values: Sequence[bytes]) -> bytes:
@@ -189,20 +190,30 @@ def _bulk_strings(values: Sequence[bytes]) -> bytes:
     return b"".join([b"$%d\r\n%s\r\n" % (len(value), value) for value in values])
 
 
-class ScriptCall:
-    """A Lua script called with the same keys and first arguments every time:
-    the start of its EVALSHA command is encoded once (``command``)."""
+class FunctionCall:
+    """A function of a Redis function library file (``#!lua name=<library>``
+    on its first line, the function registered as ``'<function>'``), called
+    with the same keys and first arguments every time. It is loaded under
+    names that tell its version: ``<library>_<v>`` and ``<function>_<v>``,
+    ``<v>`` the first 12 hex digits of the file's SHA-1 (``library`` is the
+    code to load); the start of its FCALL command is encoded once
+    (``command``)."""
 
-    def __init__(self, script: bytes, keys: Sequence[bytes], fixed: Sequence[bytes]):
-        self.script = script
-        self.sha = _script_sha(script)
+    def __init__(self, source: bytes, function: bytes, keys: Sequence[bytes], fixed: Sequence[bytes]):
+        version = _sha1(source).hexdigest()[:12].encode()
+        shebang, code = source.split(b"\n", 1)
+        registered = b"'%s'" % function
+        if not shebang.startswith(b"#!lua name=") or code.count(registered) != 1:
+            raise ValueError(f"not a library registering {function!r} once")
+        self.name = b"%s_%s" % (function, version)
+        self.library = b"%s_%s\n%s" % (shebang, version, code.replace(registered, b"'%s'" % self.name))
         self.keys = list(keys)
         self.fixed = list(fixed)
         self._count = 3 + len(keys) + len(fixed)
-        self._start = _bulk_strings([b"EVALSHA", self.sha.encode(), b"%d" % len(keys), *keys, *fixed])
+        self._start = _bulk_strings([b"FCALL", self.name, b"%d" % len(keys), *keys, *fixed])
 
     def command(self, args: Sequence[bytes]) -> bytes:
-        """The whole EVALSHA command, ``args`` after the fixed arguments."""
+        """The whole FCALL command, ``args`` after the fixed arguments."""
         return b"*%d\r\n%s%s" % (self._count + len(args), self._start, _bulk_strings(args))
 
 
@@ -215,7 +226,7 @@ class _RedisProtocol(txredisapi.RedisProtocol):
     time, and each call had a reply timer of its own (a DelayedCall pushed
     into and cancelled out of the reactor's heap, three closures and a
     second Deferred). The store's batches skip txredisapi's command path
-    altogether (``call_script``).
+    altogether: they are calls of a Redis function (``call_function``).
 
     Reply timeout, as txredisapi's: a call Redis has not answered within
     ``replyTimeout`` seconds fails with txredisapi.TimeoutError, so do all
@@ -231,33 +242,55 @@ class _RedisProtocol(txredisapi.RedisProtocol):
         self._reply_timeout = replyTimeout
         self._sent: deque[float] = deque()  # when each unanswered call was sent
         self._watch: Any = None  # the timer, while a call is unanswered
+        self.functions: set[bytes] = set()  # FunctionCall names loaded (or being loaded) on this connection
 
     def execute_command(self, *args: Any, **kwargs: Any) -> Deferred[Any]:
         result = super().execute_command(*args, **kwargs)
         self._sent_now()
         return result  # type: ignore[no-any-return]
 
-    def call_script(self, call: ScriptCall, args: Sequence[bytes]) -> Deferred[Any]:
-        """``eval`` of ``call``'s script with its keys and fixed arguments, then
-        ``args``. Once the script is known on this connection, its EVALSHA
-        leaves as ``call`` encoded it and one Deferred waits for the reply
-        (txredisapi's ``execute_command`` builds two Deferreds, two closures
-        and the whole command each time); a NOSCRIPT reply (a SCRIPT FLUSH)
-        sends the script again, as txredisapi's ``eval`` does."""
-        if call.sha not in self.script_hashes:
-            return self.eval(call.script, call.keys, [*call.fixed, *args])
+    def call_function(self, call: FunctionCall, args: Sequence[bytes], again: bool = True) -> Deferred[Any]:
+        """FCALL of ``call``'s function with its keys and fixed arguments, then
+        ``args``: the command as ``call`` encoded it, and one Deferred waiting
+        for the reply (txredisapi's ``execute_command`` builds two Deferreds,
+        two closures and the whole command each time). The first call on a
+        connection loads the library first, in the same write order (Redis
+        answers "already exists" when it has it: nothing is written); a
+        "Function not found" reply (a FUNCTION FLUSH or DELETE) loads it
+        again and calls once more (``again``)."""
         if not self.connected:
             raise txredisapi.ConnectionError("Not connected")
+        refused = None if call.name in self.functions else self._load(call)
         self.transport.write(call.command(args))
         reply: Deferred[Any] = self.replyQueue.get()
         reply.addCallback(self.handle_reply)
         self._sent_now()
-        return reply.addErrback(self._script_flushed, call, args)
+        if refused is not None:
+            reply.addErrback(lambda failure: refused[0] if refused else failure)
+        if again:
+            reply.addErrback(self._function_missing, call, args)
+        return reply
 
-    def _script_flushed(self, failure: Any, call: ScriptCall, args: Sequence[bytes]) -> Any:
-        if failure.check(txredisapi.ResponseError) and failure.getErrorMessage().startswith("NOSCRIPT"):
-            self.script_hashes.discard(call.sha)
-            return self.call_script(call, args)  # unknown now: the whole script goes
+    def _load(self, call: FunctionCall) -> list[Failure]:
+        """FUNCTION LOAD of ``call``'s library; the list gets the failure of a
+        load Redis refused (not for "already exists"): the cause to report
+        rather than the "Function not found" of the FCALL behind it."""
+        self.functions.add(call.name)
+        refused: list[Failure] = []
+
+        def loaded(result: Any) -> None:
+            if isinstance(result, Failure) and "already exists" not in result.getErrorMessage():
+                self.functions.discard(call.name)
+                refused.append(result)
+
+        self.execute_command(b"FUNCTION", b"LOAD", call.library).addBoth(loaded)
+        return refused
+
+    def _function_missing(self, failure: Failure, call: FunctionCall, args: Sequence[bytes]) -> Any:
+        if failure.check(txredisapi.ResponseError) and failure.getErrorMessage().startswith(
+                "ERR Function not found"):
+            self.functions.discard(call.name)
+            return self.call_function(call, args, again=False)
         return failure
 
     def _sent_now(self) -> None:
@@ -419,7 +452,7 @@ class RedisStore:
         keys = self.keys
         batch_keys = [keys.geo, keys.journal, keys.journal_epoch, keys.summary, keys.journal_base,
                       keys.journal_batch]
-        self._store_batch = ScriptCall(STORE_BATCH, batch_keys, [keys.prefix])
+        self._store_batch = FunctionCall(STORE_BATCH, b"herd_store_batch", batch_keys, [keys.prefix])
         self.observe: Callable[[float], None] | None = None  # gets each call's latency (s)
         # Gets the reason (the error's first word: OOM, LOADING, MISCONF, ...)
         # of each call Redis refused because it cannot take writes now; not
@@ -598,7 +631,7 @@ class RedisStore:
                     b"%016x" % _xor([entry[4] for entry in part]), self._last_batch, token]
             self._last_batch = token
             self._sent_at.append(self._reactor.seconds())
-            d = self._call("call_script", self._store_batch, args)
+            d = self._call("call_function", self._store_batch, args)
             d.addBoth(self._answered)
             d.addCallbacks(_batch_stored, self._batch_failed, callbackArgs=(part,), errbackArgs=(part,))
         self._notify_drained()

@@ -1,7 +1,20 @@
--- Atomic compare-and-set of a batch of client records, in order: each record
--- is stored only when it is newer than what is held, and logged for
--- reconciliation. One call per batch keeps Redis round trips (and, with
--- appendfsync always, fsyncs) per batch, not per update.
+#!lua name=herd_store
+-- A Redis function library (Redis 7.0 or later) of one function,
+-- herd_store_batch: the atomic compare-and-set of a batch of client records,
+-- in order: each record is stored only when it is newer than what is held,
+-- and logged for reconciliation. One call per batch keeps Redis round trips
+-- (and, with appendfsync always, fsyncs) per batch, not per update.
+--
+-- The node loads it (FUNCTION LOAD) under names that tell its version
+-- (storage.store.FunctionCall): library herd_store_<v>, function
+-- herd_store_batch_<v>, <v> the first 12 hex digits of this file's SHA-1, so
+-- nodes of different versions sharing one Redis each call their own, and
+-- calls it with FCALL. A library's code runs once, when it is loaded: the
+-- functions and constants below are made once, not at every call as in an
+-- EVAL script (that took a fifth of a one-record call). At load time Redis
+-- 7.0 lets a library reach only redis.register_function, so the functions of
+-- Redis and Lua used below are looked up at the first call. KEYS and ARGV
+-- below are the call's keys and arguments, named as in an EVAL script.
 --
 -- Client times are compared exactly as integer nanoseconds written in
 -- canonical decimal (no leading zeros): longer is larger, equal lengths
@@ -78,12 +91,11 @@
 -- it in the batch, which lets the node notice journal elements it never
 -- heard about (a reply lost with its Redis connection).
 
-local prefix = ARGV[1]
 -- Arguments per unpack(): Lua's C stack takes at most about 8,000 (a batch may
 -- hold more records than MAX_BATCH: a group is never split), so long lists go
 -- to Redis in slices, in order. A multiple of 3: GEOADD's lon, lat, member.
 local SLICE = 3000
-local call, match, sub, find, byte = redis.call, string.match, string.sub, string.find, string.byte
+local call, match, sub, find, byte, sha1hex, bxor  -- Redis's and Lua's: set at the first call
 
 -- Constants written out: a string.rep or a concatenation would run on every call.
 local PAD = {[0] = '', '0', '00', '000', '0000', '00000', '000000', '0000000', '00000000', '000000000'}
@@ -133,9 +145,7 @@ end
 -- the parts of the records stored that it lacks, without those of the records
 -- in it not stored, and without the parts of the records replaced. XORed into
 -- the summary once, at the end, when anything was stored.
-local sha1hex, bxor, tonumber = redis.sha1hex, bit.bxor, tonumber
-local change_hi, change_lo = tonumber(sub(ARGV[4], 1, 8), 16) or 0, tonumber(sub(ARGV[4], 9, 16), 16) or 0
-local added = 0
+local KEYS, ARGV, prefix, change_hi, change_lo, added  -- the call's (set by store_batch)
 local function xor_part(at)  -- in or out: the same
   local sha = sha1hex(at)
   change_hi = bxor(change_hi, tonumber(sub(sha, 1, 8), 16))
@@ -150,7 +160,7 @@ local function write_digest()
   if added > 0 then call('HINCRBY', KEYS[4], 'clients', added) end
 end
 
-local epoch = nil
+local epoch
 local function log_epoch()
   if epoch then return epoch end
   epoch = call('GET', KEYS[3])
@@ -168,7 +178,7 @@ end
 -- command per batch instead of an XADD per record). Elements leave it only
 -- from its head (LTRIM), counted in the base, so base + length is the number
 -- of elements ever appended: the last position.
-local journal, n_journal = {}, 0
+local journal, n_journal
 
 local function journal_top()
   return (tonumber(call('GET', KEYS[5])) or 0) + call('LLEN', KEYS[2])
@@ -228,7 +238,7 @@ end
 -- hash), then one ZREM of the clients whose last position is beyond Redis
 -- GEO's latitudes. Arrays, not tables by client: one command instead of one
 -- per record, and no hashing of client ids in Lua.
-local add, n_add, beyond = {}, 0, nil  -- beyond: client id -> true, made on first use
+local add, n_add, beyond  -- beyond: client id -> true, made on first use
 
 local function add_one_by_one()
   -- A position GEOADD refuses (not the AT line grammar): each on its own; a
@@ -264,66 +274,80 @@ end
 local RECORD = '(%S*)\n(%S*)\n(%S*)\n(%S*)\n(%S*)\n(%S*)\n(%S*)\n([^\n\t]*)\n([^\t]*)\t'
 local CHAIN = '^(%S*)\n(%S*)\n(%S*)\n(%S*)\n$'
 
-local steps_ok = nil  -- (read on the first step)
+local steps_ok  -- (read on the first step)
 local function may_step()
   if steps_ok == nil then steps_ok = ARGV[5] == '' or call('GET', KEYS[6]) == ARGV[5] end
   return steps_ok
 end
 
-local out, n, first_previous = {''}, 1, nil
 -- A stored record's line: constant strings, no string made per record.
 local STORED = {[0] = '0+', [1] = '1+', ['0'] = '0+'}
-local client_prefix = prefix .. 'client:'
-for server, skew, id, lat, lon, time, kind, source, chain in string.gmatch(ARGV[3], RECORD) do
-  local advanced = '0'
-  if chain ~= '' and may_step() then advanced = advance_offset(match(chain, CHAIN)) end
-  local result = advanced
-  if server ~= '' then
-    local location = lat .. lon
-    local at = 'AT ' .. server .. ' ' .. skew .. ' ' .. id .. ' ' .. location .. ' ' .. time
-    local key = client_prefix .. id
-    -- Two HGETs, the second only for a held client: cheaper than an HMGET's
-    -- table for a new client, as cheap for a held one.
-    local held_at = call('HGET', key, 'at')
-    local held_time = held_at and call('HGET', key, 'time')
-    if not held_time or is_newer(time, at, kind, held_time, held_at) then
-      -- The summary, the GEO set's array and the log: written out here, not
-      -- in functions (a Lua call per record each).
-      if held_at then xor_part(held_at) else added = added + 1 end
-      if not IN_ARGV_DIGEST[kind] then xor_part(at) end
-      call('HSET', key, 'at', at, 'server', server, 'skew', skew, 'location', location,
-           'lat', lat, 'lon', lon, 'time', time)
-      if geo_latitude(lat) then
-        add[n_add + 1], add[n_add + 2], add[n_add + 3] = lon, lat, id
-        n_add = n_add + 3
-        if beyond then beyond[id] = nil end  -- a later position within the band
-      else
-        beyond = beyond or {}
-        beyond[id] = true
-      end
-      if n_journal == 0 then
-        -- %.0f: exact below 2^53 elements, never "1e+14" as "%.14g" would write
-        first_previous = string.format('0-%.0f', journal_top())
-      end
-      n_journal = n_journal + 1
-      if source == '' then
-        journal[n_journal] = id
-      else
-        journal[n_journal] = id .. '\t' .. source
-      end
-      result = STORED[advanced]
-    elseif IN_ARGV_DIGEST[kind] then
-      xor_part(at)  -- not stored: its part of ARGV[4] comes back out
-    end
+
+-- The batch's state above (KEYS to steps_ok) is set afresh at each call;
+-- Redis runs one call at a time.
+local function store_batch(keys, args)
+  if not call then
+    call, match, sub, find, byte = redis.call, string.match, string.sub, string.find, string.byte
+    sha1hex, bxor = redis.sha1hex, bit.bxor
   end
-  n = n + 1
-  out[n] = result
+  KEYS, ARGV, prefix = keys, args, args[1]
+  change_hi, change_lo = tonumber(sub(ARGV[4], 1, 8), 16) or 0, tonumber(sub(ARGV[4], 9, 16), 16) or 0
+  added, epoch, journal, n_journal, add, n_add, beyond, steps_ok = 0, nil, {}, 0, {}, 0, nil, nil
+  local out, n, first_previous = {''}, 1, nil
+  local client_prefix = prefix .. 'client:'
+  for server, skew, id, lat, lon, time, kind, source, chain in string.gmatch(ARGV[3], RECORD) do
+    local advanced = '0'
+    if chain ~= '' and may_step() then advanced = advance_offset(match(chain, CHAIN)) end
+    local result = advanced
+    if server ~= '' then
+      local location = lat .. lon
+      local at = 'AT ' .. server .. ' ' .. skew .. ' ' .. id .. ' ' .. location .. ' ' .. time
+      local key = client_prefix .. id
+      -- Two HGETs, the second only for a held client: cheaper than an HMGET's
+      -- table for a new client, as cheap for a held one.
+      local held_at = call('HGET', key, 'at')
+      local held_time = held_at and call('HGET', key, 'time')
+      if not held_time or is_newer(time, at, kind, held_time, held_at) then
+        -- The summary, the GEO set's array and the log: written out here, not
+        -- in functions (a Lua call per record each).
+        if held_at then xor_part(held_at) else added = added + 1 end
+        if not IN_ARGV_DIGEST[kind] then xor_part(at) end
+        call('HSET', key, 'at', at, 'server', server, 'skew', skew, 'location', location,
+             'lat', lat, 'lon', lon, 'time', time)
+        if geo_latitude(lat) then
+          add[n_add + 1], add[n_add + 2], add[n_add + 3] = lon, lat, id
+          n_add = n_add + 3
+          if beyond then beyond[id] = nil end  -- a later position within the band
+        else
+          beyond = beyond or {}
+          beyond[id] = true
+        end
+        if n_journal == 0 then
+          -- %.0f: exact below 2^53 elements, never "1e+14" as "%.14g" would write
+          first_previous = string.format('0-%.0f', journal_top())
+        end
+        n_journal = n_journal + 1
+        if source == '' then
+          journal[n_journal] = id
+        else
+          journal[n_journal] = id .. '\t' .. source
+        end
+        result = STORED[advanced]
+      elseif IN_ARGV_DIGEST[kind] then
+        xor_part(at)  -- not stored: its part of ARGV[4] comes back out
+      end
+    end
+    n = n + 1
+    out[n] = result
+  end
+  if first_previous then
+    out[1] = log_epoch() .. ' ' .. first_previous
+    write_journal()
+    write_digest()
+  end
+  write_places()
+  call('SET', KEYS[6], may_step() and ARGV[6] or '-')
+  return table.concat(out, '\n')
 end
-if first_previous then
-  out[1] = log_epoch() .. ' ' .. first_previous
-  write_journal()
-  write_digest()
-end
-write_places()
-call('SET', KEYS[6], may_step() and ARGV[6] or '-')
-return table.concat(out, '\n')
+
+redis.register_function('herd_store_batch', store_batch)

@@ -1,7 +1,8 @@
 """How RedisStore's calls reach Redis: txredisapi's protocol with its
-per-call costs cut (storage.store._RedisProtocol) sends the same bytes, a
-script Redis has forgotten (SCRIPT FLUSH, a restart) is sent again, and a
-call Redis does not answer times out as with txredisapi's own timers."""
+per-call costs cut (storage.store._RedisProtocol) sends the same bytes, the
+store's function library is loaded once per connection under a name that
+tells its version and again once Redis lost it (FUNCTION FLUSH), and a call
+Redis does not answer times out as with txredisapi's own timers."""
 
 from __future__ import annotations
 
@@ -17,7 +18,7 @@ from twisted.internet.defer import gatherResults, inlineCallbacks
 from twisted.internet.task import deferLater
 from twisted.trial import unittest
 
-from storage.store import ScriptCall, StoreUnavailable, _RedisProtocol
+from storage.store import STORE_BATCH, FunctionCall, StoreUnavailable, _RedisProtocol
 
 
 class Encoding(unittest.TestCase):
@@ -27,35 +28,82 @@ class Encoding(unittest.TestCase):
                      ("HSET", b"k", "f\u00e9", bytearray(b"v"), 1.5, -7), ("GET", b"\x00\xff")]:
             assert ours._build_command(*args) == theirs._build_command(*args), args
 
-    def test_a_script_call_is_the_evalsha_txredisapi_sends(self) -> None:
+    def test_a_function_call_is_the_fcall_txredisapi_sends(self) -> None:
         theirs = txredisapi.RedisProtocol(charset=None)
-        call = ScriptCall(b"return 1", [b"herd:geo", b"herd:journal"], [b"herd:"])
-        assert call.sha == hashlib.sha1(b"return 1").hexdigest()
+        call = FunctionCall(LIBRARY, b"answer", [b"herd:geo", b"herd:journal"], [b"herd:"])
         for args in ([], [b"1000", b"", b"a\r\nb\tc" * 100]):
             assert call.command(args) == theirs._build_command(
-                "EVALSHA", call.sha, 2, b"herd:geo", b"herd:journal", b"herd:", *args)
+                "FCALL", call.name, 2, b"herd:geo", b"herd:journal", b"herd:", *args)
+
+    def test_the_library_and_function_names_tell_the_files_version(self) -> None:
+        call = FunctionCall(LIBRARY, b"answer", [], [])
+        version = hashlib.sha1(LIBRARY).hexdigest()[:12].encode()
+        assert call.name == b"answer_" + version
+        assert call.library == LIBRARY.replace(b"name=lib", b"name=lib_" + version).replace(
+            b"'answer'", b"'answer_" + version + b"'")
+
+    def test_a_file_that_does_not_register_the_function_once_is_refused(self) -> None:
+        for source in (b"return 1", LIBRARY.replace(b"answer", b"other"),
+                       LIBRARY + b"redis.register_function('answer', function() return 2 end)\n"):
+            with self.assertRaises(ValueError):
+                FunctionCall(source, b"answer", [], [])
 
 
-class Scripts(unittest.TestCase):
+# A library of one function, as FunctionCall takes it.
+LIBRARY = b"#!lua name=lib\nredis.register_function('answer', function(keys, args) return 42 end)\n"
+
+
+class Functions(unittest.TestCase):
     def setUp(self) -> None:
         self.redis, self.store = redis_with_store(self, "herd-calls-", own=True)
 
-    def evals(self) -> dict[str, int]:
+    def calls(self) -> dict[str, str]:
+        """Calls and failed calls of FCALL and FUNCTION LOAD: "<calls>/<failed>"."""
         stats = self.redis.info("commandstats")
-        return {name: int(value.split(",")[0].removeprefix("calls="))
-                for name, value in stats.items() if name.startswith("cmdstat_eval")}
+        fields = {name: dict(part.split("=") for part in value.split(",")) for name, value in stats.items()}
+        return {name: f"{f['calls']}/{f['failed_calls']}" for name, f in fields.items()
+                if name in ("cmdstat_fcall", "cmdstat_function|load")}
 
     @inlineCallbacks
-    def test_a_script_is_sent_by_its_sha_and_again_once_redis_forgot_it(self) -> Any:
+    def test_the_library_is_loaded_once_per_connection_and_again_once_redis_lost_it(self) -> Any:
         first = yield self.store.store_if_newer(at_record(1, "1700000000.1", "A"))
         second = yield self.store.store_if_newer(at_record(2, "1700000000.2", "A"))
         assert first.stored and second.stored
-        assert self.evals() == {"cmdstat_eval": 1, "cmdstat_evalsha": 1}
-        self.redis.call("SCRIPT", "FLUSH")
+        assert self.calls() == {"cmdstat_fcall": "2/0", "cmdstat_function|load": "1/0"}
+        version = hashlib.sha1(STORE_BATCH).hexdigest()[:12].encode()
+        [library] = self.redis.call("FUNCTION", "LIST")
+        assert library[1] == b"herd_store_" + version
+        assert library[5][0][1] == b"herd_store_batch_" + version
+        self.redis.call("FUNCTION", "FLUSH")
         third = yield self.store.store_if_newer(at_record(3, "1700000000.3", "A"))
-        assert third.stored  # EVALSHA refused (NOSCRIPT), then EVAL
-        assert self.evals() == {"cmdstat_eval": 2, "cmdstat_evalsha": 2}
+        assert third.stored  # FCALL refused (not found), the library loaded, FCALL again
+        assert self.calls() == {"cmdstat_fcall": "4/1", "cmdstat_function|load": "2/0"}
         assert self.redis.call("HGET", b"herd:client:c3", b"time") == b"1700000000.3"
+
+    @inlineCallbacks
+    def test_a_library_redis_has_is_not_loaded_again(self) -> Any:
+        yield self.store.store_if_newer(at_record(1, "1700000000.1", "A"))
+        self.store_connection().transport.loseConnection()  # the next connection loads it again
+        yield deferLater(reactor, 0.5, lambda: None)
+        second = yield self.store.store_if_newer(at_record(2, "1700000000.2", "A"))
+        assert second.stored
+        assert self.calls() == {"cmdstat_fcall": "2/0", "cmdstat_function|load": "2/1"}  # "already exists"
+        assert len(self.redis.call("FUNCTION", "LIST")) == 1
+
+    @inlineCallbacks
+    def test_a_load_redis_refuses_is_the_error_reported(self) -> Any:
+        yield self.store.get(b"nobody")  # connected
+        broken = FunctionCall(LIBRARY.replace(b"return 42", b"return ("), b"answer", [], [])
+        try:
+            yield self.store_connection().call_function(broken, [])
+        except txredisapi.ResponseError as err:
+            assert "Error compiling function" in str(err), err  # not the FCALL's "Function not found"
+        else:
+            raise AssertionError("a library Redis refused was called")
+        assert self.calls() == {"cmdstat_fcall": "1/1", "cmdstat_function|load": "1/1"}  # no second try
+
+    def store_connection(self) -> Any:
+        return self.store._connection()
 
 
 class ReplyTimeout(unittest.TestCase):
@@ -100,13 +148,13 @@ class ReplyTimeout(unittest.TestCase):
 
     @inlineCallbacks
     def test_a_late_store_batch_times_out_too(self) -> Any:
-        yield self.store.store_if_newer(at_record(1, "1700000000.1", "A"))  # the script is known: EVALSHA
+        yield self.store.store_if_newer(at_record(1, "1700000000.1", "A"))  # the library is loaded
         self.redis.pause()
         started = time.monotonic()
         try:
             yield self.store.store_if_newer(at_record(2, "1700000000.2", "A"))
         except StoreUnavailable as err:
-            assert str(err) == "Redis eval: Not received Redis response in 1.0 seconds", err
+            assert str(err) == "Redis fcall: Not received Redis response in 1.0 seconds", err
         else:
             raise AssertionError("a batch Redis did not answer was stored")
         assert 0.9 <= time.monotonic() - started < 1.4
