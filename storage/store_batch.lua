@@ -145,14 +145,14 @@ end
 -- the parts of the records stored that it lacks, without those of the records
 -- in it not stored, and without the parts of the records replaced. XORed into
 -- the summary once, at the end, when anything was stored.
-local KEYS, ARGV, prefix, change_hi, change_lo, added  -- the call's (set by store_batch)
+local KEYS, ARGV, prefix, change_hi, change_lo  -- the call's (set by store_batch)
 local function xor_part(at)  -- in or out: the same
   local sha = sha1hex(at)
   change_hi = bxor(change_hi, tonumber(sub(sha, 1, 8), 16))
   change_lo = bxor(change_lo, tonumber(sub(sha, 9, 16), 16))
 end
 
-local function write_digest()
+local function write_digest(added)
   local held = call('HGET', KEYS[4], 'digest') or '0000000000000000'
   local hi = bxor(tonumber(sub(held, 1, 8), 16), change_hi)
   local lo = bxor(tonumber(sub(held, 9, 16), 16), change_lo)
@@ -178,13 +178,11 @@ end
 -- command per batch instead of an XADD per record). Elements leave it only
 -- from its head (LTRIM), counted in the base, so base + length is the number
 -- of elements ever appended: the last position.
-local journal, n_journal
-
 local function journal_top()
   return (tonumber(call('GET', KEYS[5])) or 0) + call('LLEN', KEYS[2])
 end
 
-local function write_journal()
+local function write_journal(journal, n_journal)
   local length
   for first = 1, n_journal, SLICE do
     length = call('RPUSH', KEYS[2], unpack(journal, first, math.min(first + SLICE - 1, n_journal)))
@@ -238,11 +236,12 @@ end
 -- hash), then one ZREM of the clients whose last position is beyond Redis
 -- GEO's latitudes. Arrays, not tables by client: one command instead of one
 -- per record, and no hashing of client ids in Lua.
-local add, n_add, beyond  -- beyond: client id -> true, made on first use
+-- add: lon, lat, id of each position in order (n_add elements); beyond:
+-- client id -> true, made on first use.
 
-local function add_one_by_one()
+local function add_one_by_one(add, n_add, beyond)
   -- A position GEOADD refuses (not the AT line grammar): each on its own; a
-  -- client whose last position is refused is kept out of the set.
+  -- client whose last position is refused is kept out of the set (returned).
   local last = {}
   for i = 1, n_add, 3 do last[add[i + 2]] = i end
   beyond = beyond or {}
@@ -251,15 +250,16 @@ local function add_one_by_one()
     local one = redis.pcall('GEOADD', KEYS[1], add[i], add[i + 1], id)
     if type(one) == 'table' and one.err and last[id] == i then beyond[id] = true end
   end
+  return beyond
 end
 
-local function write_places()
+local function write_places(add, n_add, beyond)
   local refused = false
   for first = 1, n_add, SLICE do  -- in order: a client's last position wins
     local added = redis.pcall('GEOADD', KEYS[1], unpack(add, first, math.min(first + SLICE - 1, n_add)))
     refused = refused or (type(added) == 'table' and added.err ~= nil)
   end
-  if refused then add_one_by_one() end
+  if refused then beyond = add_one_by_one(add, n_add, beyond) end
   if beyond then
     local remove = {}
     for id in pairs(beyond) do remove[#remove + 1] = id end
@@ -283,8 +283,10 @@ end
 -- A stored record's line: constant strings, no string made per record.
 local STORED = {[0] = '0+', [1] = '1+', ['0'] = '0+'}
 
--- The batch's state above (KEYS to steps_ok) is set afresh at each call;
--- Redis runs one call at a time.
+-- The call's state above (KEYS to steps_ok) is set afresh at each call;
+-- Redis runs one call at a time. What each record touches is a local of the
+-- call (a register), not the library's (an upvalue): the names below that
+-- repeat the library's are copies of them.
 local function store_batch(keys, args)
   if not call then
     call, match, sub, find, byte = redis.call, string.match, string.sub, string.find, string.byte
@@ -292,7 +294,10 @@ local function store_batch(keys, args)
   end
   KEYS, ARGV, prefix = keys, args, args[1]
   change_hi, change_lo = tonumber(sub(ARGV[4], 1, 8), 16) or 0, tonumber(sub(ARGV[4], 9, 16), 16) or 0
-  added, epoch, journal, n_journal, add, n_add, beyond, steps_ok = 0, nil, {}, 0, {}, 0, nil, nil
+  epoch, steps_ok = nil, nil
+  local call, match, geo_latitude, is_newer, xor_part = call, match, geo_latitude, is_newer, xor_part
+  local IN_ARGV_DIGEST, STORED, RECORD = IN_ARGV_DIGEST, STORED, RECORD
+  local added, journal, n_journal, add, n_add, beyond = 0, {}, 0, {}, 0, nil
   local out, n, first_previous = {''}, 1, nil
   local client_prefix = prefix .. 'client:'
   for server, skew, id, lat, lon, time, kind, source, chain in string.gmatch(ARGV[3], RECORD) do
@@ -342,10 +347,10 @@ local function store_batch(keys, args)
   end
   if first_previous then
     out[1] = log_epoch() .. ' ' .. first_previous
-    write_journal()
-    write_digest()
+    write_journal(journal, n_journal)
+    write_digest(added)
   end
-  write_places()
+  write_places(add, n_add, beyond)
   call('SET', KEYS[6], may_step() and ARGV[6] or '-')
   return table.concat(out, '\n')
 end
