@@ -10,7 +10,7 @@ from harness import redis_with_store
 from twisted.internet.defer import gatherResults, inlineCallbacks
 from twisted.trial import unittest
 
-from herd.wire.client import parse_at_line
+from herd.wire.client import Location, parse_at_line
 
 CASES = [  # latitude, in the GEO set
     (b"+85.05112878", True),
@@ -84,3 +84,23 @@ class GeoLatitudeLimit(unittest.TestCase):
             else:
                 assert pos is not None and abs(float(pos[1]) - float(lats[-1])) < 1e-5, (client, pos)
         assert self.redis.call("ZCARD", "herd:geo") == 2
+
+    @inlineCallbacks
+    def test_a_position_geoadd_refuses_is_left_out_and_the_batchs_others_are_in(self) -> Any:
+        # Not the AT line grammar (a node never makes it; Redis might hold it from
+        # another hand): store_batch.lua leaves it to GEOADD, which refuses the
+        # batch's whole GEOADD; the positions then go one by one, and a client
+        # whose last position was refused leaves the set.
+        good = parse_at_line(b"AT A +0.000000000 good +10.5+020.25 2")
+        before = parse_at_line(b"AT A +0.000000000 odd +1.0+010.0 1")
+        assert good is not None and before is not None
+        yield self.store.store_if_newer(before)
+        assert self.redis.call("ZSCORE", "herd:geo", "odd") is not None
+        odd = before._replace(location=Location(b"+1e5+010.0", b"+1e5", b"+010.0"), time=good.time,
+                              line=b"AT A +0.000000000 odd +1e5+010.0 2")
+        results = yield gatherResults([self.store.store_if_newer(odd), self.store.store_if_newer(good)])
+        assert all(r.stored for r in results)
+        assert results[1].previous == results[0].position  # one batch
+        assert self.redis.call("ZSCORE", "herd:geo", "odd") is None
+        assert self.redis.call("GEOPOS", "herd:geo", "good")[0] is not None
+        assert self.redis.hgetall("herd:client:odd")[b"lat"] == b"+1e5"  # stored in full
