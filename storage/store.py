@@ -249,15 +249,18 @@ class _RedisProtocol(txredisapi.RedisProtocol):
         self._sent_now()
         return result  # type: ignore[no-any-return]
 
-    def call_function(self, call: FunctionCall, args: Sequence[bytes], again: bool = True) -> Deferred[Any]:
+    def call_function(self, call: FunctionCall, args: Sequence[bytes]) -> Deferred[Any]:
         """FCALL of ``call``'s function with its keys and fixed arguments, then
         ``args``: the command as ``call`` encoded it, and one Deferred waiting
         for the reply (txredisapi's ``execute_command`` builds two Deferreds,
         two closures and the whole command each time). The first call on a
         connection loads the library first, in the same write order (Redis
-        answers "already exists" when it has it: nothing is written); a
-        "Function not found" reply (a FUNCTION FLUSH or DELETE) loads it
-        again and calls once more (``again``)."""
+        answers "already exists" when it has it: nothing is written). A call
+        answered "Function not found" (a FUNCTION FLUSH or DELETE) fails, and
+        the next call loads the library again. It is not sent again: calls
+        apply in the order sent, and the calls behind it, sent before that
+        load, fail too; each sent again as its reply came, a newer call could
+        go ahead of them."""
         if not self.connected:
             raise txredisapi.ConnectionError("Not connected")
         refused = None if call.name in self.functions else self._load(call)
@@ -267,9 +270,7 @@ class _RedisProtocol(txredisapi.RedisProtocol):
         self._sent_now()
         if refused is not None:
             reply.addErrback(lambda failure: refused[0] if refused else failure)
-        if again:
-            reply.addErrback(self._function_missing, call, args)
-        return reply
+        return reply.addErrback(self._function_missing, call)
 
     def _load(self, call: FunctionCall) -> list[Failure]:
         """FUNCTION LOAD of ``call``'s library; the list gets the failure of a
@@ -286,11 +287,12 @@ class _RedisProtocol(txredisapi.RedisProtocol):
         self.execute_command(b"FUNCTION", b"LOAD", call.library).addBoth(loaded)
         return refused
 
-    def _function_missing(self, failure: Failure, call: FunctionCall, args: Sequence[bytes]) -> Any:
-        if failure.check(txredisapi.ResponseError) and failure.getErrorMessage().startswith(
-                "ERR Function not found"):
+    def _function_missing(self, failure: Failure, call: FunctionCall) -> Failure:
+        message = failure.getErrorMessage()
+        if failure.check(txredisapi.ResponseError) and message.startswith("ERR Function not found"):
             self.functions.discard(call.name)
-            return self.call_function(call, args, again=False)
+            return Failure(txredisapi.ResponseError(
+                f"{message}: {call.name.decode()} (loaded again with the next call)"))
         return failure
 
     def _sent_now(self) -> None:
@@ -759,7 +761,7 @@ class RedisStore:
         try:
             d: Deferred[Any] = getattr(self._connection(), command)(*args)
         except Exception as err:  # txredisapi raises synchronously when not connected
-            return fail(StoreUnavailable(f"Redis {command}: {err}"))
+            return fail(StoreUnavailable(f"Redis {_SHOWN_AS.get(command, command)}: {err}"))
         if self.observe is not None:
             d.addBoth(self._timed, started)
         return d.addErrback(self._unavailable, command, started, probe)
