@@ -243,6 +243,7 @@ class _RedisProtocol(txredisapi.RedisProtocol):
         self._sent: deque[float] = deque()  # when each unanswered call was sent
         self._watch: Any = None  # the timer, while a call is unanswered
         self.functions: set[bytes] = set()  # FunctionCall names loaded (or being loaded) on this connection
+        self._loading: dict[bytes, list[Failure]] = {}  # names whose load is unanswered (see _load)
 
     def execute_command(self, *args: Any, **kwargs: Any) -> Deferred[Any]:
         result = super().execute_command(*args, **kwargs)
@@ -260,10 +261,14 @@ class _RedisProtocol(txredisapi.RedisProtocol):
         the next call loads the library again. It is not sent again: calls
         apply in the order sent, and the calls behind it, sent before that
         load, fail too; each sent again as its reply came, a newer call could
-        go ahead of them."""
+        go ahead of them. A call sent while a load is unanswered reports the
+        load's refusal (OOM, MISCONF ...) if Redis refuses it, not its own
+        "Function not found"."""
         if not self.connected:
             raise txredisapi.ConnectionError("Not connected")
-        refused = None if call.name in self.functions else self._load(call)
+        if call.name not in self.functions:
+            self._load(call)
+        refused = self._loading.get(call.name)
         self.transport.write(call.command(args))
         reply: Deferred[Any] = self.replyQueue.get()
         reply.addCallback(self.handle_reply)
@@ -272,20 +277,23 @@ class _RedisProtocol(txredisapi.RedisProtocol):
             reply.addErrback(lambda failure: refused[0] if refused else failure)
         return reply.addErrback(self._function_missing, call)
 
-    def _load(self, call: FunctionCall) -> list[Failure]:
-        """FUNCTION LOAD of ``call``'s library; the list gets the failure of a
+    def _load(self, call: FunctionCall) -> None:
+        """FUNCTION LOAD of ``call``'s library. Until it is answered,
+        ``_loading`` holds a list for its name, which gets the failure of a
         load Redis refused (not for "already exists"): the cause to report
-        rather than the "Function not found" of the FCALL behind it."""
+        rather than the "Function not found" of the FCALLs behind it."""
         self.functions.add(call.name)
         refused: list[Failure] = []
+        self._loading[call.name] = refused
 
         def loaded(result: Any) -> None:
+            if self._loading.get(call.name) is refused:
+                del self._loading[call.name]
             if isinstance(result, Failure) and "already exists" not in result.getErrorMessage():
                 self.functions.discard(call.name)
                 refused.append(result)
 
         self.execute_command(b"FUNCTION", b"LOAD", call.library).addBoth(loaded)
-        return refused
 
     def _function_missing(self, failure: Failure, call: FunctionCall) -> Failure:
         message = failure.getErrorMessage()

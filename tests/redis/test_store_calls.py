@@ -95,12 +95,7 @@ class Functions(unittest.TestCase):
         yield self.store.store_if_newer(at_record(1, "1700000000.1", "A"))
         self.redis.call("FUNCTION", "FLUSH")
         self.redis.pause()
-        calls = []
-        for n in range(2, 5):  # one batch each, all sent before Redis answers any
-            calls.append(self.store.store_if_newer(at_record(n, f"1700000000.{n}", "A")))
-            sent = self.store.batches_answered + len(calls)
-            while self.store._batches_sent < sent:
-                yield deferLater(reactor, 0.001, lambda: None)
+        calls = yield self.batches_in_flight(2, 3, 4)
         self.redis.resume()
         for call in calls:
             yield self.fails_not_found(call)
@@ -108,6 +103,27 @@ class Functions(unittest.TestCase):
         assert all(self.redis.call("EXISTS", b"herd:client:c%d" % n) == 0 for n in range(2, 5))
         fifth = yield self.store.store_if_newer(at_record(5, "1700000000.5", "A"))
         assert fifth.stored and fifth.previous == first_position_after(self.redis, 1)
+
+    @inlineCallbacks
+    def test_batches_sent_while_a_load_is_unanswered_report_its_refusal(self) -> Any:
+        # Found by a review: the batch after the one carrying the load was
+        # answered "Function not found" (FCALL is not refused for OOM), not OOM.
+        yield self.store.store_if_newer(at_record(1, "1700000000.1", "A"))
+        self.redis.call("FUNCTION", "FLUSH")
+        yield self.fails_not_found(self.store.store_if_newer(at_record(2, "1700000000.2", "A")))
+        self.redis.call("CONFIG", "SET", "maxmemory", "1")  # every write refused: OOM
+        self.redis.pause()
+        calls = yield self.batches_in_flight(3, 4)  # the first carries the load
+        self.redis.resume()
+        for call in calls:
+            try:
+                yield call
+            except txredisapi.ResponseError as err:
+                assert str(err).startswith("OOM "), err
+            else:
+                raise AssertionError("stored above maxmemory")
+        self.redis.call("CONFIG", "SET", "maxmemory", "0")
+        assert (yield self.store.store_if_newer(at_record(5, "1700000000.5", "A"))).stored
 
     @inlineCallbacks
     def test_a_new_connection_loads_the_library_once_and_redis_writes_nothing(self) -> Any:
@@ -135,6 +151,20 @@ class Functions(unittest.TestCase):
                 raise AssertionError("a library Redis refused was called")
             assert self.calls() == {"cmdstat_fcall": f"{attempt}/{attempt}",
                                     "cmdstat_function|load": f"{attempt}/{attempt}"}
+
+    @inlineCallbacks
+    def batches_in_flight(self, *clients: int) -> Any:
+        """Store a record for each of ``clients``, each in a batch of its own,
+        and return their Deferreds once every batch was sent."""
+        calls = []
+        for n in clients:
+            sent = self.store._batches_sent + 1
+            calls.append(self.store.store_if_newer(at_record(n, f"1700000000.{n}", "A")))
+            deadline = time.monotonic() + 5
+            while self.store._batches_sent < sent:
+                assert time.monotonic() < deadline, "a store batch was not sent"
+                yield deferLater(reactor, 0.001, lambda: None)
+        return calls
 
     @inlineCallbacks
     def fails_not_found(self, call: Any) -> Any:
