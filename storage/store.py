@@ -458,6 +458,10 @@ class RedisStore:
         # it (b"": none, or a batch failed since), see store_batch.lua.
         self._batch_names = os.urandom(6).hex().encode()
         self._batches_sent = 0
+        # After a failed batch: the chain starts again (a batch naming none)
+        # once this many batches are answered (every one sent before the
+        # failure was known), see _batch_failed.
+        self._chain_restart: int | None = None
         self._last_batch = b""
         keys = self.keys
         batch_keys = [keys.geo, keys.journal, keys.journal_epoch, keys.summary, keys.journal_base,
@@ -633,6 +637,8 @@ class RedisStore:
                 size += part[-1][3] or 1
             size = _take(self._urgent, MAX_BATCH, part, size)
             self._waiting -= size
+            if self._chain_restart is not None and self.batches_answered >= self._chain_restart:
+                self._last_batch, self._chain_restart = b"", None
             self._batches_sent += 1
             token = b"%s-%d" % (self._batch_names, self._batches_sent)
             # One argument for the whole batch: each argument costs Python
@@ -661,10 +667,13 @@ class RedisStore:
         self._urgent.clear()
         self._batch.clear()
         self._waiting = 0
-        # Batches sent after this one take no log step (store_batch.lua); the
-        # next one to be sent starts the chain again: the node now knows which
-        # records were lost (the callers of ``waiting``).
-        self._last_batch = b""
+        # Batches sent after this one take no log step (store_batch.lua). The
+        # chain starts again with the first batch sent once every batch sent so
+        # far is answered: the node then knows which records were lost (the
+        # callers of ``waiting``, and of any of those batches that fails too).
+        # Started at once, while batches sent before were unanswered, a step
+        # could pass a record of one of them that then failed.
+        self._chain_restart = self._batches_sent
         for _, done, _, _, _ in waiting:
             done.errback(failure)
         self._notify_drained()

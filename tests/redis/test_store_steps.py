@@ -54,6 +54,35 @@ class StepsAfterAFailedBatch(unittest.TestCase):
         assert self.redis.hgetall("herd:peer:P") == {b"epoch": b"E", b"pos": b"2-0"}
 
     @inlineCallbacks
+    def test_the_chain_starts_again_only_once_every_batch_sent_before_is_answered(self) -> Any:
+        # Found by a review: once a batch failed, the next batch sent started
+        # the chain again (took its steps) even while batches sent before the
+        # failure was known were unanswered; when one of those failed too, a
+        # step could pass its record.
+        yield self.store.set_peer_offset(b"P", AT[1])
+        for client in ("broken", "lost"):  # the script fails on either (WRONGTYPE)
+            self.redis.call("SET", f"herd:client:{client}", "not a hash")
+        after_failure: list[Any] = []
+
+        def failure_known(failure: Any) -> Any:
+            # The first batch's failure is known, the second batch's reply not
+            # yet (it comes in a later read): a step is sent now.
+            after_failure.extend(self.sent(self.step(2)))
+            return failure
+
+        first = self.store.store_if_newer(at_record("broken", 5), tie_break=True, source=b"P F")
+        first.addErrback(failure_known)
+        self.store._flush_batch()
+        second = self.sent(self.store.store_if_newer(at_record("lost", 5), tie_break=True, source=b"P"))
+        results = yield DeferredList([first, *second], consumeErrors=True)
+        assert [ok for ok, _ in results] == [False, False]
+        step = yield after_failure[0]
+        assert not step.advanced  # sent behind the second batch, which failed too
+        assert self.redis.hgetall("herd:peer:P") == {b"epoch": b"E", b"pos": b"1-0"}
+        # Every batch sent before is answered: the next batch takes steps again.
+        assert (yield self.step(2)).advanced
+
+    @inlineCallbacks
     def test_steps_behind_applied_batches_are_taken(self) -> Any:
         yield self.store.set_peer_offset(b"P", AT[1])
         batches = [self.sent(self.store.store_if_newer(at_record("one", 5), tie_break=True, source=b"P F")),
