@@ -455,12 +455,12 @@ class RedisStore:
         self._announced = 0  # the last connection logged as serving
         self._sent_at: deque[float] = deque()  # when each unanswered store batch was sent
         # Store batches are named "<random>-<n>"; each names the one sent before
-        # it (b"": none, or a batch failed since), see store_batch.lua.
+        # it (b"": none, the chain starting again), see store_batch.lua.
         self._batch_names = os.urandom(6).hex().encode()
         self._batches_sent = 0
-        # After a failed batch: the chain starts again (a batch naming none)
-        # once this many batches are answered (every one sent before the
-        # failure was known), see _batch_failed.
+        # After a failed batch or a new connection: the chain starts again (a
+        # batch naming none) once this many batches are answered (every one
+        # sent before), see _batch_failed.
         self._chain_restart: int | None = None
         self._last_batch = b""
         keys = self.keys
@@ -844,6 +844,10 @@ class RedisStore:
         ``on_connected`` runs only once it takes a write (and again after a
         call failed: a reply may have been lost)."""
         self.connections_made += 1
+        # Redis may hold an older batch mark now (restarted, having lost its
+        # last second with everysec), with no batch failed: every later step
+        # would be refused. The chain starts again.
+        self._chain_restart = self._batches_sent
         self._serving_now = False
         self._refused = None
         waiters, self._waiters = self._waiters, []

@@ -49,8 +49,9 @@
 -- hashes only the other records it stores, those of kind "0" or "1" it does
 -- not store (none, unless this Redis was changed by another hand), and the
 -- records replaced.
--- ARGV[5] the name of the batch the node sent before this one ("": none, or one
--- failed since); ARGV[6] this batch's name. Log steps are taken only when KEYS[6]
+-- ARGV[5] the name of the batch the node sent before this one ("": none, the
+-- chain starting again once the node knows the outcome of every batch it sent
+-- before); ARGV[6] this batch's name. Log steps are taken only when KEYS[6]
 -- holds ARGV[5] (or ARGV[5] is ""): a batch sent before the node learnt that an
 -- earlier one failed (an error reply, its reply lost) may step over a record
 -- that failed with it. The node takes steps again once it knows what was lost

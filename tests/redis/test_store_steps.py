@@ -6,11 +6,14 @@ never moves a peer's offset past a record of that batch (docs/PEER-PROTOCOL.md
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
 from fakes import at_record
 from harness import redis_with_store
+from twisted.internet import reactor
 from twisted.internet.defer import DeferredList, inlineCallbacks
+from twisted.internet.task import deferLater
 from twisted.trial import unittest
 
 from herd.wire.peer import LogStep, Position
@@ -81,6 +84,24 @@ class StepsAfterAFailedBatch(unittest.TestCase):
         assert self.redis.hgetall("herd:peer:P") == {b"epoch": b"E", b"pos": b"1-0"}
         # Every batch sent before is answered: the next batch takes steps again.
         assert (yield self.step(2)).advanced
+
+    @inlineCallbacks
+    def test_the_chain_starts_again_on_a_new_connection(self) -> Any:
+        # Found by a review: a Redis that lost its last batch mark (restarted,
+        # having lost its last second with everysec) while no batch failed
+        # refused every step after it, for good.
+        yield self.store.set_peer_offset(b"P", AT[1])
+        yield self.store.store_if_newer(at_record("one", 5), tie_break=True, source=b"P F")
+        self.redis.call("SET", "herd:journal:batch", "an-older-batch")
+        made = self.store.connections_made
+        self.store._connection().transport.loseConnection()
+        deadline = time.monotonic() + 5
+        while self.store.connections_made == made:
+            assert time.monotonic() < deadline, "the store did not reconnect"
+            yield deferLater(reactor, 0.01, lambda: None)
+        assert (yield self.step(2)).advanced
+        assert (yield self.step(3)).advanced  # and the chain goes on
+        assert self.redis.hgetall("herd:peer:P") == {b"epoch": b"E", b"pos": b"3-0"}
 
     @inlineCallbacks
     def test_steps_behind_applied_batches_are_taken(self) -> Any:
