@@ -116,12 +116,7 @@ class Functions(unittest.TestCase):
         calls = yield self.batches_in_flight(3, 4)  # the first carries the load
         self.redis.resume()
         for call in calls:
-            try:
-                yield call
-            except txredisapi.ResponseError as err:
-                assert str(err).startswith("OOM "), err
-            else:
-                raise AssertionError("stored above maxmemory")
+            yield self.refused(call, "OOM ")
         self.redis.call("CONFIG", "SET", "maxmemory", "0")
         assert (yield self.store.store_if_newer(at_record(5, "1700000000.5", "A"))).stored
 
@@ -166,14 +161,18 @@ class Functions(unittest.TestCase):
                 yield deferLater(reactor, 0.001, lambda: None)
         return calls
 
-    @inlineCallbacks
     def fails_not_found(self, call: Any) -> Any:
+        return self.refused(call, "ERR Function not found: herd_store_batch_")
+
+    @inlineCallbacks
+    def refused(self, call: Any, error: str) -> Any:
+        """Wait for ``call`` to fail with a Redis error starting with ``error``."""
         try:
             yield call
         except txredisapi.ResponseError as err:
-            assert str(err).startswith("ERR Function not found: herd_store_batch_"), err
+            assert str(err).startswith(error), err
         else:
-            raise AssertionError("stored with no function in Redis")
+            raise AssertionError(f"stored, not refused with {error!r}")
 
     def store_connection(self) -> Any:
         return self.store._connection()
