@@ -207,8 +207,6 @@ class FunctionCall:
             raise ValueError(f"not a library registering {function!r} once")
         self.name = b"%s_%s" % (function, version)
         self.library = b"%s_%s\n%s" % (shebang, version, code.replace(registered, b"'%s'" % self.name))
-        self.keys = list(keys)
-        self.fixed = list(fixed)
         self._count = 3 + len(keys) + len(fixed)
         self._start = _bulk_strings([b"FCALL", self.name, b"%d" % len(keys), *keys, *fixed])
 
