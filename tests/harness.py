@@ -14,6 +14,8 @@ import shutil
 import subprocess
 import sys
 import tempfile
+import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -106,3 +108,22 @@ def herd_cli(*args: str, env: dict[str, str] | None = None) -> subprocess.Comple
     """``python -m herd ARGS`` from the checkout: its exit code and output."""
     return subprocess.run([sys.executable, "-m", "herd", *args], cwd=REPO, capture_output=True,
                           text=True, timeout=60, env=env)
+
+
+def until(predicate: Callable[[], bool], what: str, timeout: float = 5.0, every: float = 0.01) -> Any:
+    """For trial tests: a Deferred that fires once ``predicate`` is true,
+    checked every ``every`` s while the reactor runs, and fails naming
+    ``what`` after ``timeout`` s."""
+    from twisted.internet import reactor
+    from twisted.internet.defer import inlineCallbacks
+    from twisted.internet.task import deferLater
+
+    @inlineCallbacks
+    def poll() -> Any:
+        deadline = time.monotonic() + timeout
+        while not predicate():
+            if time.monotonic() > deadline:
+                raise AssertionError(f"timed out after {timeout:g} s waiting for {what}")
+            yield deferLater(reactor, every, lambda: None)
+
+    return poll()

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from harness import redis_with_store
+from harness import redis_with_store, until
 from twisted.internet import reactor
 from twisted.internet.defer import inlineCallbacks
 from twisted.internet.task import deferLater
@@ -31,14 +31,6 @@ class RefusalsAreCounted(unittest.TestCase):
         self.store.on_connected.append(self.stats.redis_serves)
 
     @inlineCallbacks
-    def until(self, predicate: Any, what: str) -> Any:
-        for _ in range(200):
-            if predicate():
-                return
-            yield deferLater(reactor, 0.02, lambda: None)
-        self.fail(f"timed out waiting for {what}")
-
-    @inlineCallbacks
     def test_oom_refusals_are_counted_and_full_clears_once_redis_takes_writes(self) -> Any:
         yield self.store.store_if_newer(record(b"before", b"1"))
         self.redis.call("CONFIG", "SET", "maxmemory", "1")
@@ -50,7 +42,7 @@ class RefusalsAreCounted(unittest.TestCase):
         yield deferLater(reactor, 0.3, lambda: None)  # the store polls Redis meanwhile
         assert self.stats.redis_refused == {"OOM": 2}
         self.redis.call("CONFIG", "SET", "maxmemory", "0")
-        yield self.until(lambda: not self.stats.redis_full, "redis_full to clear")
+        yield until(lambda: not self.stats.redis_full, "redis_full to clear")
         result = yield self.store.store_if_newer(record(b"after", b"3"))
         assert result.stored
         assert self.stats.redis_refused == {"OOM": 2} and self.stats.redis_refusing == ""

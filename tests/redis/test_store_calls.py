@@ -8,11 +8,12 @@ from __future__ import annotations
 
 import hashlib
 import time
+from functools import partial
 from typing import Any
 
 import txredisapi
 from fakes import at_record
-from harness import redis_with_store
+from harness import redis_with_store, until
 from twisted.internet import reactor
 from twisted.internet.defer import gatherResults, inlineCallbacks
 from twisted.internet.task import deferLater
@@ -125,8 +126,7 @@ class Functions(unittest.TestCase):
         yield self.store.store_if_newer(at_record(1, "1700000000.1", "A"))
         made = self.store.connections_made
         self.store_connection().transport.loseConnection()  # the next connection loads it again
-        while self.store.connections_made == made:
-            yield deferLater(reactor, 0.01, lambda: None)
+        yield until(lambda: self.store.connections_made > made, "the store to reconnect")
         for n in (2, 3):
             assert (yield self.store.store_if_newer(at_record(n, f"1700000000.{n}", "A"))).stored
         # The second connection's load: answered "already exists" (a failed call), once.
@@ -155,11 +155,11 @@ class Functions(unittest.TestCase):
         for n in clients:
             sent = self.store._batches_sent + 1
             calls.append(self.store.store_if_newer(at_record(n, f"1700000000.{n}", "A")))
-            deadline = time.monotonic() + 5
-            while self.store._batches_sent < sent:
-                assert time.monotonic() < deadline, "a store batch was not sent"
-                yield deferLater(reactor, 0.001, lambda: None)
+            yield until(partial(self.batches_sent, sent), "a store batch to be sent", every=0.001)
         return calls
+
+    def batches_sent(self, count: int) -> bool:
+        return bool(self.store._batches_sent >= count)
 
     def fails_not_found(self, call: Any) -> Any:
         return self.refused(call, "ERR Function not found: herd_store_batch_")

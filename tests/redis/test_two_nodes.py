@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from harness import discard_redis, fresh_redis
+from harness import discard_redis, fresh_redis, until
 from twisted.internet import reactor
 from twisted.internet.defer import inlineCallbacks
 from twisted.internet.task import deferLater
@@ -58,14 +58,6 @@ class TwoNodes(unittest.TestCase):
         self.addCleanup(lambda: (dialled.transport.loseConnection(), self.closed)[1])
 
     @inlineCallbacks
-    def until(self, predicate: Any, what: str, timeout: float = 5.0) -> Any:
-        for _ in range(int(timeout / 0.01)):
-            if predicate():
-                return
-            yield deferLater(reactor, 0.01, lambda: None)
-        self.fail(f"timed out waiting for {what}")
-
-    @inlineCallbacks
     def iamat(self, node: Node, client: str, when: str) -> Any:
         request = parse_request(f"IAMAT {client} +1+1 {when}".encode(), 1_700_000_100 * 10**9, 3600 * 10**9)
         assert isinstance(request, Iamat)
@@ -79,15 +71,15 @@ class TwoNodes(unittest.TestCase):
 
     @inlineCallbacks
     def test_the_peer_protocol_between_two_nodes(self) -> Any:
-        yield self.until(lambda: self.a.links.up() == [b"B"] and self.b.links.up() == [b"A"], "the link")
-        yield self.until(lambda: b"SYNC-END" in self.a.kinds and b"SYNC-END" in self.b.kinds,
-                         "both pulls answered")
+        yield until(lambda: self.a.links.up() == [b"B"] and self.b.links.up() == [b"A"], "the link")
+        yield until(lambda: b"SYNC-END" in self.a.kinds and b"SYNC-END" in self.b.kinds,
+                    "both pulls answered")
         assert self.a.kinds[:1] == [b"SYNC"] and self.b.kinds[:1] == [b"SYNC"]
 
         # Before a node has loaded its clients' times, updates go once stored: U.
         reply = yield self.iamat(self.a, "slow", "1700000000.5")
         assert reply == b"AT A +99.500000000 slow +1+1 1700000000.5\n"
-        yield self.until(lambda: b"U" in self.b.kinds, "U at B")
+        yield until(lambda: b"U" in self.b.kinds, "U at B")
         assert (yield self.held(self.b, b"slow")) == reply.rstrip(b"\n")
 
         # Once loaded, an update known to be newer is forwarded before it is
@@ -95,10 +87,10 @@ class TwoNodes(unittest.TestCase):
         yield self.a.load_latest()
         yield self.b.load_latest()
         reply = yield self.iamat(self.a, "fast", "1700000000.5")
-        yield self.until(lambda: b"F" in self.b.kinds, "F at B")
+        yield until(lambda: b"F" in self.b.kinds, "F at B")
         assert (yield self.held(self.b, b"fast")) == reply.rstrip(b"\n")
         self.a.links.send_log_moved()
-        yield self.until(lambda: b"K" in self.b.kinds, "K at B")
+        yield until(lambda: b"K" in self.b.kinds, "K at B")
 
         # B's offset for A follows A's log to its end.
         head = yield self.a.store.log_head()
@@ -111,7 +103,7 @@ class TwoNodes(unittest.TestCase):
 
         # And the other way: B's update reaches A, and A floods nothing back.
         reply = yield self.iamat(self.b, "from.b", "1700000000.5")
-        yield self.until(lambda: self.a.kinds.count(b"F") == 1, "F at A")
+        yield until(lambda: self.a.kinds.count(b"F") == 1, "F at A")
         assert (yield self.held(self.a, b"from.b")) == reply.rstrip(b"\n")
-        yield self.until(lambda: self.a.stats.flood_in == 1, "A to count it")
+        yield until(lambda: self.a.stats.flood_in == 1, "A to count it")
         assert self.b.stats.flood_in == 2 and self.b.links.flooded == 1
