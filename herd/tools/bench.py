@@ -922,6 +922,9 @@ def load_words(run: dict[str, Any]) -> str:
     words = [f"all CPUs {busy:.0%} busy while sending"] if busy is not None else []
     words.append(f"per update: CPU {cpu['nodes']:,.0f} us in nodes, {cpu['redis']:,.0f} us in Redis; "
                  f"waiting for a core {waited['nodes']:,.0f} us and {waited['redis']:,.0f} us")
+    if "tool_cpu_us_per_update" in run:
+        words.append(f"the load tool {run['tool_cpu_us_per_update']:,.0f} us, "
+                     f"{run['tool_wakeups_per_update']:.2f} wake-ups")
     return "; ".join(words)
 
 

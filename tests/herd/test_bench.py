@@ -103,6 +103,8 @@ def test_short_run_of_propagation_and_reconcile() -> None:
         assert run["cpu_us_per_update"]["nodes"] > 0 and run["cpu_us_per_update"]["redis"] > 0
         assert run["wait_us_per_update"]["nodes"] >= 0 and run["wait_us_per_update"]["redis"] >= 0
         assert isinstance(run["redis_stalls"], dict)  # what it holds: the test below
+        # the load tool's own cost: it shares the cores with the herd it measures
+        assert run["tool_cpu_us_per_update"] > 0 and 0 < run["tool_wakeups_per_update"] < 5
     rec = report["results"]["reconcile"]
     assert rec["changed"] == 20 and 0 < rec["converge_s"] < 30
     assert 0 < report["results"]["memory"]["bytes_per_client"] < 10_000  # measured on A
@@ -184,11 +186,12 @@ def test_propagation_runs_report_the_load_they_put_on_the_machine() -> None:
     line = {"from": "A", "to": "D", "hops": 3, "rate": 1000.0, "p50_ms": 2.0, "p99_ms": 4.0,
             "arrived": 10, "sent": 10, "machine_busy": 0.944,
             "cpu_us_per_update": {"nodes": 1033.4, "redis": 570.0},
-            "wait_us_per_update": {"nodes": 1124.0, "redis": 1700.2}}
+            "wait_us_per_update": {"nodes": 1124.0, "redis": 1700.2},
+            "tool_cpu_us_per_update": 181.1, "tool_wakeups_per_update": 0.97}
     rows = bench.propagation_figures({"line": line}, {})
     assert [(row.name, row.value) for row in rows[1:]] == [
         ("A->D at 1000/s: load", "all CPUs 94% busy while sending; per update: CPU 1,033 us in nodes, "
-         "570 us in Redis; waiting for a core 1,124 us and 1,700 us")]
+         "570 us in Redis; waiting for a core 1,124 us and 1,700 us; the load tool 181 us, 0.97 wake-ups")]
 
 
 SLOW_SCRIPT = """local t = redis.call('TIME')
