@@ -154,6 +154,15 @@ class Agreement:
         (and the same client count); vacuously true when none is readable."""
         return len(self.groups) <= 1
 
+    @property
+    def verdict(self) -> bool | None:
+        """Whether the herd agrees, never a guess: True when every node's
+        digest was read and all are equal, False when two that were read
+        differ, None (unknown) when a digest is missing and those read agree."""
+        if not self.agree:
+            return False
+        return None if self.unknown or not self.groups else True
+
     def describe(self) -> str:
         """One line, e.g. "all 5 nodes hold the same 12 clients (digest ...)"."""
         if not self.groups:
@@ -216,7 +225,7 @@ def problems(reports: Sequence[NodeReport]) -> list[str]:
 def document(reports: Sequence[NodeReport]) -> dict[str, Any]:
     """The ``--json`` document of ``herd status`` and ``herd check``."""
     return {"nodes": {r.name: r.to_json() for r in reports},
-            "agree": agreement(reports).agree, "ok": is_ok(reports)}
+            "agree": agreement(reports).verdict, "ok": is_ok(reports)}
 
 
 class Surveyor:

@@ -98,10 +98,18 @@ def test_last_update_never_and_unknown() -> None:
     assert never.update_age() is None and silent.update_age() is None
 
 
+def test_agreement_verdict_is_never_a_guess() -> None:
+    assert agreement([up("A"), up("B")]).verdict is True
+    assert agreement([up("A", clients=1), up("B", clients=2)]).verdict is False
+    assert agreement([up("A", clients=1), up("B", clients=2), NodeReport("C", None, "x")]).verdict is False
+    assert agreement([up("A"), NodeReport("B", None, "refused")]).verdict is None
+    assert agreement([NodeReport("A", None, "x")]).verdict is None
+
+
 def test_json_document() -> None:
     reports = [up("Bailey"), NodeReport("Bona", None, "refused")]
     doc = json.loads(json.dumps(document(reports)))
-    assert doc["agree"] is True and doc["ok"] is False
+    assert doc["agree"] is None and doc["ok"] is False  # Bona's digest unread: unknown, not a guess
     assert doc["nodes"]["Bona"] == {"state": "UNREACHABLE", "error": "refused", "status": None, "skew": None}
     assert doc["nodes"]["Bailey"]["state"] == "up" and doc["nodes"]["Bailey"]["status"]["node"] == "Bailey"
 
@@ -227,7 +235,7 @@ def test_status_once_json_against_fake_nodes(tmp_path: Path) -> None:
         assert doc["nodes"]["Jaquez"]["error"].endswith("connection refused")
         assert doc["nodes"]["Bailey"]["status"]["digest"] == DIGEST
         assert abs(doc["nodes"]["Bailey"]["skew"]) < 1.0
-        assert (doc["agree"], doc["ok"]) == (True, False)
+        assert (doc["agree"], doc["ok"]) == (None, False)  # three digests unread: unknown
 
         text = herd_cli("status", "--config", str(path), "--once", "--timeout", "1", env=env)
         assert text.returncode == 1 and "\x1b" not in text.stdout  # no screen codes into a pipe
