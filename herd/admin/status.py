@@ -20,6 +20,7 @@ def status_document(running: RunningNode, addresses: Addresses, held: Summary | 
     stats = node.stats
     return {
         "node": node.name.decode(),
+        "name": node.name.decode(),  # SPEC 9's word for it; "node" came first and stays
         "version": VERSION,
         "protocol": PEER_PROTOCOL.decode(),
         "clock": time.time(),

@@ -291,7 +291,7 @@ def test_status_is_readable_by_other_origins(tmp_path: Path) -> None:
             code, headers, body = get(admin(herd, name) + "/status")
             assert code == 200 and headers.get("Access-Control-Allow-Origin") == "*"
             status = json.loads(body)
-            assert status["node"] == name and status["version"] == VERSION
+            assert status["node"] == status["name"] == name and status["version"] == VERSION
             assert status["links"]["B" if name == "A" else "A"]["state"] in ("up", "down")
             assert status["redis"]["state"] == "up"
     finally:
