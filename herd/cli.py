@@ -54,11 +54,7 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
     serve = sub.add_parser("serve", help="run one node in the foreground")
     serve.add_argument("name", metavar="NAME", help="node name from the config")
     serve.add_argument("--config", metavar="FILE", help=CONFIG_HELP)
-    serve.add_argument("--log-format", choices=("text", "json"), default="text",
-                       help="event log format on stdout (default: text; the systemd unit asks for json)")
-    serve.add_argument("--log-level", choices=("debug", "info", "warning", "error"), default="info",
-                       help="leave events below this level out of the event log (default: info; "
-                            "the access log has every line regardless)")
+    _log_arguments(serve, "the systemd unit asks for json")
     serve.add_argument("--log-prefix", action="store_true", default=None,
                        help="start each event log line with its syslog priority (<4> warning, "
                             "<3> error ...) for journald; default: only when stdout is journald's")
@@ -67,7 +63,7 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
     up.add_argument("--config", metavar="FILE", help=CONFIG_HELP)
     up.add_argument("--state-dir", default="state", metavar="DIR",
                     help="where each node's Redis data and log go (default: ./state)")
-    up.add_argument("--log-format", choices=("text", "json"), default="text")
+    _log_arguments(up, "for every node")
 
     client = sub.add_parser("client", help="send lines to a node and print its replies")
     client.add_argument("address", metavar="HOST:PORT")
@@ -144,6 +140,15 @@ def _survey_arguments(parser: argparse.ArgumentParser) -> None:
                         help="how long each node has to answer (default 2)")
 
 
+def _log_arguments(parser: argparse.ArgumentParser, note: str) -> None:
+    """--log-format and --log-level of the event log (serve, and up for its nodes)."""
+    parser.add_argument("--log-format", choices=("text", "json"), default="text",
+                        help=f"event log format on stdout (default: text; {note})")
+    parser.add_argument("--log-level", choices=("debug", "info", "warning", "error"), default="info",
+                        help="leave events below this level out of the event log (default: info; "
+                             "the access log has every line regardless)")
+
+
 def _positive_seconds(text: str) -> float:
     try:
         value = float(text)
@@ -201,7 +206,8 @@ def _dispatch(args: argparse.Namespace) -> int:
     if args.command == "up":
         from herd.tools.up import run_up
 
-        return run_up(args.config, args.state_dir, args.log_format)
+        return run_up(args.config, args.state_dir, ["--log-format", args.log_format,
+                                                    "--log-level", args.log_level])
     if args.command == "client":
         from herd.tools.client import run_client
 

@@ -208,8 +208,9 @@ class Child:
             out.say(f"{self.label} restarted (restart {self.restarts})")
 
 
-def run_up(config_path: str, state_dir: str, log_format: str) -> int:
-    """Run the herd in ``config_path`` until SIGINT/SIGTERM; return the exit status:
+def run_up(config_path: str, state_dir: str, log_args: Sequence[str] = ()) -> int:
+    """Run the herd in ``config_path`` until SIGINT/SIGTERM (each node's event
+    log as ``log_args``, ``herd serve`` options, say); return the exit status:
     0 after a requested stop, 1 when the herd could not start. ConfigError
     propagates (the CLI reports it)."""
     config = load_config(config_path, need_secret=True)
@@ -238,7 +239,7 @@ def run_up(config_path: str, state_dir: str, log_format: str) -> int:
     # The Redis servers hold the lock too: should we die before them, no other
     # herd up gets the directory while they still write to it.
     redis_children = [redis_child(r, state, lock.fileno()) for r in redises]
-    nodes = [node_child(name, config, config_path, log_format, state) for name in sorted(config.nodes)]
+    nodes = [node_child(name, config, config_path, log_args, state) for name in sorted(config.nodes)]
     stop = stop_on_signals()
     try:
         return start_and_supervise(config, redis_children, nodes, state, stop, out)
@@ -297,12 +298,13 @@ def redis_child(redis: LocalRedis, state: Path, lock_fd: int) -> Child:
                               pipe=True), echo=False)
 
 
-def node_child(name: str, config: HerdConfig, config_path: str, log_format: str, state: Path) -> Child:
+def node_child(name: str, config: HerdConfig, config_path: str, log_args: Sequence[str],
+               state: Path) -> Child:
     node = config.nodes[name]
     # Its state directory: where its access log goes unless the config says otherwise.
     state_dir = str((state / name).resolve())
     return Child(NodeProcess(name, config_path, node.port, state / name / "herd.log", host=node.host,
-                             args=["--log-format", log_format], pipe=True, label=name,
+                             args=list(log_args), pipe=True, label=name,
                              env={"STATE_DIRECTORY": state_dir}))
 
 

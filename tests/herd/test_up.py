@@ -268,8 +268,10 @@ def test_up_gives_each_node_its_state_directory_and_redis_a_pipe(tmp_path: Path)
     from herd.tools import up
 
     path = write_config(tmp_path, {"Solo": (free_port(), free_port())})
-    node = up.node_child("Solo", load_config(path), str(path), "text", tmp_path)
+    log_args = ["--log-format", "json", "--log-level", "warning"]
+    node = up.node_child("Solo", load_config(path), str(path), log_args, tmp_path)
     assert node.process.env == {"STATE_DIRECTORY": str((tmp_path / "Solo").resolve())}
+    assert node.process.argv[-4:] == log_args  # herd up's --log-format and --log-level, for each node
     redis = up.redis_child(up.LocalRedis(6400, ("127.0.0.1",), "Solo"), tmp_path, 0)
     argv = redis.process.argv
     assert argv[argv.index("--logfile") + 1] == ""  # stdout, which herd up rotates

@@ -190,3 +190,13 @@ def test_setup_and_install_take_the_locked_versions_only(tmp_path: Path) -> None
     pips = [line for line in result.stdout.splitlines() if "/bin/pip " in line]
     pip = f"  + {opt}/.venv/bin/pip install -q --disable-pip-version-check"
     assert pips == [f"{pip} --require-hashes -r {opt}/requirements.lock", f"{pip} --no-deps {opt}"]
+
+
+def test_up_takes_the_event_log_options_of_serve() -> None:
+    from herd.cli import build_parser
+
+    for command in (["serve", "A"], ["up"]):
+        options = ["--log-format", "json", "--log-level", "warning"]
+        args = build_parser(command[0]).parse_args([*command, *options])
+        assert (args.log_format, args.log_level) == ("json", "warning")
+        assert build_parser(command[0]).parse_args(command).log_level == "info"
