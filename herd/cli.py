@@ -167,7 +167,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             args.config = config_path(args.config)
         return _dispatch(args)
     except ConfigError as err:
-        print(f"herd: {err}", file=sys.stderr)
+        from herd.systemd import error_line
+
+        error_line(f"herd: {err}")
         return 2
     except KeyboardInterrupt:
         return 130

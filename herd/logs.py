@@ -39,6 +39,7 @@ from twisted.logger import (
 )
 from zope.interface import implementer
 
+from herd import systemd
 from herd.rotating import RotatingFile
 
 _FLUSH_BYTES = 1 << 16
@@ -341,7 +342,7 @@ def start_logging(node: str, reactor: Any, options: LogOptions = LogOptions(),
 
     global _access
     out = out or sys.stdout
-    prefix = options.prefix if options.prefix is not None else _is_journal(out)
+    prefix = options.prefix if options.prefix is not None else systemd.is_journal(out)
     events = EventLog(out, node, options.fmt, prefix)
     _access = AccessLog(access) if access is not None else None
     globalLogBeginner.beginLoggingTo([FilteringLogObserver(events, [level_filter(options.level)])],
@@ -362,15 +363,6 @@ def start_logging(node: str, reactor: Any, options: LogOptions = LogOptions(),
     LoopingCall(flush).start(FLUSH_INTERVAL, now=False)
     reactor.addSystemEventTrigger("after", "shutdown", close)
     return events
-
-
-def _is_journal(out: IO[str]) -> bool:
-    from herd import systemd
-
-    try:
-        return systemd.is_journal_stream(out.fileno())
-    except (OSError, ValueError):  # no file descriptor (io.UnsupportedOperation is both)
-        return False
 
 
 def level_filter(level: str) -> LogLevelFilterPredicate:

@@ -399,10 +399,9 @@ def serve(name: str, config_path: str, logging: LogOptions, activation: str | No
         access = (RotatingFile(access_path, config.access_log_max_bytes, config.access_log_keep)
                   if access_path is not None else None)
     except OSError as err:
-        print(f"herd: {name}: cannot open the access log {access_path}: {err.strerror or err}",
-              file=sys.stderr)
+        systemd.error_line(f"herd: {name}: cannot open the access log {access_path}: {err.strerror or err}")
         return 1
-    start_logging(name, reactor, logging, access)
+    events = start_logging(name, reactor, logging, access)
     from herd.version import VERSION
     from herd.wire.peer import VERSION as PEER_PROTOCOL
 
@@ -415,7 +414,12 @@ def serve(name: str, config_path: str, logging: LogOptions, activation: str | No
     try:
         service.startService()
     except ListenFailed as err:
-        print(f"herd: {name}: {err}", file=sys.stderr)
+        # The event log too (its level, its format): the reactor that would
+        # have written its buffer never runs.
+        log.error("{why}; exiting", why=str(err))
+        events.flush()
+        if not systemd.is_journal(sys.stderr):  # (there, once is enough)
+            print(f"herd: {name}: {err}", file=sys.stderr)
         return 1
     reactor.addSystemEventTrigger("before", "shutdown", service.stopService)
     reactor.addSystemEventTrigger("before", "shutdown", _note_more_stop_signals, reactor)

@@ -7,6 +7,10 @@ from __future__ import annotations
 
 import os
 import socket
+import sys
+from typing import IO
+
+ERROR_PRIORITY = "<3>"  # sd-daemon(3): LOG_ERR
 
 
 def notify(message: str, environ: dict[str, str] | None = None) -> bool:
@@ -65,4 +69,21 @@ def is_journal_stream(fd: int, environ: dict[str, str] | None = None) -> bool:
         st = os.fstat(fd)
         return (st.st_dev, st.st_ino) == (int(dev), int(inode))
     except (OSError, ValueError):
+        return False
+
+
+def error_line(text: str) -> None:
+    """Write ``text`` as one line on stderr: a fatal error, said once. When
+    stderr is journald's it carries the error priority, so that ``journalctl
+    -p err`` shows why a node did not start (journald stores unmarked lines
+    as info)."""
+    mark = ERROR_PRIORITY if is_journal(sys.stderr) else ""
+    print(f"{mark}{text}", file=sys.stderr, flush=True)
+
+
+def is_journal(out: IO[str]) -> bool:
+    """:func:`is_journal_stream` of a file object (False when it has no descriptor)."""
+    try:
+        return is_journal_stream(out.fileno())
+    except (OSError, ValueError):  # no file descriptor (io.UnsupportedOperation is both)
         return False

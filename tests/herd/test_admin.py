@@ -238,12 +238,35 @@ def test_a_taken_port_stops_the_node_with_one_line(tmp_path: Path, which: str, w
             result = serve_once(herd, "Solo", str(tmp_path / "notify.sock"))
         assert result.returncode == 1
         reason = "Address already in use"
-        assert result.stderr == f"herd: Solo: cannot listen for {what} on 127.0.0.1:{port}: {reason}\n"
+        why = f"cannot listen for {what} on 127.0.0.1:{port}: {reason}"
+        assert result.stderr == f"herd: Solo: {why}\n"
         assert "Traceback" not in result.stdout + result.stderr
+        # The event log, written before the exit: the start line, then the error with its level.
+        lines = result.stdout.splitlines()
+        assert f"herd {VERSION} node Solo starting" in lines[0]
+        assert lines[-1].endswith(f"[Solo] error: {why}; exiting")
         with pytest.raises(TimeoutError):
             notify.recv(4096)  # no READY=1, nothing at all
     finally:
         notify.close()
+        herd.stop()
+
+
+def test_a_taken_port_is_an_error_event_in_the_json_event_log(tmp_path: Path) -> None:
+    herd = Herd(tmp_path, {"Solo": []})
+    port = herd["Solo"].ports.peer
+    try:
+        herd["Solo"].redis.start()
+        with socket.create_server(("127.0.0.1", port)):
+            result = subprocess.run([*herd["Solo"].argv, "--log-format", "json"], cwd=REPO,
+                                    capture_output=True, text=True, timeout=30,
+                                    env=child_env(HERD_SECRET=herd.secret, GOOGLE_PLACES_KEY="k"))
+        assert result.returncode == 1
+        events = [json.loads(line) for line in result.stdout.splitlines()]
+        assert events[0]["level"] == "info" and VERSION in events[0]["message"]
+        assert events[-1]["level"] == "error"
+        assert events[-1]["why"] == f"cannot listen for peers on 127.0.0.1:{port}: Address already in use"
+    finally:
         herd.stop()
 
 

@@ -8,6 +8,7 @@ import io
 import json
 import os
 import re
+import sys
 from pathlib import Path
 
 import pytest
@@ -142,6 +143,20 @@ def test_journal_stream_is_recognised_by_device_and_inode(tmp_path: Path) -> Non
         assert not systemd.is_journal_stream(other.fileno(), env)  # inherited, but not ours
         assert not systemd.is_journal_stream(out.fileno(), {"JOURNAL_STREAM": "garbage"})
         assert not systemd.is_journal_stream(out.fileno(), {"JOURNAL_STREAM": ""})
+
+
+def test_a_fatal_error_line_carries_the_error_priority_on_journald(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """``journalctl -p err`` shows why a node did not start: journald stores
+    an unmarked stderr line as info."""
+    with open(tmp_path / "stderr", "w") as err:
+        monkeypatch.setattr(sys, "stderr", err)
+        monkeypatch.delenv("JOURNAL_STREAM", raising=False)
+        systemd.error_line("herd: plain")  # $JOURNAL_STREAM names no stream of ours
+        st = os.fstat(err.fileno())
+        monkeypatch.setenv("JOURNAL_STREAM", f"{st.st_dev}:{st.st_ino}")
+        systemd.error_line("herd: marked")
+    assert (tmp_path / "stderr").read_text() == "herd: plain\n<3>herd: marked\n"
 
 
 # --- the access log and its rotation ----------------------------------------------------------
