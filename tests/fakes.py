@@ -11,7 +11,8 @@ from herd.wire.client import AtRecord, parse_at_line
 
 class PeerConn:
     """A peer connection as herd.peer.links sees it (herd.peer.links.PeerConnection):
-    it records the lines sent on it; ``transport.abortConnection`` sets ``aborted``."""
+    it records the lines sent on it, as they are sent (so ``flush_lines`` has
+    nothing left to write); ``transport.abortConnection`` sets ``aborted``."""
 
     connected = 1
     peer_name: bytes | None = None
@@ -38,6 +39,9 @@ class PeerConn:
     def send_lines(self, lines: list[bytes]) -> None:
         for line in lines:
             self.send_line(line)
+
+    def flush_lines(self) -> None:
+        """Nothing to do: send_line recorded each line at once."""
 
     def take(self) -> list[bytes]:
         """The lines sent since the last take."""

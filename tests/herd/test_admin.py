@@ -11,11 +11,12 @@ import sys
 import time
 import urllib.error
 import urllib.request
+from functools import partial
 from pathlib import Path
 from typing import Any
 
 import pytest
-from cluster import Herd, talk
+from cluster import Herd, LocalNode, talk
 from harness import REPO, child_env, free_port, port_open, wait_until
 
 from herd.tools.harness import NodePorts, node_section
@@ -39,8 +40,12 @@ def running(herd: Herd) -> Herd:
     """``herd`` started, each node's admin endpoint listening (a moment after
     its client port)."""
     herd.start()
+
+    def admin_listening(n: LocalNode) -> bool:
+        return port_open(n.ports.admin)
+
     for node in herd.nodes.values():
-        wait_until(lambda n=node: port_open(n.ports.admin), what=f"{node.name}'s admin endpoint")
+        wait_until(partial(admin_listening, node), what=f"{node.name}'s admin endpoint")
     return herd
 
 

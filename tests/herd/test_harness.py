@@ -11,6 +11,7 @@ import subprocess
 import sys
 import textwrap
 import threading
+from functools import partial
 from pathlib import Path
 
 import pytest
@@ -105,9 +106,13 @@ def test_stop_escalates_to_sigkill_and_tells_overdue(tmp_path: Path) -> None:
         time.sleep(60)"""), tmp_path / "stubborn.log")
     polite = ChildProcess("polite", python("import time; print('ready', flush=True); time.sleep(60)"),
                           tmp_path / "polite.log")
+
+    def ready(p: ChildProcess) -> bool:
+        return "ready" in p.log()
+
     for p in (stubborn, polite):
         p.start()
-        wait_until(lambda p=p: "ready" in p.log(), what=f"{p.label} ready")
+        wait_until(partial(ready, p), what=f"{p.label} ready")
     late: list[str] = []
     stop_all([stubborn, polite], 0.5, overdue=lambda p: late.append(p.label))
     assert late == ["stubborn"]

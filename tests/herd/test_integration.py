@@ -11,9 +11,10 @@ import json
 import socket
 import time
 from collections.abc import Iterator
+from functools import partial
 
 import pytest
-from cluster import FIVE, Herd, talk
+from cluster import FIVE, Herd, LocalNode, talk
 from harness import wait_until
 
 
@@ -28,10 +29,11 @@ def herd(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Herd]:
 
 
 def at_everywhere(herd: Herd, client: str, at_line: bytes, timeout: float = 5.0) -> None:
+    def holds(n: LocalNode) -> bool:
+        return n.record(client).get(b"at") == at_line
+
     for node in herd.nodes.values():
-        wait_until(
-            lambda n=node: n.record(client).get(b"at") == at_line, timeout, what=f"{client} at {node.name}"
-        )
+        wait_until(partial(holds, node), timeout, what=f"{client} at {node.name}")
 
 
 def test_iamat_floods_three_hops_with_original_at_line(herd: Herd) -> None:

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Iterator
+from functools import partial
 from pathlib import Path
 
 import pytest
@@ -74,9 +75,12 @@ def log_head(herd: Herd, name: str) -> bytes | None:
 def caught_up(herd: Herd, name: str) -> None:
     """Wait until ``name`` has applied each neighbour's log to its head (the
     K lines that move its offsets trail the records themselves)."""
+
+    def at_head(peer: str) -> bool:
+        return herd[name].redis.hgetall(f"herd:peer:{peer}").get(b"pos") == log_head(herd, peer)
+
     for peer in herd.neighbours(name):
-        wait_until(lambda p=peer: herd[name].redis.hgetall(f"herd:peer:{p}").get(b"pos") == log_head(herd, p),
-                   what=f"{name}'s offset for {peer}'s log at its head")
+        wait_until(partial(at_head, peer), what=f"{name}'s offset for {peer}'s log at its head")
 
 
 def synced_records(log: str, to: str) -> list[tuple[str, int]]:
@@ -92,8 +96,12 @@ def test_restarted_node_gets_what_it_missed_and_only_that(herd: Herd) -> None:
     herd["Jaquez"].start()
     assert converged(herd)["Jaquez"] == 350
     # Jaquez's peers answered its SYNC incrementally: the 150 it missed, not all 350.
+
+    def synced_twice(peer: str) -> bool:
+        return len(synced_records(herd[peer].log(), "Jaquez")) >= 2
+
     for peer in ("Campbell", "Clark"):
-        wait_until(lambda p=peer: len(synced_records(herd[p].log(), "Jaquez")) >= 2, what=f"{peer} synced")
+        wait_until(partial(synced_twice, peer), what=f"{peer} synced")
         mode, records = synced_records(herd[peer].log(), "Jaquez")[-1]
         assert (mode, records) == ("incremental", 150), peer
 

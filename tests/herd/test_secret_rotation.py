@@ -9,6 +9,7 @@ from __future__ import annotations
 import socket
 import threading
 import time
+from functools import partial
 from pathlib import Path
 
 from cluster import Herd
@@ -38,7 +39,9 @@ class Load(threading.Thread):
 
     def __init__(self, ports: list[int]):
         super().__init__(daemon=True)
-        self.ports, self.acked, self.running = ports, [], True
+        self.ports = ports
+        self.acked: list[str] = []
+        self.running = True
 
     def run(self) -> None:
         n = 0
@@ -59,6 +62,13 @@ class Load(threading.Thread):
 def test_rotating_the_secret_under_load_loses_nothing(tmp_path: Path) -> None:
     herd = Herd(tmp_path, {"A": ["B"], "B": ["C"], "C": []}, extra_herd=OLD_SECRET_ENV).start()
     load = Load([herd[n].port for n in "ABC"])
+
+    def relinked(peer: str, mark: dict[str, int]) -> bool:
+        return herd[peer].log().count("link up") > mark[peer]
+
+    def holds_acked(name: str) -> bool:
+        return all(herd[name].record(c) for c in load.acked)
+
     try:
         herd.wait_links()
         load.start()
@@ -70,15 +80,13 @@ def test_rotating_the_secret_under_load_loses_nothing(tmp_path: Path) -> None:
                 mark = {n: herd[n].log().count("link up") for n in herd.neighbours(name)}
                 node.start(env=env)
                 for peer in herd.neighbours(name):  # the neighbours linked again, promptly
-                    wait_until(lambda p=peer, m=mark: herd[p].log().count("link up") > m[p], timeout=5,
-                               what=f"{peer} relinked to {name}")
+                    wait_until(partial(relinked, peer, mark), timeout=5, what=f"{peer} relinked to {name}")
         time.sleep(0.5)
         load.running = False
         load.join(10)
         assert len(load.acked) > 100
         for name in "ABC":
-            wait_until(lambda n=name: all(herd[n].record(c) for c in load.acked), timeout=15,
-                       what=f"every acknowledged update on {name}")
+            wait_until(partial(holds_acked, name), timeout=15, what=f"every acknowledged update on {name}")
         assert NEW not in herd["A"].log() and old not in herd["A"].log()
     finally:
         load.running = False

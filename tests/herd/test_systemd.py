@@ -30,7 +30,7 @@ def notify_socket(tmp_path: Path) -> Iterator[tuple[str, socket.socket]]:
 
 
 def messages_until(sock: socket.socket, wanted: str) -> list[str]:
-    seen = []
+    seen: list[str] = []
     while not any(wanted in m for m in seen):
         seen.append(sock.recv(4096).decode())
     return seen

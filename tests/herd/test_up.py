@@ -54,6 +54,10 @@ def redis_answers(port: int) -> bool:
     return redis_ping(port) == b"PONG"
 
 
+def has_handshake(access_log: Path) -> bool:
+    return access_log.exists() and "HERD-HELLO" in access_log.read_text()
+
+
 def processes_mentioning(*needles: str) -> list[str]:
     """Command lines of live processes that contain any of ``needles`` (Linux)."""
     found = []
@@ -79,7 +83,7 @@ def test_up_runs_a_two_node_herd_and_stops_it_on_sigint(tmp_path: Path) -> None:
             wait_until(partial(port_open, port), timeout=20, what=f"node {name}")
         for name in ports:  # linked: each access log has a handshake
             access = state / name / "access.log"
-            wait_until(lambda a=access: a.exists() and "HERD-HELLO" in a.read_text(), timeout=20,
+            wait_until(partial(has_handshake, access), timeout=20,
                        what=f"{name}'s handshake in its access log")
         up.send_signal(signal.SIGINT)
         status = up.wait(timeout=60)

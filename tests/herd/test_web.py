@@ -20,11 +20,12 @@ import time
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
+from functools import partial
 from pathlib import Path
 from typing import Any
 
 import pytest
-from cluster import FIVE, Herd, talk
+from cluster import FIVE, Herd, LocalNode, talk
 from selenium import webdriver
 from selenium.common.exceptions import StaleElementReferenceException
 from selenium.webdriver.chrome.options import Options
@@ -81,9 +82,13 @@ def send(herd: Herd, name: str, clients: list[tuple[str, float, float]]) -> None
         replies = talk(herd[name].port, *iamat(*clients[at:at + 1000]), timeout=60).splitlines()
         assert len(replies) == len(clients[at:at + 1000]) and all(r.startswith(b"AT ") for r in replies)
     last = clients[-1][0]
+
+    def holds_last(n: LocalNode) -> bool:
+        return n.record(last) != {}
+
     for node in herd.nodes.values():
         if node.alive():
-            wait_until(lambda n=node: n.record(last) != {}, 20, f"{last} at {node.name}")
+            wait_until(partial(holds_last, node), 20, f"{last} at {node.name}")
 
 
 def population_clients(n: int, seed: int = 18) -> list[tuple[str, float, float]]:
@@ -233,8 +238,12 @@ def token_herd(root: Path, topology: dict[str, list[str]], token: str | None) ->
     for node in herd.nodes.values():
         node.env["HERD_ADMIN_TOKEN"] = token or ""
     herd.start()
+
+    def admin_healthy(n: LocalNode) -> bool:
+        return healthy(admin(herd, n.name))
+
     for node in herd.nodes.values():
-        wait_until(lambda n=node: healthy(admin(herd, n.name)), 20, f"{node.name}'s admin endpoint")
+        wait_until(partial(admin_healthy, node), 20, f"{node.name}'s admin endpoint")
     return herd
 
 

@@ -5,7 +5,7 @@ the next reconnection, which then re-sent tens of thousands of records)."""
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, cast
 
 from fakes import PeerConn as Conn
 from fakes import at_record
@@ -13,7 +13,7 @@ from harness import redis_with_store
 from twisted.internet import reactor
 from twisted.internet.defer import DeferredList, inlineCallbacks
 from twisted.internet.task import Clock, deferLater
-from twisted.logger import LogLevel, globalLogPublisher
+from twisted.logger import ILogObserver, LogLevel, globalLogPublisher
 from twisted.trial import unittest
 
 from herd.peer.links import PeerLinks
@@ -50,13 +50,14 @@ class PullAgain(unittest.TestCase):
         connections started: logged at debug level, not as an error."""
         yield self.store.call("ping")  # connected
         seen: list[dict[str, Any]] = []
-        globalLogPublisher.addObserver(seen.append)
+        observer = cast(ILogObserver, seen.append)
+        globalLogPublisher.addObserver(observer)
         try:
             self.links.add(b"P", self.conn, "test")  # link up: a pull reads the offset from Redis ...
             yield self.store.stop()  # ... and the node stops before Redis answers
             yield deferLater(reactor, 0.1, lambda: None)
         finally:
-            globalLogPublisher.removeObserver(seen.append)
+            globalLogPublisher.removeObserver(observer)
         pulls = [e for e in seen if str(e.get("log_format", "")).startswith("pull from")]
         assert [e["log_level"] for e in pulls] == [LogLevel.debug], seen
 

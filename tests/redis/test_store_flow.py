@@ -7,14 +7,14 @@ from __future__ import annotations
 
 import gc
 import time
-from typing import Any
+from typing import Any, cast
 
 from fakes import at_record
 from harness import discard_redis, free_port, fresh_redis, redis_with_store
 from twisted.internet import reactor
-from twisted.internet.defer import DeferredList, inlineCallbacks
+from twisted.internet.defer import Deferred, DeferredList, inlineCallbacks
 from twisted.internet.task import deferLater
-from twisted.logger import globalLogPublisher
+from twisted.logger import ILogObserver, globalLogPublisher
 from twisted.trial import unittest
 
 from config.schema import RedisAddress
@@ -24,6 +24,7 @@ from storage.store import (
     MAX_IN_FLIGHT,
     RECOVERY_GRACE,
     RedisStore,
+    StoreResult,
     StoreUnavailable,
     _ReconnectingFactory,
 )
@@ -43,12 +44,17 @@ class Burst(unittest.TestCase):
     def test_a_burst_is_stored_without_timeouts_and_clients_go_first(self) -> Any:
         yield self.store.get(b"nobody")  # connected
         fired: list[str] = []
+
+        def answered(result: StoreResult, kind: str) -> StoreResult:
+            fired.append(kind)
+            return result
+
         peers = [self.store.store_if_newer(record(i), tie_break=True, source=b"P")
                  for i in range(20 * MAX_BATCH)]
         for d in peers:
-            d.addCallback(lambda result: fired.append("peer") or result)
+            d.addCallback(answered, "peer")
         client = self.store.store_if_newer(record(10**6, b"A"))
-        client.addCallback(lambda result: fired.append("client") or result)
+        client.addCallback(answered, "client")
         results = yield DeferredList([*peers, client], consumeErrors=True)
         failures = [r for ok, r in results if not ok]
         assert failures == [], failures[0]
@@ -102,8 +108,11 @@ class Transport:
 
 
 class PeerConn:
+    """A peer connection (herd.peer.links.PeerConnection) whose transport records pauses and resumes."""
+
     connected = 1
-    peer_name = b"P"
+    peer_name: bytes | None = b"P"
+    lines_in = lines_out = beat_in = beat_out = quiet_in = quiet_out = 0
 
     def __init__(self) -> None:
         self.transport = Transport()
@@ -112,6 +121,9 @@ class PeerConn:
         pass
 
     def send_lines(self, lines: list[bytes]) -> None:
+        pass
+
+    def flush_lines(self) -> None:
         pass
 
 
@@ -180,13 +192,18 @@ class FailedBatches(unittest.TestCase):
     def stored_in_order(self, *queued: tuple[str, int]) -> Any:
         """Queue (kind, count) groups in one reactor turn; the kinds in the order stored."""
         order: list[str] = []
-        waiting = []
+
+        def stored(result: StoreResult, kind: str) -> StoreResult:
+            order.append(kind)
+            return result
+
+        waiting: list[Deferred[StoreResult]] = []
         for kind, count in queued:
             for _ in range(count):
                 i = len(waiting)
                 d = (self.store.store_if_newer(record(i, b"A")) if kind == "client" else
                      self.store.store_if_newer(record(i), tie_break=True, source=b"P"))
-                waiting.append(d.addCallback(lambda result, kind=kind: order.append(kind) or result))
+                waiting.append(d.addCallback(stored, kind))
         yield DeferredList(waiting)
         return order
 
@@ -289,7 +306,12 @@ class WhyUnreachable(unittest.TestCase):
     def test_a_failed_set_up_leaves_no_unhandled_error(self) -> None:
         """txredisapi fails the factory's own Deferred, which nobody waits on."""
         failures: list[dict[str, Any]] = []
-        observer = lambda event: failures.append(event) if "log_failure" in event else None  # noqa: E731
+
+        def failed(event: dict[str, Any]) -> None:
+            if "log_failure" in event:
+                failures.append(event)
+
+        observer = cast(ILogObserver, failed)
         globalLogPublisher.addObserver(observer)
         self.addCleanup(globalLogPublisher.removeObserver, observer)
         refused: list[str] = []

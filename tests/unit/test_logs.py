@@ -10,10 +10,11 @@ import os
 import re
 import sys
 from pathlib import Path
+from typing import cast
 
 import pytest
 from twisted.internet.task import Clock
-from twisted.logger import FilteringLogObserver, Logger, LogLevel, globalLogPublisher
+from twisted.logger import FilteringLogObserver, ILogObserver, Logger, LogLevel, globalLogPublisher
 
 from herd import systemd
 from herd.logs import AccessLog, EventLog, Throttle, level_filter, loggable
@@ -215,7 +216,8 @@ def test_rotation_with_nothing_kept_and_a_line_longer_than_the_limit(tmp_path: P
 
 def test_an_unwritable_access_log_is_reported_once(tmp_path: Path) -> None:
     seen: list[dict[str, object]] = []
-    globalLogPublisher.addObserver(seen.append)
+    observer = cast(ILogObserver, seen.append)
+    globalLogPublisher.addObserver(observer)
     try:
         access = AccessLog(RotatingFile(tmp_path / "access.log", 1 << 20, 1))
         access.file.close()  # (as after a rotation that could not reopen it)
@@ -223,7 +225,7 @@ def test_an_unwritable_access_log_is_reported_once(tmp_path: Path) -> None:
             access.line("x", "recv", "y")
             access.flush()
     finally:
-        globalLogPublisher.removeObserver(seen.append)
+        globalLogPublisher.removeObserver(observer)
     errors = [e for e in seen if e.get("log_level") == LogLevel.error]
     assert len(errors) == 1 and "access log" in str(errors[0]["log_format"])
 

@@ -91,9 +91,11 @@ def test_nodes_that_differ_are_named_by_group() -> None:
 
 def test_last_update_never_and_unknown() -> None:
     never = up("Bailey")
+    assert never.status is not None
     never.status["last_update"] = None
     assert "never" in row(render(FIVE, [never], NOW), "Bailey")
     silent = up("Bailey")
+    assert silent.status is not None
     del silent.status["last_update"]
     assert never.update_age() is None and silent.update_age() is None
 
@@ -158,7 +160,8 @@ class SurveyTest(unittest.TestCase):
         self.also = FakeNode(status_doc("Bona", links={"Bailey": "up", "Campbell": "down"}, skew=-30.0))
         self.silent = [SilentNode(), SilentNode()]
         self.wrong = FakeNode((404, b"no such page"))
-        for server in (self.good, self.also, self.wrong, *self.silent):
+        servers: list[FakeNode | SilentNode] = [self.good, self.also, self.wrong, *self.silent]
+        for server in servers:
             self.addCleanup(server.close)
         self.dir = Path(tempfile.mkdtemp())
         self.addCleanup(shutil.rmtree, self.dir)
@@ -179,12 +182,16 @@ class SurveyTest(unittest.TestCase):
             self.assertEqual([r.name for r in reports], sorted(by))
             self.assertEqual((by["Bailey"].state, by["Bailey"].digest, by["Bailey"].error),
                              ("up", DIGEST, None))
+            assert by["Bailey"].skew is not None and by["Bona"].skew is not None
             self.assertTrue(abs(by["Bailey"].skew) < 0.5, by["Bailey"].skew)
             self.assertTrue(abs(by["Bona"].skew + 30.0) < 0.5, by["Bona"].skew)
             self.assertEqual(by["Bona"].link_mark("Campbell"), "-")
             for name in ("Campbell", "Clark"):
                 self.assertEqual(by[name].state, "UNREACHABLE")
-                self.assertRegex(by[name].error, r"^http://127\.0\.0\.1:\d+/status: no answer within 1 s$")
+                error = by[name].error
+                assert error is not None
+                self.assertRegex(error, r"^http://127\.0\.0\.1:\d+/status: no answer within 1 s$")
+            assert by["Jaquez"].error is not None and by["Kiwi"].error is not None
             self.assertTrue(by["Jaquez"].error.endswith(": connection refused"), by["Jaquez"].error)
             self.assertTrue(by["Kiwi"].error.endswith(": HTTP 404"), by["Kiwi"].error)
             self.assertIn('admin endpoint off', by["Lima"].error)
@@ -243,7 +250,8 @@ def test_status_once_json_against_fake_nodes(tmp_path: Path) -> None:
         assert row(text.stdout, "Clark").split()[1:3] == ["NO", "REDIS"]
         assert "unknown for Campbell, Clark, Jaquez" in text.stdout
     finally:
-        for server in (*nodes.values(), silent):
+        servers: list[FakeNode | SilentNode] = [*nodes.values(), silent]
+        for server in servers:
             server.close()
 
 
