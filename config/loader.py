@@ -318,6 +318,7 @@ def _node(table: _Table, name: str, all_names: tuple[str, ...]) -> NodeConfig:
     if any(c.isspace() for c in host):
         raise table.error("host", f"expected a host name or address, got {host!r}")
     port = table.integer("port", None, low=1, high=65535)
+    admin, notes = _admin(table, host, port)
     return NodeConfig(
         name=name,
         host=host,
@@ -326,7 +327,8 @@ def _node(table: _Table, name: str, all_names: tuple[str, ...]) -> NodeConfig:
         redis=_redis(table, "redis"),
         peers=_peers(table, "peers", name, all_names),
         prefix=table.string("prefix", "herd:"),
-        admin=_admin(table, host, port),
+        admin=admin,
+        notes=notes,
     )
 
 
@@ -342,23 +344,25 @@ def _derived_port(table: _Table, key: str, default: int) -> int:
 _ADMIN = re.compile(r"(?P<host>\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9._-]+):(?P<port>[0-9]{1,5})\Z")
 
 
-def _admin(table: _Table, host: str, port: int) -> tuple[str, int] | None:
-    """The admin endpoint: ``"host:port"``, ``"off"``, or by default
-    ``<host>:<port + 20000>`` (required when that is above 65535)."""
+def _admin(table: _Table, host: str, port: int) -> tuple[tuple[str, int] | None, tuple[str, ...]]:
+    """The admin endpoint (``"host:port"``, ``"off"``: None, or by default
+    ``<host>:<port + 20000>``) and what the node says of it as it starts.
+    SPEC makes the peer port, not the admin address, a required key when its
+    default is above 65535: the endpoint is then off, and the node says so."""
     if "admin" not in table.data:
         default = port + ADMIN_PORT_OFFSET
         if default > 65535:
-            raise table.error("admin", f"missing: the default (port + {ADMIN_PORT_OFFSET} = {default}) is "
-                                       "above 65535, so set \"host:port\" or \"off\"")
-        return host, default
+            return None, (f"no admin endpoint: its default address, port + {ADMIN_PORT_OFFSET} = {default}, "
+                          f"is above 65535; set {table.path('admin')} = \"host:port\" to have one",)
+        return (host, default), ()
     value = table.string("admin")
     if value == "off":
-        return None
+        return None, ()
     match = _ADMIN.match(value)
     if match is None or not 1 <= int(match["port"]) <= 65535:
         raise table.error("admin", f"expected \"host:port\" or \"off\" for the admin HTTP endpoint, "
                                    f"got {value!r}")
-    return match["host"].strip("[]"), int(match["port"])
+    return (match["host"].strip("[]"), int(match["port"])), ()
 
 
 def _redis(table: _Table, key: str) -> RedisAddress:

@@ -44,6 +44,8 @@ class NodeConfig:
     prefix: str = "herd:"
     peer_port: int = 0  # where peers connect (loader default: port + 10000)
     admin: tuple[str, int] | None = None  # HTTP endpoint (loader default: host:port + 20000); None: off
+    # What loading chose that the node says (a warning each) as it starts.
+    notes: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)

@@ -180,6 +180,8 @@ class NodeService(MultiService):
         self._config, self._secrets, self._peer_tls = config, secrets, peer_tls
         self._dialers: dict[str, tuple[tuple[str, int], Any]] = {}  # peer -> (its address, its dialler)
         self._dial(config)
+        for note in me.notes:
+            log.warn("{note}", note=note)
         if me.admin is not None:
             from herd.admin import Addresses, admin_site
 

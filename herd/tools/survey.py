@@ -247,9 +247,11 @@ class Surveyor:
         return gatherResults([self._report(name) for name in sorted(self._config.nodes)])
 
     def _report(self, name: str) -> Any:
-        url = status_url(self._config.nodes[name])
+        node = self._config.nodes[name]
+        url = status_url(node)
         if url is None:
-            return succeed(NodeReport(name, None, 'admin endpoint off in the config (admin = "off")'))
+            why = node.notes[0] if node.notes else 'admin endpoint off in the config (admin = "off")'
+            return succeed(NodeReport(name, None, why))
         sent = self._reactor.seconds()
         d = self._fetch(url, name)
         d.addTimeout(self._timeout, self._reactor, _timed_out)

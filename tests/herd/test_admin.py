@@ -312,6 +312,36 @@ def test_admin_on_by_default_and_off(tmp_path: Path, admin_line: str, listens: b
         herd.stop()
 
 
+def _free_port_from(low: int) -> int:
+    for port in range(low, 65536):
+        with socket.socket() as s:
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return port
+    raise AssertionError(f"no free port from {low}")
+
+
+def test_a_default_admin_port_above_65535_leaves_the_node_serving_without_one(tmp_path: Path) -> None:
+    herd = Herd(tmp_path, {"Solo": []})
+    node = herd["Solo"]
+    port = _free_port_from(50000)  # + 20000: above 65535; the peer port stays set (SPEC 5 requires it)
+    section = node_section("Solo", "127.0.0.1", NodePorts(port, node.ports.peer, node.ports.admin),
+                           node.redis.url, [])
+    section = re.sub(r'admin = "[^"]*"\n', "", section)
+    text = herd.config.read_text()
+    herd.config.write_text(text[:text.index("[nodes.Solo]")] + section)
+    node.port = port
+    try:
+        herd.start()
+        assert talk(port, "IAMAT a +1+1 1.5").startswith(b"AT Solo ")
+        note = f"warning: no admin endpoint: its default address, port + 20000 = {port + 20000}"
+        wait_until(lambda: note in node.log(), what="the node's warning")
+    finally:
+        herd.stop()
+
+
 def test_start_up_does_not_import_prometheus_client() -> None:
     """prometheus_client is imported at the first scrape (SPEC: answer within 0.5 s)."""
     code = "import sys, herd.service, herd.admin; assert 'prometheus_client' not in sys.modules"

@@ -130,13 +130,22 @@ def test_peer_port_and_admin_set_or_off(tmp_path: Path) -> None:
     assert cfg.nodes["Bailey"].admin == ("127.0.0.1", 30000)
 
 
-@pytest.mark.parametrize("key", ["peer_port", "admin"])
-def test_a_default_port_above_65535_must_be_set(tmp_path: Path, key: str) -> None:
-    """port + 10000 (peer) or + 20000 (admin) past 65535: the key is required."""
+def test_a_default_peer_port_above_65535_must_be_set(tmp_path: Path) -> None:
+    """port + 10000 past 65535: SPEC 5 makes peer_port a required key."""
     text = variant("port = 10001", "port = 60001")
-    other = "admin = \"off\"" if key == "peer_port" else "peer_port = 4000"
-    text = text.replace('peers = ["Bailey"]', f'peers = ["Bailey"]\n{other}')
-    assert "is above 65535, so set" in failure(write(tmp_path, text), f"nodes.Bona.{key}")
+    text = text.replace('peers = ["Bailey"]', 'peers = ["Bailey"]\nadmin = "off"')
+    assert "is above 65535, so set" in failure(write(tmp_path, text), "nodes.Bona.peer_port")
+
+
+def test_a_default_admin_port_above_65535_turns_the_endpoint_off_with_a_note(tmp_path: Path) -> None:
+    """port + 20000 past 65535: no admin endpoint (SPEC 5 requires no key for
+    it), and the node says so as it starts."""
+    text = variant("port = 10001", "port = 50001")
+    cfg = load_config(write(tmp_path, text))
+    assert cfg.nodes["Bona"].admin is None and cfg.nodes["Bona"].peer_port == 60001
+    assert cfg.nodes["Bona"].notes == ("no admin endpoint: its default address, port + 20000 = 70001, is above "
+                                       '65535; set nodes.Bona.admin = "host:port" to have one',)
+    assert cfg.nodes["Bailey"].notes == ()
 
 
 @pytest.mark.parametrize(
