@@ -760,8 +760,13 @@ class RedisStore:
     def _call(self, command: str, *args: Any) -> Deferred[Any]:
         now = self._reactor.seconds()
         if self._failing_since is not None and now - self._failing_since >= self._timeout:
-            # Redis has not answered for a timeout already: wait only briefly
-            # for it to serve again (see RECOVERY_GRACE and _check_serving).
+            if not self.connected:
+                # Away for a timeout, and not even connected: fail at once, so
+                # that a client pipelining requests gets each answer at once.
+                # A Redis that is back is connected within the backoff's cap.
+                return fail(StoreUnavailable(self._away()))
+            # Connected, but not answering (stalled, or back and being checked):
+            # wait only briefly for it to serve again (see _check_serving).
             waiter = self._wait(self._recovery_waiters, RECOVERY_GRACE, now)
         elif self.connected:
             return self._run_now(command, args)
@@ -824,11 +829,15 @@ class RedisStore:
             waiters.remove(waiter)
             if self._failing_since is None:
                 self._failing_since = since
-            why = (f"Redis at {self._address.host}:{self._address.port} has not answered "
-                   f"for {self._reactor.seconds() - self._failing_since:.1f} s")
-            if self._refused is not None and not self.connected:
-                why += f" (last connection attempt: {self._refused})"
-            waiter.errback(StoreUnavailable(why))
+            waiter.errback(StoreUnavailable(self._away()))
+
+    def _away(self) -> str:
+        """Why a call fails while Redis is away."""
+        why = (f"Redis at {self._address.host}:{self._address.port} has not answered "
+               f"for {self._reactor.seconds() - (self._failing_since or 0):.1f} s")
+        if self._refused is not None and not self.connected:
+            why += f" (last connection attempt: {self._refused})"
+        return why
 
     @staticmethod
     def _cancel_timer(result: Any, timer: Any) -> Any:

@@ -10,7 +10,7 @@ import time
 from typing import Any, cast
 
 from fakes import at_record
-from harness import discard_redis, free_port, fresh_redis, redis_with_store
+from harness import discard_redis, free_port, fresh_redis, redis_with_store, until
 from twisted.internet import reactor
 from twisted.internet.defer import Deferred, DeferredList, inlineCallbacks
 from twisted.internet.task import deferLater
@@ -64,6 +64,17 @@ class Burst(unittest.TestCase):
         assert self.store.backlog == 0
 
 
+@inlineCallbacks
+def failure_after(store: RedisStore) -> Any:
+    """Seconds until a store call fails (it must)."""
+    started = time.monotonic()
+    try:
+        yield store.store_if_newer(record(1, b"A"))
+    except StoreUnavailable:
+        return time.monotonic() - started
+    raise AssertionError("stored while Redis was stopped")
+
+
 class Unanswered(unittest.TestCase):
     def setUp(self) -> None:
         self.redis, self.store = redis_with_store(self, "herd-stuck-", timeout=3.0, own=True)
@@ -73,26 +84,38 @@ class Unanswered(unittest.TestCase):
             self.redis.resume()
 
     @inlineCallbacks
-    def failure_after(self) -> Any:
-        started = time.monotonic()
-        try:
-            yield self.store.store_if_newer(record(1, b"A"))
-        except StoreUnavailable:
-            return time.monotonic() - started
-        raise AssertionError("stored while Redis was stopped")
-
-    @inlineCallbacks
     def test_once_redis_has_not_answered_for_a_timeout_calls_wait_only_briefly(self) -> Any:
         yield self.store.get(b"nobody")  # connected
         self.redis.pause()  # stuck: connections open, no answers
-        first = yield self.failure_after()
+        first = yield failure_after(self.store)
         assert 2.9 <= first < 4.5, first
         for _ in range(3):  # a client pipelining requests waits this long for each
-            later = yield self.failure_after()
+            later = yield failure_after(self.store)
             assert later < RECOVERY_GRACE + 0.5 < 3.0, later  # not a whole timeout each
         self.redis.resume()
         yield deferLater(reactor, 0.5, lambda: None)
         result = yield self.store.store_if_newer(record(2, b"A"))
+        assert result.stored
+
+
+class Gone(unittest.TestCase):
+    def setUp(self) -> None:
+        self.redis, self.store = redis_with_store(self, "herd-gone-", timeout=1.0, own=True)
+
+    @inlineCallbacks
+    def test_once_redis_is_gone_for_a_timeout_calls_fail_at_once_until_it_is_back(self) -> Any:
+        # Found by a review against SPEC 4: a client pipelining WHATSATs while
+        # Redis was down got one '? <line>' every 1.25 s (the 8th after 12 s).
+        yield self.store.get(b"nobody")  # connected
+        self.redis.kill()
+        first = yield failure_after(self.store)
+        assert 0.9 <= first < 2.5, first  # the timeout
+        for _ in range(3):
+            later = yield failure_after(self.store)
+            assert later < 0.2, later  # no connection to wait on: at once
+        self.redis.start()
+        yield until(lambda: self.store.connected, "the store to reconnect")
+        result = yield self.store.store_if_newer(record(2, b"A"))  # waits for the check that it serves
         assert result.stored
 
 
