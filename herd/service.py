@@ -174,7 +174,8 @@ class NodeService(MultiService):
         # A socket passed by systemd (socket activation) replaces host:port.
         description = activation or listen_description(me.host, me.port)
         self.listener = self._listen(description, self.factory, "clients", host_port(me.host, me.port))
-        self.peer_factory = AcceptedPeerFactory(self.node, name.encode(), secrets, peer_tls)
+        self.peer_factory = AcceptedPeerFactory(self.node, name.encode(), secrets, peer_tls,
+                                                config.max_line_bytes)
         self._listen(listen_description(me.host, me.peer_port), self.peer_factory, "peers",
                      host_port(me.host, me.peer_port))
         self._config, self._secrets, self._peer_tls = config, secrets, peer_tls

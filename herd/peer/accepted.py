@@ -31,11 +31,9 @@ from storage.store import set_no_delay
 
 log = Logger(namespace="herd")
 
-# Lines an unauthenticated connection may send (the handshake's), and the
-# limit of connections the peer port holds open at once: each neighbour dials
-# once, and a reconnecting one may briefly hold a second; strangers beyond
-# that are refused before they cost anything.
-PRE_AUTH_MAX_LINE = 1024
+# The limit of connections the peer port holds open at once: each neighbour
+# dials once, and a reconnecting one may briefly hold a second; strangers
+# beyond that are refused before they cost anything.
 # A dialler whose handshakes failed waits up to REFUSED_HOLD_MAX after
 # connecting before it speaks (herd.peer.dial), then has HANDSHAKE_TIMEOUT.
 PRE_AUTH_TIMEOUT = REFUSED_HOLD_MAX + 2 * HANDSHAKE_TIMEOUT
@@ -47,7 +45,6 @@ class AcceptedPeer(PeerLineProtocol, TimeoutMixin):
     """A connection accepted on the peer port: a stranger until it authenticates."""
 
     factory: AcceptedPeerFactory
-    max_line = PRE_AUTH_MAX_LINE
 
     def __init__(self) -> None:
         self.peer_name = None
@@ -57,6 +54,9 @@ class AcceptedPeer(PeerLineProtocol, TimeoutMixin):
 
     def connectionMade(self) -> None:
         self.node = self.factory.node
+        # Until it authenticates it is a client connection (SPEC 2): the
+        # client port's line limit, and its answer to a longer line.
+        self.max_line = self.factory.max_line
         address = self.transport.getPeer()
         self.who = f"peer port {getattr(address, 'host', '?')}:{getattr(address, 'port', '?')}"
         self.factory.connections.add(self)
@@ -96,6 +96,8 @@ class AcceptedPeer(PeerLineProtocol, TimeoutMixin):
 
     def line_too_long(self) -> None:
         log.warn("{who} sent a line over {limit} bytes; closing", who=self.who, limit=self.max_line)
+        if self.peer_name is None:
+            self.send_line(b"? line too long (limit %d bytes)" % self.max_line)
         self.transport.loseConnection()
 
     def _start_tls(self) -> None:
@@ -154,8 +156,9 @@ class AcceptedPeerFactory(Factory):
     noisy = False
 
     def __init__(self, node: PeerMessageHandler, own_name: bytes, secrets: tuple[bytes, ...],
-                 peer_tls: PeerTls | None = None):
+                 peer_tls: PeerTls | None = None, max_line: int = 4096):
         self.node = node
+        self.max_line = max_line  # before authentication: the client port's limit
         self.own_name = own_name
         self.secrets = secrets  # the current one, then the previous one during a rotation
         self.tls = peer_tls

@@ -166,3 +166,19 @@ def test_the_client_port_treats_peer_lines_as_bad_lines(node_a: Herd) -> None:
         assert peer_port.recv_line() == b"? " + line
     peer_port.close()
     assert node_a["A"].record("c1") == {} and node_a["A"].record("sneaky") == {}
+
+
+def test_the_peer_port_before_authentication_has_the_client_ports_line_limit(node_a: Herd) -> None:
+    """SPEC 2: until it authenticates, a peer port connection is a client
+    connection: a long AT line is answered '? <line>' (it was closed without a
+    word above 1,024 bytes), one over the limit as on the client port."""
+    wire = Wire(node_a["A"].ports.peer)
+    long_at = b"AT B +0.000000001 " + b"x" * 2000 + b" +1+1 1700000000"
+    wire.send(long_at)
+    assert wire.recv_line() == b"? " + long_at
+    wire.send(b"y" * 4097)
+    assert wire.recv_line() == b"? line too long (limit 4096 bytes)"
+    with pytest.raises(ConnectionError):
+        wire.recv_line()  # closed
+    wire.close()
+    assert node_a["A"].record("x" * 2000) == {}
