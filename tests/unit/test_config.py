@@ -143,8 +143,8 @@ def test_a_default_admin_port_above_65535_turns_the_endpoint_off_with_a_note(tmp
     text = variant("port = 10001", "port = 50001")
     cfg = load_config(write(tmp_path, text))
     assert cfg.nodes["Bona"].admin is None and cfg.nodes["Bona"].peer_port == 60001
-    assert cfg.nodes["Bona"].notes == ("no admin endpoint: its default address, port + 20000 = 70001, is above "
-                                       '65535; set nodes.Bona.admin = "host:port" to have one',)
+    assert cfg.nodes["Bona"].notes == ("no admin endpoint: its default address, port + 20000 = 70001, "
+                                       'is above 65535; set nodes.Bona.admin = "host:port" to have one',)
     assert cfg.nodes["Bailey"].notes == ()
 
 
