@@ -26,14 +26,16 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from time import time_ns
-from typing import IO, Any
+from typing import IO, Any, cast
 
 from twisted.logger import (
     FilteringLogObserver,
+    ILogFilterPredicate,
     ILogObserver,
     Logger,
     LogLevel,
     LogLevelFilterPredicate,
+    PredicateResult,
     formatEvent,
     globalLogBeginner,
 )
@@ -53,7 +55,7 @@ LEVELS = {name: level for level, name in LEVEL_NAMES.items()}
 # sd-daemon(3) priority prefixes (syslog priorities) for journald.
 PRIORITIES = {"debug": 7, "info": 6, "warning": 4, "error": 3, "critical": 2}
 # Keys of Twisted's legacy (twisted.python.log) events that are not fields.
-_NOT_FIELDS = frozenset({"format", "isError", "system", "failure", "message", "time"})
+_NOT_FIELDS = frozenset({"format", "isError", "system", "failure", "message", "time", "start_line"})
 
 
 @dataclass(frozen=True)
@@ -345,7 +347,7 @@ def start_logging(node: str, reactor: Any, options: LogOptions = LogOptions(),
     prefix = options.prefix if options.prefix is not None else systemd.is_journal(out)
     events = EventLog(out, node, options.fmt, prefix)
     _access = AccessLog(access) if access is not None else None
-    globalLogBeginner.beginLoggingTo([FilteringLogObserver(events, [level_filter(options.level)])],
+    globalLogBeginner.beginLoggingTo([FilteringLogObserver(events, event_filters(options.level))],
                                      redirectStandardIO=False)
 
     def flush() -> None:
@@ -363,6 +365,17 @@ def start_logging(node: str, reactor: Any, options: LogOptions = LogOptions(),
     LoopingCall(flush).start(FLUSH_INTERVAL, now=False)
     reactor.addSystemEventTrigger("after", "shutdown", close)
     return events
+
+
+def event_filters(level: str) -> list[ILogFilterPredicate]:
+    """What decides which events the event log shows, at ``--log-level level``."""
+    return [cast(ILogFilterPredicate, start_line), level_filter(level)]
+
+
+def start_line(event: dict[str, Any]) -> PredicateResult:
+    """The line a node starts with (logged with ``start_line=True``) passes
+    any --log-level: it names the version (SPEC 6: the first log line)."""
+    return PredicateResult.yes if event.get("start_line") else PredicateResult.maybe
 
 
 def level_filter(level: str) -> LogLevelFilterPredicate:

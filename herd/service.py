@@ -408,9 +408,9 @@ def serve(name: str, config_path: str, logging: LogOptions, activation: str | No
     from herd.version import VERSION
     from herd.wire.peer import VERSION as PEER_PROTOCOL
 
-    # SPEC 6: the node's first log line carries the version.
+    # SPEC 6: the node's first log line carries the version (at any --log-level).
     log.info("herd {version} node {name} starting (peer protocol {protocol})", version=VERSION,
-             name=name, protocol=PEER_PROTOCOL.decode())
+             name=name, protocol=PEER_PROTOCOL.decode(), start_line=True)
     log.info("access log: {path}", path=os.path.abspath(access_path) if access_path else "off")
     raise_file_limit(config.max_connections + 256)
     service = NodeService(config, name, reactor, config.secrets(), activation)

@@ -18,6 +18,7 @@ from pathlib import Path
 from cluster import Herd, talk
 from harness import REPO, child_env, port_open, wait_until
 
+from herd.version import VERSION
 from herd.wire.handshake import PROTOCOL
 
 
@@ -113,8 +114,9 @@ def test_json_under_journald_has_priorities_and_fields(tmp_path: Path) -> None:
 
 def test_log_level_warning_hides_info_and_a_prefix_can_be_asked_for(tmp_path: Path) -> None:
     _, lines = event_log_of_a_refused_handshake(tmp_path, "--log-level", "warning", "--log-prefix")
-    assert len(lines) == 1, lines
-    assert lines[0].startswith("<4>2") and " [Solo] warning: peer port " in lines[0], lines
+    assert len(lines) == 2, lines  # the start line (it names the version, at any level), the warning
+    assert lines[0].startswith("<6>2") and f" [Solo] info: herd {VERSION} node Solo starting" in lines[0]
+    assert lines[1].startswith("<4>2") and " [Solo] warning: peer port " in lines[1], lines
 
 
 def keep_sending(port: int, name: str, stop: threading.Event) -> None:

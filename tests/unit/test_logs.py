@@ -17,7 +17,7 @@ from twisted.internet.task import Clock
 from twisted.logger import FilteringLogObserver, ILogObserver, Logger, LogLevel, globalLogPublisher
 
 from herd import systemd
-from herd.logs import AccessLog, EventLog, Throttle, level_filter, loggable
+from herd.logs import AccessLog, EventLog, Throttle, event_filters, level_filter, loggable
 from herd.rotating import RotatingFile
 
 
@@ -58,7 +58,7 @@ def event_log(fmt: str = "text", level: str = "info",
               prefix: bool = False) -> tuple[Logger, io.StringIO, EventLog]:
     out = io.StringIO()
     events = EventLog(out, "Bailey", fmt, prefix)
-    return Logger(namespace="herd", observer=FilteringLogObserver(events, [level_filter(level)])), out, events
+    return Logger(namespace="herd", observer=FilteringLogObserver(events, event_filters(level))), out, events
 
 
 def test_text_lines_name_the_node_and_the_level() -> None:
@@ -118,6 +118,19 @@ def test_priority_prefixes_for_journald(fmt: str) -> None:
     if fmt == "json":
         assert [json.loads(line[3:])["level"] for line in lines] == ["debug", "info", "warning", "error",
                                                                     "critical"]
+
+
+@pytest.mark.parametrize("fmt", ["text", "json"])
+def test_the_start_line_passes_any_level(fmt: str) -> None:
+    """SPEC 6: the node's first log line carries the version, whatever --log-level."""
+    log, out, events = event_log(fmt, level="error")
+    log.info("herd {version} node Bailey starting", version="9.9", start_line=True)
+    log.info("hidden")
+    events.flush()
+    [line] = out.getvalue().splitlines()
+    assert "herd 9.9 node Bailey starting" in line
+    if fmt == "json":
+        assert "start_line" not in json.loads(line)  # a filter's mark, not a field of the event
 
 
 def test_log_level_filters_and_twisted_chatter_needs_a_warning() -> None:
