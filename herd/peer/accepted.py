@@ -31,6 +31,10 @@ from storage.store import set_no_delay
 
 log = Logger(namespace="herd")
 
+# Before authentication a line may be as long as a client's (max_line_bytes),
+# and at least as long as any handshake line (HERD-HELLO names two nodes of up
+# to 256 bytes each).
+PRE_AUTH_MIN_LINE = 1024
 # The limit of connections the peer port holds open at once: each neighbour
 # dials once, and a reconnecting one may briefly hold a second; strangers
 # beyond that are refused before they cost anything.
@@ -158,7 +162,7 @@ class AcceptedPeerFactory(Factory):
     def __init__(self, node: PeerMessageHandler, own_name: bytes, secrets: tuple[bytes, ...],
                  peer_tls: PeerTls | None = None, max_line: int = 4096):
         self.node = node
-        self.max_line = max_line  # before authentication: the client port's limit
+        self.max_line = max(max_line, PRE_AUTH_MIN_LINE)  # before authentication
         self.own_name = own_name
         self.secrets = secrets  # the current one, then the previous one during a rotation
         self.tls = peer_tls

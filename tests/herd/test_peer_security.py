@@ -182,3 +182,13 @@ def test_the_peer_port_before_authentication_has_the_client_ports_line_limit(nod
         wire.recv_line()  # closed
     wire.close()
     assert node_a["A"].record("x" * 2000) == {}
+
+
+def test_a_small_client_line_limit_still_lets_peers_authenticate(tmp_path: Path) -> None:
+    """max_line_bytes may be as low as 64; a HERD-AUTH line is 74 bytes, a
+    HERD-HELLO up to about 560 (found by a review of the change above)."""
+    herd = Herd(tmp_path, {"A": ["B"], "B": []}, extra_herd="max_line_bytes = 64").start()
+    try:
+        herd.wait_links()
+    finally:
+        herd.stop()
