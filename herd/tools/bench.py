@@ -46,6 +46,7 @@ from importlib import resources
 from pathlib import Path
 from typing import Any, NamedTuple
 
+from herd.logs import FLUSH_INTERVAL
 from herd.tools.harness import (
     ChildProcess,
     HarnessError,
@@ -57,6 +58,7 @@ from herd.tools.harness import (
     free_port,
     wait_until,
 )
+from herd.tools.hops import stage_summary
 from herd.tools.resp import Resp
 
 REPO = Path(__file__).resolve().parents[2]
@@ -426,6 +428,10 @@ def scenario_propagation(bench: Bench) -> dict[str, Any]:
             out[label] = propagate(herd, source, bench.args.rate, seconds, "prop")
             if label == "line":
                 out["line_light"] = propagate(herd, source, LIGHT_RATE, max(1.0, seconds / 3), "light")
+                time.sleep(2 * FLUSH_INTERVAL)  # the nodes' access logs are written
+                logs = {name: herd.nodes[name].access_log() for name in LINE}
+                for run, prefix in ((out["line"], "prop"), (out["line_light"], "light")):
+                    run["stages"] = stage_summary(logs, list(LINE), prefix)
     if bench.args.appendfsync == "always":
         out["fsync_chain"] = fsync_chain(bench, bench.args.rate, seconds)
     return out
@@ -904,6 +910,9 @@ def propagation_figures(r: dict[str, Any], results: dict[str, Any]) -> list[Figu
         if "cpu_us_per_update" in run:
             out.append(Figure("propagation", f"{run['from']}->{run['to']} at {run['rate']:g}/s: load",
                               load_words(run)))
+        if run.get("stages"):
+            name = f"{run['from']}->{run['to']} at {run['rate']:g}/s: stages p50 / p99 (docs/BENCHMARKS.md)"
+            out.append(Figure("propagation", name, stage_words(run["stages"])))
         if run.get("redis_stalls"):
             out.append(Figure("propagation", f"{run['from']}->{run['to']} at {run['rate']:g}/s: "
                               f"Redis stalls of {STALL_MS} ms or more", stall_words(run["redis_stalls"])))
@@ -926,6 +935,11 @@ def load_words(run: dict[str, Any]) -> str:
         words.append(f"the load tool {run['tool_cpu_us_per_update']:,.0f} us, "
                      f"{run['tool_wakeups_per_update']:.2f} wake-ups")
     return "; ".join(words)
+
+
+def stage_words(stages: dict[str, dict[str, float]]) -> str:
+    """``{"A->B": {"p50_ms": 0.2, "p99_ms": 0.6}}`` as "A->B 0.20 / 0.60 ms"."""
+    return ", ".join(f"{stage} {s['p50_ms']:.2f} / {s['p99_ms']:.2f}" for stage, s in stages.items()) + " ms"
 
 
 def stall_words(stalls: dict[str, dict[str, int]]) -> str:

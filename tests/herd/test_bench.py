@@ -105,6 +105,10 @@ def test_short_run_of_propagation_and_reconcile() -> None:
         assert isinstance(run["redis_stalls"], dict)  # what it holds: the test below
         # the load tool's own cost: it shares the cores with the herd it measures
         assert run["tool_cpu_us_per_update"] > 0 and 0 < run["tool_wakeups_per_update"] < 5
+    for label in ("line", "line_light"):  # from the access logs (herd.tools.hops)
+        stages = prop[label]["stages"]
+        assert list(stages) == ["send->A", "A->B", "B", "B->C", "C", "C->D", "send->D"]
+        assert all(0 < s["p50_ms"] <= s["p99_ms"] < 1000 for s in stages.values()), stages
     rec = report["results"]["reconcile"]
     assert rec["changed"] == 20 and 0 < rec["converge_s"] < 30
     assert 0 < report["results"]["memory"]["bytes_per_client"] < 10_000  # measured on A
