@@ -435,4 +435,8 @@ def serve(name: str, config_path: str, logging: LogOptions, activation: str | No
     gc.freeze()
     gc.enable()
     reactor.run()  # type: ignore[attr-defined]
+    # The reactor put back the default handlers as it stopped: a stop signal
+    # during the interpreter's exit would kill the process (-15, not 0).
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
     return 0

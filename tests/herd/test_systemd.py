@@ -8,6 +8,7 @@ import json
 import shutil
 import signal
 import socket
+import time
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
@@ -141,5 +142,24 @@ def test_admin_metrics_health_and_status_hash(tmp_path: Path) -> None:
         )
         summary = herd["Solo"].redis.hgetall("herd:summary")
         assert summary[b"clients"] == b"1" and len(summary[b"digest"]) == 16
+    finally:
+        herd.stop()
+
+
+def test_stop_signals_while_stopping_do_not_change_the_exit_status(tmp_path: Path) -> None:
+    """SIGTERM again and again until the node has exited: 0, not killed by a
+    signal arriving after the reactor put the default handlers back (a fresh
+    clone's CI run saw -15 once: the harness's stop() sends SIGTERM again)."""
+    herd = Herd(tmp_path, {"Solo": []})
+    try:
+        herd["Solo"].redis.start()
+        herd["Solo"].start()
+        node = herd["Solo"]
+        assert talk(node.port, "IAMAT a +1+1 1.5").startswith(b"AT Solo ")  # the reactor runs
+        deadline = time.monotonic() + 20
+        while node.exit_code is None and time.monotonic() < deadline:
+            node.send_signal(signal.SIGTERM)
+            time.sleep(0.002)
+        assert node.exit_code == 0
     finally:
         herd.stop()
