@@ -103,7 +103,7 @@ class Gone(unittest.TestCase):
         self.redis, self.store = redis_with_store(self, "herd-gone-", timeout=1.0, own=True)
 
     @inlineCallbacks
-    def test_once_redis_is_gone_for_a_timeout_calls_fail_at_once_until_it_is_back(self) -> Any:
+    def test_once_redis_is_gone_for_a_timeout_calls_fail_at_the_next_attempt_to_connect(self) -> Any:
         # Found by a review against SPEC 4: a client pipelining WHATSATs while
         # Redis was down got one '? <line>' every 1.25 s (the 8th after 12 s).
         yield self.store.get(b"nobody")  # connected
