@@ -775,11 +775,11 @@ class RedisStore:
         now = self._reactor.seconds()
         if self._failing_since is not None and now - self._failing_since >= self._timeout:
             if not self.connected:
-                # Away for a timeout, and not connected: wait for the outcome of
-                # the next connection attempt (one every 0.5 s at most, the
-                # backoff's cap), not longer: a client pipelining requests gets an answer
-                # at each attempt, and a request made just as Redis came back is
-                # served. Once connected, as below.
+                # Away for a timeout, and not connected: wait for the outcome
+                # of the next connection attempt (one every 0.5 s at most, the
+                # backoff's cap), not longer: a client pipelining requests gets
+                # an answer at each attempt, and a request made just as Redis
+                # came back is served. Once connected, as below.
                 waiter = self._wait(self._attempt_waiters, RECOVERY_GRACE, now)
                 return waiter.addCallback(lambda _: self._call(command, *args))
             # Connected, but not answering (stalled, or back and being checked):
