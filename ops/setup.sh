@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
-# Set this machine up to run and test herd: redis-server, Python >= 3.11 with
-# venv, and .venv in the repository root with the locked requirements
-# (requirements.lock, requirements-dev.lock) and herd itself.
+# Set this machine up to run herd: redis-server, Python >= 3.11 with venv, and
+# .venv in the repository root with the locked requirements (requirements.lock,
+# requirements-dev.lock) and herd itself. With --tests, also what the test
+# suite uses besides: systemd's tools, iproute2, nftables, strace, chromium.
 # Idempotent; quiet on success except one final line. Works from any directory.
 #
 # Debian's own redis-server service (port 6379) is left alone: herd starts its
@@ -37,41 +38,57 @@ quietly() {
 }
 
 apt_install() {
-  quietly as_root apt-get update
-  quietly as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y "$@"
+  # (waits for another apt, unattended-upgrades on a fresh VM say, to finish)
+  quietly as_root apt-get -o DPkg::Lock::Timeout=300 update
+  quietly as_root env DEBIAN_FRONTEND=noninteractive apt-get -o DPkg::Lock::Timeout=300 install -y "$@"
 }
 
-if ! command -v redis-server >/dev/null 2>&1; then
+# A command installed here: on the PATH, or in the sbin directories that a
+# user's PATH leaves out on Debian (nft is /usr/sbin/nft).
+have() {
+  command -v "$1" >/dev/null 2>&1 || [ -x "/usr/sbin/$1" ] || [ -x "/sbin/$1" ]
+}
+
+tests=false
+case "${1:-}" in
+  --tests) tests=true ;;
+  "") ;;
+  *) say "usage: ops/setup.sh [--tests]"; exit 2 ;;
+esac
+
+if ! have redis-server; then
   apt_install redis-server
 fi
 
-# systemd's tools (systemd-analyze verify, systemd-socket-activate) check the
-# shipped units and socket activation in the tests; installing the package
-# does not start anything in a container.
-if ! command -v systemd-socket-activate >/dev/null 2>&1 || ! command -v systemd-analyze >/dev/null 2>&1; then
-  apt_install systemd
-fi
+if "$tests"; then
+  # systemd's tools (systemd-analyze verify, systemd-socket-activate) check the
+  # shipped units and socket activation in the tests; installing the package
+  # does not start anything in a container.
+  if ! have systemd-socket-activate || ! have systemd-analyze; then
+    apt_install systemd
+  fi
 
-# `herd lab` (and tests/test_lab.py) build hosts as network namespaces with
-# `ip netns`/veth/bridge (iproute2) and cut links with nftables rules.
-if ! command -v ip >/dev/null 2>&1; then
-  apt_install iproute2
-fi
-if ! command -v nft >/dev/null 2>&1; then
-  apt_install nftables
-fi
+  # `herd lab` (and tests/test_lab.py) build hosts as network namespaces with
+  # `ip netns`/veth/bridge (iproute2) and cut links with nftables rules.
+  if ! have ip; then
+    apt_install iproute2
+  fi
+  if ! have nft; then
+    apt_install nftables
+  fi
 
-# strace checks that the units' SystemCallFilter= allows what the node and
-# its Redis call (tests/herd/test_syscalls.py).
-if ! command -v strace >/dev/null 2>&1; then
-  apt_install strace
-fi
+  # strace checks that the units' SystemCallFilter= allows what the node and
+  # its Redis call (tests/herd/test_syscalls.py).
+  if ! have strace; then
+    apt_install strace
+  fi
 
-# The admin web page is tested in a real, headless browser (tests/test_web.py):
-# Debian's chromium with its matching chromedriver.
-if ! command -v chromium >/dev/null 2>&1 || ! command -v chromedriver >/dev/null 2>&1; then
-  apt_install chromium chromium-driver
-fi
+  # The admin web page is tested in a real, headless browser (tests/test_web.py):
+  # Debian's chromium with its matching chromedriver.
+  if ! have chromium || ! have chromedriver; then
+    apt_install chromium chromium-driver
+  fi
+fi  # --tests
 
 if ! command -v python3 >/dev/null 2>&1; then
   apt_install python3 python3-venv

@@ -4,5 +4,5 @@
 # non-zero status.
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
-bash ops/setup.sh
+bash ops/setup.sh --tests
 exec .venv/bin/python -m pytest -q -p no:cacheprovider "$@"

@@ -286,8 +286,12 @@ def port_conflict(config: HerdConfig, redises: Sequence[LocalRedis]) -> str | No
                     "not touching it (another herd up or redis-server running?)")
     for name in sorted(config.nodes):
         node = config.nodes[name]
-        if port_open(node.port, node.host, timeout=0.5):
-            return f"port {node.port} (node {name}) is already in use (another herd up running?)"
+        ports = [("client", node.host, node.port), ("peer", node.host, node.peer_port)]
+        if node.admin is not None:
+            ports.append(("admin", *node.admin))
+        for what, host, port in ports:
+            if port_open(port, host, timeout=0.5):
+                return f"port {port} (node {name}'s {what} port) is already in use (another herd up running?)"
     return None
 
 

@@ -26,7 +26,7 @@ SYSTEM_UNITS = next((p for p in (Path("/usr/lib/systemd/system"), Path("/lib/sys
 
 needs_verify = pytest.mark.skipif(
     shutil.which("systemd-analyze") is None or SYSTEM_UNITS is None,
-    reason="systemd-analyze is not installed (Debian package `systemd`; ops/setup.sh should install it)",
+    reason="systemd-analyze is not installed (Debian package `systemd`; ops/setup.sh --tests installs it)",
 )
 
 

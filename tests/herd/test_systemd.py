@@ -102,7 +102,7 @@ def test_ready_comes_anyway_when_redis_stays_away(tmp_path: Path,
 
 @pytest.mark.skipif(
     shutil.which("systemd-socket-activate") is None,
-    reason="systemd-socket-activate not installed (ops/setup.sh installs systemd)",
+    reason="systemd-socket-activate not installed (ops/setup.sh --tests installs systemd)",
 )
 def test_socket_activation(tmp_path: Path) -> None:
     herd = Herd(tmp_path, {"Solo": []})

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import signal
+import socket
 import subprocess
 import sys
 from functools import partial
@@ -209,6 +210,20 @@ def test_up_checks_what_serve_checks_before_starting_anything(tmp_path: Path) ->
     assert lines == [f"herd: {config}: places.key_env: environment variable HERD_TEST_KEY_NEVER_SET "
                      "is not set, or empty or blank"], lines
     assert not (tmp_path / "state").exists()  # nothing was started
+
+
+@needs_loader
+def test_up_refuses_a_taken_admin_port_before_starting_anything(tmp_path: Path) -> None:
+    """Found by a review: with a node's admin port taken, herd up said the herd
+    was running and restarted that node every second."""
+    config = write_config(tmp_path, {"Bailey": (free_port(), free_port())})
+    host, port = load_config(config).nodes["Bailey"].admin or ("", 0)
+    with socket.create_server((host, port)):
+        result = subprocess.run(herd_up(config, tmp_path / "state").argv,
+                                env=child_env(HERD_SECRET="test-secret"), capture_output=True, timeout=60)
+    assert result.returncode == 1, result.stderr
+    assert f"port {port} (node Bailey's admin port) is already in use" in result.stderr.decode()
+    assert not (tmp_path / "state" / "Bailey" / "redis").exists()  # nothing was started
 
 
 @needs_loader

@@ -124,7 +124,7 @@ def chromium(profile: Path) -> Any:
     """Headless Debian chromium through its chromedriver, with a fresh profile
     and the browser console log kept."""
     browser, driver = shutil.which("chromium"), shutil.which("chromedriver")
-    assert browser and driver, "chromium and chromium-driver are not installed (run ops/setup.sh)"
+    assert browser and driver, "chromium and chromium-driver are not installed (run ops/setup.sh --tests)"
     options = Options()
     options.binary_location = browser
     for flag in CHROMIUM_FLAGS:
