@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from twisted.internet.defer import Deferred, gatherResults, succeed
-from twisted.internet.interfaces import IHalfCloseableProtocol
+from twisted.internet.interfaces import IHalfCloseableProtocol, IPushProducer
 from twisted.internet.protocol import Factory
 from twisted.logger import Logger
 from twisted.protocols.policies import TimeoutMixin
@@ -72,13 +72,34 @@ class _Reply:
             self._done.callback(None)
 
 
+@implementer(IPushProducer)
+class _UnreadReplies:
+    """Registered with a client's transport, which pauses it while the replies
+    the client has not read fill the transport's buffer: the connection then
+    stops reading requests, so a client that sends and never reads holds a
+    bounded amount of the node's memory and work."""
+
+    def __init__(self, conn: ClientConnection) -> None:
+        self._conn = conn
+
+    def pauseProducing(self) -> None:  # noqa: N802 (Twisted's name)
+        self._conn.pause_reading("unread")
+
+    def resumeProducing(self) -> None:  # noqa: N802
+        self._conn.resume_reading("unread")
+
+    def stopProducing(self) -> None:  # noqa: N802
+        pass
+
+
 @implementer(IHalfCloseableProtocol)
 class ClientConnection(LineProtocol, TimeoutMixin):
     """A client's connection.
 
     Limits (config ``[herd]``): a client silent for ``idle_timeout`` seconds is
     disconnected; with ``max_outstanding`` requests unanswered, reading pauses
-    until half of them are answered (back-pressure, nothing is refused).
+    until half of them are answered, and while the client leaves its replies
+    unread (back-pressure, nothing is refused).
     """
 
     factory: ClientConnectionFactory
@@ -91,9 +112,11 @@ class ClientConnection(LineProtocol, TimeoutMixin):
         # The last WHATSAT's reply slot: requests after it start once it is
         # answered, so it sees the state of the requests before it, no later one.
         self._barrier: Deferred[None] | None = None
+        self._since_barrier: deque[_Reply] = deque()  # the replies queued after it, unanswered ones
         self._eof = False
         self._closing = False
-        self._paused = False
+        self._lost = False
+        self._paused: set[str] = set()  # why reading is paused: "outstanding", "unread"
         self._flush_call: Any = None  # the end-of-turn write of the replies filled in this turn
         self._received: list[bytes] = []  # lines of the current read, for the access log
         self._iamats: list[Iamat] = []  # IAMATs of the current read, answered together at its end
@@ -110,6 +133,7 @@ class ClientConnection(LineProtocol, TimeoutMixin):
         self.who = f"{getattr(peer, 'host', '?')}:{getattr(peer, 'port', '?')}"
         self.factory.connections.add(self)
         set_no_delay(self.transport)  # replies leave at once, not after the client's ACK
+        self.transport.registerProducer(_UnreadReplies(self), True)
         logs.connection(self.who, "connection opened")
         self.setTimeout(self.factory.limits.idle_timeout or None)
 
@@ -133,6 +157,7 @@ class ClientConnection(LineProtocol, TimeoutMixin):
 
     def connectionLost(self, reason: Any = None) -> None:
         self.setTimeout(None)
+        self._lost = self._closing = True  # nothing is written any more, no WHATSAT started
         if self._flush_call is not None and self._flush_call.active():
             self._flush_call.cancel()  # nothing can be written any more
         self.factory.connections.discard(self)
@@ -149,6 +174,13 @@ class ClientConnection(LineProtocol, TimeoutMixin):
         self._close_if_idle()
 
     def writeConnectionLost(self) -> None:
+        self._lose_connection()
+
+    def _lose_connection(self) -> None:
+        """Close once what is written is sent. The producer goes first: a
+        transport that drains its buffer while its producer is paused resumes
+        the producer instead of closing."""
+        self.transport.unregisterProducer()
         self.transport.loseConnection()
 
     def close_when_idle(self) -> None:
@@ -194,13 +226,25 @@ class ClientConnection(LineProtocol, TimeoutMixin):
             self.node.stats.request("invalid", "refused")
             self._answer(succeed(request.reply), [line])
         elif isinstance(request, Whatsat):
-            earlier = gatherResults([r.done for r in self._replies]) if self._replies else succeed(None)
-            slot = self._answer(earlier.addCallback(lambda _: self.node.handle(request, 0)), [line])
+            # Everything before the last WHATSAT was answered before it: wait
+            # for it and what came after it, not for every queued reply (that
+            # made a pipeline of WHATSATs cost its length squared).
+            waits = [slot.done for slot in self._since_barrier if slot.data is None]
+            if self._barrier is not None and not self._barrier.called:
+                waits.append(_follow(self._barrier))
+            earlier = gatherResults(waits) if waits else succeed(None)
+            slot = self._answer(earlier.addCallback(lambda _: self._whatsat(request)), [line])
             self._barrier = slot.done
+            self._since_barrier.clear()
         else:  # an IAMAT after a WHATSAT still unanswered: it starts once that is
             received = self._now
             after = _follow(self._barrier)  # type: ignore[arg-type]
             self._answer(after.addCallback(lambda _: self.node.handle(request, received)), [line])
+
+    def _whatsat(self, request: Whatsat) -> Deferred[bytes]:
+        if self._lost:  # its reply could not be written: no Redis call, no places search
+            return succeed(b"")
+        return self.node.handle(request, 0)
 
     def _answer_iamats(self) -> None:
         """Answer the IAMATs gathered so far in this read, as one group."""
@@ -223,10 +267,10 @@ class ClientConnection(LineProtocol, TimeoutMixin):
         """Queue the reply to ``lines`` (one request, or a group of IAMATs)."""
         slot = _Reply(len(lines))
         self._replies.append(slot)
+        self._since_barrier.append(slot)
         self._outstanding += slot.count
-        if self._outstanding >= self.factory.limits.max_outstanding and not self._paused:
-            self._paused = True
-            self.transport.pauseProducing()
+        if self._outstanding >= self.factory.limits.max_outstanding:
+            self.pause_reading("outstanding")
         result.addCallbacks(self._fill, self._internal_error, callbackArgs=(slot,), errbackArgs=(slot, lines))
         return slot
 
@@ -248,6 +292,8 @@ class ClientConnection(LineProtocol, TimeoutMixin):
         ready: list[_Reply] = []
         while self._replies and self._replies[0].data is not None:
             ready.append(self._replies.popleft())
+        while self._since_barrier and self._since_barrier[0].data is not None:
+            self._since_barrier.popleft()  # answered: no WHATSAT needs to wait for it
         answered = sum([slot.count for slot in ready])
         self._outstanding -= answered
         if ready and not self._closing:
@@ -258,15 +304,26 @@ class ClientConnection(LineProtocol, TimeoutMixin):
                 for slot in ready:
                     _log_sent(self.who, slot)
             self.transport.write(out)
-        if self._paused and self._outstanding <= self.factory.limits.max_outstanding // 2:
-            self._paused = False
-            self.transport.resumeProducing()
+        if self._outstanding <= self.factory.limits.max_outstanding // 2:
+            self.resume_reading("outstanding")
         self._close_if_idle()
+
+    def pause_reading(self, why: str) -> None:
+        """Stop reading requests for ``why`` (until resume_reading of each reason)."""
+        if not self._paused and not self._lost:
+            self.transport.pauseProducing()
+        self._paused.add(why)
+
+    def resume_reading(self, why: str) -> None:
+        if why in self._paused:
+            self._paused.discard(why)
+            if not self._paused and not self._lost:
+                self.transport.resumeProducing()
 
     def _close_if_idle(self) -> None:
         if self._eof and not self._replies and not self._closing:
             self._closing = True
-            self.transport.loseConnection()
+            self._lose_connection()
 
 
 def _log_sent(who: str, slot: _Reply) -> None:
