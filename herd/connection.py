@@ -116,6 +116,7 @@ class ClientConnection(LineProtocol, TimeoutMixin):
         self._eof = False
         self._closing = False
         self._lost = False
+        self._read_closed = False  # the client half-closed: nothing more to read
         self._paused: set[str] = set()  # why reading is paused: "outstanding", "unread"
         self._flush_call: Any = None  # the end-of-turn write of the replies filled in this turn
         self._received: list[bytes] = []  # lines of the current read, for the access log
@@ -165,6 +166,9 @@ class ClientConnection(LineProtocol, TimeoutMixin):
         self.closed.callback(None)
 
     def readConnectionLost(self) -> None:
+        if self._read_closed:
+            return
+        self._read_closed = True
         logs.connection(self.who, "half-closed by client")
         self._now = self.factory.clock_ns()
         self.flush_partial_line()
@@ -310,14 +314,15 @@ class ClientConnection(LineProtocol, TimeoutMixin):
 
     def pause_reading(self, why: str) -> None:
         """Stop reading requests for ``why`` (until resume_reading of each reason)."""
-        if not self._paused and not self._lost:
+        if not self._paused and not self._lost and not self._read_closed:
             self.transport.pauseProducing()
         self._paused.add(why)
 
     def resume_reading(self, why: str) -> None:
         if why in self._paused:
             self._paused.discard(why)
-            if not self._paused and not self._lost:
+            # (after a half-close, reading again would report the end again)
+            if not self._paused and not self._lost and not self._read_closed:
                 self.transport.resumeProducing()
 
     def _close_if_idle(self) -> None:

@@ -146,3 +146,26 @@ def test_requests_of_a_client_that_went_away_are_not_answered(tmp_path: Path) ->
         assert log.count(f"{who} sent ") < 2000
     finally:
         herd.stop()
+
+
+def test_a_half_closed_client_reading_slowly_is_half_closed_once(tmp_path: Path) -> None:
+    """Found by a review of the unread-replies pause: after a half-close, each
+    drain of the node's buffer resumed reading, and the end of the client's
+    input was reported (and logged) again each time."""
+    herd = Herd(tmp_path, {"Solo": []}).start()
+    try:
+        pad = "x" * 200
+        lines = [f"IAMAT {pad}{i} +1+1 1700000000.{i:09d}" for i in range(5000)]
+        with socket.create_connection(("127.0.0.1", herd["Solo"].port), timeout=30) as sock:
+            who = f"127.0.0.1:{sock.getsockname()[1]}"
+            sock.sendall("".join(line + "\n" for line in lines).encode())
+            sock.shutdown(socket.SHUT_WR)
+            replies = b""
+            while data := sock.recv(32 * 1024):  # slowly: the node's buffer fills and drains
+                replies += data
+                time.sleep(0.002)
+        assert replies.count(b"\n") == 5000
+        wait_until(lambda: f"{who} connection closed" in herd["Solo"].access_log(), what="the close")
+        assert herd["Solo"].access_log().count(f"{who} half-closed by client") == 1
+    finally:
+        herd.stop()
