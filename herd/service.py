@@ -171,13 +171,16 @@ class NodeService(MultiService):
         self.factory = ClientConnectionFactory(
             self.node, config.max_line_bytes, config.max_future_seconds * 1_000_000_000, clock_ns,
             Limits(config.max_connections, config.idle_timeout, config.max_outstanding))
-        # A socket passed by systemd (socket activation) replaces host:port.
-        description = activation or listen_description(me.host, me.port)
-        self.listener = self._listen(description, self.factory, "clients", host_port(me.host, me.port))
+        # The peer port first: once the client port answers, peers can dial in
+        # too (a test harness waits for the client port; a process descheduled
+        # between the two listens refused a peer that connected at once).
         self.peer_factory = AcceptedPeerFactory(self.node, name.encode(), secrets, peer_tls,
                                                 config.max_line_bytes)
         self._listen(listen_description(me.host, me.peer_port), self.peer_factory, "peers",
                      host_port(me.host, me.peer_port))
+        # A socket passed by systemd (socket activation) replaces host:port.
+        description = activation or listen_description(me.host, me.port)
+        self.listener = self._listen(description, self.factory, "clients", host_port(me.host, me.port))
         self._config, self._secrets, self._peer_tls = config, secrets, peer_tls
         self._dialers: dict[str, tuple[tuple[str, int], Any]] = {}  # peer -> (its address, its dialler)
         self._dial(config)
