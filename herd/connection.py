@@ -25,7 +25,7 @@ from twisted.protocols.policies import TimeoutMixin
 from zope.interface import implementer
 
 from herd import logs
-from herd.wire.client import Iamat, Invalid, Request, Whatsat, parse_request
+from herd.wire.client import Iamat, Invalid, Request, Whatsat, parse_request, too_long_reply
 from herd.wire.lines import LineProtocol
 from storage.store import set_no_delay
 
@@ -257,7 +257,7 @@ class ClientConnection(LineProtocol, TimeoutMixin):
             self._answer(self.node.iamats(group, self._now), [request.line for request in group])
 
     def line_too_long(self) -> None:
-        reply = b"? line too long (limit %d bytes)\n" % self.max_line
+        reply = too_long_reply(self.max_line)
         self._answer_iamats()
         self._log_received()
         logs.connection(self.who, f"line over {self.max_line} bytes; closing")

@@ -27,6 +27,7 @@ from herd.peer.connection import (
 )
 from herd.peer.tls import PeerTls
 from herd.wire import handshake
+from herd.wire.client import too_long_reply
 from storage.store import set_no_delay
 
 log = Logger(namespace="herd")
@@ -101,7 +102,7 @@ class AcceptedPeer(PeerLineProtocol, TimeoutMixin):
     def line_too_long(self) -> None:
         log.warn("{who} sent a line over {limit} bytes; closing", who=self.who, limit=self.max_line)
         if self.peer_name is None:
-            self.send_line(b"? line too long (limit %d bytes)" % self.max_line)
+            self.send_line(too_long_reply(self.max_line).rstrip(b"\n"))
         self.transport.loseConnection()
 
     def _start_tls(self) -> None:

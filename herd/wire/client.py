@@ -313,3 +313,9 @@ def format_whatsat_reply(at_line: bytes, answer: dict[str, Any], limit: int) -> 
     text = squeeze_newlines(json.dumps(body, indent=3, ensure_ascii=False, allow_nan=False))
     # A lone surrogate (no UTF-8 form) becomes its JSON escape, \udXXX.
     return at_line + b"\n" + text.encode("utf-8", "backslashreplace") + b"\n\n"
+
+
+def too_long_reply(limit: int) -> bytes:
+    """The one reply to a line longer than ``limit`` bytes (SPEC 1; the
+    connection closes after it), with its line terminator."""
+    return b"? line too long (limit %d bytes)\n" % limit
