@@ -97,9 +97,11 @@ class ClientConnection(LineProtocol, TimeoutMixin):
     """A client's connection.
 
     Limits (config ``[herd]``): a client silent for ``idle_timeout`` seconds is
-    disconnected; with ``max_outstanding`` requests unanswered, reading pauses
-    until half of them are answered, and while the client leaves its replies
-    unread (back-pressure, nothing is refused).
+    disconnected once its replies are written, and cut off (its unread replies
+    dropped) if they are still unread ``idle_timeout`` later; with
+    ``max_outstanding`` requests unanswered, reading pauses until half of them
+    are answered, and while the client leaves its replies unread (back-pressure,
+    nothing is refused).
     """
 
     factory: ClientConnectionFactory
@@ -119,6 +121,7 @@ class ClientConnection(LineProtocol, TimeoutMixin):
         self._read_closed = False  # the client half-closed: nothing more to read
         self._paused: set[str] = set()  # why reading is paused: "outstanding", "unread"
         self._flush_call: Any = None  # the end-of-turn write of the replies filled in this turn
+        self._abort_call: Any = None  # cuts off an idle client whose replies stay unread
         self._received: list[bytes] = []  # lines of the current read, for the access log
         self._iamats: list[Iamat] = []  # IAMATs of the current read, answered together at its end
         self._now = 0  # when the current read arrived (ns): the receive time of its requests
@@ -153,11 +156,23 @@ class ClientConnection(LineProtocol, TimeoutMixin):
             self._received = []
 
     def timeoutConnection(self) -> None:
-        logs.connection(self.who, f"idle for {self.factory.limits.idle_timeout:g}s; closing")
+        idle = self.factory.limits.idle_timeout
+        logs.connection(self.who, f"idle for {idle:g}s; closing")
         self.close_when_idle()
+        # A close waits for the replies to be read: a client that never reads
+        # would keep its descriptor and its max_connections slot for ever.
+        self._abort_call = self.node.clock.callLater(idle, self._abort_unread)
+
+    def _abort_unread(self) -> None:
+        self._abort_call = None
+        logs.connection(self.who, f"replies unread {self.factory.limits.idle_timeout:g}s after closing; "
+                                  "cutting off")
+        self.transport.abortConnection()
 
     def connectionLost(self, reason: Any = None) -> None:
         self.setTimeout(None)
+        if self._abort_call is not None and self._abort_call.active():
+            self._abort_call.cancel()
         self._lost = self._closing = True  # nothing is written any more, no WHATSAT started
         if self._flush_call is not None and self._flush_call.active():
             self._flush_call.cancel()  # nothing can be written any more

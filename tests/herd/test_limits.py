@@ -75,26 +75,7 @@ def test_a_client_that_does_not_read_its_replies_is_not_read_either(tmp_path: Pa
     on as the client reads."""
     herd = Herd(tmp_path, {"Solo": []}).start()
     try:
-        sock = socket.socket()
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
-        sock.connect(("127.0.0.1", herd["Solo"].port))
-        sock.setblocking(False)
-        pad = "x" * 200  # long ids: fewer requests per buffered megabyte
-        chunk = "".join(f"IAMAT {pad}{i} +1+1 1700000000.{i:09d}\n" for i in range(100)).encode()
-        lines, pending = 0, b""
-        last_progress, deadline = time.monotonic(), time.monotonic() + 20
-        while time.monotonic() - last_progress < 1.0:
-            assert time.monotonic() < deadline, f"the node kept reading ({lines:,} requests sent, none read)"
-            if not pending:
-                pending = chunk
-            try:
-                sent = sock.send(pending)
-            except BlockingIOError:
-                time.sleep(0.01)
-                continue
-            lines += pending[:sent].count(b"\n")
-            pending = pending[sent:]
-            last_progress = time.monotonic()
+        sock, chunk, lines, pending = _send_until_the_node_stops_reading(herd["Solo"].port)
         assert herd["Solo"].access_log().count(" recv IAMAT ") < lines  # the rest waits in buffers
         sock.setblocking(True)
         sock.settimeout(30)
@@ -104,6 +85,57 @@ def test_a_client_that_does_not_read_its_replies_is_not_read_either(tmp_path: Pa
         while data := sock.recv(1 << 20):  # the node reads on as we read
             replies += data
         assert replies.count(b"\n") == lines + cut  # every request answered
+        sock.close()
+    finally:
+        herd.stop()
+
+
+def _send_until_the_node_stops_reading(port: int) -> tuple[socket.socket, bytes, int, bytes]:
+    """Send IAMATs, reading no reply, until nothing more is taken for a second:
+    the socket, the chunk sent over and over, the number of lines sent and the
+    part of the chunk not sent."""
+    sock = socket.socket()
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    sock.connect(("127.0.0.1", port))
+    sock.setblocking(False)
+    pad = "x" * 200  # long ids: fewer requests per buffered megabyte
+    chunk = "".join(f"IAMAT {pad}{i} +1+1 1700000000.{i:09d}\n" for i in range(100)).encode()
+    lines, pending = 0, b""
+    last_progress, deadline = time.monotonic(), time.monotonic() + 20
+    while time.monotonic() - last_progress < 1.0:
+        assert time.monotonic() < deadline, f"the node kept reading ({lines:,} requests sent, none read)"
+        if not pending:
+            pending = chunk
+        try:
+            sent = sock.send(pending)
+        except BlockingIOError:
+            time.sleep(0.01)
+            continue
+        lines += pending[:sent].count(b"\n")
+        pending = pending[sent:]
+        last_progress = time.monotonic()
+    return sock, chunk, lines, pending
+
+
+def test_an_idle_client_that_never_reads_is_cut_off(tmp_path: Path) -> None:
+    """Found by a review: closing an idle client waits for its replies to be
+    read, so one that never read kept its descriptor and max_connections slot
+    until it went. Now it is cut off idle_timeout after the close."""
+    herd = Herd(tmp_path, {"Solo": []}, extra_herd="idle_timeout = 2\nmax_connections = 1").start()
+    try:
+        wait_until(lambda: "connection closed" in herd["Solo"].access_log(), what="the readiness probe gone")
+        sock = _send_until_the_node_stops_reading(herd["Solo"].port)[0]
+        wait_until(lambda: "replies unread 2s after closing; cutting off" in herd["Solo"].access_log(),
+                   what="the client cut off", timeout=15)
+        reply = talk(herd["Solo"].port, "IAMAT next +1+1 1700000000")  # its max_connections slot is free
+        assert reply.startswith(b"AT Solo ")
+        sock.setblocking(True)
+        sock.settimeout(10)
+        try:
+            while sock.recv(1 << 20):
+                pass  # what the kernel held, then the reset
+        except ConnectionResetError:
+            pass
         sock.close()
     finally:
         herd.stop()
