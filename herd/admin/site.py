@@ -15,7 +15,7 @@ from twisted.web.server import NOT_DONE_YET, Site
 
 from herd.admin.metrics import CONTENT_TYPE as METRICS_TYPE
 from herd.admin.metrics import Metrics
-from herd.admin.status import health, status_document
+from herd.admin.status import health, status_document, with_summary
 from herd.admin.view import Addresses, RunningNode, SummaryReader
 from storage.store import Summary
 
@@ -71,8 +71,10 @@ class AdminResource(Resource):
     def status(self, request: Any) -> int:
         # Every node's web page reads every node's figures (no client data here).
         request.setHeader(b"Access-Control-Allow-Origin", b"*")
+        now = status_document(self._running, self._addresses)
+
         def document(held: Summary | None) -> tuple[bytes, bytes]:
-            return JSON, json.dumps(status_document(self._running, self._addresses, held)).encode() + b"\n"
+            return JSON, json.dumps(with_summary(now, self._running, held)).encode() + b"\n"
 
         return self._with_summary(request, document)
 

@@ -13,9 +13,10 @@ from herd.wire.peer import VERSION as PEER_PROTOCOL
 from storage.store import Summary
 
 
-def status_document(running: RunningNode, addresses: Addresses, held: Summary | None) -> dict[str, Any]:
-    """The ``/status`` document; ``held``: the summary hash just read, or None
-    when Redis could not be read (clients and digest are then null)."""
+def status_document(running: RunningNode, addresses: Addresses) -> dict[str, Any]:
+    """The ``/status`` document as of now, without what the summary hash says
+    (:func:`with_summary` adds it once read): a request's figures are taken when
+    it arrives, so a Redis slow to answer does not skew its clock."""
     node, links = running.node, running.links
     stats = node.stats
     return {
@@ -26,12 +27,12 @@ def status_document(running: RunningNode, addresses: Addresses, held: Summary | 
         "clock": time.time(),
         "started": stats.started,
         "pid": os.getpid(),
-        "clients": held.clients if held is not None else None,
-        "digest": held.digest.decode() if held is not None else None,
+        "clients": None,
+        "digest": None,
         "last_update": stats.last_update or None,
         "requests": stats.total_requests,
         "rate": stats.rate,
-        "redis": {"state": "up" if redis_up(running, held) else "down", "address": addresses.redis},
+        "redis": {"state": None, "address": addresses.redis},
         "links": {
             peer.decode(): {"state": "up" if links.open_connections(peer) else "down",
                             "connections": links.open_connections(peer)}
@@ -42,6 +43,15 @@ def status_document(running: RunningNode, addresses: Addresses, held: Summary | 
         "syncs": node.reconciler.runs,
         "client_connections": client_connections(running),
     }
+
+
+def with_summary(document: dict[str, Any], running: RunningNode, held: Summary | None) -> dict[str, Any]:
+    """``document`` with the summary hash just read, or None when Redis could
+    not be read (clients and digest are then null)."""
+    if held is not None:
+        document["clients"], document["digest"] = held.clients, held.digest.decode()
+    document["redis"]["state"] = "up" if redis_up(running, held) else "down"
+    return document
 
 
 def health(running: RunningNode) -> tuple[bool, dict[str, Any]]:

@@ -171,16 +171,18 @@ def test_healthz_and_status_follow_redis(tmp_path: Path) -> None:
 
 def test_a_stuck_redis_does_not_hang_status(tmp_path: Path) -> None:
     """A Redis that accepts but never answers: /status answers within about
-    a second, with nulls."""
+    a second, with nulls, and its clock is when the request came (it was
+    taken after the wait: herd status showed a skew of half a second)."""
     herd = running(Herd(tmp_path, {"Solo": []}, extra_herd="redis_timeout = 5.0"))
     admin = herd["Solo"].ports.admin
     try:
         wait_until(lambda: status(admin)["redis"]["state"] == "up", what="Redis up")
         herd["Solo"].redis.pause()
         time.sleep(1.1)  # past the cached read
-        started = time.monotonic()
+        started, asked = time.monotonic(), time.time()
         stuck = status(admin)
         assert time.monotonic() - started < 2.0
+        assert abs(stuck["clock"] - asked) < 0.3  # the wait for Redis took about a second
         assert (stuck["clients"], stuck["digest"], stuck["redis"]["state"]) == (None, None, "down")
         herd["Solo"].redis.resume()
         wait_until(lambda: status(admin)["clients"] == 0, what="read again")
