@@ -81,8 +81,8 @@ class AcceptedPeer(PeerLineProtocol, TimeoutMixin):
         if self.peer_name is not None:
             self.node.links.remove(self.peer_name, self)
         elif self._handshake is not None:
-            log.warn("{who} peer handshake abandoned (claimed to be {name})", who=self.who,
-                     name=logs.loggable(self._handshake[0]))
+            log.warn("{who} peer handshake abandoned after this node's challenge (claimed to be {name}; "
+                     "a different secret?)", who=self.who, name=logs.loggable(self._handshake[0]))
         elif self._tls and not self._spoke_in_tls:  # TLS refused the peer, or it left before a word
             log.warn("{who} peer refused or gone during TLS ({why})", who=self.who, why=why)
         logs.connection(self.who, f"connection closed ({why})")
@@ -129,7 +129,8 @@ class AcceptedPeer(PeerLineProtocol, TimeoutMixin):
                          peer=logs.loggable(dialler), theirs=logs.loggable(protocol[0]) if protocol else "1",
                          ours=handshake.PROTOCOL.decode())
                 return b"? " + line
-            if listener == own and self.node.links.is_neighbour(dialler) and handshake.is_nonce(nonce_d):
+            why = self._hello_refusal(dialler, listener, nonce_d)
+            if why is None:
                 nonce_l = handshake.new_nonce()
                 self._handshake = (dialler, nonce_d, nonce_l)
                 macs = (handshake.mac(secret, b"listener", dialler, own, nonce_d, nonce_l)
@@ -141,8 +142,23 @@ class AcceptedPeer(PeerLineProtocol, TimeoutMixin):
             if handshake.secret_behind(secrets, words[1:], b"dialler", dialler, own, nonce_d, nonce_l):
                 self._become_peer(dialler)
                 return handshake.OK
-        log.warn("{who} peer handshake refused: {line}", who=self.who, line=logs.loggable(words[0][:80]))
+            why = f"{logs.loggable(dialler)}'s proof matches no secret of this node (a different secret?)"
+        else:
+            why = "not a handshake step expected here"
+        log.warn("{who} peer handshake refused at {line}: {why}", who=self.who,
+                 line=logs.loggable(words[0][:80]), why=why)
         return b"? " + line
+
+    def _hello_refusal(self, dialler: bytes, listener: bytes, nonce: bytes) -> str | None:
+        """Why a HERD-HELLO from ``dialler`` to ``listener`` is refused, or None."""
+        own = self.factory.own_name
+        if listener != own:
+            return f"addressed to {logs.loggable(listener)}, this node is {own.decode()}"
+        if not self.node.links.is_neighbour(dialler):
+            return f"{logs.loggable(dialler)} is not a neighbour of {own.decode()} in this node's config"
+        if not handshake.is_nonce(nonce):
+            return "its nonce is not 32 hex digits"
+        return None
 
     def _become_peer(self, name: bytes) -> None:
         self.setTimeout(None)  # peer links may be quiet for long ...

@@ -143,10 +143,8 @@ def test_peer_with_the_wrong_secret_never_gets_in(tmp_path: Path) -> None:
         # Each side dials the other and finds the other's proof wrong.
         wait_until(lambda: "handshake failed" in herd["Bad"].log(), what="Bad refused Good")
         wait_until(lambda: "handshake failed" in herd["Good"].log(), what="Good refused Bad")
-        wait_until(
-            lambda: "peer handshake abandoned (claimed to be Bad)" in herd["Good"].log(),
-            what="Good logged Bad's abandoned handshake",
-        )
+        abandoned = "handshake abandoned after this node's challenge (claimed to be Bad;"
+        wait_until(lambda: abandoned in herd["Good"].log(), what="Good logged Bad's abandoned handshake")
         talk(herd["Bad"].port, "IAMAT from.bad +1+1 1700000000")
         talk(herd["Good"].port, "IAMAT from.good +1+1 1700000000")
         time.sleep(0.3)

@@ -106,7 +106,8 @@ def test_json_under_journald_has_priorities_and_fields(tmp_path: Path) -> None:
     records = [(int(line[1]), json.loads(line[3:])) for line in lines]
     assert all(prio == {"info": 6, "warning": 4}[r["level"]] for prio, r in records), records
     [(_, warning)] = [(p, r) for p, r in records if r["level"] == "warning"]
-    assert warning["message"].endswith("peer handshake refused: HERD-HELLO")
+    assert warning["message"].endswith(
+        "peer handshake refused at HERD-HELLO: Stranger is not a neighbour of Solo in this node's config")
     assert warning["who"].startswith("peer port 127.0.0.1:") and warning["node"] == "Solo"
     listening = next(r for _, r in records if r["message"].startswith("node Solo listening"))
     assert (listening["host"], listening["port"]) == ("127.0.0.1", herd["Solo"].port)

@@ -7,7 +7,6 @@ from __future__ import annotations
 import shutil
 import socket
 import subprocess
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -78,7 +77,8 @@ def test_handshake_then_replay_is_refused(node_a: Herd) -> None:
     replay.send(forged)
     assert replay.recv_line() == b"? " + forged
     replay.close()
-    wait_until(lambda: "peer handshake refused" in node_a["A"].log(), what="refusal logged")
+    wait_until(lambda: "refused at HERD-AUTH: B's proof matches no secret of this node" in node_a["A"].log(),
+               what="refusal logged")
     assert node_a["A"].record("replayed") == {}
 
 
@@ -86,9 +86,8 @@ def test_peer_that_stops_mid_handshake_is_logged(node_a: Herd) -> None:
     wire = Wire(node_a["A"].ports.peer)
     hello(wire, auth.new_nonce())
     wire.close()
-    wait_until(
-        lambda: "peer handshake abandoned (claimed to be B)" in node_a["A"].log(), what="abandon logged"
-    )
+    abandoned = "peer handshake abandoned after this node's challenge (claimed to be B; a different secret?)"
+    wait_until(lambda: abandoned in node_a["A"].log(), what="abandon logged")
 
 
 def test_a_dialler_speaking_another_peer_protocol_is_refused_and_logged(node_a: Herd) -> None:
@@ -116,8 +115,15 @@ def test_hello_from_unknown_or_unlinked_node_is_refused(node_a: Herd) -> None:
         wire.send(line)
         assert wire.recv_line() == b"? " + line
     wire.close()
-    time.sleep(0.2)
-    assert "link up" not in node_a["A"].log()
+    reasons = ["at HERD-HELLO: Mallory is not a neighbour of A in this node's config",
+               "at HERD-HELLO: addressed to Z, this node is A",
+               "at HERD-HELLO: its nonce is not 32 hex digits",
+               "at HERD-AUTH: not a handshake step expected here",
+               "at HERD-OK: not a handshake step expected here"]
+    wait_until(lambda: node_a["A"].log().count("peer handshake refused at ") == 5, what="5 refusals logged")
+    log = node_a["A"].log()
+    assert all(f"peer handshake refused {reason}" in log for reason in reasons), log
+    assert "link up" not in log
 
 
 def test_both_ends_log_every_handshake_line_and_never_the_secret(tmp_path: Path) -> None:

@@ -216,7 +216,8 @@ def test_a_refused_handshake_over_tls_is_not_blamed_on_tls(tmp_path: Path) -> No
                 assert tls_sock.recv(200).startswith(b"HERD-CHALLENGE ")
                 tls_sock.sendall(b"HERD-AUTH " + b"0" * 64 + b"\n")
                 assert tls_sock.recv(200).startswith(b"? HERD-AUTH")
-        wait_until(lambda: "peer handshake refused: HERD-AUTH" in herd["A"].log()
+        refused = "peer handshake refused at HERD-AUTH: B's proof matches no secret"
+        wait_until(lambda: refused in herd["A"].log()
                    and herd["A"].access_log().count("connection closed") >= 1,
                    what="the refusal and the close")
         assert "during TLS" not in herd["A"].log()
