@@ -137,6 +137,34 @@ class HerdConfig:
         """Every undirected link once, as sorted name pairs, sorted."""
         return sorted({tuple(sorted((a, b))) for a in self.nodes for b in self.neighbours(a)})  # type: ignore[misc]
 
+    def parts(self) -> list[list[str]]:
+        """The herd's connected parts by its links, each sorted, in name order:
+        one part when every update can reach every node."""
+        parts: list[list[str]] = []
+        seen: set[str] = set()
+        for start in sorted(self.nodes):
+            if start in seen:
+                continue
+            part, todo = {start}, [start]
+            while todo:
+                for peer in self.neighbours(todo.pop()):
+                    if peer not in part:
+                        part.add(peer)
+                        todo.append(peer)
+            seen |= part
+            parts.append(sorted(part))
+        return parts
+
+    def split_warning(self) -> str | None:
+        """A warning when the links leave the herd in parts no update crosses
+        (a node removed from between two others, say), else None."""
+        parts = self.parts()
+        if len(parts) < 2:
+            return None
+        shown = " | ".join(", ".join(part) for part in parts)
+        return (f"{self.path}: the links leave the herd in {len(parts)} parts that no update crosses "
+                f"({shown}); link them (peers = [...])")
+
     def secret(self) -> bytes:
         """The shared peer secret from the environment variable ``secret_env``.
 

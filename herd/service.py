@@ -184,8 +184,9 @@ class NodeService(MultiService):
         self._config, self._secrets, self._peer_tls = config, secrets, peer_tls
         self._dialers: dict[str, tuple[tuple[str, int], Any]] = {}  # peer -> (its address, its dialler)
         self._dial(config)
-        for note in me.notes:
-            log.warn("{note}", note=note)
+        for note in (*me.notes, config.split_warning()):
+            if note:
+                log.warn("{note}", note=note)
         if me.admin is not None:
             from herd.admin import Addresses, admin_site
 
@@ -238,6 +239,9 @@ class NodeService(MultiService):
         log.info("reload: peers now {peers} (added: {added}; removed: {removed})",
                  peers=", ".join(sorted(new)) or "none", added=", ".join(sorted(new - old)) or "none",
                  removed=", ".join(sorted(old - new)) or "none")
+        split = config.split_warning()
+        if split:
+            log.warn("reload: {split}", split=split)
 
     @property
     def config(self) -> HerdConfig:

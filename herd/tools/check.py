@@ -34,16 +34,18 @@ def node_line(r: NodeReport) -> str:
     return f"{line}  ({r.error})" if r.error else line
 
 
-def report(reports: Sequence[NodeReport], rounds: int = 1) -> tuple[str, bool]:
+def report(reports: Sequence[NodeReport], rounds: int = 1, warning: str | None = None) -> tuple[str, bool]:
     """The text ``herd check`` prints for the last read, and whether all is
-    well (pure). ``rounds``: how many reads were made."""
+    well (pure). ``rounds``: how many reads were made; ``warning``: the
+    config's (HerdConfig.split_warning), printed before the verdict."""
     ok = is_ok(reports)
     again = f" (read {rounds} times, {PAUSE:g} s apart)" if rounds > 1 else ""
     if ok:
         verdict = f"agree: {agreement(reports).describe()}{again}"
     else:
         verdict = f"PROBLEM: {'; '.join(problems(reports))}{again}"
-    return "\n".join([*(node_line(r) for r in reports), verdict]), ok
+    warnings = [f"warning: {warning}"] if warning else []
+    return "\n".join([*(node_line(r) for r in reports), *warnings, verdict]), ok
 
 
 @inlineCallbacks
@@ -70,7 +72,7 @@ def run_check(config_path: str, as_json: bool = False, timeout: float = DEFAULT_
 
     def show(result: tuple[list[NodeReport], int]) -> None:
         reports, rounds = result
-        text, ok = report(reports, rounds)
+        text, ok = report(reports, rounds, config.split_warning())
         print(json.dumps(document(reports), indent=2) if as_json else text, flush=True)
         outcome[0] = 0 if ok else 1
 

@@ -53,6 +53,9 @@ def render(config: HerdConfig, reports: Sequence[NodeReport], now: float) -> str
         if r.error:
             lines.append(f"{'':<10} {r.error}")
     lines += ["", "agreement: " + agreement(reports).describe()]
+    split = config.split_warning()
+    if split:
+        lines.append(f"warning: {split}")
     return "\n".join(lines)
 
 

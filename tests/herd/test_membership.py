@@ -26,6 +26,8 @@ def test_adding_then_removing_a_node_with_reloads(tmp_path: Path) -> None:
     herd.start(["A", "B"])
     try:
         herd.wait_links()
+        split = "the links leave the herd in 2 parts that no update crosses (A, B | C)"
+        assert f"warning: {herd.config}: {split}" in herd["A"].log()  # C is in the config, unlinked
         for n in range(20):
             talk(herd["A"].port, f"IAMAT old{n} +1+1 1700000000.{n}")
         rewrite(herd, {"A": ["B"], "B": ["C"], "C": []})  # C joins, linked to B
@@ -42,6 +44,8 @@ def test_adding_then_removing_a_node_with_reloads(tmp_path: Path) -> None:
         rewrite(herd, {"A": ["B"], "B": [], "C": []})  # C leaves
         reload(herd, "B")
         wait_until(lambda: "removed: C" in herd["B"].log(), what="B's second reload")
+        wait_until(lambda: f"reload: {herd.config}: {split}" in herd["B"].log(), what="the split warned")
+        assert herd["B"].log().count(split) == 2  # at start, and at this reload, not the first one
         wait_until(lambda: "peer B connection dropped; link down" in herd["C"].log(), what="C unlinked")
         talk(herd["A"].port, "IAMAT after.removal +1+1 1700000000")
         wait_until(lambda: herd["B"].record("after.removal") != {}, what="the update on B")

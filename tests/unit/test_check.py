@@ -39,6 +39,15 @@ def test_all_well() -> None:
         f"agree: all 2 nodes hold the same 12 clients (digest {DIGEST})"]
 
 
+
+def test_a_split_herd_is_warned_about_before_the_verdict() -> None:
+    split = "herd.toml: the links leave the herd in 2 parts"
+    text, ok = report([node("Bailey"), node("Bona")], warning=split)
+    assert ok  # whether they agree now is another question
+    assert text.splitlines()[-2:] == [f"warning: {split}",
+                                      f"agree: all 2 nodes hold the same 12 clients (digest {DIGEST})"]
+
+
 def test_every_problem_is_named() -> None:
     reports = [node("Bailey"), node("Bona", OTHER, 11), node("Campbell", None, None, redis="down"),
                NodeReport("Clark", None, "http://127.0.0.1:1/status: connection refused"),

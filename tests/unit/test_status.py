@@ -14,6 +14,7 @@ import tempfile
 import threading
 import time
 from collections.abc import Callable
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -63,6 +64,16 @@ def test_a_row_is_the_nodes_own_view_and_skew_never_makes_it_down() -> None:
     assert row(frame, "Clark").endswith("Bona? Jaquez?")  # links the node did not report: unknown
     assert f"agreement: all 5 nodes hold the same 12 clients (digest {DIGEST})" in frame
     assert is_ok(reports)
+
+
+
+def test_a_herd_split_by_its_links_is_warned_about(tmp_path: Path) -> None:
+    split = replace(FIVE, path="split.toml", nodes={
+        name: replace(node, peers=()) for name, node in FIVE.nodes.items() if name in ("Bailey", "Bona")})
+    frame = render(split, [up("Bailey"), up("Bona")], NOW)
+    assert frame.endswith("\nwarning: split.toml: the links leave the herd in 2 parts that no update "
+                          "crosses (Bailey | Bona); link them (peers = [...])")
+    assert "warning" not in render(FIVE, [up(n) for n in sorted(FIVE.nodes)], NOW)
 
 
 def test_no_redis_and_unreachable_rows() -> None:
