@@ -399,6 +399,11 @@ class _ReconnectingFactory(txredisapi.RedisFactory):
 
     def delConnection(self, conn: Any) -> None:  # noqa: N802 (txredisapi's name)
         super().delConnection(conn)
+        # txredisapi leaves a lost connection in its queue of idle ones (the
+        # store never takes connections from it): one dead protocol object
+        # kept for good per reconnect.
+        if conn in self.connectionQueue.pending:
+            self.connectionQueue.remove(conn)
         if not self.size and not self.disconnectCalled:
             self._on_lost()
 

@@ -10,7 +10,7 @@ import time
 from typing import Any, cast
 
 from fakes import at_record
-from harness import discard_redis, free_port, fresh_redis, redis_with_store
+from harness import discard_redis, free_port, fresh_redis, redis_with_store, until
 from twisted.internet import reactor
 from twisted.internet.defer import Deferred, DeferredList, inlineCallbacks
 from twisted.internet.task import deferLater
@@ -118,6 +118,25 @@ class Gone(unittest.TestCase):
         started = time.monotonic()
         result = yield self.store.store_if_newer(record(2, b"A"))  # the next attempt connects
         assert result.stored and time.monotonic() - started < 1.5
+
+
+
+class Reconnects(unittest.TestCase):
+    def setUp(self) -> None:
+        self.redis, self.store = redis_with_store(self, "herd-reconnects-", timeout=2.0, own=True)
+
+    @inlineCallbacks
+    def test_a_lost_connection_is_not_kept(self) -> Any:
+        """Found by a review: every reconnect left the lost connection in
+        txredisapi's queue of idle ones, for as long as the node ran."""
+        factory = self.store._factory
+        for n in range(5):
+            yield self.store.get(b"nobody")  # connected
+            lost = factory.pool[0]
+            self.redis.call("CLIENT", "KILL", "TYPE", "normal")
+            yield until(lambda lost=lost: factory.pool[:1] not in ([], [lost]), what="reconnected")
+            assert lost not in factory.connectionQueue.pending, n
+        assert len(factory.connectionQueue.pending) <= len(factory.pool)
 
 
 class Transport:
