@@ -41,7 +41,7 @@ from herd.wire.client import (
     parse_client_time,
 )
 from herd.wire.peer import LogStep, Position
-from storage.store import OnDemand, RedisStore, StoredRun, StoreResult
+from storage.store import OnDemand, RedisStore, StoredRun, StoreResult, refused_unrun
 
 log = Logger(namespace="herd")
 
@@ -252,9 +252,12 @@ class Node:
     def _group_lost(self, failure: Failure, records: list[AtRecord],
                     forwarded: Forwarded, origin: Origin) -> None:
         """A group of records was not stored: each is settled, or kept to be stored again."""
+        # A write Redis refused before running it holds nothing (the table must
+        # not keep ids made up while Redis is full); any other outcome is unknown.
+        may_hold = not refused_unrun(failure)
         for record, sent in zip(records, forwarded, strict=True):
             if sent is None:
-                self.latest.settle(record.client_id, record.time.ns, True)  # its outcome is unknown
+                self.latest.settle(record.client_id, record.time.ns, may_hold)
             else:
                 self._forwarded_lost(failure, record, origin, sent)
 
@@ -327,7 +330,7 @@ class Node:
                                          known_newer=known_newer)
 
     def _settled(self, outcome: Any, record: AtRecord) -> Any:
-        may_hold = not isinstance(outcome, StoreResult) or outcome.stored
+        may_hold = outcome.stored if isinstance(outcome, StoreResult) else not refused_unrun(outcome)
         self.latest.settle(record.client_id, record.time.ns, may_hold)
         return outcome
 

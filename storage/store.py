@@ -177,6 +177,13 @@ class StoreUnavailable(Exception):
     """Redis could not be reached, or did not answer in time."""
 
 
+def refused_unrun(failure: Any) -> bool:
+    """Whether ``failure`` is Redis refusing a call before running it (out of
+    memory, failing to persist, loading, ...: NOT_SERVING), so that nothing
+    of it was written; a timeout or a lost connection leaves that unknown."""
+    return bool(failure.check(txredisapi.ResponseError)) and failure.getErrorMessage().startswith(NOT_SERVING)
+
+
 @lru_cache(maxsize=32)
 def _script_sha(script: bytes) -> str:
     return _sha1(script).hexdigest()
