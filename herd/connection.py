@@ -368,14 +368,21 @@ class ClientConnectionFactory(Factory):
         self.max_future_ns = max_future_ns
         self.clock_ns = clock_ns
         self.connections: set[ClientConnection] = set()
+        self._refusals = logs.Throttle(node.clock, _refusals_left_out)  # ten a second at most
 
     def buildProtocol(self, addr: Any) -> ClientConnection | None:  # type: ignore[override]
         if len(self.connections) >= self.limits.max_connections:
-            log.warn("{host}:{port} refused: {n} connections open (max_connections)",
-                     host=getattr(addr, "host", "?"), port=getattr(addr, "port", "?"),
-                     n=len(self.connections))
+            host, port, n = getattr(addr, "host", "?"), getattr(addr, "port", "?"), len(self.connections)
+            if self._refusals.allow(f"{host}:{port}"):
+                log.warn("{host}:{port} refused: {n} connections open (max_connections)",
+                         host=host, port=port, n=n)
             return None
         return super().buildProtocol(addr)  # type: ignore[return-value]
+
+
+def _refusals_left_out(count: int, last: str, seconds: float) -> None:
+    log.warn("{n} more client connection(s) refused in the last {time} (max_connections; the last: {last})",
+             n=count, time=logs.over_the_last(seconds), last=last)
 
 
 @dataclass(frozen=True)

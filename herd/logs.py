@@ -293,18 +293,26 @@ def connection(who: str, what: str) -> None:
 
 
 class Throttle:
-    """At most ``limit`` events per ``window`` seconds get a log line of their
-    own; the others are counted and summed up in one line when the window
-    ends (a Redis outage under pipelined load refuses thousands of requests
-    a second; each is still in the access log as ``sent ? <line>``)."""
+    """At most ``limit`` events per window get a log line of their own; the
+    others are counted and summed up in one line when the window ends (a
+    Redis outage under pipelined load refuses thousands of requests a second;
+    each is still in the access log as ``sent ? <line>``). The window is
+    ``window`` seconds, doubled (up to ``max_window``) for each window that
+    follows at once one that left events out, so a day-long outage logs a
+    few lines a minute, not ten a second.
 
-    def __init__(self, clock: Any, summary: Callable[[int, str], None], limit: int = 10,
-                 window: float = 1.0):
+    ``summary(count, cause, seconds)``: ``count`` events left out over the
+    last ``seconds``, the last of them for ``cause``."""
+
+    def __init__(self, clock: Any, summary: Callable[[int, str, float], None], limit: int = 10,
+                 window: float = 1.0, max_window: float = 60.0):
         self._clock = clock
         self._summary = summary
         self._limit = limit
-        self._window = window
+        self._base = self._window = window
+        self._max_window = max_window
         self._started = -math.inf
+        self._widen_before = -math.inf  # a window starting before then is a crowded one's successor
         self._logged = 0
         self._left_out = 0
         self._last_cause = ""  # of the events left out
@@ -315,6 +323,8 @@ class Throttle:
         now = self._clock.seconds()
         if now - self._started >= self._window:
             self._sum_up()  # the last window's, if its timer has not run yet
+            crowded = now < self._widen_before
+            self._window = min(self._window * 2, self._max_window) if crowded else self._base
             self._started, self._logged = now, 0
         if self._logged < self._limit:
             self._logged += 1
@@ -325,6 +335,10 @@ class Throttle:
         self._last_cause = cause
         return False
 
+    def close(self) -> None:
+        """Sum up now what the current window left out (its timer cancelled)."""
+        self._sum_up()
+
     def _sum_up(self) -> None:
         """Say how many events the current window left out (if any)."""
         if self._timer is not None and self._timer.active():
@@ -332,7 +346,13 @@ class Throttle:
         self._timer = None
         left_out, self._left_out = self._left_out, 0
         if left_out:
-            self._summary(left_out, self._last_cause)
+            self._widen_before = self._started + 2 * self._window
+            self._summary(left_out, self._last_cause, self._window)
+
+
+def over_the_last(seconds: float) -> str:
+    """``second`` or ``<n> seconds``, for a Throttle's summary."""
+    return "second" if seconds == 1 else f"{seconds:g} seconds"
 
 
 def start_logging(node: str, reactor: Any, options: LogOptions = LogOptions(),

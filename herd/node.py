@@ -24,7 +24,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from herd.latest import LatestTimes
-from herd.logs import Throttle, loggable
+from herd.logs import Throttle, loggable, over_the_last
 from herd.peer.links import PeerConnection, PeerLinks, Stored
 from herd.peer.reconcile import Reconciler
 from herd.places.provider import PlacesError, PlacesProvider
@@ -49,6 +49,7 @@ log = Logger(namespace="herd")
 MAX_UNSTORED = 100_000  # forwarded updates kept for storing again when Redis is back
 STORE_AGAIN_AFTER = 1.0  # seconds after a failed store of a forwarded update before trying again
 SCAN_COUNT = 1000  # clients per Redis call while loading their times
+LOAD_RETRIES_LOGGED = 60  # while loading them fails, one failure in this many is logged
 # Records waiting for this node's Redis at which it stops reading from its
 # peers, and below which it reads again: a burst (a large SYNC answer) waits
 # in the peers' send buffers (about 100 bytes a record) instead of this
@@ -141,11 +142,15 @@ class Node:
         Retries until it succeeds; a SCAN cursor is only good on the connection
         (and Redis) that gave it, so any failure or reconnection starts over."""
         cursor, connection = b"0", self.store.connections_made
+        failures = 0
         while True:
             try:
                 cursor, held = yield self.store.scan_times(cursor, SCAN_COUNT)
             except Exception as err:
-                log.warn("reading client times failed ({why}); retrying in 1 s", why=str(err))
+                failures += 1
+                if failures % LOAD_RETRIES_LOGGED == 1:  # the first, then about once a minute
+                    log.warn("reading client times failed ({why}); retrying every second "
+                             "(attempt {n})", why=str(err), n=failures)
                 yield deferLater(self.clock, 1.0, lambda: None)
                 cursor, connection = b"0", self.store.connections_made
                 continue
@@ -295,8 +300,9 @@ class Node:
         return refusal(line)
 
     @staticmethod
-    def _refusals_left_out(count: int, why: str) -> None:
-        log.error("cannot serve {n} more request(s) in the last second (the last: {why})", n=count, why=why)
+    def _refusals_left_out(count: int, why: str, seconds: float) -> None:
+        log.error("cannot serve {n} more request(s) in the last {time} (the last: {why})", n=count,
+                  time=over_the_last(seconds), why=why)
 
     # -- storing and flooding -------------------------------------------
 
@@ -538,6 +544,6 @@ class Node:
         self.reconciler.record_lost(peer, conn)  # the offset stays behind; a pull repairs it
 
     @staticmethod
-    def _losses_left_out(count: int, why: str) -> None:
-        log.error("{n} more update(s) from peers not stored in the last second (the last: {why})",
-                  n=count, why=why)
+    def _losses_left_out(count: int, why: str, seconds: float) -> None:
+        log.error("{n} more update(s) from peers not stored in the last {time} (the last: {why})",
+                  n=count, time=over_the_last(seconds), why=why)

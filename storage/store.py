@@ -30,6 +30,7 @@ from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from config.schema import RedisAddress
+from herd.logs import Throttle, over_the_last
 from herd.wire.client import AtRecord, parse_at_line
 from herd.wire.peer import ANY_ENTRY, LogStep, Position
 from storage import geohash
@@ -478,6 +479,9 @@ class RedisStore:
         self._failing_since: float | None = None
         self._refused: str | None = None  # why the last connection attempt failed
         self._announced = 0  # the last connection logged as serving
+        # A Redis that accepts connections and never answers loses one every few
+        # seconds: the first loss of a minute is logged, the others summed up.
+        self._losses = Throttle(reactor, self._losses_left_out, limit=1, window=60.0, max_window=60.0)
         self._sent_at: deque[float] = deque()  # when each unanswered store batch was sent
         # Store batches are named "<random>-<n>"; each names the one sent before
         # it (b"": none, the chain starting again), see store_batch.lua.
@@ -521,6 +525,7 @@ class RedisStore:
         waiting to be sent fail at once (StoreUnavailable), and so do calls
         Redis has not answered yet (``stopped`` tells their callers why)."""
         self.stopped = True
+        self._losses.close()
         if self._batch_call is not None and self._batch_call.active():
             self._batch_call.cancel()
         self._batch_call = None
@@ -900,8 +905,13 @@ class RedisStore:
             waiter.errback(StoreUnavailable(self._away()))
 
     def _connection_lost(self) -> None:
-        _log.warn("lost the connection to Redis at {host}:{port}; reconnecting (requests it cannot "
-                  "serve are answered '? <line>')", host=self._address.host, port=self._address.port)
+        if self._losses.allow(""):
+            _log.warn("lost the connection to Redis at {host}:{port}; reconnecting (requests it cannot "
+                      "serve are answered '? <line>')", host=self._address.host, port=self._address.port)
+
+    def _losses_left_out(self, count: int, _: str, seconds: float) -> None:
+        _log.warn("lost the connection to Redis at {host}:{port} {n} more time(s) in the last {time}",
+                  host=self._address.host, port=self._address.port, n=count, time=over_the_last(seconds))
 
     def _check_serving(self) -> None:
         # A write: a Redis can answer reads while refusing or stalling writes.

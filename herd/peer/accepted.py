@@ -119,15 +119,16 @@ class AcceptedPeer(PeerLineProtocol, TimeoutMixin):
         for anything that is not the expected next step)."""
         own, secrets = self.factory.own_name, self.factory.secrets
         if self.factory.tls is not None and not self._tls:
-            log.warn("{who} peer handshake refused: TLS is required first", who=self.who)
+            self.factory.refused("{who} peer handshake refused: TLS is required first", who=self.who)
             return b"? " + line
         if words[0] == handshake.HELLO and len(words) in (4, 5):
             _, dialler, listener, nonce_d, *protocol = words
             if protocol != [handshake.PROTOCOL]:
-                log.warn("{who} peer handshake refused: {peer} speaks peer protocol {theirs}, this node "
-                         "{ours}; run the same herd version on every node", who=self.who,
-                         peer=logs.loggable(dialler), theirs=logs.loggable(protocol[0]) if protocol else "1",
-                         ours=handshake.PROTOCOL.decode())
+                self.factory.refused("{who} peer handshake refused: {peer} speaks peer protocol {theirs}, "
+                                     "this node {ours}; run the same herd version on every node",
+                                     who=self.who, peer=logs.loggable(dialler),
+                                     theirs=logs.loggable(protocol[0]) if protocol else "1",
+                                     ours=handshake.PROTOCOL.decode())
                 return b"? " + line
             why = self._hello_refusal(dialler, listener, nonce_d)
             if why is None:
@@ -145,8 +146,8 @@ class AcceptedPeer(PeerLineProtocol, TimeoutMixin):
             why = f"{logs.loggable(dialler)}'s proof matches no secret of this node (a different secret?)"
         else:
             why = "not a handshake step expected here"
-        log.warn("{who} peer handshake refused at {line}: {why}", who=self.who,
-                 line=logs.loggable(words[0][:80]), why=why)
+        self.factory.refused("{who} peer handshake refused at {line}: {why}", who=self.who,
+                             line=logs.loggable(words[0][:80]), why=why)
         return b"? " + line
 
     def _hello_refusal(self, dialler: bytes, listener: bytes, nonce: bytes) -> str | None:
@@ -185,11 +186,25 @@ class AcceptedPeerFactory(Factory):
         self.tls = peer_tls
         self.max_connections = CONNECTIONS_PER_NEIGHBOUR * len(node.links.neighbours) + SPARE_CONNECTIONS
         self.connections: set[AcceptedPeer] = set()
+        # Anyone who reaches the peer port can make refusals: ten a second are
+        # logged at most (fewer as it goes on), the others summed up.
+        self._refusals = logs.Throttle(node.clock, _refusals_left_out)
+
+    def refused(self, text: str, **fields: Any) -> None:
+        """Log a refused connection or handshake step: a warning ``text``
+        (a format of ``fields``), throttled."""
+        if self._refusals.allow(text.format(**fields)):
+            log.warn(text, **fields)
 
     def buildProtocol(self, addr: Any) -> AcceptedPeer | None:  # type: ignore[override]
         if len(self.connections) >= self.max_connections:
-            log.warn("peer port: {host}:{port} refused: {n} connections open",
-                     host=getattr(addr, "host", "?"), port=getattr(addr, "port", "?"),
-                     n=len(self.connections))
+            self.refused("peer port: {host}:{port} refused: {n} connections open",
+                         host=getattr(addr, "host", "?"), port=getattr(addr, "port", "?"),
+                         n=len(self.connections))
             return None
         return super().buildProtocol(addr)  # type: ignore[return-value]
+
+
+def _refusals_left_out(count: int, last: str, seconds: float) -> None:
+    log.warn("peer port: {n} more refusal(s) in the last {time} (the last: {last})", n=count,
+             time=logs.over_the_last(seconds), last=last)

@@ -126,6 +126,21 @@ def test_hello_from_unknown_or_unlinked_node_is_refused(node_a: Herd) -> None:
     assert "link up" not in log
 
 
+
+def test_refusals_on_the_peer_port_are_logged_ten_a_second_at_most(node_a: Herd) -> None:
+    """Found by a review: one warning per refused line, for anyone who
+    reaches the peer port (5,000 lines from one socket)."""
+    wire = Wire(node_a["A"].ports.peer)
+    for n in range(300):
+        wire.send(b"AT B +0.1 flood%d +1+1 1700000000" % n)
+    for n in range(300):
+        assert wire.recv_line() == b"? AT B +0.1 flood%d +1+1 1700000000" % n  # each still answered
+    wire.close()
+    wait_until(lambda: "more refusal(s) in the last second (the last: " in node_a["A"].log(),
+               what="the sum of the others")
+    assert node_a["A"].log().count("peer handshake refused at AT:") <= 20  # two windows at most
+
+
 def test_both_ends_log_every_handshake_line_and_never_the_secret(tmp_path: Path) -> None:
     """SPEC: every line received and sent is in the access log, the secret
     in neither log."""

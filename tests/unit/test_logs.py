@@ -31,24 +31,47 @@ def test_loggable_escapes_what_could_end_a_line_or_drive_a_terminal() -> None:
 
 def test_throttle_logs_the_first_events_of_a_window_and_sums_up_the_rest() -> None:
     clock = Clock()
-    summaries: list[tuple[int, str]] = []
-    throttle = Throttle(clock, lambda n, why: summaries.append((n, why)), limit=3, window=1.0)
+    summaries: list[tuple[int, str, float]] = []
+    throttle = Throttle(clock, lambda n, why, seconds: summaries.append((n, why, seconds)), limit=3)
     assert [throttle.allow(f"cause {i}") for i in range(5)] == [True, True, True, False, False]
     assert summaries == []
     clock.advance(1.0)
-    assert summaries == [(2, "cause 4")]
+    assert summaries == [(2, "cause 4", 1.0)]
     assert throttle.allow("again")  # a new window
     clock.advance(5.0)
-    assert summaries == [(2, "cause 4")]  # nothing was left out since
+    assert summaries == [(2, "cause 4", 1.0)]  # nothing was left out since
     for i in range(4):
-        throttle.allow(f"late {i}")
+        throttle.allow(f"late {i}")  # after a quiet while: a window of a second again
     clock.advance(0.999)  # its timer is due at 1.0 ...
     clock.advance(0.001)
-    assert summaries == [(2, "cause 4"), (1, "late 3")]
+    assert summaries == [(2, "cause 4", 1.0), (1, "late 3", 1.0)]
     for i in range(4):
         throttle.allow(f"next {i}")  # ... one window's count never runs into the next one's
+    clock.advance(2.0)  # (this window follows a crowded one at once: twice as long)
+    assert summaries == [(2, "cause 4", 1.0), (1, "late 3", 1.0), (1, "next 3", 2.0)]
+
+
+def test_a_throttle_window_widens_while_events_keep_coming_and_narrows_after_a_quiet_while() -> None:
+    """Found by a review: Redis full for a day logged ten lines a second
+    (950,000 a day); now a few a minute once the outage lasts."""
+    clock = Clock()
+    summaries: list[tuple[int, str, float]] = []
+    throttle = Throttle(clock, lambda n, why, seconds: summaries.append((n, why, seconds)), limit=10)
+    logged = 0
+    for _ in range(36_000):  # an hour of ten events a second
+        logged += throttle.allow("full")
+        clock.advance(0.1)
+    clock.advance(60)  # the last window's sum
+    windows = [seconds for _, _, seconds in summaries]
+    assert windows[:7] == [1, 2, 4, 8, 16, 32, 60] and set(windows[7:]) == {60}
+    assert logged + sum(n for n, _, _ in summaries) == 36_000  # every event counted once
+    assert logged + len(summaries) < 1_300  # 11 lines a minute at most, against 39,600 before
+    clock.advance(120)
+    throttle.allow("later")
+    for _ in range(11):
+        throttle.allow("later")
     clock.advance(1.0)
-    assert summaries == [(2, "cause 4"), (1, "late 3"), (1, "next 3")]
+    assert summaries[-1] == (2, "later", 1.0)
 
 
 # --- the event log: levels, text and JSON, journald prefixes ------------------------------
