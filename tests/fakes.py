@@ -6,6 +6,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from twisted.internet.defer import Deferred, succeed
+
 from herd.wire.client import AtRecord, parse_at_line
 
 
@@ -39,6 +41,18 @@ class PeerConn:
     def send_lines(self, lines: list[bytes]) -> None:
         for line in lines:
             self.send_line(line)
+
+    # A transport that always takes more, unless a test sets ``full`` to a
+    # Deferred that fires once it does.
+    full: Deferred[None] | None = None
+    writable_asked = 0
+
+    def writable(self) -> Deferred[None]:
+        self.writable_asked += 1
+        return self.full if self.full is not None else succeed(None)
+
+    def end_writable(self) -> None:
+        pass
 
     def flush_lines(self) -> None:
         """Nothing to do: send_line recorded each line at once."""

@@ -10,7 +10,9 @@ import socket
 import sys
 from typing import Any, Protocol
 
-from twisted.internet.interfaces import IReactorTime
+from twisted.internet.defer import Deferred, succeed
+from twisted.internet.interfaces import IPushProducer, IReactorTime
+from zope.interface import implementer
 
 from herd import logs
 from herd.peer.links import PeerConnection, PeerLinks
@@ -37,6 +39,38 @@ class PeerMessageHandler(Protocol):
     def handle_peer_lines(self, lines: list[bytes], peer: bytes, conn: PeerConnection) -> None: ...
 
 
+@implementer(IPushProducer)
+class _Drain:
+    """Registered with a peer connection's transport while a SYNC answer is
+    written on it: the transport pauses it while what was written fills its
+    buffer (the peer reads slowly), so the answer waits instead of queueing a
+    whole transfer in memory."""
+
+    def __init__(self) -> None:
+        self.paused = False
+        self._waiters: list[Deferred[None]] = []
+
+    def wait(self) -> Deferred[None]:
+        """Fires once the transport takes more (at once unless paused)."""
+        if not self.paused:
+            return succeed(None)
+        waiter: Deferred[None] = Deferred()
+        self._waiters.append(waiter)
+        return waiter
+
+    def pauseProducing(self) -> None:  # noqa: N802 (Twisted's name)
+        self.paused = True
+
+    def resumeProducing(self) -> None:  # noqa: N802
+        self.paused = False
+        waiters, self._waiters = self._waiters, []
+        for waiter in waiters:
+            waiter.callback(None)
+
+    def stopProducing(self) -> None:  # noqa: N802 (the connection is gone: nothing waits)
+        self.resumeProducing()
+
+
 class PeerLineProtocol(LineProtocol):
     """What both ends of an authenticated peer connection do."""
 
@@ -53,6 +87,7 @@ class PeerLineProtocol(LineProtocol):
     beat_in = beat_out = quiet_in = quiet_out = 0
 
     _out: list[bytes] | None = None  # lines to write at the end of this reactor turn
+    _drain: _Drain | None = None  # registered while a SYNC answer is written (writable)
     _received: list[bytes] | None = None  # peer lines of the current read, for the access log
 
     def send_line(self, line: bytes) -> None:
@@ -89,6 +124,23 @@ class PeerLineProtocol(LineProtocol):
             else:
                 logs.wire_block(self.who, "sent", data)
             self.transport.write(data)
+
+    def writable(self) -> Deferred[None]:
+        """Fires once the transport takes more: at once, unless what was
+        written fills its buffer; then once the peer has read enough of it.
+        Until :meth:`end_writable`, a producer is registered with the transport."""
+        if self._drain is None:
+            self._drain = _Drain()
+            self.transport.registerProducer(self._drain, True)
+        return self._drain.wait()
+
+    def end_writable(self) -> None:
+        """Unregister what :meth:`writable` registered (before a close: a
+        transport whose producer is paused waits for it instead of closing)."""
+        if self._drain is not None:
+            drain, self._drain = self._drain, None
+            self.transport.unregisterProducer()
+            drain.resumeProducing()
 
     def dataReceived(self, data: bytes) -> None:
         """The peer lines of a read go to the node together (consecutive

@@ -13,6 +13,7 @@ from __future__ import annotations
 from collections.abc import Callable, Container, Iterable, Sequence
 from typing import Any, Protocol
 
+from twisted.internet.defer import Deferred
 from twisted.logger import Logger
 
 from herd.wire import peer as msg
@@ -55,6 +56,10 @@ class PeerConnection(Protocol):
     def send_lines(self, lines: list[bytes]) -> None: ...
 
     def flush_lines(self) -> None: ...
+
+    def writable(self) -> Deferred[None]: ...
+
+    def end_writable(self) -> None: ...
 
 
 class FloodCursor:
@@ -302,4 +307,5 @@ class PeerLinks:
 def _close(conn: PeerConnection) -> None:
     """Close ``conn`` once what was sent on it is written."""
     conn.flush_lines()
+    conn.end_writable()  # (a transport with a paused producer would wait for it, not close)
     conn.transport.loseConnection()

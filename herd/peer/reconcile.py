@@ -292,6 +292,7 @@ class Reconciler:
                 self._send_records(conn, chunk.lines, sent)
                 if chunk.entries < CHUNK or not conn.connected:
                     break
+                yield conn.writable()  # a peer that reads slowly is not sent faster
                 chunk = yield self._store.log_since(chunk.end, CHUNK, leave_out)
         except Exception as err:  # Redis failed: the peer's offset stays, it asks again
             emit = log.debug if self._store.stopped else log.error  # (see _pull_failed)
@@ -299,6 +300,8 @@ class Reconciler:
             if conn.connected:
                 conn.send_line(msg.sync_end(None))
             return
+        finally:
+            conn.end_writable()
         self._finish(peer, conn, chunk, sent)
         self.runs += 1
         self.bytes_sent += sent.bytes
@@ -322,6 +325,7 @@ class Reconciler:
             self._send_records(conn, lines, sent)
             if cursor == b"0" or not conn.connected:
                 return
+            yield conn.writable()
 
     @staticmethod
     def _send_records(conn: PeerConnection, lines: list[bytes], sent: _Answer) -> None:

@@ -8,8 +8,8 @@ from typing import Any
 
 from fakes import PeerConn as Conn
 from fakes import at_record
-from harness import redis_with_store
-from twisted.internet.defer import inlineCallbacks
+from harness import redis_with_store, until
+from twisted.internet.defer import Deferred, inlineCallbacks
 from twisted.internet.task import Clock
 from twisted.trial import unittest
 
@@ -57,3 +57,38 @@ class AnswerCost(unittest.TestCase):
         yield self.moves(10, 5)
         sent = yield self.answer(None)
         assert sorted(sent) == sorted(b"R " + record(c, 1700000005).line for c in range(10))
+
+
+class SlowReader(unittest.TestCase):
+    """Found by a review: an answer wrote every chunk at once, so a peer that
+    read slowly (or not at all) had the whole transfer queued in this node's
+    memory. The answer now waits while the connection's transport is full."""
+
+    def setUp(self) -> None:
+        self.redis, self.store = redis_with_store(self, "herd-answer-slow-")
+        self.links = PeerLinks([b"P"])
+        self.reconciler = Reconciler(self.store, self.links, Clock())
+        self.conn = Conn()
+        self.links.add(b"P", self.conn, "test")
+        self.conn.take()
+        self.patch(reconcile, "CHUNK", 7)
+
+    @inlineCallbacks
+    def test_an_answer_waits_while_the_transport_is_full(self) -> Any:
+        yield self.store.store_if_newer(record(100, 1700000001))
+        start = yield self.store.log_head()
+        for c in range(30):
+            yield self.store.store_if_newer(record(c, 1700000001))
+        full: Deferred[None] = Deferred()
+        self.conn.full = full
+        answered = self.reconciler.serve(b"P", self.conn, start.token)
+        assert answered is not None
+        yield until(lambda: self.conn.writable_asked > 0, what="the first chunk written")
+        assert not answered.called
+        first = [line for line in self.conn.take() if line.startswith(b"R ")]
+        assert len(first) == 7  # one chunk of the log, then it waits
+        self.conn.full = None
+        full.callback(None)  # the peer has read
+        yield answered
+        rest = [line for line in self.conn.take() if line.startswith(b"R ")]
+        assert sorted(first + rest) == sorted(b"R " + record(c, 1700000001).line for c in range(30))
