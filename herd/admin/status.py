@@ -51,6 +51,7 @@ def with_summary(document: dict[str, Any], running: RunningNode, held: Summary |
     if held is not None:
         document["clients"], document["digest"] = held.clients, held.digest.decode()
     document["redis"]["state"] = "up" if redis_up(running, held) else "down"
+    document["held"] = round(max(0.0, time.time() - document["clock"]), 6)  # waiting for that read
     return document
 
 

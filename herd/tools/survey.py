@@ -85,6 +85,16 @@ def read_status(body: bytes, name: str) -> dict[str, Any]:
     return doc
 
 
+def clock_skew(doc: dict[str, Any], sent: float, received: float) -> float:
+    """The node's clock minus ours, both at the moment it read the request:
+    its ``clock`` is taken when the request arrives, and ``held`` says how
+    long it then waited (for Redis) before answering."""
+    held: Any = doc.get("held")
+    if not (_number(held) and 0 <= held <= received - sent):
+        held = 0.0  # a node of an earlier version, or a figure that cannot be
+    return float(doc["clock"]) - (sent + received - held) / 2
+
+
 def _number(value: object) -> bool:
     """A finite JSON number (json.loads takes NaN and Infinity)."""
     return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
@@ -222,10 +232,11 @@ def problems(reports: Sequence[NodeReport]) -> list[str]:
     return out
 
 
-def document(reports: Sequence[NodeReport]) -> dict[str, Any]:
-    """The ``--json`` document of ``herd status`` and ``herd check``."""
+def document(reports: Sequence[NodeReport], warnings: Sequence[str] = ()) -> dict[str, Any]:
+    """The ``--json`` document of ``herd status`` and ``herd check``;
+    ``warnings``: about the config (HerdConfig.split_warning)."""
     return {"nodes": {r.name: r.to_json() for r in reports},
-            "agree": agreement(reports).verdict, "ok": is_ok(reports)}
+            "agree": agreement(reports).verdict, "ok": is_ok(reports), "warnings": list(warnings)}
 
 
 class Surveyor:
@@ -255,8 +266,7 @@ class Surveyor:
         sent = self._reactor.seconds()
         d = self._fetch(url, name)
         d.addTimeout(self._timeout, self._reactor, _timed_out)
-        d.addCallback(lambda doc: NodeReport(
-            name, doc, None, float(doc["clock"]) - (sent + self._reactor.seconds()) / 2))
+        d.addCallback(lambda doc: NodeReport(name, doc, None, clock_skew(doc, sent, self._reactor.seconds())))
         d.addErrback(lambda failure: NodeReport(name, None, f"{url}: {_reason(failure, self._timeout)}"))
         return d
 

@@ -32,6 +32,7 @@ from herd.tools.survey import (
     StatusError,
     Surveyor,
     agreement,
+    clock_skew,
     document,
     is_ok,
     read_status,
@@ -125,6 +126,19 @@ def test_json_document() -> None:
     assert doc["agree"] is None and doc["ok"] is False  # Bona's digest unread: unknown, not a guess
     assert doc["nodes"]["Bona"] == {"state": "UNREACHABLE", "error": "refused", "status": None, "skew": None}
     assert doc["nodes"]["Bailey"]["state"] == "up" and doc["nodes"]["Bailey"]["status"]["node"] == "Bailey"
+    assert doc["warnings"] == [] and document(reports, ["split"])["warnings"] == ["split"]
+
+
+
+def test_skew_leaves_out_the_time_a_node_held_its_answer() -> None:
+    """Found by a review: a node whose Redis stalled answered a second late,
+    and herd status showed its clock half a second off (either way)."""
+    # Asked at 10.0, read by the node at once (its clock: 10.0, the same as
+    # ours), answered after a second's wait for Redis, received at 11.0.
+    assert clock_skew({"clock": 10.0, "held": 1.0}, 10.0, 11.0) == 0.0
+    assert clock_skew({"clock": 10.0}, 10.0, 11.0) == -0.5  # a node that does not say
+    assert clock_skew({"clock": 10.0, "held": 5.0}, 10.0, 11.0) == -0.5  # impossible: ignored
+    assert clock_skew({"clock": 12.25, "held": 0.0}, 10.0, 10.5) == 2.0
 
 
 def test_read_status_refuses_what_it_cannot_use() -> None:
