@@ -165,6 +165,11 @@ class HerdConfig:
         return (f"{self.path}: the links leave the herd in {len(parts)} parts that no update crosses "
                 f"({shown}); link them (peers = [...])")
 
+    def warnings(self) -> list[str]:
+        """What ``herd check`` and ``herd status`` warn about this config."""
+        split = self.split_warning()
+        return [split] if split else []
+
     def secret(self) -> bytes:
         """The shared peer secret from the environment variable ``secret_env``.
 

@@ -73,7 +73,7 @@ def run_check(config_path: str, as_json: bool = False, timeout: float = DEFAULT_
     def show(result: tuple[list[NodeReport], int]) -> None:
         reports, rounds = result
         text, ok = report(reports, rounds, config.split_warning())
-        print(json.dumps(document(reports), indent=2) if as_json else text, flush=True)
+        print(json.dumps(document(reports, config.warnings()), indent=2) if as_json else text, flush=True)
         outcome[0] = 0 if ok else 1
 
     def main(reactor: Any) -> Any:

@@ -72,7 +72,7 @@ def run_status(config_path: str, once: bool, as_json: bool = False,
 
     def show(reports: list[NodeReport], clear: bool) -> None:
         if as_json:
-            print(json.dumps(document(reports), indent=2), flush=True)
+            print(json.dumps(document(reports, config.warnings()), indent=2), flush=True)
         else:
             home = "\x1b[H\x1b[2J" if clear and sys.stdout.isatty() else ""  # not into a file or pipe
             print(home + render(config, reports, time.time()), flush=True)

@@ -112,6 +112,7 @@ def test_a_herd_split_by_its_links_is_warned_about(tmp_path: Path) -> None:
     assert cfg.parts() == [["Bailey", "Bona"], ["Carol"]]
     assert cfg.split_warning() == (f"{cfg.path}: the links leave the herd in 2 parts that no update crosses "
                                    "(Bailey, Bona | Carol); link them (peers = [...])")
+    assert cfg.warnings() == [cfg.split_warning()]
 
 
 def test_defaults_and_parsed_values(tmp_path: Path) -> None:
