@@ -86,6 +86,7 @@ class _UnreadReplies:
         self._conn.pause_reading("unread")
 
     def resumeProducing(self) -> None:  # noqa: N802
+        self._conn.resetTimeout()  # the client read its replies: it is not idle
         self._conn.resume_reading("unread")
 
     def stopProducing(self) -> None:  # noqa: N802
@@ -161,12 +162,20 @@ class ClientConnection(LineProtocol, TimeoutMixin):
         self.close_when_idle()
         # A close waits for the replies to be read: a client that never reads
         # would keep its descriptor and its max_connections slot for ever.
+        # (Once the replies are made, the close waits only for the transport's
+        # own buffer, 64 KiB or so, to go to the kernel: a client that reads
+        # that much in idle_timeout is closed normally.)
         self._abort_call = self.node.clock.callLater(idle, self._abort_unread)
 
     def _abort_unread(self) -> None:
+        """Cut the client off, unless replies are still being made: then look
+        again ``idle_timeout`` later."""
+        idle = self.factory.limits.idle_timeout
+        if self._replies:
+            self._abort_call = self.node.clock.callLater(idle, self._abort_unread)
+            return
         self._abort_call = None
-        logs.connection(self.who, f"replies unread {self.factory.limits.idle_timeout:g}s after closing; "
-                                  "cutting off")
+        logs.connection(self.who, f"replies unread {idle:g}s after closing; cutting off")
         self.transport.abortConnection()
 
     def connectionLost(self, reason: Any = None) -> None:
@@ -370,6 +379,9 @@ class ClientConnectionFactory(Factory):
         self.connections: set[ClientConnection] = set()
         self._refusals = logs.Throttle(node.clock, _refusals_left_out)  # ten a second at most
 
+    def stopFactory(self) -> None:  # noqa: N802 (Twisted's name: the port stopped listening)
+        self._refusals.close()
+
     def buildProtocol(self, addr: Any) -> ClientConnection | None:  # type: ignore[override]
         if len(self.connections) >= self.limits.max_connections:
             host, port, n = getattr(addr, "host", "?"), getattr(addr, "port", "?"), len(self.connections)
@@ -381,8 +393,8 @@ class ClientConnectionFactory(Factory):
 
 
 def _refusals_left_out(count: int, last: str, seconds: float) -> None:
-    log.warn("{n} more client connection(s) refused in the last {time} (max_connections; the last: {last})",
-             n=count, time=logs.over_the_last(seconds), last=last)
+    log.warn("{n} more client connection(s) refused in the last {window} (max_connections; the last: {last})",
+             n=count, window=logs.over_the_last(seconds), last=last)
 
 
 @dataclass(frozen=True)

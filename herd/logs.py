@@ -336,23 +336,24 @@ class Throttle:
         return False
 
     def close(self) -> None:
-        """Sum up now what the current window left out (its timer cancelled)."""
-        self._sum_up()
+        """Sum up now what the current window left out so far (at a stop)."""
+        self._sum_up(min(self._clock.seconds() - self._started, self._window))
 
-    def _sum_up(self) -> None:
-        """Say how many events the current window left out (if any)."""
+    def _sum_up(self, seconds: float | None = None) -> None:
+        """Say how many events the current window left out (if any), over its
+        length or the ``seconds`` it has lasted."""
         if self._timer is not None and self._timer.active():
             self._timer.cancel()
         self._timer = None
         left_out, self._left_out = self._left_out, 0
         if left_out:
             self._widen_before = self._started + 2 * self._window
-            self._summary(left_out, self._last_cause, self._window)
+            self._summary(left_out, self._last_cause, self._window if seconds is None else seconds)
 
 
 def over_the_last(seconds: float) -> str:
     """``second`` or ``<n> seconds``, for a Throttle's summary."""
-    return "second" if seconds == 1 else f"{seconds:g} seconds"
+    return "second" if seconds == 1 else f"{seconds:.3g} seconds"
 
 
 def start_logging(node: str, reactor: Any, options: LogOptions = LogOptions(),

@@ -49,7 +49,6 @@ log = Logger(namespace="herd")
 MAX_UNSTORED = 100_000  # forwarded updates kept for storing again when Redis is back
 STORE_AGAIN_AFTER = 1.0  # seconds after a failed store of a forwarded update before trying again
 SCAN_COUNT = 1000  # clients per Redis call while loading their times
-LOAD_RETRIES_LOGGED = 60  # while loading them fails, one failure in this many is logged
 # Records waiting for this node's Redis at which it stops reading from its
 # peers, and below which it reads again: a burst (a large SYNC answer) waits
 # in the peers' send buffers (about 100 bytes a record) instead of this
@@ -106,6 +105,11 @@ def refusal(line: bytes) -> bytes:
     return b"? " + line + b"\n"
 
 
+def _load_failures_left_out(count: int, why: str, seconds: float) -> None:
+    log.warn("reading client times failed {n} more time(s) in the last {window} (the last: {why})",
+             n=count, window=over_the_last(seconds), why=why)
+
+
 class Node:
     def __init__(self, name: bytes, store: RedisStore, places: PlacesProvider, links: PeerLinks,
                  clock: IReactorTime, stats: Stats | None = None, max_future_ns: int | None = None,
@@ -116,6 +120,8 @@ class Node:
         self._clock_ns = clock_ns
         self._refusals = Throttle(clock, self._refusals_left_out)
         self._losses = Throttle(clock, self._losses_left_out)  # peers' updates Redis did not take
+        # Reading client times at start fails every second or so while Redis is away: one line a minute.
+        self._load_failures = Throttle(clock, _load_failures_left_out, limit=1, window=60.0, max_window=60.0)
         self.stats = stats or Stats()
         self.store = store
         self.places = places
@@ -142,15 +148,12 @@ class Node:
         Retries until it succeeds; a SCAN cursor is only good on the connection
         (and Redis) that gave it, so any failure or reconnection starts over."""
         cursor, connection = b"0", self.store.connections_made
-        failures = 0
         while True:
             try:
                 cursor, held = yield self.store.scan_times(cursor, SCAN_COUNT)
             except Exception as err:
-                failures += 1
-                if failures % LOAD_RETRIES_LOGGED == 1:  # the first, then about once a minute
-                    log.warn("reading client times failed ({why}); retrying every second "
-                             "(attempt {n})", why=str(err), n=failures)
+                if self._load_failures.allow(str(err)):
+                    log.warn("reading client times failed ({why}); retrying every second", why=str(err))
                 yield deferLater(self.clock, 1.0, lambda: None)
                 cursor, connection = b"0", self.store.connections_made
                 continue
@@ -161,6 +164,7 @@ class Node:
                               ((client_id, parse_client_time(text)) for client_id, text in held)
                               if t is not None)
             if cursor == b"0":
+                self._load_failures.close()
                 self.latest.loaded()
                 log.info("{n} client times loaded: newer updates are forwarded on arrival",
                          n=len(self.latest))
@@ -299,10 +303,15 @@ class Node:
             log.error("cannot serve {line}: {why}", line=loggable(line), why=why)
         return refusal(line)
 
+    def close_logs(self) -> None:
+        """Sum up what the throttled logs left out so far (the node stops)."""
+        for throttle in (self._refusals, self._losses, self._load_failures):
+            throttle.close()
+
     @staticmethod
     def _refusals_left_out(count: int, why: str, seconds: float) -> None:
-        log.error("cannot serve {n} more request(s) in the last {time} (the last: {why})", n=count,
-                  time=over_the_last(seconds), why=why)
+        log.error("cannot serve {n} more request(s) in the last {window} (the last: {why})", n=count,
+                  window=over_the_last(seconds), why=why)
 
     # -- storing and flooding -------------------------------------------
 
@@ -545,5 +554,5 @@ class Node:
 
     @staticmethod
     def _losses_left_out(count: int, why: str, seconds: float) -> None:
-        log.error("{n} more update(s) from peers not stored in the last {time} (the last: {why})",
-                  n=count, time=over_the_last(seconds), why=why)
+        log.error("{n} more update(s) from peers not stored in the last {window} (the last: {why})",
+                  n=count, window=over_the_last(seconds), why=why)

@@ -346,6 +346,7 @@ class NodeService(MultiService):
         closed = defer.gatherResults([c.closed for c in clients])
         yield closed.addTimeout(SHUTDOWN_GRACE, self._reactor).addErrback(lambda _: None)
         self.links.close_all()
+        self.node.close_logs()
         yield self.store.stop()
         log.info("stopped")
 

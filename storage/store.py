@@ -178,6 +178,12 @@ class StoreUnavailable(Exception):
     """Redis could not be reached, or did not answer in time."""
 
 
+def _not_found(failure: Failure) -> bool:
+    """Redis's answer to an FCALL of a function it does not have."""
+    return bool(failure.check(txredisapi.ResponseError)) and \
+        failure.getErrorMessage().startswith("ERR Function not found")
+
+
 def refused_unrun(failure: Any) -> bool:
     """Whether ``failure`` is Redis refusing a call before running it (out of
     memory, failing to persist, loading, ...: NOT_SERVING), so that nothing
@@ -280,8 +286,8 @@ class _RedisProtocol(txredisapi.RedisProtocol):
         reply: Deferred[Any] = self.replyQueue.get()
         reply.addCallback(self.handle_reply)
         self._sent_now()
-        if refused is not None:
-            reply.addErrback(lambda failure: refused[0] if refused else failure)
+        if refused is not None:  # (only its "Function not found": any other failure is the call's own)
+            reply.addErrback(lambda failure: refused[0] if refused and _not_found(failure) else failure)
         return reply.addErrback(self._function_missing, call)
 
     def _load(self, call: FunctionCall) -> None:
@@ -303,11 +309,10 @@ class _RedisProtocol(txredisapi.RedisProtocol):
         self.execute_command(b"FUNCTION", b"LOAD", call.library).addBoth(loaded)
 
     def _function_missing(self, failure: Failure, call: FunctionCall) -> Failure:
-        message = failure.getErrorMessage()
-        if failure.check(txredisapi.ResponseError) and message.startswith("ERR Function not found"):
+        if _not_found(failure):
             self.functions.discard(call.name)
             return Failure(txredisapi.ResponseError(
-                f"{message}: {call.name.decode()} (loaded again with the next call)"))
+                f"{failure.getErrorMessage()}: {call.name.decode()} (loaded again with the next call)"))
         return failure
 
     def _sent_now(self) -> None:
@@ -480,7 +485,7 @@ class RedisStore:
         self._refused: str | None = None  # why the last connection attempt failed
         self._announced = 0  # the last connection logged as serving
         # A Redis that accepts connections and never answers loses one every few
-        # seconds: the first loss of a minute is logged, the others summed up.
+        # seconds: the first such loss of a minute is logged, the others summed up.
         self._losses = Throttle(reactor, self._losses_left_out, limit=1, window=60.0, max_window=60.0)
         self._sent_at: deque[float] = deque()  # when each unanswered store batch was sent
         # Store batches are named "<random>-<n>"; each names the one sent before
@@ -905,13 +910,16 @@ class RedisStore:
             waiter.errback(StoreUnavailable(self._away()))
 
     def _connection_lost(self) -> None:
-        if self._losses.allow(""):
+        # A connection that served is always reported lost (Redis lost, then
+        # back); only connections lost before they served are throttled.
+        if self._announced == self.connections_made or self._losses.allow(""):
             _log.warn("lost the connection to Redis at {host}:{port}; reconnecting (requests it cannot "
                       "serve are answered '? <line>')", host=self._address.host, port=self._address.port)
 
     def _losses_left_out(self, count: int, _: str, seconds: float) -> None:
-        _log.warn("lost the connection to Redis at {host}:{port} {n} more time(s) in the last {time}",
-                  host=self._address.host, port=self._address.port, n=count, time=over_the_last(seconds))
+        _log.warn("lost the connection to Redis at {host}:{port}, before it served, {n} more time(s) "
+                  "in the last {window}",
+                  host=self._address.host, port=self._address.port, n=count, window=over_the_last(seconds))
 
     def _check_serving(self) -> None:
         # A write: a Redis can answer reads while refusing or stalling writes.

@@ -81,10 +81,11 @@ class AcceptedPeer(PeerLineProtocol, TimeoutMixin):
         if self.peer_name is not None:
             self.node.links.remove(self.peer_name, self)
         elif self._handshake is not None:
-            log.warn("{who} peer handshake abandoned after this node's challenge (claimed to be {name}; "
-                     "a different secret?)", who=self.who, name=logs.loggable(self._handshake[0]))
+            self.factory.refused("{who} peer handshake abandoned after this node's challenge (claimed to be "
+                                 "{name}; a different secret?)", who=self.who,
+                                 name=logs.loggable(self._handshake[0]))
         elif self._tls and not self._spoke_in_tls:  # TLS refused the peer, or it left before a word
-            log.warn("{who} peer refused or gone during TLS ({why})", who=self.who, why=why)
+            self.factory.refused("{who} peer refused or gone during TLS ({why})", who=self.who, why=why)
         logs.connection(self.who, f"connection closed ({why})")
 
     def line_received(self, line: bytes) -> None:
@@ -190,6 +191,9 @@ class AcceptedPeerFactory(Factory):
         # logged at most (fewer as it goes on), the others summed up.
         self._refusals = logs.Throttle(node.clock, _refusals_left_out)
 
+    def stopFactory(self) -> None:  # noqa: N802 (Twisted's name: the port stopped listening)
+        self._refusals.close()
+
     def refused(self, text: str, **fields: Any) -> None:
         """Log a refused connection or handshake step: a warning ``text``
         (a format of ``fields``), throttled."""
@@ -206,5 +210,5 @@ class AcceptedPeerFactory(Factory):
 
 
 def _refusals_left_out(count: int, last: str, seconds: float) -> None:
-    log.warn("peer port: {n} more refusal(s) in the last {time} (the last: {last})", n=count,
-             time=logs.over_the_last(seconds), last=last)
+    log.warn("peer port: {n} more refusal(s) in the last {window} (the last: {last})", n=count,
+             window=logs.over_the_last(seconds), last=last)
