@@ -54,6 +54,12 @@ class PeerConn:
     def end_writable(self) -> None:
         pass
 
+    closing = False
+
+    def close(self) -> None:
+        self.closing = True
+        self.transport.loseConnection()
+
     def flush_lines(self) -> None:
         """Nothing to do: send_line recorded each line at once."""
 

@@ -104,7 +104,9 @@ class AcceptedPeer(PeerLineProtocol, TimeoutMixin):
         log.warn("{who} sent a line over {limit} bytes; closing", who=self.who, limit=self.max_line)
         if self.peer_name is None:
             self.send_line(too_long_reply(self.max_line).rstrip(b"\n"))
-        self.transport.loseConnection()
+            self.transport.loseConnection()
+        else:
+            self.close()
 
     def _start_tls(self) -> None:
         """Answer HERD-STARTTLS: everything after HERD-TLS-OK is TLS."""

@@ -125,10 +125,14 @@ class PeerLineProtocol(LineProtocol):
                 logs.wire_block(self.who, "sent", data)
             self.transport.write(data)
 
+    closing = False  # close() was called: nothing more is sent
+
     def writable(self) -> Deferred[None]:
         """Fires once the transport takes more: at once, unless what was
         written fills its buffer; then once the peer has read enough of it.
         Until :meth:`end_writable`, a producer is registered with the transport."""
+        if self.closing or not self.connected:
+            return succeed(None)
         if self._drain is None:
             self._drain = _Drain()
             self.transport.registerProducer(self._drain, True)
@@ -139,8 +143,17 @@ class PeerLineProtocol(LineProtocol):
         transport whose producer is paused waits for it instead of closing)."""
         if self._drain is not None:
             drain, self._drain = self._drain, None
-            self.transport.unregisterProducer()
+            if self.connected:  # (a lost TLS transport cannot unregister: it has let go of its protocol)
+                self.transport.unregisterProducer()
             drain.resumeProducing()
+
+    def close(self) -> None:
+        """Close once what was sent is written; nothing more is sent (an
+        answer under way stops: see herd.peer.reconcile)."""
+        self.closing = True
+        self.flush_lines()
+        self.end_writable()
+        self.transport.loseConnection()
 
     def dataReceived(self, data: bytes) -> None:
         """The peer lines of a read go to the node together (consecutive

@@ -146,7 +146,7 @@ class DialledPeer(PeerLineProtocol):
 
     def line_too_long(self) -> None:
         log.warn("{who} sent an over-long line; closing", who=self.who)
-        self.transport.loseConnection()
+        self.close()
 
 
 class _DialledPeerFactory(Factory):

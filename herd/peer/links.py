@@ -61,6 +61,10 @@ class PeerConnection(Protocol):
 
     def end_writable(self) -> None: ...
 
+    closing: bool  # close() was called
+
+    def close(self) -> None: ...
+
 
 class FloodCursor:
     """How far this node's log has been flooded to one peer, on one connection.
@@ -306,6 +310,4 @@ class PeerLinks:
 
 def _close(conn: PeerConnection) -> None:
     """Close ``conn`` once what was sent on it is written."""
-    conn.flush_lines()
-    conn.end_writable()  # (a transport with a paused producer would wait for it, not close)
-    conn.transport.loseConnection()
+    conn.close()

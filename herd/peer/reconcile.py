@@ -290,7 +290,7 @@ class Reconciler:
                 chunk = yield self._store.log_since(head, CHUNK, leave_out)
             while True:
                 self._send_records(conn, chunk.lines, sent)
-                if chunk.entries < CHUNK or not conn.connected:
+                if chunk.entries < CHUNK or not conn.connected or conn.closing:
                     break
                 yield conn.writable()  # a peer that reads slowly is not sent faster
                 chunk = yield self._store.log_since(chunk.end, CHUNK, leave_out)
@@ -302,6 +302,10 @@ class Reconciler:
             return
         finally:
             conn.end_writable()
+        if not conn.connected or conn.closing:
+            log.info("sync to {peer}: {mode}, cut short by the connection's end after {records} records",
+                     peer=peer.decode(), mode=mode, records=sent.records)
+            return
         self._finish(peer, conn, chunk, sent)
         self.runs += 1
         self.bytes_sent += sent.bytes
@@ -323,7 +327,7 @@ class Reconciler:
         while True:
             cursor, lines = yield self._store.scan_records(cursor, CHUNK)
             self._send_records(conn, lines, sent)
-            if cursor == b"0" or not conn.connected:
+            if cursor == b"0" or not conn.connected or conn.closing:
                 return
             yield conn.writable()
 

@@ -8,6 +8,7 @@ import datetime
 import ipaddress
 import socket
 import sys
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -221,5 +222,64 @@ def test_a_refused_handshake_over_tls_is_not_blamed_on_tls(tmp_path: Path) -> No
                    and herd["A"].access_log().count("connection closed") >= 1,
                    what="the refusal and the close")
         assert "during TLS" not in herd["A"].log()
+    finally:
+        herd.stop()
+
+
+def _logged(node: Any, text: str, times: int) -> bool:
+    return bool(node.log().count(text) >= times)
+
+
+def _tls_peer(herd: Herd, tmp_path: Path, peer: str, node: str) -> Any:
+    """An authenticated TLS peer connection to ``node``, playing ``peer``."""
+    import ssl
+
+    from cluster import SECRET
+
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    context.load_verify_locations(tmp_path / "tls" / "ca.crt")
+    context.load_cert_chain(tmp_path / "tls" / f"{peer}.crt", tmp_path / "tls" / f"{peer}.key")
+    raw = socket.create_connection(("127.0.0.1", herd[node].ports.peer), timeout=10)
+    raw.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    raw.sendall(b"HERD-STARTTLS\n")
+    assert raw.recv(100) == b"HERD-TLS-OK\n"
+    tls_sock = context.wrap_socket(raw, server_hostname="127.0.0.1")
+    nonce = auth.new_nonce()
+    tls_sock.sendall(b"HERD-HELLO %s %s %s %s\n" % (peer.encode(), node.encode(), nonce, auth.PROTOCOL))
+    words = tls_sock.recv(400).split()
+    assert words[0] == b"HERD-CHALLENGE", words
+    mac = auth.mac(SECRET.encode(), b"dialler", peer.encode(), node.encode(), nonce, words[1])
+    tls_sock.sendall(b"HERD-AUTH " + mac + b"\n")
+    assert tls_sock.recv(100).startswith(b"HERD-OK"), "not authenticated"
+    return tls_sock
+
+
+def test_a_tls_peer_gone_in_the_middle_of_an_answer(tmp_path: Path) -> None:
+    """Found by a review: an answer to SYNC waits while the peer reads slowly
+    (a producer registered with the transport); when the TLS link was lost
+    in the middle, letting go of the producer raised, an unhandled error."""
+    import struct
+
+    ca = make_ca(tmp_path / "tls")
+    for node in ("A", "B"):
+        make_node_cert(tmp_path / "tls", node, ca)
+    herd = Herd(tmp_path, {"A": ["B"], "B": []}, extra_herd=TLS)
+    try:
+        herd.start(["A"])  # this test plays B
+        lines = [f"IAMAT answer.{i} +1+1 1700000000.{i:09d}" for i in range(20_000)]
+        assert talk(herd["A"].port, *lines, timeout=60).count(b"\n") == 20_000
+        for attempt in range(3):
+            peer = _tls_peer(herd, tmp_path, "B", "A")
+            peer.sendall(b"SYNC -\n")  # a full transfer: 20 chunks or more
+            while b"R AT " not in peer.recv(4096):
+                pass  # the answer has begun; reset the link in its middle
+            peer.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+            peer.close()
+            wait_until(partial(_logged, herd["A"], "peer B connection", attempt + 1), what="link gone")
+        wait_until(lambda: herd["A"].log().count("sync to B: full, cut short by the connection's end") == 3,
+                   what="each answer ended")
+        talk(herd["A"].port, "IAMAT after.answers +1+1 1700000000")  # A still serves
+        log = herd["A"].log()
+        assert "Unhandled" not in log and "Traceback" not in log, log[-3000:]
     finally:
         herd.stop()

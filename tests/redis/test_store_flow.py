@@ -190,6 +190,11 @@ class PeerConn:
     def end_writable(self) -> None:
         pass
 
+    closing = False
+
+    def close(self) -> None:
+        self.closing = True
+
 
 class Backpressure(unittest.TestCase):
     """A node stops reading from its peers while many of their records wait for
