@@ -123,6 +123,7 @@ class ClientConnection(LineProtocol, TimeoutMixin):
         self._paused: set[str] = set()  # why reading is paused: "outstanding", "unread"
         self._flush_call: Any = None  # the end-of-turn write of the replies filled in this turn
         self._abort_call: Any = None  # cuts off an idle client whose replies stay unread
+        self._cut_off_unread = False  # the close is for idleness: cut off if it does not end
         self._received: list[bytes] = []  # lines of the current read, for the access log
         self._iamats: list[Iamat] = []  # IAMATs of the current read, answered together at its end
         self._now = 0  # when the current read arrived (ns): the receive time of its requests
@@ -157,25 +158,25 @@ class ClientConnection(LineProtocol, TimeoutMixin):
             self._received = []
 
     def timeoutConnection(self) -> None:
-        idle = self.factory.limits.idle_timeout
-        logs.connection(self.who, f"idle for {idle:g}s; closing")
-        self.close_when_idle()
-        # A close waits for the replies to be read: a client that never reads
-        # would keep its descriptor and its max_connections slot for ever.
-        # (Once the replies are made, the close waits only for the transport's
-        # own buffer, 64 KiB or so, to go to the kernel: a client that reads
-        # that much in idle_timeout is closed normally.)
-        self._abort_call = self.node.clock.callLater(idle, self._abort_unread)
+        logs.connection(self.who, f"idle for {self.factory.limits.idle_timeout:g}s; closing")
+        self._cut_off_unread = True
+        if self._closing:  # (half-closed, its replies made: the close is under way)
+            self._cut_off_later()
+        else:
+            self.close_when_idle()
+
+    def _cut_off_later(self) -> None:
+        """A close waits for the replies to be read: a client that never reads
+        would keep its descriptor and its max_connections slot for ever. It
+        is cut off ``idle_timeout`` after the close began (which waits only
+        for the transport's own buffer, 64 KiB or so, to go to the kernel:
+        a client that reads that much meanwhile is closed normally)."""
+        self._abort_call = self.node.clock.callLater(self.factory.limits.idle_timeout, self._abort_unread)
 
     def _abort_unread(self) -> None:
-        """Cut the client off, unless replies are still being made: then look
-        again ``idle_timeout`` later."""
-        idle = self.factory.limits.idle_timeout
-        if self._replies:
-            self._abort_call = self.node.clock.callLater(idle, self._abort_unread)
-            return
         self._abort_call = None
-        logs.connection(self.who, f"replies unread {idle:g}s after closing; cutting off")
+        logs.connection(self.who, f"replies unread {self.factory.limits.idle_timeout:g}s after closing; "
+                                  "cutting off")
         self.transport.abortConnection()
 
     def connectionLost(self, reason: Any = None) -> None:
@@ -353,6 +354,8 @@ class ClientConnection(LineProtocol, TimeoutMixin):
         if self._eof and not self._replies and not self._closing:
             self._closing = True
             self._lose_connection()
+            if self._cut_off_unread:
+                self._cut_off_later()
 
 
 def _log_sent(who: str, slot: _Reply) -> None:

@@ -317,9 +317,12 @@ class Throttle:
         self._left_out = 0
         self._last_cause = ""  # of the events left out
         self._timer: Any = None  # sums up the current window
+        self._closed = False
 
     def allow(self, cause: str) -> bool:
         """True when this event gets its own line; else it is counted."""
+        if self._closed:
+            return True  # (a stop: few events, and no timer to sum them up)
         now = self._clock.seconds()
         if now - self._started >= self._window:
             self._sum_up()  # the last window's, if its timer has not run yet
@@ -336,8 +339,10 @@ class Throttle:
         return False
 
     def close(self) -> None:
-        """Sum up now what the current window left out so far (at a stop)."""
+        """Sum up now what the current window left out so far (at a stop);
+        from then on every event gets its own line."""
         self._sum_up(min(self._clock.seconds() - self._started, self._window))
+        self._closed = True
 
     def _sum_up(self, seconds: float | None = None) -> None:
         """Say how many events the current window left out (if any), over its

@@ -152,6 +152,8 @@ class Node:
             try:
                 cursor, held = yield self.store.scan_times(cursor, SCAN_COUNT)
             except Exception as err:
+                if self.store.stopped:
+                    return
                 if self._load_failures.allow(str(err)):
                     log.warn("reading client times failed ({why}); retrying every second", why=str(err))
                 yield deferLater(self.clock, 1.0, lambda: None)
