@@ -321,8 +321,9 @@ class Throttle:
 
     def allow(self, cause: str) -> bool:
         """True when this event gets its own line; else it is counted."""
-        if self._closed:
-            return True  # (a stop: few events, and no timer to sum them up)
+        if self._closed:  # (a stop: no timer any more; the first few get a line)
+            self._logged += 1
+            return self._logged <= self._limit
         now = self._clock.seconds()
         if now - self._started >= self._window:
             self._sum_up()  # the last window's, if its timer has not run yet
@@ -340,9 +341,9 @@ class Throttle:
 
     def close(self) -> None:
         """Sum up now what the current window left out so far (at a stop);
-        from then on every event gets its own line."""
+        from then on ``limit`` more events get a line, the others none."""
         self._sum_up(min(self._clock.seconds() - self._started, self._window))
-        self._closed = True
+        self._closed, self._logged = True, 0
 
     def _sum_up(self, seconds: float | None = None) -> None:
         """Say how many events the current window left out (if any), over its

@@ -346,8 +346,8 @@ class NodeService(MultiService):
         closed = defer.gatherResults([c.closed for c in clients])
         yield closed.addTimeout(SHUTDOWN_GRACE, self._reactor).addErrback(lambda _: None)
         self.links.close_all()
+        yield self.store.stop()  # (what still waited for Redis fails: counted, then summed up below)
         self.node.close_logs()
-        yield self.store.stop()
         log.info("stopped")
 
 

@@ -148,9 +148,13 @@ class PeerLineProtocol(LineProtocol):
             drain.resumeProducing()
 
     def close(self) -> None:
-        """Close once what was sent is written; nothing more is sent (an
-        answer under way stops: see herd.peer.reconcile)."""
+        """Close once what was sent is written; nothing more is sent: the
+        links choose other connections for it at once (a TLS transport drops
+        what is written after its close), and an answer under way stops (see
+        herd.peer.reconcile)."""
         self.closing = True
+        if self.peer_name is not None:
+            self.node.links.remove(self.peer_name, self)
         self.flush_lines()
         self.end_writable()
         self.transport.loseConnection()

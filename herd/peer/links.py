@@ -117,9 +117,9 @@ class PeerLinks:
         for name in self.neighbours - self._open.keys():
             self._open[name] = []
         for name in list(self._open.keys() - self.neighbours):
-            for conn in self._open[name]:
-                _close(conn)
-            if not self._open[name]:
+            for conn in list(self._open[name]):
+                _close(conn)  # (which removes it)
+            if not self._open.get(name, True):
                 del self._open[name]  # (else once its last connection is removed)
 
     def _forget_if_dropped(self, name: bytes) -> None:
@@ -139,8 +139,10 @@ class PeerLinks:
                 callback(name, conn)
 
     def remove(self, name: bytes, conn: PeerConnection) -> None:
-        conns = self._open[name]
-        if conn not in conns:
+        """``conn`` to ``name`` is gone, or closing: no traffic goes on it any
+        more (a second call, at its end, does nothing)."""
+        conns = self._open.get(name)
+        if conns is None or conn not in conns:
             return
         conns.remove(conn)
         state = "still up" if conns else "down"

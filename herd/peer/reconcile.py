@@ -288,9 +288,9 @@ class Reconciler:
                 head = yield self._store.log_head()
                 yield self._send_everything(conn, sent)
                 chunk = yield self._store.log_since(head, CHUNK, leave_out)
-            while True:
+            while conn.connected and not conn.closing:
                 self._send_records(conn, chunk.lines, sent)
-                if chunk.entries < CHUNK or not conn.connected or conn.closing:
+                if chunk.entries < CHUNK:
                     break
                 yield conn.writable()  # a peer that reads slowly is not sent faster
                 chunk = yield self._store.log_since(chunk.end, CHUNK, leave_out)
@@ -326,8 +326,10 @@ class Reconciler:
         cursor = b"0"
         while True:
             cursor, lines = yield self._store.scan_records(cursor, CHUNK)
+            if not conn.connected or conn.closing:
+                return
             self._send_records(conn, lines, sent)
-            if cursor == b"0" or not conn.connected or conn.closing:
+            if cursor == b"0":
                 return
             yield conn.writable()
 

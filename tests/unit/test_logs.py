@@ -269,7 +269,7 @@ def test_an_unwritable_access_log_is_reported_once(tmp_path: Path) -> None:
 # --- a node's two streams, end to end ---------------------------------------------------------
 
 
-def test_a_closed_throttle_sums_up_what_it_left_out_and_then_lets_everything_through() -> None:
+def test_a_closed_throttle_sums_up_what_it_left_out_and_sets_no_timer_after() -> None:
     clock = Clock()
     summaries: list[tuple[int, str, float]] = []
     throttle = Throttle(clock, lambda n, why, seconds: summaries.append((n, why, seconds)), limit=1)
@@ -277,5 +277,5 @@ def test_a_closed_throttle_sums_up_what_it_left_out_and_then_lets_everything_thr
     clock.advance(0.25)
     throttle.close()  # a stop: what was left out is said now, over the time it took
     assert summaries == [(2, "e2", 0.25)]
-    assert throttle.allow("late") and throttle.allow("later")  # no timer would sum them up
+    assert throttle.allow("late") and not throttle.allow("later")  # its limit, and no timer
     assert clock.getDelayedCalls() == []

@@ -6,8 +6,12 @@ from collections.abc import Sequence
 
 import pytest
 from fakes import PeerConn
+from twisted.internet.interfaces import IReactorTime
+from twisted.internet.task import Clock
+from twisted.internet.testing import StringTransport
 
 from herd.node import _StoredWhole
+from herd.peer.connection import PeerLineProtocol
 from herd.peer.links import K_STEP, PeerLinks, Stored
 from herd.wire.client import parse_at_line
 from herd.wire.peer import Position
@@ -244,3 +248,35 @@ def test_a_k_line_goes_with_the_next_f_lines_once_k_step_entries_wait() -> None:
     links.forward([later.line], None)
     assert conns[b"B"].take() == [b"K E/0-0 E/%d-0" % len(group), b"F " + later.line]
     assert links.send_log_moved() == 0
+
+
+class _Node:
+    """What a peer connection needs of its node (herd.peer.connection.PeerMessageHandler)."""
+
+    def __init__(self, links: PeerLinks, clock: Clock) -> None:
+        self.links = links
+        self.clock: IReactorTime = clock
+
+    def handle_peer_lines(self, lines: list[bytes], peer: bytes, conn: object) -> None:
+        pass
+
+
+def test_a_connection_this_node_closes_carries_no_more_traffic() -> None:
+    """Found by a review: a connection being closed stayed in the links until
+    its end, so updates still went on it (a TLS transport drops what is
+    written after its close) while the other connection to that peer idled."""
+    links = PeerLinks([b"B"])
+    closing, other = PeerLineProtocol(), Conn()
+    clock = Clock()
+    closing.node, closing.peer_name, closing.who, closing.connected = _Node(links, clock), b"B", "peer B", 1
+    closing.transport = StringTransport()
+    links.add(b"B", closing, "test")
+    links.add(b"B", other, "test")
+    links.chain_from(b"B", closing, pos(0))
+    closing.close()
+    assert closing.transport.disconnecting and links.open_connections(b"B") == 1
+    links.flood(record("c", 1), pos(1), pos(0))
+    clock.advance(0)  # (a turn's lines are written at its end)
+    assert closing.transport.value() == b"" and [line[:2] for line in other.lines] == [b"U "]
+    links.remove(b"B", closing)  # its end, later: nothing more happens
+    assert links.open_connections(b"B") == 1
