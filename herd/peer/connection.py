@@ -148,11 +148,12 @@ class PeerLineProtocol(LineProtocol):
             drain.resumeProducing()
 
     def close(self) -> None:
-        """Close once what was sent is written; nothing more is sent: the
-        links choose other connections for it at once (a TLS transport drops
-        what is written after its close), and an answer under way stops (see
-        herd.peer.reconcile)."""
+        """Close once what was sent is written; nothing more is sent or read:
+        the links choose other connections for it at once (a TLS transport
+        drops what is written after its close), and an answer under way stops
+        (see herd.peer.reconcile)."""
         self.closing = True
+        self.stop_reading()  # what it still brings is not acted on (the peer pulls again elsewhere)
         if self.peer_name is not None:
             self.node.links.remove(self.peer_name, self)
         self.flush_lines()
@@ -166,7 +167,8 @@ class PeerLineProtocol(LineProtocol):
         if self._received:
             received, self._received = self._received, None
             logs.wire_block(self.who, "recv", b"\n".join(received) + b"\n")
-            self.node.handle_peer_lines(received, self.peer_name, self)  # type: ignore[arg-type]
+            if not self.closing:  # (a closing connection has left the links: see close)
+                self.node.handle_peer_lines(received, self.peer_name, self)  # type: ignore[arg-type]
 
     def lines_received(self, lines: list[bytes]) -> None:
         """Once authenticated, a read's lines are taken together (see

@@ -256,9 +256,10 @@ class _Node:
     def __init__(self, links: PeerLinks, clock: Clock) -> None:
         self.links = links
         self.clock: IReactorTime = clock
+        self.handled: list[bytes] = []
 
     def handle_peer_lines(self, lines: list[bytes], peer: bytes, conn: object) -> None:
-        pass
+        self.handled.extend(lines)
 
 
 def test_a_connection_this_node_closes_carries_no_more_traffic() -> None:
@@ -268,7 +269,8 @@ def test_a_connection_this_node_closes_carries_no_more_traffic() -> None:
     links = PeerLinks([b"B"])
     closing, other = PeerLineProtocol(), Conn()
     clock = Clock()
-    closing.node, closing.peer_name, closing.who, closing.connected = _Node(links, clock), b"B", "peer B", 1
+    node = _Node(links, clock)
+    closing.node, closing.peer_name, closing.who, closing.connected = node, b"B", "peer B", 1
     closing.transport = StringTransport()
     links.add(b"B", closing, "test")
     links.add(b"B", other, "test")
@@ -278,5 +280,7 @@ def test_a_connection_this_node_closes_carries_no_more_traffic() -> None:
     links.flood(record("c", 1), pos(1), pos(0))
     clock.advance(0)  # (a turn's lines are written at its end)
     assert closing.transport.value() == b"" and [line[:2] for line in other.lines] == [b"U "]
+    closing.dataReceived(b"SYNC -\n")  # (a SYNC here would chain the peer's updates onto it)
+    assert node.handled == []
     links.remove(b"B", closing)  # its end, later: nothing more happens
     assert links.open_connections(b"B") == 1
