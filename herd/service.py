@@ -135,7 +135,7 @@ def build_places(config: PlacesConfig, reactor: Any, store: RedisStore) -> Place
     # Places API (New) is asked for exactly `limit` results, so the bound is
     # part of its question; the legacy API answers the same for any bound.
     return CachedPlaces(provider, store, config.cache_ttl, config.provider,
-                        limit_in_key=config.provider == "google-new")
+                        limit_in_key=config.provider == "google-new", clock=reactor)
 
 
 class NodeService(MultiService):

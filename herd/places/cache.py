@@ -17,9 +17,11 @@ from decimal import Decimal
 from typing import Any
 
 from twisted.internet.defer import Deferred, fail, inlineCallbacks
+from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
+from herd.logs import Throttle, over_the_last
 from herd.places.provider import PlacesAnswer, PlacesProvider, radius_text
 from storage.store import RedisStore, StoreUnavailable
 
@@ -28,7 +30,12 @@ log = Logger(namespace="herd")
 
 class CachedPlaces:
     def __init__(self, inner: PlacesProvider, store: RedisStore, ttl: int, name: str,
-                 limit_in_key: bool):
+                 limit_in_key: bool, clock: IReactorTime | None = None):
+        if clock is None:
+            from twisted.internet import reactor as clock  # type: ignore[assignment]
+        # While Redis refuses writes (full), every answer fails to be cached:
+        # ten warnings a second at most, fewer as it goes on (herd.logs.Throttle).
+        self._unwritten = Throttle(clock, _unwritten_left_out)
         self._inner = inner
         self._store = store
         self._ttl = ttl
@@ -63,13 +70,15 @@ class CachedPlaces:
         if cached:
             self.hits += 1
             return json.loads(cached)
-        if key not in self._asking:
+        first = key not in self._asking
+        if first:
             self.misses += 1
             self._asking[key] = []
-            self._ask(key, lat, lon, radius_m, limit)
         waiters = self._asking[key]
         mine: Deferred[PlacesAnswer] = Deferred(lambda d: waiters.remove(d) if d in waiters else None)
         waiters.append(mine)
+        if first:  # (after joining the waiters: a provider may answer at once)
+            self._ask(key, lat, lon, radius_m, limit)
         return (yield mine)
 
     def _ask(self, key: bytes, lat: str, lon: str, radius_m: Decimal, limit: int) -> None:
@@ -92,5 +101,14 @@ class CachedPlaces:
 
     def _remember(self, key: bytes, answer: dict[str, Any]) -> Deferred[Any]:
         d = self._store.call("execute_command", "SET", key, json.dumps(answer).encode(), "EX", self._ttl)
-        return d.addErrback(lambda f: log.warn("places cache not written: {why}",
-                                               why=f.getErrorMessage()))
+        return d.addErrback(self._not_written)
+
+    def _not_written(self, failure: Failure) -> None:
+        why = failure.getErrorMessage()
+        if self._unwritten.allow(why):
+            log.warn("places cache not written: {why}", why=why)
+
+
+def _unwritten_left_out(count: int, why: str, seconds: float) -> None:
+    log.warn("places cache not written {n} more time(s) in the last {window} (the last: {why})",
+             n=count, window=over_the_last(seconds), why=why)

@@ -6,13 +6,21 @@ from __future__ import annotations
 import json
 import math
 from decimal import Decimal
-from typing import Any
+from typing import Any, cast
 
 from cluster import FakePlaces
-from harness import RedisProcess, discard_redis, fresh_redis
+from harness import RedisProcess, discard_redis, fresh_redis, redis_with_store, until
 from twisted.internet import reactor
-from twisted.internet.defer import CancelledError, Deferred, DeferredList, gatherResults, inlineCallbacks
-from twisted.internet.task import deferLater
+from twisted.internet.defer import (
+    CancelledError,
+    Deferred,
+    DeferredList,
+    gatherResults,
+    inlineCallbacks,
+    succeed,
+)
+from twisted.internet.task import Clock, deferLater
+from twisted.logger import ILogObserver, formatEvent, globalLogPublisher
 from twisted.trial import unittest
 
 from config.schema import RedisAddress
@@ -294,3 +302,38 @@ class SharedQuestionTest(RedisCase):
         answer = {"html_attributions": [], "results": [], "status": "ZERO_RESULTS"}
         self.inner.asked[0].callback(answer)
         self.assertEqual((yield second), answer)
+
+
+class AnswersAtOnce:
+    def nearby(self, lat: str, lon: str, radius_m: Decimal, limit: int) -> Deferred[dict[str, Any]]:
+        return succeed({"html_attributions": [], "results": [{"name": lat}], "status": "OK"})
+
+
+class FullRedisCacheTest(unittest.TestCase):
+    """Found by a review: while Redis refused writes (full), every WHATSAT
+    logged a warning that its answer could not be cached."""
+
+    def setUp(self) -> None:
+        self.redis, self.store = redis_with_store(self, "herd-cache-full-", own=True)
+        self.clock = Clock()
+        self.places = CachedPlaces(AnswersAtOnce(), self.store, 60, "google", limit_in_key=False,
+                                   clock=self.clock)
+
+    @inlineCallbacks
+    def test_answers_not_cached_are_warned_about_ten_a_second(self) -> Any:
+        said: list[str] = []
+        observer = cast(ILogObserver, lambda event: said.append(formatEvent(event)))
+        globalLogPublisher.addObserver(observer)
+        self.addCleanup(globalLogPublisher.removeObserver, observer)
+        self.redis.call("CONFIG", "SET", "maxmemory", "1")  # every write refused: OOM
+        for n in range(30):
+            answer = yield self.places.nearby(f"+{n}.0", "+2.0", Decimal(1000), 5)
+            assert answer["results"] == [{"name": f"+{n}.0"}]  # answered all the same
+        yield until(lambda: not self.places._writing, what="every write refused")
+        assert sum(line.startswith("places cache not written: OOM") for line in said) == 10
+        self.clock.advance(1.0)
+        assert [line for line in said if " more time(s) " in line] == [
+            "places cache not written 20 more time(s) in the last second (the last: "
+            + said[-1].split("(the last: ", 1)[1]]
+        self.redis.call("CONFIG", "SET", "maxmemory", "0")
+        yield until(lambda: self.store.serving, what="serving again")
