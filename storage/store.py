@@ -470,6 +470,7 @@ class RedisStore:
         self._attempt_waiters: list[Deferred[None]] = []  # calls waiting for the next connection attempt
         self.on_connected: list[Callable[[], None]] = []  # on every (re)connection, once Redis serves
         self._checking = False  # a check whether Redis serves is under way
+        self._serving_poll: Any = None  # the next check, while Redis does not serve
         self.connections_made = 0  # connections made so far (each may reach a restarted Redis)
         self._serving_now = False
         self._said_not_serving = False  # that check was refused and logged
@@ -531,6 +532,8 @@ class RedisStore:
         Redis has not answered yet (``stopped`` tells their callers why)."""
         self.stopped = True
         self._losses.close()
+        if self._serving_poll is not None and self._serving_poll.active():
+            self._serving_poll.cancel()
         if self._batch_call is not None and self._batch_call.active():
             self._batch_call.cancel()
         self._batch_call = None
@@ -947,8 +950,8 @@ class RedisStore:
             self._said_not_serving = True
             _log.warn("Redis does not serve yet ({why}); checking again every {s:g} s",
                       why=failure.getErrorMessage(), s=SERVING_POLL)
-        if self.connected:
-            self._reactor.callLater(SERVING_POLL, self._check_serving)
+        if self.connected and not self.stopped:
+            self._serving_poll = self._reactor.callLater(SERVING_POLL, self._check_serving)
         else:  # the next connection checks again
             self._checking = False
 
