@@ -380,7 +380,9 @@ class ClientConnectionFactory(Factory):
         self.max_future_ns = max_future_ns
         self.clock_ns = clock_ns
         self.connections: set[ClientConnection] = set()
-        self._refusals = logs.Throttle(node.clock, _refusals_left_out)  # ten a second at most
+        self._refusals = logs.Throttle(  # ten a second at most
+            node.clock, log.warn,
+            "{n} more client connection(s) refused in the last {window} (max_connections; the last: {last})")
 
     def stopFactory(self) -> None:  # noqa: N802 (Twisted's name: the port stopped listening)
         self._refusals.close()
@@ -393,11 +395,6 @@ class ClientConnectionFactory(Factory):
                          host=host, port=port, n=n)
             return None
         return super().buildProtocol(addr)  # type: ignore[return-value]
-
-
-def _refusals_left_out(count: int, last: str, seconds: float) -> None:
-    log.warn("{n} more client connection(s) refused in the last {window} (max_connections; the last: {last})",
-             n=count, window=logs.over_the_last(seconds), last=last)
 
 
 @dataclass(frozen=True)

@@ -301,13 +301,17 @@ class Throttle:
     follows at once one that left events out, so a day-long outage logs a
     few lines a minute, not ten a second.
 
-    ``summary(count, cause, seconds)``: ``count`` events left out over the
-    last ``seconds``, the last of them for ``cause``."""
+    The sum is ``emit(summary, n=..., window=..., seconds=..., last=...,
+    **fields)``: ``n`` events left out over the last ``seconds`` (``window``
+    says it in words: "second", "60 seconds"), the last of them for the cause
+    ``last`` given to :meth:`allow`."""
 
-    def __init__(self, clock: Any, summary: Callable[[int, str, float], None], limit: int = 10,
-                 window: float = 1.0, max_window: float = 60.0):
+    def __init__(self, clock: Any, emit: Callable[..., None], summary: str, limit: int = 10,
+                 window: float = 1.0, max_window: float = 60.0, **fields: Any):
         self._clock = clock
+        self._emit = emit
         self._summary = summary
+        self._fields = fields
         self._limit = limit
         self._base = self._window = window
         self._max_window = max_window
@@ -354,12 +358,10 @@ class Throttle:
         left_out, self._left_out = self._left_out, 0
         if left_out:
             self._widen_before = self._started + 2 * self._window
-            self._summary(left_out, self._last_cause, self._window if seconds is None else seconds)
-
-
-def over_the_last(seconds: float) -> str:
-    """``second`` or ``<n> seconds``, for a Throttle's summary."""
-    return "second" if seconds == 1 else f"{seconds:.3g} seconds"
+            seconds = self._window if seconds is None else seconds
+            words = "second" if seconds == 1 else f"{seconds:.3g} seconds"
+            self._emit(self._summary, n=left_out, window=words, seconds=seconds, last=self._last_cause,
+                       **self._fields)
 
 
 def start_logging(node: str, reactor: Any, options: LogOptions = LogOptions(),

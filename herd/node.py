@@ -24,7 +24,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from herd.latest import LatestTimes
-from herd.logs import Throttle, loggable, over_the_last
+from herd.logs import Throttle, loggable
 from herd.peer.links import PeerConnection, PeerLinks, Stored
 from herd.peer.reconcile import Reconciler
 from herd.places.provider import PlacesError, PlacesProvider
@@ -105,11 +105,6 @@ def refusal(line: bytes) -> bytes:
     return b"? " + line + b"\n"
 
 
-def _load_failures_left_out(count: int, why: str, seconds: float) -> None:
-    log.warn("reading client times failed {n} more time(s) in the last {window} (the last: {why})",
-             n=count, window=over_the_last(seconds), why=why)
-
-
 class Node:
     def __init__(self, name: bytes, store: RedisStore, places: PlacesProvider, links: PeerLinks,
                  clock: IReactorTime, stats: Stats | None = None, max_future_ns: int | None = None,
@@ -118,10 +113,15 @@ class Node:
         self.clock = clock  # (connections schedule their writes on it too)
         self._peer_time_limit = None if max_future_ns is None else max_future_ns + PEER_CLOCK_SLACK_NS
         self._clock_ns = clock_ns
-        self._refusals = Throttle(clock, self._refusals_left_out)
-        self._losses = Throttle(clock, self._losses_left_out)  # peers' updates Redis did not take
+        self._refusals = Throttle(clock, log.error,
+                                  "cannot serve {n} more request(s) in the last {window} (the last: {last})")
+        self._losses = Throttle(clock, log.error,  # peers' updates Redis did not take
+                                "{n} more update(s) from peers not stored in the last {window} "
+                                "(the last: {last})")
         # Reading client times at start fails every second or so while Redis is away: one line a minute.
-        self._load_failures = Throttle(clock, _load_failures_left_out, limit=1, window=60.0, max_window=60.0)
+        self._load_failures = Throttle(
+            clock, log.warn, "reading client times failed {n} more time(s) in the last {window} "
+            "(the last: {last})", limit=1, window=60.0, max_window=60.0)
         self.stats = stats or Stats()
         self.store = store
         self.places = places
@@ -309,11 +309,6 @@ class Node:
         """Sum up what the throttled logs left out so far (the node stops)."""
         for throttle in (self._refusals, self._losses, self._load_failures):
             throttle.close()
-
-    @staticmethod
-    def _refusals_left_out(count: int, why: str, seconds: float) -> None:
-        log.error("cannot serve {n} more request(s) in the last {window} (the last: {why})", n=count,
-                  window=over_the_last(seconds), why=why)
 
     # -- storing and flooding -------------------------------------------
 
@@ -554,7 +549,3 @@ class Node:
                       line=loggable(record.line))
         self.reconciler.record_lost(peer, conn)  # the offset stays behind; a pull repairs it
 
-    @staticmethod
-    def _losses_left_out(count: int, why: str, seconds: float) -> None:
-        log.error("{n} more update(s) from peers not stored in the last {window} (the last: {why})",
-                  n=count, window=over_the_last(seconds), why=why)

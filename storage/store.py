@@ -30,7 +30,7 @@ from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from config.schema import RedisAddress
-from herd.logs import Throttle, over_the_last
+from herd.logs import Throttle
 from herd.wire.client import AtRecord, parse_at_line
 from herd.wire.peer import ANY_ENTRY, LogStep, Position
 from storage import geohash
@@ -487,7 +487,10 @@ class RedisStore:
         self._announced = 0  # the last connection logged as serving
         # A Redis that accepts connections and never answers loses one every few
         # seconds: the first such loss of a minute is logged, the others summed up.
-        self._losses = Throttle(reactor, self._losses_left_out, limit=1, window=60.0, max_window=60.0)
+        self._losses = Throttle(
+            reactor, _log.warn, "lost the connection to Redis at {host}:{port}, before it served, {n} more "
+            "time(s) in the last {window}", limit=1, window=60.0, max_window=60.0,
+            host=address.host, port=address.port)
         self._sent_at: deque[float] = deque()  # when each unanswered store batch was sent
         # Store batches are named "<random>-<n>"; each names the one sent before
         # it (b"": none, the chain starting again), see store_batch.lua.
@@ -918,11 +921,6 @@ class RedisStore:
         if self._announced == self.connections_made or self._losses.allow(""):
             _log.warn("lost the connection to Redis at {host}:{port}; reconnecting (requests it cannot "
                       "serve are answered '? <line>')", host=self._address.host, port=self._address.port)
-
-    def _losses_left_out(self, count: int, _: str, seconds: float) -> None:
-        _log.warn("lost the connection to Redis at {host}:{port}, before it served, {n} more time(s) "
-                  "in the last {window}",
-                  host=self._address.host, port=self._address.port, n=count, window=over_the_last(seconds))
 
     def _check_serving(self) -> None:
         # A write: a Redis can answer reads while refusing or stalling writes.

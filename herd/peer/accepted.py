@@ -191,7 +191,8 @@ class AcceptedPeerFactory(Factory):
         self.connections: set[AcceptedPeer] = set()
         # Anyone who reaches the peer port can make refusals: ten a second are
         # logged at most (fewer as it goes on), the others summed up.
-        self._refusals = logs.Throttle(node.clock, _refusals_left_out)
+        self._refusals = logs.Throttle(
+            node.clock, log.warn, "peer port: {n} more refusal(s) in the last {window} (the last: {last})")
 
     def stopFactory(self) -> None:  # noqa: N802 (Twisted's name: the port stopped listening)
         self._refusals.close()
@@ -210,7 +211,3 @@ class AcceptedPeerFactory(Factory):
             return None
         return super().buildProtocol(addr)  # type: ignore[return-value]
 
-
-def _refusals_left_out(count: int, last: str, seconds: float) -> None:
-    log.warn("peer port: {n} more refusal(s) in the last {window} (the last: {last})", n=count,
-             window=logs.over_the_last(seconds), last=last)

@@ -21,7 +21,7 @@ from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
-from herd.logs import Throttle, over_the_last
+from herd.logs import Throttle
 from herd.places.provider import PlacesAnswer, PlacesProvider, radius_text
 from storage.store import RedisStore, StoreUnavailable
 
@@ -30,12 +30,12 @@ log = Logger(namespace="herd")
 
 class CachedPlaces:
     def __init__(self, inner: PlacesProvider, store: RedisStore, ttl: int, name: str,
-                 limit_in_key: bool, clock: IReactorTime | None = None):
-        if clock is None:
-            from twisted.internet import reactor as clock  # type: ignore[assignment]
+                 limit_in_key: bool, clock: IReactorTime):
         # While Redis refuses writes (full), every answer fails to be cached:
         # ten warnings a second at most, fewer as it goes on (herd.logs.Throttle).
-        self._unwritten = Throttle(clock, _unwritten_left_out)
+        self._unwritten = Throttle(
+            clock, log.warn, "places cache not written {n} more time(s) in the last {window} "
+            "(the last: {last})")
         self._inner = inner
         self._store = store
         self._ttl = ttl
@@ -108,7 +108,3 @@ class CachedPlaces:
         if self._unwritten.allow(why):
             log.warn("places cache not written: {why}", why=why)
 
-
-def _unwritten_left_out(count: int, why: str, seconds: float) -> None:
-    log.warn("places cache not written {n} more time(s) in the last {window} (the last: {why})",
-             n=count, window=over_the_last(seconds), why=why)

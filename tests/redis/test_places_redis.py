@@ -216,7 +216,7 @@ class CacheTest(RedisCase):
         self.http = default_http_client(reactor)
         self.addCleanup(self.http._agent._pool.closeCachedConnections)  # type: ignore[attr-defined]
         google = GoogleNearby(reactor, self.http, "k", self.server.url, 5.0)
-        self.places = CachedPlaces(google, self.store, 60, "google", limit_in_key=False)
+        self.places = CachedPlaces(google, self.store, 60, "google", limit_in_key=False, clock=reactor)
 
     @inlineCallbacks
     def test_second_question_is_answered_from_redis(self) -> Any:
@@ -253,7 +253,7 @@ class SharedQuestionTest(RedisCase):
     def setUp(self) -> None:
         super().setUp()
         self.inner = HeldAnswers()
-        self.places = CachedPlaces(self.inner, self.store, 60, "google", limit_in_key=False)
+        self.places = CachedPlaces(self.inner, self.store, 60, "google", limit_in_key=False, clock=reactor)
         self.key = self.places.cache_key("+1.0", "+2.0", Decimal(1000), 5)
 
     @inlineCallbacks

@@ -10,7 +10,7 @@ import os
 import re
 import sys
 from pathlib import Path
-from typing import cast
+from typing import Any, cast
 
 import pytest
 from twisted.internet.task import Clock
@@ -29,10 +29,18 @@ def test_loggable_escapes_what_could_end_a_line_or_drive_a_terminal() -> None:
     assert loggable(b"\\\xff") == "\\\\\\xff"  # a backslash, then a byte that is not UTF-8
 
 
+def summed(summaries: list[tuple[int, str, float]]) -> Any:
+    """An emit for a Throttle that keeps each sum as (n, last cause, seconds)."""
+    def emit(text: str, **fields: Any) -> None:
+        assert text.format(**fields) == f"{fields['n']} more in the last {fields['window']}"
+        summaries.append((fields["n"], fields["last"], fields["seconds"]))
+    return emit
+
+
 def test_throttle_logs_the_first_events_of_a_window_and_sums_up_the_rest() -> None:
     clock = Clock()
     summaries: list[tuple[int, str, float]] = []
-    throttle = Throttle(clock, lambda n, why, seconds: summaries.append((n, why, seconds)), limit=3)
+    throttle = Throttle(clock, summed(summaries), "{n} more in the last {window}", limit=3)
     assert [throttle.allow(f"cause {i}") for i in range(5)] == [True, True, True, False, False]
     assert summaries == []
     clock.advance(1.0)
@@ -56,7 +64,7 @@ def test_a_throttle_window_widens_while_events_keep_coming_and_narrows_after_a_q
     (950,000 a day); now a few a minute once the outage lasts."""
     clock = Clock()
     summaries: list[tuple[int, str, float]] = []
-    throttle = Throttle(clock, lambda n, why, seconds: summaries.append((n, why, seconds)), limit=10)
+    throttle = Throttle(clock, summed(summaries), "{n} more in the last {window}", limit=10)
     logged = 0
     for _ in range(36_000):  # an hour of ten events a second
         logged += throttle.allow("full")
@@ -272,7 +280,7 @@ def test_an_unwritable_access_log_is_reported_once(tmp_path: Path) -> None:
 def test_a_closed_throttle_sums_up_what_it_left_out_and_sets_no_timer_after() -> None:
     clock = Clock()
     summaries: list[tuple[int, str, float]] = []
-    throttle = Throttle(clock, lambda n, why, seconds: summaries.append((n, why, seconds)), limit=1)
+    throttle = Throttle(clock, summed(summaries), "{n} more in the last {window}", limit=1)
     assert [throttle.allow(f"e{i}") for i in range(3)] == [True, False, False]
     clock.advance(0.25)
     throttle.close()  # a stop: what was left out is said now, over the time it took
