@@ -155,20 +155,16 @@ class HerdConfig:
             parts.append(sorted(part))
         return parts
 
-    def split_warning(self) -> str | None:
-        """A warning when the links leave the herd in parts no update crosses
-        (a node removed from between two others, say), else None."""
+    def warnings(self) -> list[str]:
+        """What nodes (at start and reload), ``herd check`` and ``herd status``
+        warn about this config: links that leave the herd in parts no update
+        crosses (a node removed from between two others, say)."""
         parts = self.parts()
         if len(parts) < 2:
-            return None
+            return []
         shown = " | ".join(", ".join(part) for part in parts)
-        return (f"{self.path}: the links leave the herd in {len(parts)} parts that no update crosses "
-                f"({shown}); link them (peers = [...])")
-
-    def warnings(self) -> list[str]:
-        """What ``herd check`` and ``herd status`` warn about this config."""
-        split = self.split_warning()
-        return [split] if split else []
+        return [f"{self.path}: the links leave the herd in {len(parts)} parts that no update crosses "
+                f"({shown}); link them (peers = [...])"]
 
     def secret(self) -> bytes:
         """The shared peer secret from the environment variable ``secret_env``.

@@ -184,9 +184,8 @@ class NodeService(MultiService):
         self._config, self._secrets, self._peer_tls = config, secrets, peer_tls
         self._dialers: dict[str, tuple[tuple[str, int], Any]] = {}  # peer -> (its address, its dialler)
         self._dial(config)
-        for note in (*me.notes, config.split_warning()):
-            if note:
-                log.warn("{note}", note=note)
+        for note in (*me.notes, *config.warnings()):
+            log.warn("{note}", note=note)
         if me.admin is not None:
             from herd.admin import Addresses, admin_site
 
@@ -239,9 +238,8 @@ class NodeService(MultiService):
         log.info("reload: peers now {peers} (added: {added}; removed: {removed})",
                  peers=", ".join(sorted(new)) or "none", added=", ".join(sorted(new - old)) or "none",
                  removed=", ".join(sorted(old - new)) or "none")
-        split = config.split_warning()
-        if split:
-            log.warn("reload: {split}", split=split)
+        for warning in config.warnings():
+            log.warn("reload: {warning}", warning=warning)
 
     @property
     def config(self) -> HerdConfig:

@@ -34,18 +34,18 @@ def node_line(r: NodeReport) -> str:
     return f"{line}  ({r.error})" if r.error else line
 
 
-def report(reports: Sequence[NodeReport], rounds: int = 1, warning: str | None = None) -> tuple[str, bool]:
+def report(reports: Sequence[NodeReport], rounds: int = 1, warnings: Sequence[str] = ()) -> tuple[str, bool]:
     """The text ``herd check`` prints for the last read, and whether all is
-    well (pure). ``rounds``: how many reads were made; ``warning``: the
-    config's (HerdConfig.split_warning), printed before the verdict."""
+    well (pure). ``rounds``: how many reads were made; ``warnings``: the
+    config's (HerdConfig.warnings), printed before the verdict."""
     ok = is_ok(reports)
     again = f" (read {rounds} times, {PAUSE:g} s apart)" if rounds > 1 else ""
     if ok:
         verdict = f"agree: {agreement(reports).describe()}{again}"
     else:
         verdict = f"PROBLEM: {'; '.join(problems(reports))}{again}"
-    warnings = [f"warning: {warning}"] if warning else []
-    return "\n".join([*(node_line(r) for r in reports), *warnings, verdict]), ok
+    said = [f"warning: {warning}" for warning in warnings]
+    return "\n".join([*(node_line(r) for r in reports), *said, verdict]), ok
 
 
 @inlineCallbacks
@@ -72,7 +72,7 @@ def run_check(config_path: str, as_json: bool = False, timeout: float = DEFAULT_
 
     def show(result: tuple[list[NodeReport], int]) -> None:
         reports, rounds = result
-        text, ok = report(reports, rounds, config.split_warning())
+        text, ok = report(reports, rounds, config.warnings())
         print(json.dumps(document(reports, config.warnings()), indent=2) if as_json else text, flush=True)
         outcome[0] = 0 if ok else 1
 

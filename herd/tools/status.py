@@ -53,9 +53,7 @@ def render(config: HerdConfig, reports: Sequence[NodeReport], now: float) -> str
         if r.error:
             lines.append(f"{'':<10} {r.error}")
     lines += ["", "agreement: " + agreement(reports).describe()]
-    split = config.split_warning()
-    if split:
-        lines.append(f"warning: {split}")
+    lines += [f"warning: {warning}" for warning in config.warnings()]
     return "\n".join(lines)
 
 

@@ -234,7 +234,7 @@ def problems(reports: Sequence[NodeReport]) -> list[str]:
 
 def document(reports: Sequence[NodeReport], warnings: Sequence[str] = ()) -> dict[str, Any]:
     """The ``--json`` document of ``herd status`` and ``herd check``;
-    ``warnings``: about the config (HerdConfig.split_warning)."""
+    ``warnings``: about the config (HerdConfig.warnings)."""
     return {"nodes": {r.name: r.to_json() for r in reports},
             "agree": agreement(reports).verdict, "ok": is_ok(reports), "warnings": list(warnings)}
 

@@ -42,7 +42,7 @@ def test_all_well() -> None:
 
 def test_a_split_herd_is_warned_about_before_the_verdict() -> None:
     split = "herd.toml: the links leave the herd in 2 parts"
-    text, ok = report([node("Bailey"), node("Bona")], warning=split)
+    text, ok = report([node("Bailey"), node("Bona")], warnings=[split])
     assert ok  # whether they agree now is another question
     assert text.splitlines()[-2:] == [f"warning: {split}",
                                       f"agree: all 2 nodes hold the same 12 clients (digest {DIGEST})"]

@@ -105,14 +105,13 @@ def test_one_sided_peer_listing_is_a_link(tmp_path: Path) -> None:
 def test_a_herd_split_by_its_links_is_warned_about(tmp_path: Path) -> None:
     """Found by a review: a config that leaves nodes unlinked loaded without a
     word, and its parts then never agree."""
-    assert load_config(str(SHIPPED)).split_warning() is None
+    assert load_config(str(SHIPPED)).warnings() == []
     assert load_config(write(tmp_path, BASE)).parts() == [["Bailey", "Bona"]]
     third = '\n[nodes.Carol]\nhost = "127.0.0.1"\nport = 10002\nredis = "redis://127.0.0.1:6402/0"\n'
     cfg = load_config(write(tmp_path, variant('peers = ["Bailey"]', "peers = []") + third))
     assert cfg.parts() == [["Bailey", "Bona"], ["Carol"]]
-    assert cfg.split_warning() == (f"{cfg.path}: the links leave the herd in 2 parts that no update crosses "
-                                   "(Bailey, Bona | Carol); link them (peers = [...])")
-    assert cfg.warnings() == [cfg.split_warning()]
+    assert cfg.warnings() == [(f"{cfg.path}: the links leave the herd in 2 parts that no update crosses "
+                                "(Bailey, Bona | Carol); link them (peers = [...])")]
 
 
 def test_defaults_and_parsed_values(tmp_path: Path) -> None:
