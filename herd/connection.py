@@ -25,9 +25,9 @@ from twisted.protocols.policies import TimeoutMixin
 from zope.interface import implementer
 
 from herd import logs
+from herd.reactor import set_no_delay
 from herd.wire.client import Iamat, Invalid, Request, Whatsat, parse_request, too_long_reply
 from herd.wire.lines import LineProtocol
-from storage.store import set_no_delay
 
 if TYPE_CHECKING:
     from herd.node import Node

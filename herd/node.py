@@ -41,7 +41,8 @@ from herd.wire.client import (
     parse_client_time,
 )
 from herd.wire.peer import LogStep, Position
-from storage.store import OnDemand, RedisStore, StoredRun, StoreResult, refused_unrun
+from storage.batch import OnDemand, StoredRun, StoreResult
+from storage.store import RedisStore, refused_unrun
 
 log = Logger(namespace="herd")
 

@@ -9,37 +9,36 @@ within a second or two of Redis returning.
 
 from __future__ import annotations
 
-import ipaddress
 import itertools
 import math
-import operator
 import os
 from collections import deque
 from collections.abc import Callable, Sequence
-from functools import lru_cache, reduce
-from hashlib import sha1 as _sha1
 from importlib import resources
-from typing import Any, NamedTuple, TypeVar, overload
+from typing import Any, NamedTuple
 
 import txredisapi
 from twisted.internet.defer import Deferred, fail, succeed
-from twisted.internet.endpoints import HostnameEndpoint, TCP4ClientEndpoint, TCP6ClientEndpoint
-from twisted.internet.interfaces import IReactorTime, IStreamClientEndpoint
+from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
-from twisted.python.failure import Failure
-from zope.interface import implementer
 
 from config.schema import RedisAddress
 from herd.logs import Throttle
 from herd.wire.client import AtRecord, parse_at_line
 from herd.wire.peer import ANY_ENTRY, LogStep, Position
 from storage import geohash
+from storage.batch import KINDS, Pending, StoreResult, batch_stored, digest_part, record_blob, xor
+from storage.connection import NOT_SERVING, FunctionCall, NotingEndpoint, ReconnectingFactory, redis_endpoint
 from storage.keys import Keys
 
-_new = tuple.__new__  # makes NamedTuples without their __new__'s Python frame
-_T = TypeVar("_T")
-
 _log = Logger(namespace="herd")
+
+
+def refused_unrun(failure: Any) -> bool:
+    """Whether ``failure`` is Redis refusing a call before running it (out of
+    memory, failing to persist, loading, ...: NOT_SERVING), so that nothing
+    of it was written; a timeout or a lost connection leaves that unknown."""
+    return bool(failure.check(txredisapi.ResponseError)) and failure.getErrorMessage().startswith(NOT_SERVING)
 
 
 def _lua(name: str) -> bytes:
@@ -66,9 +65,6 @@ MAX_BATCH = 1000  # records per store_batch.lua call (exceeded only by one group
 # two, one node with no peers answered about 10% fewer IAMATs a second in
 # `herd bench`; at most 4 x MAX_BATCH records, well under 0.1 s, wait in Redis).
 MAX_IN_FLIGHT = 4
-# Errors of a Redis that cannot take writes now (loading its data, running a
-# long script, out of memory, failing to persist, a read-only replica).
-NOT_SERVING = ("LOADING", "BUSY", "MASTERDOWN", "OOM", "MISCONF", "READONLY", "NOREPLICAS")
 SERVING_POLL = 0.1  # seconds between checks whether Redis takes writes again
 STALLED = 0.25  # seconds a store batch may wait for Redis before the store counts as not serving
 # Seconds a call waits for Redis to serve again once it has not answered for a
@@ -82,81 +78,6 @@ class LogChunk(NamedTuple):
     end: Position  # the position after this chunk
     entries: int  # log entries read (fewer than asked: the log is exhausted)
     lines: list[bytes]  # current AT lines of the clients those entries name
-
-
-class StoreResult(NamedTuple):
-    stored: bool  # the record was newer and is now held
-    position: Position | None  # where it went in this node's log, when stored
-    advanced: bool  # the log step's peer offset moved to step.pos
-    previous: Position | None = None  # the log entry just before position
-
-
-class OnDemand(Sequence[_T]):
-    """A sequence of ``count`` items, each made when it is read (``_item``)."""
-
-    __slots__ = ("_count",)
-
-    def __init__(self, count: int):
-        self._count = count
-
-    def __len__(self) -> int:
-        return self._count
-
-    def _item(self, index: int) -> _T:  # 0 <= index < len
-        raise NotImplementedError
-
-    @overload
-    def __getitem__(self, index: int) -> _T: ...
-
-    @overload
-    def __getitem__(self, index: slice) -> list[_T]: ...
-
-    def __getitem__(self, index: int | slice) -> _T | list[_T]:
-        if isinstance(index, slice):
-            return [self._item(i) for i in range(*index.indices(self._count))]
-        if index < 0:
-            index += self._count
-        if not 0 <= index < self._count:
-            raise IndexError(index)
-        return self._item(index)
-
-
-class StoredRun(OnDemand[StoreResult]):
-    """The StoreResults of a group stored whole in one batch (the usual case),
-    made on demand: record i is at ``<epoch>/0-<first + i>``, each right after
-    the one before it, the first right after ``previous``. Most callers read
-    only its ends (see Node._group_stored), not a result per record."""
-
-    __slots__ = ("epoch", "first", "previous")
-
-    def __init__(self, epoch: bytes, first: int, count: int, previous: Position):
-        super().__init__(count)
-        self.epoch, self.first, self.previous = epoch, first, previous
-
-    def position(self, index: int) -> Position:
-        """Where record ``index`` (0 <= index < len) went in the log."""
-        return _new(Position, (self.epoch, b"0-%d" % (self.first + index)))
-
-    def previous_of(self, index: int) -> Position:
-        """The log entry right before record ``index``."""
-        return self.position(index - 1) if index else self.previous
-
-    def _item(self, index: int) -> StoreResult:
-        return _new(StoreResult, (True, self.position(index), False, self.previous_of(index)))
-
-
-def set_no_delay(transport: Any) -> None:
-    """Disable Nagle's algorithm on a TCP transport (others are left alone)."""
-    if hasattr(transport, "setTcpNoDelay"):
-        transport.setTcpNoDelay(True)
-
-
-# Records' part of the batch argument, their Deferred, their place in arrival
-# order, how many records (0 for one record whose Deferred fires with its
-# StoreResult; n >= 1 for a group whose Deferred fires with a sequence of n:
-# a StoredRun when all were stored), and the XOR of the digest parts of those
-# known newer (see _digest_part).
-_Pending = tuple[bytes, Deferred[Any], int, int, int]
 
 
 EMPTY_DIGEST = b"0000000000000000"  # the digest of no clients
@@ -178,281 +99,8 @@ class StoreUnavailable(Exception):
     """Redis could not be reached, or did not answer in time."""
 
 
-def _not_found(failure: Failure) -> bool:
-    """Redis's answer to an FCALL of a function it does not have."""
-    return bool(failure.check(txredisapi.ResponseError)) and \
-        failure.getErrorMessage().startswith("ERR Function not found")
-
-
-def refused_unrun(failure: Any) -> bool:
-    """Whether ``failure`` is Redis refusing a call before running it (out of
-    memory, failing to persist, loading, ...: NOT_SERVING), so that nothing
-    of it was written; a timeout or a lost connection leaves that unknown."""
-    return bool(failure.check(txredisapi.ResponseError)) and failure.getErrorMessage().startswith(NOT_SERVING)
-
-
-@lru_cache(maxsize=32)
-def _script_sha(script: bytes) -> str:
-    return _sha1(script).hexdigest()
-
-
 # Calls named in errors (and so in the event log) as the Redis command they send.
 _SHOWN_AS = {"call_function": "fcall"}
-
-
-def _bulk_strings(values: Sequence[bytes]) -> bytes:
-    """``values`` as RESP bulk strings, one after the other."""
-    return b"".join([b"$%d\r\n%s\r\n" % (len(value), value) for value in values])
-
-
-class FunctionCall:
-    """A function of a Redis function library file (``#!lua name=<library>``
-    on its first line, the function registered as ``'<function>'``), called
-    with the same keys and first arguments every time. It is loaded under
-    names that tell its version: ``<library>_<v>`` and ``<function>_<v>``,
-    ``<v>`` the first 12 hex digits of the file's SHA-1 (``library`` is the
-    code to load); the start of its FCALL command is encoded once
-    (``command``)."""
-
-    def __init__(self, source: bytes, function: bytes, keys: Sequence[bytes], fixed: Sequence[bytes]):
-        version = _sha1(source).hexdigest()[:12].encode()
-        shebang, code = source.split(b"\n", 1)
-        registered = b"'%s'" % function
-        if not shebang.startswith(b"#!lua name=") or code.count(registered) != 1:
-            raise ValueError(f"not a library registering {function!r} once")
-        self.name = b"%s_%s" % (function, version)
-        self.library = b"%s_%s\n%s" % (shebang, version, code.replace(registered, b"'%s'" % self.name))
-        self._count = 3 + len(keys) + len(fixed)
-        self._start = _bulk_strings([b"FCALL", self.name, b"%d" % len(keys), *keys, *fixed])
-
-    def command(self, args: Sequence[bytes]) -> bytes:
-        """The whole FCALL command, ``args`` after the fixed arguments."""
-        return b"*%d\r\n%s%s" % (self._count + len(args), self._start, _bulk_strings(args))
-
-
-class _RedisProtocol(txredisapi.RedisProtocol):
-    """txredisapi's protocol with three of its per-call costs cut, the same
-    bytes on the wire. At a thousand updates a second each Lua call carries
-    one or two records, and such fixed costs are most of it: encoding each
-    argument took two ``_encode_value`` calls and a dozen more (10 us per
-    store batch), ``eval`` hashed the whole script (15 kB, 9 us) every
-    time, and each call had a reply timer of its own (a DelayedCall pushed
-    into and cancelled out of the reactor's heap, three closures and a
-    second Deferred). The store's batches skip txredisapi's command path
-    altogether: they are calls of a Redis function (``call_function``).
-
-    Reply timeout, as txredisapi's: a call Redis has not answered within
-    ``replyTimeout`` seconds fails with txredisapi.TimeoutError, so do all
-    calls behind it, and the connection is aborted. Replies come in the order
-    of the calls, so one timer per connection watches the oldest call. Every
-    call has the timeout (the store never asks for one without, nor pipelines
-    through txredisapi)."""
-
-    clock: IReactorTime  # set by the factory
-
-    def __init__(self, *args: Any, replyTimeout: float | None = None, **kwargs: Any) -> None:
-        super().__init__(*args, replyTimeout=None, **kwargs)  # no timer per call
-        self._reply_timeout = replyTimeout
-        self._sent: deque[float] = deque()  # when each unanswered call was sent
-        self._watch: Any = None  # the timer, while a call is unanswered
-        self.functions: set[bytes] = set()  # FunctionCall names loaded (or being loaded) on this connection
-        self._loading: dict[bytes, list[Failure]] = {}  # names whose load is unanswered (see _load)
-
-    def execute_command(self, *args: Any, **kwargs: Any) -> Deferred[Any]:
-        result = super().execute_command(*args, **kwargs)
-        self._sent_now()
-        return result  # type: ignore[no-any-return]
-
-    def call_function(self, call: FunctionCall, args: Sequence[bytes]) -> Deferred[Any]:
-        """FCALL of ``call``'s function with its keys and fixed arguments, then
-        ``args``: the command as ``call`` encoded it, and one Deferred waiting
-        for the reply (txredisapi's ``execute_command`` builds two Deferreds,
-        two closures and the whole command each time). The first call on a
-        connection loads the library first, in the same write order (Redis
-        answers "already exists" when it has it: nothing is written). A call
-        answered "Function not found" (a FUNCTION FLUSH or DELETE) fails, and
-        the next call loads the library again. It is not sent again: calls
-        apply in the order sent, and the calls behind it, sent before that
-        load, fail too; each sent again as its reply came, a newer call could
-        go ahead of them. A call sent while a load is unanswered reports the
-        load's refusal (OOM, MISCONF ...) if Redis refuses it, not its own
-        "Function not found"."""
-        if not self.connected:
-            raise txredisapi.ConnectionError("Not connected")
-        if call.name not in self.functions:
-            self._load(call)
-        refused = self._loading.get(call.name)
-        self.transport.write(call.command(args))
-        reply: Deferred[Any] = self.replyQueue.get()
-        reply.addCallback(self.handle_reply)
-        self._sent_now()
-        if refused is not None:  # (only its "Function not found": any other failure is the call's own)
-            reply.addErrback(lambda failure: refused[0] if refused and _not_found(failure) else failure)
-        return reply.addErrback(self._function_missing, call)
-
-    def _load(self, call: FunctionCall) -> None:
-        """FUNCTION LOAD of ``call``'s library. Until it is answered,
-        ``_loading`` holds a list for its name, which gets the failure of a
-        load Redis refused (not for "already exists"): the cause to report
-        rather than the "Function not found" of the FCALLs behind it."""
-        self.functions.add(call.name)
-        refused: list[Failure] = []
-        self._loading[call.name] = refused
-
-        def loaded(result: Any) -> None:
-            if self._loading.get(call.name) is refused:
-                del self._loading[call.name]
-            if isinstance(result, Failure) and "already exists" not in result.getErrorMessage():
-                self.functions.discard(call.name)
-                refused.append(result)
-
-        self.execute_command(b"FUNCTION", b"LOAD", call.library).addBoth(loaded)
-
-    def _function_missing(self, failure: Failure, call: FunctionCall) -> Failure:
-        if _not_found(failure):
-            self.functions.discard(call.name)
-            return Failure(txredisapi.ResponseError(
-                f"{failure.getErrorMessage()}: {call.name.decode()} (loaded again with the next call)"))
-        return failure
-
-    def _sent_now(self) -> None:
-        """A call was just written: watch for its reply."""
-        if self._reply_timeout:
-            self._sent.append(self.clock.seconds())
-            if self._watch is None:
-                self._watch = self.clock.callLater(self._reply_timeout, self._check_replies)
-
-    def replyReceived(self, reply: Any) -> None:  # noqa: N802 (txredisapi's name)
-        if self._sent:
-            self._sent.popleft()
-        super().replyReceived(reply)
-
-    def connectionLost(self, why: Any) -> None:  # noqa: N802 (Twisted's name)
-        self._sent.clear()
-        if self._watch is not None and self._watch.active():
-            self._watch.cancel()
-        self._watch = None
-        super().connectionLost(why)
-
-    def _check_replies(self) -> None:
-        """The oldest unanswered call's time is up, or the timer is set again
-        for when it will be."""
-        self._watch = None
-        if not self._sent:
-            return
-        late = self._sent[0] + self._reply_timeout - self.clock.seconds()  # type: ignore[operator]
-        if late > 0:
-            self._watch = self.clock.callLater(late, self._check_replies)
-            return
-        self._sent.clear()
-        while self.replyQueue.waiting:
-            self.replyQueue.put(txredisapi.TimeoutError(
-                f"Not received Redis response in {self._reply_timeout} seconds"))
-        self.transport.abortConnection()
-
-    def _build_command(self, *args: Any, **kwargs: Any) -> bytes:
-        encode = self._encode_value
-        return b"*%d\r\n%s" % (len(args), _bulk_strings([arg if type(arg) is bytes else encode(arg)
-                                                            for arg in args]))
-
-    def eval(self, script: bytes, keys: Sequence[Any] = (), args: Sequence[Any] = ()) -> Deferred[Any]:
-        """txredisapi's ``eval`` (EVALSHA once the script is known on this
-        connection, else EVAL), with the script's SHA-1 computed once."""
-        sha = _script_sha(script)
-        if sha in self.script_hashes:
-            return self.evalsha(sha, keys, args).addErrback(self._evalsha_failed, script, sha, keys, args)
-        return self._eval(script, sha, keys, args)  # type: ignore[no-any-return]
-
-
-class _ReconnectingFactory(txredisapi.RedisFactory):
-    """txredisapi's pool factory with a short reconnect backoff and a hook that
-    tells the store when a connection becomes usable."""
-
-    protocol = _RedisProtocol
-    initialDelay = 0.1
-    maxDelay = 0.5
-    jitter = 0.1  # a normal spread: nearly always within 30% of the delay
-    noisy = False
-
-    def __init__(self, clock: IReactorTime, on_connected: Any, on_refused: Callable[[str], None],
-                 on_lost: Callable[[], None], **kwargs: Any) -> None:
-        super().__init__(**kwargs)
-        self._clock = clock
-        # txredisapi fails this Deferred (made for non-lazy pools) when a
-        # connection's set-up fails; nobody waits on it here: no "Unhandled
-        # error in Deferred" (the cause reaches on_refused).
-        self.deferred.addErrback(lambda _: None)
-        self._on_connected = on_connected
-        self._on_refused = on_refused
-        self._on_lost = on_lost
-
-    def buildProtocol(self, addr: Any) -> _RedisProtocol:  # noqa: N802 (Twisted's name)
-        protocol: _RedisProtocol = super().buildProtocol(addr)
-        protocol.clock = self._clock
-        return protocol
-
-    def connectionError(self, why: str) -> None:  # noqa: N802 (txredisapi's name)
-        # A connection was made but its set-up failed (wrong password, bad db).
-        self._on_refused(why.removeprefix("Redis error: "))
-        super().connectionError(why)
-
-    def stopTrying(self) -> Any:
-        # txredisapi gives up for good when AUTH or SELECT fails on a new
-        # connection, which a Redis still loading its data set makes them do
-        # (LOADING). Keep reconnecting instead; shutting down uses disconnect().
-        _log.warn("Redis refused the connection set-up; reconnecting")
-        return succeed(None)
-
-    def addConnection(self, conn: Any) -> None:
-        # Pipelined commands must not wait for Nagle's algorithm (40 ms stalls).
-        set_no_delay(conn.transport)
-        super().addConnection(conn)
-        if self.size:
-            self._on_connected()
-
-    def delConnection(self, conn: Any) -> None:  # noqa: N802 (txredisapi's name)
-        super().delConnection(conn)
-        # txredisapi leaves a lost connection in its queue of idle ones (the
-        # store never takes connections from it): one dead protocol object
-        # kept for good per reconnect.
-        if conn in self.connectionQueue.pending:
-            self.connectionQueue.remove(conn)
-        if not self.size and not self.disconnectCalled:
-            self._on_lost()
-
-
-def redis_endpoint(reactor: Any, host: str, port: int, timeout: float) -> IStreamClientEndpoint:
-    """Where the store connects. An IP address is connected to directly: a
-    HostnameEndpoint reports a refused connection only after its 0.3 s delay
-    between addresses, so each attempt to reach a Redis that is down took
-    0.3 s longer, and calls waiting for an attempt's outcome with it."""
-    try:
-        version = ipaddress.ip_address(host).version
-    except ValueError:
-        return HostnameEndpoint(reactor, host, port, timeout=timeout)
-    endpoint = TCP6ClientEndpoint if version == 6 else TCP4ClientEndpoint
-    return endpoint(reactor, host, port, timeout=timeout)
-
-
-@implementer(IStreamClientEndpoint)
-class _NotingEndpoint:
-    """An endpoint that reports why each failed connection attempt failed."""
-
-    def __init__(self, endpoint: IStreamClientEndpoint, on_refused: Callable[[str], None], name: str):
-        self._endpoint = endpoint
-        self._on_refused = on_refused
-        self._name = name
-
-    def __repr__(self) -> str:  # as Twisted's "Scheduling retry N to connect ..." shows it
-        return self._name
-
-    def connect(self, factory: Any) -> Deferred[Any]:
-        d: Deferred[Any] = self._endpoint.connect(factory)
-        return d.addErrback(self._failed)
-
-    def _failed(self, failure: Any) -> Any:
-        self._on_refused(failure.getErrorMessage())
-        return failure
 
 
 class RedisStore:
@@ -474,8 +122,8 @@ class RedisStore:
         self.connections_made = 0  # connections made so far (each may reach a restarted Redis)
         self._serving_now = False
         self._said_not_serving = False  # that check was refused and logged
-        self._batch: deque[_Pending] = deque()  # from peers
-        self._urgent: deque[_Pending] = deque()  # from clients
+        self._batch: deque[Pending] = deque()  # from peers
+        self._urgent: deque[Pending] = deque()  # from clients
         self._waiting = 0  # records in both queues
         self._arrivals = itertools.count()
         self._batch_call: Any = None
@@ -510,7 +158,7 @@ class RedisStore:
         # of each call Redis refused because it cannot take writes now; not
         # called for the store's own checks whether it serves again.
         self.on_refused: Callable[[str], None] | None = None
-        self._factory = _ReconnectingFactory(
+        self._factory = ReconnectingFactory(
             reactor, self._connection_ready, self._connection_refused, self._connection_lost,
             # No SELECT for database 0: a new connection is already there.
             uuid=f"{address.host}:{address.port}", dbid=address.db or None, poolsize=1, isLazy=True,
@@ -524,7 +172,7 @@ class RedisStore:
     def start(self) -> None:
         """Start connecting (and reconnecting) in the background."""
         endpoint = redis_endpoint(self._reactor, self._address.host, self._address.port, self._timeout)
-        self._factory.startConnecting(_NotingEndpoint(endpoint, self._connection_refused,
+        self._factory.startConnecting(NotingEndpoint(endpoint, self._connection_refused,
                                                       f"Redis at {self._address.host}:{self._address.port}"))
 
     stopped = False  # stop() was called: failures from now on are expected
@@ -583,8 +231,8 @@ class RedisStore:
         applied in call order; each Deferred fires with its own StoreResult once
         Redis has acknowledged the batch."""
         done: Deferred[StoreResult] = Deferred()
-        blob = _record_blob(record, _KINDS[tie_break][known_newer], step, source)
-        self._queue(blob, done, 0, _digest_part(record.line) if known_newer else 0,
+        blob = record_blob(record, KINDS[tie_break][known_newer], step, source)
+        self._queue(blob, done, 0, digest_part(record.line) if known_newer else 0,
                     urgent=not source and not step)
         return done
 
@@ -599,11 +247,11 @@ class RedisStore:
         One Deferred instead of one per record: a read of many IAMATs, or of
         many forwarded updates, is handled at once."""
         done: Deferred[Sequence[StoreResult]] = Deferred()
-        kinds = _KINDS[bool(source)]
+        kinds = KINDS[bool(source)]
         known = known_newer or [False] * len(records)
         pairs = list(zip(records, known, strict=True))
-        blob = b"".join([_record_blob(record, kinds[newer], None, source) for record, newer in pairs])
-        digest = _xor([_digest_part(record.line) for record, newer in pairs if newer])
+        blob = b"".join([record_blob(record, kinds[newer], None, source) for record, newer in pairs])
+        digest = xor([digest_part(record.line) for record, newer in pairs if newer])
         self._queue(blob, done, len(records), digest, urgent=not source)
         return done
 
@@ -669,7 +317,7 @@ class RedisStore:
         other."""
         self._batch_call = None
         while (self._urgent or self._batch) and len(self._sent_at) < MAX_IN_FLIGHT:
-            part: list[_Pending] = []
+            part: list[Pending] = []
             size = _take(self._urgent, MAX_BATCH - min(len(self._batch), MAX_BATCH // 2), part, 0)
             oldest_client = self._urgent[0][2] if self._urgent else math.inf
             while self._batch and size < MAX_BATCH and self._batch[0][2] < oldest_client:
@@ -684,12 +332,12 @@ class RedisStore:
             # One argument for the whole batch: each argument costs Python
             # work to encode, Redis splits it in C.
             args = [LOG_BOUND, b"".join([entry[0] for entry in part]),
-                    b"%016x" % _xor([entry[4] for entry in part]), self._last_batch, token]
+                    b"%016x" % xor([entry[4] for entry in part]), self._last_batch, token]
             self._last_batch = token
             self._sent_at.append(self._reactor.seconds())
             d = self._call("call_function", self._store_batch, args)
             d.addBoth(self._answered)
-            d.addCallbacks(_batch_stored, self._batch_failed, callbackArgs=(part,), errbackArgs=(part,))
+            d.addCallbacks(batch_stored, self._batch_failed, callbackArgs=(part,), errbackArgs=(part,))
         self._notify_drained()
 
     def _notify_drained(self) -> None:
@@ -699,7 +347,7 @@ class RedisStore:
             for _, waiter in drained:
                 waiter.callback(None)
 
-    def _batch_failed(self, failure: Any, part: list[_Pending]) -> None:
+    def _batch_failed(self, failure: Any, part: list[Pending]) -> None:
         """Fail the batch and everything queued behind it: nothing stored after
         a record that was not (a peer's offset must not move past a lost
         record), and no waiting a timeout per batch while Redis is away."""
@@ -960,74 +608,7 @@ def _position_sample(reply: list[Any]) -> PositionSample:
     return PositionSample(int(reply[0]), points)
 
 
-def _digest_part(line: bytes) -> int:
-    """An AT line's part of the summary digest: the first 64 bits of its SHA-1."""
-    return int.from_bytes(_sha1(line).digest()[:8])
-
-
-def _xor(values: list[int]) -> int:
-    return reduce(operator.xor, values, 0)
-
-
-# store_batch.lua's record kind, by tie-break and known newer: whether the
-# record's digest part is in the batch's (the node's XOR) or left to the script.
-_KINDS = ((b"2", b"0"), (b"3", b"1"))
-
-
-def _record_blob(record: AtRecord, kind: bytes, step: LogStep | None, source: bytes) -> bytes:
-    """One record's part of store_batch.lua's batch argument: the AT record's
-    fields, its kind (_KINDS) and source, each followed by a newline, then
-    only with a log step its fields, each followed by a newline; the record
-    ends with a tab (no field holds a newline or a tab; only a source,
-    "<peer> F", a space)."""
-    location = record.location
-    if step is None:
-        return b"%s\n%s\n%s\n%s\n%s\n%s\n%s\n%s\n\t" % (
-            record.server, record.skew, record.client_id, location.lat, location.lon, record.time.text,
-            kind, source)
-    return b"%s\n%s\n%s\n%s\n%s\n%s\n%s\n%s\n%s\n%s\n%s\n%s\n\t" % (
-        record.server, record.skew, record.client_id, location.lat, location.lon, record.time.text,
-        kind, source, step.peer, step.prev.epoch, step.prev.entry, step.pos.entry)
-
-
-_NOT_STORED = StoreResult(False, None, False)
-_NOT_STORED_ADVANCED = StoreResult(False, None, True)
-
-
-def _batch_stored(reply: bytes, part: list[_Pending]) -> None:
-    """Fire each record's (or group's) Deferred from store_batch.lua's reply: a
-    line "<epoch> 0-<k>", the journal position before the batch (empty when
-    nothing was stored), then per record "<advanced 0|1>", with "+" when
-    stored: the stored ones are at 0-<k+1>, 0-<k+2>, ... in order, and a
-    stored record's previous entry is the one stored before it in the batch
-    (or the head before it)."""
-    lines = reply.split(b"\n")
-    epoch, _, previous_entry = lines[0].partition(b" ")
-    k = int(previous_entry[2:]) if previous_entry else 0
-    previous = _new(Position, (epoch, previous_entry))
-    at = 1
-    for _, done, _, count, _ in part:
-        chunk = lines[at:at + (count or 1)]
-        at += count or 1
-        if count and chunk.count(b"0+") == count:  # a group stored whole: the usual case
-            run = StoredRun(epoch, k + 1, count, previous)
-            k += count
-            previous = run.position(count - 1)
-            done.callback(run)
-            continue
-        results = []
-        for line in chunk:
-            if len(line) > 1:
-                k += 1
-                position = _new(Position, (epoch, b"0-%d" % k))
-                results.append(_new(StoreResult, (True, position, line[:1] == b"1", previous)))
-                previous = position
-            else:
-                results.append(_NOT_STORED_ADVANCED if line == b"1" else _NOT_STORED)
-        done.callback(results if count else results[0])
-
-
-def _take(queue: deque[_Pending], limit: int, part: list[_Pending], size: int) -> int:
+def _take(queue: deque[Pending], limit: int, part: list[Pending], size: int) -> int:
     """Move entries from ``queue`` to ``part`` while ``part`` holds fewer than
     ``limit`` records (a group is never split); returns how many it holds."""
     while queue and size < limit:

@@ -26,9 +26,9 @@ from herd.peer.connection import (
     detect_dead_peer,
 )
 from herd.peer.tls import PeerTls
+from herd.reactor import set_no_delay
 from herd.wire import handshake
 from herd.wire.client import too_long_reply
-from storage.store import set_no_delay
 
 log = Logger(namespace="herd")
 

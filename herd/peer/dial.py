@@ -23,8 +23,8 @@ from herd.peer.connection import (
     detect_dead_peer,
     handshake_backoff,
 )
+from herd.reactor import set_no_delay
 from herd.wire import handshake
-from storage.store import set_no_delay
 
 log = Logger(namespace="herd")
 

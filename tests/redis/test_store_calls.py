@@ -1,5 +1,5 @@
 """How RedisStore's calls reach Redis: txredisapi's protocol with its
-per-call costs cut (storage.store._RedisProtocol) sends the same bytes, the
+per-call costs cut (storage.connection.RedisProtocol) sends the same bytes, the
 store's function library is loaded once per connection under a name that
 tells its version and again once Redis lost it (FUNCTION FLUSH), and a call
 Redis does not answer times out as with txredisapi's own timers."""
@@ -20,12 +20,13 @@ from twisted.internet.task import deferLater
 from twisted.trial import unittest
 
 from herd.wire.peer import Position
-from storage.store import STORE_BATCH, FunctionCall, StoreUnavailable, _RedisProtocol
+from storage.connection import FunctionCall, RedisProtocol
+from storage.store import STORE_BATCH, StoreUnavailable
 
 
 class Encoding(unittest.TestCase):
     def test_commands_are_the_bytes_txredisapi_sends(self) -> None:
-        ours, theirs = _RedisProtocol(charset=None), txredisapi.RedisProtocol(charset=None)
+        ours, theirs = RedisProtocol(charset=None), txredisapi.RedisProtocol(charset=None)
         for args in [("PING",), ("EVALSHA", "ab" * 20, 6, b"herd:geo", b"", b"a\r\nb\tc" * 100),
                      ("HSET", b"k", "f\u00e9", bytearray(b"v"), 1.5, -7), ("GET", b"\x00\xff")]:
             assert ours._build_command(*args) == theirs._build_command(*args), args

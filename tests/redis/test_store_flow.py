@@ -20,14 +20,14 @@ from twisted.trial import unittest
 
 from config.schema import RedisAddress
 from herd.wire.peer import LogStep, Position
+from storage.batch import StoreResult
+from storage.connection import ReconnectingFactory
 from storage.store import (
     MAX_BATCH,
     MAX_IN_FLIGHT,
     RECOVERY_GRACE,
     RedisStore,
-    StoreResult,
     StoreUnavailable,
-    _ReconnectingFactory,
 )
 
 
@@ -150,7 +150,7 @@ class Reconnects(unittest.TestCase):
 
 
 
-def _replaced(factory: _ReconnectingFactory, lost: Any) -> bool:
+def _replaced(factory: ReconnectingFactory, lost: Any) -> bool:
     return factory.pool[:1] not in ([], [lost])
 
 
@@ -384,7 +384,7 @@ class WhyUnreachable(unittest.TestCase):
         globalLogPublisher.addObserver(observer)
         self.addCleanup(globalLogPublisher.removeObserver, observer)
         refused: list[str] = []
-        factory = _ReconnectingFactory(reactor, lambda: None, refused.append, lambda: None, uuid="x",
+        factory = ReconnectingFactory(reactor, lambda: None, refused.append, lambda: None, uuid="x",
                                        dbid=None, poolsize=1, isLazy=True, charset=None, password="p")
         factory.connectionError("Redis error: could not auth: WRONGPASS")
         del factory

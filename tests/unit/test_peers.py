@@ -15,7 +15,7 @@ from herd.peer.connection import PeerLineProtocol
 from herd.peer.links import K_STEP, PeerLinks, Stored
 from herd.wire.client import parse_at_line
 from herd.wire.peer import Position
-from storage.store import StoredRun, StoreResult
+from storage.batch import StoredRun, StoreResult
 
 Conn = PeerConn
 
