@@ -17,7 +17,7 @@ from typing import Any
 import pytest
 from harness import REPO
 
-from herd.tools import bench
+from herd.tools import bench, bench_report
 from herd.tools.bench_load import client_time, iamat, percentile
 from herd.tools.harness import RedisProcess
 from herd.wire.client import Iamat, parse_request
@@ -164,13 +164,13 @@ def test_percentile_and_table() -> None:
     assert percentile(list(map(float, range(1, 101))), 0.99) == 99.0
     results = {"memory": {"clients": 10, "node": "x", "bytes_per_client": 250.0, "log_bytes_per_client": 22.0,
                           "geo_bytes_per_client": 100.0, "hash_bytes_per_client": 110.0}}
-    rows = bench.figures(results)
+    rows = bench_report.figures(results)
     assert (rows[2].value, rows[2].target, rows[2].met) == ("1.19", "<= 1.2", True)  # SPEC 8: 250 / 210
     results["memory"]["bytes_per_client"] = 253.0
-    assert bench.figures(results)[2].met is False
+    assert bench_report.figures(results)[2].met is False
     report = {"date": "d", "commit": "c", "results": results,
               "machine": {"nproc": 2, "cpu": "x", "python": "3", "redis": "7", "twisted": "t"}}
-    assert "bytes per client (10 clients, node x)" in bench.render_table(report, rows)
+    assert "bytes per client (10 clients, node x)" in bench_report.render_table(report, rows)
 
 
 def test_propagation_target_follows_the_fsync_policy() -> None:
@@ -178,10 +178,10 @@ def test_propagation_target_follows_the_fsync_policy() -> None:
     within the p99 of three fsync'd Redis writes in a row plus 2 ms."""
     line = {"from": "A", "to": "D", "hops": 3, "rate": 1000.0, "p50_ms": 2.0, "p99_ms": 4.0,
             "arrived": 10, "sent": 10}
-    everysec = bench.propagation_figures({"line": line}, {})
+    everysec = bench_report.propagation_figures({"line": line}, {})
     assert (everysec[0].target, everysec[0].met) == ("p99 <= 5 ms at 1000/s", True)
     chain = {"chains": 10, "writes_per_chain": 3, "rate": 1000.0, "p50_ms": 0.9, "p99_ms": 1.5}
-    always = bench.propagation_figures({"line": line, "fsync_chain": chain}, {})
+    always = bench_report.propagation_figures({"line": line, "fsync_chain": chain}, {})
     assert (always[0].target, always[0].met) == ("p99 <= 3.50 ms", False)
     assert always[1].value == "0.90 / 1.50 ms (10 chains)"
 
@@ -192,7 +192,7 @@ def test_propagation_runs_report_the_load_they_put_on_the_machine() -> None:
             "cpu_us_per_update": {"nodes": 1033.4, "redis": 570.0},
             "wait_us_per_update": {"nodes": 1124.0, "redis": 1700.2},
             "tool_cpu_us_per_update": 181.1, "tool_wakeups_per_update": 0.97}
-    rows = bench.propagation_figures({"line": line}, {})
+    rows = bench_report.propagation_figures({"line": line}, {})
     assert [(row.name, row.value) for row in rows[1:]] == [
         ("A->D at 1000/s: load", "all CPUs 94% busy while sending; per update: CPU 1,033 us in nodes, "
          "570 us in Redis; waiting for a core 1,124 us and 1,700 us; the load tool 181 us, 0.97 wake-ups")]
@@ -208,21 +208,21 @@ def test_propagation_runs_name_the_stalls_their_redis_recorded(tmp_path: Path) -
     reported per node, counted from watch_redis_stalls on; shorter ones are not."""
     with RedisProcess(tmp_path / "redis").start() as redis:
         node = SimpleNamespace(name="C", redis=redis)
-        redis.call("EVAL", SLOW_SCRIPT, "0", str(bench.STALL_MS + 15))  # before watching: not reported
+        redis.call("EVAL", SLOW_SCRIPT, "0", str(bench_report.STALL_MS + 15))  # before watching: not reported
         bench.watch_redis_stalls([node])  # type: ignore[list-item]
         assert bench.redis_stalls([node]) == {}  # type: ignore[list-item]
-        redis.call("EVAL", SLOW_SCRIPT, "0", str(bench.STALL_MS // 2))
+        redis.call("EVAL", SLOW_SCRIPT, "0", str(bench_report.STALL_MS // 2))
         assert bench.redis_stalls([node]) == {}  # type: ignore[list-item]
-        redis.call("EVAL", SLOW_SCRIPT, "0", str(bench.STALL_MS + 5))
+        redis.call("EVAL", SLOW_SCRIPT, "0", str(bench_report.STALL_MS + 5))
         stalls = bench.redis_stalls([node])  # type: ignore[list-item]
     assert list(stalls) == ["C"] and list(stalls["C"]) == ["command"]
-    assert bench.STALL_MS + 5 <= stalls["C"]["command"] < bench.STALL_MS + 500
+    assert bench_report.STALL_MS + 5 <= stalls["C"]["command"] < bench_report.STALL_MS + 500
     line = {"from": "A", "to": "D", "hops": 3, "rate": 1000.0, "p50_ms": 2.0, "p99_ms": 4.0,
             "arrived": 10, "sent": 10,
             "redis_stalls": {"D": {"aof-write": 12, "aof-fsync-always": 212}, "A": {"aof-fsync-always": 30}}}
-    rows = bench.propagation_figures({"line": line}, {})
+    rows = bench_report.propagation_figures({"line": line}, {})
     assert (rows[1].name, rows[1].value) == (
-        f"A->D at 1000/s: Redis stalls of {bench.STALL_MS} ms or more",
+        f"A->D at 1000/s: Redis stalls of {bench_report.STALL_MS} ms or more",
         "A: aof-fsync-always 30 ms; D: aof-fsync-always 212 ms, aof-write 12 ms")
 
 
@@ -240,8 +240,8 @@ def test_floor_and_ratios_from_results() -> None:
         "ceiling": {**load, "rate": 150000.0, "cpu_us_per_request": 6.0},
         "floor": {"records": 1000, "cpu_us_per_record": 14.0, "fsync": "always"},
     }
-    rows = {(f.scenario, f.name): f for f in bench.figures(results)}
-    assert bench.floor_per_node(results) == 20.0
+    rows = {(f.scenario, f.name): f for f in bench_report.figures(results)}
+    assert bench_report.floor_per_node(results) == 20.0
     ratio = rows[("floor", "throughput: CPU per update / floor of 3 node(s)")]
     assert (ratio.value, ratio.met) == ("2.00", True)
     assert rows[("floor", "single: CPU per update / floor of 1 node(s)")].value == "2.25"
@@ -250,8 +250,8 @@ def test_floor_and_ratios_from_results() -> None:
     herd_wide = rows[("throughput", "CPU per durable update, 3 node(s) + Redis")]
     assert herd_wide.value.startswith("120.0 us (node 40.0")
     del results["floor"]
-    assert not [f for f in bench.figures(results) if f.scenario == "floor"]
-    assert bench.cpu_ratio(results, "throughput") is None
+    assert not [f for f in bench_report.figures(results) if f.scenario == "floor"]
+    assert bench_report.cpu_ratio(results, "throughput") is None
 
 
 def test_rounds_report_the_median_round_and_every_rounds_ratios() -> None:
@@ -272,7 +272,7 @@ def test_rounds_report_the_median_round_and_every_rounds_ratios() -> None:
     assert results["rounds"] == [{"cpu_ratio": 2.5, "single_ratio": 0.267, "median": False},
                                  {"cpu_ratio": 1.5, "single_ratio": 0.3, "median": False},
                                  {"cpu_ratio": 2.0, "single_ratio": 0.2, "median": True}]
-    rows = {(f.scenario, f.name): f.value for f in bench.figures(results)}
+    rows = {(f.scenario, f.name): f.value for f in bench_report.figures(results)}
     assert rows[("floor", "throughput: CPU per update / floor, each round ([median round])")] == \
         "2.500, 1.500, [2.000]"
     assert rows[("single", "single node / ceiling, each round ([median round])")] == "0.267, 0.300, [0.200]"
