@@ -163,6 +163,11 @@ class RedisProtocol(txredisapi.RedisProtocol):
             if self._watch is None:
                 self._watch = self.clock.callLater(self._reply_timeout, self._check_replies)
 
+    def unanswered_since(self) -> float | None:
+        """When the oldest call Redis has not answered yet was sent (None: every
+        call is answered)."""
+        return self._sent[0] if self._sent else None
+
     def replyReceived(self, reply: Any) -> None:  # noqa: N802 (txredisapi's name)
         if self._sent:
             self._sent.popleft()

@@ -66,7 +66,7 @@ MAX_BATCH = 1000  # records per store_batch.lua call (exceeded only by one group
 # `herd bench`; at most 4 x MAX_BATCH records, well under 0.1 s, wait in Redis).
 MAX_IN_FLIGHT = 4
 SERVING_POLL = 0.1  # seconds between checks whether Redis takes writes again
-STALLED = 0.25  # seconds a store batch may wait for Redis before the store counts as not serving
+STALLED = 0.25  # seconds a call may wait for Redis before the store counts as not serving
 # Seconds a call waits for Redis to serve again once it has not answered for a
 # timeout: over twice the reconnect backoff's cap (a Redis that is back is
 # reconnected within it), short enough that a client pipelining requests on
@@ -209,10 +209,13 @@ class RedisStore:
     @property
     def serving(self) -> bool:
         """Connected, Redis took a write since, no call failed since then, and
-        no store batch has waited for its answer longer than STALLED."""
+        no call (a store batch, the node's status write once a second, a read)
+        has waited for its answer longer than STALLED: a Redis that stopped
+        answering an idle node is noticed within about a second."""
         if not (self._serving_now and self.connected):
             return False
-        return not self._sent_at or self._reactor.seconds() - self._sent_at[0] < STALLED
+        since = self._connection().unanswered_since()
+        return since is None or self._reactor.seconds() - since < STALLED
 
     # -- verbs -----------------------------------------------------------
 

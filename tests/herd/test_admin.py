@@ -185,8 +185,27 @@ def test_a_stuck_redis_does_not_hang_status(tmp_path: Path) -> None:
         assert abs(stuck["clock"] - asked) < 0.3  # the wait for Redis took about a second ...
         assert 0.5 < stuck["held"] < 2.0  # ... and the document says so (herd status leaves it out)
         assert (stuck["clients"], stuck["digest"], stuck["redis"]["state"]) == (None, None, "down")
+        assert http(admin, "/healthz")[0] == 503  # as /status says (it said 200 for 3 s more)
         herd["Solo"].redis.resume()
         wait_until(lambda: status(admin)["clients"] == 0, what="read again")
+    finally:
+        herd.stop()
+
+
+def test_healthz_notices_a_stuck_redis_of_an_idle_node(tmp_path: Path) -> None:
+    """No client, no read: the node's status write, once a second, goes
+    unanswered, and /healthz says 503 within about 1.3 s (not a whole Redis
+    timeout later); 200 again once Redis answers."""
+    herd = running(Herd(tmp_path, {"Solo": []}, extra_herd="redis_timeout = 5.0"))
+    admin = herd["Solo"].ports.admin
+    try:
+        wait_until(lambda: http(admin, "/healthz")[0] == 200, what="healthy")
+        herd["Solo"].redis.pause()
+        paused = time.monotonic()
+        wait_until(lambda: http(admin, "/healthz")[0] == 503, timeout=10, what="unhealthy")
+        assert time.monotonic() - paused < 2.5
+        herd["Solo"].redis.resume()
+        wait_until(lambda: http(admin, "/healthz")[0] == 200, timeout=10, what="healthy again")
     finally:
         herd.stop()
 
