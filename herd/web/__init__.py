@@ -274,5 +274,8 @@ class _Clients(Resource):
 
 
 def _error(request: Any, code: int, reason: str) -> bytes:
+    """``{"error": reason}``, as JSON (Twisted would label it text/html)."""
     request.setResponseCode(code)
+    request.setHeader(b"Content-Type", b"application/json")
+    _security_headers(request)
     return json.dumps({"error": reason}).encode()

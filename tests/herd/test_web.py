@@ -285,7 +285,10 @@ def test_topology_json_and_which_answers_other_origins_may_read(tmp_path: Path) 
             code, headers, body = get(admin(herd, "B") + "/static/" + name)
             assert code == 200 and headers["Content-Type"].startswith(kind), name
         assert b"Natural Earth" in get(admin(herd, "B") + "/static/LICENSES.txt")[2]
-        assert get(admin(herd, "B") + "/static/nothing.js")[0] == 404
+        code, headers, body = get(admin(herd, "B") + "/static/nothing.js")
+        assert (code, headers["Content-Type"], json.loads(body)) == (404, "application/json",
+                                                                     {"error": "no such file"})
+        assert headers["X-Content-Type-Options"] == "nosniff"
         assert get(admin(herd, "B") + "/static/../__init__.py")[0] == 404
         assert get(admin(herd, "B") + "/", method="POST")[0] == 405
     finally:
@@ -432,6 +435,8 @@ def test_page_shows_the_herd_its_figures_and_clients(tmp_path: Path, browser: An
         refused = errors(browser)  # the browser logs the 401 itself
         assert refused and all("clients.json" in e["message"] and "401" in e["message"] for e in refused)
         assert browser.execute_script("return sessionStorage.length") == 0
+        wait_refreshes(browser, 2)
+        assert "refused" in map_message(browser)  # until another token is entered (it lasted 2 s)
 
         # With the token: a marker at each client, where it is.
         enter_token(browser, TOKEN)

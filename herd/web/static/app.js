@@ -17,6 +17,7 @@ const page = {
   statuses: new Map(), // node name -> {status, error, at}
   map: null,
   refreshes: 0,
+  tokenRefused: false, // the last token entered was refused
 };
 
 /** GET `url` as JSON within `timeout` ms; throws an Error saying why not. */
@@ -191,7 +192,8 @@ async function pollClients() {
   tokenUi(Boolean(token));
   if (!token) {
     page.map.clear();
-    mapMessage('Enter the admin token to show the clients this node holds.');
+    mapMessage(page.tokenRefused ? 'That token was refused. Enter the admin token.'
+      : 'Enter the admin token to show the clients this node holds.');
     $('map-caption').textContent = 'Client ids and positions are personal data: they need the admin token.';
     return;
   }
@@ -205,6 +207,7 @@ async function pollClients() {
   } catch (err) {
     if (err.status === 401) {
       sessionStorage.removeItem(TOKEN_KEY);
+      page.tokenRefused = true; // said until another token is entered or the page forgets it
       tokenUi(false);
       page.map.clear();
       mapMessage('That token was refused. Enter the admin token.');
@@ -222,10 +225,12 @@ function setUpToken() {
     input.value = '';
     if (!token) return;
     sessionStorage.setItem(TOKEN_KEY, token);
+    page.tokenRefused = false;
     pollClients();
   });
   $('token-forget').addEventListener('click', () => {
     sessionStorage.removeItem(TOKEN_KEY);
+    page.tokenRefused = false;
     pollClients();
   });
 }
