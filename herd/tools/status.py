@@ -1,8 +1,9 @@
 """``herd status [--once] [--json] [--timeout S]``: a live view of the whole herd.
 
-Each frame asks every node for its ``/status`` on its admin endpoint (all at
-once, see :mod:`herd.tools.survey`) and shows one row per node, as that node
-sees itself: state (up, NO REDIS, UNREACHABLE with the reason), version,
+Every node is asked for its ``/status`` on its admin endpoint (all at once,
+see :mod:`herd.tools.survey`; in the live view each again a second after it
+was last asked, :class:`LiveView`), and a frame shows one row per node, as
+that node sees itself: state (up, NO REDIS, UNREACHABLE with the reason), version,
 clients held, state digest, requests/s, age of its last stored update (by its
 own clock), its clock's skew from this machine's, and each configured link
 (+ up, - down, ? unknown); then whether the nodes' digests agree. Refreshed
@@ -18,10 +19,12 @@ import time
 from collections.abc import Sequence
 from typing import Any
 
+from twisted.internet.defer import gatherResults
+
 from config.schema import HerdConfig
 from herd.tools.survey import DEFAULT_TIMEOUT, NodeReport, Surveyor, agreement, document, is_ok
 
-REFRESH = 1.0  # seconds between frames (a frame waits for its slowest node, at most the timeout)
+REFRESH = 1.0  # seconds between frames, and between two requests to one node
 SHORT_DIGEST = 8  # hex digits of the digest shown in a row (the agreement line has them all)
 
 
@@ -57,6 +60,53 @@ def render(config: HerdConfig, reports: Sequence[NodeReport], now: float) -> str
     return "\n".join(lines)
 
 
+class LiveView:
+    """The live view's latest report of each node. Each node is asked again
+    REFRESH s after it was last asked, or as soon as it answers if that is
+    later, so a slow node holds back its own row only: every frame shows the
+    others' answers of the last second. A node asked for longer than REFRESH
+    keeps the row of its last answer, with a line saying how long it has been
+    asked since (it turns UNREACHABLE at the timeout, never before)."""
+
+    def __init__(self, reactor: Any, surveyor: Surveyor, names: Sequence[str]):
+        self._reactor = reactor
+        self._surveyor = surveyor
+        self._names = sorted(names)
+        self.latest: dict[str, NodeReport] = {}
+        self._asked: dict[str, float] = {}  # node -> when its unanswered request was sent
+        self.stopped = False
+
+    def start(self) -> Any:
+        """Ask every node; fires once each has answered (or timed out) once."""
+        return gatherResults([self._ask(name) for name in self._names])
+
+    def _ask(self, name: str) -> Any:
+        asked = self._asked[name] = self._reactor.seconds()
+
+        def answered(report: NodeReport) -> None:
+            del self._asked[name]
+            if self.stopped:
+                return  # a request Ctrl-C cut short: no guess shown, none asked again
+            self.latest[name] = report
+            wait = max(0.0, asked + REFRESH - self._reactor.seconds())
+            self._reactor.callLater(wait, lambda: None if self.stopped else self._ask(name))
+
+        return self._surveyor.report(name).addCallback(answered)
+
+    def reports(self) -> list[NodeReport]:
+        """Each node's latest report, with a note on those asked for over REFRESH s."""
+        now, out = self._reactor.seconds(), []
+        for name in self._names:
+            report = self.latest[name]
+            waiting = now - self._asked.get(name, now)
+            if waiting > REFRESH:
+                note = f"(asked again {waiting:.1f} s ago, no answer yet; the row is its last answer)"
+                report = NodeReport(report.name, report.status, note if report.error is None
+                                    else f"{report.error} {note}", report.skew)
+            out.append(report)
+        return out
+
+
 def run_status(config_path: str, once: bool, as_json: bool = False,
                timeout: float = DEFAULT_TIMEOUT) -> int:
     """Exit code: with ``once`` or ``as_json``, 0 when all is well (survey.is_ok)
@@ -81,12 +131,12 @@ def run_status(config_path: str, once: bool, as_json: bool = False,
         if once or as_json:
             d = surveyor.survey().addCallback(show, False)
             return d.addBoth(lambda result: surveyor.close().addCallback(lambda _: result))
-        # Ctrl-C stops the reactor under a survey in flight: its nodes would
+        # Ctrl-C stops the reactor under requests in flight: their nodes would
         # show as unreachable, a guess; no frame is shown once stopping.
-        stopping: list[bool] = []
-        reactor.addSystemEventTrigger("before", "shutdown", stopping.append, True)
-        return LoopingCall(lambda: surveyor.survey().addCallback(
-            lambda reports: None if stopping else show(reports, True))).start(REFRESH)
+        view = LiveView(reactor, surveyor, list(config.nodes))
+        reactor.addSystemEventTrigger("before", "shutdown", setattr, view, "stopped", True)
+        frames = LoopingCall(lambda: None if view.stopped else show(view.reports(), True))
+        return view.start().addCallback(lambda _: frames.start(REFRESH))
 
     try:
         react(main)

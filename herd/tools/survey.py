@@ -255,9 +255,11 @@ class Surveyor:
     def survey(self) -> Any:
         """Deferred firing with a NodeReport per node, in name order, once
         every node answered or timed out; it never fails."""
-        return gatherResults([self._report(name) for name in sorted(self._config.nodes)])
+        return gatherResults([self.report(name) for name in sorted(self._config.nodes)])
 
-    def _report(self, name: str) -> Any:
+    def report(self, name: str) -> Any:
+        """Deferred firing with node ``name``'s NodeReport within the timeout;
+        it never fails."""
         node = self._config.nodes[name]
         url = status_url(node)
         if url is None:

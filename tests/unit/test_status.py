@@ -13,7 +13,7 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -297,10 +297,12 @@ def test_status_once_exits_0_when_all_is_well(tmp_path: Path) -> None:
 
 
 def ctrl_c_live_view(path: Path, node: FakeNode, requests: int, what: str,
-                     then: Callable[[], object] = lambda: None) -> tuple[list[str], str]:
-    """Run the live ``herd status`` on ``path`` until ``node`` has had
-    ``requests`` requests, then Ctrl-C it (and ``then``); its frames and output."""
-    live = subprocess.Popen([sys.executable, "-m", "herd", "status", "--config", str(path)], cwd=REPO,
+                     then: Callable[[], object] = lambda: None,
+                     args: Sequence[str] = ()) -> tuple[list[str], str]:
+    """Run the live ``herd status`` on ``path`` (with ``args``) until ``node``
+    has had ``requests`` requests, then Ctrl-C it (and ``then``); its frames
+    and output."""
+    live = subprocess.Popen([sys.executable, "-m", "herd", "status", "--config", str(path), *args], cwd=REPO,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                             preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     try:
@@ -325,10 +327,34 @@ def test_ctrl_c_during_a_survey_shows_no_frame_of_guesses(tmp_path: Path) -> Non
     bailey = FakeNode(status_doc("Bailey"), slow)
     try:
         path = write_config(tmp_path / "herd.toml", {"Bailey": bailey.port})
-        frames, out = ctrl_c_live_view(path, bailey, 2, "a second survey in flight", then=release.set)
-        assert len(frames) == 1 and row(frames[0], "Bailey").split()[3:5] == ["12", DIGEST[:8]], out
+        frames, out = ctrl_c_live_view(path, bailey, 2, "a second request in flight", then=release.set)
+        assert frames and all(row(f, "Bailey").split()[3:5] == ["12", DIGEST[:8]] for f in frames), out
     finally:
         bailey.close()
+
+
+def test_a_slow_node_holds_back_its_own_row_only(tmp_path: Path) -> None:
+    # Found by a black-box review: each frame waited for the slowest node, up
+    # to the timeout, so one stopped node made every row late.
+    release = threading.Event()
+
+    def slow() -> dict[str, Any]:
+        release.wait(20)
+        return status_doc("Bona")
+
+    bailey, bona = FakeNode(status_doc("Bailey")), FakeNode(status_doc("Bona"), slow)
+    try:
+        path = write_config(tmp_path / "herd.toml", {"Bailey": bailey.port, "Bona": bona.port})
+        started = time.monotonic()
+        frames, out = ctrl_c_live_view(path, bailey, 5, "Bailey asked five times", then=release.set,
+                                       args=["--timeout", "10"])
+        assert time.monotonic() - started < 9.5, out  # within Bona's timeout: not held back by it
+        assert bona.requests == 2 and len(frames) >= 3, out
+        assert "no answer yet" in frames[-1] and row(frames[-1], "Bona").split()[1] == "up", out
+    finally:
+        release.set()
+        bailey.close()
+        bona.close()
 
 
 def test_live_view_refreshes_until_ctrl_c(tmp_path: Path) -> None:
