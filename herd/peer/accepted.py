@@ -36,12 +36,12 @@ log = Logger(namespace="herd")
 # and at least as long as any handshake line (HERD-HELLO names two nodes of up
 # to 256 bytes each).
 PRE_AUTH_MIN_LINE = 1024
-# The limit of connections the peer port holds open at once: each neighbour
-# dials once, and a reconnecting one may briefly hold a second; strangers
-# beyond that are refused before they cost anything.
 # A dialler whose handshakes failed waits up to REFUSED_HOLD_MAX after
 # connecting before it speaks (herd.peer.dial), then has HANDSHAKE_TIMEOUT.
 PRE_AUTH_TIMEOUT = REFUSED_HOLD_MAX + 2 * HANDSHAKE_TIMEOUT
+# The limit of connections the peer port holds open at once: each neighbour
+# dials once, and a reconnecting one may briefly hold a second; strangers
+# beyond that are refused before they cost anything.
 CONNECTIONS_PER_NEIGHBOUR = 4
 SPARE_CONNECTIONS = 16
 
@@ -69,8 +69,15 @@ class AcceptedPeer(PeerLineProtocol, TimeoutMixin):
         logs.connection(self.who, "connection opened")
         self.setTimeout(PRE_AUTH_TIMEOUT)
 
+    _timed_out = False  # closed by this node's PRE_AUTH_TIMEOUT
+
     def timeoutConnection(self) -> None:
-        log.warn("{who} did not authenticate within {s:g} s; closing", who=self.who, s=PRE_AUTH_TIMEOUT)
+        claimed = None if self._handshake is None else logs.loggable(self._handshake[0])
+        stage = "" if claimed is None else \
+            f" (it claimed to be {claimed}, and did not answer this node's challenge)"
+        log.warn("{who} did not authenticate within {s:g} s{stage}; closing", who=self.who,
+                 s=PRE_AUTH_TIMEOUT, stage=stage)
+        self._timed_out = True
         self.transport.abortConnection()
 
     def connectionLost(self, reason: Any = None) -> None:
@@ -80,10 +87,12 @@ class AcceptedPeer(PeerLineProtocol, TimeoutMixin):
         why = reason.getErrorMessage() if reason else ""
         if self.peer_name is not None:
             self.node.links.remove(self.peer_name, self)
-        elif self._handshake is not None:
+        elif self._handshake is not None and not self._timed_out:
+            # A dialler with another secret closes on reading the challenge; so
+            # does one that gave up waiting for it (this node was stopped or slow).
             self.factory.refused("{who} peer handshake abandoned after this node's challenge (claimed to be "
-                                 "{name}; a different secret?)", who=self.who,
-                                 name=logs.loggable(self._handshake[0]))
+                                 "{name}; a different secret, or it gave up waiting for this node)",
+                                 who=self.who, name=logs.loggable(self._handshake[0]))
         elif self._tls and not self._spoke_in_tls:  # TLS refused the peer, or it left before a word
             self.factory.refused("{who} peer refused or gone during TLS ({why})", who=self.who, why=why)
         logs.connection(self.who, f"connection closed ({why})")

@@ -76,7 +76,7 @@ class DialledPeer(PeerLineProtocol):
             self._start_handshake()
 
     def _start_handshake(self) -> None:
-        self._timer = self._clock.callLater(HANDSHAKE_TIMEOUT, self._refuse, b"(no answer)")
+        self._timer = self._clock.callLater(HANDSHAKE_TIMEOUT, self._no_answer)
         if self._tls_options is not None:
             self.send_line(handshake.STARTTLS)  # logged like every line sent, handshake included
         else:
@@ -86,9 +86,11 @@ class DialledPeer(PeerLineProtocol):
         hello = (handshake.HELLO, self._own, self._peer, self._nonce, handshake.PROTOCOL)
         self.send_line(b" ".join(hello))
 
+    _closed_because: str | None = None  # why this end closed it before HERD-OK
+
     def connectionLost(self, reason: Any = None) -> None:
         self.connected = 0  # Twisted leaves it 1; peers' code asks whether a connection is open
-        why = reason.getErrorMessage() if reason else ""
+        why = self._closed_because or (reason.getErrorMessage() if reason else "")
         if self._timer is not None and self._timer.active():
             self._timer.cancel()
         if self.peer_name is not None:
@@ -138,9 +140,18 @@ class DialledPeer(PeerLineProtocol):
         return True
 
     def _refuse(self, line: bytes) -> None:
+        shown = logs.loggable(line[:80])
         log.warn("{who} handshake failed at '{line}'; wrong secret, not a herd peer, or another "
-                 "peer protocol (the other node's log says which)",
-                 who=self.who, line=logs.loggable(line[:80]))
+                 "peer protocol (the other node's log says which)", who=self.who, line=shown)
+        self._close_handshake(f"refused at '{shown}'")
+
+    def _no_answer(self) -> None:
+        log.warn("{who} handshake: no answer within {s:g} s (the node stopped or overloaded, or this "
+                 "is not its peer port); closing", who=self.who, s=HANDSHAKE_TIMEOUT)
+        self._close_handshake(f"no answer within {HANDSHAKE_TIMEOUT:g} s")
+
+    def _close_handshake(self, why: str) -> None:
+        self._closed_because = why
         self.stop_reading()
         self.transport.loseConnection()  # connectionLost counts the failure
 

@@ -86,8 +86,24 @@ def test_peer_that_stops_mid_handshake_is_logged(node_a: Herd) -> None:
     wire = Wire(node_a["A"].ports.peer)
     hello(wire, auth.new_nonce())
     wire.close()
-    abandoned = "peer handshake abandoned after this node's challenge (claimed to be B; a different secret?)"
+    abandoned = ("peer handshake abandoned after this node's challenge (claimed to be B; a different secret, "
+                 "or it gave up waiting for this node)")
     wait_until(lambda: abandoned in node_a["A"].log(), what="abandon logged")
+
+
+def test_a_peer_that_never_answers_the_handshake_is_logged_as_such(node_a: Herd) -> None:
+    # Found by a review: a stopped peer was logged as "handshake failed at
+    # '(no answer)'; wrong secret, ..." and "did not complete (Connection was
+    # closed cleanly.)": neither was the cause.
+    silent = socket.create_server(("127.0.0.1", node_a["B"].ports.peer))  # B's peer port; nothing answers
+    try:
+        gave_up = "peer B (dialled) handshake: no answer within 5 s"
+        counted = "handshake did not complete (no answer within 5 s); retrying in"
+        wait_until(lambda: gave_up in node_a["A"].log(), timeout=30, what="A to give up on the handshake")
+        wait_until(lambda: counted in node_a["A"].log(), what="the failure counted")
+        assert "wrong secret" not in node_a["A"].log()
+    finally:
+        silent.close()
 
 
 def test_a_dialler_speaking_another_peer_protocol_is_refused_and_logged(node_a: Herd) -> None:

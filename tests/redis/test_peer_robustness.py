@@ -6,7 +6,7 @@ or leave updates that were in flight on a lost connection for the next one."""
 from __future__ import annotations
 
 import socket
-from typing import Any
+from typing import Any, cast
 
 import pytest
 from fakes import PeerConn as Conn
@@ -303,3 +303,42 @@ def test_a_closed_peer_connection_says_it_is_not_connected() -> None:
         assert conn.connected == 1
         conn.connectionLost(Failure(ConnectionDone()))
         assert conn.connected == 0
+
+
+def test_a_handshake_this_node_timed_out_is_not_called_abandoned() -> None:
+    """Found by a review: the listener's own timeout was logged, and then the
+    close it made as "abandoned after this node's challenge (... a different
+    secret?)"."""
+    from twisted.internet.error import ConnectionAborted
+    from twisted.internet.testing import StringTransport
+    from twisted.logger import ILogObserver, formatEvent, globalLogPublisher
+    from twisted.python.failure import Failure
+
+    from config.schema import RedisAddress
+    from herd.peer.accepted import PRE_AUTH_TIMEOUT, AcceptedPeer, AcceptedPeerFactory
+    from herd.wire import handshake
+    from storage.store import RedisStore
+
+    clock = Clock()
+    store = RedisStore(clock, RedisAddress("redis://127.0.0.1:1/0", "127.0.0.1", 1), b"herd:", 1.0)
+    node = Node(b"A", store, None, PeerLinks([b"P"]), clock)  # type: ignore[arg-type]  # never started
+    accepted = AcceptedPeerFactory(node, b"A", (b"secret",)).buildProtocol(None)
+    assert isinstance(accepted, AcceptedPeer)
+    accepted.callLater = clock.callLater  # type: ignore[assignment]  # the timeout on this clock
+    seen: list[dict[str, Any]] = []
+    observer = cast(ILogObserver, seen.append)
+    globalLogPublisher.addObserver(observer)
+    try:
+        transport = StringTransport()
+        accepted.makeConnection(transport)
+        accepted.dataReceived(b"HERD-HELLO P A %s %s\n" % (handshake.new_nonce(), handshake.PROTOCOL))
+        assert transport.value().startswith(handshake.CHALLENGE)
+        clock.advance(PRE_AUTH_TIMEOUT)
+        assert transport.disconnecting
+        accepted.connectionLost(Failure(ConnectionAborted()))
+    finally:
+        globalLogPublisher.removeObserver(observer)
+    said = [formatEvent(event) for event in seen]
+    timed_out = [line for line in said if "did not authenticate within 40 s" in line]
+    assert timed_out and "it claimed to be P, and did not answer this node's challenge" in timed_out[0]
+    assert not [line for line in said if "abandoned" in line], said
