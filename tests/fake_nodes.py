@@ -43,7 +43,7 @@ class FakeNode:
     again once they run out); an answer is a document, or (code, raw body), or
     a function called (in the server's thread) for one of those."""
 
-    def __init__(self, *answers: Answer | Callable[[], Answer]):
+    def __init__(self, *answers: Answer | Callable[[], Answer], host: str = "127.0.0.1"):
         self.answers = list(answers)
         self.requests = 0
         owner = self
@@ -63,7 +63,8 @@ class FakeNode:
             def log_message(self, *args: Any) -> None:
                 pass
 
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        server = type("Server", (ThreadingHTTPServer,), {"address_family": socket.getaddrinfo(host, 0)[0][0]})
+        self.server = server((host, 0), Handler)
         self.port = int(self.server.server_address[1])
         threading.Thread(target=self.server.serve_forever, daemon=True).start()
 
@@ -104,13 +105,15 @@ def refused_port() -> int:
     return free_port()
 
 
-def write_config(path: Path, admin: dict[str, int | None], peers: dict[str, list[str]] | None = None) -> Path:
+def write_config(path: Path, admin: dict[str, int | str | None],
+                 peers: dict[str, list[str]] | None = None) -> Path:
     """A herd config whose node NAME has its admin endpoint at
-    127.0.0.1:admin[NAME] ("off" for None); client, peer and Redis ports are
-    free ones nothing listens on. No node lists a secret."""
+    127.0.0.1:admin[NAME] (a string: that address; "off" for None); client,
+    peer and Redis ports are free ones nothing listens on. No node lists a
+    secret."""
     out = ['[herd]\nsecret_env = "HERD_STATUS_TEST_NO_SUCH_SECRET"\n\n[places]\nprovider = "offline"\n']
     for name, port in admin.items():
-        where = "off" if port is None else f"127.0.0.1:{port}"
+        where = "off" if port is None else port if isinstance(port, str) else f"127.0.0.1:{port}"
         out.append(f'[nodes.{name}]\nhost = "127.0.0.1"\nport = {free_port()}\npeer_port = {free_port()}\n'
                    f'admin = "{where}"\nredis = "redis://127.0.0.1:{free_port()}/0"\n'
                    f'peers = {json.dumps((peers or {}).get(name, []))}\n')

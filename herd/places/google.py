@@ -23,6 +23,7 @@ from typing import Any, ClassVar, cast
 from urllib.parse import quote, urlencode, urlsplit
 
 import treq
+from hyperlink import EncodedURL
 from treq.client import HTTPClient
 from twisted.internet.defer import CancelledError, Deferred, DeferredSemaphore
 from twisted.internet.error import ConnectError, ConnectionRefusedError, DNSLookupError
@@ -89,6 +90,21 @@ class _BodyProbe:
         transport: Any = self._protocol.transport if self._protocol is not None else None
         if transport is not None:
             transport.loseConnection()
+
+
+class _LiteralHostURL(EncodedURL):
+    """A URL treq sends as it is. treq sends ``url.to_uri()``, and hyperlink's
+    ``to_uri`` IDNA-encodes the host, which fails for an IPv6 literal such as
+    ``[::1]`` (hyperlink issues 68 and 188); such a URL is ASCII already."""
+
+    def to_uri(self, *args: Any, **kwargs: Any) -> EncodedURL:
+        return self
+
+
+def treq_url(url: str) -> str | EncodedURL:
+    """``url`` as treq is to be given it: one whose host is an IPv6 literal as
+    it is (see _LiteralHostURL), any other unchanged."""
+    return _LiteralHostURL.from_text(url) if ":" in EncodedURL.from_text(url).host else url
 
 
 def read_capped(response: IResponse, max_bytes: int) -> Deferred[bytes]:
@@ -360,7 +376,7 @@ class GoogleNearby(_GoogleProvider):
     async def _call(self, lat: str, lon: str, radius_m: Decimal, limit: int) -> PlacesAnswer:
         """One GET; non-200, non-JSON, bad shape or a failing status raise."""
         response = await self._http.get(
-            self.request_url(lat, lon, radius_m), allow_redirects=False, unbuffered=True
+            treq_url(self.request_url(lat, lon, radius_m)), allow_redirects=False, unbuffered=True
         )
         code, body = await self._read(response)
         if code != 200:
@@ -394,7 +410,7 @@ class GoogleNearbyNew(_GoogleProvider):
     async def _call(self, lat: str, lon: str, radius_m: Decimal, limit: int) -> PlacesAnswer:
         """One POST; non-200, non-JSON or bad shape raise."""
         response = await self._http.post(
-            self.url,
+            treq_url(self.url),
             json=self.request_body(lat, lon, radius_m, limit),
             headers=self._headers(),
             allow_redirects=False,

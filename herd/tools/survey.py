@@ -22,12 +22,12 @@ from typing import Any
 
 from treq.client import HTTPClient
 from twisted.internet import error
-from twisted.internet.defer import gatherResults, succeed
+from twisted.internet.defer import gatherResults, maybeDeferred, succeed
 from twisted.python.failure import Failure
 from twisted.web.client import Agent, HTTPConnectionPool
 
 from config.schema import HerdConfig, NodeConfig
-from herd.places.google import read_capped
+from herd.places.google import read_capped, treq_url
 
 DEFAULT_TIMEOUT = 2.0  # seconds per node, connect to last byte
 MAX_STATUS_BYTES = 1 << 20  # a /status is a few hundred bytes; more is not one
@@ -266,7 +266,7 @@ class Surveyor:
             why = node.notes[0] if node.notes else 'admin endpoint off in the config (admin = "off")'
             return succeed(NodeReport(name, None, why))
         sent = self._reactor.seconds()
-        d = self._fetch(url, name)
+        d = maybeDeferred(self._fetch, url, name)  # a URL treq cannot send fails this row only
         d.addTimeout(self._timeout, self._reactor, _timed_out)
         d.addCallback(lambda doc: NodeReport(name, doc, None, clock_skew(doc, sent, self._reactor.seconds())))
         d.addErrback(lambda failure: NodeReport(name, None, f"{url}: {_reason(failure, self._timeout)}"))
@@ -284,7 +284,7 @@ class Surveyor:
 
             return read_capped(response, MAX_STATUS_BYTES).addCallback(use)
 
-        return self._http.get(url).addCallback(check)
+        return self._http.get(treq_url(url)).addCallback(check)
 
     def close(self) -> Any:
         """Deferred firing once idle kept connections are closed."""

@@ -293,6 +293,16 @@ class GooglePlacesTests(unittest.TestCase):
         self.assertEqual(req["args"]["radius"], ["1500.5"])
         self.assertEqual(req["args"]["location"], ["-10.5,020.25"])
 
+    async def test_a_url_whose_host_is_an_ipv6_literal(self) -> None:
+        # treq refused it before sending anything (hyperlink IDNA-encoded "::1").
+        port = reactor.listenTCP(0, self.site, interface="::1")
+        self.addCleanup(port.stopListening)
+        base = f"http://[::1]:{port.getHost().port}"
+        legacy = await self.legacy(url=base + "/nearbysearch/json").nearby(LAT, LON, Decimal("10000"), 5)
+        new = await self.new(url=base + "/v1/places:searchNearby").nearby(LAT, LON, Decimal("10000"), 5)
+        self.assertEqual((legacy["status"], new["status"]), ("OK", "OK"))
+        self.assertEqual([req["method"] for req in self.fake.requests], ["GET", "POST"])
+
     def test_radius_text(self) -> None:
         self.assertEqual(radius_text(Decimal("10000")), "10000")
         self.assertEqual(radius_text(Decimal("1E+4")), "10000")

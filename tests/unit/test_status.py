@@ -226,6 +226,21 @@ class SurveyTest(unittest.TestCase):
 
         return surveyor.survey().addCallback(check)
 
+    def test_a_node_at_an_ipv6_address_is_read(self) -> Any:
+        # It crashed herd status and herd check with a traceback (treq refused
+        # the URL http://[::1]:<port>/status before sending it).
+        v6 = FakeNode(status_doc("Bailey"), host="::1")
+        self.addCleanup(v6.close)
+        path = write_config(self.dir / "herd.toml", {"Bailey": f"[::1]:{v6.port}", "Bona": self.also.port})
+        surveyor = Surveyor(reactor, load_config(path), timeout=2.0)
+
+        def check(reports: list[NodeReport]) -> Any:
+            self.assertEqual([(r.name, r.state, r.error) for r in reports],
+                             [("Bailey", "up", None), ("Bona", "up", None)])
+            return surveyor.close()
+
+        return surveyor.survey().addCallback(check)
+
     def test_a_kept_connection_serves_the_next_frame(self) -> Any:
         path = write_config(self.dir / "herd.toml", {"Bailey": self.good.port})
         surveyor = Surveyor(reactor, load_config(path), timeout=2.0, persistent=True)
