@@ -160,8 +160,14 @@ def _positive_seconds(text: str) -> float:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    from herd.tools.output import stdout_gone
+
     argv = list(sys.argv[1:] if argv is None else argv)
-    args = build_parser(next((a for a in argv if not a.startswith("-")), None)).parse_args(argv)
+    try:
+        args = build_parser(next((a for a in argv if not a.startswith("-")), None)).parse_args(argv)
+    except BrokenPipeError:  # --version or --help read by `| head -c1`: printed all it could
+        stdout_gone()
+        return 0
     try:
         if args.command in CONFIG_COMMANDS:
             args.config = config_path(args.config)
@@ -173,6 +179,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     except KeyboardInterrupt:
         return 130
+    except BrokenPipeError:  # the reader of stdout went away before the command's output ended
+        stdout_gone()
+        return 1
 
 
 def config_path(given: str | None) -> str:

@@ -20,6 +20,7 @@ from typing import Any
 from twisted.internet.defer import inlineCallbacks
 from twisted.internet.task import deferLater
 
+from herd.tools.output import print_out
 from herd.tools.survey import DEFAULT_TIMEOUT, NodeReport, Surveyor, agreement, document, is_ok, problems
 
 ROUNDS = 3  # reads at most, while the nodes disagree
@@ -73,8 +74,8 @@ def run_check(config_path: str, as_json: bool = False, timeout: float = DEFAULT_
     def show(result: tuple[list[NodeReport], int]) -> None:
         reports, rounds = result
         text, ok = report(reports, rounds, config.warnings())
-        print(json.dumps(document(reports, config.warnings()), indent=2) if as_json else text, flush=True)
-        outcome[0] = 0 if ok else 1
+        print_out(json.dumps(document(reports, config.warnings()), indent=2) if as_json else text)
+        outcome[0] = 0 if ok else 1  # a reader gone from stdout changes no verdict
 
     def main(reactor: Any) -> Any:
         surveyor = Surveyor(reactor, config, timeout)

@@ -21,6 +21,8 @@ import socket
 import sys
 import time
 
+from herd.tools.output import stdout_gone
+
 _ADDRESS = re.compile(r"(?:\[(?P<v6>[^\[\]\s]+)\]|(?P<host>[^:\[\]\s]+)):(?P<port>[0-9]+)\Z",
                       re.ASCII)
 _CHUNK = 65536
@@ -174,9 +176,7 @@ def _emit(data: bytes) -> None:
         out.write(data)
         out.flush()
     except BrokenPipeError:
-        devnull = os.open(os.devnull, os.O_WRONLY)
-        os.dup2(devnull, out.fileno())  # so the interpreter's final flush stays quiet
-        os.close(devnull)
+        stdout_gone()
         raise _StdoutClosed from None
 
 

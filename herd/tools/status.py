@@ -22,6 +22,7 @@ from typing import Any
 from twisted.internet.defer import gatherResults
 
 from config.schema import HerdConfig
+from herd.tools.output import print_out
 from herd.tools.survey import DEFAULT_TIMEOUT, NodeReport, Surveyor, agreement, document, is_ok
 
 REFRESH = 1.0  # seconds between frames, and between two requests to one node
@@ -118,13 +119,13 @@ def run_status(config_path: str, once: bool, as_json: bool = False,
     config = load_config(config_path)
     outcome = [0]
 
-    def show(reports: list[NodeReport], clear: bool) -> None:
-        if as_json:
-            print(json.dumps(document(reports, config.warnings()), indent=2), flush=True)
-        else:
-            home = "\x1b[H\x1b[2J" if clear and sys.stdout.isatty() else ""  # not into a file or pipe
-            print(home + render(config, reports, time.time()), flush=True)
+    def show(reports: list[NodeReport], clear: bool) -> bool:
+        """Print a frame; False when the reader of stdout went away."""
         outcome[0] = 0 if is_ok(reports) else 1
+        if as_json:
+            return print_out(json.dumps(document(reports, config.warnings()), indent=2))
+        home = "\x1b[H\x1b[2J" if clear and sys.stdout.isatty() else ""  # not into a file or pipe
+        return print_out(home + render(config, reports, time.time()))
 
     def main(reactor: Any) -> Any:
         surveyor = Surveyor(reactor, config, timeout, persistent=not (once or as_json))
@@ -135,7 +136,11 @@ def run_status(config_path: str, once: bool, as_json: bool = False,
         # show as unreachable, a guess; no frame is shown once stopping.
         view = LiveView(reactor, surveyor, list(config.nodes))
         reactor.addSystemEventTrigger("before", "shutdown", setattr, view, "stopped", True)
-        frames = LoopingCall(lambda: None if view.stopped else show(view.reports(), True))
+        def frame() -> None:
+            if not view.stopped and not show(view.reports(), True):
+                frames.stop()  # the reader went away (`| head`): the view ends, as on Ctrl-C
+
+        frames = LoopingCall(frame)
         return view.start().addCallback(lambda _: frames.start(REFRESH))
 
     try:

@@ -395,3 +395,24 @@ def test_usage_and_config_errors_exit_2(tmp_path: Path) -> None:
         assert result.returncode == 2, (args, result.stderr)
     result = herd_cli("status", "--config", str(tmp_path / "missing.toml"), "--once")
     assert result.returncode == 2 and "Traceback" not in result.stderr
+
+
+@pytest.mark.parametrize("args, verdict", [
+    (["status", "--once"], 0), (["status", "--once", "--json"], 0), (["status"], 0),
+    (["check"], 0), (["check", "--json"], 0), (["--version"], 0)])
+def test_a_reader_that_goes_away_ends_the_command_quietly(tmp_path: Path, args: list[str],
+                                                          verdict: int) -> None:
+    # Found by a review: `herd check | true` printed a BrokenPipeError
+    # traceback and exited 1.
+    bailey = FakeNode(status_doc("Bailey"))
+    try:
+        path = write_config(tmp_path / "herd.toml", {"Bailey": bailey.port})
+        config = ["--config", str(path)] if args[0] != "--version" else []
+        command = subprocess.Popen([sys.executable, "-m", "herd", *args, *config], cwd=REPO,
+                                   stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        assert command.stdout is not None
+        command.stdout.close()  # no reader: the first write fails (EPIPE)
+        _, err = command.communicate(timeout=30)
+        assert (command.returncode, err) == (verdict, b"")
+    finally:
+        bailey.close()
