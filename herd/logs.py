@@ -84,7 +84,7 @@ class EventLog:
 
     def __call__(self, event: dict[str, Any]) -> None:
         level = LEVEL_NAMES.get(event.get("log_level", LogLevel.info), "info")
-        stamp = _timestamp(event.get("log_time") or time.time())
+        stamp = timestamp(event.get("log_time") or time.time())
         text = formatEvent(event)
         failure = event.get("log_failure")
         if self._json:
@@ -224,7 +224,7 @@ def _second_part(second: int) -> str:
     return datetime.fromtimestamp(second, UTC).strftime("%Y-%m-%dT%H:%M:%S.")
 
 
-def _timestamp(when: float) -> str:
+def timestamp(when: float) -> str:
     """ISO 8601 UTC with microseconds (as in the access log)."""
     second = int(when)
     return f"{_second_part(second)}{int((when - second) * 1_000_000):06d}+00:00"

@@ -427,7 +427,7 @@ def serve(name: str, config_path: str, logging: LogOptions, activation: str | No
         # have written its buffer never runs.
         log.error("{why}; exiting", why=str(err))
         events.flush()
-        if not systemd.is_journal(sys.stderr):  # (there, once is enough)
+        if logging.fmt == "text" and not systemd.is_journal(sys.stderr):  # (journald, JSON: once is enough)
             print(f"herd: {name}: {err}", file=sys.stderr)
         return 1
     reactor.addSystemEventTrigger("before", "shutdown", service.stopService)

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import fcntl
 import ipaddress
+import json
 import os
 import signal
 import sys
@@ -30,6 +31,7 @@ from typing import IO
 
 from config.loader import check_can_serve, load_config
 from config.schema import HerdConfig
+from herd.logs import timestamp
 from herd.peer.tls import tls_for
 from herd.rotating import RotatingFile
 from herd.tools.harness import (
@@ -116,14 +118,32 @@ def bind_address(host: str) -> str:
 
 
 class Output:
-    """Our stdout, shared by the relay threads: whole lines, one writer at a time."""
+    """Our stdout, shared by the relay threads: whole lines, one writer at a
+    time. With ``json_lines`` (``--log-format json``) every line is one JSON
+    object: the nodes' own as they are (each names its node), ours and any
+    other line of a node (a crash's traceback) made into one, with the
+    fields of the nodes' events (time, node, level, message)."""
 
-    def __init__(self, width: int) -> None:
+    def __init__(self, width: int, json_lines: bool = False) -> None:
         self.width = width  # of the name column
+        self.json_lines = json_lines
         self._lock = threading.Lock()
 
     def say(self, text: str) -> None:
-        self._write(f"herd up: {text}\n")
+        self._write(self._line(None, f"herd up: {text}"))
+
+    def _line(self, label: str | None, text: str) -> str:
+        """``text``, a line of node ``label`` (None: ours), as shown."""
+        if not self.json_lines:
+            return f"{text}\n" if label is None else f"{label:<{self.width}} | {text}\n"
+        if label is not None and text.startswith("{"):
+            try:
+                if isinstance(json.loads(text), dict):
+                    return f"{text}\n"
+            except ValueError:
+                pass
+        record = {"time": timestamp(time.time()), "node": label, "level": "info", "message": text}
+        return json.dumps(record, ensure_ascii=False) + "\n"
 
     def relay(self, label: str, stream: IO[bytes], log_path: Path, echo: bool = True) -> None:
         """Copy ``stream`` line by line to ``log_path`` (rotated: LOG_MAX_BYTES,
@@ -138,8 +158,7 @@ class Output:
             for raw in stream:
                 log = _append(log, raw, label, self)
                 if echo:
-                    text = raw.decode(errors="replace").rstrip("\r\n")
-                    self._write(f"{label:<{self.width}} | {text}\n")
+                    self._write(self._line(label, raw.decode(errors="replace").rstrip("\r\n")))
         if log is not None:
             log.close()
 
@@ -235,7 +254,7 @@ def run_up(config_path: str, state_dir: str, log_args: Sequence[str] = ()) -> in
     problem = port_conflict(config, redises)
     if problem:
         return fail(problem)
-    out = Output(width=max(len(name) for name in config.nodes))
+    out = Output(width=max(len(name) for name in config.nodes), json_lines=_json_format(log_args))
     # The Redis servers hold the lock too: should we die before them, no other
     # herd up gets the directory while they still write to it.
     redis_children = [redis_child(r, state, lock.fileno()) for r in redises]
@@ -300,6 +319,12 @@ def redis_child(redis: LocalRedis, state: Path, lock_fd: int) -> Child:
     return Child(RedisProcess(state / redis.owner / "redis", redis.port, bind=redis.hosts,
                               password=redis.password, label=f"{redis.owner} redis", pass_fds=(lock_fd,),
                               pipe=True), echo=False)
+
+
+def _json_format(log_args: Sequence[str]) -> bool:
+    """Whether ``log_args`` (``herd serve`` options) ask for JSON event logs."""
+    args = list(log_args)
+    return "--log-format" in args and args[args.index("--log-format") + 1:][:1] == ["json"]
 
 
 def node_child(name: str, config: HerdConfig, config_path: str, log_args: Sequence[str],

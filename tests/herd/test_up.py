@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import socket
@@ -45,9 +46,10 @@ def write_config(tmp_path: Path, ports: dict[str, tuple[int, int]],
     return path
 
 
-def herd_up(config: Path, state: Path, log: Path = Path("/dev/null")) -> ChildProcess:
-    """``herd up`` on ``config`` and ``state`` (not started), its output to ``log``."""
-    argv = [sys.executable, "-m", "herd", "up", "--config", str(config), "--state-dir", str(state)]
+def herd_up(config: Path, state: Path, log: Path = Path("/dev/null"), *more: str) -> ChildProcess:
+    """``herd up`` on ``config`` and ``state`` (not started; ``more``: its
+    other options), its output to ``log``."""
+    argv = [sys.executable, "-m", "herd", "up", "--config", str(config), "--state-dir", str(state), *more]
     return ChildProcess("herd up", argv, log, env={"HERD_SECRET": "test-secret"})
 
 
@@ -109,6 +111,24 @@ def test_up_runs_a_two_node_herd_and_stops_it_on_sigint(tmp_path: Path) -> None:
 
 
 @pytest.mark.skipif(not HAVE_SERVICE, reason="herd serve (herd/service.py) has not landed yet")
+def test_up_with_json_logs_writes_one_json_object_a_line(tmp_path: Path) -> None:
+    # Found by a review: each node's JSON line came prefixed "Solo | ", and
+    # herd up's own lines were text.
+    port = free_port()
+    config = write_config(tmp_path, {"Solo": (port, free_port())})
+    up = herd_up(config, tmp_path / "state", tmp_path / "up.out", "--log-format", "json").start()
+    try:
+        wait_until(partial(port_open, port), timeout=20, what="node Solo")
+        up.send_signal(signal.SIGINT)
+        assert up.wait(timeout=60) == 0
+    finally:
+        up.stop(timeout=60)
+    records = [json.loads(line) for line in up.log().splitlines()]  # every line one JSON object
+    assert all(isinstance(r, dict) and {"time", "level", "message"} <= r.keys() for r in records)
+    assert any(r["node"] == "Solo" and "starting" in r["message"] for r in records)
+    assert records[-1]["message"] == "herd up: stopped" and records[-1]["node"] is None
+
+
 def test_children_stop_when_herd_up_is_killed(tmp_path: Path) -> None:
     port, redis_port = free_port(), free_port()
     config = write_config(tmp_path, {"Solo": (port, redis_port)})
