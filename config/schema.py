@@ -90,7 +90,7 @@ class HerdConfig:
     max_line_bytes: int = 4096
     max_future_seconds: int = 3600  # client-time further ahead than this is invalid
     redis_timeout: float = 3.0  # seconds before a Redis call counts as failed
-    max_connections: int = 10000  # open connections (clients and peers) per node
+    max_connections: int = 10000  # open client connections per node (the peer port has its own limit)
     idle_timeout: float = 300.0  # seconds a client may stay silent; 0: forever
     max_outstanding: int = 1000  # unanswered requests per connection before reading pauses
     tls: TlsConfig | None = None  # TLS on peer links (both sides verified), off when None

@@ -309,7 +309,8 @@ class NodeService(MultiService):
             self.node.stats.recall_last_update(float(value))  # type: ignore[arg-type]
 
     def _publish_status(self) -> None:
-        """Write this node's live figures to ``<prefix>status`` for ``herd status``."""
+        """Write this node's live figures to ``<prefix>status``, for ``redis-cli``
+        (``herd status`` reads ``/status``)."""
         stats = self.node.stats
         stats.tick(STATUS_INTERVAL)
         fields = {

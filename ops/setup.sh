@@ -68,7 +68,7 @@ if "$tests"; then
     apt_install systemd
   fi
 
-  # `herd lab` (and tests/test_lab.py) build hosts as network namespaces with
+  # `herd lab` (and tests/herd/test_lab.py) build hosts as network namespaces with
   # `ip netns`/veth/bridge (iproute2) and cut links with nftables rules.
   if ! have ip; then
     apt_install iproute2
@@ -83,7 +83,7 @@ if "$tests"; then
     apt_install strace
   fi
 
-  # The admin web page is tested in a real, headless browser (tests/test_web.py):
+  # The admin web page is tested in a real, headless browser (tests/herd/test_web.py):
   # Debian's chromium with its matching chromedriver.
   if ! have chromium || ! have chromedriver; then
     apt_install chromium chromium-driver

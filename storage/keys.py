@@ -54,7 +54,7 @@ class Keys:
 
     @property
     def status(self) -> bytes:
-        """Hash the node publishes every second for ``herd status``."""
+        """Hash the node publishes every second, for ``redis-cli`` (``herd status`` reads ``/status``)."""
         return self.prefix + b"status"
 
     @property

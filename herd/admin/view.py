@@ -45,7 +45,7 @@ class Addresses:
 
 
 def client_connections(running: RunningNode) -> int:
-    """Open client connections (those that did not become peer links)."""
+    """Open client connections (peers connect to the peer port)."""
     return len(running.factory.connections)
 
 

@@ -1,11 +1,11 @@
 """The node's authenticated peer links: which connections are open to which
 peer, and what each update is sent as on each (docs/PEER-PROTOCOL.md,
-"Flooding" and "Ordering").
+sections 5.1 and 5.2).
 
 A link to a peer exists while at least one authenticated connection to it is
 open, whichever side dialled it. Flooding sends each update once per peer:
-on the connection its flood cursor runs on (see herd.peer.reconcile), or
-else on its oldest open connection.
+on the connection its flood cursor (FloodCursor, below) runs on, or else
+on its oldest open connection.
 """
 
 from __future__ import annotations
@@ -97,7 +97,7 @@ LossCallback = Callable[[bytes, PeerConnection, PeerConnection | None], None]
 
 class PeerLinks:
     """Registry of open authenticated peer connections, by peer name, and the
-    flood cursor of each peer (see herd.peer.reconcile)."""
+    flood cursor of each peer."""
 
     def __init__(self, neighbours: Iterable[bytes]):
         self.neighbours = frozenset(neighbours)

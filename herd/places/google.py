@@ -436,10 +436,10 @@ def make_provider(
 
     Raises ConfigError (one line) when the variable is unset, empty or blank, or the
     provider is unknown, NotImplementedError for ``offline`` (see
-    herd/offline_places.py). ``http_client`` defaults to :func:`default_http_client`.
+    herd/places/offline.py). ``http_client`` defaults to :func:`default_http_client`.
     """
     if config.provider == "offline":
-        raise NotImplementedError("offline provider lives in herd/offline_places.py")
+        raise NotImplementedError("the offline provider is herd/places/offline.py")
     cls = _PROVIDERS.get(config.provider)
     if cls is None:
         raise ConfigError(f"places.provider: unknown provider {config.provider!r}")
