@@ -22,23 +22,19 @@ from decimal import Decimal
 from typing import Any, ClassVar, cast
 from urllib.parse import quote, urlencode, urlsplit
 
-import treq
-from hyperlink import EncodedURL
 from treq.client import HTTPClient
 from twisted.internet.defer import CancelledError, Deferred, DeferredSemaphore
 from twisted.internet.error import ConnectError, ConnectionRefusedError, DNSLookupError
 from twisted.internet.interfaces import IReactorTime
-from twisted.internet.protocol import Protocol
 from twisted.python.failure import Failure
 from twisted.web.client import (
-    Agent,
-    HTTPConnectionPool,
     ResponseFailed,
     ResponseNeverReceived,
 )
 from twisted.web.iweb import IResponse
 
 from config.schema import ConfigError, PlacesConfig
+from herd.http import BodyTooLarge, pooled_client, read_capped, treq_url
 from herd.places.provider import PlacesAnswer, PlacesError, PlacesProvider, radius_text
 
 LEGACY_URL = "https://maps.googleapis.com/maps/api/place/nearbysearch/json"
@@ -50,12 +46,6 @@ NEW_FIELD_MASK = (
 NEW_MAX_RESULTS = 20  # the Places API (New) caps maxResultCount at 20
 NEW_MAX_RADIUS_M = 50000.0  # ... and the circle radius at 50 km
 _DETAIL_CHARS = 300  # longest server-supplied detail quoted in an error message
-
-
-def default_http_client(reactor: Any) -> HTTPClient:
-    """A treq client over a persistent connection pool on ``reactor``."""
-    agent: Any = Agent(reactor, pool=HTTPConnectionPool(reactor))
-    return HTTPClient(agent)
 
 
 def plain_coordinate(value: str) -> str:
@@ -71,72 +61,6 @@ def safe_url(url: str) -> str:
     return f"{parts.scheme}://{host}{port}{parts.path}"
 
 
-class _BodyProbe:
-    """Stands in for a response in :func:`treq.collect` so that the body protocol
-    (and through it the connection) can be reached to abort a stalled read."""
-
-    def __init__(self, response: IResponse) -> None:
-        self._response: Any = response
-        self.length = response.length
-        self._protocol: Protocol | None = None
-
-    def deliverBody(self, protocol: Protocol) -> None:  # noqa: N802 (IResponse name)
-        """Forward to the real response, remembering the protocol."""
-        self._protocol = protocol
-        self._response.deliverBody(protocol)
-
-    def abort(self) -> None:
-        """Drop the connection that is delivering the body, if any."""
-        transport: Any = self._protocol.transport if self._protocol is not None else None
-        if transport is not None:
-            transport.loseConnection()
-
-
-class _LiteralHostURL(EncodedURL):
-    """A URL treq sends as it is. treq sends ``url.to_uri()``, and hyperlink's
-    ``to_uri`` IDNA-encodes the host, which fails for an IPv6 literal such as
-    ``[::1]`` (hyperlink issues 68 and 188); such a URL is ASCII already."""
-
-    def to_uri(self, *args: Any, **kwargs: Any) -> EncodedURL:
-        return self
-
-
-def treq_url(url: str) -> str | EncodedURL:
-    """``url`` as treq is to be given it: one whose host is an IPv6 literal as
-    it is (see _LiteralHostURL), any other unchanged."""
-    return _LiteralHostURL.from_text(url) if ":" in EncodedURL.from_text(url).host else url
-
-
-def read_capped(response: IResponse, max_bytes: int) -> Deferred[bytes]:
-    """The whole body of ``response``, read with :func:`treq.collect`.
-
-    Fails with PlacesError (and drops the connection) once more than
-    ``max_bytes`` arrive. Cancelling the result drops the connection too.
-    """
-    chunks: list[bytes] = []
-    size = 0
-
-    def collector(data: bytes) -> None:
-        nonlocal size
-        size += len(data)
-        if size > max_bytes:
-            raise PlacesError(f"response over {max_bytes} bytes")
-        chunks.append(data)
-
-    probe = _BodyProbe(response)
-    result: Deferred[bytes] = Deferred(lambda _: probe.abort())
-    collected = treq.collect(cast(IResponse, probe), collector)
-
-    def done(_: None) -> None:
-        if not result.called:
-            result.callback(b"".join(chunks))
-
-    def failed(failure: Failure) -> None:
-        if not result.called:
-            result.errback(failure)
-
-    collected.addCallbacks(done, failed)
-    return result
 
 
 def decode_json(body: bytes) -> Any:
@@ -333,7 +257,7 @@ class _GoogleProvider:
 
     def _cause(self, exc: BaseException) -> str:
         """A short description of why a call failed."""
-        if isinstance(exc, PlacesError):
+        if isinstance(exc, PlacesError | BodyTooLarge):
             return str(exc)
         if isinstance(exc, ConnectionRefusedError):
             return "connection refused"
@@ -436,7 +360,7 @@ def make_provider(
 
     Raises ConfigError (one line) when the variable is unset, empty or blank, or the
     provider is unknown, NotImplementedError for ``offline`` (see
-    herd/places/offline.py). ``http_client`` defaults to :func:`default_http_client`.
+    herd/places/offline.py). ``http_client`` defaults to :func:`herd.http.pooled_client`.
     """
     if config.provider == "offline":
         raise NotImplementedError("the offline provider is herd/places/offline.py")
@@ -444,5 +368,5 @@ def make_provider(
     if cls is None:
         raise ConfigError(f"places.provider: unknown provider {config.provider!r}")
     key = config.key()
-    client = http_client if http_client is not None else default_http_client(reactor)
+    client = http_client if http_client is not None else pooled_client(reactor)
     return cls(reactor, client, key, config.url, config.timeout)

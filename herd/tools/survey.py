@@ -27,7 +27,7 @@ from twisted.python.failure import Failure
 from twisted.web.client import Agent, HTTPConnectionPool
 
 from config.schema import HerdConfig, NodeConfig
-from herd.places.google import read_capped, treq_url
+from herd.http import BodyTooLarge, read_capped, treq_url
 
 DEFAULT_TIMEOUT = 2.0  # seconds per node, connect to last byte
 MAX_STATUS_BYTES = 1 << 20  # a /status is a few hundred bytes; more is not one
@@ -305,7 +305,7 @@ def _reason(failure: Any, timeout: float) -> str:
     """Why a node gave no usable /status, in a few words."""
     if failure.check(_TimedOut, error.TimeoutError):
         return f"no answer within {timeout:g} s"
-    if failure.check(StatusError):
+    if failure.check(StatusError, BodyTooLarge):
         return str(failure.value)
     if failure.check(error.ConnectionRefusedError):
         return "connection refused"

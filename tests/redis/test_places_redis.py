@@ -24,8 +24,9 @@ from twisted.logger import ILogObserver, formatEvent, globalLogPublisher
 from twisted.trial import unittest
 
 from config.schema import RedisAddress
+from herd.http import pooled_client
 from herd.places.cache import CachedPlaces
-from herd.places.google import GoogleNearby, default_http_client
+from herd.places.google import GoogleNearby
 from herd.places.offline import OfflinePlaces, dataset_version
 from herd.places.provider import PlacesError
 from storage.places_index import PLACES_SWITCH, PlacesIndex
@@ -213,7 +214,7 @@ class CacheTest(RedisCase):
         super().setUp()
         self.server = FakePlaces()
         self.addCleanup(self.server.close)
-        self.http = default_http_client(reactor)
+        self.http = pooled_client(reactor)
         self.addCleanup(self.http._agent._pool.closeCachedConnections)  # type: ignore[attr-defined]
         google = GoogleNearby(reactor, self.http, "k", self.server.url, 5.0)
         self.places = CachedPlaces(google, self.store, 60, "google", limit_in_key=False, clock=reactor)
