@@ -25,6 +25,7 @@ from config.schema import (
     ADMIN_PORT_OFFSET,
     MAX_NODE_NAME_BYTES,
     PEER_PORT_OFFSET,
+    WILDCARD_HOSTS,
     ConfigError,
     HerdConfig,
     NodeConfig,
@@ -450,7 +451,6 @@ def _check_unique(nodes: _Table, node: NodeConfig, built: dict[str, NodeConfig],
 
 
 _LOOPBACK = frozenset({"localhost", "127.0.0.1", "::1", "ip6-localhost"})
-_WILDCARD = frozenset({"0.0.0.0", "::", ""})
 
 
 class _Address:
@@ -481,7 +481,7 @@ class _Address:
 
 def _host_name(host: str) -> str:
     host = host.lower()
-    if host in _WILDCARD:
+    if host in WILDCARD_HOSTS:
         return "*"
     return "loopback" if host in _LOOPBACK else host
 

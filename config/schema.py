@@ -34,6 +34,16 @@ class RedisAddress:
     password: str | None = None
 
 
+# Listening addresses that stand for every address of the host.
+WILDCARD_HOSTS = frozenset({"0.0.0.0", "::", ""})
+
+
+def host_port(host: str, port: int) -> str:
+    """``host:port`` as URLs, messages and the admin endpoint show it (an IPv6
+    literal in brackets)."""
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
 @dataclass(frozen=True)
 class NodeConfig:
     name: str
@@ -46,6 +56,14 @@ class NodeConfig:
     admin: tuple[str, int] | None = None  # HTTP endpoint (loader default: host:port + 20000); None: off
     # What loading chose that the node says (a warning each) as it starts.
     notes: tuple[str, ...] = ()
+
+    def admin_reached_at(self) -> tuple[str, int] | None:
+        """Where others reach the admin endpoint: its address, with the node's
+        host for a wildcard one (it listens on every address); None when off."""
+        if self.admin is None:
+            return None
+        host, port = self.admin
+        return (self.host if host in WILDCARD_HOSTS else host), port
 
 
 @dataclass(frozen=True)

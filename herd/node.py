@@ -370,8 +370,10 @@ class Node:
         now: equal client times are settled as between peers."""
         if self._retry is not None and self._retry.active():
             self._retry.cancel()
-        if not self.store.serving:
-            return  # on_connected calls again once it serves
+        if not self.store.serving:  # on_connected calls again once it serves after a failure;
+            if self._unstored:  # a stall with no failure has no such call: try again later
+                self._retry = self.clock.callLater(STORE_AGAIN_AFTER, self._store_again)
+            return
         pending, self._unstored = self._unstored, deque(maxlen=MAX_UNSTORED)
         if pending:
             log.info("storing {n} forwarded update(s) again", n=len(pending))

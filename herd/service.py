@@ -27,7 +27,7 @@ from twisted.internet.error import CannotListenError
 from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 
-from config.schema import ConfigError, HerdConfig, PlacesConfig
+from config.schema import ConfigError, HerdConfig, PlacesConfig, host_port
 from herd import systemd
 from herd.connection import ClientConnectionFactory, Limits
 from herd.logs import LogOptions
@@ -100,12 +100,6 @@ class Listener(StreamServerEndpointService):
         except CannotListenError as err:
             reason = getattr(err.socketError, "strerror", None) or err.socketError
             raise ListenFailed(f"cannot listen for {self.what} on {self.address}: {reason}") from None
-
-
-def host_port(host: str, port: int) -> str:
-    """``host:port`` as messages and the admin endpoint show it (an IPv6
-    literal in brackets)."""
-    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
 
 def listen_description(host: str, port: int) -> str:

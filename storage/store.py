@@ -28,7 +28,14 @@ from herd.wire.client import AtRecord, parse_at_line
 from herd.wire.peer import ANY_ENTRY, LogStep, Position
 from storage import geohash
 from storage.batch import KINDS, Pending, StoreResult, batch_stored, digest_part, record_blob, xor
-from storage.connection import NOT_SERVING, FunctionCall, NotingEndpoint, ReconnectingFactory, redis_endpoint
+from storage.connection import (
+    NOT_SERVING,
+    FunctionCall,
+    NotingEndpoint,
+    ReconnectingFactory,
+    RedisProtocol,
+    redis_endpoint,
+)
 from storage.keys import Keys
 
 _log = Logger(namespace="herd")
@@ -209,12 +216,22 @@ class RedisStore:
     @property
     def serving(self) -> bool:
         """Connected, Redis took a write since, no call failed since then, and
-        no call (a store batch, the node's status write once a second, a read)
-        has waited for its answer longer than STALLED: a Redis that stopped
-        answering an idle node is noticed within about a second."""
+        no store batch has waited for its answer longer than STALLED. (On the
+        hot path: whether an update may be forwarded before it is stored.)"""
         if not (self._serving_now and self.connected):
             return False
-        since = self._connection().unanswered_since()
+        return not self._sent_at or self._reactor.seconds() - self._sent_at[0] < STALLED
+
+    @property
+    def answering(self) -> bool:
+        """``serving``, and no call at all (the node's status write once a
+        second, a read) has waited longer than STALLED for its answer: a
+        Redis that stopped answering an idle node is noticed within about a
+        second (``/healthz``)."""
+        if not self.serving:
+            return False
+        conn = self._connection()
+        since = conn.unanswered_since() if isinstance(conn, RedisProtocol) else None
         return since is None or self._reactor.seconds() - since < STALLED
 
     # -- verbs -----------------------------------------------------------

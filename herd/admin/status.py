@@ -59,7 +59,7 @@ def health(running: RunningNode) -> tuple[bool, dict[str, Any]]:
     """(healthy, the ``/healthz`` document): healthy when the node listens for
     clients and its Redis takes writes, judged without asking Redis."""
     listening = bool(running.listener.running)
-    redis = running.store.connected and running.store.serving
+    redis = running.store.connected and running.store.answering
     body = {"ok": listening and redis, "node": running.node.name.decode(), "listening": listening,
             "redis": redis, "links_up": [p.decode() for p in running.links.up()]}
     return listening and redis, body

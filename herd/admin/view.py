@@ -51,7 +51,7 @@ def client_connections(running: RunningNode) -> int:
 
 def redis_up(running: RunningNode, held: Summary | None) -> bool:
     """Redis is up when the store takes writes and ``held`` was read."""
-    return held is not None and running.store.serving
+    return held is not None and running.store.answering
 
 
 class SummaryReader:

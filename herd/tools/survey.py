@@ -26,7 +26,7 @@ from twisted.internet.defer import gatherResults, maybeDeferred, succeed
 from twisted.python.failure import Failure
 from twisted.web.client import Agent, HTTPConnectionPool
 
-from config.schema import HerdConfig, NodeConfig
+from config.schema import HerdConfig, NodeConfig, host_port
 from herd.http import BodyTooLarge, read_capped, treq_url
 
 DEFAULT_TIMEOUT = 2.0  # seconds per node, connect to last byte
@@ -34,7 +34,6 @@ MAX_STATUS_BYTES = 1 << 20  # a /status is a few hundred bytes; more is not one
 
 UP, NO_REDIS, UNREACHABLE = "up", "NO REDIS", "UNREACHABLE"
 
-_WILDCARDS = frozenset({"0.0.0.0", "::", ""})
 
 
 class StatusError(Exception):
@@ -42,16 +41,9 @@ class StatusError(Exception):
 
 
 def status_url(node: NodeConfig) -> str | None:
-    """Where ``node`` serves /status; None when its admin endpoint is off.
-    An admin endpoint on a wildcard address is reached at the node's host."""
-    if node.admin is None:
-        return None
-    host, port = node.admin
-    if host in _WILDCARDS:
-        host = node.host
-    if ":" in host:  # an IPv6 literal
-        host = f"[{host}]"
-    return f"http://{host}:{port}/status"
+    """Where ``node`` serves /status; None when its admin endpoint is off."""
+    where = node.admin_reached_at()
+    return None if where is None else f"http://{host_port(*where)}/status"
 
 
 _OPTIONAL_TYPES: dict[str, tuple[type, ...]] = {

@@ -30,7 +30,7 @@ from pathlib import Path
 from typing import IO
 
 from config.loader import check_can_serve, load_config
-from config.schema import HerdConfig
+from config.schema import HerdConfig, host_port
 from herd.logs import timestamp
 from herd.peer.tls import tls_for
 from herd.rotating import RotatingFile
@@ -376,13 +376,9 @@ def print_banner(config: HerdConfig, state: Path, out: Output) -> None:
         node = config.nodes[name]
         redis = node.redis
         where = "" if is_local(redis.host) else " (remote, not started)"
-        out.say(f"{name:<{out.width}}  {hostport(node.host, node.port)}  "
-                f"redis {hostport(redis.host, redis.port)}{where}  log {state / name / 'herd.log'}")
+        out.say(f"{name:<{out.width}}  {host_port(node.host, node.port)}  "
+                f"redis {host_port(redis.host, redis.port)}{where}  log {state / name / 'herd.log'}")
     out.say(f"{len(config.nodes)} nodes running; Ctrl-C stops the herd")
-
-
-def hostport(host: str, port: int) -> str:
-    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
 
 def stop_children(children: Sequence[Child], timeout: float, out: Output) -> None:

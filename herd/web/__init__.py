@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import hashlib
 import hmac
-import ipaddress
 import json
 from collections.abc import Callable
 from importlib import resources
@@ -28,7 +27,7 @@ from twisted.python.failure import Failure
 from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET
 
-from config.schema import HerdConfig
+from config.schema import HerdConfig, NodeConfig, host_port
 from storage.store import PositionSample, RedisStore
 
 log = Logger(namespace="herd")
@@ -49,7 +48,6 @@ STATIC_TYPES = {
 PAGE_POLICY = (b"default-src 'self'; connect-src 'self' http: https:; img-src 'self' data:; "
                b"style-src 'self'; script-src 'self'; base-uri 'none'; form-action 'none'; "
                b"frame-ancestors 'none'")
-_WILDCARDS = ("0.0.0.0", "::", "")
 
 
 class WebPage(Resource):
@@ -97,7 +95,7 @@ def topology(config: HerdConfig, name: str, client_data: bool) -> dict[str, Any]
     data, and how often the page refreshes. No secrets, no client data."""
     return {
         "node": name,
-        "nodes": [{"name": n, "admin": _browser_address(node.host, node.admin)}
+        "nodes": [{"name": n, "admin": _browser_address(node)}
                   for n, node in config.nodes.items()],
         "links": [list(pair) for pair in config.links()],
         "client_data": client_data,
@@ -105,17 +103,10 @@ def topology(config: HerdConfig, name: str, client_data: bool) -> dict[str, Any]
     }
 
 
-def _browser_address(host: str, admin: tuple[str, int] | None) -> str | None:
-    """``host:port`` of an admin endpoint as a browser reaches it: a wildcard
-    listening address is reached at the node's own host; IPv6 in brackets."""
-    if admin is None:
-        return None
-    address = host if admin[0] in _WILDCARDS else admin[0]
-    try:
-        bracket = ipaddress.ip_address(address).version == 6
-    except ValueError:
-        bracket = False
-    return f"[{address}]:{admin[1]}" if bracket else f"{address}:{admin[1]}"
+def _browser_address(node: NodeConfig) -> str | None:
+    """``host:port`` of ``node``'s admin endpoint as a browser reaches it."""
+    where = node.admin_reached_at()
+    return None if where is None else host_port(*where)
 
 
 def _static_files() -> dict[str, tuple[bytes, bytes]]:

@@ -203,7 +203,7 @@ def test_healthz_notices_a_stuck_redis_of_an_idle_node(tmp_path: Path) -> None:
         herd["Solo"].redis.pause()
         paused = time.monotonic()
         wait_until(lambda: http(admin, "/healthz")[0] == 503, timeout=10, what="unhealthy")
-        assert time.monotonic() - paused < 2.5
+        assert time.monotonic() - paused < 3.5  # about 1.3 s: the status write is once a second
         herd["Solo"].redis.resume()
         wait_until(lambda: http(admin, "/healthz")[0] == 200, timeout=10, what="healthy again")
     finally:

@@ -16,7 +16,7 @@ from twisted.internet.defer import inlineCallbacks
 from twisted.internet.task import Clock, deferLater
 from twisted.trial import unittest
 
-from herd.node import CLIENT, Node
+from herd.node import CLIENT, STORE_AGAIN_AFTER, Node, Origin
 from herd.peer.links import PeerLinks
 from herd.peer.reconcile import GAP_PULL_INTERVAL, PULL_SILENCE, Reconciler
 from herd.wire.client import parse_at_line
@@ -129,6 +129,26 @@ class PeerLines(unittest.TestCase):
         self.links = PeerLinks([b"P"])
         self.node = Node(b"A", self.store, None, self.links, Clock())  # type: ignore[arg-type]
         self.conn = Conn()
+
+    @inlineCallbacks
+    def test_forwarded_updates_not_stored_are_tried_again_after_a_stall_with_no_failure(self) -> Any:
+        # Found by a review: a retry that came while Redis was stalled (not
+        # serving, nothing failed) returned for good: only a failure leads to
+        # the on_connected call that retries.
+        while not self.store.serving:  # its first on_connected calls have run
+            yield deferLater(reactor, 0.01, lambda: None)
+        clock = Clock()
+        node = Node(b"A", self.store, None, self.links, clock)  # type: ignore[arg-type]
+        record = parse_at_line(b"AT P +0.000000001 again +1+1 1700000000")
+        assert record is not None
+        node._unstored.append((record, Origin(b"P", True), frozenset()))
+        self.store._serving_now = False  # as during a stall: no failure, no on_connected to come
+        node._store_again()
+        assert self.redis.hgetall("herd:client:again") == {}
+        self.store._serving_now = True
+        clock.advance(STORE_AGAIN_AFTER)
+        yield wait()
+        assert self.redis.hgetall("herd:client:again")[b"at"] == record.line
 
     @inlineCallbacks
     def test_a_record_far_ahead_of_this_nodes_clock_is_refused(self) -> Any:
