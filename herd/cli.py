@@ -160,7 +160,7 @@ def _positive_seconds(text: str) -> float:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    from herd.tools.output import stdout_gone
+    from herd.tools.output import stdout_broken, stdout_gone
 
     argv = list(sys.argv[1:] if argv is None else argv)
     try:
@@ -179,8 +179,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     except KeyboardInterrupt:
         return 130
-    except BrokenPipeError:  # the reader of stdout went away before the command's output ended
-        stdout_gone()
+    except BrokenPipeError:
+        if not stdout_broken():
+            raise  # a socket's: the command's own failure to report
+        stdout_gone()  # the reader of stdout went away before the command's output ended
         return 1
 
 

@@ -8,6 +8,7 @@ command ends with its own exit status and no traceback.
 from __future__ import annotations
 
 import os
+import select
 import sys
 
 
@@ -17,6 +18,18 @@ def stdout_gone() -> None:
     devnull = os.open(os.devnull, os.O_WRONLY)
     os.dup2(devnull, sys.stdout.fileno())
     os.close(devnull)
+
+
+def stdout_broken() -> bool:
+    """Whether stdout's reader went away (a pipe or socket with no reader
+    left): a BrokenPipeError may come from any socket, this tells whether it
+    was stdout's."""
+    try:
+        poller = select.poll()
+        poller.register(sys.stdout.fileno(), select.POLLOUT)
+        return any(events & (select.POLLERR | select.POLLHUP) for _, events in poller.poll(0))
+    except (OSError, ValueError):  # no descriptor: nothing to tell
+        return False
 
 
 def print_out(text: str) -> bool:

@@ -397,16 +397,20 @@ def test_usage_and_config_errors_exit_2(tmp_path: Path) -> None:
     assert result.returncode == 2 and "Traceback" not in result.stderr
 
 
-@pytest.mark.parametrize("args, verdict", [
-    (["status", "--once"], 0), (["status", "--once", "--json"], 0), (["status"], 0),
-    (["check"], 0), (["check", "--json"], 0), (["--version"], 0)])
-def test_a_reader_that_goes_away_ends_the_command_quietly(tmp_path: Path, args: list[str],
+@pytest.mark.parametrize("args, down, verdict", [
+    (["status", "--once"], False, 0), (["status", "--once", "--json"], False, 0), (["status"], False, 0),
+    (["check"], False, 0), (["check", "--json"], False, 0), (["--version"], False, 0),
+    (["check"], True, 1), (["status", "--once"], True, 1)])
+def test_a_reader_that_goes_away_ends_the_command_quietly(tmp_path: Path, args: list[str], down: bool,
                                                           verdict: int) -> None:
     # Found by a review: `herd check | true` printed a BrokenPipeError
-    # traceback and exited 1.
+    # traceback and exited 1. The command's verdict stays its exit status.
     bailey = FakeNode(status_doc("Bailey"))
     try:
-        path = write_config(tmp_path / "herd.toml", {"Bailey": bailey.port})
+        nodes: dict[str, int | str | None] = {"Bailey": bailey.port}
+        if down:
+            nodes["Bona"] = refused_port()
+        path = write_config(tmp_path / "herd.toml", nodes)
         config = ["--config", str(path)] if args[0] != "--version" else []
         command = subprocess.Popen([sys.executable, "-m", "herd", *args, *config], cwd=REPO,
                                    stdout=subprocess.PIPE, stderr=subprocess.PIPE)
@@ -416,3 +420,15 @@ def test_a_reader_that_goes_away_ends_the_command_quietly(tmp_path: Path, args: 
         assert (command.returncode, err) == (verdict, b"")
     finally:
         bailey.close()
+
+
+def test_stdout_broken_tells_a_pipe_without_reader() -> None:
+    read, write = os.pipe()
+    script = "import sys; from herd.tools.output import stdout_broken; sys.exit(3 if stdout_broken() else 4)"
+    try:
+        alive = subprocess.run([sys.executable, "-c", script], cwd=REPO, stdout=write, timeout=30)
+        os.close(read)
+        gone = subprocess.run([sys.executable, "-c", script], cwd=REPO, stdout=write, timeout=30)
+    finally:
+        os.close(write)
+    assert (alive.returncode, gone.returncode) == (4, 3)
