@@ -122,18 +122,20 @@ class Output:
     time. With ``json_lines`` (``--log-format json``) every line is one JSON
     object: the nodes' own as they are (each names its node), ours and any
     other line of a node (a crash's traceback) made into one, with the
-    fields of the nodes' events (time, node, level, message)."""
+    fields of the nodes' events (time, node, level, message): ``say``'s
+    level, and "error" for a node's line that is not its JSON (a traceback)."""
 
     def __init__(self, width: int, json_lines: bool = False) -> None:
         self.width = width  # of the name column
         self.json_lines = json_lines
         self._lock = threading.Lock()
 
-    def say(self, text: str) -> None:
-        self._write(self._line(None, f"herd up: {text}"))
+    def say(self, text: str, level: str = "info") -> None:
+        self._write(self._line(None, f"herd up: {text}", level))
 
-    def _line(self, label: str | None, text: str) -> str:
-        """``text``, a line of node ``label`` (None: ours), as shown."""
+    def _line(self, label: str | None, text: str, level: str = "error") -> str:
+        """``text``, a line of node ``label`` (None: ours), as shown; ``level``
+        in JSON, for ours and a node's that is not JSON."""
         if not self.json_lines:
             return f"{text}\n" if label is None else f"{label:<{self.width}} | {text}\n"
         if label is not None and text.startswith("{"):
@@ -142,7 +144,7 @@ class Output:
                     return f"{text}\n"
             except ValueError:
                 pass
-        record = {"time": timestamp(time.time()), "node": label, "level": "info", "message": text}
+        record = {"time": timestamp(time.time()), "node": label, "level": level, "message": text}
         return json.dumps(record, ensure_ascii=False) + "\n"
 
     def relay(self, label: str, stream: IO[bytes], log_path: Path, echo: bool = True) -> None:
@@ -153,7 +155,7 @@ class Output:
         try:
             log = RotatingFile(log_path, LOG_MAX_BYTES, LOG_KEEP)
         except OSError as err:
-            self.say(f"{label}: cannot open {log_path} ({err.strerror}); its output is not kept")
+            self.say(f"{label}: cannot open {log_path} ({err.strerror}); its output is not kept", "error")
         with stream:
             for raw in stream:
                 log = _append(log, raw, label, self)
@@ -180,7 +182,7 @@ def _append(log: RotatingFile | None, raw: bytes, label: str, out: Output) -> Ro
         log.flush()
         return log
     except (OSError, ValueError) as err:
-        out.say(f"{label}: cannot write {log.path} ({err}); no more of its output goes there")
+        out.say(f"{label}: cannot write {log.path} ({err}); no more of its output goes there", "error")
         return None
 
 
@@ -218,13 +220,12 @@ class Child:
             code = self.process.exit_code
             if code is not None:
                 self.restart_at = now + RESTART_DELAY
-                out.say(f"{self.label} {describe_exit(code)}; "
-                        f"restarting in {RESTART_DELAY:g} s")
+                out.say(f"{self.label} {describe_exit(code)}; restarting in {RESTART_DELAY:g} s", "error")
         elif now >= self.restart_at:
             self.restart_at = None
             self.restarts += 1
             self.start(out)
-            out.say(f"{self.label} restarted (restart {self.restarts})")
+            out.say(f"{self.label} restarted (restart {self.restarts})", "warning")
 
 
 def run_up(config_path: str, state_dir: str, log_args: Sequence[str] = ()) -> int:
@@ -384,7 +385,7 @@ def print_banner(config: HerdConfig, state: Path, out: Output) -> None:
 def stop_children(children: Sequence[Child], timeout: float, out: Output) -> None:
     """SIGTERM every live child, wait up to ``timeout`` s in all, SIGKILL the rest."""
     stop_all([c.process for c in children], timeout,
-             overdue=lambda p: out.say(f"{p.label} did not stop within {timeout:g} s; killing it"))
+             overdue=lambda p: out.say(f"{p.label} did not stop within {timeout:g} s; killing it", "warning"))
     for child in children:
         if child.relayer is not None:
             child.relayer.join(timeout=2.0)  # let its last lines (shutdown logs) through

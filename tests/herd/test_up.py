@@ -27,6 +27,7 @@ from herd.tools.harness import (
     redis_ping,
     wait_until,
 )
+from herd.tools.up import Output
 
 HAVE_LOADER = (REPO / "config" / "loader.py").exists()
 HAVE_SERVICE = (REPO / "herd" / "service.py").exists()
@@ -127,6 +128,17 @@ def test_up_with_json_logs_writes_one_json_object_a_line(tmp_path: Path) -> None
     assert all(isinstance(r, dict) and {"time", "level", "message"} <= r.keys() for r in records)
     assert any(r["node"] == "Solo" and "starting" in r["message"] for r in records)
     assert records[-1]["message"] == "herd up: stopped" and records[-1]["node"] is None
+    assert {r["level"] for r in records if r["node"] is None} == {"info"}  # no trouble said
+
+
+def test_up_json_lines_carry_the_level_of_what_they_say() -> None:
+    out = Output(4, json_lines=True)
+    said = json.loads(out._line(None, "herd up: Solo exited with code 1; restarting in 1 s", "error"))
+    assert (said["node"], said["level"]) == (None, "error")
+    traceback = json.loads(out._line("Solo", "Traceback (most recent call last):"))
+    assert (traceback["node"], traceback["level"]) == ("Solo", "error")  # not its JSON: trouble
+    own = '{"time": "t", "node": "Solo", "level": "warning", "message": "m"}'
+    assert out._line("Solo", own) == own + "\n"  # a node's JSON as it wrote it
 
 
 def test_children_stop_when_herd_up_is_killed(tmp_path: Path) -> None:
