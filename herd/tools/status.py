@@ -46,8 +46,11 @@ def _row(config: HerdConfig, r: NodeReport) -> str:
             f"{last:>11} {skew:>8}  {links}")
 
 
-def render(config: HerdConfig, reports: Sequence[NodeReport], now: float) -> str:
-    """One frame of the view (pure: no I/O). ``now``: this machine's time."""
+def render(config: HerdConfig, reports: Sequence[NodeReport], now: float,
+           current: Sequence[NodeReport] | None = None) -> str:
+    """One frame of the view (pure: no I/O). ``now``: this machine's time;
+    ``current``: the reports the agreement line compares (default ``reports``;
+    the live view leaves out rows that are not of this moment)."""
     stamp = time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(now))
     lines = [f"herd status  {config.path}  {stamp} UTC", "",
              f"{'NODE':<10} {'STATE':<11} {'VERSION':<8} {'CLIENTS':>8} {'DIGEST':<8} {'REQ/S':>7} "
@@ -56,7 +59,7 @@ def render(config: HerdConfig, reports: Sequence[NodeReport], now: float) -> str
         lines.append(_row(config, r))
         if r.error:
             lines.append(f"{'':<10} {r.error}")
-    lines += ["", "agreement: " + agreement(reports).describe()]
+    lines += ["", "agreement: " + agreement(reports if current is None else current).describe()]
     lines += [f"warning: {warning}" for warning in config.warnings()]
     return "\n".join(lines)
 
@@ -94,9 +97,12 @@ class LiveView:
 
         return self._surveyor.report(name).addCallback(answered)
 
-    def reports(self) -> list[NodeReport]:
-        """Each node's latest report, with a note on those asked for over REFRESH s."""
-        now, out = self._reactor.seconds(), []
+    def reports(self) -> tuple[list[NodeReport], list[NodeReport]]:
+        """Each node's latest report, with a note on those asked for over
+        REFRESH s; and the same with those unread (status None), for the
+        agreement line: a digest of seconds ago is not compared with others
+        of now."""
+        now, rows, current = self._reactor.seconds(), [], []
         for name in self._names:
             report = self.latest[name]
             waiting = now - self._asked.get(name, now)
@@ -104,8 +110,11 @@ class LiveView:
                 note = f"(asked again {waiting:.1f} s ago, no answer yet; the row is its last answer)"
                 report = NodeReport(report.name, report.status, note if report.error is None
                                     else f"{report.error} {note}", report.skew)
-            out.append(report)
-        return out
+                current.append(NodeReport(name, None, note))
+            else:
+                current.append(report)
+            rows.append(report)
+        return rows, current
 
 
 def run_status(config_path: str, once: bool, as_json: bool = False,
@@ -119,13 +128,13 @@ def run_status(config_path: str, once: bool, as_json: bool = False,
     config = load_config(config_path)
     outcome = [0]
 
-    def show(reports: list[NodeReport], clear: bool) -> bool:
+    def show(reports: list[NodeReport], clear: bool, current: list[NodeReport] | None = None) -> bool:
         """Print a frame; False when the reader of stdout went away."""
         outcome[0] = 0 if is_ok(reports) else 1
         if as_json:
             return print_out(json.dumps(document(reports, config.warnings()), indent=2))
         home = "\x1b[H\x1b[2J" if clear and sys.stdout.isatty() else ""  # not into a file or pipe
-        return print_out(home + render(config, reports, time.time()))
+        return print_out(home + render(config, reports, time.time(), current))
 
     def main(reactor: Any) -> Any:
         surveyor = Surveyor(reactor, config, timeout, persistent=not (once or as_json))
@@ -136,8 +145,12 @@ def run_status(config_path: str, once: bool, as_json: bool = False,
         # show as unreachable, a guess; no frame is shown once stopping.
         view = LiveView(reactor, surveyor, list(config.nodes))
         reactor.addSystemEventTrigger("before", "shutdown", setattr, view, "stopped", True)
+
         def frame() -> None:
-            if not view.stopped and not show(view.reports(), True):
+            if view.stopped:
+                return
+            rows, current = view.reports()
+            if not show(rows, True, current):
                 frames.stop()  # the reader went away (`| head`): the view ends, as on Ctrl-C
 
         frames = LoopingCall(frame)

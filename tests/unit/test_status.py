@@ -366,6 +366,7 @@ def test_a_slow_node_holds_back_its_own_row_only(tmp_path: Path) -> None:
         assert time.monotonic() - started < 9.5, out  # within Bona's timeout: not held back by it
         assert bona.requests == 2 and len(frames) >= 3, out
         assert "no answer yet" in frames[-1] and row(frames[-1], "Bona").split()[1] == "up", out
+        assert "; unknown for Bona" in frames[-1], out  # its digest is not of this moment
     finally:
         release.set()
         bailey.close()
