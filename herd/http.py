@@ -52,16 +52,18 @@ class _BodyProbe:
 class _LiteralHostURL(EncodedURL):
     """A URL treq sends as it is. treq sends ``url.to_uri()``, and hyperlink's
     ``to_uri`` IDNA-encodes the host, which fails for an IPv6 literal such as
-    ``[::1]`` (hyperlink issues 68 and 188); such a URL is ASCII already."""
+    ``[::1]`` (hyperlink issues 68 and 188) and for a host name with an
+    underscore; an ASCII URL needs no encoding."""
 
     def to_uri(self, *args: Any, **kwargs: Any) -> EncodedURL:
         return self
 
 
 def treq_url(url: str) -> str | EncodedURL:
-    """``url`` as treq is to be given it: one whose host is an IPv6 literal as
-    it is (see _LiteralHostURL), any other unchanged."""
-    return _LiteralHostURL.from_text(url) if ":" in EncodedURL.from_text(url).host else url
+    """``url`` as treq is to be given it: an ASCII one as it is (see
+    _LiteralHostURL), any other for treq to encode. Raises hyperlink's
+    URLParseError for what is no URL."""
+    return _LiteralHostURL.from_text(url) if url.isascii() else url
 
 
 def read_capped(response: IResponse, max_bytes: int) -> Deferred[bytes]:

@@ -22,6 +22,7 @@ import pytest
 from fake_nodes import DIGEST, FakeNode, SilentNode, refused_port, row, status_doc, write_config
 from harness import REPO, herd_cli, wait_until
 from twisted.internet import reactor as global_reactor
+from twisted.internet.defer import gatherResults
 from twisted.trial import unittest
 
 from config.loader import load_config
@@ -240,6 +241,28 @@ class SurveyTest(unittest.TestCase):
             return surveyor.close()
 
         return surveyor.survey().addCallback(check)
+
+    def test_a_host_name_with_an_underscore_is_asked_and_a_url_refused_at_once_is_one_rows_error(self) -> Any:
+        # treq refused "herd_b" (IDNA) at once, and the survey let it end the
+        # command instead of making it that node's row.
+        path = write_config(self.dir / "herd.toml", {"Bailey": self.good.port, "Bona": "herd_b:9"})
+        surveyor = Surveyor(reactor, load_config(path), timeout=1.0)
+        refusing = Surveyor(reactor, load_config(path), timeout=1.0)
+
+        def refuse(url: str, name: str) -> Any:
+            raise ValueError(f"no URL: {url}")
+
+        refusing._fetch = refuse  # type: ignore[method-assign]
+
+        def check(reports: list[NodeReport], refused: list[NodeReport]) -> Any:
+            bona = reports[1].error
+            assert bona is not None and "Codepoint" not in bona  # asked: no such host here
+            self.assertEqual((refused[0].state, refused[1].error),
+                             ("UNREACHABLE", "http://herd_b:9/status: no URL: http://herd_b:9/status"))
+            return surveyor.close().addCallback(lambda _: refusing.close())
+
+        d = gatherResults([surveyor.survey(), refusing.survey()])
+        return d.addCallback(lambda both: check(*both))
 
     def test_a_kept_connection_serves_the_next_frame(self) -> Any:
         path = write_config(self.dir / "herd.toml", {"Bailey": self.good.port})
