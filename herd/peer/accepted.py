@@ -73,8 +73,12 @@ class AcceptedPeer(PeerLineProtocol, TimeoutMixin):
 
     def timeoutConnection(self) -> None:
         claimed = None if self._handshake is None else logs.loggable(self._handshake[0])
-        stage = "" if claimed is None else \
-            f" (it claimed to be {claimed}, and did not answer this node's challenge)"
+        if claimed is not None:
+            stage = f" (it claimed to be {claimed}, and did not answer this node's challenge)"
+        elif self._tls and not self._spoke_in_tls:
+            stage = " (it asked for TLS and said nothing in it)"
+        else:
+            stage = ""
         log.warn("{who} did not authenticate within {s:g} s{stage}; closing", who=self.who,
                  s=PRE_AUTH_TIMEOUT, stage=stage)
         self._timed_out = True
@@ -93,7 +97,7 @@ class AcceptedPeer(PeerLineProtocol, TimeoutMixin):
             self.factory.refused("{who} peer handshake abandoned after this node's challenge (claimed to be "
                                  "{name}; a different secret, or it gave up waiting for this node)",
                                  who=self.who, name=logs.loggable(self._handshake[0]))
-        elif self._tls and not self._spoke_in_tls:  # TLS refused the peer, or it left before a word
+        elif self._tls and not self._spoke_in_tls and not self._timed_out:  # TLS refused it, or it left
             self.factory.refused("{who} peer refused or gone during TLS ({why})", who=self.who, why=why)
         logs.connection(self.who, f"connection closed ({why})")
 

@@ -325,10 +325,11 @@ def test_a_closed_peer_connection_says_it_is_not_connected() -> None:
         assert conn.connected == 0
 
 
-def test_a_handshake_this_node_timed_out_is_not_called_abandoned() -> None:
-    """Found by a review: the listener's own timeout was logged, and then the
+@pytest.mark.parametrize("stage", ["challenged", "tls"])
+def test_a_handshake_this_node_timed_out_is_logged_once_with_its_stage(stage: str) -> None:
+    """Found by reviews: the listener's own timeout was logged, and then the
     close it made as "abandoned after this node's challenge (... a different
-    secret?)"."""
+    secret?)" or "peer refused or gone during TLS"."""
     from twisted.internet.error import ConnectionAborted
     from twisted.internet.testing import StringTransport
     from twisted.logger import ILogObserver, formatEvent, globalLogPublisher
@@ -351,14 +352,19 @@ def test_a_handshake_this_node_timed_out_is_not_called_abandoned() -> None:
     try:
         transport = StringTransport()
         accepted.makeConnection(transport)
-        accepted.dataReceived(b"HERD-HELLO P A %s %s\n" % (handshake.new_nonce(), handshake.PROTOCOL))
-        assert transport.value().startswith(handshake.CHALLENGE)
+        if stage == "tls":
+            accepted._tls = True  # as after HERD-STARTTLS (a StringTransport cannot start TLS)
+        else:
+            accepted.dataReceived(b"HERD-HELLO P A %s %s\n" % (handshake.new_nonce(), handshake.PROTOCOL))
+            assert transport.value().startswith(handshake.CHALLENGE)
         clock.advance(PRE_AUTH_TIMEOUT)
         assert transport.disconnecting
         accepted.connectionLost(Failure(ConnectionAborted()))
     finally:
         globalLogPublisher.removeObserver(observer)
     said = [formatEvent(event) for event in seen]
-    timed_out = [line for line in said if "did not authenticate within 40 s" in line]
-    assert timed_out and "it claimed to be P, and did not answer this node's challenge" in timed_out[0]
-    assert not [line for line in said if "abandoned" in line], said
+    warned = [line for line in said if line.startswith("peer port")]
+    expected = {"challenged": "it claimed to be P, and did not answer this node's challenge",
+                "tls": "it asked for TLS and said nothing in it"}[stage]
+    assert len(warned) == 1, said
+    assert "did not authenticate within 40 s" in warned[0] and expected in warned[0], said
