@@ -25,7 +25,7 @@ from twisted.protocols.policies import TimeoutMixin
 from zope.interface import implementer
 
 from herd import logs
-from herd.reactor import set_no_delay
+from herd.tcp import set_no_delay
 from herd.wire.client import Iamat, Invalid, Request, Whatsat, parse_request, too_long_reply
 from herd.wire.lines import LineProtocol
 

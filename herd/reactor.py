@@ -157,9 +157,3 @@ def install() -> HerdReactor:
     installReactor(reactor)
     return reactor
 
-
-def set_no_delay(transport: Any) -> None:
-    """Disable Nagle's algorithm on a TCP transport (others are left alone):
-    a node's replies, forwarded updates and Redis calls leave at once."""
-    if hasattr(transport, "setTcpNoDelay"):
-        transport.setTcpNoDelay(True)

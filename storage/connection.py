@@ -21,7 +21,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
-from herd.reactor import set_no_delay
+from herd.tcp import set_no_delay
 
 _log = Logger(namespace="herd")
 

@@ -26,7 +26,7 @@ from herd.peer.connection import (
     detect_dead_peer,
 )
 from herd.peer.tls import PeerTls
-from herd.reactor import set_no_delay
+from herd.tcp import set_no_delay
 from herd.wire import handshake
 from herd.wire.client import too_long_reply
 

@@ -23,7 +23,7 @@ from herd.peer.connection import (
     detect_dead_peer,
     handshake_backoff,
 )
-from herd.reactor import set_no_delay
+from herd.tcp import set_no_delay
 from herd.wire import handshake
 
 log = Logger(namespace="herd")

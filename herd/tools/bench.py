@@ -49,8 +49,6 @@ from typing import Any, NamedTuple
 from herd.logs import FLUSH_INTERVAL
 from herd.tools.bench_report import (
     SCENARIOS,
-    STALL_MS,
-    WHATSAT_RADII,
     cpu_ratio,
     figures,
     floor_per_node,
@@ -79,7 +77,9 @@ FIVE = {"Bailey": ["Bona", "Campbell"], "Bona": ["Campbell", "Clark"], "Campbell
         "Clark": ["Jaquez"], "Jaquez": []}
 LINE = {"A": ["B"], "B": ["C"], "C": ["D"], "D": []}
 DENSE_CLIENT = "+34.0522-118.2437"  # Los Angeles
+WHATSAT_RADII = ("1", "20", "50")
 LIGHT_RATE = 100.0  # updates/s of the unloaded propagation run
+STALL_MS = 10  # propagation: Redis events this long or longer are reported (its latency monitor)
 START_TIMEOUT = 20.0  # seconds for a Redis or a node to come up
 PLACES_KEY_ENV = "HERD_BENCH_PLACES_KEY"
 SECRET = secrets.token_hex(16)  # the peer secret of every herd this run starts
@@ -474,7 +474,8 @@ def propagate(herd: LocalHerd, source: str, rate: float, seconds: float, prefix:
     cpu = {k: micros_each(v, result["sent"], 1) for k, v in meter.spent().items()}
     waited = {k: micros_each(v, result["sent"], 1) for k, v in meter.waited().items()}
     return {"from": source, "to": far, "hops": hops[far], **result,
-            "cpu_us_per_update": cpu, "wait_us_per_update": waited, "redis_stalls": redis_stalls(nodes)}
+            "cpu_us_per_update": cpu, "wait_us_per_update": waited, "redis_stalls": redis_stalls(nodes),
+            "stall_ms": STALL_MS}
 
 
 def watch_redis_stalls(nodes: Sequence[LocalNode]) -> None:

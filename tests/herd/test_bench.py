@@ -208,21 +208,22 @@ def test_propagation_runs_name_the_stalls_their_redis_recorded(tmp_path: Path) -
     reported per node, counted from watch_redis_stalls on; shorter ones are not."""
     with RedisProcess(tmp_path / "redis").start() as redis:
         node = SimpleNamespace(name="C", redis=redis)
-        redis.call("EVAL", SLOW_SCRIPT, "0", str(bench_report.STALL_MS + 15))  # before watching: not reported
+        redis.call("EVAL", SLOW_SCRIPT, "0", str(bench.STALL_MS + 15))  # before watching: not reported
         bench.watch_redis_stalls([node])  # type: ignore[list-item]
         assert bench.redis_stalls([node]) == {}  # type: ignore[list-item]
-        redis.call("EVAL", SLOW_SCRIPT, "0", str(bench_report.STALL_MS // 2))
+        redis.call("EVAL", SLOW_SCRIPT, "0", str(bench.STALL_MS // 2))
         assert bench.redis_stalls([node]) == {}  # type: ignore[list-item]
-        redis.call("EVAL", SLOW_SCRIPT, "0", str(bench_report.STALL_MS + 5))
+        redis.call("EVAL", SLOW_SCRIPT, "0", str(bench.STALL_MS + 5))
         stalls = bench.redis_stalls([node])  # type: ignore[list-item]
     assert list(stalls) == ["C"] and list(stalls["C"]) == ["command"]
-    assert bench_report.STALL_MS + 5 <= stalls["C"]["command"] < bench_report.STALL_MS + 500
+    assert bench.STALL_MS + 5 <= stalls["C"]["command"] < bench.STALL_MS + 500
     line = {"from": "A", "to": "D", "hops": 3, "rate": 1000.0, "p50_ms": 2.0, "p99_ms": 4.0,
             "arrived": 10, "sent": 10,
-            "redis_stalls": {"D": {"aof-write": 12, "aof-fsync-always": 212}, "A": {"aof-fsync-always": 30}}}
+            "redis_stalls": {"D": {"aof-write": 12, "aof-fsync-always": 212}, "A": {"aof-fsync-always": 30}},
+            "stall_ms": bench.STALL_MS}
     rows = bench_report.propagation_figures({"line": line}, {})
     assert (rows[1].name, rows[1].value) == (
-        f"A->D at 1000/s: Redis stalls of {bench_report.STALL_MS} ms or more",
+        f"A->D at 1000/s: Redis stalls of {bench.STALL_MS} ms or more",
         "A: aof-fsync-always 30 ms; D: aof-fsync-always 212 ms, aof-write 12 ms")
 
 
