@@ -39,6 +39,7 @@ from herd.wire.client import (
     make_record,
     parse_at_line,
     parse_client_time,
+    refusal,
 )
 from herd.wire.peer import LogStep, Position
 from storage.batch import OnDemand, StoredRun, StoreResult
@@ -100,10 +101,6 @@ def _all_forwarded_alike(forwarded: Forwarded) -> bool:
     """Every record of a (non-empty) group was forwarded, to the same peers."""
     first = forwarded[0]
     return first is not None and forwarded.count(first) == len(forwarded)
-
-
-def refusal(line: bytes) -> bytes:
-    return b"? " + line + b"\n"
 
 
 class Node:

@@ -19,21 +19,13 @@ from __future__ import annotations
 
 import secrets
 from collections.abc import Sequence
-from importlib import resources
 from typing import Any
 
 from twisted.internet.defer import Deferred, inlineCallbacks
 
+from storage.scripts import PLACES_NEARBY, PLACES_STATE, PLACES_SWITCH
 from storage.store import RedisStore
 
-
-def _lua(name: str) -> bytes:
-    return resources.files("storage").joinpath(name).read_bytes()
-
-
-PLACES_NEARBY = _lua("places_nearby.lua")
-PLACES_STATE = _lua("places_state.lua")
-PLACES_SWITCH = _lua("places_switch.lua")
 CHUNK = 2000  # places per GEOADD/HSET command while loading
 LOADING_TTL_MS = 600_000  # a load's keys expire this long after its last chunk (a load that died)
 

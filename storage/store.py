@@ -14,7 +14,6 @@ import math
 import os
 from collections import deque
 from collections.abc import Callable, Sequence
-from importlib import resources
 from typing import Any, NamedTuple
 
 import txredisapi
@@ -37,6 +36,7 @@ from storage.connection import (
     redis_endpoint,
 )
 from storage.keys import Keys
+from storage.scripts import GEO_SAMPLE, LOG_HEAD, LOG_SINCE, SCAN_RECORDS, SCAN_TIMES, STORE_BATCH
 
 _log = Logger(namespace="herd")
 
@@ -48,16 +48,6 @@ def refused_unrun(failure: Any) -> bool:
     return bool(failure.check(txredisapi.ResponseError)) and failure.getErrorMessage().startswith(NOT_SERVING)
 
 
-def _lua(name: str) -> bytes:
-    return resources.files("storage").joinpath(name).read_bytes()
-
-
-STORE_BATCH = _lua("store_batch.lua")
-LOG_SINCE = _lua("log_since.lua")
-LOG_HEAD = _lua("log_head.lua")
-SCAN_RECORDS = _lua("scan_records.lua")
-SCAN_TIMES = _lua("scan_times.lua")
-GEO_SAMPLE = _lua("geo_sample.lua")
 SAMPLE_BLOCK = 4  # consecutive GEO members per block of a sample (see geo_sample.lua)
 # Bound of the journal (the update log): about 10 MB; it may grow a tenth
 # beyond before its oldest entries are trimmed in one go (store_batch.lua).

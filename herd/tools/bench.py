@@ -42,7 +42,6 @@ from collections.abc import Callable, Iterator, Sequence
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
-from importlib import resources
 from pathlib import Path
 from typing import Any, NamedTuple
 
@@ -69,6 +68,7 @@ from herd.tools.harness import (
 )
 from herd.tools.hops import stage_summary
 from herd.tools.resp import Resp
+from storage.scripts import SCAN_RECORDS
 
 REPO = Path(__file__).resolve().parents[2]
 STARTS = 5  # startup: node restarts measured
@@ -705,7 +705,6 @@ def all_records(port: int) -> dict[bytes, bytes]:
                 return records
 
 
-SCAN_RECORDS = resources.files("storage").joinpath("scan_records.lua").read_bytes()
 
 
 def wait_identical(port_a: int, port_b: int, timeout: float = 60.0) -> dict[bytes, bytes]:

@@ -54,6 +54,11 @@ _IAMAT_LINE_RE = re.compile(rb"IAMAT (%s) ((%s)(%s)) (%s)" % (_CLIENT_ID, _LAT_I
 _new = tuple.__new__  # makes the NamedTuples below without their __new__'s Python frame
 
 
+def refusal(line: bytes) -> bytes:
+    """The answer to a line the node cannot serve: ``? <line>``, the line as received."""
+    return b"? " + line + b"\n"
+
+
 class Invalid(NamedTuple):
     """A line that is not a valid request; the reply is ``? <line>``."""
 
@@ -61,7 +66,7 @@ class Invalid(NamedTuple):
 
     @property
     def reply(self) -> bytes:
-        return b"? " + self.line + b"\n"
+        return refusal(self.line)
 
 
 class Location(NamedTuple):

@@ -29,7 +29,8 @@ from herd.places.cache import CachedPlaces
 from herd.places.google import GoogleNearby
 from herd.places.offline import OfflinePlaces, dataset_version
 from herd.places.provider import PlacesError
-from storage.places_index import PLACES_SWITCH, PlacesIndex
+from storage.places_index import PlacesIndex
+from storage.scripts import PLACES_SWITCH
 from storage.store import RedisStore
 
 

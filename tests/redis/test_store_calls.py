@@ -21,7 +21,8 @@ from twisted.trial import unittest
 
 from herd.wire.peer import Position
 from storage.connection import FunctionCall, RedisProtocol
-from storage.store import STORE_BATCH, StoreUnavailable
+from storage.scripts import STORE_BATCH
+from storage.store import StoreUnavailable
 
 
 class Encoding(unittest.TestCase):
