@@ -72,6 +72,11 @@ class _Reply:
             self._done.callback(None)
 
 
+# Seconds a connection this node closes keeps reading (and dropping) what the
+# client still sends, once its replies and FIN are sent, for the client to close.
+LINGER = 1.0
+
+
 @implementer(IPushProducer)
 class _UnreadReplies:
     """Registered with a client's transport, which pauses it while the replies
@@ -123,6 +128,7 @@ class ClientConnection(LineProtocol, TimeoutMixin):
         self._paused: set[str] = set()  # why reading is paused: "outstanding", "unread"
         self._flush_call: Any = None  # the end-of-turn write of the replies filled in this turn
         self._abort_call: Any = None  # cuts off an idle client whose replies stay unread
+        self._linger_call: Any = None  # ends a close this node began if the client does not
         self._cut_off_unread = False  # the close is for idleness: cut off if it does not end
         self._received: list[bytes] = []  # lines of the current read, for the access log
         self._iamats: list[Iamat] = []  # IAMATs of the current read, answered together at its end
@@ -181,8 +187,9 @@ class ClientConnection(LineProtocol, TimeoutMixin):
 
     def connectionLost(self, reason: Any = None) -> None:
         self.setTimeout(None)
-        if self._abort_call is not None and self._abort_call.active():
-            self._abort_call.cancel()
+        for call in (self._abort_call, self._linger_call):
+            if call is not None and call.active():
+                call.cancel()
         self._lost = self._closing = True  # nothing is written any more, no WHATSAT started
         if self._flush_call is not None and self._flush_call.active():
             self._flush_call.cancel()  # nothing can be written any more
@@ -194,6 +201,9 @@ class ClientConnection(LineProtocol, TimeoutMixin):
         if self._read_closed:
             return
         self._read_closed = True
+        if self._closing:  # this node's close: the client read it and closed too
+            self.transport.loseConnection()
+            return
         logs.connection(self.who, "half-closed by client")
         self._now = self.factory.clock_ns()
         self.flush_partial_line()
@@ -203,14 +213,28 @@ class ClientConnection(LineProtocol, TimeoutMixin):
         self._close_if_idle()
 
     def writeConnectionLost(self) -> None:
-        self._lose_connection()
+        """Every reply is sent and followed by this node's FIN (see
+        _lose_connection): the client has LINGER seconds to close in turn."""
+        self._linger_call = self.node.clock.callLater(LINGER, self.transport.loseConnection)
 
     def _lose_connection(self) -> None:
         """Close once what is written is sent. The producer goes first: a
         transport that drains its buffer while its producer is paused resumes
-        the producer instead of closing."""
+        the producer instead of closing. Unless the client closed its side
+        already, only this side is closed (FIN after the replies), and what the
+        client still sends is read and dropped until it closes too, at most
+        LINGER s after the FIN: a socket closed with input unread answers with
+        a reset, and a reset makes the client's system drop the replies it
+        holds unread (found stopping a node under a client still sending)."""
         self.transport.unregisterProducer()
-        self.transport.loseConnection()
+        if self._read_closed:
+            self.transport.loseConnection()
+            return
+        self.stop_reading()  # what comes now is dropped unparsed
+        if self._paused:
+            self._paused.clear()
+            self.transport.resumeProducing()
+        self.transport.loseWriteConnection()
 
     def close_when_idle(self) -> None:
         """Stop reading; close once every pending reply is written."""

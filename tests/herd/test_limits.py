@@ -5,8 +5,10 @@ outstanding-request cap applies back-pressure without losing requests."""
 from __future__ import annotations
 
 import resource
+import signal
 import socket
 import struct
+import threading
 import time
 from pathlib import Path
 
@@ -200,4 +202,42 @@ def test_a_half_closed_client_reading_slowly_is_half_closed_once(tmp_path: Path)
         wait_until(lambda: f"{who} connection closed" in herd["Solo"].access_log(), what="the close")
         assert herd["Solo"].access_log().count(f"{who} half-closed by client") == 1
     finally:
+        herd.stop()
+
+
+def test_a_client_still_sending_when_the_node_closes_gets_every_reply_written(tmp_path: Path) -> None:
+    # Found by a review: a node stopped (SIGTERM) while a client still sent
+    # closed the socket with input unread; the kernel then sent a reset, which
+    # made the client's system drop replies it held unread (up to a third of
+    # them, the last one cut short). The node now half-closes and reads (and
+    # drops) what still comes until the client closes.
+    herd = Herd(tmp_path, {"Solo": []}).start()
+    node = herd["Solo"]
+    sock = socket.create_connection(("127.0.0.1", node.port), timeout=30)
+    stop = threading.Event()
+
+    def send() -> None:
+        line = b"IAMAT still.sending +1+1 1700000000\n" * 1000
+        try:
+            while not stop.is_set():
+                sock.sendall(line)
+        except OSError:
+            pass  # the node is gone
+
+    sender = threading.Thread(target=send)
+    sender.start()
+    try:
+        wait_until(lambda: node.access_log().count("sent AT ") > 5000, what="replies flowing")
+        node.send_signal(signal.SIGTERM)
+        time.sleep(0.5)  # not reading meanwhile: the replies wait in this system's buffer
+        received = b""
+        while chunk := sock.recv(1 << 16):  # a reset raises ConnectionResetError here
+            received += chunk
+        assert node.wait(timeout=30) == 0
+        sent = node.access_log().count("sent AT ")
+        assert received.endswith(b"\n") and received.count(b"\n") == sent > 5000
+    finally:
+        stop.set()
+        sock.close()
+        sender.join(timeout=30)
         herd.stop()
