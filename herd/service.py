@@ -16,6 +16,7 @@ import signal
 import sys
 import time
 from collections.abc import Callable, Mapping
+from dataclasses import fields, replace
 from decimal import Decimal, InvalidOperation
 from typing import Any
 
@@ -213,17 +214,23 @@ class NodeService(MultiService):
     def reload(self, config: HerdConfig) -> None:
         """Apply a re-read config (SIGHUP, ``systemctl reload``): the peers of
         this node and their addresses change at once; anything else of this
-        node's needs a restart, which is logged."""
+        node's, and every ``[herd]`` and ``[places]`` setting, needs a restart:
+        each change is logged, and the node goes on with what it runs (so a
+        later reload compares with that, not with what it did not apply)."""
         name = self.node.name.decode()
         if name not in config.nodes:
             log.error("reload: {path} has no node {name}; nothing changed", path=config.path, name=name)
             return
         before, after = self._config.nodes[name], config.nodes[name]
-        needs_restart = [key for key in ("host", "port", "peer_port", "redis", "prefix", "admin")
+        needs_restart = [f"{key} of node {name}" for key in _NODE_KEYS
                          if getattr(before, key) != getattr(after, key)]
+        needs_restart += [_herd_key(key) for key in _HERD_KEYS
+                          if getattr(self._config, key) != getattr(config, key)]
         if needs_restart:
-            log.warn("reload: {keys} of node {name} changed; that takes a restart",
-                     keys=", ".join(needs_restart), name=name)
+            log.warn("reload: {keys} changed; that takes a restart (the node runs on with what it has)",
+                     keys=", ".join(needs_restart))
+        config = replace(config, nodes={**config.nodes, name: replace(before, peers=after.peers)},
+                         **{key: getattr(self._config, key) for key in _HERD_KEYS})
         old = set(self._config.neighbours(name))
         self.links.set_neighbours(peer.encode() for peer in config.neighbours(name))
         self._config = config
@@ -342,6 +349,17 @@ class NodeService(MultiService):
         yield self.store.stop()  # (what still waited for Redis fails: counted, then summed up below)
         self.node.close_logs()
         log.info("stopped")
+
+
+# What a reload cannot change in a running node: its own addresses and Redis,
+# and the herd-wide settings (read once, at start).
+_NODE_KEYS = ("host", "port", "peer_port", "redis", "prefix", "admin")
+_HERD_KEYS = tuple(f.name for f in fields(HerdConfig) if f.name not in ("path", "nodes"))
+
+
+def _herd_key(key: str) -> str:
+    """How a HerdConfig field is named in the file."""
+    return "[places]" if key == "places" else "[herd] tls_*" if key == "tls" else f"[herd] {key}"
 
 
 def _reload(service: NodeService, config_path: str) -> None:

@@ -71,6 +71,32 @@ def test_a_reload_with_a_broken_config_changes_nothing(tmp_path: Path) -> None:
         herd.stop()
 
 
+def test_a_reload_says_what_takes_a_restart_and_runs_on_with_what_it_has(tmp_path: Path) -> None:
+    # Found by a review: [herd] changes were ignored without a word, and a
+    # node port changed and then put back was warned about again (the node
+    # had kept the value it never applied).
+    herd = Herd(tmp_path, {"A": ["B"], "B": []}).start()
+    try:
+        herd.wait_links()
+        good = herd.config.read_text()
+        port = herd["A"].port
+        changed = good.replace("[herd]\n", "[herd]\nmax_line_bytes = 1024\n", 1)
+        changed = changed.replace(f"port = {port}\n", f"port = {port + 1}\n", 1)
+        assert changed.count("max_line_bytes") == 1 and f"port = {port + 1}\n" in changed
+        herd.config.write_text(changed)
+        reload(herd, "A")
+        said = "reload: port of node A, [herd] max_line_bytes changed; that takes a restart"
+        wait_until(lambda: said in herd["A"].log(), what="the restart named")
+        long_line = "x" * 2000  # within the limit the node runs with (4096), over the new one
+        assert talk(port, long_line) == f"? {long_line}\n".encode()
+        herd.config.write_text(good)
+        reload(herd, "A")
+        wait_until(lambda: herd["A"].log().count("reload: peers now B") == 2, what="the second reload")
+        assert herd["A"].log().count("takes a restart") == 1  # back to what it runs: nothing to say
+    finally:
+        herd.stop()
+
+
 def test_a_node_whose_data_was_lost_refills_from_its_peers(tmp_path: Path) -> None:
     """Replacing a lost host: the same node, an empty Redis; a full transfer
     from its peer brings back everything, its own acknowledged updates too."""
