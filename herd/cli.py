@@ -170,12 +170,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 0
     try:
         if args.command in CONFIG_COMMANDS:
-            args.config = config_path(args.config)
+            args.config = config_path(args.config, getattr(args, "log_format", "text") == "json")
         return _dispatch(args)
     except ConfigError as err:
         from herd.systemd import error_line
 
-        error_line(f"herd: {err}")
+        error_line(f"herd: {err}", getattr(args, "log_format", "text") == "json", getattr(args, "name", None))
         return 2
     except KeyboardInterrupt:
         return 130
@@ -186,15 +186,17 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 1
 
 
-def config_path(given: str | None) -> str:
+def config_path(given: str | None, as_json: bool = False) -> str:
     """The herd file to use (config.loader.find_config); when no --config named
-    it, one line on stderr says which (stdout may be --json)."""
+    it, one line on stderr says which (stdout may be --json; with ``as_json``,
+    a JSON object, as the event log's lines)."""
     from config.loader import CONFIG_ENV, find_config
+    from herd.systemd import error_line
 
     choice = find_config(given, os.environ, os.getcwd())
     if not choice.explicit:
         origin = f" (from ${CONFIG_ENV})" if choice.how == f"${CONFIG_ENV}" else ""
-        print(f"herd: using config {choice.path}{origin}", file=sys.stderr)
+        error_line(f"herd: using config {choice.path}{origin}", as_json, level="info")
     return choice.path
 
 

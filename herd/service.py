@@ -421,7 +421,8 @@ def serve(name: str, config_path: str, logging: LogOptions, activation: str | No
         access = (RotatingFile(access_path, config.access_log_max_bytes, config.access_log_keep)
                   if access_path is not None else None)
     except OSError as err:
-        systemd.error_line(f"herd: {name}: cannot open the access log {access_path}: {err.strerror or err}")
+        systemd.error_line(f"herd: {name}: cannot open the access log {access_path}: {err.strerror or err}",
+                           logging.fmt == "json", name)
         return 1
     events = start_logging(name, reactor, logging, access)
     from herd.version import VERSION

@@ -5,6 +5,7 @@ real files."""
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import subprocess
@@ -116,6 +117,22 @@ def test_the_config_found_is_named_on_stderr(tmp_path: Path) -> None:
     assert result.stderr.splitlines() == [
         f"herd: using config {local}",
         f"herd: {local}: nodes.Nobody: no such node (known: Bailey)"]
+
+
+def test_with_json_logs_what_serve_and_up_say_before_logging_is_json(tmp_path: Path) -> None:
+    # Found by a review: a node that could not start under --log-format json
+    # wrote a plain line, and `journalctl -o cat | jq` stopped at it.
+    no_system_config()
+    (tmp_path / "config").mkdir()
+    (tmp_path / "config" / "herd.toml").write_text(SMALL)
+    for args in (["serve", "Bailey"], ["up"]):  # no HERD_TEST_SECRET in the environment
+        result = herd(*args, "--log-format", "json", cwd=tmp_path)
+        assert result.returncode == 2, result.stderr
+        found, refused = (json.loads(line) for line in result.stderr.splitlines())
+        local = tmp_path / "config" / "herd.toml"
+        assert (found["level"], found["message"]) == ("info", f"herd: using config {local}")
+        assert refused["level"] == "error" and "HERD_TEST_SECRET is not set" in refused["message"]
+        assert refused["node"] == ("Bailey" if args[0] == "serve" else None) and "time" in refused
 
 
 def test_an_explicit_config_is_not_announced(tmp_path: Path) -> None:
