@@ -16,7 +16,8 @@ class RotatingFile:
     ``max_bytes`` first renames it aside: ``path`` becomes ``path.1``,
     ``path.1`` becomes ``path.2`` and so on up to ``path.<keep>``, the oldest
     is deleted. So at most ``keep + 1`` files exist, each at most
-    ``max_bytes`` long unless one write alone is longer (it is never split).
+    ``max_bytes`` long unless one line alone is longer: a write of many
+    lines (a buffered access log) is split between files at a line's end.
     With ``keep`` 0 the file starts again empty.
 
     Opening creates missing parent directories and continues an existing
@@ -40,8 +41,20 @@ class RotatingFile:
 
     def write(self, data: bytes) -> None:
         """Append ``data`` (whole lines, so that no line is split across files)."""
-        if self._size and self._size + len(data) > self.max_bytes:
+        while self._size + len(data) > self.max_bytes:
+            # The lines that still fit, up to the last line's end within the room left.
+            fit = data.rfind(b"\n", 0, max(self.max_bytes - self._size, 0)) + 1
+            if fit == 0 and not self._size:  # a line longer than a file: alone in one
+                fit = data.find(b"\n") + 1 or len(data)
+            if fit:
+                self._file.write(data[:fit])
+                self._size += fit
+                data = data[fit:]
+            if not data:
+                return
             self.rotate()
+            if self._size:  # the new file is not empty (another writer?): the rest goes there
+                break
         self._file.write(data)
         self._size += len(data)
 

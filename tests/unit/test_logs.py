@@ -248,6 +248,19 @@ def test_rotation_keeps_at_most_keep_old_files(tmp_path: Path) -> None:
     assert path.read_bytes() == b"x\n" and (tmp_path / "access.log.1").read_bytes().startswith(b"line 45")
 
 
+def test_a_write_of_many_lines_is_split_between_files_at_a_lines_end(tmp_path: Path) -> None:
+    # Found by a review: the access log writes its buffer (up to 64 KiB) in
+    # one go, and each file grew to about seven times access_log_max_bytes.
+    path = tmp_path / "access.log"
+    rotating = RotatingFile(path, 100, 3)
+    rotating.write(b"".join(b"line %02d ...........\n" % i for i in range(14)))  # 20 bytes each
+    rotating.close()
+    assert [(tmp_path / name).read_bytes()[:7] for name in ("access.log.2", "access.log.1", "access.log")] \
+        == [b"line 00", b"line 05", b"line 10"]
+    assert [(tmp_path / name).stat().st_size for name in ("access.log.2", "access.log.1", "access.log")] \
+        == [100, 100, 80]
+
+
 def test_rotation_with_nothing_kept_and_a_line_longer_than_the_limit(tmp_path: Path) -> None:
     rotating = RotatingFile(tmp_path / "log", 10, 0)
     rotating.write(b"12345678\n")
