@@ -132,7 +132,7 @@ def load_config(path: str | os.PathLike[str], need_secret: bool = False) -> Herd
         max_connections=herd.integer("max_connections", 10000, low=1),
         idle_timeout=_non_negative(herd, "idle_timeout", 300.0),
         max_outstanding=herd.integer("max_outstanding", 1000, low=1),
-        tls=_tls(herd, source, nodes),
+        tls=_tls(herd, source),
         access_log=_access_log(herd, source, nodes),
         access_log_max_bytes=herd.integer("access_log_max_bytes", ACCESS_LOG_MAX_BYTES, low=1024),
         access_log_keep=herd.integer("access_log_keep", ACCESS_LOG_KEEP, low=0, high=1000),
@@ -540,7 +540,7 @@ def _non_negative(table: _Table, key: str, default: float) -> float:
     return float(value)
 
 
-def _tls(table: _Table, source: str, nodes: dict[str, NodeConfig]) -> TlsConfig | None:
+def _tls(table: _Table, source: str) -> TlsConfig | None:
     """All of tls_cert, tls_key, tls_ca, or none (paths are relative to the
     config file; ``{node}`` is the node's name). Files are checked by
     :func:`check_tls_files` for the node being run: a host holds only its own key."""

@@ -417,7 +417,7 @@ class Node:
         d.addCallbacks(self._group_stored, self._forwards_lost, callbackArgs=(records, forwarded, origin),
                        errbackArgs=(records, forwarded, origin, conn))
         if self.store.backlog >= BACKLOG_HIGH:
-            self._pause_peer(peer, conn)
+            self._pause_peer(conn)
 
     def handle_record(self, at_line: bytes, peer: bytes, conn: PeerConnection) -> None:
         self._apply(at_line, peer, None, conn)
@@ -515,9 +515,9 @@ class Node:
         d.addCallbacks(self._peer_stored, self._update_lost,
                        callbackArgs=(peer, conn, step is not None), errbackArgs=(record, peer, conn))
         if self.store.backlog >= BACKLOG_HIGH:
-            self._pause_peer(peer, conn)
+            self._pause_peer(conn)
 
-    def _pause_peer(self, peer: bytes, conn: PeerConnection) -> None:
+    def _pause_peer(self, conn: PeerConnection) -> None:
         """Stop reading from ``conn`` until the store's backlog is below BACKLOG_LOW."""
         if conn in self._paused_peers or not conn.connected:
             return

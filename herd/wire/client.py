@@ -33,7 +33,6 @@ _SKEW_RE = re.compile(rb"[+-][0-9]+\.[0-9]{9}")
 _MAX_SECONDS_DIGITS = 15
 # A valid client-time, checked without computing its value (leading zeros
 # do not count towards the digits of the seconds).
-_TIME_OK = re.compile(rb"0*[0-9]{1,%d}(?:\.[0-9]{1,9})?" % _MAX_SECONDS_DIGITS)
 # An AT line as nodes make it: six fields separated by single spaces. Peers
 # send records this way, so one match does most of parse_at_line's work; any
 # other line takes the field by field way (same answers: see parse_at_line).
@@ -73,11 +72,6 @@ class Location(NamedTuple):
     text: bytes  # as sent, e.g. b"+34.068930-118.445127"
     lat: bytes  # b"+34.068930"
     lon: bytes  # b"-118.445127"
-
-    @property
-    def in_geo_range(self) -> bool:
-        """True when Redis GEO can index this latitude."""
-        return -GEO_LAT_LIMIT <= Decimal(self.lat.decode()) <= GEO_LAT_LIMIT
 
 
 class ClientTime(NamedTuple):
@@ -275,11 +269,6 @@ def _parse_at_fields(line: bytes) -> AtRecord | None:
     ):
         return None
     return at_record(server, skew, client_id, location, client_time)
-
-
-def is_client_time(field: bytes) -> bool:
-    """Whether parse_client_time accepts ``field`` (without computing its value)."""
-    return _TIME_OK.fullmatch(field) is not None
 
 
 _node_names: dict[bytes, bool] = {}  # answers of _is_node_name: a herd has a few names

@@ -38,7 +38,6 @@ HELLO = b"HERD-HELLO"
 CHALLENGE = b"HERD-CHALLENGE"
 AUTH = b"HERD-AUTH"
 OK = b"HERD-OK"
-PEER_WORDS = frozenset((HELLO, CHALLENGE, AUTH, OK))
 PROTOCOL = VERSION  # of the peer messages (herd.wire.peer)
 
 _NONCE_BYTES = 16

@@ -174,5 +174,5 @@ def test_is_nonce_matches_its_definition(value: bytes) -> None:
 
 
 def test_handshake_words_are_distinct_from_client_commands() -> None:
-    assert auth.PEER_WORDS == {b"HERD-HELLO", b"HERD-CHALLENGE", b"HERD-AUTH", b"HERD-OK"}
-    assert not auth.PEER_WORDS & {b"IAMAT", b"WHATSAT", b"AT"}
+    words = {auth.HELLO, auth.CHALLENGE, auth.AUTH, auth.OK, auth.STARTTLS, auth.TLS_OK}
+    assert len(words) == 6 and not words & {b"IAMAT", b"WHATSAT", b"AT"}

@@ -939,15 +939,3 @@ def test_parse_request_fast_path_agrees_with_the_field_by_field_parse(
     expected = (_parse_iamat(line, fields, now_ns, 3600 * 10**9) if fields[0] == b"IAMAT" and len(fields) == 4
                 else Invalid(line))
     assert parse_request(line, now_ns, 3600 * 10**9) == expected
-
-
-long_times = st.builds(lambda z, d, f: z + d + f, st.sampled_from([b"", b"0", b"000"]),
-                       digit_text(1, 17).map(str.encode),
-                       st.sampled_from([b"", b".5", b".123456789", b".0123456789"]))
-
-
-@given(st.one_of(any_time, st.binary(max_size=30), long_times))
-def test_is_client_time_agrees_with_parse_client_time(text: bytes) -> None:
-    from herd.wire.client import is_client_time
-
-    assert is_client_time(text) == (parse_client_time(text) is not None)

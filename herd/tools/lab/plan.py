@@ -29,7 +29,6 @@ ADMIN_PORT = CLIENT_PORT + 20000  # config default (<host>:<port + 20000>)
 REDIS_PORT = 6400  # every host's Redis, on its own loopback
 
 SECRET_ENV = "HERD_SECRET"
-CLOCK_OFFSET_ENV = "HERD_CLOCK_OFFSET_SECONDS"  # herd.service.CLOCK_OFFSET_ENV (not imported: Twisted)
 PLACES_KEY_ENV = "HERD_LAB_PLACES_KEY"
 
 Edge = tuple[int, int]  # host indexes, lower first
@@ -132,10 +131,6 @@ def distances(edges: Iterable[Edge], source: int) -> dict[int, int]:
                 seen[there] = seen[here] + 1
                 queue.append(there)
     return seen
-
-
-def is_connected(count: int, edges: Iterable[Edge]) -> bool:
-    return count <= 1 or len(distances(list(edges), 1)) == count
 
 
 def diameter_ends(count: int, edges: Sequence[Edge]) -> tuple[int, int, int]:
