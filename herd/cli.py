@@ -232,7 +232,7 @@ def _dispatch(args: argparse.Namespace) -> int:
 
         return run_check(args.config, args.json, args.timeout)
     if args.command == "places":
-        from herd.places.offline import run_places_load
+        from herd.tools.places import run_places_load
 
         return run_places_load(args.config, args.nodes)
     if args.command == "bench":
