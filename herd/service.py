@@ -15,9 +15,7 @@ import os
 import signal
 import sys
 import time
-from collections.abc import Callable, Mapping
 from dataclasses import fields, replace
-from decimal import Decimal, InvalidOperation
 from typing import Any
 
 from twisted.application.internet import StreamServerEndpointService
@@ -30,6 +28,7 @@ from twisted.logger import Logger
 
 from config.schema import ConfigError, HerdConfig, PlacesConfig, host_port
 from herd import systemd
+from herd.clock import CLOCK_OFFSET_ENV, node_clock
 from herd.connection import ClientConnectionFactory, Limits
 from herd.logs import LogOptions
 from herd.node import Node
@@ -53,32 +52,6 @@ READY_WITHOUT_REDIS_MAX = 10.0
 
 
 LISTEN_BACKLOG = 1024  # bursts of connects queue in the kernel instead of timing out
-# For labs and tests only (docs/LAB.md): a host whose wall clock is off. A
-# network namespace cannot change CLOCK_REALTIME, so a lab shifts the node's
-# own clock instead. Production nodes leave it unset.
-CLOCK_OFFSET_ENV = "HERD_CLOCK_OFFSET_SECONDS"
-
-
-def node_clock(environ: Mapping[str, str]) -> tuple[Callable[[], int], int]:
-    """The node's wall clock in integer nanoseconds, and its offset: time.time_ns
-    shifted by ``$HERD_CLOCK_OFFSET_SECONDS`` (a decimal number of seconds,
-    read once; unset or empty: no shift). A value that is not a finite
-    number raises ConfigError."""
-    text = environ.get(CLOCK_OFFSET_ENV, "").strip()
-    if not text:
-        return time.time_ns, 0
-    try:
-        offset = Decimal(text)
-        offset_ns = int(offset * 1_000_000_000) if offset.is_finite() else None
-    except InvalidOperation:
-        offset_ns = None
-    if offset_ns is None:
-        raise ConfigError(f"${CLOCK_OFFSET_ENV}: {text!r} is not a number of seconds")
-    if offset_ns == 0:
-        return time.time_ns, 0
-    return (lambda: time.time_ns() + offset_ns), offset_ns
-
-
 class ListenFailed(Exception):
     """A configured port could not be opened; the message is one line naming
     what was to listen there, the address and the reason."""

@@ -13,7 +13,7 @@ from pathlib import Path
 from cluster import Herd, talk
 from harness import REPO, child_env, wait_until
 
-from herd.service import CLOCK_OFFSET_ENV
+from herd.clock import CLOCK_OFFSET_ENV
 
 
 def _skew(reply: bytes) -> Decimal:

@@ -8,13 +8,7 @@ import time
 import pytest
 
 from config.schema import ConfigError
-from herd.service import CLOCK_OFFSET_ENV, node_clock
-
-
-def test_the_lab_names_the_same_variable() -> None:
-    from herd.tools.lab import plan
-
-    assert plan.CLOCK_OFFSET_ENV == CLOCK_OFFSET_ENV
+from herd.clock import CLOCK_OFFSET_ENV, node_clock
 
 
 def test_no_offset_is_the_wall_clock() -> None:

@@ -31,11 +31,12 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from herd.clock import CLOCK_OFFSET_ENV
 from herd.tools.chaos import time_ns_of
 from herd.tools.lab import rules
 from herd.tools.lab.hosts import Lab
 from herd.tools.lab.load import Ledger, Load
-from herd.tools.lab.plan import CLOCK_OFFSET_ENV, Host
+from herd.tools.lab.plan import Host
 
 FAULT_KINDS = ("partition", "one_way", "loss", "long_partition", "clock", "redis_stop", "node_kill",
                "node_stop")

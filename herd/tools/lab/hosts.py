@@ -22,12 +22,12 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from herd.clock import CLOCK_OFFSET_ENV
 from herd.tools.harness import ChildProcess
 from herd.tools.lab import netns, plan, rules
 from herd.tools.lab.plan import (
     ADMIN_PORT,
     CLIENT_PORT,
-    CLOCK_OFFSET_ENV,
     OPS_NS,
     PLACES_KEY_ENV,
     REDIS_PORT,
