@@ -60,3 +60,23 @@ class Keys:
     @property
     def client_pattern(self) -> bytes:
         return self.prefix + b"client:*"
+
+    # The offline places data set (storage.places_index) and the Google
+    # answer cache (herd.places.cache); none of them travels between nodes.
+
+    @property
+    def places_version(self) -> bytes:
+        """String: the version of the offline places data set in use."""
+        return self.prefix + b"places:version"
+
+    def places_geo(self, version: bytes) -> bytes:
+        """GEO set of the data set ``version``: member = GeoNames id."""
+        return self.prefix + b"places:" + version + b":geo"
+
+    def places_info(self, version: bytes) -> bytes:
+        """Hash of the data set ``version``: GeoNames id -> the place's result JSON."""
+        return self.prefix + b"places:" + version + b":info"
+
+    def places_cache(self, question: bytes) -> bytes:
+        """String with a TTL: a Google provider's answer to ``question``."""
+        return self.prefix + b"places:cache:" + question

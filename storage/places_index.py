@@ -1,12 +1,9 @@
 """The offline places data set in Redis: a versioned GEO set plus a hash of
 rendered results, loaded once and switched atomically.
 
-Keys (prefix = the node's, default ``herd:``):
-- ``<prefix>places:version``          the version in use (string)
-- ``<prefix>places:<version>:geo``    GEO set, member = GeoNames id
-- ``<prefix>places:<version>:info``   hash, field = GeoNames id, value = result JSON
-- the same two with ``:loading:<load>`` appended while a load writes them
-  (``<load>``: random, one per load; they expire unless the load goes on)
+Keys (storage.keys.Keys: places_version, places_geo, places_info), and the
+last two with ``:loading:<load>`` appended while a load writes them
+(``<load>``: random, one per load; they expire unless the load goes on).
 
 A load writes its own ``:loading:<load>`` keys, then one script checks they
 hold every place, renames them into place, sets ``places:version`` and
@@ -36,20 +33,12 @@ PlaceRow = tuple[bytes, bytes, bytes, bytes]
 class PlacesIndex:
     def __init__(self, store: RedisStore):
         self._store = store
+        self._keys = store.keys
         self._prefix = store.keys.prefix
-
-    def version_key(self) -> bytes:
-        return self._prefix + b"places:version"
-
-    def geo_key(self, version: bytes) -> bytes:
-        return self._prefix + b"places:" + version + b":geo"
-
-    def info_key(self, version: bytes) -> bytes:
-        return self._prefix + b"places:" + version + b":info"
 
     def whole_version(self) -> Deferred[bytes | None]:
         """The version in use if its data set is whole (see places_state.lua), else None."""
-        return self._store.call("eval", PLACES_STATE, [self.version_key()], [self._prefix])
+        return self._store.call("eval", PLACES_STATE, [self._keys.places_version], [self._prefix])
 
     @inlineCallbacks
     def load(self, version: bytes, rows: Sequence[PlaceRow]) -> Any:
@@ -60,7 +49,7 @@ class PlacesIndex:
         if not rows:
             raise ValueError("no places to load")
         load = b":loading:" + secrets.token_hex(8).encode()
-        geo, info = self.geo_key(version) + load, self.info_key(version) + load
+        geo, info = self._keys.places_geo(version) + load, self._keys.places_info(version) + load
         for start in range(0, len(rows), CHUNK):
             chunk = rows[start:start + CHUNK]
             geo_args = [x for (pid, lon, lat, _) in chunk for x in (lon, lat, pid)]
@@ -70,7 +59,7 @@ class PlacesIndex:
             for key in (geo, info):
                 yield self._store.call("execute_command", "PEXPIRE", key, LOADING_TTL_MS)
         places = len({pid for (pid, _, _, _) in rows})
-        yield self._store.call("eval", PLACES_SWITCH, [self.version_key(), geo, info],
+        yield self._store.call("eval", PLACES_SWITCH, [self._keys.places_version, geo, info],
                                [self._prefix, version, str(places)])
         return True
 
@@ -78,6 +67,6 @@ class PlacesIndex:
         """Result JSON of up to ``count`` places within ``radius_m`` metres,
         nearest first (None for a place missing from the hash); None when no
         data set is in Redis."""
-        d = self._store.call("eval", PLACES_NEARBY, [self.version_key()],
+        d = self._store.call("eval", PLACES_NEARBY, [self._keys.places_version],
                              [self._prefix, lon, lat, radius_m, str(count)])
         return d.addCallback(lambda reply: reply[1:] if reply else None)

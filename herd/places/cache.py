@@ -54,7 +54,7 @@ class CachedPlaces:
         key = f"{self._name}:{lat},{lon}:{radius_text(radius_m)}"
         if self._limit_in_key:
             key += f":{limit}"
-        return self._store.keys.prefix + b"places:cache:" + key.encode()
+        return self._store.keys.places_cache(key.encode())
 
     @inlineCallbacks
     def nearby(self, lat: str, lon: str, radius_m: Decimal, limit: int) -> Any:

@@ -185,7 +185,7 @@ class PlacesIndexTest(RedisCase):
         self.redis.call("GEOADD", "herd:places:v2:geo:loading:x", "2.35", "48.85", "1")
         with self.assertRaises(Exception) as caught:
             staged = [b"herd:places:v2:geo:loading:x", b"herd:places:v2:info:loading:x"]
-            yield self.store.call("eval", PLACES_SWITCH, [index.version_key(), *staged],
+            yield self.store.call("eval", PLACES_SWITCH, [self.store.keys.places_version, *staged],
                                   [b"herd:", b"v2", b"1"])
         self.assertIn("places load incomplete", str(caught.exception))
         self.assertEqual(self.redis.call("GET", "herd:places:version"), b"v1")
