@@ -28,8 +28,8 @@ from twisted.logger import Logger
 
 from config.schema import ConfigError, HerdConfig, PlacesConfig, host_port
 from herd import systemd
+from herd.client_port import ClientConnectionFactory, Limits
 from herd.clock import CLOCK_OFFSET_ENV, node_clock
-from herd.connection import ClientConnectionFactory, Limits
 from herd.logs import LogOptions
 from herd.node import Node
 from herd.peer.accepted import AcceptedPeerFactory

@@ -10,7 +10,7 @@ def _lua(name: str) -> bytes:
     return resources.files("storage").joinpath(name).read_bytes()
 
 
-STORE_BATCH = _lua("store_batch.lua")  # a Redis function library (storage.connection.FunctionCall)
+STORE_BATCH = _lua("store_batch.lua")  # a Redis function library (storage.redis_client.FunctionCall)
 LOG_SINCE = _lua("log_since.lua")
 LOG_HEAD = _lua("log_head.lua")
 SCAN_RECORDS = _lua("scan_records.lua")

@@ -27,7 +27,8 @@ from herd.wire.client import AtRecord, parse_at_line
 from herd.wire.peer import ANY_ENTRY, LogStep, Position
 from storage import geohash
 from storage.batch import KINDS, Pending, StoreResult, batch_stored, digest_part, record_blob, xor
-from storage.connection import (
+from storage.keys import Keys
+from storage.redis_client import (
     NOT_SERVING,
     FunctionCall,
     NotingEndpoint,
@@ -35,7 +36,6 @@ from storage.connection import (
     RedisProtocol,
     redis_endpoint,
 )
-from storage.keys import Keys
 from storage.scripts import GEO_SAMPLE, LOG_HEAD, LOG_SINCE, SCAN_RECORDS, SCAN_TIMES, STORE_BATCH
 
 _log = Logger(namespace="herd")

@@ -6,7 +6,7 @@
 -- (and, with appendfsync always, fsyncs) per batch, not per update.
 --
 -- The node loads it (FUNCTION LOAD) under names that tell its version
--- (storage.connection.FunctionCall): library herd_store_<v>, function
+-- (storage.redis_client.FunctionCall): library herd_store_<v>, function
 -- herd_store_batch_<v>, <v> the first 12 hex digits of this file's SHA-1, so
 -- nodes of different versions sharing one Redis each call their own, and
 -- calls it with FCALL. A library's code runs once, when it is loaded: the

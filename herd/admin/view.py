@@ -11,7 +11,7 @@ from twisted.internet.defer import Deferred, succeed
 from twisted.internet.interfaces import IReactorTime
 
 from config.schema import HerdConfig
-from herd.connection import ClientConnectionFactory
+from herd.client_port import ClientConnectionFactory
 from herd.node import Node
 from herd.peer.links import PeerLinks
 from storage.store import RedisStore, Summary

@@ -1,5 +1,5 @@
 """How RedisStore's calls reach Redis: txredisapi's protocol with its
-per-call costs cut (storage.connection.RedisProtocol) sends the same bytes, the
+per-call costs cut (storage.redis_client.RedisProtocol) sends the same bytes, the
 store's function library is loaded once per connection under a name that
 tells its version and again once Redis lost it (FUNCTION FLUSH), and a call
 Redis does not answer times out as with txredisapi's own timers."""
@@ -20,7 +20,7 @@ from twisted.internet.task import deferLater
 from twisted.trial import unittest
 
 from herd.wire.peer import Position
-from storage.connection import FunctionCall, RedisProtocol
+from storage.redis_client import FunctionCall, RedisProtocol
 from storage.scripts import STORE_BATCH
 from storage.store import StoreUnavailable
 

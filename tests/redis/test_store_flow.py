@@ -21,7 +21,7 @@ from twisted.trial import unittest
 from config.schema import RedisAddress
 from herd.wire.peer import LogStep, Position
 from storage.batch import StoreResult
-from storage.connection import ReconnectingFactory
+from storage.redis_client import ReconnectingFactory
 from storage.store import (
     MAX_BATCH,
     MAX_IN_FLIGHT,
