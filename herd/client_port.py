@@ -151,6 +151,8 @@ class ClientConnection(LineProtocol, TimeoutMixin):
         self.setTimeout(self.factory.limits.idle_timeout or None)
 
     def dataReceived(self, data: bytes) -> None:
+        if self._stopped_reading:  # closing: input is dropped, and is no sign of life
+            return
         self.resetTimeout()
         self._now = self.factory.clock_ns()
         super().dataReceived(data)

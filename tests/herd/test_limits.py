@@ -241,3 +241,29 @@ def test_a_client_still_sending_when_the_node_closes_gets_every_reply_written(tm
         sock.close()
         sender.join(timeout=30)
         herd.stop()
+
+
+def test_a_client_that_never_reads_is_cut_off_after_the_node_closes_for_a_long_line(tmp_path: Path) -> None:
+    # Found by a review: a connection closed for a line too long kept reading
+    # (and dropping) what the client sent, and each such read counted as
+    # activity: a client that trickled bytes and never read its replies held
+    # its slot and its megabytes of replies for good.
+    herd = Herd(tmp_path, {"Solo": []}, provider="offline", extra_herd="idle_timeout = 1").start()
+    node = herd["Solo"]
+    try:
+        wait_until(lambda: "offline places loaded" in node.log(), timeout=60, what="places loaded")
+        assert talk(node.port, "IAMAT la +34.0522-118.2437 1700000000").startswith(b"AT Solo ")
+        sock = socket.socket()
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        sock.connect(("127.0.0.1", node.port))
+        sock.sendall(b"WHATSAT la 50 20\n" * 900 + b"x" * 5000 + b"\n")  # megabytes of replies, then too long
+        wait_until(lambda: "line over 4096 bytes; closing" in node.access_log(), what="the close")
+        for _ in range(40):  # a byte now and then, its replies never read
+            if "cutting off" in node.access_log():
+                break
+            sock.send(b"x")
+            time.sleep(0.25)
+        assert "replies unread 1s after closing; cutting off" in node.access_log()
+        sock.close()
+    finally:
+        herd.stop()
