@@ -17,7 +17,8 @@ class RotatingFile:
     ``path.1`` becomes ``path.2`` and so on up to ``path.<keep>``, the oldest
     is deleted. So at most ``keep + 1`` files exist, each at most
     ``max_bytes`` long unless one line alone is longer: a write of many
-    lines (a buffered access log) is split between files at a line's end.
+    lines (a buffered access log) is split between files at a line's end
+    (with ``keep`` 0, a write goes whole into the emptied file).
     With ``keep`` 0 the file starts again empty.
 
     Opening creates missing parent directories and continues an existing
@@ -41,7 +42,9 @@ class RotatingFile:
 
     def write(self, data: bytes) -> None:
         """Append ``data`` (whole lines, so that no line is split across files)."""
-        while self._size + len(data) > self.max_bytes:
+        if not self.keep and self._size and self._size + len(data) > self.max_bytes:
+            self.rotate()  # nothing is kept: filling the file first would only lose those lines
+        while self.keep and self._size + len(data) > self.max_bytes:
             # The lines that still fit, up to the last line's end within the room left.
             fit = data.rfind(b"\n", 0, max(self.max_bytes - self._size, 0)) + 1
             if fit == 0 and not self._size:  # a line longer than a file: alone in one

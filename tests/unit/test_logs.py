@@ -266,9 +266,10 @@ def test_rotation_with_nothing_kept_and_a_line_longer_than_the_limit(tmp_path: P
     rotating.write(b"12345678\n")
     rotating.write(b"a line longer than ten bytes\n")  # never split
     rotating.write(b"z\n")
+    rotating.write(b"1234\n" b"5678\n")  # over the limit: the file starts again, with both
     rotating.close()
     assert [p.name for p in tmp_path.iterdir()] == ["log"]
-    assert (tmp_path / "log").read_bytes() == b"z\n"
+    assert (tmp_path / "log").read_bytes() == b"1234\n5678\n"
 
 
 def test_an_unwritable_access_log_is_reported_once(tmp_path: Path) -> None:
