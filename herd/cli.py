@@ -175,7 +175,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ConfigError as err:
         from herd.systemd import error_line
 
-        error_line(f"herd: {err}", getattr(args, "log_format", "text") == "json", getattr(args, "name", None))
+        error_line(f"herd: {err}", getattr(args, "log_format", "text") == "json", getattr(args, "name", None),
+                   prefix=getattr(args, "log_prefix", None))
         return 2
     except KeyboardInterrupt:
         return 130

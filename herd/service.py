@@ -395,7 +395,7 @@ def serve(name: str, config_path: str, logging: LogOptions, activation: str | No
                   if access_path is not None else None)
     except OSError as err:
         systemd.error_line(f"herd: {name}: cannot open the access log {access_path}: {err.strerror or err}",
-                           logging.fmt == "json", name)
+                           logging.fmt == "json", name, prefix=logging.prefix)
         return 1
     events = start_logging(name, reactor, logging, access)
     from herd.version import VERSION

@@ -705,8 +705,6 @@ def all_records(port: int) -> dict[bytes, bytes]:
                 return records
 
 
-
-
 def wait_identical(port_a: int, port_b: int, timeout: float = 60.0) -> dict[bytes, bytes]:
     """Wait until both Redis hold exactly the same records; those records."""
     deadline = time.monotonic() + timeout

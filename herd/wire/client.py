@@ -31,8 +31,6 @@ _COUNT_RE = re.compile(rb"[0-9]+")
 _SKEW_RE = re.compile(rb"[+-][0-9]+\.[0-9]{9}")
 # Seconds with more digits than this are centuries past any sane clock bound.
 _MAX_SECONDS_DIGITS = 15
-# A valid client-time, checked without computing its value (leading zeros
-# do not count towards the digits of the seconds).
 # An AT line as nodes make it: six fields separated by single spaces. Peers
 # send records this way, so one match does most of parse_at_line's work; any
 # other line takes the field by field way (same answers: see parse_at_line).

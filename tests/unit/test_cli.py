@@ -135,6 +135,11 @@ def test_with_json_logs_what_serve_and_up_say_before_logging_is_json(tmp_path: P
         assert refused["node"] == ("Bailey" if args[0] == "serve" else None) and "time" in refused
 
 
+def test_a_fatal_line_carries_its_priority_with_log_prefix() -> None:
+    result = herd("serve", "Bailey", "--config", "nope.toml", "--log-prefix")
+    assert (result.returncode, result.stderr) == (2, "<3>herd: --config nope.toml: no such file\n")
+
+
 def test_an_explicit_config_is_not_announced(tmp_path: Path) -> None:
     path = tmp_path / "h.toml"
     path.write_text(SMALL)
