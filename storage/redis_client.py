@@ -25,6 +25,10 @@ from herd.tcp import set_no_delay
 
 _log = Logger(namespace="herd")
 
+# A reply timer this late (seconds) ran after the process was stopped or
+# starved; it looks again REREAD seconds later, once replies are read.
+RAN_LATE = 1.0
+REREAD = 0.1
 # Errors of a Redis that cannot take writes now (loading its data, running a
 # long script, out of memory, failing to persist, a read-only replica).
 NOT_SERVING = ("LOADING", "BUSY", "MASTERDOWN", "OOM", "MISCONF", "READONLY", "NOREPLICAS")
@@ -96,6 +100,7 @@ class RedisProtocol(txredisapi.RedisProtocol):
         self._reply_timeout = replyTimeout
         self._sent: deque[float] = deque()  # when each unanswered call was sent
         self._watch: Any = None  # the timer, while a call is unanswered
+        self._watch_due = 0.0  # when it is due
         self.functions: set[bytes] = set()  # FunctionCall names loaded (or being loaded) on this connection
         self._loading: dict[bytes, list[Failure]] = {}  # names whose load is unanswered (see _load)
 
@@ -161,7 +166,7 @@ class RedisProtocol(txredisapi.RedisProtocol):
         if self._reply_timeout:
             self._sent.append(self.clock.seconds())
             if self._watch is None:
-                self._watch = self.clock.callLater(self._reply_timeout, self._check_replies)
+                self._watch_at(self._reply_timeout)
 
     def unanswered_since(self) -> float | None:
         """When the oldest call Redis has not answered yet was sent (None: every
@@ -180,15 +185,26 @@ class RedisProtocol(txredisapi.RedisProtocol):
         self._watch = None
         super().connectionLost(why)
 
+    def _watch_at(self, delay: float) -> None:
+        self._watch_due = self.clock.seconds() + delay
+        self._watch = self.clock.callLater(delay, self._check_replies)
+
     def _check_replies(self) -> None:
         """The oldest unanswered call's time is up, or the timer is set again
-        for when it will be."""
+        for when it will be. A timer that runs much later than it was due
+        means this process did not run meanwhile (stopped, or starved of
+        CPU): the replies that came then are read first (a reactor runs its
+        timers before it polls), or they would be taken for Redis's silence."""
         self._watch = None
         if not self._sent:
             return
-        late = self._sent[0] + self._reply_timeout - self.clock.seconds()  # type: ignore[operator]
+        now = self.clock.seconds()
+        if now - self._watch_due > RAN_LATE:
+            self._watch_at(REREAD)
+            return
+        late = self._sent[0] + self._reply_timeout - now  # type: ignore[operator]
         if late > 0:
-            self._watch = self.clock.callLater(late, self._check_replies)
+            self._watch_at(late)
             return
         self._sent.clear()
         while self.replyQueue.waiting:

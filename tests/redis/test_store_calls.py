@@ -16,11 +16,12 @@ from fakes import at_record
 from harness import redis_with_store, until
 from twisted.internet import reactor
 from twisted.internet.defer import gatherResults, inlineCallbacks
-from twisted.internet.task import deferLater
+from twisted.internet.task import Clock, deferLater
+from twisted.internet.testing import StringTransport
 from twisted.trial import unittest
 
 from herd.wire.peer import Position
-from storage.redis_client import FunctionCall, RedisProtocol
+from storage.redis_client import REREAD, FunctionCall, RedisProtocol
 from storage.scripts import STORE_BATCH
 from storage.store import StoreUnavailable
 
@@ -178,6 +179,27 @@ class Functions(unittest.TestCase):
 
     def store_connection(self) -> Any:
         return self.store._connection()
+
+
+def test_a_reply_timer_that_ran_late_reads_the_replies_first() -> None:
+    """Found by a review: a node stopped (SIGSTOP) for longer than the reply
+    timeout ran its timers before reading the replies that came meanwhile,
+    took Redis for silent, and dropped a healthy connection."""
+    clock, transport = Clock(), StringTransport()
+    conn = RedisProtocol(charset=None, replyTimeout=1.0)
+    conn.clock = clock
+    conn.makeConnection(transport)
+    answered: list[Any] = []
+    conn.execute_command("GET", b"k").addBoth(answered.append)
+    clock.advance(6.0)  # the process did not run for 6 s: the timer runs 5 s late
+    conn.dataReceived(b"$-1\r\n")  # the reply, read by the reactor's next poll
+    clock.advance(REREAD)
+    assert answered == [None] and not transport.disconnecting
+    late: list[Any] = []
+    conn.execute_command("GET", b"k").addErrback(lambda failure: late.append(failure.value))
+    clock.advance(6.0)
+    clock.advance(REREAD)  # still no reply once looked again: Redis is silent
+    assert isinstance(late[0], txredisapi.TimeoutError) and transport.disconnecting
 
 
 class ReplyTimeout(unittest.TestCase):
