@@ -283,12 +283,13 @@ class Reconciler:
         mode = "incremental"
         try:
             chunk = yield self._store.log_since(since, CHUNK, leave_out)
-            if chunk is None:
-                mode = "full"
-                head = yield self._store.log_head()
-                yield self._send_everything(conn, sent)
-                chunk = yield self._store.log_since(head, CHUNK, leave_out)
             while conn.connected and not conn.closing:
+                if chunk is None:  # not in this log (another epoch, or trimmed past it, even meanwhile)
+                    mode = "full"
+                    head = yield self._store.log_head()
+                    yield self._send_everything(conn, sent)
+                    chunk = yield self._store.log_since(head, CHUNK, leave_out)
+                    continue
                 self._send_records(conn, chunk.lines, sent)
                 if chunk.entries < CHUNK:
                     break

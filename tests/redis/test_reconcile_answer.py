@@ -80,3 +80,29 @@ class AnswerCost(unittest.TestCase):
         yield answered
         rest = [line for line in self.conn.take() if line.startswith(b"R ")]
         assert sorted(first + rest) == sorted(b"R " + record(c, 1700000001).line for c in range(30))
+
+    @inlineCallbacks
+    def test_a_log_trimmed_past_the_answer_while_it_runs_turns_it_into_a_full_transfer(self) -> Any:
+        """Found by a review: the next chunk's read came back empty-handed
+        ('reset') and the answer failed on it ("'NoneType' object has no
+        attribute 'lines'"), ending with no position: the peer waited and
+        asked again."""
+        yield self.store.store_if_newer(record(100, 1700000001))
+        start = yield self.store.log_head()
+        for c in range(30):
+            yield self.store.store_if_newer(record(c, 1700000001))
+        full: Deferred[None] = Deferred()
+        self.conn.full = full
+        answered = self.reconciler.serve(b"P", self.conn, start.token)
+        assert answered is not None
+        yield until(lambda: self.conn.writable_asked > 0, what="the first chunk written")
+        self.redis.call("LTRIM", "herd:journal", 20, -1)  # the journal trimmed past the answer
+        self.redis.call("INCRBY", "herd:journal:base", 20)
+        self.conn.full = None
+        full.callback(None)
+        yield answered
+        lines = self.conn.take()
+        sent = {line for line in lines if line.startswith(b"R ")}
+        assert sent == {b"R " + record(c, 1700000001).line for c in [*range(30), 100]}
+        head = yield self.store.log_head()
+        assert lines[-1] == b"SYNC-END " + head.token  # an answer that ends where the log stands
