@@ -284,7 +284,9 @@ class NodeService(MultiService):
 
     def _publish_status(self) -> None:
         """Write this node's live figures to ``<prefix>status``, for ``redis-cli``
-        (``herd status`` reads ``/status``)."""
+        (``herd status`` reads ``/status``); and check that Redis still holds
+        the update log this node wrote (RedisStore.check_log)."""
+        self.store.check_log()
         stats = self.node.stats
         stats.tick(STATUS_INTERVAL)
         fields = {

@@ -13,6 +13,7 @@ def _lua(name: str) -> bytes:
 STORE_BATCH = _lua("store_batch.lua")  # a Redis function library (storage.redis_client.FunctionCall)
 LOG_SINCE = _lua("log_since.lua")
 LOG_HEAD = _lua("log_head.lua")
+LOG_CHECK = _lua("log_check.lua")
 SCAN_RECORDS = _lua("scan_records.lua")
 SCAN_TIMES = _lua("scan_times.lua")
 GEO_SAMPLE = _lua("geo_sample.lua")

@@ -36,7 +36,7 @@ from storage.redis_client import (
     RedisProtocol,
     redis_endpoint,
 )
-from storage.scripts import GEO_SAMPLE, LOG_HEAD, LOG_SINCE, SCAN_RECORDS, SCAN_TIMES, STORE_BATCH
+from storage.scripts import GEO_SAMPLE, LOG_CHECK, LOG_HEAD, LOG_SINCE, SCAN_RECORDS, SCAN_TIMES, STORE_BATCH
 
 _log = Logger(namespace="herd")
 
@@ -146,6 +146,9 @@ class RedisStore:
         # sent before), see _batch_failed.
         self._chain_restart: int | None = None
         self._last_batch = b""
+        # The journal as this node last knew it: its epoch and how many entries
+        # were ever appended to it (check_log); None: not known yet.
+        self._log_seen: tuple[bytes, int] | None = None
         keys = self.keys
         batch_keys = [keys.geo, keys.journal, keys.journal_epoch, keys.summary, keys.journal_base,
                       keys.journal_batch]
@@ -378,6 +381,15 @@ class RedisStore:
 
     def _answered(self, result: Any) -> Any:
         self._sent_at.popleft()  # one connection: batches are answered in the order sent
+        if type(result) is bytes and result[:1] not in (b"", b"\n"):
+            # "<epoch> 0-<k>" (k: entries before the batch), then "0+" or "1+" per record stored
+            epoch, _, k = result[:result.find(b"\n")].partition(b" ")
+            top, seen = int(k[2:]) + result.count(b"+"), self._log_seen
+            if seen is None or seen[1] < top or seen[0] != epoch:
+                self._log_seen = (epoch, top)
+            if seen is not None and seen[0] != epoch:  # (a batch made a new log: the old one was gone)
+                self._reactor.callLater(0, self._log_changed, "its update log was replaced (emptied, or "
+                                                              "another Redis)")
         if self._urgent or self._batch:
             self._schedule_flush()
         return result
@@ -584,9 +596,52 @@ class RedisStore:
         # A write: a Redis can answer reads while refusing or stalling writes.
         d = self._run_now("hset", (self.keys.status, b"checked", str(self._reactor.seconds()).encode()),
                           probe=True)
+        d.addCallback(lambda _: self._read_log(probe=True))
         d.addCallbacks(self._serving, self._not_serving_yet)
 
-    def _serving(self, _: Any) -> None:
+    def check_log(self) -> None:
+        """Whether Redis still holds the journal this node wrote (once a second,
+        while it serves): one emptied (FLUSHALL), replaced, or gone back (an
+        older copy, lost writes) is logged, and ``on_connected`` runs as when
+        Redis serves again (the node pulls from its peers, loads its places)."""
+        if self.serving and not self._checking:
+            self._read_log().addCallbacks(self._log_changed, lambda _: None)
+
+    def _read_log(self, probe: bool = False) -> Deferred[str | None]:
+        """LOG_CHECK; fires with why the journal is not the one last seen, or None."""
+        epoch, top = self._log_seen or (b"", 0)
+        d = self._run_now("eval", (LOG_CHECK, self._journal_keys(), [epoch, str(top).encode()]), probe=probe)
+        return d.addCallback(self._compare_log)
+
+    def _compare_log(self, reply: list[Any]) -> str | None:
+        epoch, top, went_back = reply[0] or None, int(reply[1]), reply[2] == 1
+        seen, self._log_seen = self._log_seen, (None if epoch is None else (epoch, top))
+        if seen is None:
+            return None
+        if went_back:
+            return (f"its update log went back from {seen[1]} to {top} entries (restored from an older "
+                    "copy, or it lost its last writes); a new log begins")
+        if epoch is None and seen[1] > 0:
+            return "it holds no update log any more (emptied, or another Redis)"
+        if epoch is not None and epoch != seen[0]:
+            return "it holds another update log (replaced, or restored)"
+        return None
+
+    def _log_changed(self, why: str | None) -> None:
+        if why is None:
+            return
+        _log.warn("Redis at {host}:{port}: {why}; pulling every peer's updates again",
+                  host=self._address.host, port=self._address.port, why=why)
+        # The batch mark went with the log: steps start a new chain, as on a
+        # new connection (see _connection_ready).
+        self._chain_restart = self._batches_sent
+        for callback in list(self.on_connected):
+            callback()
+
+    def _serving(self, log_changed: str | None) -> None:
+        if log_changed is not None:
+            _log.warn("Redis at {host}:{port}: {why}", host=self._address.host, port=self._address.port,
+                      why=log_changed)
         announce = self._failing_since is not None or self._said_not_serving
         if announce or self.connections_made > self._announced:
             _log.info("Redis at {host}:{port} serves (connection {n})", host=self._address.host,

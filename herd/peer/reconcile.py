@@ -69,12 +69,14 @@ class Reconciler:
         self._failed: set[bytes] = set()  # peers whose current pull lost a record
         self._interval: dict[bytes, float] = {}  # per peer, when longer than GAP_PULL_INTERVAL
         self._since: dict[bytes, Position | None] = {}  # per peer, the offset its last pull began at
-        # Peers not yet pulled from since start, with ALL: updates this process's
-        # predecessor forwarded before storing them may be missing here.
-        self._include_own: set[bytes] = set(links.neighbours)
         # Per peer whose log this node may lack updates of (see may_lack): the
         # serial of the last loss; and per pull, the serial when it began.
         self._losses = 0
+        # Per peer to pull from with ALL (its answer leaves out nothing that
+        # came from this node), the serial of why: at start, updates this
+        # process's predecessor forwarded before storing them may be missing
+        # here; once Redis is back, updates of this node's that it lost.
+        self._own_missing: dict[bytes, int] = dict.fromkeys(links.neighbours, 0)
         self._redis_served = False  # (see pull_all)
         self._lacking: dict[bytes, int] = {}
         self._pull_began: dict[bytes, int] = {}
@@ -101,7 +103,7 @@ class Reconciler:
         if self._pulling.get(peer) is not conn:
             return  # its connection was lost while the offset was read (a pull may be under way on another)
         self._since[peer] = since
-        conn.send_line(msg.sync(since, include_own=peer in self._include_own))
+        conn.send_line(msg.sync(since, include_own=peer in self._own_missing))
         self._watch_pull(peer, conn, conn.lines_in)
 
     def _watch_pull(self, peer: bytes, conn: PeerConnection, seen: int) -> None:
@@ -137,6 +139,7 @@ class Reconciler:
         (``everysec``), so this node may lack updates of every peer's log."""
         if self._redis_served:
             self.may_lack(self._links.neighbours)
+            self._own_missing.update(dict.fromkeys(self._links.neighbours, self._losses))
         self._redis_served = True
         for peer, conn in self._links.first_connections():
             self.pull(peer, conn)
@@ -223,9 +226,13 @@ class Reconciler:
                 self.gap(peer, conn)
             return
         self._interval.pop(peer, None)
-        self._include_own.discard(peer)
-        if self._lacking.get(peer, 0) <= self._pull_began[peer]:
+        began = self._pull_began[peer]
+        if self._own_missing.get(peer, 0) <= began:
+            self._own_missing.pop(peer, None)
+        if self._lacking.get(peer, 0) <= began:
             self._lacking.pop(peer, None)
+        if peer in self._own_missing or peer in self._lacking:  # a loss since this pull began: again
+            self.pull(peer, conn)
 
     def _pull_failed(self, failure: Any, peer: bytes, conn: PeerConnection) -> None:
         if self._pulling.get(peer) is conn:  # (not a pull that has since moved to another connection)

@@ -137,6 +137,7 @@ class Reconnects(unittest.TestCase):
         factory = self.store._factory
         for n in range(5):
             yield self.store.get(b"nobody")  # connected
+            yield until(lambda: self.store.serving, what="serving")  # (its checks done: it served)
             lost = factory.pool[0]
             self.redis.call("CLIENT", "KILL", "TYPE", "normal")
             yield until(partial(_replaced, factory, lost), what="reconnected")
