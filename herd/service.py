@@ -416,8 +416,8 @@ def serve(name: str, config_path: str, logging: LogOptions, activation: str | No
         # have written its buffer never runs.
         log.error("{why}; exiting", why=str(err))
         events.flush()
-        if logging.fmt == "text" and not systemd.is_journal(sys.stderr):  # (journald, JSON: once is enough)
-            print(f"herd: {name}: {err}", file=sys.stderr)
+        if not systemd.is_journal(sys.stderr):  # (there, once is enough)
+            systemd.error_line(f"herd: {name}: {err}", logging.fmt == "json", name, prefix=logging.prefix)
         return 1
     reactor.addSystemEventTrigger("before", "shutdown", service.stopService)
     reactor.addSystemEventTrigger("before", "shutdown", _note_more_stop_signals, reactor)

@@ -77,6 +77,7 @@ class OfflinePlaces:
 
     def __init__(self, store: RedisStore, clock: IReactorTime,
                  min_population: int = PlacesConfig.min_population, timeout: float = PlacesConfig.timeout):
+        self._store = store
         self._index = PlacesIndex(store)
         self._clock = clock
         self._timeout = timeout
@@ -122,7 +123,9 @@ class OfflinePlaces:
         waiters = [w for w in waiters if not w.called]  # a WHATSAT that stopped waiting
         if isinstance(result, Failure):
             why = result.getErrorMessage()
-            log.error("offline places not loaded: {why}", why=why)
+            # A node that stops closes its Redis under a load: expected, not an error.
+            emit = log.info if self._store.stopped else log.error
+            emit("offline places not loaded: {why}", why=why)
             for waiter in waiters:
                 waiter.errback(PlacesError(f"offline places data set not loaded: {why}"))
             return

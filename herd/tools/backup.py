@@ -188,7 +188,8 @@ def restore(node: NodeConfig, name: str, source: Path) -> tuple[int, dict[bytes,
     (keys copied, the node's summary hash as restored)."""
     if port_open(node.port, node.host, timeout=1.0):
         raise BackupError(f"node {name} still accepts clients at {node.host}:{node.port}: stop it first "
-                          f"(systemctl stop herd@{name}.socket herd@{name})")
+                          f"(under systemd: systemctl stop herd@{name}.socket herd@{name}; under herd up: "
+                          "stop it, and start that node's redis-server alone)")
     if not source.is_file():
         raise BackupError(f"{source}: no such file")
     check_rdb(source)

@@ -293,6 +293,9 @@ def test_a_taken_port_is_an_error_event_in_the_json_event_log(tmp_path: Path) ->
         assert events[0]["level"] == "info" and VERSION in events[0]["message"]
         assert events[-1]["level"] == "error"
         assert events[-1]["why"] == f"cannot listen for peers on 127.0.0.1:{port}: Address already in use"
+        said = json.loads(result.stderr)  # the one line on stderr, as JSON too (it was missing)
+        assert (said["level"], said["node"]) == ("error", "Solo")
+        assert "cannot listen for peers" in said["message"]
     finally:
         herd.stop()
 
