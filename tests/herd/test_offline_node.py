@@ -79,3 +79,19 @@ def test_a_node_whose_redis_comes_back_empty_loads_the_places_again(tmp_path: Pa
         assert len(json.loads(reply.split(b"\n", 2)[2])["results"]) == 3
     finally:
         herd.stop()
+
+
+def test_a_stop_during_the_places_load_is_no_error(tmp_path: Path) -> None:
+    # Found by a README walkthrough: Ctrl-C of a fresh herd up logged "error:
+    # offline places not loaded: ... Lost connection" on every node, its own
+    # stop having closed Redis under the load.
+    herd = Herd(tmp_path, {"Solo": []}, provider="offline").start()
+    try:
+        redis = herd["Solo"].redis
+        wait_until(lambda: redis.call("KEYS", "herd:places:*:loading:*") != [], timeout=60, every=0.01,
+                   what="the load writing to Redis")
+        assert herd["Solo"].stop() == 0
+        log = herd["Solo"].log()
+        assert "error" not in log, log[-2000:]
+    finally:
+        herd.stop()
