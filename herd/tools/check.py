@@ -20,7 +20,7 @@ from typing import Any
 from twisted.internet.defer import inlineCallbacks
 from twisted.internet.task import deferLater
 
-from herd.tools.output import print_out
+from herd.tools.output import Interruption, print_out
 from herd.tools.survey import DEFAULT_TIMEOUT, NodeReport, Surveyor, agreement, document, is_ok, problems
 
 ROUNDS = 3  # reads at most, while the nodes disagree
@@ -71,20 +71,24 @@ def run_check(config_path: str, as_json: bool = False, timeout: float = DEFAULT_
     config = load_config(config_path)
     outcome = [1]
 
-    def show(result: tuple[list[NodeReport], int]) -> None:
+    def show(result: tuple[list[NodeReport], int], stop: Interruption) -> None:
+        if stop.stopped:
+            outcome[0] = Interruption.EXIT  # no verdict of reads the stop cut short
+            return
         reports, rounds = result
         text, ok = report(reports, rounds, config.warnings())
         print_out(json.dumps(document(reports, config.warnings()), indent=2) if as_json else text)
         outcome[0] = 0 if ok else 1  # a reader gone from stdout changes no verdict
+        stop.finished = True
 
     def main(reactor: Any) -> Any:
         surveyor = Surveyor(reactor, config, timeout)
-        d = settle(reactor, surveyor).addCallback(show)
+        d = settle(reactor, surveyor).addCallback(show, Interruption(reactor))
         return d.addBoth(lambda result: surveyor.close().addCallback(lambda _: result))
 
     try:
         react(main)
     except SystemExit as done:  # react() always exits; our verdict is in outcome
-        if done.code not in (0, None):
+        if done.code not in (0, None) and outcome[0] != Interruption.EXIT:
             return 1
     return outcome[0]

@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 import select
 import sys
+from typing import Any
 
 
 def stdout_gone() -> None:
@@ -41,3 +42,20 @@ def print_out(text: str) -> bool:
         stdout_gone()
         return False
     return True
+
+
+class Interruption:
+    """Whether the reactor stopped before a one-shot command finished (Ctrl-C,
+    SIGTERM): the requests it cut short fail, and would show their nodes as
+    unreachable, a guess. Such a command prints no verdict and exits 130,
+    as ``herd client`` does (README: Ctrl-C of a one-shot command)."""
+
+    EXIT = 130
+
+    def __init__(self, reactor: Any) -> None:
+        self.finished = False  # set by the command once its output is written
+        self.stopped = False
+        reactor.addSystemEventTrigger("before", "shutdown", self._stopping)
+
+    def _stopping(self) -> None:
+        self.stopped = not self.finished

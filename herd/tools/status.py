@@ -22,7 +22,7 @@ from typing import Any
 from twisted.internet.defer import gatherResults
 
 from config.schema import HerdConfig
-from herd.tools.output import print_out
+from herd.tools.output import Interruption, print_out
 from herd.tools.survey import DEFAULT_TIMEOUT, NodeReport, Surveyor, agreement, document, is_ok
 
 REFRESH = 1.0  # seconds between frames, and between two requests to one node
@@ -139,7 +139,16 @@ def run_status(config_path: str, once: bool, as_json: bool = False,
     def main(reactor: Any) -> Any:
         surveyor = Surveyor(reactor, config, timeout, persistent=not (once or as_json))
         if once or as_json:
-            d = surveyor.survey().addCallback(show, False)
+            stop = Interruption(reactor)
+
+            def once_shown(reports: list[NodeReport]) -> None:
+                if stop.stopped:
+                    outcome[0] = Interruption.EXIT  # no frame of reads the stop cut short
+                    return
+                show(reports, False)
+                stop.finished = True
+
+            d = surveyor.survey().addCallback(once_shown)
             return d.addBoth(lambda result: surveyor.close().addCallback(lambda _: result))
         # Ctrl-C stops the reactor under requests in flight: their nodes would
         # show as unreachable, a guess; no frame is shown once stopping.
@@ -159,6 +168,6 @@ def run_status(config_path: str, once: bool, as_json: bool = False,
     try:
         react(main)
     except SystemExit as done:
-        if done.code not in (0, None):
+        if done.code not in (0, None) and outcome[0] != Interruption.EXIT:
             return 1
     return outcome[0] if once or as_json else 0

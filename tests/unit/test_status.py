@@ -456,3 +456,21 @@ def test_stdout_broken_tells_a_pipe_without_reader() -> None:
     finally:
         os.close(write)
     assert (alive.returncode, gone.returncode) == (4, 3)
+
+
+@pytest.mark.parametrize("command", [["check"], ["status", "--once"], ["status", "--once", "--json"]])
+def test_ctrl_c_of_a_one_shot_survey_exits_130_with_no_verdict(tmp_path: Path, command: list[str]) -> None:
+    # Found by a README walkthrough: the reads that Ctrl-C cut short were shown
+    # as unreachable nodes ("Connection lost"), with exit 1.
+    silent = SilentNode()
+    try:
+        path = write_config(tmp_path / "herd.toml", {"Far": silent.port})
+        argv = [sys.executable, "-m", "herd", *command, "--config", str(path), "--timeout", "20"]
+        run = subprocess.Popen(argv, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                               preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+        wait_until(lambda: len(silent.held) > 0, timeout=20, what="the node asked")
+        run.send_signal(signal.SIGINT)
+        out, err = run.communicate(timeout=30)
+        assert (run.returncode, out) == (130, ""), (out, err)
+    finally:
+        silent.close()
