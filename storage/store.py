@@ -149,6 +149,10 @@ class RedisStore:
         # The journal as this node last knew it: its epoch and how many entries
         # were ever appended to it (check_log); None: not known yet.
         self._log_seen: tuple[bytes, int] | None = None
+        self._log_news: str | None = None  # a change a batch showed while Redis is being checked
+        # Set when Redis was found emptied, replaced or gone back (its peer
+        # offsets may not match what it holds): on_connected's readers act on it.
+        self.log_lost = False
         keys = self.keys
         batch_keys = [keys.geo, keys.journal, keys.journal_epoch, keys.summary, keys.journal_base,
                       keys.journal_batch]
@@ -344,8 +348,9 @@ class RedisStore:
             token = b"%s-%d" % (self._batch_names, self._batches_sent)
             # One argument for the whole batch: each argument costs Python
             # work to encode, Redis splits it in C.
+            seen = b"" if self._log_seen is None else b"%s %d" % self._log_seen
             args = [LOG_BOUND, b"".join([entry[0] for entry in part]),
-                    b"%016x" % xor([entry[4] for entry in part]), self._last_batch, token]
+                    b"%016x" % xor([entry[4] for entry in part]), self._last_batch, token, seen]
             self._last_batch = token
             self._sent_at.append(self._reactor.seconds())
             d = self._call("call_function", self._store_batch, args)
@@ -387,9 +392,13 @@ class RedisStore:
             top, seen = int(k[2:]) + result.count(b"+"), self._log_seen
             if seen is None or seen[1] < top or seen[0] != epoch:
                 self._log_seen = (epoch, top)
-            if seen is not None and seen[0] != epoch:  # (a batch made a new log: the old one was gone)
-                self._reactor.callLater(0, self._log_changed, "its update log was replaced (emptied, or "
-                                                              "another Redis)")
+            if seen is not None and seen[0] != epoch:  # a batch began a new log: the old one was gone
+                why = (f"its update log was replaced ({seen[1]} entries seen in it: emptied, another "
+                       "Redis, or gone back to an older copy or lost writes); a new log begins")
+                if self._checking:  # Redis serves again: _serving says it, and runs on_connected
+                    self._log_news = why
+                else:
+                    self._reactor.callLater(0, self._log_changed, why)
         if self._urgent or self._batch:
             self._schedule_flush()
         return result
@@ -603,9 +612,13 @@ class RedisStore:
         """Whether Redis still holds the journal this node wrote (once a second,
         while it serves): one emptied (FLUSHALL), replaced, or gone back (an
         older copy, lost writes) is logged, and ``on_connected`` runs as when
-        Redis serves again (the node pulls from its peers, loads its places)."""
+        Redis serves again (the node pulls from its peers)."""
         if self.serving and not self._checking:
-            self._read_log().addCallbacks(self._log_changed, lambda _: None)
+            self._read_log().addCallbacks(self._checked_log, lambda _: None)
+
+    def _checked_log(self, why: str | None) -> None:
+        if not self._checking:  # (a check of Redis serving again under way says it, and runs on_connected)
+            self._log_changed(why)
 
     def _read_log(self, probe: bool = False) -> Deferred[str | None]:
         """LOG_CHECK; fires with why the journal is not the one last seen, or None."""
@@ -635,13 +648,16 @@ class RedisStore:
         # The batch mark went with the log: steps start a new chain, as on a
         # new connection (see _connection_ready).
         self._chain_restart = self._batches_sent
+        self.log_lost = True
         for callback in list(self.on_connected):
             callback()
 
     def _serving(self, log_changed: str | None) -> None:
-        if log_changed is not None:
-            _log.warn("Redis at {host}:{port}: {why}", host=self._address.host, port=self._address.port,
-                      why=log_changed)
+        why, self._log_news = log_changed or self._log_news, None
+        if why is not None:
+            _log.warn("Redis at {host}:{port}: {why}; pulling every peer's updates again",
+                      host=self._address.host, port=self._address.port, why=why)
+            self.log_lost = True
         announce = self._failing_since is not None or self._said_not_serving
         if announce or self.connections_made > self._announced:
             _log.info("Redis at {host}:{port} serves (connection {n})", host=self._address.host,

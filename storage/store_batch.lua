@@ -51,7 +51,14 @@
 -- records replaced.
 -- ARGV[5] the name of the batch the node sent before this one ("": none, the
 -- chain starting again once the node knows the outcome of every batch it sent
--- before); ARGV[6] this batch's name. Log steps are taken only when KEYS[6]
+-- before); ARGV[6] this batch's name; ARGV[7] the journal as the node last
+-- saw it, "<epoch> <entries ever appended>" ("": not known): when it holds
+-- fewer entries in that same epoch, this Redis went back (restored from an
+-- older copy, or it lost its last writes), and its epoch is deleted before
+-- this batch appends anything, so the batch begins a new log and no position
+-- a peer may have applied is written again (storage/log_check.lua does the
+-- same once a second for a node that stores nothing).
+-- Log steps are taken only when KEYS[6]
 -- holds ARGV[5] (or ARGV[5] is ""): a batch sent before the node learnt that an
 -- earlier one failed (an error reply, its reply lost) may step over a record
 -- that failed with it. The node takes steps again once it knows what was lost
@@ -160,6 +167,13 @@ local function write_digest(added)
   local lo = bxor(tonumber(sub(held, 9, 16), 16), change_lo)
   call('HSET', KEYS[4], 'digest', bit.tohex(hi, 8) .. bit.tohex(lo, 8))
   if added > 0 then call('HINCRBY', KEYS[4], 'clients', added) end
+end
+
+local function forget_a_log_gone_back(top)  -- (see ARGV[7])
+  local seen_epoch, seen_top = match(ARGV[7], '^(%S+) (%d+)$')
+  if seen_epoch and top < tonumber(seen_top) and call('GET', KEYS[3]) == seen_epoch then
+    call('DEL', KEYS[3])
+  end
 end
 
 local epoch
@@ -331,7 +345,9 @@ local function store_batch(keys, args)
         end
         if n_journal == 0 then
           -- %.0f: exact below 2^53 elements, never "1e+14" as "%.14g" would write
-          first_previous = string.format('0-%.0f', journal_top())
+          local top = journal_top()
+          if ARGV[7] ~= '' then forget_a_log_gone_back(top) end  -- before log_epoch's first use
+          first_previous = string.format('0-%.0f', top)
         end
         n_journal = n_journal + 1
         if source == '' then

@@ -10,7 +10,7 @@ from __future__ import annotations
 from typing import Any
 
 from fakes import PeerConn, at_record
-from harness import redis_with_store
+from harness import redis_with_store, until
 from twisted.internet import reactor
 from twisted.internet.defer import gatherResults, inlineCallbacks
 from twisted.internet.task import Clock
@@ -94,6 +94,20 @@ class Journal(unittest.TestCase):
         # The next record goes on from the last position: 0-13, after 0-12.
         result = yield self.store.store_if_newer(at_record(12, 1700000000))
         assert (result.position, result.previous) == (Position(epoch, b"0-13"), Position(epoch, b"0-12"))
+
+    @inlineCallbacks
+    def test_a_journal_gone_back_in_its_epoch_is_not_written_on_in_it(self) -> Any:
+        """Found by reviews: a Redis put back to an older copy of itself (or one
+        that lost its last writes) kept its epoch with fewer entries, and the
+        node wrote new updates at positions its peers had applied already.
+        The first batch that finds fewer entries than the node saw begins a
+        new log, before it appends anything."""
+        results = yield gatherResults([self.store.store_if_newer(at_record(c, 1700000000)) for c in range(5)])
+        old_epoch = results[0].position.epoch
+        self.redis.call("RPOP", "herd:journal", 3)  # as an older copy of this Redis: 2 entries, same epoch
+        result = yield self.store.store_if_newer(at_record(9, 1700000000))
+        assert result.position.epoch != old_epoch and result.position.entry == b"0-3"
+        yield until(lambda: self.store.log_lost, what="the loss noted")  # (on_connected ran: the node pulls)
 
     @inlineCallbacks
     def test_entries_from_the_asking_peer_are_left_out(self) -> Any:
