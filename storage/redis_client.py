@@ -101,6 +101,7 @@ class RedisProtocol(txredisapi.RedisProtocol):
         self._sent: deque[float] = deque()  # when each unanswered call was sent
         self._watch: Any = None  # the timer, while a call is unanswered
         self._watch_due = 0.0  # when it is due
+        self._reread = False  # the timer was just set again to read late replies first
         self.functions: set[bytes] = set()  # FunctionCall names loaded (or being loaded) on this connection
         self._loading: dict[bytes, list[Failure]] = {}  # names whose load is unanswered (see _load)
 
@@ -199,9 +200,11 @@ class RedisProtocol(txredisapi.RedisProtocol):
         if not self._sent:
             return
         now = self.clock.seconds()
-        if now - self._watch_due > RAN_LATE:
+        if now - self._watch_due > RAN_LATE and not self._reread:
+            self._reread = True  # once: a reactor late at every turn still times out
             self._watch_at(REREAD)
             return
+        self._reread = False
         late = self._sent[0] + self._reply_timeout - now  # type: ignore[operator]
         if late > 0:
             self._watch_at(late)

@@ -81,14 +81,19 @@ def run_check(config_path: str, as_json: bool = False, timeout: float = DEFAULT_
         outcome[0] = 0 if ok else 1  # a reader gone from stdout changes no verdict
         stop.finished = True
 
+    stops: list[Interruption] = []
+
     def main(reactor: Any) -> Any:
         surveyor = Surveyor(reactor, config, timeout)
-        d = settle(reactor, surveyor).addCallback(show, Interruption(reactor))
+        stops.append(Interruption(reactor))
+        d = settle(reactor, surveyor).addCallback(show, stops[0])
         return d.addBoth(lambda result: surveyor.close().addCallback(lambda _: result))
 
     try:
         react(main)
     except SystemExit as done:  # react() always exits; our verdict is in outcome
-        if done.code not in (0, None) and outcome[0] != Interruption.EXIT:
+        if stops and stops[0].stopped:  # (even when the stop came before any read ended)
+            return Interruption.EXIT
+        if done.code not in (0, None):
             return 1
     return outcome[0]

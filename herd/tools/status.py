@@ -136,10 +136,13 @@ def run_status(config_path: str, once: bool, as_json: bool = False,
         home = "\x1b[H\x1b[2J" if clear and sys.stdout.isatty() else ""  # not into a file or pipe
         return print_out(home + render(config, reports, time.time(), current))
 
+    stops: list[Interruption] = []
+
     def main(reactor: Any) -> Any:
         surveyor = Surveyor(reactor, config, timeout, persistent=not (once or as_json))
         if once or as_json:
             stop = Interruption(reactor)
+            stops.append(stop)
 
             def once_shown(reports: list[NodeReport]) -> None:
                 if stop.stopped:
@@ -168,6 +171,8 @@ def run_status(config_path: str, once: bool, as_json: bool = False,
     try:
         react(main)
     except SystemExit as done:
-        if done.code not in (0, None) and outcome[0] != Interruption.EXIT:
+        if stops and stops[0].stopped:  # (even when the stop came before any read ended)
+            return Interruption.EXIT
+        if done.code not in (0, None):
             return 1
     return outcome[0] if once or as_json else 0
