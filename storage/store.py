@@ -395,10 +395,7 @@ class RedisStore:
             if seen is not None and seen[0] != epoch:  # a batch began a new log: the old one was gone
                 why = (f"its update log was replaced ({seen[1]} entries seen in it: emptied, another "
                        "Redis, or gone back to an older copy or lost writes); a new log begins")
-                if self._checking:  # Redis serves again: _serving says it, and runs on_connected
-                    self._log_news = why
-                else:
-                    self._reactor.callLater(0, self._log_changed, why)
+                self._reactor.callLater(0, self._checked_log, why)
         if self._urgent or self._batch:
             self._schedule_flush()
         return result
@@ -617,7 +614,9 @@ class RedisStore:
             self._read_log().addCallbacks(self._checked_log, lambda _: None)
 
     def _checked_log(self, why: str | None) -> None:
-        if not self._checking:  # (a check of Redis serving again under way says it, and runs on_connected)
+        if self._checking:  # Redis is being checked as it serves again: _serving says it, runs on_connected
+            self._log_news = self._log_news or why
+        else:
             self._log_changed(why)
 
     def _read_log(self, probe: bool = False) -> Deferred[str | None]:

@@ -138,16 +138,16 @@ class Reconciler:
         Redis stored while their replies were lost never went out). Back, not
         up for the first time: Redis may have lost the last updates it took
         (``everysec``), so this node may lack updates of every peer's log."""
-        if self._store.log_lost:  # emptied, replaced or gone back: its offsets may be past what it holds
-            self._store.log_lost = False
-            for peer in self._links.neighbours:  # (deleted before the pulls below read them: full transfers)
-                self._store.restore_peer_offset(peer, None).addErrback(lambda _: None)
+        lost, self._store.log_lost = self._store.log_lost, False
         if self._redis_served:
             self.may_lack(self._links.neighbours)
+        if lost:  # emptied, replaced or gone back: its offsets may be past what it holds
+            for peer in self._links.neighbours:  # (deleted before the pulls below read them: full transfers)
+                self._store.restore_peer_offset(peer, None).addErrback(lambda _: None)
             self._redis_back = self._losses
             self._own_missing.update(dict.fromkeys(self._links.neighbours, self._losses))
-            # A pull under way writes no offset now: it began against the
-            # Redis that went, and would move this one's offset past what it lost.
+            # A pull under way keeps no offset: it began against the Redis
+            # that went, and would move this one's offset past what it lost.
             self._failed.update(self._pulling)
         self._redis_served = True
         for peer, conn in self._links.first_connections():
@@ -221,14 +221,15 @@ class Reconciler:
             return  # that connection was lost meanwhile, and another pull started
         self._end_pull(peer)
         straddled = self._pull_began[peer] < self._redis_back  # Redis came back during this pull
-        if position is not None and peer in self._failed:
-            if not straddled:
-                # A record of the answer failed after this write was sent (an
-                # error reply from Redis, which fails only its own batch): the
-                # offset must not stay past it. Fall back to where the pull began.
-                self._store.restore_peer_offset(peer, self._since.get(peer)).addErrback(lambda _: None)
+        if position is not None and peer in self._failed and not straddled:
+            # A record of the answer failed after this write was sent (an
+            # error reply from Redis, which fails only its own batch): the
+            # offset must not stay past it. Fall back to where the pull began.
+            self._store.restore_peer_offset(peer, self._since.get(peer)).addErrback(lambda _: None)
             position = None
-        if position is None and straddled:  # not the answer's fault: at once, from this Redis's offset
+        if straddled:  # not the answer's fault: again at once, a full transfer (its offset, if
+            # written meanwhile, is of the Redis that went: deleted first, on the same connection)
+            self._store.restore_peer_offset(peer, None).addErrback(lambda _: None)
             if conn.connected:
                 self.pull(peer, conn)
             return
