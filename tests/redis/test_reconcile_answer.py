@@ -59,10 +59,10 @@ class AnswerCost(unittest.TestCase):
         assert sorted(sent) == sorted(b"R " + record(c, 1700000005).line for c in range(10))
 
     @inlineCallbacks
-    def test_an_answer_waits_while_the_transport_is_full(self) -> Any:
-        """Found by a review: an answer wrote every chunk at once, so a peer
-        that read slowly (or not at all) had the whole transfer queued in this
-        node's memory. The answer now waits while the transport is full."""
+    def answer_held_after_its_first_chunk(self) -> Any:
+        """An answer to a SYNC for 30 clients' updates, its first chunk
+        written and the transport full: (the answer's Deferred, the Deferred
+        that says the peer has read)."""
         yield self.store.store_if_newer(record(100, 1700000001))
         start = yield self.store.log_head()
         for c in range(30):
@@ -72,6 +72,14 @@ class AnswerCost(unittest.TestCase):
         answered = self.reconciler.serve(b"P", self.conn, start.token)
         assert answered is not None
         yield until(lambda: self.conn.writable_asked > 0, what="the first chunk written")
+        return answered, full
+
+    @inlineCallbacks
+    def test_an_answer_waits_while_the_transport_is_full(self) -> Any:
+        """Found by a review: an answer wrote every chunk at once, so a peer
+        that read slowly (or not at all) had the whole transfer queued in this
+        node's memory. The answer now waits while the transport is full."""
+        answered, full = yield self.answer_held_after_its_first_chunk()
         assert not answered.called
         first = [line for line in self.conn.take() if line.startswith(b"R ")]
         assert len(first) == 7  # one chunk of the log, then it waits
@@ -87,15 +95,7 @@ class AnswerCost(unittest.TestCase):
         ('reset') and the answer failed on it ("'NoneType' object has no
         attribute 'lines'"), ending with no position: the peer waited and
         asked again."""
-        yield self.store.store_if_newer(record(100, 1700000001))
-        start = yield self.store.log_head()
-        for c in range(30):
-            yield self.store.store_if_newer(record(c, 1700000001))
-        full: Deferred[None] = Deferred()
-        self.conn.full = full
-        answered = self.reconciler.serve(b"P", self.conn, start.token)
-        assert answered is not None
-        yield until(lambda: self.conn.writable_asked > 0, what="the first chunk written")
+        answered, full = yield self.answer_held_after_its_first_chunk()
         self.redis.call("LTRIM", "herd:journal", 20, -1)  # the journal trimmed past the answer
         self.redis.call("INCRBY", "herd:journal:base", 20)
         self.conn.full = None
