@@ -26,7 +26,7 @@ from zope.interface import implementer
 
 from config.schema import HerdConfig
 from herd import logs
-from herd.tcp import set_no_delay
+from herd.tcp import peer_address, set_no_delay
 from herd.wire.client import Iamat, Invalid, Request, Whatsat, parse_request, too_long_reply
 from herd.wire.lines import LineProtocol
 
@@ -142,8 +142,7 @@ class ClientConnection(LineProtocol, TimeoutMixin):
     def connectionMade(self) -> None:
         self.node = self.factory.node
         self.max_line = self.factory.max_line
-        peer = self.transport.getPeer()
-        self.who = f"{getattr(peer, 'host', '?')}:{getattr(peer, 'port', '?')}"
+        self.who = peer_address(self.transport)
         self.factory.connections.add(self)
         set_no_delay(self.transport)  # replies leave at once, not after the client's ACK
         self.transport.registerProducer(_UnreadReplies(self), True)

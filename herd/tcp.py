@@ -1,4 +1,4 @@
-"""TCP settings for every connection of a node (client port, peer links, Redis)."""
+"""TCP settings and names for every connection of a node (client port, peer links, Redis)."""
 
 from __future__ import annotations
 
@@ -10,3 +10,9 @@ def set_no_delay(transport: Any) -> None:
     a node's replies, forwarded updates and Redis calls leave at once."""
     if hasattr(transport, "setTcpNoDelay"):
         transport.setTcpNoDelay(True)
+
+
+def peer_address(transport: Any) -> str:
+    """``host:port`` of the other end of ``transport``, as the logs name it."""
+    address = transport.getPeer()
+    return f"{getattr(address, 'host', '?')}:{getattr(address, 'port', '?')}"

@@ -26,7 +26,7 @@ from herd.peer.connection import (
     detect_dead_peer,
 )
 from herd.peer.tls import PeerTls
-from herd.tcp import set_no_delay
+from herd.tcp import peer_address, set_no_delay
 from herd.wire import handshake
 from herd.wire.client import too_long_reply
 
@@ -62,8 +62,7 @@ class AcceptedPeer(PeerLineProtocol, TimeoutMixin):
         # Until it authenticates it is a client connection (SPEC 2): the
         # client port's line limit, and its answer to a longer line.
         self.max_line = self.factory.max_line
-        address = self.transport.getPeer()
-        self.who = f"peer port {getattr(address, 'host', '?')}:{getattr(address, 'port', '?')}"
+        self.who = f"peer port {peer_address(self.transport)}"
         self.factory.connections.add(self)
         set_no_delay(self.transport)  # flooded updates leave at once
         logs.connection(self.who, "connection opened")
