@@ -640,23 +640,25 @@ class RedisStore:
         return None
 
     def _log_changed(self, why: str | None) -> None:
-        if why is None:
-            return
+        if why is not None:
+            self._log_lost(why)
+            for callback in list(self.on_connected):
+                callback()
+
+    def _log_lost(self, why: str) -> None:
+        """Redis does not hold the journal this node wrote (``why``): said, and
+        noted for on_connected's readers (``log_lost``)."""
         _log.warn("Redis at {host}:{port}: {why}; pulling every peer's updates again",
                   host=self._address.host, port=self._address.port, why=why)
         # The batch mark went with the log: steps start a new chain, as on a
         # new connection (see _connection_ready).
         self._chain_restart = self._batches_sent
         self.log_lost = True
-        for callback in list(self.on_connected):
-            callback()
 
     def _serving(self, log_changed: str | None) -> None:
         why, self._log_news = log_changed or self._log_news, None
         if why is not None:
-            _log.warn("Redis at {host}:{port}: {why}; pulling every peer's updates again",
-                      host=self._address.host, port=self._address.port, why=why)
-            self.log_lost = True
+            self._log_lost(why)
         announce = self._failing_since is not None or self._said_not_serving
         if announce or self.connections_made > self._announced:
             _log.info("Redis at {host}:{port} serves (connection {n})", host=self._address.host,
