@@ -173,7 +173,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             args.config = config_path(args.config, getattr(args, "log_format", "text") == "json")
         return _dispatch(args)
     except ConfigError as err:
-        from herd.systemd import error_line
+        from herd.logs import error_line
 
         error_line(f"herd: {err}", getattr(args, "log_format", "text") == "json", getattr(args, "name", None),
                    prefix=getattr(args, "log_prefix", None))
@@ -192,7 +192,7 @@ def config_path(given: str | None, as_json: bool = False) -> str:
     it, one line on stderr says which (stdout may be --json; with ``as_json``,
     a JSON object, as the event log's lines)."""
     from config.loader import CONFIG_ENV, find_config
-    from herd.systemd import error_line
+    from herd.logs import error_line
 
     choice = find_config(given, os.environ, os.getcwd())
     if not choice.explicit:

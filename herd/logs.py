@@ -102,7 +102,7 @@ class EventLog:
         """The JSON object of one event: time, node, level, message, then the
         event's own fields (keys not starting with ``log_`` whose values JSON
         can hold; bytes as they would be logged)."""
-        record: dict[str, Any] = {"time": stamp, "node": self._node, "level": level, "message": text}
+        record = json_record(stamp, self._node, level, text)
         for key, value in event.items():
             if key in record or key in _NOT_FIELDS or key.startswith("log_"):
                 continue
@@ -222,6 +222,28 @@ class AccessLog:
 def _second_part(second: int) -> str:
     """A timestamp up to its fraction: ``2026-12-05T10:00:00.``"""
     return datetime.fromtimestamp(second, UTC).strftime("%Y-%m-%dT%H:%M:%S.")
+
+
+def json_record(stamp: str, node: str | None, level: str, message: str) -> dict[str, Any]:
+    """The fields every JSON line of herd's logs begins with."""
+    return {"time": stamp, "node": node, "level": level, "message": message}
+
+
+def error_line(text: str, as_json: bool = False, node: str | None = None, level: str = "error",
+               prefix: bool | None = None) -> None:
+    """Write ``text`` as one line on stderr, before the event log runs or
+    after it stopped: a fatal error, said once (or with ``level`` "info", a
+    note). It carries its priority as the event log's lines do (``prefix``,
+    ``--log-prefix``; None: when stderr is journald's), so that ``journalctl
+    -p err`` shows why a node did not start (journald stores unmarked lines
+    as info). ``as_json`` (``--log-format json``): one JSON object with the
+    event log's fields (json_record), so that a reader of the log as JSON
+    reads this line too."""
+    marked = systemd.is_journal(sys.stderr) if prefix is None else prefix
+    mark = f"<{PRIORITIES[level]}>" if marked else ""
+    if as_json:
+        text = json.dumps(json_record(timestamp(time.time()), node, level, text), ensure_ascii=False)
+    print(f"{mark}{text}", file=sys.stderr, flush=True)
 
 
 def timestamp(when: float) -> str:

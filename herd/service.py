@@ -30,7 +30,7 @@ from config.schema import ConfigError, HerdConfig, PlacesConfig, host_port
 from herd import systemd
 from herd.client_port import ClientConnectionFactory, Limits
 from herd.clock import CLOCK_OFFSET_ENV, node_clock
-from herd.logs import LogOptions
+from herd.logs import LogOptions, error_line
 from herd.node import Node
 from herd.peer.accepted import AcceptedPeerFactory
 from herd.peer.dial import dial_service
@@ -396,7 +396,7 @@ def serve(name: str, config_path: str, logging: LogOptions, activation: str | No
         access = (RotatingFile(access_path, config.access_log_max_bytes, config.access_log_keep)
                   if access_path is not None else None)
     except OSError as err:
-        systemd.error_line(f"herd: {name}: cannot open the access log {access_path}: {err.strerror or err}",
+        error_line(f"herd: {name}: cannot open the access log {access_path}: {err.strerror or err}",
                            logging.fmt == "json", name, prefix=logging.prefix)
         return 1
     events = start_logging(name, reactor, logging, access)
@@ -417,7 +417,7 @@ def serve(name: str, config_path: str, logging: LogOptions, activation: str | No
         log.error("{why}; exiting", why=str(err))
         events.flush()
         if not systemd.is_journal(sys.stderr):  # (there, once is enough)
-            systemd.error_line(f"herd: {name}: {err}", logging.fmt == "json", name, prefix=logging.prefix)
+            error_line(f"herd: {name}: {err}", logging.fmt == "json", name, prefix=logging.prefix)
         return 1
     reactor.addSystemEventTrigger("before", "shutdown", service.stopService)
     reactor.addSystemEventTrigger("before", "shutdown", _note_more_stop_signals, reactor)

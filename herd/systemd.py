@@ -5,15 +5,9 @@ journald's (``$JOURNAL_STREAM``). Each is a no-op when systemd did not ask."""
 
 from __future__ import annotations
 
-import json
 import os
 import socket
-import sys
-from datetime import UTC, datetime
 from typing import IO
-
-ERROR_PRIORITY = "<3>"  # sd-daemon(3): LOG_ERR
-INFO_PRIORITY = "<6>"  # LOG_INFO
 
 
 def notify(message: str, environ: dict[str, str] | None = None) -> bool:
@@ -73,24 +67,6 @@ def is_journal_stream(fd: int, environ: dict[str, str] | None = None) -> bool:
         return (st.st_dev, st.st_ino) == (int(dev), int(inode))
     except (OSError, ValueError):
         return False
-
-
-def error_line(text: str, as_json: bool = False, node: str | None = None, level: str = "error",
-               prefix: bool | None = None) -> None:
-    """Write ``text`` as one line on stderr, before the event log runs or
-    after it stopped: a fatal error, said once (or with ``level`` "info", a
-    note). It carries its priority as the event log's lines do (``prefix``,
-    ``--log-prefix``; None: when stderr is journald's), so that ``journalctl
-    -p err`` shows why a node did not start (journald stores unmarked lines
-    as info). ``as_json`` (``--log-format json``): one JSON object with the
-    fields of the event log's (time, node, level, message), so that a reader
-    of the log as JSON reads this line too."""
-    marked = is_journal(sys.stderr) if prefix is None else prefix
-    mark = (ERROR_PRIORITY if level == "error" else INFO_PRIORITY) if marked else ""
-    if as_json:
-        text = json.dumps({"time": datetime.now(UTC).isoformat(timespec="microseconds"), "node": node,
-                           "level": level, "message": text}, ensure_ascii=False)
-    print(f"{mark}{text}", file=sys.stderr, flush=True)
 
 
 def is_journal(out: IO[str]) -> bool:

@@ -31,7 +31,7 @@ from typing import IO
 
 from config.loader import check_can_serve, load_config
 from config.schema import HerdConfig, host_port
-from herd.logs import timestamp
+from herd.logs import json_record, timestamp
 from herd.peer.tls import tls_for
 from herd.rotating import RotatingFile
 from herd.tools.harness import (
@@ -144,8 +144,7 @@ class Output:
                     return f"{text}\n"
             except ValueError:
                 pass
-        record = {"time": timestamp(time.time()), "node": label, "level": level, "message": text}
-        return json.dumps(record, ensure_ascii=False) + "\n"
+        return json.dumps(json_record(timestamp(time.time()), label, level, text), ensure_ascii=False) + "\n"
 
     def relay(self, label: str, stream: IO[bytes], log_path: Path, echo: bool = True) -> None:
         """Copy ``stream`` line by line to ``log_path`` (rotated: LOG_MAX_BYTES,

@@ -17,7 +17,7 @@ from twisted.internet.task import Clock
 from twisted.logger import FilteringLogObserver, ILogObserver, Logger, LogLevel, globalLogPublisher
 
 from herd import systemd
-from herd.logs import AccessLog, EventLog, Throttle, event_filters, level_filter, loggable
+from herd.logs import AccessLog, EventLog, Throttle, error_line, event_filters, level_filter, loggable
 from herd.rotating import RotatingFile
 
 
@@ -197,10 +197,10 @@ def test_a_fatal_error_line_carries_the_error_priority_on_journald(
     with open(tmp_path / "stderr", "w") as err:
         monkeypatch.setattr(sys, "stderr", err)
         monkeypatch.delenv("JOURNAL_STREAM", raising=False)
-        systemd.error_line("herd: plain")  # $JOURNAL_STREAM names no stream of ours
+        error_line("herd: plain")  # $JOURNAL_STREAM names no stream of ours
         st = os.fstat(err.fileno())
         monkeypatch.setenv("JOURNAL_STREAM", f"{st.st_dev}:{st.st_ino}")
-        systemd.error_line("herd: marked")
+        error_line("herd: marked")
     assert (tmp_path / "stderr").read_text() == "herd: plain\n<3>herd: marked\n"
 
 
