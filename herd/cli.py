@@ -20,7 +20,7 @@ exit codes (every command):
     0  all well
     1  the command ran and found a problem (a node down or unreadable, nodes
        that disagree, a '? ' reply to herd client, a port that cannot be opened)
-    2  usage or configuration error (bad arguments, no or bad config file)
+    2  usage or configuration error (bad arguments, no or bad config file, a missing secret)
   130  interrupted by Ctrl-C before it finished (serve, up and the live
        status view stop on Ctrl-C with 0)
 """
@@ -134,7 +134,7 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
 def _survey_arguments(parser: argparse.ArgumentParser) -> None:
     """Options shared by ``herd status`` and ``herd check``."""
     parser.add_argument("--json", action="store_true",
-                        help="print one JSON document (nodes, agree, ok) instead of text; "
+                        help="print one JSON document (nodes, agree, ok, warnings) instead of text; "
                         "for status, one frame")
     parser.add_argument("--timeout", type=_positive_seconds, default=2.0, metavar="SECONDS",
                         help="how long each node has to answer (default 2)")
