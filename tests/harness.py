@@ -110,6 +110,27 @@ def herd_cli(*args: str, env: dict[str, str] | None = None) -> subprocess.Comple
                           text=True, timeout=60, env=env)
 
 
+def store_settled(store: Any, timeout: float = 10.0) -> Any:
+    """For trial tests: a Deferred that fires once ``store`` (a started
+    RedisStore) has nothing queued, no batch in flight and no call unanswered,
+    seen twice 10 ms apart: what the calls made before led to in Redis has
+    happened (timers other than the store's must run on a Clock)."""
+    from storage.redis_client import RedisProtocol
+
+    def quiet() -> bool:
+        conn = store._connection()
+        unanswered = isinstance(conn, RedisProtocol) and conn.unanswered_since() is not None
+        return store.backlog == 0 and not store._sent_at and store._batch_call is None and not unanswered
+
+    seen = [0]
+
+    def twice() -> bool:
+        seen[0] = seen[0] + 1 if quiet() else 0
+        return seen[0] >= 2
+
+    return until(twice, "the store to settle", timeout)
+
+
 def until(predicate: Callable[[], bool], what: str, timeout: float = 5.0, every: float = 0.01) -> Any:
     """For trial tests: a Deferred that fires once ``predicate`` is true,
     checked every ``every`` s while the reactor runs, and fails naming

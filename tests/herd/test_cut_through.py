@@ -15,8 +15,9 @@ from cluster import Herd, RedisProxy, talk
 from harness import Resp, wait_until
 
 
-def start_pair(tmp_path: Path, mode: str | None, loading: float = 0.0) -> tuple[Herd, RedisProxy | None]:
-    herd = Herd(tmp_path, {"A": ["B"], "B": []})
+def start_pair(tmp_path: Path, mode: str | None, loading: float = 0.0,
+               extra_herd: str = "") -> tuple[Herd, RedisProxy | None]:
+    herd = Herd(tmp_path, {"A": ["B"], "B": []}, extra_herd=extra_herd)
     proxy = None
     if mode is not None:
         proxy = RedisProxy(herd["A"].redis.port, mode, loading)
@@ -47,29 +48,39 @@ def agreed(herd: Herd, client: str, timeout: float = 15.0) -> None:
     wait_until(same, timeout, what=f"A and B to hold the same record of {client}")
 
 
-@pytest.mark.timeout(60)
-def test_a_peer_stores_an_update_first_and_later_ones_wait_while_a_write_stalls(direct: Herd) -> None:
-    herd = direct
-    # A's stores wait 2 s (its Redis timeout is 3 s).
-    herd["A"].redis.call("CLIENT", "PAUSE", "2000", "WRITE")
-    replies: list[bytes] = []
-    sender = threading.Thread(target=lambda: replies.append(
-        talk(herd["A"].port, "IAMAT first +2+2 1700000001.5", timeout=15)))
-    sender.start()
-    wait_until(lambda: herd["B"].record("first") != {}, timeout=1.0, what="B to store the forwarded update")
-    assert sender.is_alive(), "A answered before its Redis could store the update"
-    assert herd["A"].record("first") == {}
-    time.sleep(0.3)  # A's store of `first` has now waited longer than STALLED (0.25 s)
-    second = talk(herd["A"].port, "IAMAT second +3+3 1700000002.5", timeout=15)
-    assert second.startswith(b"AT A ")  # answered once the pause ended
-    sender.join(15)
-    assert replies and replies[0].startswith(b"AT A ")
-    agreed(herd, "first")
-    agreed(herd, "second")  # sent as U, once A had stored it
-    wait_until(lambda: " sent U " in herd["A"].access_log(), what="A's access log")
-    forwarded = [line for line in herd["A"].access_log().splitlines() if " sent F " in line]
-    assert any(" first " in line for line in forwarded)
-    assert not any(" second " in line for line in forwarded)
+@pytest.mark.timeout(90)
+def test_a_peer_stores_an_update_first_and_later_ones_wait_while_a_write_stalls(tmp_path: Path) -> None:
+    # A's stores wait until the UNPAUSE below (its Redis timeout is longer than that).
+    herd, _ = start_pair(tmp_path, None, extra_herd="redis_timeout = 30")
+    try:
+        herd["A"].redis.call("CLIENT", "PAUSE", "20000", "WRITE")
+        first: list[bytes] = []
+        sender = threading.Thread(target=lambda: first.append(
+            talk(herd["A"].port, "IAMAT first +2+2 1700000001.5", timeout=30)))
+        sender.start()
+        wait_until(lambda: herd["B"].record("first") != {}, timeout=10, what="B to store the forwarded one")
+        assert sender.is_alive(), "A answered before its Redis could store the update"
+        assert herd["A"].record("first") == {}
+        time.sleep(0.3)  # A's store of `first` has now waited longer than STALLED (0.25 s)
+        second: list[bytes] = []
+        later = threading.Thread(target=lambda: second.append(
+            talk(herd["A"].port, "IAMAT second +3+3 1700000002.5", timeout=30)))
+        later.start()
+        wait_until(lambda: "recv IAMAT second" in herd["A"].access_log(), what="A to read the second update")
+        assert later.is_alive()
+        herd["A"].redis.call("CLIENT", "UNPAUSE")
+        later.join(30)
+        sender.join(30)
+        assert second and second[0].startswith(b"AT A ")  # answered once the pause ended
+        assert first and first[0].startswith(b"AT A ")
+        agreed(herd, "first")
+        agreed(herd, "second")  # sent as U, once A had stored it
+        wait_until(lambda: " sent U " in herd["A"].access_log(), what="A's access log")
+        forwarded = [line for line in herd["A"].access_log().splitlines() if " sent F " in line]
+        assert any(" first " in line for line in forwarded)
+        assert not any(" second " in line for line in forwarded)
+    finally:
+        herd.stop()
 
 
 @pytest.mark.timeout(60)

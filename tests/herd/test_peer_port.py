@@ -64,8 +64,10 @@ def test_clients_at_the_connection_limit_do_not_keep_peers_out(tmp_path: Path) -
 
     herd = Herd(tmp_path, {"A": ["B"], "B": []}, extra_herd="max_connections = 3\n")
     herd.start(["A"])
+    wait_until(lambda: "connection closed" in herd["A"].access_log(), what="the readiness probe gone")
     hogs = [socket.create_connection(("127.0.0.1", herd["A"].port)) for _ in range(3)]
     try:
+        wait_until(lambda: herd["A"].access_log().count("connection opened") >= 4, what="the 3 hogs in")
         with socket.create_connection(("127.0.0.1", herd["A"].port), timeout=5) as fourth:
             assert fourth.recv(100) == b""  # the client port is full: refused
         herd.start(["B"])

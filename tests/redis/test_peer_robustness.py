@@ -10,7 +10,7 @@ from typing import Any, cast
 
 import pytest
 from fakes import PeerConn as Conn
-from harness import redis_with_store
+from harness import redis_with_store, store_settled
 from twisted.internet import reactor
 from twisted.internet.defer import inlineCallbacks
 from twisted.internet.task import Clock, deferLater
@@ -39,10 +39,6 @@ def test_positions_from_the_wire_are_stream_ids(token: bytes, position: Position
     assert Position.parse(token) == position
 
 
-def wait() -> Any:
-    return deferLater(reactor, 0.2, lambda: None)
-
-
 class Reconciling(unittest.TestCase):
     def setUp(self) -> None:
         self.redis, self.store = redis_with_store(self, "herd-robust-")
@@ -57,14 +53,14 @@ class Reconciling(unittest.TestCase):
     @inlineCallbacks
     def test_sync_end_counts_only_on_the_connection_the_pull_went_on(self) -> Any:
         self.links.add(b"P", self.a, "test")  # link up: a pull on a
-        yield wait()
+        yield store_settled(self.store)
         assert [line for line in self.a.take() if line.startswith(b"SYNC")] == [b"SYNC - ALL"]
         self.links.add(b"P", self.b, "test")
         self.reconciler.sync_end(b"P", self.b, b"E/5-0")
-        yield wait()
+        yield store_settled(self.store)
         assert self.offset() == {} and self.reconciler.is_pulling(b"P")
         self.reconciler.sync_end(b"P", self.a, b"E/5-0")
-        yield wait()
+        yield store_settled(self.store)
         assert self.offset() == {b"epoch": b"E", b"pos": b"5-0"}
 
     @inlineCallbacks
@@ -85,7 +81,7 @@ class Reconciling(unittest.TestCase):
         closed: list[bool] = []
         self.a.transport = type("Transport", (), {"abortConnection": lambda _: closed.append(True)})()
         self.links.add(b"P", self.a, "test")
-        yield wait()
+        yield store_settled(self.store)
         assert [line for line in self.a.take() if line.startswith(b"SYNC")] == [b"SYNC - ALL"]
         self.a.lines_in += 3  # records of the answer arrive: still pulling
         self.clock.advance(PULL_SILENCE)
@@ -103,7 +99,7 @@ class Reconciling(unittest.TestCase):
         self.links.add(b"P", self.a, "test")  # a pull: its offset read is in flight
         self.links.add(b"P", self.b, "test")
         self.links.remove(b"P", self.a)  # ... when a goes: the pull moves to b
-        yield wait()
+        yield store_settled(self.store)
         assert [line for line in self.a.take() if line.startswith(b"SYNC")] == []
         assert [line for line in self.b.take() if line.startswith(b"SYNC")] == [b"SYNC - ALL"]
         self.clock.advance(PULL_SILENCE)  # b says nothing
@@ -112,14 +108,14 @@ class Reconciling(unittest.TestCase):
     @inlineCallbacks
     def test_losing_one_of_two_connections_pulls_on_the_other(self) -> Any:
         self.links.add(b"P", self.a, "test")
-        yield wait()
+        yield store_settled(self.store)
         self.reconciler.sync_end(b"P", self.a, b"E/5-0")
-        yield wait()
+        yield store_settled(self.store)
         self.links.add(b"P", self.b, "test")
         self.links.remove(b"P", self.a)  # updates in flight on a: gone with it
         assert self.b.take() == [b"PULL"]  # the peer may not have seen a go: it pulls too
         self.clock.advance(GAP_PULL_INTERVAL)
-        yield wait()
+        yield store_settled(self.store)
         assert self.b.take() == [b"SYNC E/5-0"]
 
 
@@ -147,7 +143,7 @@ class PeerLines(unittest.TestCase):
         assert self.redis.hgetall("herd:client:again") == {}
         self.store._serving_now = True
         clock.advance(STORE_AGAIN_AFTER)
-        yield wait()
+        yield store_settled(self.store)
         assert self.redis.hgetall("herd:client:again")[b"at"] == record.line
 
     @inlineCallbacks
@@ -164,7 +160,7 @@ class PeerLines(unittest.TestCase):
 
         def pulls() -> Any:
             clock.advance(GAP_PULL_INTERVAL)
-            yield wait()
+            yield store_settled(self.store)
             return [line for line in self.conn.take() if line.startswith(b"SYNC")]
 
         send(b"soon", 3600 + 300)  # within the bound and the hosts' clock slack
@@ -177,7 +173,7 @@ class PeerLines(unittest.TestCase):
         assert self.redis.hgetall("herd:client:late") == {}
         now[0] += 2 * 10**9  # the clock caught up; the pull's answer brings the record again
         send(b"late", 3600 + 301)
-        yield wait()
+        yield store_settled(self.store)
         assert self.redis.hgetall("herd:client:late") != {}
 
     @inlineCallbacks
@@ -188,27 +184,27 @@ class PeerLines(unittest.TestCase):
         yield self.pulled_from_p()
         update = b"U E/6-0 E/7-0 AT P +0.000000001 u +1+1 1700000000"
         self.node.handle_peer_lines([b"K E/5-0 E/6-0"], b"P", self.conn)  # type: ignore[arg-type]
-        yield wait()
+        yield store_settled(self.store)
         assert self.redis.hgetall("herd:peer:P") == {b"epoch": b"E", b"pos": b"6-0"}
         self.node.reconciler.pull(b"P", self.conn)  # type: ignore[arg-type]
-        yield wait()
+        yield store_settled(self.store)
         # During that pull, this node's own update forwarded to P is not stored here.
         record = parse_at_line(b"AT A +0.000000001 mine +1+1 1700000000")
         self.node._forwarded_lost(None, record, CLIENT, frozenset({b"P"}))  # type: ignore[arg-type]
         self.node.handle_peer_lines([update], b"P", self.conn)  # type: ignore[arg-type]
-        yield wait()
+        yield store_settled(self.store)
         assert self.redis.hgetall("herd:client:u") != {}  # stored, but its step not taken
         assert self.redis.hgetall("herd:peer:P") == {b"epoch": b"E", b"pos": b"6-0"}
         self.node.reconciler.sync_end(b"P", self.conn, b"E/6-0")  # type: ignore[arg-type]
-        yield wait()
+        yield store_settled(self.store)
         self.node.handle_peer_lines([b"K E/6-0 E/7-0"], b"P", self.conn)  # type: ignore[arg-type]
-        yield wait()
+        yield store_settled(self.store)
         assert self.redis.hgetall("herd:peer:P") == {b"epoch": b"E", b"pos": b"6-0"}  # that pull began before
         assert self.node.reconciler.lacks(b"P")
         yield self.pulled_from_p(b"E/6-0")
         assert not self.node.reconciler.lacks(b"P")
         self.node.handle_peer_lines([b"K E/6-0 E/7-0"], b"P", self.conn)  # type: ignore[arg-type]
-        yield wait()
+        yield store_settled(self.store)
         assert self.redis.hgetall("herd:peer:P") == {b"epoch": b"E", b"pos": b"7-0"}
 
     @inlineCallbacks
@@ -219,7 +215,7 @@ class PeerLines(unittest.TestCase):
         for line in (b"K E/* E/garbage", b"K E/5-0 E/garbage", b"K E/* E/99-0",
                      b"U E/* E/6-0 " + record.line, b"U E/5-0 E/x " + record.line):
             self.node.handle_peer_lines([line], b"P", self.conn)  # type: ignore[arg-type]
-        yield wait()
+        yield store_settled(self.store)
         assert self.redis.hgetall("herd:peer:P") == {b"epoch": b"E", b"pos": b"5-0"}
 
 
@@ -230,9 +226,9 @@ class PeerLines(unittest.TestCase):
         while not self.store.serving:
             yield deferLater(reactor, 0.01, lambda: None)
         self.node.reconciler.pull(b"P", self.conn)  # type: ignore[arg-type]
-        yield wait()
+        yield store_settled(self.store)
         self.node.reconciler.sync_end(b"P", self.conn, at)  # type: ignore[arg-type]
-        yield wait()
+        yield store_settled(self.store)
         self.conn.take()
 
     @inlineCallbacks
@@ -247,7 +243,7 @@ class PeerLines(unittest.TestCase):
         lines[15] = b"F AT P +0.000000001 g3 +1+1 1700000000.2"  # older than g3's: not stored
         self.node.handle_peer_lines(lines, b"P", self.conn)  # type: ignore[arg-type]
         assert self.store.backlog == 19  # 18 records in two groups, and the K line's offset step
-        yield wait()
+        yield store_settled(self.store)
         assert self.redis.hgetall("herd:peer:P") == {b"epoch": b"E", b"pos": b"6-0"}
         stored = {i for i in range(20) if self.redis.hgetall(b"herd:client:g%d" % i)}
         assert stored == set(range(20)) - {5, 10, 15}
