@@ -181,8 +181,8 @@ def test_a_stuck_redis_does_not_hang_status(tmp_path: Path) -> None:
         time.sleep(1.1)  # past the cached read
         started, asked = time.monotonic(), time.time()
         stuck = status(admin)
-        assert time.monotonic() - started < 2.0
-        assert abs(stuck["clock"] - asked) < 0.3  # the wait for Redis took about a second ...
+        assert time.monotonic() - started < 3.5  # not the Redis timeout (5 s)
+        assert abs(stuck["clock"] - asked) < 0.7  # the wait for Redis took about a second ...
         assert 0.5 < stuck["held"] < 2.0  # ... and the document says so (herd status leaves it out)
         assert (stuck["clients"], stuck["digest"], stuck["redis"]["state"]) == (None, None, "down")
         assert http(admin, "/healthz")[0] == 503  # as /status says (it said 200 for 3 s more)
@@ -203,7 +203,7 @@ def test_healthz_notices_a_stuck_redis_of_an_idle_node(tmp_path: Path) -> None:
         herd["Solo"].redis.pause()
         paused = time.monotonic()
         wait_until(lambda: http(admin, "/healthz")[0] == 503, timeout=10, what="unhealthy")
-        assert time.monotonic() - paused < 3.5  # about 1.3 s: the status write is once a second
+        assert time.monotonic() - paused < 4.5  # about 1.3 s (the status write is once a second), not 5
         herd["Solo"].redis.resume()
         wait_until(lambda: http(admin, "/healthz")[0] == 200, timeout=10, what="healthy again")
     finally:

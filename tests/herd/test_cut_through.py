@@ -107,7 +107,8 @@ def test_nothing_is_forwarded_while_the_nodes_redis_is_down(direct: Herd) -> Non
     # A forwarded update would have reached B within those seconds.
     assert herd["B"].record("unserved") == {}
     herd["A"].redis.start()
-    assert talk(herd["A"].port, "IAMAT served +3+3 1700000002.5", timeout=15).startswith(b"AT A ")
+    served = "IAMAT served +3+3 1700000002.5"
+    wait_until(lambda: talk(herd["A"].port, served, timeout=15).startswith(b"AT A "), what="A to serve again")
     agreed(herd, "served")
     assert herd["B"].record("unserved") == {} and herd["A"].record("unserved") == {}
 
@@ -138,7 +139,8 @@ def test_a_forwarded_update_whose_store_failed_is_stored_once_redis_serves(
 
 @pytest.mark.timeout(90)
 def test_a_node_killed_before_storing_what_it_forwarded_gets_it_back(tmp_path: Path) -> None:
-    herd, proxy = start_pair(tmp_path, "hold")
+    # A's Redis timeout outlasts the held store: A never stores it itself, even through a slow test.
+    herd, proxy = start_pair(tmp_path, "hold", extra_herd="redis_timeout = 60")
     assert proxy is not None
     try:
         proxy.marker = b"ghost"

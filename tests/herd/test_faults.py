@@ -119,7 +119,7 @@ def test_node_answers_within_half_a_second_of_starting(tmp_path: Path) -> None:
         started = time.monotonic()
         node.start(wait=False)
         reply = b""
-        while time.monotonic() - started < 5:
+        while time.monotonic() - started < 10:
             try:
                 reply = talk(node.port, "IAMAT fast +1+1 1700000000")
                 break
@@ -129,7 +129,7 @@ def test_node_answers_within_half_a_second_of_starting(tmp_path: Path) -> None:
         assert reply.startswith(b"AT Solo ")
         # Not a benchmark: a loose bound that catches a node doing slow work
         # before it listens. docs/BENCHMARKS.md has the measured figure.
-        assert elapsed < 2.0
+        assert elapsed < 4.0
     finally:
         herd.stop()
 
@@ -161,7 +161,8 @@ def test_peer_with_the_wrong_secret_never_gets_in(tmp_path: Path) -> None:
 
 
 def test_sigterm_lets_in_flight_replies_finish(tmp_path: Path) -> None:
-    herd = Herd(tmp_path, {"Solo": []}).start()
+    # A Redis timeout longer than the test's steps: the reply waits for Redis only.
+    herd = Herd(tmp_path, {"Solo": []}, extra_herd="redis_timeout = 20").start()
     try:
         node = herd["Solo"]
         talk(node.port, "IAMAT warm +1+1 1700000000")  # Redis connected, scripts loaded

@@ -47,16 +47,23 @@ def test_status_on_a_real_herd(tmp_path: Path) -> None:
         wait_until(lambda: herd["B"].record("s2") != {}, what="flood")
 
         def once() -> subprocess.CompletedProcess[str]:
-            return herd_cli("status", "--config", str(herd.config), "--once")
+            return herd_cli("status", "--config", str(herd.config), "--once", "--timeout", "10")
 
-        wait_until(lambda: once().returncode == 0, timeout=15, what="status all well")
-        frame = once().stdout
+        frames: list[str] = []
+
+        def all_well() -> bool:
+            run = once()
+            frames.append(run.stdout)
+            return run.returncode == 0
+
+        wait_until(all_well, timeout=30, what="status all well")
+        frame = frames[-1]
         assert row(frame, "A").endswith("B+") and "agreement: all 2 nodes hold the same 2 clients" in frame
         herd["B"].redis.kill()
         wait_until(lambda: row(once().stdout, "B").split()[1:3] == ["NO", "REDIS"], timeout=15,
                    what="B without Redis")
         herd["B"].redis.start()
         herd["B"].kill()
-        assert row(once().stdout, "B").split()[1] == "UNREACHABLE"
+        wait_until(lambda: row(once().stdout, "B").split()[1] == "UNREACHABLE", what="B unreachable")
     finally:
         herd.stop()

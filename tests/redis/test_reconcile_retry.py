@@ -9,7 +9,7 @@ from typing import Any, cast
 
 from fakes import PeerConn as Conn
 from fakes import at_record
-from harness import redis_with_store
+from harness import redis_with_store, store_settled
 from twisted.internet import reactor
 from twisted.internet.defer import DeferredList, inlineCallbacks
 from twisted.internet.task import Clock, deferLater
@@ -35,14 +35,14 @@ class PullAgain(unittest.TestCase):
     @inlineCallbacks
     def syncs_sent(self) -> Any:
         """The SYNC lines sent so far (a pull reads the offset from Redis first)."""
-        yield deferLater(reactor, 0.2, lambda: None)
+        yield store_settled(self.store)
         return [line for line in self.conn.take() if line.startswith(b"SYNC")]
 
     @inlineCallbacks
     def end(self, token: bytes) -> Any:
         """SYNC-END: settled once its offset write, queued behind the records before it, is answered."""
         self.reconciler.sync_end(b"P", self.conn, token)
-        yield deferLater(reactor, 0.2, lambda: None)
+        yield store_settled(self.store)
 
     @inlineCallbacks
     def test_a_pull_cut_short_by_a_stopping_node_is_no_error(self) -> Any:
@@ -83,7 +83,7 @@ class PullAgain(unittest.TestCase):
         assert (yield self.syncs_sent()) == [b"SYNC E/5-0"]
         self.reconciler.sync_end(b"P", self.conn, b"E/9-0")  # the offset write is queued ...
         self.reconciler.record_lost(b"P", self.conn)  # ... and a record fails before it is answered
-        yield deferLater(reactor, 0.2, lambda: None)
+        yield store_settled(self.store)
         assert self.redis.hgetall("herd:peer:P") == {b"epoch": b"E", b"pos": b"5-0"}  # where the pull began
         assert not self.reconciler.is_pulling(b"P")
 
@@ -126,7 +126,7 @@ class OffsetInOrder(unittest.TestCase):
     def test_the_offset_does_not_pass_records_lost_after_sync_end(self) -> Any:
         yield self.store.get(b"nobody")
         self.links.add(b"P", self.conn, "test")  # a pull
-        yield deferLater(reactor, 0.2, lambda: None)
+        yield store_settled(self.store)
         answer = [self.store.store_if_newer(record(i), tie_break=True, source=b"P") for i in range(20_000)]
         for d in answer:
             d.addErrback(lambda _: self.reconciler.record_lost(b"P", self.conn))

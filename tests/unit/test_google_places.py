@@ -355,18 +355,30 @@ class GooglePlacesTests(unittest.TestCase):
         self.fake.mode = "badshape"
         await self.fails(self.legacy().nearby(LAT, LON, Decimal("100"), 5), "shape")
 
+    def clocked(self, timeout: float, **kw: Any) -> tuple[GoogleNearby, Clock]:
+        """A provider whose time (its timeouts) is a Clock; HTTP runs on the
+        real reactor. A timeout then fires when the test says, never before
+        the request has reached the fake, however busy the machine."""
+        clock = Clock()
+        return GoogleNearby(clock, self.client, KEY, self.base + "/nearbysearch/json", timeout, **kw), clock
+
     async def test_timeout_without_headers(self) -> None:
         self.fake.mode = "hang"
-        provider = self.legacy(timeout=0.3)
-        start = reactor.seconds()
-        await self.fails(provider.nearby(LAT, LON, Decimal("100"), 5), "timed out after 0.3s")
-        self.assertLess(reactor.seconds() - start, 1.5)
+        provider, clock = self.clocked(0.3)
+        answer = provider.nearby(LAT, LON, Decimal("100"), 5)
+        await self.fake.arrived
+        clock.advance(0.3)
+        await self.fails(answer, "timed out after 0.3s")
         await self.fake.disconnected[0]  # the client dropped the connection
 
     async def test_timeout_during_body(self) -> None:
         self.fake.mode = "stall"
-        provider = self.legacy(timeout=0.3)
-        await self.fails(provider.nearby(LAT, LON, Decimal("100"), 5), "timed out")
+        provider, clock = self.clocked(0.3)
+        answer = provider.nearby(LAT, LON, Decimal("100"), 5)
+        await self.fake.arrived  # (and half a body is sent)
+        await deferLater(reactor, 0.05, lambda: None)  # most likely read meanwhile; the test holds either way
+        clock.advance(0.3)
+        await self.fails(answer, "timed out")
         await self.fake.disconnected[0]  # the half-read connection was dropped
 
     async def test_caller_cancel(self) -> None:
@@ -397,9 +409,11 @@ class GooglePlacesTests(unittest.TestCase):
 
     async def test_waiting_for_a_slot_counts_against_timeout(self) -> None:
         self.fake.mode = "hang"
-        provider = self.legacy(max_concurrent=1, timeout=0.3)
+        provider, clock = self.clocked(0.3, max_concurrent=1)
         first = provider.nearby(LAT, LON, Decimal("100"), 5)
         second = provider.nearby(LAT, LON, Decimal("100"), 5)
+        await self.fake.arrived
+        clock.advance(0.3)
         await self.fails(first, "timed out")
         await self.fails(second, "timed out")
         self.assertEqual(len(self.fake.requests), 1)  # the second never got a slot
@@ -412,9 +426,7 @@ class GooglePlacesTests(unittest.TestCase):
         makes no call: it would be paid for and thrown away. The provider's
         time is a Clock (HTTP still runs on the real reactor)."""
         self.fake.mode = "hang"
-        clock = Clock()
-        provider = GoogleNearby(clock, self.client, KEY, self.base + "/nearbysearch/json", 0.3,
-                                max_concurrent=1)
+        provider, clock = self.clocked(0.3, max_concurrent=1)
         first = provider.nearby(LAT, LON, Decimal("100"), 5)
         await self.until(lambda: len(self.fake.requests) == 1)
         clock.advance(0.25)
@@ -436,9 +448,12 @@ class GooglePlacesTests(unittest.TestCase):
 
     async def test_a_short_timeout_still_calls_when_a_slot_is_free(self) -> None:
         """Review: with places.timeout 0.08 every request was refused unasked."""
-        provider = self.legacy(timeout=0.08)
+        provider, clock = self.clocked(0.08)
         self.fake.mode = "hang"
-        await self.fails(provider.nearby(LAT, LON, Decimal("100"), 5), "timed out after 0.08s")
+        answer = provider.nearby(LAT, LON, Decimal("100"), 5)
+        await self.fake.arrived
+        clock.advance(0.08)
+        await self.fails(answer, "timed out after 0.08s")
         self.assertEqual(len(self.fake.requests), 1)
 
     async def until(self, condition: Any, timeout: float = 5.0) -> None:
