@@ -3,11 +3,14 @@
 peer port): a peer handshake line is answered like any other bad line.
 
 Client contract: requests on one connection are answered in order, each
-reply in one write. A WHATSAT starts only after every earlier request on the
-connection has been answered, and later requests start only once it has been,
-so it sees the updates sent before it and none sent after it. A client that
-half-closes still gets every reply, and the connection closes once they are
-written.
+reply in one write. A WHATSAT starts only after every earlier IAMAT on the
+connection has been answered, and later IAMATs start only once it has been,
+so it sees the updates sent before it and none sent after it. WHATSATs with
+no IAMAT between them (a run) change nothing, so they start together (at
+most WHATSATS_AT_ONCE of a connection at a time): a pipeline of them waiting
+for a slow places provider costs one provider timeout, not one each. A client
+that half-closes still gets every reply, and the connection closes once they
+are written.
 """
 
 from __future__ import annotations
@@ -17,7 +20,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from twisted.internet.defer import Deferred, gatherResults, succeed
+from twisted.internet.defer import Deferred, DeferredSemaphore, gatherResults, succeed
 from twisted.internet.interfaces import IHalfCloseableProtocol, IPushProducer
 from twisted.internet.protocol import Factory
 from twisted.logger import Logger
@@ -73,9 +76,39 @@ class _Reply:
             self._done.callback(None)
 
 
+class _Run:
+    """Consecutive WHATSATs of a connection, nothing but invalid lines between
+    them: they start together, once the requests before the first are
+    answered; the requests after them start once all are answered (``done``)."""
+
+    __slots__ = ("start", "done", "_unanswered")
+
+    def __init__(self, start: Deferred[Any]) -> None:
+        self.start = start
+        self.done: Deferred[None] = Deferred()
+        self._unanswered = 0
+
+    @property
+    def open(self) -> bool:
+        """More WHATSATs may join: some of it is unanswered."""
+        return not self.done.called
+
+    def add(self, slot: _Reply) -> None:
+        self._unanswered += 1
+        slot.done.addCallback(self._answered)
+
+    def _answered(self, _: object) -> None:
+        self._unanswered -= 1
+        if self._unanswered == 0:
+            self.done.callback(None)
+
+
 # Seconds a connection this node closes keeps reading (and dropping) what the
 # client still sends, once its replies and FIN are sent, for the client to close.
 LINGER = 1.0
+# WHATSATs of one connection searching at once (the rest of a run wait their
+# turn): a client's pipeline does not take all of the provider's call slots.
+WHATSATS_AT_ONCE = 4
 
 
 @implementer(IPushProducer)
@@ -118,10 +151,12 @@ class ClientConnection(LineProtocol, TimeoutMixin):
 
     def __init__(self) -> None:
         self._replies: deque[_Reply] = deque()
-        # The last WHATSAT's reply slot: requests after it start once it is
-        # answered, so it sees the state of the requests before it, no later one.
-        self._barrier: Deferred[None] | None = None
-        self._since_barrier: deque[_Reply] = deque()  # the replies queued after it, unanswered ones
+        # The last run of WHATSATs: requests after it start once it is answered,
+        # so it sees the state of the requests before it, no later one.
+        self._run: _Run | None = None
+        self._run_ended = True  # an IAMAT came after it: the next WHATSAT begins a new run
+        self._since_run: deque[_Reply] = deque()  # the replies queued after it, unanswered ones
+        self._searches = DeferredSemaphore(WHATSATS_AT_ONCE)
         self._eof = False
         self._closing = False
         self._lost = False
@@ -263,8 +298,8 @@ class ClientConnection(LineProtocol, TimeoutMixin):
 
     @property
     def _after_whatsat(self) -> bool:
-        """A WHATSAT is unanswered: requests after it wait for its answer."""
-        return self._barrier is not None and not self._barrier.called
+        """A WHATSAT is unanswered: IAMATs after it wait for its answer."""
+        return self._run is not None and self._run.open
 
     def line_received(self, line: bytes) -> None:
         self._request(line, parse_request(line, self._now, self.factory.max_future_ns))
@@ -281,20 +316,30 @@ class ClientConnection(LineProtocol, TimeoutMixin):
             self.node.stats.request("invalid", "refused")
             self._answer(succeed(request.reply), [line])
         elif isinstance(request, Whatsat):
-            # Everything before the last WHATSAT was answered before it: wait
-            # for it and what came after it, not for every queued reply (that
-            # made a pipeline of WHATSATs cost its length squared).
-            waits = [slot.done for slot in self._since_barrier if slot.data is None]
-            if self._barrier is not None and not self._barrier.called:
-                waits.append(_follow(self._barrier))
-            earlier = gatherResults(waits) if waits else succeed(None)
-            slot = self._answer(earlier.addCallback(lambda _: self._whatsat(request)), [line])
-            self._barrier = slot.done
-            self._since_barrier.clear()
+            run = self._run_for_whatsat()
+            start = _follow(run.start).addCallback(lambda _: self._searches.run(self._whatsat, request))
+            run.add(self._answer(start, [line]))
+            self._since_run.clear()
         else:  # an IAMAT after a WHATSAT still unanswered: it starts once that is
             received = self._now
-            after = _follow(self._barrier)  # type: ignore[arg-type]
+            after = _follow(self._run.done)  # type: ignore[union-attr]
             self._answer(after.addCallback(lambda _: self.node.handle(request, received)), [line])
+            self._run_ended = True
+
+    def _run_for_whatsat(self) -> _Run:
+        """The run a WHATSAT joins: the last one while it is open and no IAMAT
+        came after it, else a new one. Everything before the last run was
+        answered before it: a new run waits for that run and what came after
+        it, not for every queued reply (that made a pipeline of WHATSATs cost
+        its length squared)."""
+        if self._run is not None and self._run.open and not self._run_ended:
+            return self._run
+        waits = [slot.done for slot in self._since_run if slot.data is None]
+        if self._run is not None and self._run.open:
+            waits.append(_follow(self._run.done))
+        self._run = _Run(gatherResults(waits) if waits else succeed(None))
+        self._run_ended = False
+        return self._run
 
     def _whatsat(self, request: Whatsat) -> Deferred[bytes]:
         if self._lost:  # its reply could not be written: no Redis call, no places search
@@ -322,7 +367,7 @@ class ClientConnection(LineProtocol, TimeoutMixin):
         """Queue the reply to ``lines`` (one request, or a group of IAMATs)."""
         slot = _Reply(len(lines))
         self._replies.append(slot)
-        self._since_barrier.append(slot)
+        self._since_run.append(slot)
         self._outstanding += slot.count
         if self._outstanding >= self.factory.limits.max_outstanding:
             self.pause_reading("outstanding")
@@ -347,8 +392,8 @@ class ClientConnection(LineProtocol, TimeoutMixin):
         ready: list[_Reply] = []
         while self._replies and self._replies[0].data is not None:
             ready.append(self._replies.popleft())
-        while self._since_barrier and self._since_barrier[0].data is not None:
-            self._since_barrier.popleft()  # answered: no WHATSAT needs to wait for it
+        while self._since_run and self._since_run[0].data is not None:
+            self._since_run.popleft()  # answered: no WHATSAT needs to wait for it
         answered = sum([slot.count for slot in ready])
         self._outstanding -= answered
         if ready and not self._closing:

@@ -37,14 +37,30 @@ FIVE = {
 
 class FakePlaces:
     """A real HTTP server on loopback answering like Google's Nearby Search:
-    25 results for any well-formed request, recording every request."""
+    25 results for any well-formed request, ``delay`` seconds after it came,
+    recording every request and the most it held at once."""
 
     def __init__(self) -> None:
         self.requests: list[dict[str, list[str]]] = []
+        self.delay = 0.0
+        self.most_at_once = 0
+        held = [0]
+        lock = threading.Lock()
         owner = self
 
         class Handler(BaseHTTPRequestHandler):
             def do_GET(self) -> None:  # noqa: N802
+                with lock:
+                    held[0] += 1
+                    owner.most_at_once = max(owner.most_at_once, held[0])
+                try:
+                    time.sleep(owner.delay)
+                    self.answer()
+                finally:
+                    with lock:
+                        held[0] -= 1
+
+            def answer(self) -> None:
                 query = parse_qs(urlsplit(self.path).query)
                 owner.requests.append(query)
                 lat, lng = (float(x) for x in query["location"][0].split(","))

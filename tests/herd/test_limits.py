@@ -169,6 +169,37 @@ def test_a_long_pipeline_of_whatsats_costs_its_length_not_its_square(tmp_path: P
         herd.stop()
 
 
+def test_pipelined_whatsats_wait_for_a_slow_provider_together(tmp_path: Path) -> None:
+    """Found by a review: WHATSATs pipelined on one connection searched one
+    after another, so three refused for a provider that never answered came
+    after three timeouts (15 s). WHATSATs with no IAMAT between them start
+    together, four of a connection at a time; an IAMAT after them still
+    waits for them, and a WHATSAT after it sees it."""
+    herd = Herd(tmp_path, {"Solo": []}).start()  # the provider's timeout: 2 s
+    try:
+        node = herd["Solo"]
+        assert talk(node.port, "IAMAT w1 +34.068930-118.445127 1700000000").startswith(b"AT ")
+        herd.places.delay = 1.5
+        started = time.monotonic()
+        lines = [f"WHATSAT w1 {radius} 1" for radius in range(1, 7)]  # six questions, none cached
+        replies = talk(node.port, *lines[:3], "bad line", *lines[3:], "IAMAT w1 +1+1 1700000001",
+                       "WHATSAT w1 7 1", timeout=30)
+        took = time.monotonic() - started
+        answers = replies.split(b"\n\n")
+        assert len(answers) == 8 and answers[-1] == b""
+        assert all(a.startswith(b"AT Solo ") and b" +34.068930-118.445127 " in a.split(b"\n")[0]
+                   for a in answers[:3] + answers[4:6])
+        assert answers[3].startswith(b"? bad line\nAT Solo ")  # in its place
+        moved, last = answers[6].split(b"\n", 1)
+        assert moved.endswith(b" w1 +1+1 1700000001") and last.startswith(moved)  # after the IAMAT
+        # Six searches four at a time, then the IAMAT, then the seventh: three
+        # delays (one by one: seven).
+        assert herd.places.most_at_once == 4 and len(herd.places.requests) == 7
+        assert took < 6.5, took
+    finally:
+        herd.stop()
+
+
 def test_requests_of_a_client_that_went_away_are_not_answered(tmp_path: Path) -> None:
     """Found by a review: after a client reset its connection, the node went
     on searching places for its queued WHATSATs and logged replies sent to
