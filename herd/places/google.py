@@ -17,6 +17,7 @@ Failure messages state the cause for the log and never contain the API key.
 from __future__ import annotations
 
 import json
+import math
 from collections.abc import Callable, Coroutine
 from decimal import Decimal
 from typing import Any, ClassVar, cast
@@ -66,13 +67,22 @@ def safe_url(url: str) -> str:
 def decode_json(body: bytes) -> Any:
     """Parse ``body`` as JSON; PlacesError("invalid JSON") when it is not."""
     try:
-        return json.loads(body, parse_constant=_not_json)
+        return json.loads(body, parse_constant=_not_json, parse_float=_finite)
     except (ValueError, RecursionError) as exc:
         raise PlacesError("invalid JSON") from exc
 
 
 def _not_json(name: str) -> Any:
     raise ValueError(f"{name} is not JSON")  # Python's json module accepts NaN and Infinity
+
+
+def _finite(text: str) -> float:
+    """A JSON number too large for a float (1e400) would be infinity, which no
+    reply or cache entry can hold as JSON: the answer is refused, not cached."""
+    value = float(text)
+    if math.isinf(value):
+        raise ValueError(f"{text} is out of range")
+    return value
 
 
 def _clip(text: str) -> str:
