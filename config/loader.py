@@ -418,10 +418,10 @@ def _peers(table: _Table, key: str, name: str, all_names: tuple[str, ...]) -> tu
 def _check_unique(nodes: _Table, node: NodeConfig, built: dict[str, NodeConfig],
                   machines: dict[str, str]) -> None:
     """``node`` must not share a listening address (client port or admin) with
-    a node defined before it or with its own other one, nor its Redis db and
-    prefix with an earlier node, nor listen where any of these nodes' Redis does.
-    Loopback and wildcard addresses are compared only between nodes on one
-    machine (see _Address)."""
+    a node defined before it or with its own other one, nor its Redis db with
+    an earlier node whose prefix begins its own or is begun by it, nor listen
+    where any of these nodes' Redis does. Loopback and wildcard addresses are
+    compared only between nodes on one machine (see _Address)."""
     table = nodes.table(node.name)
     for other in built.values():
         for listener, redis_owner in ((node, other), (other, node)):
@@ -444,10 +444,14 @@ def _check_unique(nodes: _Table, node: NodeConfig, built: dict[str, NodeConfig],
                     hosts = f"hosts {other_address.host} and {address.host}"
                     raise table.error(key, f"{address.port} is already used by node {other.name} for its "
                                            f"{_WHAT[other_key]} ({hosts})")
-        if _redis_identity(other, machines) == _redis_identity(node, machines):
-            raise table.error("redis", f"{_redact(node.redis.url)} with prefix {node.prefix!r} "
-                                       f"is already used by node {other.name} (nodes sharing "
-                                       "a Redis database need different prefixes)")
+        prefix, theirs = node.prefix, other.prefix
+        if _redis_database(other, machines) == _redis_database(node, machines) and (
+                prefix.startswith(theirs) or theirs.startswith(prefix)):
+            # Prefixes "p:" and "p:client:" would share keys ("p:client:geo").
+            used = "is already used" if prefix == theirs else f"overlaps prefix {theirs!r}, used"
+            raise table.error("redis", f"{_redact(node.redis.url)} with prefix {prefix!r} {used} by node "
+                                       f"{other.name} (nodes sharing a Redis database need prefixes "
+                                       "neither of which begins the other)")
 
 
 _LOOPBACK = frozenset({"localhost", "127.0.0.1", "::1", "ip6-localhost"})
@@ -524,10 +528,10 @@ def _listeners(node: NodeConfig, machines: dict[str, str]) -> list[tuple[str, _A
     return out
 
 
-def _redis_identity(node: NodeConfig, machines: dict[str, str]) -> tuple[str, str, int, int, str]:
+def _redis_database(node: NodeConfig, machines: dict[str, str]) -> tuple[str, str, int, int]:
     redis = _Address.of(machines[node.name], node.redis.host, node.redis.port)
     name = "loopback" if redis.name == "*" else redis.name  # connecting to 0.0.0.0 reaches loopback
-    return redis.machine, name, redis.port, node.redis.db, node.prefix
+    return redis.machine, name, redis.port, node.redis.db
 
 
 def _non_negative(table: _Table, key: str, default: float) -> float:

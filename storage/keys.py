@@ -3,6 +3,7 @@ node's prefix (default ``herd:``) so several nodes can share one Redis."""
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 
 
@@ -59,7 +60,8 @@ class Keys:
 
     @property
     def client_pattern(self) -> bytes:
-        return self.prefix + b"client:*"
+        """SCAN MATCH pattern of every client hash (the prefix may hold ``*?[]\\``)."""
+        return glob_escape(self.prefix) + b"client:*"
 
     # The offline places data set (storage.places_index) and the Google
     # answer cache (herd.places.cache); none of them travels between nodes.
@@ -80,3 +82,8 @@ class Keys:
     def places_cache(self, question: bytes) -> bytes:
         """String with a TTL: a Google provider's answer to ``question``."""
         return self.prefix + b"places:cache:" + question
+
+
+def glob_escape(text: bytes) -> bytes:
+    """``text`` matched literally in a Redis glob pattern (SCAN MATCH, KEYS)."""
+    return re.sub(rb"([*?\[\]\\])", rb"\\\1", text)

@@ -40,6 +40,7 @@ from typing import IO, Any
 from config.schema import ConfigError, HerdConfig, NodeConfig, RedisAddress
 from herd.tools.harness import ChildProcess, free_port, port_open, redis_server
 from herd.tools.resp import Resp, encode_command, read_reply
+from storage.keys import glob_escape
 
 SYNC_TIMEOUT = 60.0  # seconds without a byte from Redis (it sends a newline a second while it forks)
 LOAD_TIMEOUT = 600.0  # seconds the throwaway Redis may take to load a backup
@@ -276,12 +277,8 @@ def _connect(redis: RedisAddress, what: str) -> Resp:
         raise BackupError(f"cannot reach {what} at {_where(redis)} ({err}): start it first") from None
 
 
-def _glob_escape(text: bytes) -> bytes:
-    return re.sub(rb"([*?\[\]\\])", rb"\\\1", text)
-
-
 def _keys(redis: Resp, prefix: bytes) -> list[bytes]:
-    return redis.scan(_glob_escape(prefix) + b"*")
+    return redis.scan(glob_escape(prefix) + b"*")
 
 
 def _batches(items: list[bytes]) -> Iterator[list[bytes]]:

@@ -468,6 +468,17 @@ def test_duplicate_redis_under_another_loopback_name(tmp_path: Path) -> None:
     assert "already used by node Bailey" in failure(path, "nodes.Bona.redis")
 
 
+@pytest.mark.parametrize(("bailey", "bona"), [("herd:", "herd:client:"), ("p:client:", "p:"), ("a", "ab")])
+def test_shared_redis_with_a_prefix_beginning_the_others(tmp_path: Path, bailey: str, bona: str) -> None:
+    """Found by a review: prefixes "p:" and "p:client:" on one Redis loaded, and
+    then shared keys (p:'s client "geo" is p:client:'s GEO set)."""
+    shared = 'redis = "redis://127.0.0.1:6400/0"'
+    text = variant(shared, f'{shared}\nprefix = "{bailey}"').replace(
+        'redis = "redis://127.0.0.1:6401/0"', f'{shared}\nprefix = "{bona}"')
+    message = failure(write(tmp_path, text), "nodes.Bona.redis")
+    assert f"with prefix '{bona}' overlaps prefix '{bailey}', used by node Bailey" in message
+
+
 def test_shared_redis_with_distinct_prefixes_or_dbs_is_fine(tmp_path: Path) -> None:
     text = variant(
         'redis = "redis://127.0.0.1:6401/0"', 'redis = "redis://127.0.0.1:6400/0"\nprefix = "bona:"'
