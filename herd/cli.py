@@ -170,7 +170,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 0
     try:
         if args.command in CONFIG_COMMANDS:
-            args.config = config_path(args.config, getattr(args, "log_format", "text") == "json")
+            # (serve names its config in its first log line, beside the version)
+            args.config = config_path(args.config, getattr(args, "log_format", "text") == "json",
+                                      announce=args.command != "serve")
         return _dispatch(args)
     except ConfigError as err:
         from herd.logs import error_line
@@ -187,15 +189,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 1
 
 
-def config_path(given: str | None, as_json: bool = False) -> str:
+def config_path(given: str | None, as_json: bool = False, announce: bool = True) -> str:
     """The herd file to use (config.loader.find_config); when no --config named
-    it, one line on stderr says which (stdout may be --json; with ``as_json``,
-    a JSON object, as the event log's lines)."""
+    it and ``announce``, one line on stderr says which (stdout may be --json;
+    with ``as_json``, a JSON object, as the event log's lines)."""
     from config.loader import CONFIG_ENV, find_config
     from herd.logs import error_line
 
     choice = find_config(given, os.environ, os.getcwd())
-    if not choice.explicit:
+    if announce and not choice.explicit:
         origin = f" (from ${CONFIG_ENV})" if choice.how == f"${CONFIG_ENV}" else ""
         error_line(f"herd: using config {choice.path}{origin}", as_json, level="info")
     return choice.path

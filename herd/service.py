@@ -256,19 +256,21 @@ class NodeService(MultiService):
         # (a failure is logged by the provider; a WHATSAT tries again)
 
     def _redis_reached(self) -> None:
-        """Ready once listening and Redis answered (systemd Type=notify)."""
+        """Ready once listening and Redis answered (the event log says so, and
+        systemd is told under Type=notify)."""
         if self._ready_anyway.active():
             self._ready_anyway.cancel()
-        if systemd.notify(f"READY=1\nSTATUS=serving on {self.address[0]}:{self.address[1]}"):
-            log.info("told systemd READY=1")
+        told = systemd.notify(f"READY=1\nSTATUS=serving on {self.address[0]}:{self.address[1]}")
+        log.info("ready: serving clients on {host}:{port}, Redis answers{told}", host=self.address[0],
+                 port=self.address[1], told="; told systemd READY=1" if told else "")
         self.store.on_connected.remove(self._redis_reached)
 
     def _redis_not_reached(self) -> None:
         status = (f"listening on {self.address[0]}:{self.address[1]}; Redis at {self._redis_address} "
                   "not reached yet (answering '? <line>')")
-        if systemd.notify(f"READY=1\nSTATUS={status}"):
-            log.warn("told systemd READY=1 without Redis after {s:g} s: {status}",
-                     s=self._ready_without_redis, status=status)
+        told = systemd.notify(f"READY=1\nSTATUS={status}")
+        log.warn("ready without Redis after {s:g} s{told}: {status}", s=self._ready_without_redis,
+                 told="; told systemd READY=1" if told else "", status=status)
 
     def _recall_last_update(self) -> None:
         """Once Redis serves: the last update time an earlier run published in
@@ -404,8 +406,8 @@ def serve(name: str, config_path: str, logging: LogOptions, activation: str | No
     from herd.wire.peer import VERSION as PEER_PROTOCOL
 
     # SPEC 6: the node's first log line carries the version (at any --log-level).
-    log.info("herd {version} node {name} starting (peer protocol {protocol})", version=VERSION,
-             name=name, protocol=PEER_PROTOCOL.decode(), start_line=True)
+    log.info("herd {version} node {name} starting (peer protocol {protocol}, config {config})",
+             version=VERSION, name=name, protocol=PEER_PROTOCOL.decode(), config=config_path, start_line=True)
     log.info("access log: {path}", path=os.path.abspath(access_path) if access_path else "off")
     raise_file_limit(config.max_connections + 256)
     service = NodeService(config, name, reactor, config.secrets(), activation)

@@ -92,7 +92,7 @@ def test_ready_comes_anyway_when_redis_stays_away(tmp_path: Path,
         herd["Solo"].start(env={"NOTIFY_SOCKET": path})  # its Redis is not running
         [ready] = [m for m in messages_until(sock, "READY=1") if m.startswith("READY=1")]
         assert f"Redis at 127.0.0.1:{herd['Solo'].redis.port} not reached yet" in ready, ready
-        wait_until(lambda: "told systemd READY=1 without Redis after 1.5 s" in herd["Solo"].log(),
+        wait_until(lambda: "ready without Redis after 1.5 s; told systemd READY=1" in herd["Solo"].log(),
                    what="the warning")
         herd["Solo"].redis.start()
         assert "STATUS=serving on" in " ".join(messages_until(sock, "STATUS=serving on"))

@@ -112,11 +112,15 @@ def test_the_config_found_is_named_on_stderr(tmp_path: Path) -> None:
     (tmp_path / "config").mkdir()
     local = tmp_path / "config" / "herd.toml"
     local.write_text(SMALL)
-    result = herd("serve", "Nobody", cwd=tmp_path, HERD_TEST_SECRET="s")
+    result = herd("places", "load", "Nobody", cwd=tmp_path)
     assert (result.returncode, result.stdout) == (2, "")
     assert result.stderr.splitlines() == [
         f"herd: using config {local}",
         f"herd: {local}: nodes.Nobody: no such node (known: Bailey)"]
+    # serve names it in its first log line, beside the version (SPEC 6), or in its error
+    result = herd("serve", "Nobody", cwd=tmp_path, HERD_TEST_SECRET="s")
+    assert (result.returncode, result.stdout) == (2, "")
+    assert result.stderr.splitlines() == [f"herd: {local}: nodes.Nobody: no such node (known: Bailey)"]
 
 
 def test_with_json_logs_what_serve_and_up_say_before_logging_is_json(tmp_path: Path) -> None:
@@ -128,9 +132,10 @@ def test_with_json_logs_what_serve_and_up_say_before_logging_is_json(tmp_path: P
     for args in (["serve", "Bailey"], ["up"]):  # no HERD_TEST_SECRET in the environment
         result = herd(*args, "--log-format", "json", cwd=tmp_path)
         assert result.returncode == 2, result.stderr
-        found, refused = (json.loads(line) for line in result.stderr.splitlines())
+        *found, refused = (json.loads(line) for line in result.stderr.splitlines())
         local = tmp_path / "config" / "herd.toml"
-        assert (found["level"], found["message"]) == ("info", f"herd: using config {local}")
+        if args[0] == "up":  # (serve names it in its first log line)
+            assert [(f["level"], f["message"]) for f in found] == [("info", f"herd: using config {local}")]
         assert refused["level"] == "error" and "HERD_TEST_SECRET is not set" in refused["message"]
         assert refused["node"] == ("Bailey" if args[0] == "serve" else None) and "time" in refused
 
