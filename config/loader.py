@@ -316,8 +316,9 @@ def _nodes(root: _Table) -> dict[str, NodeConfig]:
 def _node(table: _Table, name: str, all_names: tuple[str, ...]) -> NodeConfig:
     table.check_keys(NODE_KEYS)
     host = table.string("host")
-    if any(c.isspace() for c in host):
-        raise table.error("host", f"expected a host name or address, got {host!r}")
+    if not valid_host(host):
+        raise table.error("host", f"expected a host name or an IP address (IPv6 without brackets), "
+                                  f"got {host!r}")
     port = table.integer("port", None, low=1, high=65535)
     admin, notes = _admin(table, host, port)
     return NodeConfig(
@@ -342,6 +343,23 @@ def _derived_port(table: _Table, key: str, default: int) -> int:
     return table.integer(key, default, low=1, high=65535)
 
 
+_LABEL = re.compile(r"[A-Za-z0-9_]([A-Za-z0-9_-]{0,61}[A-Za-z0-9_])?\Z")  # (_: names some networks use)
+
+
+def valid_host(host: str) -> bool:
+    """An IP address, or a host name: dot-separated labels of letters, digits,
+    hyphens (not at either end) and underscores; all digits and dots is an
+    IPv4 address or nothing."""
+    try:
+        ipaddress.ip_address(host)
+        return True
+    except ValueError:
+        pass
+    if not host or len(host) > 253 or all(c.isdigit() or c == "." for c in host):
+        return False
+    return all(_LABEL.match(label) for label in host.split("."))
+
+
 _ADMIN = re.compile(r"(?P<host>\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9._-]+):(?P<port>[0-9]{1,5})\Z")
 
 
@@ -363,7 +381,11 @@ def _admin(table: _Table, host: str, port: int) -> tuple[tuple[str, int] | None,
     if match is None or not 1 <= int(match["port"]) <= 65535:
         raise table.error("admin", f"expected \"host:port\" or \"off\" for the admin HTTP endpoint, "
                                    f"got {value!r}")
-    return (match["host"].strip("[]"), int(match["port"])), ()
+    admin_host = match["host"].strip("[]")
+    if not valid_host(admin_host):
+        raise table.error("admin", f"expected a host name or an IP address before the port of the admin "
+                                   f"HTTP endpoint, got {value!r}")
+    return (admin_host, int(match["port"])), ()
 
 
 def _redis(table: _Table, key: str) -> RedisAddress:

@@ -76,9 +76,16 @@ class Listener(StreamServerEndpointService):
             raise ListenFailed(f"cannot listen for {self.what} on {self.address}: {reason}") from None
 
 
+# Names of the loopback interface: a node on one listens there, not on every interface.
+LOOPBACK_NAMES = {"localhost": "127.0.0.1", "ip6-localhost": "::1", "ip6-loopback": "::1"}
+
+
 def listen_description(host: str, port: int) -> str:
     """Endpoint string for a node's listening socket: the configured address
-    when it is an IP literal, every interface when it is a host name."""
+    when it is an IP literal or a name of loopback (``localhost``), every
+    interface when it is another host name."""
+    name = host.lower()
+    host = LOOPBACK_NAMES.get(name, "127.0.0.1" if name.endswith(".localhost") else host)
     try:
         ip = ipaddress.ip_address(host)
     except ValueError:

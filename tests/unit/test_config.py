@@ -324,7 +324,7 @@ def test_bad_node_name(tmp_path: Path, name: str, shown: str) -> None:
         ('host = "127.0.0.1"\nport = 10001', "port = 10001", "nodes.Bona.host", "missing"),
         ('host = "127.0.0.1"', 'host = ""', "nodes.Bailey.host", "expected a non-empty string"),
         ('host = "127.0.0.1"', "host = 127", "nodes.Bailey.host", "got integer 127"),
-        ('host = "127.0.0.1"', 'host = "a b"', "nodes.Bailey.host", "host name or address"),
+        ('host = "127.0.0.1"', 'host = "a b"', "nodes.Bailey.host", "host name or an IP address"),
         ("port = 10001\n", "", "nodes.Bona.port", "missing"),
         ("port = 10001", "port = 0", "nodes.Bona.port", "expected an integer in 1..65535"),
         ("port = 10001", "port = 65536", "nodes.Bona.port", "got integer 65536"),
@@ -335,6 +335,40 @@ def test_bad_node_name(tmp_path: Path, name: str, shown: str) -> None:
 )
 def test_bad_host_and_port(tmp_path: Path, old: str, new: str, where: str, fragment: str) -> None:
     assert fragment in failure(write(tmp_path, variant(old, new)), where)
+
+
+@pytest.mark.parametrize("host", ["[::1]", "127.0.0.1:5000", "256.1.1.1", "1.2.3", "*", "-bad", "bad-",
+                                  "a..b", "a.", "x" * 64])
+def test_a_host_that_is_neither_a_name_nor_an_address(tmp_path: Path, host: str) -> None:
+    """Found by a review: these loaded, and the node then listened on every
+    interface and logged addresses such as 127.0.0.1:5000:41100."""
+    path = write(tmp_path, variant('host = "127.0.0.1"', f'host = "{host}"'))
+    assert f"expected a host name or an IP address (IPv6 without brackets), got {host!r}" in failure(
+        path, "nodes.Bailey.host")
+    if "[" not in host and ":" not in host:  # (as admin's host, before ":port")
+        admin = variant('peers = ["Bona"]', f'peers = ["Bona"]\nadmin = "{host}:30000"')
+        assert "admin HTTP endpoint" in failure(write(tmp_path, admin, "a.toml"), "nodes.Bailey.admin")
+
+
+@pytest.mark.parametrize("host", ["127.0.0.1", "::1", "0.0.0.0", "localhost", "host_name", "a-b.example.org"])
+def test_host_names_and_addresses(tmp_path: Path, host: str) -> None:
+    assert load_config(write(tmp_path, variant('host = "127.0.0.1"', f'host = "{host}"'))).nodes[
+        "Bailey"].host == host
+
+
+@pytest.mark.parametrize(("host", "interface"), [
+    ("127.0.0.1", "interface=127.0.0.1:"), ("::1", "interface=\\:\\:1:"),
+    ("localhost", "interface=127.0.0.1:"), ("LocalHost", "interface=127.0.0.1:"),
+    ("ip6-localhost", "interface=\\:\\:1:"), ("db.localhost", "interface=127.0.0.1:"), ("example.org", None)])
+def test_a_node_listens_on_its_address_or_everywhere_for_a_name(host: str, interface: str | None) -> None:
+    """Found by a review: a node on "localhost" listened on every interface."""
+    from herd.service import listen_description
+
+    description = listen_description(host, 10000)
+    if interface is None:
+        assert "interface=" not in description
+    else:
+        assert interface in description, description
 
 
 def test_duplicate_host_port(tmp_path: Path) -> None:
