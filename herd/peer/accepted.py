@@ -12,9 +12,11 @@ from __future__ import annotations
 
 from typing import Any
 
+from twisted.internet.interfaces import IHalfCloseableProtocol
 from twisted.internet.protocol import Factory
 from twisted.logger import Logger
 from twisted.protocols.policies import TimeoutMixin
+from zope.interface import implementer
 
 from herd import logs
 from herd.peer.connection import (
@@ -46,6 +48,7 @@ CONNECTIONS_PER_NEIGHBOUR = 4
 SPARE_CONNECTIONS = 16
 
 
+@implementer(IHalfCloseableProtocol)
 class AcceptedPeer(PeerLineProtocol, TimeoutMixin):
     """A connection accepted on the peer port: a stranger until it authenticates."""
 
@@ -99,6 +102,16 @@ class AcceptedPeer(PeerLineProtocol, TimeoutMixin):
         elif self._tls and not self._spoke_in_tls and not self._timed_out:  # TLS refused it, or it left
             self.factory.refused("{who} peer refused or gone during TLS ({why})", who=self.who, why=why)
         logs.connection(self.who, f"connection closed ({why})")
+
+    def readConnectionLost(self) -> None:  # noqa: N802 (Twisted's name)
+        """The other end half-closed: a stranger's unterminated last line is a
+        line, answered before the close, as on the client port (SPEC 1, 2)."""
+        if self.peer_name is None:
+            self.flush_partial_line()
+        self.transport.loseConnection()
+
+    def writeConnectionLost(self) -> None:  # noqa: N802
+        pass
 
     def line_received(self, line: bytes) -> None:
         self._spoke_in_tls = self._tls

@@ -202,6 +202,11 @@ def test_the_client_port_treats_peer_lines_as_bad_lines(node_a: Herd) -> None:
         peer_port.send(line)
         assert peer_port.recv_line() == b"? " + line
     peer_port.close()
+    # Found by a review: an unterminated last line before a half-close got no answer here.
+    with socket.create_connection(("127.0.0.1", node_a["A"].ports.peer), timeout=10) as half:
+        half.sendall(b"AT B +0.000000001 sneaky +1+1 1700000000")
+        half.shutdown(socket.SHUT_WR)
+        assert half.makefile("rb").read() == b"? AT B +0.000000001 sneaky +1+1 1700000000\n"
     assert node_a["A"].record("c1") == {} and node_a["A"].record("sneaky") == {}
 
 
