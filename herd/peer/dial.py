@@ -113,7 +113,10 @@ class DialledPeer(PeerLineProtocol):
             logs.connection(self.who, "peer link upgraded to TLS")
             self._hello()
             return
-        if words[:1] == [handshake.CHALLENGE] and len(words) in (3, 4) and self._answer_challenge(words):
+        if words[:1] == [handshake.CHALLENGE] and len(words) in (3, 4):
+            if not self._answer_challenge(words):
+                self._refuse(line, "the peer's challenge proves another secret than this node's "
+                                   "(the two nodes' secrets differ)")
             return
         if words == [handshake.OK] and self._sent_auth:
             if self._timer is not None and self._timer.active():
@@ -139,10 +142,10 @@ class DialledPeer(PeerLineProtocol):
         self._sent_auth = True
         return True
 
-    def _refuse(self, line: bytes) -> None:
+    def _refuse(self, line: bytes, why: str = "not a herd peer, not linked to this node, or another peer "
+                                              "protocol (the other node's log says which)") -> None:
         shown = logs.loggable(line[:80])
-        log.warn("{who} handshake failed at '{line}'; wrong secret, not a herd peer, or another "
-                 "peer protocol (the other node's log says which)", who=self.who, line=shown)
+        log.warn("{who} handshake failed at '{line}'; {why}", who=self.who, line=shown, why=why)
         self._close_handshake(f"refused at '{shown}'")
 
     def _no_answer(self) -> None:
