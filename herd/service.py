@@ -97,9 +97,9 @@ def listen_description(host: str, port: int) -> str:
 
 def build_places(config: PlacesConfig, reactor: Any, store: RedisStore) -> PlacesProvider:
     if config.provider == "offline":
-        from herd.places.offline import OfflinePlaces
+        from herd.places.offline import LoadInChild, OfflinePlaces
 
-        return OfflinePlaces(store, reactor, config.min_population, config.timeout)
+        return OfflinePlaces(store, reactor, config.min_population, config.timeout, LoadInChild(reactor))
     from herd.places.google import make_provider
 
     provider = make_provider(config, reactor)

