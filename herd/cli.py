@@ -41,10 +41,17 @@ class _VersionAction(argparse.Action):
         parser.exit(0)
 
 
+class _Parser(argparse.ArgumentParser):
+    """Usage errors in one line (argparse prints its usage first), exit 2."""
+
+    def error(self, message: str) -> Any:
+        self.exit(2, f"{self.prog}: {message} (see: {self.prog} --help)\n")
+
+
 def build_parser(command: str | None = None) -> argparse.ArgumentParser:
     """The argument parser. Tools with many options (bench, chaos) get theirs
     only when ``command`` names them, so ``herd serve`` does not import them."""
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="herd", description="An application server herd: nodes that learn where clients are "
         "(IAMAT), flood it to their peers, and answer what is near them (WHATSAT).",
         epilog=EXIT_CODES, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -67,7 +74,7 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
 
     client = sub.add_parser("client", help="send lines to a node and print its replies")
     client.add_argument("address", metavar="HOST:PORT")
-    client.add_argument("lines", nargs="*", metavar="LINE",
+    client.add_argument("lines", nargs="*", default=[], metavar="LINE",
                         help="lines to send (none: read lines from stdin interactively)")
     client.add_argument("--timeout", type=float, default=10.0,
                         help="seconds to wait for more replies before giving up (default 10)")
@@ -87,7 +94,7 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
     load = places_sub.add_parser("load", help="load the offline data set into nodes' Redis "
                                               "(a no-op where the same version is loaded, whole)")
     load.add_argument("--config", metavar="FILE", help=CONFIG_HELP)
-    load.add_argument("nodes", nargs="*", metavar="NODE", help="nodes to load (default: all)")
+    load.add_argument("nodes", nargs="*", default=[], metavar="NODE", help="nodes to load (default: all)")
 
     bench = sub.add_parser("bench", help="benchmark a local herd against the SPEC targets")
     if command == "bench":

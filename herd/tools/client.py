@@ -1,8 +1,9 @@
 """``herd client HOST:PORT [LINE...]``: send lines to a node and print its replies.
 
 Exit status (SPEC 6): 0 when every reply was an answer, 1 when any reply line
-was a refusal (``? ...``) or the node could not be reached or stopped
-answering, 2 for a bad address or --timeout (usage).
+was a refusal (``? ...``) or the node could not be reached, stopped answering,
+closed without a reply or in the middle of one, 2 for a bad address or
+--timeout (usage).
 
 With LINEs: send them, half-close, print everything until the node closes or
 ``timeout`` seconds pass without data. Without: interactive, lines from stdin go
@@ -64,6 +65,7 @@ def parse_address(address: str) -> tuple[str, int]:
 
 def _talk(sock: socket.socket, address: str, lines: list[str], timeout: float) -> int:
     session = _Session(sock, timeout, None if lines else _stdin_fd())
+    session.asked = any(line.strip() for line in lines)
     failure: OSError | None = None
     try:
         if lines:
@@ -83,6 +85,10 @@ def _talk(sock: socket.socket, address: str, lines: list[str], timeout: float) -
     if not closed:
         return _fail(f"{address} sent nothing for {timeout:g} s and did not close the connection "
                      "(some replies may be missing)", 1)
+    if session.asked and not session.last_byte:
+        return _fail(f"{address} closed the connection without a reply", 1)
+    if session.last_byte not in (b"", b"\n"):
+        return _fail(f"{address} closed the connection in the middle of a reply", 1)
     return 1 if session.refused else 0
 
 
@@ -95,6 +101,8 @@ class _Session:
         self.stdin_fd = stdin_fd
         self.pending = b""  # an unterminated line read from stdin
         self.refused = False  # a reply line began with "? " (the node refused a request)
+        self.asked = False  # a line that is not blank was sent: a reply is due
+        self.last_byte = b""  # of what the node sent (b"": nothing)
         self._line_head = b""  # the first bytes (at most 2) of the reply line being received
         self.deadline = None if stdin_fd is not None else time.monotonic() + timeout
         self.selector = _selector()
@@ -128,6 +136,7 @@ class _Session:
         data = self.sock.recv(_CHUNK)  # ConnectionResetError: the node dropped us (run() says so)
         if data:
             self._note_refusals(data)
+            self.last_byte = data[-1:]
             _emit(data)
             if self.deadline is not None:
                 self.deadline = time.monotonic() + self.timeout
@@ -148,9 +157,11 @@ class _Session:
             done, newline, self.pending = (self.pending + chunk).rpartition(b"\n")
             if newline:
                 self.sock.sendall(done + newline)
+                self.asked = self.asked or bool(done.strip())
             return
         if self.pending:
             self.sock.sendall(self.pending + b"\n")
+            self.asked = self.asked or bool(self.pending.strip())
         self.selector.unregister(self.stdin_fd)
         self.stdin_fd = None
         self.half_close()

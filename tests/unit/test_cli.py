@@ -70,6 +70,19 @@ def test_help_lists_the_exit_codes() -> None:
     assert "$HERD_CONFIG, else /etc/herd/herd.toml, else ./config/herd.toml" in check_help
 
 
+@pytest.mark.parametrize(("args", "said"), [
+    ((), "herd: the following arguments are required: COMMAND (see: herd --help)"),
+    (("client",), "herd client: the following arguments are required: HOST:PORT (see: herd client --help)"),
+    (("status", "--timeout", "0"), "herd status: argument --timeout: must be more than 0 seconds: '0' "
+                                   "(see: herd status --help)"),
+])
+def test_a_usage_error_is_one_line_and_status_2(args: tuple[str, ...], said: str) -> None:
+    """Found by a review: argparse's usage line came first, and a missing
+    HOST:PORT was said as "required: HOST:PORT, LINE" (LINE is optional)."""
+    result = herd(*args)
+    assert (result.returncode, result.stdout, result.stderr) == (2, "", said + "\n")
+
+
 def test_herd_config_naming_a_missing_file(tmp_path: Path) -> None:
     missing = tmp_path / "nope.toml"
     result = herd("check", HERD_CONFIG=str(missing))

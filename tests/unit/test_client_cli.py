@@ -295,7 +295,28 @@ def test_status_1_when_any_reply_is_a_refusal(
         server.close()
     printed = capfdbinary.readouterr()
     assert printed.out == b"".join(chunks)  # printed as received, refusal or not
-    assert printed.err == b""
+    cut_short = not printed.out.endswith(b"\n")  # (status 1 for that too)
+    assert printed.err == (f"herd client: 127.0.0.1:{server.port} closed the connection in the middle "
+                           "of a reply\n".encode() if cut_short else b"")
+
+
+@pytest.mark.parametrize(("lines", "chunks", "status", "said"), [
+    (["IAMAT a +1+1 1"], [], 1, "closed the connection without a reply"),
+    (["IAMAT a +1+1 1"], [b"AT A +0.1 a +1+1"], 1, "closed the connection in the middle of a reply"),
+    (["   "], [], 0, ""),  # a blank line asks nothing
+    (["IAMAT a +1+1 1"], [b"AT A +0.1 a +1+1 1\n"], 0, ""),
+])
+def test_a_node_that_closes_without_a_whole_reply_is_status_1(
+        lines: list[str], chunks: list[bytes], status: int, said: str,
+        capsysbinary: pytest.CaptureFixture[bytes]) -> None:
+    """Found by a review: a server that read the request and closed without a
+    word left herd client with status 0."""
+    server = Server(answer_with(*chunks))
+    try:
+        assert run_client(f"127.0.0.1:{server.port}", lines, timeout=5) == status
+    finally:
+        server.close()
+    assert said.encode() in capsysbinary.readouterr().err
 
 
 def test_cli_exit_status_1_on_a_refusal() -> None:
