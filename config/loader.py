@@ -90,6 +90,8 @@ def find_config(given: str | None, env: Mapping[str, str], cwd: str,
     none of the three places has one, naming them all.
     """
     if given is not None:
+        if not given:
+            raise ConfigError("--config: an empty file name")
         if not exists(os.path.join(cwd, given)):
             raise ConfigError(f"--config {given}: no such file")
         return ConfigChoice(given, "--config")
@@ -103,7 +105,8 @@ def find_config(given: str | None, env: Mapping[str, str], cwd: str,
     local = os.path.join(cwd, LOCAL_CONFIG)
     if exists(local):
         return ConfigChoice(local, "default")
-    raise ConfigError(f"no config file: ${CONFIG_ENV} is not set, and neither {system} nor {local} "
+    unset = "is empty" if CONFIG_ENV in env else "is not set"
+    raise ConfigError(f"no config file: ${CONFIG_ENV} {unset}, and neither {system} nor {local} "
                       "exists (or give one with --config FILE)")
 
 
@@ -446,13 +449,16 @@ def _check_unique(nodes: _Table, node: NodeConfig, built: dict[str, NodeConfig],
     compared only between nodes on one machine (see _Address)."""
     table = nodes.table(node.name)
     for other in built.values():
-        for listener, redis_owner in ((node, other), (other, node)):
-            redis = _Address.of(machines[redis_owner.name], redis_owner.redis.host, redis_owner.redis.port)
-            for key, address in _listeners(listener, machines):
-                if address.clashes(redis):
-                    raise nodes.table(listener.name).error(
-                        key, f"{address.port} on {address.host} is where node {redis_owner.name}'s "
-                             f"Redis listens ({_redact(redis_owner.redis.url)})")
+        their_redis = _Address.of(machines[other.name], other.redis.host, other.redis.port)
+        for key, address in _listeners(node, machines):
+            if address.clashes(their_redis):
+                raise table.error(key, f"{address.port} on {address.host} is where node {other.name}'s "
+                                       f"Redis listens ({_redact(other.redis.url)})")
+        my_redis = _Address.of(machines[node.name], node.redis.host, node.redis.port)
+        for key, address in _listeners(other, machines):
+            if address.clashes(my_redis):  # (blamed on the node checked, defined after the other)
+                raise table.error("redis", f"{_redact(node.redis.url)} is where node {other.name} listens: "
+                                           f"its {_WHAT[key]} is {address.port} on {address.host}")
         if other is node:
             mine = _listeners(node, machines)
             for i, (key, address) in enumerate(mine):

@@ -387,9 +387,12 @@ def test_node_port_where_a_redis_listens(tmp_path: Path, port: str, where: str) 
     assert "Redis listens" in failure(path, where)
 
 
-def test_earlier_node_port_where_a_later_redis_listens(tmp_path: Path) -> None:
+def test_a_later_redis_where_an_earlier_node_listens(tmp_path: Path) -> None:
+    """The later node's redis is blamed (found by a review: it was the earlier node's port)."""
     path = write(tmp_path, variant("redis://127.0.0.1:6401/0", "redis://localhost:10000/0"))
-    assert "node Bona's Redis listens" in failure(path, "nodes.Bailey.port")
+    assert failure(path, "nodes.Bona.redis").endswith(
+        "nodes.Bona.redis: redis://localhost:10000/0 is where node Bailey listens: its client port is "
+        "10000 on 127.0.0.1")
 
 
 @pytest.mark.parametrize("wildcard", ["0.0.0.0", "::"])
@@ -701,6 +704,9 @@ def test_a_missing_config_named_by_the_option_or_the_variable_is_an_error() -> N
     with pytest.raises(ConfigError) as info:
         find_config(None, {"HERD_CONFIG": "/etc/herd/hrd.toml"}, "/w", exists=everything)
     assert str(info.value) == "$HERD_CONFIG is /etc/herd/hrd.toml: no such file"
+    with pytest.raises(ConfigError) as info:  # (found by a review: "herd: : cannot read file: ...")
+        find_config("", {}, "/w", exists=everything)
+    assert str(info.value) == "--config: an empty file name"
 
 
 def test_no_config_anywhere_names_all_three_places() -> None:
@@ -708,6 +714,9 @@ def test_no_config_anywhere_names_all_three_places() -> None:
         find_config(None, {"PATH": "/bin"}, "/w", exists=there("/w/herd.toml", "/etc/herd.toml"))
     assert str(info.value) == ("no config file: $HERD_CONFIG is not set, and neither /etc/herd/herd.toml "
                                "nor /w/config/herd.toml exists (or give one with --config FILE)")
+    with pytest.raises(ConfigError) as info:  # set, but empty (found by a review: "is not set")
+        find_config(None, {"HERD_CONFIG": ""}, "/w", exists=there())
+    assert str(info.value).startswith("no config file: $HERD_CONFIG is empty, and neither ")
 
 
 def test_config_lookup_on_real_files(tmp_path: Path) -> None:
