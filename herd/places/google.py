@@ -50,14 +50,19 @@ _DETAIL_CHARS = 300  # longest server-supplied detail quoted in an error message
 
 
 def plain_coordinate(value: str) -> str:
-    """``"+34.068930"`` -> ``"34.068930"``; a ``-`` sign is kept; digits unchanged."""
-    return value[1:] if value.startswith("+") else value
+    """``"+34.068930"`` -> ``"34.068930"``, ``"-0118.5"`` -> ``"-118.5"``: a
+    ``+`` and the whole part's leading zeros dropped, a ``-`` kept, the
+    fraction's digits unchanged."""
+    sign = "-" if value.startswith("-") else ""
+    whole, point, fraction = value.lstrip("+-").partition(".")
+    return f"{sign}{whole.lstrip('0') or '0'}{point}{fraction}"
 
 
 def safe_url(url: str) -> str:
     """``url`` without user info, query or fragment: fit to quote in a log line."""
     parts = urlsplit(url)
     host = parts.hostname or ""
+    host = f"[{host}]" if ":" in host else host  # an IPv6 address, bracketed as in the URL
     port = f":{parts.port}" if parts.port is not None else ""
     return f"{parts.scheme}://{host}{port}{parts.path}"
 

@@ -9,7 +9,7 @@ asked for; a provider may return more.
 
 from __future__ import annotations
 
-from decimal import Decimal
+from decimal import Decimal, localcontext
 from typing import Any, Protocol
 
 from twisted.internet.defer import Deferred
@@ -19,10 +19,11 @@ PlacesAnswer = dict[str, Any]
 
 def radius_text(radius_m: Decimal) -> str:
     """Metres as APIs and GEOSEARCH want them: ``"10000"`` when integral, else a
-    plain decimal (``"1500.5"``), never with an exponent."""
-    if radius_m == radius_m.to_integral_value():
-        return str(int(radius_m))
-    return format(radius_m.normalize(), "f")
+    plain decimal (``"1500.5"``), never with an exponent; every digit kept."""
+    with localcontext(prec=len(radius_m.as_tuple().digits) + 8):  # (the default rounds to 28)
+        if radius_m == radius_m.to_integral_value():
+            return str(int(radius_m))
+        return format(radius_m.normalize(), "f")
 
 
 class PlacesError(Exception):

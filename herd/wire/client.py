@@ -92,7 +92,9 @@ class Whatsat(NamedTuple):
 
     @property
     def radius_m(self) -> Decimal:
-        return self.radius_km * 1000
+        """Exactly, however many digits (a product would round to 28)."""
+        sign, digits, exponent = self.radius_km.as_tuple()
+        return Decimal((sign, digits, int(exponent) + 3))
 
 
 class AtRecord(NamedTuple):

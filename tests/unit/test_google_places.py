@@ -30,7 +30,9 @@ from herd.places.google import (
     GoogleNearbyNew,
     decode_json,
     make_provider,
+    plain_coordinate,
     radius_text,
+    safe_url,
 )
 from herd.places.provider import PlacesAnswer, PlacesError
 from herd.wire.client import format_whatsat_reply, squeeze_newlines
@@ -291,7 +293,7 @@ class GooglePlacesTests(unittest.TestCase):
         self.assertEqual(answer["status"], "OK")
         [req] = self.fake.requests
         self.assertEqual(req["args"]["radius"], ["1500.5"])
-        self.assertEqual(req["args"]["location"], ["-10.5,020.25"])
+        self.assertEqual(req["args"]["location"], ["-10.5,20.25"])  # the leading zero dropped
 
     async def test_a_url_whose_host_is_an_ipv6_literal(self) -> None:
         # treq refused it before sending anything (hyperlink IDNA-encoded "::1").
@@ -345,6 +347,14 @@ class GooglePlacesTests(unittest.TestCase):
     async def test_legacy_invalid_json(self) -> None:
         self.fake.mode = "badjson"
         await self.fails(self.legacy().nearby(LAT, LON, Decimal("100"), 5), "invalid JSON")
+
+    def test_coordinates_and_logged_urls(self) -> None:
+        """Found by a review: leading zeros went to the API as sent, and an IPv6
+        URL was logged without its brackets."""
+        for sent, asked in (("+034.068930", "34.068930"), ("-0118.445127", "-118.445127"),
+                            ("+0.0", "0.0"), ("-0.0", "-0.0"), ("+00", "0"), ("-5", "-5")):
+            self.assertEqual(plain_coordinate(sent), asked)
+        self.assertEqual(safe_url("http://u:p@[::1]:43050/x?key=1#f"), "http://[::1]:43050/x")
 
     def test_nan_and_infinity_are_not_json(self) -> None:
         # 1e400: a number too large for a float was infinity, and its answer

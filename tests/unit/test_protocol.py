@@ -363,6 +363,18 @@ def test_valid_radius(radius: bytes, km: Decimal) -> None:
     assert whatsat(b"WHATSAT kiwi " + radius + b" 5").radius_km == km
 
 
+@pytest.mark.parametrize(("radius", "metres"), [
+    (b"10", "10000"), (b"0.5", "500"), (b"1.25", "1250"), (b"050", "50000"), (b"0.001", "1"),
+    (b"1.0005", "1000.5"), (b"1.0000000000000000000000000000001", "1000.0000000000000000000000000001"),
+    (b"12.3456789012345678901234567890123", "12345.6789012345678901234567890123"),
+])
+def test_a_radius_in_metres_keeps_every_digit(radius: bytes, metres: str) -> None:
+    """Found by a review: metres were rounded to 28 digits (1.0000...1 km asked 1000 m)."""
+    from herd.places.provider import radius_text
+
+    assert radius_text(whatsat(b"WHATSAT kiwi " + radius + b" 5").radius_m) == metres
+
+
 @pytest.mark.parametrize(
     "radius",
     [
