@@ -352,6 +352,12 @@ class Node:
 
     def _forwarded_lost(self, failure: Failure, record: AtRecord, origin: Origin,
                         forwarded: frozenset[bytes]) -> Failure:
+        """A record forwarded before it was stored was not: it is stored again,
+        since peers hold it, unless it is a client's that went to no peer (its
+        '? <line>' stands; herd.latest keeps its time, which only sends later
+        updates of that client the slow way)."""
+        if not forwarded and origin.peer is None:
+            return failure
         self.reconciler.may_lack(forwarded)  # they hold it, and their K lines will step over it
         if len(self._unstored) == self._unstored.maxlen:
             log.error("too many forwarded updates not stored; dropping {line}",

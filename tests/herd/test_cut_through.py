@@ -14,6 +14,8 @@ import pytest
 from cluster import Herd, RedisProxy, talk
 from harness import Resp, wait_until
 
+from herd.node import STORE_AGAIN_AFTER
+
 
 def start_pair(tmp_path: Path, mode: str | None, loading: float = 0.0,
                extra_herd: str = "") -> tuple[Herd, RedisProxy | None]:
@@ -132,6 +134,32 @@ def test_a_forwarded_update_whose_store_failed_is_stored_once_redis_serves(
         agreed(herd, "ghost")
         assert (proxy.loading_replies > 0) == (loading > 0)
         wait_until(lambda: logged in herd["A"].log(), what="A's log")
+    finally:
+        herd.stop()
+        proxy.close()
+
+
+@pytest.mark.timeout(60)
+def test_a_refused_update_that_went_to_no_peer_is_not_stored_later(tmp_path: Path) -> None:
+    """Found by a review: a node with no peer stored, seconds later, the
+    updates whose store failed and which it had answered '? <line>'; only what
+    went to peers is stored again (the test above)."""
+    herd = Herd(tmp_path, {"Solo": []})
+    proxy = RedisProxy(herd["Solo"].redis.port, "drop")
+    herd.config.write_text(herd.config.read_text().replace(
+        herd["Solo"].redis.url, f"redis://127.0.0.1:{proxy.port}/0"))
+    herd.start()
+    try:
+        node = herd["Solo"]
+        assert talk(node.port, "IAMAT warm +1+1 1700000000.5").startswith(b"AT Solo ")  # the fast path
+        proxy.marker = b"ghost"
+        line = "IAMAT ghost +2+2 1700000001.5"
+        assert talk(node.port, line, timeout=15) == f"? {line}\n".encode()
+        assert proxy.fired.is_set()
+        served = "IAMAT after +3+3 1700000002.5"
+        wait_until(lambda: talk(node.port, served, timeout=15).startswith(b"AT Solo "), what="Solo serves")
+        time.sleep(STORE_AGAIN_AFTER + 0.5)  # when it would have stored it again
+        assert node.record("ghost") == {} and "again" not in node.log()
     finally:
         herd.stop()
         proxy.close()
