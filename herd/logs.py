@@ -34,7 +34,6 @@ from twisted.logger import (
     ILogObserver,
     Logger,
     LogLevel,
-    LogLevelFilterPredicate,
     PredicateResult,
     formatEvent,
     globalLogBeginner,
@@ -83,7 +82,7 @@ class EventLog:
         self._size = 0
 
     def __call__(self, event: dict[str, Any]) -> None:
-        level = LEVEL_NAMES.get(event.get("log_level", LogLevel.info), "info")
+        level = LEVEL_NAMES.get(event_level(event), "info")
         stamp = timestamp(event.get("log_time") or time.time())
         text = formatEvent(event)
         failure = event.get("log_failure")
@@ -429,15 +428,27 @@ def start_line(event: dict[str, Any]) -> PredicateResult:
     return PredicateResult.yes if event.get("start_line") else PredicateResult.maybe
 
 
-def level_filter(level: str) -> LogLevelFilterPredicate:
-    """Events at ``level`` and above pass; Twisted's and txredisapi's own
-    chatter (ports opened and closed, every redial of a peer that is down)
-    only from warning up (at debug, everything), except the line saying
-    which signal stops the node."""
+# Twisted's and txredisapi's own chatter (ports opened and closed, every redial
+# of a peer that is down): below warning, it is debug, shown and filtered as
+# such; except the line saying which signal stops the node (twisted.internet.base).
+_CHATTER = ("twisted", "txredisapi", "log_legacy")
+
+
+def event_level(event: dict[str, Any]) -> LogLevel:
+    """The level an event is shown and filtered at (see _CHATTER)."""
+    level: LogLevel = event.get("log_level", LogLevel.info)
+    namespace = event.get("log_namespace") or ""
+    if (level < LogLevel.warn and namespace.split(".", 1)[0] in _CHATTER
+            and namespace != "twisted.internet.base"):
+        return LogLevel.debug
+    return level
+
+
+def level_filter(level: str) -> ILogFilterPredicate:
+    """Events at ``level`` (by event_level) and above pass."""
     threshold = LEVELS[level]
-    quiet = threshold if threshold == LogLevel.debug else max(threshold, LogLevel.warn)
-    predicate = LogLevelFilterPredicate(defaultLogLevel=threshold)
-    for namespace in ("twisted", "txredisapi", "log_legacy"):
-        predicate.setLogLevelForNamespace(namespace, quiet)
-    predicate.setLogLevelForNamespace("twisted.internet.base", threshold)  # "Received SIGTERM, ..."
-    return predicate
+
+    def at_least(event: dict[str, Any]) -> PredicateResult:
+        return PredicateResult.maybe if event_level(event) >= threshold else PredicateResult.no
+
+    return cast(ILogFilterPredicate, at_least)
