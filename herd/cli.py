@@ -177,9 +177,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 0
     try:
         if args.command in CONFIG_COMMANDS:
-            # (serve names its config in its first log line, beside the version)
+            # (serve names its config in its first log line, beside the version; the
+            # line is info, left out by up's --log-level warning or error)
             args.config = config_path(args.config, getattr(args, "log_format", "text") == "json",
-                                      announce=args.command != "serve")
+                                      announce=args.command != "serve"
+                                      and getattr(args, "log_level", "info") in ("debug", "info"))
         return _dispatch(args)
     except ConfigError as err:
         from herd.logs import error_line

@@ -31,7 +31,7 @@ from typing import IO
 
 from config.loader import check_can_serve, load_config
 from config.schema import HerdConfig, host_port
-from herd.logs import json_record, timestamp
+from herd.logs import LEVELS, json_record, timestamp
 from herd.peer.tls import tls_for
 from herd.rotating import RotatingFile
 from herd.tools.harness import (
@@ -125,13 +125,15 @@ class Output:
     fields of the nodes' events (time, node, level, message): ``say``'s
     level, and "error" for a node's line that is not its JSON (a traceback)."""
 
-    def __init__(self, width: int, json_lines: bool = False) -> None:
+    def __init__(self, width: int, json_lines: bool = False, level: str = "info") -> None:
         self.width = width  # of the name column
         self.json_lines = json_lines
+        self._least = LEVELS[level]  # ours below it are left out (--log-level, as the nodes')
         self._lock = threading.Lock()
 
     def say(self, text: str, level: str = "info") -> None:
-        self._write(self._line(None, f"herd up: {text}", level))
+        if LEVELS[level] >= self._least:
+            self._write(self._line(None, f"herd up: {text}", level))
 
     def _line(self, label: str | None, text: str, level: str = "error") -> str:
         """``text``, a line of node ``label`` (None: ours), as shown; ``level``
@@ -254,7 +256,9 @@ def run_up(config_path: str, state_dir: str, log_args: Sequence[str] = ()) -> in
     problem = port_conflict(config, redises)
     if problem:
         return fail(problem)
-    out = Output(width=max(len(name) for name in config.nodes), json_lines=_json_format(log_args))
+    out = Output(width=max(len(name) for name in config.nodes),
+                 json_lines=_log_option(log_args, "--log-format", "text") == "json",
+                 level=_log_option(log_args, "--log-level", "info"))
     # The Redis servers hold the lock too: should we die before them, no other
     # herd up gets the directory while they still write to it.
     redis_children = [redis_child(r, state, lock.fileno()) for r in redises]
@@ -321,10 +325,10 @@ def redis_child(redis: LocalRedis, state: Path, lock_fd: int) -> Child:
                               pipe=True), echo=False)
 
 
-def _json_format(log_args: Sequence[str]) -> bool:
-    """Whether ``log_args`` (``herd serve`` options) ask for JSON event logs."""
+def _log_option(log_args: Sequence[str], option: str, default: str) -> str:
+    """The value of ``option`` in ``log_args`` (``herd serve`` options)."""
     args = list(log_args)
-    return "--log-format" in args and args[args.index("--log-format") + 1:][:1] == ["json"]
+    return args[args.index(option) + 1] if option in args[:-1] else default
 
 
 def node_child(name: str, config: HerdConfig, config_path: str, log_args: Sequence[str],

@@ -141,6 +141,14 @@ def test_up_json_lines_carry_the_level_of_what_they_say() -> None:
     assert out._line("Solo", own) == own + "\n"  # a node's JSON as it wrote it
 
 
+def test_up_leaves_its_own_lines_below_the_log_level_out(capsys: pytest.CaptureFixture[str]) -> None:
+    """Found by a review: --log-level warning still printed herd up's info lines."""
+    out = Output(4, level="warning")
+    out.say("4 nodes running")
+    out.say("Solo restarted (restart 1)", "warning")
+    assert capsys.readouterr().out == "herd up: Solo restarted (restart 1)\n"
+
+
 def test_children_stop_when_herd_up_is_killed(tmp_path: Path) -> None:
     port, redis_port = free_port(), free_port()
     config = write_config(tmp_path, {"Solo": (port, redis_port)})
