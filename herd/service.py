@@ -428,6 +428,9 @@ def serve(name: str, config_path: str, logging: LogOptions, activation: str | No
         if not systemd.is_journal(sys.stderr):  # (there, once is enough)
             error_line(f"herd: {name}: {err}", logging.fmt == "json", name, prefix=logging.prefix)
         return 1
+    # Written now, not at the reactor's first flush: a stop signal before the
+    # reactor runs (it installs the handlers) ends the process at once.
+    events.flush()
     reactor.addSystemEventTrigger("before", "shutdown", service.stopService)
     reactor.addSystemEventTrigger("before", "shutdown", _note_more_stop_signals, reactor)
     signal.signal(signal.SIGHUP, lambda *_: reactor.callFromThread(  # type: ignore[attr-defined]
