@@ -36,6 +36,16 @@ class RedisAddress:
 
 # Listening addresses that stand for every address of the host.
 WILDCARD_HOSTS = frozenset({"0.0.0.0", "::", ""})
+# Names of the loopback interface: a node on one listens there, not on every interface.
+LOOPBACK_NAMES = {"localhost": "127.0.0.1", "ip6-localhost": "::1", "ip6-loopback": "::1"}
+
+
+def listen_host(host: str) -> str:
+    """Where a node configured on ``host`` listens: its IP address, the
+    loopback address of a loopback name (``localhost``, ``*.localhost``), or
+    another host name as it is (which means every interface)."""
+    name = host.lower()
+    return LOOPBACK_NAMES.get(name, "127.0.0.1" if name.endswith(".localhost") else host)
 
 
 def host_port(host: str, port: int) -> str:

@@ -26,7 +26,7 @@ from twisted.internet.error import CannotListenError
 from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 
-from config.schema import ConfigError, HerdConfig, PlacesConfig, host_port
+from config.schema import ConfigError, HerdConfig, PlacesConfig, host_port, listen_host
 from herd import systemd
 from herd.client_port import ClientConnectionFactory, Limits
 from herd.clock import CLOCK_OFFSET_ENV, node_clock
@@ -76,16 +76,11 @@ class Listener(StreamServerEndpointService):
             raise ListenFailed(f"cannot listen for {self.what} on {self.address}: {reason}") from None
 
 
-# Names of the loopback interface: a node on one listens there, not on every interface.
-LOOPBACK_NAMES = {"localhost": "127.0.0.1", "ip6-localhost": "::1", "ip6-loopback": "::1"}
-
-
 def listen_description(host: str, port: int) -> str:
-    """Endpoint string for a node's listening socket: the configured address
-    when it is an IP literal or a name of loopback (``localhost``), every
-    interface when it is another host name."""
-    name = host.lower()
-    host = LOOPBACK_NAMES.get(name, "127.0.0.1" if name.endswith(".localhost") else host)
+    """Endpoint string for a node's listening socket (config.schema.listen_host):
+    the configured address when it is an IP literal or a name of loopback,
+    every interface when it is another host name."""
+    host = listen_host(host)
     try:
         ip = ipaddress.ip_address(host)
     except ValueError:

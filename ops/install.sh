@@ -126,7 +126,10 @@ UNITS=(herd@.service herd-redis@.service herd@.socket herd.target herd-alert@.se
 REAL_ROOT=0
 [ -n "$PREFIX" ] || REAL_ROOT=1
 # Checkout entries never copied to /opt/herd (names, at any depth).
-EXCLUDES=(.git .venv state __pycache__ build '*.egg-info' .pytest_cache .mypy_cache .ruff_cache .hypothesis)
+# (tls: ops/tls-certs.sh's default output, private keys; Redis files a redis-server
+# started in the checkout left.)
+EXCLUDES=(.git .venv state __pycache__ build '*.egg-info' .pytest_cache .mypy_cache .ruff_cache .hypothesis
+          tls '*.rdb' '*.aof' appendonlydir)
 
 step() { echo "install: $*"; }
 note() { echo "install: note: $*"; }
@@ -236,7 +239,7 @@ import sys
 
 sys.path.insert(0, sys.argv[1])
 from config.loader import load_config  # noqa: E402
-from config.schema import ConfigError  # noqa: E402
+from config.schema import ConfigError, listen_host  # noqa: E402
 
 
 def die(message):
@@ -282,7 +285,7 @@ for name in sys.argv[3:]:
     else:
         bind = f"{redis.host} 127.0.0.1 -::1"
     password = redis_quote(redis.password) if redis.password is not None else ""
-    listen = ip(node.host)
+    listen = ip(listen_host(node.host))
     if listen is None:
         listen = str(node.port)  # a host name: the node listens on every interface
     elif listen.version == 6:

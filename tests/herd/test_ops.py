@@ -340,6 +340,18 @@ def test_install_into_a_prefix(tmp_path: Path) -> None:
         assert not (opt / name).exists(), name
 
 
+def test_a_socket_for_a_node_on_localhost_listens_on_loopback(tmp_path: Path) -> None:
+    """Found by a review: its drop-in said ListenStream=10000, every interface
+    (the node itself listens on 127.0.0.1 for "localhost")."""
+    config = tmp_path / "herd.toml"
+    config.write_text((REPO / "config/herd.toml").read_text().replace(
+        'host = "127.0.0.1"\nport = 10000', 'host = "localhost"\nport = 10000', 1))
+    prefix = tmp_path / "root"
+    installed(prefix, "--config", config, "--socket", "Bailey")
+    dropin = (prefix / "etc/systemd/system/herd@Bailey.socket.d/listen.conf").read_text()
+    assert "[Socket]\nListenStream=\nListenStream=127.0.0.1:10000\n" in dropin
+
+
 @needs_verify
 def test_installed_units_and_socket_dropin_verify(tmp_path: Path) -> None:
     prefix = tmp_path / "root"
