@@ -395,12 +395,14 @@ else
     fi
     # Not editable: herd's modules and their compiled bytecode live in the
     # venv, which the node (ProtectSystem=strict) only reads.
-    # The locked versions only (requirements.lock: every file checked against
-    # its sha256), so every host of the herd runs the same packages; then herd
-    # without letting pip pick anything else.
+    # The locked versions only (requirements.lock, and requirements-build.lock
+    # for building herd: every file checked against its sha256), so every host
+    # of the herd runs the same packages; then herd, built with those (no build
+    # isolation: pip would fetch the newest setuptools), without letting pip
+    # pick anything else.
     run "$OPT/.venv/bin/pip" install -q --disable-pip-version-check --require-hashes \
-      -r "$OPT/requirements.lock"
-    run "$OPT/.venv/bin/pip" install -q --disable-pip-version-check --no-deps "$OPT"
+      -r "$OPT/requirements.lock" -r "$OPT/requirements-build.lock"
+    run "$OPT/.venv/bin/pip" install -q --disable-pip-version-check --no-deps --no-build-isolation "$OPT"
     run touch "$stamp"
   else
     echo "  = herd is installed and $OPT is unchanged"

@@ -3,6 +3,7 @@
 # throwaway venv:
 #   requirements.txt     -> requirements.lock      (runtime: every host of a herd)
 #   requirements-dev.txt -> requirements-dev.lock  (tests and checks)
+#   requirements-build.txt -> requirements-build.lock  (what builds herd itself)
 # Each pins every package, dependencies included, with sha256 hashes of all its
 # files (any platform), so `pip install --require-hashes` gets the same
 # versions everywhere. Pins still allowed by the lists are kept; extra
@@ -36,4 +37,5 @@ compile() {  # input output [pip-compile args...]
 # The runtime lock first: the dev list is constrained by it (-c requirements.lock).
 compile requirements.txt requirements.lock "$@"
 compile requirements-dev.txt requirements-dev.lock "$@"
-echo "ops/lock.sh: requirements.lock and requirements-dev.lock written" >&2
+compile requirements-build.txt requirements-build.lock "$@"
+echo "ops/lock.sh: requirements.lock, requirements-dev.lock and requirements-build.lock written" >&2

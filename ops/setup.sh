@@ -111,16 +111,18 @@ if [ ! -e .venv ]; then
   fi
 fi
 
-# The locked versions (runtime and test tools, every file checked against its
-# sha256), then herd itself, editable, without letting pip pick other versions.
+# The locked versions (runtime, test tools and what builds herd, every file
+# checked against its sha256), then herd itself, editable, built with those
+# (no build isolation: pip would fetch the newest setuptools), without letting
+# pip pick other versions.
 # Only when the locks or the package metadata differ from the last successful
 # install (the stamp file holds their checksums), so repeated runs cost nothing.
 stamp=.venv/.herd-installed
-inputs=$(sha256sum requirements.lock requirements-dev.lock pyproject.toml)
+inputs=$(sha256sum requirements.lock requirements-dev.lock requirements-build.lock pyproject.toml)
 if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$inputs" ]; then
   quietly .venv/bin/pip install -q --disable-pip-version-check --require-hashes \
-    -r requirements.lock -r requirements-dev.lock
-  quietly .venv/bin/pip install -q --disable-pip-version-check --no-deps -e .
+    -r requirements.lock -r requirements-dev.lock -r requirements-build.lock
+  quietly .venv/bin/pip install -q --disable-pip-version-check --no-deps --no-build-isolation -e .
   printf '%s\n' "$inputs" >"$stamp"
 fi
 

@@ -203,8 +203,11 @@ def listed(path: Path) -> set[str]:
 def test_the_locks_pin_every_package_with_a_hash() -> None:
     runtime = locked(REPO / "requirements.lock")
     dev = locked(REPO / "requirements-dev.lock")
+    build = locked(REPO / "requirements-build.lock")
     assert listed(REPO / "requirements.txt") <= set(runtime)
     assert listed(REPO / "requirements-dev.txt") <= set(dev)
+    assert listed(REPO / "requirements-build.txt") == {"setuptools", "wheel"} <= set(build)
+    assert all(build[p] == runtime[p] for p in set(build) & set(runtime))  # so they install together
     assert {"twisted", "txredisapi", "treq", "pyopenssl", "service-identity", "cryptography"} <= set(runtime)
     assert not {"pytest", "mypy", "ruff", "hypothesis"} & set(runtime)  # production hosts get no test tools
     shared = set(runtime) & set(dev)
@@ -220,16 +223,18 @@ def test_requirements_txt_lists_what_the_package_depends_on() -> None:
 
 def test_setup_and_install_take_the_locked_versions_only(tmp_path: Path) -> None:
     setup = (REPO / "ops" / "setup.sh").read_text()
-    assert "--require-hashes \\\n    -r requirements.lock -r requirements-dev.lock" in setup
-    assert "--no-deps -e ." in setup
-    assert "sha256sum requirements.lock requirements-dev.lock pyproject.toml" in setup  # the stamp
+    locks = "-r requirements.lock -r requirements-dev.lock -r requirements-build.lock"
+    assert f"--require-hashes \\\n    {locks}" in setup
+    assert "--no-deps --no-build-isolation -e ." in setup  # (built with the locked setuptools)
+    assert "sha256sum requirements.lock requirements-dev.lock requirements-build.lock pyproject.toml" in setup
     result = subprocess.run(["bash", "ops/install.sh", "--dry-run", "--prefix", str(tmp_path), "Bailey"],
                             cwd=REPO, capture_output=True, text=True, timeout=60)
     assert result.returncode == 0, result.stderr
     opt = f"{tmp_path}/opt/herd"
     pips = [line for line in result.stdout.splitlines() if "/bin/pip " in line]
     pip = f"  + {opt}/.venv/bin/pip install -q --disable-pip-version-check"
-    assert pips == [f"{pip} --require-hashes -r {opt}/requirements.lock", f"{pip} --no-deps {opt}"]
+    assert pips == [f"{pip} --require-hashes -r {opt}/requirements.lock -r {opt}/requirements-build.lock",
+                    f"{pip} --no-deps --no-build-isolation {opt}"]
 
 
 def test_up_takes_the_event_log_options_of_serve() -> None:
