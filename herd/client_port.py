@@ -20,7 +20,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from twisted.internet.defer import Deferred, DeferredSemaphore, gatherResults, succeed
+from twisted.internet.defer import Deferred, gatherResults, maybeDeferred, succeed
 from twisted.internet.interfaces import IHalfCloseableProtocol, IPushProducer
 from twisted.internet.protocol import Factory
 from twisted.logger import Logger
@@ -103,6 +103,42 @@ class _Run:
             self.done.callback(None)
 
 
+class _Searches:
+    """At most ``limit`` WHATSATs of a connection searching at once, the rest
+    waiting their turn in order. One that ends starts the next from a loop,
+    not from within its own end: searches that end at once (a lost
+    connection, a Redis away) would otherwise nest a call each, and a long
+    pipeline overflowed the stack (DeferredSemaphore does that)."""
+
+    def __init__(self, limit: int) -> None:
+        self._free = limit
+        self._waiting: deque[tuple[Callable[[Whatsat], Deferred[bytes]], Whatsat, Deferred[bytes]]] = deque()
+        self._starting = False
+
+    def run(self, search: Callable[[Whatsat], Deferred[bytes]], request: Whatsat) -> Deferred[bytes]:
+        done: Deferred[bytes] = Deferred()
+        self._waiting.append((search, request, done))
+        self._start()
+        return done
+
+    def _start(self) -> None:
+        if self._starting:  # (a search that ended at once, in the loop below)
+            return
+        self._starting = True
+        try:
+            while self._free and self._waiting:
+                search, request, done = self._waiting.popleft()
+                self._free -= 1
+                maybeDeferred(search, request).addBoth(self._ended).chainDeferred(done)
+        finally:
+            self._starting = False
+
+    def _ended(self, result: Any) -> Any:
+        self._free += 1
+        self._start()
+        return result
+
+
 # Seconds a connection this node closes keeps reading (and dropping) what the
 # client still sends, once its replies and FIN are sent, for the client to close.
 LINGER = 1.0
@@ -156,7 +192,7 @@ class ClientConnection(LineProtocol, TimeoutMixin):
         self._run: _Run | None = None
         self._run_ended = True  # an IAMAT came after it: the next WHATSAT begins a new run
         self._since_run: deque[_Reply] = deque()  # the replies queued after it, unanswered ones
-        self._searches = DeferredSemaphore(WHATSATS_AT_ONCE)
+        self._searches = _Searches(WHATSATS_AT_ONCE)
         self._eof = False
         self._closing = False
         self._lost = False
