@@ -104,10 +104,14 @@ class AcceptedPeer(PeerLineProtocol, TimeoutMixin):
         logs.connection(self.who, f"connection closed ({why})")
 
     def readConnectionLost(self) -> None:  # noqa: N802 (Twisted's name)
-        """The other end half-closed: a stranger's unterminated last line is a
-        line, answered before the close, as on the client port (SPEC 1, 2)."""
-        if self.peer_name is None:
-            self.flush_partial_line()
+        """The other end half-closed (plain TCP: a TLS transport does not tell
+        its protocol): a stranger's unterminated last line is a line, answered
+        before the close, as on the client port (SPEC 1, 2); a peer's link
+        closes as any other (the links choose other connections at once)."""
+        if self.peer_name is not None:
+            self.close()
+            return
+        self.flush_partial_line()
         self.transport.loseConnection()
 
     def writeConnectionLost(self) -> None:  # noqa: N802
