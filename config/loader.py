@@ -32,6 +32,7 @@ from config.schema import (
     PlacesConfig,
     RedisAddress,
     TlsConfig,
+    listen_host,
 )
 
 SECTIONS = ("herd", "places", "nodes")
@@ -351,16 +352,18 @@ _LABEL = re.compile(r"[A-Za-z0-9_]([A-Za-z0-9_-]{0,61}[A-Za-z0-9_])?\Z")  # (_: 
 
 def valid_host(host: str) -> bool:
     """An IP address, or a host name: dot-separated labels of letters, digits,
-    hyphens (not at either end) and underscores; all digits and dots is an
-    IPv4 address or nothing."""
+    hyphens (not at either end) and underscores, one trailing dot allowed; a
+    last label that is a number (``256.1.1.1``, ``0x7f.1``) is an IPv4
+    address (as the resolver reads it) or nothing."""
     try:
         ipaddress.ip_address(host)
         return True
     except ValueError:
         pass
-    if not host or len(host) > 253 or all(c.isdigit() or c == "." for c in host):
+    labels = host.removesuffix(".").split(".")
+    if not host or len(host) > 254 or re.fullmatch(r"[0-9]+|0x[0-9a-f]*", labels[-1], re.I):
         return False
-    return all(_LABEL.match(label) for label in host.split("."))
+    return all(_LABEL.match(label) for label in labels)
 
 
 _ADMIN = re.compile(r"(?P<host>\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9._-]+):(?P<port>[0-9]{1,5})\Z")
@@ -482,17 +485,15 @@ def _check_unique(nodes: _Table, node: NodeConfig, built: dict[str, NodeConfig],
                                        "neither of which begins the other)")
 
 
-_LOOPBACK = frozenset({"localhost", "127.0.0.1", "::1", "ip6-localhost"})
-
-
 class _Address:
     """Where something listens, for telling whether two such places clash.
 
     ``machine``: where a loopback or wildcard address is, the machine of the
     node it is configured for (see _machines: every node of a multi-host herd
     may have its Redis at 127.0.0.1:6400); any other address is its own
-    machine. ``name``: "loopback" for the
-    loopback names, "*" for a wildcard, else the host (lower case)."""
+    machine. ``name``: the address a node on ``host`` binds
+    (config.schema.listen_host: ``localhost`` is 127.0.0.1), "*" for a
+    wildcard, else the host (lower case)."""
 
     __slots__ = ("host", "port", "machine", "name")
 
@@ -502,7 +503,7 @@ class _Address:
     @classmethod
     def of(cls, node_machine: str, host: str, port: int) -> _Address:
         name = _host_name(host)
-        machine = node_machine if name in ("loopback", "*") else _machine(host)
+        machine = node_machine if _on_this_machine(name) else _machine(host)
         return cls(host, port, machine, name)
 
     def clashes(self, other: _Address) -> bool:
@@ -512,21 +513,24 @@ class _Address:
 
 
 def _host_name(host: str) -> str:
-    host = host.lower()
-    if host in WILDCARD_HOSTS:
-        return "*"
-    return "loopback" if host in _LOOPBACK else host
+    name = listen_host(host).lower()
+    return "*" if name in WILDCARD_HOSTS else name
+
+
+def _on_this_machine(name: str) -> bool:
+    """A wildcard or a loopback address (a _host_name)."""
+    if name == "*":
+        return True
+    try:
+        return ipaddress.ip_address(name).is_loopback
+    except ValueError:
+        return False
 
 
 def _machine(host: str) -> str:
     """The machine ``host`` is on: "local" for this one (loopback, wildcard)."""
     name = _host_name(host)
-    if name in ("loopback", "*"):
-        return "local"
-    try:
-        return "local" if ipaddress.ip_address(name).is_loopback else name
-    except ValueError:
-        return name
+    return "local" if _on_this_machine(name) else name
 
 
 def _machines(nodes: dict[str, NodeConfig]) -> dict[str, str]:
@@ -558,7 +562,9 @@ def _listeners(node: NodeConfig, machines: dict[str, str]) -> list[tuple[str, _A
 
 def _redis_database(node: NodeConfig, machines: dict[str, str]) -> tuple[str, str, int, int]:
     redis = _Address.of(machines[node.name], node.redis.host, node.redis.port)
-    name = "loopback" if redis.name == "*" else redis.name  # connecting to 0.0.0.0 reaches loopback
+    # One Redis answers on both loopback addresses (bind 127.0.0.1 -::1), and
+    # connecting to 0.0.0.0 reaches it too.
+    name = "loopback" if redis.name in ("*", "127.0.0.1", "::1") else redis.name
     return redis.machine, name, redis.port, node.redis.db
 
 
