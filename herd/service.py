@@ -94,7 +94,8 @@ def build_places(config: PlacesConfig, reactor: Any, store: RedisStore) -> Place
     if config.provider == "offline":
         from herd.places.offline import LoadInChild, OfflinePlaces
 
-        return OfflinePlaces(store, reactor, config.min_population, config.timeout, LoadInChild(reactor))
+        return OfflinePlaces(store, reactor, config.min_population, config.timeout,
+                             LoadInChild(reactor, max(store.timeout, 10.0)))
     from herd.places.google import make_provider
 
     provider = make_provider(config, reactor)

@@ -205,6 +205,11 @@ class RedisStore:
         return self._address
 
     @property
+    def timeout(self) -> float:
+        """Seconds a call waits for Redis's answer."""
+        return self._timeout
+
+    @property
     def connected(self) -> bool:
         return bool(self._factory.size)
 

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import sys
 from collections.abc import Callable
 from dataclasses import asdict
@@ -160,8 +161,10 @@ class OfflinePlaces:
         waiters = [w for w in waiters if not w.called]  # a WHATSAT that stopped waiting
         if isinstance(result, Failure):
             why = result.getErrorMessage()
-            # A node that stops closes its Redis under a load: expected, not an error.
-            emit = log.info if self._store.stopped else log.error
+            # A node that stops closes its Redis under a load, and its loading
+            # process is stopped with it (systemd signals the whole unit):
+            # expected, not an error.
+            emit = log.info if self._store.stopped or result.check(LoadStopped) else log.error
             emit("offline places not loaded: {why}", why=why)
             for waiter in waiters:
                 waiter.errback(PlacesError(f"offline places data set not loaded: {why}"))
@@ -203,21 +206,36 @@ def answer(results: list[dict[str, Any]]) -> PlacesAnswer:
             "status": "OK" if results else "ZERO_RESULTS"}
 
 
-class LoadInChild:
-    """Loads an OfflinePlaces data set from a child process (``python -m
-    herd.places.offline``). The request (the Redis address, password
-    included, and the data set) goes on the child's stdin, never on its
-    command line; the child stops by itself once this process is gone."""
+class LoadStopped(PlacesError):
+    """The loading process was stopped by a signal (the node stopping with it)."""
 
-    def __init__(self, reactor: Any):
+
+# What of the node's environment its loading process gets (no secrets, no keys).
+_CHILD_ENV = ("PATH", "HOME", "LANG", "LC_ALL", "LC_CTYPE", "TZ", "TMPDIR")
+# The folder this herd is imported from: the child imports the same one.
+_HERD_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+
+class LoadInChild:
+    """Loads an OfflinePlaces data set from a child process (``python -P -m
+    herd.places.offline``: this herd, not one in the working directory). The
+    request (the Redis address, password included, and the data set) goes on
+    the child's stdin, never on its command line; the child stops by itself
+    once this process is gone."""
+
+    def __init__(self, reactor: Any, redis_timeout: float = 10.0):
         self._reactor = reactor
+        self._redis_timeout = redis_timeout
 
     def __call__(self, places: OfflinePlaces) -> Deferred[int | None]:
         request = {"redis": asdict(places.redis), "prefix": places.prefix.decode("latin-1"),
-                   "min_population": places.min_population}
+                   "min_population": places.min_population, "timeout": self._redis_timeout,
+                   "node": os.getpid()}
         child = _Child(json.dumps(request).encode() + b"\n")
-        self._reactor.spawnProcess(child, sys.executable, [sys.executable, "-m", "herd.places.offline"],
-                                   env=dict(os.environ))
+        env = {key: os.environ[key] for key in _CHILD_ENV if key in os.environ}
+        env["PYTHONPATH"] = os.pathsep.join(filter(None, (_HERD_ROOT, os.environ.get("PYTHONPATH"))))
+        self._reactor.spawnProcess(child, sys.executable,
+                                   [sys.executable, "-P", "-m", "herd.places.offline"], env=env)
         return child.done
 
 
@@ -247,11 +265,17 @@ class _Child(ProcessProtocol):
         try:
             loaded = json.loads(out[-1])["loaded"]
         except (ValueError, IndexError, KeyError, TypeError):
-            said = b"".join(self._err).decode(errors="replace").strip().splitlines() or out
-            why = said[-1] if said else f"exit code {getattr(reason.value, 'exitCode', None)}"
-            self.done.errback(PlacesError(f"the loading process failed: {why}"))
+            self.done.errback(self._failure(reason, out))
         else:
             self.done.callback(loaded)
+
+    def _failure(self, reason: Failure, out: list[str]) -> PlacesError:
+        stopped_by = getattr(reason.value, "signal", None)
+        if stopped_by in (signal.SIGTERM, signal.SIGINT):
+            return LoadStopped(f"the loading process was stopped ({signal.Signals(stopped_by).name})")
+        said = b"".join(self._err).decode(errors="replace").strip().splitlines() or out
+        how = f"signal {stopped_by}" if stopped_by else f"exit code {getattr(reason.value, 'exitCode', None)}"
+        return PlacesError(f"the loading process failed: {said[-1] if said else how}")
 
 
 PARENT_CHECK_INTERVAL = 0.5  # seconds between a loading process's looks at its node
@@ -266,17 +290,16 @@ def _child_main() -> None:
     from storage.store import RedisStore
 
     request = json.loads(sys.stdin.readline())
-    node = os.getppid()
 
     def orphaned() -> None:
-        if os.getppid() != node:
+        if os.getppid() != request["node"]:
             os._exit(1)
 
     @inlineCallbacks
     def main(reactor: Any) -> Any:
         LoopingCall(orphaned).start(PARENT_CHECK_INTERVAL)
         prefix = request["prefix"].encode("latin-1")
-        store = RedisStore(reactor, RedisAddress(**request["redis"]), prefix, 10.0)
+        store = RedisStore(reactor, RedisAddress(**request["redis"]), prefix, request["timeout"])
         store.start()
         try:
             loaded = yield OfflinePlaces(store, reactor, request["min_population"]).load_missing()

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import json
 import math
+import os
+import signal
 from decimal import Decimal
 from typing import Any, cast
 
@@ -20,7 +22,7 @@ from twisted.internet.defer import (
     succeed,
 )
 from twisted.internet.task import Clock, deferLater
-from twisted.logger import ILogObserver, formatEvent, globalLogPublisher
+from twisted.logger import ILogObserver, LogLevel, formatEvent, globalLogPublisher
 from twisted.trial import unittest
 
 from config.schema import RedisAddress
@@ -151,6 +153,20 @@ class OfflinePlacesTest(RedisCase):
         self.assertEqual((answer["status"], answer["results"]), ("ZERO_RESULTS", []))
 
 
+def _loading_child() -> int:
+    """The pid of this process's child that loads places (0: none)."""
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                stat = open(f"/proc/{entry}/stat").read().rsplit(")", 1)[1].split()
+                cmdline = open(f"/proc/{entry}/cmdline", "rb").read()
+            except OSError:
+                continue
+            if int(stat[1]) == os.getpid() and b"herd.places.offline" in cmdline:
+                return int(entry)
+    return 0
+
+
 class LoadInChildTest(RedisCase):
     """A node's load runs in a child process (herd.places.offline.LoadInChild)."""
 
@@ -162,6 +178,30 @@ class LoadInChildTest(RedisCase):
         self.assertFalse((yield places.recheck()))  # there, whole: no child at all
         loaded = yield LoadInChild(reactor)(places)  # a child that finds it there says so
         self.assertIsNone(loaded)
+
+    @inlineCallbacks
+    def test_a_child_stopped_with_its_node_is_no_error(self) -> Any:
+        """Found by a review: systemd stops a node's whole unit, the loading
+        process too, and its end was logged as an error."""
+        places = OfflinePlaces(self.store, reactor, min_population=5000, load_elsewhere=LoadInChild(reactor))
+        seen: list[dict[str, Any]] = []
+        observer = cast(ILogObserver, seen.append)
+        globalLogPublisher.addObserver(observer)
+        try:
+            loading = places.ensure_loaded()
+            yield until(lambda: _loading_child() != 0, what="the loading process")
+            pid = _loading_child()
+            os.kill(pid, signal.SIGTERM)
+            try:
+                yield loading
+            except PlacesError as err:
+                self.assertIn("the loading process was stopped (SIGTERM)", str(err))
+            else:
+                self.fail(f"expected PlacesError (child {pid})")
+        finally:
+            globalLogPublisher.removeObserver(observer)
+        [said] = [e for e in seen if "offline places not loaded" in formatEvent(e)]
+        self.assertEqual(said["log_level"], LogLevel.info)
 
     @inlineCallbacks
     def test_a_child_that_fails_says_why(self) -> Any:
