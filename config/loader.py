@@ -619,13 +619,15 @@ def _access_log(table: _Table, source: str, nodes: dict[str, NodeConfig]) -> str
 
 def check_can_serve(config: HerdConfig, node: str) -> None:
     """Raise ConfigError unless ``node`` has what ``herd serve`` needs beyond
-    the file itself: its TLS files, and the places API key in the environment."""
+    the file itself: its TLS files, the places API key in the environment,
+    and an admin token (if any) a browser can send."""
     check_tls_files(config, node)
-    if config.places.provider != "offline":
-        try:
+    try:
+        if config.places.provider != "offline":
             config.places.key()
-        except ConfigError as err:
-            raise ConfigError(f"{config.path}: {err}") from None
+        config.admin_token()
+    except ConfigError as err:
+        raise ConfigError(f"{config.path}: {err}") from None
 
 
 def check_tls_files(config: HerdConfig, node: str) -> None:

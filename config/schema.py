@@ -151,6 +151,9 @@ class HerdConfig:
         if self.admin_token_env is None:
             return None
         value = os.environ.get(self.admin_token_env, "").strip()
+        if not (value.isascii() and value.isprintable()):  # (a browser sends nothing else in a header)
+            raise ConfigError(f"${self.admin_token_env}: the admin token must be printable ASCII "
+                              "(letters, digits, punctuation)")
         return value.encode() if value else None
 
     def neighbours(self, name: str) -> tuple[str, ...]:

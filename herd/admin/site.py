@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING, Any
 
 from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
+from twisted.web.http import HTTPChannel
 from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET, Site
 
@@ -29,6 +30,13 @@ TEXT = b"text/plain; charset=utf-8"
 # What an answer that needs the summary hash makes of it: (content type, body).
 Produce = Callable[[Summary | None], tuple[bytes, bytes]]
 
+# Connections the admin endpoint holds at once; more are closed at once. Many
+# slow ones (a byte now and then, so no idle timeout ends them) took every
+# file the node may open, and its clients were refused.
+MAX_CONNECTIONS = 64
+IDLE_TIMEOUT = 15.0  # seconds without a byte before a connection is closed
+METRICS_MAX_AGE = 1.0  # seconds a rendering of /metrics answers later requests
+
 
 class AdminResource(Resource):
     """Every path of the admin endpoint, dispatched on the exact path."""
@@ -43,6 +51,8 @@ class AdminResource(Resource):
         self._addresses = addresses
         self._summary = SummaryReader(running.store, reactor)
         self._metrics = Metrics(running)
+        self._reactor = reactor
+        self._rendered: tuple[float, bytes, bytes] | None = None  # /metrics: when, type, body
         self._paths: dict[bytes, Callable[[Any], bytes | int]] = {
             b"/healthz": self.healthz, b"/metrics": self.metrics, b"/status": self.status,
         }
@@ -66,7 +76,18 @@ class AdminResource(Resource):
         return json.dumps(body).encode() + b"\n"
 
     def metrics(self, request: Any) -> int:
-        return self._with_summary(request, lambda held: (METRICS_TYPE, self._metrics.render(held)))
+        """Rendered at most once in METRICS_MAX_AGE (about 0.8 ms of the node's
+        time each: a burst of requests held client replies up for seconds)."""
+        rendered = self._rendered
+        if rendered is not None and self._reactor.seconds() - rendered[0] < METRICS_MAX_AGE:
+            _finish(request, rendered[1], rendered[2])
+            return NOT_DONE_YET
+        return self._with_summary(request, self._render_metrics)
+
+    def _render_metrics(self, held: Summary | None) -> tuple[bytes, bytes]:
+        body = self._metrics.render(held)
+        self._rendered = (self._reactor.seconds(), METRICS_TYPE, body)
+        return METRICS_TYPE, body
 
     def status(self, request: Any) -> int:
         # Every node's web page reads every node's figures (no client data here).
@@ -114,11 +135,38 @@ def _finish(request: Any, content_type: bytes, body: bytes) -> None:
     request.finish()
 
 
-class _QuietSite(Site):
+class _AdminChannel(HTTPChannel):
+    def connectionLost(self, reason: Any = None) -> None:  # noqa: N802 (Twisted's name)
+        self.site.open_connections -= 1  # type: ignore[attr-defined]
+        super().connectionLost(reason)
+
+
+class _AdminSite(Site):
+    """No log line per request (monitoring asks every few seconds); at most
+    MAX_CONNECTIONS connections, the next refused (and said, once a minute)."""
+
     noisy = False
+    protocol = _AdminChannel  # type: ignore[assignment]  # (HTTP/1.1 only: no HTTP/2 negotiation)
+
+    def __init__(self, resource: Resource, clock: IReactorTime) -> None:
+        super().__init__(resource, timeout=IDLE_TIMEOUT)
+        self.open_connections = 0
+        self._clock = clock
+        self._warned_at: float | None = None
+
+    def buildProtocol(self, addr: Any) -> Any:  # noqa: N802
+        if self.open_connections >= MAX_CONNECTIONS:
+            now = self._clock.seconds()
+            if self._warned_at is None or now - self._warned_at >= 60:
+                self._warned_at = now
+                log.warn("admin endpoint: {n} connections open, the most it holds; refusing more "
+                         "(said once a minute)", n=MAX_CONNECTIONS)
+            return None
+        self.open_connections += 1
+        return super().buildProtocol(addr)
 
     def log(self, request: Any) -> None:
-        """No line per request: monitoring asks every few seconds."""
+        """No line per request."""
 
 
 def admin_site(running: RunningNode, addresses: Addresses, reactor: IReactorTime) -> Site:
@@ -127,4 +175,4 @@ def admin_site(running: RunningNode, addresses: Addresses, reactor: IReactorTime
     from herd.web import WebPage  # the page's code loads only with an admin endpoint
 
     web = WebPage(lambda: running.config, running.node.name.decode(), running.store, reactor)
-    return _QuietSite(AdminResource(running, addresses, reactor, web))
+    return _AdminSite(AdminResource(running, addresses, reactor, web), reactor)

@@ -246,6 +246,44 @@ def test_only_get_and_head_on_known_paths(tmp_path: Path) -> None:
         herd.stop()
 
 
+def test_the_admin_endpoint_holds_a_bounded_number_of_connections(tmp_path: Path) -> None:
+    """Found by a review: connections that sent a byte now and then (so no
+    idle timeout ended them) took every file the node may open, and clients
+    were refused. Past MAX_CONNECTIONS the admin endpoint closes new ones."""
+    from herd.admin.site import MAX_CONNECTIONS
+
+    herd = running(Herd(tmp_path, {"Solo": []}))
+    node = herd["Solo"]
+    held = []
+    try:
+        wait_until(lambda: http(node.ports.admin, "/healthz")[0] == 200, what="healthy")
+        for _ in range(MAX_CONNECTIONS):
+            sock = socket.create_connection(("127.0.0.1", node.ports.admin), timeout=10)
+            sock.sendall(b"GET /status HTTP/1.1\r\nHost: x\r\nX-Slow: ")  # never ends
+            held.append(sock)
+        assert not port_takes_one_more(node.ports.admin)  # (accepted in order: after the held ones)
+        wait_until(lambda: f"admin endpoint: {MAX_CONNECTIONS} connections open, the most it holds; "
+                           "refusing more" in node.log(), what="the refusal said")
+        assert talk(node.port, "IAMAT still.served +1+1 1700000000").startswith(b"AT Solo ")
+        for sock in held:
+            sock.close()
+        wait_until(lambda: http(node.ports.admin, "/healthz")[0] == 200, what="the admin endpoint again")
+    finally:
+        for sock in held:
+            sock.close()
+        herd.stop()
+
+
+def port_takes_one_more(port: int) -> bool:
+    """Whether one more connection to ``port`` is kept (not closed at once)."""
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
+        sock.settimeout(0.5)
+        try:
+            return sock.recv(1) != b""
+        except TimeoutError:
+            return True
+
+
 def serve_once(herd: Herd, name: str, notify: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(herd[name].argv, cwd=REPO, capture_output=True, text=True, timeout=30,
                           env=child_env(HERD_SECRET=herd.secret, GOOGLE_PLACES_KEY="k", NOTIFY_SOCKET=notify))

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from config.loader import find_config, load_config
+from config.loader import check_can_serve, find_config, load_config
 from config.schema import ConfigError, HerdConfig
 
 REPO = Path(__file__).resolve().parents[2]
@@ -614,6 +614,14 @@ def test_admin_token_from_the_named_variable(tmp_path: Path, monkeypatch: pytest
         assert named.admin_token() is None
     monkeypatch.setenv("MY_ADMIN_TOKEN", "s3cret token\n")
     assert named.admin_token() == b"s3cret token"
+    # Found by a review: a browser cannot send these in a header (the page
+    # could never show client data), yet the node started with them.
+    for token in ("tök€n", "café-token", "tab\there"):
+        monkeypatch.setenv("MY_ADMIN_TOKEN", token)
+        with pytest.raises(ConfigError, match=r"^\$MY_ADMIN_TOKEN: the admin token must be printable ASCII"):
+            named.admin_token()
+        with pytest.raises(ConfigError, match="the admin token must be printable ASCII"):
+            check_can_serve(named, "Bailey")
 
 
 @pytest.mark.parametrize(
