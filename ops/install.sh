@@ -131,6 +131,9 @@ REAL_ROOT=0
 EXCLUDES=(.git .venv state __pycache__ build '*.egg-info' .pytest_cache .mypy_cache .ruff_cache .hypothesis
           tls '*.rdb' '*.aof' appendonlydir)
 
+# Run by a venv's python: whether its packages directory is this Python's.
+HAS_ITS_PACKAGES='import os, sys, sysconfig; sys.exit(not os.path.isdir(sysconfig.get_path("purelib")))'
+
 step() { echo "install: $*"; }
 note() { echo "install: note: $*"; }
 
@@ -376,9 +379,11 @@ step "virtualenv: $OPT/.venv"
 if [ "$VENV" = 0 ]; then
   note "--no-venv: not building $OPT/.venv"
 else
-  # Made again when it no longer runs (python3 upgraded or removed under it)
-  # or was made from another Python than $PYTHON.
-  if [ -e "$OPT/.venv" ] && { ! "$OPT/.venv/bin/python" -c '' >/dev/null 2>&1 \
+  # Made again when it no longer runs (python3 removed under it), when its
+  # packages are another Python version's (python3 upgraded: the venv runs
+  # the new one, its packages sit in lib/python3.<old>), or when it was made
+  # from another Python than $PYTHON.
+  if [ -e "$OPT/.venv" ] && { ! "$OPT/.venv/bin/python" -c "$HAS_ITS_PACKAGES" >/dev/null 2>&1 \
       || ! grep -qx "home = $(dirname "$PYTHON")" "$OPT/.venv/pyvenv.cfg"; }; then
     run rm -rf "$OPT/.venv"
   fi

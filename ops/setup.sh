@@ -98,8 +98,11 @@ if ! python3 -c 'import sys; sys.exit(sys.version_info < (3, 11))'; then
   exit 1
 fi
 
-# A .venv that no longer runs (python3 upgraded or removed) is made again.
-if [ -e .venv ] && ! .venv/bin/python -c '' >/dev/null 2>&1; then
+# A .venv that no longer runs (python3 removed), or whose packages are another
+# Python version's (python3 upgraded: the venv runs the new one, its packages
+# sit in lib/python3.<old>), is made again.
+if [ -e .venv ] && ! .venv/bin/python -c \
+    'import os, sys, sysconfig; sys.exit(not os.path.isdir(sysconfig.get_path("purelib")))' >/dev/null 2>&1; then
   rm -rf .venv
 fi
 if [ ! -e .venv ]; then
