@@ -43,11 +43,18 @@ STATIC_TYPES = {
     ".svg": b"image/svg+xml",
     ".txt": b"text/plain; charset=utf-8",
 }
-# The page fetches other nodes' /status (any http(s) address); nothing else
-# leaves this origin, and no form is ever submitted (the token stays out of URLs).
-PAGE_POLICY = (b"default-src 'self'; connect-src 'self' http: https:; img-src 'self' data:; "
-               b"style-src 'self'; script-src 'self'; base-uri 'none'; form-action 'none'; "
-               b"frame-ancestors 'none'")
+
+
+def page_policy(config: HerdConfig) -> bytes:
+    """The page's Content-Security-Policy: it fetches the herd's admin
+    endpoints (each node's /status, as /topology.json gives them) and nothing
+    else beyond this origin, and no form is ever submitted (the token stays
+    out of URLs)."""
+    endpoints = sorted({f"http://{where}" for node in config.nodes.values()
+                        if (where := _browser_address(node)) is not None})
+    connect = " ".join(["'self'", *endpoints])
+    return (f"default-src 'self'; connect-src {connect}; img-src 'self' data:; style-src 'self'; "
+            "script-src 'self'; base-uri 'none'; form-action 'none'; frame-ancestors 'none'").encode()
 
 
 class WebPage(Resource):
@@ -69,7 +76,7 @@ class WebPage(Resource):
         files = _static_files()
         self._routes: dict[bytes, Resource] = {
             **{b"/static/" + file_name.encode(): _StaticFile(*file) for file_name, file in files.items()},
-            b"/": _StaticFile(*files["index.html"], policy=PAGE_POLICY),
+            b"/": _StaticFile(*files["index.html"], policy=lambda: page_policy(config())),
             b"/topology.json": _Topology(config, name, client_data=token is not None),
             b"/clients.json": _Clients(token, _Sampler(store, clock)),
         }
@@ -131,7 +138,7 @@ class _StaticFile(Resource):
 
     isLeaf = True
 
-    def __init__(self, body: bytes, content_type: bytes, policy: bytes | None = None):
+    def __init__(self, body: bytes, content_type: bytes, policy: Callable[[], bytes] | None = None):
         super().__init__()
         self._body = body
         self._type = content_type
@@ -144,7 +151,7 @@ class _StaticFile(Resource):
         request.setHeader(b"Cache-Control", b"no-cache")
         request.setHeader(b"ETag", self._etag)
         if self._policy is not None:
-            request.setHeader(b"Content-Security-Policy", self._policy)
+            request.setHeader(b"Content-Security-Policy", self._policy())  # (the herd as it is now)
             request.setHeader(b"X-Frame-Options", b"DENY")
         if request.getHeader(b"If-None-Match") == self._etag:
             request.setResponseCode(304)

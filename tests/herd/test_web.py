@@ -277,7 +277,10 @@ def test_topology_json_and_which_answers_other_origins_may_read(tmp_path: Path) 
         assert code == 200 and "Access-Control-Allow-Origin" not in headers
         code, headers, page = get(admin(herd, "B") + "/")
         assert code == 200 and headers["Content-Type"].startswith("text/html")
-        assert "default-src 'self'" in headers["Content-Security-Policy"]
+        policy = headers["Content-Security-Policy"]
+        # It fetches the herd's admin endpoints and nothing else (found by a review: any http(s) address).
+        endpoints = " ".join(sorted(f"http://127.0.0.1:{herd[n].ports.admin}" for n in ("A", "B", "C")))
+        assert "default-src 'self'" in policy and f"connect-src 'self' {endpoints};" in policy, policy
         assert b'src="/static/app.js"' in page and b"http" not in page.replace(b"http-equiv", b"")
         for name, kind in (("app.js", "text/javascript"), ("map.js", "text/javascript"),
                            ("style.css", "text/css"), ("world.json", "application/json"),
