@@ -35,7 +35,6 @@ Produce = Callable[[Summary | None], tuple[bytes, bytes]]
 # file the node may open, and its clients were refused.
 MAX_CONNECTIONS = 64
 IDLE_TIMEOUT = 15.0  # seconds without a byte before a connection is closed
-METRICS_MAX_AGE = 1.0  # seconds a rendering of /metrics answers later requests
 
 
 class AdminResource(Resource):
@@ -51,8 +50,6 @@ class AdminResource(Resource):
         self._addresses = addresses
         self._summary = SummaryReader(running.store, reactor)
         self._metrics = Metrics(running)
-        self._reactor = reactor
-        self._rendered: tuple[float, bytes, bytes] | None = None  # /metrics: when, type, body
         self._paths: dict[bytes, Callable[[Any], bytes | int]] = {
             b"/healthz": self.healthz, b"/metrics": self.metrics, b"/status": self.status,
         }
@@ -76,18 +73,7 @@ class AdminResource(Resource):
         return json.dumps(body).encode() + b"\n"
 
     def metrics(self, request: Any) -> int:
-        """Rendered at most once in METRICS_MAX_AGE (about 0.8 ms of the node's
-        time each: a burst of requests held client replies up for seconds)."""
-        rendered = self._rendered
-        if rendered is not None and self._reactor.seconds() - rendered[0] < METRICS_MAX_AGE:
-            _finish(request, rendered[1], rendered[2])
-            return NOT_DONE_YET
-        return self._with_summary(request, self._render_metrics)
-
-    def _render_metrics(self, held: Summary | None) -> tuple[bytes, bytes]:
-        body = self._metrics.render(held)
-        self._rendered = (self._reactor.seconds(), METRICS_TYPE, body)
-        return METRICS_TYPE, body
+        return self._with_summary(request, lambda held: (METRICS_TYPE, self._metrics.render(held)))
 
     def status(self, request: Any) -> int:
         # Every node's web page reads every node's figures (no client data here).
