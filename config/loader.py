@@ -8,6 +8,7 @@ table (node) and the key, for example::
 
 from __future__ import annotations
 
+import contextlib
 import difflib
 import ipaddress
 import json
@@ -352,16 +353,17 @@ _LABEL = re.compile(r"[A-Za-z0-9_]([A-Za-z0-9_-]{0,61}[A-Za-z0-9_])?\Z")  # (_: 
 
 def valid_host(host: str) -> bool:
     """An IP address, or a host name: dot-separated labels of letters, digits,
-    hyphens (not at either end) and underscores, one trailing dot allowed; a
-    last label that is a number (``256.1.1.1``, ``0x7f.1``) is an IPv4
-    address (as the resolver reads it) or nothing."""
+    hyphens (not at either end) and underscores (no trailing dot: ``localhost.``
+    would not be known as loopback); a last label that is a number
+    (``256.1.1.1``, ``0x7f.1``) is an IPv4 address (as the resolver reads it)
+    or nothing."""
     try:
         ipaddress.ip_address(host)
         return True
     except ValueError:
         pass
-    labels = host.removesuffix(".").split(".")
-    if not host or len(host) > 254 or re.fullmatch(r"[0-9]+|0x[0-9a-f]*", labels[-1], re.I):
+    labels = host.split(".")
+    if not host or len(host) > 253 or re.fullmatch(r"[0-9]+|0x[0-9a-f]*", labels[-1], re.I):
         return False
     return all(_LABEL.match(label) for label in labels)
 
@@ -514,6 +516,8 @@ class _Address:
 
 def _host_name(host: str) -> str:
     name = listen_host(host).lower()
+    with contextlib.suppress(ValueError):  # one spelling of an address (0:0:0:0:0:0:0:1 is ::1)
+        name = str(ipaddress.ip_address(name))
     return "*" if name in WILDCARD_HOSTS else name
 
 
@@ -625,7 +629,8 @@ def check_can_serve(config: HerdConfig, node: str) -> None:
     try:
         if config.places.provider != "offline":
             config.places.key()
-        config.admin_token()
+        if config.nodes[node].admin is not None:
+            config.admin_token()
     except ConfigError as err:
         raise ConfigError(f"{config.path}: {err}") from None
 

@@ -34,6 +34,7 @@ Produce = Callable[[Summary | None], tuple[bytes, bytes]]
 # slow ones (a byte now and then, so no idle timeout ends them) took every
 # file the node may open, and its clients were refused.
 MAX_CONNECTIONS = 64
+MAX_PER_ADDRESS = 16  # of them from one address: one host cannot take them all
 IDLE_TIMEOUT = 15.0  # seconds without a byte before a connection is closed
 
 
@@ -122,14 +123,17 @@ def _finish(request: Any, content_type: bytes, body: bytes) -> None:
 
 
 class _AdminChannel(HTTPChannel):
+    counted_as = ""  # the address its site counted it under
+
     def connectionLost(self, reason: Any = None) -> None:  # noqa: N802 (Twisted's name)
-        self.site.open_connections -= 1  # type: ignore[attr-defined]
+        self.site.closed(self.counted_as)  # type: ignore[attr-defined]
         super().connectionLost(reason)
 
 
 class _AdminSite(Site):
     """No log line per request (monitoring asks every few seconds); at most
-    MAX_CONNECTIONS connections, the next refused (and said, once a minute)."""
+    MAX_CONNECTIONS connections, MAX_PER_ADDRESS from one address, the next
+    refused (and said, once a minute)."""
 
     noisy = False
     protocol = _AdminChannel  # type: ignore[assignment]  # (HTTP/1.1 only: no HTTP/2 negotiation)
@@ -137,19 +141,40 @@ class _AdminSite(Site):
     def __init__(self, resource: Resource, clock: IReactorTime) -> None:
         super().__init__(resource, timeout=IDLE_TIMEOUT)
         self.open_connections = 0
+        self._by_address: dict[str, int] = {}
         self._clock = clock
-        self._warned_at: float | None = None
+        self._warned_at: dict[str, float] = {}
 
     def buildProtocol(self, addr: Any) -> Any:  # noqa: N802
+        address = str(getattr(addr, "host", ""))
         if self.open_connections >= MAX_CONNECTIONS:
-            now = self._clock.seconds()
-            if self._warned_at is None or now - self._warned_at >= 60:
-                self._warned_at = now
-                log.warn("admin endpoint: {n} connections open, the most it holds; refusing more "
-                         "(said once a minute)", n=MAX_CONNECTIONS)
+            self._refuse("all", f"{MAX_CONNECTIONS} connections open, the most it holds")
+            return None
+        if self._by_address.get(address, 0) >= MAX_PER_ADDRESS:
+            self._refuse(address, f"{MAX_PER_ADDRESS} connections open from {address}, "
+                                  "the most from one address")
             return None
         self.open_connections += 1
-        return super().buildProtocol(addr)
+        self._by_address[address] = self._by_address.get(address, 0) + 1
+        channel = super().buildProtocol(addr)
+        channel.counted_as = address
+        return channel
+
+    def closed(self, address: str) -> None:
+        self.open_connections -= 1
+        left = self._by_address.pop(address) - 1
+        if left:
+            self._by_address[address] = left
+
+    def _refuse(self, limit: str, why: str) -> None:
+        """Say why connections are refused, once a minute per ``limit`` ("all",
+        or the address)."""
+        now = self._clock.seconds()
+        if now - self._warned_at.get(limit, -60.0) >= 60:
+            if len(self._warned_at) > 1000:  # (addresses come and go)
+                self._warned_at.clear()
+            self._warned_at[limit] = now
+            log.warn("admin endpoint: {why}; refusing more (said once a minute)", why=why)
 
     def log(self, request: Any) -> None:
         """No line per request."""

@@ -211,7 +211,7 @@ class LoadStopped(PlacesError):
 
 
 # What of the node's environment its loading process gets (no secrets, no keys).
-_CHILD_ENV = ("PATH", "HOME", "LANG", "LC_ALL", "LC_CTYPE", "TZ", "TMPDIR")
+_CHILD_ENV = ("PATH", "HOME", "LANG", "LC_ALL", "LC_CTYPE", "TZ", "TMPDIR", "LD_LIBRARY_PATH", "PYTHONHOME")
 # The folder this herd is imported from: the child imports the same one.
 _HERD_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
@@ -281,20 +281,24 @@ class _Child(ProcessProtocol):
 PARENT_CHECK_INTERVAL = 0.5  # seconds between a loading process's looks at its node
 
 
-def _child_main() -> None:
+def _child_main() -> int:
     """``python -m herd.places.offline``: load the data set the request on
     stdin names (LoadInChild) and print {"loaded": ...}; exit 1 at once if the
-    node that started it is gone."""
-    from twisted.internet.task import LoopingCall, react
+    node that started it is gone. The reactor installs no signal handlers: a
+    stop signal ends the process by that signal (its handlers would end it
+    with 0 and no answer), so the node can tell it was stopped."""
+    from twisted.internet import reactor
+    from twisted.internet.task import LoopingCall
 
     request = json.loads(sys.stdin.readline())
+    status = [1]
 
     def orphaned() -> None:
         if os.getppid() != request["node"]:
             os._exit(1)
 
     @inlineCallbacks
-    def main(reactor: Any) -> Any:
+    def main() -> Any:
         LoopingCall(orphaned).start(PARENT_CHECK_INTERVAL)
         prefix = request["prefix"].encode("latin-1")
         store = RedisStore(reactor, RedisAddress(**request["redis"]), prefix, request["timeout"])
@@ -302,11 +306,18 @@ def _child_main() -> None:
         try:
             loaded = yield OfflinePlaces(store, reactor, request["min_population"]).load_missing()
             print(json.dumps({"loaded": loaded}), flush=True)
+            status[0] = 0
         finally:
             yield store.stop()
 
-    react(main)
+    def run() -> None:
+        main().addErrback(lambda failure: print(failure.getTraceback(), file=sys.stderr)).addBoth(
+            lambda _: reactor.stop())  # type: ignore[attr-defined]
+
+    reactor.callWhenRunning(run)  # type: ignore[attr-defined]
+    reactor.run(installSignalHandlers=False)  # type: ignore[call-arg]
+    return status[0]
 
 
 if __name__ == "__main__":
-    _child_main()
+    sys.exit(_child_main())

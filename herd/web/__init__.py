@@ -16,6 +16,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 import json
+import re
 from collections.abc import Callable
 from importlib import resources
 from typing import Any
@@ -50,7 +51,7 @@ def page_policy(config: HerdConfig) -> bytes:
     endpoints (each node's /status, as /topology.json gives them) and nothing
     else beyond this origin, and no form is ever submitted (the token stays
     out of URLs)."""
-    endpoints = sorted({f"http://{where}" for node in config.nodes.values()
+    endpoints = sorted({_csp_source(where) for node in config.nodes.values()
                         if (where := _browser_address(node)) is not None})
     connect = " ".join(["'self'", *endpoints])
     return (f"default-src 'self'; connect-src {connect}; img-src 'self' data:; style-src 'self'; "
@@ -108,6 +109,14 @@ def topology(config: HerdConfig, name: str, client_data: bool) -> dict[str, Any]
         "client_data": client_data,
         "refresh": REFRESH_SECONDS,
     }
+
+
+def _csp_source(where: str) -> str:
+    """A CSP source for the admin endpoint at ``where`` (``host:port``): CSP
+    hosts are letters, digits, hyphens and dots only, so an IPv6 address or a
+    name with an underscore is any host on that port."""
+    host, _, port = where.rpartition(":")
+    return f"http://{where}" if re.fullmatch(r"[A-Za-z0-9.-]+", host) else f"http://*:{port}"
 
 
 def _browser_address(node: NodeConfig) -> str | None:

@@ -250,15 +250,19 @@ def test_the_admin_endpoint_holds_a_bounded_number_of_connections(tmp_path: Path
     """Found by a review: connections that sent a byte now and then (so no
     idle timeout ended them) took every file the node may open, and clients
     were refused. Past MAX_CONNECTIONS the admin endpoint closes new ones."""
-    from herd.admin.site import MAX_CONNECTIONS
+    from herd.admin.site import MAX_CONNECTIONS, MAX_PER_ADDRESS
 
     herd = running(Herd(tmp_path, {"Solo": []}))
     node = herd["Solo"]
     held = []
     try:
         wait_until(lambda: http(node.ports.admin, "/healthz")[0] == 200, what="healthy")
-        for _ in range(MAX_CONNECTIONS):
-            sock = socket.create_connection(("127.0.0.1", node.ports.admin), timeout=10)
+        # From as many loopback addresses as it takes (at most MAX_PER_ADDRESS from one).
+        for n in range(MAX_CONNECTIONS):
+            sock = socket.socket()
+            sock.bind((f"127.0.0.{2 + n // MAX_PER_ADDRESS}", 0))
+            sock.settimeout(10)
+            sock.connect(("127.0.0.1", node.ports.admin))
             sock.sendall(b"GET /status HTTP/1.1\r\nHost: x\r\nX-Slow: ")  # never ends
             held.append(sock)
         assert not port_takes_one_more(node.ports.admin)  # (accepted in order: after the held ones)
@@ -268,6 +272,11 @@ def test_the_admin_endpoint_holds_a_bounded_number_of_connections(tmp_path: Path
         for sock in held:
             sock.close()
         wait_until(lambda: http(node.ports.admin, "/healthz")[0] == 200, what="the admin endpoint again")
+        held = [socket.create_connection(("127.0.0.1", node.ports.admin), timeout=10)
+                for _ in range(MAX_PER_ADDRESS)]  # from 127.0.0.1: all it takes from one address
+        assert not port_takes_one_more(node.ports.admin)
+        wait_until(lambda: "connections open from 127.0.0.1, the most from one address" in node.log(),
+                   what="the refusal said")
     finally:
         for sock in held:
             sock.close()

@@ -189,7 +189,10 @@ class LoadInChildTest(RedisCase):
         globalLogPublisher.addObserver(observer)
         try:
             loading = places.ensure_loaded()
-            yield until(lambda: _loading_child() != 0, what="the loading process")
+            # Signalled once it loads (found by a review: its reactor's handlers
+            # made a stop signal an exit 0 with no answer, said as an error).
+            yield until(lambda: bool(self.redis.call("KEYS", "herd:places:*:loading:*")), timeout=30,
+                        what="the loading process writing")
             pid = _loading_child()
             os.kill(pid, signal.SIGTERM)
             try:

@@ -45,3 +45,30 @@ peers = ["C"]
         "client_data": False,
         "refresh": REFRESH_SECONDS,
     }
+
+
+def test_the_page_may_fetch_the_herds_admin_endpoints_only(tmp_path: Path) -> None:
+    """Found by reviews: the policy allowed any http(s) address; then a CSP
+    host cannot be an IPv6 address or hold an underscore: any host on that port."""
+    from herd.web import page_policy
+
+    (tmp_path / "herd.toml").write_text("""
+[herd]
+secret_env = "S"
+[nodes.A]
+host = "127.0.0.1"
+port = 10000
+redis = "redis://127.0.0.1:6400/0"
+peers = ["B", "C"]
+[nodes.B]
+host = "::1"
+port = 10001
+redis = "redis://127.0.0.1:6401/0"
+[nodes.C]
+host = "node_c.example"
+port = 10002
+redis = "redis://127.0.0.1:6402/0"
+admin = "node_c.example:30009"
+""")
+    policy = page_policy(load_config(str(tmp_path / "herd.toml"))).decode()
+    assert "connect-src 'self' http://*:30001 http://*:30009 http://127.0.0.1:30000;" in policy, policy
