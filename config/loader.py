@@ -33,6 +33,7 @@ from config.schema import (
     PlacesConfig,
     RedisAddress,
     TlsConfig,
+    is_loopback,
     listen_host,
 )
 
@@ -523,12 +524,7 @@ def _host_name(host: str) -> str:
 
 def _on_this_machine(name: str) -> bool:
     """A wildcard or a loopback address (a _host_name)."""
-    if name == "*":
-        return True
-    try:
-        return ipaddress.ip_address(name).is_loopback
-    except ValueError:
-        return False
+    return name == "*" or is_loopback(name)
 
 
 def _machine(host: str) -> str:

@@ -6,6 +6,7 @@ Values here are already checked by :mod:`config.loader`; code that receives a
 
 from __future__ import annotations
 
+import ipaddress
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -38,6 +39,14 @@ class RedisAddress:
 WILDCARD_HOSTS = frozenset({"0.0.0.0", "::", ""})
 # Names of the loopback interface: a node on one listens there, not on every interface.
 LOOPBACK_NAMES = {"localhost": "127.0.0.1", "ip6-localhost": "::1", "ip6-loopback": "::1"}
+
+
+def is_loopback(host: str) -> bool:
+    """Whether ``host`` (an address, or a name as listen_host reads it) is loopback."""
+    try:
+        return ipaddress.ip_address(listen_host(host)).is_loopback
+    except ValueError:
+        return False
 
 
 def listen_host(host: str) -> str:

@@ -17,7 +17,6 @@ threads, no reactor.
 from __future__ import annotations
 
 import fcntl
-import ipaddress
 import json
 import os
 import signal
@@ -30,7 +29,7 @@ from pathlib import Path
 from typing import IO
 
 from config.loader import check_can_serve, load_config
-from config.schema import HerdConfig, host_port
+from config.schema import HerdConfig, host_port, is_loopback, listen_host
 from herd.logs import LEVELS, json_record, timestamp
 from herd.peer.tls import tls_for
 from herd.rotating import RotatingFile
@@ -76,12 +75,12 @@ def plan_redis_servers(config: HerdConfig) -> list[LocalRedis]:
     users: dict[int, list[str]] = {}
     for name in sorted(config.nodes):
         address = config.nodes[name].redis
-        if is_local(address.host):
+        if is_loopback(address.host):
             users.setdefault(address.port, []).append(name)
     plans = []
     for port, names in users.items():
         first = config.nodes[names[0]].redis
-        hosts = sorted({bind_address(config.nodes[n].redis.host) for n in names})
+        hosts = sorted({listen_host(config.nodes[n].redis.host) for n in names})
         plans.append(LocalRedis(port, tuple(hosts), names[0], first.password))
     return plans
 
@@ -93,7 +92,7 @@ def shared_keyspace(config: HerdConfig) -> str | None:
     users: dict[tuple[int, int, str], str] = {}
     for name in sorted(config.nodes):
         node = config.nodes[name]
-        if is_local(node.redis.host):
+        if is_loopback(node.redis.host):
             key = (node.redis.port, node.redis.db, node.prefix)
             if key in users:
                 return (f"nodes {users[key]} and {name} would share Redis port {key[0]}, database {key[1]}, "
@@ -102,19 +101,6 @@ def shared_keyspace(config: HerdConfig) -> str | None:
     return None
 
 
-def is_local(host: str) -> bool:
-    """True for ``localhost`` and loopback addresses (127.0.0.0/8, ::1)."""
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
-
-
-def bind_address(host: str) -> str:
-    # Twisted resolves "localhost" to IPv4, so that is where the node will dial.
-    return "127.0.0.1" if host == "localhost" else host
 
 
 class Output:
@@ -379,7 +365,7 @@ def print_banner(config: HerdConfig, state: Path, out: Output) -> None:
     for name in sorted(config.nodes):
         node = config.nodes[name]
         redis = node.redis
-        where = "" if is_local(redis.host) else " (remote, not started)"
+        where = "" if is_loopback(redis.host) else " (remote, not started)"
         out.say(f"{name:<{out.width}}  {host_port(node.host, node.port)}  "
                 f"redis {host_port(redis.host, redis.port)}{where}  log {state / name / 'herd.log'}")
     out.say(f"{len(config.nodes)} nodes running; Ctrl-C stops the herd")
