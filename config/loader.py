@@ -450,9 +450,10 @@ def _check_unique(nodes: _Table, node: NodeConfig, built: dict[str, NodeConfig],
                   machines: dict[str, str]) -> None:
     """``node`` must not share a listening address (client port or admin) with
     a node defined before it or with its own other one, nor its Redis db with
-    an earlier node whose prefix begins its own or is begun by it, nor listen
-    where any of these nodes' Redis does. Loopback and wildcard addresses are
-    compared only between nodes on one machine (see _Address)."""
+    an earlier node whose prefix could write one of its keys
+    (prefixes_share_keys), nor listen where any of these nodes' Redis does.
+    Loopback and wildcard addresses are compared only between nodes on one
+    machine (see _Address)."""
     table = nodes.table(node.name)
     for other in built.values():
         their_redis = _Address.of(machines[other.name], other.redis.host, other.redis.port)
@@ -479,13 +480,12 @@ def _check_unique(nodes: _Table, node: NodeConfig, built: dict[str, NodeConfig],
                     raise table.error(key, f"{address.port} is already used by node {other.name} for its "
                                            f"{_WHAT[other_key]} ({hosts})")
         prefix, theirs = node.prefix, other.prefix
-        if _redis_database(other, machines) == _redis_database(node, machines) and (
-                prefix.startswith(theirs) or theirs.startswith(prefix)):
-            # Prefixes "p:" and "p:client:" would share keys ("p:client:geo").
-            used = "is already used" if prefix == theirs else f"overlaps prefix {theirs!r}, used"
+        if _redis_database(other, machines) == _redis_database(node, machines) and \
+                prefixes_share_keys(prefix, theirs):
+            used = "is already used" if prefix == theirs else f"shares keys with prefix {theirs!r}, used"
             raise table.error("redis", f"{_redact(node.redis.url)} with prefix {prefix!r} {used} by node "
-                                       f"{other.name} (nodes sharing a Redis database need prefixes "
-                                       "neither of which begins the other)")
+                                       f"{other.name} (nodes sharing a Redis database need prefixes whose "
+                                       "keys differ)")
 
 
 class _Address:
@@ -558,6 +558,30 @@ def _listeners(node: NodeConfig, machines: dict[str, str]) -> list[tuple[str, _A
     if node.admin is not None:
         out.append(("admin", _Address.of(machines[node.name], *node.admin)))
     return out
+
+
+# The key schema (storage/keys.py; a test holds the two together): every key
+# is the prefix and one of these names, or one of these heads and anything.
+KEY_NAMES = ("geo", "journal", "journal:base", "journal:batch", "journal:epoch", "status", "summary")
+KEY_HEADS = ("client:", "peer:", "places:")
+
+
+def prefixes_share_keys(one: str, other: str) -> bool:
+    """Whether nodes with these prefixes in one Redis database could write one
+    key: "p:" and "p:client:" do ("p:client:geo" is the second's GEO set and
+    the first's client "geo"); "herd:" and "herd:b:" do not."""
+    short, long = sorted((one, other), key=len)
+    if not long.startswith(short):
+        return False
+    rest = long[len(short):]  # the longer prefix's keys are the shorter's, after rest
+
+    def taken(key: str, open_end: bool) -> bool:  # is a key of the shorter prefix, or may be
+        if key in KEY_NAMES or key.startswith(KEY_HEADS):
+            return True
+        return open_end and any(name.startswith(key) for name in (*KEY_NAMES, *KEY_HEADS))
+
+    return rest == "" or any(taken(rest + name, False) for name in KEY_NAMES) or any(
+        taken(rest + head, True) for head in KEY_HEADS)
 
 
 def _redis_database(node: NodeConfig, machines: dict[str, str]) -> tuple[str, str, int, int]:

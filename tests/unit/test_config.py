@@ -519,15 +519,37 @@ def test_duplicate_redis_under_another_loopback_name(tmp_path: Path) -> None:
     assert "already used by node Bailey" in failure(path, "nodes.Bona.redis")
 
 
-@pytest.mark.parametrize(("bailey", "bona"), [("herd:", "herd:client:"), ("p:client:", "p:"), ("a", "ab")])
-def test_shared_redis_with_a_prefix_beginning_the_others(tmp_path: Path, bailey: str, bona: str) -> None:
+@pytest.mark.parametrize(("bailey", "bona", "share"), [
+    ("herd:", "herd:client:", True), ("p:client:", "p:", True), ("x:", "x:peer:a:", True),
+    ("herd:", "herd:places:v", True), ("herd:", "herd:b:", False), ("n1", "n10", False), ("a", "ab", False),
+    ("p:", "p:client", False)])
+def test_shared_redis_with_prefixes_that_share_keys(tmp_path: Path, bailey: str, bona: str,
+                                                    share: bool) -> None:
     """Found by a review: prefixes "p:" and "p:client:" on one Redis loaded, and
-    then shared keys (p:'s client "geo" is p:client:'s GEO set)."""
+    then shared keys (p:'s client "geo" is p:client:'s GEO set). "herd:" and
+    "herd:b:" share none."""
     shared = 'redis = "redis://127.0.0.1:6400/0"'
     text = variant(shared, f'{shared}\nprefix = "{bailey}"').replace(
         'redis = "redis://127.0.0.1:6401/0"', f'{shared}\nprefix = "{bona}"')
-    message = failure(write(tmp_path, text), "nodes.Bona.redis")
-    assert f"with prefix '{bona}' overlaps prefix '{bailey}', used by node Bailey" in message
+    if share:
+        message = failure(write(tmp_path, text), "nodes.Bona.redis")
+        assert f"with prefix '{bona}' shares keys with prefix '{bailey}', used by node Bailey" in message
+    else:
+        assert load_config(write(tmp_path, text)).nodes["Bona"].prefix == bona
+
+
+def test_the_loaders_key_names_are_the_key_schemas() -> None:
+    """config.loader.prefixes_share_keys knows every key storage.keys makes."""
+    from config.loader import KEY_HEADS, KEY_NAMES
+    from storage.keys import Keys
+
+    keys = Keys(b"")
+    made = {keys.client(b"x"), keys.geo, keys.journal, keys.journal_epoch, keys.journal_base,
+            keys.journal_batch, keys.summary, keys.status, keys.places_version, keys.places_geo(b"v"),
+            keys.places_info(b"v"), keys.places_cache(b"q"), keys.peer(b"P")}
+    for key in made:
+        text = key.decode()
+        assert text in KEY_NAMES or text.startswith(KEY_HEADS), text
 
 
 def test_shared_redis_with_distinct_prefixes_or_dbs_is_fine(tmp_path: Path) -> None:
