@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Set this machine up to run herd: redis-server, Python >= 3.11 with venv, and
 # .venv in the repository root with the locked requirements (requirements.lock,
-# requirements-dev.lock) and herd itself. With --tests, also what the test
+# requirements-dev.lock, requirements-build.lock) and herd itself. With --tests, also what the test
 # suite uses besides: systemd's tools, iproute2, nftables, strace, chromium.
 # Idempotent; quiet on success except one final line. Works from any directory.
 #
