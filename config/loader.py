@@ -506,8 +506,7 @@ class _Address:
     @classmethod
     def of(cls, node_machine: str, host: str, port: int) -> _Address:
         name = _host_name(host)
-        machine = node_machine if _on_this_machine(name) else _machine(host)
-        return cls(host, port, machine, name)
+        return cls(host, port, node_machine if _on_this_machine(name) else name, name)
 
     def clashes(self, other: _Address) -> bool:
         """The same port on one machine, on the same address or one of them on all."""
