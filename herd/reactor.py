@@ -97,6 +97,15 @@ class HerdReactor(EPollReactor):
 
     doIteration = doPoll
 
+    def write_now(self, writer: Any) -> None:
+        """Write ``writer``'s data now, in the middle of a turn, if it waits to
+        be written before the next poll (what it cannot send stays and is
+        written as any other). For a caller that wants another process to start
+        on its data while this one goes on with the turn (storage.store: a
+        batch of records to Redis)."""
+        if writer in self._prompt:
+            self._write_now(writer)
+
     def _write_now(self, writer: Any) -> None:
         """``doWrite`` as an epoll event would run it, errors handled alike."""
         try:

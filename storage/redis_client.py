@@ -137,6 +137,14 @@ class RedisProtocol(txredisapi.RedisProtocol):
             reply.addErrback(lambda failure: refused[0] if refused and _not_found(failure) else failure)
         return reply.addErrback(self._function_missing, call)
 
+    def send_now(self) -> None:
+        """Write what this connection has buffered now, not when the reactor
+        next polls, when the reactor can (herd.reactor's ``write_now``; any
+        other reactor writes as it always does)."""
+        write_now = getattr(self.transport.reactor, "write_now", None)
+        if write_now is not None:
+            write_now(self.transport)
+
     def _load(self, call: FunctionCall) -> None:
         """FUNCTION LOAD of ``call``'s library. Until it is answered,
         ``_loading`` holds a list for its name, which gets the failure of a

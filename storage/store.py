@@ -62,6 +62,14 @@ MAX_BATCH = 1000  # records per store_batch.lua call (exceeded only by one group
 # two, one node with no peers answered about 10% fewer IAMATs a second in
 # `herd bench`; at most 4 x MAX_BATCH records, well under 0.1 s, wait in Redis).
 MAX_IN_FLIGHT = 4
+# Records that, once waiting, go to Redis at once (while a batch slot is
+# free), in the middle of the reactor's turn, not after it: Redis starts on
+# them while the node reads and parses the rest of the turn's requests.
+# Sent at the end of the turn, a busy node's whole load went to Redis in one
+# batch, and the node waited for Redis, then Redis for the node (with no
+# peers, node and Redis each used 0.57 of a core, in turn, on a machine of
+# two; docs/BENCHMARKS.md, nineteenth session). Fewer make more Lua calls.
+SEND_AT = 64
 SERVING_POLL = 0.1  # seconds between checks whether Redis takes writes again
 STALLED = 0.25  # seconds a call may wait for Redis before the store counts as not serving
 # Seconds a call waits for Redis to serve again once it has not answered for a
@@ -253,9 +261,10 @@ class RedisStore:
         will most likely be stored (a hint that saves Redis work, never a
         condition: Redis decides).
 
-        Calls made in one reactor turn go to Redis as one batch (one Lua call),
-        applied in call order; each Deferred fires with its own StoreResult once
-        Redis has acknowledged the batch."""
+        Calls made in one reactor turn go to Redis together, at the end of the
+        turn (one Lua call per batch; a batch leaves at once when SEND_AT
+        records wait), applied in call order; each Deferred fires with its own
+        StoreResult once Redis has acknowledged its batch."""
         done: Deferred[StoreResult] = Deferred()
         blob = record_blob(record, KINDS[tie_break][known_newer], step, source)
         self._queue(blob, done, 0, digest_part(record.line) if known_newer else 0,
@@ -318,7 +327,18 @@ class RedisStore:
     def _queue(self, blob: bytes, done: Deferred[Any], count: int, digest: int, urgent: bool = False) -> None:
         (self._urgent if urgent else self._batch).append((blob, done, next(self._arrivals), count, digest))
         self._waiting += count or 1
-        self._schedule_flush()
+        if self._waiting >= SEND_AT and len(self._sent_at) < MAX_IN_FLIGHT:
+            self._send_now()
+        else:
+            self._schedule_flush()
+
+    def _send_now(self) -> None:
+        if self._batch_call is not None:
+            self._batch_call.cancel()
+        self._flush_batch()
+        connection = self._connection()
+        if isinstance(connection, RedisProtocol):
+            connection.send_now()
 
     def _schedule_flush(self) -> None:
         if self._batch_call is None and len(self._sent_at) < MAX_IN_FLIGHT:

@@ -1,6 +1,6 @@
 """RedisStore's flow control and failure handling against a real redis-server:
 a burst of records never queues inside Redis deeper than the reply timeout,
-client records go before a peer's backlog, and once Redis has not answered
+client records go before a peer's backlog, a full batch goes to Redis at once, and once Redis has not answered
 for a timeout, calls stop waiting a whole timeout each."""
 
 from __future__ import annotations
@@ -27,6 +27,7 @@ from storage.store import (
     MAX_BATCH,
     MAX_IN_FLIGHT,
     RECOVERY_GRACE,
+    SEND_AT,
     RedisStore,
     StoreUnavailable,
 )
@@ -73,6 +74,33 @@ class Burst(unittest.TestCase):
         # At most the batches already sent were answered before the client's.
         assert fired.index("client") <= MAX_IN_FLIGHT * MAX_BATCH
         assert self.store.backlog == 0
+
+
+class SentAtOnce(unittest.TestCase):
+    def setUp(self) -> None:
+        self.redis, self.store = redis_with_store(self, "herd-at-once-", timeout=5.0)
+
+    @inlineCallbacks
+    def test_records_reaching_send_at_go_to_redis_in_the_middle_of_the_turn(self) -> Any:
+        yield self.store.get(b"nobody")  # connected
+        connection = self.store._connection()
+        written_now: list[Any] = []
+        reactor.write_now = written_now.append  # type: ignore[attr-defined] # as herd.reactor's
+        self.addCleanup(delattr, reactor, "write_now")
+        fewer = self.store.store_group([record(i) for i in range(SEND_AT - 1)])
+        assert (len(self.store._sent_at), written_now) == (0, [])  # at the end of the turn
+        more = self.store.store_if_newer(record(SEND_AT))
+        assert (len(self.store._sent_at), self.store.backlog) == (1, 0)  # one batch of all, now
+        assert written_now == [connection.transport]
+        group, one = yield DeferredList([fewer, more], fireOnOneErrback=True)
+        assert all(result.stored for result in group[1]) and one[1].stored
+        groups = [[record(1000 + SEND_AT * g + i) for i in range(SEND_AT)] for g in range(MAX_IN_FLIGHT + 1)]
+        later = [self.store.store_group(group) for group in groups[:MAX_IN_FLIGHT]]
+        assert (len(self.store._sent_at), self.store.backlog) == (MAX_IN_FLIGHT, 0)
+        later.append(self.store.store_group(groups[-1]))  # no slot: waits for an answer
+        assert (len(self.store._sent_at), self.store.backlog) == (MAX_IN_FLIGHT, SEND_AT)
+        results = yield DeferredList(later, fireOnOneErrback=True)
+        assert all(result.stored for _, stored in results for result in stored)
 
 
 @inlineCallbacks
@@ -222,6 +250,7 @@ class Backpressure(unittest.TestCase):
         self.redis, self.store = redis_with_store(self, "herd-backpressure-")
         self.patch(node_module, "BACKLOG_HIGH", 50)
         self.patch(node_module, "BACKLOG_LOW", 10)
+        self.patch(store_module, "SEND_AT", 10**6)  # the turn's records wait for its end
         self.node = Node(b"A", self.store, None, PeerLinks([b"P"]), reactor)  # type: ignore[arg-type]
 
     @inlineCallbacks
@@ -291,6 +320,7 @@ class FailedBatches(unittest.TestCase):
     @inlineCallbacks
     def test_each_batch_leaves_room_for_older_peer_records(self) -> Any:
         yield self.store.get(b"nobody")  # connected
+        self.patch(store_module, "SEND_AT", 10**6)  # both queues wait, as while every batch slot is busy
         order = yield self.stored_in_order(("peer", 600), ("client", 1500))
         first_batch = order[:MAX_BATCH]
         assert first_batch.count("peer") >= MAX_BATCH // 2 and first_batch.count("client") >= MAX_BATCH // 2

@@ -1,5 +1,5 @@
 """herd.reactor.HerdReactor: a write leaves before the reactor next polls,
-without a round through epoll; every write still arrives whole and in order
+without a round through epoll (or at once, asked with write_now); every write still arrives whole and in order
 (a socket that cannot take it all is handed to epoll), also when the
 connection closes right after writing; the poll does not sleep past calls
 that the writes' own code made due; errors are handled as Twisted's epoll
@@ -112,6 +112,24 @@ def test_a_write_leaves_in_the_next_turn_without_epoll(reactor: HerdReactor) -> 
     client.settimeout(5)
     assert client.recv(100) == b"AT one\nAT two\n"  # one turn, both writes in one send
     assert poller.watched_for_writing == []
+    assert reactor.getWriters() == []
+
+
+def test_write_now_sends_in_the_middle_of_a_turn_and_leaves_the_rest_of_the_turn_as_it_was(
+        reactor: HerdReactor) -> None:
+    server, client = connected(reactor)
+    other, other_client = connected(reactor)
+    assert server.transport is not None and other.transport is not None
+    other.transport.write(b"AT later\n")
+    server.transport.write(b"FCALL now\n")
+    reactor.write_now(server.transport)  # no turn of the reactor
+    client.settimeout(5)
+    assert client.recv(100) == b"FCALL now\n"
+    assert reactor.getWriters() == [other.transport]  # its write waits for the poll, as before
+    reactor.write_now(server.transport)  # nothing to write: nothing happens
+    reactor.iterate(0)
+    other_client.settimeout(5)
+    assert other_client.recv(100) == b"AT later\n"
     assert reactor.getWriters() == []
 
 
