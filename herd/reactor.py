@@ -7,7 +7,8 @@ that it pays at every wake-up, whatever the wake-up carries.
    ``epoll_wait`` that returns at once, the timed calls checked again. Here a
    transport that starts writing is set aside, and written just before the
    reactor next polls: after the turn's events and its timed calls, so that
-   the writes of one turn still leave together, as before. Only a transport
+   the writes of one turn still leave together, as before (unless a caller
+   asks for one transport's writes at once: ``write_now``). Only a transport
    whose socket cannot take all its data is handed to epoll, as Twisted does.
 2. A log context per event. The epoll reactor runs each event inside
    ``twisted.python.log.callWithLogger``, a context stack that only the legacy

@@ -104,6 +104,7 @@ class RedisProtocol(txredisapi.RedisProtocol):
         self._reread = False  # the timer was just set again to read late replies first
         self.functions: set[bytes] = set()  # FunctionCall names loaded (or being loaded) on this connection
         self._loading: dict[bytes, list[Failure]] = {}  # names whose load is unanswered (see _load)
+        self._reading = False  # in dataReceived (see send_now)
 
     def execute_command(self, *args: Any, **kwargs: Any) -> Deferred[Any]:
         result = super().execute_command(*args, **kwargs)
@@ -140,10 +141,20 @@ class RedisProtocol(txredisapi.RedisProtocol):
     def send_now(self) -> None:
         """Write what this connection has buffered now, not when the reactor
         next polls, when the reactor can (herd.reactor's ``write_now``; any
-        other reactor writes as it always does)."""
+        other reactor writes as it always does). Not while this connection
+        reads (a call made by the callback of a reply): a write that failed
+        there would close the connection under the replies still to be read,
+        which Redis answered, and fail their calls."""
         write_now = getattr(self.transport.reactor, "write_now", None)
-        if write_now is not None:
+        if write_now is not None and not self._reading:
             write_now(self.transport)
+
+    def dataReceived(self, data: bytes, unpause: bool = False) -> Any:  # noqa: N802 (Twisted's name)
+        self._reading = True  # (txredisapi also calls this itself, with unpause, to read what it kept)
+        try:
+            return super().dataReceived(data, unpause)
+        finally:
+            self._reading = False
 
     def _load(self, call: FunctionCall) -> None:
         """FUNCTION LOAD of ``call``'s library. Until it is answered,

@@ -69,6 +69,9 @@ MAX_IN_FLIGHT = 4
 # batch, and the node waited for Redis, then Redis for the node (with no
 # peers, node and Redis each used 0.57 of a core, in turn, on a machine of
 # two; docs/BENCHMARKS.md, nineteenth session). Fewer make more Lua calls.
+# The price: updates forwarded cut-through in such a turn leave after that
+# batch's Python work (see _flush_next_turn); a read of fewer records, as at
+# a thousand updates a second, is sent as before.
 SEND_AT = 64
 SERVING_POLL = 0.1  # seconds between checks whether Redis takes writes again
 STALLED = 0.25  # seconds a call may wait for Redis before the store counts as not serving
@@ -262,9 +265,11 @@ class RedisStore:
         condition: Redis decides).
 
         Calls made in one reactor turn go to Redis together, at the end of the
-        turn (one Lua call per batch; a batch leaves at once when SEND_AT
-        records wait), applied in call order; each Deferred fires with its own
-        StoreResult once Redis has acknowledged its batch."""
+        turn (one Lua call per batch), or at once, with what waits before them,
+        when they make SEND_AT records waiting and a batch slot is free;
+        applied in call order. Each Deferred fires with its own StoreResult once
+        Redis has acknowledged its batch (or fails; when the write to Redis
+        fails at once, before this returns)."""
         done: Deferred[StoreResult] = Deferred()
         blob = record_blob(record, KINDS[tie_break][known_newer], step, source)
         self._queue(blob, done, 0, digest_part(record.line) if known_newer else 0,
@@ -347,7 +352,8 @@ class RedisStore:
     def _flush_next_turn(self) -> None:
         """Build the batch one reactor turn later, after the reactor has written
         what this turn queued: an update forwarded cut-through leaves before
-        the Python work of a Lua call, about 0.2 ms sooner per hop."""
+        the Python work of a Lua call, about 0.2 ms sooner per hop (unless
+        SEND_AT records made the batch leave at once)."""
         self._batch_call = self._reactor.callLater(0, self._flush_batch)
 
     def _flush_batch(self) -> None:

@@ -6,12 +6,14 @@ for a timeout, calls stop waiting a whole timeout each."""
 from __future__ import annotations
 
 import gc
+import subprocess
+import sys
 import time
 from functools import partial
 from typing import Any, cast
 
 from fakes import at_record
-from harness import discard_redis, free_port, fresh_redis, redis_with_store, until
+from harness import REPO, discard_redis, free_port, fresh_redis, redis_with_store, shared_redis, until
 from twisted.internet import reactor
 from twisted.internet.defer import Deferred, DeferredList, inlineCallbacks, succeed
 from twisted.internet.task import deferLater
@@ -83,6 +85,7 @@ class SentAtOnce(unittest.TestCase):
     @inlineCallbacks
     def test_records_reaching_send_at_go_to_redis_in_the_middle_of_the_turn(self) -> Any:
         yield self.store.get(b"nobody")  # connected
+        yield deferLater(reactor, 0, lambda: None)  # out of the Redis connection's read
         connection = self.store._connection()
         written_now: list[Any] = []
         reactor.write_now = written_now.append  # type: ignore[attr-defined] # as herd.reactor's
@@ -101,6 +104,75 @@ class SentAtOnce(unittest.TestCase):
         assert (len(self.store._sent_at), self.store.backlog) == (MAX_IN_FLIGHT, SEND_AT)
         results = yield DeferredList(later, fireOnOneErrback=True)
         assert all(result.stored for _, stored in results for result in stored)
+
+    @inlineCallbacks
+    def test_records_queued_while_the_connection_reads_a_reply_are_written_after_the_read(self) -> Any:
+        # Found by a review: written at once inside the Redis connection's own
+        # read, a failed write would close it under replies Redis had sent.
+        yield self.store.get(b"nobody")  # connected
+        yield deferLater(reactor, 0, lambda: None)  # out of the Redis connection's read
+        written_now: list[Any] = []
+        reactor.write_now = written_now.append  # type: ignore[attr-defined] # as herd.reactor's
+        self.addCleanup(delattr, reactor, "write_now")
+        inside: list[Deferred[Any]] = []
+
+        def queue_more(result: StoreResult) -> StoreResult:
+            inside.append(self.store.store_group([record(100 + i) for i in range(SEND_AT)]))
+            return result
+
+        first = self.store.store_if_newer(record(1)).addCallback(queue_more)
+        assert (yield first).stored
+        assert len(inside) == 1 and written_now == []  # sent (in order), written when the read is over
+        group = yield inside[0]
+        assert all(result.stored for result in group)
+
+
+# A node's store on the node's reactor, in a process of its own: queues
+# ``count`` records from a timed call (not inside a read), then, without
+# returning to the reactor, waits up to a second for Redis to hold the last.
+_ON_THE_NODE_REACTOR = """
+import sys, time
+from herd.reactor import install
+reactor = install()
+from config.schema import RedisAddress
+from herd.tools.harness import Resp
+from herd.wire.client import parse_at_line
+from storage.store import RedisStore
+port, prefix, count = int(sys.argv[1]), sys.argv[2].encode(), int(sys.argv[3])
+store = RedisStore(reactor, RedisAddress(f"redis://127.0.0.1:{port}/0", "127.0.0.1", port), prefix, 5.0)
+def queue():
+    try:
+        store.store_group([parse_at_line(b"AT B +0.100000000 c%d +1+1 1700000000.%d" % (i, i))
+                           for i in range(count)]).addErrback(lambda _: None)  # lost as it stops
+        deadline = time.monotonic() + 1.0
+        with Resp(port) as redis:
+            while not redis.call("EXISTS", prefix + b"client:c%d" % (count - 1)):
+                if time.monotonic() > deadline:
+                    print("at the end of the turn")
+                    break
+                time.sleep(0.005)
+            else:
+                print("in the middle of the turn")
+    finally:
+        reactor.stop()
+store.start()
+store.get(b"nobody").addCallback(lambda _: reactor.callLater(0, queue))
+reactor.run()
+"""
+
+
+def test_on_the_node_reactor_a_full_batch_reaches_redis_in_the_middle_of_the_turn() -> None:
+    server = shared_redis()
+
+    def sent(count: int) -> str:
+        prefix = f"herd-now-{count}-{time.monotonic_ns()}:"
+        argv = [sys.executable, "-c", _ON_THE_NODE_REACTOR, str(server.port), prefix, str(count)]
+        done = subprocess.run(argv, cwd=REPO, capture_output=True, text=True, timeout=60)
+        assert done.returncode == 0, done.stderr
+        return done.stdout.strip()
+
+    assert sent(SEND_AT) == "in the middle of the turn"
+    assert sent(SEND_AT - 1) == "at the end of the turn"
 
 
 @inlineCallbacks
