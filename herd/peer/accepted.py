@@ -199,7 +199,7 @@ class AcceptedPeer(PeerLineProtocol, TimeoutMixin):
         self.peer_name = name
         self.max_line = PEER_MAX_LINE
         self.who = f"peer {name.decode()} (accepted)"
-        self.node.links.add(name, self, "accepted")
+        self.node.links.add(name, self, "accepted, TLS" if self._tls else "accepted")
 
 
 class AcceptedPeerFactory(Factory):

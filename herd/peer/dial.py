@@ -123,7 +123,7 @@ class DialledPeer(PeerLineProtocol):
                 self._timer.cancel()
             self._failures[0] = 0
             self.peer_name = self._peer
-            self.node.links.add(self._peer, self, "dialled")
+            self.node.links.add(self._peer, self, "dialled, TLS" if self._in_tls else "dialled")
             return
         self._refuse(line)
 

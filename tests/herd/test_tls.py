@@ -88,6 +88,9 @@ def test_tls_nodes_link_and_flood(tmp_path: Path) -> None:
         herd.wait_links()
         wait_until(lambda: all("peer link upgraded to TLS" in herd[n].access_log() for n in "ABC"),
                    what="the upgrades in the access logs")
+        # The event log (journalctl) says so too (docs/OPERATIONS.md's check of a TLS rollout).
+        wait_until(lambda: "peer B link up (dialled, TLS;" in herd["A"].log()
+                   and "peer A link up (accepted, TLS;" in herd["B"].log(), what="TLS links logged")
         at_line = talk(herd["A"].port, "IAMAT tls.client +1+1 1700000000").rstrip(b"\n")
         wait_until(lambda: herd["C"].record("tls.client").get(b"at") == at_line, what="flood over TLS")
     finally:
