@@ -238,6 +238,7 @@ step "nodes ${NODES[*]} in $CONFIG_USED"
 # secret's variable and max_connections, separated the same way.
 READ_CONFIG=$(cat <<'PYTHON'
 import ipaddress
+import os
 import sys
 
 sys.path.insert(0, sys.argv[1])
@@ -272,7 +273,9 @@ except ConfigError as err:
 for name in sys.argv[3:]:
     node = config.nodes.get(name)
     if node is None:
-        die(f"node {name!r} is not in {path} (nodes: {', '.join(sorted(config.nodes))})")
+        kept = os.environ.get("INSTALL_CONFIG_KEPT")  # a --config FILE not installed over this one
+        hint = f"; that installed config is kept: --force replaces it with {kept}" if kept else ""
+        die(f"node {name!r} is not in {path} (nodes: {', '.join(sorted(config.nodes))}){hint}")
     redis = node.redis
     where = f"{path}: nodes.{name}.redis"
     address = ip(redis.host)
@@ -299,7 +302,9 @@ for name in sys.argv[3:]:
 print(config.secret_env, config.max_connections, sep="\x1f")
 PYTHON
 )
-node_lines=$("$PYTHON" -c "$READ_CONFIG" "$SRC" "$CONFIG_USED" "${NODES[@]}") || exit 1
+KEPT=''
+[ "$CONFIG_USED" = "$CONFIG_SRC" ] || KEPT=$CONFIG_SRC
+node_lines=$(INSTALL_CONFIG_KEPT=$KEPT "$PYTHON" -c "$READ_CONFIG" "$SRC" "$CONFIG_USED" "${NODES[@]}") || exit 1
 IFS=$'\x1f' read -r SECRET_ENV MAX_CONNECTIONS < <(tail -n 1 <<<"$node_lines")
 node_lines=$(sed '$d' <<<"$node_lines")
 while IFS=$'\x1f' read -r node _ port _ listen; do

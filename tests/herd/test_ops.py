@@ -293,6 +293,26 @@ def test_dry_run_prints_every_step_and_changes_nothing(tmp_path: Path) -> None:
     assert "HERD_SECRET=" not in out  # the secret never is
 
 
+def test_a_node_missing_from_the_installed_config_names_the_kept_file_and_force(tmp_path: Path) -> None:
+    # Found by a review: the docs said --config is read first; an installed
+    # herd.toml is (it is never replaced without --force), and the refusal
+    # named only that file.
+    prefix = tmp_path / "root"
+    (prefix / "etc/herd").mkdir(parents=True)
+    (prefix / "etc/herd/herd.toml").write_text(
+        '[herd]\nsecret_env = "HERD_SECRET"\n\n[nodes.Bailey]\nhost = "127.0.0.1"\nport = 10000\n'
+        'redis = "redis://127.0.0.1:6400/0"\npeers = []\n')
+    given = REPO / "config/herd.toml"
+    result = install("--dry-run", "--prefix", prefix, "--no-venv", "--config", given, "Bona")
+    assert result.returncode == 1
+    assert result.stderr.strip() == (
+        f"install: node 'Bona' is not in {prefix}/etc/herd/herd.toml (nodes: Bailey); "
+        f"that installed config is kept: --force replaces it with {given}")
+    forced = install("--dry-run", "--prefix", prefix, "--no-venv", "--force", "--config", given, "Bona")
+    assert forced.returncode == 0, forced.stderr
+    assert f"\ninstall: nodes Bona in {given}" in forced.stdout
+
+
 @pytest.mark.skipif(Path("/run/systemd/system").exists(), reason="systemd runs here")
 def test_without_systemd_every_skipped_systemctl_command_is_printed() -> None:
     result = install("--dry-run", "--config", REPO / "config/herd.toml", "Bailey", "Bona")
