@@ -17,9 +17,10 @@ import json
 import sys
 import time
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any
 
-from twisted.internet.defer import gatherResults
+from twisted.internet.defer import Deferred, gatherResults
 
 from config.schema import HerdConfig
 from herd.tools.output import Interruption, print_out
@@ -27,6 +28,17 @@ from herd.tools.survey import DEFAULT_TIMEOUT, NodeReport, Surveyor, agreement, 
 
 REFRESH = 1.0  # seconds between frames, and between two requests to one node
 SHORT_DIGEST = 8  # hex digits of the digest shown in a row (the agreement line has them all)
+ASKING = "asking"  # the live view's state of a node that has not answered yet since it began
+
+
+@dataclass(frozen=True)
+class _Asking(NodeReport):
+    """A node the live view has asked and heard nothing from yet: no figures
+    (none known), not UNREACHABLE (not timed out yet)."""
+
+    @property
+    def state(self) -> str:
+        return ASKING
 
 
 def _row(config: HerdConfig, r: NodeReport) -> str:
@@ -70,7 +82,8 @@ class LiveView:
     later, so a slow node holds back its own row only: every frame shows the
     others' answers of the last second. A node asked for longer than REFRESH
     keeps the row of its last answer, with a line saying how long it has been
-    asked since (it turns UNREACHABLE at the timeout, never before)."""
+    asked since (it turns UNREACHABLE at the timeout, never before); one that
+    has not answered once yet is shown as asking, with no figures."""
 
     def __init__(self, reactor: Any, surveyor: Surveyor, names: Sequence[str]):
         self._reactor = reactor
@@ -80,9 +93,20 @@ class LiveView:
         self._asked: dict[str, float] = {}  # node -> when its unanswered request was sent
         self.stopped = False
 
-    def start(self) -> Any:
-        """Ask every node; fires once each has answered (or timed out) once."""
-        return gatherResults([self._ask(name) for name in self._names])
+    def start(self) -> Deferred[None]:
+        """Ask every node; fires once each has answered (or timed out) once,
+        or REFRESH s after asking, whichever is first: a node slow from the
+        start holds back its own row only (shown as asking until it answers)."""
+        first: Deferred[None] = Deferred()
+
+        def show(_: object) -> None:
+            if not first.called:
+                first.callback(None)
+
+        timer = self._reactor.callLater(REFRESH, show, None)
+        everyone = gatherResults([self._ask(name) for name in self._names])
+        everyone.addCallback(lambda _: timer.cancel() if timer.active() else None).addCallback(show)
+        return first
 
     def _ask(self, name: str) -> Any:
         asked = self._asked[name] = self._reactor.seconds()
@@ -102,10 +126,17 @@ class LiveView:
         REFRESH s; and the same with those unread (status None), for the
         agreement line: a digest of seconds ago is not compared with others
         of now."""
-        now, rows, current = self._reactor.seconds(), [], []
+        now = self._reactor.seconds()
+        rows: list[NodeReport] = []
+        current: list[NodeReport] = []
         for name in self._names:
-            report = self.latest[name]
             waiting = now - self._asked.get(name, now)
+            if name not in self.latest:  # asked, never answered yet
+                asking = _Asking(name, None, f"(asked {waiting:.1f} s ago, no answer yet)")
+                rows.append(asking)
+                current.append(asking)
+                continue
+            report = self.latest[name]
             if waiting > REFRESH:
                 note = f"(asked again {waiting:.1f} s ago, no answer yet; the row is its last answer)"
                 report = NodeReport(report.name, report.status, note if report.error is None

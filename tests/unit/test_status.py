@@ -396,6 +396,33 @@ def test_a_slow_node_holds_back_its_own_row_only(tmp_path: Path) -> None:
         bona.close()
 
 
+def test_a_node_slow_from_the_start_holds_back_its_own_row_only(tmp_path: Path) -> None:
+    # Found by a review: the first frame waited for every node's first answer,
+    # so a node that never answered held the whole view for the timeout.
+    release = threading.Event()
+
+    def slow() -> dict[str, Any]:
+        release.wait(20)
+        return status_doc("Bona")
+
+    bailey, bona = FakeNode(status_doc("Bailey")), FakeNode(slow)
+    try:
+        path = write_config(tmp_path / "herd.toml", {"Bailey": bailey.port, "Bona": bona.port})
+        started = time.monotonic()
+        frames, out = ctrl_c_live_view(path, bailey, 3, "Bailey asked three times", then=release.set,
+                                       args=["--timeout", "10"])
+        assert time.monotonic() - started < 9.5, out  # within Bona's timeout: not held back by it
+        assert frames and bona.requests == 1, out
+        first = frames[0]
+        assert row(first, "Bailey").split()[3:5] == ["12", DIGEST[:8]], out
+        assert row(first, "Bona").split()[1:5] == ["asking", "-", "-", "-"], out  # no figures, no guess
+        assert "no answer yet" in first and "; unknown for Bona" in first, out
+    finally:
+        release.set()
+        bailey.close()
+        bona.close()
+
+
 def test_live_view_refreshes_until_ctrl_c(tmp_path: Path) -> None:
     bailey = FakeNode(status_doc("Bailey"), status_doc("Bailey", 13, "ffff000011112222"))
     try:
