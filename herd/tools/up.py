@@ -101,8 +101,6 @@ def shared_keyspace(config: HerdConfig) -> str | None:
     return None
 
 
-
-
 class Output:
     """Our stdout, shared by the relay threads: whole lines, one writer at a
     time. With ``json_lines`` (``--log-format json``) every line is one JSON
