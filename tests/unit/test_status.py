@@ -353,16 +353,21 @@ def ctrl_c_live_view(path: Path, node: FakeNode, requests: int, what: str,
     return out.split("herd status  ")[1:], out
 
 
+def held_until(release: threading.Event, name: str) -> Callable[[], dict[str, Any]]:
+    """An answer of node ``name`` that waits for ``release`` (20 s at most)."""
+
+    def answer() -> dict[str, Any]:
+        release.wait(20)
+        return status_doc(name)
+
+    return answer
+
+
 def test_ctrl_c_during_a_survey_shows_no_frame_of_guesses(tmp_path: Path) -> None:
     # Found by a flaky test: Ctrl-C cancelled the survey in flight, and the
     # view printed a last frame with every node unreachable.
     release = threading.Event()
-
-    def slow() -> dict[str, Any]:
-        release.wait(20)
-        return status_doc("Bailey")
-
-    bailey = FakeNode(status_doc("Bailey"), slow)
+    bailey = FakeNode(status_doc("Bailey"), held_until(release, "Bailey"))
     try:
         path = write_config(tmp_path / "herd.toml", {"Bailey": bailey.port})
         frames, out = ctrl_c_live_view(path, bailey, 2, "a second request in flight", then=release.set)
@@ -371,56 +376,46 @@ def test_ctrl_c_during_a_survey_shows_no_frame_of_guesses(tmp_path: Path) -> Non
         bailey.close()
 
 
-def test_a_slow_node_holds_back_its_own_row_only(tmp_path: Path) -> None:
-    # Found by a black-box review: each frame waited for the slowest node, up
-    # to the timeout, so one stopped node made every row late.
+def live_view_with_bona_held(tmp_path: Path, bona_first: list[dict[str, Any]], requests: int,
+                             what: str) -> tuple[list[str], str, int]:
+    """The live view (Bona's timeout 10 s) of Bailey and a Bona that answers
+    ``bona_first``, then holds its answers until the end; Ctrl-C once Bailey
+    had ``requests`` requests, which must be well within Bona's timeout: the
+    frames, the output and the requests Bona had."""
     release = threading.Event()
-
-    def slow() -> dict[str, Any]:
-        release.wait(20)
-        return status_doc("Bona")
-
-    bailey, bona = FakeNode(status_doc("Bailey")), FakeNode(status_doc("Bona"), slow)
+    bailey, bona = FakeNode(status_doc("Bailey")), FakeNode(*bona_first, held_until(release, "Bona"))
     try:
         path = write_config(tmp_path / "herd.toml", {"Bailey": bailey.port, "Bona": bona.port})
         started = time.monotonic()
-        frames, out = ctrl_c_live_view(path, bailey, 5, "Bailey asked five times", then=release.set,
+        frames, out = ctrl_c_live_view(path, bailey, requests, what, then=release.set,
                                        args=["--timeout", "10"])
         assert time.monotonic() - started < 9.5, out  # within Bona's timeout: not held back by it
-        assert bona.requests == 2 and len(frames) >= 3, out
-        assert "no answer yet" in frames[-1] and row(frames[-1], "Bona").split()[1] == "up", out
-        assert "; unknown for Bona" in frames[-1], out  # its digest is not of this moment
+        return frames, out, bona.requests
     finally:
         release.set()
         bailey.close()
         bona.close()
+
+
+def test_a_slow_node_holds_back_its_own_row_only(tmp_path: Path) -> None:
+    # Found by a black-box review: each frame waited for the slowest node, up
+    # to the timeout, so one stopped node made every row late.
+    frames, out, bona_requests = live_view_with_bona_held(tmp_path, [status_doc("Bona")], 5,
+                                                          "Bailey asked five times")
+    assert bona_requests == 2 and len(frames) >= 3, out
+    assert "no answer yet" in frames[-1] and row(frames[-1], "Bona").split()[1] == "up", out
+    assert "; unknown for Bona" in frames[-1], out  # its digest is not of this moment
 
 
 def test_a_node_slow_from_the_start_holds_back_its_own_row_only(tmp_path: Path) -> None:
     # Found by a review: the first frame waited for every node's first answer,
     # so a node that never answered held the whole view for the timeout.
-    release = threading.Event()
-
-    def slow() -> dict[str, Any]:
-        release.wait(20)
-        return status_doc("Bona")
-
-    bailey, bona = FakeNode(status_doc("Bailey")), FakeNode(slow)
-    try:
-        path = write_config(tmp_path / "herd.toml", {"Bailey": bailey.port, "Bona": bona.port})
-        started = time.monotonic()
-        frames, out = ctrl_c_live_view(path, bailey, 3, "Bailey asked three times", then=release.set,
-                                       args=["--timeout", "10"])
-        assert time.monotonic() - started < 9.5, out  # within Bona's timeout: not held back by it
-        assert frames and bona.requests == 1, out
-        first = frames[0]
-        assert row(first, "Bailey").split()[3:5] == ["12", DIGEST[:8]], out
-        assert row(first, "Bona").split()[1:5] == ["asking", "-", "-", "-"], out  # no figures, no guess
-        assert "no answer yet" in first and "; unknown for Bona" in first, out
-    finally:
-        release.set()
-        bailey.close()
-        bona.close()
+    frames, out, bona_requests = live_view_with_bona_held(tmp_path, [], 3, "Bailey asked three times")
+    assert frames and bona_requests == 1, out
+    first = frames[0]
+    assert row(first, "Bailey").split()[3:5] == ["12", DIGEST[:8]], out
+    assert row(first, "Bona").split()[1:5] == ["asking", "-", "-", "-"], out  # no figures, no guess
+    assert "no answer yet" in first and "; unknown for Bona" in first, out
 
 
 def test_live_view_refreshes_until_ctrl_c(tmp_path: Path) -> None:
