@@ -181,7 +181,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             # line is info, left out by up's --log-level warning or error)
             args.config = config_path(args.config, getattr(args, "log_format", "text") == "json",
                                       announce=args.command != "serve"
-                                      and getattr(args, "log_level", "info") in ("debug", "info"))
+                                      and getattr(args, "log_level", "info") in ("debug", "info"),
+                                      need_secret=args.command == "up")
         return _dispatch(args)
     except ConfigError as err:
         from herd.logs import error_line
@@ -198,15 +199,19 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 1
 
 
-def config_path(given: str | None, as_json: bool = False, announce: bool = True) -> str:
+def config_path(given: str | None, as_json: bool = False, announce: bool = True,
+                need_secret: bool = False) -> str:
     """The herd file to use (config.loader.find_config); when no --config named
     it and ``announce``, one line on stderr says which (stdout may be --json;
-    with ``as_json``, a JSON object, as the event log's lines)."""
-    from config.loader import CONFIG_ENV, find_config
+    with ``as_json``, a JSON object, as the event log's lines), once the file
+    loads (with ``need_secret``, its secret too): a file that does not gets
+    the one line of its error alone, which names it."""
+    from config.loader import CONFIG_ENV, find_config, load_config
     from herd.logs import error_line
 
     choice = find_config(given, os.environ, os.getcwd())
     if announce and not choice.explicit:
+        load_config(choice.path, need_secret)
         origin = f" (from ${CONFIG_ENV})" if choice.how == f"${CONFIG_ENV}" else ""
         error_line(f"herd: using config {choice.path}{origin}", as_json, level="info")
     return choice.path

@@ -145,12 +145,23 @@ def test_with_json_logs_what_serve_and_up_say_before_logging_is_json(tmp_path: P
     for args in (["serve", "Bailey"], ["up"]):  # no HERD_TEST_SECRET in the environment
         result = herd(*args, "--log-format", "json", cwd=tmp_path)
         assert result.returncode == 2, result.stderr
-        *found, refused = (json.loads(line) for line in result.stderr.splitlines())
+        [refused] = (json.loads(line) for line in result.stderr.splitlines())  # the file in it, no other line
         local = tmp_path / "config" / "herd.toml"
-        if args[0] == "up":  # (serve names it in its first log line)
-            assert [(f["level"], f["message"]) for f in found] == [("info", f"herd: using config {local}")]
         assert refused["level"] == "error" and "HERD_TEST_SECRET is not set" in refused["message"]
+        assert refused["message"].startswith(f"herd: {local}: ")
         assert refused["node"] == ("Bailey" if args[0] == "serve" else None) and "time" in refused
+
+
+@pytest.mark.parametrize("command", [("check",), ("status", "--once"), ("places", "load", "Bailey")])
+def test_a_config_found_that_does_not_load_is_one_line_naming_it(command: tuple[str, ...],
+                                                                 tmp_path: Path) -> None:
+    # Found by a review: "using config <file>" came first, then the error (SPEC 5: one message).
+    path = tmp_path / "elsewhere.toml"
+    path.write_text(SMALL.replace("port = ", "port = 'x' #"))
+    result = herd(*command, cwd=tmp_path, HERD_CONFIG=str(path))
+    assert (result.returncode, result.stdout) == (2, "")
+    [line] = result.stderr.splitlines()
+    assert line.startswith(f"herd: {path}: nodes.Bailey.port: "), line
 
 
 def test_a_fatal_line_carries_its_priority_with_log_prefix() -> None:
