@@ -10,6 +10,7 @@ within 0.5 s of starting).
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Iterator
 from typing import Any
@@ -60,9 +61,11 @@ class NodeCollector:
                                 value=client_connections(running))
         yield GaugeMetricFamily("herd_redis_up", "1 when the node's Redis takes writes and answered",
                                 value=int(redis_up(running, self.held)))
-        if stats.last_update:
-            yield GaugeMetricFamily("herd_last_update_age_seconds", "Seconds since the last update stored",
-                                    value=max(0.0, time.time() - stats.last_update))
+        # +Inf before the first update ever stored: present from the first
+        # scrape (SPEC 9 lists it), and above any alert's threshold.
+        age = max(0.0, time.time() - stats.last_update) if stats.last_update else math.inf
+        yield GaugeMetricFamily("herd_last_update_age_seconds", "Seconds since the last update stored "
+                                "(+Inf: none ever was)", value=age)
         yield from self._peers()
         yield from self._work()
 

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import json
+import math
 import re
 import socket
 import subprocess
@@ -153,6 +154,7 @@ def test_healthz_and_status_follow_redis(tmp_path: Path) -> None:
         assert content_type == "application/json" and json.loads(body)["ok"] is True
         fresh = status(admin)
         assert (fresh["clients"], fresh["digest"], fresh["last_update"]) == (0, "0" * 16, None)
+        assert metric(http(admin, "/metrics")[2].decode(), "herd_last_update_age_seconds") == math.inf
         herd["Solo"].redis.kill()
         wait_until(lambda: http(admin, "/healthz")[0] == 503, what="unhealthy without Redis")
         assert json.loads(http(admin, "/healthz")[2])["redis"] is False
