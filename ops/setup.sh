@@ -2,7 +2,7 @@
 # Set this machine up to run herd: redis-server, Python >= 3.11 with venv, and
 # .venv in the repository root with the locked requirements (requirements.lock,
 # requirements-dev.lock, requirements-build.lock) and herd itself. With --tests, also what the test
-# suite uses besides: systemd's tools, iproute2, nftables, strace, chromium.
+# suite uses besides: systemd's tools, iproute2, nftables, strace, valgrind, chromium.
 # Idempotent; quiet on success except one final line. Works from any directory.
 #
 # Debian's own redis-server service (port 6379) is left alone: herd starts its
@@ -81,6 +81,12 @@ if "$tests"; then
   # its Redis call (tests/herd/test_syscalls.py).
   if ! have strace; then
     apt_install strace
+  fi
+
+  # valgrind counts instructions for `herd bench --only instructions`
+  # (tests/herd/test_bench.py).
+  if ! have valgrind; then
+    apt_install valgrind
   fi
 
   # The admin web page is tested in a real, headless browser (tests/herd/test_web.py):

@@ -17,6 +17,8 @@ Load comes from ``herd.tools.bench_load`` in processes of its own. Scenarios:
 - whatsat: offline-provider WHATSAT latency at 1, 20 and 50 km
 - memory: Redis bytes per client
 - reconcile: a node restarted after missing 1% of the clients' updates
+- instructions (only when asked): the node's, its Redis's, the ceiling
+  server's and the floor Redis's instructions per update, under callgrind
 
 Prints a table, or with ``--json`` one JSON object.
 """
@@ -46,7 +48,9 @@ from pathlib import Path
 from typing import Any, NamedTuple
 
 from herd.logs import FLUSH_INTERVAL
+from herd.tools import bench_instructions
 from herd.tools.bench_report import (
+    DEFAULT_SCENARIOS,
     SCENARIOS,
     cpu_ratio,
     figures,
@@ -90,8 +94,9 @@ def add_bench_arguments(parser: argparse.ArgumentParser) -> None:
     """The ``herd bench`` flags, on ``parser`` (the ``bench`` subparser)."""
     add = parser.add_argument
     seconds, count = at_least(float, 0.001, 3600), at_least(int, 1, 1000)
-    add("--only", default=",".join(SCENARIOS), metavar="A,B,...",
-        help=f"scenarios to run, comma separated (default: all of {', '.join(SCENARIOS)})")
+    add("--only", default=",".join(DEFAULT_SCENARIOS), metavar="A,B,...",
+        help=f"scenarios to run, comma separated (default: all of {', '.join(DEFAULT_SCENARIOS)}; "
+             "also: instructions, under valgrind)")
     add("--seconds", type=seconds, default=5.0, help="throughput and ceiling: measured seconds (default 5)")
     add("--connections", type=count, default=8, help="load connections (default 8)")
     add("--in-flight", type=count, default=16, help="requests outstanding per connection (default 16)")
@@ -763,11 +768,21 @@ def answers_iamat(port: int, line: str) -> bool:
         return False
 
 
+def scenario_instructions(bench: Bench) -> dict[str, Any]:
+    """Instructions per update of the node, its Redis, the ceiling server and
+    the floor's Redis, under callgrind (herd/tools/bench_instructions.py)."""
+    try:
+        return bench_instructions.run(bench.root / "instructions", bench.args.appendfsync)
+    except bench_instructions.InstructionsError as err:
+        raise BenchError(str(err)) from None
+
+
 RUNNERS: dict[str, Callable[[Bench], dict[str, Any]]] = {
     "throughput": scenario_throughput, "single": scenario_single, "ceiling": scenario_ceiling,
     "floor": scenario_floor,
     "propagation": scenario_propagation, "whatsat": scenario_whatsat,
     "memory": scenario_memory, "reconcile": scenario_reconcile, "startup": scenario_startup,
+    "instructions": scenario_instructions,
 }
 
 

@@ -9,7 +9,9 @@ from dataclasses import dataclass
 from typing import Any
 
 SCENARIOS = ("throughput", "single", "ceiling", "floor", "propagation", "whatsat", "memory", "reconcile",
-             "startup")
+             "startup", "instructions")
+# What a plain `herd bench` runs: instructions (under valgrind, a diagnostic) only when asked.
+DEFAULT_SCENARIOS = SCENARIOS[:-1]
 
 
 
@@ -249,11 +251,25 @@ def startup_figures(r: dict[str, Any], _: dict[str, Any]) -> list[Figure]:
                    "<= 0.5 s", worst <= 0.5)]
 
 
+def instructions_figures(r: dict[str, Any], _: dict[str, Any]) -> list[Figure]:
+    if "error" in r:
+        return [Figure("instructions", "error", r["error"])]
+    node, redis = r["node"]["per_iamat"], r["redis"]["per_record"]
+    ceiling, floor = r["ceiling"]["per_request"], r["floor"]["per_record"]
+    setting = f"{r['rounds']} writes of {r['lockstep']}, one at a time"
+    return [Figure("instructions", f"node per IAMAT / ceiling server per request ({setting})",
+                   f"{node:,} / {ceiling:,} = {node / ceiling:.2f}"),
+            Figure("instructions", "node's Redis per record / floor's plain writes per record",
+                   f"{redis:,} / {floor:,} = {redis / floor:.2f}"),
+            Figure("instructions", "node + its Redis per update / floor of 1 node",
+                   f"{node + redis:,} / {ceiling + floor:,} = {(node + redis) / (ceiling + floor):.2f}")]
+
+
 FIGURES: dict[str, Callable[[dict[str, Any], dict[str, Any]], list[Figure]]] = {
     "throughput": throughput_figures, "single": single_figures, "ceiling": ceiling_figures,
     "floor": floor_figures, "propagation": propagation_figures,
     "whatsat": whatsat_figures, "memory": memory_figures, "reconcile": reconcile_figures,
-    "startup": startup_figures,
+    "startup": startup_figures, "instructions": instructions_figures,
 }
 
 

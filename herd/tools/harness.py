@@ -195,9 +195,9 @@ class ChildProcess:
     def __init__(self, label: str, argv: Sequence[str], log_path: Path, *,
                  env: Mapping[str, str] | None = None, cwd: Path | None = None,
                  port: int | None = None, host: str = "127.0.0.1", pipe: bool = False,
-                 pass_fds: Sequence[int] = (), mark_starts: bool = False):
+                 pass_fds: Sequence[int] = (), mark_starts: bool = False, wrapper: Sequence[str] = ()):
         self.label = label
-        self.argv = list(argv)
+        self.argv = [*wrapper, *argv]  # wrapper: a command that runs it (valgrind ...: herd bench)
         self.log_path = log_path
         self.env = dict(env or {})
         self.cwd = cwd
@@ -374,7 +374,7 @@ class RedisProcess(ChildProcess):
     def __init__(self, data_dir: Path, port: int | None = None, *, bind: Sequence[str] = ("127.0.0.1",),
                  appendfsync: str | None = None, snapshots: bool = True, password: str | None = None,
                  conf: Path = REDIS_CONF, label: str | None = None, pass_fds: Sequence[int] = (),
-                 mark_starts: bool = False, pipe: bool = False):
+                 mark_starts: bool = False, pipe: bool = False, wrapper: Sequence[str] = ()):
         self.data_dir = data_dir.resolve()
         self.password = password
         port = port or free_port(bind[0])
@@ -389,7 +389,8 @@ class RedisProcess(ChildProcess):
         if password:
             argv += ["--requirepass", password]
         super().__init__(label or f"redis-server on port {port}", argv, self.data_dir / "redis.log",
-                         port=port, host=bind[0], pass_fds=pass_fds, mark_starts=mark_starts, pipe=pipe)
+                         port=port, host=bind[0], pass_fds=pass_fds, mark_starts=mark_starts, pipe=pipe,
+                         wrapper=wrapper)
         self.port: int = port
 
     @property
@@ -432,10 +433,10 @@ class NodeProcess(ChildProcess):
     def __init__(self, name: str, config: Path | str, port: int, log_path: Path, *,
                  host: str = "127.0.0.1", env: Mapping[str, str] | None = None, args: Sequence[str] = (),
                  cwd: Path | None = None, pipe: bool = False, label: str | None = None,
-                 mark_starts: bool = False):
+                 mark_starts: bool = False, wrapper: Sequence[str] = ()):
         argv = [sys.executable, "-m", "herd", "serve", name, "--config", str(config), *args]
         super().__init__(label or f"node {name}", argv, log_path, env=env, cwd=cwd, port=port, host=host,
-                         pipe=pipe, mark_starts=mark_starts)
+                         pipe=pipe, mark_starts=mark_starts, wrapper=wrapper)
         self.name = name
         self.port: int = port
 

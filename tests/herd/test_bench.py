@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import shutil
 import subprocess
 import sys
 import time
@@ -18,7 +19,7 @@ from typing import Any
 import pytest
 from harness import REPO
 
-from herd.tools import bench, bench_report
+from herd.tools import bench, bench_instructions, bench_report
 from herd.tools.bench_load import client_time, iamat, percentile
 from herd.tools.harness import RedisProcess
 from herd.wire.client import GEO_LAT_LIMIT, Iamat, parse_request
@@ -315,3 +316,39 @@ def test_floor_writer_commands_store_the_client_schema() -> None:
     assert fields[b"at"].split() == [b"AT", b"Bailey", fields[b"skew"], b"bench7", fields[b"location"],
                                      b"1700000000.000000001"]
     assert geoadd == [b"GEOADD", b"herd:geo", fields[b"lon"], fields[b"lat"], b"bench7"]
+
+
+@pytest.mark.skipif(shutil.which("valgrind") is None, reason="valgrind is not installed")
+def test_instructions_are_counted_for_each_part_and_repeat() -> None:
+    report, _ = run_bench("--only", "instructions")
+    r = report["results"]["instructions"]
+    per = {"node": r["node"]["per_iamat"], "redis": r["redis"]["per_record"],
+           "ceiling": r["ceiling"]["per_request"], "floor": r["floor"]["per_record"]}
+    assert all(5_000 < count < 1_000_000 for count in per.values()), per
+    assert r["node"]["iamats"] == r["redis"]["records"] == r["rounds"] * r["lockstep"]
+    # More than the ceiling and the floor: a node does what the ceiling does, and stores; its
+    # Redis does what the floor's does, in a Lua function (measured: 1.58 and 1.36)
+    assert per["node"] > per["ceiling"] and per["redis"] > per["floor"], per
+    assert [f["figure"] for f in report["figures"]][-1] == "node + its Redis per update / floor of 1 node"
+
+
+def test_instructions_are_not_in_a_plain_run_and_need_valgrind(tmp_path: Path,
+                                                             monkeypatch: pytest.MonkeyPatch) -> None:
+    parser = argparse.ArgumentParser(prog="herd")
+    bench.add_bench_arguments(parser.add_subparsers(dest="command").add_parser("bench"))
+    assert "instructions" not in bench.selected(parser.parse_args(["bench"]).only)
+    assert bench.selected("instructions") == ["instructions"]
+    monkeypatch.setenv("PATH", str(tmp_path))  # no valgrind on it
+    with pytest.raises(bench_instructions.InstructionsError, match="valgrind is not installed"):
+        bench_instructions.run(tmp_path, "always")
+
+
+def test_instructions_figures_are_the_ratios_of_the_counts() -> None:
+    r = {"lockstep": 64, "rounds": 60, "node": {"per_iamat": 63_000}, "redis": {"per_record": 72_600},
+         "ceiling": {"per_request": 40_000}, "floor": {"per_record": 53_600}}
+    rows = {f.name: f.value for f in bench_report.instructions_figures(r, {})}
+    assert rows == {
+        "node per IAMAT / ceiling server per request (60 writes of 64, one at a time)":
+            "63,000 / 40,000 = 1.57",
+        "node's Redis per record / floor's plain writes per record": "72,600 / 53,600 = 1.35",
+        "node + its Redis per update / floor of 1 node": "135,600 / 93,600 = 1.45"}
