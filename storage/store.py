@@ -26,7 +26,17 @@ from herd.logs import Throttle
 from herd.wire.client import AtRecord, parse_at_line
 from herd.wire.peer import ANY_ENTRY, LogStep, Position
 from storage import geohash
-from storage.batch import KINDS, Pending, StoreResult, batch_stored, digest_part, record_blob, xor
+from storage.batch import (
+    KINDS,
+    Pending,
+    StoreResult,
+    batch_stored,
+    digest_of,
+    digest_part,
+    group_blob,
+    record_blob,
+    xor,
+)
 from storage.keys import Keys
 from storage.redis_client import (
     NOT_SERVING,
@@ -289,9 +299,8 @@ class RedisStore:
         done: Deferred[Sequence[StoreResult]] = Deferred()
         kinds = KINDS[bool(source)]
         known = known_newer or [False] * len(records)
-        pairs = list(zip(records, known, strict=True))
-        blob = b"".join([record_blob(record, kinds[newer], None, source) for record, newer in pairs])
-        digest = xor([digest_part(record.line) for record, newer in pairs if newer])
+        blob = group_blob(records, [kinds[newer] for newer in known], source)
+        digest = digest_of([record.line for record, newer in zip(records, known, strict=True) if newer])
         self._queue(blob, done, len(records), digest, urgent=not source)
         return done
 
