@@ -319,7 +319,7 @@ def test_floor_writer_commands_store_the_client_schema() -> None:
 
 
 @pytest.mark.skipif(shutil.which("valgrind") is None, reason="valgrind is not installed")
-def test_instructions_are_counted_for_each_part_and_repeat() -> None:
+def test_instructions_are_counted_for_each_part() -> None:
     report, _ = run_bench("--only", "instructions")
     r = report["results"]["instructions"]
     per = {"node": r["node"]["per_iamat"], "redis": r["redis"]["per_record"],
