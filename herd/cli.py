@@ -7,7 +7,7 @@ import argparse
 import gc
 import os
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from config.schema import ConfigError
@@ -179,10 +179,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.command in CONFIG_COMMANDS:
             # (serve names its config in its first log line, beside the version; the
             # line is info, left out by up's --log-level warning or error)
-            args.config = config_path(args.config, getattr(args, "log_format", "text") == "json",
-                                      announce=args.command != "serve"
-                                      and getattr(args, "log_level", "info") in ("debug", "info"),
-                                      need_secret=args.command == "up")
+            args.config, args.config_found = config_path(
+                args.config, getattr(args, "log_format", "text") == "json",
+                announce=args.command != "serve" and getattr(args, "log_level", "info") in ("debug", "info"),
+                defer=args.command == "up")
         return _dispatch(args)
     except ConfigError as err:
         from herd.logs import error_line
@@ -200,21 +200,35 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def config_path(given: str | None, as_json: bool = False, announce: bool = True,
-                need_secret: bool = False) -> str:
-    """The herd file to use (config.loader.find_config); when no --config named
-    it and ``announce``, one line on stderr says which (stdout may be --json;
-    with ``as_json``, a JSON object, as the event log's lines), once the file
-    loads (with ``need_secret``, its secret too): a file that does not gets
-    the one line of its error alone, which names it."""
+                defer: bool = False) -> tuple[str, Callable[[], None]]:
+    """The herd file to use (config.loader.find_config), and a call that says
+    which: when no --config named it and ``announce``, one line on stderr
+    (stdout may be --json; with ``as_json``, a JSON object, as the event
+    log's lines), once the file loads: a file that does not gets the one
+    line of its error alone, which names it. Said here, unless ``defer``:
+    then by the call, which the command makes once its own checks of the file
+    passed (``up``: the secret, keys, TLS files); otherwise the call does
+    nothing."""
     from config.loader import CONFIG_ENV, find_config, load_config
     from herd.logs import error_line
 
     choice = find_config(given, os.environ, os.getcwd())
-    if announce and not choice.explicit:
-        load_config(choice.path, need_secret)
-        origin = f" (from ${CONFIG_ENV})" if choice.how == f"${CONFIG_ENV}" else ""
+    if not announce or choice.explicit:
+        return choice.path, _nothing
+    origin = f" (from ${CONFIG_ENV})" if choice.how == f"${CONFIG_ENV}" else ""
+
+    def say() -> None:
         error_line(f"herd: using config {choice.path}{origin}", as_json, level="info")
-    return choice.path
+
+    if defer:
+        return choice.path, say
+    load_config(choice.path)
+    say()
+    return choice.path, _nothing
+
+
+def _nothing() -> None:
+    pass
 
 
 def _dispatch(args: argparse.Namespace) -> int:
@@ -239,7 +253,7 @@ def _dispatch(args: argparse.Namespace) -> int:
         from herd.tools.up import run_up
 
         return run_up(args.config, args.state_dir, ["--log-format", args.log_format,
-                                                    "--log-level", args.log_level])
+                                                    "--log-level", args.log_level], args.config_found)
     if args.command == "client":
         from herd.tools.client import run_client
 

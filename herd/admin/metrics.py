@@ -61,11 +61,12 @@ class NodeCollector:
                                 value=client_connections(running))
         yield GaugeMetricFamily("herd_redis_up", "1 when the node's Redis takes writes and answered",
                                 value=int(redis_up(running, self.held)))
-        # +Inf before the first update ever stored: present from the first
-        # scrape (SPEC 9 lists it), and above any alert's threshold.
+        # +Inf while no update is known (none stored yet, or not read back from
+        # Redis yet after a restart): present from the first scrape (SPEC 9
+        # lists it), and above any alert's threshold.
         age = max(0.0, time.time() - stats.last_update) if stats.last_update else math.inf
         yield GaugeMetricFamily("herd_last_update_age_seconds", "Seconds since the last update stored "
-                                "(+Inf: none ever was)", value=age)
+                                "(+Inf: none known)", value=age)
         yield from self._peers()
         yield from self._work()
 

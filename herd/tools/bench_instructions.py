@@ -2,11 +2,15 @@
 instructions (valgrind's callgrind) instead of CPU seconds.
 
 CPU seconds on a shared machine drift by up to 20% within minutes, more
-than most levers give (docs/BENCHMARKS.md); instructions do not: the same
-code counts the same to within about half a percent whatever else runs. So
-this tells a lever of a few percent from the noise, in a minute, one run
-each. Instructions are not time (cache misses and wake-ups cost time, not
-instructions), so it is not a SPEC target and not in the default run.
+than most levers give (docs/BENCHMARKS.md); instructions hardly do: the same
+code counts the same to within about 1% from run to run (what timers do per
+second of the measured part still counts, so a slower machine counts a
+little more). So this tells a lever of a few percent from the noise, in a
+minute, one run each. Instructions are not time (cache misses and wake-ups
+cost time, not instructions), so it is not a SPEC target and not in the
+default run. It needs valgrind, and ptrace permission for its vgdb (root,
+or kernel.yama.ptrace_scope 0): a process asleep in a system call is
+reached through ptrace.
 
 Every process below runs under callgrind and is counted only over the
 measured part: its counters are zeroed after a warm-up (``callgrind_control
@@ -26,7 +30,9 @@ measured part: its counters are zeroed after a warm-up (``callgrind_control
 
 from __future__ import annotations
 
+import os
 import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -51,39 +57,57 @@ class InstructionsError(Exception):
 
 
 def run(root: Path, appendfsync: str, rounds: int = ROUNDS) -> dict[str, Any]:
-    """The instructions of each part per update (see the module)."""
+    """The instructions of each part per update (see the module);
+    InstructionsError (one line) when a part could not be counted."""
     if shutil.which("valgrind") is None or shutil.which("callgrind_control") is None:
         raise InstructionsError("valgrind is not installed (apt-get install valgrind)")
     out: dict[str, Any] = {"lockstep": LOCKSTEP, "rounds": rounds}
-    out["node"], out["redis"] = _node_and_redis(root / "node", appendfsync, rounds)
-    out["ceiling"] = _ceiling(root / "ceiling", rounds)
-    out["floor"] = _floor(root / "floor", appendfsync, rounds)
+    try:
+        out["node"], out["redis"] = _node_and_redis(root / "node", appendfsync, rounds)
+        out["ceiling"] = _ceiling(root / "ceiling", rounds)
+        out["floor"] = _floor(root / "floor", appendfsync, rounds)
+    except OSError as err:  # a process under valgrind died, or did not answer in READ_TIMEOUT
+        raise InstructionsError(f"lost a process under valgrind: {err or type(err).__name__}") from None
     return out
 
 
 def callgrind(out: Path) -> list[str]:
-    """The command that runs a program under callgrind, writing to ``out``."""
-    return ["valgrind", "--tool=callgrind", f"--callgrind-out-file={out}"]
+    """The command that runs a program under callgrind, writing to ``out``
+    (and vgdb's pipes beside it, not in /tmp)."""
+    return ["valgrind", "--tool=callgrind", f"--callgrind-out-file={out}", f"--vgdb-prefix={out}.vgdb"]
 
 
 def counted(processes: list[tuple[ChildProcess, Path]], work: Callable[[], None]) -> list[int]:
     """What each process (under callgrind, writing to its path) spends on
     ``work``: its instructions from just before to just after."""
-    for process, _ in processes:
-        _control("--zero", process)
+    for process, out in processes:
+        _control("--zero", process, out)
     work()
     totals = []
     for process, out in processes:
-        _control("--dump", process)
+        _control("--dump", process, out)
         totals.append(_totals(Path(f"{out}.1")))
     return totals
 
 
-def _control(what: str, process: ChildProcess) -> None:
-    done = subprocess.run(["callgrind_control", what, str(process.pid)], capture_output=True, text=True,
-                          timeout=READ_TIMEOUT)
-    if done.returncode != 0:
-        raise InstructionsError(f"callgrind_control {what} {process.label}: {done.stderr.strip()}")
+def _control(what: str, process: ChildProcess, out: Path) -> None:
+    """``callgrind_control`` WHAT for ``process``. It exits 0 whatever
+    happened and says what went wrong on stdout ("Error: ...", "No active
+    callgrind runs"); its vgdb is killed with it on a timeout."""
+    argv = ["callgrind_control", f"--vgdb-prefix={out}.vgdb", what, str(process.pid)]
+    with subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                          start_new_session=True) as control:
+        try:
+            said, _ = control.communicate(timeout=READ_TIMEOUT)
+        except subprocess.TimeoutExpired:
+            os.killpg(control.pid, signal.SIGKILL)
+            raise InstructionsError(f"callgrind_control {what} got no answer from {process.label} in "
+                                    f"{READ_TIMEOUT:g} s (vgdb needs ptrace: root, or "
+                                    "kernel.yama.ptrace_scope 0)") from None
+    failed = [line for line in said.splitlines() if line.startswith(("Error", "No active"))]
+    if control.returncode != 0 or failed:
+        raise InstructionsError(f"callgrind_control {what} {process.label}: "
+                                f"{(failed or said.splitlines() or ['failed'])[0]}")
 
 
 def _totals(dump: Path) -> int:
@@ -180,4 +204,7 @@ def plain_writes(port: int, first: int, rounds: int) -> None:
         for start in range(first, first + rounds * LOCKSTEP, LOCKSTEP):
             records = [record_commands(b"herd:", start + i, when) for i in range(LOCKSTEP)]
             redis.sock.sendall(b"".join(records))
-            _read_lines(redis.sock, 2 * LOCKSTEP)  # an integer reply (one line) per command
+            replies = _read_lines(redis.sock, 2 * LOCKSTEP)  # an integer reply (one line) a command
+            refused = [line for line in replies if not line.startswith(b":")]
+            if refused:
+                raise InstructionsError(f"the floor's Redis refused a write: {refused[0].strip()!r}")

@@ -23,7 +23,7 @@ import signal
 import sys
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO
@@ -213,15 +213,18 @@ class Child:
             out.say(f"{self.label} restarted (restart {self.restarts})", "warning")
 
 
-def run_up(config_path: str, state_dir: str, log_args: Sequence[str] = ()) -> int:
+def run_up(config_path: str, state_dir: str, log_args: Sequence[str] = (),
+           config_ok: Callable[[], None] = lambda: None) -> int:
     """Run the herd in ``config_path`` until SIGINT/SIGTERM (each node's event
     log as ``log_args``, ``herd serve`` options, say); return the exit status:
     0 after a requested stop, 1 when the herd could not start. ConfigError
-    propagates (the CLI reports it)."""
+    propagates (the CLI reports it); ``config_ok`` is called once the file
+    passed every check of it (the CLI says which file it used)."""
     config = load_config(config_path, need_secret=True)
     for name in sorted(config.nodes):
         check_can_serve(config, name)
         tls_for(config, name)
+    config_ok()
     problem = shared_keyspace(config)
     if problem:
         return fail(problem)

@@ -21,15 +21,15 @@ from harness import REPO
 
 from herd.tools import bench, bench_instructions, bench_report
 from herd.tools.bench_load import client_time, iamat, percentile
-from herd.tools.harness import RedisProcess
+from herd.tools.harness import ChildProcess, RedisProcess
 from herd.wire.client import GEO_LAT_LIMIT, Iamat, parse_request
 
 
-def run_bench(*flags: str) -> tuple[dict[str, Any], float]:
+def run_bench(*flags: str, timeout: float = 110) -> tuple[dict[str, Any], float]:
     """``python -m herd.tools.bench FLAGS --json``: the report and the seconds it took."""
     started = time.monotonic()
     result = subprocess.run([sys.executable, "-m", "herd.tools.bench", *flags, "--json"], cwd=REPO,
-                            capture_output=True, text=True, timeout=110)
+                            capture_output=True, text=True, timeout=timeout)
     elapsed = time.monotonic() - started
     assert result.returncode == 0, result.stdout + result.stderr
     return json.loads(result.stdout), elapsed
@@ -319,8 +319,9 @@ def test_floor_writer_commands_store_the_client_schema() -> None:
 
 
 @pytest.mark.skipif(shutil.which("valgrind") is None, reason="valgrind is not installed")
+@pytest.mark.timeout(420)  # 40 s here: four processes under valgrind, two of them starting Python
 def test_instructions_are_counted_for_each_part() -> None:
-    report, _ = run_bench("--only", "instructions")
+    report, _ = run_bench("--only", "instructions", timeout=400)
     r = report["results"]["instructions"]
     per = {"node": r["node"]["per_iamat"], "redis": r["redis"]["per_record"],
            "ceiling": r["ceiling"]["per_request"], "floor": r["floor"]["per_record"]}
@@ -330,6 +331,16 @@ def test_instructions_are_counted_for_each_part() -> None:
     # Redis does what the floor's does, in a Lua function (measured: 1.58 and 1.36)
     assert per["node"] > per["ceiling"] and per["redis"] > per["floor"], per
     assert [f["figure"] for f in report["figures"]][-1] == "node + its Redis per update / floor of 1 node"
+
+
+@pytest.mark.skipif(shutil.which("callgrind_control") is None, reason="valgrind is not installed")
+def test_a_callgrind_control_that_found_nothing_is_an_error(tmp_path: Path) -> None:
+    # Found by a review: callgrind_control exits 0 and says what failed on stdout.
+    process = ChildProcess("a sleeper", ["sleep", "30"], tmp_path / "sleeper.log")
+    with process:
+        process.start()
+        with pytest.raises(bench_instructions.InstructionsError, match="a sleeper: Error: .* not detected"):
+            bench_instructions.counted([(process, tmp_path / "x.callgrind")], lambda: None)
 
 
 def test_instructions_are_not_in_a_plain_run_and_need_valgrind(tmp_path: Path,

@@ -164,6 +164,17 @@ def test_a_config_found_that_does_not_load_is_one_line_naming_it(command: tuple[
     assert line.startswith(f"herd: {path}: nodes.Bailey.port: "), line
 
 
+def test_up_says_which_config_only_once_its_checks_passed(tmp_path: Path) -> None:
+    # Found by a review: a Places key missing from the environment came after "using config".
+    path = tmp_path / "elsewhere.toml"
+    path.write_text(SMALL + '[places]\nprovider = "google"\nkey_env = "HERD_TEST_NO_KEY"\n')
+    result = herd("up", "--state-dir", str(tmp_path / "state"), cwd=tmp_path, HERD_CONFIG=str(path),
+                  HERD_TEST_SECRET="s")
+    assert (result.returncode, result.stdout) == (2, "")
+    [line] = result.stderr.splitlines()
+    assert line.startswith(f"herd: {path}: places.key_env: "), line
+
+
 def test_a_fatal_line_carries_its_priority_with_log_prefix() -> None:
     result = herd("serve", "Bailey", "--config", "nope.toml", "--log-prefix")
     assert (result.returncode, result.stderr) == (2, "<3>herd: --config nope.toml: no such file\n")
