@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -318,7 +319,15 @@ def test_floor_writer_commands_store_the_client_schema() -> None:
     assert geoadd == [b"GEOADD", b"herd:geo", fields[b"lon"], fields[b"lat"], b"bench7"]
 
 
+def ptrace_allowed() -> bool:
+    """Whether vgdb (callgrind_control) may attach to our children: root, or
+    no Yama restriction (ptrace_scope 0 or no Yama)."""
+    scope = Path("/proc/sys/kernel/yama/ptrace_scope")
+    return os.geteuid() == 0 or not scope.exists() or scope.read_text().strip() == "0"
+
+
 @pytest.mark.skipif(shutil.which("valgrind") is None, reason="valgrind is not installed")
+@pytest.mark.skipif(not ptrace_allowed(), reason="vgdb needs ptrace (root, or kernel.yama.ptrace_scope 0)")
 @pytest.mark.timeout(420)  # 40 s here: four processes under valgrind, two of them starting Python
 def test_instructions_are_counted_for_each_part() -> None:
     report, _ = run_bench("--only", "instructions", timeout=400)
