@@ -89,16 +89,17 @@ class StoredRun(OnDemand[StoreResult]):
 Pending = tuple[bytes, Deferred[Any], int, int, int]
 
 
-def digest_part(line: bytes) -> int:
-    """An AT line's part of the summary digest: the first 64 bits of its SHA-1."""
-    return int.from_bytes(_sha1(line).digest()[:8])
-
-
 def digest_of(lines: list[bytes]) -> int:
-    """The XOR of the digest parts of ``lines``: digest_part of each, without
-    a Python call per line (a store batch's, on the path of every update)."""
+    """The XOR of the digest parts of ``lines``, an AT line's part of the
+    summary digest being the first 64 bits of its SHA-1; computed without a
+    Python call per line (a store batch's, on the path of every update)."""
     from_bytes = int.from_bytes
     return reduce(operator.xor, [from_bytes(_sha1(line).digest()[:8]) for line in lines], 0)
+
+
+def digest_part(line: bytes) -> int:
+    """An AT line's part of the summary digest (see digest_of)."""
+    return digest_of([line])
 
 
 def xor(values: list[int]) -> int:

@@ -68,6 +68,7 @@ from herd.tools.harness import (
     child_env,
     die_with_parent,
     free_port,
+    silent_places,
     wait_until,
 )
 from herd.tools.hops import stage_summary
@@ -284,10 +285,8 @@ def herd_running(bench: Bench, name: str, topology: dict[str, list[str]],
                  offline_places: bool = False) -> Iterator[LocalHerd]:
     """A started herd under ``<bench root>/name`` with every link up; everything
     stopped on exit."""
-    # Scenarios that send no WHATSAT use a Google provider that is never
-    # called, so no node spends the first seconds loading the offline data set.
-    places = ('provider = "offline"' if offline_places else
-              f'provider = "google"\nurl = "http://127.0.0.1:9/unused"\nkey_env = "{PLACES_KEY_ENV}"')
+    # Scenarios that send no WHATSAT use a places provider that is never called.
+    places = 'provider = "offline"' if offline_places else silent_places(PLACES_KEY_ENV)
     with LocalHerd(bench.root / name, topology, secret=SECRET, places=places, env={PLACES_KEY_ENV: "unused"},
                    appendfsync=bench.args.appendfsync, stop_grace=STOP_GRACE) as herd:
         herd.start()

@@ -42,7 +42,15 @@ from pathlib import Path
 from typing import Any
 
 from herd.tools.bench_load import client_time, iamat, record_commands
-from herd.tools.harness import ChildProcess, NodePorts, NodeProcess, RedisProcess, free_port, node_section
+from herd.tools.harness import (
+    ChildProcess,
+    NodePorts,
+    NodeProcess,
+    RedisProcess,
+    free_port,
+    node_section,
+    silent_places,
+)
 from herd.tools.resp import Resp
 
 LOCKSTEP = 64  # requests per write (a full store batch: storage.store.SEND_AT)
@@ -129,11 +137,10 @@ def _node_and_redis(root: Path, appendfsync: str, rounds: int) -> tuple[dict[str
     config = root / "herd.toml"
     root.mkdir(parents=True, exist_ok=True)
     config.write_text('[herd]\nsecret_env = "HERD_SECRET"\naccess_log = "{node}/access.log"\n\n'
-                      '[places]\nprovider = "google"\nurl = "http://127.0.0.1:9/unused"\n'
-                      'key_env = "HERD_BENCH_PLACES_KEY"\n\n'
+                      f'[places]\n{silent_places("HERD_PLACES_KEY")}\n\n'
                       + node_section("Bailey", "127.0.0.1", ports, redis.url, []))
     node = NodeProcess("Bailey", config, ports.client, root / "Bailey" / "herd.log",
-                       env={"HERD_SECRET": "instructions", "HERD_BENCH_PLACES_KEY": "unused"},
+                       env={"HERD_SECRET": "instructions", "HERD_PLACES_KEY": "unused"},
                        wrapper=callgrind(root / "node.callgrind"))
     with redis, node:
         redis.start(timeout=START_TIMEOUT)

@@ -51,7 +51,7 @@ from pathlib import Path
 from types import FrameType
 from typing import Any, Self
 
-from herd.tools.harness import HarnessError, LocalHerd, LocalNode, child_env, utc_stamp
+from herd.tools.harness import HarnessError, LocalHerd, LocalNode, child_env, silent_places, utc_stamp
 from herd.tools.resp import Resp
 
 # SPEC section 5: the shipped five-node herd, each link listed by both ends.
@@ -124,11 +124,8 @@ class ChaosHerd:
 
     def __init__(self, root: Path, secret: str, events: Callable[[str], None]):
         self.events = events
-        # The places provider is never asked (the load sends only IAMAT); a
-        # Google provider pointed at a closed port keeps start-up light.
-        places = ('provider = "google"\nurl = "http://127.0.0.1:9/nearbysearch/json"\n'
-                  'key_env = "HERD_CHAOS_PLACES_KEY"')
-        self.herd = LocalHerd(root, TOPOLOGY, secret=secret, places=places,
+        # The places provider is never asked (the load sends only IAMAT).
+        self.herd = LocalHerd(root, TOPOLOGY, secret=secret, places=silent_places("HERD_CHAOS_PLACES_KEY"),
                               env={"HERD_CHAOS_PLACES_KEY": "unused"}, node_args=["--log-format", "text"],
                               stop_grace=0, mark_starts=True)
         self.config = self.herd.config

@@ -459,6 +459,14 @@ class NodePorts:
         return cls(*free_ports(3, host))
 
 
+def silent_places(key_env: str) -> str:
+    """The ``[places]`` table (its body) of a herd that is never asked WHATSAT:
+    a Google provider at a closed loopback port, so that no node spends its
+    first seconds loading the offline data set. ``key_env`` must be set in the
+    nodes' environment (to anything)."""
+    return f'provider = "google"\nurl = "http://127.0.0.1:9/unused"\nkey_env = "{key_env}"'
+
+
 def node_section(name: str, host: str, ports: NodePorts, redis_url: str, peers: Sequence[str],
                  extra: str = "") -> str:
     """A ``[nodes.NAME]`` TOML section for a node listening on ``ports``."""

@@ -12,7 +12,7 @@ import pytest
 from harness import REPO
 
 from herd.tools.bench import memory_marks, run_tool
-from herd.tools.harness import LocalHerd
+from herd.tools.harness import LocalHerd, silent_places
 
 CLIENTS = 20_000
 REDIS_BYTES_PER_CLIENT = 600
@@ -21,9 +21,8 @@ NODE_BYTES_PER_CLIENT = 250
 
 @pytest.mark.timeout(180)
 def test_clients_cost_no_more_memory_than_the_sizing_rule_allows(tmp_path: Path) -> None:
-    places = 'provider = "google"\nurl = "http://127.0.0.1:9/unused"\nkey_env = "PLACES_KEY"'
-    with LocalHerd(tmp_path, {"A": []}, secret="s", places=places, env={"PLACES_KEY": "unused"},
-                   appendfsync="everysec") as herd:
+    with LocalHerd(tmp_path, {"A": []}, secret="s", places=silent_places("PLACES_KEY"),
+                   env={"PLACES_KEY": "unused"}, appendfsync="everysec") as herd:
         herd.start()
         node = herd["A"]
         before = memory_marks(node)
