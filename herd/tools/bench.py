@@ -894,7 +894,8 @@ def make_report(args: argparse.Namespace, machine: dict[str, Any], commit: str,
                               "commit": commit, "machine": machine,
                               "settings": settings, "results": results}
     ratios = {"throughput_ratio": throughput_ratio(results), "single_ratio": rate_ratio(results, "single"),
-              "cpu_ratio": cpu_ratio(results, "throughput"), "single_cpu_ratio": cpu_ratio(results, "single")}
+              "cpu_ratio": cpu_ratio(results, "throughput"), "single_cpu_ratio": cpu_ratio(results, "single"),
+              "floor_rate_ratio": rate_ratio(results, "floor")}
     report |= {k: round(v, 3) for k, v in ratios.items() if v is not None}
     floor = floor_per_node(results)
     if floor is not None:

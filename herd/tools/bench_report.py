@@ -96,6 +96,12 @@ def floor_figures(r: dict[str, Any], results: dict[str, Any]) -> list[Figure]:
     floor = floor_per_node(results)
     if floor is not None:
         out.append(Figure("floor", "floor per node (ceiling request + Redis record)", f"{floor:.2f} us"))
+    alone = rate_ratio(results, "floor")
+    if alone is not None:
+        # The storage alone, no node in front of it: where it is below a third,
+        # so is every node that waits for it (docs/BENCHMARKS.md).
+        out.append(Figure("floor", "plain writes alone / ceiling (records/s / req/s)",
+                          f"{r['rate']:,.0f} / {results['ceiling']['rate']:,.0f} = {alone:.3f}"))
     for scenario in ("throughput", "single"):
         ratio = cpu_ratio(results, scenario)
         if ratio is not None:

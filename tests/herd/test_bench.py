@@ -81,6 +81,7 @@ def assert_cpu_figures(report: dict[str, Any]) -> None:
     assert floor["records"] > 0 and 0 < floor["cpu_us_per_record"] < 10_000 and floor["fsync"] == "always"
     assert report["floor_us_per_node"] == pytest.approx(
         results["ceiling"]["cpu_us_per_request"] + floor["cpu_us_per_record"], abs=0.01)
+    assert report["floor_rate_ratio"] == pytest.approx(floor["rate"] / results["ceiling"]["rate"], abs=0.001)
     assert report["cpu_ratio"] == pytest.approx(
         results["throughput"]["cpu_us_per_update"]["all"] / (3 * report["floor_us_per_node"]), abs=0.01)
     named = {f["figure"]: f for f in report["figures"] if f["scenario"] in ("floor", "single")}
@@ -243,9 +244,11 @@ def test_floor_and_ratios_from_results() -> None:
         "single": {**load, "rate": 40000.0, "nodes": 1, "updates": 100,
                    "cpu_us_per_update": {"all": 45.0, "node": 30.0, "redis": 15.0}},
         "ceiling": {**load, "rate": 150000.0, "cpu_us_per_request": 6.0},
-        "floor": {"records": 1000, "cpu_us_per_record": 14.0, "fsync": "always"},
+        "floor": {"records": 1000, "rate": 45000.0, "cpu_us_per_record": 14.0, "fsync": "always"},
     }
     rows = {(f.scenario, f.name): f for f in bench_report.figures(results)}
+    alone = rows[("floor", "plain writes alone / ceiling (records/s / req/s)")]
+    assert (alone.value, alone.target, alone.met) == ("45,000 / 150,000 = 0.300", "", None)
     assert bench_report.floor_per_node(results) == 20.0
     ratio = rows[("floor", "throughput: CPU per update / floor of 3 node(s)")]
     assert (ratio.value, ratio.met) == ("2.00", True)
