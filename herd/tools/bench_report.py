@@ -98,8 +98,8 @@ def floor_figures(r: dict[str, Any], results: dict[str, Any]) -> list[Figure]:
         out.append(Figure("floor", "floor per node (ceiling request + Redis record)", f"{floor:.2f} us"))
     alone = rate_ratio(results, "floor")
     if alone is not None:
-        # The storage alone, no node in front of it: where it is below a third,
-        # so is every node that waits for it (docs/BENCHMARKS.md).
+        # The storage alone under the same load, no node in front of it: about
+        # what a node that answers once its Redis has the update can reach.
         out.append(Figure("floor", "plain writes alone / ceiling (records/s / req/s)",
                           f"{r['rate']:,.0f} / {results['ceiling']['rate']:,.0f} = {alone:.3f}"))
     for scenario in ("throughput", "single"):
@@ -113,7 +113,7 @@ def floor_figures(r: dict[str, Any], results: dict[str, Any]) -> list[Figure]:
 
 
 def rate_ratio(results: dict[str, Any], scenario: str) -> float | None:
-    """``scenario``'s IAMAT rate over the ceiling's, when both ran."""
+    """``scenario``'s rate (IAMATs, or the floor's records) over the ceiling's, when both ran."""
     herd, ceiling = results.get(scenario, {}), results.get("ceiling", {})
     if not herd.get("rate") or not ceiling.get("rate"):
         return None
