@@ -384,13 +384,14 @@ def serve(name: str, config_path: str, logging: LogOptions, activation: str | No
     # Twisted handles SIGINT only when Python's default handler is in place; a
     # node started in the background by a shell inherits SIGINT ignored.
     signal.signal(signal.SIGINT, signal.default_int_handler)
-    from config.loader import check_can_serve, load_config
+    from config.loader import check_access_log, check_can_serve, load_config
 
     config = load_config(config_path, need_secret=True)
     if name not in config.nodes:
         raise ConfigError(f"{config_path}: nodes.{name}: no such node "
                           f"(known: {', '.join(sorted(config.nodes))})")
     check_can_serve(config, name)
+    check_access_log(config, name, os.environ)
     from twisted.internet import reactor  # herd.reactor's, installed by the CLI
 
     from herd.logs import start_logging
@@ -400,9 +401,9 @@ def serve(name: str, config_path: str, logging: LogOptions, activation: str | No
     try:
         access = (RotatingFile(access_path, config.access_log_max_bytes, config.access_log_keep)
                   if access_path is not None else None)
-    except OSError as err:
+    except OSError as err:  # (check_can_serve opened it: it changed since)
         error_line(f"herd: {name}: cannot open the access log {access_path}: {err.strerror or err}",
-                           logging.fmt == "json", name, prefix=logging.prefix)
+                   logging.fmt == "json", name, prefix=logging.prefix)
         return 1
     events = start_logging(name, reactor, logging, access)
     from herd.version import VERSION

@@ -28,7 +28,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import IO
 
-from config.loader import check_can_serve, load_config
+from config.loader import check_access_log, check_can_serve, load_config
 from config.schema import HerdConfig, host_port, is_loopback, listen_host
 from herd.logs import LEVELS, json_record, timestamp
 from herd.peer.tls import tls_for
@@ -218,13 +218,12 @@ def run_up(config_path: str, state_dir: str, log_args: Sequence[str] = (),
     """Run the herd in ``config_path`` until SIGINT/SIGTERM (each node's event
     log as ``log_args``, ``herd serve`` options, say); return the exit status:
     0 after a requested stop, 1 when the herd could not start. ConfigError
-    propagates (the CLI reports it); ``config_ok`` is called once the file
-    passed every check of it (the CLI says which file it used)."""
+    propagates (the CLI reports it); ``config_ok`` is called once every check
+    passed, before anything starts (the CLI says which file it used)."""
     config = load_config(config_path, need_secret=True)
     for name in sorted(config.nodes):
         check_can_serve(config, name)
         tls_for(config, name)
-    config_ok()
     problem = shared_keyspace(config)
     if problem:
         return fail(problem)
@@ -243,6 +242,9 @@ def run_up(config_path: str, state_dir: str, log_args: Sequence[str] = (),
     problem = port_conflict(config, redises)
     if problem:
         return fail(problem)
+    for name in sorted(config.nodes):  # (in the state directory by default: once it is ours)
+        check_access_log(config, name, node_environ(state, name))
+    config_ok()
     out = Output(width=max(len(name) for name in config.nodes),
                  json_lines=_log_option(log_args, "--log-format", "text") == "json",
                  level=_log_option(log_args, "--log-level", "info"))
@@ -321,11 +323,14 @@ def _log_option(log_args: Sequence[str], option: str, default: str) -> str:
 def node_child(name: str, config: HerdConfig, config_path: str, log_args: Sequence[str],
                state: Path) -> Child:
     node = config.nodes[name]
-    # Its state directory: where its access log goes unless the config says otherwise.
-    state_dir = str((state / name).resolve())
     return Child(NodeProcess(name, config_path, node.port, state / name / "herd.log", host=node.host,
-                             args=list(log_args), pipe=True, label=name,
-                             env={"STATE_DIRECTORY": state_dir}))
+                             args=list(log_args), pipe=True, label=name, env=node_environ(state, name)))
+
+
+def node_environ(state: Path, name: str) -> dict[str, str]:
+    """What herd up adds to node ``name``'s environment: its state directory,
+    where its access log goes unless the config says otherwise."""
+    return {"STATE_DIRECTORY": str((state / name).resolve())}
 
 
 def stop_on_signals() -> threading.Event:

@@ -244,6 +244,21 @@ def test_up_checks_what_serve_checks_before_starting_anything(tmp_path: Path) ->
     assert not (tmp_path / "state").exists()  # nothing was started
 
 
+def test_up_refuses_an_access_log_it_cannot_open_before_starting_anything(tmp_path: Path) -> None:
+    # Found by a review: each node exited 1 at start, and herd up restarted it forever.
+    config = write_config(tmp_path, {"Bailey": (free_port(), free_port())})
+    (tmp_path / "file").write_text("not a directory")
+    access_log = f'access_log = "{tmp_path}/file/{{node}}.log"'
+    config.write_text(config.read_text().replace('secret_env = "HERD_SECRET"',
+                                                 f'secret_env = "HERD_SECRET"\n{access_log}'))
+    result = subprocess.run(herd_up(config, tmp_path / "state").argv,
+                            env=child_env(HERD_SECRET="test-secret"), capture_output=True, timeout=60)
+    assert (result.returncode, result.stderr.decode()) == (
+        2, f"herd: {config}: herd.access_log: cannot open '{tmp_path}/file/Bailey.log' (for node Bailey): "
+           "Not a directory\n")
+    assert list((tmp_path / "state").iterdir()) == [tmp_path / "state" / "herd-up.lock"]  # nothing started
+
+
 def test_up_refuses_a_taken_admin_port_before_starting_anything(tmp_path: Path) -> None:
     """Found by a review: with a node's admin port taken, herd up said the herd
     was running and restarted that node every second."""

@@ -175,6 +175,17 @@ def test_up_says_which_config_only_once_its_checks_passed(tmp_path: Path) -> Non
     assert line.startswith(f"herd: {path}: places.key_env: "), line
 
 
+def test_up_says_which_config_only_once_the_access_logs_open(tmp_path: Path) -> None:
+    (tmp_path / "file").write_text("not a directory")
+    path = tmp_path / "elsewhere.toml"
+    path.write_text(SMALL.replace("[herd]\n", f'[herd]\naccess_log = "{tmp_path}/file/{{node}}.log"\n'))
+    result = herd("up", "--state-dir", str(tmp_path / "state"), cwd=tmp_path, HERD_CONFIG=str(path),
+                  HERD_TEST_SECRET="s")
+    assert (result.returncode, result.stdout) == (2, "")
+    [line] = result.stderr.splitlines()
+    assert line.startswith(f"herd: {path}: herd.access_log: cannot open "), line
+
+
 def test_a_fatal_line_carries_its_priority_with_log_prefix() -> None:
     result = herd("serve", "Bailey", "--config", "nope.toml", "--log-prefix")
     assert (result.returncode, result.stderr) == (2, "<3>herd: --config nope.toml: no such file\n")
