@@ -135,6 +135,8 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
     restore.add_argument("node", metavar="NODE", help="node name from the config")
     restore.add_argument("--config", metavar="FILE", help=CONFIG_HELP)
     restore.add_argument("--from", dest="source", required=True, metavar="FILE", help="a herd backup file")
+    for command_parser in (*sub.choices.values(), *places_sub.choices.values()):
+        command_parser.add_argument("--version", action=_VersionAction)
     return parser
 
 

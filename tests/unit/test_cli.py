@@ -59,6 +59,15 @@ def test_version_option(command: list[str]) -> None:
     assert (result.returncode, result.stdout, result.stderr) == (0, f"herd {VERSION}\n", "")
 
 
+@pytest.mark.parametrize("command", [("serve",), ("up",), ("client",), ("check",), ("status",), ("places",),
+                                     ("places", "load"), ("bench",), ("chaos",), ("lab",), ("backup",),
+                                     ("restore",)])
+def test_every_command_has_the_version_option(command: tuple[str, ...]) -> None:
+    # Found by a review: only ``herd --version`` had it; ``herd up --version`` was a usage error.
+    result = herd(*command, "--version")
+    assert (result.returncode, result.stdout, result.stderr) == (0, f"herd {VERSION}\n", "")
+
+
 def test_help_lists_the_exit_codes() -> None:
     result = herd("--help")
     assert result.returncode == 0
