@@ -401,7 +401,7 @@ def serve(name: str, config_path: str, logging: LogOptions, activation: str | No
     try:
         access = (RotatingFile(access_path, config.access_log_max_bytes, config.access_log_keep)
                   if access_path is not None else None)
-    except OSError as err:  # (check_can_serve opened it: it changed since)
+    except OSError as err:  # (check_access_log opened it: it changed since)
         error_line(f"herd: {name}: cannot open the access log {access_path}: {err.strerror or err}",
                    logging.fmt == "json", name, prefix=logging.prefix)
         return 1
