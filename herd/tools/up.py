@@ -53,6 +53,7 @@ NODE_STOP_TIMEOUT = 5.0  # seconds between SIGTERM and SIGKILL for a node
 REDIS_STOP_TIMEOUT = 30.0
 RESTART_DELAY = 1.0  # seconds between an unexpected exit and the restart
 LOCK_FILE = "herd-up.lock"
+CONFIG_ERROR = 2  # the exit status of a node (herd serve) refused by its configuration
 # herd.log and redis.log: rotated at this size, this many old files kept.
 LOG_MAX_BYTES = 16 << 20
 LOG_KEEP = 3
@@ -182,6 +183,7 @@ class Child:
     relayer: threading.Thread | None = None
     restarts: int = 0
     restart_at: float | None = None
+    given_up: bool = False  # it exited with a configuration error: not restarted
 
     @property
     def label(self) -> str:
@@ -200,10 +202,18 @@ class Child:
             self.relayer.start()
 
     def tend(self, now: float, out: Output) -> None:
-        """Notice an unexpected exit; restart ``RESTART_DELAY`` seconds after it."""
+        """Notice an unexpected exit; restart ``RESTART_DELAY`` seconds after it,
+        unless it was a configuration error (exit 2, a file changed since herd
+        up checked it): the same file would fail the same way every second."""
+        if self.given_up:
+            return
         if self.restart_at is None:
             code = self.process.exit_code
-            if code is not None:
+            if code == CONFIG_ERROR:
+                self.given_up = True
+                out.say(f"{self.label} {describe_exit(code)}, a configuration error; not restarting it "
+                        "(fix the config, then run herd up again)", "error")
+            elif code is not None:
                 self.restart_at = now + RESTART_DELAY
                 out.say(f"{self.label} {describe_exit(code)}; restarting in {RESTART_DELAY:g} s", "error")
         elif now >= self.restart_at:

@@ -8,6 +8,7 @@ import signal
 import socket
 import subprocess
 import sys
+from collections.abc import Iterator
 from functools import partial
 from pathlib import Path
 
@@ -58,17 +59,24 @@ def has_handshake(access_log: Path) -> bool:
     return access_log.exists() and "HERD-HELLO" in access_log.read_text()
 
 
-def processes_mentioning(*needles: str) -> list[str]:
-    """Command lines of live processes that contain any of ``needles`` (Linux)."""
-    found = []
+def live_processes() -> Iterator[tuple[int, str]]:
+    """Each live process's pid and command line (Linux)."""
     for cmdline in Path("/proc").glob("[0-9]*/cmdline"):
         try:
             text = cmdline.read_bytes().replace(b"\0", b" ").decode(errors="replace")
         except OSError:
             continue  # gone meanwhile
-        if any(n in text for n in needles):
-            found.append(text)
-    return found
+        yield int(cmdline.parent.name), text
+
+
+def processes_mentioning(*needles: str) -> list[str]:
+    """Command lines of live processes that contain any of ``needles``."""
+    return [text for _, text in live_processes() if any(n in text for n in needles)]
+
+
+def pids_of(needle: str) -> list[int]:
+    """Live processes whose command line contains ``needle``."""
+    return [pid for pid, text in live_processes() if needle in text]
 
 
 def test_up_runs_a_two_node_herd_and_stops_it_on_sigint(tmp_path: Path) -> None:
@@ -157,6 +165,25 @@ def test_children_stop_when_herd_up_is_killed(tmp_path: Path) -> None:
     wait_until(lambda: processes_mentioning(str(config), f"127.0.0.1:{redis_port}") == [], timeout=20,
                what="the node and its Redis exiting")  # redis-server shows its address as its title
     assert not port_open(port) and not port_open(redis_port)
+
+
+def test_a_node_refused_by_its_configuration_is_not_restarted(tmp_path: Path) -> None:
+    port, redis_port = free_port(), free_port()
+    config = write_config(tmp_path, {"Solo": (port, redis_port)})
+    up = herd_up(config, tmp_path / "state", tmp_path / "up.out").start()
+    try:
+        wait_until(partial(port_open, port), timeout=20, what="node Solo")
+        config.write_text(config.read_text() + "bogus_key = 1\n")  # broken under the running herd
+        [node] = pids_of(f"serve Solo --config {config}")
+        os.kill(node, signal.SIGKILL)
+        wait_until(lambda: "not restarting it" in up.log(), timeout=20, what="herd up giving up on Solo")
+        up.send_signal(signal.SIGINT)
+        assert up.wait(timeout=60) == 0
+    finally:
+        up.stop(timeout=60)
+    output = up.log()
+    assert output.count("Solo exited with code 2, a configuration error; not restarting it") == 1, output
+    assert "restarted (restart 2)" not in output, output
 
 
 def test_up_without_the_secret_exits_2_with_one_line_naming_the_variable(
