@@ -669,7 +669,8 @@ def check_access_log(config: HerdConfig, node: str, environ: Mapping[str, str]) 
         with open(path, "ab"):
             pass
     except OSError as err:
-        raise ConfigError(f"{config.path}: herd.access_log: cannot open {path!r} (for node {node}): "
+        where = "" if config.access_log else ", by default in its state directory"
+        raise ConfigError(f"{config.path}: herd.access_log: cannot open {path!r} (for node {node}{where}): "
                           f"{err.strerror or err}") from None
 
 

@@ -183,7 +183,8 @@ class Child:
     relayer: threading.Thread | None = None
     restarts: int = 0
     restart_at: float | None = None
-    given_up: bool = False  # it exited with a configuration error: not restarted
+    node: bool = False  # a node: not restarted after a configuration error
+    given_up: bool = False  # it was not restarted
 
     @property
     def label(self) -> str:
@@ -203,16 +204,17 @@ class Child:
 
     def tend(self, now: float, out: Output) -> None:
         """Notice an unexpected exit; restart ``RESTART_DELAY`` seconds after it,
-        unless it was a configuration error (exit 2, a file changed since herd
-        up checked it): the same file would fail the same way every second."""
+        unless a node exited with a configuration error (2: its config, or a
+        file or variable it names, changed since herd up checked it), which
+        would fail the same way every second."""
         if self.given_up:
             return
         if self.restart_at is None:
             code = self.process.exit_code
-            if code == CONFIG_ERROR:
+            if self.node and code == CONFIG_ERROR:
                 self.given_up = True
                 out.say(f"{self.label} {describe_exit(code)}, a configuration error; not restarting it "
-                        "(fix the config, then run herd up again)", "error")
+                        "(fix it, then run herd up again)", "error")
             elif code is not None:
                 self.restart_at = now + RESTART_DELAY
                 out.say(f"{self.label} {describe_exit(code)}; restarting in {RESTART_DELAY:g} s", "error")
@@ -249,12 +251,12 @@ def run_up(config_path: str, state_dir: str, log_args: Sequence[str] = (),
     lock = lock_state_dir(state)
     if isinstance(lock, str):
         return fail(lock)
-    problem = port_conflict(config, redises)
-    if problem:
-        return fail(problem)
     for name in sorted(config.nodes):  # (in the state directory by default: once it is ours)
         check_access_log(config, name, node_environ(state, name))
     config_ok()
+    problem = port_conflict(config, redises)
+    if problem:
+        return fail(problem)
     out = Output(width=max(len(name) for name in config.nodes),
                  json_lines=_log_option(log_args, "--log-format", "text") == "json",
                  level=_log_option(log_args, "--log-level", "info"))
@@ -334,7 +336,8 @@ def node_child(name: str, config: HerdConfig, config_path: str, log_args: Sequen
                state: Path) -> Child:
     node = config.nodes[name]
     return Child(NodeProcess(name, config_path, node.port, state / name / "herd.log", host=node.host,
-                             args=list(log_args), pipe=True, label=name, env=node_environ(state, name)))
+                             args=list(log_args), pipe=True, label=name, env=node_environ(state, name)),
+                 node=True)
 
 
 def node_environ(state: Path, name: str) -> dict[str, str]:

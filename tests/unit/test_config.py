@@ -807,8 +807,9 @@ def test_an_access_log_that_cannot_be_opened_is_refused_before_serving(tmp_path:
     (tmp_path / "file").write_text("not a directory")
     with pytest.raises(ConfigError) as info:
         check_access_log(cfg, "Bailey", {"STATE_DIRECTORY": str(tmp_path / "file" / "Bailey")})
-    assert str(info.value) == (f"{cfg.path}: herd.access_log: cannot open "
-                               f"'{tmp_path}/file/Bailey/access.log' (for node Bailey): Not a directory")
+    assert str(info.value) == (
+        f"{cfg.path}: herd.access_log: cannot open '{tmp_path}/file/Bailey/access.log' "
+        "(for node Bailey, by default in its state directory): Not a directory")
     # The node's directory and file are made, as the node would make them.
     check_access_log(cfg, "Bailey", {"STATE_DIRECTORY": str(tmp_path / "state" / "Bailey")})
     assert (tmp_path / "state" / "Bailey" / "access.log").is_file()
