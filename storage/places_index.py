@@ -5,7 +5,8 @@ Keys (storage.keys.Keys: places_version, places_geo, places_info), and the
 last two with ``:loading:<load>`` appended while a load writes them
 (``<load>``: random, one per load; they expire unless the load goes on).
 
-A load writes its own ``:loading:<load>`` keys, then one script checks they
+A load writes its own ``:loading:<load>`` keys, a chunk of places at a time
+(each chunk with the keys' expiry, in one script), then one script checks they
 hold every place, renames them into place, sets ``places:version`` and
 unlinks the keys of the version it replaces: a reader sees the old data set
 or the new one, never half of one, and concurrent loads do not disturb each
@@ -20,10 +21,10 @@ from typing import Any
 
 from twisted.internet.defer import Deferred, inlineCallbacks
 
-from storage.scripts import PLACES_NEARBY, PLACES_STATE, PLACES_SWITCH
+from storage.scripts import PLACES_CHUNK, PLACES_NEARBY, PLACES_STATE, PLACES_SWITCH
 from storage.store import RedisStore
 
-CHUNK = 2000  # places per GEOADD/HSET command while loading
+CHUNK = 2000  # places per call of places_chunk.lua while loading
 LOADING_TTL_MS = 600_000  # a load's keys expire this long after its last chunk (a load that died)
 
 # One place as loaded: (id, lon, lat, rendered result JSON)
@@ -51,13 +52,8 @@ class PlacesIndex:
         load = b":loading:" + secrets.token_hex(8).encode()
         geo, info = self._keys.places_geo(version) + load, self._keys.places_info(version) + load
         for start in range(0, len(rows), CHUNK):
-            chunk = rows[start:start + CHUNK]
-            geo_args = [x for (pid, lon, lat, _) in chunk for x in (lon, lat, pid)]
-            info_args = [x for (pid, _, _, doc) in chunk for x in (pid, doc)]
-            yield self._store.call("execute_command", "GEOADD", geo, *geo_args)
-            yield self._store.call("execute_command", "HSET", info, *info_args)
-            for key in (geo, info):
-                yield self._store.call("execute_command", "PEXPIRE", key, LOADING_TTL_MS)
+            fields = [field for row in rows[start:start + CHUNK] for field in row]
+            yield self._store.call("eval", PLACES_CHUNK, [geo, info], [str(LOADING_TTL_MS), *fields])
         places = len({pid for (pid, _, _, _) in rows})
         yield self._store.call("eval", PLACES_SWITCH, [self._keys.places_version, geo, info],
                                [self._prefix, version, str(places)])

@@ -32,7 +32,7 @@ from herd.places.google import GoogleNearby
 from herd.places.offline import LoadInChild, OfflinePlaces, dataset_version
 from herd.places.provider import PlacesError
 from storage.places_index import PlacesIndex
-from storage.scripts import PLACES_SWITCH
+from storage.scripts import PLACES_CHUNK, PLACES_SWITCH
 from storage.store import RedisStore
 
 
@@ -243,6 +243,22 @@ class PlacesIndexTest(RedisCase):
                           self.redis.call("HLEN", "herd:places:v1:info")), (5000, 5000))
         self.assertEqual(self.redis.call("TTL", "herd:places:v1:geo"), -1)  # no expiry left
         self.assertEqual(self.redis.call("KEYS", "*loading*"), [])
+
+    @inlineCallbacks
+    def test_a_chunk_is_written_with_its_keys_expiry(self) -> Any:
+        """Found in a note: the chunk's GEOADD made a key that had no expiry
+        until a later PEXPIRE, so a load that died between the two left it
+        for ever. The chunk script writes both keys and their expiry at once."""
+        staged = [b"herd:places:v3:geo:loading:y", b"herd:places:v3:info:loading:y"]
+        rows = [(str(i).encode(), b"2.%d" % i, b"48.%d" % i, b'{"n": %d}' % i) for i in range(3001)]
+        fields = [field for row in rows for field in row]
+        written = yield self.store.call("eval", PLACES_CHUNK, staged, [b"60000", *fields])
+        self.assertEqual(written, 3001)  # (more than one slice of each command's arguments)
+        held = (self.redis.call("ZCARD", staged[0]), self.redis.call("HLEN", staged[1]))
+        self.assertEqual(held, (3001, 3001))
+        self.assertEqual(self.redis.call("HGET", staged[1], "3000"), b'{"n": 3000}')
+        for key in staged:
+            self.assertTrue(0 < int(self.redis.call("PTTL", key)) <= 60000, key)
 
     @inlineCallbacks
     def test_an_incomplete_load_changes_nothing(self) -> Any:
