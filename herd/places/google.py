@@ -16,6 +16,7 @@ Failure messages state the cause for the log and never contain the API key.
 
 from __future__ import annotations
 
+import html
 import json
 import math
 from collections.abc import Callable, Coroutine
@@ -287,7 +288,7 @@ class _GoogleProvider:
 
     def _redact(self, text: str) -> str:
         """``text`` with every form of the key replaced."""
-        for form in {self._key, quote(self._key, safe="")}:
+        for form in {self._key, quote(self._key, safe=""), html.escape(self._key)}:
             if form:
                 text = text.replace(form, "<key>")
         return text

@@ -8,10 +8,12 @@ more places than asked so that any cut is visible.
 
 from __future__ import annotations
 
+import html
 import json
 import os
 from decimal import Decimal
 from typing import Any
+from urllib.parse import quote
 
 from treq.client import HTTPClient
 from twisted.internet import reactor as global_reactor
@@ -38,7 +40,8 @@ from herd.places.provider import PlacesAnswer, PlacesError
 from herd.wire.client import format_whatsat_reply, squeeze_newlines
 
 reactor: Any = global_reactor
-KEY = "AIzaTEST-secret_key.42"
+KEY = "AIzaTEST-secret_key.42+/&<=>"  # (characters that URLs and HTML write otherwise)
+KEY_FORMS = (KEY, quote(KEY, safe=""), html.escape(KEY))  # as an error message may echo it
 LAT, LON = "+34.068930", "-118.445127"
 MANY = 25  # the fake always answers this many places
 
@@ -153,7 +156,8 @@ class FakeGoogle(Resource):
         if mode == "denied":
             return self._json(
                 request,
-                {"status": "REQUEST_DENIED", "error_message": f"The key {KEY} is not allowed."},
+                {"status": "REQUEST_DENIED", "error_message": "The key {} ({}, {}) is not allowed.".format(
+                    *KEY_FORMS)},
             )
         if mode == "http500":
             request.setResponseCode(500)
@@ -269,7 +273,8 @@ class GooglePlacesTests(unittest.TestCase):
             self.fail(f"expected PlacesError, got {answer!r}")
         for fragment in expected:
             self.assertIn(fragment, message)
-        self.assertNotIn(KEY, message)
+        for form in KEY_FORMS:
+            self.assertNotIn(form, message)
         return message
 
     # --- legacy Nearby Search -------------------------------------------------
