@@ -156,11 +156,15 @@ class RedisProxy:
             threading.Thread(target=self._down, args=(redis, node, state), daemon=True).start()
 
     def _up(self, node: socket.socket, redis: socket.socket, state: dict[str, bool]) -> None:
+        held = b""  # the start of a command not yet whole, read while "loading"
         try:
             while chunk := node.recv(65536):
+                chunk, held = held + chunk, b""
                 if time.monotonic() < self.loading_until:
-                    self.loading_replies += resp_commands(chunk)
-                    node.sendall(LOADING * resp_commands(chunk))
+                    # A command may come in several reads: each whole one is answered once.
+                    whole, held = resp_commands(chunk)
+                    self.loading_replies += whole
+                    node.sendall(LOADING * whole)
                     continue
                 if self.marker is not None and self.marker in chunk and not self.fired.is_set():
                     state["swallow"] = True
@@ -193,14 +197,28 @@ class RedisProxy:
         self.listener.close()
 
 
-def resp_commands(chunk: bytes) -> int:
-    """How many complete RESP commands (arrays of bulk strings) ``chunk`` holds."""
-    count, at = 0, 0
-    while chunk.startswith(b"*", at):
-        end = chunk.index(b"\r\n", at)
-        items, at = int(chunk[at + 1:end]), end + 2
-        for _ in range(items):
-            end = chunk.index(b"\r\n", at)
-            at = end + 2 + int(chunk[at + 1:end]) + 2
-        count += 1
-    return count
+def resp_commands(data: bytes) -> tuple[int, bytes]:
+    """How many whole RESP commands (arrays of bulk strings) ``data`` starts
+    with, and what follows them (the start of the next one)."""
+    count, done = 0, 0
+    while True:
+        at = _command_end(data, done)
+        if at is None:
+            return count, data[done:]
+        count, done = count + 1, at
+
+
+def _command_end(data: bytes, at: int) -> int | None:
+    """Where the command starting at ``at`` ends, or None when it is not whole there."""
+    end = data.find(b"\r\n", at)
+    if not data.startswith(b"*", at) or end < 0:
+        return None
+    items, at = int(data[at + 1:end]), end + 2
+    for _ in range(items):
+        end = data.find(b"\r\n", at)
+        if end < 0:
+            return None
+        at = end + 2 + int(data[at + 1:end]) + 2
+        if at > len(data):
+            return None
+    return at
