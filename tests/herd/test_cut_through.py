@@ -27,6 +27,10 @@ def start_pair(tmp_path: Path, mode: str | None, loading: float = 0.0,
             herd["A"].redis.url, f"redis://127.0.0.1:{proxy.port}/0"))
     herd.start()
     herd.wait_links()
+    # The links' first syncs are over: an update made during one goes in the
+    # SYNC answer once stored, not cut-through (a race these tests lost now and then).
+    wait_until(lambda: "sync to B:" in herd["A"].log() and "sync to A:" in herd["B"].log(),
+               what="the first syncs between A and B")
     # Both nodes have read their client times and run a chain: updates take the fast path.
     assert talk(herd["A"].port, "IAMAT warm +1+1 1700000000.5").startswith(b"AT A ")
     wait_until(lambda: herd["B"].record("warm") == herd["A"].record("warm"), what="warm-up flood")
