@@ -644,7 +644,7 @@ def check_can_serve(config: HerdConfig, node: str) -> None:
     """Raise ConfigError unless ``node`` has what ``herd serve`` needs beyond
     the file itself: its TLS files, the places API key in the environment,
     and an admin token (if any) a browser can send. (Its access log:
-    check_access_log.)"""
+    herd.logs.open_access_log.)"""
     check_tls_files(config, node)
     try:
         if config.places.provider != "offline":
@@ -653,25 +653,6 @@ def check_can_serve(config: HerdConfig, node: str) -> None:
             config.admin_token()
     except ConfigError as err:
         raise ConfigError(f"{config.path}: {err}") from None
-
-
-def check_access_log(config: HerdConfig, node: str, environ: Mapping[str, str]) -> None:
-    """Raise ConfigError unless ``node``'s access log (if on) can be opened for
-    appending, ``environ`` being the node's (its state directory). The file
-    and its directories are made if missing, as the node would make them."""
-    path = config.access_log_path(node, environ)
-    if path is None:
-        return
-    parent = os.path.dirname(path)
-    try:
-        if parent and not os.path.exists(parent):  # (a file there: open says "Not a directory")
-            os.makedirs(parent)
-        with open(path, "ab"):
-            pass
-    except OSError as err:
-        where = "" if config.access_log else ", by default in its state directory"
-        raise ConfigError(f"{config.path}: herd.access_log: cannot open {path!r} (for node {node}{where}): "
-                          f"{err.strerror or err}") from None
 
 
 def check_tls_files(config: HerdConfig, node: str) -> None:

@@ -22,7 +22,7 @@ import json
 import math
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from time import time_ns
@@ -40,6 +40,7 @@ from twisted.logger import (
 )
 from zope.interface import implementer
 
+from config.schema import ConfigError, HerdConfig
 from herd import systemd
 from herd.rotating import RotatingFile
 
@@ -143,6 +144,21 @@ def _field(value: Any) -> Any:
     except (TypeError, ValueError):
         return _SKIP
     return value
+
+
+def open_access_log(config: HerdConfig, node: str, environ: Mapping[str, str]) -> RotatingFile | None:
+    """``node``'s access log, opened for appending (its directories made), or
+    None when it is off; ``environ`` is the node's (its state directory).
+    ConfigError naming ``herd.access_log`` when it cannot be opened."""
+    path = config.access_log_path(node, environ)
+    if path is None:
+        return None
+    try:
+        return RotatingFile(path, config.access_log_max_bytes, config.access_log_keep)
+    except OSError as err:
+        where = "" if config.access_log else ", by default in its state directory"
+        raise ConfigError(f"{config.path}: herd.access_log: cannot open {path!r} (for node {node}{where}): "
+                          f"{err.strerror or err}") from None
 
 
 class AccessLog:

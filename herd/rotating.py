@@ -30,7 +30,7 @@ class RotatingFile:
         self.max_bytes = max_bytes
         self.keep = keep
         parent = os.path.dirname(self.path)
-        if parent:
+        if parent and not os.path.exists(parent):  # (a file there: open says "Not a directory")
             os.makedirs(parent, exist_ok=True)
         self._file: BinaryIO = open(self.path, "ab")  # noqa: SIM115 (open until close())
         self._size = self._file.tell()

@@ -384,27 +384,18 @@ def serve(name: str, config_path: str, logging: LogOptions, activation: str | No
     # Twisted handles SIGINT only when Python's default handler is in place; a
     # node started in the background by a shell inherits SIGINT ignored.
     signal.signal(signal.SIGINT, signal.default_int_handler)
-    from config.loader import check_access_log, check_can_serve, load_config
+    from config.loader import check_can_serve, load_config
 
     config = load_config(config_path, need_secret=True)
     if name not in config.nodes:
         raise ConfigError(f"{config_path}: nodes.{name}: no such node "
                           f"(known: {', '.join(sorted(config.nodes))})")
     check_can_serve(config, name)
-    check_access_log(config, name, os.environ)
     from twisted.internet import reactor  # herd.reactor's, installed by the CLI
 
-    from herd.logs import start_logging
-    from herd.rotating import RotatingFile
+    from herd.logs import open_access_log, start_logging
 
-    access_path = config.access_log_path(name, os.environ)
-    try:
-        access = (RotatingFile(access_path, config.access_log_max_bytes, config.access_log_keep)
-                  if access_path is not None else None)
-    except OSError as err:  # (check_access_log opened it: it changed since)
-        error_line(f"herd: {name}: cannot open the access log {access_path}: {err.strerror or err}",
-                   logging.fmt == "json", name, prefix=logging.prefix)
-        return 1
+    access = open_access_log(config, name, os.environ)
     events = start_logging(name, reactor, logging, access)
     from herd.version import VERSION
     from herd.wire.peer import VERSION as PEER_PROTOCOL
@@ -412,7 +403,7 @@ def serve(name: str, config_path: str, logging: LogOptions, activation: str | No
     # SPEC 6: the node's first log line carries the version (at any --log-level).
     log.info("herd {version} node {name} starting (peer protocol {protocol}, config {config})",
              version=VERSION, name=name, protocol=PEER_PROTOCOL.decode(), config=config_path, start_line=True)
-    log.info("access log: {path}", path=os.path.abspath(access_path) if access_path else "off")
+    log.info("access log: {path}", path=os.path.abspath(access.path) if access else "off")
     raise_file_limit(config.max_connections + 256)
     service = NodeService(config, name, reactor, config.secrets(), activation)
     try:

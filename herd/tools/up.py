@@ -28,9 +28,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import IO
 
-from config.loader import check_access_log, check_can_serve, load_config
+from config.loader import check_can_serve, load_config
 from config.schema import HerdConfig, host_port, is_loopback, listen_host
-from herd.logs import LEVELS, json_record, timestamp
+from herd.logs import LEVELS, json_record, open_access_log, timestamp
 from herd.peer.tls import tls_for
 from herd.rotating import RotatingFile
 from herd.tools.harness import (
@@ -252,7 +252,9 @@ def run_up(config_path: str, state_dir: str, log_args: Sequence[str] = (),
     if isinstance(lock, str):
         return fail(lock)
     for name in sorted(config.nodes):  # (in the state directory by default: once it is ours)
-        check_access_log(config, name, node_environ(state, name))
+        access = open_access_log(config, name, node_environ(state, name))  # as the node will
+        if access is not None:
+            access.close()
     config_ok()
     problem = port_conflict(config, redises)
     if problem:

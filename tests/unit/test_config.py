@@ -11,8 +11,9 @@ from pathlib import Path
 
 import pytest
 
-from config.loader import check_access_log, check_can_serve, find_config, load_config
+from config.loader import check_can_serve, find_config, load_config
 from config.schema import ConfigError, HerdConfig
+from herd.logs import open_access_log
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -802,20 +803,21 @@ def test_access_log_path_template_off_and_limits(tmp_path: Path) -> None:
     assert load_config(write(tmp_path, off)).access_log_path("Bona", {}) is None
 
 
-def test_an_access_log_that_cannot_be_opened_is_refused_before_serving(tmp_path: Path) -> None:
+def test_an_access_log_that_cannot_be_opened_is_a_configuration_error(tmp_path: Path) -> None:
     cfg = load_config(write(tmp_path, BASE))
     (tmp_path / "file").write_text("not a directory")
     with pytest.raises(ConfigError) as info:
-        check_access_log(cfg, "Bailey", {"STATE_DIRECTORY": str(tmp_path / "file" / "Bailey")})
+        open_access_log(cfg, "Bailey", {"STATE_DIRECTORY": str(tmp_path / "file" / "Bailey")})
     assert str(info.value) == (
         f"{cfg.path}: herd.access_log: cannot open '{tmp_path}/file/Bailey/access.log' "
         "(for node Bailey, by default in its state directory): Not a directory")
-    # The node's directory and file are made, as the node would make them.
-    check_access_log(cfg, "Bailey", {"STATE_DIRECTORY": str(tmp_path / "state" / "Bailey")})
-    assert (tmp_path / "state" / "Bailey" / "access.log").is_file()
+    # The node's directory and file are made.
+    opened = open_access_log(cfg, "Bailey", {"STATE_DIRECTORY": str(tmp_path / "state" / "Bailey")})
+    assert opened is not None and (tmp_path / "state" / "Bailey" / "access.log").is_file()
+    opened.close()
     off = variant('secret_env = "HERD_TEST_SECRET"\n',
                   'secret_env = "HERD_TEST_SECRET"\naccess_log = "off"\n')
-    check_access_log(load_config(write(tmp_path, off)), "Bailey", {"STATE_DIRECTORY": str(tmp_path / "file")})
+    assert open_access_log(load_config(write(tmp_path, off)), "Bailey", {}) is None
 
 
 @pytest.mark.parametrize(("line", "fragment"), [
